@@ -61,10 +61,20 @@ class PluginGroup(click.Group):
             try:
                 return plugin.load()  # type: ignore[attr-defined, no-any-return]
             except ImportError as exc:
-                raise click.ClickException(
-                    f"command {cmd_name!r} cannot be loaded ({exc}); is recflow fully installed (`make install`)?"
-                ) from None
+                return _unavailable(cmd_name, exc)
         return super().get_command(ctx, cmd_name)
+
+
+def _unavailable(name: str, exc: ImportError) -> click.Command:
+    """A stand-in for a plugin command whose module cannot be imported: listed in --help, fails clearly if run."""
+
+    def fail() -> None:
+        raise click.ClickException(
+            f"command {name!r} cannot be loaded ({exc}); is recflow fully installed (`make install`)?"
+        )
+
+    return click.Command(name, callback=fail, help=f"(unavailable: {exc})", context_settings={
+        "ignore_unknown_options": True, "allow_extra_args": True})
 
 
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
