@@ -1,0 +1,44 @@
+"""Pusher component: blessed model bundle -> model store (runs only under the pipeline's blessed branch)."""
+
+# No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
+from kfp import dsl
+from kfp.dsl import python_component
+from kfp.dsl import Dataset, Input, Model
+
+
+def pusher(
+    transformed: Input[Dataset],
+    model: Input[Model],
+    policy: Input[Model],
+    evaluation: Input[Dataset],
+    model_store: str,
+    config_yaml: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    status_dir: str,
+) -> str:
+    """Push the bundle into ``model_store``; returns where it went ('' and a reason line when refused).
+
+    The pipeline only runs this step for a blessed evaluation, and the model store re-checks the blessing
+    itself, so an unblessed model cannot be pushed by any path.
+    """
+    from pathlib import Path
+
+    from components.step_run import step_run
+
+    with step_run("pusher", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+        from recflow.model_store import ModelStore
+
+        parts = {"transform": Path(transformed.path), "model": Path(model.path), "policy": Path(policy.path),
+                 "evaluation": Path(evaluation.path)}
+        result = ModelStore(Path(model_store)).push(parts, Path(evaluation.path),
+                                                    metadata={"mlflow_run_id": parent_run_id})
+        where = str(result.bundle.path) if result.pushed else ""
+        step.note(pushed=bool(result.pushed), pushed_to=where, reason=getattr(result, "reason", ""))
+        step.progress(f"pushed to {where}" if result.pushed else f"nothing pushed: {result.reason}")
+    return where
+
+
+def build(image: str) -> python_component.PythonComponent:
+    """The Pusher component running in ``image``."""
+    return dsl.component(pusher, base_image=image, install_kfp_package=False)

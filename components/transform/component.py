@@ -1,0 +1,33 @@
+"""Transform component: examples -> transform graph + transformed examples (one output directory)."""
+
+# No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
+from kfp import dsl
+from kfp.dsl import python_component
+from kfp.dsl import Dataset, Input, Output
+
+
+def transform(
+    examples: Input[Dataset],
+    beam_pipeline_args: list,
+    config_yaml: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    status_dir: str,
+    transformed: Output[Dataset],
+) -> None:
+    """Analyze the train split with tf.Transform and transform every split; writes the transform graph too."""
+    from pathlib import Path
+
+    from components.step_run import step_run
+
+    with step_run("transform", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+        from recflow.features.transform import run_transform
+
+        result = run_transform(Path(examples.path), Path(transformed.path), step.config.transform,
+                               beam_pipeline_args=[str(a) for a in beam_pipeline_args] or None)
+        step.log_metrics(getattr(result, "metrics", None) or {})
+
+
+def build(image: str) -> python_component.PythonComponent:
+    """The Transform component running in ``image``."""
+    return dsl.component(transform, base_image=image, install_kfp_package=False)
