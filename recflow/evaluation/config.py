@@ -1,0 +1,116 @@
+"""Configuration of the Evaluator (the ``evaluator`` section of the recflow config)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Metric names :func:`recflow.evaluation.metrics.per_user_metrics` computes (each reported as ``name@k``).
+RANKING_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "mrr", "hit")
+#: Baselines :func:`recflow.baselines.make_baseline` can build.
+BASELINE_NAMES: tuple[str, ...] = ("popularity", "als", "item_knn", "content")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BlessingThresholds(_Section):
+    """The rules that decide whether a candidate is blessed (every rule that fails is reported as a reason)."""
+
+    min_ndcg: float = Field(0.0, ge=0.0, le=1.0, description="Absolute floor on the candidate's NDCG@k.")
+    min_recall: float = Field(0.0, ge=0.0, le=1.0, description="Absolute floor on the candidate's Recall@k.")
+    min_lift_over_popularity: float | None = Field(
+        0.0,
+        description="The candidate's primary metric must be at least popularity's times (1 + this) "
+        "(0.05 = beat popularity by 5%; 0 = at least tie; null = rule off).",
+    )
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Significance level of the tests against the champion.")
+    require_not_worse_than_champion: bool = Field(
+        True,
+        description="Refuse a candidate that is significantly worse than the current champion "
+        "(one-sided test of the primary metric at alpha).",
+    )
+    significance_test: Literal["ttest", "wilcoxon", "either"] = Field(
+        "ttest",
+        description="Which paired test decides 'significantly worse': the paired t-test, the Wilcoxon "
+        "signed-rank test, or either of them (strictest).",
+    )
+    min_index_recall: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Floor on the approximate retrieval index's recall vs exact search (metric "
+        "'index_recall@k'; null = rule off). When set and the metric is missing, the candidate is refused.",
+    )
+
+
+class ALSConfig(_Section):
+    """Hyper-parameters of the ALS baseline (implicit.cpu.als.AlternatingLeastSquares)."""
+
+    factors: int = Field(32, gt=0, description="Latent factors.")
+    iterations: int = Field(15, gt=0, description="ALS sweeps.")
+    regularization: float = Field(0.05, ge=0.0, description="L2 regularization.")
+    alpha: float = Field(2.0, gt=0.0, description="Confidence scaling of the weighted interactions.")
+
+
+class EvaluatorConfig(_Section):
+    """How candidates are evaluated against baselines and the champion, and when they are blessed."""
+
+    k: int = Field(10, gt=0, description="Cut-off of the ranking metrics (Precision@k, NDCG@k, ...).")
+    metrics: tuple[str, ...] = Field(
+        RANKING_METRICS, description="Ranking metrics reported (subset of " + ", ".join(RANKING_METRICS) + ")."
+    )
+    primary_metric: str = Field(
+        "ndcg", description="Metric used for the lift over popularity, the best baseline and the significance tests."
+    )
+    split: Literal["test", "eval"] = Field("test", description="Held-out split evaluated (test.parquet or eval.parquet).")
+    exclude_train_items: bool = Field(
+        True,
+        description="Never recommend items a user interacted with in train, and drop them from that user's "
+        "held-out relevant set (they could never be hit).",
+    )
+    max_users: int | None = Field(
+        5000, gt=0, description="Evaluate at most this many held-out users (sampled with seed); null = all."
+    )
+    seed: int = Field(42, ge=0, description="Seed of the user sample and of the baselines.")
+    baselines: tuple[str, ...] = Field(
+        ("popularity", "als", "item_knn", "content"),
+        description="Baselines fitted on train and evaluated in the same run (" + ", ".join(BASELINE_NAMES) + ").",
+    )
+    popularity_half_life_days: float | None = Field(
+        None, gt=0.0, description="Recency decay of the popularity baseline (null = plain counts)."
+    )
+    item_knn_neighbors: int = Field(50, gt=0, description="Neighbours kept per item by the item-kNN baseline.")
+    als: ALSConfig = Field(ALSConfig(), description="ALS baseline hyper-parameters.")
+    thresholds: BlessingThresholds = Field(BlessingThresholds(), description="Blessing rules.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in value if m not in RANKING_METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from {list(RANKING_METRICS)}")
+        return value
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_primary(cls, value: str) -> str:
+        if value not in RANKING_METRICS:
+            raise ValueError(f"unknown metric {value!r}; choose from {list(RANKING_METRICS)}")
+        return value
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [b for b in value if b not in BASELINE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINE_NAMES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("baselines are listed more than once")
+        return value
+
+    def metric_key(self, metric: str | None = None) -> str:
+        """The reported name of a metric at this config's cut-off, e.g. ``'ndcg@10'``."""
+        return f"{metric or self.primary_metric}@{self.k}"
