@@ -1,0 +1,278 @@
+"""ExampleGen: ingest an event log, validate it, split it by time and write the examples every later step reads.
+
+Output directory layout (the contract for Transform, the trainer and evaluation):
+
+* ``train.parquet``, ``eval.parquet``, ``test.parquet``: events ordered by time, split at timestamp quantiles so
+  that every eval/test event is strictly later than every train event (no future leaks into training);
+* ``items.parquet``: the catalog when given, else derived from the events (``item_id`` plus the latest event
+  price when prices were logged);
+* ``users.parquet``: the user table, only when the source has one;
+* ``stats.json``: rows, users, items, event-type counts, time range and cut points per split, and which optional
+  fields are present.
+
+The directory is built in a temporary sibling and renamed into place, so readers never see half of it.
+Sources are a dataset directory of Parquet or CSV files; a BigQuery or GCS source can be added behind
+:func:`read_source` later without changing anything downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from recflow import schema
+from recflow.config import ValidationConfig
+from recflow.errors import DataError
+from recflow.io import to_arrow
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "eval", "test")
+
+
+class ExampleGenConfig(BaseModel):
+    """How ExampleGen splits the event log (the ``example_gen`` section of the config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of events (latest before test) for eval.")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the latest events held out for test.")
+    min_train_events: int = Field(
+        10, ge=1, description="Fail when the train split would hold fewer events than this."
+    )
+    validate_input: bool = Field(
+        True, description="Run the schema validator on the source and fail when too many rows are bad."
+    )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> ExampleGenConfig:
+        if self.eval_fraction + self.test_fraction >= 1.0:
+            raise ValueError("eval_fraction + test_fraction must be below 1 so that training data remains")
+        return self
+
+
+@dataclass(frozen=True)
+class ExampleGenResult:
+    """Where ExampleGen wrote its outputs and what it found."""
+
+    out_dir: Path
+    splits: dict[str, Path]
+    items_path: Path
+    users_path: Path | None
+    stats_path: Path
+    stats: dict[str, Any] = field(repr=False)
+
+    def format(self) -> str:
+        """A short human-readable summary."""
+        lines = [f"examples written to {self.out_dir}"]
+        for name in SPLITS:
+            s = self.stats["splits"][name]
+            lines.append(f"  {name:<5} {s['rows']:>9} events  {s['users']:>7} users  {s['items']:>7} items  "
+                         f"{s['time_min']} .. {s['time_max']}")
+        lines.append("  optional fields present: " + (", ".join(self.stats["optional_fields"]) or "none"))
+        return "\n".join(lines)
+
+
+def _find_table(source: Path, kind: schema.TableKind) -> Path | None:
+    for suffix in (".parquet", ".csv"):
+        candidate = source / f"{kind}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_file(path: Path, kind: schema.TableKind) -> pd.DataFrame:
+    try:
+        if path.suffix == ".csv":
+            df = pd.read_csv(path, dtype={"user_id": str, "item_id": str, "event_id": str, "session_id": str,
+                                          "request_id": str})
+        else:
+            df = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001  (any reader failure is a bad input file)
+        raise DataError(f"{path}: cannot read the {kind} table: {exc}") from None
+    missing = [c for c in schema.required_columns(kind) if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: the {kind} table lacks required column(s) {', '.join(missing)}")
+    for name in (f.name for f in schema.fields(kind) if f.kind == "timestamp"):
+        if name in df.columns:
+            try:
+                df[name] = pd.to_datetime(df[name], utc=True)
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"{path}: field {name}: not a timestamp ({exc})") from None
+    return df
+
+
+def read_source(source: Path, validation: ValidationConfig, validate: bool = True) -> dict[str, pd.DataFrame]:
+    """Read the events (and the items/users tables when present) of a dataset directory, validated.
+
+    Returns the good rows per table ("events", "items", "users"). Raises DataError when the source has no
+    events and ValidationFailed when the validator rejects it.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise DataError(f"{source}: not a dataset directory (expected events.parquet or events.csv inside)")
+    paths = {kind: _find_table(source, kind) for kind in schema.TABLE_KINDS}
+    if paths["events"] is None:
+        raise DataError(f"{source}: no events.parquet or events.csv in the dataset directory")
+    if validate:
+        try:
+            from recflow.validation import validate_path
+        except ModuleNotFoundError:  # the validator lands separately; read and check required columns meanwhile
+            log.warning("recflow.validation is not available; reading %s without row-level validation", source)
+        else:
+            report = validate_path(source, validation, items_path=paths["items"])
+            report.raise_if_failed()
+            return {kind: df for kind, df in report.valid.items() if df is not None}
+    return {kind: _read_file(path, kind) for kind, path in paths.items() if path is not None}
+
+
+def split_by_time(events: pd.DataFrame, eval_fraction: float, test_fraction: float) -> dict[str, pd.DataFrame]:
+    """Split events at timestamp quantiles into train/eval/test, every later split strictly after the earlier.
+
+    Cut points are timestamps: train holds events before the first cut, eval those from the first cut up to
+    (not including) the second, test the rest. Events sharing a timestamp always land in the same split, so
+    nothing in eval/test is simultaneous with training data.
+    """
+    ordered = events.sort_values(["timestamp", *(c for c in ("event_id",) if c in events.columns)],
+                                 kind="stable").reset_index(drop=True)
+    ts = ordered["timestamp"]
+    train_end = 1.0 - eval_fraction - test_fraction
+    cut1 = ts.quantile(train_end, interpolation="higher") if eval_fraction + test_fraction > 0 else None
+    cut2 = ts.quantile(1.0 - test_fraction, interpolation="higher") if test_fraction > 0 else None
+    n = len(ordered)
+    idx1 = int(ts.searchsorted(cut1, side="left")) if cut1 is not None else n
+    idx2 = int(ts.searchsorted(cut2, side="left")) if cut2 is not None else n
+    idx2 = max(idx2, idx1)
+    return {"train": ordered.iloc[:idx1], "eval": ordered.iloc[idx1:idx2], "test": ordered.iloc[idx2:]}
+
+
+def derive_items(events: pd.DataFrame) -> pd.DataFrame:
+    """A catalog derived from the events: every item id, with its latest logged price when prices exist."""
+    ordered = events.sort_values("timestamp", kind="stable")
+    if "price" in ordered.columns:
+        priced = ordered.dropna(subset=["price"]).groupby("item_id", sort=True)["price"].last()
+        items = pd.DataFrame({"item_id": sorted(ordered["item_id"].unique())})
+        items["price"] = items["item_id"].map(priced)
+        return items
+    return pd.DataFrame({"item_id": sorted(ordered["item_id"].unique())})
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).isoformat()
+
+
+def _split_stats(df: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "rows": int(len(df)),
+        "users": int(df["user_id"].nunique()),
+        "items": int(df["item_id"].nunique()),
+        "event_types": {str(k): int(v) for k, v in df["event_type"].value_counts().sort_index().items()},
+        "time_min": _iso(df["timestamp"].min()) if len(df) else None,
+        "time_max": _iso(df["timestamp"].max()) if len(df) else None,
+    }
+
+
+def present_optional_fields(df: pd.DataFrame, kind: schema.TableKind) -> list[str]:
+    """Optional schema fields of ``kind`` that exist in ``df`` and hold at least one value."""
+    return [f.name for f in schema.fields(kind)
+            if not f.required and f.name in df.columns and df[f.name].notna().any()]
+
+
+def compute_stats(splits: dict[str, pd.DataFrame], items: pd.DataFrame, users: pd.DataFrame | None,
+                  items_given: bool, cuts: dict[str, str | None]) -> dict[str, Any]:
+    """Basic statistics of the examples (what ``stats.json`` holds)."""
+    everything = pd.concat(list(splits.values()), ignore_index=True)
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "rows": int(len(everything)),
+        "users": int(everything["user_id"].nunique()),
+        "items": int(len(items)),
+        "items_given": items_given,
+        "users_given": users is not None,
+        "event_types": {str(k): int(v) for k, v in everything["event_type"].value_counts().sort_index().items()},
+        "time_min": _iso(everything["timestamp"].min()),
+        "time_max": _iso(everything["timestamp"].max()),
+        "cut_points": cuts,
+        "splits": {name: _split_stats(df) for name, df in splits.items()},
+        "optional_fields": present_optional_fields(everything, "events"),
+        "item_fields": present_optional_fields(items, "items"),
+        "user_fields": present_optional_fields(users, "users") if users is not None else [],
+    }
+
+
+def _write_parquet(df: pd.DataFrame, path: Path, kind: schema.TableKind) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(to_arrow(df.reset_index(drop=True), kind), path, compression="zstd")
+
+
+def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
+    """Move a finished temp directory onto ``out_dir`` (replacing an older one) with renames only."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old.{tmp_dir.name}")
+        out_dir.rename(old)
+    tmp_dir.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_example_gen(source: Path, out_dir: Path, config: ExampleGenConfig,
+                    validation: ValidationConfig) -> ExampleGenResult:
+    """Ingest the dataset directory ``source``, validate it, split it by time and write ``out_dir`` atomically.
+
+    Raises DataError for an unreadable source or splits that would be empty, ValidationFailed when the
+    validator rejects the data.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    tables = read_source(source, validation, validate=config.validate_input)
+    events = tables["events"]
+    if events.empty:
+        raise DataError(f"{source}: the events table has no valid rows")
+    splits = split_by_time(events, config.eval_fraction, config.test_fraction)
+    if len(splits["train"]) < config.min_train_events:
+        raise DataError(
+            f"{source}: only {len(splits['train'])} events fall into the train split "
+            f"(example_gen.min_train_events={config.min_train_events})",
+            hint="use a longer event log or smaller eval_fraction/test_fraction",
+        )
+    for name, fraction in (("eval", config.eval_fraction), ("test", config.test_fraction)):
+        if fraction > 0 and splits[name].empty:
+            raise DataError(f"{source}: the {name} split is empty: too few distinct timestamps to split at "
+                            f"{name}_fraction={fraction}")
+    items_given = "items" in tables
+    items = tables["items"] if items_given else derive_items(events)
+    users = tables.get("users")
+    cuts = {"train_end": _iso(splits["eval"]["timestamp"].min()) if len(splits["eval"]) else None,
+            "eval_end": _iso(splits["test"]["timestamp"].min()) if len(splits["test"]) else None}
+    stats = compute_stats(splits, items, users, items_given, cuts)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        for name, df in splits.items():
+            _write_parquet(df, tmp_dir / f"{name}.parquet", "events")
+        _write_parquet(items, tmp_dir / "items.parquet", "items")
+        if users is not None:
+            _write_parquet(users, tmp_dir / "users.parquet", "users")
+        (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
+        _replace_dir(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return ExampleGenResult(
+        out_dir=out_dir,
+        splits={name: out_dir / f"{name}.parquet" for name in SPLITS},
+        items_path=out_dir / "items.parquet",
+        users_path=out_dir / "users.parquet" if users is not None else None,
+        stats_path=out_dir / "stats.json",
+        stats=stats,
+    )
