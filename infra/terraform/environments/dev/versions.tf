@@ -1,0 +1,28 @@
+terraform {
+  required_version = ">= 1.6"
+
+  # State in a private, versioned GCS bucket created once by hand (see infra/README.md):
+  #   terraform init -backend-config="bucket=<project>-tfstate"
+  backend "gcs" {
+    prefix = "recflow/dev"
+  }
+
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = "6.49.0"
+    }
+    kubernetes = {
+      source  = "hashicorp/kubernetes"
+      version = "2.38.0"
+    }
+    kustomization = {
+      source  = "kbst/kustomization"
+      version = "0.9.6"
+    }
+    random = {
+      source  = "hashicorp/random"
+      version = "3.7.2"
+    }
+  }
+}
