@@ -142,11 +142,10 @@ def _tracking(run: StepRun, tracking_uri: str, parent_run_id: str) -> Iterator[N
     from recflow import tracking
 
     with tracking.component_run(tracking_uri, parent_run_id, run.name) as nested:
-        run.tracking_run_id = getattr(nested, "run_id", None) or getattr(getattr(nested, "info", None),
-                                                                         "run_id", None)
+        run.tracking_run_id = nested.run_id
         yield
-        if run.metrics and run.tracking_run_id:
-            tracking.log_metrics(run.tracking_run_id, run.metrics)
+        if run.metrics:
+            nested.log_metrics(run.metrics)
 
 
 @contextlib.contextmanager
