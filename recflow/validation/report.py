@@ -80,11 +80,11 @@ class ValidationReport:
 
     def format(self, top: int = 10) -> str:
         """The human summary printed by the CLI."""
-        lines = ["table    file                                   rows      bad   share"]
+        lines = ["table    file                                     rows        bad   share"]
         for kind, t in self.tables.items():
             name = str(t.path) if len(str(t.path)) <= 38 else "..." + str(t.path)[-35:]
             mark = "  > threshold" if t.bad_share > self.max_bad_share else ""
-            lines.append(f"{kind:<8} {name:<38} {t.rows:>8,} {t.bad_rows:>8,} {t.bad_share:>7.2%}{mark}")
+            lines.append(f"{kind:<8} {name:<38} {t.rows:>10,} {t.bad_rows:>10,} {t.bad_share:>7.2%}{mark}")
         counts = self.reason_counts
         if counts:
             lines += ["", "top reasons:", "  table    field            reason          count  example"]
