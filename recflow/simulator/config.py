@@ -1,18 +1,173 @@
-"""Configuration of the e-commerce world simulator (the ``simulator`` section of the config)."""
+"""Configuration of the e-commerce world simulator (the ``simulator`` section of the config).
+
+Every parameter of the generative model is here, with the symbol docs/simulator.md uses for it in brackets.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class SimulatorConfig(BaseModel):
-    """Size, seed and behaviour parameters of the simulated shop. See docs/simulator.md for the model."""
-
+class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DriftConfig(_Frozen):
+    """A change of the world from a given simulated day on (for drift monitoring and retraining)."""
+
+    day: int | None = Field(
+        None, ge=0, description="0-based simulated day from which the drift applies; null: no drift."
+    )
+    preference_shift: float = Field(
+        0.8, ge=0.0, le=1.0,
+        description="Strength s of the users' category-preference shift: theta' = sqrt(1-s^2) theta + s theta_new.",
+    )
+    new_items: int = Field(100, ge=0, description="Items added to the catalog on the drift day.")
+    price_change_factor: float = Field(
+        1.3, gt=0.0, description="Factor applied to the prices of the repriced items on the drift day."
+    )
+    price_change_share: float = Field(
+        0.3, ge=0.0, le=1.0, description="Share of the catalog whose price changes on the drift day."
+    )
+
+
+class RewardConfig(_Frozen):
+    """Weights of the environment's reward: r = sum of weight x count (revenue: x order value)."""
+
+    click: float = Field(1.0, description="Reward per click.")
+    add_to_cart: float = Field(0.0, description="Reward per add-to-cart.")
+    purchase: float = Field(0.0, description="Reward per purchased item.")
+    revenue: float = Field(0.0, description="Reward per currency unit of order value.")
+
+
+class SimulatorConfig(_Frozen):
+    """Size, seed and behaviour parameters of the simulated shop. See docs/simulator.md for the model."""
 
     users: int = Field(2000, gt=0, description="Number of users.")
     items: int = Field(1000, gt=0, description="Number of catalog items at day 0.")
     days: int = Field(14, gt=0, description="Days of traffic.")
     seed: int = Field(42, ge=0, description="Random seed; the same seed gives the same data.")
-    start_date: str = Field("2026-01-05", description="First simulated day (UTC date).")
-    slate_size: int = Field(10, gt=0, description="Items shown per recommendation request.")
+    start_date: str = Field("2026-01-05", description="First simulated day (UTC date, YYYY-MM-DD).")
+    slate_size: int = Field(10, gt=0, le=100, description="Items shown per recommendation request [K].")
+    categories: tuple[str, ...] = Field(
+        ("electronics", "computers", "phones", "home", "kitchen", "garden", "fashion", "shoes", "beauty",
+         "sports", "toys", "books"),
+        min_length=1,
+        description="Product category names [C = their number].",
+    )
+    segments: tuple[str, ...] = Field(
+        ("bargain", "mainstream", "premium", "enthusiast"),
+        min_length=1,
+        description="User segment names; users of a segment share a mean category taste and price sensitivity.",
+    )
+    regions: tuple[str, ...] = Field(
+        ("north", "south", "east", "west"), min_length=1, description="Region names."
+    )
+    devices: tuple[str, ...] = Field(
+        ("desktop", "mobile", "tablet"), min_length=1, description="Device classes."
+    )
+    brands_per_category: int = Field(8, gt=0, description="Brands per category.")
+    sessions_per_user_per_day: float = Field(
+        0.35, gt=0.0, description="Mean sessions per user per day [lambda], scaled by each user's activity."
+    )
+    max_sessions_per_user_per_day: int = Field(6, gt=0, description="Cap on a user's sessions in one day.")
+    continue_probability: float = Field(
+        0.55, ge=0.0, lt=1.0, description="Probability of another request after a slate without a click [q0]."
+    )
+    continue_after_click: float = Field(
+        0.8, ge=0.0, lt=1.0, description="Probability of another request after a slate with a click [q1]."
+    )
+    max_requests_per_session: int = Field(20, gt=0, description="Cap on requests (slates) in one session.")
+    position_bias: float = Field(
+        0.8, ge=0.0, description="Examination exponent [eta]: P(examine position k) = (k+1)^-eta."
+    )
+    popularity_exponent: float = Field(
+        1.0, ge=0.0, description="Zipf exponent [alpha] of the items' long-tail popularity."
+    )
+    popularity_weight: float = Field(0.5, ge=0.0, description="Weight [rho] of standardised log-popularity.")
+    preference_scale: float = Field(
+        1.2, ge=0.0, description="Std [sigma_p] of the users' category-preference logits (segment + individual)."
+    )
+    latent_dim: int = Field(8, gt=0, description="Dimension [d] of the user/item taste factors.")
+    latent_weight: float = Field(0.8, ge=0.0, description="Weight [gamma] of the user-item factor affinity.")
+    quality_weight: float = Field(0.4, ge=0.0, description="Weight [kappa] of the item's latent quality.")
+    price_sensitivity: float = Field(
+        1.0, ge=0.0, description="Median [beta] of the users' price sensitivity (log-normal across users)."
+    )
+    context_strength: float = Field(
+        0.5, ge=0.0, description="Std [sigma_c] of the time-of-day, weekend and device effects."
+    )
+    click_rate: float = Field(
+        0.03, gt=0.0, lt=1.0,
+        description="Mean click probability of an examined random (user, item) pair; calibrates the click intercept.",
+    )
+    cart_rate: float = Field(
+        0.2, ge=0.05, le=0.6,
+        description="Target share of clicks that lead to add-to-cart; the measured rate stays within +-40%.",
+    )
+    purchase_rate: float = Field(
+        0.35, ge=0.05, le=0.8,
+        description="Target share of carted items that are purchased; the measured rate stays within +-40%.",
+    )
+    remove_rate: float = Field(
+        0.3, ge=0.0, le=1.0, description="Probability that a carted item that is not bought is removed (else abandoned)."
+    )
+    extra_quantity_mean: float = Field(
+        0.3, ge=0.0, description="Mean of the Poisson number of extra units in a purchase (quantity = 1 + it)."
+    )
+    dwell_median_s: float = Field(35.0, gt=0.0, description="Median dwell time (seconds) of an item-page view.")
+    satiation_shown: float = Field(
+        0.6, ge=0.0, description="Satiation added to a category by a whole slate of it being shown [phi_s]."
+    )
+    satiation_click: float = Field(0.3, ge=0.0, description="Satiation added to a category per click [phi_c].")
+    satiation_purchase: float = Field(
+        1.0, ge=0.0, description="Satiation added to a category per purchase [phi_b]."
+    )
+    satiation_weight: float = Field(
+        1.0, ge=0.0, description="Attraction penalty [lambda_s] per unit of satiation."
+    )
+    satiation_half_life_hours: float = Field(
+        12.0, gt=0.0, description="Half-life of satiation in hours of simulated time."
+    )
+    history_length: int = Field(20, gt=0, description="Recent clicked item ids shown in the environment's observation.")
+    logging_temperature: float = Field(
+        0.7, gt=0.0, description="Softmax temperature [T] of the logging policy."
+    )
+    logging_epsilon: float = Field(
+        0.1, ge=0.0, le=1.0, description="Uniform-exploration share [epsilon] mixed into the logging policy."
+    )
+    logging_popularity_noise: float = Field(
+        0.3, ge=0.0, description="Std of the noise on the logging policy's popularity estimate."
+    )
+    logging_policy_id: str = Field("logging-softmax-v1", min_length=1, description="policy_id of logged slates.")
+    drift: DriftConfig = Field(DriftConfig(), description="Drift from a given day on.")
+    reward: RewardConfig = Field(RewardConfig(), description="Reward weights of the step-by-step environment.")
+
+    @field_validator("start_date")
+    @classmethod
+    def _valid_date(cls, value: str) -> str:
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"start_date must be a date like 2026-01-05, got {value!r}") from None
+        return value
+
+    @field_validator("categories", "segments", "regions", "devices")
+    @classmethod
+    def _unique_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value) or any(not v for v in value):
+            raise ValueError(f"names must be unique and non-empty, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SimulatorConfig:
+        if self.slate_size > self.items:
+            raise ValueError(f"slate_size ({self.slate_size}) cannot exceed items ({self.items})")
+        return self
+
+    @property
+    def start(self) -> dt.date:
+        """The first simulated day as a date."""
+        return dt.date.fromisoformat(self.start_date)

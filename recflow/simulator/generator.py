@@ -1,0 +1,227 @@
+"""The batch log generator: simulate days of shop traffic under the logging policy and write the data set.
+
+Each day is generated in vectorised batches: all sessions of the day are drawn at once; sessions are processed
+in rounds (the r-th session of every user of that day together, so a user's satiation carries from one session
+to the next) and each round in steps (request j of every still-active session together). Each day has its own
+random stream (a SeedSequence spawn key), so a day's traffic does not depend on how many days are generated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from recflow.errors import DataError
+from recflow.io import atomic_path, write_dataset
+from recflow.schema import EVENT_TYPES, SCHEMA_VERSION
+from recflow.simulator.config import SimulatorConfig
+from recflow.simulator.logging_policy import LoggingPolicy
+from recflow.simulator.response import (
+    decay_satiation,
+    events_frame,
+    events_from_response,
+    sample_response,
+    satiation_increment,
+)
+from recflow.simulator.world import HOUR_PROFILE, MS_PER_DAY, TRAFFIC_STREAM, Context, World, stream
+
+#: Pause between two requests of a session: this fixed part plus an exponential part plus the dwell of clicks.
+REQUEST_GAP_S, REQUEST_GAP_MEAN_S = 15.0, 30.0
+#: A user's next session starts at least this long after the previous one ended.
+SESSION_GAP_MS = 60_000
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    """What a generation run produced (counts and funnel rates measured on the generated log)."""
+
+    events: int
+    counts: dict[str, int]
+    users: int
+    items: int
+    days: int
+    sessions: int
+    requests: int
+    click_through_rate: float
+    conversion_rate: float
+    cart_rate: float
+    purchase_rate: float
+    seconds: float
+    out_dir: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+    def format(self) -> str:
+        """A short human-readable summary."""
+        counts = ", ".join(f"{k} {v:,}" for k, v in self.counts.items())
+        where = f" -> {self.out_dir}" if self.out_dir else ""
+        return "\n".join([
+            f"generated {self.events:,} events in {self.seconds:.1f} s{where}",
+            f"  {self.users:,} users, {self.items:,} items, {self.days} days, {self.sessions:,} sessions, "
+            f"{self.requests:,} slates",
+            f"  {counts}",
+            f"  click-through rate {self.click_through_rate:.2%}, add-to-cart per click {self.cart_rate:.1%}, "
+            f"purchase per cart {self.purchase_rate:.1%}, conversion (purchase per click) "
+            f"{self.conversion_rate:.2%}",
+        ])
+
+    def to_dict(self) -> dict[str, object]:
+        """The summary as plain JSON-able values."""
+        return asdict(self)
+
+
+@dataclass
+class SimulatedLog:
+    """An in-memory generation result: the ground-truth world and the logged tables."""
+
+    world: World
+    policy: LoggingPolicy
+    events: pd.DataFrame
+    sessions: int
+    requests: int
+
+    def items(self) -> pd.DataFrame:
+        """The catalog table (prices as of the last day)."""
+        return self.world.items_frame()
+
+    def users(self) -> pd.DataFrame:
+        """The users table."""
+        return self.world.users_frame()
+
+
+def _simulate_day(
+    world: World,
+    policy: LoggingPolicy,
+    day: int,
+    satiation: np.ndarray,
+    last_ms: np.ndarray,
+    counters: dict[str, int],
+) -> tuple[list[dict[str, np.ndarray]], int, int]:
+    """Simulate one day; updates ``satiation``/``last_ms`` in place. Returns code columns, sessions, requests."""
+    c = world.config
+    rng = stream(world.seed, TRAFFIC_STREAM, day)
+    n_users = world.n_users
+    n_sessions = np.minimum(rng.poisson(c.sessions_per_user_per_day * world.user_activity),
+                            c.max_sessions_per_user_per_day)
+    users = np.repeat(np.arange(n_users), n_sessions)
+    total = len(users)
+    cum_mix = np.cumsum(world.user_device_mix[users], axis=1)
+    device = np.minimum((rng.random(total)[:, None] > cum_mix).sum(axis=1), len(c.devices) - 1)
+    hour = rng.choice(24, size=total, p=HOUR_PROFILE)
+    start = world.start_ms + day * MS_PER_DAY + hour * 3_600_000 + rng.integers(0, 3_600_000, size=total)
+    order = np.lexsort((start, users))
+    users, device, start = users[order], device[order], start[order]
+    rank = np.arange(total) - np.searchsorted(users, users, side="left")
+    session_code = counters["session"] + np.arange(total)
+    counters["session"] += total
+    candidates = world.available_items(day)
+    chunks: list[dict[str, np.ndarray]] = []
+    requests = 0
+    for r in range(int(rank.max()) + 1 if total else 0):
+        sel = np.flatnonzero(rank == r)
+        su = users[sel]
+        clock = np.maximum(start[sel], last_ms[su] + SESSION_GAP_MS)
+        s_hour = (clock // 3_600_000) % 24
+        s_weekday = (clock // MS_PER_DAY + 3) % 7  # 1970-01-01 was a Thursday
+        active = np.ones(len(sel), dtype=bool)
+        for _ in range(c.max_requests_per_session):
+            idx = np.flatnonzero(active)
+            if len(idx) == 0:
+                break
+            u = su[idx]
+            now = clock[idx]
+            satiation[u] = decay_satiation(satiation[u], now - last_ms[u], c.satiation_half_life_hours)
+            context = Context(s_hour[idx], s_weekday[idx], device[sel][idx])
+            slates, propensities = policy.sample(u, candidates, c.slate_size, rng)
+            response = sample_response(world, u, slates, context, day, satiation[u], rng)
+            request_code = counters["request"] + np.arange(len(idx))
+            counters["request"] += len(idx)
+            requests += len(idx)
+            chunks.append(events_from_response(slates, propensities, response, now, {
+                "user": u, "session": session_code[sel][idx], "request": request_code,
+                "hour": context.hour, "weekday": context.weekday, "device": context.device,
+                "region": world.user_region[u],
+            }))
+            satiation[u] += satiation_increment(world, slates, response)
+            clicked = response.click.any(axis=1)
+            keep_going = rng.random(len(idx)) < np.where(clicked, c.continue_after_click, c.continue_probability)
+            gap_s = (REQUEST_GAP_S + rng.exponential(REQUEST_GAP_MEAN_S, size=len(idx))
+                     + np.where(response.click, response.dwell_s, 0.0).sum(axis=1))
+            last_ms[u] = now + (gap_s * 1000).astype(np.int64)
+            clock[idx] = last_ms[u]
+            active[idx] = keep_going
+    return chunks, total, requests
+
+
+def simulate_log(config: SimulatorConfig, progress: bool = False) -> SimulatedLog:
+    """Simulate ``config.days`` days of traffic under the logging policy, in memory."""
+    world = World(config)
+    policy = LoggingPolicy.from_config(world, config)
+    satiation = np.zeros((world.n_users, world.n_categories))
+    last_ms = np.full(world.n_users, world.start_ms - MS_PER_DAY, dtype=np.int64)
+    counters = {"session": 0, "request": 0}
+    chunks: list[dict[str, np.ndarray]] = []
+    sessions = requests = 0
+    for day in tqdm(range(config.days), desc="simulating", unit="day", disable=not progress):
+        day_chunks, s, r = _simulate_day(world, policy, day, satiation, last_ms, counters)
+        chunks.extend(day_chunks)
+        sessions += s
+        requests += r
+    if not chunks:
+        raise DataError(
+            f"simulator: the configuration produced no sessions ({config.users} users x {config.days} days x "
+            f"{config.sessions_per_user_per_day} sessions per user per day); raise users, days or "
+            "sessions_per_user_per_day"
+        )
+    columns = {name: np.concatenate([ch[name] for ch in chunks]) for name in chunks[0]}
+    events = events_frame(world, columns, policy.policy_id)
+    return SimulatedLog(world, policy, events, sessions, requests)
+
+
+def summarize(log: SimulatedLog, seconds: float, out_dir: Path | None = None,
+              files: dict[str, str] | None = None) -> GenerationSummary:
+    """Counts and funnel rates of a simulated log."""
+    counts_series = log.events["event_type"].value_counts()
+    counts = {t: int(counts_series.get(t, 0)) for t in EVENT_TYPES}
+
+    def ratio(a: str, b: str) -> float:
+        return counts[a] / counts[b] if counts[b] else 0.0
+
+    cfg = log.world.config
+    return GenerationSummary(
+        events=len(log.events), counts=counts, users=cfg.users, items=log.world.n_items, days=cfg.days,
+        sessions=log.sessions, requests=log.requests,
+        click_through_rate=ratio("click", "impression"), conversion_rate=ratio("purchase", "click"),
+        cart_rate=ratio("add_to_cart", "click"), purchase_rate=ratio("purchase", "add_to_cart"),
+        seconds=round(seconds, 3), out_dir=str(out_dir) if out_dir is not None else None, files=files or {},
+    )
+
+
+def generate_dataset(config: SimulatorConfig, out_dir: Path, progress: bool = True) -> GenerationSummary:
+    """Simulate the shop and write events.parquet, items.parquet, users.parquet and simulator.json to ``out_dir``.
+
+    ``simulator.json`` records the configuration used and the counts, not the latent ground truth.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: output path exists and is not a directory")
+    log = simulate_log(config, progress=progress)
+    written = write_dataset(out_dir, events=log.events, items=log.items(), users=log.users())
+    files = {kind: path.name for kind, path in written.items()}
+    summary = summarize(log, time.perf_counter() - started, out_dir, files)
+    meta = {
+        "generator": "recflow.simulator",
+        "schema_version": SCHEMA_VERSION,
+        "policy_id": log.policy.policy_id,
+        "config": config.model_dump(mode="json"),
+        "summary": summary.to_dict(),
+    }
+    with atomic_path(out_dir / "simulator.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return summary

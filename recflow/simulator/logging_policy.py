@@ -1,0 +1,94 @@
+"""The logging policy: the shop's existing recommender whose slates (and their propensities) fill the log.
+
+It is deliberately imperfect, so that learned models can beat it: it scores items by a *noisy* popularity
+estimate plus the *segment-level* (coarse) category taste of the user, mixes the softmax of that score with
+uniform exploration, and samples a slate without replacement (a Plackett-Luce ranking, drawn with the
+Gumbel-top-k trick). It never sees individual tastes, context or satiation, and it does not follow drift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recflow.simulator.config import SimulatorConfig
+from recflow.simulator.world import POLICY_STREAM, World, stream
+
+
+class LoggingPolicy:
+    """Softmax over noisy popularity + coarse affinity, with temperature and epsilon mixing.
+
+    The per-item weights of a user are ``w = (1 - epsilon) * softmax(score / T) + epsilon / N`` over the N
+    candidates (summing to 1). Slot ``k`` of a slate is drawn from ``w`` restricted to the items not yet placed
+    and renormalised; the recorded propensity of the item at slot ``k`` is that conditional probability,
+    ``w_i / (1 - sum of w over slots < k)``. The product of a slate's propensities is the slate's probability.
+    """
+
+    def __init__(
+        self,
+        world: World,
+        temperature: float = 0.7,
+        epsilon: float = 0.1,
+        popularity_noise: float = 0.3,
+        policy_id: str = "logging-softmax-v1",
+        seed: int | None = None,
+    ) -> None:
+        self.world = world
+        self.temperature = temperature
+        self.epsilon = epsilon
+        self.policy_id = policy_id
+        rng = stream(world.seed if seed is None else seed, POLICY_STREAM)
+        #: The policy's estimate of item popularity (standardised log-popularity plus fixed noise).
+        self.item_score = world.popularity_z + rng.normal(0.0, popularity_noise, size=world.n_items)
+
+    @classmethod
+    def from_config(cls, world: World, config: SimulatorConfig) -> LoggingPolicy:
+        """The logging policy configured by ``config`` (temperature, epsilon, noise, policy id)."""
+        return cls(world, config.logging_temperature, config.logging_epsilon, config.logging_popularity_noise,
+                   config.logging_policy_id)
+
+    def scores(self, user_idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The policy's score of each candidate item (1-D item indices) for each user: (B, N)."""
+        w = self.world
+        coarse = w.segment_preferences[w.user_segment[np.asarray(user_idx)]]  # (B, C)
+        return self.item_score[candidates][None, :] + coarse[:, w.item_category[candidates]]
+
+    def probabilities(self, user_idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The mixing weights ``w`` (B, N) over ``candidates``; each row sums to 1 (the first slot's distribution)."""
+        s = self.scores(user_idx, candidates) / self.temperature
+        s = np.exp(s - s.max(axis=1, keepdims=True))
+        soft = s / s.sum(axis=1, keepdims=True)
+        return (1.0 - self.epsilon) * soft + self.epsilon / len(candidates)
+
+    def sample(
+        self, user_idx: np.ndarray, candidates: np.ndarray, slate_size: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one slate per user: (item indices (B, K), propensities (B, K)).
+
+        Gumbel-top-k: adding i.i.d. Gumbel noise to ``log w`` and taking the k largest, in order, samples a
+        Plackett-Luce ranking with weights ``w`` without replacement, for all users at once.
+        """
+        weights = self.probabilities(user_idx, candidates)
+        k = min(slate_size, len(candidates))
+        keys = np.log(weights) + rng.gumbel(size=weights.shape)
+        top = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
+        cols = np.take_along_axis(top, order, axis=1)
+        chosen_w = np.take_along_axis(weights, cols, axis=1)
+        placed_before = np.cumsum(chosen_w, axis=1) - chosen_w
+        propensity = chosen_w / np.clip(1.0 - placed_before, 1e-300, None)
+        return candidates[cols], np.clip(propensity, 1e-300, 1.0)
+
+    def slot_distributions(self, user: int, candidates: np.ndarray, slate: np.ndarray) -> np.ndarray:
+        """The distribution over ``candidates`` from which each slot of ``slate`` (item indices) was drawn: (K, N).
+
+        Row k is ``w`` with the items of slots < k removed, renormalised; each row sums to 1, and the entry of
+        the item shown at slot k is its recorded propensity.
+        """
+        weights = self.probabilities(np.array([user]), candidates)[0]
+        position = {int(item): j for j, item in enumerate(candidates)}
+        rows = np.empty((len(slate), len(candidates)))
+        remaining = weights.copy()
+        for k, item in enumerate(slate):
+            rows[k] = remaining / remaining.sum()
+            remaining[position[int(item)]] = 0.0
+        return rows
