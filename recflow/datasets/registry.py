@@ -110,7 +110,7 @@ def _pip_download(archive: RegistryArchive, dest: Path) -> Path:
                                      f"{sys.executable}", hint="install pip into this environment") from None
         last = [ln.strip() for ln in output.strip().splitlines() if ln.strip()][-2:]
         reason = ("the package index cannot be reached" if any(m in output for m in _CONNECTION_MARKERS)
-                  else "the package index did not serve it")
+                  else "the package index has no such file or could not be reached")
         raise ServiceUnavailable(f"cannot download {archive.requirement} from {index}: {reason} "
                                  f"(pip: {' / '.join(last)})", hint=hint)
     got = dest / archive.filename
