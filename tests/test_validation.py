@@ -401,3 +401,15 @@ def test_a_million_rows_in_seconds(tmp_path: Path):
     elapsed = time.perf_counter() - start
     assert report.bad_rows["events"] == int((events["price"] < 0).sum())
     assert elapsed < 20, elapsed  # about 2-3 s on one core; generous for a loaded CI machine
+
+
+def test_schema_doc_is_generated_from_the_code():
+    from recflow.validation.schema_doc import render_schema_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "schema.md").read_text(encoding="utf-8")
+    assert doc == render_schema_markdown(), "regenerate: python -m recflow.validation.schema_doc > docs/schema.md"
+    for kind in schema.TABLE_KINDS:
+        for fld in schema.fields(kind):
+            assert f"| `{fld.name}` | {fld.type} |" in doc
+    for reason in Reason:
+        assert f"| `{reason.value}` |" in doc
