@@ -1,0 +1,418 @@
+"""Logged feedback -> per-arm bandit decisions.
+
+Each impression slot is one bandit decision (see docs/policy.md): the logging policy put item ``a`` at position
+``p`` of request ``r`` with propensity ``P(a at p | context)``; the reward is the weighted sum of the click,
+add-to-cart and purchase that followed. The arms of a decision are the shown item plus ``num_arms - 1`` catalog
+items sampled uniformly (they only fill the fixed-size arm tensor TF-Agents needs: reward regression learns from
+the chosen arm alone, so they bias nothing).
+
+Features:
+
+* global (context): the user's embedding from the retrieval model (unknown users: the mean user or zeros), plus
+  one-hot hour (24), weekday (7) and device (known devices + "other") when the log has those columns;
+* per arm: ``[item embedding, user embedding * item embedding, user . item]`` -- the element-wise product and the
+  retrieval score let even a linear per-arm agent weigh the user-item affinity, not only item popularity.
+
+No TensorFlow here: plain numpy/pandas, so serving and evaluation can build the same features cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recflow.errors import DataError
+from recflow.policy.config import PolicyConfig
+from recflow.schema import DEVICES
+
+#: The context columns that become one-hot global features when a log has them, with their categories.
+CONTEXT_CATEGORIES: dict[str, tuple[Any, ...]] = {
+    "hour": tuple(range(24)),
+    "weekday": tuple(range(7)),
+    "device": (*DEVICES, "other"),
+}
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """How the global and per-arm feature vectors are laid out; saved with the policy so serving rebuilds them."""
+
+    embedding_dim: int
+    context_columns: tuple[str, ...]
+    unknown_user_embedding: tuple[float, ...]
+
+    @property
+    def global_dim(self) -> int:
+        return self.embedding_dim + sum(len(CONTEXT_CATEGORIES[c]) for c in self.context_columns)
+
+    @property
+    def arm_dim(self) -> int:
+        return 2 * self.embedding_dim + 1
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly description (policy_meta.json)."""
+        return {
+            "embedding_dim": self.embedding_dim,
+            "context_columns": list(self.context_columns),
+            "context_categories": {c: list(CONTEXT_CATEGORIES[c]) for c in self.context_columns},
+            "global": ["user_embedding"] + [f"{c}_onehot" for c in self.context_columns],
+            "global_dim": self.global_dim,
+            "per_arm": ["item_embedding", "user_embedding*item_embedding", "user_embedding.item_embedding"],
+            "arm_dim": self.arm_dim,
+            "unknown_user_embedding": list(self.unknown_user_embedding),
+        }
+
+    @classmethod
+    def from_description(cls, desc: Mapping[str, Any]) -> FeatureLayout:
+        return cls(
+            embedding_dim=int(desc["embedding_dim"]),
+            context_columns=tuple(desc["context_columns"]),
+            unknown_user_embedding=tuple(float(x) for x in desc["unknown_user_embedding"]),
+        )
+
+
+@dataclass
+class BanditData:
+    """Logged per-slot bandit decisions, aligned arrays of length ``n`` (one entry per shown slot)."""
+
+    request_ids: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray  #: the logged (shown) item of each decision
+    positions: np.ndarray  #: slot position, 0 when the log has none
+    propensities: np.ndarray  #: logging probability of the shown item at that position
+    rewards: np.ndarray  #: weighted feedback (reward_weights)
+    clicks: np.ndarray  #: 1.0 when the slot was clicked
+    add_to_carts: np.ndarray
+    purchases: np.ndarray  #: 1.0 when the shown item was bought (the conversion outcome)
+    global_features: np.ndarray  #: [n, global_dim] float32
+    arm_features: np.ndarray  #: [n, num_arms, arm_dim] float32
+    candidate_item_ids: np.ndarray  #: [n, num_arms] item ids of the arms
+    chosen_arms: np.ndarray  #: [n] index of the logged item among the arms
+    user_embeddings: np.ndarray  #: [n, embedding_dim] (fallback embedding for unknown users)
+    context: pd.DataFrame  #: the context columns in layout.context_columns, one row per decision
+    layout: FeatureLayout
+    propensity_source: str  #: "logged", "estimated" (empirical logging frequencies) or "mixed"
+    notes: list[str] = field(default_factory=list)  #: what was assumed or dropped, for the user
+
+    def __len__(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def chosen_arm_features(self) -> np.ndarray:
+        """[n, arm_dim] features of the logged item of each decision."""
+        return self.arm_features[np.arange(len(self)), self.chosen_arms]
+
+    def subset(self, index: np.ndarray) -> BanditData:
+        """The decisions at ``index`` (same layout and notes)."""
+        arrays = {
+            name: getattr(self, name)[index]
+            for name in (
+                "request_ids", "user_ids", "item_ids", "positions", "propensities", "rewards", "clicks",
+                "add_to_carts", "purchases", "global_features", "arm_features", "candidate_item_ids",
+                "chosen_arms", "user_embeddings",
+            )
+        }
+        return BanditData(
+            **arrays,
+            context=self.context.iloc[index].reset_index(drop=True),
+            layout=self.layout,
+            propensity_source=self.propensity_source,
+            notes=list(self.notes),
+        )
+
+
+# --------------------------------------------------------------------------------------------------- embeddings
+
+
+def read_embeddings(path: Path, id_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(ids, matrix)`` from an embeddings Parquet file with columns ``id_column`` and ``embedding``."""
+    if not path.is_file():
+        raise DataError(f"{path}: embeddings file not found (expected the retrieval model's output)")
+    try:
+        df = pd.read_parquet(path, columns=[id_column, "embedding"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: cannot read columns {id_column!r} and 'embedding': {exc}") from None
+    if df.empty:
+        raise DataError(f"{path}: no embeddings")
+    lengths = df["embedding"].map(lambda v: 0 if v is None else len(v))
+    bad = np.flatnonzero(lengths.to_numpy() != lengths.iloc[0])
+    if lengths.iloc[0] == 0 or bad.size:
+        row = int(bad[0]) if bad.size else 0
+        raise DataError(
+            f"{path}: row {row}, field 'embedding': every embedding must have the same non-zero length "
+            f"(row 0 has {int(lengths.iloc[0])}, row {row} has {int(lengths.iloc[row])})"
+        )
+    matrix = np.stack(df["embedding"].to_numpy()).astype(np.float32)
+    if not np.isfinite(matrix).all():
+        row = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
+        raise DataError(f"{path}: row {row}, field 'embedding': contains NaN or infinity")
+    ids = df[id_column].astype(str).to_numpy()
+    dup = pd.Index(ids).duplicated()
+    if dup.any():
+        row = int(np.flatnonzero(dup)[0])
+        raise DataError(f"{path}: row {row}, field {id_column!r}: duplicate id {ids[row]!r}")
+    return ids, matrix
+
+
+# ------------------------------------------------------------------------------------------------------ features
+
+
+def context_onehots(context: pd.DataFrame | Mapping[str, Any] | None, columns: Sequence[str], n: int) -> np.ndarray:
+    """One-hot encode the context ``columns`` (hour, weekday, device) for ``n`` decisions; missing -> all zeros."""
+    blocks = []
+    for col in columns:
+        cats = CONTEXT_CATEGORIES[col]
+        block = np.zeros((n, len(cats)), dtype=np.float32)
+        values = None if context is None else (context[col] if col in context else None)
+        if values is not None:
+            series = pd.Series(np.asarray(values, dtype=object).reshape(-1) if np.ndim(values) else [values] * n)
+            if len(series) != n:
+                raise DataError(f"context column {col!r} has {len(series)} values for {n} decisions")
+            if col == "device":
+                known = series.notna()
+                idx = series.map({d: i for i, d in enumerate(cats)}).fillna(len(cats) - 1)
+            else:
+                num = pd.to_numeric(series, errors="coerce")
+                known = num.between(0, len(cats) - 1)
+                idx = num.where(known, 0)
+            rows = np.flatnonzero(known.to_numpy())
+            block[rows, idx.to_numpy()[rows].astype(int)] = 1.0
+        blocks.append(block)
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), dtype=np.float32)
+
+
+def global_features(user_embeddings: np.ndarray, context_block: np.ndarray) -> np.ndarray:
+    """[n, global_dim]: user embedding followed by the context one-hots."""
+    return np.concatenate([user_embeddings.astype(np.float32), context_block], axis=1).astype(np.float32)
+
+
+def arm_features(user_embeddings: np.ndarray, item_embeddings: np.ndarray) -> np.ndarray:
+    """[n, arms, arm_dim] from user embeddings [n, d] and the arms' item embeddings [n, arms, d]."""
+    user = user_embeddings[:, None, :].astype(np.float32)
+    prod = user * item_embeddings
+    dot = prod.sum(axis=-1, keepdims=True)
+    return np.concatenate([item_embeddings.astype(np.float32), prod, dot], axis=-1).astype(np.float32)
+
+
+def lookup_user_embeddings(
+    user_ids: Sequence[str], known_ids: np.ndarray, known: np.ndarray, fallback: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings [n, d], is_unknown [n])``: the known users' rows, ``fallback`` for the others."""
+    pos = pd.Index(known_ids).get_indexer(pd.Index(np.asarray(user_ids, dtype=object).astype(str)))
+    unknown = pos < 0
+    out = known[np.where(unknown, 0, pos)].copy()
+    out[unknown] = fallback
+    return out, unknown
+
+
+# ----------------------------------------------------------------------------------------------- logged events
+
+
+def _attribute_feedback(impressions: pd.DataFrame, events: pd.DataFrame, window_s: float) -> pd.DataFrame:
+    """Flag on each impression whether a click / add_to_cart / purchase of the same slot followed."""
+    imp = impressions
+    for kind in ("click", "add_to_cart", "purchase"):
+        fb = events[events["event_type"] == kind]
+        hit = np.zeros(len(imp), dtype=bool)
+        if not fb.empty:
+            with_req = fb["request_id"].notna() if "request_id" in fb else pd.Series(False, index=fb.index)
+            if with_req.any():
+                keys = set(zip(fb.loc[with_req, "request_id"], fb.loc[with_req, "user_id"],
+                               fb.loc[with_req, "item_id"], strict=True))
+                hit |= np.fromiter(
+                    ((r, u, i) in keys for r, u, i in zip(imp["request_id"], imp["user_id"], imp["item_id"],
+                                                           strict=True)),
+                    dtype=bool, count=len(imp),
+                )
+            rest = fb[~with_req]
+            if not rest.empty:
+                # No request id on the feedback: credit the latest earlier impression of the same user and item.
+                left = rest[["timestamp", "user_id", "item_id"]].sort_values("timestamp")
+                right = imp[["timestamp", "user_id", "item_id"]].assign(_row=np.arange(len(imp)))
+                right = right.sort_values("timestamp")
+                matched = pd.merge_asof(
+                    left, right, on="timestamp", by=["user_id", "item_id"], direction="backward",
+                    tolerance=pd.Timedelta(seconds=window_s),
+                )
+                rows = matched["_row"].dropna().astype(int).to_numpy()
+                hit[rows] = True
+        imp[kind] = hit.astype(np.float32)
+    return imp
+
+
+def _estimate_propensities(imp: pd.DataFrame) -> np.ndarray:
+    """Empirical logging frequency of each shown item at its position (share of that position's impressions)."""
+    counts = imp.groupby(["position", "item_id"], sort=False)["item_id"].transform("size")
+    totals = imp.groupby("position", sort=False)["item_id"].transform("size")
+    return (counts / totals).to_numpy(dtype=np.float64)
+
+
+def read_events(path: Path) -> pd.DataFrame:
+    """Read an events Parquet file and check the columns this module needs."""
+    if not path.is_file():
+        raise DataError(f"{path}: events file not found")
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as Parquet: {exc}") from None
+    missing = [c for c in ("event_type", "timestamp", "user_id", "item_id") if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing required column(s) {', '.join(missing)}")
+    return df
+
+
+def build_bandit_data(
+    events: pd.DataFrame,
+    item_ids: np.ndarray,
+    item_embeddings: np.ndarray,
+    user_ids: np.ndarray,
+    user_embeddings: np.ndarray,
+    config: PolicyConfig,
+    *,
+    source: str = "events",
+    layout: FeatureLayout | None = None,
+) -> BanditData:
+    """Turn an event log into per-slot bandit decisions (see the module docstring).
+
+    ``item_ids``/``item_embeddings`` are the candidate catalog (the retrieval model's item embeddings) and
+    ``user_ids``/``user_embeddings`` the known users. Impressions of items without an embedding are dropped and
+    counted in ``notes``. Missing propensities are estimated from the empirical logging frequencies of the log
+    itself (noted, and ``propensity_source`` says so). Pass the training ``layout`` to build evaluation data
+    with the same features.
+    """
+    n_items = len(item_ids)
+    if n_items < config.num_arms:
+        raise DataError(
+            f"{source}: the catalog has {n_items} items with embeddings, fewer than policy.num_arms="
+            f"{config.num_arms}; lower num_arms"
+        )
+    rng = np.random.default_rng(config.seed)
+    notes: list[str] = []
+    df = events.copy()
+    df["user_id"] = df["user_id"].astype(str)
+    df["item_id"] = df["item_id"].astype(str)
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
+    for col in ("request_id", "position", "propensity"):
+        if col not in df.columns:
+            df[col] = None
+    imp = df[df["event_type"] == "impression"].copy()
+    if imp.empty:
+        raise DataError(f"{source}: no impression events; the policy learns from logged impressions and feedback")
+    imp = imp.reset_index(drop=True)
+    no_req = imp["request_id"].isna()
+    if no_req.any():
+        # Without a request id an impression is its own request (one decision, its own context).
+        imp.loc[no_req, "request_id"] = "imp-" + imp.index[no_req].astype(str)
+        notes.append(f"{int(no_req.sum())} impressions without request_id treated as single-slot requests")
+    imp["position"] = pd.to_numeric(imp["position"], errors="coerce").fillna(0).astype(np.int64)
+    imp = _attribute_feedback(imp, df, config.attribution_window_s)
+
+    # Propensities: logged where present, else estimated from the whole log (before dropping anything).
+    logged = pd.to_numeric(imp["propensity"], errors="coerce")
+    valid = logged.gt(0) & logged.le(1)
+    if (logged.notna() & ~valid).any():
+        row = int(np.flatnonzero((logged.notna() & ~valid).to_numpy())[0])
+        raise DataError(f"{source}: impression {row}, field 'propensity': {logged.iloc[row]} is not in (0, 1]")
+    if valid.all():
+        propensity_source = "logged"
+        props = logged.to_numpy(dtype=np.float64)
+    else:
+        estimated = _estimate_propensities(imp)
+        props = np.where(valid.to_numpy(), logged.to_numpy(dtype=np.float64, na_value=np.nan), estimated)
+        propensity_source = "estimated" if not valid.any() else "mixed"
+        notes.append(
+            f"{int((~valid).sum())} of {len(imp)} impressions had no propensity; estimated from the empirical "
+            "logging frequency of the item at its position"
+        )
+
+    item_index = pd.Index(np.asarray(item_ids).astype(str))
+    item_pos = item_index.get_indexer(imp["item_id"])
+    keep = item_pos >= 0
+    if not keep.all():
+        notes.append(f"{int((~keep).sum())} impressions of items without an embedding dropped")
+        imp, item_pos, props = imp[keep].reset_index(drop=True), item_pos[keep], props[keep]
+    if imp.empty:
+        raise DataError(f"{source}: none of the shown items has an embedding in the retrieval model")
+    n = len(imp)
+
+    if layout is None:
+        if config.unknown_user == "mean":
+            fallback = user_embeddings.mean(axis=0)
+        else:
+            fallback = np.zeros(user_embeddings.shape[1], dtype=np.float32)
+        context_cols = tuple(c for c in CONTEXT_CATEGORIES if c in imp.columns and imp[c].notna().any())
+        layout = FeatureLayout(
+            embedding_dim=int(item_embeddings.shape[1]),
+            context_columns=context_cols,
+            unknown_user_embedding=tuple(float(x) for x in fallback),
+        )
+    if item_embeddings.shape[1] != layout.embedding_dim or user_embeddings.shape[1] != layout.embedding_dim:
+        raise DataError(
+            f"{source}: embedding sizes (items {item_embeddings.shape[1]}, users {user_embeddings.shape[1]}) "
+            f"differ from the feature layout's {layout.embedding_dim}"
+        )
+    fallback = np.asarray(layout.unknown_user_embedding, dtype=np.float32)
+    user_emb, unknown = lookup_user_embeddings(imp["user_id"].to_numpy(), user_ids, user_embeddings, fallback)
+    if unknown.any():
+        notes.append(
+            f"{int(unknown.sum())} decisions of {imp.loc[unknown, 'user_id'].nunique()} users without an "
+            f"embedding use the {config.unknown_user} user embedding"
+        )
+
+    # Arms: the shown item in a random slot, the other slots distinct catalog items sampled uniformly.
+    k = config.num_arms
+    others = rng.integers(0, n_items - 1, size=(n, k - 1))
+    others = others + (others >= item_pos[:, None])  # skip the shown item
+    for row in np.flatnonzero([len(set(r)) < k - 1 for r in others]):
+        pool = np.delete(np.arange(n_items), item_pos[row])
+        others[row] = rng.choice(pool, size=k - 1, replace=False)
+    chosen = rng.integers(0, k, size=n)
+    arms = np.empty((n, k), dtype=np.int64)
+    mask = np.ones((n, k), dtype=bool)
+    mask[np.arange(n), chosen] = False
+    arms[~mask] = item_pos
+    arms[mask] = others.reshape(-1)
+
+    context = pd.DataFrame({c: imp[c].to_numpy() for c in layout.context_columns})
+    gfeat = global_features(user_emb, context_onehots(context, layout.context_columns, n))
+    afeat = arm_features(user_emb, item_embeddings[arms])
+    weights = config.reward_weights
+    rewards = (weights.click * imp["click"] + weights.add_to_cart * imp["add_to_cart"]
+               + weights.purchase * imp["purchase"]).to_numpy(dtype=np.float32)
+    return BanditData(
+        request_ids=imp["request_id"].astype(str).to_numpy(),
+        user_ids=imp["user_id"].to_numpy(),
+        item_ids=imp["item_id"].to_numpy(),
+        positions=imp["position"].to_numpy(),
+        propensities=props,
+        rewards=rewards,
+        clicks=imp["click"].to_numpy(dtype=np.float32),
+        add_to_carts=imp["add_to_cart"].to_numpy(dtype=np.float32),
+        purchases=imp["purchase"].to_numpy(dtype=np.float32),
+        global_features=gfeat,
+        arm_features=afeat,
+        candidate_item_ids=item_index.to_numpy()[arms],
+        chosen_arms=chosen.astype(np.int64),
+        user_embeddings=user_emb,
+        context=context,
+        layout=layout,
+        propensity_source=propensity_source,
+        notes=notes,
+    )
+
+
+def load_bandit_data(
+    events_path: Path, model_dir: Path, config: PolicyConfig, layout: FeatureLayout | None = None
+) -> BanditData:
+    """:func:`build_bandit_data` from an events Parquet file and a retrieval model directory."""
+    item_ids, item_emb = read_embeddings(model_dir / "item_embeddings.parquet", "item_id")
+    user_ids, user_emb = read_embeddings(model_dir / "user_embeddings.parquet", "user_id")
+    return build_bandit_data(
+        read_events(events_path), item_ids, item_emb, user_ids, user_emb, config, source=str(events_path),
+        layout=layout,
+    )
