@@ -1,11 +1,12 @@
 """Baseline recommenders that every candidate model must be compared with, in the same run on the same split.
 
 * :class:`PopularityRecommender` -- most positive events in train (optionally with a recency half-life).
-* :class:`ALSRecommender` -- implicit-feedback matrix factorisation (``implicit``'s CPU AlternatingLeastSquares).
+* :class:`ALSRecommender` -- implicit-feedback matrix factorisation (``implicit``'s CPU
+  AlternatingLeastSquares).
 * :class:`ItemKNNRecommender` -- item-item cosine neighbours on the interaction matrix (``implicit``'s
   CosineRecommender builds the neighbour graph).
-* :class:`ContentBasedRecommender` -- TF-IDF of item category/brand/attributes/price bucket; a user's profile is
-  the weighted mean of the items they interacted with, ranked by cosine similarity.
+* :class:`ContentBasedRecommender` -- TF-IDF of item category/brand/attributes/price bucket; a user's profile
+  is the weighted mean of the items they interacted with, ranked by cosine similarity.
 
 All implement :class:`recflow.recommender.Recommender` plus ``fit(train_events, items)``. Users unknown at fit
 time (cold start) and lists the model cannot fill get the most popular items; ``exclude`` is always honoured.
@@ -52,7 +53,9 @@ def interaction_matrix(
     ev = events[["user_id", "item_id", "event_type"]].astype({"user_id": str, "item_id": str})
     value = ev["event_type"].map(w).fillna(0.0).astype(np.float64)
     ev = ev.assign(value=value)[value > 0]
-    item_ids = np.array(sorted(set(ev["item_id"])) if items is None else sorted(set(map(str, items))), dtype=object)
+    item_ids = np.array(
+        sorted(set(ev["item_id"])) if items is None else sorted(set(map(str, items))), dtype=object
+    )
     ev = ev[ev["item_id"].isin(item_ids)]
     user_ids = np.array(sorted(set(ev["user_id"])), dtype=object)
     rows = pd.Index(user_ids).get_indexer(ev["user_id"])
@@ -81,9 +84,9 @@ def top_k_indices(scores: np.ndarray, k: int, tiebreak: np.ndarray) -> np.ndarra
 class PopularityRecommender:
     """Recommends the items with the most positive events in train (clicks, add-to-carts, purchases).
 
-    With ``half_life_days`` each event counts ``0.5 ** (age_days / half_life_days)``, age measured back from the
-    last training event. When train has no positive events at all, views are counted instead. Catalog items
-    without any event rank last (by item id), so lists are filled as long as the catalog allows.
+    With ``half_life_days`` each event counts ``0.5 ** (age_days / half_life_days)``, age measured back from
+    the last training event. When train has no positive events at all, views are counted instead. Catalog
+    items without any event rank last (by item id), so lists are filled as long as the catalog allows.
     """
 
     def __init__(self, half_life_days: float | None = None, name: str = "popularity") -> None:
@@ -163,7 +166,9 @@ class _ScoringRecommender:
         self._item_pos: dict[str, int] = {}
         self._tiebreak: np.ndarray = np.empty(0, dtype=np.int64)
 
-    def _set_index(self, user_ids: np.ndarray, item_ids: np.ndarray, popularity: PopularityRecommender) -> None:
+    def _set_index(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, popularity: PopularityRecommender
+    ) -> None:
         self.popularity = popularity
         self.item_ids = item_ids
         self._user_pos = {str(u): i for i, u in enumerate(user_ids)}
@@ -185,8 +190,10 @@ class _ScoringRecommender:
         out: list[list[str]] = [[] for _ in users]
         known = [(i, self._user_pos[u]) for i, u in enumerate(users) if u in self._user_pos]
         for start in range(0, len(known), _BATCH_USERS):
-            batch = known[start:start + _BATCH_USERS]
-            scores = np.asarray(self._scores(np.array([row for _, row in batch], dtype=np.int64)), dtype=np.float64)
+            batch = known[start : start + _BATCH_USERS]
+            scores = np.asarray(
+                self._scores(np.array([row for _, row in batch], dtype=np.int64)), dtype=np.float64
+            )
             for j, (i, _) in enumerate(batch):
                 row = scores[j]
                 banned = [self._item_pos[x] for x in exclude.get(users[i], ()) if x in self._item_pos]
@@ -215,7 +222,10 @@ class ALSRecommender(_ScoringRecommender):
     ) -> None:
         super().__init__()
         self.name = name
-        self.factors, self.iterations, self.regularization, self.alpha = factors, iterations, regularization, alpha
+        self.factors = factors
+        self.iterations = iterations
+        self.regularization = regularization
+        self.alpha = alpha
         self.seed = seed
         self.event_weights = event_weights
         self.user_factors: np.ndarray | None = None
@@ -233,7 +243,7 @@ class ALSRecommender(_ScoringRecommender):
             self.user_factors = np.zeros((0, self.factors))
             self.item_factors = np.zeros((0, self.factors))
             return self
-        # implicit warns (and loses speed and determinism) when BLAS runs multi-threaded inside its own threads.
+        # implicit warns (and loses speed and determinism) when BLAS runs multi-threaded in its own threads.
         with threadpool_limits(limits=1, user_api="blas"):
             model = AlternatingLeastSquares(
                 factors=self.factors,
@@ -254,8 +264,8 @@ class ALSRecommender(_ScoringRecommender):
 
 
 class ItemKNNRecommender(_ScoringRecommender):
-    """Item-based collaborative filtering: a user's score for item j is the sum over their interacted items i of
-    weight(u, i) * cosine(i, j), keeping each item's ``neighbors`` most similar items (``implicit``'s
+    """Item-based collaborative filtering: a user's score for item j is the sum over their interacted items i
+    of weight(u, i) * cosine(i, j), keeping each item's ``neighbors`` most similar items (``implicit``'s
     CosineRecommender builds that neighbour graph)."""
 
     def __init__(
@@ -282,7 +292,8 @@ class ItemKNNRecommender(_ScoringRecommender):
         if matrix.nnz == 0:
             self.similarity = sp.csr_matrix((len(item_ids), len(item_ids)))
             return self
-        knn = CosineRecommender(K=self.neighbors + 1, num_threads=1)  # +1: an item is its own nearest neighbour
+        # K + 1: every item is its own nearest neighbour (dropped below with the diagonal)
+        knn = CosineRecommender(K=self.neighbors + 1, num_threads=1)
         with warnings.catch_warnings():
             # implicit converts its own normalised matrix to CSR and warns about it (harmless).
             warnings.filterwarnings("ignore", message="Method expects CSR input")
@@ -303,8 +314,8 @@ def _identity_analyzer(tokens: list[str]) -> list[str]:
 
 
 def item_feature_tokens(items: pd.DataFrame, price_buckets: int = 5) -> list[list[str]]:
-    """Descriptive tokens of each catalog item: ``category=..``, ``brand=..``, each ``key=value`` attribute and
-    a price quantile bucket. Missing fields contribute nothing."""
+    """Descriptive tokens of each catalog item: ``category=..``, ``brand=..``, each ``key=value`` attribute
+    and a price quantile bucket. Missing fields contribute nothing."""
     tokens: list[list[str]] = [[] for _ in range(len(items))]
     for column in ("category", "brand"):
         if column in items.columns:
@@ -318,8 +329,9 @@ def item_feature_tokens(items: pd.DataFrame, price_buckets: int = 5) -> list[lis
     if "price" in items.columns:
         price = pd.to_numeric(items["price"], errors="coerce")
         if price.notna().sum() >= 2 and price.nunique() >= 2:
-            bucket = pd.qcut(price.rank(method="first"), q=min(price_buckets, int(price.notna().sum())),
-                             labels=False)
+            bucket = pd.qcut(
+                price.rank(method="first"), q=min(price_buckets, int(price.notna().sum())), labels=False
+            )
             for row, b in enumerate(bucket.tolist()):
                 if b == b:  # not NaN
                     tokens[row].append(f"price_bucket={int(b)}")

@@ -1,5 +1,5 @@
-"""Baseline recommenders: fit/recommend, exclusion, cold users, determinism, and that the collaborative and content
-baselines find the structure of a synthetic shop that popularity cannot."""
+"""Baseline recommenders: fit/recommend, exclusion, cold users, determinism, and that the collaborative and
+content baselines find the structure of a synthetic shop that popularity cannot."""
 
 import numpy as np
 import pandas as pd
@@ -25,12 +25,14 @@ def structured_shop(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     """(train, test, items): each user belongs to a taste group and interacts with that group's item block;
     one globally popular block-0 item gets extra traffic from everyone. Test events are later than train."""
     rng = np.random.default_rng(seed)
-    items = pd.DataFrame({
-        "item_id": [f"i{j:03d}" for j in range(N_GROUPS * ITEMS_PER_GROUP)],
-        "category": [f"cat{j // ITEMS_PER_GROUP}" for j in range(N_GROUPS * ITEMS_PER_GROUP)],
-        "brand": [f"brand{j % 3}" for j in range(N_GROUPS * ITEMS_PER_GROUP)],
-        "price": rng.uniform(5, 200, N_GROUPS * ITEMS_PER_GROUP).round(2),
-    })
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{j:03d}" for j in range(N_GROUPS * ITEMS_PER_GROUP)],
+            "category": [f"cat{j // ITEMS_PER_GROUP}" for j in range(N_GROUPS * ITEMS_PER_GROUP)],
+            "brand": [f"brand{j % 3}" for j in range(N_GROUPS * ITEMS_PER_GROUP)],
+            "price": rng.uniform(5, 200, N_GROUPS * ITEMS_PER_GROUP).round(2),
+        }
+    )
     rows = []
     for u in range(N_USERS):
         group = u % N_GROUPS
@@ -114,12 +116,14 @@ def test_collaborative_and_content_baselines_beat_popularity_on_a_structured_log
 
 def test_popularity_counts_positive_events_and_decays_with_recency():
     old, new = T0, T0 + pd.Timedelta(days=30)
-    events = pd.DataFrame({
-        "user_id": ["a", "b", "c", "d", "e", "f"],
-        "item_id": ["old", "old", "old", "new", "new", "viewed"],
-        "event_type": ["click", "purchase", "add_to_cart", "click", "click", "view"],
-        "timestamp": [old, old, old, new, new, new],
-    })
+    events = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "c", "d", "e", "f"],
+            "item_id": ["old", "old", "old", "new", "new", "viewed"],
+            "event_type": ["click", "purchase", "add_to_cart", "click", "click", "view"],
+            "timestamp": [old, old, old, new, new, new],
+        }
+    )
     assert PopularityRecommender().fit(events).recommend(["x"], 3) == [["old", "new", "viewed"]]
     decayed = PopularityRecommender(half_life_days=7).fit(events)
     assert decayed.recommend(["x"], 2) == [["new", "old"]]
@@ -129,13 +133,20 @@ def test_popularity_counts_positive_events_and_decays_with_recency():
 
 
 def test_content_based_follows_metadata_and_reaches_unseen_items():
-    items = pd.DataFrame({
-        "item_id": ["s1", "s2", "s3", "t1", "t2"],
-        "category": ["shoes", "shoes", "shoes", "toys", "toys"],
-        "attributes": ["color=red;size=42", "color=red", None, "age=3+", "age=3+"],
-    })
-    events = pd.DataFrame({"user_id": ["u", "v", "v"], "item_id": ["s1", "t1", "t1"],
-                           "event_type": ["purchase", "click", "click"]})
+    items = pd.DataFrame(
+        {
+            "item_id": ["s1", "s2", "s3", "t1", "t2"],
+            "category": ["shoes", "shoes", "shoes", "toys", "toys"],
+            "attributes": ["color=red;size=42", "color=red", None, "age=3+", "age=3+"],
+        }
+    )
+    events = pd.DataFrame(
+        {
+            "user_id": ["u", "v", "v"],
+            "item_id": ["s1", "t1", "t1"],
+            "event_type": ["purchase", "click", "click"],
+        }
+    )
     model = ContentBasedRecommender().fit(events, items)
     recs = model.recommend(["u"], 2, {"u": {"s1"}})[0]
     assert recs == ["s2", "s3"]  # s2 shares the colour too; nobody interacted with either
@@ -153,16 +164,28 @@ def test_content_based_without_metadata_is_popularity(shop):
 
 
 def test_item_feature_tokens():
-    items = pd.DataFrame({"item_id": ["a", "b"], "category": ["x", None], "brand": [None, "acme"],
-                          "attributes": ["k=v; z=1", ""], "price": [1.0, 10.0]})
+    items = pd.DataFrame(
+        {
+            "item_id": ["a", "b"],
+            "category": ["x", None],
+            "brand": [None, "acme"],
+            "attributes": ["k=v; z=1", ""],
+            "price": [1.0, 10.0],
+        }
+    )
     tokens = item_feature_tokens(items)
     assert tokens[0] == ["category=x", "attr:k=v", "attr:z=1", "price_bucket=0"]
     assert tokens[1] == ["brand=acme", "price_bucket=1"]
 
 
 def test_interaction_matrix_sums_weights_and_skips_impressions():
-    events = pd.DataFrame({"user_id": ["u", "u", "u", "v"], "item_id": ["a", "a", "b", "c"],
-                           "event_type": ["view", "purchase", "impression", "click"]})
+    events = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u", "v"],
+            "item_id": ["a", "a", "b", "c"],
+            "event_type": ["view", "purchase", "impression", "click"],
+        }
+    )
     matrix, users, items = interaction_matrix(events)
     assert list(users) == ["u", "v"] and list(items) == ["a", "c"]
     assert matrix.toarray().tolist() == [[9.0, 0.0], [0.0, 2.0]]

@@ -1,4 +1,4 @@
-"""Ranking metrics: hand-computed cases, a reference implementation (scikit-learn) on random data, ground truth."""
+"""Ranking metrics: hand-computed cases, a reference implementation (scikit-learn), ground truth."""
 
 import math
 
@@ -80,7 +80,7 @@ def test_against_reference_implementations_on_random_data():
             y_true[u, catalog.index(j)] = 1
         for rank, item in enumerate(recs[u]):
             y_score[u, catalog.index(item)] = k - rank  # distinct positive scores for the top k, 0 elsewhere
-    expected = [ndcg_score(y_true[u:u + 1], y_score[u:u + 1], k=k) for u in range(n_users)]
+    expected = [ndcg_score(y_true[u : u + 1], y_score[u : u + 1], k=k) for u in range(n_users)]
     np.testing.assert_allclose(table[f"ndcg@{k}"].to_numpy(), expected, rtol=1e-9)
 
     # precision/recall/MRR from an independent loop
@@ -114,12 +114,19 @@ def _events(rows):
 
 
 def test_ground_truth_positives_first_then_views_and_exclusion():
-    events = _events([
-        ("u1", "a", "view"), ("u1", "b", "click"), ("u1", "c", "purchase"), ("u1", "d", "impression"),
-        ("u2", "e", "view"), ("u2", "f", "impression"),
-        ("u3", "g", "impression"), ("u3", "h", "remove_from_cart"),
-        ("u4", "i", "add_to_cart"),
-    ])
+    events = _events(
+        [
+            ("u1", "a", "view"),
+            ("u1", "b", "click"),
+            ("u1", "c", "purchase"),
+            ("u1", "d", "impression"),
+            ("u2", "e", "view"),
+            ("u2", "f", "impression"),
+            ("u3", "g", "impression"),
+            ("u3", "h", "remove_from_cart"),
+            ("u4", "i", "add_to_cart"),
+        ]
+    )
     truth = ground_truth(events)
     assert truth == {"u1": {"b", "c"}, "u2": {"e"}, "u4": {"i"}}
     # training items are dropped; a user left with nothing disappears

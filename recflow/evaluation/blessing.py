@@ -1,7 +1,7 @@
 """The blessing: config-driven rules that decide whether a candidate model may be pushed.
 
-Every rule is checked (no short-circuit) so the report lists *all* the reasons a candidate was refused, each in
-words a person can act on, e.g. ``"ndcg@10 0.081 < floor 0.100"``. A metric that is missing or not a number
+Every rule is checked (no short-circuit) so the report lists *all* the reasons a candidate was refused, each
+in words a person can act on, e.g. ``"ndcg@10 0.081 < floor 0.100"``. A metric that is missing or not a number
 fails its rule: an evaluation that could not measure something never blesses by accident.
 """
 
@@ -39,7 +39,9 @@ def _value(metrics: Mapping[str, Any] | None, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _floor(candidate: Mapping[str, Any], key: str, floor: float, reasons: list[str], checks: list[str]) -> None:
+def _floor(
+    candidate: Mapping[str, Any], key: str, floor: float, reasons: list[str], checks: list[str]
+) -> None:
     value = _value(candidate, key)
     if value is None:
         reasons.append(f"{key} was not measured (floor {floor:.3f})")
@@ -60,10 +62,10 @@ def decide_blessing(
 
     ``candidate``, each of ``baselines`` and ``champion`` map metric names (``ndcg@10``, ...) to values.
     Rules: absolute floors on NDCG@k and Recall@k; the primary metric must beat the ``popularity`` baseline by
-    ``min_lift_over_popularity``; when a champion exists, the candidate must not be significantly worse than it
-    (one-sided paired test at ``alpha`` on the primary metric); when ``min_index_recall`` is set, the
-    retrieval index's ``index_recall@k`` must reach it; a non-zero ``exclusion_violations`` (items the candidate
-    was told to exclude) always fails.
+    ``min_lift_over_popularity``; when a champion exists, the candidate must not be significantly worse than
+    it (one-sided paired test at ``alpha`` on the primary metric); when ``min_index_recall`` is set, the
+    retrieval index's ``index_recall@k`` must reach it; a non-zero ``exclusion_violations`` (items the
+    candidate was told to exclude) always fails.
     """
     th = config.thresholds
     reasons: list[str] = []
@@ -78,10 +80,14 @@ def decide_blessing(
         pop = _value(baselines.get("popularity"), primary)
         needed_pct = th.min_lift_over_popularity * 100
         if "popularity" not in baselines:
-            reasons.append(f"{primary} lift over popularity cannot be checked: the popularity baseline was not run")
+            reasons.append(
+                f"{primary} lift over popularity cannot be checked: the popularity baseline was not run"
+            )
         elif cand is None or pop is None:
             reasons.append(f"{primary} lift over popularity cannot be checked: the metric was not measured")
-        elif cand < pop * (1.0 + th.min_lift_over_popularity) or (pop == 0.0 and cand == 0.0 and needed_pct > 0):
+        elif cand < pop * (1.0 + th.min_lift_over_popularity) or (
+            pop == 0.0 and cand == 0.0 and needed_pct > 0
+        ):
             lift = (cand / pop - 1.0) * 100 if pop > 0 else math.inf if cand > 0 else 0.0
             reasons.append(
                 f"{primary} {cand:.3f} does not beat popularity {pop:.3f} by the required {needed_pct:.1f}% "
@@ -120,8 +126,10 @@ def decide_blessing(
 
     violations = _value(candidate, "exclusion_violations")
     if violations:
-        reasons.append(f"the candidate recommended {int(violations)} excluded (already interacted) items; "
-                       "the Recommender protocol forbids it")
+        reasons.append(
+            f"the candidate recommended {int(violations)} excluded (already interacted) items; "
+            "the Recommender protocol forbids it"
+        )
 
     if th.min_index_recall is not None:
         _floor(candidate, config.metric_key("index_recall"), th.min_index_recall, reasons, checks)

@@ -17,7 +17,8 @@ class _Section(BaseModel):
 
 
 class BlessingThresholds(_Section):
-    """The rules that decide whether a candidate is blessed (every rule that fails is reported as a reason)."""
+    """The rules that decide whether a candidate is blessed (every rule that fails is reported as a
+    reason)."""
 
     min_ndcg: float = Field(0.0, ge=0.0, le=1.0, description="Absolute floor on the candidate's NDCG@k.")
     min_recall: float = Field(0.0, ge=0.0, le=1.0, description="Absolute floor on the candidate's Recall@k.")
@@ -26,7 +27,9 @@ class BlessingThresholds(_Section):
         description="The candidate's primary metric must be at least popularity's times (1 + this) "
         "(0.05 = beat popularity by 5%; 0 = at least tie; null = rule off).",
     )
-    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Significance level of the tests against the champion.")
+    alpha: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Significance level of the tests against the champion."
+    )
     require_not_worse_than_champion: bool = Field(
         True,
         description="Refuse a candidate that is significantly worse than the current champion "
@@ -60,12 +63,16 @@ class EvaluatorConfig(_Section):
 
     k: int = Field(10, gt=0, description="Cut-off of the ranking metrics (Precision@k, NDCG@k, ...).")
     metrics: tuple[str, ...] = Field(
-        RANKING_METRICS, description="Ranking metrics reported (subset of " + ", ".join(RANKING_METRICS) + ")."
+        RANKING_METRICS,
+        description="Ranking metrics reported (subset of " + ", ".join(RANKING_METRICS) + ").",
     )
     primary_metric: str = Field(
-        "ndcg", description="Metric used for the lift over popularity, the best baseline and the significance tests."
+        "ndcg",
+        description="Metric used for the lift over popularity, the best baseline and the significance tests.",
     )
-    split: Literal["test", "eval"] = Field("test", description="Held-out split evaluated (test.parquet or eval.parquet).")
+    split: Literal["test", "eval"] = Field(
+        "test", description="Held-out split evaluated (test.parquet or eval.parquet)."
+    )
     exclude_train_items: bool = Field(
         True,
         description="Never recommend items a user interacted with in train, and drop them from that user's "
@@ -77,12 +84,16 @@ class EvaluatorConfig(_Section):
     seed: int = Field(42, ge=0, description="Seed of the user sample and of the baselines.")
     baselines: tuple[str, ...] = Field(
         ("popularity", "als", "item_knn", "content"),
-        description="Baselines fitted on train and evaluated in the same run (" + ", ".join(BASELINE_NAMES) + ").",
+        description="Baselines fitted on train and evaluated in the same run ("
+        + ", ".join(BASELINE_NAMES)
+        + ").",
     )
     popularity_half_life_days: float | None = Field(
         None, gt=0.0, description="Recency decay of the popularity baseline (null = plain counts)."
     )
-    item_knn_neighbors: int = Field(50, gt=0, description="Neighbours kept per item by the item-kNN baseline.")
+    item_knn_neighbors: int = Field(
+        50, gt=0, description="Neighbours kept per item by the item-kNN baseline."
+    )
     als: ALSConfig = Field(ALSConfig(), description="ALS baseline hyper-parameters.")
     thresholds: BlessingThresholds = Field(BlessingThresholds(), description="Blessing rules.")
 

@@ -8,8 +8,8 @@ Definitions (binary relevance; ``hits_i`` = 1 when the i-th recommended item, i 
 * ``mrr@k``       = 1 / rank of the first relevant item within the top k (0 when there is none)
 * ``hit@k``       = 1 when any of the top k is relevant
 
-Users with no relevant items get NaN (they cannot be scored); :func:`aggregate` skips them. Duplicate items in a
-list count once (later copies are misses). Issue 4's beyond-accuracy metrics (diversity, novelty, popularity
+Users with no relevant items get NaN (they cannot be scored); :func:`aggregate` skips them. Duplicate items in
+a list count once (later copies are misses). Issue 4's beyond-accuracy metrics (diversity, novelty, popularity
 bias) belong next to :func:`catalog_coverage` as further list-level functions.
 """
 
@@ -34,7 +34,8 @@ def ground_truth(
 
     A user's relevant items are those with a positive event (click, add_to_cart, purchase); a user without any
     positive event falls back to the items they viewed. Impressions and removals never make an item relevant.
-    Items in ``exclude[user]`` (e.g. the user's training items) are dropped; users left with nothing are omitted.
+    Items in ``exclude[user]`` (e.g. the user's training items) are dropped; users left with nothing are
+    omitted.
     """
     missing = {"user_id", "item_id", "event_type"} - set(events.columns)
     if missing:
@@ -54,7 +55,8 @@ def ground_truth(
 
 
 def interacted_items(events: pd.DataFrame) -> dict[str, set[str]]:
-    """Items each user interacted with (any event except impressions): what evaluation excludes from their lists."""
+    """Items each user interacted with (any event except impressions): what evaluation excludes from their
+    lists."""
     ev = events.loc[events["event_type"] != "impression", ["user_id", "item_id"]].drop_duplicates()
     return {str(u): set(items.astype(str)) for u, items in ev.groupby("user_id", sort=False)["item_id"]}
 
@@ -79,10 +81,11 @@ def per_user_metrics(
     k: int,
     user_ids: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Precision, recall, NDCG, MRR and hit rate at ``k`` for each user (one row per user, columns ``name@k``).
+    """Precision, recall, NDCG, MRR and hit rate at ``k`` for each user (one row per user, columns
+    ``name@k``).
 
-    ``recs[i]`` is user i's ranked list (best first) and ``truth[i]`` their relevant items. The result is indexed
-    by ``user_ids`` when given (so two methods' results align for paired tests), else by position.
+    ``recs[i]`` is user i's ranked list (best first) and ``truth[i]`` their relevant items. The result is
+    indexed by ``user_ids`` when given (so two methods' results align for paired tests), else by position.
     """
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
@@ -112,13 +115,16 @@ def per_user_metrics(
 def aggregate(per_user: pd.DataFrame) -> dict[str, float]:
     """Mean of each per-user metric over the users that could be scored, plus ``users`` (how many)."""
     scored = per_user.dropna(how="all")
-    result = {str(col): float(scored[col].mean()) if len(scored) else float("nan") for col in per_user.columns}
+    result = {
+        str(col): float(scored[col].mean()) if len(scored) else float("nan") for col in per_user.columns
+    }
     result["users"] = float(len(scored))
     return result
 
 
 def catalog_coverage(recs: Iterable[Sequence[str]], catalog: Iterable[str]) -> float:
-    """Share of the catalog that appears in at least one recommendation list (items outside it are ignored)."""
+    """Share of the catalog that appears in at least one recommendation list (items outside it are
+    ignored)."""
     catalog_set = {str(i) for i in catalog}
     if not catalog_set:
         return float("nan")

@@ -1,9 +1,9 @@
-"""Paired significance tests of per-user metrics: is a candidate better or worse than a reference on the same users?
+"""Paired significance tests of per-user metrics: is a candidate better or worse than a reference?
 
 Both tests come from SciPy: the paired t-test (:func:`scipy.stats.ttest_rel`) on the mean difference and the
 Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`, zero differences dropped) on its median. Degenerate
-inputs (fewer than two pairs, all differences zero, a constant non-zero difference) give defined answers with a
-``note`` instead of NaN or an exception.
+inputs (fewer than two pairs, all differences zero, a constant non-zero difference) give defined answers
+with a ``note`` instead of NaN or an exception.
 """
 
 from __future__ import annotations
@@ -61,13 +61,16 @@ def _as_pairs(
         common = a.index.intersection(b.index, sort=False)
         if len(common) != len(a) or len(common) != len(b):
             raise ValueError(
-                f"paired tests need the same users on both sides: {len(a)} vs {len(b)} users, {len(common)} shared"
+                f"paired tests need the same users on both sides: {len(a)} vs {len(b)} users, "
+                f"{len(common)} shared"
             )
         a, b = a.loc[common], b.loc[common]
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"paired tests need two 1-d arrays of equal length, got shapes {x.shape} and {y.shape}")
+        raise ValueError(
+            f"paired tests need two 1-d arrays of equal length, got shapes {x.shape} and {y.shape}"
+        )
     keep = np.isfinite(x) & np.isfinite(y)
     return x[keep], y[keep]
 
@@ -91,11 +94,20 @@ def paired_tests(
     mean_diff = float(d.mean()) if n else 0.0
     common = {"n": n, "confidence": confidence, "metric": metric, "reference": reference}
     if n < 2:
-        return PairedTest(mean_diff, (mean_diff, mean_diff), 0.0, 1.0, 0.0, 1.0,
-                          note=f"too few paired users ({n}) for a test; p = 1.0", **common)
+        return PairedTest(
+            mean_diff,
+            (mean_diff, mean_diff),
+            0.0,
+            1.0,
+            0.0,
+            1.0,
+            note=f"too few paired users ({n}) for a test; p = 1.0",
+            **common,
+        )
     if not np.any(d):
-        return PairedTest(0.0, (0.0, 0.0), 0.0, 1.0, 0.0, 1.0,
-                          note="all paired differences are zero; p = 1.0", **common)
+        return PairedTest(
+            0.0, (0.0, 0.0), 0.0, 1.0, 0.0, 1.0, note="all paired differences are zero; p = 1.0", **common
+        )
     notes = []
     if np.ptp(d) == 0.0:
         # Every user moved by exactly the same amount: the t statistic is infinite; the evidence is as strong
@@ -115,6 +127,18 @@ def paired_tests(
     w_p_worse = float(stats.wilcoxon(x, y, zero_method="wilcox", alternative="less").pvalue)
     nonzero = int(np.count_nonzero(d))
     if nonzero < 6:
-        notes.append(f"only {nonzero} non-zero differences: the two-sided Wilcoxon test cannot reach p < 0.05")
-    return PairedTest(mean_diff, ci, t_stat, t_p, w_stat, w_p, t_p_worse=t_p_worse, wilcoxon_p_worse=w_p_worse,
-                      note="; ".join(notes), **common)
+        notes.append(
+            f"only {nonzero} non-zero differences: the two-sided Wilcoxon test cannot reach p < 0.05"
+        )
+    return PairedTest(
+        mean_diff,
+        ci,
+        t_stat,
+        t_p,
+        w_stat,
+        w_p,
+        t_p_worse=t_p_worse,
+        wilcoxon_p_worse=w_p_worse,
+        note="; ".join(notes),
+        **common,
+    )

@@ -1,0 +1,305 @@
+"""Evaluate a candidate recommender against baselines and the champion on the held-out split, and bless it or
+not.
+
+:func:`evaluate_recommenders` is the Evaluator's core: it reads an examples directory, fits the baselines on
+``train.parquet``, asks every method for top-k lists for the *same* sampled held-out users (excluding each
+user's training items), scores them with :mod:`recflow.evaluation.metrics`, runs paired tests of the per-user
+primary metric (candidate vs champion, and vs the best baseline), and applies the blessing rules. The returned
+:class:`EvaluationResult` is what :func:`recflow.evaluation.report.write_report` renders.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recflow.baselines import (
+    ALSRecommender,
+    ContentBasedRecommender,
+    ItemKNNRecommender,
+    PopularityRecommender,
+)
+from recflow.errors import ConfigError, DataError
+from recflow.evaluation.blessing import Blessing, decide_blessing
+from recflow.evaluation.config import EvaluatorConfig
+from recflow.evaluation.metrics import (
+    aggregate,
+    catalog_coverage,
+    ground_truth,
+    interacted_items,
+    per_user_metrics,
+)
+from recflow.evaluation.significance import PairedTest, paired_tests
+from recflow.recommender import Recommender
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+_EVENT_COLUMNS = ("user_id", "item_id", "event_type")
+
+
+@dataclass
+class MethodResult:
+    """One evaluated method: ``label`` is its key in the result (``candidate``, ``champion`` or the baseline's
+    config name), ``name`` the recommender's own name, ``role`` candidate/champion/baseline."""
+
+    label: str
+    name: str
+    role: str
+    metrics: dict[str, float]
+    per_user: pd.DataFrame
+    seconds: float = 0.0
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one evaluation measured and decided (rendered by
+    :func:`~recflow.evaluation.report.write_report`).
+
+    ``significance`` holds the paired tests of the primary metric, keyed ``champion`` and/or
+    ``best_baseline``;
+    ``segments`` the metrics by user type (new / returning) for every method; ``extra`` whatever the caller
+    adds (off-policy estimates, a TFMA ``slices`` DataFrame, ...), rendered generically.
+    """
+
+    k: int
+    split: str
+    primary_metric: str
+    n_users: int
+    methods: dict[str, MethodResult]
+    significance: dict[str, PairedTest]
+    blessing: Blessing
+    segments: pd.DataFrame
+    extra: dict[str, Any] = field(default_factory=dict)
+    catalog_size: int = 0
+
+    @property
+    def candidate(self) -> MethodResult:
+        return self.methods[CANDIDATE]
+
+    def metrics_table(self) -> pd.DataFrame:
+        """One row per method (candidate, champion, baselines), one column per aggregate metric."""
+        rows = []
+        for m in self.methods.values():
+            rows.append(
+                {
+                    "method": m.label,
+                    "recommender": m.name,
+                    "role": m.role,
+                    **m.metrics,
+                    "seconds": round(m.seconds, 3),
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def build_baselines(config: EvaluatorConfig) -> dict[str, Recommender]:
+    """Unfitted baselines named in ``config.baselines``, configured from ``config``."""
+    out: dict[str, Recommender] = {}
+    for name in config.baselines:
+        if name == "popularity":
+            out[name] = PopularityRecommender(half_life_days=config.popularity_half_life_days)
+        elif name == "als":
+            als = config.als
+            out[name] = ALSRecommender(
+                factors=als.factors,
+                iterations=als.iterations,
+                regularization=als.regularization,
+                alpha=als.alpha,
+                seed=config.seed,
+            )
+        elif name == "item_knn":
+            out[name] = ItemKNNRecommender(neighbors=config.item_knn_neighbors)
+        elif name == "content":
+            out[name] = ContentBasedRecommender()
+        else:  # EvaluatorConfig validates names; this guards direct construction with model_construct
+            raise ConfigError(f"evaluator.baselines: unknown baseline {name!r}")
+    return out
+
+
+def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(
+            f"{path}: file not found (an examples directory holds train.parquet, eval.parquet, "
+            "test.parquet and optionally items.parquet, users.parquet)"
+        )
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001  (pyarrow raises many types for a corrupt file)
+        raise DataError(f"{path}: cannot be read as Parquet: {exc}") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing required column(s) {missing} (see recflow/schema.py)")
+    for column in ("user_id", "item_id"):
+        if column in frame.columns:
+            frame[column] = frame[column].astype(str)
+    return frame
+
+
+def load_examples(
+    examples_dir: Path, split: str = "test"
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """``(train events, held-out events of split, items or None)`` from an examples directory."""
+    examples_dir = Path(examples_dir)
+    train = _read_table(examples_dir / "train.parquet", _EVENT_COLUMNS)
+    held_out = _read_table(examples_dir / f"{split}.parquet", _EVENT_COLUMNS)
+    items_path = examples_dir / "items.parquet"
+    items = _read_table(items_path, ("item_id",)) if items_path.is_file() else None
+    return train, held_out, items
+
+
+def _sample_users(users: list[str], max_users: int | None, seed: int) -> list[str]:
+    if max_users is None or len(users) <= max_users:
+        return users
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(np.array(users, dtype=object), size=max_users, replace=False).tolist())
+
+
+def _run_method(
+    label: str,
+    role: str,
+    recommender: Recommender,
+    users: list[str],
+    truth: list[set[str]],
+    exclude: Mapping[str, set[str]],
+    catalog: set[str],
+    config: EvaluatorConfig,
+    seconds_before: float = 0.0,
+) -> MethodResult:
+    start = time.perf_counter()
+    recs = recommender.recommend(users, config.k, exclude)
+    elapsed = time.perf_counter() - start + seconds_before
+    if len(recs) != len(users):
+        raise DataError(
+            f"recommender {recommender.name!r} ({label}) returned {len(recs)} lists for "
+            f"{len(users)} users; results must align with the user ids"
+        )
+    recs = [[str(i) for i in items] for items in recs]
+    per_user = per_user_metrics(recs, truth, config.k, user_ids=users)
+    keep = [f"{m}@{config.k}" for m in config.metrics]
+    if config.metric_key() not in keep:
+        keep.append(config.metric_key())
+    per_user = per_user[keep]
+    metrics = aggregate(per_user)
+    metrics[f"coverage@{config.k}"] = catalog_coverage(recs, catalog)
+    metrics["exclusion_violations"] = float(
+        sum(len(set(items[: config.k]) & exclude.get(u, set())) for u, items in zip(users, recs, strict=True))
+    )
+    return MethodResult(label, recommender.name, role, metrics, per_user, elapsed)
+
+
+def _segments(methods: Mapping[str, MethodResult], user_type: pd.Series) -> pd.DataFrame:
+    frames = []
+    for m in methods.values():
+        joined = m.per_user.join(user_type)
+        grouped = joined.groupby("user_type", sort=True)
+        table = grouped.mean(numeric_only=True)
+        table.insert(0, "users", grouped.size())
+        table.insert(0, "method", m.label)
+        frames.append(table.reset_index())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def evaluate_recommenders(
+    examples_dir: Path,
+    candidate: Recommender,
+    config: EvaluatorConfig,
+    champion: Recommender | None = None,
+    extra: dict[str, Any] | None = None,
+) -> EvaluationResult:
+    """Evaluate ``candidate`` (already trained) against freshly fitted baselines and the ``champion``.
+
+    All methods rank for the same held-out users (at most ``config.max_users``, sampled with ``config.seed``)
+    with the same exclusions, so their per-user metrics are paired. Raises :class:`~recflow.errors.DataError`
+    when the examples are unusable or the held-out split has no user with a relevant item.
+    """
+    train, held_out, items = load_examples(Path(examples_dir), config.split)
+    exclude = interacted_items(train) if config.exclude_train_items else {}
+    truth_by_user = ground_truth(held_out, exclude if config.exclude_train_items else None)
+    if not truth_by_user:
+        raise DataError(
+            f"{Path(examples_dir) / (config.split + '.parquet')}: no user has a relevant held-out "
+            "item (a click, add_to_cart, purchase or view not already seen in train); nothing to evaluate"
+        )
+    users = _sample_users(sorted(truth_by_user), config.max_users, config.seed)
+    truth = [truth_by_user[u] for u in users]
+    catalog = set(items["item_id"]) if items is not None else set(train["item_id"]) | set(held_out["item_id"])
+    train_users = set(train["user_id"])
+    user_type = pd.Series(
+        ["returning" if u in train_users else "new" for u in users],
+        index=pd.Index(users, name="user_id"),
+        name="user_type",
+    )
+
+    methods: dict[str, MethodResult] = {}
+    methods[CANDIDATE] = _run_method(
+        CANDIDATE, "candidate", candidate, users, truth, exclude, catalog, config
+    )
+    if champion is not None:
+        methods[CHAMPION] = _run_method(
+            CHAMPION, "champion", champion, users, truth, exclude, catalog, config
+        )
+    for name, baseline in build_baselines(config).items():
+        start = time.perf_counter()
+        baseline.fit(train, items)  # type: ignore[attr-defined]
+        methods[name] = _run_method(
+            name,
+            "baseline",
+            baseline,
+            users,
+            truth,
+            exclude,
+            catalog,
+            config,
+            seconds_before=time.perf_counter() - start,
+        )
+
+    primary = config.metric_key()
+    confidence = 1.0 - config.thresholds.alpha
+    cand_series = methods[CANDIDATE].per_user[primary]
+    significance: dict[str, PairedTest] = {}
+    if champion is not None:
+        significance["champion"] = paired_tests(
+            cand_series,
+            methods[CHAMPION].per_user[primary],
+            confidence,
+            metric=primary,
+            reference=f"champion ({champion.name})",
+        )
+    baseline_labels = [m.label for m in methods.values() if m.role == "baseline"]
+    if baseline_labels:
+        best = max(
+            baseline_labels, key=lambda lbl: (np.nan_to_num(methods[lbl].metrics[primary], nan=-1.0), lbl)
+        )
+        significance["best_baseline"] = paired_tests(
+            cand_series,
+            methods[best].per_user[primary],
+            confidence,
+            metric=primary,
+            reference=f"best baseline ({best})",
+        )
+
+    blessing = decide_blessing(
+        methods[CANDIDATE].metrics,
+        {lbl: methods[lbl].metrics for lbl in baseline_labels},
+        methods[CHAMPION].metrics if champion is not None else None,
+        significance.get("champion"),
+        config,
+    )
+    return EvaluationResult(
+        k=config.k,
+        split=config.split,
+        primary_metric=primary,
+        n_users=len(users),
+        methods=methods,
+        significance=significance,
+        blessing=blessing,
+        segments=_segments(methods, user_type),
+        extra=dict(extra or {}),
+        catalog_size=len(catalog),
+    )

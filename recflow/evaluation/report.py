@@ -1,0 +1,291 @@
+"""The Evaluator's outputs: a self-contained ``report.html``, ``metrics.json`` and ``blessing.json``.
+
+``blessing.json`` (``{"blessed": bool, "reasons": [...], "checks": [...], "candidate": name, "metrics":
+{...}}``) is what the Pusher reads. It is removed first and written last, so an evaluation that fails half-way
+leaves no blessing behind and pushes nothing. Every file is written atomically. Plots are rendered with
+matplotlib's object API (no pyplot, no display) and embedded as base64 PNG, so the HTML has no external
+references.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import is_dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from recflow.io import atomic_path
+
+if TYPE_CHECKING:
+    from recflow.evaluation.evaluator import EvaluationResult
+
+REPORT_NAME = "report.html"
+METRICS_NAME = "metrics.json"
+BLESSING_NAME = "blessing.json"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em
+auto;max-width:1100px;color:#222} h1{margin-bottom:.2em} h2{border-bottom:1px solid
+#ddd;padding-bottom:.2em;margin-top:1.6em} table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+# th,td{border:1px solid #ccc;padding:.3em .6em}
+th{background:#f3f3f3} td{text-align:right} td:first-child,th:first-child{text-align:left}
+.verdict{display:inline-block;padding:.35em .9em;border-radius:4px;font-weight:bold;color:#fff}
+.blessed{background:#2e7d32} .refused{background:#c62828} .muted{color:#777} img{max-width:100%}
+"""
+
+
+def json_safe(value: Any) -> Any:
+    """Convert results to plain JSON types: NaN/inf -> None, numpy scalars -> Python, DataFrames -> records,
+    dataclasses/objects with ``to_dict`` -> dicts."""
+    if hasattr(value, "to_dict") and not isinstance(value, pd.DataFrame | pd.Series):
+        return json_safe(value.to_dict())
+    if isinstance(value, pd.DataFrame):
+        return [json_safe(r) for r in value.to_dict(orient="records")]
+    if isinstance(value, pd.Series):
+        return json_safe(value.to_dict())
+    if is_dataclass(value) and not isinstance(value, type):
+        return json_safe(vars(value))
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def metric_bars_png(table: pd.DataFrame, metrics: list[str]) -> str:
+    """Grouped bar chart (one group per metric, one bar per method) as base64 PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    ax = fig.subplots()
+    methods = table["method"].tolist()
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(metrics))
+    for i, method in enumerate(methods):
+        values = [float(table.loc[table["method"] == method, m].iloc[0]) for m in metrics]
+        ax.bar(x + i * width - 0.4 + width / 2, np.nan_to_num(values), width, label=method)
+    ax.set_xticks(x, metrics)
+    ax.set_ylabel("mean over users")
+    ax.set_title("Ranking metrics by method")
+    ax.legend(fontsize="small", ncols=min(len(methods), 4))
+    return _png(fig)
+
+
+def per_user_distribution_png(per_user: Mapping[str, pd.Series], metric: str) -> str:
+    """Histogram of a per-user metric for each method (step outlines on shared bins) as base64 PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    ax = fig.subplots()
+    bins = np.linspace(0.0, 1.0, 21)
+    for label, series in per_user.items():
+        values = series.dropna().to_numpy()
+        ax.hist(
+            values, bins=bins, histtype="step", linewidth=1.5, label=f"{label} (mean {values.mean():.3f})"
+        )
+    ax.set_yscale("symlog")
+    ax.set_xlabel(f"per-user {metric}")
+    ax.set_ylabel("users")
+    ax.set_title(f"Distribution of per-user {metric}")
+    ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def slice_auc_png(slices: pd.DataFrame) -> str:
+    """Horizontal bars of AUC per slice (TFMA output) as base64 PNG."""
+    from matplotlib.figure import Figure
+
+    labels = [f"{s}={v}" if v else s for s, v in zip(slices["slice"], slices["value"], strict=True)]
+    fig = Figure(figsize=(8, 0.35 * len(labels) + 1.2))
+    ax = fig.subplots()
+    ax.barh(labels[::-1], np.nan_to_num(slices["auc"].to_numpy(dtype=float))[::-1])
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AUC")
+    ax.set_title("Ranking model AUC by slice (TFMA)")
+    return _png(fig)
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, escape=True, float_format=lambda v: f"{v:.4f}", na_rep="-", border=0)
+
+
+def _list(items: list[str], empty: str) -> str:
+    if not items:
+        return f'<p class="muted">{html.escape(empty)}</p>'
+    return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def _significance_table(result: EvaluationResult) -> pd.DataFrame:
+    rows = []
+    for key, t in result.significance.items():
+        rows.append(
+            {
+                "comparison": f"candidate vs {t.reference or key}",
+                "metric": t.metric,
+                "users": t.n,
+                "mean diff": t.mean_diff,
+                "ci low": t.ci[0],
+                "ci high": t.ci[1],
+                "t": t.t_stat,
+                "t p": t.t_p,
+                "t p (worse)": t.t_p_worse,
+                "Wilcoxon W": t.wilcoxon_stat,
+                "Wilcoxon p": t.wilcoxon_p,
+                "Wilcoxon p (worse)": t.wilcoxon_p_worse,
+                "note": t.note,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _extra_sections(extra: Mapping[str, Any]) -> list[str]:
+    parts = []
+    for key, value in extra.items():
+        if key == "slices":
+            continue
+        title = html.escape(str(key).replace("_", " "))
+        if isinstance(value, pd.DataFrame):
+            parts.append(f"<h2>{title}</h2>{_table(value)}")
+        elif isinstance(value, Mapping):
+            frame = pd.DataFrame(
+                {
+                    "name": [str(k) for k in value],
+                    "value": [
+                        json.dumps(json_safe(v)) if not isinstance(v, int | float | str) else v
+                        for v in value.values()
+                    ],
+                }
+            )
+            parts.append(f"<h2>{title}</h2>{_table(frame)}")
+        else:
+            parts.append(f"<h2>{title}</h2><p>{html.escape(str(value))}</p>")
+    return parts
+
+
+def render_html(result: EvaluationResult) -> str:
+    """The report as one self-contained HTML string."""
+    blessing = result.blessing
+    cand = result.candidate
+    table = result.metrics_table()
+    metrics = [c for c in table.columns if "@" in c and not c.startswith("coverage")]
+    verdict = (
+        '<span class="verdict blessed">BLESSED</span>'
+        if blessing.blessed
+        else '<span class="verdict refused">NOT BLESSED</span>'
+    )
+    primary = result.primary_metric
+    sections = [
+        f"<h1>Evaluation of {html.escape(cand.name)}</h1>",
+        f"<p>{verdict} &nbsp; split <b>{html.escape(result.split)}</b>, {result.n_users} users, "
+        f"k = {result.k}, "
+        f"catalog {result.catalog_size} items, primary metric <b>{html.escape(primary)}</b></p>",
+        "<h2>Blessing</h2><h3>Failed rules</h3>" + _list(blessing.reasons, "none: every rule passed"),
+        "<h3>Passed or skipped rules</h3>" + _list(blessing.checks, "none"),
+        "<h2>Metrics: candidate vs champion vs baselines</h2>" + _table(table),
+        _img(metric_bars_png(table, metrics), "metric bars by method"),
+        "<h2>Significance (paired, per user)</h2>"
+        + (
+            _table(_significance_table(result))
+            if result.significance
+            else '<p class="muted">no comparison</p>'
+        ),
+        _img(
+            per_user_distribution_png(
+                {m.label: m.per_user[primary] for m in result.methods.values()}, primary
+            ),
+            f"per-user {primary} distribution",
+        ),
+    ]
+    if not result.segments.empty:
+        sections.append("<h2>By user type (new vs returning)</h2>" + _table(result.segments))
+    slices = result.extra.get("slices")
+    if isinstance(slices, pd.DataFrame) and not slices.empty:
+        sections.append("<h2>Ranking model per slice (TFMA)</h2>" + _table(slices))
+        if "auc" in slices.columns:
+            sections.append(_img(slice_auc_png(slices), "AUC by slice"))
+    sections.extend(_extra_sections(result.extra))
+    body = "\n".join(sections)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>recflow evaluation: {html.escape(cand.name)}</title><style>{_CSS}</style></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def metrics_document(result: EvaluationResult) -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    return json_safe(
+        {
+            "k": result.k,
+            "split": result.split,
+            "n_users": result.n_users,
+            "catalog_size": result.catalog_size,
+            "primary_metric": result.primary_metric,
+            "candidate": result.candidate.name,
+            "methods": {
+                m.label: {"name": m.name, "role": m.role, "seconds": m.seconds, **m.metrics}
+                for m in result.methods.values()
+            },
+            "significance": {k: t.to_dict() for k, t in result.significance.items()},
+            "segments": result.segments,
+            "extra": result.extra,
+        }
+    )
+
+
+def blessing_document(result: EvaluationResult) -> dict[str, Any]:
+    """The content of ``blessing.json`` (read by the Pusher)."""
+    return json_safe(
+        {
+            "blessed": result.blessing.blessed,
+            "reasons": result.blessing.reasons,
+            "checks": result.blessing.checks,
+            "candidate": result.candidate.name,
+            "metrics": result.candidate.metrics,
+        }
+    )
+
+
+def write_report(out_dir: str | Path, result: EvaluationResult) -> Path:
+    """Write ``report.html``, ``metrics.json`` and (last) ``blessing.json`` into ``out_dir``; return the
+    report's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BLESSING_NAME).unlink(missing_ok=True)  # a stale verdict must not survive a failed write below
+    report = out / REPORT_NAME
+    _write_text(report, render_html(result))
+    _write_text(out / METRICS_NAME, json.dumps(metrics_document(result), indent=2, allow_nan=False) + "\n")
+    _write_text(out / BLESSING_NAME, json.dumps(blessing_document(result), indent=2, allow_nan=False) + "\n")
+    return report

@@ -1,0 +1,338 @@
+"""The Evaluator: blessing rules, the HTML/JSON report, evaluate_recommenders end to end, TFMA slices."""
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recflow.baselines import ALSRecommender, PopularityRecommender
+from recflow.errors import DataError
+from recflow.evaluation.blessing import decide_blessing
+from recflow.evaluation.config import BlessingThresholds, EvaluatorConfig
+from recflow.evaluation.evaluator import evaluate_recommenders
+from recflow.evaluation.report import BLESSING_NAME, METRICS_NAME, write_report
+from recflow.evaluation.significance import paired_tests
+from recflow.io import write_table
+
+T0 = pd.Timestamp("2026-01-05", tz="UTC")
+
+
+# ------------------------------------------------------------------------------------------- blessing rules
+
+
+def _config(**thresholds) -> EvaluatorConfig:
+    base = {"min_ndcg": 0.1, "min_recall": 0.05, "min_lift_over_popularity": 0.05}
+    return EvaluatorConfig(k=10, thresholds=BlessingThresholds(**(base | thresholds)))
+
+
+GOOD = {"ndcg@10": 0.30, "recall@10": 0.20}
+POPULARITY = {"popularity": {"ndcg@10": 0.10, "recall@10": 0.08}}
+
+
+def test_a_good_candidate_without_champion_is_blessed():
+    verdict = decide_blessing(GOOD, POPULARITY, None, None, _config())
+    assert verdict.blessed and verdict.reasons == []
+    assert any("no champion" in c for c in verdict.checks)
+
+
+def test_each_failed_rule_gives_its_own_reason():
+    weak = {"ndcg@10": 0.081, "recall@10": 0.01}
+    verdict = decide_blessing(weak, POPULARITY, None, None, _config())
+    assert not verdict.blessed
+    assert verdict.reasons == [
+        "ndcg@10 0.081 < floor 0.100",
+        "recall@10 0.010 < floor 0.050",
+        "ndcg@10 0.081 does not beat popularity 0.100 by the required 5.0% (lift -19.0%)",
+    ]
+
+
+def test_lift_margin_is_applied():
+    near = {"ndcg@10": 0.104, "recall@10": 0.2}  # +4% over popularity, 5% required
+    verdict = decide_blessing(near, POPULARITY, None, None, _config())
+    assert verdict.reasons == [
+        "ndcg@10 0.104 does not beat popularity 0.100 by the required 5.0% (lift +4.0%)"
+    ]
+    assert decide_blessing(near, POPULARITY, None, None, _config(min_lift_over_popularity=None)).blessed
+    missing = decide_blessing(GOOD, {}, None, None, _config())
+    assert missing.reasons == [
+        "ndcg@10 lift over popularity cannot be checked: the popularity baseline was not run"
+    ]
+
+
+def test_missing_or_nan_metric_fails_its_rule():
+    verdict = decide_blessing(
+        {"ndcg@10": float("nan")}, POPULARITY, None, None, _config(min_lift_over_popularity=None)
+    )
+    assert verdict.reasons == [
+        "ndcg@10 was not measured (floor 0.100)",
+        "recall@10 was not measured (floor 0.050)",
+    ]
+
+
+def test_significantly_worse_than_champion_is_refused():
+    rng = np.random.default_rng(0)
+    champ_users = rng.random(500)
+    cand_users = champ_users - 0.02 + rng.normal(0, 0.02, 500)
+    test = paired_tests(cand_users, champ_users, metric="ndcg@10", reference="champion")
+    verdict = decide_blessing(GOOD, POPULARITY, {"ndcg@10": 0.32}, test, _config())
+    assert not verdict.blessed
+    assert len(verdict.reasons) == 1
+    assert verdict.reasons[0].startswith(
+        "ndcg@10 significantly worse than the champion 0.320: mean per-user difference"
+    )
+    assert "paired t-test one-sided p=" in verdict.reasons[0]
+    # the same comparison with the rule off blesses
+    assert decide_blessing(
+        GOOD, POPULARITY, {"ndcg@10": 0.32}, test, _config(require_not_worse_than_champion=False)
+    ).blessed
+    # a champion without a test refuses (nothing was checked)
+    assert decide_blessing(GOOD, POPULARITY, {"ndcg@10": 0.32}, None, _config()).reasons == [
+        "a champion exists but no paired test against it was run"
+    ]
+
+
+def test_not_significantly_worse_passes_and_wilcoxon_can_decide():
+    rng = np.random.default_rng(1)
+    champ_users = rng.random(40)
+    noise = paired_tests(champ_users + rng.normal(0, 0.2, 40), champ_users)
+    assert decide_blessing(GOOD, POPULARITY, {"ndcg@10": 0.3}, noise, _config()).blessed
+    worse = paired_tests(champ_users - 0.1, champ_users + rng.normal(0, 1e-3, 40))
+    for test_kind in ("wilcoxon", "either"):
+        verdict = decide_blessing(
+            GOOD, POPULARITY, {"ndcg@10": 0.3}, worse, _config(significance_test=test_kind)
+        )
+        assert "Wilcoxon one-sided p=" in verdict.reasons[0]
+
+
+def test_index_recall_floor_and_exclusion_violations():
+    config = _config(min_index_recall=0.9)
+    assert decide_blessing(GOOD | {"index_recall@10": 0.95}, POPULARITY, None, None, config).blessed
+    assert decide_blessing(GOOD | {"index_recall@10": 0.85}, POPULARITY, None, None, config).reasons == [
+        "index_recall@10 0.850 < floor 0.900"
+    ]
+    assert decide_blessing(GOOD, POPULARITY, None, None, config).reasons == [
+        "index_recall@10 was not measured (floor 0.900)"
+    ]
+    leaky = decide_blessing(GOOD | {"exclusion_violations": 3.0}, POPULARITY, None, None, _config())
+    assert leaky.reasons == [
+        "the candidate recommended 3 excluded (already interacted) items; the Recommender protocol forbids it"
+    ]
+
+
+def test_config_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown baseline"):
+        EvaluatorConfig(baselines=("popularity", "bpr"))
+    with pytest.raises(ValueError, match="unknown metric"):
+        EvaluatorConfig(metrics=("ndcg", "auc"))
+    with pytest.raises(ValueError, match="extra"):
+        EvaluatorConfig(thresholds={"min_ndgc": 0.1})
+
+
+# --------------------------------------------------------------------------------------- end to end + report
+
+
+def _write_examples(
+    root: Path, seed: int = 0, n_users: int = 160, groups: int = 4, per_group: int = 20
+) -> Path:
+    """A shop where each user sticks to one taste group's item block; a few users appear only in test
+    (new)."""
+    rng = np.random.default_rng(seed)
+    n_items = groups * per_group
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{j:03d}" for j in range(n_items)],
+            "category": [f"cat{j // per_group}" for j in range(n_items)],
+            "price": rng.uniform(1, 100, n_items).round(2),
+        }
+    )
+    rows = []
+    for u in range(n_users):
+        block = np.arange((u % groups) * per_group, (u % groups + 1) * per_group)
+        new_user = u >= n_users - 12
+        for n, j in enumerate(rng.choice(block, size=10, replace=False)):
+            in_test = n >= 7  # the last three interactions of each user are held out
+            if new_user and not in_test:
+                continue  # new users have no training history
+            when = T0 + pd.Timedelta(hours=int(rng.integers(0, 24 * 7)) + (24 * 8 if in_test else 0))
+            kind = str(rng.choice(["view", "click", "purchase"], p=[0.5, 0.4, 0.1]))
+            rows.append((f"e{len(rows)}", kind, when, f"u{u:03d}", f"i{j:03d}"))
+        rows.append((f"e{len(rows)}", "impression", T0 + pd.Timedelta(days=9), f"u{u:03d}", "i000"))
+    events = pd.DataFrame(rows, columns=["event_id", "event_type", "timestamp", "user_id", "item_id"])
+    cut = T0 + pd.Timedelta(days=8)
+    root.mkdir(parents=True, exist_ok=True)
+    write_table(events[events["timestamp"] < cut], root / "train.parquet", "events")
+    write_table(events[events["timestamp"] >= cut], root / "test.parquet", "events")
+    write_table(events[events["timestamp"] >= cut], root / "eval.parquet", "events")
+    write_table(items, root / "items.parquet", "items")
+    return root
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> Path:
+    return _write_examples(tmp_path_factory.mktemp("examples"))
+
+
+FAST = EvaluatorConfig(
+    k=5,
+    baselines=("popularity", "als", "item_knn"),
+    max_users=120,
+    als={"factors": 8, "iterations": 8},
+    thresholds=BlessingThresholds(min_ndcg=0.05, min_lift_over_popularity=0.2),
+)
+
+
+def test_evaluate_with_a_baseline_as_candidate_and_a_champion(examples, tmp_path):
+    candidate = ALSRecommender(factors=8, iterations=8, seed=3).fit(
+        pd.read_parquet(examples / "train.parquet")
+    )
+    champion = PopularityRecommender().fit(pd.read_parquet(examples / "train.parquet"))
+    result = evaluate_recommenders(
+        examples,
+        candidate,
+        FAST,
+        champion=champion,
+        extra={"off_policy": {"ips_ctr": 0.031, "snips_ctr": 0.029}},
+    )
+
+    assert result.n_users == 120
+    assert list(result.methods) == ["candidate", "champion", "popularity", "als", "item_knn"]
+    for m in result.methods.values():  # every method was scored on the very same users
+        assert list(m.per_user.index) == list(result.candidate.per_user.index)
+        assert m.metrics["exclusion_violations"] == 0
+    cand, pop = result.candidate.metrics, result.methods["popularity"].metrics
+    assert cand["ndcg@5"] > 2 * pop["ndcg@5"]
+    # the champion is the popularity baseline: identical per-user values
+    np.testing.assert_allclose(
+        result.methods["champion"].per_user["ndcg@5"], result.methods["popularity"].per_user["ndcg@5"]
+    )
+    assert set(result.significance) == {"champion", "best_baseline"}
+    assert result.significance["champion"].mean_diff > 0 and result.significance["champion"].t_p < 0.01
+    assert result.significance["best_baseline"].reference in (
+        "best baseline (als)",
+        "best baseline (item_knn)",
+    )
+    assert result.blessing.blessed, result.blessing.reasons
+    assert set(result.segments["user_type"]) == {"new", "returning"}
+    assert 0 < cand["coverage@5"] <= 1
+
+    report = write_report(tmp_path / "eval", result)
+    text = report.read_text()
+    assert "BLESSED" in text and "NOT BLESSED" not in text
+    images = [part.split('"', 1)[0] for part in text.split('src="data:image/png;base64,')[1:]]
+    assert len(images) >= 2
+    assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
+    assert "ips_ctr" in text and "new" in text
+    blessing = json.loads((tmp_path / "eval" / BLESSING_NAME).read_text())
+    assert blessing["blessed"] is True and blessing["reasons"] == []
+    assert blessing["metrics"]["ndcg@5"] == pytest.approx(cand["ndcg@5"])
+    metrics = json.loads((tmp_path / "eval" / METRICS_NAME).read_text())
+    assert set(metrics["methods"]) == set(result.methods)
+    assert metrics["extra"]["off_policy"]["ips_ctr"] == 0.031
+
+
+def test_a_popularity_candidate_is_not_blessed_and_says_why(examples, tmp_path):
+    candidate = PopularityRecommender(name="popular-model").fit(pd.read_parquet(examples / "train.parquet"))
+    config = FAST.model_copy(update={"baselines": ("popularity",), "max_users": None})
+    slices = pd.DataFrame(
+        {
+            "slice": ["overall", "category", "category"],
+            "value": ["", "cat0", "cat1"],
+            "example_count": [10, 6, 4],
+            "auc": [0.7, 0.9, 0.5],
+        }
+    )
+    result = evaluate_recommenders(examples, candidate, config, extra={"slices": slices})
+    assert result.n_users > 120  # no sampling: every user with a held-out relevant item
+    assert not result.blessing.blessed
+    assert any("does not beat popularity" in r and "required 20.0%" in r for r in result.blessing.reasons)
+    # stale blessing from an earlier run is replaced
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / BLESSING_NAME).write_text('{"blessed": true}')
+    text = write_report(out, result).read_text()
+    assert "NOT BLESSED" in text and "does not beat popularity" in text
+    assert "Ranking model per slice (TFMA)" in text and "cat1" in text
+    assert json.loads((out / BLESSING_NAME).read_text())["blessed"] is False
+
+
+def test_sampling_is_seeded(examples):
+    train = pd.read_parquet(examples / "train.parquet")
+    config = FAST.model_copy(update={"baselines": ("popularity",), "max_users": 30})
+    runs = [evaluate_recommenders(examples, PopularityRecommender().fit(train), config) for _ in range(2)]
+    assert list(runs[0].candidate.per_user.index) == list(runs[1].candidate.per_user.index)
+    other = evaluate_recommenders(
+        examples, PopularityRecommender().fit(train), config.model_copy(update={"seed": 9})
+    )
+    assert list(other.candidate.per_user.index) != list(runs[0].candidate.per_user.index)
+
+
+def test_bad_examples_raise_data_errors(tmp_path):
+    with pytest.raises(DataError, match="train.parquet: file not found"):
+        evaluate_recommenders(tmp_path, PopularityRecommender(), FAST)
+    root = _write_examples(tmp_path / "ex", n_users=8)
+    pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"]}).to_parquet(root / "test.parquet")
+    with pytest.raises(DataError, match=r"test.parquet: missing required column\(s\) \['event_type'\]"):
+        evaluate_recommenders(root, PopularityRecommender(), FAST)
+    pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "event_type": ["impression"]}).to_parquet(
+        root / "test.parquet"
+    )
+    with pytest.raises(DataError, match="no user has a relevant held-out item"):
+        evaluate_recommenders(root, PopularityRecommender(), FAST)
+
+
+def test_misaligned_candidate_output_is_an_error(examples):
+    class Broken:
+        name = "broken"
+
+        def recommend(self, user_ids, k, exclude=None):
+            return [["i001"]]
+
+    with pytest.raises(DataError, match="returned 1 lists for"):
+        evaluate_recommenders(examples, Broken(), FAST)
+
+
+# ---------------------------------------------------------------------------------------------- TFMA slices
+
+
+@pytest.mark.slow
+def test_tfma_slices_find_a_per_category_difference(examples):
+    from recflow.evaluation.slices import ranking_examples, slice_metrics
+
+    frame = ranking_examples(
+        pd.read_parquet(examples / "test.parquet"),
+        pd.read_parquet(examples / "items.parquet"),
+        pd.read_parquet(examples / "train.parquet"),
+    )
+    assert set(frame["user_type"]) == {"new", "returning"}
+    assert {"label", "category"} <= set(frame.columns) and frame["label"].isin([0.0, 1.0]).all()
+    # a synthetic model that separates clicks well on cat0 and guesses on cat1
+    rng = np.random.default_rng(0)
+    n = 2000
+    category = rng.choice(["cat0", "cat1"], n)
+    label = rng.integers(0, 2, n).astype(float)
+    informative = np.clip(0.25 + 0.5 * label + rng.normal(0, 0.1, n), 0, 1)
+    prediction = np.where(category == "cat0", informative, rng.random(n))
+    preds = pd.DataFrame(
+        {
+            "label": label,
+            "prediction": prediction,
+            "category": category,
+            "user_type": rng.choice(["new", "returning"], n),
+        }
+    )
+    table = slice_metrics(preds)
+    assert list(table["slice"]) == ["overall", "category", "category", "user_type", "user_type"]
+    by = table.set_index(["slice", "value"])
+    assert by.loc[("category", "cat0"), "auc"] > 0.95
+    assert abs(by.loc[("category", "cat1"), "auc"] - 0.5) < 0.06
+    assert by.loc[("overall", ""), "example_count"] == n
+    assert by.loc[("category", "cat0"), "example_count"] == int((category == "cat0").sum())
+    cat1 = category == "cat1"
+    assert by.loc[("category", "cat1"), "mean_label"] == pytest.approx(label[cat1].mean(), rel=1e-5)
+    assert by.loc[("category", "cat1"), "mean_prediction"] == pytest.approx(prediction[cat1].mean(), rel=1e-5)
+    assert by.loc[("category", "cat1"), "calibration"] == pytest.approx(
+        prediction[cat1].mean() / label[cat1].mean(), rel=1e-4
+    )
