@@ -119,7 +119,7 @@ class SimulatorConfig(_Frozen):
     )
     dwell_median_s: float = Field(35.0, gt=0.0, description="Median dwell time (seconds) of an item-page view.")
     satiation_shown: float = Field(
-        0.6, ge=0.0, description="Satiation added to a category by a whole slate of it being shown [phi_s]."
+        0.4, ge=0.0, description="Satiation added to a category by a whole slate of it being shown [phi_s]."
     )
     satiation_click: float = Field(0.3, ge=0.0, description="Satiation added to a category per click [phi_c].")
     satiation_purchase: float = Field(
@@ -145,9 +145,15 @@ class SimulatorConfig(_Frozen):
     drift: DriftConfig = Field(DriftConfig(), description="Drift from a given day on.")
     reward: RewardConfig = Field(RewardConfig(), description="Reward weights of the step-by-step environment.")
 
-    @field_validator("start_date")
+    @field_validator("start_date", mode="before")
     @classmethod
-    def _valid_date(cls, value: str) -> str:
+    def _valid_date(cls, value: object) -> object:
+        if isinstance(value, dt.datetime):
+            value = value.date()
+        if isinstance(value, dt.date):  # an unquoted YAML date
+            return value.isoformat()
+        if not isinstance(value, str):
+            return value
         try:
             dt.date.fromisoformat(value)
         except ValueError:
