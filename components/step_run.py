@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -107,8 +109,6 @@ def write_status(run: StepRun, status: str, error: str | None = None) -> None:
     """Write ``<status_dir>/<step>.json`` atomically (no-op without a status_dir)."""
     if run.status_dir is None:
         return
-    from recflow.io import atomic_path
-
     record = {
         "step": run.name,
         "index": run.index,
@@ -119,8 +119,16 @@ def write_status(run: StepRun, status: str, error: str | None = None) -> None:
         "error": error,
         "tracking_run_id": run.tracking_run_id,
     }
-    with atomic_path(run.status_dir / f"{run.name}.json") as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    # Same temp-file-and-rename as recflow.io.atomic_path, without importing pandas/pyarrow into every step
+    # just to write a small JSON file (it would add seconds to each step's measured time).
+    run.status_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{run.name}.", suffix=".tmp", dir=run.status_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=2, default=str)
+        os.replace(tmp, run.status_dir / f"{run.name}.json")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def read_status(status_dir: Path) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,177 @@
+"""Running DAGs on the KFP local runner through `run_local`.
+
+The fast tests use a 3-step DAG of their own (ExampleGen -> Evaluator -> Pusher under the same `dsl.If` gate
+as the training DAG, with the same step conventions) to check the local-run mechanics end to end: artifacts
+between processes, the blessed branch pushing, an unblessed run pushing nothing and saying why, and invalid data
+failing the first step with its named error while nothing downstream runs (kubeflow/pipelines #12511: a
+condition that silently evaluated false). The slow test runs the real six-step DAG on tiny simulator data.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from pipelines.local_run import PipelineStepFailed, run_local
+from recflow.cli import main
+from recflow.config import load_config
+
+# No `from __future__ import annotations` here: KFP reads the toy components' real annotations.
+
+
+def toy_example_gen(data_uri: str, config_yaml: str, tracking_uri: str, parent_run_id: str, status_dir: str,
+                    examples: Output[Dataset]) -> None:
+    """Read clicks.csv (one 0/1 click per line); a bad line is a DataError naming file, row and field."""
+    from pathlib import Path
+
+    from components.step_run import step_run
+
+    with step_run("example_gen", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+        from recflow.errors import DataError
+
+        source = Path(data_uri) / "clicks.csv"
+        clicks = []
+        for row, line in enumerate(source.read_text().splitlines(), start=1):
+            if line.strip() not in ("0", "1"):
+                raise DataError(f"{source}: row {row}: field click: expected 0 or 1, got {line.strip()!r}")
+            clicks.append(int(line))
+        Path(examples.path).write_text("\n".join(map(str, clicks)))
+        step.log_metrics({"rows": len(clicks)})
+
+
+def toy_evaluator(examples: Input[Dataset], config_yaml: str, tracking_uri: str, parent_run_id: str,
+                  status_dir: str) -> bool:
+    """Bless the candidate when its click rate beats the 0.5 of a random baseline."""
+    from pathlib import Path
+
+    from components.step_run import step_run
+
+    with step_run("evaluator", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+        clicks = [int(x) for x in Path(examples.path).read_text().split()]
+        ctr = sum(clicks) / len(clicks)
+        step.log_metrics({"candidate": {"ctr": ctr}, "random": {"ctr": 0.5}})
+        blessed = ctr > 0.5
+        step.note(blessed=blessed, reasons=[] if blessed else [f"ctr {ctr:.3f} <= random baseline 0.500"])
+    return blessed
+
+
+def toy_pusher(examples: Input[Dataset], model_store: str, config_yaml: str, tracking_uri: str,
+               parent_run_id: str, status_dir: str) -> str:
+    """Copy the examples into the model store as version v1."""
+    import shutil
+    from pathlib import Path
+
+    from components.step_run import step_run
+
+    with step_run("pusher", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+        target = Path(model_store) / "v1"
+        target.mkdir(parents=True)
+        shutil.copyfile(examples.path, target / "examples.txt")
+        step.note(pushed=True, pushed_to=str(target))
+    return str(target)
+
+
+def _component(func):
+    return dsl.component(func, base_image="python:3.11", install_kfp_package=False)
+
+
+@dsl.pipeline(name="toy-training")
+def toy_pipeline(data_uri: str, model_store: str, config_yaml: str, tracking_uri: str = "",
+                 parent_run_id: str = "", status_dir: str = "") -> None:
+    common = {"config_yaml": config_yaml, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
+              "status_dir": status_dir}
+    gen = _component(toy_example_gen)(data_uri=data_uri, **common)
+    evaluation = _component(toy_evaluator)(examples=gen.outputs["examples"], **common)
+    with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712
+        _component(toy_pusher)(examples=gen.outputs["examples"], model_store=model_store, **common)
+
+
+def _dataset(tmp_path: Path, lines: list[str]) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "clicks.csv").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def _run(tmp_path: Path, data: Path, **kwargs):
+    config = load_config(None, [f"paths.data_dir={tmp_path / 'work'}"])
+    return run_local(data, config, model_store=tmp_path / "store", pipeline_func=toy_pipeline,
+                     tracking=False, **kwargs)
+
+
+def test_blessed_run_pushes_and_reports(tmp_path, capsys):
+    result = _run(tmp_path, _dataset(tmp_path, ["1", "1", "0", "1"]))
+    assert result.succeeded and result.blessed is True
+    assert result.pushed_to == str(tmp_path / "store" / "v1")
+    assert (tmp_path / "store" / "v1" / "examples.txt").read_text() == "1\n1\n0\n1"
+    assert [s.status for s in result.steps if s.name in ("example_gen", "evaluator", "pusher")] == [
+        "succeeded"] * 3
+    assert result.step("example_gen").metrics == {"rows": 4.0}
+    assert all(s.seconds and s.seconds > 0 for s in result.steps if s.status == "succeeded")
+    summary = result.format()
+    assert "BLESSED" in summary and f"pushed model bundle: {tmp_path / 'store' / 'v1'}" in summary
+    assert "0.7500" in summary and "0.5000" in summary  # candidate vs random baseline
+    progress = capsys.readouterr().out
+    assert "[1/6] example_gen: started" in progress and "[6/6] pusher: done in" in progress
+    assert "Executing task" not in progress  # KFP's own log goes to pipeline.log
+    assert "Executing task" in result.log_path.read_text()
+
+
+def test_unblessed_run_pushes_nothing_and_says_why(tmp_path):
+    result = _run(tmp_path, _dataset(tmp_path, ["0", "1", "0", "0"]))
+    assert result.succeeded and result.blessed is False
+    assert result.step("pusher").status == "skipped"
+    assert result.pushed_to is None
+    assert not (tmp_path / "store").exists()
+    assert "ctr 0.250 <= random baseline 0.500" in result.why_not_pushed()
+    assert "nothing pushed: the candidate was not blessed" in result.format()
+
+
+def test_invalid_data_fails_example_gen_and_nothing_downstream_runs(tmp_path):
+    with pytest.raises(PipelineStepFailed) as failed:
+        _run(tmp_path, _dataset(tmp_path, ["1", "yes", "0"]))
+    message = str(failed.value)
+    assert "step example_gen failed" in message
+    assert "row 2: field click: expected 0 or 1, got 'yes'" in message
+    assert "Traceback" not in message
+    statuses = {p.stem: json.loads(p.read_text())["status"]
+                for p in (tmp_path / "work" / "pipeline-runs").glob("*/status/*.json")}
+    assert statuses == {"example_gen": "failed"}
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    rc = main(["--set", f"paths.data_dir={tmp_path}", "pipeline", "run", "--data", str(tmp_path / "nope"),
+               "--no-tracking"])
+    assert rc == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_training_dag_runs_locally(tmp_path, capsys):
+    """The real six-step DAG on tiny simulator data, with MLflow tracking (needs every core step to exist)."""
+    for module in ("recflow.simulator", "recflow.examplegen", "recflow.features.transform",
+                   "recflow.training.tfrs_trainer", "recflow.policy.trainer", "recflow.evaluation",
+                   "recflow.model_store", "recflow.tracking"):
+        pytest.importorskip(module)
+    from recflow.simulator import generate_dataset
+
+    config = load_config(None, [f"paths.data_dir={tmp_path / 'work'}", "simulator.users=150",
+                                "simulator.items=60", "simulator.days=4"])
+    data = tmp_path / "data"
+    generate_dataset(config.simulator, data, progress=False)
+    result = run_local(data, config, model_store=tmp_path / "store")
+    assert result.succeeded
+    assert [s.status for s in result.steps][:5] == ["succeeded"] * 5
+    assert result.blessed in (True, False)
+    if result.blessed:
+        assert result.pushed_to and Path(result.pushed_to).is_dir()
+    else:
+        assert result.step("pusher").status == "skipped" and result.why_not_pushed()
+    summary = result.format()
+    assert "mlflow ui --backend-store-uri" in summary
+    out = capsys.readouterr().out
+    for i, step in enumerate(("example_gen", "transform", "tfrs_trainer", "agents_trainer", "evaluator"), 1):
+        assert f"[{i}/6] {step}: done in" in out
