@@ -376,7 +376,7 @@ def test_no_traceback_reaches_the_user(tmp_path: Path):
     # The same entry point as the `recflow` console script (recflow.cli:main), in a fresh process.
     launcher = "import sys; from recflow.cli import main; sys.exit(main())"
     proc = subprocess.run([sys.executable, "-c", launcher, "data", "validate", str(bad)],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "error:" in proc.stderr and str(bad) in proc.stderr
     assert "Traceback" not in proc.stderr

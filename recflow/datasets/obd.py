@@ -63,11 +63,11 @@ class ObdData:
 
     @property
     def n_rounds(self) -> int:
-        return int(len(self.actions))
+        return len(self.actions)
 
     @property
     def n_actions(self) -> int:
-        return int(len(self.item_context))
+        return len(self.item_context)
 
     @property
     def len_list(self) -> int:

@@ -18,8 +18,10 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from recflow.errors import DataError, ServiceUnavailable
 
@@ -124,13 +126,16 @@ def _extract(archive: RegistryArchive, file: Path, stage: Path) -> dict[str, str
     """Copy the wanted members into ``stage`` (paths relative to ``strip_prefix``); return their sha256 sums."""
     written: dict[str, str] = {}
 
-    def keep(name: str, read) -> None:  # noqa: ANN001
-        rel = PurePosixPath(name[len(archive.strip_prefix):] if name.startswith(archive.strip_prefix) else name)
+    def keep(name: str, read: Callable[[], IO[bytes] | None]) -> None:
+        rel = PurePosixPath(name.removeprefix(archive.strip_prefix))
         if rel.is_absolute() or ".." in rel.parts:
             raise DataError(f"{file}: unsafe member path {name!r} in the archive")
         target = stage / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        with read() as src, open(target, "wb") as dst:
+        src = read()
+        if src is None:
+            raise DataError(f"{file}: member {name!r} cannot be read")
+        with src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
         written[str(rel)] = sha256_of(target)
 

@@ -61,7 +61,7 @@ class TableCheck:
 
     @property
     def bad_count(self) -> int:
-        return int(len(self.bad_rows))
+        return len(self.bad_rows)
 
 
 class _Issues:

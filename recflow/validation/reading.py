@@ -123,7 +123,7 @@ def infer_kind(path: Path, columns: list[str], metadata_kind: bytes | None = Non
             return text  # type: ignore[return-value]
     stem = path.name.lower().split(".")[0]
     for kind in schema.TABLE_KINDS:
-        if stem == kind or stem.startswith(kind + "_") or stem.startswith(kind + "-"):
+        if stem == kind or stem.startswith((kind + "_", kind + "-")):
             return kind
     cols = set(columns)
     if "event_type" in cols:
