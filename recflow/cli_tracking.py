@@ -1,0 +1,160 @@
+"""``recflow runs ...`` and ``recflow models ...``: look at tracked runs and manage the model store's champion.
+
+Thin wrappers over :mod:`recflow.tracking` and :mod:`recflow.model_store`. The tracking URI and the store root
+come from the options, else the config's ``tracking`` / ``model_store`` sections, else the defaults under
+``paths.data_dir``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from recflow.cli import CliState, pass_state
+from recflow.model_store import ModelStoreConfig
+from recflow.tracking import TrackingConfig
+
+
+def _tracking_config(state: CliState) -> TrackingConfig:
+    section = getattr(state.config, "tracking", None)
+    return section if isinstance(section, TrackingConfig) else TrackingConfig()
+
+
+def _store_config(state: CliState) -> ModelStoreConfig:
+    section = getattr(state.config, "model_store", None)
+    return section if isinstance(section, ModelStoreConfig) else ModelStoreConfig()
+
+
+def _tracking_uri(state: CliState, override: str | None) -> str:
+    from recflow.tracking import check_tracking_server, resolve_tracking_uri
+
+    config = _tracking_config(state)
+    uri = resolve_tracking_uri(config, state.config.paths.data_dir, override)
+    check_tracking_server(uri, config.check_timeout_s)
+    return uri
+
+
+def _store(state: CliState, override: str | None):  # noqa: ANN202  (ModelStore; imported lazily)
+    from recflow.model_store import ModelStore, resolve_store_root
+
+    config = _store_config(state)
+    root = resolve_store_root(config, state.config.paths.data_dir, override)
+    return ModelStore(root, keep_versions=config.keep_versions, lock_timeout_s=config.lock_timeout_s)
+
+
+tracking_uri_option = click.option(
+    "--tracking-uri", default=None, help="MLflow tracking URI (default: tracking.tracking_uri, else the local "
+    "sqlite store DATA_DIR/mlflow.db).")
+store_option = click.option("--store", "store_root", default=None,
+                            help="Model store root, a directory or gs:// URL (default: model_store.path, else "
+                            "DATA_DIR/models).")
+
+
+@click.group()
+def runs() -> None:
+    """List and compare tracked pipeline runs (MLflow)."""
+
+
+@runs.command("list")
+@click.option("--experiment", default=None, help="MLflow experiment (default: tracking.experiment).")
+@click.option("--all", "include_steps", is_flag=True, help="Also list the nested runs of pipeline steps.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest runs to show.")
+@tracking_uri_option
+@pass_state
+def runs_list(state: CliState, experiment: str | None, include_steps: bool, limit: int,
+              tracking_uri: str | None) -> None:
+    """Recent runs, newest first: id, name, status, start, duration, data fingerprint, code version."""
+    from tabulate import tabulate
+
+    from recflow.tracking import list_runs
+
+    uri = _tracking_uri(state, tracking_uri)
+    name = experiment or _tracking_config(state).experiment
+    rows = list_runs(uri, name, include_steps=include_steps, limit=limit)
+    if not rows:
+        click.echo(f"no runs in experiment {name!r} at {uri}")
+        return
+    table = [[r.run_id, r.name, r.kind, r.status, r.started, "" if r.seconds is None else f"{r.seconds:.1f}",
+              r.data_fingerprint, r.code_version] for r in rows]
+    click.echo(tabulate(table, headers=["run id", "name", "kind", "status", "started (UTC)", "seconds", "data",
+                                        "code"], disable_numparse=True))
+
+
+@runs.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--only-diff", is_flag=True, help="Show only the params and metrics that differ.")
+@click.option("--experiment", default=None, help="Experiment in which to look up run names (default: "
+              "tracking.experiment).")
+@tracking_uri_option
+@pass_state
+def runs_compare(state: CliState, run_a: str, run_b: str, only_diff: bool, experiment: str | None,
+                 tracking_uri: str | None) -> None:
+    """Params and metrics of RUN_A and RUN_B side by side (ids or run names); `*` marks the differences."""
+    from recflow.tracking import compare_runs, format_comparison
+
+    uri = _tracking_uri(state, tracking_uri)
+    comparison = compare_runs(uri, run_a, run_b, experiment or _tracking_config(state).experiment)
+    click.echo(format_comparison(comparison, only_differences=only_diff), nl=False)
+
+
+@click.group()
+def models() -> None:
+    """List pushed model versions and roll the champion back."""
+
+
+@models.command("list")
+@click.option("--metric", "metric_names", multiple=True,
+              help="Metric to show (repeatable; default: the first three of each bundle).")
+@store_option
+@pass_state
+def models_list(state: CliState, metric_names: tuple[str, ...], store_root: str | None) -> None:
+    """Versions in the model store, oldest first; the champion is marked."""
+    from tabulate import tabulate
+
+    store = _store(state, store_root)
+    versions = store.versions()
+    if not versions:
+        click.echo(f"model store {store.root} is empty (nothing pushed yet)")
+        return
+    state_ = store.alias()
+    champion = state_.version if state_ else None
+    previous = state_.previous if state_ else None
+    table = []
+    for b in versions:
+        names = list(metric_names) or sorted(b.metrics)[:3]
+        shown = ", ".join(f"{n}={b.metrics[n]:.4g}" if isinstance(b.metrics.get(n), (int, float))
+                          else f"{n}=-" for n in names)
+        role = "champion" if b.version == champion else ("previous" if b.version == previous else "")
+        table.append([b.version, role, b.created, (b.mlflow_run_id or "")[:12], shown])
+    click.echo(f"model store {store.root}")
+    click.echo(tabulate(table, headers=["version", "alias", "created (UTC)", "mlflow run", "metrics"],
+                        disable_numparse=True))
+
+
+@models.command("rollback")
+@click.option("--to", "to_version", default=None, help="Version to make champion (default: the champion before "
+              "the current one).")
+@click.option("--no-registry", is_flag=True, help="Do not move the MLflow Model Registry alias.")
+@store_option
+@tracking_uri_option
+@pass_state
+def models_rollback(state: CliState, to_version: str | None, no_registry: bool, store_root: str | None,
+                    tracking_uri: str | None) -> None:
+    """Point the champion alias back (serving hot-swaps to it), then move the MLflow registry alias to match."""
+    from recflow.errors import RecflowError
+    from recflow.model_store import sync_registry_alias
+
+    store = _store(state, store_root)
+    before = store.alias()
+    uri = None if no_registry else _tracking_uri(state, tracking_uri)  # fail before changing anything
+    bundle = store.rollback(to_version)
+    click.echo(f"champion: {before.version if before else '-'} -> {bundle.version} ({store.root})")
+    if uri is None:
+        return
+    name = _tracking_config(state).registered_model_name
+    try:
+        registry_version = sync_registry_alias(uri, store, name)
+    except RecflowError as exc:  # the store is the source of truth: the rollback stands
+        click.secho(f"warning: MLflow registry alias not moved: {exc}", fg="yellow", err=True)
+        return
+    click.echo(f"MLflow model {name!r}: alias champion -> version {registry_version}")
