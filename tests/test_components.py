@@ -1,0 +1,156 @@
+"""The six components: their typed interfaces, the shared step wrapper, the images they run in."""
+
+import re
+from pathlib import Path
+
+import pytest
+from kfp import dsl
+
+from components import agents_trainer, evaluator, example_gen, pusher, tfrs_trainer, transform
+from components.step_run import STEP_ORDER, read_status, step_run
+from recflow.config import RecflowConfig, dump_config, load_config
+from recflow.errors import ValidationFailed
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = {"config_yaml", "tracking_uri", "parent_run_id", "status_dir"}
+
+
+def _interface(module) -> tuple[dict[str, str], dict[str, str]]:
+    spec = module.build("python:3.11").component_spec
+    inputs = {name: s.type for name, s in (spec.inputs or {}).items()}
+    outputs = {name: s.type for name, s in (spec.outputs or {}).items()}
+    return inputs, outputs
+
+
+@pytest.mark.parametrize(("module", "inputs", "outputs"), [
+    (example_gen, {"data_uri": "String"},
+     {"examples": "system.Dataset@0.0.1", "statistics": "system.Metrics@0.0.1",
+      "validation_summary": "system.Markdown@0.0.1"}),
+    (transform, {"examples": "system.Dataset@0.0.1", "beam_pipeline_args": "List"},
+     {"transformed": "system.Dataset@0.0.1"}),
+    (tfrs_trainer, {"examples": "system.Dataset@0.0.1", "transformed": "system.Dataset@0.0.1"},
+     {"model": "system.Model@0.0.1"}),
+    (agents_trainer, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1"},
+     {"policy": "system.Model@0.0.1"}),
+    (evaluator, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",
+                 "policy": "system.Model@0.0.1", "model_store": "String"},
+     {"metrics": "system.Metrics@0.0.1", "report": "system.HTML@0.0.1", "evaluation": "system.Dataset@0.0.1",
+      "Output": "Boolean"}),
+    (pusher, {"transformed": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",
+              "policy": "system.Model@0.0.1", "evaluation": "system.Dataset@0.0.1", "model_store": "String"},
+     {"Output": "String"}),
+])
+def test_component_interfaces(module, inputs, outputs):
+    got_inputs, got_outputs = _interface(module)
+    assert got_inputs == {**inputs, **{name: "String" for name in COMMON}}
+    assert got_outputs == outputs
+
+
+def test_components_run_in_the_given_image_without_installing_kfp():
+    component = tfrs_trainer.build("registry.example/recflow:gpu")
+    container = component.component_spec.implementation.container
+    assert container.image == "registry.example/recflow:gpu"
+    assert "pip install" not in " ".join(container.command)
+
+
+def test_step_run_records_success(tmp_path, capsys):
+    config_yaml = dump_config(load_config(None, ["simulator.users=21"]))
+    with step_run("transform", config_yaml, status_dir=str(tmp_path)) as step:
+        assert step.config.simulator.users == 21
+        step.log_metrics({"rows": 10, "split": {"train": 8, "name": "x"}, "ok": True, "bad": float("nan")})
+        step.note(where="here")
+    record = read_status(tmp_path)["transform"]
+    assert record["status"] == "succeeded" and record["index"] == 2
+    assert record["metrics"] == {"rows": 10.0, "split.train": 8.0, "ok": 1.0}
+    assert record["notes"] == {"where": "here"} and record["seconds"] >= 0
+    out = capsys.readouterr().out
+    assert "[2/6] transform: started" in out and "[2/6] transform: done in" in out
+
+
+def test_step_run_turns_user_errors_into_exit_codes_without_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        with step_run("example_gen", "{}", status_dir=str(tmp_path)):
+            raise ValidationFailed("events.parquet: row 7: field price: must be >= 0")
+    assert stopped.value.code == ValidationFailed.exit_code
+    record = read_status(tmp_path)["example_gen"]
+    assert record["status"] == "failed" and "row 7: field price" in record["error"]
+    out = capsys.readouterr().out
+    assert "[1/6] example_gen: error: events.parquet: row 7" in out and "Traceback" not in out
+
+
+def test_step_run_keeps_bugs_loud(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with step_run("evaluator", "{}", status_dir=str(tmp_path)):
+            1 / 0  # noqa: B018
+    assert read_status(tmp_path)["evaluator"]["error"] == "ZeroDivisionError: division by zero"
+
+
+def test_step_order_matches_the_dag():
+    assert STEP_ORDER == ("example_gen", "transform", "tfrs_trainer", "agents_trainer", "evaluator", "pusher")
+
+
+@pytest.mark.skipif("examplegen" not in RecflowConfig.model_fields,
+                    reason="RecflowConfig has no `examplegen` section yet (the lead wires it in)")
+def test_example_gen_component_on_simulator_data(tmp_path):
+    from recflow.simulator import generate_dataset
+
+    config = load_config(None, ["simulator.users=60", "simulator.items=30", "simulator.days=3"])
+    generate_dataset(config.simulator, tmp_path / "data", progress=False)
+    examples = dsl.Dataset(uri=str(tmp_path / "examples"))
+    statistics = dsl.Metrics(uri=str(tmp_path / "statistics"))
+    summary = dsl.Markdown(uri=str(tmp_path / "summary.md"))
+    example_gen.example_gen(str(tmp_path / "data"), dump_config(config), "", "", str(tmp_path / "status"),
+                            examples, statistics, summary)
+    assert {"train.parquet", "eval.parquet", "test.parquet", "stats.json"} <= {
+        p.name for p in (tmp_path / "examples").iterdir()}
+    assert statistics.metadata and "examples written to" in Path(summary.path).read_text()
+    assert read_status(tmp_path / "status")["example_gen"]["status"] == "succeeded"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The container images (infra/docker): no Docker engine here, so their text is checked.
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs of a Dockerfile, with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), " ".join(rest.split())))
+    return out
+
+
+def _lock_version(name: str) -> str:
+    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
+        if line.lower().startswith(f"{name}=="):
+            return line.split("==", 1)[1].strip()
+    raise AssertionError(f"{name} is not in requirements/lock.txt")
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_dockerfiles_install_the_lock_then_tf_agents_without_deps(flavour):
+    steps = _instructions(ROOT / "infra" / "docker" / f"Dockerfile.{flavour}")
+    runs = " && ".join(args for word, args in steps if word == "RUN")
+    copies = [args for word, args in steps if word == "COPY"]
+    assert any("requirements/lock.txt" in c and "requirements/no-deps.txt" in c for c in copies)
+    assert re.search(r"uv pip install (--system )?-r requirements/lock\.txt", runs)
+    assert re.search(r"uv pip install (--system )?--no-deps -r requirements/no-deps\.txt", runs)
+    assert re.search(r"uv pip install (--system )?--no-deps \.", runs)
+    assert {"recflow recflow", "components components", "pipelines pipelines"} <= set(copies)
+    # The lock is installed before recflow (so recflow's own loose ranges never pick versions).
+    assert runs.index("requirements/lock.txt") < runs.index("--no-deps .")
+
+
+def test_cpu_and_gpu_images_share_python_and_tensorflow():
+    cpu = _instructions(ROOT / "infra" / "docker" / "Dockerfile.cpu")
+    gpu = _instructions(ROOT / "infra" / "docker" / "Dockerfile.gpu")
+    assert cpu[0] == ("FROM", "python:3.11-slim")
+    assert gpu[0][0] == "FROM" and gpu[0][1].startswith("nvidia/cuda:")
+    gpu_runs = " ".join(args for word, args in gpu if word == "RUN")
+    assert "--python 3.11" in gpu_runs
+    assert f'"tensorflow[and-cuda]=={_lock_version("tensorflow")}"' in gpu_runs
+    for steps in (cpu, gpu):  # TFRS and TF-Agents need legacy Keras in the image too
+        assert any(word == "ENV" and "TF_USE_LEGACY_KERAS=1" in args for word, args in steps)
