@@ -133,5 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 # The data commands are part of the core library; importing registers them on `cli`.
 from recflow import cli_data as _cli_data  # noqa: E402,F401
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - `python -m recflow` is the supported module entry point
+    from recflow.cli import main as _main  # the imported module, on which the plugin commands are registered
+
+    sys.exit(_main())

@@ -39,7 +39,7 @@ class ValidationConfig(Section):
     """Rules of `recflow data validate` beyond the schema itself."""
 
     max_bad_share: float = Field(0.01, ge=0.0, le=1.0, description="Fail when more than this share of rows is bad.")
-    min_timestamp: str = Field("2000-01-01T00:00:00Z", description="Events before this instant are rejected.")
+    min_timestamp: str = Field("1990-01-01T00:00:00Z", description="Events before this instant are rejected.")
     max_future_seconds: float = Field(
         86400.0, ge=0.0, description="Events later than now + this many seconds are rejected (clock skew)."
     )

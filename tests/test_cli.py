@@ -17,7 +17,7 @@ def test_bad_config_is_an_error_message_not_a_traceback(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("simulator:\n  users: -1\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "recflow.cli", "--config", str(bad), "config", "show"],
+        [sys.executable, "-m", "recflow", "--config", str(bad), "config", "show"],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2
