@@ -2,10 +2,11 @@
 # recovery, and the logging flags a database audit expects.
 
 resource "google_sql_database_instance" "mlflow" {
+  # checkov:skip=CKV_GCP_6:TLS is enforced (ssl_mode ENCRYPTED_ONLY) and the instance has only a private IP; client certificates (TRUSTED_CLIENT_CERTIFICATE_REQUIRED) would need the Cloud SQL Auth Proxy beside MLflow
   project             = var.project_id
   name                = "${var.name}-mlflow"
   region              = var.region
-  database_version    = "POSTGRES_16"
+  database_version    = "POSTGRES_18"
   deletion_protection = var.deletion_protection
 
   settings {
@@ -63,6 +64,18 @@ resource "google_sql_database_instance" "mlflow" {
     database_flags {
       name  = "log_min_messages"
       value = "error"
+    }
+    database_flags {
+      name  = "log_min_error_statement"
+      value = "error"
+    }
+    database_flags {
+      name  = "log_hostname"
+      value = "on"
+    }
+    database_flags {
+      name  = "log_duration"
+      value = "on"
     }
     database_flags {
       name  = "log_statement"

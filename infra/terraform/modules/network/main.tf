@@ -9,6 +9,26 @@ resource "google_compute_network" "this" {
   routing_mode            = "REGIONAL"
 }
 
+# Lowest-priority deny of all ingress, logged: GKE adds its own higher-priority allow rules for the control
+# plane and node-to-node traffic, so anything else entering the VPC is refused and visible in the logs.
+resource "google_compute_firewall" "deny_all_ingress" {
+  project   = var.project_id
+  name      = "${var.name}-deny-all-ingress"
+  network   = google_compute_network.this.id
+  direction = "INGRESS"
+  priority  = 65534
+
+  deny {
+    protocol = "all"
+  }
+
+  source_ranges = ["0.0.0.0/0"]
+
+  log_config {
+    metadata = "INCLUDE_ALL_METADATA"
+  }
+}
+
 resource "google_compute_subnetwork" "cluster" {
   project                  = var.project_id
   name                     = "${var.name}-cluster"
