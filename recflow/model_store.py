@@ -351,19 +351,17 @@ class ModelStore:
             version = f"v{(int(names[-1][1:]) + 1 if names else 1):04d}"
             previous = self.alias(CHAMPION)
             staging = self._p("versions", f"{_STAGING_PREFIX}{uuid.uuid4().hex}")
+            final = self._p("versions", version)  # does not exist: numbers only grow under the lock
             try:
                 files = self._stage(all_parts, staging)
                 manifest = {"format": MANIFEST_FORMAT, "version": version, "created": _now(), "files": files,
                             "metadata": meta, "blessing": blessing}
                 self._write_manifest(staging, manifest)
                 self._verify(staging, verify)
-                final = self._commit(staging, version)
-            except BaseException:
-                self._remove(staging)
-                raise
-            try:
+                self._commit(staging, version)
                 self._move_alias(CHAMPION, version, previous.version if previous else None, "push")
             except BaseException:
+                self._remove(staging)
                 self._remove(final)
                 raise
             self._collect_garbage()
