@@ -1,0 +1,1 @@
+"""Feature engineering: point-in-time behaviour features (pandas) and the tf.Transform step (Beam)."""

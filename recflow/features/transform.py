@@ -1,0 +1,478 @@
+"""Transform: tf.Transform on Apache Beam turns ExampleGen's events into model-ready features.
+
+Steps: (1) pandas joins item attributes and adds the point-in-time behaviour features
+(:mod:`recflow.features.behaviour`) to every event; (2) tf.Transform analyses the *train* split on Beam
+(vocabularies, z-score statistics) and applies the resulting graph to train, eval and test. The same graph
+(``transform_graph/``) is loaded by the trainer's exported SavedModels, so serving applies exactly the training
+transformation to raw features (no training/serving skew).
+
+Output directory layout:
+
+* ``transform_graph/``: a ``tft.TFTransformOutput`` directory;
+* ``transformed/{train,eval,test}/part-*.tfrecord.gz``: gzipped TFRecords of ``tf.train.Example`` whose spec is
+  ``TFTransformOutput.transformed_feature_spec()``; ``row_id`` restores the input order;
+* ``feature_spec.json``: which raw features exist (the shop's optional fields decide), their types, the
+  transformed feature names per tower and the fill values used for missing raw values;
+* ``candidates.parquet``: the raw candidate features of every catalog item (item_id, category, price);
+* ``user_state.parquet``: each user's raw behaviour features as of the start of the test split (what serving
+  looks up for a user; unseen users get the no-history values).
+
+The Beam runner is a parameter: DirectRunner by default, and ``beam_pipeline_args`` (for example
+``--runner=DataflowRunner --project=... --temp_location=gs://...``) are passed straight to Beam.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from recflow import schema
+from recflow.errors import DataError
+from recflow.features import behaviour
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "eval", "test")
+TRANSFORMED_FORMAT = "tfrecord_gzip"
+#: Numeric code of each event type (the ``event_code`` feature) -- the index in the schema's funnel order.
+EVENT_CODES: dict[str, int] = {name: i for i, name in enumerate(schema.EVENT_TYPES)}
+CATEGORICAL_RAW = ("user_id", "item_id", "category", "device", "region")
+
+
+class TransformConfig(BaseModel):
+    """How the Transform step builds features (the ``transform`` section of the config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_oov_buckets: int = Field(
+        1, ge=1, description="Hash buckets for values unseen in training (new users/items map here)."
+    )
+    vocab_frequency_threshold: int = Field(
+        1, ge=1, description="Users/items seen fewer times than this in train share the OOV buckets."
+    )
+    beam_runner: str = Field("DirectRunner", description="Beam runner: DirectRunner, DataflowRunner, FlinkRunner...")
+    direct_num_workers: int = Field(1, ge=1, description="DirectRunner parallelism (1 is fastest for small data).")
+    batch_size: int = Field(4096, ge=1, description="Rows per Arrow record batch fed to Beam.")
+    temp_dir: str | None = Field(
+        None, description="tf.Transform temp dir (a gs:// path on Dataflow); default: a local temp dir."
+    )
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    """Where the Transform step wrote its outputs."""
+
+    out_dir: Path
+    transform_graph_dir: Path
+    transformed_dirs: dict[str, Path]
+    feature_spec_path: Path
+    candidates_path: Path
+    user_state_path: Path
+    feature_spec: dict[str, Any] = field(repr=False)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return dict(self.feature_spec["rows"])
+
+
+def _read_examples(examples_dir: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.DataFrame | None]:
+    splits = {}
+    for name in SPLITS:
+        path = examples_dir / f"{name}.parquet"
+        if not path.is_file():
+            raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first: recflow.examplegen)")
+        splits[name] = pd.read_parquet(path)
+    items_path = examples_dir / "items.parquet"
+    if not items_path.is_file():
+        raise DataError(f"{examples_dir}: no items.parquet (run ExampleGen first: recflow.examplegen)")
+    users_path = examples_dir / "users.parquet"
+    return splits, pd.read_parquet(items_path), pd.read_parquet(users_path) if users_path.is_file() else None
+
+
+def _has_values(df: pd.DataFrame | None, column: str) -> bool:
+    return df is not None and column in df.columns and bool(df[column].notna().any())
+
+
+def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None) -> dict[str, Any]:
+    """Decide which raw features exist for this shop's log and how they are typed and filled.
+
+    ``events`` are all events (every split): a field is used when it holds values anywhere in the log.
+    """
+    raw: dict[str, str] = {"user_id": "string", "item_id": "string"}
+    context: list[str] = []
+    candidate = ["item_id"]
+    if _has_values(items, "category"):
+        raw["category"] = "string"
+        candidate.append("category")
+    if _has_values(events, "price") or _has_values(items, "price"):
+        raw["price"] = "float32"
+        candidate.append("price")
+    for name in ("hour", "weekday"):
+        if _has_values(events, name):
+            raw[name] = "int64"
+            context.append(name)
+    for name in ("device", "region"):
+        if _has_values(events, name) or (name == "region" and _has_values(users, "region")):
+            raw[name] = "string"
+            context.append(name)
+    behaviour_cols = behaviour.behaviour_columns(events)
+    for name in behaviour_cols:
+        raw[name] = "float32"
+    raw["event_code"] = "int64"
+    raw["clicked"] = "int64"
+    raw["row_id"] = "int64"
+    types = set(events["event_type"].unique())
+    positives = [t for t in schema.POSITIVE_EVENT_TYPES if t in types] or (["view"] if "view" in types else [])
+    transformed_query = ["user_idx"] + [f for f in ("hour_sin", "hour_cos") if "hour" in raw] \
+        + [f for f in ("weekday_sin", "weekday_cos") if "weekday" in raw] \
+        + [f"{n}_idx" for n in ("device", "region") if n in raw] + [f"{b}_z" for b in behaviour_cols]
+    transformed_candidate = ["item_idx"] + (["category_idx"] if "category" in raw else []) \
+        + (["price_z"] if "price" in raw else [])
+    return {
+        "raw_features": raw,
+        "serving_inputs": ["user_id", *context],
+        "context_features": context,
+        "behaviour_features": behaviour_cols,
+        "candidate_features": candidate,
+        "transformed_query_features": transformed_query,
+        "transformed_candidate_features": transformed_candidate,
+        "label_features": ["event_code", "clicked"],
+        "event_codes": EVENT_CODES,
+        "positive_event_types": positives,
+        "has_impressions": "impression" in types,
+        "has_clicks": "click" in types,
+        "transformed_format": TRANSFORMED_FORMAT,
+    }
+
+
+def label_impressions(events: pd.DataFrame) -> pd.Series:
+    """Click label of each impression: 1 when the user clicked that item from that slate, else 0; -1 elsewhere.
+
+    A click belongs to an impression with the same user, item and ``request_id`` when request ids were logged,
+    otherwise to an impression of the same user and item at most 30 minutes earlier.
+    """
+    labels = pd.Series(-1, index=events.index, dtype=np.int64)
+    is_imp = events["event_type"] == "impression"
+    if not is_imp.any():
+        return labels
+    labels[is_imp] = 0
+    clicks = events[events["event_type"] == "click"]
+    if clicks.empty:
+        return labels
+    if "request_id" in events.columns and events.loc[is_imp, "request_id"].notna().all():
+        clicked = set(zip(clicks["user_id"], clicks["item_id"], clicks["request_id"], strict=True))
+        imp = events[is_imp]
+        hit = [k in clicked for k in zip(imp["user_id"], imp["item_id"], imp["request_id"], strict=True)]
+        labels[imp.index[np.asarray(hit, dtype=bool)]] = 1
+        return labels
+    imp = events.loc[is_imp, ["user_id", "item_id", "timestamp"]].assign(_idx=events.index[is_imp])
+    clk = clicks[["user_id", "item_id", "timestamp"]].rename(columns={"timestamp": "click_ts"})
+    imp = imp.sort_values("timestamp")
+    clk = clk.sort_values("click_ts")
+    matched = pd.merge_asof(imp, clk, left_on="timestamp", right_on="click_ts", by=["user_id", "item_id"],
+                            direction="forward", tolerance=pd.Timedelta(minutes=30))
+    labels[matched.loc[matched["click_ts"].notna(), "_idx"].to_numpy()] = 1
+    return labels
+
+
+def fill_values(train: pd.DataFrame, items: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
+    """Values that replace missing raw values (the median train price; empty strings map to OOV)."""
+    fills: dict[str, Any] = {name: "" for name, kind in spec["raw_features"].items() if kind == "string"}
+    if "price" in spec["raw_features"]:
+        prices = train["price"] if _has_values(train, "price") else items.get("price", pd.Series(dtype=float))
+        median = float(prices.dropna().median()) if prices.notna().any() else 0.0
+        fills["price"] = median if math.isfinite(median) else 0.0
+    for name in ("hour", "weekday"):
+        if name in spec["raw_features"]:
+            fills[name] = 0
+    return fills
+
+
+def build_raw_frame(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
+                    spec: dict[str, Any], fills: dict[str, Any]) -> pd.DataFrame:
+    """Raw feature columns (exactly ``spec['raw_features']``) for ``events``, which carry behaviour features."""
+    raw = spec["raw_features"]
+    out = pd.DataFrame(index=events.index)
+    out["user_id"] = events["user_id"].astype(str)
+    out["item_id"] = events["item_id"].astype(str)
+    item_attrs = items.set_index("item_id")
+    if "category" in raw:
+        out["category"] = events["item_id"].map(item_attrs["category"])
+    if "price" in raw:
+        event_price = events["price"] if "price" in events.columns else pd.Series(np.nan, index=events.index)
+        catalog_price = (events["item_id"].map(item_attrs["price"]) if "price" in item_attrs.columns
+                         else pd.Series(np.nan, index=events.index))
+        out["price"] = event_price.fillna(catalog_price)
+    for name in ("hour", "weekday", "device"):
+        if name in raw:
+            out[name] = events[name]
+    if "region" in raw:
+        region = events["region"] if "region" in events.columns else pd.Series(None, index=events.index)
+        if _has_values(users, "region"):
+            region = region.fillna(events["user_id"].map(users.set_index("user_id")["region"]))  # type: ignore[union-attr]
+        out["region"] = region
+    for name in spec["behaviour_features"]:
+        out[name] = events[name]
+    out["event_code"] = events["event_type"].map(EVENT_CODES).astype(np.int64)
+    out["clicked"] = events["clicked"].astype(np.int64)
+    out["row_id"] = events["row_id"].astype(np.int64)
+    return coerce_raw(out, spec, fills)
+
+
+def coerce_raw(frame: pd.DataFrame, spec: dict[str, Any], fills: dict[str, Any]) -> pd.DataFrame:
+    """Fill missing values and cast the columns of ``frame`` that are raw features to their raw types."""
+    out = frame.copy()
+    for name in out.columns:
+        kind = spec["raw_features"].get(name)
+        if kind == "string":
+            out[name] = out[name].where(out[name].notna(), fills.get(name, "")).astype(str)
+        elif kind == "int64":
+            out[name] = out[name].fillna(fills.get(name, 0)).astype(np.int64)
+        elif kind == "float32":
+            out[name] = out[name].astype(np.float64).fillna(fills.get(name, 0.0)).astype(np.float32)
+    return out
+
+
+def raw_feature_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The tf.io feature spec of the raw features (every feature is a scalar per event)."""
+    import tensorflow as tf
+
+    dtypes = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
+    return {name: tf.io.FixedLenFeature([], dtypes[kind]) for name, kind in spec["raw_features"].items()}
+
+
+def make_preprocessing_fn(spec: dict[str, Any], config: TransformConfig):  # noqa: ANN201  (a tft callable)
+    """The tf.Transform ``preprocessing_fn`` for the features in ``spec``.
+
+    Vocabularies (users, items, categories, devices, regions) map unseen values to ``num_oov_buckets`` OOV ids;
+    log prices and log behaviour counts are z-scored; hour and weekday become sin/cos pairs.
+    """
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    raw = spec["raw_features"]
+
+    def preprocessing_fn(inputs: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in CATEGORICAL_RAW:
+            if name in raw:
+                threshold = config.vocab_frequency_threshold if name in ("user_id", "item_id") else 1
+                threshold = threshold if threshold > 1 else None  # tft treats 1 as a no-op and warns
+                out[f"{name.removesuffix('_id')}_idx"] = tft.compute_and_apply_vocabulary(
+                    inputs[name], num_oov_buckets=config.num_oov_buckets, frequency_threshold=threshold,
+                    vocab_filename=name)
+        if "price" in raw:
+            out["price_z"] = tft.scale_to_z_score(tf.math.log1p(tf.maximum(inputs["price"], 0.0)))
+        for name, period in (("hour", 24.0), ("weekday", 7.0)):
+            if name in raw:
+                angle = 2.0 * math.pi * tf.cast(inputs[name], tf.float32) / period
+                out[f"{name}_sin"] = tf.sin(angle)
+                out[f"{name}_cos"] = tf.cos(angle)
+        for name in spec["behaviour_features"]:
+            out[f"{name}_z"] = tft.scale_to_z_score(tf.math.log1p(tf.maximum(inputs[name], 0.0)))
+        for name in ("event_code", "clicked", "row_id"):
+            out[name] = tf.identity(inputs[name])
+        return out
+
+    return preprocessing_fn
+
+
+def _arrow_type(kind: str) -> pa.DataType:
+    return {"string": pa.large_binary(), "int64": pa.int64(), "float32": pa.float32()}[kind]
+
+
+def to_record_batches(frame: pd.DataFrame, spec: dict[str, Any], batch_size: int,
+                      arrow_schema: pa.Schema) -> list[pa.RecordBatch]:
+    """Arrow record batches in the layout tfx-bsl's TFExample TensorAdapter expects (one-element lists)."""
+    names = list(arrow_schema.names)
+    batches = []
+    for start in range(0, len(frame), batch_size):
+        chunk = frame.iloc[start:start + batch_size]
+        offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int64))
+        arrays = []
+        for name in names:
+            kind = spec["raw_features"][name]
+            values = chunk[name].to_numpy()
+            if kind == "string":
+                values = [v.encode("utf-8") for v in values]
+            arrays.append(pa.LargeListArray.from_arrays(offsets, pa.array(values, type=_arrow_type(kind))))
+        batches.append(pa.RecordBatch.from_arrays(arrays, schema=arrow_schema))
+    return batches
+
+
+def pipeline_args(config: TransformConfig, beam_pipeline_args: list[str] | None) -> list[str]:
+    """Beam options: the configured runner (quiet, single-worker DirectRunner defaults), then the caller's args."""
+    args = [f"--runner={config.beam_runner}"]
+    if config.beam_runner == "DirectRunner":
+        args += [f"--direct_num_workers={config.direct_num_workers}", "--direct_running_mode=in_memory"]
+    return args + list(beam_pipeline_args or [])
+
+
+def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config: TransformConfig,
+              out_dir: Path, beam_pipeline_args: list[str] | None, temp_dir: str) -> None:
+    import apache_beam as beam
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tensorflow_transform.tf_metadata import schema_utils
+    from tfx_bsl.tfxio import tf_example_record
+
+    raw_schema = schema_utils.schema_from_feature_spec(raw_feature_spec(spec))
+    tfxio = tf_example_record.TFExampleBeamRecord(
+        physical_format="inmem", telemetry_descriptors=["recflow"], schema=raw_schema)
+    adapter_config, arrow_schema = tfxio.TensorAdapterConfig(), tfxio.ArrowSchema()
+    preprocessing_fn = make_preprocessing_fn(spec, config)
+    options = PipelineOptions(pipeline_args(config, beam_pipeline_args))
+    with beam.Pipeline(options=options) as pipeline, \
+            tft_beam.Context(temp_dir=temp_dir, desired_batch_size=config.batch_size):
+        train = pipeline | "CreateTrain" >> beam.Create(
+            to_record_batches(raw_frames["train"], spec, config.batch_size, arrow_schema), reshuffle=False)
+        (transformed, transformed_md), transform_fn = (
+            (train, adapter_config) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
+                preprocessing_fn))
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(out_dir / "transform_graph"))
+        coder = tft.coders.ExampleProtoCoder(transformed_md.schema)
+        outputs = {"train": transformed}
+        for name in ("eval", "test"):
+            batches = to_record_batches(raw_frames[name], spec, config.batch_size, arrow_schema)
+            data = pipeline | f"Create{name.title()}" >> beam.Create(batches, reshuffle=False)
+            outputs[name], _ = ((data, adapter_config), transform_fn) | f"Transform{name.title()}" >> \
+                tft_beam.TransformDataset()
+        for name, data in outputs.items():
+            _ = (data
+                 | f"Encode{name.title()}" >> beam.Map(coder.encode)
+                 | f"Write{name.title()}" >> beam.io.WriteToTFRecord(
+                     str(out_dir / "transformed" / name / "part"), file_name_suffix=".tfrecord.gz"))
+
+
+def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
+                  beam_pipeline_args: list[str] | None = None) -> TransformResult:
+    """Run the Transform step on ExampleGen's output ``examples_dir`` and write ``out_dir`` (layout above).
+
+    The analysis (vocabularies, means, variances) sees the train split only; eval and test are transformed
+    with the same graph. Raises DataError when ``examples_dir`` is not ExampleGen output.
+    """
+    examples_dir, out_dir = Path(examples_dir), Path(out_dir)
+    splits, items, users = _read_examples(examples_dir)
+    sizes = {name: len(df) for name, df in splits.items()}
+    events = pd.concat([splits[n].assign(_split=n) for n in SPLITS], ignore_index=True)
+    events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    events["row_id"] = np.arange(len(events), dtype=np.int64)
+    events["clicked"] = label_impressions(events)
+    spec = describe_features(events, items, users)
+    # Behaviour features over the whole timeline: each uses strictly earlier events only, so eval/test rows may
+    # see training history (as serving would) but nothing of their own future.
+    events = behaviour.add_behaviour_features(events, spec["behaviour_features"])
+    fills = fill_values(splits["train"], items, spec)
+    spec["fill_values"] = fills
+    spec["num_oov_buckets"] = config.num_oov_buckets
+    raw_frames = {name: build_raw_frame(events[events["_split"] == name], items, users, spec, fills)
+                  for name in SPLITS}
+    spec["rows"] = sizes
+
+    state_at = splits["test"]["timestamp"].min() if sizes["test"] else events["timestamp"].max() + pd.Timedelta(1, "s")
+    user_state = behaviour.user_state_at(events.drop(columns=spec["behaviour_features"]), state_at,
+                                         spec["behaviour_features"])
+    spec["user_state_at"] = pd.Timestamp(state_at).isoformat()
+    spec["no_history_state"] = behaviour.no_history_state(spec["behaviour_features"])
+    candidates = coerce_raw(build_candidates(items, events, spec), spec, fills)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        beam_temp = config.temp_dir or str(tmp_dir / "tft_tmp")
+        _run_beam(raw_frames, spec, config, tmp_dir, beam_pipeline_args, beam_temp)
+        shutil.rmtree(tmp_dir / "tft_tmp", ignore_errors=True)
+        candidates.to_parquet(tmp_dir / "candidates.parquet", index=False)
+        user_state.to_parquet(tmp_dir / "user_state.parquet", index=False)
+        (tmp_dir / "feature_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old.{tmp_dir.name}")
+            out_dir.rename(old)
+            tmp_dir.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp_dir.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return TransformResult(
+        out_dir=out_dir,
+        transform_graph_dir=out_dir / "transform_graph",
+        transformed_dirs={name: out_dir / "transformed" / name for name in SPLITS},
+        feature_spec_path=out_dir / "feature_spec.json",
+        candidates_path=out_dir / "candidates.parquet",
+        user_state_path=out_dir / "user_state.parquet",
+        feature_spec=spec,
+    )
+
+
+def build_candidates(items: pd.DataFrame, events: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
+    """Raw candidate features of every item in the catalog or the events, sorted by item id."""
+    ids = sorted(set(items["item_id"].astype(str)) | set(events["item_id"].astype(str)))
+    out = pd.DataFrame({"item_id": ids})
+    attrs = items.assign(item_id=items["item_id"].astype(str)).set_index("item_id")
+    if "category" in spec["raw_features"]:
+        out["category"] = out["item_id"].map(attrs["category"])
+    if "price" in spec["raw_features"]:
+        price = out["item_id"].map(attrs["price"]) if "price" in attrs.columns else pd.Series(np.nan, index=out.index)
+        if _has_values(events, "price"):
+            latest = events.dropna(subset=["price"]).groupby("item_id")["price"].last()
+            price = price.fillna(out["item_id"].map(latest))
+        out["price"] = price
+    return out
+
+
+def load_transformed(transformed_dir: Path, transform_graph_dir: Path) -> dict[str, np.ndarray]:
+    """Read one transformed split into memory as numpy arrays, in ``row_id`` (time) order."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    spec = tft.TFTransformOutput(str(transform_graph_dir)).transformed_feature_spec()
+    files = sorted(str(p) for p in Path(transformed_dir).glob("part-*"))
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in spec}
+    if files:
+        ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(65536)
+        for batch in ds:
+            parsed = tf.io.parse_example(batch, spec)
+            for name in spec:
+                columns[name].append(parsed[name].numpy())
+    data = {name: (np.concatenate(parts) if parts else np.zeros((0,), dtype=spec[name].dtype.as_numpy_dtype))
+            for name, parts in columns.items()}
+    order = np.argsort(data["row_id"], kind="stable")
+    return {name: values[order] for name, values in data.items()}
+
+
+def apply_transform_graph(transform_graph_dir: Path, spec: dict[str, Any], frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Transform raw rows (any subset of the raw features; the rest get placeholders) with the saved graph.
+
+    Outputs that depend on a missing raw feature are meaningless for these rows; callers read only the
+    outputs whose inputs they gave (for example the candidate features from item_id, category and price).
+    """
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    layer = tft.TFTransformOutput(str(transform_graph_dir)).transform_features_layer()
+    fills = spec.get("fill_values", {})
+    rows = coerce_raw(frame, spec, fills)
+    n = len(rows)
+    dtypes = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
+    raw = {}
+    for name, kind in spec["raw_features"].items():
+        if name in rows.columns:
+            values = rows[name].to_numpy()
+            raw[name] = tf.constant(values.astype(object) if kind == "string" else values, dtypes[kind])
+        else:
+            raw[name] = tf.fill([n], tf.constant(fills.get(name, "" if kind == "string" else 0), dtypes[kind]))
+    return {name: value.numpy() for name, value in layer(raw).items()}

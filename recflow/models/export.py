@@ -1,0 +1,147 @@
+"""SavedModels that take RAW features: the tf.Transform graph, the towers and the candidate index inside.
+
+``retrieval/`` signatures:
+
+* ``serving_default(user_id, <context features>) -> {item_ids [B, K] string, scores [B, K] float}``, the top-K
+  of a ``tfrs.layers.factorized_top_k.BruteForce`` index over all candidate embeddings;
+* ``rank_all(...)``: the same over the whole catalog (K = number of items), for exclusions and full-ranking
+  evaluation;
+* ``query_embedding(...) -> {embedding [B, D]}``.
+
+``ranking/`` signature ``serving_default(user_id, item_id, <context features>) -> {probability [B]}``.
+
+Context features are those the shop logs (``feature_spec.json``: ``context_features``); hour and weekday are
+int64, device and region strings. Behaviour features are not inputs: the model looks each user up in the
+snapshot taken at the end of the data it was trained on (unknown users get the no-history values), and the
+ranking model looks item attributes up in the catalog it was trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tensorflow_transform as tft
+
+_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
+
+
+def input_signature(spec: Mapping[str, Any], names: Sequence[str]) -> dict[str, tf.TensorSpec]:
+    """TensorSpecs (one value per request) of the raw inputs ``names``."""
+    return {n: tf.TensorSpec([None], _TF_DTYPES[spec["raw_features"][n]], name=n) for n in names}
+
+
+class _RawFeatureModule(tf.Module):
+    """Shared part: turns raw request features into transformed features with the tf.Transform graph."""
+
+    def __init__(self, transform_graph_dir: str, spec: Mapping[str, Any], user_state: pd.DataFrame,
+                 items: pd.DataFrame | None = None) -> None:
+        super().__init__()
+        self._spec = dict(spec)
+        self.tft_layer = tft.TFTransformOutput(transform_graph_dir).transform_features_layer()
+        behaviour_cols = list(spec["behaviour_features"])
+        self._behaviour = behaviour_cols
+        no_history = np.array([[spec["no_history_state"][c] for c in behaviour_cols]], dtype=np.float32)
+        matrix = np.concatenate([user_state[behaviour_cols].to_numpy(np.float32).reshape(len(user_state), -1),
+                                 no_history.reshape(1, -1)])
+        self.user_state = tf.Variable(matrix, trainable=False, name="user_state")
+        self.user_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(user_state["user_id"].astype(str).tolist(), tf.string),
+                                                tf.range(len(user_state), dtype=tf.int64)), default_value=-1)
+        self._n_users = len(user_state)
+        self._item_attrs = [c for c in ("category", "price") if items is not None and c in items.columns]
+        if items is not None:
+            self.item_rows = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(tf.constant(items["item_id"].astype(str).tolist()),
+                                                    tf.range(len(items), dtype=tf.int64)), default_value=-1)
+            self._n_items = len(items)
+            if "category" in items.columns:
+                self.item_category = tf.Variable(items["category"].astype(str).tolist()
+                                                 + [str(spec["fill_values"].get("category", ""))],
+                                                 trainable=False, dtype=tf.string, name="item_category")
+            if "price" in items.columns:
+                self.item_price = tf.Variable(np.append(items["price"].to_numpy(np.float32),
+                                                        np.float32(spec["fill_values"].get("price", 0.0))),
+                                              trainable=False, name="item_price")
+
+    def transform(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        n = tf.shape(inputs["user_id"])[0]
+        fills = self._spec.get("fill_values", {})
+        raw: dict[str, tf.Tensor] = {}
+        for name, kind in self._spec["raw_features"].items():  # placeholders for features not served
+            value = fills.get(name, "" if kind == "string" else 0)
+            raw[name] = tf.fill([n], tf.constant(value, dtype=_TF_DTYPES[kind]))
+        raw.update(inputs)
+        row = self.user_rows.lookup(inputs["user_id"])
+        row = tf.where(row < 0, tf.constant(self._n_users, tf.int64), row)
+        state = tf.gather(self.user_state, row)
+        for j, name in enumerate(self._behaviour):
+            raw[name] = state[:, j]
+        if self._item_attrs and "item_id" in inputs:
+            irow = self.item_rows.lookup(inputs["item_id"])
+            irow = tf.where(irow < 0, tf.constant(self._n_items, tf.int64), irow)
+            if "category" in self._item_attrs:
+                raw["category"] = tf.gather(self.item_category, irow)
+            if "price" in self._item_attrs:
+                raw["price"] = tf.gather(self.item_price, irow)
+        return self.tft_layer(raw)
+
+
+class RetrievalServing(_RawFeatureModule):
+    """Raw user features -> top-K item ids and scores (see the module docstring)."""
+
+    def __init__(self, transform_graph_dir: str, spec: Mapping[str, Any], user_state: pd.DataFrame,
+                 query_tower: tf.keras.Model, item_ids: Sequence[str], item_embeddings: np.ndarray,
+                 top_k: int) -> None:
+        super().__init__(transform_graph_dir, spec, user_state)
+        self.query_tower = query_tower
+        self.top_k = min(int(top_k), len(item_ids))
+        self.num_items = len(item_ids)
+        # Saved with the model so a loader knows K and the catalog size without other files.
+        self.top_k_value = tf.Variable(self.top_k, trainable=False, dtype=tf.int64, name="top_k")
+        self.num_items_value = tf.Variable(self.num_items, trainable=False, dtype=tf.int64, name="num_items")
+        self.index = tfrs.layers.factorized_top_k.BruteForce(k=self.top_k)
+        self.index.index(tf.constant(item_embeddings, tf.float32), identifiers=tf.constant(list(item_ids)))
+
+    def query(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return self.query_tower(self.transform(inputs))
+
+    def top_k_items(self, inputs: Mapping[str, tf.Tensor], k: int) -> dict[str, tf.Tensor]:
+        scores, ids = self.index(self.query(inputs), k=k)
+        return {"item_ids": ids, "scores": scores}
+
+
+class RankingServing(_RawFeatureModule):
+    """Raw (user, item, context) -> click probability."""
+
+    def __init__(self, transform_graph_dir: str, spec: Mapping[str, Any], user_state: pd.DataFrame,
+                 items: pd.DataFrame, model: tf.keras.Model) -> None:
+        super().__init__(transform_graph_dir, spec, user_state, items)
+        self.model = model
+
+    def probability(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return {"probability": self.model(self.transform(inputs))}
+
+
+def save_retrieval(module: RetrievalServing, spec: Mapping[str, Any], path: str) -> None:
+    """Save ``module`` with the ``serving_default``, ``rank_all`` and ``query_embedding`` signatures."""
+    sig = input_signature(spec, spec["serving_inputs"])
+    top = tf.function(lambda inputs: module.top_k_items(inputs, module.top_k), input_signature=[sig])
+    every = tf.function(lambda inputs: module.top_k_items(inputs, module.num_items), input_signature=[sig])
+    embed = tf.function(lambda inputs: {"embedding": module.query(inputs)}, input_signature=[sig])
+    module.serve_top_k, module.serve_rank_all, module.serve_embedding = top, every, embed
+    tf.saved_model.save(module, path, signatures={
+        "serving_default": top.get_concrete_function(), "rank_all": every.get_concrete_function(),
+        "query_embedding": embed.get_concrete_function()})
+
+
+def save_ranking(module: RankingServing, spec: Mapping[str, Any], path: str) -> None:
+    """Save ``module`` with a ``serving_default`` signature over user_id, item_id and the context features."""
+    names = ["user_id", "item_id", *spec["context_features"]]
+    fn = tf.function(module.probability, input_signature=[input_signature(spec, names)])
+    module.serve_probability = fn
+    tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function()})

@@ -1,0 +1,136 @@
+"""Loading the trainer's exported models as a :class:`recflow.recommender.Recommender`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recflow.errors import DataError
+
+#: Users per call of the SavedModel.
+BATCH_SIZE = 1024
+
+
+class TFRSRecommender:
+    """Recommends with the exported retrieval SavedModel; scores (user, item) pairs with the ranking model.
+
+    Requests carry no context, so each user's latest logged context (``user_context.parquet``) is used, and the
+    most common context for users the model has never seen (who also get the no-history behaviour values and
+    the OOV user embedding).
+    """
+
+    name = "tfrs_two_tower"
+
+    def __init__(self, model_dir: Path) -> None:
+        import tensorflow as tf
+
+        self.model_dir = Path(model_dir)
+        retrieval_dir = self.model_dir / "retrieval"
+        if not (retrieval_dir / "saved_model.pb").is_file():
+            raise DataError(f"{self.model_dir}: no retrieval SavedModel (expected the output of train_tfrs)")
+        self._retrieval = tf.saved_model.load(str(retrieval_dir))
+        self._top = self._retrieval.signatures["serving_default"]
+        self._all = self._retrieval.signatures["rank_all"]
+        self._embed = self._retrieval.signatures["query_embedding"]
+        self.top_k = int(self._retrieval.top_k_value.numpy())
+        self.num_items = int(self._retrieval.num_items_value.numpy())
+        self._input_specs = self._top.structured_input_signature[1]
+        contexts = pd.read_parquet(self.model_dir / "user_context.parquet")
+        self._context = contexts.set_index("user_id")
+        self._default_context: dict[str, Any] = json.loads(
+            (self.model_dir / "default_context.json").read_text(encoding="utf-8"))
+        ranking_dir = self.model_dir / "ranking"
+        self._ranking = None
+        if (ranking_dir / "saved_model.pb").is_file():
+            self._ranking = tf.saved_model.load(str(ranking_dir)).signatures["serving_default"]
+
+    @property
+    def has_ranking(self) -> bool:
+        return self._ranking is not None
+
+    def _inputs(self, user_ids: Sequence[str], context: Mapping[str, Sequence[Any]] | None = None,
+                specs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        import tensorflow as tf
+
+        specs = specs if specs is not None else self._input_specs
+        users = [str(u) for u in user_ids]
+        inputs: dict[str, Any] = {"user_id": tf.constant(users, tf.string)}
+        known = self._context.reindex(users)
+        for name, spec in specs.items():
+            if name in ("user_id", "item_id"):
+                continue
+            if context is not None and name in context:
+                values = list(context[name])
+            else:
+                values = known[name].where(known[name].notna(), self._default_context[name]).tolist()
+            if spec.dtype == tf.string:
+                inputs[name] = tf.constant([str(v) for v in values], tf.string)
+            else:
+                inputs[name] = tf.constant(np.asarray(values, dtype=np.int64), spec.dtype)
+        return inputs
+
+    def recommend(self, user_ids: Sequence[str], k: int, exclude: Mapping[str, set[str]] | None = None,
+                  ) -> list[list[str]]:
+        """Top-``k`` items per user, best first, without the user's ``exclude`` items (over-fetching as needed)."""
+        return [[item for item, _ in row] for row in self.recommend_with_scores(user_ids, k, exclude)]
+
+    def recommend_with_scores(self, user_ids: Sequence[str], k: int,
+                              exclude: Mapping[str, set[str]] | None = None) -> list[list[tuple[str, float]]]:
+        """Like :meth:`recommend`, with the retrieval score of each item."""
+        exclude = exclude or {}
+        out: list[list[tuple[str, float]]] = []
+        for start in range(0, len(user_ids), BATCH_SIZE):
+            batch = [str(u) for u in user_ids[start:start + BATCH_SIZE]]
+            most_excluded = max((len(exclude.get(u, ())) for u in batch), default=0)
+            fn = self._top if k + most_excluded <= self.top_k else self._all
+            result = fn(**self._inputs(batch))
+            ids, scores = result["item_ids"].numpy(), result["scores"].numpy()
+            for row, user in enumerate(batch):
+                banned = exclude.get(user, set())
+                picked = []
+                for item, score in zip(ids[row], scores[row], strict=True):
+                    name = item.decode("utf-8")
+                    if name not in banned:
+                        picked.append((name, float(score)))
+                        if len(picked) == k:
+                            break
+                out.append(picked)
+        return out
+
+    def user_embeddings(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Query-tower embeddings of ``user_ids`` (with their latest context), shape [len(user_ids), D]."""
+        parts = [self._embed(**self._inputs(user_ids[s:s + BATCH_SIZE]))["embedding"].numpy()
+                 for s in range(0, len(user_ids), BATCH_SIZE)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str],
+              context: Mapping[str, Sequence[Any]] | None = None) -> np.ndarray:
+        """Click probability of each (user, item) pair with the ranking model.
+
+        Without a ranking model (the log had no impressions) the retrieval score (query . item embedding) is
+        returned instead. ``context`` gives per-pair context values; absent features use the user's latest.
+        """
+        import tensorflow as tf
+
+        if len(user_ids) != len(item_ids):
+            raise ValueError("user_ids and item_ids must have the same length")
+        if self._ranking is not None:
+            specs = self._ranking.structured_input_signature[1]
+            inputs = self._inputs(user_ids, context, specs)
+            inputs["item_id"] = tf.constant([str(i) for i in item_ids], tf.string)
+            return self._ranking(**inputs)["probability"].numpy()
+        items = pd.read_parquet(self.model_dir / "item_embeddings.parquet").set_index("item_id")["embedding"]
+        users = self.user_embeddings(list(user_ids))
+        dim = users.shape[1]
+        item_vecs = np.stack([np.asarray(items.get(str(i), np.zeros(dim)), np.float32) for i in item_ids])
+        return np.sum(users * item_vecs, axis=1)
+
+
+def load_recommender(model_dir: Path) -> TFRSRecommender:
+    """Load the models written by :func:`recflow.training.tfrs_trainer.train_tfrs` from ``model_dir``."""
+    return TFRSRecommender(Path(model_dir))

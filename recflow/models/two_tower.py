@@ -1,0 +1,87 @@
+"""The two-tower retrieval model (TFRS): a query tower and a candidate tower trained with in-batch softmax.
+
+Both towers read *transformed* features (the output of :mod:`recflow.features.transform`): integer ids from the
+tf.Transform vocabularies (with OOV buckets) and dense z-scored or sin/cos features. Which features exist is
+decided by the shop's log (``feature_spec.json``): an ids-only log gives an id-embedding model.
+
+The loss can apply the logQ correction (Yi et al., 2019): in-batch negatives over-sample popular items, so each
+logit is reduced by the log of its item's sampling probability. Without it the model mostly relearns
+popularity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+#: Transformed integer features and the vocabulary each one indexes.
+VOCAB_OF: dict[str, str] = {"user_idx": "user_id", "item_idx": "item_id", "category_idx": "category",
+                            "device_idx": "device", "region_idx": "region"}
+
+
+class FeatureTower(tf.keras.Model):
+    """Embeds the categorical features, concatenates them with the dense ones and projects to ``output_dim``.
+
+    ``vocab_sizes`` maps each categorical transformed feature (``*_idx``) to its size including OOV buckets;
+    every other feature in ``features`` is a dense float scalar.
+    """
+
+    def __init__(self, features: Sequence[str], vocab_sizes: Mapping[str, int], embedding_dim: int,
+                 output_dim: int, hidden_units: Sequence[int] = (), name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.feature_names = list(features)
+        self.categorical = [f for f in self.feature_names if f in vocab_sizes]
+        self.dense_features = [f for f in self.feature_names if f not in vocab_sizes]
+        # The main id gets the full width, side attributes a smaller one (they have few distinct values).
+        self.embeddings = {
+            f: tf.keras.layers.Embedding(vocab_sizes[f], embedding_dim if f in ("user_idx", "item_idx")
+                                         else max(4, embedding_dim // 4), name=f"{f}_embedding")
+            for f in self.categorical
+        }
+        self.hidden = [tf.keras.layers.Dense(u, activation="relu", name=f"hidden_{i}")
+                       for i, u in enumerate(hidden_units)]
+        self.projection = tf.keras.layers.Dense(output_dim, name="projection")
+
+    def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        parts = [self.embeddings[f](tf.reshape(features[f], [-1])) for f in self.categorical]
+        if self.dense_features:
+            parts.append(tf.stack([tf.reshape(tf.cast(features[f], tf.float32), [-1])
+                                   for f in self.dense_features], axis=1))
+        x = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+        for layer in self.hidden:
+            x = layer(x)
+        return self.projection(x)
+
+
+class TwoTowerModel(tfrs.Model):
+    """In-batch softmax retrieval over (query features, positive item) pairs, optionally logQ-corrected.
+
+    Training batches carry the transformed query and candidate features plus ``candidate_prob`` (the item's
+    share of training positives) when ``logq_correction`` is on. ``candidates`` (a dataset of candidate
+    feature dicts) enables the factorized top-K metrics, which are computed on evaluation only.
+    """
+
+    def __init__(self, query_tower: FeatureTower, candidate_tower: FeatureTower, temperature: float = 1.0,
+                 logq_correction: bool = True, candidates: tf.data.Dataset | None = None,
+                 metric_ks: Sequence[int] = (10, 50)) -> None:
+        super().__init__()
+        self.query_tower = query_tower
+        self.candidate_tower = candidate_tower
+        self.logq_correction = logq_correction
+        metrics = None
+        if candidates is not None:
+            metrics = tfrs.metrics.FactorizedTopK(
+                candidates=candidates.map(lambda c: (c["item_idx"], self.candidate_tower(c))), ks=tuple(metric_ks))
+        self.task = tfrs.tasks.Retrieval(metrics=metrics, temperature=temperature,
+                                         remove_accidental_hits=True)
+
+    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        query = self.query_tower(features)
+        candidate = self.candidate_tower(features)
+        kwargs = {}
+        if self.logq_correction and "candidate_prob" in features:
+            kwargs["candidate_sampling_probability"] = tf.reshape(features["candidate_prob"], [-1])
+        return self.task(query, candidate, candidate_ids=tf.reshape(features["item_idx"], [-1]),
+                         compute_metrics=not training, compute_batch_metrics=False, **kwargs)

@@ -1,0 +1,1 @@
+"""Model training: the TFRS trainer (retrieval and ranking)."""

@@ -1,0 +1,307 @@
+"""The TFRS trainer: a two-tower retrieval model and a click ranking model on Transform's output.
+
+Reads ``examples_dir`` (ExampleGen) and ``transform_dir`` (Transform) and writes into ``out_dir``:
+
+* ``retrieval/``: SavedModel, raw features in, top-K ``item_ids`` and ``scores`` out (see recflow.models.export);
+* ``ranking/``: SavedModel, raw (user, item, context) in, click ``probability`` out -- only when the log has
+  impressions and clicks (otherwise ``TrainResult.notes`` says why it was skipped);
+* ``item_embeddings.parquet`` (item_id, embedding list<float32>), ``user_embeddings.parquet`` (user_id,
+  embedding) for the users in the train split, ``user_context.parquet`` (each user's latest logged context,
+  used when a caller has no request context);
+* ``logs/``: TensorBoard logs of the training curves; ``training.json``: history per epoch, examples/second,
+  epochs run, metrics and the config.
+
+Retrieval trains on positive interactions (click, add_to_cart, purchase; views when none of those exist) with
+in-batch softmax, logQ correction and early stopping on the eval split's factorized top-10 accuracy.
+MirroredStrategy is used when a GPU is visible, the default strategy otherwise. Seeded: the same inputs and
+seed give the same metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from recflow.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class TrainerConfig(BaseModel):
+    """Hyper-parameters of the TFRS trainer (the ``trainer`` section of the config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embedding_dim: int = Field(32, gt=0, description="Width of the user/item embeddings and tower outputs.")
+    epochs: int = Field(10, gt=0, description="Maximum training epochs (early stopping may end sooner).")
+    batch_size: int = Field(512, gt=0, description="Examples per batch (also the in-batch negatives).")
+    learning_rate: float = Field(0.05, gt=0, description="Adagrad learning rate.")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature of the retrieval loss.")
+    logq_correction: bool = Field(True, description="Correct in-batch negatives for item popularity (logQ).")
+    top_k: int = Field(100, gt=0, description="Items returned by the retrieval signature.")
+    early_stopping_patience: int = Field(2, ge=0, description="Epochs without eval improvement before stopping.")
+    ranking_epochs: int = Field(5, gt=0, description="Maximum epochs of the ranking model.")
+    seed: int = Field(42, ge=0, description="Seed of weights, shuffling and everything else random.")
+    deterministic_ops: bool = Field(True, description="tf.config.experimental.enable_op_determinism().")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the trainer wrote its models and what it measured."""
+
+    out_dir: Path
+    retrieval_dir: Path
+    ranking_dir: Path | None
+    item_embeddings_path: Path
+    user_embeddings_path: Path
+    training_json: Path
+    logs_dir: Path
+    metrics: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    history: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _strategy():  # noqa: ANN202
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+
+
+def _vocab_sizes(tft_output: Any, spec: dict[str, Any]) -> dict[str, int]:
+    from recflow.models.two_tower import VOCAB_OF
+
+    features = set(spec["transformed_query_features"]) | set(spec["transformed_candidate_features"])
+    return {f: tft_output.vocabulary_size_by_name(VOCAB_OF[f]) + int(spec["num_oov_buckets"])
+            for f in features if f in VOCAB_OF}
+
+
+def _take(data: dict[str, np.ndarray], mask: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    return {n: data[n][mask] for n in names}
+
+
+def _history(h: Any) -> dict[str, list[float]]:
+    return {k: [float(v) for v in vals] for k, vals in h.history.items()}
+
+
+def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Each user's latest logged context (train + eval events), and the most common context for cold users."""
+    from recflow.features.transform import coerce_raw
+
+    names = list(spec["context_features"])
+    events = pd.concat([pd.read_parquet(examples_dir / f"{s}.parquet") for s in ("train", "eval")],
+                       ignore_index=True).sort_values("timestamp", kind="stable")
+    users_path = examples_dir / "users.parquet"
+    if "region" in names and "region" not in events.columns and users_path.is_file():
+        events = events.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
+    present = [n for n in names if n in events.columns]
+    latest = events.groupby("user_id", sort=True)[present].last().reset_index() if present else \
+        pd.DataFrame({"user_id": sorted(events["user_id"].unique())})
+    default = {n: (events[n].mode().iloc[0] if n in events.columns and events[n].notna().any()
+                   else spec["fill_values"].get(n, "")) for n in names}
+    for n in names:
+        latest[n] = latest[n].fillna(default[n]) if n in latest.columns else default[n]
+    latest = coerce_raw(latest, spec, spec["fill_values"])
+    default = {k: (v.item() if hasattr(v, "item") else v) for k, v in default.items()}
+    return latest, default
+
+
+def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: TrainerConfig) -> TrainResult:
+    """Train the retrieval (and, with impressions, the ranking) model and export them; see the module docstring.
+
+    Raises DataError when the inputs are not ExampleGen/Transform outputs or hold no positive interactions.
+    """
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from recflow.features.transform import apply_transform_graph, load_transformed
+    from recflow.models.export import RankingServing, RetrievalServing, save_ranking, save_retrieval
+    from recflow.models.ranking import ClickRankingModel
+    from recflow.models.two_tower import FeatureTower, TwoTowerModel
+
+    examples_dir, transform_dir, out_dir = Path(examples_dir), Path(transform_dir), Path(out_dir)
+    spec_path = transform_dir / "feature_spec.json"
+    if not spec_path.is_file():
+        raise DataError(f"{transform_dir}: no feature_spec.json (run the Transform step first)")
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    graph_dir = transform_dir / "transform_graph"
+    tft_output = tft.TFTransformOutput(str(graph_dir))
+
+    tf.keras.utils.set_random_seed(config.seed)
+    if config.deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+
+    train = load_transformed(transform_dir / "transformed" / "train", graph_dir)
+    evald = load_transformed(transform_dir / "transformed" / "eval", graph_dir)
+    q_feats, c_feats = spec["transformed_query_features"], spec["transformed_candidate_features"]
+    positive_codes = [spec["event_codes"][t] for t in spec["positive_event_types"]]
+    pos_train = np.isin(train["event_code"], positive_codes)
+    pos_eval = np.isin(evald["event_code"], positive_codes)
+    if not pos_train.any():
+        raise DataError(f"{examples_dir}: the train split has no positive interactions "
+                        f"({', '.join(spec['positive_event_types']) or 'click/add_to_cart/purchase/view'})")
+    vocab = _vocab_sizes(tft_output, spec)
+    counts = np.bincount(train["item_idx"][pos_train], minlength=vocab["item_idx"]).astype(np.float64)
+    item_prob = ((counts + 1.0) / (counts.sum() + len(counts))).astype(np.float32)  # smoothed: no log(0)
+
+    candidates_raw = pd.read_parquet(transform_dir / "candidates.parquet")
+    cand_t = apply_transform_graph(graph_dir, spec, candidates_raw)
+    cand_features = {n: cand_t[n] for n in c_feats}
+    user_state = pd.read_parquet(transform_dir / "user_state.parquet")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    notes: list[str] = []
+    metrics: dict[str, float] = {}
+    report: dict[str, Any] = {"config": config.model_dump(), "strategy": None}
+    try:
+        strategy = _strategy()
+        report["strategy"] = type(strategy).__name__
+        names = sorted(set(q_feats) | set(c_feats))
+
+        def as_dataset(data: dict[str, np.ndarray], mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:
+            feats = _take(data, mask, names)
+            feats["candidate_prob"] = item_prob[feats["item_idx"]]
+            ds = tf.data.Dataset.from_tensor_slices(feats)
+            if shuffle:
+                ds = ds.shuffle(len(feats["item_idx"]), seed=config.seed, reshuffle_each_iteration=True)
+            return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+        train_ds = as_dataset(train, pos_train, shuffle=True)
+        eval_ds = as_dataset(evald, pos_eval, shuffle=False) if pos_eval.any() else None
+        cand_ds = tf.data.Dataset.from_tensor_slices(cand_features).batch(1024)
+        with strategy.scope():
+            query_tower = FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="query")
+            cand_tower = FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim,
+                                      name="candidate")
+            retrieval = TwoTowerModel(query_tower, cand_tower, config.temperature, config.logq_correction,
+                                      candidates=cand_ds if eval_ds is not None else None)
+            retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+        callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(tmp / "logs" / "retrieval"))]
+        monitor = "val_factorized_top_k/top_10_categorical_accuracy"
+        if eval_ds is not None:
+            callbacks.append(tf.keras.callbacks.EarlyStopping(
+                monitor=monitor, mode="max", patience=config.early_stopping_patience, restore_best_weights=True))
+        else:
+            notes.append("eval split has no positive interactions: retrieval trained without early stopping")
+        started = time.perf_counter()
+        hist = retrieval.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, callbacks=callbacks,
+                             verbose=0)
+        seconds = time.perf_counter() - started
+        history = _history(hist)
+        epochs_run = len(history.get("loss", []))
+        n_pos = int(pos_train.sum())
+        report["retrieval"] = {"history": history, "epochs_run": epochs_run, "train_examples": n_pos,
+                               "eval_examples": int(pos_eval.sum()), "seconds": seconds,
+                               "examples_per_second": n_pos * epochs_run / seconds if seconds > 0 else None}
+        if eval_ds is not None:
+            best = max(history[monitor])
+            metrics["retrieval_eval_top10_accuracy"] = best
+            metrics["retrieval_eval_top50_accuracy"] = history["val_factorized_top_k/top_50_categorical_accuracy"][
+                int(np.argmax(history[monitor]))]
+        metrics["retrieval_train_loss"] = history["loss"][-1]
+        metrics["retrieval_examples_per_second"] = report["retrieval"]["examples_per_second"]
+
+        item_emb = cand_tower.predict(cand_features, batch_size=4096, verbose=0).astype(np.float32)
+        item_ids = candidates_raw["item_id"].astype(str).tolist()
+        pd.DataFrame({"item_id": item_ids, "embedding": list(item_emb)}).to_parquet(
+            tmp / "item_embeddings.parquet", index=False)
+        contexts, default_context = user_context(examples_dir, spec)
+        contexts.to_parquet(tmp / "user_context.parquet", index=False)
+        (tmp / "default_context.json").write_text(json.dumps(default_context), encoding="utf-8")
+
+        serving = RetrievalServing(str(graph_dir), spec, user_state, query_tower, item_ids, item_emb, config.top_k)
+        save_retrieval(serving, spec, str(tmp / "retrieval"))
+        train_users = sorted(pd.read_parquet(examples_dir / "train.parquet", columns=["user_id"])["user_id"]
+                             .astype(str).unique())
+        ctx = contexts.set_index("user_id").reindex(train_users)
+        inputs = {"user_id": tf.constant(train_users)}
+        for n in spec["context_features"]:
+            col = ctx[n].fillna(default_context[n])
+            kind = spec["raw_features"][n]
+            inputs[n] = tf.constant(col.astype(str).tolist() if kind == "string" else col.astype(np.int64))
+        user_emb = serving.query(inputs).numpy().astype(np.float32)
+        pd.DataFrame({"user_id": train_users, "embedding": list(user_emb)}).to_parquet(
+            tmp / "user_embeddings.parquet", index=False)
+
+        ranking_dir = None
+        imp_code = spec["event_codes"]["impression"]
+        rank_train = (train["event_code"] == imp_code) & (train["clicked"] >= 0)
+        rank_eval = (evald["event_code"] == imp_code) & (evald["clicked"] >= 0)
+        if not spec.get("has_impressions") or not rank_train.any():
+            notes.append("ranking model skipped: the log has no impression events to learn click-through from")
+        elif not spec.get("has_clicks") or train["clicked"][rank_train].max() < 1:
+            notes.append("ranking model skipped: no impression in the train split was clicked")
+        else:
+            rnames = sorted(set(q_feats) | set(c_feats) | {"clicked"})
+
+            def rank_ds(data: dict[str, np.ndarray], mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:
+                ds = tf.data.Dataset.from_tensor_slices(_take(data, mask, rnames))
+                if shuffle:
+                    ds = ds.shuffle(int(mask.sum()), seed=config.seed + 1, reshuffle_each_iteration=True)
+                return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+            with strategy.scope():
+                ranker = ClickRankingModel(
+                    FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_query"),
+                    FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_item"))
+                ranker.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+            rcallbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(tmp / "logs" / "ranking"))]
+            r_eval = rank_ds(evald, rank_eval, False) if rank_eval.any() else None
+            if r_eval is not None:
+                rcallbacks.append(tf.keras.callbacks.EarlyStopping(
+                    monitor="val_auc", mode="max", patience=config.early_stopping_patience,
+                    restore_best_weights=True))
+            started = time.perf_counter()
+            rhist = ranker.fit(rank_ds(train, rank_train, True), validation_data=r_eval,
+                               epochs=config.ranking_epochs, callbacks=rcallbacks, verbose=0)
+            rseconds = time.perf_counter() - started
+            rhistory = _history(rhist)
+            repochs = len(rhistory.get("loss", []))
+            report["ranking"] = {"history": rhistory, "epochs_run": repochs, "train_examples": int(rank_train.sum()),
+                                 "seconds": rseconds,
+                                 "examples_per_second": int(rank_train.sum()) * repochs / rseconds}
+            if r_eval is not None:
+                metrics["ranking_eval_auc"] = max(rhistory["val_auc"])
+            items_raw = candidates_raw.copy()
+            rserving = RankingServing(str(graph_dir), spec, user_state, items_raw, ranker)
+            save_ranking(rserving, spec, str(tmp / "ranking"))
+            ranking_dir = out_dir / "ranking"
+
+        report["metrics"] = metrics
+        report["notes"] = notes
+        report["feature_spec"] = {k: spec[k] for k in ("serving_inputs", "context_features",
+                                                       "behaviour_features", "candidate_features")}
+        (tmp / "training.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old.{tmp.name}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TrainResult(
+        out_dir=out_dir,
+        retrieval_dir=out_dir / "retrieval",
+        ranking_dir=ranking_dir,
+        item_embeddings_path=out_dir / "item_embeddings.parquet",
+        user_embeddings_path=out_dir / "user_embeddings.parquet",
+        training_json=out_dir / "training.json",
+        logs_dir=out_dir / "logs",
+        metrics=metrics,
+        notes=notes,
+        history=report,
+    )
