@@ -115,9 +115,9 @@ variable "kfp_version" {
 }
 
 variable "image_tag" {
-  description = "Tag of the recflow image in Artifact Registry to deploy."
+  description = "Tag of the recflow image in Artifact Registry to deploy (the CPU image of infra/docker)."
   type        = string
-  default     = "0.1.0"
+  default     = "0.1.0-cpu"
 }
 
 variable "serving_load_balancer" {
