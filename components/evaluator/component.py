@@ -34,7 +34,7 @@ def evaluator(
         from recflow.evaluation import run_evaluator
         from recflow.model_store import ModelStore
 
-        champion = ModelStore(Path(model_store)).champion() if model_store else None
+        champion = ModelStore(model_store).champion() if model_store else None
         out = Path(evaluation.path)
         run_evaluator(Path(examples.path), Path(model.path), Path(policy.path), out, step.config.evaluator,
                       champion_dir=Path(champion.path) if champion is not None else None)

@@ -31,7 +31,7 @@ def pusher(
 
         parts = {"transform": Path(transformed.path), "model": Path(model.path), "policy": Path(policy.path),
                  "evaluation": Path(evaluation.path)}
-        result = ModelStore(Path(model_store)).push(parts, Path(evaluation.path),
+        result = ModelStore(model_store).push(parts, Path(evaluation.path),
                                                     metadata={"mlflow_run_id": parent_run_id})
         where = str(result.bundle.path) if result.pushed else ""
         step.note(pushed=bool(result.pushed), pushed_to=where, reason=getattr(result, "reason", ""))
