@@ -10,6 +10,7 @@ Output directory layout (the contract for Transform, the trainer and evaluation)
 * ``stats.json``: rows, users, items, event-type counts, time range and cut points per split, and which optional
   fields are present.
 
+Rows the validator rejects go to ``<out_dir>_quarantine.parquet`` beside the output directory.
 The directory is built in a temporary sibling and renamed into place, so readers never see half of it.
 Sources are a dataset directory of Parquet or CSV files; a BigQuery or GCS source can be added behind
 :func:`read_source` later without changing anything downstream.
@@ -110,11 +111,13 @@ def _read_file(path: Path, kind: schema.TableKind) -> pd.DataFrame:
     return df
 
 
-def read_source(source: Path, validation: ValidationConfig, validate: bool = True) -> dict[str, pd.DataFrame]:
+def read_source(source: Path, validation: ValidationConfig, validate: bool = True,
+                quarantine_path: Path | None = None) -> dict[str, pd.DataFrame]:
     """Read the events (and the items/users tables when present) of a dataset directory, validated.
 
-    Returns the good rows per table ("events", "items", "users"). Raises DataError when the source has no
-    events and ValidationFailed when the validator rejects it.
+    Returns the good rows per table ("events", "items", "users"); bad rows go to ``quarantine_path``
+    (default: the validator's, beside the source). Raises DataError when the source has no events and
+    ValidationFailed when the validator rejects it.
     """
     source = Path(source)
     if not source.is_dir():
@@ -128,7 +131,7 @@ def read_source(source: Path, validation: ValidationConfig, validate: bool = Tru
         except ModuleNotFoundError:  # the validator lands separately; read and check required columns meanwhile
             log.warning("recflow.validation is not available; reading %s without row-level validation", source)
         else:
-            report = validate_path(source, validation, items_path=paths["items"])
+            report = validate_path(source, validation, items_path=paths["items"], quarantine_path=quarantine_path)
             report.raise_if_failed()
             return {kind: df for kind, df in report.valid.items() if df is not None}
     return {kind: _read_file(path, kind) for kind, path in paths.items() if path is not None}
@@ -225,6 +228,11 @@ def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def quarantine_path(out_dir: Path, validation: ValidationConfig) -> Path:
+    """Where ExampleGen writes the validator's bad rows: ``<out_dir>_<quarantine_name>`` beside ``out_dir``."""
+    return out_dir.with_name(f"{out_dir.name}_{validation.quarantine_name}")
+
+
 def run_example_gen(source: Path, out_dir: Path, config: ExampleGenConfig,
                     validation: ValidationConfig) -> ExampleGenResult:
     """Ingest the dataset directory ``source``, validate it, split it by time and write ``out_dir`` atomically.
@@ -233,7 +241,20 @@ def run_example_gen(source: Path, out_dir: Path, config: ExampleGenConfig,
     validator rejects the data.
     """
     source, out_dir = Path(source), Path(out_dir)
-    tables = read_source(source, validation, validate=config.validate_input)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        return _example_gen(source, out_dir, tmp_dir, config, validation)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
+def _example_gen(source: Path, out_dir: Path, tmp_dir: Path, config: ExampleGenConfig,
+                 validation: ValidationConfig) -> ExampleGenResult:
+    # Bad rows go beside the output, not into the source (which may be read-only), and survive a failed run.
+    tables = read_source(source, validation, validate=config.validate_input,
+                         quarantine_path=quarantine_path(out_dir, validation))
     events = tables["events"]
     if events.empty:
         raise DataError(f"{source}: the events table has no valid rows")
@@ -255,19 +276,13 @@ def run_example_gen(source: Path, out_dir: Path, config: ExampleGenConfig,
             "eval_end": _iso(splits["test"]["timestamp"].min()) if len(splits["test"]) else None}
     stats = compute_stats(splits, items, users, items_given, cuts)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        for name, df in splits.items():
-            _write_parquet(df, tmp_dir / f"{name}.parquet", "events")
-        _write_parquet(items, tmp_dir / "items.parquet", "items")
-        if users is not None:
-            _write_parquet(users, tmp_dir / "users.parquet", "users")
-        (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
-        _replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    for name, df in splits.items():
+        _write_parquet(df, tmp_dir / f"{name}.parquet", "events")
+    _write_parquet(items, tmp_dir / "items.parquet", "items")
+    if users is not None:
+        _write_parquet(users, tmp_dir / "users.parquet", "users")
+    (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
+    _replace_dir(tmp_dir, out_dir)
     return ExampleGenResult(
         out_dir=out_dir,
         splits={name: out_dir / f"{name}.parquet" for name in SPLITS},

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from recflow.config import ValidationConfig
-from recflow.errors import DataError
+from recflow.errors import DataError, ValidationFailed
 from recflow.examplegen import ExampleGenConfig, derive_items, run_example_gen, split_by_time
 from recflow.io import write_dataset
 
@@ -146,3 +146,20 @@ def test_rerun_replaces_output_and_errors_are_clear(tmp_path: Path) -> None:
         run_example_gen(src, tmp_path / "ex3", ExampleGenConfig(min_train_events=10**6), ValidationConfig())
     with pytest.raises(ValueError, match="training data remains"):
         ExampleGenConfig(eval_fraction=0.5, test_fraction=0.5)
+
+
+def test_bad_rows_are_quarantined_and_too_many_fail(tmp_path: Path) -> None:
+    events, items, users = make_event_log(n_users=20, sessions=2)
+    events.loc[0, "event_type"] = "teleport"  # one bad row in ~500: under the 1% threshold, quarantined
+    src = tmp_path / "src"
+    write_dataset(src, events=events.astype({"event_type": str}), items=items, users=users)
+    result = run_example_gen(src, tmp_path / "ex", ExampleGenConfig(), ValidationConfig())
+    assert result.stats["rows"] == len(events) - 1
+    quarantine = pd.read_parquet(tmp_path / "ex_quarantine.parquet")
+    assert len(quarantine) == 1 and not (src / "quarantine.parquet").exists()
+
+    events.loc[: len(events) // 5, "event_type"] = "teleport"
+    write_dataset(src, events=events, items=items, users=users)
+    with pytest.raises(ValidationFailed, match="event_type"):
+        run_example_gen(src, tmp_path / "ex", ExampleGenConfig(), ValidationConfig())
+    assert (tmp_path / "ex" / "train.parquet").is_file()  # the previous good output is untouched
