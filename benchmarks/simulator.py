@@ -1,4 +1,4 @@
-"""Benchmark: how fast the world simulator generates events (target: 1,000,000 events in under 60 s on 2 cores).
+"""Benchmark: how fast the world simulator generates events (target: 1,000,000 events under 60 s, 2 cores).
 
 Sizes the default world's user count so one run yields at least ``--events`` events (from a small pilot run's
 events per user), then times ``--repeats`` full runs of ``generate_dataset`` (simulation and Parquet writing)
@@ -43,7 +43,9 @@ def machine_info() -> dict[str, object]:
         pass
     return {
         "cpu": cpu,
-        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "load_average_1m_at_start": os.getloadavg()[0],
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -82,8 +84,11 @@ def run(events: int, repeats: int, seed: int, days: int) -> dict[str, object]:
         "repeats": runs,
         "seed": seed,
         "config": config.model_dump(mode="json"),
-        "funnel": {"click_through_rate": round(summary.click_through_rate, 4),
-                   "cart_rate": round(summary.cart_rate, 4), "purchase_rate": round(summary.purchase_rate, 4)},
+        "funnel": {
+            "click_through_rate": round(summary.click_through_rate, 4),
+            "cart_rate": round(summary.cart_rate, 4),
+            "purchase_rate": round(summary.purchase_rate, 4),
+        },
         "machine": machine_info(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

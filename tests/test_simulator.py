@@ -72,11 +72,23 @@ def test_written_tables_follow_the_schema(small_dataset):
     events, items, users = (_read(out / f"{k}.parquet") for k in ("events", "items", "users"))
     assert len(events) == summary.events
     assert events["event_id"].is_unique and items["item_id"].is_unique and users["user_id"].is_unique
-    assert events["user_id"].str.fullmatch(r"u\d{6}").all() and events["item_id"].str.fullmatch(r"i\d{6}").all()
+    assert (
+        events["user_id"].str.fullmatch(r"u\d{6}").all() and events["item_id"].str.fullmatch(r"i\d{6}").all()
+    )
     assert set(events["item_id"]) <= set(items["item_id"]) and set(events["user_id"]) <= set(users["user_id"])
     assert set(events["event_type"]) == set(schema.EVENT_TYPES)
-    for col in ("hour", "weekday", "device", "region", "session_id", "request_id", "position", "propensity",
-                "policy_id", "price"):
+    for col in (
+        "hour",
+        "weekday",
+        "device",
+        "region",
+        "session_id",
+        "request_id",
+        "position",
+        "propensity",
+        "policy_id",
+        "price",
+    ):
         assert events[col].notna().all(), col
     assert events["hour"].between(0, 23).all() and events["weekday"].between(0, 6).all()
     assert set(events["device"]) <= set(SMALL.devices) and set(events["region"]) <= set(SMALL.regions)
@@ -93,7 +105,10 @@ def test_written_tables_follow_the_schema(small_dataset):
     assert (per_request.count() == SMALL.slate_size).all()
     assert (per_request.apply(lambda p: sorted(p) == list(range(SMALL.slate_size)))).all()
     views = events[events["event_type"] == "view"]
-    assert views["dwell_time_s"].gt(0).all() and events.loc[events["event_type"] != "view", "dwell_time_s"].isna().all()
+    assert (
+        views["dwell_time_s"].gt(0).all()
+        and events.loc[events["event_type"] != "view", "dwell_time_s"].isna().all()
+    )
     buys = events[events["event_type"] == "purchase"]
     assert (buys["order_value"] >= buys["price"]).all()
     meta = json.loads((out / "simulator.json").read_text())
@@ -107,8 +122,13 @@ def test_funnel_is_consistent_per_slate(small_dataset):
     key = ["request_id", "item_id"]
     by_type = {t: events[events["event_type"] == t].set_index(key) for t in schema.EVENT_TYPES}
     # every click was shown, every cart was clicked, every purchase and removal was carted
-    for later, earlier in (("click", "impression"), ("view", "click"), ("add_to_cart", "view"),
-                           ("purchase", "add_to_cart"), ("remove_from_cart", "add_to_cart")):
+    for later, earlier in (
+        ("click", "impression"),
+        ("view", "click"),
+        ("add_to_cart", "view"),
+        ("purchase", "add_to_cart"),
+        ("remove_from_cart", "add_to_cart"),
+    ):
         assert by_type[later].index.isin(by_type[earlier].index).all(), later
         joined = by_type[later][["timestamp"]].join(by_type[earlier][["timestamp"]], rsuffix="_before")
         assert (joined["timestamp"] >= joined["timestamp_before"]).all(), later
@@ -153,7 +173,7 @@ def test_click_through_rate_falls_with_position(default_log):
 def test_popularity_is_long_tailed(default_log):
     imp = default_log.events.query("event_type == 'impression'")["item_id"].value_counts()
     assert imp.iloc[: len(imp) // 10].sum() / imp.sum() > 0.4  # top 10% of items get most impressions
-    assert imp.iloc[len(imp) // 2:].sum() / imp.sum() < 0.15  # the tail half gets little
+    assert imp.iloc[len(imp) // 2 :].sum() / imp.sum() < 0.15  # the tail half gets little
 
 
 def test_logged_clicks_carry_the_users_true_preferences(default_log):
@@ -170,8 +190,9 @@ def test_logged_clicks_carry_the_users_true_preferences(default_log):
     # the user's individual taste beyond the segment (what a segment-level policy cannot know) shows in clicks
     individual = prefs - world.segment_preferences[world.user_segment[active]]
     share = counts[active] / counts[active].sum(axis=1, keepdims=True)
-    seg_share = np.array([share[world.user_segment[active] == s].mean(axis=0)
-                          for s in range(len(world.config.segments))])[world.user_segment[active]]
+    seg_share = np.array(
+        [share[world.user_segment[active] == s].mean(axis=0) for s in range(len(world.config.segments))]
+    )[world.user_segment[active]]
     corr = np.corrcoef(individual.ravel(), (share - seg_share).ravel())[0, 1]
     assert active.sum() > 300 and corr > 0.2
 
@@ -218,7 +239,9 @@ def test_drift_changes_the_click_distribution_over_categories():
     shown_new = ev[ev["item_id"].isin(new_ids) & (ev["event_type"] == "impression")]
     assert len(new_ids) == 100 and len(shown_new) > 0
     assert (shown_new["timestamp"] >= pd.Timestamp(base.start_date, tz="UTC") + pd.Timedelta(days=7)).all()
-    assert np.allclose(world.prices(7)[world.item_repriced], (world.prices(0)[world.item_repriced] * 1.3).round(2))
+    assert np.allclose(
+        world.prices(7)[world.item_repriced], (world.prices(0)[world.item_repriced] * 1.3).round(2)
+    )
     assert np.array_equal(world.prices(6), world.prices(0))
 
 
@@ -275,21 +298,28 @@ def test_sampled_responses_match_the_true_probabilities():
     p_click = world.click_probabilities(users[:1], slates[:1], np.arange(10)[None], ctx, 0)[0]
     p_cart, p_buy = world.funnel_probabilities(users[:1], slates[:1], ctx, 0)
     assert np.allclose(resp.click.mean(axis=0), p_click, atol=0.012)
-    assert np.isclose(resp.cart.sum() / resp.click.sum(), (p_click * p_cart[0]).sum() / p_click.sum(), atol=0.02)
+    assert np.isclose(
+        resp.cart.sum() / resp.click.sum(), (p_click * p_cart[0]).sum() / p_click.sum(), atol=0.02
+    )
 
 
 # ------------------------------------------------------------------ config and CLI
-@pytest.mark.parametrize("override, message", [
-    ("simulator.items=5", "slate_size (10) cannot exceed items (5)"),
-    ("simulator.start_date=next-monday", "start_date must be a date"),
-    ("simulator.categories=[a, a]", "names must be unique"),
-    ("simulator.drift.preference_shift=2", "simulator.drift.preference_shift"),
-    ("simulator.cart_rate=0.9", "simulator.cart_rate"),
-    ("simulator.drift.colour=1", "simulator.drift.colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("simulator.items=5", "slate_size (10) cannot exceed items (5)"),
+        ("simulator.start_date=next-monday", "start_date must be a date"),
+        ("simulator.categories=[a, a]", "names must be unique"),
+        ("simulator.drift.preference_shift=2", "simulator.drift.preference_shift"),
+        ("simulator.cart_rate=0.9", "simulator.cart_rate"),
+        ("simulator.drift.colour=1", "simulator.drift.colour: unknown key"),
+    ],
+)
 def test_bad_simulator_config_is_a_clear_error(override, message):
     """The message names the key and the reason."""
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    ):
         load_config(None, [override])
 
 
@@ -301,8 +331,23 @@ def test_start_date_may_be_an_unquoted_yaml_date(tmp_path: Path):
 
 def test_cli_generate_writes_the_dataset(tmp_path: Path, capsys):
     out = tmp_path / "cli"
-    rc = main(["data", "generate", "--users", "40", "--items", "30", "--days", "2", "--seed", "3",
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "data",
+            "generate",
+            "--users",
+            "40",
+            "--items",
+            "30",
+            "--days",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     for name in ("events.parquet", "items.parquet", "users.parquet", "simulator.json"):
         assert (out / name).is_file(), name

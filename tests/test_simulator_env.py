@@ -1,4 +1,4 @@
-"""The step-by-step side of the world simulator: ShopEnv's contract, determinism, oracle and long-term effects."""
+"""The step-by-step side of the world simulator: ShopEnv's contract, determinism, oracle, satiation."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def _run(env: ShopEnv, policy, episodes: int, seed: int) -> list[tuple[float, bo
             obs = env.reset()
         while True:
             result = env.step(policy(env, obs))
-            trace.append((result.reward, result.done, len(result.events) if result.events is not None else -1))
+            trace.append(
+                (result.reward, result.done, len(result.events) if result.events is not None else -1)
+            )
             if result.done:
                 break
             obs = result.observation
@@ -42,12 +44,14 @@ def test_reset_and_step_contract(tmp_path: Path):
     assert 0 <= obs.hour <= 23 and 0 <= obs.weekday <= 6
     assert obs.device in CFG.devices and obs.region in CFG.regions and obs.user_id == f"u{obs.user_idx:06d}"
     assert len(obs.candidates) == CFG.items and obs.history == ()
-    slate = obs.candidates[:CFG.slate_size]
+    slate = obs.candidates[: CFG.slate_size]
     result = env.step(slate)
     assert isinstance(result, StepResult)
     ev = result.events
     imp = ev[ev["event_type"] == "impression"]
-    assert imp["item_id"].tolist() == [f"i{i:06d}" for i in slate] and imp["position"].tolist() == list(range(10))
+    assert imp["item_id"].tolist() == [f"i{i:06d}" for i in slate] and imp["position"].tolist() == list(
+        range(10)
+    )
     assert (ev["session_id"] == obs.session_id).all() and ev["request_id"].nunique() == 1
     assert ev["event_id"].str.startswith("env-").all()
     counts = ev["event_type"].value_counts()
@@ -63,7 +67,7 @@ def test_reset_and_step_contract(tmp_path: Path):
         assert table.schema.field(fld.name).type == fld.type
     # a session ends eventually; stepping after that is an error until reset
     while not result.done:
-        result = env.step(result.observation.candidates[:CFG.slate_size])
+        result = env.step(result.observation.candidates[: CFG.slate_size])
     with pytest.raises(RuntimeError, match="reset"):
         env.step(slate)
     nxt = env.reset()
@@ -108,7 +112,9 @@ def test_env_is_deterministic_for_a_seed():
 
 
 def test_oracle_is_best_and_expected_reward_matches_the_realised_mean():
-    cfg = CFG.model_copy(update={"reward": CFG.reward.model_copy(update={"add_to_cart": 2.0, "purchase": 5.0})})
+    cfg = CFG.model_copy(
+        update={"reward": CFG.reward.model_copy(update={"add_to_cart": 2.0, "purchase": 5.0})}
+    )
     env = ShopEnv(cfg, seed=2, record_events=False)
     obs = env.reset(seed=2)
     oracle = env.oracle_slate()
@@ -136,7 +142,7 @@ def test_satiation_makes_showing_one_category_worse_over_a_session():
         w = env.world
         fav = int(np.argmax(w.preferences(obs.day)[obs.user_idx]))
         cands = obs.candidates[w.item_category[obs.candidates] == fav]
-        return cands[np.argsort(-w.popularity[cands])][:env.config.slate_size]
+        return cands[np.argsort(-w.popularity[cands])][: env.config.slate_size]
 
     def diversified(env, obs):
         w = env.world
@@ -147,8 +153,14 @@ def test_satiation_makes_showing_one_category_worse_over_a_session():
         return np.array(slate)
 
     def per_step_expected(weight: float, policy) -> tuple[np.ndarray, float]:
-        cfg = CFG.model_copy(update={"satiation_weight": weight, "continue_probability": 0.9,
-                                     "continue_after_click": 0.9, "max_requests_per_session": 6})
+        cfg = CFG.model_copy(
+            update={
+                "satiation_weight": weight,
+                "continue_probability": 0.9,
+                "continue_after_click": 0.9,
+                "max_requests_per_session": 6,
+            }
+        )
         env = ShopEnv(cfg, seed=3, record_events=False)
         sums, counts, total = np.zeros(6), np.zeros(6), 0.0
         obs = env.reset(seed=3)
@@ -176,8 +188,13 @@ def test_satiation_makes_showing_one_category_worse_over_a_session():
 
 
 def test_env_clock_advances_and_drift_applies_from_its_day():
-    cfg = CFG.model_copy(update={"users": 50, "sessions_per_user_per_day": 2.0,
-                                 "drift": CFG.drift.model_copy(update={"day": 1, "new_items": 20})})
+    cfg = CFG.model_copy(
+        update={
+            "users": 50,
+            "sessions_per_user_per_day": 2.0,
+            "drift": CFG.drift.model_copy(update={"day": 1, "new_items": 20}),
+        }
+    )
     env = ShopEnv(cfg, seed=5, record_events=False)
     world: World = env.world
     obs = env.reset(seed=5)

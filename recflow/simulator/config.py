@@ -21,8 +21,10 @@ class DriftConfig(_Frozen):
         None, ge=0, description="0-based simulated day from which the drift applies; null: no drift."
     )
     preference_shift: float = Field(
-        0.8, ge=0.0, le=1.0,
-        description="Strength s of the users' category-preference shift: theta' = sqrt(1-s^2) theta + s theta_new.",
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Strength s of the preference shift: theta' = sqrt(1-s^2) theta + s theta_new.",
     )
     new_items: int = Field(100, ge=0, description="Items added to the catalog on the drift day.")
     price_change_factor: float = Field(
@@ -52,15 +54,27 @@ class SimulatorConfig(_Frozen):
     start_date: str = Field("2026-01-05", description="First simulated day (UTC date, YYYY-MM-DD).")
     slate_size: int = Field(10, gt=0, le=100, description="Items shown per recommendation request [K].")
     categories: tuple[str, ...] = Field(
-        ("electronics", "computers", "phones", "home", "kitchen", "garden", "fashion", "shoes", "beauty",
-         "sports", "toys", "books"),
+        (
+            "electronics",
+            "computers",
+            "phones",
+            "home",
+            "kitchen",
+            "garden",
+            "fashion",
+            "shoes",
+            "beauty",
+            "sports",
+            "toys",
+            "books",
+        ),
         min_length=1,
         description="Product category names [C = their number].",
     )
     segments: tuple[str, ...] = Field(
         ("bargain", "mainstream", "premium", "enthusiast"),
         min_length=1,
-        description="User segment names; users of a segment share a mean category taste and price sensitivity.",
+        description="User segments; users of a segment share a mean category taste and price sensitivity.",
     )
     regions: tuple[str, ...] = Field(
         ("north", "south", "east", "west"), min_length=1, description="Region names."
@@ -88,7 +102,9 @@ class SimulatorConfig(_Frozen):
     )
     popularity_weight: float = Field(0.5, ge=0.0, description="Weight [rho] of standardised log-popularity.")
     preference_scale: float = Field(
-        1.2, ge=0.0, description="Std [sigma_p] of the users' category-preference logits (segment + individual)."
+        1.2,
+        ge=0.0,
+        description="Std [sigma_p] of the users' category-preference logits (segment + individual).",
     )
     latent_dim: int = Field(8, gt=0, description="Dimension [d] of the user/item taste factors.")
     latent_weight: float = Field(0.8, ge=0.0, description="Weight [gamma] of the user-item factor affinity.")
@@ -100,28 +116,43 @@ class SimulatorConfig(_Frozen):
         0.5, ge=0.0, description="Std [sigma_c] of the time-of-day, weekend and device effects."
     )
     click_rate: float = Field(
-        0.03, gt=0.0, lt=1.0,
-        description="Mean click probability of an examined random (user, item) pair; calibrates the click intercept.",
+        0.03,
+        gt=0.0,
+        lt=1.0,
+        description="Mean P(click) of an examined random (user, item) pair; calibrates the click intercept.",
     )
     cart_rate: float = Field(
-        0.2, ge=0.05, le=0.6,
+        0.2,
+        ge=0.05,
+        le=0.6,
         description="Target share of clicks that lead to add-to-cart; the measured rate stays within +-40%.",
     )
     purchase_rate: float = Field(
-        0.35, ge=0.05, le=0.8,
+        0.35,
+        ge=0.05,
+        le=0.8,
         description="Target share of carted items that are purchased; the measured rate stays within +-40%.",
     )
     remove_rate: float = Field(
-        0.3, ge=0.0, le=1.0, description="Probability that a carted item that is not bought is removed (else abandoned)."
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Probability that a carted item that is not bought is removed (else abandoned).",
     )
     extra_quantity_mean: float = Field(
-        0.3, ge=0.0, description="Mean of the Poisson number of extra units in a purchase (quantity = 1 + it)."
+        0.3,
+        ge=0.0,
+        description="Mean of the Poisson number of extra units in a purchase (quantity = 1 + it).",
     )
-    dwell_median_s: float = Field(35.0, gt=0.0, description="Median dwell time (seconds) of an item-page view.")
+    dwell_median_s: float = Field(
+        35.0, gt=0.0, description="Median dwell time (seconds) of an item-page view."
+    )
     satiation_shown: float = Field(
         0.4, ge=0.0, description="Satiation added to a category by a whole slate of it being shown [phi_s]."
     )
-    satiation_click: float = Field(0.3, ge=0.0, description="Satiation added to a category per click [phi_c].")
+    satiation_click: float = Field(
+        0.3, ge=0.0, description="Satiation added to a category per click [phi_c]."
+    )
     satiation_purchase: float = Field(
         1.0, ge=0.0, description="Satiation added to a category per purchase [phi_b]."
     )
@@ -131,7 +162,9 @@ class SimulatorConfig(_Frozen):
     satiation_half_life_hours: float = Field(
         12.0, gt=0.0, description="Half-life of satiation in hours of simulated time."
     )
-    history_length: int = Field(20, gt=0, description="Recent clicked item ids shown in the environment's observation.")
+    history_length: int = Field(
+        20, gt=0, description="Recent clicked item ids shown in the environment's observation."
+    )
     logging_temperature: float = Field(
         0.7, gt=0.0, description="Softmax temperature [T] of the logging policy."
     )
@@ -141,9 +174,13 @@ class SimulatorConfig(_Frozen):
     logging_popularity_noise: float = Field(
         0.3, ge=0.0, description="Std of the noise on the logging policy's popularity estimate."
     )
-    logging_policy_id: str = Field("logging-softmax-v1", min_length=1, description="policy_id of logged slates.")
+    logging_policy_id: str = Field(
+        "logging-softmax-v1", min_length=1, description="policy_id of logged slates."
+    )
     drift: DriftConfig = Field(DriftConfig(), description="Drift from a given day on.")
-    reward: RewardConfig = Field(RewardConfig(), description="Reward weights of the step-by-step environment.")
+    reward: RewardConfig = Field(
+        RewardConfig(), description="Reward weights of the step-by-step environment."
+    )
 
     @field_validator("start_date", mode="before")
     @classmethod

@@ -69,10 +69,10 @@ class ShopEnv:
     """A simulated shop to show slates to, one request at a time.
 
     ``ShopEnv(config, seed)``: the world is built from ``config.seed`` (the same shop as the generator's); the
-    traffic (arrivals and reactions) is drawn from ``seed`` (default ``config.seed``). ``reset(seed=s)`` starts
-    over at day 0 with fresh state, so it is reproducible; ``reset()`` continues the clock and the users'
-    satiation and histories. Ids of the events it emits start with ``id_prefix`` so they never collide with
-    a generated log's.
+    traffic (arrivals and reactions) is drawn from ``seed`` (default ``config.seed``). ``reset(seed=s)``
+    starts over at day 0 with fresh state, so it is reproducible; ``reset()`` continues the clock and the
+    users' satiation and histories. Ids of the events it emits start with ``id_prefix`` so they never
+    collide with a generated log's.
     """
 
     def __init__(
@@ -88,8 +88,12 @@ class ShopEnv:
         self.record_events = record_events
         self.world = world if world is not None else World(config)
         self.id_prefix = id_prefix
-        self.reward_weights = (config.reward.click, config.reward.add_to_cart, config.reward.purchase,
-                               config.reward.revenue)
+        self.reward_weights = (
+            config.reward.click,
+            config.reward.add_to_cart,
+            config.reward.purchase,
+            config.reward.revenue,
+        )
         self._activity = self.world.user_activity / self.world.user_activity.sum()
         self._start_fresh(config.seed if seed is None else seed)
 
@@ -137,11 +141,18 @@ class ShopEnv:
         day = int((now - w.start_ms) // MS_PER_DAY)
         history = self._history.get(user, ())
         return Observation(
-            user_idx=user, user_id=str(w.user_ids[user]), session_id=f"{self.id_prefix}s{session:08d}",
-            request_index=request_index, day=day, timestamp=pd.Timestamp(now, unit="ms", tz="UTC"),
-            hour=int((now // 3_600_000) % 24), weekday=int((now // MS_PER_DAY + 3) % 7),
-            device=self.config.devices[device], region=self.config.regions[int(w.user_region[user])],
-            history=tuple(w.item_ids[list(history)].tolist()) if history else (), candidates=w.available_items(day),
+            user_idx=user,
+            user_id=str(w.user_ids[user]),
+            session_id=f"{self.id_prefix}s{session:08d}",
+            request_index=request_index,
+            day=day,
+            timestamp=pd.Timestamp(now, unit="ms", tz="UTC"),
+            hour=int((now // 3_600_000) % 24),
+            weekday=int((now // MS_PER_DAY + 3) % 7),
+            device=self.config.devices[device],
+            region=self.config.regions[int(w.user_region[user])],
+            history=tuple(w.item_ids[list(history)].tolist()) if history else (),
+            candidates=w.available_items(day),
         )
 
     # ------------------------------------------------------------------ episodes
@@ -166,8 +177,12 @@ class ShopEnv:
             if not 0 <= int(user) < w.n_users:
                 raise DataError(f"reset: user index {user} is outside 0..{w.n_users - 1}")
             u = int(user)
-        device = int(min(np.searchsorted(np.cumsum(w.user_device_mix[u]), self._rng.random(), side="right"),
-                         len(self.config.devices) - 1))
+        device = int(
+            min(
+                np.searchsorted(np.cumsum(w.user_device_mix[u]), self._rng.random(), side="right"),
+                len(self.config.devices) - 1,
+            )
+        )
         self._now = max(arrival, int(self._last_ms[u]) + SESSION_GAP_MS)
         self._decay(u)
         session = self._counters["session"]
@@ -179,8 +194,9 @@ class ShopEnv:
 
     def _decay(self, user: int) -> None:
         elapsed = np.array([self._now - self._last_ms[user]])
-        self._satiation[user] = decay_satiation(self._satiation[user][None, :], elapsed,
-                                                self.config.satiation_half_life_hours)[0]
+        self._satiation[user] = decay_satiation(
+            self._satiation[user][None, :], elapsed, self.config.satiation_half_life_hours
+        )[0]
         self._last_ms[user] = self._now
 
     def _context(self, obs: Observation) -> Context:
@@ -203,8 +219,14 @@ class ShopEnv:
     # ------------------------------------------------------------------ the oracle
     def _item_values(self, items: np.ndarray) -> np.ndarray:
         obs = self.observation
-        return self.world.item_values(np.array([obs.user_idx]), items[None, :], self._context(obs), obs.day,
-                                      self._satiation[obs.user_idx][None, :], self.reward_weights)[0]
+        return self.world.item_values(
+            np.array([obs.user_idx]),
+            items[None, :],
+            self._context(obs),
+            obs.day,
+            self._satiation[obs.user_idx][None, :],
+            self.reward_weights,
+        )[0]
 
     def _slate_value(self, items: np.ndarray, values: np.ndarray) -> float:
         exam = self.world.examination(np.arange(len(items)), self.config.position_bias)
@@ -238,7 +260,7 @@ class ShopEnv:
         propensities: Sequence[float] | None = None,
         policy_id: str = "env-policy",
     ) -> StepResult:
-        """Show ``slate`` (item indices, position 0 first) to the current user; sample and return the reaction."""
+        """Show ``slate`` (item indices, position 0 first) to the current user; sample the reaction."""
         if self._done:
             raise RuntimeError("the episode is over: call reset() to start the next session")
         items = self._check_slate(slate)
@@ -249,8 +271,9 @@ class ShopEnv:
         oracle = self._oracle(len(items))[1]
         context = self._context(obs)
         slates = items[None, :]
-        response = sample_response(w, np.array([u]), slates, context, obs.day, self._satiation[u][None, :],
-                                   self._rng)
+        response = sample_response(
+            w, np.array([u]), slates, context, obs.day, self._satiation[u][None, :], self._rng
+        )
         props = None
         if propensities is not None:
             props = np.asarray(propensities, dtype=float).reshape(1, -1)
@@ -259,15 +282,26 @@ class ShopEnv:
         request = self._counters["request"]
         self._counters["request"] += 1
         _, session, device = self._session
-        cols = events_from_response(slates, props, response, np.array([self._now]), {
-            "user": np.array([u]), "session": np.array([session]), "request": np.array([request]),
-            "hour": np.array([obs.hour]), "weekday": np.array([obs.weekday]), "device": np.array([device]),
-            "region": np.array([w.user_region[u]]),
-        })
+        cols = events_from_response(
+            slates,
+            props,
+            response,
+            np.array([self._now]),
+            {
+                "user": np.array([u]),
+                "session": np.array([session]),
+                "request": np.array([request]),
+                "hour": np.array([obs.hour]),
+                "weekday": np.array([obs.weekday]),
+                "device": np.array([device]),
+                "region": np.array([w.user_region[u]]),
+            },
+        )
         events = None
         if self.record_events:
-            events = events_frame(w, cols, policy_id, id_prefix=self.id_prefix,
-                                  first_event=self._counters["event"])
+            events = events_frame(
+                w, cols, policy_id, id_prefix=self.id_prefix, first_event=self._counters["event"]
+            )
         self._counters["event"] += len(cols["type"])
 
         self._satiation[u] += satiation_increment(w, slates, response)[0]
@@ -282,15 +316,25 @@ class ShopEnv:
         reward = wc * n_click + wa * n_cart + wb * n_buy + wr * order_value
         p_continue = c.continue_after_click if n_click else c.continue_probability
         done = bool(self._rng.random() >= p_continue or obs.request_index + 1 >= c.max_requests_per_session)
-        gap_s = REQUEST_GAP_S + self._rng.exponential(REQUEST_GAP_MEAN_S) + float(response.dwell_s[response.click].sum())
+        gap_s = (
+            REQUEST_GAP_S
+            + self._rng.exponential(REQUEST_GAP_MEAN_S)
+            + float(response.dwell_s[response.click].sum())
+        )
         self._now += int(gap_s * 1000)
         self._last_ms[u] = self._now
         self._done = done
         if not done:
             self._obs = self._observe(u, session, obs.request_index + 1, device, self._now)
-        info = {"expected_reward": expected, "oracle_expected_reward": oracle, "regret": oracle - expected,
-                "clicks": float(n_click), "carts": float(n_cart), "purchases": float(n_buy),
-                "order_value": order_value}
+        info = {
+            "expected_reward": expected,
+            "oracle_expected_reward": oracle,
+            "regret": oracle - expected,
+            "clicks": float(n_click),
+            "carts": float(n_cart),
+            "purchases": float(n_buy),
+            "order_value": order_value,
+        }
         return StepResult(self._obs, float(reward), done, events, info)
 
     def step_ids(

@@ -60,15 +60,19 @@ class GenerationSummary:
         """A short human-readable summary."""
         counts = ", ".join(f"{k} {v:,}" for k, v in self.counts.items())
         where = f" -> {self.out_dir}" if self.out_dir else ""
-        return "\n".join([
-            f"generated {self.events:,} events in {self.seconds:.1f} s{where}",
-            f"  {self.users:,} users, {self.items:,} items, {self.days} days, {self.sessions:,} sessions, "
-            f"{self.requests:,} slates",
-            f"  {counts}",
-            f"  click-through rate {self.click_through_rate:.2%}, add-to-cart per click {self.cart_rate:.1%}, "
-            f"purchase per cart {self.purchase_rate:.1%}, conversion (purchase per click) "
-            f"{self.conversion_rate:.2%}",
-        ])
+        return "\n".join(
+            [
+                f"generated {self.events:,} events in {self.seconds:.1f} s{where}",
+                f"  {self.users:,} users, {self.items:,} items, {self.days} days, "
+                f"{self.sessions:,} sessions, "
+                f"{self.requests:,} slates",
+                f"  {counts}",
+                f"  click-through rate {self.click_through_rate:.2%}, "
+                f"add-to-cart per click {self.cart_rate:.1%}, "
+                f"purchase per cart {self.purchase_rate:.1%}, conversion (purchase per click) "
+                f"{self.conversion_rate:.2%}",
+            ]
+        )
 
     def to_dict(self) -> dict[str, object]:
         """The summary as plain JSON-able values."""
@@ -102,12 +106,13 @@ def _simulate_day(
     last_ms: np.ndarray,
     counters: dict[str, int],
 ) -> tuple[list[dict[str, np.ndarray]], int, int]:
-    """Simulate one day; updates ``satiation``/``last_ms`` in place. Returns code columns, sessions, requests."""
+    """Simulate one day, updating ``satiation``/``last_ms`` in place: (code columns, sessions, requests)."""
     c = world.config
     rng = stream(world.seed, TRAFFIC_STREAM, day)
     n_users = world.n_users
-    n_sessions = np.minimum(rng.poisson(c.sessions_per_user_per_day * world.user_activity),
-                            c.max_sessions_per_user_per_day)
+    n_sessions = np.minimum(
+        rng.poisson(c.sessions_per_user_per_day * world.user_activity), c.max_sessions_per_user_per_day
+    )
     users = np.repeat(np.arange(n_users), n_sessions)
     total = len(users)
     cum_mix = np.cumsum(world.user_device_mix[users], axis=1)
@@ -142,16 +147,33 @@ def _simulate_day(
             request_code = counters["request"] + np.arange(len(idx))
             counters["request"] += len(idx)
             requests += len(idx)
-            chunks.append(events_from_response(slates, propensities, response, now, {
-                "user": u, "session": session_code[sel][idx], "request": request_code,
-                "hour": context.hour, "weekday": context.weekday, "device": context.device,
-                "region": world.user_region[u],
-            }))
+            chunks.append(
+                events_from_response(
+                    slates,
+                    propensities,
+                    response,
+                    now,
+                    {
+                        "user": u,
+                        "session": session_code[sel][idx],
+                        "request": request_code,
+                        "hour": context.hour,
+                        "weekday": context.weekday,
+                        "device": context.device,
+                        "region": world.user_region[u],
+                    },
+                )
+            )
             satiation[u] += satiation_increment(world, slates, response)
             clicked = response.click.any(axis=1)
-            keep_going = rng.random(len(idx)) < np.where(clicked, c.continue_after_click, c.continue_probability)
-            gap_s = (REQUEST_GAP_S + rng.exponential(REQUEST_GAP_MEAN_S, size=len(idx))
-                     + np.where(response.click, response.dwell_s, 0.0).sum(axis=1))
+            keep_going = rng.random(len(idx)) < np.where(
+                clicked, c.continue_after_click, c.continue_probability
+            )
+            gap_s = (
+                REQUEST_GAP_S
+                + rng.exponential(REQUEST_GAP_MEAN_S, size=len(idx))
+                + np.where(response.click, response.dwell_s, 0.0).sum(axis=1)
+            )
             last_ms[u] = now + (gap_s * 1000).astype(np.int64)
             clock[idx] = last_ms[u]
             active[idx] = keep_going
@@ -183,8 +205,9 @@ def simulate_log(config: SimulatorConfig, progress: bool = False) -> SimulatedLo
     return SimulatedLog(world, policy, events, sessions, requests)
 
 
-def summarize(log: SimulatedLog, seconds: float, out_dir: Path | None = None,
-              files: dict[str, str] | None = None) -> GenerationSummary:
+def summarize(
+    log: SimulatedLog, seconds: float, out_dir: Path | None = None, files: dict[str, str] | None = None
+) -> GenerationSummary:
     """Counts and funnel rates of a simulated log."""
     counts_series = log.events["event_type"].value_counts()
     counts = {t: int(counts_series.get(t, 0)) for t in EVENT_TYPES}
@@ -194,16 +217,25 @@ def summarize(log: SimulatedLog, seconds: float, out_dir: Path | None = None,
 
     cfg = log.world.config
     return GenerationSummary(
-        events=len(log.events), counts=counts, users=cfg.users, items=log.world.n_items, days=cfg.days,
-        sessions=log.sessions, requests=log.requests,
-        click_through_rate=ratio("click", "impression"), conversion_rate=ratio("purchase", "click"),
-        cart_rate=ratio("add_to_cart", "click"), purchase_rate=ratio("purchase", "add_to_cart"),
-        seconds=round(seconds, 3), out_dir=str(out_dir) if out_dir is not None else None, files=files or {},
+        events=len(log.events),
+        counts=counts,
+        users=cfg.users,
+        items=log.world.n_items,
+        days=cfg.days,
+        sessions=log.sessions,
+        requests=log.requests,
+        click_through_rate=ratio("click", "impression"),
+        conversion_rate=ratio("purchase", "click"),
+        cart_rate=ratio("add_to_cart", "click"),
+        purchase_rate=ratio("purchase", "add_to_cart"),
+        seconds=round(seconds, 3),
+        out_dir=str(out_dir) if out_dir is not None else None,
+        files=files or {},
     )
 
 
 def generate_dataset(config: SimulatorConfig, out_dir: Path, progress: bool = True) -> GenerationSummary:
-    """Simulate the shop and write events.parquet, items.parquet, users.parquet and simulator.json to ``out_dir``.
+    """Simulate the shop; write events, items, users (Parquet) and simulator.json into ``out_dir``.
 
     ``simulator.json`` records the configuration used and the counts, not the latent ground truth.
     """

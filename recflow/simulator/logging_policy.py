@@ -18,9 +18,10 @@ class LoggingPolicy:
     """Softmax over noisy popularity + coarse affinity, with temperature and epsilon mixing.
 
     The per-item weights of a user are ``w = (1 - epsilon) * softmax(score / T) + epsilon / N`` over the N
-    candidates (summing to 1). Slot ``k`` of a slate is drawn from ``w`` restricted to the items not yet placed
-    and renormalised; the recorded propensity of the item at slot ``k`` is that conditional probability,
-    ``w_i / (1 - sum of w over slots < k)``. The product of a slate's propensities is the slate's probability.
+    candidates (summing to 1). Slot ``k`` of a slate is drawn from ``w`` restricted to the items not yet
+    placed and renormalised; the recorded propensity of the item at slot ``k`` is that conditional
+    probability, ``w_i / (1 - sum of w over slots < k)``. The product of a slate's propensities is the
+    slate's probability.
     """
 
     def __init__(
@@ -43,8 +44,13 @@ class LoggingPolicy:
     @classmethod
     def from_config(cls, world: World, config: SimulatorConfig) -> LoggingPolicy:
         """The logging policy configured by ``config`` (temperature, epsilon, noise, policy id)."""
-        return cls(world, config.logging_temperature, config.logging_epsilon, config.logging_popularity_noise,
-                   config.logging_policy_id)
+        return cls(
+            world,
+            config.logging_temperature,
+            config.logging_epsilon,
+            config.logging_popularity_noise,
+            config.logging_policy_id,
+        )
 
     def scores(self, user_idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """The policy's score of each candidate item (1-D item indices) for each user: (B, N)."""
@@ -53,7 +59,7 @@ class LoggingPolicy:
         return self.item_score[candidates][None, :] + coarse[:, w.item_category[candidates]]
 
     def probabilities(self, user_idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """The mixing weights ``w`` (B, N) over ``candidates``; each row sums to 1 (the first slot's distribution)."""
+        """The mixing weights ``w`` (B, N) over ``candidates``; rows sum to 1 (slot 0's distribution)."""
         s = self.scores(user_idx, candidates) / self.temperature
         s = np.exp(s - s.max(axis=1, keepdims=True))
         soft = s / s.sum(axis=1, keepdims=True)
@@ -79,7 +85,7 @@ class LoggingPolicy:
         return candidates[cols], np.clip(propensity, 1e-300, 1.0)
 
     def slot_distributions(self, user: int, candidates: np.ndarray, slate: np.ndarray) -> np.ndarray:
-        """The distribution over ``candidates`` from which each slot of ``slate`` (item indices) was drawn: (K, N).
+        """The distribution over ``candidates`` each slot of ``slate`` (item indices) was drawn from: (K, N).
 
         Row k is ``w`` with the items of slots < k removed, renormalised; each row sums to 1, and the entry of
         the item shown at slot k is its recorded propensity.

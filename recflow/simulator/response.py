@@ -64,8 +64,9 @@ def sample_response(
     quantity = np.where(purchase, 1 + rng.poisson(c.extra_quantity_mean, size=(b, k)), 0)
     click_delay = 1.0 + rng.exponential(6.0, size=(b, k))
     after_cart = 30.0 + rng.exponential(300.0, size=(b, k))
-    return SlateResponse(click, click_delay, dwell, cart, purchase, remove, quantity,
-                         world.prices(day)[slates], after_cart)
+    return SlateResponse(
+        click, click_delay, dwell, cart, purchase, remove, quantity, world.prices(day)[slates], after_cart
+    )
 
 
 def decay_satiation(satiation: np.ndarray, elapsed_ms: np.ndarray, half_life_hours: float) -> np.ndarray:
@@ -84,9 +85,11 @@ def satiation_increment(world: World, slates: np.ndarray, response: SlateRespons
     def per_category(weights: np.ndarray) -> np.ndarray:
         return np.bincount(flat, weights=weights.ravel().astype(float), minlength=b * n_cat).reshape(b, n_cat)
 
-    return (c.satiation_shown * per_category(np.full((b, k), 1.0 / k))
-            + c.satiation_click * per_category(response.click)
-            + c.satiation_purchase * per_category(response.purchase))
+    return (
+        c.satiation_shown * per_category(np.full((b, k), 1.0 / k))
+        + c.satiation_click * per_category(response.click)
+        + c.satiation_purchase * per_category(response.purchase)
+    )
 
 
 def events_from_response(
@@ -121,8 +124,20 @@ def events_from_response(
         (PURCHASE, response.purchase, after_ms, response.price * response.quantity, nan),
     ]
     rows_of_request = np.broadcast_to(np.arange(b)[:, None], (b, k))
-    cols: dict[str, list[np.ndarray]] = {name: [] for name in (
-        "type", "timestamp_ms", "item", "position", "price", "order_value", "dwell_s", "propensity", "_row")}
+    cols: dict[str, list[np.ndarray]] = {
+        name: []
+        for name in (
+            "type",
+            "timestamp_ms",
+            "item",
+            "position",
+            "price",
+            "order_value",
+            "dwell_s",
+            "propensity",
+            "_row",
+        )
+    }
     for code, mask, ts, order_value, dwell in parts:
         n = int(mask.sum())
         cols["type"].append(np.full(n, code, dtype=np.int8))
@@ -164,22 +179,26 @@ def events_frame(
         labels = np.array([f"{id_prefix}{letter}{u:0{width}d}" for u in uniq.tolist()], dtype=object)
         return labels[inverse]
 
-    return pd.DataFrame({
-        "event_id": np.array([f"{id_prefix}e{i:010d}" for i in range(first_event, first_event + n)], dtype=object),
-        "event_type": np.array(EVENT_TYPES, dtype=object)[col["type"]],
-        "timestamp": pd.to_datetime(col["timestamp_ms"], unit="ms", utc=True),
-        "user_id": world.user_ids[col["user"]],
-        "item_id": world.item_ids[col["item"]],
-        "session_id": names(col["session"], "s", 8),
-        "request_id": names(col["request"], "r", 9),
-        "position": col["position"].astype(np.int32),
-        "price": col["price"].astype(float),
-        "order_value": col["order_value"].astype(float),
-        "dwell_time_s": col["dwell_s"].astype(float),
-        "hour": col["hour"].astype(np.int8),
-        "weekday": col["weekday"].astype(np.int8),
-        "device": np.array(c.devices, dtype=object)[col["device"]],
-        "region": np.array(c.regions, dtype=object)[col["region"]],
-        "policy_id": np.full(n, policy_id, dtype=object),
-        "propensity": col["propensity"].astype(float),
-    })
+    return pd.DataFrame(
+        {
+            "event_id": np.array(
+                [f"{id_prefix}e{i:010d}" for i in range(first_event, first_event + n)], dtype=object
+            ),
+            "event_type": np.array(EVENT_TYPES, dtype=object)[col["type"]],
+            "timestamp": pd.to_datetime(col["timestamp_ms"], unit="ms", utc=True),
+            "user_id": world.user_ids[col["user"]],
+            "item_id": world.item_ids[col["item"]],
+            "session_id": names(col["session"], "s", 8),
+            "request_id": names(col["request"], "r", 9),
+            "position": col["position"].astype(np.int32),
+            "price": col["price"].astype(float),
+            "order_value": col["order_value"].astype(float),
+            "dwell_time_s": col["dwell_s"].astype(float),
+            "hour": col["hour"].astype(np.int8),
+            "weekday": col["weekday"].astype(np.int8),
+            "device": np.array(c.devices, dtype=object)[col["device"]],
+            "region": np.array(c.regions, dtype=object)[col["region"]],
+            "policy_id": np.full(n, policy_id, dtype=object),
+            "propensity": col["propensity"].astype(float),
+        }
+    )

@@ -61,7 +61,7 @@ def _solve_intercept(x: np.ndarray, weights: np.ndarray, target: float) -> float
 
 @dataclass(frozen=True)
 class Context:
-    """The context of a batch of requests (arrays of equal length B): what changes behaviour besides the user."""
+    """The context of a batch of requests (arrays of length B): what changes behaviour besides the user."""
 
     hour: np.ndarray  # int, 0-23
     weekday: np.ndarray  # int, 0 = Monday
@@ -103,11 +103,17 @@ class World:
         self.base_price = np.maximum(np.round(np.exp(log_price)) - 0.01, 0.99)
         # Reference price of a category: the median price there; the price term uses log(price / reference).
         self.category_reference_price = np.array(
-            [np.median(self.base_price[self.item_category == k]) if np.any(self.item_category == k)
-             else np.exp(cat_log_price[k]) for k in range(n_cat)]
+            [
+                np.median(self.base_price[self.item_category == k])
+                if np.any(self.item_category == k)
+                else np.exp(cat_log_price[k])
+                for k in range(n_cat)
+            ]
         )
         brand_weights = 1.0 / np.arange(1, c.brands_per_category + 1)
-        self.item_brand = rng.choice(c.brands_per_category, size=n_items, p=brand_weights / brand_weights.sum())
+        self.item_brand = rng.choice(
+            c.brands_per_category, size=n_items, p=brand_weights / brand_weights.sum()
+        )
         self.item_color = rng.integers(len(COLORS), size=n_items)
         self.item_style = rng.integers(len(STYLES), size=n_items)
         self.item_quality = rng.normal(0.0, 1.0, size=n_items)
@@ -121,14 +127,14 @@ class World:
         self.popularity_z = (log_pop - log_pop.mean()) / sd if sd > 0 else np.zeros(n_items)
         self.item_created_day = np.zeros(n_items, dtype=np.int64)
         if drift_day is not None:
-            self.item_created_day[c.items:] = drift_day
+            self.item_created_day[c.items :] = drift_day
         self.item_created_ms = np.where(
             self.item_created_day > 0,
             self.start_ms + self.item_created_day * MS_PER_DAY,
             self.start_ms - (rng.uniform(1.0, 365.0, size=n_items) * MS_PER_DAY).astype(np.int64),
         )
         repriced = rng.random(n_items) < c.drift.price_change_share
-        repriced[c.items:] = False
+        repriced[c.items :] = False
         self.item_repriced = repriced
 
         # --- users
@@ -154,7 +160,9 @@ class World:
         self.user_device_mix = rng.dirichlet(np.full(len(c.devices), 1.0), size=n_users)
         activity = rng.lognormal(0.0, 0.8, size=n_users)
         self.user_activity = activity / activity.mean()
-        self.user_signup_ms = self.start_ms - (rng.uniform(1.0, 730.0, size=n_users) * MS_PER_DAY).astype(np.int64)
+        self.user_signup_ms = self.start_ms - (rng.uniform(1.0, 730.0, size=n_users) * MS_PER_DAY).astype(
+            np.int64
+        )
 
         # --- context effects
         sc = c.context_strength
@@ -190,8 +198,9 @@ class World:
     def prices(self, day: int) -> np.ndarray:
         """Every item's price on ``day`` (repriced items change on the drift day)."""
         if self.drifted(day):
-            return np.where(self.item_repriced, self.base_price * self.config.drift.price_change_factor,
-                            self.base_price).round(2)
+            return np.where(
+                self.item_repriced, self.base_price * self.config.drift.price_change_factor, self.base_price
+            ).round(2)
         return self.base_price
 
     def preferences(self, day: int) -> np.ndarray:
@@ -223,9 +232,13 @@ class World:
         affinity = np.einsum("...d,...d->...", self.user_factors[users], self.item_factors[items])
         affinity = affinity / np.sqrt(c.latent_dim)
         log_price_ratio = np.log(self.prices(day)[items] / self.category_reference_price[cat])
-        return (pref + c.latent_weight * affinity + c.quality_weight * self.item_quality[items]
-                + c.popularity_weight * self.popularity_z[items]
-                - self.user_price_sensitivity[users] * log_price_ratio)
+        return (
+            pref
+            + c.latent_weight * affinity
+            + c.quality_weight * self.item_quality[items]
+            + c.popularity_weight * self.popularity_z[items]
+            - self.user_price_sensitivity[users] * log_price_ratio
+        )
 
     def attraction_logits(
         self,
@@ -241,10 +254,13 @@ class World:
         cat = self.item_category[items]
         daypart = np.asarray(context.hour) // 6
         weekend = (np.asarray(context.weekday) >= 5)[:, None]
-        logit = (self.click_intercept + self._static_interest(users, items, day)
-                 + self.daypart_effect[daypart[:, None], cat]
-                 + np.where(weekend, self.weekend_effect[cat], 0.0)
-                 + self.device_click_effect[np.asarray(context.device)][:, None])
+        logit = (
+            self.click_intercept
+            + self._static_interest(users, items, day)
+            + self.daypart_effect[daypart[:, None], cat]
+            + np.where(weekend, self.weekend_effect[cat], 0.0)
+            + self.device_click_effect[np.asarray(context.device)][:, None]
+        )
         if satiation is not None:
             logit = logit - self.config.satiation_weight * np.take_along_axis(satiation, cat, axis=1)
         return logit
@@ -272,8 +288,12 @@ class World:
         device = np.asarray(context.device)[:, None]
         weekend = (np.asarray(context.weekday) >= 5)[:, None]
         p_cart = _sigmoid(self.cart_intercept + 0.4 * z + self.device_cart_effect[device])
-        p_buy = _sigmoid(self.purchase_intercept + 0.3 * z + self.device_purchase_effect[device]
-                         + np.where(weekend, self.weekend_purchase_effect, 0.0))
+        p_buy = _sigmoid(
+            self.purchase_intercept
+            + 0.3 * z
+            + self.device_purchase_effect[device]
+            + np.where(weekend, self.weekend_purchase_effect, 0.0)
+        )
         return p_cart, p_buy
 
     def item_values(
@@ -285,7 +305,7 @@ class World:
         satiation: np.ndarray | None,
         weights: tuple[float, float, float, float],
     ) -> np.ndarray:
-        """Expected reward of each item if examined (B, K), for reward weights (click, cart, purchase, revenue)."""
+        """Expected reward of each item if examined (B, K) for weights (click, cart, purchase, revenue)."""
         w_click, w_cart, w_buy, w_rev = weights
         attract = _sigmoid(self.attraction_logits(user_idx, item_idx_matrix, context, day, satiation))
         p_cart, p_buy = self.funnel_probabilities(user_idx, item_idx_matrix, context, day)
@@ -302,26 +322,32 @@ class World:
         day = c.days - 1 if day is None else day
         cats = np.array(c.categories, dtype=object)
         brand = [f"{cats[k]}-brand-{b:02d}" for k, b in zip(self.item_category, self.item_brand, strict=True)]
-        attributes = [f"color={COLORS[a]};style={STYLES[b]}" for a, b in zip(self.item_color, self.item_style,
-                                                                             strict=True)]
-        return pd.DataFrame({
-            "item_id": self.item_ids,
-            "category": cats[self.item_category],
-            "price": self.prices(day),
-            "brand": brand,
-            "attributes": attributes,
-            "created_at": pd.to_datetime(self.item_created_ms, unit="ms", utc=True),
-        })
+        attributes = [
+            f"color={COLORS[a]};style={STYLES[b]}"
+            for a, b in zip(self.item_color, self.item_style, strict=True)
+        ]
+        return pd.DataFrame(
+            {
+                "item_id": self.item_ids,
+                "category": cats[self.item_category],
+                "price": self.prices(day),
+                "brand": brand,
+                "attributes": attributes,
+                "created_at": pd.to_datetime(self.item_created_ms, unit="ms", utc=True),
+            }
+        )
 
     def users_frame(self) -> pd.DataFrame:
         """The users in the recflow ``users`` schema (observable attributes only)."""
         c = self.config
-        return pd.DataFrame({
-            "user_id": self.user_ids,
-            "segment": np.array(c.segments, dtype=object)[self.user_segment],
-            "region": np.array(c.regions, dtype=object)[self.user_region],
-            "signup_at": pd.to_datetime(self.user_signup_ms, unit="ms", utc=True),
-        })
+        return pd.DataFrame(
+            {
+                "user_id": self.user_ids,
+                "segment": np.array(c.segments, dtype=object)[self.user_segment],
+                "region": np.array(c.regions, dtype=object)[self.user_region],
+                "signup_at": pd.to_datetime(self.user_signup_ms, unit="ms", utc=True),
+            }
+        )
 
     def date(self, day: int) -> dt.date:
         """The calendar date of simulated ``day``."""
