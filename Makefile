@@ -10,6 +10,10 @@ INSTALL_INPUTS := requirements/lock.txt requirements/no-deps.txt pyproject.toml
 
 .PHONY: install data-cache demo test test-fast clean help
 
+# Offline Terraform/Kubernetes checkers live in their own venv (.venv-infra): checkov's dependencies must not
+# disturb the pinned ML stack.
+include infra/tools.mk
+
 help:
 	@echo "make install    create .venv with the pinned stack (idempotent)"
 	@echo "make demo       install if needed, then run the main job end to end on the embedded default"
@@ -42,10 +46,10 @@ data-cache: $(DATA_CACHE_STAMP)
 demo: install
 	$(BIN)/recflow demo
 
-test: install $(DATA_CACHE_STAMP)
+test: install infra-tools $(DATA_CACHE_STAMP)
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install infra-tools $(DATA_CACHE_STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 clean:
