@@ -53,12 +53,14 @@ def shop():
     return structured_shop()
 
 
+# ALS hyper-parameters for these tiny logs (the defaults are tuned for thousands of users)
+TINY_ALS = {"factors": 8, "regularization": 0.05, "alpha": 2.0}
 ALL = [PopularityRecommender, ALSRecommender, ItemKNNRecommender, ContentBasedRecommender]
 
 
 def _fit(cls, train, items):
     if cls is ALSRecommender:
-        return cls(factors=8, iterations=10, seed=1).fit(train, items)
+        return cls(**TINY_ALS, iterations=10, seed=1).fit(train, items)
     return cls().fit(train, items)
 
 
@@ -105,7 +107,7 @@ def _ndcg(model, train, test, k=10):
 def test_collaborative_and_content_baselines_beat_popularity_on_a_structured_log(shop):
     train, test, items = shop
     pop = _ndcg(PopularityRecommender().fit(train, items), train, test)
-    als = _ndcg(ALSRecommender(factors=8, iterations=15, seed=0).fit(train, items), train, test)
+    als = _ndcg(ALSRecommender(**TINY_ALS, iterations=15, seed=0).fit(train, items), train, test)
     knn = _ndcg(ItemKNNRecommender(neighbors=20).fit(train, items), train, test)
     content = _ndcg(ContentBasedRecommender().fit(train, items), train, test)
     # popularity ranks other groups' items as often as the user's own; the others learn the taste groups

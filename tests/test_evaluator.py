@@ -179,13 +179,13 @@ FAST = EvaluatorConfig(
     k=5,
     baselines=("popularity", "als", "item_knn"),
     max_users=120,
-    als={"factors": 8, "iterations": 8},
+    als={"factors": 8, "iterations": 8, "regularization": 0.05, "alpha": 2.0},
     thresholds=BlessingThresholds(min_ndcg=0.05, min_lift_over_popularity=0.2),
 )
 
 
 def test_evaluate_with_a_baseline_as_candidate_and_a_champion(examples, tmp_path):
-    candidate = ALSRecommender(factors=8, iterations=8, seed=3).fit(
+    candidate = ALSRecommender(factors=8, iterations=8, regularization=0.05, alpha=2.0, seed=3).fit(
         pd.read_parquet(examples / "train.parquet")
     )
     champion = PopularityRecommender().fit(pd.read_parquet(examples / "train.parquet"))

@@ -50,12 +50,16 @@ class BlessingThresholds(_Section):
 
 
 class ALSConfig(_Section):
-    """Hyper-parameters of the ALS baseline (implicit.cpu.als.AlternatingLeastSquares)."""
+    """Hyper-parameters of the ALS baseline (implicit.cpu.als.AlternatingLeastSquares).
+
+    Defaults were picked on the eval split of the default simulated shop (2,000 users, 1,000 items, 14 days):
+    strong regularization matters most there (NDCG@10 0.14 at 0.05, 0.46 at 30).
+    """
 
     factors: int = Field(32, gt=0, description="Latent factors.")
     iterations: int = Field(15, gt=0, description="ALS sweeps.")
-    regularization: float = Field(0.05, ge=0.0, description="L2 regularization.")
-    alpha: float = Field(2.0, gt=0.0, description="Confidence scaling of the weighted interactions.")
+    regularization: float = Field(30.0, ge=0.0, description="L2 regularization.")
+    alpha: float = Field(1.0, gt=0.0, description="Confidence scaling of the weighted interactions.")
 
 
 class EvaluatorConfig(_Section):

@@ -103,22 +103,23 @@ def metric_bars_png(table: pd.DataFrame, metrics: list[str]) -> str:
 
 
 def per_user_distribution_png(per_user: Mapping[str, pd.Series], metric: str) -> str:
-    """Histogram of a per-user metric for each method (step outlines on shared bins) as base64 PNG."""
+    """Box plot of a per-user metric for each method (mean marked) as base64 PNG."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4))
+    labels = list(per_user)
+    values = [per_user[label].dropna().to_numpy() for label in labels]
+    fig = Figure(figsize=(10, 0.45 * len(labels) + 1.5))
     ax = fig.subplots()
-    bins = np.linspace(0.0, 1.0, 21)
-    for label, series in per_user.items():
-        values = series.dropna().to_numpy()
-        ax.hist(
-            values, bins=bins, histtype="step", linewidth=1.5, label=f"{label} (mean {values.mean():.3f})"
-        )
-    ax.set_yscale("symlog")
-    ax.set_xlabel(f"per-user {metric}")
-    ax.set_ylabel("users")
+    ax.boxplot(
+        values[::-1],
+        tick_labels=labels[::-1],
+        orientation="horizontal",
+        showmeans=True,
+        meanprops={"marker": "D", "markerfacecolor": "black", "markeredgecolor": "black"},
+    )
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel(f"per-user {metric} (box: quartiles, diamond: mean)")
     ax.set_title(f"Distribution of per-user {metric}")
-    ax.legend(fontsize="small")
     return _png(fig)
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -88,6 +87,8 @@ def paired_tests(
     Pairs where either value is NaN are dropped. With fewer than two pairs, or when every difference is zero,
     both p-values are 1.0 and ``note`` says why.
     """
+    from scipy import stats  # imported here: scipy.stats costs seconds, and PairedTest alone needs none of it
+
     x, y = _as_pairs(a, b)
     d = x - y
     n = int(d.size)
