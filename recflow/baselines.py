@@ -29,6 +29,8 @@ from recflow.schema import POSITIVE_EVENT_TYPES
 #: Confidence weight of each event type in the interaction matrix (impressions and removals carry none).
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 _BATCH_USERS = 1024
+#: Cap on users x items scores held at once (64 MB of float64), so big catalogs score in smaller batches.
+_MAX_BATCH_CELLS = 8_000_000
 _SECONDS_PER_DAY = 86400.0
 
 
@@ -189,8 +191,9 @@ class _ScoringRecommender:
         users = [str(u) for u in user_ids]
         out: list[list[str]] = [[] for _ in users]
         known = [(i, self._user_pos[u]) for i, u in enumerate(users) if u in self._user_pos]
-        for start in range(0, len(known), _BATCH_USERS):
-            batch = known[start : start + _BATCH_USERS]
+        batch_size = max(1, min(_BATCH_USERS, _MAX_BATCH_CELLS // max(len(self.item_ids), 1)))
+        for start in range(0, len(known), batch_size):
+            batch = known[start : start + batch_size]
             scores = np.asarray(
                 self._scores(np.array([row for _, row in batch], dtype=np.int64)), dtype=np.float64
             )

@@ -95,7 +95,11 @@ class EvaluationResult:
                     "seconds": round(m.seconds, 3),
                 }
             )
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        for count in ("users", "exclusion_violations"):  # counts, stored as floats in the metric dicts
+            if count in table.columns:
+                table[count] = table[count].astype("int64")
+        return table
 
 
 def build_baselines(config: EvaluatorConfig) -> dict[str, Recommender]:
