@@ -26,15 +26,7 @@ from typing import Any
 
 import yaml
 
-STEP_ORDER: tuple[str, ...] = (
-    "example_gen",
-    "transform",
-    "tfrs_trainer",
-    "agents_trainer",
-    "evaluator",
-    "pusher",
-)
-"""The six steps of the training DAG in dependency order (numbers the ``[i/6]`` progress lines)."""
+from recflow.pipeline_config import STEP_ORDER
 
 STATUS_RUNNING = "running"
 STATUS_SUCCEEDED = "succeeded"

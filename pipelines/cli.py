@@ -33,10 +33,9 @@ def pipeline() -> None:
 @pass_state
 def compile_command(state: CliState, out: Path, config_path: Path | None) -> None:
     """Compile the DAG (images and GPU placement from the `pipeline` config section) to KFP IR YAML."""
-    from pipelines.config import pipeline_config_of
     from pipelines.package import compile_pipeline
 
-    path = compile_pipeline(pipeline_config_of(_config(state, config_path)), out)
+    path = compile_pipeline(_config(state, config_path).pipeline, out)
     click.echo(f"compiled pipeline written to {path}")
 
 
@@ -96,11 +95,10 @@ def _with_remote_options(func: Any) -> Any:
 def submit_command(state: CliState, host: str, data: str, model_store: str | None, tracking_uri: str | None,
                    config_path: Path | None, run_name: str | None) -> None:
     """Compile the DAG and start one run of it on a Kubeflow Pipelines endpoint."""
-    from pipelines.config import pipeline_config_of
     from pipelines.remote import submit_run
 
     config = _config(state, config_path)
-    run = submit_run(host, pipeline_config_of(config), _remote_arguments(config, data, model_store, tracking_uri),
+    run = submit_run(host, config.pipeline, _remote_arguments(config, data, model_store, tracking_uri),
                      run_name=run_name)
     click.echo(f"submitted run {run.run_id}: {run.url}")
 
@@ -114,11 +112,10 @@ def submit_command(state: CliState, host: str, data: str, model_store: str | Non
 def schedule_command(state: CliState, host: str, data: str, model_store: str | None, tracking_uri: str | None,
                      config_path: Path | None, cron: str, name: str | None) -> None:
     """Create a recurring run of the DAG on a Kubeflow Pipelines endpoint (one at a time, no catch-up)."""
-    from pipelines.config import pipeline_config_of
     from pipelines.remote import schedule_run
 
     config = _config(state, config_path)
-    job = schedule_run(host, pipeline_config_of(config),
+    job = schedule_run(host, config.pipeline,
                        _remote_arguments(config, data, model_store, tracking_uri), cron, name=name)
     click.echo(f"scheduled recurring run {job.recurring_run_id} (cron '{job.cron}', max_concurrency=1, "
                f"no_catchup): {job.url}")

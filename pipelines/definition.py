@@ -13,7 +13,7 @@ from kfp import dsl
 from kfp.dsl import base_component
 
 from components import agents_trainer, evaluator, example_gen, pusher, tfrs_trainer, transform
-from pipelines.config import PipelineConfig
+from recflow.pipeline_config import PipelineConfig
 from pipelines.placement import apply_placement
 
 PIPELINE_PARAMETERS: tuple[str, ...] = (

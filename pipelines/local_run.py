@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from components.step_run import STATUS_FAILED, STATUS_SUCCEEDED, STEP_ORDER, read_status
-from pipelines.config import pipeline_config_of
 from recflow.config import RecflowConfig, dump_config
 from recflow.errors import ConfigError, DataError, RecflowError
 
@@ -215,7 +214,7 @@ def run_local(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"dataset directory {data_dir} does not exist (generate one with `recflow data generate`)")
-    pipeline_config = pipeline_config_of(config)
+    pipeline_config = config.pipeline
     store = Path(model_store) if model_store is not None else default_model_store(config)
     root = Path(run_root or pipeline_config.pipeline_root or config.paths.data_dir / "pipeline-runs")
     if "://" in str(root):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kfp import compiler
 
-from pipelines.config import PipelineConfig
+from recflow.pipeline_config import PipelineConfig
 from pipelines.definition import build_pipeline
 from recflow.errors import ConfigError
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from pipelines.config import PipelineConfig
+from recflow.pipeline_config import PipelineConfig
 
 
 def apply_placement(task: PipelineTask, step: str, config: PipelineConfig) -> PipelineTask:

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.config import PipelineConfig
+from recflow.pipeline_config import PipelineConfig
 from pipelines.package import compiled_package
 from recflow.errors import ConfigError, RecflowError, ServiceUnavailable
 

@@ -16,7 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recflow.errors import ConfigError
+from recflow.evaluation.config import EvaluatorConfig
+from recflow.examplegen import ExampleGenConfig
+from recflow.features.transform import TransformConfig
+from recflow.model_store import ModelStoreConfig
+from recflow.pipeline_config import PipelineConfig
+from recflow.policy.config import PolicyConfig
 from recflow.simulator.config import SimulatorConfig
+from recflow.tracking import TrackingConfig
+from recflow.training.tfrs_trainer import TrainerConfig
 
 
 class Section(BaseModel):
@@ -52,6 +60,14 @@ class RecflowConfig(Section):
     paths: PathsConfig = PathsConfig()
     validation: ValidationConfig = ValidationConfig()
     simulator: SimulatorConfig = SimulatorConfig()
+    example_gen: ExampleGenConfig = ExampleGenConfig()
+    transform: TransformConfig = TransformConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    policy: PolicyConfig = PolicyConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    model_store: ModelStoreConfig = ModelStoreConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
 
 def default_config_text() -> str:
@@ -93,7 +109,7 @@ def parse_override(override: str) -> dict[str, Any]:
         raise ConfigError(f"override {override!r}: empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # e.g. an impossible date such as 2026-13-01: keep the raw string
         value = raw
     nested: dict[str, Any] = {parts[-1]: value}
     for part in reversed(parts[:-1]):

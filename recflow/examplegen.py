@@ -24,15 +24,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recflow import schema
-from recflow.config import ValidationConfig
 from recflow.errors import DataError
 from recflow.io import to_arrow
+
+if TYPE_CHECKING:  # recflow.config composes this module's ExampleGenConfig, so no runtime import back
+    from recflow.config import ValidationConfig
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import PipelineConfig
+from recflow.pipeline_config import PipelineConfig
 from pipelines.package import compile_pipeline
 from recflow.cli import main
 from recflow.errors import ConfigError

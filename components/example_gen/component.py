@@ -25,7 +25,7 @@ def example_gen(
     with step_run("example_gen", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
         from recflow.examplegen import run_example_gen
 
-        result = run_example_gen(Path(data_uri), Path(examples.path), step.config.examplegen,
+        result = run_example_gen(Path(data_uri), Path(examples.path), step.config.example_gen,
                                  step.config.validation)
         stats = json.loads((Path(examples.path) / "stats.json").read_text(encoding="utf-8"))
         for name, value in step.log_metrics(stats).items():

@@ -1,8 +1,8 @@
 """Where and how the training DAG's steps run: images, resources, GPU placement, caching, pipeline root.
 
-This section belongs in the core config (``RecflowConfig.pipeline``); it lives here until the lead moves it
-into ``recflow/`` (the pipeline imports the core, never the other way round). Every field has a default, so the
-DAG compiles and runs with no config file at all.
+This is the ``pipeline`` section of the core config (``RecflowConfig.pipeline``): it lives in the core library
+because the pipeline imports the core, never the other way round. Every field has a default, so the DAG compiles
+and runs with no config file at all.
 
 GPU placement follows GKE's own conventions, so the infrastructure needs no custom labels or taints:
 
@@ -19,7 +19,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from components.step_run import STEP_ORDER as STEP_NAMES  # the six steps, in dependency order
+STEP_ORDER: tuple[str, ...] = (
+    "example_gen",
+    "transform",
+    "tfrs_trainer",
+    "agents_trainer",
+    "evaluator",
+    "pusher",
+)
+"""The six steps of the training DAG in dependency order (numbers the ``[i/6]`` progress lines)."""
+STEP_NAMES = STEP_ORDER
 
 
 class _Section(BaseModel):
@@ -120,11 +129,3 @@ class PipelineConfig(_Section):
     def image_for(self, step: str) -> str:
         """The container image of ``step``: the GPU image for GPU steps, else the CPU image."""
         return self.gpu_image if step in self.gpu_steps else self.image
-
-
-def pipeline_config_of(config: object) -> PipelineConfig:
-    """The ``pipeline`` section of a RecflowConfig (defaults until the lead wires the section in)."""
-    section = getattr(config, "pipeline", None)
-    return section if isinstance(section, PipelineConfig) else PipelineConfig.model_validate(
-        section.model_dump() if section is not None else {}
-    )

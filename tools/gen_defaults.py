@@ -1,0 +1,22 @@
+"""Regenerate the auto-documented sections of defaults.yaml from the typed models (sections after 'simulator')."""
+import sys, yaml
+import recflow.config as c
+HEAD = {
+ "example_gen": "ExampleGen: validation gate and the time split (recflow/examplegen.py)",
+ "transform": "Transform: tf.Transform on Apache Beam (recflow/features/transform.py)",
+ "trainer": "TFRS trainer: two-tower retrieval and ranking (recflow/training/tfrs_trainer.py)",
+ "policy": "TF-Agents trainer: the slate policy learned from logged feedback (recflow/policy/config.py)",
+ "evaluator": "Evaluator: metrics, baselines, significance tests, blessing thresholds (recflow/evaluation/config.py)",
+ "model_store": "Pusher's model store (null path: DATA_DIR/models) (recflow/model_store.py)",
+ "tracking": "MLflow (null tracking_uri: sqlite under DATA_DIR) (recflow/tracking.py)",
+ "pipeline": "KFP DAG: images, per-step resources, GPU placement, caching (recflow/pipeline_config.py)",
+}
+text = open("recflow/defaults.yaml").read()
+cut = text.find("\n# === generated sections")
+if cut >= 0:
+    text = text[:cut + 1]
+d = c.RecflowConfig().model_dump(mode="json")
+parts = [text.rstrip("\n") + "\n\n# === generated sections: regenerate with `python tools/gen_defaults.py` after changing a model ===\n"]
+for k, h in HEAD.items():
+    parts.append(f"\n# {h}\n" + yaml.safe_dump({k: d[k]}, sort_keys=False))
+open("recflow/defaults.yaml", "w").write("".join(parts))
