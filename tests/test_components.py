@@ -89,8 +89,6 @@ def test_step_order_matches_the_dag():
     assert STEP_ORDER == ("example_gen", "transform", "tfrs_trainer", "agents_trainer", "evaluator", "pusher")
 
 
-@pytest.mark.skipif("examplegen" not in RecflowConfig.model_fields,
-                    reason="RecflowConfig has no `examplegen` section yet (the lead wires it in)")
 def test_example_gen_component_on_simulator_data(tmp_path):
     from recflow.simulator import generate_dataset
 
