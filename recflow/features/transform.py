@@ -356,15 +356,19 @@ def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config:
                      str(out_dir / "transformed" / name / "part"), file_name_suffix=".tfrecord.gz"))
 
 
-def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
-                  beam_pipeline_args: list[str] | None = None) -> TransformResult:
-    """Run the Transform step on ExampleGen's output ``examples_dir`` and write ``out_dir`` (layout above).
+@dataclass(frozen=True)
+class PreparedFeatures:
+    """Everything the Beam step needs, computed with pandas: raw feature rows per split and serving tables."""
 
-    The analysis (vocabularies, means, variances) sees the train split only; eval and test are transformed
-    with the same graph. Raises DataError when ``examples_dir`` is not ExampleGen output.
-    """
-    examples_dir, out_dir = Path(examples_dir), Path(out_dir)
-    splits, items, users = _read_examples(examples_dir)
+    spec: dict[str, Any]
+    raw_frames: dict[str, pd.DataFrame]
+    candidates: pd.DataFrame
+    user_state: pd.DataFrame
+
+
+def prepare_features(examples_dir: Path, config: TransformConfig) -> PreparedFeatures:
+    """Read ExampleGen's output and build the raw feature rows (joins, labels, point-in-time behaviour)."""
+    splits, items, users = _read_examples(Path(examples_dir))
     sizes = {name: len(df) for name, df in splits.items()}
     events = pd.concat([splits[n].assign(_split=n) for n in SPLITS], ignore_index=True)
     events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
@@ -377,16 +381,29 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
     fills = fill_values(splits["train"], items, spec)
     spec["fill_values"] = fills
     spec["num_oov_buckets"] = config.num_oov_buckets
+    spec["rows"] = sizes
     raw_frames = {name: build_raw_frame(events[events["_split"] == name], items, users, spec, fills)
                   for name in SPLITS}
-    spec["rows"] = sizes
-
     state_at = splits["test"]["timestamp"].min() if sizes["test"] else events["timestamp"].max() + pd.Timedelta(1, "s")
     user_state = behaviour.user_state_at(events.drop(columns=spec["behaviour_features"]), state_at,
                                          spec["behaviour_features"])
     spec["user_state_at"] = pd.Timestamp(state_at).isoformat()
     spec["no_history_state"] = behaviour.no_history_state(spec["behaviour_features"])
     candidates = coerce_raw(build_candidates(items, events, spec), spec, fills)
+    return PreparedFeatures(spec=spec, raw_frames=raw_frames, candidates=candidates, user_state=user_state)
+
+
+def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
+                  beam_pipeline_args: list[str] | None = None) -> TransformResult:
+    """Run the Transform step on ExampleGen's output ``examples_dir`` and write ``out_dir`` (layout above).
+
+    The analysis (vocabularies, means, variances) sees the train split only; eval and test are transformed
+    with the same graph. Raises DataError when ``examples_dir`` is not ExampleGen output.
+    """
+    examples_dir, out_dir = Path(examples_dir), Path(out_dir)
+    prepared = prepare_features(examples_dir, config)
+    spec, raw_frames, candidates, user_state = (prepared.spec, prepared.raw_frames, prepared.candidates,
+                                                prepared.user_state)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
