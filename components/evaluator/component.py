@@ -36,10 +36,11 @@ def evaluator(
 
         champion = ModelStore(model_store).champion() if model_store else None
         out = Path(evaluation.path)
-        run_evaluator(Path(examples.path), Path(model.path), Path(policy.path), out, step.config.evaluator,
-                      champion_dir=Path(champion.path) if champion is not None else None)
+        run = run_evaluator(Path(examples.path), Path(model.path), Path(policy.path), out, step.config.evaluator,
+                            champion_dir=Path(champion.path) / "model" if champion is not None else None,
+                            policy_config=step.config.policy)
         blessing = json.loads((out / "blessing.json").read_text(encoding="utf-8"))
-        for name, value in step.log_metrics(blessing.get("metrics", {})).items():
+        for name, value in step.log_metrics(run.metrics).items():
             metrics.log_metric(name, value)
         shutil.copyfile(out / "report.html", report.path)
         blessed = bool(blessing["blessed"])

@@ -12,3 +12,10 @@ only by :mod:`recflow.evaluation.slices`, and only when it is used). Import the 
 * :mod:`recflow.evaluation.evaluator` -- :func:`evaluate_recommenders`, which runs all of it
 * :mod:`recflow.evaluation.config` -- :class:`EvaluatorConfig` (the ``evaluator`` config section)
 """
+
+
+def run_evaluator(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - see recflow.evaluation.run.run_evaluator
+    """The pipeline's Evaluator step (:func:`recflow.evaluation.run.run_evaluator`), imported on first use."""
+    from recflow.evaluation.run import run_evaluator as _run_evaluator
+
+    return _run_evaluator(*args, **kwargs)

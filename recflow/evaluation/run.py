@@ -1,0 +1,163 @@
+"""The Evaluator step: the trained TFRS model and TF-Agents policy against baselines and the champion.
+
+:func:`run_evaluator` ties the pieces together for the pipeline: ranking metrics of the retrieval model beside
+the baselines (and the current champion, with paired significance tests), off-policy estimates of the policy's
+click and conversion rate on the held-out logged feedback, TFMA per-slice metrics of the ranking model, the
+blessing, and the report. Each optional part degrades to a note when the log cannot support it (no
+impressions -> no ranking model and no off-policy estimate), so an ids-only log still evaluates and pushes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recflow.errors import DataError
+from recflow.evaluation.config import EvaluatorConfig
+from recflow.evaluation.evaluator import EvaluationResult, evaluate_recommenders
+from recflow.evaluation.report import write_report
+from recflow.policy.config import PolicyConfig
+
+log = logging.getLogger(__name__)
+
+#: Test examples scored by the ranking model for the TFMA slices (sampled with the evaluator's seed).
+MAX_SLICE_EXAMPLES = 20_000
+
+
+@dataclass
+class EvaluatorRun:
+    """What :func:`run_evaluator` produced."""
+
+    result: EvaluationResult
+    report_path: Path
+    blessed: bool
+    reasons: list[str]
+    metrics: dict[str, float]
+
+
+def off_policy_estimates(
+    examples_dir: Path, model_dir: Path, policy_dir: Path, policy_config: PolicyConfig, split: str, seed: int
+) -> tuple[pd.DataFrame | None, str | None]:
+    """IPS and SNIPS estimates of the policy's click and conversion rate on the held-out logged feedback.
+
+    Returns ``(table, None)`` or ``(None, why not)`` when the log cannot support an estimate (no impressions).
+    """
+    from recflow.evaluation.off_policy import evaluate_policy_offline
+    from recflow.policy.logged_data import load_bandit_data
+    from recflow.policy.scorer import load_policy
+
+    scorer = load_policy(policy_dir, seed=seed)
+    try:
+        data = load_bandit_data(examples_dir / f"{split}.parquet", model_dir, policy_config, layout=scorer.layout)
+    except DataError as exc:
+        return None, f"no off-policy estimate: {exc}"
+    if len(data) == 0:
+        return None, "no off-policy estimate: the held-out split has no logged impressions"
+    probs = scorer.logged_action_probabilities(data)
+    estimates = evaluate_policy_offline(data, probs, seed=seed)
+    rows = [
+        {"estimate": name, "value": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n,
+         "effective_sample_size": e.effective_sample_size}
+        for name, e in estimates.items()
+    ]
+    note = "; ".join(getattr(data, "notes", []) or []) or None
+    return pd.DataFrame(rows), note
+
+
+def ranking_slices(
+    examples_dir: Path, model_dir: Path, split: str, seed: int
+) -> tuple[pd.DataFrame | None, str | None]:
+    """TFMA per-slice metrics (by category, new vs returning user) of the ranking model's click predictions."""
+    from recflow.evaluation.slices import ranking_examples, slice_metrics
+    from recflow.models import load_recommender
+
+    recommender = load_recommender(model_dir)
+    if not recommender.has_ranking:
+        return None, "no ranking model (the log has no impressions), so no per-slice metrics"
+    held_out = pd.read_parquet(examples_dir / f"{split}.parquet")
+    train = pd.read_parquet(examples_dir / "train.parquet", columns=["user_id"])
+    items_path = examples_dir / "items.parquet"
+    items = pd.read_parquet(items_path) if items_path.exists() else None
+    frame = ranking_examples(held_out, items, train)
+    if frame.empty or frame["label"].nunique() < 2:
+        return None, "per-slice metrics need shown items with and without clicks in the held-out split"
+    if len(frame) > MAX_SLICE_EXAMPLES:
+        frame = frame.sample(MAX_SLICE_EXAMPLES, random_state=seed).reset_index(drop=True)
+    frame["prediction"] = np.asarray(
+        recommender.score(frame["user_id"].tolist(), frame["item_id"].tolist()), dtype=np.float64
+    )
+    return slice_metrics(frame), None
+
+
+def flat_metrics(evaluation_dir: Path) -> dict[str, float]:
+    """Every number of an evaluation as one flat dict, for MLflow: ``<method>.<metric>`` and ``ope.<estimate>``."""
+    doc = json.loads((evaluation_dir / "metrics.json").read_text(encoding="utf-8"))
+    out: dict[str, float] = {}
+    for label, values in doc.get("methods", {}).items():
+        for name, value in values.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[f"{label}.{name}"] = float(value)
+    for row in doc.get("extra", {}).get("off_policy", []) or []:
+        if isinstance(row, dict) and isinstance(row.get("value"), int | float):
+            out[f"ope.{row['estimate']}"] = float(row["value"])
+    blessing = json.loads((evaluation_dir / "blessing.json").read_text(encoding="utf-8"))
+    out["blessed"] = 1.0 if blessing.get("blessed") else 0.0
+    return out
+
+
+def run_evaluator(
+    examples_dir: Path,
+    model_dir: Path,
+    policy_dir: Path,
+    out_dir: Path,
+    config: EvaluatorConfig,
+    champion_dir: Path | None = None,
+    policy_config: PolicyConfig | None = None,
+) -> EvaluatorRun:
+    """Evaluate a trained bundle and write ``report.html``, ``metrics.json`` and ``blessing.json`` to ``out_dir``.
+
+    ``champion_dir`` is the current champion's TFRS model directory (``None`` for the first model); the
+    candidate is compared with it by paired t-test and Wilcoxon signed-rank test of per-user metrics.
+    """
+    from recflow.models import load_recommender
+
+    examples_dir, model_dir, policy_dir, out_dir = map(Path, (examples_dir, model_dir, policy_dir, out_dir))
+    candidate = load_recommender(model_dir)
+    champion = None
+    notes: list[str] = []
+    if champion_dir is not None:
+        try:
+            champion = load_recommender(Path(champion_dir))
+            champion.name = f"champion ({champion.name})"
+        except Exception as exc:  # noqa: BLE001 - an unreadable champion must not block evaluating the candidate
+            notes.append(f"champion at {champion_dir} could not be loaded ({exc}); compared with baselines only")
+    extra: dict[str, Any] = {}
+    ope, note = off_policy_estimates(
+        examples_dir, model_dir, policy_dir, policy_config or PolicyConfig(), config.split, config.seed
+    )
+    if ope is not None:
+        extra["off_policy"] = ope
+    if note:
+        notes.append(note)
+    slices, note = ranking_slices(examples_dir, model_dir, config.split, config.seed)
+    if slices is not None:
+        extra["slices"] = slices
+    if note:
+        notes.append(note)
+    if notes:
+        extra["notes"] = {f"note {i + 1}": n for i, n in enumerate(notes)}
+    result = evaluate_recommenders(examples_dir, candidate, config, champion=champion, extra=extra)
+    report = write_report(out_dir, result)
+    return EvaluatorRun(
+        result=result,
+        report_path=report,
+        blessed=result.blessing.blessed,
+        reasons=list(result.blessing.reasons),
+        metrics=flat_metrics(out_dir),
+    )
