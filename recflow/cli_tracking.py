@@ -1,4 +1,4 @@
-"""``recflow runs ...`` and ``recflow models ...``: look at tracked runs and manage the model store's champion.
+"""``recflow runs ...`` and ``recflow models ...``: tracked runs and the model store's champion.
 
 Thin wrappers over :mod:`recflow.tracking` and :mod:`recflow.model_store`. The tracking URI and the store root
 come from the options, else the config's ``tracking`` / ``model_store`` sections, else the defaults under
@@ -42,11 +42,17 @@ def _store(state: CliState, override: str | None):  # noqa: ANN202  (ModelStore;
 
 
 tracking_uri_option = click.option(
-    "--tracking-uri", default=None, help="MLflow tracking URI (default: tracking.tracking_uri, else the local "
-    "sqlite store DATA_DIR/mlflow.db).")
-store_option = click.option("--store", "store_root", default=None,
-                            help="Model store root, a directory or gs:// URL (default: model_store.path, else "
-                            "DATA_DIR/models).")
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: tracking.tracking_uri, else the local "
+    "sqlite store DATA_DIR/mlflow.db).",
+)
+store_option = click.option(
+    "--store",
+    "store_root",
+    default=None,
+    help="Model store root, a directory or gs:// URL (default: model_store.path, else DATA_DIR/models).",
+)
 
 
 @click.group()
@@ -57,11 +63,14 @@ def runs() -> None:
 @runs.command("list")
 @click.option("--experiment", default=None, help="MLflow experiment (default: tracking.experiment).")
 @click.option("--all", "include_steps", is_flag=True, help="Also list the nested runs of pipeline steps.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest runs to show.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest runs to show."
+)
 @tracking_uri_option
 @pass_state
-def runs_list(state: CliState, experiment: str | None, include_steps: bool, limit: int,
-              tracking_uri: str | None) -> None:
+def runs_list(
+    state: CliState, experiment: str | None, include_steps: bool, limit: int, tracking_uri: str | None
+) -> None:
     """Recent runs, newest first: id, name, status, start, duration, data fingerprint, code version."""
     from tabulate import tabulate
 
@@ -73,22 +82,42 @@ def runs_list(state: CliState, experiment: str | None, include_steps: bool, limi
     if not rows:
         click.echo(f"no runs in experiment {name!r} at {uri}")
         return
-    table = [[r.run_id, r.name, r.kind, r.status, r.started, "" if r.seconds is None else f"{r.seconds:.1f}",
-              r.data_fingerprint, r.code_version] for r in rows]
-    click.echo(tabulate(table, headers=["run id", "name", "kind", "status", "started (UTC)", "seconds", "data",
-                                        "code"], disable_numparse=True))
+    table = [
+        [
+            r.run_id,
+            r.name,
+            r.kind,
+            r.status,
+            r.started,
+            "" if r.seconds is None else f"{r.seconds:.1f}",
+            r.data_fingerprint,
+            r.code_version,
+        ]
+        for r in rows
+    ]
+    click.echo(
+        tabulate(
+            table,
+            headers=["run id", "name", "kind", "status", "started (UTC)", "seconds", "data", "code"],
+            disable_numparse=True,
+        )
+    )
 
 
 @runs.command("compare")
 @click.argument("run_a")
 @click.argument("run_b")
 @click.option("--only-diff", is_flag=True, help="Show only the params and metrics that differ.")
-@click.option("--experiment", default=None, help="Experiment in which to look up run names (default: "
-              "tracking.experiment).")
+@click.option(
+    "--experiment",
+    default=None,
+    help="Experiment in which to look up run names (default: tracking.experiment).",
+)
 @tracking_uri_option
 @pass_state
-def runs_compare(state: CliState, run_a: str, run_b: str, only_diff: bool, experiment: str | None,
-                 tracking_uri: str | None) -> None:
+def runs_compare(
+    state: CliState, run_a: str, run_b: str, only_diff: bool, experiment: str | None, tracking_uri: str | None
+) -> None:
     """Params and metrics of RUN_A and RUN_B side by side (ids or run names); `*` marks the differences."""
     from recflow.tracking import compare_runs, format_comparison
 
@@ -103,8 +132,12 @@ def models() -> None:
 
 
 @models.command("list")
-@click.option("--metric", "metric_names", multiple=True,
-              help="Metric to show (repeatable; default: the first three of each bundle).")
+@click.option(
+    "--metric",
+    "metric_names",
+    multiple=True,
+    help="Metric to show (repeatable; default: the first three of each bundle).",
+)
 @store_option
 @pass_state
 def models_list(state: CliState, metric_names: tuple[str, ...], store_root: str | None) -> None:
@@ -122,25 +155,41 @@ def models_list(state: CliState, metric_names: tuple[str, ...], store_root: str 
     table = []
     for b in versions:
         names = list(metric_names) or sorted(b.metrics)[:3]
-        shown = ", ".join(f"{n}={b.metrics[n]:.4g}" if isinstance(b.metrics.get(n), (int, float))
-                          else f"{n}=-" for n in names)
+        shown = ", ".join(
+            f"{n}={b.metrics[n]:.4g}" if isinstance(b.metrics.get(n), (int, float)) else f"{n}=-"
+            for n in names
+        )
         role = "champion" if b.version == champion else ("previous" if b.version == previous else "")
         table.append([b.version, role, b.created, (b.mlflow_run_id or "")[:12], shown])
     click.echo(f"model store {store.root}")
-    click.echo(tabulate(table, headers=["version", "alias", "created (UTC)", "mlflow run", "metrics"],
-                        disable_numparse=True))
+    click.echo(
+        tabulate(
+            table,
+            headers=["version", "alias", "created (UTC)", "mlflow run", "metrics"],
+            disable_numparse=True,
+        )
+    )
 
 
 @models.command("rollback")
-@click.option("--to", "to_version", default=None, help="Version to make champion (default: the champion before "
-              "the current one).")
+@click.option(
+    "--to",
+    "to_version",
+    default=None,
+    help="Version to make champion (default: the champion before the current one).",
+)
 @click.option("--no-registry", is_flag=True, help="Do not move the MLflow Model Registry alias.")
 @store_option
 @tracking_uri_option
 @pass_state
-def models_rollback(state: CliState, to_version: str | None, no_registry: bool, store_root: str | None,
-                    tracking_uri: str | None) -> None:
-    """Point the champion alias back (serving hot-swaps to it), then move the MLflow registry alias to match."""
+def models_rollback(
+    state: CliState,
+    to_version: str | None,
+    no_registry: bool,
+    store_root: str | None,
+    tracking_uri: str | None,
+) -> None:
+    """Point the champion alias back (serving hot-swaps), then move the MLflow registry alias to match."""
     from recflow.errors import RecflowError
     from recflow.model_store import sync_registry_alias
 

@@ -3,18 +3,18 @@
 Layout under the store root (a local directory by default; any fsspec URL such as ``gs://bucket/models`` in
 production -- only the local path is tested here)::
 
-    versions/v0001/manifest.json      # version, created, every file with its sha256, metadata (mlflow run id, metrics)
+    versions/v0001/manifest.json      # version, created, files with sha256, metadata (mlflow run id, metrics)
     versions/v0001/retrieval/...      # the bundle's parts (retrieval, ranking, policy, evaluation, ...)
     versions/.staging-<uuid>/         # a push in progress (never listed, never served)
-    aliases/champion.json             # {"version": "v0003", "previous": "v0002", "moved_at": ..., "reason": ...}
+    aliases/champion.json             # {"version": "v0003", "previous": "v0002", "moved_at", "reason"}
     aliases/history.jsonl             # every alias move, oldest first
     .push.lock                        # serialises pushers, rollbacks and garbage collection
 
 A push happens only for a blessed model (``blessing.json`` in the evaluation directory says
-``{"blessed": true}``); it copies into a staging directory, writes the manifest, re-hashes every file (and runs an
-optional caller check such as loading the SavedModel), renames the staging directory to the next version and
-finally moves the alias with an atomic replace. The alias file is the commit point: a failure anywhere before it
-leaves the store as it was, and a failure while moving it puts the previous state back.
+``{"blessed": true}``); it copies into a staging directory, writes the manifest, re-hashes every file
+(and runs an optional caller check such as loading the SavedModel), renames the staging directory to the next
+version and finally moves the alias with an atomic replace. The alias file is the commit point: a failure
+anywhere before it leaves the store as it was, and a failure while moving it puts the previous state back.
 
 The store is the source of truth for which bundle is the champion. The MLflow Model Registry mirrors it
 (:func:`register_in_mlflow`, :func:`sync_registry_alias`): its model versions carry the tag
@@ -62,10 +62,13 @@ class ModelStoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str | None = Field(
-        None, description="Store root: a directory or an fsspec URL (gs://bucket/models); null: DATA_DIR/models."
+        None,
+        description="Store root: a directory or an fsspec URL (gs://bucket/models); null: DATA_DIR/models.",
     )
     keep_versions: int = Field(
-        10, ge=2, description="Versions kept after a push (the champion and the previous one are always kept)."
+        10,
+        ge=2,
+        description="Versions kept after a push (the champion and the previous one are always kept).",
     )
     lock_timeout_s: float = Field(
         600.0, gt=0, description="Seconds a pusher waits for another push or rollback to finish."
@@ -93,7 +96,9 @@ class BundleInfo:
 
     @property
     def parts(self) -> list[str]:
-        return sorted({f.split("/", 1)[0] for f in self.files if "/" in f} | {f for f in self.files if "/" not in f})
+        return sorted(
+            {f.split("/", 1)[0] for f in self.files if "/" in f} | {f for f in self.files if "/" not in f}
+        )
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -150,7 +155,7 @@ def normalize_version(ref: str | int) -> str:
 
 
 def read_blessing(evaluation_dir: Path) -> tuple[bool, str, dict[str, Any]]:
-    """(blessed, why, blessing) from ``evaluation_dir/blessing.json``; a missing or bad file is "not blessed"."""
+    """(blessed, why, blessing) from ``evaluation_dir/blessing.json``; a missing or bad file: not blessed."""
     path = Path(evaluation_dir) / BLESSING
     if not path.is_file():
         return False, f"{path} does not exist: the evaluation did not bless this model", {}
@@ -178,14 +183,17 @@ def _local_files(path: Path) -> list[tuple[Path, str]]:
     """(file, relative posix path) for a file or every file under a directory, sorted."""
     if path.is_file():
         return [(path, path.name)]
-    return sorted(((p, p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_file()),
-                  key=lambda t: t[1])
+    return sorted(
+        ((p, p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_file()), key=lambda t: t[1]
+    )
 
 
 class ModelStore:
     """Versioned model bundles under ``root`` with atomic pushes, a ``champion`` alias and rollback."""
 
-    def __init__(self, root: str | os.PathLike[str], keep_versions: int = 10, lock_timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], keep_versions: int = 10, lock_timeout_s: float = 600.0
+    ) -> None:
         import fsspec
 
         if keep_versions < 2:
@@ -195,7 +203,9 @@ class ModelStore:
         self.keep_versions = keep_versions
         self.lock_timeout_s = lock_timeout_s
         self.fs, self._base = fsspec.core.url_to_fs(self.root)
-        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.is_local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
 
     # ---- paths -------------------------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -225,7 +235,7 @@ class ModelStore:
             lock.acquire()
         except Timeout:
             raise ServiceUnavailable(
-                f"model store {self.root}: another push or rollback has held the lock for {self.lock_timeout_s:.0f}s",
+                f"model store {self.root}: another push or rollback held the lock {self.lock_timeout_s:.0f}s",
                 hint=f"wait for it, or remove {lock.lock_file} if no recflow process is running",
             ) from None
         return lock
@@ -264,9 +274,12 @@ class ModelStore:
             known = ", ".join(self._complete_versions()) or "none"
             raise DataError(f"model store {self.root}: version {name} does not exist (versions: {known})")
         return BundleInfo(
-            version=name, path=self._url("versions", name), created=str(manifest.get("created", "")),
+            version=name,
+            path=self._url("versions", name),
+            created=str(manifest.get("created", "")),
             files={k: v["sha256"] for k, v in manifest.get("files", {}).items()},
-            metadata=dict(manifest.get("metadata") or {}), blessing=dict(manifest.get("blessing") or {}),
+            metadata=dict(manifest.get("metadata") or {}),
+            blessing=dict(manifest.get("blessing") or {}),
         )
 
     def _complete_versions(self) -> list[str]:
@@ -281,8 +294,9 @@ class ModelStore:
         data = self._read_json(self._p("aliases", f"{alias}.json"))
         if data is None:
             return None
-        return AliasState(alias, data["version"], data.get("previous"), data.get("moved_at", ""),
-                          data.get("reason", ""))
+        return AliasState(
+            alias, data["version"], data.get("previous"), data.get("moved_at", ""), data.get("reason", "")
+        )
 
     def champion(self) -> BundleInfo | None:
         """The bundle serving should use, or None before the first push."""
@@ -325,9 +339,9 @@ class ModelStore:
         """Publish a blessed bundle as the next version and make it the champion; refuse an unblessed one.
 
         ``parts`` maps part names to local files or directories (e.g. retrieval, ranking, policy); the
-        evaluation directory is included as part ``evaluation`` unless given. ``metadata`` (JSON) goes into the
-        manifest; by convention it holds ``mlflow_run_id`` and ``metrics``. ``verify`` is called with the staged
-        bundle's path and may raise or return False to reject it (e.g. load the SavedModel).
+        evaluation directory is included as part ``evaluation`` unless given. ``metadata`` (JSON) goes into
+        the manifest; by convention it holds ``mlflow_run_id`` and ``metrics``. ``verify`` is called with the
+        staged         bundle's path and may raise or return False to reject it (e.g. load the SavedModel).
         """
         blessed, why, blessing = read_blessing(evaluation_dir)
         if not blessed:
@@ -354,8 +368,14 @@ class ModelStore:
             final = self._p("versions", version)  # does not exist: numbers only grow under the lock
             try:
                 files = self._stage(all_parts, staging)
-                manifest = {"format": MANIFEST_FORMAT, "version": version, "created": _now(), "files": files,
-                            "metadata": meta, "blessing": blessing}
+                manifest = {
+                    "format": MANIFEST_FORMAT,
+                    "version": version,
+                    "created": _now(),
+                    "files": files,
+                    "metadata": meta,
+                    "blessing": blessing,
+                }
                 self._write_manifest(staging, manifest)
                 self._verify(staging, verify)
                 self._commit(staging, version)
@@ -392,22 +412,28 @@ class ModelStore:
         if not isinstance(manifest, dict) or "files" not in manifest:
             raise VerificationFailed(f"staged bundle {staging}: manifest missing or unreadable")
         expected = {k: v["sha256"] for k, v in manifest["files"].items()}
-        present = {p[len(staging) + 1:] for p in self.fs.find(staging)} - {MANIFEST}
+        present = {p[len(staging) + 1 :] for p in self.fs.find(staging)} - {MANIFEST}
         if present != set(expected):
             extra, missing = sorted(present - set(expected)), sorted(set(expected) - present)
-            raise VerificationFailed(f"staged bundle {staging}: files differ from the manifest "
-                                     f"(unexpected {extra[:5]}, missing {missing[:5]})")
+            raise VerificationFailed(
+                f"staged bundle {staging}: files differ from the manifest "
+                f"(unexpected {extra[:5]}, missing {missing[:5]})"
+            )
         for rel, sha in expected.items():
             with self.fs.open(f"{staging}/{rel}", "rb") as fh:
                 actual = _hash_stream(fh)
             if actual != sha:
-                raise VerificationFailed(f"staged bundle {staging}: {rel} has sha256 {actual[:12]}..., "
-                                         f"the manifest says {sha[:12]}... (corrupted while copying)")
+                raise VerificationFailed(
+                    f"staged bundle {staging}: {rel} has sha256 {actual[:12]}..., "
+                    f"the manifest says {sha[:12]}... (corrupted while copying)"
+                )
         if verify is not None:
             try:
                 ok = verify(staging if not self.is_local else str(Path(staging)))
             except Exception as exc:
-                raise VerificationFailed(f"staged bundle failed the push check: {type(exc).__name__}: {exc}") from exc
+                raise VerificationFailed(
+                    f"staged bundle failed the push check: {type(exc).__name__}: {exc}"
+                ) from exc
             if ok is False:
                 raise VerificationFailed("staged bundle failed the push check (the check returned False)")
 
@@ -423,8 +449,14 @@ class ModelStore:
         return final
 
     def _move_alias(self, alias: str, version: str, previous: str | None, reason: str) -> AliasState:
-        """Append to the history, then replace the alias file (the commit point); undo the history on failure."""
-        entry = {"alias": alias, "version": version, "previous": previous, "moved_at": _now(), "reason": reason}
+        """Append to the history, then replace the alias file (commit point); undo the history on failure."""
+        entry = {
+            "alias": alias,
+            "version": version,
+            "previous": previous,
+            "moved_at": _now(),
+            "reason": reason,
+        }
         history_path = self._p("aliases", "history.jsonl")
         try:
             old_history = self.fs.cat_file(history_path).decode("utf-8")
@@ -462,17 +494,22 @@ class ModelStore:
                 raise DataError(f"model store {self.root} has no champion yet: nothing to roll back")
             if to is None:
                 if current.previous is None:
-                    raise DataError(f"model store {self.root}: champion {current.version} has no previous champion "
-                                    "to roll back to", hint="name a version with --to (see `recflow models list`)")
+                    raise DataError(
+                        f"model store {self.root}: champion {current.version} has no previous champion "
+                        "to roll back to",
+                        hint="name a version with --to (see `recflow models list`)",
+                    )
                 target = current.previous
             else:
                 target = normalize_version(to)
             if target == current.version:
                 raise DataError(f"model store {self.root}: {target} is already the champion")
             if to is None and target not in self._complete_versions():
-                raise DataError(f"model store {self.root}: the previous champion {target} no longer exists "
-                                f"(deleted beyond keep_versions={self.keep_versions})",
-                                hint="name an existing version with --to (see `recflow models list`)")
+                raise DataError(
+                    f"model store {self.root}: the previous champion {target} no longer exists "
+                    f"(deleted beyond keep_versions={self.keep_versions})",
+                    hint="name an existing version with --to (see `recflow models list`)",
+                )
             bundle = self.bundle(target)
             if check_files:
                 self._check_bundle(bundle)
@@ -492,8 +529,10 @@ class ModelStore:
             except FileNotFoundError:
                 raise DataError(f"model store {self.root}: {bundle.version}/{rel} is missing") from None
             if actual != sha:
-                raise DataError(f"model store {self.root}: {bundle.version}/{rel} does not match its manifest "
-                                "(sha256 differs); refusing to serve it")
+                raise DataError(
+                    f"model store {self.root}: {bundle.version}/{rel} does not match its manifest "
+                    "(sha256 differs); refusing to serve it"
+                )
 
     def collect_garbage(self) -> list[str]:
         """Delete versions beyond ``keep_versions`` (never the champion or the previous one); returns them."""
@@ -506,7 +545,7 @@ class ModelStore:
     def _collect_garbage(self) -> list[str]:
         names = self._version_names()
         state = self.alias(CHAMPION)
-        protected = set(names[-self.keep_versions:])
+        protected = set(names[-self.keep_versions :])
         if state is not None:
             protected |= {state.version, *([state.previous] if state.previous else [])}
         removed = []
@@ -524,8 +563,11 @@ class ModelStore:
         for entry in entries:  # staging left by a crashed pusher (old enough not to be a live push)
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
             mtime = entry.get("mtime") or entry.get("updated") or entry.get("created")
-            if name.startswith(_STAGING_PREFIX) and isinstance(mtime, (int, float)) \
-                    and time.time() - mtime > _STALE_STAGING_S:
+            if (
+                name.startswith(_STAGING_PREFIX)
+                and isinstance(mtime, (int, float))
+                and time.time() - mtime > _STALE_STAGING_S
+            ):
                 self._remove(entry["name"])
         return removed
 
@@ -567,20 +609,25 @@ def register_in_mlflow(
         local = _local_bundle_dir(store, bundle, tmp) if store is not None else bundle.path
         client.log_artifacts(run_id, local, artifact_path)
     try:
-        client.create_registered_model(name, description="recflow recommender bundle (retrieval, ranking, policy)")
+        client.create_registered_model(
+            name, description="recflow recommender bundle (retrieval, ranking, policy)"
+        )
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + artifact_path
     tags = {TAG_BUNDLE_VERSION: bundle.version, **({TAG_STORE: store.root} if store is not None else {})}
-    mv = client.create_model_version(name, source, run_id=run_id, tags=tags,
-                                     description=f"model store bundle {bundle.version}")
+    mv = client.create_model_version(
+        name, source, run_id=run_id, tags=tags, description=f"model store bundle {bundle.version}"
+    )
     client.set_registered_model_alias(name, alias, mv.version)
     client.set_tag(run_id, TAG_BUNDLE_VERSION, bundle.version)
     return str(mv.version)
 
 
-def registry_version_for(tracking_uri: str, name: str, bundle_version: str, store_root: str | None = None) -> str | None:
+def registry_version_for(
+    tracking_uri: str, name: str, bundle_version: str, store_root: str | None = None
+) -> str | None:
     """The newest registered version of ``name`` tagged with ``bundle_version`` (and the store), or None."""
     from mlflow.exceptions import MlflowException
 
@@ -591,8 +638,12 @@ def registry_version_for(tracking_uri: str, name: str, bundle_version: str, stor
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
-    matches = [int(v.version) for v in versions if v.tags.get(TAG_BUNDLE_VERSION) == bundle_version
-               and (store_root is None or v.tags.get(TAG_STORE, store_root) == store_root)]
+    matches = [
+        int(v.version)
+        for v in versions
+        if v.tags.get(TAG_BUNDLE_VERSION) == bundle_version
+        and (store_root is None or v.tags.get(TAG_STORE, store_root) == store_root)
+    ]
     return str(max(matches)) if matches else None
 
 
@@ -612,15 +663,23 @@ def sync_registry_alias(tracking_uri: str, store: ModelStore, name: str, alias: 
     if version is None:
         if champion.mlflow_run_id is None:
             raise DataError(
-                f"MLflow model {name!r} has no version for bundle {champion.version} and its manifest names no "
-                "MLflow run to register it from", hint="the store stays authoritative; serving is unaffected")
-        return register_in_mlflow(tracking_uri, champion.mlflow_run_id, champion, name, store=store, alias=alias)
+                f"MLflow model {name!r} has no version for bundle {champion.version}, and its manifest "
+                "names no MLflow run to register it from",
+                hint="the store stays authoritative; serving is unaffected",
+            )
+        return register_in_mlflow(
+            tracking_uri, champion.mlflow_run_id, champion, name, store=store, alias=alias
+        )
     tracking_client(tracking_uri).set_registered_model_alias(name, alias, version)
     return version
 
 
 def rollback_champion(
-    store: ModelStore, to: str | None = None, *, tracking_uri: str | None = None, model_name: str | None = None
+    store: ModelStore,
+    to: str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    model_name: str | None = None,
 ) -> tuple[BundleInfo, str | None]:
     """Roll the store back, then move the registry alias to match (when a tracking URI and model are given).
 

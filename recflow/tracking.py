@@ -13,7 +13,7 @@ A pipeline run records everything a reviewer needs to reproduce or judge it:
 
 The KFP local runner executes each component in its own process, so components do not share MLflow's global
 "active run": they receive the tracking URI and the parent run id as plain strings and open
-:func:`component_run`. Everything here goes through :class:`mlflow.MlflowClient` with an explicit tracking URI.
+:func:`component_run`. Everything here goes through :class:`mlflow.MlflowClient` with an explicit URI.
 
 MLflow's HTTP client retries a dead server for minutes, so :func:`check_tracking_server` runs first and fails
 within seconds with :class:`~recflow.errors.ServiceUnavailable`.
@@ -86,13 +86,16 @@ class TrackingConfig(BaseModel):
         description="MLflow tracking URI (an `mlflow server` URL, sqlite:///..., file:///...); null: "
         "$MLFLOW_TRACKING_URI if set, else sqlite:///DATA_DIR/mlflow.db.",
     )
-    experiment: str = Field("recflow", min_length=1, description="MLflow experiment that holds the pipeline runs.")
+    experiment: str = Field(
+        "recflow", min_length=1, description="MLflow experiment that holds the pipeline runs."
+    )
     registered_model_name: str = Field(
         "recflow-recommender", min_length=1, description="Name of the model in the MLflow Model Registry."
     )
     artifact_location: str | None = Field(
         None,
-        description="Artifact root of a newly created experiment; null: DATA_DIR/mlartifacts for a local store, "
+        description="Artifact root of a newly created experiment; null: DATA_DIR/mlartifacts for a local "
+        "store, "
         "the server's default for a tracking server.",
     )
     check_timeout_s: float = Field(
@@ -105,12 +108,12 @@ class TrackingConfig(BaseModel):
 
 
 def default_tracking_uri(data_dir: Path) -> str:
-    """The local default: a sqlite database ``DATA_DIR/mlflow.db`` (absolute, so any working directory works)."""
+    """The local default: a sqlite database ``DATA_DIR/mlflow.db`` (absolute: any working directory works)."""
     return "sqlite:///" + str(Path(data_dir).expanduser().resolve() / "mlflow.db")
 
 
 def resolve_tracking_uri(config: TrackingConfig, data_dir: Path, override: str | None = None) -> str:
-    """The tracking URI to use: ``override`` (``--tracking-uri``) > config > $MLFLOW_TRACKING_URI > local sqlite."""
+    """The tracking URI to use: ``override`` (``--tracking-uri``) > config > $MLFLOW_TRACKING_URI > sqlite."""
     for candidate in (override, config.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")):
         if candidate:
             return candidate
@@ -118,7 +121,7 @@ def resolve_tracking_uri(config: TrackingConfig, data_dir: Path, override: str |
 
 
 def default_artifact_location(tracking_uri: str, config: TrackingConfig, data_dir: Path) -> str | None:
-    """Artifact root for a new experiment: the configured one, DATA_DIR/mlartifacts for a local store, else None.
+    """Artifact root for a new experiment: configured, else DATA_DIR/mlartifacts for a local store, else None.
 
     Without it a local sqlite store would put artifacts in ``./mlruns`` of whatever the working directory is.
     """
@@ -137,7 +140,7 @@ def _is_local_store(uri: str) -> bool:
 def _local_store_dir(uri: str) -> Path:
     """The directory a sqlite database or a file store lives in."""
     if uri.startswith("sqlite:"):
-        db = uri[len("sqlite:"):]
+        db = uri[len("sqlite:") :]
         db = db[3:] if db.startswith("///") else db.lstrip("/")
         if db in ("", ":memory:"):
             return Path.cwd()
@@ -150,16 +153,18 @@ def _local_store_dir(uri: str) -> Path:
 def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast when the tracking store cannot be used.
 
-    http(s): ``GET <uri>/health`` must answer 200 within ``timeout_s``. sqlite/file: the store's directory must
-    exist (or be creatable) and be writable. Database URLs (postgresql://, mysql://): the host's port must
-    accept a TCP connection. Raises :class:`ServiceUnavailable` naming the URI and what to do.
+    http(s): ``GET <uri>/health`` must answer 200 within ``timeout_s``. sqlite/file: the store's directory
+    must exist (or be creatable) and be writable. Database URLs (postgresql://, mysql://): the host's port
+    must accept a TCP connection. Raises :class:`ServiceUnavailable` naming the URI and what to do.
     """
     import requests
 
     parsed = urllib.parse.urlparse(uri)
     scheme = parsed.scheme.split("+")[0]
-    hint = ("start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), or pass another --tracking-uri / "
-            "set tracking.tracking_uri (null uses a local sqlite file under the data directory)")
+    hint = (
+        "start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), or pass another --tracking-uri / "
+        "set tracking.tracking_uri (null uses a local sqlite file under the data directory)"
+    )
     if scheme in ("http", "https"):
         url = uri.rstrip("/") + "/health"
         try:
@@ -170,7 +175,8 @@ def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
             ) from None
         if resp.status_code != 200:
             raise ServiceUnavailable(
-                f"MLflow tracking server {uri} is not healthy: GET {url} answered {resp.status_code}", hint=hint
+                f"MLflow tracking server {uri} is not healthy: GET {url} answered {resp.status_code}",
+                hint=hint,
             )
         return
     if _is_local_store(uri):
@@ -213,12 +219,17 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
 #: How characters MLflow rejects in metric/param names are written instead. Applied in this order; any other
 #: character outside ``[A-Za-z0-9_\-. /]`` becomes ``_``. So ``ndcg@10`` -> ``ndcg_at_10``,
 #: ``hit_rate%`` -> ``hit_rate_pct``, ``slice:category=shoes`` -> ``slice_category_eq_shoes``.
-NAME_REPLACEMENTS: tuple[tuple[str, str], ...] = (("@", "_at_"), ("%", "_pct"), ("=", "_eq_"), ("+", "_plus_"))
+NAME_REPLACEMENTS: tuple[tuple[str, str], ...] = (
+    ("@", "_at_"),
+    ("%", "_pct"),
+    ("=", "_eq_"),
+    ("+", "_plus_"),
+)
 _DISALLOWED = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
 def metric_name(name: str) -> str:
-    """The MLflow-safe form of a metric or param name (documented, deterministic mapping; see NAME_REPLACEMENTS)."""
+    """The MLflow-safe form of a metric or param name (deterministic mapping: NAME_REPLACEMENTS)."""
     out = str(name)
     for old, new in NAME_REPLACEMENTS:
         out = out.replace(old, new)
@@ -298,16 +309,21 @@ def _log_batch(
 
 
 def data_fingerprint(data_dir: Path, chunk_size: int = 1 << 20) -> str:
-    """sha256 over every (non-hidden) file under ``data_dir``: relative path and bytes, in path order, streamed.
+    """sha256 over every (non-hidden) file under ``data_dir``: relative path and bytes, path order, streamed.
 
     Renaming, adding, removing or changing any file changes it; the location of the directory does not.
     """
     root = Path(data_dir)
     if not root.exists():
         raise DataError(f"data directory {root} does not exist (cannot fingerprint the training data)")
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
     )
     digest = hashlib.sha256()
     for path in files:
@@ -330,17 +346,24 @@ class CodeVersion:
 
 
 def code_version(source_dir: Path | None = None) -> CodeVersion:
-    """The git commit (and whether the checkout has uncommitted changes) of the recflow code, else its version."""
+    """The git commit (and whether the checkout is dirty) of the recflow code, else its version."""
     import recflow
 
     where = source_dir or Path(recflow.__file__).resolve().parent
     try:
         commit = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         status = subprocess.run(
             ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return CodeVersion(f"recflow=={recflow.__version__}", None, None)
@@ -444,12 +467,14 @@ def start_pipeline_run(
     run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
     run_id = run.info.run_id
     params = {k: param_value(v) for k, v in flatten_config(config).items()}
-    params.update({
-        "data.path": param_value(str(Path(data_dir).resolve())),
-        "data.fingerprint": fingerprint,
-        "code.version": code.version,
-        **{f"lib.{name}": v for name, v in library_versions().items()},
-    })
+    params.update(
+        {
+            "data.path": param_value(str(Path(data_dir).resolve())),
+            "data.fingerprint": fingerprint,
+            "code.version": code.version,
+            **{f"lib.{name}": v for name, v in library_versions().items()},
+        }
+    )
     try:
         _log_batch(client, run_id, params=params)
         client.log_text(run_id, config_yaml, "config/config.yaml")
@@ -474,8 +499,11 @@ class ComponentRun:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params on the step's run (values as :func:`param_value`)."""
-        _log_batch(tracking_client(self.tracking_uri), self.run_id,
-                   params={k: param_value(v) for k, v in params.items()})
+        _log_batch(
+            tracking_client(self.tracking_uri),
+            self.run_id,
+            params={k: param_value(v) for k, v in params.items()},
+        )
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         """Upload a file or directory as artifacts of the step's run."""
@@ -497,8 +525,12 @@ def component_run(
     run = client.create_run(
         parent.info.experiment_id,
         run_name=step_name,
-        tags={TAG_PARENT: parent_run_id, TAG_STEP: step_name, TAG_KIND: "step",
-              TAG_PIPELINE: parent.data.tags.get(TAG_PIPELINE, "")},
+        tags={
+            TAG_PARENT: parent_run_id,
+            TAG_STEP: step_name,
+            TAG_KIND: "step",
+            TAG_PIPELINE: parent.data.tags.get(TAG_PIPELINE, ""),
+        },
     )
     handle = ComponentRun(tracking_uri, run.info.run_id, parent_run_id, step_name)
     started = time.perf_counter()
@@ -507,8 +539,12 @@ def component_run(
     except BaseException as exc:
         elapsed = time.perf_counter() - started
         with contextlib.suppress(Exception):  # never mask the step's own error
-            _log_batch(client, handle.run_id, metrics={STEP_SECONDS: elapsed},
-                       tags={TAG_ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
+            _log_batch(
+                client,
+                handle.run_id,
+                metrics={STEP_SECONDS: elapsed},
+                tags={TAG_ERROR: f"{type(exc).__name__}: {exc}"[:5000]},
+            )
             client.set_terminated(handle.run_id, "FAILED")
         raise
     _log_batch(client, handle.run_id, metrics={STEP_SECONDS: time.perf_counter() - started})
@@ -518,7 +554,7 @@ def component_run(
 def log_metrics(
     tracking_uri: str, run_id: str, metrics: Mapping[str, Any], *, step: int = 0
 ) -> dict[str, float]:
-    """Log a flat dict of metrics on ``run_id``; names go through :func:`metric_name`. Returns what was logged."""
+    """Log a flat dict of metrics on ``run_id``; names via :func:`metric_name`. Returns what was logged."""
     clean = sanitize_metrics(metrics)
     _log_batch(tracking_client(tracking_uri), run_id, metrics=clean, step=step)
     return clean
@@ -541,7 +577,9 @@ def child_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
     client = tracking_client(tracking_uri)
     parent = client.get_run(parent_run_id)
     runs = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=1000
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+        max_results=1000,
     )
     return sorted(runs, key=lambda r: r.info.start_time or 0)
 
@@ -549,7 +587,7 @@ def child_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
 def finish_pipeline_run(
     tracking_uri: str, run_id: str, status: RunStatus = "FINISHED", metrics: Mapping[str, Any] | None = None
 ) -> dict[str, float]:
-    """Close a pipeline run: log ``metrics``, copy each step's wall time as ``step_seconds.<step>``, set status.
+    """Close a pipeline run: log ``metrics``, copy step wall times to ``step_seconds.<step>``, set status.
 
     Also logs ``pipeline_seconds`` (start to now). Returns the metrics logged here.
     """
@@ -591,24 +629,38 @@ def _iso(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
 
 
-def list_runs(tracking_uri: str, experiment: str, *, include_steps: bool = False, limit: int = 50) -> list[RunSummary]:
+def list_runs(
+    tracking_uri: str, experiment: str, *, include_steps: bool = False, limit: int = 50
+) -> list[RunSummary]:
     """Recent runs of ``experiment``, newest first; pipeline runs only unless ``include_steps``."""
     client = tracking_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise DataError(f"MLflow experiment {experiment!r} does not exist at {tracking_uri} (no runs tracked yet?)")
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
-                              max_results=limit if include_steps else max(limit * 20, 1000))
+        raise DataError(
+            f"MLflow experiment {experiment!r} does not exist at {tracking_uri} (no runs tracked yet?)"
+        )
+    runs = client.search_runs(
+        [exp.experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=limit if include_steps else max(limit * 20, 1000),
+    )
     out = []
     for run in runs:
         if not include_steps and TAG_PARENT in run.data.tags:
             continue
         seconds = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
-        out.append(RunSummary(
-            run.info.run_id, run.info.run_name or "", run.info.status, _iso(run.info.start_time), seconds,
-            run.data.tags.get(TAG_KIND, ""), run.data.params.get("data.fingerprint", "")[:12],
-            run.data.params.get("code.version", "")[:14],
-        ))
+        out.append(
+            RunSummary(
+                run.info.run_id,
+                run.info.run_name or "",
+                run.info.status,
+                _iso(run.info.start_time),
+                seconds,
+                run.data.tags.get(TAG_KIND, ""),
+                run.data.params.get("data.fingerprint", "")[:12],
+                run.data.params.get("code.version", "")[:14],
+            )
+        )
     return out[:limit]
 
 
@@ -664,13 +716,19 @@ def find_run(tracking_uri: str, ref: str, experiment: str | None = None) -> Run:
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
-            found = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{ref}'",
-                                       order_by=["attributes.start_time DESC"], max_results=1)
+            found = client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"attributes.run_name = '{ref}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
             if found:
                 return found[0]
-    raise DataError(f"run {ref!r} not found at {tracking_uri}" + (f" (by id, or by name in experiment "
-                                                                    f"{experiment!r})" if experiment else ""),
-                    hint="`recflow runs list` shows the run ids")
+    raise DataError(
+        f"run {ref!r} not found at {tracking_uri}"
+        + (f" (by id, or by name in experiment {experiment!r})" if experiment else ""),
+        hint="`recflow runs list` shows the run ids",
+    )
 
 
 def compare_runs(tracking_uri: str, run_a: str, run_b: str, experiment: str | None = None) -> RunComparison:
@@ -681,9 +739,12 @@ def compare_runs(tracking_uri: str, run_a: str, run_b: str, experiment: str | No
         rows.append(ComparisonRow("param", key, a.data.params.get(key), b.data.params.get(key)))
     for key in sorted(set(a.data.metrics) | set(b.data.metrics)):
         va, vb = a.data.metrics.get(key), b.data.metrics.get(key)
-        rows.append(ComparisonRow("metric", key, None if va is None else float(va),
-                                  None if vb is None else float(vb)))
-    return RunComparison(a.info.run_id, b.info.run_id, a.info.run_name or "", b.info.run_name or "", tuple(rows))
+        rows.append(
+            ComparisonRow("metric", key, None if va is None else float(va), None if vb is None else float(vb))
+        )
+    return RunComparison(
+        a.info.run_id, b.info.run_id, a.info.run_name or "", b.info.run_name or "", tuple(rows)
+    )
 
 
 def _cell(value: str | float | None, width: int = 66) -> str:
@@ -705,15 +766,39 @@ def format_comparison(comparison: RunComparison, *, only_differences: bool = Fal
     metrics = []
     for r in (r for r in rows if r.section == "metric"):
         delta, pct = r.delta, r.change_pct
-        metrics.append(["*" if r.differs else "", r.key, _cell(r.a), _cell(r.b),
-                        "" if delta is None else f"{delta:+.6g}", "" if pct is None else f"{pct:+.1f}%"])
+        metrics.append(
+            [
+                "*" if r.differs else "",
+                r.key,
+                _cell(r.a),
+                _cell(r.b),
+                "" if delta is None else f"{delta:+.6g}",
+                "" if pct is None else f"{pct:+.1f}%",
+            ]
+        )
     n_diff = len(comparison.differences)
-    parts = [f"A: {comparison.run_a}  {comparison.name_a}", f"B: {comparison.run_b}  {comparison.name_b}",
-             f"{n_diff} of {len(comparison.rows)} params/metrics differ (marked *)", ""]
+    parts = [
+        f"A: {comparison.run_a}  {comparison.name_a}",
+        f"B: {comparison.run_b}  {comparison.name_b}",
+        f"{n_diff} of {len(comparison.rows)} params/metrics differ (marked *)",
+        "",
+    ]
     parts.append("params")
-    parts.append(tabulate(params, headers=["", "param", head_a, head_b], tablefmt="simple", disable_numparse=True) if params else "  (none)")
+    parts.append(
+        tabulate(params, headers=["", "param", head_a, head_b], tablefmt="simple", disable_numparse=True)
+        if params
+        else "  (none)"
+    )
     parts.append("")
     parts.append("metrics")
-    parts.append(tabulate(metrics, headers=["", "metric", head_a, head_b, "delta (B-A)", "change"],
-                          tablefmt="simple", disable_numparse=True) if metrics else "  (none)")
+    parts.append(
+        tabulate(
+            metrics,
+            headers=["", "metric", head_a, head_b, "delta (B-A)", "change"],
+            tablefmt="simple",
+            disable_numparse=True,
+        )
+        if metrics
+        else "  (none)"
+    )
     return "\n".join(parts) + "\n"

@@ -122,8 +122,11 @@ def test_models_rollback_moves_the_registry_alias(mlflow_uri: str, tmp_path: Pat
     versions = []
     for tag, ndcg in (("a", 0.21), ("b", 0.25)):
         run_id = client.create_run(experiment_id, run_name=f"push-{tag}").info.run_id
-        versions.append(register_in_mlflow(mlflow_uri, run_id, _push(store, tmp_path, tag, ndcg, run_id).bundle,
-                                           name, store=store))
+        versions.append(
+            register_in_mlflow(
+                mlflow_uri, run_id, _push(store, tmp_path, tag, ndcg, run_id).bundle, name, store=store
+            )
+        )
     assert client.get_model_version_by_alias(name, "champion").version == versions[1]
     assert main(["models", "rollback", "--store", str(tmp_path / "store"), "--tracking-uri", mlflow_uri]) == 0
     out = capsys.readouterr().out

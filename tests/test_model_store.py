@@ -1,4 +1,4 @@
-"""The model store: blessed-only pushes, atomicity under injected failures, champion alias, rollback, registry."""
+"""The model store: blessed-only pushes, atomicity under injected failures, alias, rollback, registry."""
 
 from __future__ import annotations
 
@@ -45,15 +45,21 @@ def _parts(tmp_path: Path, tag: str = "a") -> dict[str, Path]:
 
 
 def _push(store: ModelStore, tmp_path: Path, tag: str = "a", **kwargs: object):
-    return store.push(_parts(tmp_path, tag), _evaluation(tmp_path, True), {"mlflow_run_id": None,
-                      "metrics": {"ndcg_at_10": 0.3, "tag": 0}, "tag": tag}, **kwargs)
+    return store.push(
+        _parts(tmp_path, tag),
+        _evaluation(tmp_path, True),
+        {"mlflow_run_id": None, "metrics": {"ndcg_at_10": 0.3, "tag": 0}, "tag": tag},
+        **kwargs,
+    )
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     """Every file of the store and its bytes (the lock file excluded: it is not part of the state)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".push.lock"} | {
-            p.relative_to(root).as_posix() + "/": b"" for p in root.rglob("*") if p.is_dir()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".push.lock"
+    } | {p.relative_to(root).as_posix() + "/": b"" for p in root.rglob("*") if p.is_dir()}
 
 
 def test_blessed_push_writes_a_verified_version_and_moves_the_champion(tmp_path: Path):
@@ -81,11 +87,17 @@ def test_blessed_push_writes_a_verified_version_and_moves_the_champion(tmp_path:
     assert not list((tmp_path / "store" / "versions").glob(".staging-*"))
 
 
-@pytest.mark.parametrize("blessing, expected", [
-    (None, "does not exist"),
-    ({"blessed": False, "reasons": ["ndcg_at_10 0.10 < baseline 0.20"]}, "ndcg_at_10 0.10 < baseline 0.20"),
-    ({"blessed": "yes"}, "not blessed"),
-])
+@pytest.mark.parametrize(
+    "blessing, expected",
+    [
+        (None, "does not exist"),
+        (
+            {"blessed": False, "reasons": ["ndcg_at_10 0.10 < baseline 0.20"]},
+            "ndcg_at_10 0.10 < baseline 0.20",
+        ),
+        ({"blessed": "yes"}, "not blessed"),
+    ],
+)
 def test_unblessed_model_pushes_nothing_and_says_why(tmp_path: Path, blessing: dict | None, expected: str):
     evaluation = tmp_path / "eval"
     evaluation.mkdir()
@@ -113,12 +125,16 @@ def _fail_after(original, message: str):
     def wrapper(*args, **kwargs):
         original(*args, **kwargs)
         raise OSError(message)
+
     return wrapper
 
 
-@pytest.mark.parametrize("stage", ["_stage", "_write_manifest", "_verify", "_commit", "alias-file", "history"])
-def test_a_failure_at_any_stage_leaves_the_store_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           stage: str):
+@pytest.mark.parametrize(
+    "stage", ["_stage", "_write_manifest", "_verify", "_commit", "alias-file", "history"]
+)
+def test_a_failure_at_any_stage_leaves_the_store_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+):
     root = tmp_path / "store"
     store = ModelStore(root)
     _push(store, tmp_path, "a")
@@ -133,6 +149,7 @@ def test_a_failure_at_any_stage_leaves_the_store_unchanged(tmp_path: Path, monke
                 Path(path + ".partial-check").unlink()
                 raise OSError(f"disk full while writing {target}")  # ... then the disk filled up
             real_write(self, path, text)
+
         monkeypatch.setattr(ModelStore, "_write_text", write_text)
     else:
         monkeypatch.setattr(store, stage, _fail_after(getattr(store, stage), f"injected failure in {stage}"))
@@ -156,6 +173,7 @@ def test_corruption_while_copying_is_caught_by_verification(tmp_path: Path, monk
         with open(Path(staging) / "retrieval" / "saved_model.pb", "r+b") as fh:
             fh.write(b"X")  # one flipped byte
         return files
+
     monkeypatch.setattr(store, "_stage", corrupting_stage)
     with pytest.raises(VerificationFailed, match="saved_model.pb has sha256"):
         _push(store, tmp_path, "b")
@@ -170,6 +188,7 @@ def test_the_callers_check_sees_the_staged_bundle_and_can_reject_it(tmp_path: Pa
     def loads(path: str) -> bool:
         seen.append(Path(path))
         return (Path(path) / "retrieval" / "saved_model.pb").read_bytes().startswith(b"graph-")
+
     assert _push(store, tmp_path, "a", verify=loads).pushed
     assert seen[0].name.startswith(".staging-") and not seen[0].exists()
     before = _snapshot(root)
@@ -178,6 +197,7 @@ def test_the_callers_check_sees_the_staged_bundle_and_can_reject_it(tmp_path: Pa
 
     def broken(path: str) -> None:
         raise ValueError("SavedModel has no serving_default signature")
+
     with pytest.raises(VerificationFailed, match="serving_default"):
         _push(store, tmp_path, "c", verify=broken)
     assert _snapshot(root) == before
@@ -235,6 +255,7 @@ def test_concurrent_pushers_get_distinct_complete_versions(tmp_path: Path):
 
     def push(tag: str) -> None:
         results.append(_push(ModelStore(root), tmp_path / tag, tag))
+
     for tag in "xyz":
         (tmp_path / tag).mkdir()
     threads = [threading.Thread(target=push, args=(tag,)) for tag in "xyz"]

@@ -1,4 +1,4 @@
-"""MLflow tracking against a real `mlflow server` on 127.0.0.1 (one server for the session, see servers.py)."""
+"""MLflow tracking against a real `mlflow server` on 127.0.0.1 (one server per session, see servers.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from recflow.tracking import (
     start_pipeline_run,
     tracking_client,
 )
+
 pytest_plugins = ["servers"]
 
 
@@ -44,7 +45,9 @@ def dataset(tmp_path: Path) -> Path:
     return d
 
 
-def _start(uri: str, dataset: Path, name: str = "run", experiment: str = "test-tracking", **overrides: object):
+def _start(
+    uri: str, dataset: Path, name: str = "run", experiment: str = "test-tracking", **overrides: object
+):
     config = load_config(overrides=[f"{k}={v}" for k, v in overrides.items()])
     return start_pipeline_run(uri, experiment, name, dump_config(config), dataset, pipeline_name="training")
 
@@ -72,10 +75,16 @@ def test_tracking_uri_precedence_and_absolute_sqlite_default(tmp_path: Path, mon
     default = resolve_tracking_uri(TrackingConfig(), Path("data"))
     assert default == f"sqlite:///{tmp_path.resolve()}/data/mlflow.db"
     assert resolve_tracking_uri(TrackingConfig(tracking_uri="http://cfg:1"), Path("d")) == "http://cfg:1"
-    assert resolve_tracking_uri(TrackingConfig(tracking_uri="http://cfg:1"), Path("d"), "http://cli:2") == "http://cli:2"
+    assert (
+        resolve_tracking_uri(TrackingConfig(tracking_uri="http://cfg:1"), Path("d"), "http://cli:2")
+        == "http://cli:2"
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:3")
     assert resolve_tracking_uri(TrackingConfig(), Path("d")) == "http://env:3"
-    assert default_artifact_location(default, TrackingConfig(), Path("data")) == (tmp_path / "data/mlartifacts").as_uri()
+    assert (
+        default_artifact_location(default, TrackingConfig(), Path("data"))
+        == (tmp_path / "data/mlartifacts").as_uri()
+    )
     assert default_artifact_location("http://x:1", TrackingConfig(), Path("data")) is None
 
 
@@ -117,8 +126,9 @@ def test_fingerprint_follows_the_bytes_not_the_location(dataset: Path, tmp_path:
 
 def test_pipeline_run_records_config_data_code_and_libraries(mlflow_uri: str, dataset: Path, tmp_path: Path):
     config_yaml = dump_config(load_config(overrides=["simulator.users=77"]))
-    with start_pipeline_run(mlflow_uri, "test-tracking", "params", config_yaml, dataset,
-                            pipeline_name="training") as run:
+    with start_pipeline_run(
+        mlflow_uri, "test-tracking", "params", config_yaml, dataset, pipeline_name="training"
+    ) as run:
         pass
     client = tracking_client(mlflow_uri)
     got = client.get_run(run.run_id)
@@ -127,8 +137,16 @@ def test_pipeline_run_records_config_data_code_and_libraries(mlflow_uri: str, da
     assert params["validation.max_bad_share"] == "0.01"
     assert params["data.fingerprint"] == data_fingerprint(dataset) == run.data_fingerprint
     assert params["lib.mlflow"] == mlflow.__version__
-    assert {"lib.tensorflow", "lib.tensorflow-recommenders", "lib.tf-agents", "lib.kfp", "lib.apache-beam",
-            "lib.numpy", "lib.pandas", "lib.tensorflow-transform"} <= set(params)
+    assert {
+        "lib.tensorflow",
+        "lib.tensorflow-recommenders",
+        "lib.tf-agents",
+        "lib.kfp",
+        "lib.apache-beam",
+        "lib.numpy",
+        "lib.pandas",
+        "lib.tensorflow-transform",
+    } <= set(params)
     assert params["code.version"] == run.code_version and params["code.version"]
     if tags.get("mlflow.source.git.commit"):
         assert params["code.version"].startswith(tags["mlflow.source.git.commit"])
@@ -184,7 +202,9 @@ def test_component_run_works_from_another_process(mlflow_uri: str, dataset: Path
 def test_metrics_and_artifacts_are_logged(mlflow_uri: str, dataset: Path, tmp_path: Path):
     run = _start(mlflow_uri, dataset, "artifacts")
     assert log_metrics(mlflow_uri, run.run_id, {"ndcg@10": 0.1, "coverage%": 12.0}) == {
-        "ndcg_at_10": 0.1, "coverage_pct": 12.0}
+        "ndcg_at_10": 0.1,
+        "coverage_pct": 12.0,
+    }
     report = tmp_path / "report"
     (report / "plots").mkdir(parents=True)
     (report / "evaluation.json").write_text('{"ndcg@10": 0.1}')
@@ -196,20 +216,29 @@ def test_metrics_and_artifacts_are_logged(mlflow_uri: str, dataset: Path, tmp_pa
     got = tracking_client(mlflow_uri).get_run(run.run_id)
     assert got.data.metrics["ndcg_at_10"] == 0.1 and got.data.metrics["coverage_pct"] == 12.0
     (tmp_path / "dl").mkdir()
-    downloaded = Path(tracking_client(mlflow_uri).download_artifacts(run.run_id, "evaluation", str(tmp_path / "dl")))
+    downloaded = Path(
+        tracking_client(mlflow_uri).download_artifacts(run.run_id, "evaluation", str(tmp_path / "dl"))
+    )
     assert (downloaded / "plots" / "lift.txt").read_text() == "lift"
     assert (downloaded / "evaluation.json").read_text() == '{"ndcg@10": 0.1}'
 
 
-def test_default_local_store_keeps_everything_under_the_data_dir(tmp_path: Path, dataset: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch):
+def test_default_local_store_keeps_everything_under_the_data_dir(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     data_dir = tmp_path / "data"
     config = TrackingConfig()
     uri = resolve_tracking_uri(config, data_dir)
-    with start_pipeline_run(uri, config.experiment, "local", "a: {b: 1}\n", dataset,
-                            artifact_location=default_artifact_location(uri, config, data_dir)) as run:
+    with start_pipeline_run(
+        uri,
+        config.experiment,
+        "local",
+        "a: {b: 1}\n",
+        dataset,
+        artifact_location=default_artifact_location(uri, config, data_dir),
+    ) as run:
         run.log_artifacts(dataset / "items.parquet", "data")
     assert (data_dir / "mlflow.db").is_file()
     assert list((data_dir / "mlartifacts").rglob("items.parquet"))
