@@ -40,7 +40,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from recflow.errors import ConfigError, DataError, ServiceUnavailable
-from recflow.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +251,8 @@ class ModelStore:
     def _write_text(self, path: str, text: str) -> None:
         """Replace a small file atomically (temp + rename locally; one object upload remotely)."""
         if self.is_local:
+            from recflow.io import atomic_path  # lazily: recflow.config imports this module, keep it light
+
             with atomic_path(path) as tmp:
                 tmp.write_text(text, encoding="utf-8")
         else:
