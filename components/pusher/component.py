@@ -27,15 +27,22 @@ def pusher(
     from components.step_run import step_run
 
     with step_run("pusher", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
-        from recflow.model_store import ModelStore
+        from recflow.model_store import ModelStore, register_in_mlflow
 
         parts = {"transform": Path(transformed.path), "model": Path(model.path), "policy": Path(policy.path),
                  "evaluation": Path(evaluation.path)}
-        result = ModelStore(model_store).push(parts, Path(evaluation.path),
-                                                    metadata={"mlflow_run_id": parent_run_id})
+        store = ModelStore(model_store)
+        result = store.push(parts, Path(evaluation.path), metadata={"mlflow_run_id": parent_run_id})
         where = str(result.bundle.path) if result.pushed else ""
-        step.note(pushed=bool(result.pushed), pushed_to=where, reason=getattr(result, "reason", ""))
-        step.progress(f"pushed to {where}" if result.pushed else f"nothing pushed: {result.reason}")
+        registered = ""
+        if result.pushed and tracking_uri and parent_run_id:
+            # The store is the source of truth; the registry mirrors it (`recflow models rollback` re-syncs it).
+            registered = register_in_mlflow(tracking_uri, parent_run_id, result.bundle,
+                                            step.config.tracking.registered_model_name, store=store)
+        step.note(pushed=bool(result.pushed), pushed_to=where, reason=getattr(result, "reason", ""),
+                  registered=registered)
+        step.progress(f"pushed to {where}" + (f" (MLflow model {registered})" if registered else "")
+                      if result.pushed else f"nothing pushed: {result.reason}")
     return where
 
 
