@@ -31,7 +31,9 @@ class ClickRankingModel(tfrs.Model):
 
     def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Click probabilities, shape [batch]."""
-        pair = tf.concat([self.query_tower(features), self.candidate_tower(features)], axis=1)
+        query, item = self.query_tower(features), self.candidate_tower(features)
+        # The element-wise product lets the MLP see user-item affinity directly (as in NeuMF's GMF branch).
+        pair = tf.concat([query, item, query * item], axis=1)
         return tf.reshape(self.scorer(pair), [-1])
 
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:

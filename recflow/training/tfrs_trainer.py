@@ -50,7 +50,8 @@ class TrainerConfig(BaseModel):
     logq_correction: bool = Field(True, description="Correct in-batch negatives for item popularity (logQ).")
     top_k: int = Field(100, gt=0, description="Items returned by the retrieval signature.")
     early_stopping_patience: int = Field(2, ge=0, description="Epochs without eval improvement before stopping.")
-    ranking_epochs: int = Field(5, gt=0, description="Maximum epochs of the ranking model.")
+    ranking_epochs: int = Field(10, gt=0, description="Maximum epochs of the ranking model.")
+    ranking_learning_rate: float = Field(0.01, gt=0, description="Adam learning rate of the ranking model.")
     seed: int = Field(42, ge=0, description="Seed of weights, shuffling and everything else random.")
     deterministic_ops: bool = Field(True, description="tf.config.experimental.enable_op_determinism().")
 
@@ -255,7 +256,7 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
                 ranker = ClickRankingModel(
                     FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_query"),
                     FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_item"))
-                ranker.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+                ranker.compile(optimizer=tf.keras.optimizers.Adam(config.ranking_learning_rate))
             rcallbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(tmp / "logs" / "ranking"))]
             r_eval = rank_ds(evald, rank_eval, False) if rank_eval.any() else None
             if r_eval is not None:

@@ -1,0 +1,133 @@
+"""The TFRS trainer end to end: ExampleGen -> Transform -> train -> exported raw-feature SavedModels -> reload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_examplegen import write_world
+
+from recflow.config import ValidationConfig
+from recflow.errors import DataError
+from recflow.examplegen import ExampleGenConfig, run_example_gen
+from recflow.features.transform import TransformConfig, run_transform
+from recflow.models import load_recommender
+from recflow.recommender import Recommender
+from recflow.training.tfrs_trainer import TrainerConfig, TrainResult, train_tfrs
+
+pytestmark = pytest.mark.slow
+
+POSITIVE = ["click", "add_to_cart", "purchase"]
+
+
+def _pipeline(base: Path, minimal: bool, config: TrainerConfig, **world) -> tuple[Path, TrainResult]:
+    src = write_world(base / "src", minimal=minimal, **world)
+    run_example_gen(src, base / "ex", ExampleGenConfig(), ValidationConfig())
+    run_transform(base / "ex", base / "tf", TransformConfig())
+    return base, train_tfrs(base / "ex", base / "tf", base / "model", config)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult]:
+    return _pipeline(tmp_path_factory.mktemp("full"), False, TrainerConfig())
+
+
+@pytest.fixture(scope="module")
+def minimal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult]:
+    return _pipeline(tmp_path_factory.mktemp("minimal"), True, TrainerConfig(epochs=2), n_users=80, sessions=5)
+
+
+def test_exports_take_raw_features(full: tuple[Path, TrainResult]) -> None:
+    import tensorflow as tf
+
+    base, result = full
+    report = json.loads(result.training_json.read_text())
+    assert report["strategy"] in ("_DefaultDistributionStrategy", "MirroredStrategy")
+    assert report["retrieval"]["epochs_run"] >= 1 and report["retrieval"]["examples_per_second"] > 0
+    assert len(report["retrieval"]["history"]["loss"]) == report["retrieval"]["epochs_run"]
+    assert list(result.logs_dir.glob("retrieval/train/events.out.tfevents.*"))
+
+    retrieval = tf.saved_model.load(str(result.retrieval_dir))
+    serve = retrieval.signatures["serving_default"]
+    assert set(serve.structured_input_signature[1]) == {"user_id", "hour", "weekday", "device", "region"}
+    out = serve(user_id=tf.constant(["u0001", "nobody-new"]), hour=tf.constant([9, 21], tf.int64),
+                weekday=tf.constant([0, 6], tf.int64), device=tf.constant(["mobile", "fridge"]),
+                region=tf.constant(["north", "mars"]))
+    ids, scores = out["item_ids"].numpy(), out["scores"].numpy()
+    catalog = set(pd.read_parquet(base / "ex" / "items.parquet")["item_id"])
+    assert ids.shape == scores.shape == (2, min(100, len(catalog)))
+    assert {i.decode() for i in ids.ravel()} <= catalog
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+
+    assert result.ranking_dir is not None and result.metrics["ranking_eval_auc"] > 0.58
+    rank = tf.saved_model.load(str(result.ranking_dir)).signatures["serving_default"]
+    prob = rank(user_id=tf.constant(["u0001", "u0002"]), item_id=tf.constant(["i0001", "unknown"]),
+                hour=tf.constant([9, 9], tf.int64), weekday=tf.constant([1, 1], tf.int64),
+                device=tf.constant(["mobile", "mobile"]), region=tf.constant(["north", "north"]))["probability"]
+    assert prob.shape == (2,) and np.all((prob.numpy() > 0) & (prob.numpy() < 1))
+
+    items = pd.read_parquet(result.item_embeddings_path)
+    assert set(items["item_id"]) == catalog and len(items["embedding"].iloc[0]) == 32
+    users = pd.read_parquet(result.user_embeddings_path)
+    assert set(users["user_id"]) == set(pd.read_parquet(base / "ex" / "train.parquet")["user_id"])
+
+
+def test_reload_recommend_cold_users_and_exclusions(full: tuple[Path, TrainResult]) -> None:
+    base, result = full
+    rec = load_recommender(result.out_dir)
+    assert isinstance(rec, Recommender) and rec.has_ranking
+    lists = rec.recommend(["u0003", "cold-user"], 10, exclude={"u0003": {"i0000", "i0001"}})
+    assert [len(x) for x in lists] == [10, 10] and not {"i0000", "i0001"} & set(lists[0])
+    assert len(set(lists[1])) == 10
+    # Excluding more than the exported top-K forces the full-catalog signature; still k items, none excluded.
+    n = rec.num_items
+    banned = {f"i{i:04d}" for i in range(n - 5)}
+    assert rec.recommend(["u0003"], 5, exclude={"u0003": banned})[0] == \
+        [i for i in rec.recommend(["u0003"], n)[0] if i not in banned][:5]
+    scores = rec.score(["u0003", "u0003"], ["i0000", "i0001"])
+    assert scores.shape == (2,) and np.all((scores > 0) & (scores < 1))
+
+
+def _recall_at_10(rec: Recommender, base: Path) -> tuple[float, float]:
+    train = pd.read_parquet(base / "ex" / "train.parquet")
+    test = pd.read_parquet(base / "ex" / "test.parquet")
+    truth = test[test["event_type"].isin(POSITIVE)].groupby("user_id")["item_id"].apply(set)
+    popular = train[train["event_type"].isin(POSITIVE)]["item_id"].value_counts().index[:10].tolist()
+
+    def recall(lists: list[list[str]]) -> float:
+        return float(np.mean([len(set(r) & t) / len(t) for r, t in zip(lists, truth, strict=True)]))
+
+    return recall(rec.recommend(list(truth.index), 10)), recall([popular] * len(truth))
+
+
+def test_beats_popularity_on_held_out_test(full: tuple[Path, TrainResult]) -> None:
+    base, result = full
+    model, popularity = _recall_at_10(load_recommender(result.out_dir), base)
+    assert model > popularity + 0.03, (model, popularity)
+
+
+def test_ids_only_log_trains_and_serves(minimal: tuple[Path, TrainResult]) -> None:
+    base, result = minimal
+    assert result.ranking_dir is None and any("ranking model skipped" in n for n in result.notes)
+    rec = load_recommender(result.out_dir)
+    assert not rec.has_ranking
+    assert [len(x) for x in rec.recommend(["u0001", "cold"], 7)] == [7, 7]
+    assert rec.score(["u0001"], ["i0002"]).shape == (1,)
+
+
+def test_same_seed_same_metrics(minimal: tuple[Path, TrainResult]) -> None:
+    base, first = minimal
+    again = train_tfrs(base / "ex", base / "tf", base / "model-again", TrainerConfig(epochs=2))
+    assert again.metrics["retrieval_eval_top10_accuracy"] == first.metrics["retrieval_eval_top10_accuracy"]
+    assert again.history["retrieval"]["history"]["loss"] == first.history["retrieval"]["history"]["loss"]
+    a = pd.read_parquet(first.item_embeddings_path)["embedding"]
+    b = pd.read_parquet(again.item_embeddings_path)["embedding"]
+    assert np.array_equal(np.stack(a.to_numpy()), np.stack(b.to_numpy()))
+
+
+def test_missing_transform_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="run the Transform step first"):
+        train_tfrs(tmp_path, tmp_path, tmp_path / "model", TrainerConfig())
