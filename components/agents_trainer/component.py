@@ -24,7 +24,7 @@ def agents_trainer(
         from recflow.policy.trainer import train_policy
 
         result = train_policy(Path(examples.path), Path(model.path), Path(policy.path), step.config.policy)
-        for name, value in step.log_metrics(getattr(result, "metrics", None) or {}).items():
+        for name, value in step.log_metrics(result.metrics()).items():
             policy.metadata[name] = value
 
 
