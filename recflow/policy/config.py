@@ -20,6 +20,58 @@ class RewardWeights(BaseModel):
     purchase: float = Field(5.0, ge=0.0, description="Reward for buying the shown item.")
 
 
+class DeepRLConfig(BaseModel):
+    """The session-level agents (DQN, PPO) trained against the simulator; see docs/mdp.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_candidates: int = Field(
+        40, ge=2, description="Candidates per request the agents choose a slate from (retrieved + explored)."
+    )
+    retrieved_share: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Share of the candidates taken from the collaborative-filtering retrieval; the rest are "
+        "available items drawn uniformly (so new items can be discovered).",
+    )
+    hidden_units: tuple[int, ...] = Field((32, 16), description="Per-candidate tower of the Q, actor and value nets.")
+    learning_rate: float = Field(0.003, gt=0.0, description="Adam learning rate of DQN and PPO.")
+    discount: float = Field(
+        0.5, ge=0.0, le=1.0, description="Discount of the next request's value within a session (0: myopic)."
+    )
+    epsilon_start: float = Field(0.3, ge=0.0, le=1.0, description="DQN collect epsilon at the first step.")
+    epsilon_end: float = Field(0.05, ge=0.0, le=1.0, description="DQN collect epsilon after the decay.")
+    epsilon_decay_steps: int = Field(
+        1500, ge=1, description="Environment requests over which epsilon decays linearly to epsilon_end."
+    )
+    replay_capacity: int = Field(20000, ge=1, description="Per-item transitions the DQN replay buffer holds.")
+    batch_size: int = Field(128, ge=1, description="Transitions per DQN gradient step.")
+    target_update_period: int = Field(50, ge=1, description="DQN gradient steps between target-network syncs.")
+    train_every: int = Field(2, ge=1, description="Environment requests between DQN gradient steps.")
+    warmup_requests: int = Field(
+        300, ge=0,
+        description="Requests served by the shop's logging policy before learning (off-policy warm start).",
+    )
+    train_requests: int = Field(2000, ge=1, description="Environment requests of online training (DQN and PPO).")
+    ppo_requests_per_iteration: int = Field(
+        200, ge=2, description="Requests collected per PPO iteration (one trajectory batch of slot streams)."
+    )
+    ppo_epochs: int = Field(3, ge=1, description="PPO epochs per iteration.")
+    ppo_clip: float = Field(0.2, gt=0.0, description="PPO importance-ratio clipping.")
+    entropy_regularization: float = Field(0.01, ge=0.0, description="PPO entropy bonus (exploration).")
+
+
+class OnlineConfig(BaseModel):
+    """Incremental updates of a served bandit policy from new feedback (recflow.policy.online)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    forgetting: float = Field(
+        0.98, gt=0.0, le=1.0,
+        description="Per-update decay of the linear agents' statistics (1: never forget; <1 tracks drift).",
+    )
+    gradient_steps: int = Field(2, ge=1, description="Adam steps per update batch (neural agent).")
+
+
 class PolicyConfig(BaseModel):
     """Which per-arm bandit agent learns the policy, how it explores, and how it is trained on logged feedback.
 
@@ -79,6 +131,8 @@ class PolicyConfig(BaseModel):
         None, ge=1, description="Train on at most this many logged decisions, sampled with the seed (None: all)."
     )
     seed: int = Field(42, ge=0, description="Seed for candidate sampling, shuffling, initialisation, exploration.")
+    rl: DeepRLConfig = Field(DeepRLConfig(), description="Session-level agents (DQN, PPO) over the simulator.")
+    online: OnlineConfig = Field(OnlineConfig(), description="Incremental updates from new feedback.")
 
     @model_validator(mode="after")
     def _exploration_matches_agent(self) -> PolicyConfig:
