@@ -1,0 +1,431 @@
+"""The drift job: compare recent traffic with a reference window and say whether the world moved.
+
+``recflow monitor drift --reference REF --current CUR --out DIR`` calls :func:`run_drift_job`. Both windows are
+event-schema logs (a dataset directory, a Parquet or JSON-lines file, or a directory of such files: the
+simulator's output, the serving feedback log). Three kinds of drift are checked:
+
+* **feature drift** (Evidently ``DataDriftPreset``) over user (segment, known/new user), item (price, known/new
+  item) and context (device, region; hour and weekday reported but not counted) features of every impression;
+  declared when the share of drifted columns reaches ``drift_share``;
+* **prediction drift** (Evidently) over what was shown: the score (when the log has one), the category of the
+  shown item and the number of categories in its slate;
+* **target drift**: click-through rate (clicks / impressions) and conversion rate (purchases / clicks) with a
+  two-proportion z-test (statsmodels), plus the category mix of the clicks (chi-square, scipy).
+
+No verdict is given from too few events: below ``min_events`` in either window the verdict is
+``insufficient_data``. Numerical and categorical columns use effect sizes (Wasserstein, Jensen-Shannon) with
+explicit thresholds rather than p-values, so a large window does not alarm on trivial shifts, and identical
+windows never drift (see docs/monitoring.md for the measured false-alarm rate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from monitoring.config import DriftConfig
+from recflow.errors import DataError
+from recflow.io import atomic_path
+from recflow.schema import FILE_NAMES
+
+Verdict = Literal["drift", "no_drift", "insufficient_data"]
+#: Exit codes of ``recflow monitor drift`` (2 and 3 are taken by user errors and unreachable services).
+EXIT_CODES: dict[str, int] = {"no_drift": 0, "drift": 1, "insufficient_data": 4}
+
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "user": ("segment", "user_known"),
+    "item": ("price", "item_known"),
+    "context": ("device", "region", "hour", "weekday"),
+    "prediction": ("score", "shown_category", "slate_categories"),
+}
+NUMERICAL = {"price", "score", "hour", "slate_categories"}
+_REQUIRED = ("event_type", "user_id", "item_id")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _read_one(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix in (".jsonl", ".json", ".ndjson"):
+            return pd.read_json(path, lines=path.suffix != ".json")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot be read as {path.suffix[1:]}: {exc}") from None
+    raise DataError(f"{path}: unsupported file type {path.suffix!r} (expected .parquet, .jsonl or .json)")
+
+
+def load_events(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read an events log: a dataset directory (events.parquet), a .parquet/.jsonl file, or a directory of them.
+
+    Raises :class:`DataError` naming the file when it is missing, unreadable or lacks a required column.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: events log does not exist")
+    if p.is_dir():
+        if (p / FILE_NAMES["events"]).is_file():
+            files = [p / FILE_NAMES["events"]]
+        else:
+            files = sorted(f for f in p.iterdir() if f.suffix in (".parquet", ".jsonl", ".ndjson")
+                           and f.name not in (FILE_NAMES["items"], FILE_NAMES["users"]) and not f.name.startswith("."))
+        if not files:
+            raise DataError(f"{p}: no events.parquet and no .parquet/.jsonl event files in this directory")
+        frames = [_read_one(f) for f in files]
+        frames = [f for f in frames if len(f)]
+        events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(_REQUIRED))
+    else:
+        events = _read_one(p)
+    missing = [c for c in _REQUIRED if c not in events.columns]
+    if missing:
+        raise DataError(f"{p}: missing required field(s) {missing} of the events schema (see docs/schema.md)")
+    if "timestamp" in events.columns:
+        events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True, errors="coerce")
+        events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    return events
+
+
+def load_side_table(path: str | os.PathLike[str] | None, events_path: str | os.PathLike[str], kind: str
+                    ) -> pd.DataFrame | None:
+    """The items or users table: ``path`` when given, else ``{kind}.parquet`` beside the events, else None."""
+    if path is None:
+        base = Path(events_path)
+        candidate = (base if base.is_dir() else base.parent) / f"{kind}.parquet"
+        if not candidate.is_file():
+            return None
+        path = candidate
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: {kind} table does not exist")
+    return _read_one(p)
+
+
+def last_events(events: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    """The most recent ``n`` events (all when ``n`` is None)."""
+    return events if n is None or len(events) <= n else events.iloc[-n:].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- features
+def impression_features(events: pd.DataFrame, items: pd.DataFrame | None = None,
+                        users: pd.DataFrame | None = None, known_users: set[str] | None = None,
+                        known_items: set[str] | None = None) -> pd.DataFrame:
+    """One row per impression with the monitored features (columns the log lacks are left out).
+
+    ``known_users``/``known_items`` (the reference's ids) give the ``user_known``/``item_known`` flags; the
+    item's category comes from ``items`` (or a ``category`` column of the log), the segment from ``users``.
+    """
+    imp = events[events["event_type"] == "impression"]
+    out = pd.DataFrame(index=imp.index)
+    if users is not None and "segment" in users.columns:
+        out["segment"] = imp["user_id"].map(users.set_index("user_id")["segment"]).fillna("unknown").astype(str)
+    if known_users is not None:
+        out["user_known"] = np.where(imp["user_id"].isin(known_users), "known", "new")
+    if "price" in imp.columns:
+        out["price"] = pd.to_numeric(imp["price"], errors="coerce")
+    if known_items is not None:
+        out["item_known"] = np.where(imp["item_id"].isin(known_items), "known", "new")
+    for col in ("device", "region"):
+        if col in imp.columns:
+            out[col] = imp[col].astype("string").fillna("unknown").astype(str)
+    if "hour" in imp.columns:
+        out["hour"] = pd.to_numeric(imp["hour"], errors="coerce")
+    if "weekday" in imp.columns:
+        out["weekday"] = pd.to_numeric(imp["weekday"], errors="coerce").astype("Int64").astype(str)
+    if "score" in imp.columns:
+        out["score"] = pd.to_numeric(imp["score"], errors="coerce")
+    category = None
+    if "category" in imp.columns:
+        category = imp["category"].astype("string").fillna("unknown").astype(str)
+    elif items is not None and "category" in items.columns:
+        category = imp["item_id"].map(items.drop_duplicates("item_id").set_index("item_id")["category"])
+        category = category.fillna("unknown").astype(str)
+    if category is not None:
+        out["shown_category"] = category
+        if "request_id" in imp.columns:
+            out["slate_categories"] = category.groupby(imp["request_id"]).transform("nunique").astype(float)
+    return out.reset_index(drop=True)
+
+
+def category_of(events: pd.DataFrame, items: pd.DataFrame | None) -> pd.Series | None:
+    """The category of each event's item (None when neither the log nor the catalog has one)."""
+    if "category" in events.columns:
+        return events["category"].astype("string").fillna("unknown").astype(str)
+    if items is not None and "category" in items.columns:
+        mapping = items.drop_duplicates("item_id").set_index("item_id")["category"]
+        return events["item_id"].map(mapping).fillna("unknown").astype(str)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass
+class ColumnDrift:
+    """Evidently's verdict on one column."""
+
+    column: str
+    group: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+    counted: bool  # whether the column takes part in the verdict (hour/weekday do not)
+
+
+@dataclass
+class RateTest:
+    """A target-drift test (a rate or a mix) between reference and current."""
+
+    name: str
+    reference: float | None
+    current: float | None
+    p_value: float | None
+    drifted: bool
+    detail: str
+    relative_change: float | None = None
+
+
+@dataclass
+class DriftSummary:
+    """Everything the drift job decided; ``to_dict()`` is summary.json."""
+
+    verdict: Verdict
+    reasons: list[str]
+    reference_events: int
+    current_events: int
+    min_events: int
+    feature_drift: bool = False
+    prediction_drift: bool = False
+    target_drift: bool = False
+    drift_share: float = 0.0
+    drifted_features: list[str] = field(default_factory=list)
+    columns: list[ColumnDrift] = field(default_factory=list)
+    target: list[RateTest] = field(default_factory=list)
+    created: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 no drift, 1 drift, 4 insufficient data."""
+        return EXIT_CODES[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        """The human summary printed by the CLI."""
+        lines = [f"drift verdict: {self.verdict.upper()} (reference {self.reference_events} events, current "
+                 f"{self.current_events} events, minimum {self.min_events})"]
+        lines += [f"  - {r}" for r in self.reasons]
+        if self.columns:
+            lines.append(f"feature drift share {self.drift_share:.2f}; columns (score / threshold):")
+            for c in self.columns:
+                mark = "DRIFT" if c.drifted else "ok"
+                note = "" if c.counted else "  (informational)"
+                lines.append(f"  {c.group:<10} {c.column:<17} {c.score:8.4f} / {c.threshold:<6g} {mark}{note}")
+        for t in self.target:
+            lines.append(f"target {t.name}: {t.detail}{'  DRIFT' if t.drifted else ''}")
+        for name, path in self.files.items():
+            lines.append(f"{name}: {path}")
+        return "\n".join(lines)
+
+
+def _group_of(column: str) -> str:
+    return next((g for g, cols in FEATURE_GROUPS.items() if column in cols), "other")
+
+
+def evidently_drift(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig,
+                    html_path: Path | None = None) -> list[ColumnDrift]:
+    """Run Evidently's DataDriftPreset over the columns both frames have; save its HTML report to ``html_path``."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    columns = [c for c in reference.columns if c in current.columns
+               and reference[c].notna().any() and current[c].notna().any()]
+    numerical = [c for c in columns if c in NUMERICAL]
+    categorical = [c for c in columns if c not in NUMERICAL]
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    preset = DataDriftPreset(columns=columns, drift_share=config.drift_share,
+                             num_method=config.numerical_method, num_threshold=config.numerical_threshold,
+                             cat_method=config.categorical_method, cat_threshold=config.categorical_threshold)
+    snapshot = Report([preset]).run(
+        reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
+        current_data=Dataset.from_pandas(current[columns], data_definition=definition))
+    if html_path is not None:
+        with atomic_path(html_path) as tmp:
+            snapshot.save_html(str(tmp))
+    results = []
+    for metric in snapshot.dict()["metrics"]:
+        cfg = metric["config"]
+        if not cfg.get("type", "").endswith(":ValueDrift"):
+            continue
+        method, threshold, score = str(cfg["method"]), float(cfg["threshold"]), float(metric["value"])
+        drifted = score < threshold if "p_value" in method else score >= threshold
+        column = str(cfg["column"])
+        results.append(ColumnDrift(column, _group_of(column), method, score, threshold, bool(drifted),
+                                   column not in config.informational_columns))
+    return results
+
+
+def _count(events: pd.DataFrame, event_type: str) -> int:
+    return int((events["event_type"] == event_type).sum())
+
+
+def two_proportion_test(name: str, successes: tuple[int, int], trials: tuple[int, int], config: DriftConfig
+                        ) -> RateTest:
+    """Two-sided two-proportion z-test (statsmodels) of reference vs current rate, with a minimum effect."""
+    from statsmodels.stats.proportion import proportions_ztest
+
+    (s_ref, s_cur), (n_ref, n_cur) = successes, trials
+    if min(n_ref, n_cur) == 0:
+        return RateTest(name, None, None, None, False, "not tested: a window has no trials")
+    ref, cur = s_ref / n_ref, s_cur / n_cur
+    rel = (cur - ref) / ref if ref > 0 else None
+    if s_ref + s_cur == 0 or s_ref + s_cur == n_ref + n_cur:
+        return RateTest(name, ref, cur, 1.0, False, f"{ref:.4f} -> {cur:.4f} (no variation)", rel)
+    _, p = proportions_ztest([s_cur, s_ref], [n_cur, n_ref], alternative="two-sided")
+    p = float(p)
+    drifted = bool(p < config.target_alpha and (rel is None or abs(rel) >= config.min_relative_change))
+    rel_text = f"{rel:+.1%}" if rel is not None else "n/a"
+    return RateTest(name, ref, cur, p, drifted, f"{ref:.4f} -> {cur:.4f} ({rel_text}, p={p:.2g})", rel)
+
+
+def click_mix_test(ref_clicks: pd.Series, cur_clicks: pd.Series, config: DriftConfig) -> RateTest:
+    """Chi-square test that clicks fall on the same categories in both windows (a preference shift moves it)."""
+    from scipy.stats import chi2_contingency
+
+    table = pd.concat([ref_clicks.value_counts(), cur_clicks.value_counts()], axis=1).fillna(0).to_numpy()
+    table = table[table.sum(axis=1) > 0]
+    if table.shape[0] < 2 or (table.sum(axis=0) == 0).any():
+        return RateTest("click_category_mix", None, None, None, False, "not tested: too few categories clicked")
+    stat, p, dof, _ = chi2_contingency(table.T)
+    p = float(p)
+    return RateTest("click_category_mix", None, None, p, bool(p < config.target_alpha),
+                    f"chi2={stat:.1f}, dof={dof}, p={p:.2g}")
+
+
+def target_tests(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig,
+                 items: pd.DataFrame | None = None) -> list[RateTest]:
+    """CTR and CVR two-proportion tests and the click category mix test."""
+    ref_clicks, cur_clicks = _count(reference, "click"), _count(current, "click")
+    if ref_clicks < config.min_clicks:
+        return [RateTest("ctr", None, None, None, False,
+                         f"not tested: the reference has {ref_clicks} clicks (< {config.min_clicks})")]
+    tests = [two_proportion_test("ctr", (ref_clicks, cur_clicks),
+                                 (_count(reference, "impression"), _count(current, "impression")), config)]
+    tests.append(two_proportion_test("cvr", (_count(reference, "purchase"), _count(current, "purchase")),
+                                     (ref_clicks, cur_clicks), config))
+    ref_cat, cur_cat = category_of(reference, items), category_of(current, items)
+    if ref_cat is not None and cur_cat is not None:
+        tests.append(click_mix_test(ref_cat[reference["event_type"] == "click"],
+                                    cur_cat[current["event_type"] == "click"], config))
+    return tests
+
+
+def _sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    return frame if len(frame) <= n else frame.sample(n=n, random_state=seed).reset_index(drop=True)
+
+
+def compare_windows(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig, *,
+                    items: pd.DataFrame | None = None, users: pd.DataFrame | None = None,
+                    html_path: Path | None = None) -> DriftSummary:
+    """Compare two event windows and decide: drift, no drift, or insufficient data (no files besides the HTML)."""
+    started = datetime.now(UTC)
+    summary = DriftSummary("no_drift", [], len(reference), len(current), config.min_events,
+                           created=started.isoformat(timespec="seconds"))
+    short = [f"{name} window has {len(w)} events (< {config.min_events})"
+             for name, w in (("reference", reference), ("current", current)) if len(w) < config.min_events]
+    if short:
+        summary.verdict, summary.reasons = "insufficient_data", short + ["no verdict below the minimum"]
+        return summary
+    known_users, known_items = set(reference["user_id"].astype(str)), set(reference["item_id"].astype(str))
+    ref_features = impression_features(reference, items, users, known_users, known_items)
+    cur_features = impression_features(current, items, users, known_users, known_items)
+    if len(ref_features) and len(cur_features):
+        summary.columns = evidently_drift(_sample(ref_features, config.max_rows, config.seed),
+                                          _sample(cur_features, config.max_rows, config.seed), config, html_path)
+    counted = [c for c in summary.columns if c.counted and c.group != "prediction"]
+    if counted:
+        drifted = [c for c in counted if c.drifted]
+        summary.drift_share = len(drifted) / len(counted)
+        summary.drifted_features = [c.column for c in drifted]
+        summary.feature_drift = summary.drift_share >= config.drift_share
+        if summary.feature_drift:
+            summary.reasons.append(f"feature drift: {len(drifted)} of {len(counted)} columns drifted "
+                                   f"(share {summary.drift_share:.2f} >= {config.drift_share}): "
+                                   + ", ".join(summary.drifted_features))
+    prediction = [c for c in summary.columns if c.group == "prediction" and c.drifted and c.counted]
+    if prediction:
+        summary.prediction_drift = True
+        summary.reasons.append("prediction drift: " + ", ".join(
+            f"{c.column} ({c.method} {c.score:.3f} vs {c.threshold:g})" for c in prediction))
+    summary.target = target_tests(reference, current, config, items)
+    moved = [t for t in summary.target if t.drifted]
+    if moved:
+        summary.target_drift = True
+        summary.reasons.append("target drift: " + "; ".join(f"{t.name} {t.detail}" for t in moved))
+    if summary.feature_drift or summary.prediction_drift or summary.target_drift:
+        summary.verdict = "drift"
+    else:
+        summary.reasons.append(f"no drift: feature drift share {summary.drift_share:.2f} < {config.drift_share}, "
+                               f"no prediction column drifted, no target test below alpha {config.target_alpha}")
+    summary.seconds = round((datetime.now(UTC) - started).total_seconds(), 3)
+    return summary
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_summary(summary: DriftSummary, path: Path) -> Path:
+    """Write summary.json atomically (non-finite numbers become null)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_clean(summary.to_dict()), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def run_drift_job(reference_path: str | os.PathLike[str], current_path: str | os.PathLike[str],
+                  out_dir: str | os.PathLike[str], config: DriftConfig, *,
+                  items_path: str | os.PathLike[str] | None = None,
+                  users_path: str | os.PathLike[str] | None = None,
+                  reference_last: int | None = None, current_last: int | None = None,
+                  pushgateway: str | None = None, job: str = "recflow_drift") -> DriftSummary:
+    """The whole drift job: load both windows, compare, write report.html, summary.json, charts and metrics.
+
+    Metrics go to the Pushgateway at ``pushgateway`` when given, else to ``metrics.prom`` in ``out_dir``
+    (node-exporter textfile format). Returns the summary; its ``exit_code`` is the CLI's.
+    """
+    from monitoring.charts import write_charts
+    from monitoring.drift_metrics import export_metrics
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reference = last_events(load_events(reference_path), reference_last)
+    current = last_events(load_events(current_path), current_last)
+    items = load_side_table(items_path, current_path, "items")
+    if items is None:
+        items = load_side_table(None, reference_path, "items")
+    users = load_side_table(users_path, reference_path, "users")
+    html = out / "report.html"
+    summary = compare_windows(reference, current, config, items=items, users=users, html_path=html)
+    if html.is_file():
+        summary.files["report"] = str(html)
+    if summary.verdict != "insufficient_data":
+        summary.files.update(write_charts(summary, reference, current, items, out))
+    summary.files["summary"] = str(out / "summary.json")
+    write_summary(summary, out / "summary.json")  # first, so an unreachable Pushgateway still leaves it
+    summary.files["metrics"] = export_metrics(summary, out / "metrics.prom", pushgateway=pushgateway, job=job)
+    write_summary(summary, out / "summary.json")
+    return summary

@@ -1,0 +1,122 @@
+"""The drift job: verdicts (drift, no drift, too little data), outputs, CLI exit codes and error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from monitoring.config import DriftConfig
+from monitoring.drift import compare_windows, load_events, run_drift_job, two_proportion_test
+from recflow.cli import main
+from recflow.errors import DataError
+from recflow.io import write_dataset
+from recflow.simulator import SimulatorConfig, simulate_log
+
+
+def _split(drift_day: int | None, seed: int = 3) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Days 0-1 as reference, days 2-3 as current, of one simulated shop (drift from day 2 when asked)."""
+    log = simulate_log(SimulatorConfig(users=600, items=300, days=4, seed=seed,
+                                       drift={"day": drift_day, "preference_shift": 1.0}))
+    day = (log.events["timestamp"] - log.events["timestamp"].min()).dt.days
+    return (log.events[day < 2].reset_index(drop=True), log.events[day >= 2].reset_index(drop=True),
+            log.items(), log.users())
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("drift")
+    ref, cur, items, users = _split(None)
+    write_dataset(root / "reference", events=ref, items=items, users=users)
+    write_dataset(root / "same", events=cur, items=items, users=users)
+    _, drifted, items_d, _ = _split(2)
+    write_dataset(root / "drifted", events=drifted, items=items_d, users=users)
+    return root
+
+
+def test_drift_in_a_drifted_shop(windows: Path, tmp_path: Path) -> None:
+    summary = run_drift_job(windows / "reference", windows / "drifted", tmp_path, DriftConfig())
+    assert summary.verdict == "drift" and summary.exit_code == 1
+    assert summary.target_drift and summary.prediction_drift
+    ctr = next(t for t in summary.target if t.name == "ctr")
+    assert ctr.current < ctr.reference  # the preference shift makes the logging policy's slates worse
+    assert {"item_known", "price"} <= set(summary.drifted_features)  # new items, repriced items
+    for name in ("report.html", "summary.json", "metrics.prom", "feature_drift.png", "target_rates.png",
+                 "shown_mix.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "feature_drift.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["verdict"] == "drift" and saved["reasons"]
+    prom = (tmp_path / "metrics.prom").read_text()
+    assert "recflow_drift_detected 1.0" in prom
+    assert 'recflow_drift_verdict{verdict="drift"} 1.0' in prom
+    assert 'recflow_drift_column_drifted{column="item_known",group="item"} 1.0' in prom
+
+
+def test_no_drift_in_a_stationary_shop(windows: Path, tmp_path: Path) -> None:
+    summary = run_drift_job(windows / "reference", windows / "same", tmp_path, DriftConfig())
+    assert summary.verdict == "no_drift", summary.format()
+    assert summary.exit_code == 0
+    assert not (summary.feature_drift or summary.prediction_drift or summary.target_drift)
+    weekday = next(c for c in summary.columns if c.column == "weekday")
+    assert weekday.drifted and not weekday.counted  # other days of the week: reported, never a verdict
+    assert "recflow_drift_detected 0.0" in (tmp_path / "metrics.prom").read_text()
+
+
+def test_identical_windows_never_drift(windows: Path) -> None:
+    events = load_events(windows / "reference")
+    items = pd.read_parquet(windows / "reference" / "items.parquet")
+    summary = compare_windows(events, events.copy(), DriftConfig(), items=items)
+    assert summary.verdict == "no_drift"
+    assert all(c.score == pytest.approx(0.0, abs=1e-9) for c in summary.columns)
+    assert all(t.p_value == pytest.approx(1.0) for t in summary.target)
+
+
+def test_too_few_events_give_no_verdict(windows: Path, tmp_path: Path) -> None:
+    summary = run_drift_job(windows / "reference", windows / "drifted", tmp_path, DriftConfig(min_events=2000),
+                            current_last=1999)
+    assert summary.verdict == "insufficient_data" and summary.exit_code == 4
+    assert "current window has 1999 events (< 2000)" in summary.reasons[0]
+    assert not summary.columns and not (tmp_path / "feature_drift.png").exists()
+    assert 'recflow_drift_verdict{verdict="insufficient_data"} 1.0' in (tmp_path / "metrics.prom").read_text()
+
+
+def test_two_proportion_test_needs_significance_and_effect() -> None:
+    config = DriftConfig(target_alpha=0.01, min_relative_change=0.1)
+    assert two_proportion_test("ctr", (500, 400), (10_000, 10_000), config).drifted  # -20%, p ~ 4e-4
+    assert not two_proportion_test("ctr", (500, 480), (10_000, 10_000), config).drifted  # -4%: noise
+    big = two_proportion_test("ctr", (50_000, 49_000), (1_000_000, 1_000_000), config)
+    assert big.p_value < 0.01 and not big.drifted  # significant but only -2%: not worth an alarm
+
+
+def test_cli_exit_codes(windows: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["monitor", "drift", "--reference", str(windows / "reference"), "--out", str(tmp_path / "o")]
+    assert main([*args, "--current", str(windows / "drifted")]) == 1
+    assert "drift verdict: DRIFT" in capsys.readouterr().out
+    assert main([*args, "--current", str(windows / "same"), "--current-last", "100"]) == 4
+    assert "INSUFFICIENT_DATA" in capsys.readouterr().out
+
+
+def test_unreadable_inputs_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "feedback.jsonl"
+    bad.write_text('{"event_type": "impression", "user_id": "u1"}\n')
+    with pytest.raises(DataError, match=r"feedback.jsonl: missing required field\(s\) \['item_id'\]"):
+        load_events(bad)
+    with pytest.raises(DataError, match="does not exist"):
+        load_events(tmp_path / "nope")
+    code = main(["monitor", "drift", "--reference", str(bad), "--current", str(bad), "--out", str(tmp_path)])
+    assert code == 2 and "missing required field" in capsys.readouterr().err
+
+
+def test_jsonl_feedback_log_directory(windows: Path, tmp_path: Path) -> None:
+    events = load_events(windows / "same")
+    log_dir = tmp_path / "feedback"
+    log_dir.mkdir()
+    half = len(events) // 2
+    for i, part in enumerate((events.iloc[:half], events.iloc[half:])):
+        part.to_json(log_dir / f"part-{i}.jsonl", orient="records", lines=True, date_format="iso")
+    loaded = load_events(log_dir)
+    assert len(loaded) == len(events)
+    assert loaded["timestamp"].is_monotonic_increasing
