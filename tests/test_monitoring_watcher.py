@@ -1,0 +1,167 @@
+"""The retraining watcher's guards: confirmation, dedup, single flight, cooldown, daily budget, stale locks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+from monitoring.config import WatchConfig
+from monitoring.retraining import LOCK_NAME, read_lock, run_and_record, write_lock
+from monitoring.watcher import AlertReceiver, RetrainingWatcher, pipeline_command
+
+
+class Clock:
+    def __init__(self, now: float = 1_767_600_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sleeper(seconds: float, marker: Path) -> list[str]:
+    """A real retraining stand-in: appends one line to ``marker`` per start, then runs for ``seconds``."""
+    code = f"open({str(marker)!r}, 'a').write('started\\n'); import time; time.sleep({seconds})"
+    return [sys.executable, "-c", code]
+
+
+def alert(fingerprint: str, name: str = "RecflowDataDrift", status: str = "firing") -> dict[str, object]:
+    return {"status": status, "labels": {"alertname": name, "severity": "warning"}, "fingerprint": fingerprint,
+            "annotations": {"summary": "drift share 0.6"}}
+
+
+def make(tmp_path: Path, seconds: float = 0.0, **overrides: object) -> tuple[RetrainingWatcher, Path, Clock]:
+    marker = tmp_path / "starts.txt"
+    clock = Clock()
+    config = WatchConfig(**{"cooldown_s": 3600.0, "daily_budget": 3, "dedup_window_s": 600.0, **overrides})
+    watcher = RetrainingWatcher(config, tmp_path / "state", lambda reason: sleeper(seconds, marker), clock=clock)
+    return watcher, marker, clock
+
+
+def starts(marker: Path) -> int:
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+def test_burst_of_50_alerts_starts_exactly_one_retraining(tmp_path: Path) -> None:
+    watcher, marker, _ = make(tmp_path, seconds=3.0)
+    receiver = AlertReceiver(watcher).start()
+    try:
+        def post(i: int) -> None:
+            body = json.dumps({"version": "4", "status": "firing", "alerts": [alert(f"fp{i}")]}).encode()
+            request = urllib.request.Request(receiver.url, body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        receiver.stop()
+    watcher.wait(timeout=30)
+    assert starts(marker) == 1
+    decisions = watcher.decisions()
+    assert len(decisions) == 50
+    assert [d["action"] for d in decisions].count("retrain") == 1
+    skipped = [d["reason"] for d in decisions if d["action"] == "skip"]
+    assert len(skipped) == 49 and all("in flight" in r or "cooldown" in r for r in skipped)
+    assert not (tmp_path / "state" / LOCK_NAME).exists()  # the retraining released its lock
+    last = json.loads((tmp_path / "state" / "last_run.json").read_text())
+    assert last["status"] == "succeeded"
+    assert "recflow_pipeline_last_run_failed 0.0" in (tmp_path / "state" / "pipeline.prom").read_text()
+
+
+def test_duplicate_fingerprints_are_dropped(tmp_path: Path) -> None:
+    watcher, _, clock = make(tmp_path, cooldown_s=0.0)
+    first = watcher.on_alert(alert("same"))
+    watcher.wait(timeout=30)
+    clock.now += 60
+    second = watcher.on_alert(alert("same"))
+    assert first.action == "retrain"
+    assert second.action == "skip" and "duplicate" in second.reason
+    clock.now += 601  # out of the dedup window: the same alert counts again
+    assert watcher.on_alert(alert("same")).action == "retrain"
+    watcher.wait(timeout=30)
+
+
+def test_cooldown_and_daily_budget(tmp_path: Path) -> None:
+    watcher, marker, clock = make(tmp_path, cooldown_s=3600.0, daily_budget=2)
+    clock.now = 1_767_571_200.0 + 3600  # 01:00 UTC
+    assert watcher.on_alert(alert("a")).action == "retrain"
+    watcher.wait(timeout=30)
+    clock.now += 1800
+    cooled = watcher.on_alert(alert("b"))
+    assert cooled.action == "skip" and "cooldown" in cooled.reason
+    clock.now += 1801
+    assert watcher.on_alert(alert("c")).action == "retrain"
+    watcher.wait(timeout=30)
+    clock.now += 3601
+    spent = watcher.on_alert(alert("d"))
+    assert spent.action == "skip" and "daily budget spent: 2 of 2" in spent.reason
+    clock.now += 86_400  # the next UTC day has a fresh budget
+    assert watcher.on_alert(alert("e")).action == "retrain"
+    watcher.wait(timeout=30)
+    assert starts(marker) == 3
+
+
+def test_drift_needs_confirmation_and_a_clean_verdict_resets_it(tmp_path: Path) -> None:
+    watcher, marker, _ = make(tmp_path, confirmations=2)
+    drift = {"verdict": "drift", "reasons": ["target drift: ctr 0.048 -> 0.036"]}
+    assert watcher.on_verdict(drift).action == "observe"
+    assert watcher.on_verdict({"verdict": "no_drift"}).action == "observe"
+    assert watcher.on_verdict(drift).action == "observe"  # the count started over
+    confirmed = watcher.on_verdict(drift)
+    assert confirmed.action == "retrain" and "confirmed drift (2 verdicts)" in confirmed.reason
+    watcher.wait(timeout=30)
+    assert watcher.on_verdict({"verdict": "insufficient_data"}).action == "observe"
+    assert starts(marker) == 1
+    logged = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
+    assert all(entry["reason"] and entry["time"] for entry in logged)
+
+
+def test_ignored_alerts_and_resolved_alerts(tmp_path: Path) -> None:
+    watcher, marker, _ = make(tmp_path)
+    assert watcher.on_alert(alert("x", name="RecflowServingLatencyHigh")).action == "ignore"
+    assert watcher.on_alert(alert("y", status="resolved")).action == "ignore"
+    assert starts(marker) == 0
+
+
+def test_a_stale_lock_is_cleared_and_a_live_one_blocks(tmp_path: Path) -> None:
+    watcher, _, _ = make(tmp_path)
+    write_lock(tmp_path / "state", 2**22 + 12345, "killed run")  # no such pid
+    assert watcher.in_flight() is None and read_lock(tmp_path / "state") is None
+    assert any("stale" in d["reason"] for d in watcher.decisions())
+    import os
+
+    write_lock(tmp_path / "state", os.getpid(), "a live run")
+    blocked = watcher.on_alert(alert("z"))
+    assert blocked.action == "skip" and "in flight" in blocked.reason
+
+
+def test_failed_pipeline_is_recorded(tmp_path: Path) -> None:
+    code = run_and_record(tmp_path, [sys.executable, "-c", "raise SystemExit(3)"])
+    assert code == 3
+    assert json.loads((tmp_path / "last_run.json").read_text())["status"] == "failed"
+    assert "recflow_pipeline_last_run_failed 1.0" in (tmp_path / "pipeline.prom").read_text()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_pipeline_command_local_and_kfp(tmp_path: Path) -> None:
+    local = pipeline_command(tmp_path, model_store="/m")
+    assert local[1:] == ["-m", "recflow", "pipeline", "run", "--data", str(tmp_path), "--model-store", "/m"]
+    remote = pipeline_command(tmp_path, kfp_host="http://kfp:8080")
+    assert remote[3:7] == ["pipeline", "submit", "--host", "http://kfp:8080"]
+
+
+def test_unlaunchable_retraining_is_a_logged_skip(tmp_path: Path) -> None:
+    from recflow.errors import DataError
+
+    def broken(reason: str) -> list[str]:
+        raise DataError("feedback.jsonl: no feedback events to retrain on")
+
+    watcher = RetrainingWatcher(WatchConfig(), tmp_path / "s", broken)
+    decision = watcher.on_alert(alert("q"))
+    assert decision.action == "skip" and "no feedback events" in decision.reason
+    assert read_lock(tmp_path / "s") is None
