@@ -44,6 +44,7 @@ def make_agent(
     time_step_spec: types.TimeStep,
     action_spec: types.BoundedTensorSpec,
     epsilon: tf.Variable | None = None,
+    forgetting: float = 1.0,
 ) -> tf_agent.TFAgent:
     """Build the per-arm TF-Agents agent named by ``config.agent``.
 
@@ -52,6 +53,9 @@ def make_agent(
       the policy.
     * ``lin_ucb``: ridge regression on ``[global, arm]`` features, acting on the upper confidence bound.
     * ``linear_thompson_sampling``: the same ridge posterior, acting on a posterior sample.
+
+    ``forgetting`` (the linear agents' ``gamma``) decays their statistics once per training call; 1 keeps all
+    data (offline training), < 1 lets an online learner track drift (:mod:`recflow.policy.online`).
 
     Every policy emits the per-arm mean reward predictions in its info (plus the upper confidence bound for
     lin_ucb and the posterior sample for Thompson sampling).
@@ -81,6 +85,7 @@ def make_agent(
             time_step_spec,
             action_spec,
             alpha=config.alpha,
+            gamma=forgetting,
             accepts_per_arm_features=True,
             emit_policy_info=(MEAN_SCORES, OPTIMISTIC_SCORES),
             enable_summaries=False,
@@ -90,6 +95,7 @@ def make_agent(
             time_step_spec,
             action_spec,
             alpha=config.alpha,
+            gamma=forgetting,
             accepts_per_arm_features=True,
             emit_policy_info=(MEAN_SCORES, SAMPLED_SCORES),
             enable_summaries=False,
