@@ -1,0 +1,263 @@
+"""The HTTP service: a thin FastAPI layer over :class:`serving.recommender.Recommender`.
+
+Endpoints: ``POST /v1/recommendations``, ``POST /v1/feedback`` (API key), ``GET
+/v1/recommendations/{request_id}/explanation``, ``POST /v1/admin/reload`` and ``POST /v1/admin/rollback`` (API
+key), ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus) and ``/openapi.json``. Every error is a JSON body
+with a 4xx status (``{"error": ..., "detail": ...}``); request bodies are size-limited.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from recflow.errors import RecflowError
+from serving.recommender import Recommender
+
+API_KEY_ENV = "RECFLOW_API_KEY"
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Context(BaseModel):
+    """What the shop knows about the request; absent fields come from the user's latest context."""
+
+    model_config = ConfigDict(extra="forbid")
+    hour: int | None = Field(None, ge=0, le=23, description="Local hour of day.")
+    weekday: int | None = Field(None, ge=0, le=6, description="0 = Monday.")
+    device: str | None = Field(None, min_length=1, max_length=32, pattern=r"^[\x21-\x7e]+$")
+    region: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
+
+
+class RecommendationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: Id
+    context: Context | None = None
+    k: int = Field(10, ge=1, le=100, description="Slate size.")
+    exclude: list[Id] = Field(default_factory=list, max_length=1000, description="Item ids never to show.")
+    history: list[Id] = Field(default_factory=list, max_length=100,
+                              description="Recent item ids of a user the platform has not seen yet.")
+
+
+class SlateItem(BaseModel):
+    item_id: str
+    position: int
+    score: float
+    click_probability: float
+    propensity: float
+
+
+class RecommendationResponse(BaseModel):
+    request_id: str
+    user_id: str
+    items: list[SlateItem]
+    model_version: str
+    policy_id: str
+    variant: str
+    cold_start: bool
+
+
+class FeedbackEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_type: Literal["impression", "view", "click", "add_to_cart", "remove_from_cart", "purchase"]
+    item_id: Id
+    request_id: Id | None = None
+    user_id: Id | None = None
+    event_id: Id | None = None
+    session_id: Id | None = None
+    timestamp: str | None = Field(None, max_length=40, description="ISO 8601; default: when received.")
+    price: float | None = Field(None, ge=0, le=1e9)
+    order_value: float | None = Field(None, ge=0, le=1e12)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=500)
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self, recommender_ref: Callable[[], Recommender]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("recflow_http_requests_total", "HTTP requests by endpoint and status",
+                                ["endpoint", "method", "status"], registry=self.registry)
+        self.latency = Histogram("recflow_http_request_seconds", "HTTP request latency by endpoint and status",
+                                 ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.model = Gauge("recflow_model_version_info", "Model version served per variant (value 1)",
+                           ["variant", "version"], registry=self.registry)
+        ref = recommender_ref
+        Gauge("recflow_feedback_events_total", "Feedback events appended to the log",
+              registry=self.registry).set_function(lambda: ref().feedback_events)
+        Gauge("recflow_feedback_learner_lag_events", "Feedback events not yet learned by the online policy",
+              registry=self.registry).set_function(lambda: ref().learner_lag())
+        Gauge("recflow_feedback_log_age_seconds", "Seconds since the last feedback append (-1: none yet)",
+              registry=self.registry).set_function(lambda: _age(ref()))
+        Gauge("recflow_ctr_5m", "Clicks per impression in the last 5 minutes (NaN without impressions)",
+              registry=self.registry).set_function(lambda: ref().click_through_rate(300.0))
+        Gauge("recflow_model_swaps_total", "Hot swaps done", registry=self.registry).set_function(
+            lambda: ref().swaps)
+        Gauge("recflow_model_rejected_total", "Model versions rejected at load or warm-up",
+              registry=self.registry).set_function(lambda: len(ref().rejected_versions))
+
+    def refresh_versions(self, rec: Recommender) -> None:
+        self.model.clear()
+        for name, variant in rec.variants.items():
+            self.model.labels(name, variant.bundle.version).set(1)
+
+
+def _age(rec: Recommender) -> float:
+    fb = rec.feedback_log
+    return -1.0 if fb is None or not fb.last_append_unix else time.time() - fb.last_append_unix
+
+
+def _error(status: int, error: str, detail: Any) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+
+
+def create_app(recommender: Recommender, *, api_key: str | None = None, watch: bool = True) -> FastAPI:
+    """The FastAPI app serving ``recommender``. ``api_key`` defaults to ``$RECFLOW_API_KEY``; without one the
+    write and admin endpoints answer 401 (they are never open by accident)."""
+    config = recommender.config
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    state = {"rec": recommender}
+    metrics = Metrics(lambda: state["rec"])
+    metrics.refresh_versions(recommender)
+    app = FastAPI(title="recflow recommendations", version="1", description=__doc__)
+    app.state.recommender = recommender
+    app.state.metrics = metrics
+
+    def check_key(x_api_key: Annotated[str | None, Header()] = None,
+                  authorization: Annotated[str | None, Header()] = None) -> None:
+        given = x_api_key or (authorization[7:] if authorization and authorization.startswith("Bearer ") else None)
+        if key is None:
+            raise HTTPException(401, f"this endpoint needs an API key and the server has none: set {API_KEY_ENV}")
+        if given is None or not hmac.compare_digest(given.encode(), key.encode()):
+            raise HTTPException(401, "missing or wrong API key (X-API-Key header or Authorization: Bearer)")
+
+    def check_read_key(x_api_key: Annotated[str | None, Header()] = None,
+                       authorization: Annotated[str | None, Header()] = None) -> None:
+        if config.require_key_for_reads:
+            check_key(x_api_key, authorization)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        route = request.scope.get("route")
+        length = request.headers.get("content-length")
+        try:
+            too_big = length is not None and int(length) > config.max_body_bytes
+        except ValueError:
+            too_big = True
+        if too_big:
+            response: Response = _error(413, "payload_too_large", f"bodies are limited to {config.max_body_bytes} bytes")
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        labels = (endpoint, request.method, str(response.status_code))
+        metrics.requests.labels(*labels).inc()
+        metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()]
+        return _error(422, "invalid_request", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", exc.detail)
+
+    @app.exception_handler(RecflowError)
+    async def recflow_error(_: Request, exc: RecflowError) -> JSONResponse:
+        return _error(400, "bad_request", str(exc))
+
+    @app.post("/v1/recommendations", response_model=RecommendationResponse,
+              dependencies=[Depends(check_read_key)])
+    def recommend(body: RecommendationRequest) -> dict[str, Any]:
+        rec = state["rec"]
+        if body.k > config.max_k:
+            raise HTTPException(422, f"k: at most {config.max_k}")
+        ctx = body.context.model_dump(exclude_none=True) if body.context else None
+        out = rec.recommend(body.user_id, ctx, body.k, body.history or None, body.exclude or None)
+        result = out.to_dict()
+        for item in result["items"]:
+            for field in ("score", "click_probability"):
+                if not math.isfinite(item[field]):
+                    item[field] = 0.0
+        return result
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=[Depends(check_key)])
+    async def feedback(body: FeedbackRequest) -> dict[str, int]:
+        events = [e.model_dump(exclude_none=True) for e in body.events]
+        rows = await run_in_threadpool(state["rec"].record_feedback, events)
+        return {"accepted": len(rows)}
+
+    @app.get("/v1/recommendations/{request_id}/explanation", dependencies=[Depends(check_read_key)])
+    def explanation(request_id: str) -> dict[str, Any]:
+        try:
+            return state["rec"].explain(request_id)
+        except KeyError:
+            raise HTTPException(404, f"request {request_id!r} is unknown or too old to explain") from None
+
+    @app.post("/v1/admin/reload", dependencies=[Depends(check_key)])
+    def reload() -> dict[str, str]:
+        outcome = state["rec"].check_for_new_champion()
+        metrics.refresh_versions(state["rec"])
+        return {"outcome": outcome, "model_version": state["rec"].champion.version}
+
+    @app.post("/v1/admin/rollback", dependencies=[Depends(check_key)])
+    def rollback() -> dict[str, str]:
+        rec = state["rec"]
+        if rec.store is None:
+            raise HTTPException(409, "this service was not started from a model store")
+        rec.store.rollback()
+        outcome = rec.check_for_new_champion()
+        metrics.refresh_versions(rec)
+        return {"outcome": outcome, "model_version": rec.champion.version}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        rec = state["rec"]
+        return JSONResponse({"status": "ready", "model_version": rec.champion.version,
+                             "variants": {n: v.bundle.version for n, v in rec.variants.items()}})
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        metrics.refresh_versions(state["rec"])
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.on_event("startup")
+    def start_background() -> None:
+        if watch:
+            recommender.start_watcher()
+        # shap's first import compiles for tens of seconds: do it before the first explanation request.
+        threading.Thread(target=_import_shap, name="shap-import", daemon=True).start()
+
+    return app
+
+
+def _import_shap() -> None:
+    import shap  # noqa: F401

@@ -1,0 +1,344 @@
+"""One model bundle loaded for serving: the arrays and models the request path needs, nothing more.
+
+A pushed bundle (see :mod:`recflow.model_store`) holds ``model/`` (TFRS retrieval and ranking SavedModels with
+their embeddings), ``policy/`` (the TF-Agents policy) and ``transform/`` (catalog, vocabularies). Calling a
+SavedModel costs milliseconds, so the request path here is numpy wherever that is exact:
+
+* retrieval: the query tower's output for every known user (``user_embeddings.parquet``) against the item
+  embedding matrix, exact top-M by ``np.argpartition``; unknown users get the query tower's output for their
+  context (one SavedModel call per distinct context, cached) plus a log-popularity prior;
+* ranking: one batched call of the ranking SavedModel on the M retrieved items;
+* policy: the neural epsilon-greedy policy's reward network re-implemented in numpy from the exported
+  variables, checked against the SavedModel at load time (other agents are called through the SavedModel).
+
+New catalog items (not in the trained model) get content-based embeddings: the mean embedding of the trained
+items of their category (:meth:`ServingBundle.add_items`).
+"""
+
+from __future__ import annotations
+
+import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
+
+import functools
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recflow.errors import DataError
+from recflow.policy.logged_data import CONTEXT_CATEGORIES
+
+CONTEXT_FIELDS: tuple[str, ...] = ("hour", "weekday", "device", "region")
+
+
+def _matrix(frame: pd.DataFrame, id_column: str) -> tuple[np.ndarray, np.ndarray]:
+    ids = frame[id_column].astype(str).to_numpy(dtype=object)
+    mat = np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]]) if len(frame) else np.zeros((0, 0))
+    return ids, np.ascontiguousarray(mat, dtype=np.float32)
+
+
+class NumpyRewardNetwork:
+    """TF-Agents' global-and-arm common-tower reward network (dense + ReLU layers) evaluated in numpy."""
+
+    def __init__(self, variables: Sequence[Any], global_dim: int, arm_dim: int) -> None:
+        dense: dict[int, dict[str, np.ndarray]] = {}
+        for var in variables:
+            name = var.name.split(":")[0]
+            leaf = name.rsplit("/", 2)
+            if len(leaf) < 3 or not leaf[-2].startswith("dense"):
+                continue
+            index = int(leaf[-2].split("_")[1]) if "_" in leaf[-2] else 0
+            dense.setdefault(index, {})[leaf[-1]] = var.numpy()
+        layers = [dense[i] for i in sorted(dense)]
+        self.global_layers: list[tuple[np.ndarray, np.ndarray]] = []
+        self.arm_layers: list[tuple[np.ndarray, np.ndarray]] = []
+        self.common_layers: list[tuple[np.ndarray, np.ndarray]] = []
+        # Layers are numbered in creation order: the global tower, then the arm tower, then the common tower.
+        width = {"global": global_dim, "arm": arm_dim}
+        stage = "global"
+        for layer in layers:
+            kernel, bias = layer["kernel"], layer["bias"]
+            if stage == "global" and kernel.shape[0] != width["global"] and self.global_layers and (
+                    kernel.shape[0] == arm_dim):
+                stage = "arm"
+            elif stage == "arm" and self.arm_layers and kernel.shape[0] == (
+                    self.global_layers[-1][0].shape[1] + self.arm_layers[-1][0].shape[1]):
+                stage = "common"
+            {"global": self.global_layers, "arm": self.arm_layers, "common": self.common_layers}[stage].append(
+                (kernel.astype(np.float32), bias.astype(np.float32)))
+        if not (self.global_layers and self.arm_layers and self.common_layers):
+            raise DataError("the policy's reward network does not have the common-tower layout")
+
+    @staticmethod
+    def _mlp(x: np.ndarray, layers: Sequence[tuple[np.ndarray, np.ndarray]], last_linear: bool) -> np.ndarray:
+        for i, (kernel, bias) in enumerate(layers):
+            x = x @ kernel + bias
+            if not (last_linear and i == len(layers) - 1):
+                x = np.maximum(x, 0.0)
+        return x
+
+    def __call__(self, global_feats: np.ndarray, arm_feats: np.ndarray) -> np.ndarray:
+        """Predicted rewards ``[n, arms]`` from ``[n, global_dim]`` and ``[n, arms, arm_dim]``."""
+        g = self._mlp(global_feats, self.global_layers, False)
+        a = self._mlp(arm_feats, self.arm_layers, False)
+        common = np.concatenate([np.broadcast_to(g[:, None, :], a.shape[:2] + g.shape[1:]), a], axis=-1)
+        return self._mlp(common, self.common_layers, True)[..., 0]
+
+
+@dataclass(eq=False)
+class ServingBundle:
+    """Everything one model version needs at request time (see the module docstring)."""
+
+    version: str
+    path: Path
+    item_ids: np.ndarray  # [N] object
+    item_matrix: np.ndarray  # [N, D] retrieval item embeddings
+    item_log_popularity: np.ndarray  # [N], 0 for the most popular, negative below
+    item_category: np.ndarray  # [N] object
+    item_price: np.ndarray  # [N] float
+    trained_items: int  # the first trained_items items are the model's; the rest were added from content
+    user_index: dict[str, int]
+    user_matrix: np.ndarray  # [U, D] query tower output of each known user (latest context)
+    user_context: dict[str, dict[str, Any]]
+    default_context: dict[str, Any]
+    policy_item_matrix: np.ndarray  # [N, d] the policy's item embeddings, aligned with item_ids
+    policy_meta: dict[str, Any]
+    ranking_fn: Any
+    retrieval: Any
+    policy_scorer: Any
+    reward_network: NumpyRewardNetwork | None
+    feature_spec: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.item_index = {str(i): n for n, i in enumerate(self.item_ids)}
+        self._cold_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path, version: str = "local", *, verify_numpy_policy: bool = True) -> ServingBundle:
+        """Load the bundle directory ``path``; a missing or broken part raises :class:`DataError`."""
+        import tensorflow as tf
+
+        from recflow.policy.scorer import load_policy
+
+        root = Path(path)
+        for part in ("model", "policy", "transform"):
+            if not (root / part).is_dir():
+                raise DataError(f"{root}: bundle part {part}/ is missing (expected model/, policy/, transform/)")
+        model = root / "model"
+        try:
+            item_ids, item_matrix = _matrix(pd.read_parquet(model / "item_embeddings.parquet"), "item_id")
+            user_ids, user_matrix = _matrix(pd.read_parquet(model / "user_embeddings.parquet"), "user_id")
+            contexts = pd.read_parquet(model / "user_context.parquet")
+            default_context = json.loads((model / "default_context.json").read_text(encoding="utf-8"))
+            spec = json.loads((root / "transform" / "feature_spec.json").read_text(encoding="utf-8"))
+            candidates = pd.read_parquet(root / "transform" / "candidates.parquet")
+            retrieval = tf.saved_model.load(str(model / "retrieval"))
+            ranking_dir = model / "ranking"
+            ranking_fn = (tf.saved_model.load(str(ranking_dir)).signatures["serving_default"]
+                          if (ranking_dir / "saved_model.pb").is_file() else None)
+            scorer = load_policy(root / "policy")
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any unreadable part makes the bundle unusable
+            raise DataError(f"{root}: cannot load the bundle: {type(exc).__name__}: {exc}") from None
+        item_ids = item_ids.astype(str).astype(object)
+        cand = candidates.assign(item_id=candidates["item_id"].astype(str)).set_index("item_id").reindex(item_ids)
+        category = cand["category"].fillna("").astype(str).to_numpy(object) if "category" in cand else np.full(
+            len(item_ids), "", object)
+        price = cand["price"].fillna(0.0).to_numpy(float) if "price" in cand else np.zeros(len(item_ids))
+        log_pop = _log_popularity(root / "transform" / "transform_graph", item_ids)
+        policy_pos = pd.Index(scorer.item_ids.astype(str)).get_indexer(pd.Index(item_ids))
+        policy_items = np.zeros((len(item_ids), scorer.item_embeddings.shape[1]), np.float32)
+        policy_items[policy_pos >= 0] = scorer.item_embeddings[policy_pos[policy_pos >= 0]]
+        if (policy_pos < 0).any():
+            policy_items[policy_pos < 0] = scorer.item_embeddings.mean(axis=0)
+        network = None
+        if scorer.agent == "neural_epsilon_greedy":
+            network = NumpyRewardNetwork(scorer.policy.model_variables, scorer.layout.global_dim,
+                                         scorer.layout.arm_dim)
+        ctx_cols = [c for c in CONTEXT_FIELDS if c in contexts.columns]
+        user_context = {str(r["user_id"]): {c: _plain(r[c]) for c in ctx_cols}
+                        for r in contexts.to_dict("records")}
+        bundle = cls(version=version, path=root, item_ids=item_ids, item_matrix=item_matrix,
+                     item_log_popularity=log_pop, item_category=category, item_price=price,
+                     trained_items=len(item_ids), user_index={str(u): i for i, u in enumerate(user_ids)},
+                     user_matrix=user_matrix, user_context=user_context, default_context=default_context,
+                     policy_item_matrix=policy_items, policy_meta=scorer.meta, ranking_fn=ranking_fn,
+                     retrieval=retrieval, policy_scorer=scorer, reward_network=network, feature_spec=spec)
+        if network is not None and verify_numpy_policy and not bundle.numpy_policy_matches():
+            bundle.reward_network = None  # fall back to the SavedModel rather than serve a wrong re-implementation
+        return bundle
+
+    # ------------------------------------------------------------------ catalog
+    def add_items(self, items: pd.DataFrame) -> int:
+        """Make catalog items the model was not trained on recommendable from their content (category, price).
+
+        Each new item's retrieval and policy embeddings are the mean over trained items of its category (all
+        trained items when the category is unknown); its popularity prior is the catalog's lowest. Returns the
+        number of items added.
+        """
+        new = items[~items["item_id"].astype(str).isin(self.item_index)]
+        if new.empty:
+            return 0
+        trained_cat = self.item_category[: self.trained_items]
+        emb, pemb = [], []
+        for cat in new.get("category", pd.Series([""] * len(new))).fillna("").astype(str):
+            mask = trained_cat == cat
+            mask = mask if mask.any() else np.ones(self.trained_items, bool)
+            emb.append(self.item_matrix[: self.trained_items][mask].mean(axis=0))
+            pemb.append(self.policy_item_matrix[: self.trained_items][mask].mean(axis=0))
+        self.item_ids = np.concatenate([self.item_ids, new["item_id"].astype(str).to_numpy(object)])
+        self.item_matrix = np.ascontiguousarray(np.vstack([self.item_matrix, np.stack(emb)]), np.float32)
+        self.policy_item_matrix = np.vstack([self.policy_item_matrix, np.stack(pemb)]).astype(np.float32)
+        self.item_log_popularity = np.concatenate(
+            [self.item_log_popularity, np.full(len(new), self.item_log_popularity.min(initial=0.0))])
+        self.item_category = np.concatenate(
+            [self.item_category, new.get("category", pd.Series([""] * len(new))).fillna("").astype(str)
+             .to_numpy(object)])
+        self.item_price = np.concatenate([self.item_price, new.get("price", pd.Series([0.0] * len(new)))
+                                          .fillna(0.0).to_numpy(float)])
+        self.item_index = {str(i): n for n, i in enumerate(self.item_ids)}
+        return len(new)
+
+    # ------------------------------------------------------------------ model calls
+    def context_for(self, user_id: str, context: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The request's context: its own values over the user's latest logged context over the default."""
+        out = dict(self.default_context)
+        out.update(self.user_context.get(user_id, {}))
+        out.update({k: v for k, v in (context or {}).items() if v is not None})
+        return out
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one bundle per model version, freed with it
+    def cold_query(self, hour: int, weekday: int, device: str, region: str) -> np.ndarray:
+        """The query tower's output for a user it has never seen, in this context (cached per context)."""
+        import tensorflow as tf
+
+        fn = self.retrieval.signatures["query_embedding"]
+        inputs = {"user_id": tf.constant([""])}
+        values = {"hour": hour, "weekday": weekday, "device": device, "region": region}
+        for name, spec in fn.structured_input_signature[1].items():
+            if name in values:
+                inputs[name] = tf.constant([values[name]], spec.dtype)
+        with self._cold_lock:
+            return fn(**inputs)["embedding"].numpy()[0].astype(np.float32)
+
+    def rank(self, user_id: str, item_ids: Sequence[str], context: Mapping[str, Any]) -> np.ndarray:
+        """Click probabilities of ``item_ids`` for the user in ``context`` (one batched ranking-model call)."""
+        import tensorflow as tf
+
+        n = len(item_ids)
+        if self.ranking_fn is None:  # the log had no impressions: fall back to the retrieval inner product
+            rows = np.array([self.item_index[i] for i in item_ids])
+            q = self.user_matrix[self.user_index[user_id]] if user_id in self.user_index else np.zeros(
+                self.item_matrix.shape[1], np.float32)
+            return 1.0 / (1.0 + np.exp(-(self.item_matrix[rows] @ q)))
+        inputs: dict[str, Any] = {"user_id": tf.constant([user_id] * n), "item_id": tf.constant(list(item_ids))}
+        for name, spec in self.ranking_fn.structured_input_signature[1].items():
+            if name in ("user_id", "item_id"):
+                continue
+            value = context.get(name, self.default_context.get(name))
+            inputs[name] = tf.constant([value] * n, spec.dtype)
+        return self.ranking_fn(**inputs)["probability"].numpy().astype(np.float64)
+
+    def rank_rows(self, user_ids: Sequence[str], item_ids: Sequence[str],
+                  contexts: Mapping[str, Sequence[Any]]) -> np.ndarray:
+        """Click probabilities of (user, item, context) rows in one ranking-model call (explanations use it)."""
+        import tensorflow as tf
+
+        inputs: dict[str, Any] = {"user_id": tf.constant(list(user_ids)), "item_id": tf.constant(list(item_ids))}
+        for name, spec in self.ranking_fn.structured_input_signature[1].items():
+            if name not in ("user_id", "item_id"):
+                inputs[name] = tf.constant(list(contexts[name]), spec.dtype)
+        return self.ranking_fn(**inputs)["probability"].numpy().astype(np.float64)
+
+    def policy_features(self, user_embedding: np.ndarray | None, context: Mapping[str, Any],
+                        rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The policy's ``[1, global_dim]`` and ``[1, len(rows), arm_dim]`` features for candidate rows."""
+        from recflow.policy.logged_data import arm_features, global_features
+
+        layout = self.policy_scorer.layout
+        user = (np.asarray(layout.unknown_user_embedding, np.float32) if user_embedding is None
+                else np.asarray(user_embedding, np.float32))[None, :]
+        onehots = self.context_onehot(tuple(context.get(c) for c in layout.context_columns))
+        g = global_features(user, onehots[None, :])
+        a = arm_features(user, self.policy_item_matrix[rows][None, :, :])
+        return g, a
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019
+    def context_onehot(self, values: tuple[Any, ...]) -> np.ndarray:
+        """The policy's context one-hot block for one request (the rule of ``logged_data.context_onehots``).
+
+        The pandas original costs milliseconds per call; this is the same encoding for one row, cached.
+        """
+        layout = self.policy_scorer.layout
+        blocks = []
+        for col, value in zip(layout.context_columns, values, strict=True):
+            cats = list(CONTEXT_CATEGORIES[col])
+            block = np.zeros(len(cats), np.float32)
+            if value is not None:
+                if col == "device":
+                    block[cats.index(value) if value in cats else len(cats) - 1] = 1.0
+                else:
+                    try:
+                        num = float(value)
+                    except (TypeError, ValueError):
+                        num = float("nan")
+                    if 0 <= num <= len(cats) - 1:
+                        block[int(num)] = 1.0
+            blocks.append(block)
+        return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+    def policy_scores(self, global_feats: np.ndarray, arm_feats: np.ndarray) -> np.ndarray:
+        """The exported policy's ranking score per candidate, ``[n_candidates]``."""
+        if self.reward_network is not None:
+            return self.reward_network(global_feats, arm_feats)[0].astype(np.float64)
+        return self._policy_scores_tf(global_feats, arm_feats)
+
+    def _policy_scores_tf(self, global_feats: np.ndarray, arm_feats: np.ndarray) -> np.ndarray:
+        scorer = self.policy_scorer
+        k, n = scorer.num_arms, arm_feats.shape[1]
+        blocks = -(-n // k)
+        pad = np.concatenate([arm_feats[0], np.repeat(arm_feats[0, -1:], blocks * k - n, axis=0)])
+        info = scorer.policy_step(np.repeat(global_feats, blocks, axis=0), pad.reshape(blocks, k, -1)).info
+        key = "predicted_rewards_optimistic" if scorer.agent == "lin_ucb" else "predicted_rewards_mean"
+        return getattr(info, key).numpy().reshape(-1)[:n].astype(np.float64)
+
+    def numpy_policy_matches(self, trials: int = 3, tol: float = 1e-4) -> bool:
+        """Whether the numpy reward network reproduces the SavedModel's scores on random inputs."""
+        if self.reward_network is None:
+            return False
+        rng = np.random.default_rng(0)
+        layout = self.policy_scorer.layout
+        for _ in range(trials):
+            rows = rng.choice(len(self.item_ids), size=min(len(self.item_ids), 15), replace=False)
+            user = rng.normal(size=layout.embedding_dim).astype(np.float32) * 0.3
+            ctx = {"hour": int(rng.integers(24)), "weekday": int(rng.integers(7)), "device": "mobile"}
+            g, a = self.policy_features(user, ctx, rows)
+            if not np.allclose(self.reward_network(g, a)[0], self._policy_scores_tf(g, a), atol=tol, rtol=tol):
+                return False
+        return True
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _log_popularity(transform_graph: Path, item_ids: np.ndarray) -> np.ndarray:
+    """A log-popularity prior from the tf.Transform item vocabulary, which lists items most frequent first.
+
+    The vocabulary keeps ranks, not counts, so the prior is Zipf-like: ``-log(rank + 1)``; items outside it
+    get the lowest value.
+    """
+    vocab_file = transform_graph / "transform_fn" / "assets" / "item_id"
+    if not vocab_file.is_file():
+        return np.zeros(len(item_ids))
+    vocab = [line.strip() for line in vocab_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rank = {v: i for i, v in enumerate(vocab)}
+    worst = len(vocab)
+    return -np.log1p(np.array([rank.get(str(i), worst) for i in item_ids], dtype=float))

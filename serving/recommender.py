@@ -1,0 +1,441 @@
+"""The in-process recommendation API; the HTTP service (:mod:`serving.app`) is a thin layer over it.
+
+    from serving import Recommender
+    rec = Recommender.load("data/models")          # the champion of a model store
+    out = rec.recommend("u000001", context={"hour": 20, "device": "mobile"}, k=10)
+    out.items[0].item_id, out.items[0].propensity, out.request_id, out.variant
+
+One request: retrieval (numpy inner products, exact top-M) -> ranking model on the M candidates -> the best
+``ranked_candidates`` by click probability -> the policy (exported TF-Agents policy + online LinUCB
+correction) fills ``k`` slots epsilon-greedily and reports each slot's propensity. Unknown users get the query
+tower's output for their context, blended with their ``history`` when the caller passes one, plus a
+log-popularity prior and more exploration (cold start). Feedback, hot swap and A/B variants are handled here
+too; see docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recflow.errors import DataError
+from serving.bundle import ServingBundle
+from serving.config import ServingConfig
+from serving.feedback_log import FeedbackLog
+from serving.online import OnlineLinUCB
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+FEEDBACK_TYPES: tuple[str, ...] = ("impression", "view", "click", "add_to_cart", "remove_from_cart", "purchase")
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    """One slot of a served slate."""
+
+    item_id: str
+    position: int
+    score: float  # the policy's final score (exported policy + online correction)
+    click_probability: float  # the ranking model's estimate
+    propensity: float  # probability the policy put this item in this slot, given the slots above
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A served slate and what is needed to attribute feedback to it."""
+
+    request_id: str
+    user_id: str
+    items: list[RecommendedItem]
+    model_version: str
+    policy_id: str
+    variant: str
+    cold_start: bool
+    context: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Variant:
+    """A bundle being served under an A/B variant name, with its own online model."""
+
+    name: str
+    bundle: ServingBundle
+    online: OnlineLinUCB | None
+    served: int = 0
+
+    @property
+    def policy_id(self) -> str:
+        return f"{self.bundle.version}/{self.bundle.policy_meta.get('agent', 'policy')}+online"
+
+
+@dataclass
+class _Decision:
+    rec: Recommendation
+    variant: Variant
+    features: np.ndarray  # [k, dim] policy features of the shown items
+    base: np.ndarray  # [k] exported policy scores
+    created: float = field(default_factory=time.time)
+
+
+def ab_bucket(user_id: str, salt: str) -> float:
+    """A stable number in [0, 1) for ``user_id`` (blake2b of salt and id): the A/B assignment."""
+    digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+class Recommender:
+    """Serves the champion bundle (and a challenger for a share of users) in-process; see the module docstring."""
+
+    def __init__(self, champion: ServingBundle, config: ServingConfig | None = None, *,
+                 challenger: ServingBundle | None = None, feedback_log: FeedbackLog | None = None,
+                 store: Any = None, catalog: pd.DataFrame | None = None,
+                 reward_weights: Mapping[str, float] | None = None) -> None:
+        self.config = config or ServingConfig()
+        self.store = store
+        self.catalog = catalog
+        self.reward_weights = dict(reward_weights or {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0})
+        self.feedback_log = feedback_log
+        self._variants: dict[str, Variant] = {CHAMPION: self._variant(CHAMPION, champion)}
+        if challenger is not None:
+            self._variants[CHALLENGER] = self._variant(CHALLENGER, challenger)
+        self._decisions: OrderedDict[str, _Decision] = OrderedDict()
+        self._decisions_lock = threading.Lock()
+        self._counter = 0
+        self._counter_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.rejected_versions: dict[str, str] = {}
+        self.swaps = 0
+        self._swap_lock = threading.Lock()
+        self.feedback_events = 0
+        self._window: list[tuple[float, int, int]] = []  # (time, impressions, clicks) for the CTR window
+        self._window_lock = threading.Lock()
+        self._explainers: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ construction
+    def _variant(self, name: str, bundle: ServingBundle) -> Variant:
+        if self.catalog is not None:
+            bundle.add_items(self.catalog)
+        online = None
+        if self.config.online_learning:
+            layout = bundle.policy_scorer.layout
+            online = OnlineLinUCB(layout.global_dim + layout.arm_dim, ridge=self.config.online_ridge,
+                                  alpha=self.config.online_alpha, weight=self.config.online_weight,
+                                  publish_every=self.config.online_publish_every,
+                                  reward_weights=self.reward_weights)
+            online.start()
+        return Variant(name, bundle, online)
+
+    @classmethod
+    def load(cls, store: Any, config: ServingConfig | None = None, *, feedback_dir: str | Path | None = None,
+             catalog: pd.DataFrame | None = None) -> Recommender:
+        """Serve the champion (and the configured challenger) of a model store (a path or a ModelStore)."""
+        from recflow.model_store import ModelStore
+
+        config = config or ServingConfig()
+        store = store if isinstance(store, ModelStore) else ModelStore(os.fspath(store))
+        champion = store.champion()
+        if champion is None:
+            raise DataError(f"model store {store.root}: no champion yet (run `recflow demo` or the pipeline)",
+                            hint="a blessed pipeline run pushes one")
+        bundle = ServingBundle.load(champion.path, champion.version)
+        challenger = None
+        if config.challenger and config.challenger_share > 0:
+            info = store.resolve(config.challenger)
+            challenger = ServingBundle.load(info.path, info.version)
+        fb = FeedbackLog(feedback_dir, config.feedback_segment_bytes,
+                         config.feedback_segment_seconds) if feedback_dir is not None else None
+        rec = cls(bundle, config, challenger=challenger, feedback_log=fb, store=store, catalog=catalog)
+        rec.warm_up(rec._variants[CHAMPION].bundle)
+        return rec
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def champion(self) -> ServingBundle:
+        return self._variants[CHAMPION].bundle
+
+    @property
+    def variants(self) -> dict[str, Variant]:
+        return dict(self._variants)
+
+    def variant_for(self, user_id: str) -> Variant:
+        """The A/B variant that serves ``user_id`` (a stable hash decides)."""
+        variants = self._variants
+        if CHALLENGER in variants and ab_bucket(user_id, self.config.ab_salt) < self.config.challenger_share:
+            return variants[CHALLENGER]
+        return variants[CHAMPION]
+
+    # ------------------------------------------------------------------ recommending
+    def _next_request_id(self) -> tuple[str, int]:
+        with self._counter_lock:
+            self._counter += 1
+            n = self._counter
+        return uuid.uuid4().hex, n
+
+    def recommend(self, user_id: str, context: Mapping[str, Any] | None = None, k: int | None = None,
+                  history: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+                  *, variant: str | None = None) -> Recommendation:
+        """A slate of ``k`` items for ``user_id`` (see the module docstring); never raises for unknown ids.
+
+        ``history``: the user's recent item ids, for users the platform has not seen yet. ``exclude``: item
+        ids never to show. ``variant`` forces an A/B variant (default: by hash of the user id).
+        """
+        k = self.config.default_k if k is None else int(k)
+        if not 1 <= k <= self.config.max_k:
+            raise DataError(f"k: must be between 1 and {self.config.max_k}, got {k}")
+        chosen = self._variants[variant] if variant else self.variant_for(str(user_id))
+        request_id, n = self._next_request_id()
+        rec, feats, base = self._recommend_with(chosen, str(user_id), context, k, history, exclude, request_id, n)
+        chosen.served += 1
+        with self._decisions_lock:
+            self._decisions[request_id] = _Decision(rec, chosen, feats, base)
+            while len(self._decisions) > self.config.request_cache_size:
+                self._decisions.popitem(last=False)
+        return rec
+
+    def _recommend_with(self, variant: Variant, user_id: str, context: Mapping[str, Any] | None, k: int,
+                        history: Sequence[str] | None, exclude: Sequence[str] | None, request_id: str,
+                        counter: int) -> tuple[Recommendation, np.ndarray, np.ndarray]:
+        b, cfg = variant.bundle, self.config
+        ctx = b.context_for(user_id, context)
+        row = b.user_index.get(user_id)
+        cold = row is None
+        if cold:
+            query = b.cold_query(int(ctx["hour"]), int(ctx["weekday"]), str(ctx["device"]), str(ctx["region"]))
+            hist_rows = [b.item_index[i] for i in (history or ()) if i in b.item_index]
+            if hist_rows:  # what the user just looked at says more than the context alone
+                h = b.item_matrix[hist_rows].mean(axis=0)
+                query = 0.5 * query + 0.5 * h * (np.linalg.norm(query) / max(np.linalg.norm(h), 1e-9))
+            scores = b.item_matrix @ query + cfg.popularity_weight * b.item_log_popularity
+            policy_user = None
+        else:
+            query = b.user_matrix[row]
+            scores = b.item_matrix @ query
+            policy_user = query
+        if exclude:
+            banned = [b.item_index[i] for i in exclude if i in b.item_index]
+            scores[banned] = -np.inf
+        allowed = int(np.isfinite(scores).sum())
+        m = min(cfg.retrieval_candidates, allowed)
+        if m < 1:
+            raise DataError("exclude: every catalog item is excluded")
+        top = np.argpartition(-scores, m - 1)[:m] if m < len(scores) else np.flatnonzero(np.isfinite(scores))
+        top_ids = b.item_ids[top]
+        prob = b.rank(user_id, top_ids.tolist(), ctx)
+        n_pool = min(max(cfg.ranked_candidates, k), len(top))
+        pool_order = np.argsort(-prob, kind="stable")[:n_pool]
+        pool, pool_prob = top[pool_order], prob[pool_order]
+        g, a = b.policy_features(policy_user, ctx, pool)
+        base = b.policy_scores(g, a)
+        feats = np.concatenate([np.broadcast_to(g[:, None, :], a.shape[:2] + g.shape[1:]), a], axis=-1)[0]
+        key = variant.online.adjust(feats, base) if variant.online is not None else base
+        eps = cfg.cold_start_epsilon if cold else (
+            cfg.epsilon if cfg.epsilon is not None else float(b.policy_meta.get("epsilon", 0.1)))
+        rng = np.random.default_rng([cfg.seed, counter])
+        slots, props = epsilon_greedy_slate(key, min(k, len(pool)), eps, rng)
+        items = [RecommendedItem(str(b.item_ids[pool[s]]), pos, float(key[s]), float(pool_prob[s]), float(p))
+                 for pos, (s, p) in enumerate(zip(slots, props, strict=True))]
+        rec = Recommendation(request_id, user_id, items, b.version, variant.policy_id, variant.name, cold,
+                             {c: ctx.get(c) for c in ("hour", "weekday", "device", "region")})
+        return rec, feats[slots], base[slots]
+
+    # ------------------------------------------------------------------ feedback
+    def decision(self, request_id: str) -> Recommendation | None:
+        """The slate served under ``request_id`` (if still remembered)."""
+        with self._decisions_lock:
+            d = self._decisions.get(request_id)
+        return None if d is None else d.rec
+
+    def record_feedback(self, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Validate, enrich from the served slate, append durably to the feedback log, and queue for learning.
+
+        Each event needs ``event_type`` and ``item_id``; with a known ``request_id`` the user, position,
+        propensity, policy id, variant and context come from the served slate. Returns the logged events.
+        Raises :class:`DataError` naming the event index and field for a bad event (nothing is logged then).
+        """
+        now = pd.Timestamp.now(tz="UTC").floor("ms")
+        rows: list[dict[str, Any]] = []
+        learn: list[tuple[_Decision, int, str]] = []
+        for n, ev in enumerate(events):
+            kind = ev.get("event_type")
+            if kind not in FEEDBACK_TYPES:
+                raise DataError(f"events[{n}].event_type: must be one of {', '.join(FEEDBACK_TYPES)}, got {kind!r}")
+            item = ev.get("item_id")
+            rid = ev.get("request_id")
+            with self._decisions_lock:
+                d = self._decisions.get(rid) if rid else None
+            if d is None and not ev.get("user_id"):
+                raise DataError(f"events[{n}]: request_id {rid!r} is unknown, so user_id is required")
+            row: dict[str, Any] = {
+                "event_id": ev.get("event_id") or uuid.uuid4().hex,
+                "event_type": kind,
+                "timestamp": (_timestamp(ev["timestamp"], n) if ev.get("timestamp") else now).isoformat(),
+                "user_id": ev.get("user_id") or (d.rec.user_id if d else None),
+                "item_id": item,
+                "session_id": ev.get("session_id"),
+                "request_id": rid,
+                "price": ev.get("price"),
+                "order_value": ev.get("order_value"),
+            }
+            if d is not None:
+                pos = next((s.position for s in d.rec.items if s.item_id == item), None)
+                row.update({"policy_id": d.rec.policy_id, "variant": d.rec.variant, **d.rec.context})
+                if pos is not None:
+                    row["position"] = pos
+                    row["propensity"] = d.rec.items[pos].propensity
+                    if row["price"] is None:
+                        idx = d.variant.bundle.item_index.get(item)
+                        row["price"] = None if idx is None else float(d.variant.bundle.item_price[idx])
+                    learn.append((d, pos, kind))
+            rows.append({key: value for key, value in row.items() if value is not None})
+        if self.feedback_log is not None:
+            self.feedback_log.append(rows)
+        self.feedback_events += len(rows)
+        for d, pos, kind in learn:
+            if d.variant.online is not None:
+                d.variant.online.submit(kind, d.features[pos], float(d.base[pos]))
+        imps = sum(r["event_type"] == "impression" for r in rows)
+        clicks = sum(r["event_type"] == "click" for r in rows)
+        if imps or clicks:
+            with self._window_lock:
+                self._window.append((time.time(), imps, clicks))
+        return rows
+
+    def click_through_rate(self, window_s: float = 300.0) -> float:
+        """Clicks per impression in the last ``window_s`` seconds (NaN without impressions)."""
+        cutoff = time.time() - window_s
+        with self._window_lock:
+            self._window = [w for w in self._window if w[0] >= cutoff]
+            imps = sum(w[1] for w in self._window)
+            clicks = sum(w[2] for w in self._window)
+        return clicks / imps if imps else float("nan")
+
+    def learner_lag(self) -> int:
+        """Feedback events queued for the online learners but not learned yet."""
+        return sum(v.online.lag for v in self._variants.values() if v.online is not None)
+
+    # ------------------------------------------------------------------ hot swap
+    def warm_up(self, bundle: ServingBundle, requests: int | None = None) -> None:
+        """Answer ``requests`` requests with ``bundle`` (known and unknown users); raise if any answer is bad."""
+        n = requests or self.config.warmup_requests
+        users = list(bundle.user_index)[: max(1, n - 2)] + ["__warmup_unknown__"]
+        probe = Variant("warmup", bundle, None)
+        for i, user in enumerate(users[:n]):
+            rec, _, _ = self._recommend_with(probe, user, None, min(10, self.config.max_k), None, None,
+                                             f"warmup-{i}", i)
+            scores = [s.score for s in rec.items] + [s.click_probability for s in rec.items]
+            if not rec.items or not np.all(np.isfinite(scores)):
+                raise DataError(f"bundle {bundle.version}: warm-up request for {user!r} gave no valid slate")
+
+    def check_for_new_champion(self) -> str:
+        """One poll of the store's champion alias: ``unchanged``, ``swapped`` or ``rejected``."""
+        if self.store is None:
+            return "unchanged"
+        state = self.store.alias()
+        current = self.champion.version
+        if state is None or state.version == current or state.version in self.rejected_versions:
+            return "unchanged"
+        with self._swap_lock:
+            try:
+                info = self.store.resolve(state.version)
+                bundle = ServingBundle.load(info.path, info.version)
+                self.warm_up(bundle)
+            except Exception as exc:  # noqa: BLE001 - any failure rejects the bundle; the old one keeps serving
+                self.rejected_versions[state.version] = f"{type(exc).__name__}: {exc}"
+                log.error("rejected model version %s: %s", state.version, exc)
+                return "rejected"
+            old = self._variants[CHAMPION]
+            new_variants = dict(self._variants)
+            new_variants[CHAMPION] = self._variant(CHAMPION, bundle)
+            self._variants = new_variants  # one reference assignment: requests see the old or the new, whole
+            self.swaps += 1
+            if old.online is not None:
+                old.online.stop()
+            log.info("now serving model version %s (was %s)", bundle.version, old.bundle.version)
+            return "swapped"
+
+    def start_watcher(self, interval_s: float | None = None) -> None:
+        """Poll the store's alias in a background thread and hot-swap new champions."""
+        if self._watcher is not None or self.store is None:
+            return
+        interval = interval_s or self.config.watch_interval_s
+
+        def run() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.check_for_new_champion()
+                except Exception:  # noqa: BLE001 - the watcher must survive a flaky store
+                    log.exception("model watcher poll failed")
+
+        self._watcher = threading.Thread(target=run, name="model-watcher", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        """Stop the watcher and learners and close the feedback log."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+        for v in self._variants.values():
+            if v.online is not None:
+                v.online.stop()
+        if self.feedback_log is not None:
+            self.feedback_log.close()
+
+    # ------------------------------------------------------------------ explanations
+    def explain(self, request_id: str) -> dict[str, Any]:
+        """SHAP attributions of the ranking model's score for each item of a served slate."""
+        from serving.explain import explain_slate
+
+        with self._decisions_lock:
+            d = self._decisions.get(request_id)
+        if d is None:
+            raise KeyError(request_id)
+        return explain_slate(d.variant.bundle, d.rec, background=self.config.explanation_background,
+                             seed=self.config.seed)
+
+
+def _timestamp(value: Any, n: int) -> pd.Timestamp:
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"events[{n}].timestamp: not a date/time ({exc})") from None
+    if ts is pd.NaT:
+        raise DataError(f"events[{n}].timestamp: not a date/time")
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.floor("ms")
+
+
+def epsilon_greedy_slate(scores: np.ndarray, k: int, epsilon: float,
+                         rng: np.random.Generator) -> tuple[list[int], list[float]]:
+    """Fill ``k`` slots: the best remaining candidate with probability ``1 - epsilon``, else a uniform one.
+
+    Returns the chosen indices and each slot's propensity ``(1 - eps) [pick is best] + eps / remaining``
+    (the same rule and propensities as :meth:`recflow.policy.scorer.PolicyScorer.choose`).
+    """
+    order = list(np.argsort(-scores, kind="stable"))
+    chosen: list[int] = []
+    props: list[float] = []
+    for _ in range(k):
+        best = order[0]
+        m = len(order)
+        pick = order[int(rng.integers(m))] if rng.random() < epsilon else best
+        props.append((1.0 - epsilon) * (pick == best) + epsilon / m)
+        chosen.append(int(pick))
+        order.remove(pick)
+    return chosen, props
