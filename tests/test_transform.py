@@ -60,6 +60,22 @@ def test_behaviour_uses_strictly_earlier_events_only() -> None:
     assert state.iloc[0]["frequency"] == 1 and state.iloc[0]["recency_s"] == 300
 
 
+def test_recent_items_are_earlier_choices_most_recent_first() -> None:
+    ev = pd.DataFrame({
+        "user_id": ["a", "a", "a", "a", "b", "a"],
+        "item_id": ["x", "y", "z", "w", "q", "v"],
+        "event_type": ["view", "impression", "click", "purchase", "view", "view"],
+        "timestamp": pd.to_datetime(["2026-01-01 10:00", "2026-01-01 10:01", "2026-01-01 10:02",
+                                     "2026-01-01 10:02", "2026-01-01 10:03", "2026-01-01 10:04"], utc=True),
+    })
+    recent = behaviour.recent_items(ev, 2).tolist()
+    assert recent[0] == ["", ""]                 # nothing before the first event
+    assert recent[1] == ["x", ""]                # impressions are not choices
+    assert recent[2] == recent[3] == ["x", ""]   # the simultaneous click and purchase do not see each other
+    assert recent[4] == ["", ""]                 # another user's history is not shared
+    assert recent[5] == ["w", "z"]               # last two choices, most recent first (ties in log order)
+
+
 def test_ids_only_behaviour_and_features() -> None:
     ev = _events([("a", "x", "view", "2026-01-01", None, None), ("a", "y", "click", "2026-01-02", None, None)])
     ev = ev[["user_id", "item_id", "event_type", "timestamp"]]
@@ -118,6 +134,7 @@ def test_transform_outputs_and_serving_equals_training(transformed: tuple[Path, 
     assert abs(train["price_z"].mean()) < 1e-3 and abs(train["frequency_z"].std() - 1) < 1e-2  # z-scored on train
     assert np.allclose(train["hour_sin"] ** 2 + train["hour_cos"] ** 2, 1.0, atol=1e-5)
     assert set(np.unique(train["clicked"])) == {-1, 0, 1}
+    assert train["recent_items_idx"].min() == -1 and train["recent_items_idx"].max() >= 0
 
     # The graph applied to raw rows in-process (as the SavedModels do) equals Beam's transformation.
     prepared = prepare_features(ex, TransformConfig())
@@ -150,6 +167,8 @@ def test_ids_only_log_transforms(tmp_path: Path) -> None:
     assert spec["serving_inputs"] == ["user_id"] and spec["behaviour_features"] == list(behaviour.ALWAYS_PRESENT)
     train = load_transformed(result.transformed_dirs["train"], result.transform_graph_dir)
     assert set(train) == {"user_idx", "item_idx", "recency_s_z", "frequency_z", "session_events_z",
-                          "event_code", "clicked", "row_id"}
+                          "recent_items_idx", "event_code", "clicked", "row_id"}
+    assert train["recent_items_idx"].shape == (len(train["row_id"]), 10)
+    assert (train["recent_items_idx"][0] == -1).all()  # the very first event has no history
     assert pd.read_parquet(result.candidates_path).columns.tolist() == ["item_id"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

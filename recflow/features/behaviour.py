@@ -101,10 +101,12 @@ def add_behaviour_features(events: pd.DataFrame, columns: list[str] | None = Non
     return result
 
 
-def user_state_at(events: pd.DataFrame, at: pd.Timestamp, columns: list[str] | None = None) -> pd.DataFrame:
+def user_state_at(events: pd.DataFrame, at: pd.Timestamp, columns: list[str] | None = None,
+                  recent_n: int = 0) -> pd.DataFrame:
     """Each user's behaviour features for a request at instant ``at``, from their events strictly before it.
 
-    One row per user with events before ``at``: ``user_id`` plus the columns of :func:`behaviour_columns`.
+    One row per user with events before ``at``: ``user_id`` plus the columns of :func:`behaviour_columns`
+    (and ``recent_items``, the last ``recent_n`` chosen items, when ``recent_n`` > 0).
     Serving looks users up here; a user missing from it is cold and gets the no-history values.
     """
     earlier = events[events["timestamp"] < at]
@@ -114,10 +116,42 @@ def user_state_at(events: pd.DataFrame, at: pd.Timestamp, columns: list[str] | N
         probe["session_id"] = "__serving__"
     combined = pd.concat([earlier, probe], ignore_index=True)
     cols = list(columns) if columns is not None else behaviour_columns(events)
-    feats = add_behaviour_features(combined, cols).iloc[len(earlier):]
+    feats = add_behaviour_features(combined, cols)
+    if recent_n > 0:
+        feats["recent_items"] = recent_items(combined, recent_n)
+        cols = [*cols, "recent_items"]
+    feats = feats.iloc[len(earlier):]
     return feats[["user_id", *cols]].sort_values("user_id").reset_index(drop=True)
 
 
 def no_history_state(columns: list[str]) -> dict[str, float]:
     """The behaviour values of a user with no earlier activity (cold start)."""
     return {c: (RECENCY_CAP_S if c == "recency_s" else 0.0) for c in columns}
+
+
+#: Event types that show a user's own choice of item (impressions are the shop's choice, not the user's).
+CHOICE_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
+#: Padding of ``recent_items`` lists shorter than N (maps to no item).
+PAD_ITEM = ""
+
+
+def recent_items(events: pd.DataFrame, n: int) -> pd.Series:
+    """Per event, the ids of the user's last ``n`` chosen items strictly before it, most recent first.
+
+    Chosen means a view, click, add-to-cart or purchase. Lists are padded with PAD_ITEM to length ``n``; the
+    Series is aligned with ``events``' index.
+    """
+    out = pd.Series([None] * len(events), index=events.index, dtype=object)
+    chosen = events["event_type"].isin(CHOICE_EVENT_TYPES).to_numpy()
+    ts = events["timestamp"].to_numpy()
+    items = events["item_id"].astype(str).to_numpy()
+    pad = [PAD_ITEM] * n
+    for _, idx in events.groupby("user_id", sort=False).indices.items():
+        order = idx[np.argsort(ts[idx], kind="stable")]
+        picks = order[chosen[order]]
+        pick_ts, pick_items = ts[picks], items[picks]
+        positions = np.searchsorted(pick_ts, ts[order], side="left")  # strictly earlier choices only
+        for row, k in zip(order, positions, strict=True):
+            recent = pick_items[max(0, k - n):k][::-1].tolist()
+            out.iat[row] = recent + pad[: n - len(recent)]
+    return out

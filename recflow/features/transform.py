@@ -63,6 +63,9 @@ class TransformConfig(BaseModel):
     )
     beam_runner: str = Field("DirectRunner", description="Beam runner: DirectRunner, DataflowRunner, FlinkRunner...")
     direct_num_workers: int = Field(1, ge=1, description="DirectRunner parallelism (1 is fastest for small data).")
+    recent_items: int = Field(
+        10, ge=0, description="Length N of the recent-items feature (the user's last N chosen items); 0: off."
+    )
     batch_size: int = Field(4096, ge=1, description="Rows per Arrow record batch fed to Beam.")
     temp_dir: str | None = Field(
         None, description="tf.Transform temp dir (a gs:// path on Dataflow); default: a local temp dir."
@@ -104,10 +107,12 @@ def _has_values(df: pd.DataFrame | None, column: str) -> bool:
     return df is not None and column in df.columns and bool(df[column].notna().any())
 
 
-def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None) -> dict[str, Any]:
+def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
+                      recent_n: int = 0) -> dict[str, Any]:
     """Decide which raw features exist for this shop's log and how they are typed and filled.
 
     ``events`` are all events (every split): a field is used when it holds values anywhere in the log.
+    ``recent_n`` > 0 adds ``recent_items`` (a list of N item ids) when the log has views or other choices.
     """
     raw: dict[str, str] = {"user_id": "string", "item_id": "string"}
     context: list[str] = []
@@ -129,6 +134,9 @@ def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataF
     behaviour_cols = behaviour.behaviour_columns(events)
     for name in behaviour_cols:
         raw[name] = "float32"
+    has_recent = recent_n > 0 and bool(events["event_type"].isin(behaviour.CHOICE_EVENT_TYPES).any())
+    if has_recent:
+        raw["recent_items"] = "string_list"
     raw["event_code"] = "int64"
     raw["clicked"] = "int64"
     raw["row_id"] = "int64"
@@ -136,7 +144,8 @@ def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataF
     positives = [t for t in schema.POSITIVE_EVENT_TYPES if t in types] or (["view"] if "view" in types else [])
     transformed_query = ["user_idx"] + [f for f in ("hour_sin", "hour_cos") if "hour" in raw] \
         + [f for f in ("weekday_sin", "weekday_cos") if "weekday" in raw] \
-        + [f"{n}_idx" for n in ("device", "region") if n in raw] + [f"{b}_z" for b in behaviour_cols]
+        + [f"{n}_idx" for n in ("device", "region") if n in raw] + [f"{b}_z" for b in behaviour_cols] \
+        + (["recent_items_idx"] if has_recent else [])
     transformed_candidate = ["item_idx"] + (["category_idx"] if "category" in raw else []) \
         + (["price_z"] if "price" in raw else [])
     return {
@@ -153,6 +162,7 @@ def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataF
         "has_impressions": "impression" in types,
         "has_clicks": "click" in types,
         "transformed_format": TRANSFORMED_FORMAT,
+        "recent_items": recent_n if has_recent else 0,
     }
 
 
@@ -224,6 +234,8 @@ def build_raw_frame(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFra
         out["region"] = region
     for name in spec["behaviour_features"]:
         out[name] = events[name]
+    if "recent_items" in raw:
+        out["recent_items"] = events["recent_items"]
     out["event_code"] = events["event_type"].map(EVENT_CODES).astype(np.int64)
     out["clicked"] = events["clicked"].astype(np.int64)
     out["row_id"] = events["row_id"].astype(np.int64)
@@ -248,8 +260,9 @@ def raw_feature_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The tf.io feature spec of the raw features (every feature is a scalar per event)."""
     import tensorflow as tf
 
-    dtypes = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
-    return {name: tf.io.FixedLenFeature([], dtypes[kind]) for name, kind in spec["raw_features"].items()}
+    dtypes = {"string": tf.string, "int64": tf.int64, "float32": tf.float32, "string_list": tf.string}
+    return {name: tf.io.FixedLenFeature([spec["recent_items"]] if kind == "string_list" else [], dtypes[kind])
+            for name, kind in spec["raw_features"].items()}
 
 
 def make_preprocessing_fn(spec: dict[str, Any], config: TransformConfig):  # noqa: ANN201  (a tft callable)
@@ -265,8 +278,18 @@ def make_preprocessing_fn(spec: dict[str, Any], config: TransformConfig):  # noq
 
     def preprocessing_fn(inputs: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if "recent_items" in raw:
+            # One item vocabulary for the candidate id and the user's recent items; padding maps to -1.
+            item_vocab = tft.vocabulary(inputs["item_id"], frequency_threshold=(
+                config.vocab_frequency_threshold if config.vocab_frequency_threshold > 1 else None),
+                vocab_filename="item_id")
+            out["item_idx"] = tft.apply_vocabulary(inputs["item_id"], item_vocab,
+                                                   num_oov_buckets=config.num_oov_buckets)
+            recent = tft.apply_vocabulary(inputs["recent_items"], item_vocab, num_oov_buckets=config.num_oov_buckets)
+            out["recent_items_idx"] = tf.where(tf.equal(inputs["recent_items"], behaviour.PAD_ITEM),
+                                               tf.constant(-1, tf.int64), recent)
         for name in CATEGORICAL_RAW:
-            if name in raw:
+            if name in raw and not (name == "item_id" and "item_idx" in out):
                 threshold = config.vocab_frequency_threshold if name in ("user_id", "item_id") else 1
                 threshold = threshold if threshold > 1 else None  # tft treats 1 as a no-op and warns
                 out[f"{name.removesuffix('_id')}_idx"] = tft.compute_and_apply_vocabulary(
@@ -289,7 +312,8 @@ def make_preprocessing_fn(spec: dict[str, Any], config: TransformConfig):  # noq
 
 
 def _arrow_type(kind: str) -> pa.DataType:
-    return {"string": pa.large_binary(), "int64": pa.int64(), "float32": pa.float32()}[kind]
+    return {"string": pa.large_binary(), "string_list": pa.large_binary(), "int64": pa.int64(),
+            "float32": pa.float32()}[kind]
 
 
 def to_record_batches(frame: pd.DataFrame, spec: dict[str, Any], batch_size: int,
@@ -304,6 +328,12 @@ def to_record_batches(frame: pd.DataFrame, spec: dict[str, Any], batch_size: int
         for name in names:
             kind = spec["raw_features"][name]
             values = chunk[name].to_numpy()
+            if kind == "string_list":
+                width = spec["recent_items"]
+                flat = [v.encode("utf-8") for row in values for v in row]
+                list_offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int64) * width)
+                arrays.append(pa.LargeListArray.from_arrays(list_offsets, pa.array(flat, type=_arrow_type(kind))))
+                continue
             if kind == "string":
                 values = [v.encode("utf-8") for v in values]
             arrays.append(pa.LargeListArray.from_arrays(offsets, pa.array(values, type=_arrow_type(kind))))
@@ -322,10 +352,10 @@ def pipeline_args(config: TransformConfig, beam_pipeline_args: list[str] | None)
 def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config: TransformConfig,
               out_dir: Path, beam_pipeline_args: list[str] | None, temp_dir: str) -> None:
     import apache_beam as beam
-    import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from tensorflow_transform.tf_metadata import schema_utils
+    from tfx_bsl.coders import example_coder
     from tfx_bsl.tfxio import tf_example_record
 
     raw_schema = schema_utils.schema_from_feature_spec(raw_feature_spec(spec))
@@ -340,18 +370,19 @@ def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config:
             to_record_batches(raw_frames["train"], spec, config.batch_size, arrow_schema), reshuffle=False)
         (transformed, transformed_md), transform_fn = (
             (train, adapter_config) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
-                preprocessing_fn))
+                preprocessing_fn, output_record_batches=True))
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(out_dir / "transform_graph"))
-        coder = tft.coders.ExampleProtoCoder(transformed_md.schema)
+        del transformed_md  # the transformed schema is written with the transform graph
         outputs = {"train": transformed}
         for name in ("eval", "test"):
             batches = to_record_batches(raw_frames[name], spec, config.batch_size, arrow_schema)
             data = pipeline | f"Create{name.title()}" >> beam.Create(batches, reshuffle=False)
             outputs[name], _ = ((data, adapter_config), transform_fn) | f"Transform{name.title()}" >> \
-                tft_beam.TransformDataset()
+                tft_beam.TransformDataset(output_record_batches=True)
         for name, data in outputs.items():
             _ = (data
-                 | f"Encode{name.title()}" >> beam.Map(coder.encode)
+                 # Arrow batches to tf.Examples in C++ (much faster than encoding instance dicts in Python).
+                 | f"Encode{name.title()}" >> beam.FlatMap(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
                  | f"Write{name.title()}" >> beam.io.WriteToTFRecord(
                      str(out_dir / "transformed" / name / "part"), file_name_suffix=".tfrecord.gz"))
 
@@ -374,7 +405,9 @@ def prepare_features(examples_dir: Path, config: TransformConfig) -> PreparedFea
     events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
     events["row_id"] = np.arange(len(events), dtype=np.int64)
     events["clicked"] = label_impressions(events)
-    spec = describe_features(events, items, users)
+    spec = describe_features(events, items, users, config.recent_items)
+    if spec["recent_items"]:
+        events["recent_items"] = behaviour.recent_items(events, spec["recent_items"])
     # Behaviour features over the whole timeline: each uses strictly earlier events only, so eval/test rows may
     # see training history (as serving would) but nothing of their own future.
     events = behaviour.add_behaviour_features(events, spec["behaviour_features"])
@@ -385,8 +418,9 @@ def prepare_features(examples_dir: Path, config: TransformConfig) -> PreparedFea
     raw_frames = {name: build_raw_frame(events[events["_split"] == name], items, users, spec, fills)
                   for name in SPLITS}
     state_at = splits["test"]["timestamp"].min() if sizes["test"] else events["timestamp"].max() + pd.Timedelta(1, "s")
-    user_state = behaviour.user_state_at(events.drop(columns=spec["behaviour_features"]), state_at,
-                                         spec["behaviour_features"])
+    user_state = behaviour.user_state_at(
+        events.drop(columns=[*spec["behaviour_features"], *(["recent_items"] if spec["recent_items"] else [])]),
+        state_at, spec["behaviour_features"], recent_n=spec["recent_items"])
     spec["user_state_at"] = pd.Timestamp(state_at).isoformat()
     spec["no_history_state"] = behaviour.no_history_state(spec["behaviour_features"])
     candidates = coerce_raw(build_candidates(items, events, spec), spec, fills)
@@ -484,10 +518,15 @@ def apply_transform_graph(transform_graph_dir: Path, spec: dict[str, Any], frame
     fills = spec.get("fill_values", {})
     rows = coerce_raw(frame, spec, fills)
     n = len(rows)
-    dtypes = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
+    dtypes = {"string": tf.string, "int64": tf.int64, "float32": tf.float32, "string_list": tf.string}
     raw = {}
     for name, kind in spec["raw_features"].items():
-        if name in rows.columns:
+        if kind == "string_list":
+            width = spec["recent_items"]
+            values = (np.array(rows[name].tolist(), dtype=object).reshape(n, width) if name in rows.columns
+                      else np.full((n, width), behaviour.PAD_ITEM, dtype=object))
+            raw[name] = tf.constant(values, tf.string)
+        elif name in rows.columns:
             values = rows[name].to_numpy()
             raw[name] = tf.constant(values.astype(object) if kind == "string" else values, dtypes[kind])
         else:

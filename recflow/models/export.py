@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
 
-_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
+_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32, "string_list": tf.string}
 
 
 def input_signature(spec: Mapping[str, Any], names: Sequence[str]) -> dict[str, tf.TensorSpec]:
@@ -49,6 +49,12 @@ class _RawFeatureModule(tf.Module):
         matrix = np.concatenate([user_state[behaviour_cols].to_numpy(np.float32).reshape(len(user_state), -1),
                                  no_history.reshape(1, -1)])
         self.user_state = tf.Variable(matrix, trainable=False, name="user_state")
+        self._recent_n = int(spec.get("recent_items", 0))
+        if self._recent_n:
+            recent = np.array(user_state["recent_items"].tolist(), dtype=object).reshape(len(user_state), -1)
+            recent = np.concatenate([recent, np.full((1, self._recent_n), "", dtype=object)])
+            self.user_recent_items = tf.Variable(recent.astype(str), trainable=False, dtype=tf.string,
+                                                 name="user_recent_items")
         self.user_rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(user_state["user_id"].astype(str).tolist(), tf.string),
                                                 tf.range(len(user_state), dtype=tf.int64)), default_value=-1)
@@ -73,14 +79,17 @@ class _RawFeatureModule(tf.Module):
         fills = self._spec.get("fill_values", {})
         raw: dict[str, tf.Tensor] = {}
         for name, kind in self._spec["raw_features"].items():  # placeholders for features not served
-            value = fills.get(name, "" if kind == "string" else 0)
-            raw[name] = tf.fill([n], tf.constant(value, dtype=_TF_DTYPES[kind]))
+            value = fills.get(name, "" if kind in ("string", "string_list") else 0)
+            shape = [n, self._recent_n] if kind == "string_list" else [n]
+            raw[name] = tf.fill(shape, tf.constant(value, dtype=_TF_DTYPES[kind]))
         raw.update(inputs)
         row = self.user_rows.lookup(inputs["user_id"])
         row = tf.where(row < 0, tf.constant(self._n_users, tf.int64), row)
         state = tf.gather(self.user_state, row)
         for j, name in enumerate(self._behaviour):
             raw[name] = state[:, j]
+        if self._recent_n:
+            raw["recent_items"] = tf.gather(self.user_recent_items, row)
         if self._item_attrs and "item_id" in inputs:
             irow = self.item_rows.lookup(inputs["item_id"])
             irow = tf.where(irow < 0, tf.constant(self._n_items, tf.int64), irow)

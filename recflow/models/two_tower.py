@@ -18,7 +18,9 @@ import tensorflow_recommenders as tfrs
 
 #: Transformed integer features and the vocabulary each one indexes.
 VOCAB_OF: dict[str, str] = {"user_idx": "user_id", "item_idx": "item_id", "category_idx": "category",
-                            "device_idx": "device", "region_idx": "region"}
+                            "device_idx": "device", "region_idx": "region", "recent_items_idx": "item_id"}
+#: Features holding a list of ids per example (padded with -1), embedded as the mean of their embeddings.
+BAG_FEATURES = frozenset({"recent_items_idx"})
 
 
 class FeatureTower(tf.keras.Model):
@@ -36,7 +38,7 @@ class FeatureTower(tf.keras.Model):
         self.dense_features = [f for f in self.feature_names if f not in vocab_sizes]
         # The main id gets the full width, side attributes a smaller one (they have few distinct values).
         self.embeddings = {
-            f: tf.keras.layers.Embedding(vocab_sizes[f], embedding_dim if f in ("user_idx", "item_idx")
+            f: tf.keras.layers.Embedding(vocab_sizes[f], embedding_dim if f in ("user_idx", "item_idx", *BAG_FEATURES)
                                          else max(4, embedding_dim // 4), name=f"{f}_embedding")
             for f in self.categorical
         }
@@ -44,8 +46,15 @@ class FeatureTower(tf.keras.Model):
                        for i, u in enumerate(hidden_units)]
         self.projection = tf.keras.layers.Dense(output_dim, name="projection")
 
+    def _bag(self, name: str, ids: tf.Tensor) -> tf.Tensor:
+        """Mean embedding of the non-padding ids of each row (zeros for a row with none)."""
+        mask = tf.cast(ids >= 0, tf.float32)[..., tf.newaxis]
+        vectors = self.embeddings[name](tf.maximum(ids, 0)) * mask
+        return tf.reduce_sum(vectors, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
     def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        parts = [self.embeddings[f](tf.reshape(features[f], [-1])) for f in self.categorical]
+        parts = [self._bag(f, features[f]) if f in BAG_FEATURES else self.embeddings[f](tf.reshape(features[f], [-1]))
+                 for f in self.categorical]
         if self.dense_features:
             parts.append(tf.stack([tf.reshape(tf.cast(features[f], tf.float32), [-1])
                                    for f in self.dense_features], axis=1))

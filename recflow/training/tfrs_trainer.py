@@ -52,6 +52,12 @@ class TrainerConfig(BaseModel):
     early_stopping_patience: int = Field(2, ge=0, description="Epochs without eval improvement before stopping.")
     ranking_epochs: int = Field(10, gt=0, description="Maximum epochs of the ranking model.")
     ranking_learning_rate: float = Field(0.01, gt=0, description="Adam learning rate of the ranking model.")
+    query_behaviour_features: tuple[str, ...] = Field(
+        ("frequency", "monetary", "dwell_mean"),
+        description="Behaviour features the towers read (those the log supports). recency_s and session_events "
+        "are request-time values a context-free request cannot supply; feeding them from the serving snapshot "
+        "skews serving away from training (measured: recall@10 0.02 instead of 0.78), so they are off by default.",
+    )
     seed: int = Field(42, ge=0, description="Seed of weights, shuffling and everything else random.")
     deterministic_ops: bool = Field(True, description="tf.config.experimental.enable_op_determinism().")
 
@@ -117,6 +123,13 @@ def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame
     return latest, default
 
 
+def query_features(spec: dict[str, Any], config: TrainerConfig) -> list[str]:
+    """Transformed query-side features the towers read: ids and context, plus the chosen behaviour features."""
+    behaviour_z = {f"{b}_z" for b in spec["behaviour_features"]}
+    wanted = {f"{b}_z" for b in config.query_behaviour_features}
+    return [f for f in spec["transformed_query_features"] if f not in behaviour_z or f in wanted]
+
+
 def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: TrainerConfig) -> TrainResult:
     """Train the retrieval (and, with impressions, the ranking) model and export them; see the module docstring.
 
@@ -144,7 +157,8 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
 
     train = load_transformed(transform_dir / "transformed" / "train", graph_dir)
     evald = load_transformed(transform_dir / "transformed" / "eval", graph_dir)
-    q_feats, c_feats = spec["transformed_query_features"], spec["transformed_candidate_features"]
+    q_feats = query_features(spec, config)
+    c_feats = spec["transformed_candidate_features"]
     positive_codes = [spec["event_codes"][t] for t in spec["positive_event_types"]]
     pos_train = np.isin(train["event_code"], positive_codes)
     pos_eval = np.isin(evald["event_code"], positive_codes)
@@ -283,6 +297,8 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         report["notes"] = notes
         report["feature_spec"] = {k: spec[k] for k in ("serving_inputs", "context_features",
                                                        "behaviour_features", "candidate_features")}
+        report["feature_spec"]["query_features"] = q_feats
+        report["feature_spec"]["candidate_tower_features"] = c_feats
         (tmp / "training.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old.{tmp.name}")
