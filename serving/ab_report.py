@@ -91,8 +91,10 @@ def ab_report(events: pd.DataFrame, control: str = "champion", confidence: float
         imps, clicks, buys = int((kinds == "impression").sum()), int((kinds == "click").sum()), int(
             (kinds == "purchase").sum())
         purchases = group[kinds == "purchase"]
-        value = purchases["order_value"] if "order_value" in purchases else pd.Series(dtype=float)
-        value = value.fillna(purchases["price"] if "price" in purchases else np.nan).dropna().to_numpy(float)
+        nan = pd.Series(np.nan, index=purchases.index)
+        order = purchases["order_value"] if "order_value" in purchases.columns else nan
+        price = purchases["price"] if "price" in purchases.columns else nan
+        value = order.astype(float).fillna(price.astype(float)).dropna().to_numpy(float)
         u = group.groupby("user_id")["event_type"].agg(
             impressions=lambda s: int((s == "impression").sum()), clicks=lambda s: int((s == "click").sum()))
         u = u[u["impressions"] > 0]

@@ -214,6 +214,31 @@ class Recommender:
                         counter: int) -> tuple[Recommendation, np.ndarray, np.ndarray]:
         b, cfg = variant.bundle, self.config
         ctx = b.context_for(user_id, context)
+        top, policy_user, cold = self.retrieve(b, user_id, ctx, history, exclude)
+        top_ids = b.item_ids[top]
+        prob = b.rank(user_id, top_ids.tolist(), ctx)
+        n_pool = min(max(cfg.ranked_candidates, k), len(top))
+        pool_order = np.argsort(-prob, kind="stable")[:n_pool]
+        pool, pool_prob = top[pool_order], prob[pool_order]
+        g, a = b.policy_features(policy_user, ctx, pool)
+        base = b.policy_scores(g, a)
+        feats = np.concatenate([np.broadcast_to(g[:, None, :], a.shape[:2] + g.shape[1:]), a], axis=-1)[0]
+        key = variant.online.adjust(feats, base) if variant.online is not None else base
+        eps = cfg.cold_start_epsilon if cold else (
+            cfg.epsilon if cfg.epsilon is not None else float(b.policy_meta.get("epsilon", 0.1)))
+        rng = np.random.default_rng([cfg.seed, counter])
+        slots, props = epsilon_greedy_slate(key, min(k, len(pool)), eps, rng)
+        items = [RecommendedItem(str(b.item_ids[pool[s]]), pos, float(key[s]), float(pool_prob[s]), float(p))
+                 for pos, (s, p) in enumerate(zip(slots, props, strict=True))]
+        rec = Recommendation(request_id, user_id, items, b.version, variant.policy_id, variant.name, cold,
+                             {c: ctx.get(c) for c in ("hour", "weekday", "device", "region")})
+        return rec, feats[slots], base[slots]
+
+    def retrieve(self, b: ServingBundle, user_id: str, ctx: Mapping[str, Any], history: Sequence[str] | None,
+                 exclude: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """Rows of the top ``retrieval_candidates`` items by inner product (best first), the user embedding
+        the policy should see (None for unknown users) and whether this is a cold start."""
+        cfg = self.config
         row = b.user_index.get(user_id)
         cold = row is None
         if cold:
@@ -236,24 +261,7 @@ class Recommender:
         if m < 1:
             raise DataError("exclude: every catalog item is excluded")
         top = np.argpartition(-scores, m - 1)[:m] if m < len(scores) else np.flatnonzero(np.isfinite(scores))
-        top_ids = b.item_ids[top]
-        prob = b.rank(user_id, top_ids.tolist(), ctx)
-        n_pool = min(max(cfg.ranked_candidates, k), len(top))
-        pool_order = np.argsort(-prob, kind="stable")[:n_pool]
-        pool, pool_prob = top[pool_order], prob[pool_order]
-        g, a = b.policy_features(policy_user, ctx, pool)
-        base = b.policy_scores(g, a)
-        feats = np.concatenate([np.broadcast_to(g[:, None, :], a.shape[:2] + g.shape[1:]), a], axis=-1)[0]
-        key = variant.online.adjust(feats, base) if variant.online is not None else base
-        eps = cfg.cold_start_epsilon if cold else (
-            cfg.epsilon if cfg.epsilon is not None else float(b.policy_meta.get("epsilon", 0.1)))
-        rng = np.random.default_rng([cfg.seed, counter])
-        slots, props = epsilon_greedy_slate(key, min(k, len(pool)), eps, rng)
-        items = [RecommendedItem(str(b.item_ids[pool[s]]), pos, float(key[s]), float(pool_prob[s]), float(p))
-                 for pos, (s, p) in enumerate(zip(slots, props, strict=True))]
-        rec = Recommendation(request_id, user_id, items, b.version, variant.policy_id, variant.name, cold,
-                             {c: ctx.get(c) for c in ("hour", "weekday", "device", "region")})
-        return rec, feats[slots], base[slots]
+        return top[np.argsort(-scores[top], kind="stable")], policy_user, cold
 
     # ------------------------------------------------------------------ feedback
     def decision(self, request_id: str) -> Recommendation | None:
