@@ -8,7 +8,7 @@ simulator's output, the serving feedback log). Three kinds of drift are checked:
   item) and context (device, region; hour and weekday reported but not counted) features of every impression;
   declared when the share of drifted columns reaches ``drift_share``;
 * **prediction drift** (Evidently) over what was shown: the score (when the log has one), the category of the
-  shown item and the number of categories in its slate;
+  shown item and the number of categories in its slate; declared by the same share rule;
 * **target drift**: click-through rate (clicks / impressions) and conversion rate (purchases / clicks) with a
   two-proportion z-test (statsmodels), plus the category mix of the clicks (chi-square, scipy).
 
@@ -253,7 +253,9 @@ def evidently_drift(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
     preset = DataDriftPreset(columns=columns, drift_share=config.drift_share,
                              num_method=config.numerical_method, num_threshold=config.numerical_threshold,
-                             cat_method=config.categorical_method, cat_threshold=config.categorical_threshold)
+                             cat_method=config.categorical_method, cat_threshold=config.categorical_threshold,
+                             per_column_threshold={c: config.prediction_numerical_threshold for c in numerical
+                                                   if c in FEATURE_GROUPS["prediction"]} or None)
     snapshot = Report([preset]).run(
         reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
         current_data=Dataset.from_pandas(current[columns], data_definition=definition))
@@ -360,10 +362,12 @@ def compare_windows(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
             summary.reasons.append(f"feature drift: {len(drifted)} of {len(counted)} columns drifted "
                                    f"(share {summary.drift_share:.2f} >= {config.drift_share}): "
                                    + ", ".join(summary.drifted_features))
-    prediction = [c for c in summary.columns if c.group == "prediction" and c.drifted and c.counted]
-    if prediction:
+    predictions = [c for c in summary.columns if c.group == "prediction" and c.counted]
+    prediction = [c for c in predictions if c.drifted]
+    # like features, by share: slates are clustered by user and request, so one column alone is too noisy
+    if predictions and len(prediction) / len(predictions) >= config.drift_share:
         summary.prediction_drift = True
-        summary.reasons.append("prediction drift: " + ", ".join(
+        summary.reasons.append(f"prediction drift: {len(prediction)} of {len(predictions)} columns: " + ", ".join(
             f"{c.column} ({c.method} {c.score:.3f} vs {c.threshold:g})" for c in prediction))
     summary.target = target_tests(reference, current, config, items)
     moved = [t for t in summary.target if t.drifted]
@@ -374,7 +378,7 @@ def compare_windows(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
         summary.verdict = "drift"
     else:
         summary.reasons.append(f"no drift: feature drift share {summary.drift_share:.2f} < {config.drift_share}, "
-                               f"no prediction column drifted, no target test below alpha {config.target_alpha}")
+                               f"prediction drift share below it, no target test below alpha {config.target_alpha}")
     summary.seconds = round((datetime.now(UTC) - started).total_seconds(), 3)
     return summary
 
