@@ -176,7 +176,7 @@ def _iso(value: Any) -> str | None:
 
 def _split_stats(df: pd.DataFrame) -> dict[str, Any]:
     return {
-        "rows": int(len(df)),
+        "rows": len(df),
         "users": int(df["user_id"].nunique()),
         "items": int(df["item_id"].nunique()),
         "event_types": {str(k): int(v) for k, v in df["event_type"].value_counts().sort_index().items()},
@@ -197,9 +197,9 @@ def compute_stats(splits: dict[str, pd.DataFrame], items: pd.DataFrame, users: p
     everything = pd.concat(list(splits.values()), ignore_index=True)
     return {
         "schema_version": schema.SCHEMA_VERSION,
-        "rows": int(len(everything)),
+        "rows": len(everything),
         "users": int(everything["user_id"].nunique()),
-        "items": int(len(items)),
+        "items": len(items),
         "items_given": items_given,
         "users_given": users is not None,
         "event_types": {str(k): int(v) for k, v in everything["event_type"].value_counts().sort_index().items()},

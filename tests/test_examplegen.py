@@ -49,9 +49,9 @@ def make_event_log(n_users: int = 120, n_items: int = 80, n_categories: int = 6,
                                                   rng.choice(n_items, 2, replace=False, p=p_all)]))
                 for pos, i in enumerate(shown):
                     t += pd.Timedelta(seconds=int(rng.integers(1, 30)))
-                    base = dict(user_id=f"u{u:04d}", item_id=item_ids[i], session_id=session, request_id=request,
-                                position=pos, price=prices[i], hour=t.hour, weekday=t.weekday(), device=device,
-                                region=region, propensity=0.25)
+                    base = {"user_id": f"u{u:04d}", "item_id": item_ids[i], "session_id": session, "request_id": request,
+                                "position": pos, "price": prices[i], "hour": t.hour, "weekday": t.weekday(), "device": device,
+                                "region": region, "propensity": 0.25}
                     rows.append(dict(base, event_type="impression", timestamp=t))
                     if rng.random() < (0.6 if pref[i] else 0.05):
                         t += pd.Timedelta(seconds=int(rng.integers(1, 60)))

@@ -76,7 +76,7 @@ def test_exports_take_raw_features(full: tuple[Path, TrainResult]) -> None:
 
 
 def test_reload_recommend_cold_users_and_exclusions(full: tuple[Path, TrainResult]) -> None:
-    base, result = full
+    _base, result = full
     rec = load_recommender(result.out_dir)
     assert isinstance(rec, Recommender) and rec.has_ranking
     lists = rec.recommend(["u0003", "cold-user"], 10, exclude={"u0003": {"i0000", "i0001"}})
@@ -110,7 +110,7 @@ def test_beats_popularity_on_held_out_test(full: tuple[Path, TrainResult]) -> No
 
 
 def test_ids_only_log_trains_and_serves(minimal: tuple[Path, TrainResult]) -> None:
-    base, result = minimal
+    _base, result = minimal
     assert result.ranking_dir is None and any("ranking model skipped" in n for n in result.notes)
     rec = load_recommender(result.out_dir)
     assert not rec.has_ranking

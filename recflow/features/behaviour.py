@@ -146,7 +146,7 @@ def recent_items(events: pd.DataFrame, n: int) -> pd.Series:
     ts = events["timestamp"].to_numpy()
     items = events["item_id"].astype(str).to_numpy()
     pad = [PAD_ITEM] * n
-    for _, idx in events.groupby("user_id", sort=False).indices.items():
+    for idx in events.groupby("user_id", sort=False).indices.values():
         order = idx[np.argsort(ts[idx], kind="stable")]
         picks = order[chosen[order]]
         pick_ts, pick_items = ts[picks], items[picks]

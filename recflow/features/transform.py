@@ -265,7 +265,7 @@ def raw_feature_spec(spec: dict[str, Any]) -> dict[str, Any]:
             for name, kind in spec["raw_features"].items()}
 
 
-def make_preprocessing_fn(spec: dict[str, Any], config: TransformConfig):  # noqa: ANN201  (a tft callable)
+def make_preprocessing_fn(spec: dict[str, Any], config: TransformConfig):
     """The tf.Transform ``preprocessing_fn`` for the features in ``spec``.
 
     Vocabularies (users, items, categories, devices, regions) map unseen values to ``num_oov_buckets`` OOV ids;

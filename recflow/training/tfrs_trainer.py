@@ -78,7 +78,7 @@ class TrainResult:
     history: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _strategy():  # noqa: ANN202
+def _strategy():
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
