@@ -19,7 +19,6 @@ Sources are a dataset directory of Parquet or CSV files; a BigQuery or GCS sourc
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -35,8 +34,6 @@ from recflow.io import to_arrow
 
 if TYPE_CHECKING:  # recflow.config composes this module's ExampleGenConfig, so no runtime import back
     from recflow.config import ValidationConfig
-
-log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "eval", "test")
 
@@ -128,14 +125,11 @@ def read_source(source: Path, validation: ValidationConfig, validate: bool = Tru
     if paths["events"] is None:
         raise DataError(f"{source}: no events.parquet or events.csv in the dataset directory")
     if validate:
-        try:
-            from recflow.validation import validate_path
-        except ModuleNotFoundError:  # the validator lands separately; read and check required columns meanwhile
-            log.warning("recflow.validation is not available; reading %s without row-level validation", source)
-        else:
-            report = validate_path(source, validation, items_path=paths["items"], quarantine_path=quarantine_path)
-            report.raise_if_failed()
-            return {kind: df for kind, df in report.valid.items() if df is not None}
+        from recflow.validation import validate_path
+
+        report = validate_path(source, validation, items_path=paths["items"], quarantine_path=quarantine_path)
+        report.raise_if_failed()
+        return {kind: df for kind, df in report.valid.items() if df is not None}
     return {kind: _read_file(path, kind) for kind, path in paths.items() if path is not None}
 
 

@@ -140,6 +140,9 @@ def test_rerun_replaces_output_and_errors_are_clear(tmp_path: Path) -> None:
     (out / "stale.txt").write_text("old")
     run_example_gen(src, out, ExampleGenConfig(), ValidationConfig())
     assert not (out / "stale.txt").exists() and (out / "train.parquet").is_file()
+    unvalidated = run_example_gen(src, tmp_path / "raw", ExampleGenConfig(validate_input=False), ValidationConfig())
+    assert unvalidated.stats["rows"] == len(pd.read_parquet(src / "events.parquet"))
+    assert not (tmp_path / "raw_quarantine.parquet").exists()
     with pytest.raises(DataError, match="no events.parquet or events.csv"):
         run_example_gen(tmp_path, tmp_path / "ex2", ExampleGenConfig(), ValidationConfig())
     with pytest.raises(DataError, match="train split"):
