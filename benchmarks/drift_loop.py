@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=1000)
     parser.add_argument("--confirmations", type=int, default=2)
     parser.add_argument("--horizon", type=int, default=20_000, help="events monitored after onset at most")
+    parser.add_argument("--no-drift-horizon", type=int, default=12_000, help="events monitored per no-drift run")
+    parser.add_argument("--no-drift-step", type=int, default=2_000, help="events between checks, no-drift runs")
     parser.add_argument("--recent", type=int, default=20_000, help="events the retraining uses")
     parser.add_argument("--recovery-horizon", type=int, default=30_000)
     parser.add_argument("--recovery-ratio", type=float, default=0.8)
@@ -197,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         drift_runs.append(run)
     no_drift = []
     for i in range(args.no_drift_runs):
-        run = run_stream(100 + i, False, args, config)
+        quiet = argparse.Namespace(**{**vars(args), "horizon": args.no_drift_horizon, "step": args.no_drift_step})
+        run = run_stream(100 + i, False, quiet, config)
         print(json.dumps({k: v for k, v in run.items() if k != "verdicts"}), flush=True)
         no_drift.append(run)
     burst = alert_burst(50)
@@ -220,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"false_alarms_at_most": 1, "detection_within_events": 5000},
         "setup": {"seeds": args.seeds, "users": args.users, "items": args.items, "preference_shift": args.shift,
                   "window_events": args.window, "step_events": args.step, "confirmations": args.confirmations,
-                  "monitored_events_per_run": args.horizon, "retraining": f"ALS on the last {args.recent} events",
+                  "monitored_events_per_drift_run": args.horizon,
+                  "monitored_events_per_no_drift_run": args.no_drift_horizon,
+                  "no_drift_step_events": args.no_drift_step, "retraining": f"ALS on the last {args.recent} events",
                   "recovery": f"window CTR >= {args.recovery_ratio} x pre-drift CTR",
                   "drift_config": config.model_dump(mode="json")},
         "runs": drift_runs,

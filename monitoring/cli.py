@@ -32,10 +32,12 @@ def monitor() -> None:
 @click.option("--min-events", type=int, default=None,
               help="Fewest events per window for a verdict (default: monitoring.drift.min_events).")
 @click.option("--pushgateway", default=None, help="Push the metrics to this Pushgateway URL instead of a textfile.")
+@click.option("--expected-ctr", type=click.FloatRange(0.0, 1.0), default=None,
+              help="The champion's evaluated click rate (OPE or held-out), exported for the CTR-drop alert.")
 @pass_state
 def drift_command(state: CliState, reference: Path, current: Path, out_dir: Path, items_path: Path | None,
                   users_path: Path | None, reference_last: int | None, current_last: int | None,
-                  min_events: int | None, pushgateway: str | None) -> int:
+                  min_events: int | None, pushgateway: str | None, expected_ctr: float | None) -> int:
     """Compare CURRENT traffic with the REFERENCE window: feature, prediction and target drift.
 
     Exit code: 0 no drift, 1 drift, 4 insufficient data (fewer than the minimum events in a window),
@@ -48,7 +50,8 @@ def drift_command(state: CliState, reference: Path, current: Path, out_dir: Path
     if min_events is not None:
         config = config.model_copy(update={"min_events": min_events})
     summary = run_drift_job(reference, current, out_dir, config, items_path=items_path, users_path=users_path,
-                            reference_last=reference_last, current_last=current_last, pushgateway=pushgateway)
+                            reference_last=reference_last, current_last=current_last, pushgateway=pushgateway,
+                            expected_ctr=expected_ctr)
     click.echo(summary.format())
     return summary.exit_code
 

@@ -405,11 +405,13 @@ def run_drift_job(reference_path: str | os.PathLike[str], current_path: str | os
                   items_path: str | os.PathLike[str] | None = None,
                   users_path: str | os.PathLike[str] | None = None,
                   reference_last: int | None = None, current_last: int | None = None,
-                  pushgateway: str | None = None, job: str = "recflow_drift") -> DriftSummary:
+                  pushgateway: str | None = None, job: str = "recflow_drift",
+                  expected_ctr: float | None = None) -> DriftSummary:
     """The whole drift job: load both windows, compare, write report.html, summary.json, charts and metrics.
 
     Metrics go to the Pushgateway at ``pushgateway`` when given, else to ``metrics.prom`` in ``out_dir``
-    (node-exporter textfile format). Returns the summary; its ``exit_code`` is the CLI's.
+    (node-exporter textfile format). ``expected_ctr`` (the champion's evaluated click rate) is exported as
+    ``recflow_champion_expected_ctr`` for the CTR-drop alert. Returns the summary; its ``exit_code`` is the CLI's.
     """
     from monitoring.charts import write_charts
     from monitoring.drift_metrics import export_metrics
@@ -430,6 +432,7 @@ def run_drift_job(reference_path: str | os.PathLike[str], current_path: str | os
         summary.files.update(write_charts(summary, reference, current, items, out))
     summary.files["summary"] = str(out / "summary.json")
     write_summary(summary, out / "summary.json")  # first, so an unreachable Pushgateway still leaves it
-    summary.files["metrics"] = export_metrics(summary, out / "metrics.prom", pushgateway=pushgateway, job=job)
+    summary.files["metrics"] = export_metrics(summary, out / "metrics.prom", pushgateway=pushgateway, job=job,
+                                              expected_ctr=expected_ctr)
     write_summary(summary, out / "summary.json")
     return summary

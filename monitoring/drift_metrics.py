@@ -19,9 +19,12 @@ if TYPE_CHECKING:
 VERDICTS = ("drift", "no_drift", "insufficient_data")
 
 
-def drift_registry(summary: DriftSummary) -> CollectorRegistry:
-    """A fresh registry holding the gauges of one drift run."""
+def drift_registry(summary: DriftSummary, expected_ctr: float | None = None) -> CollectorRegistry:
+    """A fresh registry holding the gauges of one drift run (and the champion's expected CTR when given)."""
     registry = CollectorRegistry()
+    if expected_ctr is not None:
+        Gauge("recflow_champion_expected_ctr", "Click-through rate the champion's evaluation promised.",
+              registry=registry).set(expected_ctr)
     verdict = Gauge("recflow_drift_verdict", "1 for the verdict of the last drift run, 0 for the others.",
                     ["verdict"], registry=registry)
     for name in VERDICTS:
@@ -65,12 +68,12 @@ def drift_registry(summary: DriftSummary) -> CollectorRegistry:
 
 
 def export_metrics(summary: DriftSummary, textfile: Path, *, pushgateway: str | None = None,
-                   job: str = "recflow_drift") -> str:
+                   job: str = "recflow_drift", expected_ctr: float | None = None) -> str:
     """Push the run's gauges to ``pushgateway`` (replacing the job's group), else write ``textfile``.
 
     Returns where the metrics went. An unreachable Pushgateway raises :class:`ServiceUnavailable`.
     """
-    registry = drift_registry(summary)
+    registry = drift_registry(summary, expected_ctr)
     if pushgateway:
         try:
             push_to_gateway(pushgateway, job=job, registry=registry, timeout=10)

@@ -93,8 +93,9 @@ def test_two_proportion_test_needs_significance_and_effect() -> None:
 
 def test_cli_exit_codes(windows: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["monitor", "drift", "--reference", str(windows / "reference"), "--out", str(tmp_path / "o")]
-    assert main([*args, "--current", str(windows / "drifted")]) == 1
+    assert main([*args, "--current", str(windows / "drifted"), "--expected-ctr", "0.04"]) == 1
     assert "drift verdict: DRIFT" in capsys.readouterr().out
+    assert "recflow_champion_expected_ctr 0.04" in (tmp_path / "o" / "metrics.prom").read_text()
     assert main([*args, "--current", str(windows / "same"), "--current-last", "100"]) == 4
     assert "INSUFFICIENT_DATA" in capsys.readouterr().out
 
