@@ -166,6 +166,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
             too_big = length is not None and int(length) > config.max_body_bytes
         except ValueError:
             too_big = True
+        if length is None and request.method in ("POST", "PUT", "PATCH"):  # chunked: measure what was sent
+            too_big = len(await request.body()) > config.max_body_bytes
         if too_big:
             response: Response = _error(413, "payload_too_large", f"bodies are limited to {config.max_body_bytes} bytes")
         else:
