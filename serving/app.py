@@ -20,7 +20,14 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,7 +36,23 @@ from serving.recommender import Recommender
 
 API_KEY_ENV = "RECFLOW_API_KEY"
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
 
 
 class Context(BaseModel):
@@ -48,8 +71,11 @@ class RecommendationRequest(BaseModel):
     context: Context | None = None
     k: int = Field(10, ge=1, le=100, description="Slate size.")
     exclude: list[Id] = Field(default_factory=list, max_length=1000, description="Item ids never to show.")
-    history: list[Id] = Field(default_factory=list, max_length=100,
-                              description="Recent item ids of a user the platform has not seen yet.")
+    history: list[Id] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Recent item ids of a user the platform has not seen yet.",
+    )
 
 
 class SlateItem(BaseModel):
@@ -97,25 +123,52 @@ class Metrics:
 
     def __init__(self, recommender_ref: Callable[[], Recommender]) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("recflow_http_requests_total", "HTTP requests by endpoint and status",
-                                ["endpoint", "method", "status"], registry=self.registry)
-        self.latency = Histogram("recflow_http_request_seconds", "HTTP request latency by endpoint and status",
-                                 ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.model = Gauge("recflow_model_version_info", "Model version served per variant (value 1)",
-                           ["variant", "version"], registry=self.registry)
+        self.requests = Counter(
+            "recflow_http_requests_total",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "recflow_http_request_seconds",
+            "HTTP request latency by endpoint and status",
+            ["endpoint", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model = Gauge(
+            "recflow_model_version_info",
+            "Model version served per variant (value 1)",
+            ["variant", "version"],
+            registry=self.registry,
+        )
         ref = recommender_ref
-        Gauge("recflow_feedback_events_total", "Feedback events appended to the log",
-              registry=self.registry).set_function(lambda: ref().feedback_events)
-        Gauge("recflow_feedback_learner_lag_events", "Feedback events not yet learned by the online policy",
-              registry=self.registry).set_function(lambda: ref().learner_lag())
-        Gauge("recflow_feedback_log_age_seconds", "Seconds since the last feedback append (-1: none yet)",
-              registry=self.registry).set_function(lambda: _age(ref()))
-        Gauge("recflow_ctr_5m", "Clicks per impression in the last 5 minutes (NaN without impressions)",
-              registry=self.registry).set_function(lambda: ref().click_through_rate(300.0))
+        Gauge(
+            "recflow_feedback_events_total", "Feedback events appended to the log", registry=self.registry
+        ).set_function(lambda: ref().feedback_events)
+        Gauge(
+            "recflow_feedback_learner_lag_events",
+            "Feedback events not yet learned by the online policy",
+            registry=self.registry,
+        ).set_function(lambda: ref().learner_lag())
+        Gauge(
+            "recflow_feedback_log_age_seconds",
+            "Seconds since the last feedback append (-1: none yet)",
+            registry=self.registry,
+        ).set_function(lambda: _age(ref()))
+        Gauge(
+            "recflow_ctr_5m",
+            "Clicks per impression in the last 5 minutes (NaN without impressions)",
+            registry=self.registry,
+        ).set_function(lambda: ref().click_through_rate(300.0))
         Gauge("recflow_model_swaps_total", "Hot swaps done", registry=self.registry).set_function(
-            lambda: ref().swaps)
-        Gauge("recflow_model_rejected_total", "Model versions rejected at load or warm-up",
-              registry=self.registry).set_function(lambda: len(ref().rejected_versions))
+            lambda: ref().swaps
+        )
+        Gauge(
+            "recflow_model_rejected_total",
+            "Model versions rejected at load or warm-up",
+            registry=self.registry,
+        ).set_function(lambda: len(ref().rejected_versions))
 
     def refresh_versions(self, rec: Recommender) -> None:
         self.model.clear()
@@ -144,16 +197,24 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
     app.state.recommender = recommender
     app.state.metrics = metrics
 
-    def check_key(x_api_key: Annotated[str | None, Header()] = None,
-                  authorization: Annotated[str | None, Header()] = None) -> None:
-        given = x_api_key or (authorization[7:] if authorization and authorization.startswith("Bearer ") else None)
+    def check_key(
+        x_api_key: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
+        given = x_api_key or (
+            authorization[7:] if authorization and authorization.startswith("Bearer ") else None
+        )
         if key is None:
-            raise HTTPException(401, f"this endpoint needs an API key and the server has none: set {API_KEY_ENV}")
+            raise HTTPException(
+                401, f"this endpoint needs an API key and the server has none: set {API_KEY_ENV}"
+            )
         if given is None or not hmac.compare_digest(given.encode(), key.encode()):
             raise HTTPException(401, "missing or wrong API key (X-API-Key header or Authorization: Bearer)")
 
-    def check_read_key(x_api_key: Annotated[str | None, Header()] = None,
-                       authorization: Annotated[str | None, Header()] = None) -> None:
+    def check_read_key(
+        x_api_key: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
         if config.require_key_for_reads:
             check_key(x_api_key, authorization)
 
@@ -169,7 +230,9 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
         if length is None and request.method in ("POST", "PUT", "PATCH"):  # chunked: measure what was sent
             too_big = len(await request.body()) > config.max_body_bytes
         if too_big:
-            response: Response = _error(413, "payload_too_large", f"bodies are limited to {config.max_body_bytes} bytes")
+            response: Response = _error(
+                413, "payload_too_large", f"bodies are limited to {config.max_body_bytes} bytes"
+            )
         else:
             response = await call_next(request)
         route = request.scope.get("route")
@@ -192,8 +255,9 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
     async def recflow_error(_: Request, exc: RecflowError) -> JSONResponse:
         return _error(400, "bad_request", str(exc))
 
-    @app.post("/v1/recommendations", response_model=RecommendationResponse,
-              dependencies=[Depends(check_read_key)])
+    @app.post(
+        "/v1/recommendations", response_model=RecommendationResponse, dependencies=[Depends(check_read_key)]
+    )
     def recommend(body: RecommendationRequest) -> dict[str, Any]:
         rec = state["rec"]
         if body.k > config.max_k:
@@ -243,8 +307,13 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         rec = state["rec"]
-        return JSONResponse({"status": "ready", "model_version": rec.champion.version,
-                             "variants": {n: v.bundle.version for n, v in rec.variants.items()}})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model_version": rec.champion.version,
+                "variants": {n: v.bundle.version for n, v in rec.variants.items()},
+            }
+        )
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

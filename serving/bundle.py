@@ -17,8 +17,6 @@ items of their category (:meth:`ServingBundle.add_items`).
 
 from __future__ import annotations
 
-import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
-
 import functools
 import json
 import threading
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from recflow.errors import DataError
 from recflow.policy.logged_data import CONTEXT_CATEGORIES
 
@@ -38,7 +37,11 @@ CONTEXT_FIELDS: tuple[str, ...] = ("hour", "weekday", "device", "region")
 
 def _matrix(frame: pd.DataFrame, id_column: str) -> tuple[np.ndarray, np.ndarray]:
     ids = frame[id_column].astype(str).to_numpy(dtype=object)
-    mat = np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]]) if len(frame) else np.zeros((0, 0))
+    mat = (
+        np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
+        if len(frame)
+        else np.zeros((0, 0))
+    )
     return ids, np.ascontiguousarray(mat, dtype=np.float32)
 
 
@@ -63,14 +66,22 @@ class NumpyRewardNetwork:
         stage = "global"
         for layer in layers:
             kernel, bias = layer["kernel"], layer["bias"]
-            if stage == "global" and kernel.shape[0] != width["global"] and self.global_layers and (
-                    kernel.shape[0] == arm_dim):
+            if (
+                stage == "global"
+                and kernel.shape[0] != width["global"]
+                and self.global_layers
+                and (kernel.shape[0] == arm_dim)
+            ):
                 stage = "arm"
-            elif stage == "arm" and self.arm_layers and kernel.shape[0] == (
-                    self.global_layers[-1][0].shape[1] + self.arm_layers[-1][0].shape[1]):
+            elif (
+                stage == "arm"
+                and self.arm_layers
+                and kernel.shape[0] == (self.global_layers[-1][0].shape[1] + self.arm_layers[-1][0].shape[1])
+            ):
                 stage = "common"
-            {"global": self.global_layers, "arm": self.arm_layers, "common": self.common_layers}[stage].append(
-                (kernel.astype(np.float32), bias.astype(np.float32)))
+            {"global": self.global_layers, "arm": self.arm_layers, "common": self.common_layers}[
+                stage
+            ].append((kernel.astype(np.float32), bias.astype(np.float32)))
         if not (self.global_layers and self.arm_layers and self.common_layers):
             raise DataError("the policy's reward network does not have the common-tower layout")
 
@@ -120,7 +131,9 @@ class ServingBundle:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | Path, version: str = "local", *, verify_numpy_policy: bool = True) -> ServingBundle:
+    def load(
+        cls, path: str | Path, version: str = "local", *, verify_numpy_policy: bool = True
+    ) -> ServingBundle:
         """Load the bundle directory ``path``; a missing or broken part raises :class:`DataError`."""
         import tensorflow as tf
 
@@ -129,7 +142,9 @@ class ServingBundle:
         root = Path(path)
         for part in ("model", "policy", "transform"):
             if not (root / part).is_dir():
-                raise DataError(f"{root}: bundle part {part}/ is missing (expected model/, policy/, transform/)")
+                raise DataError(
+                    f"{root}: bundle part {part}/ is missing (expected model/, policy/, transform/)"
+                )
         model = root / "model"
         try:
             item_ids, item_matrix = _matrix(pd.read_parquet(model / "item_embeddings.parquet"), "item_id")
@@ -140,17 +155,27 @@ class ServingBundle:
             candidates = pd.read_parquet(root / "transform" / "candidates.parquet")
             retrieval = tf.saved_model.load(str(model / "retrieval"))
             ranking_dir = model / "ranking"
-            ranking_fn = (tf.saved_model.load(str(ranking_dir)).signatures["serving_default"]
-                          if (ranking_dir / "saved_model.pb").is_file() else None)
+            ranking_fn = (
+                tf.saved_model.load(str(ranking_dir)).signatures["serving_default"]
+                if (ranking_dir / "saved_model.pb").is_file()
+                else None
+            )
             scorer = load_policy(root / "policy")
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - any unreadable part makes the bundle unusable
             raise DataError(f"{root}: cannot load the bundle: {type(exc).__name__}: {exc}") from None
         item_ids = item_ids.astype(str).astype(object)
-        cand = candidates.assign(item_id=candidates["item_id"].astype(str)).set_index("item_id").reindex(item_ids)
-        category = cand["category"].fillna("").astype(str).to_numpy(object) if "category" in cand else np.full(
-            len(item_ids), "", object)
+        cand = (
+            candidates.assign(item_id=candidates["item_id"].astype(str))
+            .set_index("item_id")
+            .reindex(item_ids)
+        )
+        category = (
+            cand["category"].fillna("").astype(str).to_numpy(object)
+            if "category" in cand
+            else np.full(len(item_ids), "", object)
+        )
         price = cand["price"].fillna(0.0).to_numpy(float) if "price" in cand else np.zeros(len(item_ids))
         log_pop = _log_popularity(root / "transform" / "transform_graph", item_ids)
         policy_pos = pd.Index(scorer.item_ids.astype(str)).get_indexer(pd.Index(item_ids))
@@ -160,19 +185,38 @@ class ServingBundle:
             policy_items[policy_pos < 0] = scorer.item_embeddings.mean(axis=0)
         network = None
         if scorer.agent == "neural_epsilon_greedy":
-            network = NumpyRewardNetwork(scorer.policy.model_variables, scorer.layout.global_dim,
-                                         scorer.layout.arm_dim)
+            network = NumpyRewardNetwork(
+                scorer.policy.model_variables, scorer.layout.global_dim, scorer.layout.arm_dim
+            )
         ctx_cols = [c for c in CONTEXT_FIELDS if c in contexts.columns]
-        user_context = {str(r["user_id"]): {c: _plain(r[c]) for c in ctx_cols}
-                        for r in contexts.to_dict("records")}
-        bundle = cls(version=version, path=root, item_ids=item_ids, item_matrix=item_matrix,
-                     item_log_popularity=log_pop, item_category=category, item_price=price,
-                     trained_items=len(item_ids), user_index={str(u): i for i, u in enumerate(user_ids)},
-                     user_matrix=user_matrix, user_context=user_context, default_context=default_context,
-                     policy_item_matrix=policy_items, policy_meta=scorer.meta, ranking_fn=ranking_fn,
-                     retrieval=retrieval, policy_scorer=scorer, reward_network=network, feature_spec=spec)
+        user_context = {
+            str(r["user_id"]): {c: _plain(r[c]) for c in ctx_cols} for r in contexts.to_dict("records")
+        }
+        bundle = cls(
+            version=version,
+            path=root,
+            item_ids=item_ids,
+            item_matrix=item_matrix,
+            item_log_popularity=log_pop,
+            item_category=category,
+            item_price=price,
+            trained_items=len(item_ids),
+            user_index={str(u): i for i, u in enumerate(user_ids)},
+            user_matrix=user_matrix,
+            user_context=user_context,
+            default_context=default_context,
+            policy_item_matrix=policy_items,
+            policy_meta=scorer.meta,
+            ranking_fn=ranking_fn,
+            retrieval=retrieval,
+            policy_scorer=scorer,
+            reward_network=network,
+            feature_spec=spec,
+        )
         if network is not None and verify_numpy_policy and not bundle.numpy_policy_matches():
-            bundle.reward_network = None  # fall back to the SavedModel rather than serve a wrong re-implementation
+            bundle.reward_network = (
+                None  # fall back to the SavedModel rather than serve a wrong re-implementation
+            )
         return bundle
 
     # ------------------------------------------------------------------ catalog
@@ -197,12 +241,17 @@ class ServingBundle:
         self.item_matrix = np.ascontiguousarray(np.vstack([self.item_matrix, np.stack(emb)]), np.float32)
         self.policy_item_matrix = np.vstack([self.policy_item_matrix, np.stack(pemb)]).astype(np.float32)
         self.item_log_popularity = np.concatenate(
-            [self.item_log_popularity, np.full(len(new), self.item_log_popularity.min(initial=0.0))])
+            [self.item_log_popularity, np.full(len(new), self.item_log_popularity.min(initial=0.0))]
+        )
         self.item_category = np.concatenate(
-            [self.item_category, new.get("category", pd.Series([""] * len(new))).fillna("").astype(str)
-             .to_numpy(object)])
-        self.item_price = np.concatenate([self.item_price, new.get("price", pd.Series([0.0] * len(new)))
-                                          .fillna(0.0).to_numpy(float)])
+            [
+                self.item_category,
+                new.get("category", pd.Series([""] * len(new))).fillna("").astype(str).to_numpy(object),
+            ]
+        )
+        self.item_price = np.concatenate(
+            [self.item_price, new.get("price", pd.Series([0.0] * len(new))).fillna(0.0).to_numpy(float)]
+        )
         self.item_index = {str(i): n for n, i in enumerate(self.item_ids)}
         return len(new)
 
@@ -229,16 +278,22 @@ class ServingBundle:
             return fn(**inputs)["embedding"].numpy()[0].astype(np.float32)
 
     def rank(self, user_id: str, item_ids: Sequence[str], context: Mapping[str, Any]) -> np.ndarray:
-        """Click probabilities of ``item_ids`` for the user in ``context`` (one batched ranking-model call)."""
+        """Click probabilities of ``item_ids`` for the user in ``context`` (one batched model call)."""
         import tensorflow as tf
 
         n = len(item_ids)
         if self.ranking_fn is None:  # the log had no impressions: fall back to the retrieval inner product
             rows = np.array([self.item_index[i] for i in item_ids])
-            q = self.user_matrix[self.user_index[user_id]] if user_id in self.user_index else np.zeros(
-                self.item_matrix.shape[1], np.float32)
+            q = (
+                self.user_matrix[self.user_index[user_id]]
+                if user_id in self.user_index
+                else np.zeros(self.item_matrix.shape[1], np.float32)
+            )
             return 1.0 / (1.0 + np.exp(-(self.item_matrix[rows] @ q)))
-        inputs: dict[str, Any] = {"user_id": tf.constant([user_id] * n), "item_id": tf.constant(list(item_ids))}
+        inputs: dict[str, Any] = {
+            "user_id": tf.constant([user_id] * n),
+            "item_id": tf.constant(list(item_ids)),
+        }
         for name, spec in self.ranking_fn.structured_input_signature[1].items():
             if name in ("user_id", "item_id"):
                 continue
@@ -246,25 +301,33 @@ class ServingBundle:
             inputs[name] = tf.constant([value] * n, spec.dtype)
         return self.ranking_fn(**inputs)["probability"].numpy().astype(np.float64)
 
-    def rank_rows(self, user_ids: Sequence[str], item_ids: Sequence[str],
-                  contexts: Mapping[str, Sequence[Any]]) -> np.ndarray:
-        """Click probabilities of (user, item, context) rows in one ranking-model call (explanations use it)."""
+    def rank_rows(
+        self, user_ids: Sequence[str], item_ids: Sequence[str], contexts: Mapping[str, Sequence[Any]]
+    ) -> np.ndarray:
+        """Click probabilities of (user, item, context) rows in one ranking-model call."""
         import tensorflow as tf
 
-        inputs: dict[str, Any] = {"user_id": tf.constant(list(user_ids)), "item_id": tf.constant(list(item_ids))}
+        inputs: dict[str, Any] = {
+            "user_id": tf.constant(list(user_ids)),
+            "item_id": tf.constant(list(item_ids)),
+        }
         for name, spec in self.ranking_fn.structured_input_signature[1].items():
             if name not in ("user_id", "item_id"):
                 inputs[name] = tf.constant(list(contexts[name]), spec.dtype)
         return self.ranking_fn(**inputs)["probability"].numpy().astype(np.float64)
 
-    def policy_features(self, user_embedding: np.ndarray | None, context: Mapping[str, Any],
-                        rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def policy_features(
+        self, user_embedding: np.ndarray | None, context: Mapping[str, Any], rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The policy's ``[1, global_dim]`` and ``[1, len(rows), arm_dim]`` features for candidate rows."""
         from recflow.policy.logged_data import arm_features, global_features
 
         layout = self.policy_scorer.layout
-        user = (np.asarray(layout.unknown_user_embedding, np.float32) if user_embedding is None
-                else np.asarray(user_embedding, np.float32))[None, :]
+        user = (
+            np.asarray(layout.unknown_user_embedding, np.float32)
+            if user_embedding is None
+            else np.asarray(user_embedding, np.float32)
+        )[None, :]
         onehots = self.context_onehot(tuple(context.get(c) for c in layout.context_columns))
         g = global_features(user, onehots[None, :])
         a = arm_features(user, self.policy_item_matrix[rows][None, :, :])
@@ -320,7 +383,9 @@ class ServingBundle:
             user = rng.normal(size=layout.embedding_dim).astype(np.float32) * 0.3
             ctx = {"hour": int(rng.integers(24)), "weekday": int(rng.integers(7)), "device": "mobile"}
             g, a = self.policy_features(user, ctx, rows)
-            if not np.allclose(self.reward_network(g, a)[0], self._policy_scores_tf(g, a), atol=tol, rtol=tol):
+            if not np.allclose(
+                self.reward_network(g, a)[0], self._policy_scores_tf(g, a), atol=tol, rtol=tol
+            ):
                 return False
         return True
 

@@ -24,18 +24,36 @@ def _store_root(state: CliState, models: str | None) -> str:
 
 
 @click.command("serve")
-@click.option("--models", default=None, help="Model store to serve the champion of (default: the configured one).")
+@click.option(
+    "--models", default=None, help="Model store to serve the champion of (default: the configured one)."
+)
 @click.option("--host", default=None, help="Interface to bind (default: serving.host).")
 @click.option("--port", type=int, default=None, help="Port (default: serving.port).")
-@click.option("--feedback-dir", type=click.Path(path_type=Path), default=None,
-              help="Feedback log directory (default: serving.feedback_dir, else DATA_DIR/feedback).")
-@click.option("--catalog", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="items.parquet: catalog items not in the model become recommendable from their content.")
+@click.option(
+    "--feedback-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Feedback log directory (default: serving.feedback_dir, else DATA_DIR/feedback).",
+)
+@click.option(
+    "--catalog",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="items.parquet: catalog items not in the model become recommendable from their content.",
+)
 @click.option("--challenger", default=None, help="Model version to A/B test against the champion.")
 @click.option("--challenger-share", type=float, default=None, help="Share of users served the challenger.")
 @pass_state
-def serve(state: CliState, models: str | None, host: str | None, port: int | None, feedback_dir: Path | None,
-          catalog: Path | None, challenger: str | None, challenger_share: float | None) -> None:
+def serve(
+    state: CliState,
+    models: str | None,
+    host: str | None,
+    port: int | None,
+    feedback_dir: Path | None,
+    catalog: Path | None,
+    challenger: str | None,
+    challenger_share: float | None,
+) -> None:
     """Serve recommendations over HTTP from the champion bundle of a model store (hot-swapped on push)."""
     import pandas as pd
     import uvicorn
@@ -44,15 +62,25 @@ def serve(state: CliState, models: str | None, host: str | None, port: int | Non
     from serving.recommender import Recommender
 
     cfg = serving_config(state)
-    updates = {k: v for k, v in {"host": host, "port": port, "challenger": challenger,
-                                 "challenger_share": challenger_share}.items() if v is not None}
+    updates = {
+        k: v
+        for k, v in {
+            "host": host,
+            "port": port,
+            "challenger": challenger,
+            "challenger_share": challenger_share,
+        }.items()
+        if v is not None
+    }
     cfg = cfg.model_copy(update=updates)
     fb_dir = feedback_dir or cfg.feedback_dir or state.config.paths.data_dir / "feedback"
     items = pd.read_parquet(catalog) if catalog else None
     root = _store_root(state, models)
     click.echo(f"loading the champion of {root} ...")
     rec = Recommender.load(root, cfg, feedback_dir=fb_dir, catalog=items)
-    click.echo(f"serving model {rec.champion.version} on http://{cfg.host}:{cfg.port} (feedback log: {fb_dir})")
+    click.echo(
+        f"serving model {rec.champion.version} on http://{cfg.host}:{cfg.port} (feedback log: {fb_dir})"
+    )
     try:
         uvicorn.run(create_app(rec), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
     finally:
@@ -65,14 +93,19 @@ def ab() -> None:
 
 
 @ab.command("report")
-@click.option("--feedback-dir", type=click.Path(path_type=Path), default=None,
-              help="Feedback log directory (default: serving.feedback_dir, else DATA_DIR/feedback).")
+@click.option(
+    "--feedback-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Feedback log directory (default: serving.feedback_dir, else DATA_DIR/feedback).",
+)
 @click.option("--control", default="champion", show_default=True, help="The reference variant.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG chart here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_state
-def ab_report_command(state: CliState, feedback_dir: Path | None, control: str, plot: Path | None,
-                      as_json: bool) -> None:
+def ab_report_command(
+    state: CliState, feedback_dir: Path | None, control: str, plot: Path | None, as_json: bool
+) -> None:
     """Per variant: CTR, conversion rate and average order value with CIs, and significance tests."""
     from serving.ab_report import ab_report, plot_ab_report
     from serving.feedback_log import read_feedback

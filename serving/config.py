@@ -18,7 +18,9 @@ class ServingConfig(BaseModel):
         None, description="Directory of the feedback log segments (default: DATA_DIR/feedback)."
     )
     feedback_segment_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Start a new feedback log segment once the current one is this big."
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Start a new feedback log segment once the current one is this big.",
     )
     feedback_segment_seconds: float = Field(
         3600.0, gt=0.0, description="Start a new feedback log segment once the current one is this old."
@@ -32,10 +34,16 @@ class ServingConfig(BaseModel):
     max_k: int = Field(100, ge=1, description="Largest slate a request may ask for.")
     default_k: int = Field(10, ge=1, description="Slate size when a request does not say.")
     epsilon: float | None = Field(
-        None, ge=0.0, le=1.0, description="Exploration probability per slot (default: the policy's own epsilon)."
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Exploration probability per slot (default: the policy's own epsilon).",
     )
     cold_start_epsilon: float = Field(
-        0.2, ge=0.0, le=1.0, description="Exploration probability per slot for users the model has never seen."
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Exploration probability per slot for users the model has never seen.",
     )
     popularity_weight: float = Field(
         0.5, ge=0.0, description="Weight of the log-popularity prior in the cold-start retrieval score."
@@ -55,7 +63,9 @@ class ServingConfig(BaseModel):
         100_000, ge=100, description="Served slates remembered for feedback attribution and explanations."
     )
     watch_interval_s: float = Field(5.0, gt=0.0, description="How often the model store's alias is polled.")
-    warmup_requests: int = Field(20, ge=1, description="Requests a new bundle must answer before it is swapped in.")
+    warmup_requests: int = Field(
+        20, ge=1, description="Requests a new bundle must answer before it is swapped in."
+    )
     challenger: str | None = Field(
         None, description="Model store version served to the challenger share of users (None: no A/B test)."
     )

@@ -20,14 +20,17 @@ from serving.recommender import Recommendation
 FEATURES: tuple[str, ...] = ("user_id", "item_id", "hour", "weekday", "device", "region")
 
 
-def explain_slate(bundle: ServingBundle, rec: Recommendation, background: int = 20, seed: int = 0
-                  ) -> dict[str, Any]:
+def explain_slate(
+    bundle: ServingBundle, rec: Recommendation, background: int = 20, seed: int = 0
+) -> dict[str, Any]:
     """Per item of ``rec``: the base value, the model's probability and each raw feature's SHAP value."""
     import shap
 
     rng = np.random.default_rng(seed)
     users = list(bundle.user_index)
-    bg_users = [users[i] for i in rng.choice(len(users), size=background)] if users else [rec.user_id] * background
+    bg_users = (
+        [users[i] for i in rng.choice(len(users), size=background)] if users else [rec.user_id] * background
+    )
     bg_items = [str(bundle.item_ids[i]) for i in rng.choice(bundle.trained_items, size=background)]
     contexts = list(bundle.user_context.values()) or [bundle.default_context]
     bg_ctx = [contexts[i] for i in rng.choice(len(contexts), size=background)]
@@ -56,17 +59,29 @@ def explain_slate(bundle: ServingBundle, rec: Recommendation, background: int = 
     result = explainer(rows, max_evals=2 * len(FEATURES) + 1, silent=True)
     out = []
     for n, slot in enumerate(rec.items):
-        out.append({
-            "item_id": slot.item_id,
-            "position": slot.position,
-            "click_probability": float(model(rows[n : n + 1])[0]),
-            "base_value": float(np.asarray(result.base_values)[n]),
-            "attributions": [
-                {"feature": f, "value": _plain(values[f][int(rows[n, j])]), "shap_value": float(result.values[n, j])}
-                for j, f in enumerate(FEATURES)],
-        })
-    return {"request_id": rec.request_id, "model_version": rec.model_version, "method": "shap.PermutationExplainer",
-            "background_size": background, "items": out}
+        out.append(
+            {
+                "item_id": slot.item_id,
+                "position": slot.position,
+                "click_probability": float(model(rows[n : n + 1])[0]),
+                "base_value": float(np.asarray(result.base_values)[n]),
+                "attributions": [
+                    {
+                        "feature": f,
+                        "value": _plain(values[f][int(rows[n, j])]),
+                        "shap_value": float(result.values[n, j]),
+                    }
+                    for j, f in enumerate(FEATURES)
+                ],
+            }
+        )
+    return {
+        "request_id": rec.request_id,
+        "model_version": rec.model_version,
+        "method": "shap.PermutationExplainer",
+        "background_size": background,
+        "items": out,
+    }
 
 
 def _plain(value: Any) -> Any:

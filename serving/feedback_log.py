@@ -40,14 +40,17 @@ def segment_paths(log_dir: str | os.PathLike[str]) -> list[Path]:
     root = Path(log_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.name.startswith(SEGMENT_PREFIX) and p.name.endswith(SEGMENT_SUFFIX))
+    return sorted(
+        p for p in root.iterdir() if p.name.startswith(SEGMENT_PREFIX) and p.name.endswith(SEGMENT_SUFFIX)
+    )
 
 
 class FeedbackLog:
     """Appends events (dicts with event-schema fields) durably; see the module docstring."""
 
-    def __init__(self, log_dir: str | os.PathLike[str], segment_bytes: int = 64 << 20,
-                 segment_seconds: float = 3600.0) -> None:
+    def __init__(
+        self, log_dir: str | os.PathLike[str], segment_bytes: int = 64 << 20, segment_seconds: float = 3600.0
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
@@ -82,8 +85,11 @@ class FeedbackLog:
             os.close(dir_fd)
 
     def _needs_rotation(self) -> bool:
-        return (self._fh is None or self._size >= self.segment_bytes
-                or time.monotonic() - self._opened_at >= self.segment_seconds)
+        return (
+            self._fh is None
+            or self._size >= self.segment_bytes
+            or time.monotonic() - self._opened_at >= self.segment_seconds
+        )
 
     # ------------------------------------------------------------------ appending
     def append(self, events: Sequence[Mapping[str, Any]]) -> int:

@@ -1,17 +1,17 @@
-"""Online adaptation: a LinUCB-style correction of the exported policy, learned from feedback in the background.
+"""Online adaptation: a LinUCB-style correction of the exported policy, learned from feedback.
 
 recflow's policy trainer has no incremental update path yet, so serving keeps its own per-arm linear model on
 the policy's features ``x = [global, arm]`` (the policy's feature layout): ridge regression of the residual
-``reward - policy score`` with ``A = lambda I + sum x x^T`` and ``b = sum (reward - score) x``. The served score
-of a candidate is ``policy score + w * theta^T x + alpha * sqrt(x^T A^-1 x)`` with ``theta = A^-1 b``: at start
-(no feedback) it is the exported policy plus a uniform bonus; as feedback arrives it corrects the policy where
-it is wrong and explores where it is unsure.
+``reward - policy score`` with ``A = lambda I + sum x x^T`` and ``b = sum (reward - score) x``. The served
+score of a candidate is ``policy score + w * theta^T x + alpha * sqrt(x^T A^-1 x)`` with
+``theta = A^-1 b``: at start (no feedback) it is the exported policy plus a uniform bonus; as feedback
+arrives it corrects the policy where it is wrong and explores where it is unsure.
 
 Updates are split so no request ever waits for learning: an impression adds ``x x^T`` to ``A`` and
 ``-score * x`` to ``b``; each later click/cart/purchase on the same shown item adds ``reward * x`` to ``b``
 (the sums equal the batch ridge regression once all feedback is in). A learner thread drains a queue and
-publishes an immutable snapshot ``(theta, A^-1)`` every ``publish_every`` decisions; the request path reads the
-current snapshot reference, which is atomic in CPython.
+publishes an immutable snapshot ``(theta, A^-1)`` every ``publish_every`` decisions; the request path reads
+the current snapshot reference, which is atomic in CPython.
 """
 
 from __future__ import annotations
@@ -36,8 +36,15 @@ class LinearSnapshot:
 class OnlineLinUCB:
     """Residual LinUCB over feature vectors of dimension ``dim`` (see the module docstring)."""
 
-    def __init__(self, dim: int, ridge: float = 1.0, alpha: float = 0.05, weight: float = 1.0,
-                 publish_every: int = 50, reward_weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        ridge: float = 1.0,
+        alpha: float = 0.05,
+        weight: float = 1.0,
+        publish_every: int = 50,
+        reward_weights: Mapping[str, float] | None = None,
+    ) -> None:
         self.dim = dim
         self.alpha = alpha
         self.weight = weight
@@ -51,6 +58,7 @@ class OnlineLinUCB:
         self.snapshot = LinearSnapshot(np.zeros(dim), np.eye(dim) / ridge, 0)
         self._queue: queue.Queue[tuple[str, np.ndarray, float] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._barriers: dict[int, threading.Event] = {}
         self.processed = 0
 
     # ------------------------------------------------------------------ request path (read only)
@@ -112,8 +120,6 @@ class OnlineLinUCB:
         self._queue.put(("__barrier__", np.zeros(0), float(id(done))))
         self._barriers[id(done)] = done
         done.wait(timeout)
-
-    _barriers: dict[int, threading.Event] = {}
 
     def _run(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -39,7 +40,14 @@ from serving.online import OnlineLinUCB
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-FEEDBACK_TYPES: tuple[str, ...] = ("impression", "view", "click", "add_to_cart", "remove_from_cart", "purchase")
+FEEDBACK_TYPES: tuple[str, ...] = (
+    "impression",
+    "view",
+    "click",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,16 @@ class _Decision:
     created: float = field(default_factory=time.time)
 
 
+def local_bundle_path(store: Any, info: Any) -> str:
+    """A local directory holding bundle ``info``: its own path in a local store, else a fresh download
+    (gs:// and other fsspec stores) into a temporary directory."""
+    if store.is_local:
+        return str(info.path)
+    local = Path(tempfile.mkdtemp(prefix=f"recflow-bundle-{info.version}-"))
+    store.fs.get(str(info.path).rstrip("/") + "/", str(local), recursive=True)
+    return str(local)
+
+
 def ab_bucket(user_id: str, salt: str) -> float:
     """A stable number in [0, 1) for ``user_id`` (blake2b of salt and id): the A/B assignment."""
     digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
@@ -100,12 +118,19 @@ def ab_bucket(user_id: str, salt: str) -> float:
 
 
 class Recommender:
-    """Serves the champion bundle (and a challenger for a share of users) in-process; see the module docstring."""
+    """Serves the champion bundle (and a challenger for a share of users); see the module docstring."""
 
-    def __init__(self, champion: ServingBundle, config: ServingConfig | None = None, *,
-                 challenger: ServingBundle | None = None, feedback_log: FeedbackLog | None = None,
-                 store: Any = None, catalog: pd.DataFrame | None = None,
-                 reward_weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        champion: ServingBundle,
+        config: ServingConfig | None = None,
+        *,
+        challenger: ServingBundle | None = None,
+        feedback_log: FeedbackLog | None = None,
+        store: Any = None,
+        catalog: pd.DataFrame | None = None,
+        reward_weights: Mapping[str, float] | None = None,
+    ) -> None:
         self.config = config or ServingConfig()
         self.store = store
         self.catalog = catalog
@@ -135,16 +160,26 @@ class Recommender:
         online = None
         if self.config.online_learning:
             layout = bundle.policy_scorer.layout
-            online = OnlineLinUCB(layout.global_dim + layout.arm_dim, ridge=self.config.online_ridge,
-                                  alpha=self.config.online_alpha, weight=self.config.online_weight,
-                                  publish_every=self.config.online_publish_every,
-                                  reward_weights=self.reward_weights)
+            online = OnlineLinUCB(
+                layout.global_dim + layout.arm_dim,
+                ridge=self.config.online_ridge,
+                alpha=self.config.online_alpha,
+                weight=self.config.online_weight,
+                publish_every=self.config.online_publish_every,
+                reward_weights=self.reward_weights,
+            )
             online.start()
         return Variant(name, bundle, online)
 
     @classmethod
-    def load(cls, store: Any, config: ServingConfig | None = None, *, feedback_dir: str | Path | None = None,
-             catalog: pd.DataFrame | None = None) -> Recommender:
+    def load(
+        cls,
+        store: Any,
+        config: ServingConfig | None = None,
+        *,
+        feedback_dir: str | Path | None = None,
+        catalog: pd.DataFrame | None = None,
+    ) -> Recommender:
         """Serve the champion (and the configured challenger) of a model store (a path or a ModelStore)."""
         from recflow.model_store import ModelStore
 
@@ -152,15 +187,20 @@ class Recommender:
         store = store if isinstance(store, ModelStore) else ModelStore(os.fspath(store))
         champion = store.champion()
         if champion is None:
-            raise DataError(f"model store {store.root}: no champion yet (run `recflow demo` or the pipeline)",
-                            hint="a blessed pipeline run pushes one")
-        bundle = ServingBundle.load(champion.path, champion.version)
+            raise DataError(
+                f"model store {store.root}: no champion yet (run `recflow demo` or the pipeline)",
+                hint="a blessed pipeline run pushes one",
+            )
+        bundle = ServingBundle.load(local_bundle_path(store, champion), champion.version)
         challenger = None
         if config.challenger and config.challenger_share > 0:
             info = store.resolve(config.challenger)
-            challenger = ServingBundle.load(info.path, info.version)
-        fb = FeedbackLog(feedback_dir, config.feedback_segment_bytes,
-                         config.feedback_segment_seconds) if feedback_dir is not None else None
+            challenger = ServingBundle.load(local_bundle_path(store, info), info.version)
+        fb = (
+            FeedbackLog(feedback_dir, config.feedback_segment_bytes, config.feedback_segment_seconds)
+            if feedback_dir is not None
+            else None
+        )
         rec = cls(bundle, config, challenger=challenger, feedback_log=fb, store=store, catalog=catalog)
         rec.warm_up(rec._variants[CHAMPION].bundle)
         return rec
@@ -188,9 +228,16 @@ class Recommender:
             n = self._counter
         return uuid.uuid4().hex, n
 
-    def recommend(self, user_id: str, context: Mapping[str, Any] | None = None, k: int | None = None,
-                  history: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                  *, variant: str | None = None) -> Recommendation:
+    def recommend(
+        self,
+        user_id: str,
+        context: Mapping[str, Any] | None = None,
+        k: int | None = None,
+        history: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        *,
+        variant: str | None = None,
+    ) -> Recommendation:
         """A slate of ``k`` items for ``user_id`` (see the module docstring); never raises for unknown ids.
 
         ``history``: the user's recent item ids, for users the platform has not seen yet. ``exclude``: item
@@ -201,7 +248,9 @@ class Recommender:
             raise DataError(f"k: must be between 1 and {self.config.max_k}, got {k}")
         chosen = self._variants[variant] if variant else self.variant_for(str(user_id))
         request_id, n = self._next_request_id()
-        rec, feats, base = self._recommend_with(chosen, str(user_id), context, k, history, exclude, request_id, n)
+        rec, feats, base = self._recommend_with(
+            chosen, str(user_id), context, k, history, exclude, request_id, n
+        )
         chosen.served += 1
         with self._decisions_lock:
             self._decisions[request_id] = _Decision(rec, chosen, feats, base)
@@ -209,9 +258,17 @@ class Recommender:
                 self._decisions.popitem(last=False)
         return rec
 
-    def _recommend_with(self, variant: Variant, user_id: str, context: Mapping[str, Any] | None, k: int,
-                        history: Sequence[str] | None, exclude: Sequence[str] | None, request_id: str,
-                        counter: int) -> tuple[Recommendation, np.ndarray, np.ndarray]:
+    def _recommend_with(
+        self,
+        variant: Variant,
+        user_id: str,
+        context: Mapping[str, Any] | None,
+        k: int,
+        history: Sequence[str] | None,
+        exclude: Sequence[str] | None,
+        request_id: str,
+        counter: int,
+    ) -> tuple[Recommendation, np.ndarray, np.ndarray]:
         b, cfg = variant.bundle, self.config
         ctx = b.context_for(user_id, context)
         top, policy_user, cold = self.retrieve(b, user_id, ctx, history, exclude)
@@ -224,25 +281,46 @@ class Recommender:
         base = b.policy_scores(g, a)
         feats = np.concatenate([np.broadcast_to(g[:, None, :], a.shape[:2] + g.shape[1:]), a], axis=-1)[0]
         key = variant.online.adjust(feats, base) if variant.online is not None else base
-        eps = cfg.cold_start_epsilon if cold else (
-            cfg.epsilon if cfg.epsilon is not None else float(b.policy_meta.get("epsilon", 0.1)))
+        eps = (
+            cfg.cold_start_epsilon
+            if cold
+            else (cfg.epsilon if cfg.epsilon is not None else float(b.policy_meta.get("epsilon", 0.1)))
+        )
         rng = np.random.default_rng([cfg.seed, counter])
         slots, props = epsilon_greedy_slate(key, min(k, len(pool)), eps, rng)
-        items = [RecommendedItem(str(b.item_ids[pool[s]]), pos, float(key[s]), float(pool_prob[s]), float(p))
-                 for pos, (s, p) in enumerate(zip(slots, props, strict=True))]
-        rec = Recommendation(request_id, user_id, items, b.version, variant.policy_id, variant.name, cold,
-                             {c: ctx.get(c) for c in ("hour", "weekday", "device", "region")})
+        items = [
+            RecommendedItem(str(b.item_ids[pool[s]]), pos, float(key[s]), float(pool_prob[s]), float(p))
+            for pos, (s, p) in enumerate(zip(slots, props, strict=True))
+        ]
+        rec = Recommendation(
+            request_id,
+            user_id,
+            items,
+            b.version,
+            variant.policy_id,
+            variant.name,
+            cold,
+            {c: ctx.get(c) for c in ("hour", "weekday", "device", "region")},
+        )
         return rec, feats[slots], base[slots]
 
-    def retrieve(self, b: ServingBundle, user_id: str, ctx: Mapping[str, Any], history: Sequence[str] | None,
-                 exclude: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    def retrieve(
+        self,
+        b: ServingBundle,
+        user_id: str,
+        ctx: Mapping[str, Any],
+        history: Sequence[str] | None,
+        exclude: Sequence[str] | None,
+    ) -> tuple[np.ndarray, np.ndarray | None, bool]:
         """Rows of the top ``retrieval_candidates`` items by inner product (best first), the user embedding
         the policy should see (None for unknown users) and whether this is a cold start."""
         cfg = self.config
         row = b.user_index.get(user_id)
         cold = row is None
         if cold:
-            query = b.cold_query(int(ctx["hour"]), int(ctx["weekday"]), str(ctx["device"]), str(ctx["region"]))
+            query = b.cold_query(
+                int(ctx["hour"]), int(ctx["weekday"]), str(ctx["device"]), str(ctx["region"])
+            )
             hist_rows = [b.item_index[i] for i in (history or ()) if i in b.item_index]
             if hist_rows:  # what the user just looked at says more than the context alone
                 h = b.item_matrix[hist_rows].mean(axis=0)
@@ -283,7 +361,9 @@ class Recommender:
         for n, ev in enumerate(events):
             kind = ev.get("event_type")
             if kind not in FEEDBACK_TYPES:
-                raise DataError(f"events[{n}].event_type: must be one of {', '.join(FEEDBACK_TYPES)}, got {kind!r}")
+                raise DataError(
+                    f"events[{n}].event_type: must be one of {', '.join(FEEDBACK_TYPES)}, got {kind!r}"
+                )
             item = ev.get("item_id")
             rid = ev.get("request_id")
             with self._decisions_lock:
@@ -340,13 +420,14 @@ class Recommender:
 
     # ------------------------------------------------------------------ hot swap
     def warm_up(self, bundle: ServingBundle, requests: int | None = None) -> None:
-        """Answer ``requests`` requests with ``bundle`` (known and unknown users); raise if any answer is bad."""
+        """Answer ``requests`` requests with ``bundle`` (known and unknown users); raise on a bad answer."""
         n = requests or self.config.warmup_requests
         users = list(bundle.user_index)[: max(1, n - 2)] + ["__warmup_unknown__"]
         probe = Variant("warmup", bundle, None)
         for i, user in enumerate(users[:n]):
-            rec, _, _ = self._recommend_with(probe, user, None, min(10, self.config.max_k), None, None,
-                                             f"warmup-{i}", i)
+            rec, _, _ = self._recommend_with(
+                probe, user, None, min(10, self.config.max_k), None, None, f"warmup-{i}", i
+            )
             scores = [s.score for s in rec.items] + [s.click_probability for s in rec.items]
             if not rec.items or not np.all(np.isfinite(scores)):
                 raise DataError(f"bundle {bundle.version}: warm-up request for {user!r} gave no valid slate")
@@ -362,7 +443,7 @@ class Recommender:
         with self._swap_lock:
             try:
                 info = self.store.resolve(state.version)
-                bundle = ServingBundle.load(info.path, info.version)
+                bundle = ServingBundle.load(local_bundle_path(self.store, info), info.version)
                 self.warm_up(bundle)
             except Exception as exc:  # noqa: BLE001 - any failure rejects the bundle; the old one keeps serving
                 self.rejected_versions[state.version] = f"{type(exc).__name__}: {exc}"
@@ -414,8 +495,9 @@ class Recommender:
             d = self._decisions.get(request_id)
         if d is None:
             raise KeyError(request_id)
-        return explain_slate(d.variant.bundle, d.rec, background=self.config.explanation_background,
-                             seed=self.config.seed)
+        return explain_slate(
+            d.variant.bundle, d.rec, background=self.config.explanation_background, seed=self.config.seed
+        )
 
 
 def _timestamp(value: Any, n: int) -> pd.Timestamp:
@@ -429,8 +511,9 @@ def _timestamp(value: Any, n: int) -> pd.Timestamp:
     return ts.floor("ms")
 
 
-def epsilon_greedy_slate(scores: np.ndarray, k: int, epsilon: float,
-                         rng: np.random.Generator) -> tuple[list[int], list[float]]:
+def epsilon_greedy_slate(
+    scores: np.ndarray, k: int, epsilon: float, rng: np.random.Generator
+) -> tuple[list[int], list[float]]:
     """Fill ``k`` slots: the best remaining candidate with probability ``1 - epsilon``, else a uniform one.
 
     Returns the chosen indices and each slot's propensity ``(1 - eps) [pick is best] + eps / remaining``

@@ -1,4 +1,4 @@
-"""Serving: the in-process Recommender, the feedback log, online learning, hot swap, cold start and A/B report.
+"""Serving: the in-process Recommender, feedback log, online learning, hot swap, cold start, A/B report.
 
 The model bundle comes from one real pipeline run on tiny simulator data (300 users, 150 items, 10 days),
 built once and cached on disk (``$RECFLOW_TEST_CACHE``, default ``<tmp>/recflow-test-cache``): the first run
@@ -44,15 +44,22 @@ def bundle_parts() -> Path:
     work = Path(tempfile.mkdtemp(prefix="serving-bundle-"))
     config = load_config(None, [f"simulator.{k}={v}" for k, v in WORLD.items()])
     generate_dataset(config.simulator, work / "data", progress=False)
-    result = run_local(work / "data", config, model_store=work / "store", tracking=False, run_root=work / "runs",
-                       echo=lambda _: None)
+    result = run_local(
+        work / "data",
+        config,
+        model_store=work / "store",
+        tracking=False,
+        run_root=work / "runs",
+        echo=lambda _: None,
+    )
     art = next((result.run_dir / "artifacts").iterdir())
     staging = root / f".{CACHE_VERSION}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(art / "tfrs-trainer" / "model", staging / "model", ignore=shutil.ignore_patterns("logs"))
     shutil.copytree(art / "agents-trainer" / "policy", staging / "policy")
-    shutil.copytree(art / "transform" / "transformed", staging / "transform",
-                    ignore=shutil.ignore_patterns("transformed"))
+    shutil.copytree(
+        art / "transform" / "transformed", staging / "transform", ignore=shutil.ignore_patterns("transformed")
+    )
     (staging / "evaluation").mkdir()
     (staging / "evaluation" / "blessing.json").write_text(json.dumps({"blessed": True, "reasons": ["test"]}))
     (staging / "done.json").write_text(json.dumps(WORLD))
@@ -85,21 +92,33 @@ def store_root(parts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rec(store_root: Path, tmp_path_factory: pytest.TempPathFactory):
     from serving.recommender import Recommender
 
-    r = Recommender.load(store_root, ServingConfig(online_publish_every=5),
-                         feedback_dir=tmp_path_factory.mktemp("feedback"))
+    r = Recommender.load(
+        store_root, ServingConfig(online_publish_every=5), feedback_dir=tmp_path_factory.mktemp("feedback")
+    )
     yield r
     r.close()
 
 
 # ---------------------------------------------------------------------------------------------- feedback log
 
+
 def test_feedback_log_round_trip_rotation_and_torn_last_line(tmp_path: Path) -> None:
     log = FeedbackLog(tmp_path, segment_bytes=1024)
-    events = [{"event_id": f"e{i}", "event_type": "click", "timestamp": "2026-01-01T00:00:00.123Z",
-               "user_id": f"u{i}", "item_id": "i1", "position": 2, "propensity": 0.5, "variant": "champion"}
-              for i in range(60)]
+    events = [
+        {
+            "event_id": f"e{i}",
+            "event_type": "click",
+            "timestamp": "2026-01-01T00:00:00.123Z",
+            "user_id": f"u{i}",
+            "item_id": "i1",
+            "position": 2,
+            "propensity": 0.5,
+            "variant": "champion",
+        }
+        for i in range(60)
+    ]
     for chunk in range(0, 60, 6):
-        assert log.append(events[chunk:chunk + 6]) == 6
+        assert log.append(events[chunk : chunk + 6]) == 6
     log.close()
     assert len(segment_paths(tmp_path)) > 1  # rotated by size
     with open(segment_paths(tmp_path)[-1], "ab") as fh:  # a crash mid-write leaves a torn last line
@@ -115,8 +134,17 @@ def test_feedback_log_concurrent_appends_are_all_durable(tmp_path: Path) -> None
 
     def worker(w: int) -> None:
         for i in range(40):
-            log.append([{"event_id": f"{w}-{i}", "event_type": "impression", "timestamp": "2026-01-01T00:00:00Z",
-                         "user_id": "u", "item_id": "i"}])
+            log.append(
+                [
+                    {
+                        "event_id": f"{w}-{i}",
+                        "event_type": "impression",
+                        "timestamp": "2026-01-01T00:00:00Z",
+                        "user_id": "u",
+                        "item_id": "i",
+                    }
+                ]
+            )
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
     for t in threads:
@@ -135,6 +163,7 @@ def test_corrupt_line_in_the_middle_is_a_data_error(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- policy pieces
+
 
 def test_epsilon_greedy_propensities_match_empirical_frequencies() -> None:
     scores = np.array([0.9, 0.5, 0.4, 0.1])
@@ -194,8 +223,14 @@ def test_ab_report_detects_the_known_better_variant(tmp_path: Path) -> None:
                 if rng.random() < ctr:
                     rows.append({"event_type": "click", "user_id": f"{variant}{u}", "variant": variant})
                     if rng.random() < 0.3:
-                        rows.append({"event_type": "purchase", "user_id": f"{variant}{u}", "variant": variant,
-                                     "price": 20.0 + rng.random()})
+                        rows.append(
+                            {
+                                "event_type": "purchase",
+                                "user_id": f"{variant}{u}",
+                                "variant": variant,
+                                "price": 20.0 + rng.random(),
+                            }
+                        )
     report = ab_report(pd.DataFrame(rows))
     by = {v.variant: v for v in report.variants}
     assert by["challenger"].ctr_ci[0] > by["champion"].ctr_ci[1] - 0.01
@@ -215,6 +250,7 @@ def test_ab_report_without_variants_is_a_clear_error() -> None:
 
 # ---------------------------------------------------------------------------------------------- with a bundle
 
+
 def test_numpy_policy_and_context_encoding_equal_the_exported_policy(rec) -> None:
     from recflow.policy.logged_data import context_onehots
 
@@ -223,13 +259,17 @@ def test_numpy_policy_and_context_encoding_equal_the_exported_policy(rec) -> Non
     rng = np.random.default_rng(5)
     for _ in range(5):
         rows = rng.choice(len(b.item_ids), size=25, replace=False)
-        ctx = {"hour": int(rng.integers(24)), "weekday": int(rng.integers(7)),
-               "device": str(rng.choice(["mobile", "desktop", "tablet", "fridge"]))}
+        ctx = {
+            "hour": int(rng.integers(24)),
+            "weekday": int(rng.integers(7)),
+            "device": str(rng.choice(["mobile", "desktop", "tablet", "fridge"])),
+        }
         user = b.user_matrix[int(rng.integers(len(b.user_matrix)))]
         g, a = b.policy_features(user, ctx, rows)
         layout = b.policy_scorer.layout
-        np.testing.assert_array_equal(g[0, layout.embedding_dim:],
-                                      context_onehots(ctx, layout.context_columns, 1)[0])
+        np.testing.assert_array_equal(
+            g[0, layout.embedding_dim :], context_onehots(ctx, layout.context_columns, 1)[0]
+        )
         np.testing.assert_allclose(b.reward_network(g, a)[0], b._policy_scores_tf(g, a), rtol=1e-5, atol=1e-6)
         # ... and the policy's own scorer agrees for catalog items
         mean = b.policy_scorer.scores(user[None, :], ctx, b.item_ids[rows].tolist(), 1)["mean"][0]
@@ -258,7 +298,9 @@ def test_cold_start_is_context_aware_uses_history_and_explores(rec) -> None:
     q_morning = b.cold_query(8, 0, "mobile", "west")
     q_night = b.cold_query(23, 5, "desktop", "east")
     assert not np.allclose(q_morning, q_night)  # the query tower sees the context
-    slates = [tuple(s.item_id for s in rec.recommend("newcomer-1", {"hour": 8}, k=5).items) for _ in range(30)]
+    slates = [
+        tuple(s.item_id for s in rec.recommend("newcomer-1", {"hour": 8}, k=5).items) for _ in range(30)
+    ]
     out = rec.recommend("newcomer-1", {"hour": 8}, k=5)
     assert out.cold_start and len(out.items) == 5
     assert len(set(slates)) > 1  # exploration: not the same slate every time
@@ -281,14 +323,22 @@ def test_new_catalog_items_are_recommendable_from_content(parts: Path, tmp_path:
 
     bundle = ServingBundle.load(parts, "t")
     cat = bundle.item_category[0]
-    new = pd.DataFrame({"item_id": ["brand-new-1", "brand-new-2"], "category": [cat, "unknown-cat"],
-                        "price": [10.0, 20.0]})
-    r = Recommender(bundle, ServingConfig(online_learning=False, retrieval_candidates=150, ranked_candidates=150,
-                                          cold_start_epsilon=1.0), catalog=new)
+    new = pd.DataFrame(
+        {"item_id": ["brand-new-1", "brand-new-2"], "category": [cat, "unknown-cat"], "price": [10.0, 20.0]}
+    )
+    r = Recommender(
+        bundle,
+        ServingConfig(
+            online_learning=False, retrieval_candidates=150, ranked_candidates=150, cold_start_epsilon=1.0
+        ),
+        catalog=new,
+    )
     try:
         assert "brand-new-1" in r.champion.item_index
         row = r.champion.item_index["brand-new-1"]
-        same = r.champion.item_matrix[: bundle.trained_items][bundle.item_category[: bundle.trained_items] == cat]
+        same = r.champion.item_matrix[: bundle.trained_items][
+            bundle.item_category[: bundle.trained_items] == cat
+        ]
         np.testing.assert_allclose(r.champion.item_matrix[row], same.mean(axis=0), rtol=1e-5)
         seen = {s.item_id for _ in range(40) for s in r.recommend("someone-new", k=10).items}
         assert {"brand-new-1", "brand-new-2"} & seen
@@ -299,10 +349,18 @@ def test_new_catalog_items_are_recommendable_from_content(parts: Path, tmp_path:
 def test_feedback_is_enriched_logged_and_learned(rec) -> None:
     out = rec.recommend("u000002", {"hour": 12, "weekday": 3, "device": "desktop"}, k=5)
     before = rec.variants["champion"].online.snapshot.theta.copy()
-    events = [{"event_type": "impression", "item_id": s.item_id, "request_id": out.request_id} for s in out.items]
-    events += [{"event_type": "click", "item_id": out.items[1].item_id, "request_id": out.request_id},
-               {"event_type": "purchase", "item_id": out.items[1].item_id, "request_id": out.request_id,
-                "order_value": 42.5}]
+    events = [
+        {"event_type": "impression", "item_id": s.item_id, "request_id": out.request_id} for s in out.items
+    ]
+    events += [
+        {"event_type": "click", "item_id": out.items[1].item_id, "request_id": out.request_id},
+        {
+            "event_type": "purchase",
+            "item_id": out.items[1].item_id,
+            "request_id": out.request_id,
+            "order_value": 42.5,
+        },
+    ]
     rows = rec.record_feedback(events)
     assert len(rows) == 7
     rec.variants["champion"].online.drain()
@@ -333,6 +391,7 @@ def test_explanation_attributes_the_ranking_score_to_raw_features(rec) -> None:
         rec.explain("unknown-request")
 
 
+@pytest.mark.slow
 def test_hot_swap_rollback_broken_bundle_and_no_failed_requests(parts: Path, tmp_path: Path) -> None:
     from recflow.cli import main as recflow_main
     from serving.recommender import Recommender
@@ -381,6 +440,7 @@ def test_hot_swap_rollback_broken_bundle_and_no_failed_requests(parts: Path, tmp
     assert {"v0001", "v0002"} <= set(served)
 
 
+@pytest.mark.slow
 def test_ab_test_on_simulated_traffic_finds_the_better_variant(parts: Path, tmp_path: Path) -> None:
     """Champion: the trained bundle. Challenger: the same bundle with retrieval turned upside down (it fetches
     the items the model likes least), which is known to be worse. ShopEnv users react to the served slates."""
@@ -400,15 +460,25 @@ def test_ab_test_on_simulated_traffic_finds_the_better_variant(parts: Path, tmp_
             obs = env.reset()
             done = False
             while not done:
-                out = r.recommend(obs.user_id, {"hour": obs.hour, "weekday": obs.weekday, "device": obs.device,
-                                                "region": obs.region}, k=5)
+                out = r.recommend(
+                    obs.user_id,
+                    {"hour": obs.hour, "weekday": obs.weekday, "device": obs.device, "region": obs.region},
+                    k=5,
+                )
                 step = env.step_ids([s.item_id for s in out.items])
-                events = [{"event_type": "impression", "item_id": s.item_id, "request_id": out.request_id}
-                          for s in out.items]
+                events = [
+                    {"event_type": "impression", "item_id": s.item_id, "request_id": out.request_id}
+                    for s in out.items
+                ]
                 for _, ev in step.events.iterrows():
                     if ev["event_type"] in ("click", "purchase"):
-                        events.append({"event_type": ev["event_type"], "item_id": ev["item_id"],
-                                       "request_id": out.request_id})
+                        events.append(
+                            {
+                                "event_type": ev["event_type"],
+                                "item_id": ev["item_id"],
+                                "request_id": out.request_id,
+                            }
+                        )
                 r.record_feedback(events)
                 obs, done = step.observation, step.done
     finally:

@@ -37,8 +37,9 @@ def app_client(store_root: Path, tmp_path_factory: pytest.TempPathFactory):
     from serving.app import create_app
     from serving.recommender import Recommender
 
-    rec = Recommender.load(store_root, ServingConfig(max_body_bytes=4096),
-                           feedback_dir=tmp_path_factory.mktemp("http-feedback"))
+    rec = Recommender.load(
+        store_root, ServingConfig(max_body_bytes=4096), feedback_dir=tmp_path_factory.mktemp("http-feedback")
+    )
     app = create_app(rec, api_key=KEY, watch=False)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, rec
@@ -47,15 +48,19 @@ def app_client(store_root: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_recommendations_feedback_explanation_and_metrics(app_client) -> None:
     client, rec = app_client
-    r = client.post("/v1/recommendations", json={"user_id": "u000001", "k": 4, "context": {"hour": 7},
-                                                 "exclude": ["i000001"]})
+    r = client.post(
+        "/v1/recommendations",
+        json={"user_id": "u000001", "k": 4, "context": {"hour": 7}, "exclude": ["i000001"]},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["items"]) == 4 and body["model_version"] == "v0001" and body["variant"] == "champion"
     assert all(0 < it["propensity"] <= 1 for it in body["items"]) and body["request_id"]
     assert "i000001" not in [it["item_id"] for it in body["items"]]
     rid, first = body["request_id"], body["items"][0]["item_id"]
-    events = [{"event_type": "impression", "item_id": it["item_id"], "request_id": rid} for it in body["items"]]
+    events = [
+        {"event_type": "impression", "item_id": it["item_id"], "request_id": rid} for it in body["items"]
+    ]
     events.append({"event_type": "click", "item_id": first, "request_id": rid})
     r = client.post("/v1/feedback", json={"events": events}, headers=AUTH)
     assert r.status_code == 200 and r.json() == {"accepted": 5}
@@ -93,7 +98,9 @@ def test_no_key_configured_means_writes_are_refused(store_root: Path, app_client
     _, rec = app_client
     os.environ.pop("RECFLOW_API_KEY", None)
     with TestClient(create_app(rec, watch=False)) as client:
-        r = client.post("/v1/feedback", json={"events": [{"event_type": "click", "item_id": "i", "user_id": "u"}]})
+        r = client.post(
+            "/v1/feedback", json={"events": [{"event_type": "click", "item_id": "i", "user_id": "u"}]}
+        )
         assert r.status_code == 401 and "RECFLOW_API_KEY" in r.json()["detail"]
 
 
@@ -110,17 +117,20 @@ def test_reads_can_require_the_key(store_root: Path, app_client) -> None:
         rec.config = rec.config.model_copy(update={"require_key_for_reads": False})
 
 
-@pytest.mark.parametrize("body, status", [
-    ({"user_id": "u1", "k": 0}, 422),
-    ({"user_id": "u1", "k": 101}, 422),
-    ({"user_id": ""}, 422),
-    ({"user_id": "u1", "context": {"hour": 24}}, 422),
-    ({"user_id": "u1", "context": {"device": "x" * 40}}, 422),
-    ({"user_id": "u1", "surprise": 1}, 422),
-    ({"k": 3}, 422),
-    ("not json", 422),
-    ({"user_id": "u1", "exclude": ["x"] * 1500}, 413),  # over max_body_bytes before it is even parsed
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"user_id": "u1", "k": 0}, 422),
+        ({"user_id": "u1", "k": 101}, 422),
+        ({"user_id": ""}, 422),
+        ({"user_id": "u1", "context": {"hour": 24}}, 422),
+        ({"user_id": "u1", "context": {"device": "x" * 40}}, 422),
+        ({"user_id": "u1", "surprise": 1}, 422),
+        ({"k": 3}, 422),
+        ("not json", 422),
+        ({"user_id": "u1", "exclude": ["x"] * 1500}, 413),  # over max_body_bytes before it is even parsed
+    ],
+)
 def test_malformed_requests_get_a_4xx_json_error(app_client, body, status) -> None:
     client, _ = app_client
     if isinstance(body, str):
@@ -133,13 +143,27 @@ def test_malformed_requests_get_a_4xx_json_error(app_client, body, status) -> No
 def test_bad_feedback_is_rejected_whole(app_client) -> None:
     client, rec = app_client
     before = rec.feedback_events
-    r = client.post("/v1/feedback", headers=AUTH, json={"events": [
-        {"event_type": "click", "item_id": "i1", "user_id": "u1"},
-        {"event_type": "click", "item_id": "i1", "request_id": "never-served"}]})
+    r = client.post(
+        "/v1/feedback",
+        headers=AUTH,
+        json={
+            "events": [
+                {"event_type": "click", "item_id": "i1", "user_id": "u1"},
+                {"event_type": "click", "item_id": "i1", "request_id": "never-served"},
+            ]
+        },
+    )
     assert r.status_code == 400 and "events[1]" in r.json()["detail"]
     assert rec.feedback_events == before
-    r = client.post("/v1/feedback", headers=AUTH, json={"events": [
-        {"event_type": "click", "item_id": "i1", "user_id": "u1", "timestamp": "yesterday-ish"}]})
+    r = client.post(
+        "/v1/feedback",
+        headers=AUTH,
+        json={
+            "events": [
+                {"event_type": "click", "item_id": "i1", "user_id": "u1", "timestamp": "yesterday-ish"}
+            ]
+        },
+    )
     assert r.status_code == 400 and "timestamp" in r.json()["detail"]
 
 
@@ -177,8 +201,23 @@ def test_sigkill_mid_load_loses_no_acknowledged_feedback(store_root: Path, tmp_p
     port = _free_port()
     fb = tmp_path / "feedback"
     env = {**os.environ, "RECFLOW_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "recflow", "serve", "--models", str(store_root), "--port", str(port),
-                             "--feedback-dir", str(fb)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recflow",
+            "serve",
+            "--models",
+            str(store_root),
+            "--port",
+            str(port),
+            "--feedback-dir",
+            str(fb),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -200,8 +239,10 @@ def test_sigkill_mid_load_loses_no_acknowledged_feedback(store_root: Path, tmp_p
                 i = 0
                 while not stop.is_set():
                     ids = [f"w{w}-{i}-{j}" for j in range(3)]
-                    events = [{"event_id": e, "event_type": "click", "item_id": "i000001", "user_id": f"u{w}"}
-                              for e in ids]
+                    events = [
+                        {"event_id": e, "event_type": "click", "item_id": "i000001", "user_id": f"u{w}"}
+                        for e in ids
+                    ]
                     try:
                         r = c.post("/v1/feedback", json={"events": events})
                     except httpx.HTTPError:
