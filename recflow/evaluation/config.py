@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from recflow.reranking import RerankingConfig
+
 #: Metric names :func:`recflow.evaluation.metrics.per_user_metrics` computes (each reported as ``name@k``).
 RANKING_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "mrr", "hit")
 #: Baselines :func:`recflow.baselines.make_baseline` can build.
@@ -62,6 +64,20 @@ class ALSConfig(_Section):
     alpha: float = Field(1.0, gt=0.0, description="Confidence scaling of the weighted interactions.")
 
 
+class BeyondAccuracyConfig(_Section):
+    """Beyond-accuracy metrics (diversity, novelty, long-tail and group exposure; see
+    recflow/evaluation/beyond_accuracy.py)."""
+
+    enabled: bool = Field(True, description="Compute and report the beyond-accuracy metrics for every method.")
+    head_share: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="The head is the fewest most-interacted items holding this share of the training "
+        "interactions; every other item is long tail (also used by the xquad re-ranking).",
+    )
+
+
 class EvaluatorConfig(_Section):
     """How candidates are evaluated against baselines and the champion, and when they are blessed."""
 
@@ -100,6 +116,14 @@ class EvaluatorConfig(_Section):
     )
     als: ALSConfig = Field(ALSConfig(), description="ALS baseline hyper-parameters.")
     thresholds: BlessingThresholds = Field(BlessingThresholds(), description="Blessing rules.")
+    beyond_accuracy: BeyondAccuracyConfig = Field(
+        BeyondAccuracyConfig(), description="Diversity, novelty and exposure metrics."
+    )
+    reranking: RerankingConfig = Field(
+        RerankingConfig(),
+        description="Re-rank the candidate's lists for long-tail exposure or diversity before evaluating them "
+        "(the un-re-ranked candidate is reported beside it as 'candidate_unreranked').",
+    )
 
     @field_validator("metrics")
     @classmethod

@@ -4,7 +4,11 @@ not.
 :func:`evaluate_recommenders` is the Evaluator's core: it reads an examples directory, fits the baselines on
 ``train.parquet``, asks every method for top-k lists for the *same* sampled held-out users (excluding each
 user's training items), scores them with :mod:`recflow.evaluation.metrics`, runs paired tests of the per-user
-primary metric (candidate vs champion, and vs the best baseline), and applies the blessing rules. The returned
+primary metric (candidate vs champion, and vs the best baseline), and applies the blessing rules. Every method
+also gets the beyond-accuracy metrics of :mod:`recflow.evaluation.beyond_accuracy` (diversity, novelty, long-tail
+share, exposure Gini, exposure by category). With ``config.reranking`` on, the candidate is wrapped in
+:class:`recflow.reranking.ReRankedRecommender` and the un-re-ranked model is reported beside it
+(``candidate_unreranked``), with a paired test of what the re-ranking cost. The returned
 :class:`EvaluationResult` is what :func:`recflow.evaluation.report.write_report` renders.
 """
 
@@ -26,6 +30,7 @@ from recflow.baselines import (
     PopularityRecommender,
 )
 from recflow.errors import ConfigError, DataError
+from recflow.evaluation.beyond_accuracy import CatalogContext, beyond_accuracy_metrics, exposure_by_group
 from recflow.evaluation.blessing import Blessing, decide_blessing
 from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.metrics import (
@@ -37,9 +42,12 @@ from recflow.evaluation.metrics import (
 )
 from recflow.evaluation.significance import PairedTest, paired_tests
 from recflow.recommender import Recommender
+from recflow.reranking import make_reranker
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
+#: Label of the candidate before re-ranking (present only when re-ranking is on).
+UNRERANKED = "candidate_unreranked"
 _EVENT_COLUMNS = ("user_id", "item_id", "event_type")
 
 
@@ -54,6 +62,7 @@ class MethodResult:
     metrics: dict[str, float]
     per_user: pd.DataFrame
     seconds: float = 0.0
+    exposure: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,7 +73,9 @@ class EvaluationResult:
     ``significance`` holds the paired tests of the primary metric, keyed ``champion`` and/or
     ``best_baseline``;
     ``segments`` the metrics by user type (new / returning) for every method; ``extra`` whatever the caller
-    adds (off-policy estimates, a TFMA ``slices`` DataFrame, ...), rendered generically.
+    adds (off-policy estimates, a TFMA ``slices`` DataFrame, ...), rendered generically. ``exposure_reference``
+    holds each category's share of the training interactions (``train``) and of the catalog (``catalog``),
+    the yardsticks of the methods' ``exposure``; ``long_tail`` the head definition behind ``long_tail_share``.
     """
 
     k: int
@@ -77,6 +88,20 @@ class EvaluationResult:
     segments: pd.DataFrame
     extra: dict[str, Any] = field(default_factory=dict)
     catalog_size: int = 0
+    exposure_reference: dict[str, dict[str, float]] = field(default_factory=dict)
+    long_tail: dict[str, float] = field(default_factory=dict)
+    reranking: dict[str, Any] = field(default_factory=dict)
+
+    def exposure_table(self) -> pd.DataFrame:
+        """Share of recommended slots per category (rows) for each method, beside the training-interaction and
+        catalog shares (columns ``train``, ``catalog``); empty when items have no category."""
+        columns: dict[str, dict[str, float]] = dict(self.exposure_reference)
+        columns.update({m.label: m.exposure for m in self.methods.values() if m.exposure})
+        if not columns:
+            return pd.DataFrame()
+        table = pd.DataFrame(columns).fillna(0.0).sort_index()
+        table.index.name = "category"
+        return table.reset_index()
 
     @property
     def candidate(self) -> MethodResult:
@@ -174,6 +199,7 @@ def _run_method(
     catalog: set[str],
     config: EvaluatorConfig,
     seconds_before: float = 0.0,
+    context: CatalogContext | None = None,
 ) -> MethodResult:
     start = time.perf_counter()
     recs = recommender.recommend(users, config.k, exclude)
@@ -194,7 +220,12 @@ def _run_method(
     metrics["exclusion_violations"] = float(
         sum(len(set(items[: config.k]) & exclude.get(u, set())) for u, items in zip(users, recs, strict=True))
     )
-    return MethodResult(label, recommender.name, role, metrics, per_user, elapsed)
+    exposure: dict[str, float] = {}
+    if context is not None:
+        metrics.update(beyond_accuracy_metrics(recs, context, config.k))
+        if context.categories:
+            exposure = exposure_by_group(recs, context.categories, config.k)
+    return MethodResult(label, recommender.name, role, metrics, per_user, elapsed, exposure)
 
 
 def _segments(methods: Mapping[str, MethodResult], user_type: pd.Series) -> pd.DataFrame:
@@ -209,18 +240,34 @@ def _segments(methods: Mapping[str, MethodResult], user_type: pd.Series) -> pd.D
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def candidate_item_embeddings(candidate: Recommender) -> pd.DataFrame | None:
+    """The candidate's item embeddings (``model_dir/item_embeddings.parquet`` of a TFRS model), else None."""
+    model_dir = getattr(candidate, "model_dir", None)
+    path = Path(model_dir) / "item_embeddings.parquet" if model_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path, columns=["item_id", "embedding"])
+    except Exception:  # noqa: BLE001 - embedding diversity is optional; a bad file must not stop the evaluation
+        return None
+
+
 def evaluate_recommenders(
     examples_dir: Path,
     candidate: Recommender,
     config: EvaluatorConfig,
     champion: Recommender | None = None,
     extra: dict[str, Any] | None = None,
+    item_embeddings: pd.DataFrame | None = None,
 ) -> EvaluationResult:
     """Evaluate ``candidate`` (already trained) against freshly fitted baselines and the ``champion``.
 
     All methods rank for the same held-out users (at most ``config.max_users``, sampled with ``config.seed``)
-    with the same exclusions, so their per-user metrics are paired. Raises :class:`~recflow.errors.DataError`
-    when the examples are unusable or the held-out split has no user with a relevant item.
+    with the same exclusions, so their per-user metrics are paired. ``item_embeddings`` (columns ``item_id``,
+    ``embedding``; default: the candidate's own, see :func:`candidate_item_embeddings`) adds
+    ``embedding_diversity@k`` for every method, measured in that one embedding space. Raises
+    :class:`~recflow.errors.DataError` when the examples are unusable or the held-out split has no user with a
+    relevant item.
     """
     train, held_out, items = load_examples(Path(examples_dir), config.split)
     exclude = interacted_items(train) if config.exclude_train_items else {}
@@ -240,13 +287,43 @@ def evaluate_recommenders(
         name="user_type",
     )
 
+    context: CatalogContext | None = None
+    beyond = config.beyond_accuracy
+    if beyond.enabled:
+        if item_embeddings is None:
+            item_embeddings = candidate_item_embeddings(candidate)
+        context = CatalogContext.from_train(train, items, catalog, beyond.head_share, item_embeddings)
+
     methods: dict[str, MethodResult] = {}
-    methods[CANDIDATE] = _run_method(
-        CANDIDATE, "candidate", candidate, users, truth, exclude, catalog, config
-    )
+    reranking: dict[str, Any] = {}
+    if config.reranking.enabled:
+        embeddings = (
+            context.embeddings
+            if context is not None
+            else CatalogContext.from_train(train, items, catalog, item_embeddings=item_embeddings).embeddings
+        )
+        reranked = make_reranker(
+            candidate,
+            config.reranking,
+            train,
+            items,
+            head_share=beyond.head_share,
+            item_embeddings=embeddings or None,
+        )
+        methods[CANDIDATE] = _run_method(
+            CANDIDATE, "candidate", reranked, users, truth, exclude, catalog, config, context=context
+        )
+        methods[UNRERANKED] = _run_method(
+            UNRERANKED, "reference", candidate, users, truth, exclude, catalog, config, context=context
+        )
+        reranking = {**config.reranking.model_dump(), "name": reranked.name}
+    else:
+        methods[CANDIDATE] = _run_method(
+            CANDIDATE, "candidate", candidate, users, truth, exclude, catalog, config, context=context
+        )
     if champion is not None:
         methods[CHAMPION] = _run_method(
-            CHAMPION, "champion", champion, users, truth, exclude, catalog, config
+            CHAMPION, "champion", champion, users, truth, exclude, catalog, config, context=context
         )
     for name, baseline in build_baselines(config).items():
         start = time.perf_counter()
@@ -261,6 +338,7 @@ def evaluate_recommenders(
             catalog,
             config,
             seconds_before=time.perf_counter() - start,
+            context=context,
         )
 
     primary = config.metric_key()
@@ -274,6 +352,14 @@ def evaluate_recommenders(
             confidence,
             metric=primary,
             reference=f"champion ({champion.name})",
+        )
+    if UNRERANKED in methods:
+        significance["without_reranking"] = paired_tests(
+            cand_series,
+            methods[UNRERANKED].per_user[primary],
+            confidence,
+            metric=primary,
+            reference=f"the candidate without re-ranking ({candidate.name})",
         )
     baseline_labels = [m.label for m in methods.values() if m.role == "baseline"]
     if baseline_labels:
@@ -306,4 +392,11 @@ def evaluate_recommenders(
         segments=_segments(methods, user_type),
         extra=dict(extra or {}),
         catalog_size=len(catalog),
+        exposure_reference=context.group_reference() if context is not None else {},
+        long_tail=(
+            {"head_share": context.head_share, "head_items": float(len(context.head))}
+            if context is not None
+            else {}
+        ),
+        reranking=reranking,
     )

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from recflow.evaluation.beyond_accuracy import BEYOND_ACCURACY_METRICS
+from recflow.evaluation.metrics import METRIC_NAMES
 from recflow.io import atomic_path
 
 if TYPE_CHECKING:
@@ -100,6 +102,28 @@ def metric_bars_png(table: pd.DataFrame, metrics: list[str]) -> str:
     ax.set_title("Ranking metrics by method")
     ax.legend(fontsize="small", ncols=min(len(methods), 4))
     return _png(fig)
+
+
+def tradeoff_png(table: pd.DataFrame, accuracy: str, exposure: str) -> str:
+    """Scatter of each method's ``accuracy`` metric against its ``exposure`` metric (e.g. long-tail share)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    for _, row in table.iterrows():
+        x, y = float(row[exposure]), float(row[accuracy])
+        if np.isfinite(x) and np.isfinite(y):
+            ax.scatter([x], [y])
+            ax.annotate(str(row["method"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(exposure)
+    ax.set_ylabel(accuracy)
+    ax.set_title(f"Accuracy vs {exposure.split('@')[0].replace('_', ' ')} by method")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _metric_base(column: str) -> str:
+    return column.split("@", 1)[0]
 
 
 def per_user_distribution_png(per_user: Mapping[str, pd.Series], metric: str) -> str:
@@ -195,12 +219,50 @@ def _extra_sections(extra: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def _beyond_accuracy_sections(result: EvaluationResult, table: pd.DataFrame, beyond_cols: list[str]) -> list[str]:
+    if not beyond_cols:
+        return []
+    coverage = [c for c in table.columns if c.startswith("coverage@")]
+    intro = (
+        "<h2>Beyond accuracy: diversity, novelty, exposure</h2>"
+        '<p class="muted">diversity = share of item pairs in a list from different categories; novelty = mean '
+        "-log2 of the item's smoothed share of training interactions (bits); long-tail share = share of slots "
+        f"on items outside the head ({int(result.long_tail.get('head_items', 0))} "
+        f"items holding {result.long_tail.get('head_share', 0.8):.0%} of training interactions); exposure Gini "
+        "over the whole catalog (0 = even).</p>"
+    )
+    parts = [
+        intro,
+        _table(table[["method", result.primary_metric, *coverage, *beyond_cols]]),
+    ]
+    tail = f"long_tail_share@{result.k}"
+    if tail in table.columns:
+        parts.append(_img(tradeoff_png(table, result.primary_metric, tail), "accuracy vs long-tail share"))
+    if result.reranking:
+        r = result.reranking
+        parts.append(
+            f"<p>Candidate re-ranked with <b>{html.escape(str(r.get('method')))}</b>, strength "
+            f"{float(r.get('strength', 0.0)):g}, from the top {r.get('candidates')} items of the model; "
+            "<code>candidate_unreranked</code> is the model's own ranking.</p>"
+        )
+    exposure = result.exposure_table()
+    if not exposure.empty:
+        parts.append(
+            "<h3>Exposure by category (share of recommended slots)</h3>"
+            '<p class="muted">train = the category\'s share of training interactions; catalog = its share of '
+            "catalog items.</p>" + _table(exposure)
+        )
+    return parts
+
+
 def render_html(result: EvaluationResult) -> str:
     """The report as one self-contained HTML string."""
     blessing = result.blessing
     cand = result.candidate
-    table = result.metrics_table()
-    metrics = [c for c in table.columns if "@" in c and not c.startswith("coverage")]
+    full_table = result.metrics_table()
+    beyond_cols = [c for c in full_table.columns if _metric_base(c) in BEYOND_ACCURACY_METRICS]
+    table = full_table.drop(columns=beyond_cols)
+    metrics = [c for c in table.columns if _metric_base(c) in METRIC_NAMES]
     verdict = (
         '<span class="verdict blessed">BLESSED</span>'
         if blessing.blessed
@@ -209,9 +271,11 @@ def render_html(result: EvaluationResult) -> str:
     primary = result.primary_metric
     sections = [
         f"<h1>Evaluation of {html.escape(cand.name)}</h1>",
-        f"<p>{verdict} &nbsp; split <b>{html.escape(result.split)}</b>, {result.n_users} users, "
-        f"k = {result.k}, "
-        f"catalog {result.catalog_size} items, primary metric <b>{html.escape(primary)}</b></p>",
+        (
+            f"<p>{verdict} &nbsp; split <b>{html.escape(result.split)}</b>, {result.n_users} users, "
+            f"k = {result.k}, "
+            f"catalog {result.catalog_size} items, primary metric <b>{html.escape(primary)}</b></p>"
+        ),
         "<h2>Blessing</h2><h3>Failed rules</h3>" + _list(blessing.reasons, "none: every rule passed"),
         "<h3>Passed or skipped rules</h3>" + _list(blessing.checks, "none"),
         "<h2>Metrics: candidate vs champion vs baselines</h2>" + _table(table),
@@ -231,6 +295,7 @@ def render_html(result: EvaluationResult) -> str:
     ]
     if not result.segments.empty:
         sections.append("<h2>By user type (new vs returning)</h2>" + _table(result.segments))
+    sections.extend(_beyond_accuracy_sections(result, full_table, beyond_cols))
     slices = result.extra.get("slices")
     if isinstance(slices, pd.DataFrame) and not slices.empty:
         sections.append("<h2>Ranking model per slice (TFMA)</h2>" + _table(slices))
@@ -261,6 +326,12 @@ def metrics_document(result: EvaluationResult) -> dict[str, Any]:
             },
             "significance": {k: t.to_dict() for k, t in result.significance.items()},
             "segments": result.segments,
+            "long_tail": result.long_tail,
+            "exposure_by_group": {
+                **result.exposure_reference,
+                **{m.label: m.exposure for m in result.methods.values() if m.exposure},
+            },
+            "reranking": result.reranking,
             "extra": result.extra,
         }
     )
