@@ -169,7 +169,7 @@ def plot_ab_report(report: ABReport, out: str | Path) -> Path:
         ax.bar(
             names,
             means,
-            yerr=[means - cis[:, 0], cis[:, 1] - means],
+            yerr=np.clip(np.nan_to_num([means - cis[:, 0], cis[:, 1] - means]), 0, None),
             capsize=6,
             color=["#4c72b0", "#dd8452"][: len(names)] * (len(names) // 2 + 1),
         )

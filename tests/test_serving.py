@@ -378,6 +378,7 @@ def test_feedback_is_enriched_logged_and_learned(rec) -> None:
         rec.record_feedback([{"event_type": "like", "item_id": "i1", "user_id": "u"}])
 
 
+@pytest.mark.slow  # the first shap import compiles for ~30 s
 def test_explanation_attributes_the_ranking_score_to_raw_features(rec) -> None:
     out = rec.recommend("u000003", {"hour": 20}, k=3)
     exp = rec.explain(out.request_id)
@@ -488,3 +489,25 @@ def test_ab_test_on_simulated_traffic_finds_the_better_variant(parts: Path, tmp_
     assert set(by) == {"champion", "challenger"}
     assert by["champion"].ctr > by["challenger"].ctr
     assert report.comparison["z_test_p"] < 0.05
+
+
+def test_ab_report_command_reads_the_feedback_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recflow.cli import main as recflow_main
+
+    log = FeedbackLog(tmp_path / "fb")
+    rows = []
+    for variant, clicks in (("champion", 2), ("challenger", 8)):
+        for u in range(30):
+            for i in range(10):
+                rows.append({"event_type": "impression", "user_id": f"{variant}-{u}", "item_id": "i",
+                             "timestamp": "2026-01-01T00:00:00Z", "variant": variant})
+                if (u + i) % 10 < clicks:
+                    rows.append({"event_type": "click", "user_id": f"{variant}-{u}", "item_id": "i",
+                                 "timestamp": "2026-01-01T00:00:01Z", "variant": variant})
+    log.append(rows)
+    log.close()
+    code = recflow_main(["ab", "report", "--feedback-dir", str(tmp_path / "fb"), "--plot", str(tmp_path / "ab.png")])
+    out = capsys.readouterr().out
+    assert code == 0 and "challenger vs champion" in out and "z-test" in out
+    assert (tmp_path / "ab.png").is_file()
+    assert recflow_main(["ab", "report", "--feedback-dir", str(tmp_path / "empty")]) == 2  # a clear error
