@@ -7,6 +7,8 @@ import pytest
 
 from recflow.baselines import (
     ALSRecommender,
+    BPRRecommender,
+    EASERecommender,
     ContentBasedRecommender,
     ItemKNNRecommender,
     PopularityRecommender,
@@ -55,12 +57,17 @@ def shop():
 
 # ALS hyper-parameters for these tiny logs (the defaults are tuned for thousands of users)
 TINY_ALS = {"factors": 8, "regularization": 0.05, "alpha": 2.0}
-ALL = [PopularityRecommender, ALSRecommender, ItemKNNRecommender, ContentBasedRecommender]
+ALL = [PopularityRecommender, ALSRecommender, ItemKNNRecommender, ContentBasedRecommender, BPRRecommender,
+       EASERecommender]
 
 
 def _fit(cls, train, items):
     if cls is ALSRecommender:
         return cls(**TINY_ALS, iterations=10, seed=1).fit(train, items)
+    if cls is BPRRecommender:
+        return cls(factors=8, iterations=50, seed=1).fit(train, items)
+    if cls is EASERecommender:
+        return cls(l2=10.0).fit(train, items)
     return cls().fit(train, items)
 
 
@@ -110,10 +117,27 @@ def test_collaborative_and_content_baselines_beat_popularity_on_a_structured_log
     als = _ndcg(ALSRecommender(**TINY_ALS, iterations=15, seed=0).fit(train, items), train, test)
     knn = _ndcg(ItemKNNRecommender(neighbors=20).fit(train, items), train, test)
     content = _ndcg(ContentBasedRecommender().fit(train, items), train, test)
+    bpr = _ndcg(BPRRecommender(factors=8, iterations=100, seed=0).fit(train, items), train, test)
+    ease = _ndcg(EASERecommender(l2=10.0).fit(train, items), train, test)
     # popularity ranks other groups' items as often as the user's own; the others learn the taste groups
     assert als > 3 * pop, (als, pop)
     assert knn > 3 * pop, (knn, pop)
     assert content > 3 * pop, (content, pop)
+    assert bpr > 3 * pop, (bpr, pop)
+    assert ease > 3 * pop, (ease, pop)
+
+
+def test_ease_weights_have_a_zero_diagonal_and_match_the_closed_form(shop):
+    train, _, items = shop
+    model = EASERecommender(l2=5.0).fit(train, items)
+    x = model._matrix.toarray()
+    gram = x.T @ x + 5.0 * np.eye(x.shape[1])
+    b = model.weights
+    assert np.allclose(np.diag(b), 0.0)
+    # the solution of min ||X - XB||^2 + l2 ||B||^2 s.t. diag(B)=0 satisfies (X'X + l2 I) B = X'X - diag(mu)
+    residual = gram @ b - (x.T @ x)
+    off_diagonal = residual - np.diag(np.diag(residual))
+    assert np.allclose(off_diagonal, 0.0, atol=1e-8)
 
 
 def test_popularity_counts_positive_events_and_decays_with_recency():
