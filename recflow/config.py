@@ -20,6 +20,7 @@ from recflow.evaluation.config import EvaluatorConfig
 from recflow.examplegen import ExampleGenConfig
 from recflow.features.transform import TransformConfig
 from recflow.model_store import ModelStoreConfig
+from recflow.monitoring_config import MonitoringConfig
 from recflow.pipeline_config import PipelineConfig
 from recflow.policy.config import PolicyConfig
 from recflow.simulator.config import SimulatorConfig
@@ -68,6 +69,7 @@ class RecflowConfig(Section):
     model_store: ModelStoreConfig = ModelStoreConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
 
 def default_config_text() -> str:

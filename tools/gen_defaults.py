@@ -1,5 +1,6 @@
 """Regenerate the auto-documented sections of defaults.yaml from the typed models (sections after 'simulator')."""
-import sys, yaml
+import yaml
+
 import recflow.config as c
 HEAD = {
  "example_gen": "ExampleGen: validation gate and the time split (recflow/examplegen.py)",
@@ -10,6 +11,7 @@ HEAD = {
  "model_store": "Pusher's model store (null path: DATA_DIR/models) (recflow/model_store.py)",
  "tracking": "MLflow (null tracking_uri: sqlite under DATA_DIR) (recflow/tracking.py)",
  "pipeline": "KFP DAG: images, per-step resources, GPU placement, caching (recflow/pipeline_config.py)",
+ "monitoring": "Drift job thresholds and the retraining watcher's guards (recflow/monitoring_config.py)",
 }
 text = open("recflow/defaults.yaml").read()
 cut = text.find("\n# === generated sections")
@@ -17,6 +19,8 @@ if cut >= 0:
     text = text[:cut + 1]
 d = c.RecflowConfig().model_dump(mode="json")
 parts = [text.rstrip("\n") + "\n\n# === generated sections: regenerate with `python tools/gen_defaults.py` after changing a model ===\n"]
-for k, h in HEAD.items():
+names = list(c.RecflowConfig.model_fields)
+for k in names[names.index("simulator") + 1:]:
+    h = HEAD.get(k) or (c.RecflowConfig.model_fields[k].annotation.__doc__ or k).strip().splitlines()[0]
     parts.append(f"\n# {h}\n" + yaml.safe_dump({k: d[k]}, sort_keys=False))
 open("recflow/defaults.yaml", "w").write("".join(parts))

@@ -1,0 +1,115 @@
+"""Configuration of monitoring: the drift job's thresholds and the retraining watcher's guards.
+
+This is the ``monitoring`` section of the core config (``RecflowConfig.monitoring``); it lives in the core
+library because the monitoring package imports the core, never the other way round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DriftConfig(_Frozen):
+    """Thresholds of ``recflow monitor drift`` (see docs/monitoring.md for how they were chosen)."""
+
+    min_events: int = Field(
+        2000,
+        ge=1,
+        description="Fewest events a window (reference and current alike) needs before any verdict; fewer "
+        "gives the verdict 'insufficient_data' (exit code 4).",
+    )
+    min_clicks: int = Field(
+        30, ge=1, description="Fewest clicks the reference needs before the click-rate tests run."
+    )
+    max_rows: int = Field(
+        50_000,
+        ge=1000,
+        description="Impressions per window fed to Evidently at most (a seeded sample above it).",
+    )
+    drift_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Feature drift is declared when at least this share of the verdict's feature columns drifted.",
+    )
+    numerical_method: str = Field(
+        "wasserstein",
+        description="Evidently stat test of numerical columns (an effect size, so huge windows do not alarm "
+        "on trivial shifts).",
+    )
+    numerical_threshold: float = Field(0.1, gt=0.0, description="Drift when the numerical distance is >= this.")
+    categorical_method: str = Field("jensenshannon", description="Evidently stat test of categorical columns.")
+    categorical_threshold: float = Field(
+        0.1, gt=0.0, description="Drift when the categorical distance is >= this."
+    )
+    prediction_numerical_threshold: float = Field(
+        0.3,
+        gt=0.0,
+        description="Drift threshold of the numerical prediction columns (score, categories per slate): what a "
+        "model shows is clustered by user and request, so it varies more between windows than the features "
+        "(0.3 keeps the false-alarm rate of benchmarks/drift_loop.py within target).",
+    )
+    informational_columns: tuple[str, ...] = Field(
+        ("hour", "weekday", "user_known"),
+        description="Columns reported but left out of the verdict: a short recent window always covers other "
+        "hours/weekdays than weeks of training data, and users unseen in the reference keep arriving in a "
+        "stationary shop; neither is drift.",
+    )
+    target_alpha: float = Field(
+        0.002,
+        gt=0.0,
+        lt=1.0,
+        description="Significance level of the target tests (CTR, CVR: two-proportion z-test; click category "
+        "mix: chi-square).",
+    )
+    min_relative_change: float = Field(
+        0.1,
+        ge=0.0,
+        description="A significant CTR/CVR change must also move the rate by at least this share to count.",
+    )
+    seed: int = Field(0, ge=0, description="Seed of the row sampling above max_rows.")
+
+
+class WatchConfig(_Frozen):
+    """Guards of ``recflow monitor watch`` (the retraining trigger)."""
+
+    state_dir: str | None = Field(
+        None, description="Where the watcher keeps its lock, state and decision log; null: DATA_DIR/monitoring."
+    )
+    interval_s: float = Field(300.0, gt=0.0, description="Seconds between two polls of the loop.")
+    confirmations: int = Field(
+        2,
+        ge=1,
+        description="Consecutive drift verdicts needed before drift counts as confirmed (one noisy window "
+        "never retrains).",
+    )
+    cooldown_s: float = Field(
+        6 * 3600.0, ge=0.0, description="Seconds after a retraining starts during which no other one starts."
+    )
+    dedup_window_s: float = Field(
+        3600.0, ge=0.0, description="An alert with a fingerprint seen within this many seconds is a duplicate."
+    )
+    daily_budget: int = Field(3, ge=0, description="Retrainings started per UTC day at most.")
+    recent_events: int = Field(
+        200_000, ge=1000, description="Most recent feedback events the retraining dataset is cut from."
+    )
+    kfp_host: str | None = Field(
+        None, description="Kubeflow Pipelines API URL; set: `recflow pipeline submit`, null: local runner."
+    )
+    alert_names: tuple[str, ...] = Field(
+        ("RecflowDataDrift", "RecflowCTRDrop"),
+        description="Alertmanager alerts that trigger a retraining (others are logged and ignored).",
+    )
+
+
+class MonitoringConfig(_Frozen):
+    """The ``monitoring`` config section: the drift job and the retraining watcher."""
+
+    drift: DriftConfig = Field(DriftConfig(), description="The drift job's thresholds.")
+    watch: WatchConfig = Field(WatchConfig(), description="The retraining watcher's guards.")
