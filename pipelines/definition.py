@@ -1,6 +1,10 @@
 """The training DAG, defined once and run by every runner (local, Kubeflow run, Kubeflow recurring run).
 
-    example_gen -> transform -> tfrs_trainer -> agents_trainer -> evaluator -(blessed)-> pusher
+    example_gen -> transform -> [tuner ->] tfrs_trainer -> agents_trainer -> evaluator -(blessed)-> pusher
+
+The tuner (Optuna hyperparameter search, :mod:`recflow.tuning`) is in the DAG only when ``tuning.enabled`` is
+true when the pipeline is built (a compile-time switch, so the default DAG keeps its six tasks); it returns the
+config with the tuned trainer section, and the TFRS trainer runs with that config.
 
 The pusher runs only inside ``dsl.If(evaluator.Output == True)``: an unblessed (or failed) evaluation pushes
 nothing. The components' images and the tasks' placement come from the ``pipeline`` config section when the
@@ -12,9 +16,10 @@ pipeline is built, so the same definition yields the local DAG and the GPU-place
 from kfp import dsl
 from kfp.dsl import base_component
 
-from components import agents_trainer, evaluator, example_gen, pusher, tfrs_trainer, transform
-from recflow.pipeline_config import PipelineConfig
+from components import agents_trainer, evaluator, example_gen, pusher, tfrs_trainer, transform, tuner
 from pipelines.placement import apply_placement
+from recflow.pipeline_config import PipelineConfig
+from recflow.tuning import TuningConfig
 
 PIPELINE_PARAMETERS: tuple[str, ...] = (
     "data_uri",
@@ -27,8 +32,9 @@ PIPELINE_PARAMETERS: tuple[str, ...] = (
 """The run-time parameters of the pipeline (what ``recflow pipeline run/submit/schedule`` fill in)."""
 
 
-def build_pipeline(config: PipelineConfig) -> base_component.BaseComponent:
-    """Build the training pipeline for ``config`` (images, placement, caching, name).
+def build_pipeline(config: PipelineConfig, tuning: TuningConfig | None = None) -> base_component.BaseComponent:
+    """Build the training pipeline for ``config`` (images, placement, caching, name), with the tuner step when
+    ``tuning`` is given and enabled.
 
     Parameters of the returned pipeline: ``data_uri`` (the raw dataset: a directory, or gs:// on Kubeflow),
     ``model_store`` (where blessed bundles are pushed), ``config_yaml`` (the whole effective recflow config),
@@ -43,6 +49,10 @@ def build_pipeline(config: PipelineConfig) -> base_component.BaseComponent:
         "evaluator": evaluator.build(config.image_for("evaluator")),
         "pusher": pusher.build(config.image_for("pusher")),
     }
+    with_tuner = tuning is not None and tuning.enabled
+    if with_tuner:
+        # The tuner trains the same models as the TFRS trainer: same image, resources and GPU placement.
+        steps["tuner"] = tuner.build(config.image_for("tfrs_trainer"))
     beam_args = list(config.beam_pipeline_args)
 
     @dsl.pipeline(name=config.name, description="recflow training: examples, features, TFRS + TF-Agents models, "
@@ -62,8 +72,15 @@ def build_pipeline(config: PipelineConfig) -> base_component.BaseComponent:
         examples = gen.outputs["examples"]
         tft = apply_placement(steps["transform"](examples=examples, beam_pipeline_args=beam_args, **common),
                               "transform", config)
+        trainer_common = dict(common)
+        if with_tuner:
+            search = apply_placement(
+                steps["tuner"](examples=examples, transformed=tft.outputs["transformed"], **common),
+                "tfrs_trainer", config)
+            search.set_display_name("tuner")
+            trainer_common["config_yaml"] = search.outputs["Output"]
         tfrs = apply_placement(
-            steps["tfrs_trainer"](examples=examples, transformed=tft.outputs["transformed"], **common),
+            steps["tfrs_trainer"](examples=examples, transformed=tft.outputs["transformed"], **trainer_common),
             "tfrs_trainer", config)
         agents = apply_placement(
             steps["agents_trainer"](examples=examples, model=tfrs.outputs["model"], **common),
@@ -72,7 +89,7 @@ def build_pipeline(config: PipelineConfig) -> base_component.BaseComponent:
             steps["evaluator"](examples=examples, model=tfrs.outputs["model"], policy=agents.outputs["policy"],
                                model_store=model_store, **common),
             "evaluator", config)
-        with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712 (a DSL expression)
+        with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):
             apply_placement(
                 steps["pusher"](transformed=tft.outputs["transformed"], model=tfrs.outputs["model"],
                                 policy=agents.outputs["policy"], evaluation=evaluation.outputs["evaluation"],

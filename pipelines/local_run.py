@@ -18,7 +18,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -219,13 +219,14 @@ def run_local(
     root = Path(run_root or pipeline_config.pipeline_root or config.paths.data_dir / "pipeline-runs")
     if "://" in str(root):
         raise ConfigError(f"pipeline.pipeline_root {root} is remote; a local run needs a local directory")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = (root / f"{stamp}-{uuid.uuid4().hex[:6]}").resolve()
     status_dir = run_dir / "status"
     status_dir.mkdir(parents=True)
     log_path = run_dir / "pipeline.log"
     config_yaml = dump_config(config)
-    pipeline = pipeline_func if pipeline_func is not None else build_pipeline(pipeline_config)
+    pipeline = (pipeline_func if pipeline_func is not None
+                else build_pipeline(pipeline_config, tuning=_section(config, "tuning")))
     arguments = {"data_uri": str(data_dir.resolve()), "model_store": str(store.resolve()),
                  "config_yaml": config_yaml, "status_dir": str(status_dir)}
 
@@ -282,11 +283,19 @@ def _summary_metrics(result: LocalRunResult) -> dict[str, float]:
     return metrics
 
 
+def _step_names(records: dict[str, Any]) -> list[str]:
+    """The DAG's steps in order; the optional tuner (after transform) when it left a status record."""
+    names = list(STEP_ORDER)
+    if "tuner" in records and "tuner" not in names:
+        names.insert(names.index("transform") + 1 if "transform" in names else 0, "tuner")
+    return names
+
+
 def _step_reports(status_dir: Path, failure: str | None) -> list[StepReport]:
     records = read_status(status_dir)
     failed_task = _FAILED_TASK.search(failure or "")
     reports = []
-    for name in STEP_ORDER:
+    for name in _step_names(records):
         record = records.get(name)
         if record is None:
             status = "skipped" if name == "pusher" and failure is None else "not run"
