@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,35 +22,10 @@ import recflow  # noqa: F401  (configures the process before anything else)
 from recflow.io import atomic_path
 from recflow.simulator import SimulatorConfig, generate_dataset, simulate_log
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
 RESULT = Path(__file__).resolve().parent / "results" / "simulator.json"
-
-
-def machine_info() -> dict[str, object]:
-    """What the numbers were measured on."""
-    import numpy
-    import pandas
-    import pyarrow
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores_available": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "load_average_1m_at_start": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "pyarrow": pyarrow.__version__,
-    }
 
 
 def sized_config(events: int, seed: int, days: int) -> SimulatorConfig:
