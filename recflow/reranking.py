@@ -8,9 +8,11 @@
   Mobasher, "Managing Popularity Bias in Recommender Systems with Personalized Re-ranking", FLAIRS 2019).
   Items fall into two groups, head and long tail (see :func:`recflow.evaluation.beyond_accuracy.head_items`).
   The next item maximises ``(1 - lambda) * rel(v) + lambda * P(g(v)|u) * (1 - |S ∩ g(v)| / |S|)``, where S is
-  the list so far (the last factor is 1 while S is empty) and ``P(g|u)`` the share of the user's training
-  interactions in group g (the global share for users without history). Long-tail items get a boost as long
-  as the list under-represents the long tail relative to the user's own taste.
+  the list so far (the last factor is 1 while S is empty) and ``P(tail|u)`` the long-tail share the list
+  aims for: ``tail_target`` for everybody (default 0.5, equal exposure of head and tail), or, with
+  ``tail_target: null``, the share of the user's own training interactions on the long tail (the paper's
+  personalized variant; the global share for users without history). Long-tail items get a boost as long as
+  the list under-represents the long tail relative to that target.
 * ``mmr`` -- maximal marginal relevance (Carbonell and Goldstein, SIGIR 1998) for intra-list diversity:
   ``(1 - lambda) * rel(v) - lambda * max_{j in S} sim(v, j)`` with sim 1 for the same category, else 0
   (cosine similarity of item embeddings when there are no categories).
@@ -51,6 +53,14 @@ class RerankingConfig(BaseModel):
     )
     candidates: int = Field(
         100, gt=0, description="Items fetched from the base recommender per user and re-ranked (at least k)."
+    )
+    tail_target: float | None = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="xquad: the long-tail share P(tail|u) the lists aim for (0.5 = equal exposure of head and "
+        "long tail); null = each user's own long-tail share in train (personalized xQuAD, which only "
+        "calibrates lists to past taste and barely moves exposure when the log is popularity-biased).",
     )
 
     @property
@@ -216,7 +226,10 @@ def make_reranker(
         return base
     catalog = items["item_id"].astype(str) if items is not None and "item_id" in items.columns else None
     head = head_items(interaction_counts(train_events, catalog), head_share)
-    prefs, default = tail_preferences(train_events, head)
+    if config.tail_target is None:
+        prefs, default = tail_preferences(train_events, head)
+    else:
+        prefs, default = {}, float(config.tail_target)
     categories: dict[str, str] = {}
     if items is not None and "category" in items.columns:
         known = items.dropna(subset=["category"])
