@@ -1,6 +1,8 @@
 """Re-ranking for long-tail exposure (smooth xQuAD) and diversity (MMR): hand-computed picks, the wrapper, and
 the trade-off measured by the Evaluator."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ from test_evaluator import FAST, _write_examples
 from recflow.baselines import ALSRecommender
 from recflow.errors import ConfigError
 from recflow.evaluation.evaluator import UNRERANKED, evaluate_recommenders
+from recflow.evaluation.report import METRICS_NAME, write_report
 from recflow.recommender import Recommender
 from recflow.reranking import (
     ReRankedRecommender,
@@ -132,7 +135,7 @@ def examples(tmp_path_factory):
     return _write_examples(tmp_path_factory.mktemp("examples"))
 
 
-def test_evaluator_measures_the_tradeoff(examples):
+def test_evaluator_measures_the_tradeoff(examples, tmp_path):
     train = pd.read_parquet(examples / "train.parquet")
     candidate = ALSRecommender(factors=8, iterations=8, regularization=0.05, alpha=2.0, seed=3).fit(train)
     config = FAST.model_copy(update={"baselines": ("popularity",),
@@ -147,3 +150,7 @@ def test_evaluator_measures_the_tradeoff(examples):
     test = result.significance["without_reranking"]
     assert test.mean_diff == pytest.approx(fair["ndcg@5"] - raw["ndcg@5"])
     assert fair["exclusion_violations"] == 0
+    html = write_report(tmp_path / "eval", result).read_text()
+    assert "re-ranked with <b>xquad</b>" in html and "without re-ranking" in html
+    doc = json.loads((tmp_path / "eval" / METRICS_NAME).read_text())
+    assert doc["reranking"]["strength"] == 0.6 and doc["methods"][UNRERANKED]["role"] == "reference"

@@ -41,7 +41,7 @@ from recflow.reranking import RerankingConfig
 from recflow.simulator import SimulatorConfig, generate_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from machine import machine_info  # noqa: E402
+from machine import machine_info
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 K = 10
@@ -151,8 +151,9 @@ def plot(summary: dict[str, list[dict[str, float]]], popularity: dict[str, float
 
 def markdown(summary: dict[str, list[dict[str, float]]]) -> str:
     """The sweep as a markdown table."""
-    lines = [f"| method | strength | NDCG@{K} | change | long-tail share | novelty | diversity | exposure Gini "
-             "| coverage |", "|---|---|---|---|---|---|---|---|---|"]
+    header = (f"| method | strength | NDCG@{K} | change | long-tail share | novelty | diversity | exposure Gini "
+              "| coverage |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for method, entries in summary.items():
         for e in entries:
             lines.append(
