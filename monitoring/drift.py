@@ -51,21 +51,54 @@ _REQUIRED = ("event_type", "user_id", "item_id")
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def _read_json_lines(path: Path) -> pd.DataFrame:
+    """A JSON-lines file; a torn final line (a crash mid-append) is skipped, a bad line elsewhere is an error."""
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number < len(lines) - 1:  # only the last, unterminated line can be torn by a crash
+                raise DataError(f"{path}: line {number} is not valid JSON") from None
+    return pd.DataFrame(rows)
+
+
 def _read_one(path: Path) -> pd.DataFrame:
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        if path.suffix in (".jsonl", ".json", ".ndjson"):
-            return pd.read_json(path, lines=path.suffix != ".json")
+        if path.suffix in (".jsonl", ".ndjson"):
+            return _read_json_lines(path)
+        if path.suffix == ".json":
+            return pd.read_json(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot be read as {path.suffix[1:]}: {exc}") from None
     raise DataError(f"{path}: unsupported file type {path.suffix!r} (expected .parquet, .jsonl or .json)")
 
 
+def _read_feedback_segments(directory: Path) -> pd.DataFrame | None:
+    """The serving feedback log in ``directory`` (its own reader, which skips a torn last line), else None.
+
+    Rows keep every logged field (``score`` too), not only the events schema's columns.
+    """
+    try:
+        from serving.feedback_log import iter_feedback, segment_paths
+    except ImportError:  # monitoring installed without serving: the generic JSON-lines reader does the same
+        return None
+    if not segment_paths(directory):
+        return None
+    return pd.DataFrame(list(iter_feedback(directory)))
+
+
 def load_events(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read an events log: a dataset directory (events.parquet), a .parquet/.jsonl file, or a directory of them.
 
-    Raises :class:`DataError` naming the file when it is missing, unreadable or lacks a required column.
+    A serving feedback log (``feedback-*.jsonl`` segments) is read with serving's own reader when serving is
+    installed; either way a line torn by a crash at the end of a segment is skipped. Raises :class:`DataError` naming the file when it is missing, unreadable or lacks a required column.
     """
     p = Path(path)
     if not p.exists():
@@ -78,7 +111,10 @@ def load_events(path: str | os.PathLike[str]) -> pd.DataFrame:
                            and f.name not in (FILE_NAMES["items"], FILE_NAMES["users"]) and not f.name.startswith("."))
         if not files:
             raise DataError(f"{p}: no events.parquet and no .parquet/.jsonl event files in this directory")
-        frames = [_read_one(f) for f in files]
+        feedback = _read_feedback_segments(p)
+        if feedback is not None:
+            files = [f for f in files if not f.name.startswith("feedback-")]
+        frames = [_read_one(f) for f in files] + ([feedback] if feedback is not None else [])
         frames = [f for f in frames if len(f)]
         events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(_REQUIRED))
     else:
@@ -87,7 +123,7 @@ def load_events(path: str | os.PathLike[str]) -> pd.DataFrame:
     if missing:
         raise DataError(f"{p}: missing required field(s) {missing} of the events schema (see docs/schema.md)")
     if "timestamp" in events.columns:
-        events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True, errors="coerce")
+        events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True, errors="coerce", format="ISO8601")
         events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
     return events
 

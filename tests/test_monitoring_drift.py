@@ -121,3 +121,29 @@ def test_jsonl_feedback_log_directory(windows: Path, tmp_path: Path) -> None:
     loaded = load_events(log_dir)
     assert len(loaded) == len(events)
     assert loaded["timestamp"].is_monotonic_increasing
+
+
+def test_feedback_segments_with_a_torn_last_line(tmp_path: Path) -> None:
+    """The service's segments are read with its own reader; a line torn by a crash at the end is skipped."""
+    from serving.feedback_log import FeedbackLog, segment_paths
+
+    log = FeedbackLog(tmp_path / "fb", segment_bytes=1024)
+    rows = [{"event_type": "impression", "user_id": f"u{i}", "item_id": f"i{i % 7}", "score": i / 10,
+             "timestamp": f"2026-01-05T00:00:{i:02d}.{i:03d}Z"} for i in range(40)]
+    for i in range(0, 40, 5):
+        log.append(rows[i:i + 5])
+    log.close()
+    segments = segment_paths(tmp_path / "fb")
+    assert len(segments) > 1
+    with open(segments[-1], "ab") as fh:  # a crash in the middle of an append
+        fh.write(b'{"event_type": "click", "user_id": "u1", "ite')
+    loaded = load_events(tmp_path / "fb")
+    assert len(loaded) == 40 and loaded["timestamp"].notna().all()
+    assert loaded["score"].tolist() == [i / 10 for i in range(40)]  # fields beyond the schema are kept
+    with open(segments[0], "ab") as fh:  # a bad line that is not the last one is an error, named
+        fh.write(b'garbage\n{"event_type": "impression", "user_id": "u1", "item_id": "i1"}\n')
+    with pytest.raises(DataError, match=r"feedback-.*\.jsonl: line \d+ is not valid JSON"):
+        load_events(tmp_path / "fb")
+    plain = tmp_path / "plain.jsonl"  # the generic reader follows the same rule
+    plain.write_text('{"event_type": "impression", "user_id": "u1", "item_id": "i1"}\n{"event_type": "cl')
+    assert len(load_events(plain)) == 1
