@@ -155,13 +155,16 @@ class CandidatePolicy:
                             f"{len(self.network.variables)}")
         for dst, src in zip(self.network.variables, saved, strict=True):
             dst.assign(src)
+        self._score_fn = tf.function(
+            lambda x: self.network(x)[0], input_signature=[tf.TensorSpec([None, m, f], tf.float32)]
+        )
         self.epsilon = float(self.meta.get("epsilon", 0.0))
         self.stochastic = self.meta["agent"] == "ppo"
         self._rng = np.random.default_rng(seed)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """``[M]`` scores (Q-values or logits) of one request's candidate rows ``[M, F]``."""
-        return self.network(tf.constant(features[None], tf.float32))[0][0].numpy()
+        return self._score_fn(tf.constant(features[None], tf.float32))[0].numpy()
 
     def saved_action(self, features: np.ndarray) -> int:
         """The exported TF-Agents policy's own action (one candidate index) for ``[M, F]`` rows."""
@@ -172,7 +175,10 @@ class CandidatePolicy:
 
     def slate(self, features: np.ndarray, k: int, greedy: bool = False) -> np.ndarray:
         """A slate of ``k`` candidate indices: top-k (greedy), Plackett-Luce sample (PPO) or epsilon-greedy."""
-        s = self.scores(features)
+        return self.slate_from_scores(self.scores(features), k, greedy)
+
+    def slate_from_scores(self, s: np.ndarray, k: int, greedy: bool = False) -> np.ndarray:
+        """:meth:`slate` from already computed candidate scores."""
         if greedy:
             return np.argsort(-s, kind="stable")[:k].astype(np.int32)
         if self.stochastic:

@@ -126,7 +126,12 @@ def transitions_to_trajectory(batch: dict[str, tf.Tensor]) -> trajectory.Traject
 
 def q_values(agent: dqn_agent.DqnAgent, features: np.ndarray) -> np.ndarray:
     """``[M]`` Q-values of one request's candidate rows."""
-    return agent._q_network(tf.constant(features[None], tf.float32))[0][0].numpy()
+    fn = getattr(agent, "_recflow_q_fn", None)
+    if fn is None:
+        m, f = features.shape
+        fn = tf.function(lambda x: agent._q_network(x)[0], input_signature=[tf.TensorSpec([None, m, f], tf.float32)])
+        agent._recflow_q_fn = fn
+    return fn(tf.constant(features[None], tf.float32))[0].numpy()
 
 
 def train_dqn(

@@ -194,13 +194,13 @@ class ShopPyEnvironment(py_environment.PyEnvironment):
 
     An episode is one session. ``reset()`` draws the next arriving user; ``step(slate)`` takes
     ``slate_size`` distinct candidate indices. Candidates are retrieved by ``featurizer`` with an RNG seeded from
-    ``seed``; the current candidates' item indices are in :attr:`candidate_items`.
+    ``seed``; the current candidates' item indices are in :attr:`candidate_items`. Per-slot rewards (needed to
+    train the per-item agents) come from the slate's events: with ``ShopEnv(record_events=False)`` (faster, for
+    evaluation) :attr:`last_slot_rewards` is all NaN.
     """
 
     def __init__(self, env: ShopEnv, featurizer: CandidateFeaturizer, seed: int = 0) -> None:
         super().__init__()
-        if not env.record_events:
-            raise ConfigError("ShopPyEnvironment needs ShopEnv(record_events=True) for per-slot rewards")
         self.env = env
         self.featurizer = featurizer
         self.slate_size = env.config.slate_size
@@ -253,10 +253,16 @@ class ShopPyEnvironment(py_environment.PyEnvironment):
         items = self.candidate_items[slate]
         result = self.env.step(items)
         self.last_result = result
-        self.last_slot_rewards = slot_rewards(result, len(items), self.env.reward_weights)
+        if result.events is not None:
+            self.last_slot_rewards = slot_rewards(result, len(items), self.env.reward_weights)
+        else:
+            self.last_slot_rewards = np.full(len(items), np.nan)
         cat = self.featurizer.item_category[items]
         np.add.at(self.session.shown, cat, 1.0)
-        np.add.at(self.session.clicked, cat, (self.last_slot_rewards > 0).astype(float))
+        # The session's clicks per category are spread over the slate's categories (a slate-level signal), so
+        # the feature is the same whether or not the env records per-position events (no train/serve skew).
+        if result.info["clicks"] > 0:
+            np.add.at(self.session.clicked, cat, result.info["clicks"] / len(items))
         self.session.slates += 1
         reward = np.float32(result.reward)
         if result.done:

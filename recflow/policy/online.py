@@ -89,11 +89,13 @@ class OnlineUpdater:
         self.item_embeddings = self._base.item_embeddings
         if (user_ids is None) != (user_embeddings is None):
             raise DataError("OnlineUpdater: give both user_ids and user_embeddings, or neither")
-        self.user_ids = np.asarray([] if user_ids is None else user_ids, dtype=object).astype(str)
-        dim = self.layout.embedding_dim
-        self.user_embeddings = (
-            np.zeros((0, dim), np.float32) if user_embeddings is None else np.asarray(user_embeddings, np.float32)
-        )
+        if user_ids is None or len(user_ids) == 0:
+            # No known users: every decision uses the layout's fallback embedding (a placeholder row that no
+            # real user id matches keeps the lookup's array non-empty).
+            user_ids = np.array(["\x00no-user"], dtype=object)
+            user_embeddings = np.asarray(self.layout.unknown_user_embedding, np.float32)[None, :]
+        self.user_ids = np.asarray(user_ids, dtype=object).astype(str)
+        self.user_embeddings = np.asarray(user_embeddings, np.float32)
         self.updates = 0
         self.total_decisions = 0
 

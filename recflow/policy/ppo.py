@@ -67,8 +67,13 @@ def make_ppo_agent(env: ShopPyEnvironment, config: DeepRLConfig, seed: int = 0) 
 
 def actor_logits(agent: ppo_clip_agent.PPOClipAgent, features: np.ndarray) -> np.ndarray:
     """``[M]`` actor logits of one request's candidate rows."""
-    dist, _ = agent.actor_net(tf.constant(features[None], tf.float32))
-    return dist.logits.numpy()[0]
+    fn = getattr(agent, "_recflow_logits_fn", None)
+    if fn is None:
+        m, f = features.shape
+        fn = tf.function(lambda x: agent.actor_net(x)[0].logits, input_signature=[tf.TensorSpec([None, m, f],
+                                                                                                tf.float32)])
+        agent._recflow_logits_fn = fn
+    return fn(tf.constant(features[None], tf.float32))[0].numpy()
 
 
 def streams_trajectory(obs: np.ndarray, logits: np.ndarray, slates: np.ndarray, rewards: np.ndarray,
