@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from monitoring.config import DriftConfig, WatchConfig
-from monitoring.drift import compare_windows
+from monitoring.drift import compare_windows, ctr_cusum_test
 from monitoring.watcher import AlertReceiver, RetrainingWatcher
 from recflow.baselines import ALSRecommender
 from recflow.simulator import ShopEnv, SimulatorConfig, simulate_log
@@ -50,12 +50,15 @@ class Stream:
         self.obs = self.env.reset()
         self.frames: list[pd.DataFrame] = []
         self.n = 0
+        #: (events served so far, true expected CTR of the slate) per request: the noise-free click rate
+        self.expected: list[tuple[int, float]] = []
 
     def serve(self, n_events: int) -> None:
         target = self.n + n_events
         while self.n < target:
             slate = self.model.recommend([self.obs.user_id], 10)[0]
             result = self.env.step_ids(slate)
+            self.expected.append((self.n, float(result.info["expected_reward"]) / len(slate)))
             events = result.events
             assert events is not None
             scores = dict(zip(slate, self._scores(self.obs.user_id, slate), strict=True))
@@ -85,68 +88,113 @@ def ctr(events: pd.DataFrame) -> float:
     return float((events["event_type"] == "click").sum() / imp) if imp else float("nan")
 
 
-def run_stream(seed: int, drift: bool, args: argparse.Namespace, config: DriftConfig) -> dict[str, object]:
-    """One stream: pre-drift reference, sliding drift checks, and (when drift is confirmed) retraining."""
+def mean_expected_ctr(stream: Stream, lo: int, hi: int | None = None) -> float:
+    """The true expected CTR of the slates served between event counts ``lo`` and ``hi`` (noise-free)."""
+    vals = [e for n, e in stream.expected if n >= lo and (hi is None or n < hi)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def confirmed_at(checks: list[dict[str, object]], threshold: float, confirmations: int) -> int | None:
+    """Events after onset at the first check that completes ``confirmations`` consecutive drift verdicts.
+
+    A check's verdict is drift when any test but the CUSUM found drift, or the CUSUM statistic is above
+    ``threshold`` (the drift job's rule with ``ctr_cusum_threshold = threshold``).
+    """
+    run = 0
+    for check in checks:
+        drifted = bool(check["other_drift"]) or float(check["cusum"]) > threshold  # type: ignore[arg-type]
+        run = run + 1 if drifted else 0
+        if run >= confirmations:
+            return int(check["events"])  # type: ignore[call-overload]
+    return None
+
+
+def run_stream(seed: int, drift: bool, args: argparse.Namespace, config: DriftConfig,
+               threshold: float | None = None) -> dict[str, object]:
+    """One stream: a pre-drift reference, drift checks every ``step`` events, and retraining on detection.
+
+    Every check records the drift job's verdict without the CUSUM (``other_drift``) and the CUSUM statistic,
+    so the false-alarm rate of any CUSUM threshold follows from the records. With ``threshold`` (drift runs)
+    monitoring stops at the first confirmed detection, the champion is retrained and recovery is measured.
+    """
     shop = SimulatorConfig(users=args.users, items=args.items, days=3, seed=seed,
                            drift={"day": None, "preference_shift": args.shift, "new_items": 0,
                                   "price_change_share": 0.0})
     log = simulate_log(shop)
     items = log.items()
     champion = ALSRecommender(seed=seed).fit(log.events, items)
-    live = shop.model_copy(update={"drift": shop.drift.model_copy(update={"day": 1 if drift else None})})
+    onset_day = args.reference_days
+    live = shop.model_copy(update={"drift": shop.drift.model_copy(update={"day": onset_day if drift else None})})
     stream = Stream(live, seed + 1000, champion)
-    while True:  # the reference: the champion's live traffic before the drift (all of day 0)
-        stream.serve(1000)
-        if stream.obs.day >= 1:
-            break
-    reference = stream.events()
-    reference = reference[reference["day"] < 1].reset_index(drop=True)
+    while stream.obs.day < onset_day:  # the reference: the champion's live traffic before the drift
+        stream.serve(500)
+    everything = stream.events()
+    day = everything["day"].to_numpy()
+    reference = everything[day < onset_day].reset_index(drop=True)
     onset = len(reference)
-    stream.frames = [stream.events().iloc[onset:]]
-    stream.n = len(stream.frames[0])
-    pre_ctr = ctr(reference)
+    pre_ctr, pre_expected = ctr(reference), mean_expected_ctr(stream, 0, onset)
+    probe = config.model_copy(update={"ctr_cusum_drop": 0.0})  # the job without the CUSUM; CUSUM computed apart
     started = time.perf_counter()
-    consecutive, detected_at, checks, verdicts = 0, None, 0, []
-    while stream.n < args.horizon:
+    checks: list[dict[str, object]] = []
+    detected_at = None
+    while stream.n - onset < args.horizon:
         stream.serve(args.step)
-        if stream.n < args.window:
+        since = stream.n - onset
+        if since < config.min_events:
             continue
-        current = stream.events().iloc[-args.window:].reset_index(drop=True)
-        summary = compare_windows(reference, current, config, items=items, users=log.users())
-        checks += 1
-        verdicts.append(summary.verdict)
-        consecutive = consecutive + 1 if summary.verdict == "drift" else 0
-        if consecutive >= args.confirmations:
-            detected_at = stream.n
-            break
-    out: dict[str, object] = {"seed": seed, "drift": drift, "reference_events": onset, "pre_drift_ctr": pre_ctr,
-                              "checks": checks, "verdicts": verdicts}
+        current = stream.events().iloc[onset:].iloc[-args.window:].reset_index(drop=True)
+        summary = compare_windows(reference, current, probe, items=items, users=log.users())
+        cusum = ctr_cusum_test(current, pre_ctr, config).statistic
+        checks.append({"events": since, "other_drift": summary.verdict == "drift", "cusum": round(cusum or 0.0, 3),
+                       "window_ctr": round(ctr(current), 5)})
+        if threshold is not None:
+            detected_at = confirmed_at(checks, threshold, args.confirmations)
+            if detected_at is not None:
+                break
+    out: dict[str, object] = {"seed": seed, "drift": drift, "reference_events": onset,
+                              "pre_drift_ctr": round(pre_ctr, 5), "pre_drift_expected_ctr": round(pre_expected, 5),
+                              "checks": checks}
+    if drift:
+        post_expected = mean_expected_ctr(stream, onset)
+        out.update(post_drift_expected_ctr=round(post_expected, 5),
+                   expected_ctr_change=round(post_expected / pre_expected - 1, 4),
+                   post_drift_ctr=round(ctr(stream.events().iloc[onset:]), 5))
+    if threshold is None:
+        return out
     if detected_at is None:
-        out.update(detected=False, events_monitored=stream.n)
+        out.update(detected=False, events_monitored=stream.n - onset)
         return out
-    detection_wall = time.perf_counter() - started
-    after = stream.events()
-    out.update(detected=True, detection_events=detected_at, detection_wall_s=round(detection_wall, 2),
-               post_drift_ctr_before_retraining=ctr(after.iloc[-args.window:]))
-    if not drift:
-        return out
-    recent = pd.concat([reference, after], ignore_index=True).iloc[-args.recent:]
+    out.update(detected=True, detection_events=detected_at,
+               detection_wall_s=round(time.perf_counter() - started, 2))
+    recent = stream.events().iloc[-args.recent:]
     stream.model = ALSRecommender(seed=seed).fit(recent, items)  # the retraining on recent data
     swapped_at = stream.n
     recovered_at, recovered_ctr = None, None
     while stream.n < swapped_at + args.recovery_horizon:
         stream.serve(args.step)
-        if stream.n - swapped_at < args.window:
+        if stream.n - swapped_at < config.min_events:
             continue
-        window = stream.events().iloc[-args.window:]
+        window = stream.events().iloc[swapped_at:].iloc[-args.window:]
         if ctr(window) >= args.recovery_ratio * pre_ctr:
-            recovered_at, recovered_ctr = stream.n, ctr(window)
+            recovered_at, recovered_ctr = stream.n - onset, ctr(window)
             break
-    after_swap = stream.events().iloc[swapped_at:]
-    out.update(retrained_at_events=swapped_at, recovery_events=recovered_at,
+    out.update(retrained_at_events=swapped_at - onset, recovery_events=recovered_at,
                recovery_wall_s=round(time.perf_counter() - started, 2) if recovered_at else None,
-               ctr_after_retraining=ctr(after_swap), recovered_window_ctr=recovered_ctr)
+               ctr_after_retraining=round(ctr(stream.events().iloc[swapped_at:]), 5),
+               expected_ctr_after_retraining=round(mean_expected_ctr(stream, swapped_at), 5),
+               recovered_window_ctr=recovered_ctr)
     return out
+
+
+def calibrate_threshold(no_drift: list[dict[str, object]], confirmations: int, allowed: int,
+                        grid: list[float]) -> tuple[float, list[dict[str, float]]]:
+    """The smallest CUSUM threshold of ``grid`` with at most ``allowed`` no-drift runs confirming drift."""
+    sweep = []
+    for h in grid:
+        alarms = sum(confirmed_at(r["checks"], h, confirmations) is not None for r in no_drift)  # type: ignore[arg-type]
+        sweep.append({"threshold": h, "false_alarms": alarms})
+    ok = [row["threshold"] for row in sweep if row["false_alarms"] <= allowed]
+    return (min(ok) if ok else max(grid)), sweep
 
 
 def alert_burst(n: int = 50) -> int:
@@ -178,66 +226,85 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-drift-runs", type=int, default=20)
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=500)
-    parser.add_argument("--shift", type=float, default=0.7, help="preference_shift of the drift")
+    parser.add_argument("--shift", type=float, default=0.9,
+                        help="preference_shift of the drift (0.9 lowers the champion's true CTR by 20-25%%)")
+    parser.add_argument("--reference-days", type=int, default=2, help="days of pre-drift traffic as reference")
     parser.add_argument("--window", type=int, default=5000)
     parser.add_argument("--step", type=int, default=1000)
     parser.add_argument("--confirmations", type=int, default=2)
-    parser.add_argument("--horizon", type=int, default=20_000, help="events monitored after onset at most")
-    parser.add_argument("--no-drift-horizon", type=int, default=12_000, help="events monitored per no-drift run")
-    parser.add_argument("--no-drift-step", type=int, default=2_000, help="events between checks, no-drift runs")
+    parser.add_argument("--horizon", type=int, default=8000, help="events monitored after onset at most")
     parser.add_argument("--recent", type=int, default=20_000, help="events the retraining uses")
-    parser.add_argument("--recovery-horizon", type=int, default=30_000)
+    parser.add_argument("--recovery-horizon", type=int, default=20_000)
     parser.add_argument("--recovery-ratio", type=float, default=0.8)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="pick the CUSUM threshold from the no-drift runs (else the configured one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     config = DriftConfig()
     started = time.perf_counter()
-    drift_runs = []
-    for seed in args.seeds:
-        run = run_stream(seed, True, args, config)
-        print(json.dumps({k: v for k, v in run.items() if k != "verdicts"}), flush=True)
-        drift_runs.append(run)
     no_drift = []
     for i in range(args.no_drift_runs):
-        quiet = argparse.Namespace(**{**vars(args), "horizon": args.no_drift_horizon, "step": args.no_drift_step})
-        run = run_stream(100 + i, False, quiet, config)
-        print(json.dumps({k: v for k, v in run.items() if k != "verdicts"}), flush=True)
+        run = run_stream(100 + i, False, args, config)
+        print(json.dumps({k: v for k, v in run.items() if k != "checks"} | {
+            "max_cusum": max((c["cusum"] for c in run["checks"]), default=0)}), flush=True)  # type: ignore[union-attr]
         no_drift.append(run)
+    grid = [round(x, 1) for x in np.arange(2.0, 20.01, 0.5)]
+    threshold, sweep = calibrate_threshold(no_drift, args.confirmations, 1, grid)
+    if not args.calibrate:
+        threshold = config.ctr_cusum_threshold
+    config = config.model_copy(update={"ctr_cusum_threshold": threshold})
+    drift_runs = []
+    for seed in args.seeds:
+        run = run_stream(seed, True, args, config, threshold)
+        print(json.dumps({k: v for k, v in run.items() if k != "checks"}), flush=True)
+        drift_runs.append(run)
     burst = alert_burst(50)
+    no_drift_alarms = [confirmed_at(r["checks"], threshold, args.confirmations) for r in no_drift]  # type: ignore[arg-type]
     detection = [r.get("detection_events") for r in drift_runs]
-    recovery = [r.get("recovery_events") for r in drift_runs]
-    drops = [r["post_drift_ctr_before_retraining"] / r["pre_drift_ctr"] - 1 for r in drift_runs  # type: ignore[operator]
-             if r.get("detected")]
     result = {
         "no_drift_runs": args.no_drift_runs,
-        "false_alarms": sum(1 for r in no_drift if r.get("detected")),
+        "false_alarms": sum(a is not None for a in no_drift_alarms),
         "detection_events": detection,
         "detection_wall_s": [r.get("detection_wall_s") for r in drift_runs],
-        "recovery_events": recovery,
+        "recovery_events": [r.get("recovery_events") for r in drift_runs],
         "recovery_wall_s": [r.get("recovery_wall_s") for r in drift_runs],
         "retrainings_per_alert_burst": burst,
         "alert_burst_size": 50,
-        "ctr_change_at_detection": [round(d, 4) for d in drops],
-        "pre_drift_ctr": [round(float(r["pre_drift_ctr"]), 5) for r in drift_runs],  # type: ignore[arg-type]
+        "expected_ctr_change": [r.get("expected_ctr_change") for r in drift_runs],
+        "pre_drift_ctr": [r["pre_drift_ctr"] for r in drift_runs],
+        "post_drift_ctr": [r.get("post_drift_ctr") for r in drift_runs],
         "ctr_after_retraining": [r.get("ctr_after_retraining") for r in drift_runs],
+        "ctr_cusum_threshold": threshold,
+        "threshold_sweep": sweep,
         "targets": {"false_alarms_at_most": 1, "detection_within_events": 5000},
+        "target_met": {
+            "false_alarms": sum(a is not None for a in no_drift_alarms) <= 1,
+            "detection": all(d is not None and d <= 5000 for d in detection),
+            "detection_misses_by_events": [None if d is not None and d <= 5000 else
+                                           (d - 5000 if d is not None else "not detected") for d in detection],
+        },
         "setup": {"seeds": args.seeds, "users": args.users, "items": args.items, "preference_shift": args.shift,
-                  "window_events": args.window, "step_events": args.step, "confirmations": args.confirmations,
-                  "monitored_events_per_drift_run": args.horizon,
-                  "monitored_events_per_no_drift_run": args.no_drift_horizon,
-                  "no_drift_step_events": args.no_drift_step, "retraining": f"ALS on the last {args.recent} events",
-                  "recovery": f"window CTR >= {args.recovery_ratio} x pre-drift CTR",
+                  "reference_days": args.reference_days, "window_events": args.window, "step_events": args.step,
+                  "confirmations": args.confirmations, "monitored_events_per_run": args.horizon,
+                  "no_drift_seeds": [100 + i for i in range(args.no_drift_runs)],
+                  "threshold_calibrated_on_no_drift_runs": args.calibrate,
+                  "retraining": f"ALS on the last {args.recent} events",
+                  "recovery": f"CTR of the retrained model's traffic (last <= {args.window} events) >= "
+                              f"{args.recovery_ratio} x pre-drift CTR",
+                  "expected_ctr": "mean over served slates of the simulator's true expected clicks / slate size",
                   "drift_config": config.model_dump(mode="json")},
         "runs": drift_runs,
-        "no_drift": [{k: v for k, v in r.items() if k in ("seed", "detected", "checks", "verdicts")}
-                     for r in no_drift],
+        "no_drift": [{"seed": r["seed"], "reference_events": r["reference_events"],
+                      "pre_drift_ctr": r["pre_drift_ctr"], "false_alarm_at_events": a, "checks": r["checks"]}
+                     for r, a in zip(no_drift, no_drift_alarms, strict=True)],
         "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(json.dumps({k: result[k] for k in ("no_drift_runs", "false_alarms", "detection_events",
-                                             "recovery_events", "retrainings_per_alert_burst")}))
+                                             "recovery_events", "retrainings_per_alert_burst",
+                                             "ctr_cusum_threshold", "expected_ctr_change")}))
     return 0
 
 

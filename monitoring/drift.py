@@ -10,7 +10,8 @@ simulator's output, the serving feedback log). Three kinds of drift are checked:
 * **prediction drift** (Evidently) over what was shown: the score (when the log has one), the category of the
   shown item and the number of categories in its slate; declared by the same share rule;
 * **target drift**: click-through rate (clicks / impressions) and conversion rate (purchases / clicks) with a
-  two-proportion z-test (statsmodels), plus the category mix of the clicks (chi-square, scipy).
+  two-proportion z-test (statsmodels), a sequential test of a CTR drop (a Bernoulli CUSUM over the current
+  window, which reacts within a few thousand events), plus the category mix of the clicks (chi-square, scipy).
 
 No verdict is given from too few events: below ``min_events`` in either window the verdict is
 ``insufficient_data``. Numerical and categorical columns use effect sizes (Wasserstein, Jensen-Shannon) with
@@ -224,6 +225,8 @@ class RateTest:
     drifted: bool
     detail: str
     relative_change: float | None = None
+    statistic: float | None = None  # the sequential test's statistic (CUSUM), when there is one
+    threshold: float | None = None
 
 
 @dataclass
@@ -348,6 +351,38 @@ def click_mix_test(ref_clicks: pd.Series, cur_clicks: pd.Series, config: DriftCo
                     f"chi2={stat:.1f}, dof={dof}, p={p:.2g}")
 
 
+def cusum_path(increments: np.ndarray) -> np.ndarray:
+    """Page's one-sided CUSUM, S_t = max(0, S_{t-1} + x_t) with S_0 = 0, for every t (vectorised)."""
+    walk = np.cumsum(np.asarray(increments, dtype=float))
+    return walk - np.minimum(np.minimum.accumulate(walk), 0.0)
+
+
+def ctr_cusum_test(current: pd.DataFrame, reference_ctr: float, config: DriftConfig) -> RateTest:
+    """Sequential test of a CTR drop: a one-sided Bernoulli CUSUM over the current window, in time order.
+
+    Each impression adds log((1 - p1) / (1 - p0)) and each click log(p1 / p0) - log((1 - p1) / (1 - p0)) (the
+    log-likelihood ratio of "CTR is p1 = (1 - ctr_cusum_drop) p0" against "CTR is p0 = the reference CTR"),
+    so a click is credited to the impression before it. Drift when the statistic at the end of the window is
+    above ``ctr_cusum_threshold``: the CUSUM is the quickest detector of a change of a known size for a given
+    false-alarm rate, where a window z-test must wait for a whole window of drifted traffic.
+    """
+    p0 = float(reference_ctr)
+    p1 = (1.0 - config.ctr_cusum_drop) * p0
+    h = config.ctr_cusum_threshold
+    if not 0.0 < p1 < p0 < 1.0:
+        return RateTest("ctr_cusum", None, None, None, False, f"not tested: reference CTR {p0:.4f}")
+    kinds = current["event_type"].to_numpy()
+    on_impression = math.log((1.0 - p1) / (1.0 - p0))
+    on_click = math.log(p1 / p0) - on_impression
+    increments = np.where(kinds == "impression", on_impression, np.where(kinds == "click", on_click, 0.0))
+    path = cusum_path(increments)
+    stat = float(path[-1]) if len(path) else 0.0
+    drifted = stat > h
+    return RateTest("ctr_cusum", None, None, None, drifted,
+                    f"CUSUM for a {config.ctr_cusum_drop:.0%} drop from {p0:.4f}: {stat:.2f} (threshold {h:g}, "
+                    f"peak {float(path.max()) if len(path) else 0.0:.2f})", statistic=stat, threshold=h)
+
+
 def target_tests(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig,
                  items: pd.DataFrame | None = None) -> list[RateTest]:
     """CTR and CVR two-proportion tests and the click category mix test."""
@@ -357,6 +392,8 @@ def target_tests(reference: pd.DataFrame, current: pd.DataFrame, config: DriftCo
                          f"not tested: the reference has {ref_clicks} clicks (< {config.min_clicks})")]
     tests = [two_proportion_test("ctr", (ref_clicks, cur_clicks),
                                  (_count(reference, "impression"), _count(current, "impression")), config)]
+    if config.ctr_cusum_drop > 0:
+        tests.append(ctr_cusum_test(current, ref_clicks / max(_count(reference, "impression"), 1), config))
     tests.append(two_proportion_test("cvr", (_count(reference, "purchase"), _count(current, "purchase")),
                                      (ref_clicks, cur_clicks), config))
     ref_cat, cur_cat = category_of(reference, items), category_of(current, items)

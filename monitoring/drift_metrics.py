@@ -56,6 +56,12 @@ def drift_registry(summary: DriftSummary, expected_ctr: float | None = None) -> 
             rates.labels(t.name, "current").set(t.current)
         if t.p_value is not None:
             pvalues.labels(t.name).set(t.p_value)
+    cusum = Gauge("recflow_drift_target_statistic", "Statistic of a sequential target test (CUSUM) and its "
+                  "threshold.", ["metric", "kind"], registry=registry)
+    for t in summary.target:
+        if t.statistic is not None:
+            cusum.labels(t.name, "statistic").set(t.statistic)
+            cusum.labels(t.name, "threshold").set(t.threshold if t.threshold is not None else float("nan"))
     events = Gauge("recflow_drift_window_events", "Events in a window of the last drift run.", ["window"],
                    registry=registry)
     events.labels("reference").set(summary.reference_events)

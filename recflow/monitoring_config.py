@@ -73,6 +73,20 @@ class DriftConfig(_Frozen):
         ge=0.0,
         description="A significant CTR/CVR change must also move the rate by at least this share to count.",
     )
+    ctr_cusum_drop: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Relative CTR drop the sequential CTR test (a one-sided Bernoulli CUSUM over the current "
+        "window's impressions, in time order, against the reference CTR) is tuned to; 0 turns the test off.",
+    )
+    ctr_cusum_threshold: float = Field(
+        6.0,
+        gt=0.0,
+        description="CUSUM decision threshold h (log-likelihood ratio): target drift when the statistic at the "
+        "end of the current window is above it. Calibrated in benchmarks/drift_loop.py for at most 1 false "
+        "alarm in 20 no-drift runs.",
+    )
     seed: int = Field(0, ge=0, description="Seed of the row sampling above max_rows.")
 
 

@@ -147,3 +147,39 @@ def test_feedback_segments_with_a_torn_last_line(tmp_path: Path) -> None:
     plain = tmp_path / "plain.jsonl"  # the generic reader follows the same rule
     plain.write_text('{"event_type": "impression", "user_id": "u1", "item_id": "i1"}\n{"event_type": "cl')
     assert len(load_events(plain)) == 1
+
+
+def test_cusum_path_is_pages_recursion() -> None:
+    import numpy as np
+
+    from monitoring.drift import cusum_path
+
+    x = np.random.default_rng(0).normal(-0.1, 1.0, 500)
+    expected, s = [], 0.0
+    for v in x:
+        s = max(0.0, s + v)
+        expected.append(s)
+    assert np.allclose(cusum_path(x), expected)
+
+
+def test_ctr_cusum_detects_a_drop_and_not_a_steady_rate() -> None:
+    """Synthetic Bernoulli streams of 4,000 impressions: CTR 5% (steady) vs 3.5% (a 30% drop) against p0 = 5%."""
+    import numpy as np
+
+    from monitoring.drift import ctr_cusum_test
+
+    config = DriftConfig()
+    rng = np.random.default_rng(1)
+
+    def stream(rate: float) -> pd.DataFrame:
+        kinds = []
+        for clicked in rng.random(4000) < rate:
+            kinds += ["impression", "click"] if clicked else ["impression"]
+        return pd.DataFrame({"event_type": kinds})
+
+    steady = ctr_cusum_test(stream(0.05), 0.05, config)
+    dropped = ctr_cusum_test(stream(0.035), 0.05, config)
+    assert not steady.drifted and steady.statistic < config.ctr_cusum_threshold
+    assert dropped.drifted and dropped.statistic > config.ctr_cusum_threshold, dropped.detail
+    off = ctr_cusum_test(stream(0.05), 0.0, config)
+    assert off.statistic is None and "not tested" in off.detail
