@@ -1,0 +1,274 @@
+"""End to end: real Prometheus, Alertmanager and Pushgateway around a real ``recflow serve`` process.
+
+ShopEnv users drive traffic through the HTTP API (slates from ``POST /v1/recommendations``, reactions from
+``ShopEnv.step_ids`` posted back to ``/v1/feedback``). From simulated day ``ONSET`` the users' tastes change
+(preference drift). The drift job reads the service's feedback log and pushes its verdict to the Pushgateway;
+Prometheus scrapes it and the service's ``/metrics`` and evaluates the production rules of
+``monitoring/prometheus/alerts.yml`` (the same expressions, loaded from that file, with ``for:`` shortened);
+Alertmanager (the production routing of ``monitoring/alertmanager/alertmanager.yml``, with the watcher's URL and
+short group waits) posts to the watcher's webhook; the watcher starts exactly one retraining: the real
+``recflow pipeline run`` on the recent feedback, whose evaluator blesses and pushes the new model; the service
+hot-swaps it, and the click rate (the simulator's true expected CTR of the served slates) recovers.
+
+Needs the Debian binaries (prometheus, prometheus-alertmanager, prometheus-pushgateway) and takes a few minutes
+(the pipeline run dominates); skipped when the binaries are missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from servers import free_port, stop_process_group, wait_for_http
+from test_serving import WORLD, bundle_parts, push
+
+from monitoring.config import DriftConfig, WatchConfig
+from monitoring.drift import load_events, run_drift_job
+from monitoring.retraining import recent_dataset
+from monitoring.watcher import DECISIONS, AlertReceiver, RetrainingWatcher, pipeline_command
+from recflow.io import write_dataset
+from recflow.model_store import ModelStore
+from recflow.simulator import ShopEnv, SimulatorConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager",
+            "pushgateway": "prometheus-pushgateway"}
+KEY = "e2e-key"
+ONSET = 3  # simulated day the preference drift starts (days 0-2 are the reference)
+
+pytestmark = pytest.mark.skipif(any(shutil.which(b) is None for b in BINARIES.values()),
+                                reason="needs the Debian prometheus, prometheus-alertmanager and prometheus-pushgateway")
+
+
+@contextmanager
+def process(argv: list[str], log: Path, url: str, timeout_s: float = 120.0,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server in its own process group, wait until ``url`` answers, stop it afterwards."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=env, cwd=log.parent)
+    try:
+        wait_for_http(url, proc, timeout_s, log)
+        yield proc
+    finally:
+        stop_process_group(proc)
+
+
+def test_rules_for_the_test_keep_the_production_expressions() -> None:
+    production = yaml.safe_load((ROOT / "monitoring/prometheus/alerts.yml").read_text())
+    fast = fast_rules(production)
+    prod_rules = [r for g in production["groups"] for r in g["rules"]]
+    fast_rules_ = [r for g in fast["groups"] for r in g["rules"]]
+    assert [r["expr"] for r in prod_rules] == [r["expr"] for r in fast_rules_]
+    assert all(r.get("for", "0s") == "2s" for r in fast_rules_ if "for" in r)
+
+
+def fast_rules(production: dict) -> dict:
+    """The production rule file with every ``for:`` shortened to 2 s (expressions, labels unchanged)."""
+    rules = copy.deepcopy(production)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = "2s"
+    return rules
+
+
+def alertmanager_config(webhook: str, sink: str) -> dict:
+    """The production routing with the watcher's and the on-call receivers' URLs here and short waits."""
+    config = yaml.safe_load((ROOT / "monitoring/alertmanager/alertmanager.yml").read_text())
+    config["route"].update(group_wait="1s", group_interval="2s")
+    for route in config["route"]["routes"]:
+        if "group_wait" in route:
+            route["group_wait"] = "1s"
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = webhook if receiver["name"] == "retraining-watcher" else sink
+    return config
+
+
+class Shop:
+    """ShopEnv users served over HTTP; records the true expected CTR of every served slate."""
+
+    def __init__(self, url: str, seed: int) -> None:
+        self.url = url
+        self.env = ShopEnv(SimulatorConfig(**WORLD, drift={"day": ONSET, "preference_shift": 1.0, "new_items": 0,
+                                                           "price_change_share": 0.0}), seed=seed)
+        self.obs = self.env.reset()
+        self.http = requests.Session()
+        self.expected: list[tuple[int, str, float]] = []  # (day, model version, expected CTR)
+
+    def serve(self, requests_n: int) -> None:
+        for _ in range(requests_n):
+            o = self.obs
+            r = self.http.post(f"{self.url}/v1/recommendations", json={
+                "user_id": o.user_id, "k": 10,
+                "context": {"hour": o.hour, "weekday": o.weekday, "device": o.device, "region": o.region}},
+                timeout=30)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            slate = [it["item_id"] for it in body["items"]]
+            step = self.env.step_ids(slate)
+            self.expected.append((o.day, body["model_version"], float(step.info["expected_reward"]) / len(slate)))
+            events = [{"event_type": "impression", "item_id": i, "request_id": body["request_id"]} for i in slate]
+            assert step.events is not None
+            events += [{"event_type": str(e.event_type), "item_id": str(e.item_id), "request_id": body["request_id"]}
+                       for e in step.events.itertuples() if e.event_type in ("click", "add_to_cart", "purchase")]
+            r = self.http.post(f"{self.url}/v1/feedback", json={"events": events}, headers={"X-API-Key": KEY},
+                               timeout=30)
+            assert r.status_code == 200, r.text
+            self.obs = self.env.reset() if step.done else step.observation
+
+    def expected_ctr(self, days: tuple[int, int], version: str | None = None) -> float:
+        vals = [e for d, v, e in self.expected if days[0] <= d < days[1] and (version is None or v == version)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+
+def wait_until(predicate, timeout_s: float, what: str, tick=None, every: float = 1.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if tick is not None:
+            tick()
+        else:
+            time.sleep(every)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
+    from recflow.simulator import generate_dataset
+    from recflow.config import load_config
+
+    started = time.monotonic()
+    parts = bundle_parts()
+    store = tmp_path / "store"
+    push(ModelStore(store), parts)
+    data = tmp_path / "catalog"
+    config = load_config(None, [f"simulator.{k}={v}" for k, v in WORLD.items()])
+    generate_dataset(config.simulator, data, progress=False)  # the bundle's catalog and users
+    feedback = tmp_path / "feedback"
+    ports = {name: free_port() for name in ("serve", "push", "prom", "am")}
+    serve_url, push_url = f"http://127.0.0.1:{ports['serve']}", f"http://127.0.0.1:{ports['push']}"
+    prom_url, am_url = f"http://127.0.0.1:{ports['prom']}", f"http://127.0.0.1:{ports['am']}"
+
+    state_dir = tmp_path / "watcher"
+    pipeline_home = tmp_path / "pipeline-home"
+
+    def retraining_command(reason: str) -> list[str]:
+        recent = recent_dataset(feedback, tmp_path / "retraining-data", 200_000, data / "items.parquet",
+                                data / "users.parquet")
+        argv = pipeline_command(recent.resolve(), model_store=str(store))
+        return [*argv[:3], "--set", f"paths.data_dir={pipeline_home}", *argv[3:], "--no-tracking"]
+
+    watcher = RetrainingWatcher(WatchConfig(), state_dir, retraining_command, pushgateway=push_url)
+    receiver = AlertReceiver(watcher).start()
+
+    prom_dir = tmp_path / "prometheus"
+    prom_dir.mkdir()
+    rules = fast_rules(yaml.safe_load((ROOT / "monitoring/prometheus/alerts.yml").read_text()))
+    (prom_dir / "alerts.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    (prom_dir / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["alerts.yml"],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports['am']}"]}]}]},
+        "scrape_configs": [
+            {"job_name": "recflow_serving", "static_configs": [{"targets": [f"127.0.0.1:{ports['serve']}"]}]},
+            {"job_name": "pushgateway", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{ports['push']}"]}]},
+        ]}))
+    am_dir = tmp_path / "alertmanager"
+    am_dir.mkdir()
+    sink = f"http://127.0.0.1:{free_port()}/oncall"  # nobody listens: the on-call receivers just fail
+    (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(receiver.url, sink)))
+
+    env = {**os.environ, "RECFLOW_API_KEY": KEY}
+    serve_cmd = [sys.executable, "-m", "recflow", "serve",
+                 "--models", str(store), "--port", str(ports["serve"]), "--feedback-dir", str(feedback),
+                 "--catalog", str(data / "items.parquet")]
+    with ExitStack() as stack:
+        stack.callback(receiver.stop)
+        stack.enter_context(process(
+            [shutil.which("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{ports['push']}"],  # type: ignore[list-item]
+            tmp_path / "pushgateway.log", push_url + "/-/ready"))
+        stack.enter_context(process(
+            [shutil.which("prometheus-alertmanager"), f"--config.file={am_dir / 'alertmanager.yml'}",  # type: ignore[list-item]
+             f"--storage.path={am_dir / 'data'}", f"--web.listen-address=127.0.0.1:{ports['am']}",
+             "--cluster.listen-address="], tmp_path / "alertmanager.log", am_url + "/-/ready"))
+        stack.enter_context(process(
+            [shutil.which("prometheus"), f"--config.file={prom_dir / 'prometheus.yml'}",  # type: ignore[list-item]
+             f"--storage.tsdb.path={prom_dir / 'data'}", f"--web.listen-address=127.0.0.1:{ports['prom']}"],
+            tmp_path / "prometheus.log", prom_url + "/-/ready"))
+        stack.enter_context(process(serve_cmd, tmp_path / "serve.log", serve_url + "/readyz", 180.0, env))
+
+        shop = Shop(serve_url, seed=7)
+        while shop.obs.day < ONSET:  # the reference: the champion's traffic before the drift
+            shop.serve(50)
+        reference = tmp_path / "reference"
+        write_dataset(reference, events=load_events(feedback).drop(columns=["score"], errors="ignore"),
+                      items=__import__("pandas").read_parquet(data / "items.parquet"))
+        n_reference = len(load_events(reference))
+        drift_config = DriftConfig(min_events=1000)
+        pre_ctr = shop.expected_ctr((0, ONSET))
+
+        verdicts: list[str] = []
+
+        def drift_check() -> None:  # what the CronJob does: serve more traffic, run the drift job
+            shop.serve(40)
+            summary = run_drift_job(reference, feedback, tmp_path / "drift", drift_config, current_last=1500,
+                                    pushgateway=push_url, expected_ctr=pre_ctr)
+            verdicts.append(summary.verdict)
+
+        def alert_firing() -> bool:
+            alerts = requests.get(prom_url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+            return any(a["labels"]["alertname"] == "RecflowDataDrift" and a["state"] == "firing" for a in alerts)
+
+        shop.serve(120)  # at least ~1,000 drifted events before the first check
+        wait_until(alert_firing, 240, "RecflowDataDrift to fire in Prometheus", tick=drift_check)
+        detected_after = len(load_events(feedback)) - n_reference
+        wait_until(lambda: any(json.loads(line)["action"] == "retrain"
+                               for line in (state_dir / DECISIONS).read_text().splitlines())
+                   if (state_dir / DECISIONS).is_file() else False, 60, "the watcher to start a retraining")
+        # the alert keeps firing (Alertmanager repeats, more drift runs push drift): still one retraining
+        for _ in range(3):
+            drift_check()
+        watcher.wait(timeout=900)
+        last_run = json.loads((state_dir / "last_run.json").read_text())
+        assert last_run["status"] == "succeeded", (state_dir / "retraining.log").read_text()[-4000:]
+        decisions = [json.loads(line) for line in (state_dir / DECISIONS).read_text().splitlines()]
+        assert sum(d["action"] == "retrain" for d in decisions) == 1, decisions
+
+        # blessed and pushed by the pipeline, then hot-swapped by the service
+        new_version = wait_until(
+            lambda: (v := requests.get(serve_url + "/readyz", timeout=5).json().get("model_version")) != "v0001"
+            and v, 120, "the service to swap in the retrained model")
+        swapped_day = shop.obs.day
+        shop.serve(600)
+        drifted_ctr = shop.expected_ctr((ONSET, 10_000), "v0001")
+        recovered_ctr = shop.expected_ctr((swapped_day, 10_000), str(new_version))
+
+        pushed = requests.get(push_url + "/metrics", timeout=5).text
+        assert 'recflow_drift_detected{instance="",job="recflow_drift"} 1' in pushed
+        assert "recflow_pipeline_last_run_failed" in pushed
+        scraped = requests.get(prom_url + "/api/v1/query", params={"query": "recflow_ctr_5m"}, timeout=5).json()
+        assert scraped["data"]["result"], "Prometheus did not scrape the service's /metrics"
+        report = {"reference_events": n_reference, "verdicts": verdicts, "detected_after_events": detected_after,
+                  "pre_drift_expected_ctr": pre_ctr, "drifted_expected_ctr": drifted_ctr,
+                  "retrained_expected_ctr": recovered_ctr, "new_version": new_version,
+                  "seconds": round(time.monotonic() - started, 1)}
+        print(json.dumps(report, default=str))
+        assert drifted_ctr < 0.9 * pre_ctr, report  # the drift hurt the champion
+        assert recovered_ctr > drifted_ctr, report  # the retrained model recovers (part of) the click rate
