@@ -54,6 +54,8 @@ class StepRun:
     @property
     def label(self) -> str:
         """``[i/6] name``, the prefix of the step's progress lines."""
+        if self.index == 0:  # an optional step outside the six (e.g. the tuner)
+            return f"[+] {self.name}"
         return f"[{self.index}/{len(STEP_ORDER)}] {self.name}"
 
     @property

@@ -35,7 +35,8 @@ def compile_command(state: CliState, out: Path, config_path: Path | None) -> Non
     """Compile the DAG (images and GPU placement from the `pipeline` config section) to KFP IR YAML."""
     from pipelines.package import compile_pipeline
 
-    path = compile_pipeline(_config(state, config_path).pipeline, out)
+    config = _config(state, config_path)
+    path = compile_pipeline(config.pipeline, out, config.tuning)
     click.echo(f"compiled pipeline written to {path}")
 
 
@@ -99,7 +100,7 @@ def submit_command(state: CliState, host: str, data: str, model_store: str | Non
 
     config = _config(state, config_path)
     run = submit_run(host, config.pipeline, _remote_arguments(config, data, model_store, tracking_uri),
-                     run_name=run_name)
+                     run_name=run_name, tuning=config.tuning)
     click.echo(f"submitted run {run.run_id}: {run.url}")
 
 
@@ -116,6 +117,7 @@ def schedule_command(state: CliState, host: str, data: str, model_store: str | N
 
     config = _config(state, config_path)
     job = schedule_run(host, config.pipeline,
-                       _remote_arguments(config, data, model_store, tracking_uri), cron, name=name)
+                       _remote_arguments(config, data, model_store, tracking_uri), cron, name=name,
+                       tuning=config.tuning)
     click.echo(f"scheduled recurring run {job.recurring_run_id} (cron '{job.cron}', max_concurrency=1, "
                f"no_catchup): {job.url}")

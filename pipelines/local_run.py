@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from components.step_run import STATUS_FAILED, STATUS_SUCCEEDED, STEP_ORDER, read_status
 from recflow.config import RecflowConfig, dump_config
 from recflow.errors import ConfigError, DataError, RecflowError
+from recflow.model_store import resolve_store_root
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _PROGRESS = re.compile(r"^\s*\[\d+/\d+\] ")
@@ -173,16 +174,9 @@ def _quiet_kfp_output(log_path: Path, verbose: bool) -> Iterator[None]:
         stream.flush()
 
 
-def _section(config: RecflowConfig, name: str) -> Any:
-    # Sections the lead is wiring into RecflowConfig; until then their defaults apply.
-    return getattr(config, name, None)
-
-
 def default_model_store(config: RecflowConfig) -> Path:
     """The model store of ``config`` (``model_store.path``), else DATA_DIR/models."""
-    section = _section(config, "model_store")
-    path = getattr(section, "path", None) if section is not None else None
-    return Path(path) if path else config.paths.data_dir / "models"
+    return Path(resolve_store_root(config.model_store, config.paths.data_dir))
 
 
 def run_local(
@@ -226,7 +220,7 @@ def run_local(
     log_path = run_dir / "pipeline.log"
     config_yaml = dump_config(config)
     pipeline = (pipeline_func if pipeline_func is not None
-                else build_pipeline(pipeline_config, tuning=_section(config, "tuning")))
+                else build_pipeline(pipeline_config, tuning=config.tuning))
     arguments = {"data_uri": str(data_dir.resolve()), "model_store": str(store.resolve()),
                  "config_yaml": config_yaml, "status_dir": str(status_dir)}
 
@@ -266,7 +260,7 @@ def _pipeline_tracking_run(config: RecflowConfig, data_dir: Path, override: str 
         from recflow import tracking
     except ImportError as exc:
         raise ConfigError(f"MLflow tracking is not available in this install ({exc}); run with --no-tracking")
-    section = _section(config, "tracking") or tracking.TrackingConfig()
+    section = config.tracking
     uri = tracking.resolve_tracking_uri(section, config.paths.data_dir, override)
     run = tracking.start_pipeline_run(
         uri, section.experiment, run_name, config_yaml, data_dir, pipeline_name=pipeline_name,

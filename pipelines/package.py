@@ -13,10 +13,13 @@ from kfp import compiler
 from recflow.pipeline_config import PipelineConfig
 from pipelines.definition import build_pipeline
 from recflow.errors import ConfigError
+from recflow.tuning import TuningConfig
 
 
-def compile_pipeline(config: PipelineConfig, out: Path) -> Path:
-    """Compile the pipeline for ``config`` to the IR YAML file ``out`` (written atomically) and return it."""
+def compile_pipeline(config: PipelineConfig, out: Path, tuning: TuningConfig | None = None) -> Path:
+    """Compile the pipeline for ``config`` to the IR YAML file ``out`` (written atomically) and return it.
+
+    The optional tuner step is included when ``tuning.enabled`` (a compile-time switch)."""
     out = Path(out)
     if out.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"{out}: the compiled pipeline must be a .yaml or .yml file")
@@ -25,7 +28,7 @@ def compile_pipeline(config: PipelineConfig, out: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
     os.close(fd)
     try:
-        compiler.Compiler().compile(pipeline_func=build_pipeline(config), package_path=tmp)
+        compiler.Compiler().compile(pipeline_func=build_pipeline(config, tuning=tuning), package_path=tmp)
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -33,7 +36,7 @@ def compile_pipeline(config: PipelineConfig, out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def compiled_package(config: PipelineConfig) -> Iterator[Path]:
+def compiled_package(config: PipelineConfig, tuning: TuningConfig | None = None) -> Iterator[Path]:
     """A temporary compiled package of the pipeline for ``config`` (deleted on exit)."""
     with tempfile.TemporaryDirectory(prefix="recflow-pipeline-") as tmp:
-        yield compile_pipeline(config, Path(tmp) / f"{config.name}.yaml")
+        yield compile_pipeline(config, Path(tmp) / f"{config.name}.yaml", tuning)

@@ -15,6 +15,7 @@ from typing import Any
 
 from recflow.pipeline_config import PipelineConfig
 from pipelines.package import compiled_package
+from recflow.tuning import TuningConfig
 from recflow.errors import ConfigError, RecflowError, ServiceUnavailable
 
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-LW#]+$")
@@ -89,11 +90,11 @@ def kfp_client(host: str) -> Any:
         raise _host_error(host, exc) from None
 
 
-def submit_run(host: str, config: PipelineConfig, arguments: dict[str, Any], run_name: str | None = None) -> (
-        SubmittedRun):
+def submit_run(host: str, config: PipelineConfig, arguments: dict[str, Any], run_name: str | None = None,
+               tuning: TuningConfig | None = None) -> SubmittedRun:
     """Compile the pipeline for ``config`` and start one run of it on ``host`` with ``arguments``."""
     client = kfp_client(host)
-    with compiled_package(config) as package:
+    with compiled_package(config, tuning) as package:
         try:
             result = client.create_run_from_pipeline_package(
                 str(package), arguments=arguments, run_name=run_name or config.name,
@@ -104,11 +105,11 @@ def submit_run(host: str, config: PipelineConfig, arguments: dict[str, Any], run
 
 
 def schedule_run(host: str, config: PipelineConfig, arguments: dict[str, Any], cron: str,
-                 name: str | None = None) -> ScheduledRun:
+                 name: str | None = None, tuning: TuningConfig | None = None) -> ScheduledRun:
     """Compile the pipeline for ``config`` and create a recurring run on ``host`` (one at a time, no catch-up)."""
     expression = kfp_cron(cron)
     client = kfp_client(host)
-    with compiled_package(config) as package:
+    with compiled_package(config, tuning) as package:
         try:
             experiment = client.create_experiment(name=config.experiment)
             job = client.create_recurring_run(

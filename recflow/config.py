@@ -26,6 +26,7 @@ from recflow.policy.config import PolicyConfig
 from recflow.simulator.config import SimulatorConfig
 from recflow.tracking import TrackingConfig
 from recflow.training.tfrs_trainer import TrainerConfig
+from recflow.tuning import TuningConfig
 
 
 class Section(BaseModel):
@@ -64,6 +65,7 @@ class RecflowConfig(Section):
     example_gen: ExampleGenConfig = ExampleGenConfig()
     transform: TransformConfig = TransformConfig()
     trainer: TrainerConfig = TrainerConfig()
+    tuning: TuningConfig = TuningConfig()
     policy: PolicyConfig = PolicyConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     model_store: ModelStoreConfig = ModelStoreConfig()

@@ -5,6 +5,7 @@ import recflow.config as c
 HEAD = {
  "example_gen": "ExampleGen: validation gate and the time split (recflow/examplegen.py)",
  "transform": "Transform: tf.Transform on Apache Beam (recflow/features/transform.py)",
+ "tuning": "Optional Optuna hyperparameter search step before the TFRS trainer (recflow/tuning.py)",
  "trainer": "TFRS trainer: two-tower retrieval and ranking (recflow/training/tfrs_trainer.py)",
  "policy": "TF-Agents trainer: the slate policy learned from logged feedback (recflow/policy/config.py)",
  "evaluator": "Evaluator: metrics, baselines, significance tests, blessing thresholds (recflow/evaluation/config.py)",
