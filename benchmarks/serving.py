@@ -36,8 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 
-import recflow  # noqa: F401  (first: selects legacy Keras)
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the `serving` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import recflow  # noqa: E402, F401  (first: selects legacy Keras)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
@@ -101,35 +110,22 @@ def _parts(base: Path) -> dict[str, Path]:
 def bare_app(model_dir: Path) -> Any:
     """The baseline: the retrieval SavedModel's ``serving_default`` alone behind one FastAPI endpoint."""
     import tensorflow as tf
-    from fastapi import FastAPI
-    from pydantic import BaseModel
-
     fn = tf.saved_model.load(str(model_dir / "retrieval")).signatures["serving_default"]
     specs = fn.structured_input_signature[1]
     app = FastAPI()
 
-    class Body(BaseModel):
-        user_id: str
-        context: dict[str, Any] = {}
-        k: int = 10
+    def call(body: dict[str, Any]) -> dict[str, Any]:
+        values = {"user_id": str(body["user_id"]), "hour": 12, "weekday": 0, "device": "mobile",
+                  "region": "north", **body.get("context", {})}
+        out = fn(**{n: tf.constant([values[n]], s.dtype) for n, s in specs.items()})
+        k = int(body.get("k", 10))
+        ids = [i.decode() for i in out["item_ids"].numpy()[0][:k]]
+        scores = out["scores"].numpy()[0][:k].tolist()
+        return {"items": [{"item_id": i, "score": v} for i, v in zip(ids, scores, strict=True)]}
 
     @app.post("/v1/recommendations")
-    def recommend(body: Body) -> dict[str, Any]:
-        values = {
-            "user_id": body.user_id,
-            "hour": 12,
-            "weekday": 0,
-            "device": "mobile",
-            "region": "north",
-            **body.context,
-        }
-        out = fn(**{n: tf.constant([values[n]], s.dtype) for n, s in specs.items()})
-        ids = [i.decode() for i in out["item_ids"].numpy()[0][: body.k]]
-        return {
-            "items": [
-                {"item_id": i, "score": float(v)} for i, v in zip(ids, out["scores"].numpy()[0], strict=False)
-            ]
-        }
+    async def recommend(request: Request) -> dict[str, Any]:
+        return await run_in_threadpool(call, await request.json())
 
     return app
 
@@ -157,8 +153,8 @@ def start_server(args: list[str], port: int, env: dict[str, str], log: Path) -> 
     proc = subprocess.Popen(
         [sys.executable, *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT
     )
-    deadline = time.time() + 600
-    while time.time() < deadline:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
         try:
