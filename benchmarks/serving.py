@@ -288,8 +288,9 @@ def in_process_timings(store_root: Path, users: list[str]) -> dict[str, float]:
 
     from recflow.model_store import ModelStore
     from serving.config import ServingConfig
-    from serving.recommender import Recommender
+    from serving.recommender import Recommender, limit_threads
 
+    limit_threads(ServingConfig())  # as `recflow serve` does
     info = ModelStore(store_root).champion()
     fn = tf.saved_model.load(str(Path(info.path) / "model" / "retrieval")).signatures["serving_default"]
     specs = fn.structured_input_signature[1]

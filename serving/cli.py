@@ -59,7 +59,7 @@ def serve(
     import uvicorn
 
     from serving.app import create_app
-    from serving.recommender import Recommender
+    from serving.recommender import Recommender, limit_threads
 
     cfg = serving_config(state)
     updates = {
@@ -76,6 +76,7 @@ def serve(
     fb_dir = feedback_dir or cfg.feedback_dir or state.config.paths.data_dir / "feedback"
     items = pd.read_parquet(catalog) if catalog else None
     root = _store_root(state, models)
+    limit_threads(cfg)
     click.echo(f"loading the champion of {root} ...")
     rec = Recommender.load(root, cfg, feedback_dir=fb_dir, catalog=items)
     click.echo(

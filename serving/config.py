@@ -81,4 +81,14 @@ class ServingConfig(BaseModel):
     explanation_background: int = Field(
         20, ge=2, description="Background samples of the SHAP explainer (permutation over raw features)."
     )
+    blas_threads: int | None = Field(
+        1, ge=1, description="BLAS threads of the serving process (1: a single request's matvec is fastest "
+        "that way, and threads fight under load); None leaves the default."
+    )
+    tf_intra_op_threads: int | None = Field(
+        1, ge=1, description="TensorFlow intra-op threads of the serving process (None: TensorFlow's default)."
+    )
+    tf_inter_op_threads: int | None = Field(
+        2, ge=1, description="TensorFlow inter-op threads of the serving process (None: TensorFlow's default)."
+    )
     seed: int = Field(0, description="Seed of exploration and of the SHAP background sample.")

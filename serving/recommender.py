@@ -101,6 +101,27 @@ class _Decision:
     created: float = field(default_factory=time.time)
 
 
+def limit_threads(config: ServingConfig) -> None:
+    """Pin BLAS and TensorFlow thread pools for a serving process (call before loading any bundle).
+
+    One request is a single matrix-vector product and a small model call: extra threads only add
+    synchronisation, and under load they compete with the requests themselves.
+    """
+    if config.blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(config.blas_threads)
+    import tensorflow as tf
+
+    try:
+        if config.tf_intra_op_threads is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(config.tf_intra_op_threads)
+        if config.tf_inter_op_threads is not None:
+            tf.config.threading.set_inter_op_parallelism_threads(config.tf_inter_op_threads)
+    except RuntimeError:  # TensorFlow already initialised its runtime: keep what it has
+        log.warning("TensorFlow thread pools were already initialised; serving thread limits not applied")
+
+
 def local_bundle_path(store: Any, info: Any) -> str:
     """A local directory holding bundle ``info``: its own path in a local store, else a fresh download
     (gs:// and other fsspec stores) into a temporary directory."""
@@ -319,7 +340,10 @@ class Recommender:
         cold = row is None
         if cold:
             query = b.cold_query(
-                int(ctx["hour"]), int(ctx["weekday"]), str(ctx["device"]), str(ctx["region"])
+                int(ctx.get("hour") or 0),
+                int(ctx.get("weekday") or 0),
+                str(ctx.get("device") or ""),
+                str(ctx.get("region") or ""),
             )
             hist_rows = [b.item_index[i] for i in (history or ()) if i in b.item_index]
             if hist_rows:  # what the user just looked at says more than the context alone
