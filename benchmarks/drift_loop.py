@@ -2,17 +2,21 @@
 
 For each seed a simulated shop is built; an ALS champion (``implicit``) is trained on three days of logged
 traffic, then serves live traffic in :class:`recflow.simulator.ShopEnv` (one slate per request, its scores
-logged). A preference drift (no new items, no repricing, so only the users' tastes move) starts on day 1 of
-the live stream and lowers the champion's click-through rate by about 20-30%. The drift job
-(:func:`monitoring.drift.compare_windows`) compares sliding windows of ``--window`` events (every ``--step``
-events) with the champion's pre-drift live traffic; two consecutive drift verdicts confirm the drift (the
-watcher's default), which counts as detection. The champion is then retrained (ALS on the most recent
-``--recent`` events, standing in for the full pipeline, which takes minutes per run) and swapped in; recovery
-is the first window after the swap whose CTR is back above the CTR alert's threshold (80% of the pre-drift
-CTR). False alarms: the same loop over ``--no-drift-runs`` streams without drift; a run with any confirmed
-drift counts as one false alarm. Finally a burst of 50 alerts is sent to a real watcher's webhook.
+logged). The reference window is the champion's first ``--reference-days`` (2) simulated days of live traffic.
+A preference drift (no new items, no repricing: only the users' tastes move) starts right after it; the change
+of the champion's click rate is measured with the simulator's true expected CTR of every served slate before
+and after the onset (``expected_ctr_change``, per seed). Every ``--step`` events from ``min_events`` after the
+onset the drift job (:func:`monitoring.drift.compare_windows`) compares the last ``--window`` events with the
+reference; two consecutive drift verdicts (the watcher's default) count as detection. Each check records the
+verdict of every test but the sequential CTR test, and the CUSUM statistic, so the false-alarm count of any
+CUSUM threshold follows from the records; ``--calibrate`` runs the ``--no-drift-runs`` streams first and picks the
+smallest threshold with at most one false alarm among them (the whole curve is in ``threshold_sweep``). The
+drift seeds then run with that threshold; on detection the champion is retrained (ALS on the most recent
+``--recent`` events, standing in for the full pipeline, which takes minutes per run; the end-to-end test runs
+the real one) and swapped in; recovery is the first window of the retrained model's traffic whose CTR is back
+above 80% of the pre-drift CTR. Finally a burst of 50 alerts is sent to a real watcher's webhook.
 
-    .venv/bin/python benchmarks/drift_loop.py            # writes benchmarks/results/drift_loop.json
+    .venv/bin/python benchmarks/drift_loop.py --calibrate   # writes benchmarks/results/drift_loop.json
 """
 
 from __future__ import annotations

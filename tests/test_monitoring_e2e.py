@@ -252,6 +252,8 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         assert sum(d["action"] == "retrain" for d in decisions) == 1, decisions
 
         # blessed and pushed by the pipeline, then hot-swapped by the service
+        log_tail = (state_dir / "retraining.log").read_text()[-3000:]
+        assert "nothing pushed" not in log_tail, "the retrained model was not blessed:\n" + log_tail
         new_version = wait_until(
             lambda: (v := requests.get(serve_url + "/readyz", timeout=5).json().get("model_version")) != "v0001"
             and v, 120, "the service to swap in the retrained model")
