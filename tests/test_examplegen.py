@@ -34,8 +34,10 @@ def make_event_log(n_users: int = 120, n_items: int = 80, n_categories: int = 6,
     devices = np.array(["desktop", "mobile", "tablet"])
     start = pd.Timestamp("2026-01-05", tz="UTC")
     rows = []
+    first_liked = []
     for u in range(n_users):
         liked = rng.choice(n_categories, size=1 + u % 2, replace=False)
+        first_liked.append(int(liked[0]))
         region, device = regions[u % 3], devices[rng.integers(3)]
         for s in range(sessions):
             t = start + pd.Timedelta(seconds=int(rng.integers(0, 14 * 86400)))
@@ -64,8 +66,11 @@ def make_event_log(n_users: int = 120, n_items: int = 80, n_categories: int = 6,
     events = pd.DataFrame(rows).sort_values("timestamp", kind="stable").reset_index(drop=True)
     events["event_id"] = [f"e{i:06d}" for i in range(len(events))]
     items = pd.DataFrame({"item_id": item_ids, "category": [f"c{c}" for c in cats], "price": prices})
-    users = pd.DataFrame({"user_id": [f"u{u:04d}" for u in range(n_users)],
-                          "region": [regions[u % 3] for u in range(n_users)]})
+    # The segment names the user's (first) favourite category; the "new-c*" users signed up but have no events
+    # yet (cold start: only their segment is known).
+    users = pd.DataFrame({"user_id": [f"u{u:04d}" for u in range(n_users)] + [f"new-c{c}" for c in range(n_categories)],
+                          "region": [regions[u % 3] for u in range(n_users)] + ["north"] * n_categories,
+                          "segment": [f"likes-c{c}" for c in first_liked] + [f"likes-c{c}" for c in range(n_categories)]})
     return events, items, users
 
 

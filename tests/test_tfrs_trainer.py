@@ -68,11 +68,62 @@ def test_exports_take_raw_features(full: tuple[Path, TrainResult]) -> None:
                 hour=tf.constant([9, 9], tf.int64), weekday=tf.constant([1, 1], tf.int64),
                 device=tf.constant(["mobile", "mobile"]), region=tf.constant(["north", "north"]))["probability"]
     assert prob.shape == (2,) and np.all((prob.numpy() > 0) & (prob.numpy() < 1))
+    # multi-task DCN: the purchase head is exported beside the click probability
+    assert set(rank.structured_outputs) == {"probability", "purchase_probability"}
+    assert result.metrics["ranking_eval_purchase_auc"] > 0.5
 
     items = pd.read_parquet(result.item_embeddings_path)
-    assert set(items["item_id"]) == catalog and len(items["embedding"].iloc[0]) == 32
+    # 32-d embeddings plus the item-bias dimension (the query side carries a constant 1 there)
+    assert set(items["item_id"]) == catalog and len(items["embedding"].iloc[0]) == 33
     users = pd.read_parquet(result.user_embeddings_path)
     assert set(users["user_id"]) == set(pd.read_parquet(base / "ex" / "train.parquet")["user_id"])
+
+
+def test_index_recall_is_measured_and_reported(full: tuple[Path, TrainResult]) -> None:
+    from recflow.index import read_index_report
+
+    _base, result = full
+    report = read_index_report(result.out_dir)
+    assert report["kind"] == "brute_force" and report["index_recall@10"] == 1.0
+    assert result.metrics["index_recall@10"] == 1.0 and report["queries"] > 0
+
+
+def test_hnsw_index_serves_the_same_lists_as_exact_search_here(full: tuple[Path, TrainResult]) -> None:
+    base, _ = full
+    result = train_tfrs(base / "ex", base / "tf", base / "model-hnsw",
+                        TrainerConfig(index={"kind": "hnsw"}, ranking_epochs=1))
+    assert result.metrics["index_recall@10"] >= 0.95  # a small catalog: HNSW finds (almost) every neighbour
+    rec = load_recommender(result.out_dir)
+    assert rec._index is not None
+    lists = rec.recommend(["u0003", "cold-user"], 10, exclude={"u0003": {"i0000"}})
+    assert [len(x) for x in lists] == [10, 10] and "i0000" not in lists[0]
+
+
+def test_cold_users_get_their_segments_taste(full: tuple[Path, TrainResult]) -> None:
+    _base, result = full
+    rec = load_recommender(result.out_dir)
+    items = pd.read_parquet(_base / "ex" / "items.parquet").set_index("item_id")["category"]
+    new = [f"new-c{c}" for c in range(6)]  # in users.parquet with a segment, no events
+    lists = rec.recommend(new, 10)
+    share = np.mean([np.mean([items[i] == f"c{c}" for i in row]) for c, row in enumerate(lists)])
+    # a segment-blind model gives every cold user the same list, whose share of "their" category averages 1/6
+    assert share > 0.25, share
+    emb = rec.user_embeddings(new)
+    assert not np.allclose(emb[0], emb[1])
+
+
+def test_warm_start_copies_the_previous_models_towers(full: tuple[Path, TrainResult]) -> None:
+    base, first = full
+    warm = train_tfrs(base / "ex", base / "tf", base / "model-warm",
+                      TrainerConfig(warm_start_from=str(first.out_dir), epochs=1, ranking_epochs=1))
+    cold = train_tfrs(base / "ex", base / "tf", base / "model-cold", TrainerConfig(epochs=1, ranking_epochs=1))
+    copied = warm.history["warm_start"]
+    assert copied["variables_copied"] > 0 and copied["id_rows_copied"] > 100
+    # one epoch from the trained towers is as good as the trained model, better than one epoch from scratch
+    assert warm.metrics["retrieval_eval_top10_accuracy"] > cold.metrics["retrieval_eval_top10_accuracy"]
+    missing = train_tfrs(base / "ex", base / "tf", base / "model-nowarm",
+                         TrainerConfig(warm_start_from=str(base / "nothing"), epochs=1, ranking_epochs=1))
+    assert any("cold start" in n for n in missing.notes)
 
 
 def test_reload_recommend_cold_users_and_exclusions(full: tuple[Path, TrainResult]) -> None:

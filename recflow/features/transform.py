@@ -47,7 +47,9 @@ SPLITS: tuple[str, ...] = ("train", "eval", "test")
 TRANSFORMED_FORMAT = "tfrecord_gzip"
 #: Numeric code of each event type (the ``event_code`` feature) -- the index in the schema's funnel order.
 EVENT_CODES: dict[str, int] = {name: i for i, name in enumerate(schema.EVENT_TYPES)}
-CATEGORICAL_RAW = ("user_id", "item_id", "category", "device", "region")
+CATEGORICAL_RAW = ("user_id", "item_id", "category", "brand", "device", "region", "segment")
+#: Static user attributes read from the users table (looked up by user id at serving, known for new users too).
+USER_ATTRIBUTES = ("segment",)
 
 
 class TransformConfig(BaseModel):
@@ -120,6 +122,9 @@ def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataF
     if _has_values(items, "category"):
         raw["category"] = "string"
         candidate.append("category")
+    if _has_values(items, "brand"):
+        raw["brand"] = "string"
+        candidate.append("brand")
     if _has_values(events, "price") or _has_values(items, "price"):
         raw["price"] = "float32"
         candidate.append("price")
@@ -131,6 +136,9 @@ def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataF
         if _has_values(events, name) or (name == "region" and _has_values(users, "region")):
             raw[name] = "string"
             context.append(name)
+    user_features = [name for name in USER_ATTRIBUTES if _has_values(users, name)]
+    for name in user_features:
+        raw[name] = "string"
     behaviour_cols = behaviour.behaviour_columns(events)
     for name in behaviour_cols:
         raw[name] = "float32"
@@ -139,37 +147,44 @@ def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataF
         raw["recent_items"] = "string_list"
     raw["event_code"] = "int64"
     raw["clicked"] = "int64"
-    raw["row_id"] = "int64"
     types = set(events["event_type"].unique())
+    if "purchase" in types and "impression" in types:
+        raw["purchased"] = "int64"
+    raw["row_id"] = "int64"
     positives = [t for t in schema.POSITIVE_EVENT_TYPES if t in types] or (["view"] if "view" in types else [])
     transformed_query = ["user_idx"] + [f for f in ("hour_sin", "hour_cos") if "hour" in raw] \
         + [f for f in ("weekday_sin", "weekday_cos") if "weekday" in raw] \
-        + [f"{n}_idx" for n in ("device", "region") if n in raw] + [f"{b}_z" for b in behaviour_cols] \
+        + [f"{n}_idx" for n in ("device", "region") if n in raw] + [f"{n}_idx" for n in user_features] \
+        + [f"{b}_z" for b in behaviour_cols] \
         + (["recent_items_idx"] if has_recent else [])
     transformed_candidate = ["item_idx"] + (["category_idx"] if "category" in raw else []) \
+        + (["brand_idx"] if "brand" in raw else []) \
         + (["price_z"] if "price" in raw else [])
     return {
         "raw_features": raw,
         "serving_inputs": ["user_id", *context],
         "context_features": context,
+        "user_features": user_features,
         "behaviour_features": behaviour_cols,
         "candidate_features": candidate,
         "transformed_query_features": transformed_query,
         "transformed_candidate_features": transformed_candidate,
-        "label_features": ["event_code", "clicked"],
+        "label_features": ["event_code", "clicked", *(["purchased"] if "purchased" in raw else [])],
         "event_codes": EVENT_CODES,
         "positive_event_types": positives,
         "has_impressions": "impression" in types,
         "has_clicks": "click" in types,
+        "has_purchases": "purchased" in raw,
         "transformed_format": TRANSFORMED_FORMAT,
         "recent_items": recent_n if has_recent else 0,
     }
 
 
-def label_impressions(events: pd.DataFrame) -> pd.Series:
-    """Click label of each impression: 1 when the user clicked that item from that slate, else 0; -1 elsewhere.
+def label_impressions(events: pd.DataFrame, event_type: str = "click") -> pd.Series:
+    """Label of each impression: 1 when the user clicked (``event_type``: or e.g. purchased) that item from that
+    slate, else 0; -1 for rows that are not impressions.
 
-    A click belongs to an impression with the same user, item and ``request_id`` when request ids were logged,
+    An event belongs to an impression with the same user, item and ``request_id`` when request ids were logged,
     otherwise to an impression of the same user and item at most 30 minutes earlier.
     """
     labels = pd.Series(-1, index=events.index, dtype=np.int64)
@@ -177,7 +192,7 @@ def label_impressions(events: pd.DataFrame) -> pd.Series:
     if not is_imp.any():
         return labels
     labels[is_imp] = 0
-    clicks = events[events["event_type"] == "click"]
+    clicks = events[events["event_type"] == event_type]
     if clicks.empty:
         return labels
     if "request_id" in events.columns and events.loc[is_imp, "request_id"].notna().all():
@@ -217,8 +232,11 @@ def build_raw_frame(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFra
     out["user_id"] = events["user_id"].astype(str)
     out["item_id"] = events["item_id"].astype(str)
     item_attrs = items.set_index("item_id")
-    if "category" in raw:
-        out["category"] = events["item_id"].map(item_attrs["category"])
+    for name in ("category", "brand"):
+        if name in raw:
+            out[name] = events["item_id"].map(item_attrs[name])
+    for name in spec.get("user_features", []):
+        out[name] = events["user_id"].map(users.drop_duplicates("user_id").set_index("user_id")[name])  # type: ignore[union-attr]
     if "price" in raw:
         event_price = events["price"] if "price" in events.columns else pd.Series(np.nan, index=events.index)
         catalog_price = (events["item_id"].map(item_attrs["price"]) if "price" in item_attrs.columns
@@ -238,6 +256,8 @@ def build_raw_frame(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFra
         out["recent_items"] = events["recent_items"]
     out["event_code"] = events["event_type"].map(EVENT_CODES).astype(np.int64)
     out["clicked"] = events["clicked"].astype(np.int64)
+    if "purchased" in raw:
+        out["purchased"] = events["purchased"].astype(np.int64)
     out["row_id"] = events["row_id"].astype(np.int64)
     return coerce_raw(out, spec, fills)
 
@@ -304,8 +324,9 @@ def make_preprocessing_fn(spec: dict[str, Any], config: TransformConfig):
                 out[f"{name}_cos"] = tf.cos(angle)
         for name in spec["behaviour_features"]:
             out[f"{name}_z"] = tft.scale_to_z_score(tf.math.log1p(tf.maximum(inputs[name], 0.0)))
-        for name in ("event_code", "clicked", "row_id"):
-            out[name] = tf.identity(inputs[name])
+        for name in ("event_code", "clicked", "purchased", "row_id"):
+            if name in raw:
+                out[name] = tf.identity(inputs[name])
         return out
 
     return preprocessing_fn
@@ -405,6 +426,7 @@ def prepare_features(examples_dir: Path, config: TransformConfig) -> PreparedFea
     events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
     events["row_id"] = np.arange(len(events), dtype=np.int64)
     events["clicked"] = label_impressions(events)
+    events["purchased"] = label_impressions(events, "purchase")
     spec = describe_features(events, items, users, config.recent_items)
     if spec["recent_items"]:
         events["recent_items"] = behaviour.recent_items(events, spec["recent_items"])
@@ -421,10 +443,30 @@ def prepare_features(examples_dir: Path, config: TransformConfig) -> PreparedFea
     user_state = behaviour.user_state_at(
         events.drop(columns=[*spec["behaviour_features"], *(["recent_items"] if spec["recent_items"] else [])]),
         state_at, spec["behaviour_features"], recent_n=spec["recent_items"])
+    if spec["user_features"] and users is not None:
+        user_state = with_user_attributes(user_state, users, spec)
     spec["user_state_at"] = pd.Timestamp(state_at).isoformat()
     spec["no_history_state"] = behaviour.no_history_state(spec["behaviour_features"])
     candidates = coerce_raw(build_candidates(items, events, spec), spec, fills)
     return PreparedFeatures(spec=spec, raw_frames=raw_frames, candidates=candidates, user_state=user_state)
+
+
+def with_user_attributes(user_state: pd.DataFrame, users: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
+    """Add the static user attributes (``spec['user_features']``) to the serving snapshot, and a no-history row
+    for every user of the users table without events yet: a new user's segment is known at sign-up, so the
+    query tower gives them a segment-specific (not a generic) embedding."""
+    attrs = users.assign(user_id=users["user_id"].astype(str)).drop_duplicates("user_id").set_index("user_id")
+    missing = sorted(set(attrs.index) - set(user_state["user_id"].astype(str)))
+    if missing:
+        extra = pd.DataFrame({"user_id": missing})
+        for name, value in behaviour.no_history_state(spec["behaviour_features"]).items():
+            extra[name] = value
+        if spec["recent_items"]:
+            extra["recent_items"] = [[behaviour.PAD_ITEM] * spec["recent_items"] for _ in missing]
+        user_state = pd.concat([user_state, extra], ignore_index=True).sort_values("user_id").reset_index(drop=True)
+    for name in spec["user_features"]:
+        user_state[name] = user_state["user_id"].astype(str).map(attrs[name]).fillna("").astype(str)
+    return user_state
 
 
 def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
@@ -474,8 +516,9 @@ def build_candidates(items: pd.DataFrame, events: pd.DataFrame, spec: dict[str, 
     ids = sorted(set(items["item_id"].astype(str)) | set(events["item_id"].astype(str)))
     out = pd.DataFrame({"item_id": ids})
     attrs = items.assign(item_id=items["item_id"].astype(str)).set_index("item_id")
-    if "category" in spec["raw_features"]:
-        out["category"] = out["item_id"].map(attrs["category"])
+    for name in ("category", "brand"):
+        if name in spec["raw_features"]:
+            out[name] = out["item_id"].map(attrs[name])
     if "price" in spec["raw_features"]:
         price = out["item_id"].map(attrs["price"]) if "price" in attrs.columns else pd.Series(np.nan, index=out.index)
         if _has_values(events, "price"):

@@ -8,7 +8,8 @@
   evaluation;
 * ``query_embedding(...) -> {embedding [B, D]}``.
 
-``ranking/`` signature ``serving_default(user_id, item_id, <context features>) -> {probability [B]}``.
+``ranking/`` signature ``serving_default(user_id, item_id, <context features>) -> {probability [B]}`` (click),
+plus ``purchase_probability [B]`` when the log had purchases (the DCN's second task).
 
 Context features are those the shop logs (``feature_spec.json``: ``context_features``); hour and weekday are
 int64, device and region strings. Behaviour features are not inputs: the model looks each user up in the
@@ -55,20 +56,25 @@ class _RawFeatureModule(tf.Module):
             recent = np.concatenate([recent, np.full((1, self._recent_n), "", dtype=object)])
             self.user_recent_items = tf.Variable(recent.astype(str), trainable=False, dtype=tf.string,
                                                  name="user_recent_items")
+        # Static user attributes (segment, ...): known for every user of the users table, new ones included.
+        self._user_features = [f for f in spec.get("user_features", []) if f in user_state.columns]
+        self.user_attributes = {
+            f: tf.Variable(user_state[f].astype(str).tolist() + [str(spec["fill_values"].get(f, ""))],
+                           trainable=False, dtype=tf.string, name=f"user_{f}") for f in self._user_features}
         self.user_rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(user_state["user_id"].astype(str).tolist(), tf.string),
                                                 tf.range(len(user_state), dtype=tf.int64)), default_value=-1)
         self._n_users = len(user_state)
-        self._item_attrs = [c for c in ("category", "price") if items is not None and c in items.columns]
+        self._item_attrs = [c for c in ("category", "brand", "price") if items is not None and c in items.columns]
         if items is not None:
             self.item_rows = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(tf.constant(items["item_id"].astype(str).tolist()),
                                                     tf.range(len(items), dtype=tf.int64)), default_value=-1)
             self._n_items = len(items)
-            if "category" in items.columns:
-                self.item_category = tf.Variable(items["category"].astype(str).tolist()
-                                                 + [str(spec["fill_values"].get("category", ""))],
-                                                 trainable=False, dtype=tf.string, name="item_category")
+            self.item_strings = {
+                c: tf.Variable(items[c].astype(str).tolist() + [str(spec["fill_values"].get(c, ""))],
+                               trainable=False, dtype=tf.string, name=f"item_{c}")
+                for c in ("category", "brand") if c in items.columns}
             if "price" in items.columns:
                 self.item_price = tf.Variable(np.append(items["price"].to_numpy(np.float32),
                                                         np.float32(spec["fill_values"].get("price", 0.0))),
@@ -90,11 +96,13 @@ class _RawFeatureModule(tf.Module):
             raw[name] = state[:, j]
         if self._recent_n:
             raw["recent_items"] = tf.gather(self.user_recent_items, row)
+        for name in self._user_features:
+            raw[name] = tf.gather(self.user_attributes[name], row)
         if self._item_attrs and "item_id" in inputs:
             irow = self.item_rows.lookup(inputs["item_id"])
             irow = tf.where(irow < 0, tf.constant(self._n_items, tf.int64), irow)
-            if "category" in self._item_attrs:
-                raw["category"] = tf.gather(self.item_category, irow)
+            for name, table in self.item_strings.items():
+                raw[name] = tf.gather(table, irow)
             if "price" in self._item_attrs:
                 raw["price"] = tf.gather(self.item_price, irow)
         return self.tft_layer(raw)
@@ -125,7 +133,7 @@ class RetrievalServing(_RawFeatureModule):
 
 
 class RankingServing(_RawFeatureModule):
-    """Raw (user, item, context) -> click probability."""
+    """Raw (user, item, context) -> click (and purchase) probability."""
 
     def __init__(self, transform_graph_dir: str, spec: Mapping[str, Any], user_state: pd.DataFrame,
                  items: pd.DataFrame, model: tf.keras.Model) -> None:
@@ -133,7 +141,11 @@ class RankingServing(_RawFeatureModule):
         self.model = model
 
     def probability(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {"probability": self.model(self.transform(inputs))}
+        out = self.model(self.transform(inputs))
+        result = {"probability": out["click"]}
+        if "purchase" in out:
+            result["purchase_probability"] = out["purchase"]
+        return result
 
 
 def save_retrieval(module: RetrievalServing, spec: Mapping[str, Any], path: str) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from recflow.errors import DataError
+from recflow.index import load_index, read_index_report
 
 #: Users per call of the SavedModel.
 BATCH_SIZE = 1024
@@ -44,6 +45,12 @@ class TFRSRecommender:
         self._context = contexts.set_index("user_id")
         self._default_context: dict[str, Any] = json.loads(
             (self.model_dir / "default_context.json").read_text(encoding="utf-8"))
+        # An approximate candidate index (trainer.index.kind != brute_force) serves the top-K instead of the
+        # SavedModel's exact BruteForce layer; its recall vs exact search is in index/index.json.
+        self._index = None
+        report = read_index_report(self.model_dir)
+        if report.get("kind", "brute_force") != "brute_force":
+            self._index = load_index(self.model_dir / "index")
         ranking_dir = self.model_dir / "ranking"
         self._ranking = None
         if (ranking_dir / "saved_model.pb").is_file():
@@ -87,15 +94,21 @@ class TFRSRecommender:
         for start in range(0, len(user_ids), BATCH_SIZE):
             batch = [str(u) for u in user_ids[start:start + BATCH_SIZE]]
             most_excluded = max((len(exclude.get(u, ())) for u in batch), default=0)
-            fn = self._top if k + most_excluded <= self.top_k else self._all
-            result = fn(**self._inputs(batch))
-            ids, scores = result["item_ids"].numpy(), result["scores"].numpy()
+            if self._index is not None:
+                queries = self._embed(**self._inputs(batch))["embedding"].numpy()
+                scores, rows = self._index.search(queries, k + most_excluded)
+                ids = np.array([[self._index.item_ids[r].encode("utf-8") if r >= 0 else b"" for r in row]
+                                for row in rows], dtype=object)
+            else:
+                fn = self._top if k + most_excluded <= self.top_k else self._all
+                result = fn(**self._inputs(batch))
+                ids, scores = result["item_ids"].numpy(), result["scores"].numpy()
             for row, user in enumerate(batch):
                 banned = exclude.get(user, set())
                 picked = []
                 for item, score in zip(ids[row], scores[row], strict=True):
                     name = item.decode("utf-8")
-                    if name not in banned:
+                    if name and name not in banned:
                         picked.append((name, float(score)))
                         if len(picked) == k:
                             break

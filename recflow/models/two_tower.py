@@ -18,7 +18,8 @@ import tensorflow_recommenders as tfrs
 
 #: Transformed integer features and the vocabulary each one indexes.
 VOCAB_OF: dict[str, str] = {"user_idx": "user_id", "item_idx": "item_id", "category_idx": "category",
-                            "device_idx": "device", "region_idx": "region", "recent_items_idx": "item_id"}
+                            "brand_idx": "brand", "device_idx": "device", "region_idx": "region",
+                            "segment_idx": "segment", "recent_items_idx": "item_id"}
 #: Features holding a list of ids per example (padded with -1), embedded as the mean of their embeddings.
 BAG_FEATURES = frozenset({"recent_items_idx"})
 
@@ -31,8 +32,16 @@ class FeatureTower(tf.keras.Model):
     """
 
     def __init__(self, features: Sequence[str], vocab_sizes: Mapping[str, int], embedding_dim: int,
-                 output_dim: int, hidden_units: Sequence[int] = (), name: str | None = None) -> None:
+                 output_dim: int, hidden_units: Sequence[int] = (), name: str | None = None,
+                 bias_of: str | None = None, constant_one: bool = False) -> None:
         super().__init__(name=name)
+        # Item bias as one more dot-product dimension: the candidate tower appends a learned scalar per id
+        # (``bias_of``), the query tower a constant 1 (``constant_one``), so q . c = q_emb . c_emb + b_item and
+        # any inner-product index (brute force, HNSW) still ranks by the full score.
+        self.bias_of = bias_of
+        self.constant_one = constant_one
+        self.bias = (tf.keras.layers.Embedding(vocab_sizes[bias_of], 1, embeddings_initializer="zeros",
+                                               name=f"{bias_of}_bias") if bias_of else None)
         self.feature_names = list(features)
         self.categorical = [f for f in self.feature_names if f in vocab_sizes]
         self.dense_features = [f for f in self.feature_names if f not in vocab_sizes]
@@ -61,7 +70,12 @@ class FeatureTower(tf.keras.Model):
         x = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
         for layer in self.hidden:
             x = layer(x)
-        return self.projection(x)
+        x = self.projection(x)
+        if self.bias is not None:
+            x = tf.concat([x, self.bias(tf.reshape(features[self.bias_of], [-1]))], axis=1)
+        if self.constant_one:
+            x = tf.concat([x, tf.ones_like(x[:, :1])], axis=1)
+        return x
 
 
 class TwoTowerModel(tfrs.Model):
@@ -74,11 +88,12 @@ class TwoTowerModel(tfrs.Model):
 
     def __init__(self, query_tower: FeatureTower, candidate_tower: FeatureTower, temperature: float = 1.0,
                  logq_correction: bool = True, candidates: tf.data.Dataset | None = None,
-                 metric_ks: Sequence[int] = (10, 50)) -> None:
+                 metric_ks: Sequence[int] = (10, 50), logq_strength: float = 1.0) -> None:
         super().__init__()
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.logq_correction = logq_correction
+        self.logq_strength = float(logq_strength)
         metrics = None
         if candidates is not None:
             metrics = tfrs.metrics.FactorizedTopK(
@@ -91,6 +106,9 @@ class TwoTowerModel(tfrs.Model):
         candidate = self.candidate_tower(features)
         kwargs = {}
         if self.logq_correction and "candidate_prob" in features:
-            kwargs["candidate_sampling_probability"] = tf.reshape(features["candidate_prob"], [-1])
+            # TFRS subtracts log(p) from each logit; p ** strength subtracts strength * log(p): 1 = the full
+            # correction (a full-softmax estimate), 0 = none (the in-batch loss then penalises popular items).
+            prob = tf.reshape(tf.cast(features["candidate_prob"], tf.float32), [-1])
+            kwargs["candidate_sampling_probability"] = tf.pow(prob, self.logq_strength)
         return self.task(query, candidate, candidate_ids=tf.reshape(features["item_idx"], [-1]),
                          compute_metrics=not training, compute_batch_metrics=False, **kwargs)

@@ -33,6 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from recflow.errors import DataError
+from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,36 @@ class TrainerConfig(BaseModel):
     learning_rate: float = Field(0.05, gt=0, description="Adagrad learning rate.")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature of the retrieval loss.")
     logq_correction: bool = Field(True, description="Correct in-batch negatives for item popularity (logQ).")
+    logq_strength: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="How much of log(item sampling probability) the logQ correction subtracts (1 = all: the "
+        "full-softmax estimate; smaller values keep part of the in-batch popularity penalty).")
+    first_positive_only: bool = Field(
+        False, description="Train and early-stop on each user's first positive event per item only (cart, "
+        "purchase and repeat clicks of an item already chosen are dropped): what the Evaluator measures is "
+        "discovery of items the user has not interacted with.")
+    item_bias: bool = Field(
+        True, description="Learn a scalar bias per item (an extra dot-product dimension): the popularity prior "
+        "the simulated shop's clicks follow, which plain embeddings learn slowly.")
     top_k: int = Field(100, gt=0, description="Items returned by the retrieval signature.")
     early_stopping_patience: int = Field(2, ge=0, description="Epochs without eval improvement before stopping.")
     ranking_epochs: int = Field(10, gt=0, description="Maximum epochs of the ranking model.")
     ranking_learning_rate: float = Field(0.01, gt=0, description="Adam learning rate of the ranking model.")
+    ranking_cross_layers: int = Field(2, ge=0, description="Cross layers of the DCN ranking model.")
+    ranking_hidden_units: tuple[int, ...] = Field((64, 32), description="Deep layers of the DCN ranking model.")
+    purchase_weight: float = Field(
+        0.5, ge=0.0, description="Weight of the purchase task in the ranking loss (0 = click only); used when "
+        "the log has purchases.")
     query_behaviour_features: tuple[str, ...] = Field(
         ("frequency", "monetary", "dwell_mean"),
         description="Behaviour features the towers read (those the log supports). recency_s and session_events "
         "are request-time values a context-free request cannot supply; feeding them from the serving snapshot "
         "skews serving away from training (measured: recall@10 0.02 instead of 0.78), so they are off by default.",
     )
+    index: CandidateIndexConfig = Field(CandidateIndexConfig(), description="Candidate index and its recall check.")
+    warm_start_from: str | None = Field(
+        None, description="A model directory (e.g. the champion's) whose tower weights initialise this training "
+        "(ids matched by vocabulary; see recflow.training.warm_start); null = cold start.")
     seed: int = Field(42, ge=0, description="Seed of weights, shuffling and everything else random.")
     deterministic_ops: bool = Field(True, description="tf.config.experimental.enable_op_determinism().")
 
@@ -123,6 +144,25 @@ def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame
     return latest, default
 
 
+def first_positives(train: dict[str, np.ndarray], evald: dict[str, np.ndarray], pos_train: np.ndarray,
+                    pos_eval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep only each user's first positive event with an item (train, then eval, both in time order).
+
+    Later positives on the same item (add to cart and purchase after the click, repeat clicks) continue a
+    funnel the user already entered; the Evaluator excludes items a user already interacted with, so the model
+    learns and early-stops on discovering *new* items.
+    """
+    users = np.concatenate([train["user_idx"], evald["user_idx"]]).astype(np.int64)
+    items = np.concatenate([train["item_idx"], evald["item_idx"]]).astype(np.int64)
+    positive = np.concatenate([pos_train, pos_eval])
+    rows = np.flatnonzero(positive)
+    keys = users[rows] * (int(items.max()) + 1) + items[rows]
+    _, first = np.unique(keys, return_index=True)
+    keep = np.zeros(len(positive), dtype=bool)
+    keep[rows[first]] = True
+    return keep[: len(pos_train)], keep[len(pos_train):]
+
+
 def query_features(spec: dict[str, Any], config: TrainerConfig) -> list[str]:
     """Transformed query-side features the towers read: ids and context, plus the chosen behaviour features."""
     behaviour_z = {f"{b}_z" for b in spec["behaviour_features"]}
@@ -140,8 +180,9 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
 
     from recflow.features.transform import apply_transform_graph, load_transformed
     from recflow.models.export import RankingServing, RetrievalServing, save_ranking, save_retrieval
-    from recflow.models.ranking import ClickRankingModel
-    from recflow.models.two_tower import FeatureTower, TwoTowerModel
+    from recflow.models.ranking import DCNRankingModel
+    from recflow.models.two_tower import VOCAB_OF, FeatureTower, TwoTowerModel
+    from recflow.training.warm_start import save_tower_weights, warm_start_towers
 
     examples_dir, transform_dir, out_dir = Path(examples_dir), Path(transform_dir), Path(out_dir)
     spec_path = transform_dir / "feature_spec.json"
@@ -162,6 +203,8 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
     positive_codes = [spec["event_codes"][t] for t in spec["positive_event_types"]]
     pos_train = np.isin(train["event_code"], positive_codes)
     pos_eval = np.isin(evald["event_code"], positive_codes)
+    if config.first_positive_only:
+        pos_train, pos_eval = first_positives(train, evald, pos_train, pos_eval)
     if not pos_train.any():
         raise DataError(f"{examples_dir}: the train split has no positive interactions "
                         f"({', '.join(spec['positive_event_types']) or 'click/add_to_cart/purchase/view'})")
@@ -196,12 +239,26 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         eval_ds = as_dataset(evald, pos_eval, shuffle=False) if pos_eval.any() else None
         cand_ds = tf.data.Dataset.from_tensor_slices(cand_features).batch(1024)
         with strategy.scope():
-            query_tower = FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="query")
+            query_tower = FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="query",
+                                       constant_one=config.item_bias)
             cand_tower = FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim,
-                                      name="candidate")
+                                      name="candidate", bias_of="item_idx" if config.item_bias else None)
             retrieval = TwoTowerModel(query_tower, cand_tower, config.temperature, config.logq_correction,
-                                      candidates=cand_ds if eval_ds is not None else None)
+                                      candidates=cand_ds if eval_ds is not None else None,
+                                      logq_strength=config.logq_strength)
             retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+            sample = next(iter(train_ds))
+            query_tower(sample), cand_tower(sample)  # build the variables (for warm start and saving)
+        vocabularies = {v: [t.decode("utf-8") if isinstance(t, bytes) else str(t)
+                            for t in tft_output.vocabulary_by_name(v)]
+                        for v in sorted({VOCAB_OF[f] for f in vocab})}
+        if config.warm_start_from:
+            try:
+                report["warm_start"] = warm_start_towers({"query": query_tower, "candidate": cand_tower},
+                                                         Path(config.warm_start_from), vocabularies, VOCAB_OF)
+                report["warm_start"]["from"] = str(config.warm_start_from)
+            except DataError as exc:
+                notes.append(f"cold start: {exc}")
         callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(tmp / "logs" / "retrieval"))]
         monitor = "val_factorized_top_k/top_10_categorical_accuracy"
         if eval_ds is not None:
@@ -227,6 +284,7 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         metrics["retrieval_train_loss"] = history["loss"][-1]
         metrics["retrieval_examples_per_second"] = report["retrieval"]["examples_per_second"]
 
+        save_tower_weights(tmp, {"query": query_tower, "candidate": cand_tower}, vocabularies)
         item_emb = cand_tower.predict(cand_features, batch_size=4096, verbose=0).astype(np.float32)
         item_ids = candidates_raw["item_id"].astype(str).tolist()
         pd.DataFrame({"item_id": item_ids, "embedding": list(item_emb)}).to_parquet(
@@ -248,6 +306,13 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         user_emb = serving.query(inputs).numpy().astype(np.float32)
         pd.DataFrame({"user_id": train_users, "embedding": list(user_emb)}).to_parquet(
             tmp / "user_embeddings.parquet", index=False)
+        index = build_index(item_ids, item_emb, config.index)
+        index_report = measure_index_recall(index, user_emb, item_emb, config.index, seed=config.seed)
+        save_index(index, tmp / "index", index_report)
+        report["index"] = index_report
+        for key, value in index_report.items():
+            if key.startswith("index_recall@") and value is not None:
+                metrics[key] = float(value)
 
         ranking_dir = None
         imp_code = spec["event_codes"]["impression"]
@@ -258,7 +323,8 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         elif not spec.get("has_clicks") or train["clicked"][rank_train].max() < 1:
             notes.append("ranking model skipped: no impression in the train split was clicked")
         else:
-            rnames = sorted(set(q_feats) | set(c_feats) | {"clicked"})
+            purchase_weight = config.purchase_weight if spec.get("has_purchases") and "purchased" in train else 0.0
+            rnames = sorted(set(q_feats) | set(c_feats) | {"clicked"} | ({"purchased"} if purchase_weight else set()))
 
             def rank_ds(data: dict[str, np.ndarray], mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:
                 ds = tf.data.Dataset.from_tensor_slices(_take(data, mask, rnames))
@@ -267,9 +333,11 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
                 return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
             with strategy.scope():
-                ranker = ClickRankingModel(
+                ranker = DCNRankingModel(
                     FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_query"),
-                    FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_item"))
+                    FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_item"),
+                    hidden_units=config.ranking_hidden_units, cross_layers=config.ranking_cross_layers,
+                    purchase_weight=purchase_weight)
                 ranker.compile(optimizer=tf.keras.optimizers.Adam(config.ranking_learning_rate))
             rcallbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(tmp / "logs" / "ranking"))]
             r_eval = rank_ds(evald, rank_eval, False) if rank_eval.any() else None
@@ -287,7 +355,10 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
                                  "seconds": rseconds,
                                  "examples_per_second": int(rank_train.sum()) * repochs / rseconds}
             if r_eval is not None:
-                metrics["ranking_eval_auc"] = max(rhistory["val_auc"])
+                best_epoch = int(np.argmax(rhistory["val_auc"]))
+                metrics["ranking_eval_auc"] = rhistory["val_auc"][best_epoch]
+                if "val_purchase_auc" in rhistory:
+                    metrics["ranking_eval_purchase_auc"] = rhistory["val_purchase_auc"][best_epoch]
             items_raw = candidates_raw.copy()
             rserving = RankingServing(str(graph_dir), spec, user_state, items_raw, ranker)
             save_ranking(rserving, spec, str(tmp / "ranking"))
