@@ -336,3 +336,19 @@ def test_tfma_slices_find_a_per_category_difference(examples):
     assert by.loc[("category", "cat1"), "calibration"] == pytest.approx(
         prediction[cat1].mean() / label[cat1].mean(), rel=1e-4
     )
+
+
+def test_index_recall_measured_by_the_trainer_gates_the_blessing(examples):
+    """A too-approximate candidate index (recall vs exact search below the floor) is refused."""
+    train = pd.read_parquet(examples / "train.parquet")
+    candidate = ALSRecommender(factors=8, iterations=5, regularization=0.05).fit(train)
+    config = FAST.model_copy(update={
+        "baselines": ("popularity",),
+        "thresholds": FAST.thresholds.model_copy(update={"min_index_recall": 0.95, "min_lift_over_popularity": -1.0}),
+    })
+    key = config.metric_key("index_recall")
+    low = evaluate_recommenders(examples, candidate, config, candidate_metrics={key: 0.80})
+    assert not low.blessing.blessed
+    assert any(key in r for r in low.blessing.reasons)
+    high = evaluate_recommenders(examples, candidate, config, candidate_metrics={key: 0.99})
+    assert not any(key in r for r in high.blessing.reasons)

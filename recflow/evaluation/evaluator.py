@@ -259,6 +259,7 @@ def evaluate_recommenders(
     champion: Recommender | None = None,
     extra: dict[str, Any] | None = None,
     item_embeddings: pd.DataFrame | None = None,
+    candidate_metrics: dict[str, float] | None = None,
 ) -> EvaluationResult:
     """Evaluate ``candidate`` (already trained) against freshly fitted baselines and the ``champion``.
 
@@ -267,7 +268,8 @@ def evaluate_recommenders(
     ``embedding``; default: the candidate's own, see :func:`candidate_item_embeddings`) adds
     ``embedding_diversity@k`` for every method, measured in that one embedding space. Raises
     :class:`~recflow.errors.DataError` when the examples are unusable or the held-out split has no user with a
-    relevant item.
+    relevant item. ``candidate_metrics`` are measured elsewhere and join the candidate's metrics before the
+    blessing (e.g. the retrieval index's ``index_recall@k`` from the trainer).
     """
     train, held_out, items = load_examples(Path(examples_dir), config.split)
     exclude = interacted_items(train) if config.exclude_train_items else {}
@@ -341,6 +343,8 @@ def evaluate_recommenders(
             context=context,
         )
 
+    if candidate_metrics:
+        methods[CANDIDATE].metrics.update(candidate_metrics)
     primary = config.metric_key()
     confidence = 1.0 - config.thresholds.alpha
     cand_series = methods[CANDIDATE].per_user[primary]

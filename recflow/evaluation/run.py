@@ -152,7 +152,12 @@ def run_evaluator(
         notes.append(note)
     if notes:
         extra["notes"] = {f"note {i + 1}": n for i, n in enumerate(notes)}
-    result = evaluate_recommenders(examples_dir, candidate, config, champion=champion, extra=extra)
+    from recflow.index import read_index_report
+
+    index_metrics = {k: float(v) for k, v in read_index_report(model_dir).items()
+                     if k.startswith("index_recall@") and v is not None}
+    result = evaluate_recommenders(examples_dir, candidate, config, champion=champion, extra=extra,
+                                   candidate_metrics=index_metrics)
     report = write_report(out_dir, result)
     return EvaluatorRun(
         result=result,
