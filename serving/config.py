@@ -86,9 +86,9 @@ class ServingConfig(BaseModel):
         "that way, and threads fight under load); None leaves the default."
     )
     tf_intra_op_threads: int | None = Field(
-        1, ge=1, description="TensorFlow intra-op threads of the serving process (None: TensorFlow's default)."
+        1, ge=1, description="TensorFlow intra-op threads of the serving process (None: TF's default)."
     )
     tf_inter_op_threads: int | None = Field(
-        2, ge=1, description="TensorFlow inter-op threads of the serving process (None: TensorFlow's default)."
+        2, ge=1, description="TensorFlow inter-op threads of the serving process (None: TF's default)."
     )
     seed: int = Field(0, description="Seed of exploration and of the SHAP background sample.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -465,6 +466,10 @@ class Recommender:
         if state is None or state.version == current or state.version in self.rejected_versions:
             return "unchanged"
         with self._swap_lock:
+            # Loading is Python-heavy and holds the GIL for long stretches; a short switch interval hands the
+            # GIL back to request threads often, so requests keep flowing while the new bundle loads.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(interval, 0.0005))
             try:
                 info = self.store.resolve(state.version)
                 bundle = ServingBundle.load(local_bundle_path(self.store, info), info.version)
@@ -473,6 +478,8 @@ class Recommender:
                 self.rejected_versions[state.version] = f"{type(exc).__name__}: {exc}"
                 log.error("rejected model version %s: %s", state.version, exc)
                 return "rejected"
+            finally:
+                sys.setswitchinterval(interval)
             old = self._variants[CHAMPION]
             new_variants = dict(self._variants)
             new_variants[CHAMPION] = self._variant(CHAMPION, bundle)

@@ -506,7 +506,8 @@ def test_ab_report_command_reads_the_feedback_log(tmp_path: Path, capsys: pytest
                                  "timestamp": "2026-01-01T00:00:01Z", "variant": variant})
     log.append(rows)
     log.close()
-    code = recflow_main(["ab", "report", "--feedback-dir", str(tmp_path / "fb"), "--plot", str(tmp_path / "ab.png")])
+    fb, png = str(tmp_path / "fb"), str(tmp_path / "ab.png")
+    code = recflow_main(["ab", "report", "--feedback-dir", fb, "--plot", png])
     out = capsys.readouterr().out
     assert code == 0 and "challenger vs champion" in out and "z-test" in out
     assert (tmp_path / "ab.png").is_file()
