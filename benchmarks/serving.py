@@ -415,7 +415,8 @@ def main() -> None:
         results = json.loads(args.out.read_text(encoding="utf-8"))
         results["hot_swap"] = swap
         results["hot_swap_failed_requests"] = swap["failed_requests"]
-        results["targets"]["zero_failed_requests_during_hot_swap"] = swap["failed_requests"] == 0 and swap["swapped"]
+        ok = swap["failed_requests"] == 0 and swap["swapped"]
+        results["targets"]["zero_failed_requests_during_hot_swap"] = ok
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         return
     timings = in_process_timings(store_root, users)

@@ -272,8 +272,8 @@ class ServingBundle:
         inputs = {"user_id": tf.constant([""])}
         values = {"hour": hour, "weekday": weekday, "device": device, "region": region}
         for name, spec in fn.structured_input_signature[1].items():
-            if name in values:
-                inputs[name] = tf.constant([values[name]], spec.dtype)
+            if name != "user_id":
+                inputs[name] = tf.constant([self._fill(name, values.get(name), spec.dtype)], spec.dtype)
         with self._cold_lock:
             return fn(**inputs)["embedding"].numpy()[0].astype(np.float32)
 
@@ -298,7 +298,7 @@ class ServingBundle:
             if name in ("user_id", "item_id"):
                 continue
             value = context.get(name, self.default_context.get(name))
-            inputs[name] = tf.constant([value] * n, spec.dtype)
+            inputs[name] = tf.constant([self._fill(name, value, spec.dtype)] * n, spec.dtype)
         return self.ranking_fn(**inputs)["probability"].numpy().astype(np.float64)
 
     def rank_rows(
@@ -313,8 +313,18 @@ class ServingBundle:
         }
         for name, spec in self.ranking_fn.structured_input_signature[1].items():
             if name not in ("user_id", "item_id"):
-                inputs[name] = tf.constant(list(contexts[name]), spec.dtype)
+                column = contexts.get(name) or [None] * len(user_ids)
+                inputs[name] = tf.constant([self._fill(name, v, spec.dtype) for v in column], spec.dtype)
         return self.ranking_fn(**inputs)["probability"].numpy().astype(np.float64)
+
+    def _fill(self, name: str, value: Any, dtype: Any) -> Any:
+        """``value``, or the Transform step's fill value for a raw input the request does not carry."""
+        if value is not None and value != "":
+            return value
+        fill = self.feature_spec.get("fill_values", {}).get(name)
+        if fill is not None:
+            return fill
+        return "" if dtype.name == "string" else 0
 
     def policy_features(
         self, user_embedding: np.ndarray | None, context: Mapping[str, Any], rows: np.ndarray
