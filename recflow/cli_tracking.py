@@ -15,13 +15,11 @@ from recflow.tracking import TrackingConfig
 
 
 def _tracking_config(state: CliState) -> TrackingConfig:
-    section = getattr(state.config, "tracking", None)
-    return section if isinstance(section, TrackingConfig) else TrackingConfig()
+    return state.config.tracking
 
 
 def _store_config(state: CliState) -> ModelStoreConfig:
-    section = getattr(state.config, "model_store", None)
-    return section if isinstance(section, ModelStoreConfig) else ModelStoreConfig()
+    return state.config.model_store
 
 
 def _tracking_uri(state: CliState, override: str | None) -> str:

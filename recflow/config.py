@@ -23,6 +23,7 @@ from recflow.model_store import ModelStoreConfig
 from recflow.monitoring_config import MonitoringConfig
 from recflow.pipeline_config import PipelineConfig
 from recflow.policy.config import PolicyConfig
+from recflow.serving_config import ServingConfig
 from recflow.simulator.config import SimulatorConfig
 from recflow.tracking import TrackingConfig
 from recflow.training.tfrs_trainer import TrainerConfig
@@ -71,6 +72,7 @@ class RecflowConfig(Section):
     model_store: ModelStoreConfig = ModelStoreConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
 
 

@@ -12,9 +12,8 @@ from serving.config import ServingConfig
 
 
 def serving_config(state: CliState) -> ServingConfig:
-    """The ``serving`` section of the config (defaults until the core wires the section in)."""
-    section = getattr(state.config, "serving", None)
-    return section if isinstance(section, ServingConfig) else ServingConfig()
+    """The ``serving`` section of the config."""
+    return state.config.serving
 
 
 def _store_root(state: CliState, models: str | None) -> str:

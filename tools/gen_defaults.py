@@ -12,6 +12,7 @@ HEAD = {
  "model_store": "Pusher's model store (null path: DATA_DIR/models) (recflow/model_store.py)",
  "tracking": "MLflow (null tracking_uri: sqlite under DATA_DIR) (recflow/tracking.py)",
  "pipeline": "KFP DAG: images, per-step resources, GPU placement, caching (recflow/pipeline_config.py)",
+ "serving": "The online service: request path, cold start, feedback log, hot swap, A/B, auth (recflow/serving_config.py)",
  "monitoring": "Drift job thresholds and the retraining watcher's guards (recflow/monitoring_config.py)",
 }
 text = open("recflow/defaults.yaml").read()

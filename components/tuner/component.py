@@ -22,9 +22,9 @@ def tuner(
     from components.step_run import step_run
 
     with step_run("tuner", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
-        from recflow.tuning import TuningConfig, run_tuning, tuned_config_yaml
+        from recflow.tuning import run_tuning, tuned_config_yaml
 
-        settings = getattr(step.config, "tuning", None) or TuningConfig()
+        settings = step.config.tuning
         result = run_tuning(Path(examples.path), Path(transformed.path), Path(tuning.path), step.config.trainer,
                             settings, tracking_uri=tracking_uri, parent_run_id=step.tracking_run_id or "")
         step.log_metrics({"best_value": result.best_value, "trials": len(result.trials),

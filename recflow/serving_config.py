@@ -1,0 +1,94 @@
+"""Configuration of the online service (the ``serving`` section of the config; see docs/serving.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServingConfig(BaseModel):
+    """How the service recommends, logs feedback, swaps models, runs A/B tests and protects itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Interface the HTTP server binds to (0.0.0.0 in a container).")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+    feedback_dir: Path | None = Field(
+        None, description="Directory of the feedback log segments (default: DATA_DIR/feedback)."
+    )
+    feedback_segment_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Start a new feedback log segment once the current one is this big.",
+    )
+    feedback_segment_seconds: float = Field(
+        3600.0, gt=0.0, description="Start a new feedback log segment once the current one is this old."
+    )
+    retrieval_candidates: int = Field(
+        100, ge=1, description="Items retrieval hands to the ranking model (exact top-M by inner product)."
+    )
+    ranked_candidates: int = Field(
+        30, ge=1, description="Best-ranked items the policy chooses the slate from."
+    )
+    max_k: int = Field(100, ge=1, description="Largest slate a request may ask for.")
+    default_k: int = Field(10, ge=1, description="Slate size when a request does not say.")
+    epsilon: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Exploration probability per slot (default: the policy's own epsilon).",
+    )
+    cold_start_epsilon: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Exploration probability per slot for users the model has never seen.",
+    )
+    popularity_weight: float = Field(
+        0.5, ge=0.0, description="Weight of the log-popularity prior in the cold-start retrieval score."
+    )
+    online_learning: bool = Field(True, description="Update the bandit from feedback in a background thread.")
+    online_alpha: float = Field(
+        0.05, ge=0.0, description="Width of the online LinUCB confidence bonus added to the policy's score."
+    )
+    online_ridge: float = Field(1.0, gt=0.0, description="Ridge (lambda) of the online LinUCB model.")
+    online_weight: float = Field(
+        1.0, ge=0.0, description="Weight of the online model's learned correction in the policy's score."
+    )
+    online_publish_every: int = Field(
+        50, ge=1, description="Publish a new online model snapshot after this many learned decisions."
+    )
+    request_cache_size: int = Field(
+        100_000, ge=100, description="Served slates remembered for feedback attribution and explanations."
+    )
+    watch_interval_s: float = Field(5.0, gt=0.0, description="How often the model store's alias is polled.")
+    warmup_requests: int = Field(
+        20, ge=1, description="Requests a new bundle must answer before it is swapped in."
+    )
+    challenger: str | None = Field(
+        None, description="Model store version served to the challenger share of users (None: no A/B test)."
+    )
+    challenger_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of users (stable hash of the user id) served the challenger."
+    )
+    ab_salt: str = Field("recflow-ab", description="Salt of the user-id hash that assigns A/B variants.")
+    require_key_for_reads: bool = Field(
+        False, description="Also require the RECFLOW_API_KEY header on read endpoints."
+    )
+    max_body_bytes: int = Field(65_536, ge=256, description="Largest accepted request body.")
+    max_feedback_events: int = Field(500, ge=1, description="Most events one feedback request may carry.")
+    explanation_background: int = Field(
+        20, ge=2, description="Background samples of the SHAP explainer (permutation over raw features)."
+    )
+    blas_threads: int | None = Field(
+        1, ge=1, description="BLAS threads of the serving process (1: a single request's matvec is fastest "
+        "that way, and threads fight under load); None leaves the default."
+    )
+    tf_intra_op_threads: int | None = Field(
+        1, ge=1, description="TensorFlow intra-op threads of the serving process (None: TF's default)."
+    )
+    tf_inter_op_threads: int | None = Field(
+        2, ge=1, description="TensorFlow inter-op threads of the serving process (None: TF's default)."
+    )
+    seed: int = Field(0, description="Seed of exploration and of the SHAP background sample.")
