@@ -107,12 +107,30 @@ def fairness_section(d: dict[str, Any]) -> list[str]:
             "[fairness.png](benchmarks/results/fairness.png)."]
 
 
+def serving_section(d: dict[str, Any]) -> list[str]:
+    lines = ["**Serving** (`benchmarks/serving.py`, 50,000 items, open-loop load from a second process):", "",
+             "| requests/s | p50 ms | p95 ms | p99 ms | errors / requests |", "|---|---|---|---|---|"]
+    for rps in sorted(d["load"], key=int):
+        r = d["load"][rps]
+        lines.append(f"| {rps} | {_f(r['p50_ms'], 1)} | {_f(r['p95_ms'], 1)} | {_f(r['p99_ms'], 1)} | "
+                     f"{r['errors']} / {r['requests']} |")
+    p99_200 = d["load"].get("200", {}).get("p99_ms")
+    ok200 = p99_200 is not None and p99_200 <= 15 and d["load"]["200"]["errors"] == 0
+    ratio = d["max_rps"] / d["baseline_max_rps"] if d.get("baseline_max_rps") else None
+    lines += ["", f"Maximum sustainable throughput {d['max_rps']} requests/s vs the bare single-model baseline's "
+              f"{d['baseline_max_rps']} in the same run ({_f(ratio, 2)}x; target >= 0.8x: {_met(ratio is not None and ratio >= 0.8)}). "
+              f"p99 <= 15 ms at 200 requests/s with no errors: {_met(ok200)}. Failed requests during a hot swap under "
+              f"load: {d.get('hot_swap_failed_requests')} (target 0: {_met(d.get('hot_swap_failed_requests') == 0)}). "
+              f"Bare model call {_f(d.get('bare_model_call_ms'), 2)} ms."]
+    return lines
+
+
 def generic_section(name: str, d: dict[str, Any]) -> list[str]:
     return [f"**{name}**: see [benchmarks/results/{name}.json](benchmarks/results/{name}.json)."]
 
 
 SECTIONS = {"simulator": simulator_section, "pipeline": pipeline_section, "quality": None, "policy": policy_section,
-            "serving": None, "drift_loop": drift_section, "fairness": fairness_section}
+            "serving": serving_section, "drift_loop": drift_section, "fairness": fairness_section}
 
 
 def render() -> str:
