@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -18,19 +19,22 @@ RESULTS_JSON = Path(__file__).resolve().parents[1] / "results" / "quality.json"
 RESULTS_MD = Path(__file__).resolve().parents[1] / "results" / "quality.md"
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    vals = [float(v) for v in values]
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for a single value) of the finite values; None when there are
+    none (e.g. a cold-start slice with no users)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None, None
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def summarize(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
+def summarize(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float | None]:
     """``{metric: mean, metric_std: std}`` over the seeds' metric dicts (same keys in each)."""
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for key in per_seed[0]:
         mean, std = mean_std([run[key] for run in per_seed])
-        out[key] = round(mean, 5)
-        out[f"{key}_std"] = round(std, 5)
+        out[key] = None if mean is None else round(mean, 5)
+        out[f"{key}_std"] = None if std is None else round(std, 5)
     return out
 
 
@@ -40,7 +44,7 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], metrics: Sequence[str]
     for name, values in rows.items():
         cells = []
         for m in metrics:
-            if m in values:
+            if values.get(m) is not None:
                 std = values.get(f"{m}_std")
                 cells.append(f"{values[m]:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
             else:
