@@ -124,7 +124,7 @@ def test_index_recall_floor_and_exclusion_violations():
 
 def test_config_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown baseline"):
-        EvaluatorConfig(baselines=("popularity", "bpr"))
+        EvaluatorConfig(baselines=("popularity", "svd"))
     with pytest.raises(ValueError, match="unknown metric"):
         EvaluatorConfig(metrics=("ndcg", "auc"))
     with pytest.raises(ValueError, match="extra"):
@@ -352,3 +352,11 @@ def test_index_recall_measured_by_the_trainer_gates_the_blessing(examples):
     assert any(key in r for r in low.blessing.reasons)
     high = evaluate_recommenders(examples, candidate, config, candidate_metrics={key: 0.99})
     assert not any(key in r for r in high.blessing.reasons)
+
+
+def test_bpr_and_ease_baselines_can_be_configured(examples):
+    train = pd.read_parquet(examples / "train.parquet")
+    config = FAST.model_copy(update={"baselines": ("popularity", "bpr", "ease")})
+    result = evaluate_recommenders(examples, PopularityRecommender().fit(train), config)
+    assert {"bpr", "ease"} <= set(result.methods)
+    assert all(np.isfinite(result.methods[m].metrics[config.metric_key()]) for m in ("bpr", "ease"))

@@ -11,7 +11,8 @@ from recflow.reranking import RerankingConfig
 #: Metric names :func:`recflow.evaluation.metrics.per_user_metrics` computes (each reported as ``name@k``).
 RANKING_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "mrr", "hit")
 #: Baselines :func:`recflow.baselines.make_baseline` can build.
-BASELINE_NAMES: tuple[str, ...] = ("popularity", "als", "item_knn", "content")
+BASELINE_NAMES: tuple[str, ...] = ("popularity", "als", "item_knn", "content", "bpr", "ease")
+"""Baselines the Evaluator can run; ``ease`` builds an items x items matrix, so leave it off for large catalogs."""
 
 
 class _Section(BaseModel):

@@ -25,6 +25,8 @@ import pandas as pd
 
 from recflow.baselines import (
     ALSRecommender,
+    BPRRecommender,
+    EASERecommender,
     ContentBasedRecommender,
     ItemKNNRecommender,
     PopularityRecommender,
@@ -146,6 +148,10 @@ def build_baselines(config: EvaluatorConfig) -> dict[str, Recommender]:
             out[name] = ItemKNNRecommender(neighbors=config.item_knn_neighbors)
         elif name == "content":
             out[name] = ContentBasedRecommender()
+        elif name == "bpr":
+            out[name] = BPRRecommender(seed=config.seed)
+        elif name == "ease":
+            out[name] = EASERecommender()
         else:  # EvaluatorConfig validates names; this guards direct construction with model_construct
             raise ConfigError(f"evaluator.baselines: unknown baseline {name!r}")
     return out
