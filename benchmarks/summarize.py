@@ -125,11 +125,32 @@ def serving_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def quality_section(d: dict[str, Any]) -> list[str]:
+    tf = d["movielens_tfrs"]
+    tmp = d["movielens_temporal"]
+    sim = d["simulator"]
+    lines = ["**Recommendation quality** (`benchmarks/quality/`, protocols in "
+             "[benchmarks/quality/README.md](benchmarks/quality/README.md); mean ± std over seeds):", "",
+             f"- MovieLens-100K, TFRS tutorial protocol: recflow top-100 accuracy {_f(tf['top100_accuracy'])} ± "
+             f"{_f(tf['top100_accuracy_std'])}, top-10 {_f(tf['top10_accuracy'])}; target >= 0.40: "
+             f"{_met(tf['top100_accuracy'] >= 0.40)}."]
+    methods = [m for m in ("recflow", "popularity", "item_knn", "als", "bpr", "ease", "content") if m in tmp]
+    best = max((m for m in methods if m != "recflow"), key=lambda m: tmp[m]["ndcg@10"])
+    target = 1.1 * tmp[best]["ndcg@10"]
+    lines += [f"- MovieLens-100K, temporal protocol (NDCG@10): " + ", ".join(
+        f"{m} {_f(tmp[m]['ndcg@10'])}" for m in methods) +
+        f"; target >= 1.1 x best baseline ({best}) = {_f(target)}: {_met(tmp['recflow']['ndcg@10'] >= target)}."]
+    sim_methods = [m for m in ("recflow", "popularity", "item_knn", "als", "bpr", "ease", "content") if m in sim]
+    lines += [f"- Simulator default world (NDCG@10 / CTR when the top-10 is shown to simulated users): " + ", ".join(
+        f"{m} {_f(sim[m].get('ndcg@10'))} / {_f(sim[m].get('ctr'))}" for m in sim_methods) + "."]
+    return lines
+
+
 def generic_section(name: str, d: dict[str, Any]) -> list[str]:
     return [f"**{name}**: see [benchmarks/results/{name}.json](benchmarks/results/{name}.json)."]
 
 
-SECTIONS = {"simulator": simulator_section, "pipeline": pipeline_section, "quality": None, "policy": policy_section,
+SECTIONS = {"simulator": simulator_section, "pipeline": pipeline_section, "quality": quality_section, "policy": policy_section,
             "serving": serving_section, "drift_loop": drift_section, "fairness": fairness_section}
 
 
