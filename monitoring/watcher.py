@@ -252,7 +252,11 @@ class AlertReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - decisions are logged instead
                 return
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        class Server(ThreadingHTTPServer):
+            # Alertmanager sends bursts; the socketserver default backlog of 5 drops connections under load.
+            request_queue_size = 256
+
+        self.server = Server((host, port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

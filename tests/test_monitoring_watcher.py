@@ -48,16 +48,22 @@ def test_burst_of_50_alerts_starts_exactly_one_retraining(tmp_path: Path) -> Non
     watcher, marker, _ = make(tmp_path, seconds=3.0)
     receiver = AlertReceiver(watcher).start()
     try:
+        failures: list[BaseException] = []
+
         def post(i: int) -> None:
             body = json.dumps({"version": "4", "status": "firing", "alerts": [alert(f"fp{i}")]}).encode()
             request = urllib.request.Request(receiver.url, body, {"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=30) as response:
-                assert response.status == 200
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    assert response.status == 200
+            except BaseException as exc:  # noqa: BLE001 - a thread's failure must fail the test, not vanish
+                failures.append(exc)
         threads = [threading.Thread(target=post, args=(i,)) for i in range(50)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        assert not failures, failures
     finally:
         receiver.stop()
     watcher.wait(timeout=30)
