@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -210,7 +210,44 @@ class _ScoringRecommender:
         return [self.popularity.fill(items, k, exclude.get(u)) for items, u in zip(out, users, strict=True)]
 
 
-class ALSRecommender(_ScoringRecommender):
+class _MatrixFactorization(_ScoringRecommender):
+    """An ``implicit`` matrix-factorisation model: one shared fit, the model itself from :meth:`_model`."""
+
+    factors: int
+    user_factors: np.ndarray | None
+    item_factors: np.ndarray | None
+
+    def _model(self) -> Any:
+        raise NotImplementedError
+
+    def _training_matrix(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        return matrix
+
+    def fit(self, train_events: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
+        """Learn user and item factors from the user x item matrix of ``train_events``."""
+        from threadpoolctl import threadpool_limits
+
+        popularity = PopularityRecommender().fit(train_events, items)
+        matrix, user_ids, item_ids = interaction_matrix(train_events, self.event_weights)
+        self._set_index(user_ids, item_ids, popularity)
+        if matrix.nnz == 0:
+            self.user_factors = np.zeros((0, self.factors))
+            self.item_factors = np.zeros((0, self.factors))
+            return self
+        # implicit warns (and loses speed and determinism) when BLAS runs multi-threaded in its own threads.
+        with threadpool_limits(limits=1, user_api="blas"):
+            model = self._model()
+            model.fit(self._training_matrix(matrix).astype(np.float32), show_progress=False)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float64)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float64)
+        return self
+
+    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
+        assert self.user_factors is not None and self.item_factors is not None
+        return self.user_factors[user_rows] @ self.item_factors.T
+
+
+class ALSRecommender(_MatrixFactorization):
     """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) via ``implicit.cpu.als.AlternatingLeastSquares``.
 
     The confidence matrix is the summed event weights (:data:`DEFAULT_EVENT_WEIGHTS`) scaled by ``alpha``. One
@@ -238,36 +275,11 @@ class ALSRecommender(_ScoringRecommender):
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
 
-    def fit(self, train_events: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
-        """Factorise the user x item confidence matrix of ``train_events``."""
+    def _model(self) -> Any:
         from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits
 
-        popularity = PopularityRecommender().fit(train_events, items)
-        matrix, user_ids, item_ids = interaction_matrix(train_events, self.event_weights)
-        self._set_index(user_ids, item_ids, popularity)
-        if matrix.nnz == 0:
-            self.user_factors = np.zeros((0, self.factors))
-            self.item_factors = np.zeros((0, self.factors))
-            return self
-        # implicit warns (and loses speed and determinism) when BLAS runs multi-threaded in its own threads.
-        with threadpool_limits(limits=1, user_api="blas"):
-            model = AlternatingLeastSquares(
-                factors=self.factors,
-                regularization=self.regularization,
-                alpha=self.alpha,
-                iterations=self.iterations,
-                num_threads=1,
-                random_state=self.seed,
-            )
-            model.fit(matrix.astype(np.float32), show_progress=False)
-        self.user_factors = np.asarray(model.user_factors, dtype=np.float64)
-        self.item_factors = np.asarray(model.item_factors, dtype=np.float64)
-        return self
-
-    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
-        assert self.user_factors is not None and self.item_factors is not None
-        return self.user_factors[user_rows] @ self.item_factors.T
+        return AlternatingLeastSquares(factors=self.factors, regularization=self.regularization, alpha=self.alpha,
+                                       iterations=self.iterations, num_threads=1, random_state=self.seed)
 
 
 class ItemKNNRecommender(_ScoringRecommender):
@@ -316,7 +328,7 @@ class ItemKNNRecommender(_ScoringRecommender):
         return (self._matrix[user_rows] @ self.similarity).toarray()
 
 
-class BPRRecommender(_ScoringRecommender):
+class BPRRecommender(_MatrixFactorization):
     """Bayesian Personalized Ranking (Rendle et al. 2009) via ``implicit.cpu.bpr.BayesianPersonalizedRanking``.
 
     Trained on the binarised interaction matrix (any weighted event = a positive); one thread and a fixed
@@ -344,37 +356,17 @@ class BPRRecommender(_ScoringRecommender):
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
 
-    def fit(self, train_events: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
-        """Learn user and item factors from ``train_events`` by pairwise SGD."""
+    def _model(self) -> Any:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
-        from threadpoolctl import threadpool_limits
 
-        popularity = PopularityRecommender().fit(train_events, items)
-        matrix, user_ids, item_ids = interaction_matrix(train_events, self.event_weights)
-        self._set_index(user_ids, item_ids, popularity)
-        if matrix.nnz == 0:
-            self.user_factors = np.zeros((0, self.factors))
-            self.item_factors = np.zeros((0, self.factors))
-            return self
+        return BayesianPersonalizedRanking(factors=self.factors, learning_rate=self.learning_rate,
+                                           regularization=self.regularization, iterations=self.iterations,
+                                           num_threads=1, random_state=self.seed)
+
+    def _training_matrix(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
         binary = matrix.copy()
         binary.data[:] = 1.0
-        with threadpool_limits(limits=1, user_api="blas"):
-            model = BayesianPersonalizedRanking(
-                factors=self.factors,
-                learning_rate=self.learning_rate,
-                regularization=self.regularization,
-                iterations=self.iterations,
-                num_threads=1,
-                random_state=self.seed,
-            )
-            model.fit(binary.astype(np.float32), show_progress=False)
-        self.user_factors = np.asarray(model.user_factors, dtype=np.float64)
-        self.item_factors = np.asarray(model.item_factors, dtype=np.float64)
-        return self
-
-    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
-        assert self.user_factors is not None and self.item_factors is not None
-        return self.user_factors[user_rows] @ self.item_factors.T
+        return binary
 
 
 class EASERecommender(_ScoringRecommender):
