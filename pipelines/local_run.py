@@ -123,17 +123,25 @@ class LocalRunResult:
 
 
 def _metrics_table(flat: dict[str, float]) -> list[str]:
-    """Rows of metric name x model (``model.metric`` keys), or one line per metric when keys are flat."""
+    """Ranking metrics as rows of metric x model (``model.metric`` keys), then the policy's off-policy estimates
+    (``ope.*``) and any other flat values on their own lines."""
     grouped: dict[str, dict[str, float]] = {}
+    other: dict[str, float] = {}
     for key, value in flat.items():
         model, _, metric = key.rpartition(".")
-        grouped.setdefault(metric, {})[model or "value"] = value
+        if not model or model == "ope" or key == "blessed":
+            if key != "blessed":
+                other[key] = value
+            continue
+        grouped.setdefault(metric, {})[model] = value
     models = sorted({m for row in grouped.values() for m in row}, key=lambda m: (m != "candidate", m))
-    header = f"  {'metric':<22}" + "".join(f"{m[:14]:>15}" for m in models)
-    rows = [header]
+    rows = [f"  {'metric':<24}" + "".join(f"{m[:14]:>15}" for m in models)]
     for metric in sorted(grouped):
         cells = "".join(f"{grouped[metric][m]:>15.4f}" if m in grouped[metric] else f"{'-':>15}" for m in models)
-        rows.append(f"  {metric[:22]:<22}{cells}")
+        rows.append(f"  {metric[:24]:<24}{cells}")
+    if other:
+        rows += ["", "policy, off-policy estimates on the held-out log (ope.<outcome>/<estimator>):"]
+        rows += [f"  {name[:40]:<40}{value:>12.4f}" for name, value in sorted(other.items())]
     return rows
 
 

@@ -175,3 +175,15 @@ def test_full_training_dag_runs_locally(tmp_path, capsys):
     out = capsys.readouterr().out
     for i, step in enumerate(("example_gen", "transform", "tfrs_trainer", "agents_trainer", "evaluator"), 1):
         assert f"[{i}/6] {step}: done in" in out
+
+
+def test_summary_table_separates_ranking_metrics_from_off_policy_estimates():
+    from pipelines.local_run import _metrics_table
+
+    rows = _metrics_table({"candidate.ndcg@10": 0.43, "als.ndcg@10": 0.41, "ope.click_rate/ips": 0.104,
+                           "blessed": 1.0})
+    text = "\n".join(rows)
+    assert rows[0].split() == ["metric", "candidate", "als"]
+    assert "ndcg@10" in rows[1] and "0.4300" in rows[1] and "0.4100" in rows[1]
+    assert "off-policy estimates" in text and "ope.click_rate/ips" in text and "0.1040" in text
+    assert "blessed" not in text.split("off-policy")[0].replace("candidate", "")
