@@ -28,7 +28,20 @@ from serving.online import OnlineLinUCB
 from serving.recommender import epsilon_greedy_slate
 
 WORLD = {"users": 300, "items": 150, "days": 10}
-CACHE_VERSION = "serving-bundle-v1"
+def _code_fingerprint() -> str:
+    """Hash of the code that produces a bundle, so a cached bundle is rebuilt whenever that code changes."""
+    import hashlib
+
+    repo = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for folder in ("recflow", "components", "pipelines"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            digest.update(path.relative_to(repo).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CACHE_VERSION = f"serving-bundle-{_code_fingerprint()}"
 
 
 def bundle_parts() -> Path:
