@@ -12,7 +12,6 @@ from __future__ import annotations
 import recflow  # noqa: F401  (legacy Keras before TensorFlow)
 
 import argparse
-import gc
 import json
 import platform
 import sys
@@ -396,9 +395,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    sys.exit(code)
+    sys.exit(main())  # `import recflow` installed the exit guard against the post-Beam teardown crash

@@ -152,10 +152,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    sys.exit(code)
+    sys.exit(main())  # `import recflow` installed the exit guard against the post-Beam teardown crash
