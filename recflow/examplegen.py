@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recflow import schema
 from recflow.errors import DataError
-from recflow.io import to_arrow
+from recflow.io import replace_dir, to_arrow
 
 if TYPE_CHECKING:  # recflow.config composes this module's ExampleGenConfig, so no runtime import back
     from recflow.config import ValidationConfig
@@ -213,17 +213,6 @@ def _write_parquet(df: pd.DataFrame, path: Path, kind: schema.TableKind) -> None
     pq.write_table(to_arrow(df.reset_index(drop=True), kind), path, compression="zstd")
 
 
-def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
-    """Move a finished temp directory onto ``out_dir`` (replacing an older one) with renames only."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old.{tmp_dir.name}")
-        out_dir.rename(old)
-    tmp_dir.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def quarantine_path(out_dir: Path, validation: ValidationConfig) -> Path:
     """Where ExampleGen writes the validator's bad rows: ``<out_dir>_<quarantine_name>`` beside ``out_dir``."""
     return out_dir.with_name(f"{out_dir.name}_{validation.quarantine_name}")
@@ -278,7 +267,7 @@ def _example_gen(source: Path, out_dir: Path, tmp_dir: Path, config: ExampleGenC
     if users is not None:
         _write_parquet(users, tmp_dir / "users.parquet", "users")
     (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
-    _replace_dir(tmp_dir, out_dir)
+    replace_dir(tmp_dir, out_dir)
     return ExampleGenResult(
         out_dir=out_dir,
         splits={name: out_dir / f"{name}.parquet" for name in SPLITS},

@@ -37,6 +37,20 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def replace_dir(tmp_dir: Path, out_dir: Path) -> None:
+    """Move a finished temporary directory onto ``out_dir`` (replacing an older one) with renames only, so a
+    reader never sees a half-written output directory."""
+    import shutil
+
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old.{tmp_dir.name}")
+        out_dir.rename(old)
+    tmp_dir.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def to_arrow(df: pd.DataFrame, kind: TableKind) -> pa.Table:
     """Convert a DataFrame holding (a subset of) ``kind``'s fields to an Arrow table with the schema's types.
 

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recflow import schema
 from recflow.errors import DataError
+from recflow.io import replace_dir
 from recflow.features import behaviour
 
 log = logging.getLogger(__name__)
@@ -518,13 +519,7 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
         candidates.to_parquet(tmp_dir / "candidates.parquet", index=False)
         user_state.to_parquet(tmp_dir / "user_state.parquet", index=False)
         (tmp_dir / "feature_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old.{tmp_dir.name}")
-            out_dir.rename(old)
-            tmp_dir.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp_dir.rename(out_dir)
+        replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

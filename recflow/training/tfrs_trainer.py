@@ -33,6 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from recflow.errors import DataError
+from recflow.io import replace_dir
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 
 log = logging.getLogger(__name__)
@@ -373,13 +374,7 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         report["feature_spec"]["query_features"] = q_feats
         report["feature_spec"]["candidate_tower_features"] = c_feats
         (tmp / "training.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old.{tmp.name}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
