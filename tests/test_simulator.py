@@ -245,6 +245,35 @@ def test_drift_changes_the_click_distribution_over_categories():
     assert np.array_equal(world.prices(6), world.prices(0))
 
 
+def test_category_demand_shift_lowers_only_the_named_categories_from_the_drift_day():
+    from recflow.simulator.world import World
+
+    base = SimulatorConfig(users=300, items=200, days=4, seed=3)
+    drift = base.drift.model_copy(update={"day": 2, "preference_shift": 0.0,
+                                          "category_demand_shift": {"toys": -2.0, "books": 0.5}})
+    world = World(base.model_copy(update={"drift": drift}))
+    before, after = world.preferences(1), world.preferences(2)
+    toys, books = base.categories.index("toys"), base.categories.index("books")
+    delta = after - before
+    assert np.allclose(delta[:, toys], -2.0) and np.allclose(delta[:, books], 0.5)
+    assert np.allclose(np.delete(delta, [toys, books], axis=1), 0.0)
+    # the shifted categories lose (gain) clicks after the drift day
+    log = simulate_log(SimulatorConfig(users=400, items=300, days=8, seed=5, drift={
+        "day": 4, "preference_shift": 0.0, "new_items": 0, "price_change_share": 0.0,
+        "category_demand_shift": {"toys": -3.0}}))
+    ev = log.events[log.events["event_type"] == "click"]
+    cat = ev["item_id"].map(log.items().set_index("item_id")["category"])
+    day = (ev["timestamp"] - pd.Timestamp(base.start_date, tz="UTC")).dt.days
+    share_before = float((cat[day < 4] == "toys").mean())
+    share_after = float((cat[day >= 4] == "toys").mean())
+    assert share_after < 0.5 * share_before
+
+
+def test_category_demand_shift_names_must_be_categories():
+    with pytest.raises(ValueError, match="unknown categories \\['gadgets'\\]"):
+        SimulatorConfig(drift={"category_demand_shift": {"gadgets": -1.0}})
+
+
 # ------------------------------------------------------------------ the logging policy and propensities
 def test_slot_distributions_sum_to_one_and_match_recorded_propensities(small_dataset):
     out, _ = small_dataset

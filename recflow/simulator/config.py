@@ -26,6 +26,11 @@ class DriftConfig(_Frozen):
         le=1.0,
         description="Strength s of the preference shift: theta' = sqrt(1-s^2) theta + s theta_new.",
     )
+    category_demand_shift: dict[str, float] = Field(
+        default_factory=dict,
+        description="Change of every user's preference logit for these categories from the drift day on (a "
+        "seasonal demand shift, e.g. {toys: -1.5} after the holidays); added to the preference shift.",
+    )
     new_items: int = Field(100, ge=0, description="Items added to the catalog on the drift day.")
     price_change_factor: float = Field(
         1.3, gt=0.0, description="Factor applied to the prices of the repriced items on the drift day."
@@ -208,6 +213,9 @@ class SimulatorConfig(_Frozen):
     def _consistent(self) -> SimulatorConfig:
         if self.slate_size > self.items:
             raise ValueError(f"slate_size ({self.slate_size}) cannot exceed items ({self.items})")
+        unknown = sorted(set(self.drift.category_demand_shift) - set(self.categories))
+        if unknown:
+            raise ValueError(f"drift.category_demand_shift: unknown categories {unknown} (known: {list(self.categories)})")
         return self
 
     @property

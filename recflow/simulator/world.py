@@ -150,6 +150,8 @@ class World:
         new_pref = new_seg[self.user_segment] + rng.normal(0.0, ind_sd, size=(n_users, n_cat))
         s = c.drift.preference_shift
         self.user_preferences_drifted = np.sqrt(1.0 - s * s) * self.user_preferences + s * new_pref
+        for name, shift in c.drift.category_demand_shift.items():
+            self.user_preferences_drifted[:, c.categories.index(name)] += shift
         seg_price_offset = rng.normal(0.0, 0.4, size=n_seg)
         self.user_price_sensitivity = c.price_sensitivity * np.exp(
             seg_price_offset[self.user_segment] + rng.normal(0.0, 0.3, size=n_users)
