@@ -2,15 +2,18 @@
 
 For each seed a simulated shop is built; an ALS champion (``implicit``) is trained on three days of logged
 traffic, then serves live traffic in :class:`recflow.simulator.ShopEnv` (one slate per request, its scores
-logged). The reference window is the champion's first ``--reference-days`` (2) simulated days of live traffic.
-A preference drift (no new items, no repricing: only the users' tastes move) starts right after it; the change
-of the champion's click rate is measured with the simulator's true expected CTR of every served slate before
-and after the onset (``expected_ctr_change``, per seed). Every ``--step`` events from ``min_events`` after the
-onset the drift job (:func:`monitoring.drift.compare_windows`) compares the last ``--window`` events with the
-reference; two consecutive drift verdicts (the watcher's default) count as detection. Each check records the
-verdict of every test but the sequential CTR test, and the CUSUM statistic, so the false-alarm count of any
-CUSUM threshold follows from the records; ``--calibrate`` runs the ``--no-drift-runs`` streams first and picks the
-smallest threshold with at most one false alarm among them (the whole curve is in ``threshold_sweep``). The
+logged). The first ``--burn-in-days`` (2) live days are discarded (a fresh env starts without satiation, so its
+click rate settles over the first days), the next ``--reference-days`` (2) are the reference window, and the
+drift starts right after: a seasonal demand drop of the reference's ``--drift-categories`` (2) most-clicked
+categories (``drift.category_demand_shift``), whose size is found per seed by bisection so that the champion's
+true expected CTR (the simulator's noise-free click probability of every served slate, on a probe of
+``--probe-events``) falls by ``--ctr-drop`` (20%); ``expected_ctr_change`` reports what the run then saw. Every
+``--step`` events from ``min_events`` after the onset the drift job (:func:`monitoring.drift.compare_windows`,
+with its risk-adjusted click-model tests) compares the last ``--window`` events with the reference; two
+consecutive drift verdicts (the watcher's default) count as detection. Each check records the verdict of every
+test but the sequential CTR test, the tests that fired, and the CUSUM statistic, so the false-alarm count of any
+CUSUM threshold follows from the records; ``--calibrate`` runs the ``--no-drift-runs`` streams first and picks
+the smallest threshold with at most one false alarm among them (the whole curve is in ``threshold_sweep``). The
 drift seeds then run with that threshold; on detection the champion is retrained (ALS on the most recent
 ``--recent`` events, standing in for the full pipeline, which takes minutes per run; the end-to-end test runs
 the real one) and swapped in; recovery is the first window of the retrained model's traffic whose CTR is back
@@ -22,6 +25,7 @@ above 80% of the pre-drift CTR. Finally a burst of 50 alerts is sent to a real w
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -41,6 +45,7 @@ from monitoring.drift import compare_windows, ctr_cusum_test
 from monitoring.watcher import AlertReceiver, RetrainingWatcher
 from recflow.baselines import ALSRecommender
 from recflow.simulator import ShopEnv, SimulatorConfig, simulate_log
+from recflow.simulator.world import World
 
 RESULTS = Path(__file__).parent / "results" / "drift_loop.json"
 
@@ -113,51 +118,114 @@ def confirmed_at(checks: list[dict[str, object]], threshold: float, confirmation
     return None
 
 
+def drifted(stream: Stream, config: SimulatorConfig, onset_day: int, shift: dict[str, float]) -> Stream:
+    """A copy of ``stream`` (same state, same random streams) whose world gets ``shift`` from ``onset_day`` on."""
+    world_config = config.model_copy(update={"drift": config.drift.model_copy(update={
+        "day": onset_day, "preference_shift": 0.0, "new_items": 0, "price_change_share": 0.0,
+        "category_demand_shift": shift})})
+    twin = copy.deepcopy(stream)
+    twin.env.world, twin.env.config = World(world_config), world_config
+    return twin
+
+
+def calibrate_drift(stream: Stream, config: SimulatorConfig, onset_day: int, categories: list[str],
+                    pre_expected: float, target: float, probe_events: int) -> tuple[float, float]:
+    """The logit shift of ``categories`` that moves the champion's true expected CTR by ``target`` (bisection).
+
+    Each probe serves ``probe_events`` events from a copy of the stream at the onset (the same users arrive in
+    every probe) and measures the simulator's noise-free expected CTR of the served slates. Returns the shift
+    and the change it gives.
+    """
+    def change(delta: float) -> float:
+        probe = drifted(stream, config, onset_day, dict.fromkeys(categories, delta))
+        start = probe.n
+        probe.serve(probe_events)
+        return mean_expected_ctr(probe, start) / pre_expected - 1.0
+
+    lo, hi = -6.0, 0.0  # change(lo) <= target <= change(hi) = ~0 for a drop
+    if change(lo) > target:
+        return lo, change(lo)
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        if change(mid) > target:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 0.02:
+            break
+    delta = (lo + hi) / 2
+    return round(delta, 3), change(delta)
+
+
+def verdict_parts(summary: object) -> tuple[bool, float, list[str]]:
+    """(drift from any test but the CUSUM, the CUSUM statistic, the names of the tests and columns that fired)."""
+    fired = [f"feature:{c}" for c in summary.drifted_features]  # type: ignore[attr-defined]
+    if summary.prediction_drift:  # type: ignore[attr-defined]
+        fired += [f"prediction:{c.column}" for c in summary.columns if c.group == "prediction" and c.drifted]  # type: ignore[attr-defined]
+    cusum = 0.0
+    other_target = False
+    for t in summary.target:  # type: ignore[attr-defined]
+        if t.name == "ctr_cusum":
+            cusum = float(t.statistic or 0.0)
+        elif t.drifted:
+            other_target = True
+            fired.append(f"target:{t.name}")
+    other = bool(summary.feature_drift or summary.prediction_drift or other_target)  # type: ignore[attr-defined]
+    return other, cusum, fired
+
+
 def run_stream(seed: int, drift: bool, args: argparse.Namespace, config: DriftConfig,
                threshold: float | None = None) -> dict[str, object]:
-    """One stream: a pre-drift reference, drift checks every ``step`` events, and retraining on detection.
+    """One stream: burn-in, a pre-drift reference, drift checks every ``step`` events, retraining on detection.
 
     Every check records the drift job's verdict without the CUSUM (``other_drift``) and the CUSUM statistic,
     so the false-alarm rate of any CUSUM threshold follows from the records. With ``threshold`` (drift runs)
     monitoring stops at the first confirmed detection, the champion is retrained and recovery is measured.
     """
     shop = SimulatorConfig(users=args.users, items=args.items, days=3, seed=seed,
-                           drift={"day": None, "preference_shift": args.shift, "new_items": 0,
-                                  "price_change_share": 0.0})
+                           drift={"day": None, "new_items": 0, "price_change_share": 0.0})
     log = simulate_log(shop)
     items = log.items()
     champion = ALSRecommender(seed=seed).fit(log.events, items)
-    onset_day = args.reference_days
-    live = shop.model_copy(update={"drift": shop.drift.model_copy(update={"day": onset_day if drift else None})})
-    stream = Stream(live, seed + 1000, champion)
-    while stream.obs.day < onset_day:  # the reference: the champion's live traffic before the drift
+    burn_in, onset_day = args.burn_in_days, args.burn_in_days + args.reference_days
+    stream = Stream(shop, seed + 1000, champion)
+    while stream.obs.day < onset_day:  # burn-in (satiation reaches its steady state), then the reference
         stream.serve(500)
     everything = stream.events()
     day = everything["day"].to_numpy()
-    reference = everything[day < onset_day].reset_index(drop=True)
-    onset = len(reference)
-    pre_ctr, pre_expected = ctr(reference), mean_expected_ctr(stream, 0, onset)
-    probe = config.model_copy(update={"ctr_cusum_drop": 0.0})  # the job without the CUSUM; CUSUM computed apart
+    reference = everything[(day >= burn_in) & (day < onset_day)].reset_index(drop=True)
+    onset = stream.n
+    ref_start = int(np.searchsorted(day, burn_in))
+    pre_ctr, pre_expected = ctr(reference), mean_expected_ctr(stream, ref_start, onset)
+    out: dict[str, object] = {"seed": seed, "drift": drift, "reference_events": len(reference),
+                              "burn_in_events": ref_start, "pre_drift_ctr": round(pre_ctr, 5),
+                              "pre_drift_expected_ctr": round(pre_expected, 5)}
+    if drift:
+        clicks = reference[reference["event_type"] == "click"]["item_id"].map(items.set_index("item_id")["category"])
+        categories = clicks.value_counts().index[: args.drift_categories].tolist()
+        delta, achieved = calibrate_drift(stream, shop, onset_day, categories, pre_expected, -args.ctr_drop,
+                                          args.probe_events)
+        stream = drifted(stream, shop, onset_day, dict.fromkeys(categories, delta))
+        out.update(drift_categories=categories, demand_shift=delta, probe_expected_ctr_change=round(achieved, 4))
     started = time.perf_counter()
     checks: list[dict[str, object]] = []
     detected_at = None
+    users = log.users()
     while stream.n - onset < args.horizon:
         stream.serve(args.step)
         since = stream.n - onset
         if since < config.min_events:
             continue
         current = stream.events().iloc[onset:].iloc[-args.window:].reset_index(drop=True)
-        summary = compare_windows(reference, current, probe, items=items, users=log.users())
-        cusum = ctr_cusum_test(current, pre_ctr, config).statistic
-        checks.append({"events": since, "other_drift": summary.verdict == "drift", "cusum": round(cusum or 0.0, 3),
+        summary = compare_windows(reference, current, config, items=items, users=users)
+        other, cusum, fired = verdict_parts(summary)
+        checks.append({"events": since, "other_drift": other, "cusum": round(cusum, 3), "fired": fired,
                        "window_ctr": round(ctr(current), 5)})
         if threshold is not None:
             detected_at = confirmed_at(checks, threshold, args.confirmations)
             if detected_at is not None:
                 break
-    out: dict[str, object] = {"seed": seed, "drift": drift, "reference_events": onset,
-                              "pre_drift_ctr": round(pre_ctr, 5), "pre_drift_expected_ctr": round(pre_expected, 5),
-                              "checks": checks}
+    out["checks"] = checks
     if drift:
         post_expected = mean_expected_ctr(stream, onset)
         out.update(post_drift_expected_ctr=round(post_expected, 5),
@@ -230,8 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-drift-runs", type=int, default=20)
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=500)
-    parser.add_argument("--shift", type=float, default=0.9,
-                        help="preference_shift of the drift (0.9 lowers the champion's true CTR by 20-25%%)")
+    parser.add_argument("--ctr-drop", type=float, default=0.2,
+                        help="relative drop of the champion's true expected CTR the drift is calibrated to")
+    parser.add_argument("--drift-categories", type=int, default=2,
+                        help="the reference's most-clicked categories whose demand the drift lowers")
+    parser.add_argument("--probe-events", type=int, default=5000, help="events per drift calibration probe")
+    parser.add_argument("--burn-in-days", type=int, default=2,
+                        help="live days served and discarded before the reference (satiation warm-up)")
     parser.add_argument("--reference-days", type=int, default=2, help="days of pre-drift traffic as reference")
     parser.add_argument("--window", type=int, default=5000)
     parser.add_argument("--step", type=int, default=1000)
@@ -275,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "retrainings_per_alert_burst": burst,
         "alert_burst_size": 50,
         "expected_ctr_change": [r.get("expected_ctr_change") for r in drift_runs],
+        "drift_demand_shift": [r.get("demand_shift") for r in drift_runs],
         "pre_drift_ctr": [r["pre_drift_ctr"] for r in drift_runs],
         "post_drift_ctr": [r.get("post_drift_ctr") for r in drift_runs],
         "ctr_after_retraining": [r.get("ctr_after_retraining") for r in drift_runs],
@@ -287,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
             "detection_misses_by_events": [None if d is not None and d <= 5000 else
                                            (d - 5000 if d is not None else "not detected") for d in detection],
         },
-        "setup": {"seeds": args.seeds, "users": args.users, "items": args.items, "preference_shift": args.shift,
-                  "reference_days": args.reference_days, "window_events": args.window, "step_events": args.step,
+        "setup": {"seeds": args.seeds, "users": args.users, "items": args.items,
+                  "drift": f"category_demand_shift on the reference's {args.drift_categories} most-clicked "
+                           f"categories, calibrated per seed to a {args.ctr_drop:.0%} drop of the champion's "
+                           f"true expected CTR over {args.probe_events} events",
+                  "burn_in_days": args.burn_in_days, "reference_days": args.reference_days, "window_events": args.window, "step_events": args.step,
                   "confirmations": args.confirmations, "monitored_events_per_run": args.horizon,
                   "no_drift_seeds": [100 + i for i in range(args.no_drift_runs)],
                   "threshold_calibrated_on_no_drift_runs": args.calibrate,

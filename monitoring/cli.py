@@ -60,7 +60,8 @@ def drift_command(state: CliState, reference: Path, current: Path, out_dir: Path
 @click.option("--feedback", type=click.Path(path_type=Path), default=None,
               help="Feedback log to poll with the drift job and to cut the retraining data from.")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="Reference events for the drift job (the champion's training data).")
+              help="Reference events for the drift job (the champion's training data); a retraining trains "
+                   "on its most recent events followed by the feedback log.")
 @click.option("--items", "items_path", type=click.Path(path_type=Path), default=None,
               help="Item catalog for the drift job and the retraining dataset.")
 @click.option("--window", type=int, default=20_000, show_default=True,
@@ -100,7 +101,7 @@ def watch_command(state: CliState, feedback: Path | None, reference: Path | None
         if feedback is None:
             raise ConfigError("a retraining needs recent data: start the watcher with --feedback")
         data = recent_dataset(feedback, root / "retraining-data" / time.strftime("%Y%m%d-%H%M%S"),
-                              watch.recent_events, items_path)
+                              watch.recent_events, items_path, history=reference)
         return pipeline_command(data.resolve(), config_path=state.config_path, kfp_host=host,
                                 model_store=model_store, tracking_uri=tracking_uri)
 

@@ -383,16 +383,164 @@ def ctr_cusum_test(current: pd.DataFrame, reference_ctr: float, config: DriftCon
                     f"peak {float(path.max()) if len(path) else 0.0:.2f})", statistic=stat, threshold=h)
 
 
+# ---------------------------------------------------------------------------------------------- click model
+def labelled_impressions(events: pd.DataFrame) -> pd.DataFrame | None:
+    """The impressions, in log order, with ``clicked`` (1 when a click has the same request and item), else None.
+
+    None when the log has no ``request_id`` (clicks cannot be matched to the impression they came from).
+    """
+    if "request_id" not in events.columns:
+        return None
+    kinds = events["event_type"]
+    imp = events[kinds == "impression"]
+    if imp["request_id"].isna().all():
+        return None
+    clicks = events.loc[kinds == "click", ["request_id", "item_id"]].astype(str).drop_duplicates()
+    key = imp["request_id"].astype(str) + "\x1f" + imp["item_id"].astype(str)
+    clicked = set(clicks["request_id"] + "\x1f" + clicks["item_id"])
+    out = imp.copy()
+    out["clicked"] = key.isin(clicked).astype(np.int8).to_numpy()
+    return out
+
+
+def _click_features(imp: pd.DataFrame, items: pd.DataFrame | None, users: pd.DataFrame | None) -> pd.DataFrame:
+    """What the click model conditions on, from the columns the log (and the side tables) have."""
+    out = pd.DataFrame(index=imp.index)
+    if "score" in imp.columns:
+        out["score"] = pd.to_numeric(imp["score"], errors="coerce")
+    if "position" in imp.columns:
+        out["log_position"] = np.log1p(pd.to_numeric(imp["position"], errors="coerce"))
+    if "hour" in imp.columns:
+        hour = pd.to_numeric(imp["hour"], errors="coerce")
+        out["hour_sin"], out["hour_cos"] = np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)
+    if "weekday" in imp.columns:
+        out["weekend"] = (pd.to_numeric(imp["weekday"], errors="coerce") >= 5).astype(str)
+    for col in ("device", "region"):
+        if col in imp.columns:
+            out[col] = imp[col].astype("string").fillna("unknown").astype(str)
+    if users is not None and "segment" in users.columns:
+        seg = users.drop_duplicates("user_id").set_index("user_id")["segment"]
+        out["segment"] = imp["user_id"].map(seg).fillna("unknown").astype(str)
+    category = category_of(imp, items)
+    if category is not None:
+        out["category"] = category.to_numpy()
+    return out
+
+
+@dataclass
+class ClickModel:
+    """The reference's click probability of an impression given what the champion scored and the context.
+
+    A logistic regression (scikit-learn) on the score, slot position, hour, weekend, device, region, user
+    segment and item category, fitted on the reference window's labelled impressions. Comparing a window's
+    clicks with its predicted clicks removes what the mix of users, hours and slates explains, so the CTR tests
+    see the change of the click behaviour itself (risk adjustment, as in Steiner et al.'s risk-adjusted CUSUM).
+    """
+
+    pipeline: Any
+    columns: list[str]
+    reference_ctr: float
+    items: pd.DataFrame | None = None
+    users: pd.DataFrame | None = None
+    #: the reference's levels of each categorical column and the most frequent one (which unseen levels get)
+    levels: dict[str, tuple[set[str], str]] = field(default_factory=dict)
+
+    def predict(self, impressions: pd.DataFrame) -> np.ndarray:
+        """Click probability of each impression (rows in the given order).
+
+        A level the reference never had (a weekend after a weekday reference, a new region) counts as the
+        reference's most frequent level: a one-hot encoder would give it no column at all, which shifts the
+        prediction by the dropped columns' weights instead of leaving it at a typical value.
+        """
+        features = _click_features(impressions, self.items, self.users)
+        for col in self.columns:
+            if col not in features.columns:
+                features[col] = np.nan
+        for col, (known, mode) in self.levels.items():
+            features[col] = features[col].where(features[col].isin(known), mode)
+        return np.asarray(self.pipeline.predict_proba(features[self.columns])[:, 1], dtype=float)
+
+
+def fit_click_model(reference: pd.DataFrame, config: DriftConfig, items: pd.DataFrame | None = None,
+                    users: pd.DataFrame | None = None) -> ClickModel | None:
+    """Fit :class:`ClickModel` on the reference, or None (no request ids, too few clicks, nothing to condition on)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    imp = labelled_impressions(reference)
+    if imp is None or int(imp["clicked"].sum()) < config.min_clicks:
+        return None
+    features = _click_features(imp, items, users)
+    features = features.loc[:, features.nunique(dropna=True) > 1]  # a constant column says nothing
+    if features.empty:
+        return None
+    numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])]
+    categorical = [c for c in features.columns if c not in numeric]
+    transform = ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+        ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=20), categorical)])
+    model = make_pipeline(transform, LogisticRegression(C=1.0, max_iter=1000))
+    model.fit(features, imp["clicked"].to_numpy())
+    levels = {c: (set(features[c].unique()), str(features[c].mode().iloc[0])) for c in categorical}
+    return ClickModel(model, list(features.columns), float(imp["clicked"].mean()), items, users, levels)
+
+
+def expected_ctr_test(current: pd.DataFrame, model: ClickModel, config: DriftConfig) -> list[RateTest]:
+    """Observed vs expected clicks of the current window under the reference's click model.
+
+    Two tests: a two-sided z-test of observed minus expected clicks (variance: the sum of p(1 - p)), and the
+    risk-adjusted Bernoulli CUSUM of a drop of ``ctr_cusum_drop`` (impression i adds the log-likelihood ratio of
+    click probability (1 - drop) p_i against p_i, in log order).
+    """
+    imp = labelled_impressions(current)
+    if imp is None or imp.empty:
+        return [RateTest("ctr_vs_expected", None, None, None, False, "not tested: no labelled impressions")]
+    p = np.clip(model.predict(imp), 1e-6, 1 - 1e-6)
+    y = imp["clicked"].to_numpy()
+    observed, expected = float(y.sum()), float(p.sum())
+    ratio = observed / expected if expected > 0 else None
+    z = (observed - expected) / math.sqrt(float((p * (1 - p)).sum()))
+    from scipy.stats import norm
+
+    p_value = float(2 * norm.sf(abs(z)))
+    rel = None if ratio is None else ratio - 1.0
+    drifted = bool(p_value < config.target_alpha and (rel is None or abs(rel) >= config.min_relative_change))
+    tests = [RateTest("ctr_vs_expected", expected / len(p), observed / len(p), p_value, drifted,
+                      f"{int(observed)} clicks vs {expected:.1f} expected by the reference's click model "
+                      f"(observed/expected {ratio:.3f}, z={z:+.2f}, p={p_value:.2g})", rel, statistic=z)]
+    if config.ctr_cusum_drop > 0:
+        d = config.ctr_cusum_drop
+        increments = np.where(y == 1, math.log(1.0 - d), np.log1p(-(1.0 - d) * p) - np.log1p(-p))
+        path = cusum_path(increments)
+        stat, h = float(path[-1]), config.ctr_cusum_threshold
+        tests.append(RateTest("ctr_cusum", None, None, None, stat > h,
+                              f"risk-adjusted CUSUM for a {d:.0%} drop against the reference's click model: "
+                              f"{stat:.2f} (threshold {h:g}, peak {float(path.max()):.2f})",
+                              statistic=stat, threshold=h))
+    return tests
+
+
 def target_tests(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig,
-                 items: pd.DataFrame | None = None) -> list[RateTest]:
-    """CTR and CVR two-proportion tests and the click category mix test."""
+                 items: pd.DataFrame | None = None, users: pd.DataFrame | None = None) -> list[RateTest]:
+    """CTR and CVR two-proportion tests, the click-model tests (or the plain CUSUM) and the click category mix.
+
+    With request ids in both logs (clicks matched to their impressions) a click model fitted on the reference
+    gives the risk-adjusted tests (:func:`expected_ctr_test`); without them the CUSUM runs against the
+    reference's overall CTR (:func:`ctr_cusum_test`).
+    """
     ref_clicks, cur_clicks = _count(reference, "click"), _count(current, "click")
     if ref_clicks < config.min_clicks:
         return [RateTest("ctr", None, None, None, False,
                          f"not tested: the reference has {ref_clicks} clicks (< {config.min_clicks})")]
     tests = [two_proportion_test("ctr", (ref_clicks, cur_clicks),
                                  (_count(reference, "impression"), _count(current, "impression")), config)]
-    if config.ctr_cusum_drop > 0:
+    model = fit_click_model(reference, config, items, users) if config.click_model else None
+    if model is not None:
+        tests += expected_ctr_test(current, model, config)
+    elif config.ctr_cusum_drop > 0:
         tests.append(ctr_cusum_test(current, ref_clicks / max(_count(reference, "impression"), 1), config))
     tests.append(two_proportion_test("cvr", (_count(reference, "purchase"), _count(current, "purchase")),
                                      (ref_clicks, cur_clicks), config))
@@ -442,7 +590,7 @@ def compare_windows(reference: pd.DataFrame, current: pd.DataFrame, config: Drif
         summary.prediction_drift = True
         summary.reasons.append(f"prediction drift: {len(prediction)} of {len(predictions)} columns: " + ", ".join(
             f"{c.column} ({c.method} {c.score:.3f} vs {c.threshold:g})" for c in prediction))
-    summary.target = target_tests(reference, current, config, items)
+    summary.target = target_tests(reference, current, config, items, users)
     moved = [t for t in summary.target if t.drifted]
     if moved:
         summary.target_drift = True

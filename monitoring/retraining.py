@@ -60,17 +60,33 @@ def write_lock(state_dir: Path, pid: int, reason: str) -> None:
 
 def recent_dataset(feedback_path: str | os.PathLike[str], out_dir: Path, n_events: int,
                    items_path: str | os.PathLike[str] | None = None,
-                   users_path: str | os.PathLike[str] | None = None) -> Path:
-    """Write the last ``n_events`` feedback events (with the catalog and users) as a dataset directory."""
+                   users_path: str | os.PathLike[str] | None = None,
+                   history: str | os.PathLike[str] | None = None) -> Path:
+    """Write the last ``n_events`` events (with the catalog and users) as a dataset directory.
+
+    The events are the ``history`` log (the champion's training data, when given) followed by the feedback
+    log, so a retraining sees the users' past as well as the drifted present: a model trained on the few
+    thousand events logged since the drift alone knows too little to be blessed, and the feedback holds only
+    what the champion chose to show. The pipeline's time split then evaluates on the most recent traffic.
+    """
     from monitoring.drift import last_events, load_events, load_side_table
 
-    events = last_events(load_events(feedback_path), n_events)
-    if events.empty:
+    recent = load_events(feedback_path)
+    if recent.empty:
         raise DataError(f"{feedback_path}: no feedback events to retrain on")
+    frames = [recent]
+    if history is not None:
+        past = load_events(history)
+        if "timestamp" in past.columns and "timestamp" in recent.columns and len(past):
+            past = past[past["timestamp"] < recent["timestamp"].min()]  # what the feedback log already holds once
+        frames.insert(0, past)
+    events = last_events(pd.concat(frames, ignore_index=True), n_events)
     known = [c for c in events.columns if not c.startswith("_")]
     tables: dict[str, pd.DataFrame] = {"events": events[known]}
     for kind, path in (("items", items_path), ("users", users_path)):
         table = load_side_table(path, feedback_path, kind)
+        if table is None and history is not None:
+            table = load_side_table(None, history, kind)
         if table is not None:
             tables[kind] = table
     if "items" not in tables:

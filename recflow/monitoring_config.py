@@ -87,6 +87,12 @@ class DriftConfig(_Frozen):
         "end of the current window is above it. 8 gave no confirmed CUSUM alarm in the 20 no-drift runs of "
         "benchmarks/drift_loop.py (6 gave 2, 4 gave 3).",
     )
+    click_model: bool = Field(
+        True,
+        description="Risk-adjust the CTR tests: fit a click model (logistic regression on score, position, "
+        "context, segment and category) on the reference and compare the current window's clicks with its "
+        "prediction (needs request ids in the log; else the CUSUM uses the reference's overall CTR).",
+    )
     seed: int = Field(0, ge=0, description="Seed of the row sampling above max_rows.")
 
 

@@ -184,3 +184,74 @@ def test_ctr_cusum_detects_a_drop_and_not_a_steady_rate() -> None:
     assert dropped.drifted and dropped.statistic > config.ctr_cusum_threshold, dropped.detail
     off = ctr_cusum_test(stream(0.05), 0.0, config)
     assert off.statistic is None and "not tested" in off.detail
+
+
+def _impressions_with_clicks(n_requests: int, mobile_share: float, ctr: dict[str, float], seed: int
+                             ) -> pd.DataFrame:
+    """Slates of 5 impressions with a device context; each impression is clicked with ctr[device] / (1 + pos/4)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_requests):
+        device = "mobile" if rng.random() < mobile_share else "desktop"
+        for pos, item_idx in enumerate(rng.choice(50, size=5, replace=False)):
+            item = f"i{item_idx}"
+            base = {"request_id": f"r{seed}-{r}", "item_id": item, "user_id": f"u{rng.integers(400)}",
+                    "device": device, "position": pos}
+            rows.append({**base, "event_type": "impression"})
+            if rng.random() < ctr[device] / (1 + pos / 4):
+                rows.append({**base, "event_type": "click"})
+    return pd.DataFrame(rows)
+
+
+def test_click_model_risk_adjusts_the_ctr_for_the_traffic_mix() -> None:
+    """A shift of the device mix moves the raw CTR, not the clicks the reference's click model expects."""
+    from monitoring.drift import expected_ctr_test, fit_click_model, labelled_impressions
+
+    config = DriftConfig()
+    rates = {"mobile": 0.02, "desktop": 0.12}
+    reference = _impressions_with_clicks(3000, 0.5, rates, seed=1)
+    labelled = labelled_impressions(reference)
+    assert labelled is not None and labelled["clicked"].sum() == (reference["event_type"] == "click").sum()
+    model = fit_click_model(reference, config)
+    assert model is not None and {"device", "log_position"} <= set(model.columns)
+
+    mostly_mobile = _impressions_with_clicks(1500, 0.9, rates, seed=2)  # same behaviour, other mix
+    summary = compare_windows(reference, mostly_mobile, config.model_copy(update={"min_events": 100}))
+    tests = {t.name: t for t in summary.target}
+    assert tests["ctr"].drifted  # the raw CTR falls by more than half
+    assert not tests["ctr_vs_expected"].drifted and not tests["ctr_cusum"].drifted, tests
+
+    dropped = _impressions_with_clicks(1500, 0.5, {k: 0.6 * v for k, v in rates.items()}, seed=3)
+    adjusted = {t.name: t for t in expected_ctr_test(dropped, model, config)}
+    assert adjusted["ctr_vs_expected"].drifted and adjusted["ctr_vs_expected"].relative_change < -0.25
+    assert adjusted["ctr_cusum"].drifted and "risk-adjusted" in adjusted["ctr_cusum"].detail
+
+
+def test_without_request_ids_the_cusum_uses_the_overall_ctr() -> None:
+    from monitoring.drift import fit_click_model, target_tests
+
+    reference = _impressions_with_clicks(2000, 0.5, {"mobile": 0.05, "desktop": 0.05}, seed=4).drop(
+        columns=["request_id"])
+    assert fit_click_model(reference, DriftConfig()) is None
+    names = [t.name for t in target_tests(reference, reference, DriftConfig())]
+    assert "ctr_cusum" in names and "ctr_vs_expected" not in names
+
+
+def test_click_model_treats_unseen_levels_as_the_reference_mode() -> None:
+    """A weekday-only reference then a weekend: the unseen level must not shift the expected clicks."""
+    import numpy as np
+
+    from monitoring.drift import fit_click_model, labelled_impressions
+
+    rates = {"mobile": 0.03, "desktop": 0.09}
+    reference = _impressions_with_clicks(2000, 0.5, rates, seed=5).assign(weekday=2, region="north")
+    reference.loc[reference.index % 3 == 0, "region"] = "south"
+    model = fit_click_model(reference, DriftConfig())
+    assert model is not None and "weekend" not in model.columns  # constant in the reference: dropped
+    current = labelled_impressions(_impressions_with_clicks(500, 0.5, rates, seed=6).assign(weekday=6,
+                                                                                            region="east"))
+    assert current is not None
+    as_mode = current.assign(region="north", weekday=2)
+    assert np.allclose(model.predict(current), model.predict(as_mode))

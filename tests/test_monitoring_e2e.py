@@ -32,7 +32,7 @@ import pytest
 import requests
 import yaml
 from servers import free_port, stop_process_group, wait_for_http
-from test_serving import WORLD, bundle_parts, push
+from test_serving import bundle_parts, push
 
 from monitoring.config import DriftConfig, WatchConfig
 from monitoring.drift import load_events, run_drift_job
@@ -46,7 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager",
             "pushgateway": "prometheus-pushgateway"}
 KEY = "e2e-key"
-ONSET = 3  # simulated day the preference drift starts (days 0-2 are the reference)
+#: A shop large enough for the pipeline to bless a model (the serving tests' small world never beats popularity).
+WORLD = {"users": 2000, "items": 500, "days": 7}
+ONSET = 1  # simulated day the preference drift starts (day 0 is the reference)
 
 pytestmark = pytest.mark.skipif(any(shutil.which(b) is None for b in BINARIES.values()),
                                 reason="needs the Debian prometheus, prometheus-alertmanager and prometheus-pushgateway")
@@ -160,7 +162,7 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
     from recflow.config import load_config
 
     started = time.monotonic()
-    parts = bundle_parts()
+    parts = bundle_parts(WORLD)
     store = tmp_path / "store"
     push(ModelStore(store), parts)
     data = tmp_path / "catalog"
@@ -176,7 +178,7 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
 
     def retraining_command(reason: str) -> list[str]:
         recent = recent_dataset(feedback, tmp_path / "retraining-data", 200_000, data / "items.parquet",
-                                data / "users.parquet")
+                                data / "users.parquet", history=data)
         argv = pipeline_command(recent.resolve(), model_store=str(store))
         return [*argv[:3], "--set", f"paths.data_dir={pipeline_home}", *argv[3:], "--no-tracking"]
 
@@ -208,7 +210,9 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
     with ExitStack() as stack:
         stack.callback(receiver.stop)
         stack.enter_context(process(
-            [shutil.which("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{ports['push']}"],  # type: ignore[list-item]
+            # the Debian build persists to /var/lib/prometheus by default: a previous run's drift verdict would fire
+            [shutil.which("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{ports['push']}",  # type: ignore[list-item]
+             f"--persistence.file={tmp_path / 'pushgateway.data'}"],
             tmp_path / "pushgateway.log", push_url + "/-/ready"))
         stack.enter_context(process(
             [shutil.which("prometheus-alertmanager"), f"--config.file={am_dir / 'alertmanager.yml'}",  # type: ignore[list-item]

@@ -44,10 +44,16 @@ def _code_fingerprint() -> str:
 CACHE_VERSION = f"serving-bundle-{_code_fingerprint()}"
 
 
-def bundle_parts() -> Path:
-    """A directory with model/, policy/, transform/ and evaluation/ (blessed) from a real pipeline run."""
+def bundle_parts(world: dict[str, int] | None = None) -> Path:
+    """A directory with model/, policy/, transform/ and evaluation/ (blessed) from a real pipeline run.
+
+    ``world`` (simulator sizes, default :data:`WORLD`) is the shop the pipeline trains on; each world and each
+    version of the code has its own cached bundle.
+    """
+    world = WORLD if world is None else world
     root = Path(os.environ.get("RECFLOW_TEST_CACHE", Path(tempfile.gettempdir()) / "recflow-test-cache"))
-    out = root / CACHE_VERSION
+    suffix = "" if world == WORLD else "-" + "-".join(f"{k}{v}" for k, v in sorted(world.items()))
+    out = root / (CACHE_VERSION + suffix)
     if (out / "done.json").is_file():
         return out
     from pipelines.local_run import run_local
@@ -55,7 +61,7 @@ def bundle_parts() -> Path:
     from recflow.simulator import generate_dataset
 
     work = Path(tempfile.mkdtemp(prefix="serving-bundle-"))
-    config = load_config(None, [f"simulator.{k}={v}" for k, v in WORLD.items()])
+    config = load_config(None, [f"simulator.{k}={v}" for k, v in world.items()])
     generate_dataset(config.simulator, work / "data", progress=False)
     result = run_local(
         work / "data",
@@ -66,7 +72,7 @@ def bundle_parts() -> Path:
         echo=lambda _: None,
     )
     art = next((result.run_dir / "artifacts").iterdir())
-    staging = root / f".{CACHE_VERSION}.{os.getpid()}"
+    staging = root / f".{out.name}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(art / "tfrs-trainer" / "model", staging / "model", ignore=shutil.ignore_patterns("logs"))
     shutil.copytree(art / "agents-trainer" / "policy", staging / "policy")
@@ -75,7 +81,7 @@ def bundle_parts() -> Path:
     )
     (staging / "evaluation").mkdir()
     (staging / "evaluation" / "blessing.json").write_text(json.dumps({"blessed": True, "reasons": ["test"]}))
-    (staging / "done.json").write_text(json.dumps(WORLD))
+    (staging / "done.json").write_text(json.dumps(world))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     shutil.rmtree(work, ignore_errors=True)
