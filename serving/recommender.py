@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -377,7 +378,8 @@ class Recommender:
         """Validate, enrich from the served slate, append durably to the feedback log, and queue for learning.
 
         Each event needs ``event_type`` and ``item_id``; with a known ``request_id`` the user, position,
-        propensity, policy id, variant and context come from the served slate. Returns the logged events.
+        propensity, policy id, variant and context come from the served slate (impressions also get the model's
+        score and click probability, for monitoring). Returns the logged events.
         Raises :class:`DataError` naming the event index and field for a bad event (nothing is logged then).
         """
         now = pd.Timestamp.now(tz="UTC").floor("ms")
@@ -412,6 +414,11 @@ class Recommender:
                 if pos is not None:
                     row["position"] = pos
                     row["propensity"] = d.rec.items[pos].propensity
+                    if kind == "impression":  # what the model predicted, for the drift job's prediction tests
+                        for name in ("score", "click_probability"):
+                            value = float(getattr(d.rec.items[pos], name))
+                            if math.isfinite(value):
+                                row[name] = value
                     if row["price"] is None:
                         idx = d.variant.bundle.item_index.get(item)
                         row["price"] = None if idx is None else float(d.variant.bundle.item_price[idx])

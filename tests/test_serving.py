@@ -23,7 +23,7 @@ from recflow.model_store import ModelStore
 from recflow.simulator import SimulatorConfig
 from serving.ab_report import ab_report, plot_ab_report
 from serving.config import ServingConfig
-from serving.feedback_log import FeedbackLog, read_feedback, segment_paths
+from serving.feedback_log import FeedbackLog, iter_feedback, read_feedback, segment_paths
 from serving.online import OnlineLinUCB
 from serving.recommender import epsilon_greedy_slate
 
@@ -391,6 +391,12 @@ def test_feedback_is_enriched_logged_and_learned(rec) -> None:
     assert click["propensity"] == pytest.approx(out.items[1].propensity)
     assert click["hour"] == 12 and click["device"] == "desktop" and click["policy_id"].startswith("v0001/")
     assert mine[mine["event_type"] == "purchase"]["order_value"].iloc[0] == 42.5
+    # impressions carry the model's view for the drift job (in the log's JSON lines, beyond the events schema)
+    shown = [r for r in iter_feedback(rec.feedback_log.log_dir)
+             if r.get("request_id") == out.request_id and r["event_type"] == "impression"]
+    assert [r["score"] for r in shown] == pytest.approx([it.score for it in out.items])
+    assert [r["click_probability"] for r in shown] == pytest.approx([it.click_probability for it in out.items])
+    assert "score" not in next(r for r in rows if r["event_type"] == "click")
     with pytest.raises(DataError, match=r"events\[0\].*user_id"):
         rec.record_feedback([{"event_type": "click", "item_id": "i1", "request_id": "nope"}])
     with pytest.raises(DataError, match=r"events\[0\].event_type"):
