@@ -167,7 +167,7 @@ def verdict_parts(summary: object) -> tuple[bool, float, list[str]]:
     for t in summary.target:  # type: ignore[attr-defined]
         if t.name == "ctr_cusum":
             cusum = float(t.statistic or 0.0)
-        elif t.drifted:
+        elif t.drifted and t.counted:
             other_target = True
             fired.append(f"target:{t.name}")
     other = bool(summary.feature_drift or summary.prediction_drift or other_target)  # type: ignore[attr-defined]
@@ -220,7 +220,8 @@ def run_stream(seed: int, drift: bool, args: argparse.Namespace, config: DriftCo
         summary = compare_windows(reference, current, config, items=items, users=users)
         other, cusum, fired = verdict_parts(summary)
         checks.append({"events": since, "other_drift": other, "cusum": round(cusum, 3), "fired": fired,
-                       "window_ctr": round(ctr(current), 5)})
+                       "window_ctr": round(ctr(current), 5),
+                       "p_values": {t.name: round(t.p_value, 6) for t in summary.target if t.p_value is not None}})
         if threshold is not None:
             detected_at = confirmed_at(checks, threshold, args.confirmations)
             if detected_at is not None:

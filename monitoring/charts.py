@@ -56,7 +56,7 @@ def write_charts(summary: DriftSummary, reference: pd.DataFrame, current: pd.Dat
         x = np.arange(len(rates))
         ax.bar(x - 0.2, [t.reference for t in rates], 0.4, label="reference")
         ax.bar(x + 0.2, [t.current for t in rates], 0.4, label="current",
-               color=["tab:red" if t.drifted else "tab:orange" for t in rates])
+               color=["tab:red" if t.drifted and t.counted else "tab:orange" for t in rates])
         ax.set_xticks(x, [t.name.upper() for t in rates])
         ax.set_ylabel("rate")
         ax.set_title("Target: click-through and conversion rate")

@@ -61,8 +61,8 @@ def to_arrow(df: pd.DataFrame, kind: TableKind) -> pa.Table:
     arrays = []
     for fld in target:
         col = df[fld.name]
-        if pa.types.is_timestamp(fld.type):
-            col = pd.to_datetime(col, utc=True)
+        if pa.types.is_timestamp(fld.type):  # the schema keeps milliseconds: finer clocks are truncated to them
+            col = pd.to_datetime(col, utc=True).dt.floor("ms")
         arrays.append(pa.array(col, type=fld.type, from_pandas=True))
     table = pa.Table.from_arrays(arrays, schema=target)
     for extra in (c for c in df.columns if c not in known):

@@ -28,6 +28,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 import yaml
@@ -46,9 +47,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager",
             "pushgateway": "prometheus-pushgateway"}
 KEY = "e2e-key"
-#: A shop large enough for the pipeline to bless a model (the serving tests' small world never beats popularity).
-WORLD = {"users": 2000, "items": 500, "days": 7}
-ONSET = 1  # simulated day the preference drift starts (day 0 is the reference)
+#: A shop large enough for the pipeline to bless a model (the serving tests' small world never beats popularity),
+#: where tastes matter more than item popularity: after the drift the champion's own slates are the test data, and
+#: in a popularity-driven shop popularity wins on them whatever model is trained.
+WORLD = {"users": 2000, "items": 500, "days": 7, "popularity_weight": 0.1, "quality_weight": 0.2}
+ONSET = 1  # simulated day the drift starts (day 0 is the reference)
+DRIFT_CATEGORIES, DEMAND_SHIFT = 3, -2.0  # the most-clicked categories lose this much preference logit
+#: Requests served between the onset and the drift job's first run, and the events the retraining trains on (the
+#: tail of the champion's training data, then the feedback log): enough of the drifted world for the new model to
+#: learn it, while the history keeps it blessable.
+POST_DRIFT_REQUESTS, RECENT_EVENTS = 3000, 80_000
 
 pytestmark = pytest.mark.skipif(any(shutil.which(b) is None for b in BINARIES.values()),
                                 reason="needs the Debian prometheus, prometheus-alertmanager and prometheus-pushgateway")
@@ -103,10 +111,11 @@ def alertmanager_config(webhook: str, sink: str) -> dict:
 class Shop:
     """ShopEnv users served over HTTP; records the true expected CTR of every served slate."""
 
-    def __init__(self, url: str, seed: int) -> None:
+    def __init__(self, url: str, seed: int, demand_shift: dict[str, float]) -> None:
         self.url = url
-        self.env = ShopEnv(SimulatorConfig(**WORLD, drift={"day": ONSET, "preference_shift": 1.0, "new_items": 0,
-                                                           "price_change_share": 0.0}), seed=seed)
+        self.env = ShopEnv(SimulatorConfig(**WORLD, drift={
+            "day": ONSET, "preference_shift": 0.0, "category_demand_shift": demand_shift, "new_items": 0,
+            "price_change_share": 0.0}), seed=seed)
         self.obs = self.env.reset()
         self.http = requests.Session()
         self.expected: list[tuple[int, str, float]] = []  # (day, model version, expected CTR)
@@ -177,7 +186,7 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
     pipeline_home = tmp_path / "pipeline-home"
 
     def retraining_command(reason: str) -> list[str]:
-        recent = recent_dataset(feedback, tmp_path / "retraining-data", 200_000, data / "items.parquet",
+        recent = recent_dataset(feedback, tmp_path / "retraining-data", RECENT_EVENTS, data / "items.parquet",
                                 data / "users.parquet", history=data)
         argv = pipeline_command(recent.resolve(), model_store=str(store))
         return [*argv[:3], "--set", f"paths.data_dir={pipeline_home}", *argv[3:], "--no-tracking"]
@@ -224,12 +233,18 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
             tmp_path / "prometheus.log", prom_url + "/-/ready"))
         stack.enter_context(process(serve_cmd, tmp_path / "serve.log", serve_url + "/readyz", 180.0, env))
 
-        shop = Shop(serve_url, seed=7)
+        # the drift: demand for the shop's most-clicked categories collapses (end of season), which moves the
+        # champion's click rate in a known direction (a random preference shift may raise it)
+        history = pd.read_parquet(data / "events.parquet")
+        category = history["item_id"].map(pd.read_parquet(data / "items.parquet")
+                                          .set_index("item_id")["category"])
+        top = category[history["event_type"] == "click"].value_counts().index[:DRIFT_CATEGORIES].tolist()
+        shop = Shop(serve_url, seed=7, demand_shift=dict.fromkeys(top, DEMAND_SHIFT))
         while shop.obs.day < ONSET:  # the reference: the champion's traffic before the drift
             shop.serve(50)
         reference = tmp_path / "reference"
-        write_dataset(reference, events=load_events(feedback).drop(columns=["score"], errors="ignore"),
-                      items=__import__("pandas").read_parquet(data / "items.parquet"))
+        write_dataset(reference, events=load_events(feedback),
+                      items=pd.read_parquet(data / "items.parquet"))
         n_reference = len(load_events(reference))
         drift_config = DriftConfig(min_events=1000)
         pre_ctr = shop.expected_ctr((0, ONSET))
@@ -246,7 +261,8 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
             alerts = requests.get(prom_url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
             return any(a["labels"]["alertname"] == "RecflowDataDrift" and a["state"] == "firing" for a in alerts)
 
-        shop.serve(120)  # at least ~1,000 drifted events before the first check
+        # the drift CronJob's first run after the onset comes POST_DRIFT_REQUESTS requests later (its schedule)
+        shop.serve(POST_DRIFT_REQUESTS)
         wait_until(alert_firing, 240, "RecflowDataDrift to fire in Prometheus", tick=drift_check)
         detected_after = len(load_events(feedback)) - n_reference
         wait_until(lambda: any(json.loads(line)["action"] == "retrain"

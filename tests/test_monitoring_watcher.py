@@ -171,3 +171,35 @@ def test_unlaunchable_retraining_is_a_logged_skip(tmp_path: Path) -> None:
     decision = watcher.on_alert(alert("q"))
     assert decision.action == "skip" and "no feedback events" in decision.reason
     assert read_lock(tmp_path / "s") is None
+
+
+def test_recent_dataset_is_the_history_tail_then_the_feedback(tmp_path: Path) -> None:
+    """The retraining data: the last N events of the champion's training data followed by the feedback log."""
+    import pandas as pd
+    import pytest
+
+    from monitoring.retraining import recent_dataset
+    from recflow.errors import DataError
+    from recflow.io import write_dataset
+    from recflow.simulator import SimulatorConfig, simulate_log
+
+    log = simulate_log(SimulatorConfig(users=100, items=60, days=2, seed=4))
+    history = tmp_path / "history"
+    write_dataset(history, events=log.events, items=log.items(), users=log.users())
+    feedback = tmp_path / "feedback"
+    feedback.mkdir()
+    later = pd.Timestamp.now(tz="UTC")
+    rows = [{"event_id": f"f{i}", "event_type": "impression", "timestamp": (later + pd.Timedelta(seconds=i)).isoformat(),
+             "user_id": "u000001", "item_id": "i000002", "request_id": f"r{i}", "score": 0.5} for i in range(300)]
+    (feedback / "feedback-1-000001.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    out = recent_dataset(feedback, tmp_path / "recent", 1000, history=history)
+    events = pd.read_parquet(out / "events.parquet")
+    assert len(events) == 1000 and events["event_id"].tolist()[-300:] == [r["event_id"] for r in rows]
+    assert events["event_id"].tolist()[:700] == log.events["event_id"].tolist()[-700:]
+    assert events["timestamp"].is_monotonic_increasing
+    assert (out / "items.parquet").is_file() and (out / "users.parquet").is_file()  # from the history
+    only_feedback = recent_dataset(feedback, tmp_path / "recent2", 1000, items_path=history / "items.parquet")
+    assert len(pd.read_parquet(only_feedback / "events.parquet")) == 300
+    with pytest.raises(DataError, match="no items.parquet"):
+        recent_dataset(feedback, tmp_path / "recent3", 1000)

@@ -44,7 +44,7 @@ def _code_fingerprint() -> str:
 CACHE_VERSION = f"serving-bundle-{_code_fingerprint()}"
 
 
-def bundle_parts(world: dict[str, int] | None = None) -> Path:
+def bundle_parts(world: dict[str, float] | None = None) -> Path:
     """A directory with model/, policy/, transform/ and evaluation/ (blessed) from a real pipeline run.
 
     ``world`` (simulator sizes, default :data:`WORLD`) is the shop the pipeline trains on; each world and each
