@@ -103,7 +103,8 @@ def watch_command(state: CliState, feedback: Path | None, reference: Path | None
         data = recent_dataset(feedback, root / "retraining-data" / time.strftime("%Y%m%d-%H%M%S"),
                               watch.recent_events, items_path, history=reference)
         return pipeline_command(data.resolve(), config_path=state.config_path, kfp_host=host,
-                                model_store=model_store, tracking_uri=tracking_uri)
+                                model_store=model_store, tracking_uri=tracking_uri,
+                                overrides=watch.retraining_overrides)
 
     watcher = RetrainingWatcher(watch, root, command, pushgateway=pushgateway)
     receiver = None

@@ -319,9 +319,23 @@ def _count(events: pd.DataFrame, event_type: str) -> int:
     return int((events["event_type"] == event_type).sum())
 
 
-def two_proportion_test(name: str, successes: tuple[int, int], trials: tuple[int, int], config: DriftConfig
-                        ) -> RateTest:
-    """Two-sided two-proportion z-test (statsmodels) of reference vs current rate, with a minimum effect."""
+def _ratio_variance(successes: np.ndarray, trials: np.ndarray) -> float:
+    """Variance of sum(successes) / sum(trials) with clusters as units (linearisation), at least the binomial one."""
+    n = float(trials.sum())
+    r = float(successes.sum()) / n
+    clustered = float(((successes - r * trials) ** 2).sum()) / n**2
+    return max(clustered, r * (1.0 - r) / n)
+
+
+def two_proportion_test(name: str, successes: tuple[int, int], trials: tuple[int, int], config: DriftConfig,
+                        clusters: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> RateTest:
+    """Two-sided two-proportion z-test of reference vs current rate, with a minimum effect.
+
+    Without ``clusters`` the classic pooled z-test (statsmodels). With them (per window, one row per user with
+    columns ``successes`` and ``trials``) the variance of each window's rate is the cluster-robust one: one
+    user's clicks and purchases are not independent draws, and treating them so makes the test fire on
+    no-drift traffic (the benchmark's false alarms came from the CVR test before).
+    """
     from statsmodels.stats.proportion import proportions_ztest
 
     (s_ref, s_cur), (n_ref, n_cur) = successes, trials
@@ -331,25 +345,59 @@ def two_proportion_test(name: str, successes: tuple[int, int], trials: tuple[int
     rel = (cur - ref) / ref if ref > 0 else None
     if s_ref + s_cur == 0 or s_ref + s_cur == n_ref + n_cur:
         return RateTest(name, ref, cur, 1.0, False, f"{ref:.4f} -> {cur:.4f} (no variation)", rel)
-    _, p = proportions_ztest([s_cur, s_ref], [n_cur, n_ref], alternative="two-sided")
+    if clusters is None:
+        _, p = proportions_ztest([s_cur, s_ref], [n_cur, n_ref], alternative="two-sided")
+        how = ""
+    else:
+        from scipy.stats import norm
+
+        var = sum(_ratio_variance(c["successes"].to_numpy(float), c["trials"].to_numpy(float)) for c in clusters)
+        p = 2 * norm.sf(abs(cur - ref) / math.sqrt(var)) if var > 0 else 1.0
+        how = ", users as clusters"
     p = float(p)
     drifted = bool(p < config.target_alpha and (rel is None or abs(rel) >= config.min_relative_change))
     rel_text = f"{rel:+.1%}" if rel is not None else "n/a"
-    return RateTest(name, ref, cur, p, drifted, f"{ref:.4f} -> {cur:.4f} ({rel_text}, p={p:.2g})", rel)
+    return RateTest(name, ref, cur, p, drifted, f"{ref:.4f} -> {cur:.4f} ({rel_text}, p={p:.2g}{how})", rel)
 
 
-def click_mix_test(ref_clicks: pd.Series, cur_clicks: pd.Series, config: DriftConfig) -> RateTest:
-    """Chi-square test that clicks fall on the same categories in both windows (a preference shift moves it)."""
-    from scipy.stats import chi2_contingency
+def _design_effect(categories: pd.Series, users: pd.Series) -> float:
+    """Mean design effect of the category shares of clicks when users are the clusters (>= 1)."""
+    table = pd.crosstab(users.to_numpy(), categories.to_numpy())
+    m = table.sum(axis=1).to_numpy(float)
+    total = m.sum()
+    effects = []
+    for col in table.columns:
+        x = table[col].to_numpy(float)
+        share = x.sum() / total
+        if 0 < share < 1:
+            clustered = float(((x - share * m) ** 2).sum()) / total**2
+            effects.append(clustered / (share * (1 - share) / total))
+    return max(1.0, float(np.mean(effects))) if effects else 1.0
+
+
+def click_mix_test(ref_clicks: pd.Series, cur_clicks: pd.Series, config: DriftConfig,
+                   users: tuple[pd.Series, pd.Series] | None = None) -> RateTest:
+    """Chi-square test that clicks fall on the same categories in both windows (a preference shift moves it).
+
+    With ``users`` (the user of each click, per window) the statistic gets the first-order Rao-Scott correction
+    (divided by the mean design effect of the category shares with users as clusters): a user clicks the same
+    categories again and again, so clicks are not independent.
+    """
+    from scipy.stats import chi2, chi2_contingency
 
     table = pd.concat([ref_clicks.value_counts(), cur_clicks.value_counts()], axis=1).fillna(0).to_numpy()
     table = table[table.sum(axis=1) > 0]
     if table.shape[0] < 2 or (table.sum(axis=0) == 0).any():
         return RateTest("click_category_mix", None, None, None, False, "not tested: too few categories clicked")
     stat, p, dof, _ = chi2_contingency(table.T)
+    detail = f"chi2={stat:.1f}, dof={dof}"
+    if users is not None:
+        deff = (_design_effect(ref_clicks, users[0]) + _design_effect(cur_clicks, users[1])) / 2
+        stat = stat / deff
+        p = chi2.sf(stat, dof)
+        detail += f", Rao-Scott design effect {deff:.2f} (users as clusters): {stat:.1f}"
     p = float(p)
-    return RateTest("click_category_mix", None, None, p, bool(p < config.target_alpha),
-                    f"chi2={stat:.1f}, dof={dof}, p={p:.2g}")
+    return RateTest("click_category_mix", None, None, p, bool(p < config.target_alpha), f"{detail}, p={p:.2g}")
 
 
 def cusum_path(increments: np.ndarray) -> np.ndarray:
@@ -551,13 +599,26 @@ def target_tests(reference: pd.DataFrame, current: pd.DataFrame, config: DriftCo
         tests += expected_ctr_test(current, model, config)
     elif config.ctr_cusum_drop > 0:
         tests.append(ctr_cusum_test(current, ref_clicks / max(_count(reference, "impression"), 1), config))
+    clusters = None
+    if reference["user_id"].notna().all() and current["user_id"].notna().all():
+        clusters = tuple(_per_user(w, "purchase", "click") for w in (reference, current))
     tests.append(two_proportion_test("cvr", (_count(reference, "purchase"), _count(current, "purchase")),
-                                     (ref_clicks, cur_clicks), config))
+                                     (ref_clicks, cur_clicks), config, clusters))  # type: ignore[arg-type]
     ref_cat, cur_cat = category_of(reference, items), category_of(current, items)
     if ref_cat is not None and cur_cat is not None:
-        tests.append(click_mix_test(ref_cat[reference["event_type"] == "click"],
-                                    cur_cat[current["event_type"] == "click"], config))
+        ref_is, cur_is = reference["event_type"] == "click", current["event_type"] == "click"
+        users = None if clusters is None else (reference.loc[ref_is, "user_id"].astype(str),
+                                               current.loc[cur_is, "user_id"].astype(str))
+        tests.append(click_mix_test(ref_cat[ref_is], cur_cat[cur_is], config, users))
     return tests
+
+
+def _per_user(events: pd.DataFrame, success: str, trial: str) -> pd.DataFrame:
+    """Per user: how many ``success`` and ``trial`` events (the clusters of a clustered rate test)."""
+    kinds = events["event_type"]
+    users = events["user_id"].astype(str)
+    return pd.DataFrame({"successes": (kinds == success).groupby(users).sum(),
+                         "trials": (kinds == trial).groupby(users).sum()})
 
 
 def _sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

@@ -296,11 +296,17 @@ def export_pipeline_metrics(state_dir: Path, record: dict[str, Any], pushgateway
 
 
 def pipeline_command(data_dir: Path, *, config_path: Path | None = None, kfp_host: str | None = None,
-                     model_store: str | None = None, tracking_uri: str | None = None) -> list[str]:
-    """The ``recflow pipeline run`` (local runner) or ``recflow pipeline submit`` (KFP host) command line."""
+                     model_store: str | None = None, tracking_uri: str | None = None,
+                     overrides: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The ``recflow pipeline run`` (local runner) or ``recflow pipeline submit`` (KFP host) command line.
+
+    ``overrides`` (``key=value``, e.g. ``monitoring.watch.retraining_overrides``) become ``--set`` options.
+    """
     argv = [sys.executable, "-m", "recflow"]
     if config_path is not None:
         argv += ["--config", str(config_path)]
+    for override in overrides:
+        argv += ["--set", override]
     if kfp_host:
         argv += ["pipeline", "submit", "--host", kfp_host, "--data", str(data_dir)]
     else:

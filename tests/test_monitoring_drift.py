@@ -255,3 +255,36 @@ def test_click_model_treats_unseen_levels_as_the_reference_mode() -> None:
     assert current is not None
     as_mode = current.assign(region="north", weekday=2)
     assert np.allclose(model.predict(current), model.predict(as_mode))
+
+
+def test_clustered_tests_account_for_users_clicking_alike() -> None:
+    """Few users, each clicking mostly one category: naive tests see drift between two samples of one shop."""
+    import numpy as np
+
+    from monitoring.drift import _design_effect, click_mix_test, two_proportion_test
+
+    rng = np.random.default_rng(0)
+    favourite = rng.integers(0, 6, size=400)
+
+    def clicks(n: int, active: int = 15) -> tuple[pd.Series, pd.Series]:
+        """``n`` clicks of ``active`` users drawn from 400 (a window holds the sessions of a few users)."""
+        users = rng.choice(rng.choice(400, size=active, replace=False), size=n)
+        cats = np.where(rng.random(n) < 0.9, favourite[users], rng.integers(0, 6, size=n))
+        return pd.Series(cats.astype(str)), pd.Series(users.astype(str))
+
+    naive_alarms = robust_alarms = 0
+    config = DriftConfig()
+    for _ in range(20):
+        (c1, u1), (c2, u2) = clicks(600), clicks(600)
+        naive_alarms += click_mix_test(c1, c2, config).drifted
+        robust_alarms += click_mix_test(c1, c2, config, (u1, u2)).drifted
+    assert naive_alarms >= 10 and robust_alarms <= 1, (naive_alarms, robust_alarms)
+    # independent clicks (every click its own user): no design effect
+    cats, _ = clicks(2000, active=400)
+    assert _design_effect(cats, pd.Series(np.arange(2000).astype(str))) == pytest.approx(1.0, abs=0.1)
+    # the clustered rate test: one heavy user with many purchases makes a CVR "change" that is not significant
+    ref = pd.DataFrame({"successes": [1, 0, 1, 0, 0], "trials": [10, 10, 10, 10, 10]})
+    cur = pd.DataFrame({"successes": [30, 0, 0, 0, 0], "trials": [40, 10, 10, 10, 10]})
+    naive = two_proportion_test("cvr", (2, 30), (50, 80), config)
+    robust = two_proportion_test("cvr", (2, 30), (50, 80), config, (ref, cur))
+    assert naive.drifted and not robust.drifted and "clusters" in robust.detail

@@ -47,10 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager",
             "pushgateway": "prometheus-pushgateway"}
 KEY = "e2e-key"
-#: A shop large enough for the pipeline to bless a model (the serving tests' small world never beats popularity),
-#: where tastes matter more than item popularity: after the drift the champion's own slates are the test data, and
-#: in a popularity-driven shop popularity wins on them whatever model is trained.
-WORLD = {"users": 2000, "items": 500, "days": 7, "popularity_weight": 0.1, "quality_weight": 0.2}
+#: A shop large enough for the pipeline to train a useful model (the serving tests' small world never beats
+#: popularity even on the logging policy's data).
+WORLD = {"users": 2000, "items": 500, "days": 7}
 ONSET = 1  # simulated day the drift starts (day 0 is the reference)
 DRIFT_CATEGORIES, DEMAND_SHIFT = 3, -2.0  # the most-clicked categories lose this much preference logit
 #: Requests served between the onset and the drift job's first run, and the events the retraining trains on (the
@@ -188,7 +187,8 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
     def retraining_command(reason: str) -> list[str]:
         recent = recent_dataset(feedback, tmp_path / "retraining-data", RECENT_EVENTS, data / "items.parquet",
                                 data / "users.parquet", history=data)
-        argv = pipeline_command(recent.resolve(), model_store=str(store))
+        argv = pipeline_command(recent.resolve(), model_store=str(store),
+                                overrides=WatchConfig().retraining_overrides)
         return [*argv[:3], "--set", f"paths.data_dir={pipeline_home}", *argv[3:], "--no-tracking"]
 
     watcher = RetrainingWatcher(WatchConfig(), state_dir, retraining_command, pushgateway=push_url)
