@@ -95,10 +95,15 @@ def policy_section(d: dict[str, Any]) -> list[str]:
 def drift_section(d: dict[str, Any]) -> list[str]:
     det = d.get("detection_events", [])
     t = d.get("targets", {})
+    met = d.get("target_met", {})
+    change = d.get("expected_ctr_change")
     return [f"**Drift loop** (`benchmarks/drift_loop.py`): false alarms {d['false_alarms']} in {d['no_drift_runs']} "
-            f"no-drift runs; events from drift onset to detection per seed {det}; to recovery "
-            f"{d.get('recovery_events')}; retrainings per 50-alert burst {d.get('retrainings_per_alert_burst')}. "
-            + (f"Targets: {json.dumps(t)}." if t else "")]
+            f"no-drift runs; events from drift onset to detection per seed {det}"
+            + (f" (true CTR change of the drift per seed {change})" if change else "")
+            + f"; to recovery {d.get('recovery_events')}; retrainings per 50-alert burst "
+            f"{d.get('retrainings_per_alert_burst')}. "
+            + (f"Targets: {json.dumps(t)}; met: false alarms {met.get('false_alarms')}, detection "
+               f"{met.get('detection')} (misses by events: {met.get('detection_misses_by_events')})." if t else "")]
 
 
 def fairness_section(d: dict[str, Any]) -> list[str]:

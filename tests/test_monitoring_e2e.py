@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,9 +54,12 @@ WORLD = {"users": 2000, "items": 500, "days": 7}
 ONSET = 1  # simulated day the drift starts (day 0 is the reference)
 DRIFT_CATEGORIES, DEMAND_SHIFT = 3, -2.0  # the most-clicked categories lose this much preference logit
 #: Requests served between the onset and the drift job's first run, and the events the retraining trains on (the
-#: tail of the champion's training data, then the feedback log): enough of the drifted world for the new model to
-#: learn it, while the history keeps it blessable.
-POST_DRIFT_REQUESTS, RECENT_EVENTS = 3000, 80_000
+#: tail of the champion's training data, then the feedback log): with 40,000 the retraining sees the drifted world
+#: only (about 5,400 reference and 43,000 drifted events are logged by then).
+POST_DRIFT_REQUESTS, RECENT_EVENTS = 4000, 40_000
+#: Requests after the swap on which the new model's slates are compared with the old champion's, and the share of
+#: the drift's CTR loss the new model must win back.
+COMPARE_REQUESTS, MIN_RECOVERED_SHARE = 600, 0.1
 
 pytestmark = pytest.mark.skipif(any(shutil.which(b) is None for b in BINARIES.values()),
                                 reason="needs the Debian prometheus, prometheus-alertmanager and prometheus-pushgateway")
@@ -118,17 +122,25 @@ class Shop:
         self.obs = self.env.reset()
         self.http = requests.Session()
         self.expected: list[tuple[int, str, float]] = []  # (day, model version, expected CTR)
+        #: (served slate's, other model's slate's) true expected CTR on the same requests, when ``other`` is given
+        self.paired: list[tuple[float, float]] = []
 
-    def serve(self, requests_n: int) -> None:
+    def serve(self, requests_n: int, other: Any = None) -> None:
+        """Serve ``requests_n`` requests; ``other`` (an in-process ``serving.Recommender``) is asked too, and its
+        slate's true expected CTR in the same state is recorded beside the served one's (nothing of it is shown)."""
         for _ in range(requests_n):
             o = self.obs
-            r = self.http.post(f"{self.url}/v1/recommendations", json={
-                "user_id": o.user_id, "k": 10,
-                "context": {"hour": o.hour, "weekday": o.weekday, "device": o.device, "region": o.region}},
-                timeout=30)
+            context = {"hour": o.hour, "weekday": o.weekday, "device": o.device, "region": o.region}
+            r = self.http.post(f"{self.url}/v1/recommendations", json={"user_id": o.user_id, "k": 10,
+                                                                      "context": context}, timeout=30)
             assert r.status_code == 200, r.text
             body = r.json()
             slate = [it["item_id"] for it in body["items"]]
+            if other is not None:
+                alt = [it.item_id for it in other.recommend(o.user_id, context, 10).items]
+                served = self.env.expected_reward(self.env.world.item_index(slate)) / len(slate)
+                counterfactual = self.env.expected_reward(self.env.world.item_index(alt)) / len(alt)
+                self.paired.append((served, counterfactual))
             step = self.env.step_ids(slate)
             self.expected.append((o.day, body["model_version"], float(step.info["expected_reward"]) / len(slate)))
             events = [{"event_type": "impression", "item_id": i, "request_id": body["request_id"]} for i in slate]
@@ -159,12 +171,6 @@ def wait_until(predicate, timeout_s: float, what: str, tick=None, every: float =
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known open problem (issue 7): on the shared 2-core machines the alert reaches the watcher late and the "
-    "retraining on recent feedback alone is not always blessed, so the swap and recovery are not reached; "
-    "the drift detection and the Prometheus alert are real and pass",
-    strict=False,
-)
 def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
     from recflow.simulator import generate_dataset
     from recflow.config import load_config
@@ -283,10 +289,24 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         new_version = wait_until(
             lambda: (v := requests.get(serve_url + "/readyz", timeout=5).json().get("model_version")) != "v0001"
             and v, 120, "the service to swap in the retrained model")
-        swapped_day = shop.obs.day
-        shop.serve(600)
-        drifted_ctr = shop.expected_ctr((ONSET, 10_000), "v0001")
-        recovered_ctr = shop.expected_ctr((swapped_day, 10_000), str(new_version))
+        # a paired comparison: on every request after the swap the old champion (loaded in this process from the
+        # store) is asked too, and the true expected CTR of both slates is computed in the same state of the shop
+        # (the users' satiation grows while the same items are shown, so periods before and after differ)
+        from serving.bundle import ServingBundle
+        from serving.recommender import Recommender
+
+        old = Recommender(ServingBundle.load(store / "versions" / "v0001", "v0001"),
+                          catalog=pd.read_parquet(data / "items.parquet"))
+        try:
+            shop.serve(COMPARE_REQUESTS, other=old)
+        finally:
+            old.close()
+        paired = np.array(shop.paired)
+        recovered_ctr, drifted_ctr = float(paired[:, 0].mean()), float(paired[:, 1].mean())
+        from scipy.stats import ttest_rel
+
+        p_value = float(ttest_rel(paired[:, 0], paired[:, 1], alternative="greater").pvalue)
+        whole_drift_ctr = shop.expected_ctr((ONSET, 10_000), "v0001")
 
         pushed = requests.get(push_url + "/metrics", timeout=5).text
         assert 'recflow_drift_detected{instance="",job="recflow_drift"} 1' in pushed
@@ -295,8 +315,16 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         assert scraped["data"]["result"], "Prometheus did not scrape the service's /metrics"
         report = {"reference_events": n_reference, "verdicts": verdicts, "detected_after_events": detected_after,
                   "pre_drift_expected_ctr": pre_ctr, "drifted_expected_ctr": drifted_ctr,
-                  "retrained_expected_ctr": recovered_ctr, "new_version": new_version,
+                  "retrained_expected_ctr": recovered_ctr, "champion_ctr_since_onset": whole_drift_ctr,
+                  "recovered_share_of_loss": (recovered_ctr - drifted_ctr) / (pre_ctr - drifted_ctr),
+                  "paired_requests": len(paired), "paired_t_test_p": p_value,
+                  "new_version": new_version,
                   "seconds": round(time.monotonic() - started, 1)}
         print(json.dumps(report, default=str))
-        assert drifted_ctr < 0.9 * pre_ctr, report  # the drift hurt the champion
-        assert recovered_ctr > drifted_ctr, report  # the retrained model recovers (part of) the click rate
+        assert whole_drift_ctr < 0.9 * pre_ctr, report  # the drift hurt the champion
+        # the retrained model wins back a part of the click rate the drift cost, significantly on paired requests
+        recovered = recovered_ctr > drifted_ctr + MIN_RECOVERED_SHARE * (pre_ctr - drifted_ctr) and p_value < 0.01
+        if not recovered:  # everything above is asserted; this last step is the open part of issue 7
+            pytest.xfail("known open problem (issue 7): the chain works up to the blessed, hot-swapped model, but "
+                         "the retrained model does not win back the click rate on paired requests: "
+                         + json.dumps(report, default=str))
