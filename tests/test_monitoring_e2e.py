@@ -57,8 +57,8 @@ DRIFT_CATEGORIES, DEMAND_SHIFT = 3, -2.0  # the most-clicked categories lose thi
 #: tail of the champion's training data, then the feedback log): with 40,000 the retraining sees the drifted world
 #: only (about 5,400 reference and 43,000 drifted events are logged by then).
 POST_DRIFT_REQUESTS, RECENT_EVENTS = 4000, 40_000
-#: Requests after the swap on which the new model's slates are compared with the old champion's, and the share of
-#: the drift's CTR loss the new model must win back.
+#: Requests per arm after the swap on which the new model is compared with the old champion, and the share of the
+#: drift's CTR loss the new model must win back.
 COMPARE_REQUESTS, MIN_RECOVERED_SHARE = 600, 0.1
 
 pytestmark = pytest.mark.skipif(any(shutil.which(b) is None for b in BINARIES.values()),
@@ -289,23 +289,37 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         new_version = wait_until(
             lambda: (v := requests.get(serve_url + "/readyz", timeout=5).json().get("model_version")) != "v0001"
             and v, 120, "the service to swap in the retrained model")
-        # a paired comparison: on every request after the swap the old champion (loaded in this process from the
-        # store) is asked too, and the true expected CTR of both slates is computed in the same state of the shop
-        # (the users' satiation grows while the same items are shown, so periods before and after differ)
+        # The new model against the old champion (loaded in this process from the store) from the moment of the
+        # swap, in two ways. A/B in twin shops: a copy of the shop (same users, satiation and random streams) is
+        # served by the old champion alone while the real one is served by the new model over HTTP, so each arm's
+        # users live with their own slates (satiation grows with what is shown). Paired: on each of the real
+        # shop's requests the old champion is asked too and its slate's expected CTR computed in the same state
+        # (biased towards the old model, whose items rest while the new model's are shown).
+        from scipy.stats import ttest_ind, ttest_rel
+
         from serving.bundle import ServingBundle
         from serving.recommender import Recommender
 
         old = Recommender(ServingBundle.load(store / "versions" / "v0001", "v0001"),
                           catalog=pd.read_parquet(data / "items.parquet"))
+        twin, twin_obs = copy.deepcopy(shop.env), shop.obs
         try:
             shop.serve(COMPARE_REQUESTS, other=old)
+            old_alone = []
+            for _ in range(COMPARE_REQUESTS):
+                o = twin_obs
+                context = {"hour": o.hour, "weekday": o.weekday, "device": o.device, "region": o.region}
+                slate = [it.item_id for it in old.recommend(o.user_id, context, 10).items]
+                step = twin.step_ids(slate)
+                old_alone.append(float(step.info["expected_reward"]) / len(slate))
+                twin_obs = twin.reset() if step.done else step.observation
         finally:
             old.close()
+        new_alone = [e for _, v, e in shop.expected if v == str(new_version)]
+        recovered_ctr, drifted_ctr = float(np.mean(new_alone)), float(np.mean(old_alone))
+        p_value = float(ttest_ind(new_alone, old_alone, equal_var=False, alternative="greater").pvalue)
         paired = np.array(shop.paired)
-        recovered_ctr, drifted_ctr = float(paired[:, 0].mean()), float(paired[:, 1].mean())
-        from scipy.stats import ttest_rel
-
-        p_value = float(ttest_rel(paired[:, 0], paired[:, 1], alternative="greater").pvalue)
+        paired_p = float(ttest_rel(paired[:, 0], paired[:, 1], alternative="greater").pvalue)
         whole_drift_ctr = shop.expected_ctr((ONSET, 10_000), "v0001")
 
         pushed = requests.get(push_url + "/metrics", timeout=5).text
@@ -317,14 +331,16 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
                   "pre_drift_expected_ctr": pre_ctr, "drifted_expected_ctr": drifted_ctr,
                   "retrained_expected_ctr": recovered_ctr, "champion_ctr_since_onset": whole_drift_ctr,
                   "recovered_share_of_loss": (recovered_ctr - drifted_ctr) / (pre_ctr - drifted_ctr),
-                  "paired_requests": len(paired), "paired_t_test_p": p_value,
+                  "ab_requests_per_arm": COMPARE_REQUESTS, "ab_welch_t_test_p": p_value,
+                  "paired_new_ctr": float(paired[:, 0].mean()), "paired_old_ctr": float(paired[:, 1].mean()),
+                  "paired_t_test_p": paired_p,
                   "new_version": new_version,
                   "seconds": round(time.monotonic() - started, 1)}
         print(json.dumps(report, default=str))
         assert whole_drift_ctr < 0.9 * pre_ctr, report  # the drift hurt the champion
-        # the retrained model wins back a part of the click rate the drift cost, significantly on paired requests
+        # the retrained model wins back a part of the click rate the drift cost, significantly, in the twin-shop A/B
         recovered = recovered_ctr > drifted_ctr + MIN_RECOVERED_SHARE * (pre_ctr - drifted_ctr) and p_value < 0.01
         if not recovered:  # everything above is asserted; this last step is the open part of issue 7
             pytest.xfail("known open problem (issue 7): the chain works up to the blessed, hot-swapped model, but "
-                         "the retrained model does not win back the click rate on paired requests: "
+                         "the retrained model does not win back the click rate in the twin-shop A/B: "
                          + json.dumps(report, default=str))
