@@ -453,26 +453,24 @@ def labelled_impressions(events: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def _click_features(imp: pd.DataFrame, items: pd.DataFrame | None, users: pd.DataFrame | None) -> pd.DataFrame:
-    """What the click model conditions on, from the columns the log (and the side tables) have."""
+    """What the click model conditions on: the monitored impression features (:func:`impression_features`),
+    with the slot position added and the hour and weekday recoded (a cycle, a weekend flag)."""
+    monitored = impression_features(imp, items, users).set_axis(imp.index)
     out = pd.DataFrame(index=imp.index)
-    if "score" in imp.columns:
-        out["score"] = pd.to_numeric(imp["score"], errors="coerce")
+    if "score" in monitored.columns:
+        out["score"] = monitored["score"]
     if "position" in imp.columns:
         out["log_position"] = np.log1p(pd.to_numeric(imp["position"], errors="coerce"))
-    if "hour" in imp.columns:
-        hour = pd.to_numeric(imp["hour"], errors="coerce")
+    if "hour" in monitored.columns:
+        hour = monitored["hour"]
         out["hour_sin"], out["hour_cos"] = np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)
-    if "weekday" in imp.columns:
-        out["weekend"] = (pd.to_numeric(imp["weekday"], errors="coerce") >= 5).astype(str)
-    for col in ("device", "region"):
-        if col in imp.columns:
-            out[col] = imp[col].astype("string").fillna("unknown").astype(str)
-    if users is not None and "segment" in users.columns:
-        seg = users.drop_duplicates("user_id").set_index("user_id")["segment"]
-        out["segment"] = imp["user_id"].map(seg).fillna("unknown").astype(str)
-    category = category_of(imp, items)
-    if category is not None:
-        out["category"] = category.to_numpy()
+    if "weekday" in monitored.columns:
+        out["weekend"] = (pd.to_numeric(monitored["weekday"], errors="coerce") >= 5).astype(str)
+    for col in ("device", "region", "segment"):
+        if col in monitored.columns:
+            out[col] = monitored[col]
+    if "shown_category" in monitored.columns:
+        out["category"] = monitored["shown_category"]
     return out
 
 
@@ -488,7 +486,6 @@ class ClickModel:
 
     pipeline: Any
     columns: list[str]
-    reference_ctr: float
     items: pd.DataFrame | None = None
     users: pd.DataFrame | None = None
     #: the reference's levels of each categorical column and the most frequent one (which unseen levels get)
@@ -534,7 +531,7 @@ def fit_click_model(reference: pd.DataFrame, config: DriftConfig, items: pd.Data
     model = make_pipeline(transform, LogisticRegression(C=1.0, max_iter=1000))
     model.fit(features, imp["clicked"].to_numpy())
     levels = {c: (set(features[c].unique()), str(features[c].mode().iloc[0])) for c in categorical}
-    return ClickModel(model, list(features.columns), float(imp["clicked"].mean()), items, users, levels)
+    return ClickModel(model, list(features.columns), items, users, levels)
 
 
 def expected_ctr_test(current: pd.DataFrame, model: ClickModel, config: DriftConfig) -> list[RateTest]:
@@ -607,9 +604,9 @@ def target_tests(reference: pd.DataFrame, current: pd.DataFrame, config: DriftCo
     ref_cat, cur_cat = category_of(reference, items), category_of(current, items)
     if ref_cat is not None and cur_cat is not None:
         ref_is, cur_is = reference["event_type"] == "click", current["event_type"] == "click"
-        users = None if clusters is None else (reference.loc[ref_is, "user_id"].astype(str),
-                                               current.loc[cur_is, "user_id"].astype(str))
-        tests.append(click_mix_test(ref_cat[ref_is], cur_cat[cur_is], config, users))
+        clickers = None if clusters is None else (reference.loc[ref_is, "user_id"].astype(str),
+                                                  current.loc[cur_is, "user_id"].astype(str))
+        tests.append(click_mix_test(ref_cat[ref_is], cur_cat[cur_is], config, clickers))
     return tests
 
 
