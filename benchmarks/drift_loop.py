@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from monitoring.config import DriftConfig, WatchConfig
-from monitoring.drift import compare_windows, ctr_cusum_test
+from monitoring.drift import DriftSummary, compare_windows
 from monitoring.watcher import AlertReceiver, RetrainingWatcher
 from recflow.baselines import ALSRecommender
 from recflow.simulator import ShopEnv, SimulatorConfig, simulate_log
@@ -157,20 +157,20 @@ def calibrate_drift(stream: Stream, config: SimulatorConfig, onset_day: int, cat
     return round(delta, 3), change(delta)
 
 
-def verdict_parts(summary: object) -> tuple[bool, float, list[str]]:
+def verdict_parts(summary: DriftSummary) -> tuple[bool, float, list[str]]:
     """(drift from any test but the CUSUM, the CUSUM statistic, the names of the tests and columns that fired)."""
-    fired = [f"feature:{c}" for c in summary.drifted_features]  # type: ignore[attr-defined]
-    if summary.prediction_drift:  # type: ignore[attr-defined]
-        fired += [f"prediction:{c.column}" for c in summary.columns if c.group == "prediction" and c.drifted]  # type: ignore[attr-defined]
+    fired = [f"feature:{c}" for c in summary.drifted_features]
+    if summary.prediction_drift:
+        fired += [f"prediction:{c.column}" for c in summary.columns if c.group == "prediction" and c.drifted]
     cusum = 0.0
     other_target = False
-    for t in summary.target:  # type: ignore[attr-defined]
+    for t in summary.target:
         if t.name == "ctr_cusum":
             cusum = float(t.statistic or 0.0)
         elif t.drifted and t.counted:
             other_target = True
             fired.append(f"target:{t.name}")
-    other = bool(summary.feature_drift or summary.prediction_drift or other_target)  # type: ignore[attr-defined]
+    other = bool(summary.feature_drift or summary.prediction_drift or other_target)
     return other, cusum, fired
 
 
