@@ -103,7 +103,9 @@ def drift_section(d: dict[str, Any]) -> list[str]:
             + f"; to recovery {d.get('recovery_events')}; retrainings per 50-alert burst "
             f"{d.get('retrainings_per_alert_burst')}. "
             + (f"Targets: {json.dumps(t)}; met: false alarms {met.get('false_alarms')}, detection "
-               f"{met.get('detection')} (misses by events: {met.get('detection_misses_by_events')})." if t else "")]
+               f"{met.get('detection')} (misses by events: {met.get('detection_misses_by_events')})." if t else "")
+            + (f" The target drop's z within 5,000 events per seed {dz['target_drop_z_within_5000_events']} "
+               f"(critical z {dz['critical_z']})." if (dz := d.get("detectability")) else "")]
 
 
 def fairness_section(d: dict[str, Any]) -> list[str]:
