@@ -85,8 +85,9 @@ def watch_command(state: CliState, feedback: Path | None, reference: Path | None
     from monitoring.config import monitoring_config
     from monitoring.drift import run_drift_job
     from monitoring.retraining import recent_dataset
-    from monitoring.watcher import AlertReceiver, RetrainingWatcher, pipeline_command
+    from monitoring.watcher import AlertReceiver, RetrainingWatcher, champion_model_dir, pipeline_command
     from recflow.errors import ConfigError
+    from recflow.model_store import resolve_store_root
 
     section = monitoring_config(state.config)
     watch = section.watch
@@ -104,7 +105,10 @@ def watch_command(state: CliState, feedback: Path | None, reference: Path | None
                               watch.recent_events, items_path, history=reference)
         return pipeline_command(data.resolve(), config_path=state.config_path, kfp_host=host,
                                 model_store=model_store, tracking_uri=tracking_uri,
-                                overrides=watch.retraining_overrides)
+                                overrides=watch.retraining_overrides,
+                                warm_start_from=champion_model_dir(resolve_store_root(
+                                    state.config.model_store, state.config.paths.data_dir, model_store))
+                                if watch.warm_start_from_champion and not host else None)
 
     watcher = RetrainingWatcher(watch, root, command, pushgateway=pushgateway)
     receiver = None

@@ -295,18 +295,39 @@ def export_pipeline_metrics(state_dir: Path, record: dict[str, Any], pushgateway
     return str(path)
 
 
+def champion_model_dir(model_store: str | None) -> str | None:
+    """The serving champion's ``model`` directory in a local model store (None: no store, no champion yet,
+    a remote store, or a bundle without saved tower weights)."""
+    if not model_store:
+        return None
+    from recflow.model_store import ModelStore
+    from recflow.training.warm_start import WEIGHTS_FILE
+
+    store = ModelStore(model_store)
+    info = store.champion() if store.is_local else None
+    if info is None:
+        return None
+    model = Path(info.path) / "model"
+    return str(model) if (model / WEIGHTS_FILE).is_file() else None
+
+
 def pipeline_command(data_dir: Path, *, config_path: Path | None = None, kfp_host: str | None = None,
                      model_store: str | None = None, tracking_uri: str | None = None,
-                     overrides: tuple[str, ...] | list[str] = ()) -> list[str]:
+                     overrides: tuple[str, ...] | list[str] = (),
+                     warm_start_from: str | None = None) -> list[str]:
     """The ``recflow pipeline run`` (local runner) or ``recflow pipeline submit`` (KFP host) command line.
 
-    ``overrides`` (``key=value``, e.g. ``monitoring.watch.retraining_overrides``) become ``--set`` options.
+    ``overrides`` (``key=value``, e.g. ``monitoring.watch.retraining_overrides``) become ``--set`` options;
+    ``warm_start_from`` (e.g. :func:`champion_model_dir`) sets ``trainer.warm_start_from`` unless an override
+    does.
     """
     argv = [sys.executable, "-m", "recflow"]
     if config_path is not None:
         argv += ["--config", str(config_path)]
     for override in overrides:
         argv += ["--set", override]
+    if warm_start_from and not any(o.startswith("trainer.warm_start_from=") for o in overrides):
+        argv += ["--set", f"trainer.warm_start_from={warm_start_from}"]
     if kfp_host:
         argv += ["pipeline", "submit", "--host", kfp_host, "--data", str(data_dir)]
     else:

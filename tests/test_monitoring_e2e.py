@@ -39,7 +39,8 @@ from test_serving import bundle_parts, push
 from monitoring.config import DriftConfig, WatchConfig
 from monitoring.drift import load_events, run_drift_job
 from monitoring.retraining import recent_dataset
-from monitoring.watcher import DECISIONS, AlertReceiver, RetrainingWatcher, pipeline_command
+from monitoring.watcher import (DECISIONS, AlertReceiver, RetrainingWatcher, champion_model_dir,
+                                pipeline_command)
 from recflow.io import write_dataset
 from recflow.model_store import ModelStore
 from recflow.simulator import ShopEnv, SimulatorConfig
@@ -54,13 +55,15 @@ WORLD = {"users": 2000, "items": 500, "days": 7}
 ONSET = 1  # simulated day the drift starts (day 0 is the reference)
 DRIFT_CATEGORIES, DEMAND_SHIFT = 3, -2.0  # the most-clicked categories lose this much preference logit
 #: Requests served between the onset and the drift job's first run, and the events the retraining trains on (the
-#: tail of the champion's training data, then the feedback log): with 80,000 the retraining sees the drifted world
-#: only (about 5,400 reference and 84,000 drifted events are logged by then). With half of that (4,000 / 40,000) the
-#: retrained model won back -19% to +7% in the A/B below; with 8,000 / 80,000, 25% of the loss (p < 1e-9).
-POST_DRIFT_REQUESTS, RECENT_EVENTS = 8000, 80_000
+#: tail of the champion's training data, then the whole feedback log: about 70,000 + 89,000 events), starting from
+#: the champion's weights (``WatchConfig.warm_start_from_champion``). Measured (docs/monitoring.md has the table):
+#: a cold start on the last 80,000 events won back 3-25% of the drift's CTR loss; warm on 160,000, 22% here and
+#: 27% / 39% in an in-process replay (shop seeds 7 / 11, 2,000 requests per arm), and 200,000 (more pre-drift
+#: history) less. With 80,000 a quarter of the A/B's requests come from users the new model never saw.
+POST_DRIFT_REQUESTS, RECENT_EVENTS = 8000, 160_000
 #: Requests per arm after the swap on which the new model is compared with the old champion, and the share of the
 #: drift's CTR loss the new model must win back.
-COMPARE_REQUESTS, MIN_RECOVERED_SHARE = 600, 0.1
+COMPARE_REQUESTS, MIN_RECOVERED_SHARE = 1000, 0.1
 
 pytestmark = pytest.mark.skipif(any(shutil.which(b) is None for b in BINARIES.values()),
                                 reason="needs the Debian prometheus, prometheus-alertmanager and prometheus-pushgateway")
@@ -195,9 +198,11 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         recent = recent_dataset(feedback, tmp_path / "retraining-data", RECENT_EVENTS, data / "items.parquet",
                                 data / "users.parquet", history=data)
         argv = pipeline_command(recent.resolve(), model_store=str(store),
-                                overrides=WatchConfig().retraining_overrides)
+                                overrides=WatchConfig().retraining_overrides,
+                                warm_start_from=champion_model_dir(str(store)))
         return [*argv[:3], "--set", f"paths.data_dir={pipeline_home}", *argv[3:], "--no-tracking"]
 
+    assert champion_model_dir(str(store)), "the champion bundle has no tower weights to warm-start from"
     watcher = RetrainingWatcher(WatchConfig(), state_dir, retraining_command, pushgateway=push_url)
     receiver = AlertReceiver(watcher).start()
 
@@ -220,7 +225,10 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
     (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(receiver.url, sink)))
 
     env = {**os.environ, "RECFLOW_API_KEY": KEY}
-    serve_cmd = [sys.executable, "-m", "recflow", "serve",
+    # serving's online LinUCB correction off on both arms: fresh after each swap, it cost a model up to a quarter
+    # of its click rate over the first 1,000 requests here (see docs/monitoring.md), which is not what this test
+    # compares
+    serve_cmd = [sys.executable, "-m", "recflow", "--set", "serving.online_learning=false", "serve",
                  "--models", str(store), "--port", str(ports["serve"]), "--feedback-dir", str(feedback),
                  "--catalog", str(data / "items.parquet")]
     with ExitStack() as stack:
@@ -299,20 +307,28 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         from scipy.stats import ttest_ind, ttest_rel
 
         from serving.bundle import ServingBundle
+        from recflow.serving_config import ServingConfig
         from serving.recommender import Recommender
 
         old = Recommender(ServingBundle.load(store / "versions" / "v0001", "v0001"),
-                          catalog=pd.read_parquet(data / "items.parquet"))
+                          ServingConfig(online_learning=False), catalog=pd.read_parquet(data / "items.parquet"))
         twin, twin_obs = copy.deepcopy(shop.env), shop.obs
         try:
             shop.serve(COMPARE_REQUESTS, other=old)
             old_alone = []
-            for _ in range(COMPARE_REQUESTS):
+            for _ in range(COMPARE_REQUESTS):  # the old arm gets its feedback too, as the service would
                 o = twin_obs
                 context = {"hour": o.hour, "weekday": o.weekday, "device": o.device, "region": o.region}
-                slate = [it.item_id for it in old.recommend(o.user_id, context, 10).items]
+                rec = old.recommend(o.user_id, context, 10)
+                slate = [it.item_id for it in rec.items]
                 step = twin.step_ids(slate)
                 old_alone.append(float(step.info["expected_reward"]) / len(slate))
+                assert step.events is not None
+                old.record_feedback([{"event_type": "impression", "item_id": i, "request_id": rec.request_id}
+                                     for i in slate]
+                                    + [{"event_type": str(e.event_type), "item_id": str(e.item_id),
+                                        "request_id": rec.request_id} for e in step.events.itertuples()
+                                       if e.event_type in ("click", "add_to_cart", "purchase")])
                 twin_obs = twin.reset() if step.done else step.observation
         finally:
             old.close()
@@ -341,7 +357,5 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         assert whole_drift_ctr < 0.9 * pre_ctr, report  # the drift hurt the champion
         # the retrained model wins back a part of the click rate the drift cost, significantly, in the twin-shop A/B
         recovered = recovered_ctr > drifted_ctr + MIN_RECOVERED_SHARE * (pre_ctr - drifted_ctr) and p_value < 0.01
-        if not recovered:  # everything above is asserted; this last step is the open part of issue 7
-            pytest.xfail("known open problem (issue 7): the chain works up to the blessed, hot-swapped model, but "
-                         "the retrained model does not win back the click rate in the twin-shop A/B: "
-                         + json.dumps(report, default=str))
+        assert recovered, "the retrained model did not win back the click rate in the twin-shop A/B: " + json.dumps(
+            report, default=str)

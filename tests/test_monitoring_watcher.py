@@ -212,3 +212,24 @@ def test_recent_dataset_is_the_history_tail_then_the_feedback(tmp_path: Path) ->
     assert len(pd.read_parquet(only_feedback / "events.parquet")) == 300
     with pytest.raises(DataError, match="no items.parquet"):
         recent_dataset(feedback, tmp_path / "recent3", 1000)
+
+
+def test_retraining_warm_starts_from_the_local_champion(tmp_path: Path) -> None:
+    from monitoring.watcher import champion_model_dir
+    from recflow.model_store import ModelStore
+
+    store = tmp_path / "store"
+    assert champion_model_dir(None) is None and champion_model_dir(str(store)) is None  # no champion yet
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "towers.npz").write_bytes(b"weights")
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "evaluation" / "blessing.json").write_text(json.dumps({"blessed": True, "reasons": ["test"]}))
+    assert ModelStore(store).push({"model": tmp_path / "model"}, tmp_path / "evaluation").pushed
+    model = champion_model_dir(str(store))
+    assert model is not None and (Path(model) / "towers.npz").is_file()
+    argv = pipeline_command(tmp_path / "data", model_store=str(store), warm_start_from=model)
+    assert argv[argv.index(f"trainer.warm_start_from={model}") - 1] == "--set"
+    # an explicit override wins
+    argv = pipeline_command(tmp_path / "data", overrides=["trainer.warm_start_from=/elsewhere"],
+                            warm_start_from=model)
+    assert f"trainer.warm_start_from={model}" not in argv and "trainer.warm_start_from=/elsewhere" in argv
