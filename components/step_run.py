@@ -107,7 +107,7 @@ def write_status(run: StepRun, status: str, error: str | None = None) -> None:
         "step": run.name,
         "index": run.index,
         "status": status,
-        "seconds": round(time.monotonic() - run.started, 3),
+        "seconds": round(time.monotonic() - run.started, 6),
         "metrics": run.metrics,
         "notes": run.notes,
         "error": error,
