@@ -30,7 +30,6 @@ current code's bundle from tests/test_serving.py).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import pickle
@@ -45,12 +44,24 @@ import recflow  # noqa: F401  (configures TensorFlow's environment first)
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+HERE = Path(__file__).resolve().parent
+# benchmarks/serving.py would shadow the serving package that the test modules import
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+# the shop, the drift and the client of the end-to-end test this replays
+from test_monitoring_e2e import (  # noqa: E402
+    DEMAND_SHIFT,
+    DRIFT_CATEGORIES,
+    ONSET,
+    POST_DRIFT_REQUESTS,
+    WORLD,
+    context_of,
+    slate_feedback,
+)
 
 WORK = Path(os.environ.get("RECOV_WORK", "/tmp/recov_work"))
-WORLD = {"users": 2000, "items": 500, "days": 7}
-ONSET, DRIFT_CATEGORIES, DEMAND_SHIFT = 1, 3, -2.0
-POST_DRIFT_REQUESTS = int(os.environ.get("RECOV_POST", 8000))
+POST_DRIFT_REQUESTS = int(os.environ.get("RECOV_POST", POST_DRIFT_REQUESTS))
 
 
 def champion_parts() -> Path:
@@ -110,19 +121,12 @@ def make_rec(bundle_dir: Path, version: str, items: pd.DataFrame, feedback_dir: 
     return rec
 
 
-def context_of(o) -> dict:
-    return {"hour": o.hour, "weekday": o.weekday, "device": o.device, "region": o.region}
-
-
 def serve_one(env, obs, rec, record: bool = True) -> tuple[object, float, float, list[str]]:
     r = rec.recommend(obs.user_id, context_of(obs), 10)
     slate = [it.item_id for it in r.items]
     step = env.step_ids(slate)
     if record:
-        events = [{"event_type": "impression", "item_id": i, "request_id": r.request_id} for i in slate]
-        events += [{"event_type": str(e.event_type), "item_id": str(e.item_id), "request_id": r.request_id}
-                   for e in step.events.itertuples() if e.event_type in ("click", "add_to_cart", "purchase")]
-        rec.record_feedback(events)
+        rec.record_feedback(slate_feedback(slate, r.request_id, step))
     nxt = env.reset() if step.done else step.observation
     return (nxt, float(step.info["expected_reward"]) / len(slate),
             float(step.info["oracle_expected_reward"]) / len(slate), slate)
@@ -241,10 +245,7 @@ def stage_arm(arm: str, rec, env, obs, n: int, cat_of: dict, drifted_cats: set) 
         in_drift.append(np.mean([cat_of.get(i) in drifted_cats for i in slate]))
         step = env.step_ids(slate)
         if arm.startswith("full") and arm != "full_nofb":  # full_nofb: online correction never fed (e2e's old arm)
-            events = [{"event_type": "impression", "item_id": i, "request_id": r.request_id} for i in slate]
-            events += [{"event_type": str(e.event_type), "item_id": str(e.item_id), "request_id": r.request_id}
-                       for e in step.events.itertuples() if e.event_type in ("click", "add_to_cart", "purchase")]
-            rec.record_feedback(events)
+            rec.record_feedback(slate_feedback(slate, r.request_id, step))
         ctrs.append(float(step.info["expected_reward"]) / len(slate))
         oracle.append(float(step.info["oracle_expected_reward"]) / len(slate))
         obs = env.reset() if step.done else step.observation

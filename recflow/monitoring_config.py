@@ -140,7 +140,8 @@ class WatchConfig(_Frozen):
         description="Start a drift-triggered retraining's towers from the serving champion's weights "
         "(`trainer.warm_start_from`; local model stores). The feedback after a drift holds what the degraded "
         "champion chose to show: a cold start learns the drop but loses what the champion knew of users and "
-        "items (docs/monitoring.md, end-to-end test: 27-39% of the drift's CTR loss won back warm, 13-15% cold).",
+        "items (docs/monitoring.md: in a replay of the end-to-end test's shop, 27-39% of the drift's CTR loss won "
+        "back warm, 13-15% cold).",
     )
     alert_names: tuple[str, ...] = Field(
         ("RecflowDataDrift", "RecflowCTRDrop"),

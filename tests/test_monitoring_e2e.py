@@ -43,6 +43,7 @@ from monitoring.watcher import (DECISIONS, AlertReceiver, RetrainingWatcher, cha
                                 pipeline_command)
 from recflow.io import write_dataset
 from recflow.model_store import ModelStore
+from recflow.schema import POSITIVE_EVENT_TYPES
 from recflow.simulator import ShopEnv, SimulatorConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +116,19 @@ def alertmanager_config(webhook: str, sink: str) -> dict:
     return config
 
 
+def context_of(obs: Any) -> dict[str, Any]:
+    """The request context of a ShopEnv observation."""
+    return {"hour": obs.hour, "weekday": obs.weekday, "device": obs.device, "region": obs.region}
+
+
+def slate_feedback(slate: list[str], request_id: str, step: Any) -> list[dict[str, str]]:
+    """What a client posts back for a served slate: its impressions, then the user's clicks, carts and purchases."""
+    assert step.events is not None
+    return ([{"event_type": "impression", "item_id": i, "request_id": request_id} for i in slate]
+            + [{"event_type": str(e.event_type), "item_id": str(e.item_id), "request_id": request_id}
+               for e in step.events.itertuples() if e.event_type in POSITIVE_EVENT_TYPES])
+
+
 class Shop:
     """ShopEnv users served over HTTP; records the true expected CTR of every served slate."""
 
@@ -134,7 +148,7 @@ class Shop:
         slate's true expected CTR in the same state is recorded beside the served one's (nothing of it is shown)."""
         for _ in range(requests_n):
             o = self.obs
-            context = {"hour": o.hour, "weekday": o.weekday, "device": o.device, "region": o.region}
+            context = context_of(o)
             r = self.http.post(f"{self.url}/v1/recommendations", json={"user_id": o.user_id, "k": 10,
                                                                       "context": context}, timeout=30)
             assert r.status_code == 200, r.text
@@ -147,10 +161,7 @@ class Shop:
                 self.paired.append((served, counterfactual))
             step = self.env.step_ids(slate)
             self.expected.append((o.day, body["model_version"], float(step.info["expected_reward"]) / len(slate)))
-            events = [{"event_type": "impression", "item_id": i, "request_id": body["request_id"]} for i in slate]
-            assert step.events is not None
-            events += [{"event_type": str(e.event_type), "item_id": str(e.item_id), "request_id": body["request_id"]}
-                       for e in step.events.itertuples() if e.event_type in ("click", "add_to_cart", "purchase")]
+            events = slate_feedback(slate, body["request_id"], step)
             r = self.http.post(f"{self.url}/v1/feedback", json={"events": events}, headers={"X-API-Key": KEY},
                                timeout=30)
             assert r.status_code == 200, r.text
@@ -225,9 +236,8 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
     (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(receiver.url, sink)))
 
     env = {**os.environ, "RECFLOW_API_KEY": KEY}
-    # serving's online LinUCB correction off on both arms: fresh after each swap, it cost a model up to a quarter
-    # of its click rate over the first 1,000 requests here (see docs/monitoring.md), which is not what this test
-    # compares
+    # serving's online LinUCB correction off on both arms: fresh after each swap, it moved a model's click rate over
+    # the first 1,000 requests by +9% to -25% in our runs (docs/serving.md), which is not what this test compares
     serve_cmd = [sys.executable, "-m", "recflow", "--set", "serving.online_learning=false", "serve",
                  "--models", str(store), "--port", str(ports["serve"]), "--feedback-dir", str(feedback),
                  "--catalog", str(data / "items.parquet")]
@@ -318,17 +328,11 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
             old_alone = []
             for _ in range(COMPARE_REQUESTS):  # the old arm gets its feedback too, as the service would
                 o = twin_obs
-                context = {"hour": o.hour, "weekday": o.weekday, "device": o.device, "region": o.region}
-                rec = old.recommend(o.user_id, context, 10)
+                rec = old.recommend(o.user_id, context_of(o), 10)
                 slate = [it.item_id for it in rec.items]
                 step = twin.step_ids(slate)
                 old_alone.append(float(step.info["expected_reward"]) / len(slate))
-                assert step.events is not None
-                old.record_feedback([{"event_type": "impression", "item_id": i, "request_id": rec.request_id}
-                                     for i in slate]
-                                    + [{"event_type": str(e.event_type), "item_id": str(e.item_id),
-                                        "request_id": rec.request_id} for e in step.events.itertuples()
-                                       if e.event_type in ("click", "add_to_cart", "purchase")])
+                old.record_feedback(slate_feedback(slate, rec.request_id, step))
                 twin_obs = twin.reset() if step.done else step.observation
         finally:
             old.close()
