@@ -385,3 +385,21 @@ def test_cli_generate_writes_the_dataset(tmp_path: Path, capsys):
     meta = json.loads((out / "simulator.json").read_text())
     assert meta["config"]["users"] == 40 and meta["config"]["seed"] == 3
     assert len(_read(out / "users.parquet")) == 40
+
+
+# ------------------------------------------------------------------ the default world stays as it was
+#: sha256 of a small default-world data set (events, items, users as CSV), recorded on main at eeed47f before the
+#: organic-views preset was added (issue 13): adding presets must not change one byte of the default world.
+DEFAULT_WORLD_SHA256 = "9d43d67493f818e4ff46e1a49807400ba9bbf1cb2bdc92f3400e08d24b52639f"
+
+
+def test_default_world_is_byte_identical_to_before_the_presets():
+    import hashlib
+
+    log = simulate_log(SimulatorConfig(users=200, items=150, days=3, seed=7))
+    digest = hashlib.sha256()
+    for name, frame in (("events", log.events), ("items", log.items()), ("users", log.users())):
+        digest.update(name.encode())
+        digest.update(frame.to_csv(index=False, float_format="%.17g").encode())
+    assert len(log.events) == 5214
+    assert digest.hexdigest() == DEFAULT_WORLD_SHA256
