@@ -481,3 +481,309 @@ class ContentBasedRecommender(_ScoringRecommender):
     def _scores(self, user_rows: np.ndarray) -> np.ndarray:
         assert self._profiles is not None and self.item_vectors is not None
         return (self._profiles[user_rows] @ self.item_vectors.T).toarray()
+
+
+# --------------------------------------------------------------------------- count and co-occurrence baselines
+
+#: Event weights of the count baselines: every interaction counts once (views included); impressions and
+#: removals count for nothing.
+COUNT_EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 1.0, "add_to_cart": 1.0, "purchase": 1.0}
+
+
+def _history_frame(
+    items: Sequence[str],
+    event_types: Sequence[str] | None,
+    timestamps: Sequence[Any] | None,
+) -> pd.DataFrame:
+    """A request's history as a frame in chronological order (stable: equal times keep the list's order)."""
+    n = len(items)
+    if event_types is not None and len(event_types) != n:
+        raise DataError(f"history: {len(event_types)} event types for {n} items (they must align)")
+    if timestamps is not None and len(timestamps) != n:
+        raise DataError(f"history: {len(timestamps)} timestamps for {n} items (they must align)")
+    frame = pd.DataFrame(
+        {
+            "item_id": [str(i) for i in items],
+            "event_type": list(event_types) if event_types is not None else ["view"] * n,
+            "order": np.arange(n, dtype=np.int64),
+        }
+    )
+    if timestamps is not None:
+        try:
+            frame["timestamp"] = pd.to_datetime(pd.Series(list(timestamps), dtype=object), utc=True)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"history: timestamps cannot be read as times: {exc}") from None
+        frame = frame.sort_values(["timestamp", "order"], kind="mergesort")
+    return frame.reset_index(drop=True)
+
+
+class _HistoryRecommender:
+    """Shared machinery of the count baselines: each user's training history (chronological, weighted events
+    only), a popularity fallback, and ``recommend`` = :meth:`recommend_from_history` on the stored history.
+
+    Only items the model knows (the catalog given to ``fit`` plus every item in train) are recommended; items
+    of a request's history that it does not know are ignored.
+    """
+
+    name: str
+
+    def __init__(self, event_weights: Mapping[str, float] | None = None) -> None:
+        weights = dict(COUNT_EVENT_WEIGHTS if event_weights is None else event_weights)
+        bad = {k: v for k, v in weights.items() if not np.isfinite(v) or v < 0}
+        if bad:
+            raise ConfigError(f"{type(self).__name__}: event weights must be finite and >= 0, got {bad}")
+        self.event_weights = weights
+        self.popularity: PopularityRecommender | None = None
+        self._rank: dict[str, int] = {}
+        self._histories: dict[str, pd.DataFrame] = {}
+
+    def _fit_common(self, train_events: pd.DataFrame, items: pd.DataFrame | None) -> pd.DataFrame:
+        """Fit the popularity fallback and return train's weighted events in chronological order."""
+        _require_columns(train_events, ("user_id", "item_id", "event_type", "timestamp"))
+        self.popularity = PopularityRecommender().fit(train_events, items)
+        ranking = self.popularity.ranking()
+        self._rank = {str(item): i for i, item in enumerate(ranking)}
+        columns = ["user_id", "item_id", "event_type", "timestamp"]
+        if "session_id" in train_events.columns:
+            columns.append("session_id")
+        ev = train_events[columns].astype({"user_id": str, "item_id": str})
+        ev = ev.assign(
+            timestamp=pd.to_datetime(ev["timestamp"], utc=True), order=np.arange(len(ev), dtype=np.int64)
+        )
+        ev = ev[ev["event_type"].map(self.event_weights).fillna(0.0) > 0]
+        return ev.sort_values(["timestamp", "order"], kind="mergesort").reset_index(drop=True)
+
+    def fit(self, train_events: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
+        """Store every user's weighted training events (chronological) and fit the popularity fallback."""
+        ev = self._fit_common(train_events, items)
+        self._histories = {
+            str(u): g[["item_id", "event_type", "order"]].reset_index(drop=True)
+            for u, g in ev.groupby("user_id", sort=False)
+        }
+        return self
+
+    def _ranked_from(self, history: pd.DataFrame) -> list[str]:
+        """The model's own ranking of a chronological history (known items only, best first)."""
+        raise NotImplementedError
+
+    def _finish(self, ranked: Sequence[str], k: int, exclude: set[str] | None) -> list[str]:
+        assert self.popularity is not None
+        banned = exclude or set()
+        picked = [i for i in ranked if i not in banned][:k]
+        return self.popularity.fill(picked, k, banned)
+
+    def recommend_from_history(
+        self,
+        items: Sequence[str],
+        k: int,
+        exclude: set[str] | None = None,
+        event_types: Sequence[str] | None = None,
+        timestamps: Sequence[Any] | None = None,
+    ) -> list[str]:
+        """Top-``k`` items for someone whose history is ``items`` (oldest first unless ``timestamps`` say
+        otherwise; every event a ``view`` unless ``event_types`` are given), without refitting: what serving
+        calls for a user unseen at training time. ``exclude`` is honoured; short lists are padded with
+        popularity."""
+        if self.popularity is None:
+            raise RuntimeError(f"{self.name}: call fit() before recommend()")
+        frame = _history_frame(items, event_types, timestamps)
+        frame = frame[frame["event_type"].map(self.event_weights).fillna(0.0) > 0].reset_index(drop=True)
+        return self._finish(self._ranked_from(frame), k, exclude)
+
+    def recommend(
+        self, user_ids: Sequence[str], k: int, exclude: Mapping[str, set[str]] | None = None
+    ) -> list[list[str]]:
+        """Top-``k`` items per user from their training history (popularity for users without one)."""
+        if self.popularity is None:
+            raise RuntimeError(f"{self.name}: call fit() before recommend()")
+        exclude = exclude or {}
+        empty = pd.DataFrame({"item_id": [], "event_type": [], "order": []})
+        out = []
+        for user in map(str, user_ids):
+            history = self._histories.get(user, empty)
+            out.append(self._finish(self._ranked_from(history), k, exclude.get(user)))
+        return out
+
+
+class MostViewedRecommender(_HistoryRecommender):
+    """The items this user interacted with most: the sum of ``event_weights`` over their events (default
+    :data:`COUNT_EVENT_WEIGHTS`: each view, click, add-to-cart and purchase counts once). Ties go to the item
+    interacted with more recently, then to the more popular one; padded with popularity."""
+
+    def __init__(self, event_weights: Mapping[str, float] | None = None, name: str = "most_viewed") -> None:
+        super().__init__(event_weights)
+        self.name = name
+
+    def _ranked_from(self, history: pd.DataFrame) -> list[str]:
+        score: dict[str, float] = {}
+        last: dict[str, int] = {}
+        for position, (item, kind) in enumerate(zip(history["item_id"], history["event_type"], strict=True)):
+            if item in self._rank:
+                score[item] = score.get(item, 0.0) + self.event_weights.get(kind, 0.0)
+                last[item] = position
+        return sorted(score, key=lambda i: (-score[i], -last[i], self._rank[i]))
+
+
+class MostRecentRecommender(_HistoryRecommender):
+    """The user's most recently interacted-with distinct items (latest first), padded with popularity."""
+
+    def __init__(self, event_weights: Mapping[str, float] | None = None, name: str = "most_recent") -> None:
+        super().__init__(event_weights)
+        self.name = name
+
+    def _ranked_from(self, history: pd.DataFrame) -> list[str]:
+        out: list[str] = []
+        seen: set[str] = set()
+        for item in reversed(history["item_id"].tolist()):
+            if item in self._rank and item not in seen:
+                seen.add(item)
+                out.append(item)
+        return out
+
+
+class CoViewRecommender(_HistoryRecommender):
+    """Item-to-item co-occurrence ("people who viewed this also viewed"), scored from the user's recent items.
+
+    * **Baskets**: the distinct items of one session (``session_id``); without a session id (column missing
+      or null), a user's events split into sessions wherever ``session_gap_minutes`` pass without an event.
+    * **Similarity**: cosine of the item columns of the binary basket x item matrix,
+      ``sim(i, j) = c(i, j) / sqrt(c(i) c(j))`` (``c(i, j)``: baskets holding both, ``c(i)``: baskets holding
+      i), diagonal zero, each item keeping its ``neighbors`` most similar items (scipy sparse throughout, so
+      10^5 items fit).
+    * **Score**: ``score(j) = sum_r decay**r * sim(h_r, j)`` over the user's ``max_history`` most recent
+      distinct items ``h_0`` (latest), ``h_1``, ...; ties go to the more popular item; padded with popularity.
+    """
+
+    def __init__(
+        self,
+        session_gap_minutes: float = 30.0,
+        neighbors: int = 100,
+        decay: float = 0.8,
+        max_history: int = 20,
+        event_weights: Mapping[str, float] | None = None,
+        name: str = "coview",
+    ) -> None:
+        super().__init__(event_weights)
+        if session_gap_minutes <= 0:
+            raise ConfigError(f"coview session_gap_minutes must be positive, got {session_gap_minutes}")
+        if neighbors <= 0 or max_history <= 0:
+            raise ConfigError(f"coview neighbors and max_history must be positive, got {neighbors}, {max_history}")
+        if not 0.0 < decay <= 1.0:
+            raise ConfigError(f"coview decay must be in (0, 1], got {decay}")
+        self.name = name
+        self.session_gap_minutes = session_gap_minutes
+        self.neighbors = neighbors
+        self.decay = decay
+        self.max_history = max_history
+        self.similarity: sp.csr_matrix | None = None
+        self.item_ids: np.ndarray = np.empty(0, dtype=object)
+        self._item_pos: dict[str, int] = {}
+        self._tiebreak: np.ndarray = np.empty(0, dtype=np.int64)
+
+    def _baskets(self, ev: pd.DataFrame) -> np.ndarray:
+        """One basket number per event of ``ev``: its session, or (no session id) its gap-split user session."""
+        by_user = ev.sort_values(["user_id", "timestamp", "order"], kind="mergesort")
+        gap = by_user.groupby("user_id", sort=False)["timestamp"].diff()
+        new_basket = gap.isna() | (gap > pd.Timedelta(minutes=self.session_gap_minutes))
+        number = new_basket.groupby(by_user["user_id"], sort=False).cumsum()
+        keys = ("gap:" + by_user["user_id"] + ":" + number.astype(str)).reindex(ev.index)
+        if "session_id" in ev.columns:
+            session = ev["session_id"]
+            keys = keys.where(session.isna(), "session:" + session.astype(str))
+        return pd.factorize(keys)[0]
+
+    def fit(self, train_events: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
+        """Build the users' histories and the item-item cosine co-occurrence graph."""
+        ev = self._fit_common(train_events, items)
+        self._histories = {
+            str(u): g[["item_id", "event_type", "order"]].reset_index(drop=True)
+            for u, g in ev.groupby("user_id", sort=False)
+        }
+        assert self.popularity is not None
+        self.item_ids = np.array(sorted(self._rank), dtype=object)
+        self._item_pos = {item: i for i, item in enumerate(self.item_ids)}
+        self._tiebreak = np.array([self._rank[i] for i in self.item_ids], dtype=np.int64)
+        n_items = len(self.item_ids)
+        if ev.empty:
+            self.similarity = sp.csr_matrix((n_items, n_items))
+            return self
+        baskets = self._baskets(ev)
+        cols = np.array([self._item_pos[i] for i in ev["item_id"]], dtype=np.int64)
+        basket_items = sp.csr_matrix(
+            (np.ones(len(cols)), (baskets, cols)), shape=(int(baskets.max()) + 1, n_items)
+        )
+        basket_items.sum_duplicates()
+        basket_items.data[:] = 1.0
+        counts = (basket_items.T @ basket_items).tocsr()
+        per_item = counts.diagonal()
+        counts.setdiag(0.0)
+        counts.eliminate_zeros()
+        coo = counts.tocoo()
+        norm = np.sqrt(per_item[coo.row] * per_item[coo.col])
+        similarity = sp.csr_matrix((coo.data / norm, (coo.row, coo.col)), shape=(n_items, n_items))
+        self.similarity = _keep_top_per_row(similarity, self.neighbors)
+        return self
+
+    def _ranked_from(self, history: pd.DataFrame) -> list[str]:
+        assert self.similarity is not None
+        recent: list[int] = []
+        for item in reversed(history["item_id"].tolist()):
+            pos = self._item_pos.get(item)
+            if pos is not None and pos not in recent:
+                recent.append(pos)
+                if len(recent) == self.max_history:
+                    break
+        if not recent:
+            return []
+        weights = self.decay ** np.arange(len(recent), dtype=np.float64)
+        row = sp.csr_matrix((weights, (np.zeros(len(recent), dtype=np.int64), recent)), shape=(1, len(self.item_ids)))
+        scored = (row @ self.similarity).tocsr()
+        scored.eliminate_zeros()
+        idx, val = scored.indices, scored.data
+        order = np.lexsort((self._tiebreak[idx], -val))
+        return [str(self.item_ids[i]) for i in idx[order]]
+
+
+def _keep_top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """``matrix`` with only the ``n`` largest entries of each row (ties: lower column first)."""
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    keep = np.zeros(matrix.nnz, dtype=bool)
+    for r in range(matrix.shape[0]):
+        start, end = matrix.indptr[r], matrix.indptr[r + 1]
+        if end - start <= n:
+            keep[start:end] = True
+        else:
+            order = np.lexsort((matrix.indices[start:end], -matrix.data[start:end]))[:n]
+            keep[start + order] = True
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    return sp.csr_matrix((matrix.data[keep], (rows[keep], matrix.indices[keep])), shape=matrix.shape)
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+#: Every baseline :func:`make_baseline` builds, by config name.
+BASELINES: dict[str, type] = {
+    "popularity": PopularityRecommender,
+    "als": ALSRecommender,
+    "item_knn": ItemKNNRecommender,
+    "content": ContentBasedRecommender,
+    "bpr": BPRRecommender,
+    "ease": EASERecommender,
+    "most_viewed": MostViewedRecommender,
+    "most_recent": MostRecentRecommender,
+    "coview": CoViewRecommender,
+}
+_SEEDED = {"als", "bpr"}
+
+
+def make_baseline(name: str, seed: int = 42, **params: Any) -> Any:
+    """An unfitted baseline by config name with keyword hyper-parameters (``seed`` goes to the seeded ones)."""
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+    if name in _SEEDED:
+        params = {**params, "seed": seed}
+    try:
+        return BASELINES[name](**params)
+    except TypeError as exc:
+        raise ConfigError(f"baseline {name!r}: bad hyper-parameters {params}: {exc}") from None
