@@ -43,7 +43,22 @@ class ServingConfig(BaseModel):
         0.2,
         ge=0.0,
         le=1.0,
-        description="Exploration probability per slot for users the model has never seen.",
+        description="Exploration probability per slot for a cold start: a user the model has never seen who "
+        "brings no history at all (neither in the request nor from earlier feedback). A user with a history "
+        "is not a cold start.",
+    )
+    new_user_epsilon: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Exploration probability per slot for a user the model has never seen who brings a "
+        "history (null: the same as known users, no extra exploration).",
+    )
+    history_length: int = Field(
+        50, ge=1, description="Events of feedback remembered per user to extend their history in memory."
+    )
+    history_users: int = Field(
+        100_000, ge=1, description="Users whose feedback history is kept in memory (least recent forgotten)."
     )
     popularity_weight: float = Field(
         0.5, ge=0.0, description="Weight of the log-popularity prior in the cold-start retrieval score."

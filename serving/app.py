@@ -27,7 +27,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NaiveDatetime
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recflow.errors import RecflowError
@@ -64,16 +64,31 @@ class Context(BaseModel):
     region: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
 
 
+class HistoryEvent(BaseModel):
+    """One event of the user's recent history, as the shop logged it."""
+
+    model_config = ConfigDict(extra="forbid")
+    item_id: Id
+    event_type: Literal["view", "click", "add_to_cart", "purchase"] | None = Field(
+        None, description="What the user did with the item (default: unknown, as for a plain item id)."
+    )
+    timestamp: AwareDatetime | NaiveDatetime | None = Field(
+        None, description="ISO 8601 (UTC when no offset is given); default: the order of the list."
+    )
+
+
 class RecommendationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: Id
     context: Context | None = None
     k: int = Field(10, ge=1, le=100, description="Slate size.")
     exclude: list[Id] = Field(default_factory=list, max_length=1000, description="Item ids never to show.")
-    history: list[Id] = Field(
+    history: list[Id | HistoryEvent] = Field(
         default_factory=list,
         max_length=100,
-        description="Recent item ids of a user the platform has not seen yet.",
+        description="The user's recent history, oldest first: plain item ids (type and time unknown) or "
+        "objects {item_id, event_type, timestamp}. A sequence model serves every user from it (for a known "
+        "user it replaces the stored history); a two-tower model uses it for users it has not seen.",
     )
 
 
@@ -239,7 +254,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
         if body.k > config.max_k:
             raise HTTPException(422, f"k: at most {config.max_k}")
         ctx = body.context.model_dump(exclude_none=True) if body.context else None
-        out = rec.recommend(body.user_id, ctx, body.k, body.history or None, body.exclude or None)
+        history = [h if isinstance(h, str) else h.model_dump(exclude_none=True) for h in body.history]
+        out = rec.recommend(body.user_id, ctx, body.k, history or None, body.exclude or None)
         result = out.to_dict()
         for item in result["items"]:
             for field in ("score", "click_probability"):

@@ -4,9 +4,13 @@ A pushed bundle (see :mod:`recflow.model_store`) holds ``model/`` (TFRS retrieva
 their embeddings), ``policy/`` (the TF-Agents policy) and ``transform/`` (catalog, vocabularies). Calling a
 SavedModel costs milliseconds, so the request path here is numpy wherever that is exact:
 
-* retrieval: the query tower's output for every known user (``user_embeddings.parquet``) against the item
-  embedding matrix, exact top-M by ``np.argpartition``; unknown users get the query tower's output for their
-  context (one SavedModel call per distinct context, cached) plus a log-popularity prior;
+* retrieval: a user vector against the item embedding matrix, exact top-M by ``np.argpartition``. With a
+  sequence model (``sequence_encoder.npz`` in ``model/``) the user vector is the sequence encoder's state of the
+  user's history, computed in numpy per request (:func:`recflow.models.sequence.numpy_user_state`) from the
+  request's history or the stored one (``user_history.parquet``) plus feedback; with the two-tower model it is
+  the query tower's output for a known user (``user_embeddings.parquet``). Users without either get the query
+  tower's output for their context (one SavedModel call per distinct context, cached) plus a log-popularity
+  prior;
 * ranking: one batched call of the ranking SavedModel on the M retrieved items;
 * policy: the neural epsilon-greedy policy's reward network re-implemented in numpy from the exported
   variables, checked against the SavedModel at load time (other agents are called through the SavedModel).
@@ -31,6 +35,7 @@ import pandas as pd
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from recflow.errors import DataError
 from recflow.policy.logged_data import CONTEXT_CATEGORIES
+from serving.history import HistoryEntry
 
 CONTEXT_FIELDS: tuple[str, ...] = ("hour", "weekday", "device", "region")
 
@@ -101,6 +106,52 @@ class NumpyRewardNetwork:
         return self._mlp(common, self.common_layers, True)[..., 0]
 
 
+class SequenceState:
+    """A sequence bundle's numpy encoder, its item rows and each known user's stored history."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from recflow.models.sequence import EVENT_TYPE_CODES, load_encoder_weights
+
+        self.weights, self.meta = load_encoder_weights(model_dir)
+        self.max_len = int(self.weights["meta_max_len"])
+        self.type_codes = dict(EVENT_TYPE_CODES)
+        rows = pd.read_parquet(model_dir / "sequence_items.parquet")
+        self.item_rows: dict[str, int] = dict(zip(rows["item_id"].astype(str), rows["row"].astype(int),
+                                                  strict=True))
+        hist = pd.read_parquet(model_dir / "user_history.parquet")
+        self.stored: dict[str, list[HistoryEntry]] = {
+            str(r.user_id): [HistoryEntry(str(i), str(t), float(ts))
+                             for i, t, ts in zip(r.item_ids, r.event_types, r.timestamps, strict=True)]
+            for r in hist.itertuples(index=False)}
+
+    def history_for(self, user_id: str, request: Sequence[HistoryEntry] | None,
+                    feedback: Sequence[HistoryEntry]) -> list[HistoryEntry]:
+        """The request's history when given, else the stored history followed by the feedback events."""
+        if request:
+            return list(request)
+        return [*self.stored.get(user_id, []), *feedback]
+
+    def encode(self, entries: Sequence[HistoryEntry]) -> np.ndarray | None:
+        """The encoder's user state for ``entries`` (oldest first), or None when no entry's item is known.
+
+        Only the last ``max_len`` known items count. Gaps are measured from the newest timestamped event
+        (what the trainer did for the stored histories); entries without a timestamp have an unknown gap, and
+        an entry without an event type has the unknown type (an id-only history).
+        """
+        from recflow.models.sequence import numpy_user_state
+
+        known = [e for e in entries if e.item_id in self.item_rows][-self.max_len:]
+        if not known:
+            return None
+        times = [e.timestamp for e in known if e.timestamp is not None]
+        now = max(times) if times else 0.0
+        items = np.array([self.item_rows[e.item_id] for e in known], np.int64)
+        types = np.array([self.type_codes.get(e.event_type or "unknown", 0) for e in known], np.int64)
+        gaps = np.array([-1.0 if e.timestamp is None else max(now - e.timestamp, 0.0) for e in known],
+                        np.float32)
+        return numpy_user_state(self.weights, items[None], types[None], gaps[None])[0]
+
+
 @dataclass(eq=False)
 class ServingBundle:
     """Everything one model version needs at request time (see the module docstring)."""
@@ -124,6 +175,7 @@ class ServingBundle:
     policy_scorer: Any
     reward_network: NumpyRewardNetwork | None
     feature_spec: dict[str, Any]
+    sequence: SequenceState | None = None
 
     def __post_init__(self) -> None:
         self.item_index = {str(i): n for n, i in enumerate(self.item_ids)}
@@ -161,6 +213,7 @@ class ServingBundle:
                 else None
             )
             scorer = load_policy(root / "policy")
+            sequence = SequenceState(model) if (model / "sequence_encoder.npz").is_file() else None
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - any unreadable part makes the bundle unusable
@@ -212,6 +265,7 @@ class ServingBundle:
             policy_scorer=scorer,
             reward_network=network,
             feature_spec=spec,
+            sequence=sequence,
         )
         if network is not None and verify_numpy_policy and not bundle.numpy_policy_matches():
             bundle.reward_network = (
@@ -256,6 +310,19 @@ class ServingBundle:
         return len(new)
 
     # ------------------------------------------------------------------ model calls
+    @property
+    def is_sequence(self) -> bool:
+        """Whether retrieval is the sequence model (every user is served from their history)."""
+        return self.sequence is not None
+
+    def sequence_query(self, user_id: str, request: Sequence[HistoryEntry] | None,
+                       feedback: Sequence[HistoryEntry]) -> np.ndarray | None:
+        """The sequence model's user vector from the user's history (see :meth:`SequenceState.history_for`),
+        or None without a sequence model or without any known item in the history."""
+        if self.sequence is None:
+            return None
+        return self.sequence.encode(self.sequence.history_for(user_id, request, feedback))
+
     def context_for(self, user_id: str, context: Mapping[str, Any] | None) -> dict[str, Any]:
         """The request's context: its own values over the user's latest logged context over the default."""
         out = dict(self.default_context)

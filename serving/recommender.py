@@ -7,10 +7,15 @@
 
 One request: retrieval (numpy inner products, exact top-M) -> ranking model on the M candidates -> the best
 ``ranked_candidates`` by click probability -> the policy (exported TF-Agents policy + online LinUCB
-correction) fills ``k`` slots epsilon-greedily and reports each slot's propensity. Unknown users get the query
-tower's output for their context, blended with their ``history`` when the caller passes one, plus a
-log-popularity prior and more exploration (cold start). Feedback, hot swap and A/B variants are handled here
-too; see docs/serving.md.
+correction) fills ``k`` slots epsilon-greedily and reports each slot's propensity.
+
+A user's history (:mod:`serving.history`) is the request's ``history`` when it has one, else what the bundle
+stored for the user plus the events the user posted back as feedback. With a sequence bundle every user with a
+history -- known or new -- is served from it (the numpy sequence encoder); with a two-tower bundle a known user
+has their trained embedding and an unknown user the query tower's output for their context, blended with the
+history. Only an unknown user with no history at all is a cold start: a log-popularity prior and
+``cold_start_epsilon`` exploration. Feedback, hot swap and A/B variants are handled here too; see
+docs/serving.md.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from recflow.errors import DataError
 from serving.bundle import ServingBundle
 from serving.config import ServingConfig
 from serving.feedback_log import FeedbackLog
+from serving.history import HISTORY_EVENT_TYPES, HistoryEntry, UserHistories, parse_history
 from serving.online import OnlineLinUCB
 
 log = logging.getLogger(__name__)
@@ -175,6 +181,7 @@ class Recommender:
         self._window: list[tuple[float, int, int]] = []  # (time, impressions, clicks) for the CTR window
         self._window_lock = threading.Lock()
         self._explainers: dict[str, Any] = {}
+        self.histories = UserHistories(self.config.history_length, self.config.history_users)
 
     # ------------------------------------------------------------------ construction
     def _variant(self, name: str, bundle: ServingBundle) -> Variant:
@@ -256,23 +263,26 @@ class Recommender:
         user_id: str,
         context: Mapping[str, Any] | None = None,
         k: int | None = None,
-        history: Sequence[str] | None = None,
+        history: Sequence[str | Mapping[str, Any] | HistoryEntry] | None = None,
         exclude: Sequence[str] | None = None,
         *,
         variant: str | None = None,
     ) -> Recommendation:
         """A slate of ``k`` items for ``user_id`` (see the module docstring); never raises for unknown ids.
 
-        ``history``: the user's recent item ids, for users the platform has not seen yet. ``exclude``: item
-        ids never to show. ``variant`` forces an A/B variant (default: by hash of the user id).
+        ``history``: the user's recent events, oldest first -- item ids (views) or mappings with ``item_id``,
+        ``event_type`` and ``timestamp`` (see :func:`serving.history.parse_history`); when given it is the
+        user's history for this request. ``exclude``: item ids never to show. ``variant`` forces an A/B
+        variant (default: by hash of the user id). Raises DataError for a bad ``k`` or history entry.
         """
         k = self.config.default_k if k is None else int(k)
         if not 1 <= k <= self.config.max_k:
             raise DataError(f"k: must be between 1 and {self.config.max_k}, got {k}")
+        entries = parse_history(history)
         chosen = self._variants[variant] if variant else self.variant_for(str(user_id))
         request_id, n = self._next_request_id()
         rec, feats, base = self._recommend_with(
-            chosen, str(user_id), context, k, history, exclude, request_id, n
+            chosen, str(user_id), context, k, entries or None, exclude, request_id, n
         )
         chosen.served += 1
         with self._decisions_lock:
@@ -287,7 +297,7 @@ class Recommender:
         user_id: str,
         context: Mapping[str, Any] | None,
         k: int,
-        history: Sequence[str] | None,
+        history: Sequence[HistoryEntry] | None,
         exclude: Sequence[str] | None,
         request_id: str,
         counter: int,
@@ -295,6 +305,7 @@ class Recommender:
         b, cfg = variant.bundle, self.config
         ctx = b.context_for(user_id, context)
         top, policy_user, cold = self.retrieve(b, user_id, ctx, history, exclude)
+        new_with_history = not cold and user_id not in b.user_index
         top_ids = b.item_ids[top]
         prob = b.rank(user_id, top_ids.tolist(), ctx)
         n_pool = min(max(cfg.ranked_candidates, k), len(top))
@@ -304,11 +315,11 @@ class Recommender:
         base = b.policy_scores(g, a)
         feats = np.concatenate([np.broadcast_to(g[:, None, :], a.shape[:2] + g.shape[1:]), a], axis=-1)[0]
         key = variant.online.adjust(feats, base) if variant.online is not None else base
-        eps = (
-            cfg.cold_start_epsilon
-            if cold
-            else (cfg.epsilon if cfg.epsilon is not None else float(b.policy_meta.get("epsilon", 0.1)))
-        )
+        eps = cfg.epsilon if cfg.epsilon is not None else float(b.policy_meta.get("epsilon", 0.1))
+        if cold:
+            eps = cfg.cold_start_epsilon
+        elif new_with_history and cfg.new_user_epsilon is not None:
+            eps = cfg.new_user_epsilon
         rng = np.random.default_rng([cfg.seed, counter])
         slots, props = epsilon_greedy_slate(key, min(k, len(pool)), eps, rng)
         items = [
@@ -332,22 +343,28 @@ class Recommender:
         b: ServingBundle,
         user_id: str,
         ctx: Mapping[str, Any],
-        history: Sequence[str] | None,
+        history: Sequence[str | HistoryEntry] | None,
         exclude: Sequence[str] | None,
     ) -> tuple[np.ndarray, np.ndarray | None, bool]:
         """Rows of the top ``retrieval_candidates`` items by inner product (best first), the user embedding
-        the policy should see (None for unknown users) and whether this is a cold start."""
+        the policy should see (None when the model has none for the user) and whether this is a cold start
+        (an unknown user without any history)."""
         cfg = self.config
         row = b.user_index.get(user_id)
-        cold = row is None
-        if cold:
+        entries = parse_history(history) if history else self.histories.get(user_id)
+        if b.is_sequence:
+            query = b.sequence_query(user_id, entries if history else None, self.histories.get(user_id))
+            if query is not None:
+                return self._top(b, b.item_matrix @ query, exclude), query, False
+        cold = row is None and not entries
+        if row is None:
             query = b.cold_query(
                 int(ctx.get("hour") or 0),
                 int(ctx.get("weekday") or 0),
                 str(ctx.get("device") or ""),
                 str(ctx.get("region") or ""),
             )
-            hist_rows = [b.item_index[i] for i in (history or ()) if i in b.item_index]
+            hist_rows = [b.item_index[e.item_id] for e in entries if e.item_id in b.item_index]
             if hist_rows:  # what the user just looked at says more than the context alone
                 h = b.item_matrix[hist_rows].mean(axis=0)
                 query = 0.5 * query + 0.5 * h * (np.linalg.norm(query) / max(np.linalg.norm(h), 1e-9))
@@ -357,6 +374,12 @@ class Recommender:
             query = b.user_matrix[row]
             scores = b.item_matrix @ query
             policy_user = query
+        return self._top(b, scores, exclude), policy_user, cold
+
+    def _top(self, b: ServingBundle, scores: np.ndarray, exclude: Sequence[str] | None) -> np.ndarray:
+        """Rows of the ``retrieval_candidates`` best-scored items, best first, without ``exclude``."""
+        cfg = self.config
+        scores = np.array(scores, dtype=np.float64)
         if exclude:
             banned = [b.item_index[i] for i in exclude if i in b.item_index]
             scores[banned] = -np.inf
@@ -365,7 +388,7 @@ class Recommender:
         if m < 1:
             raise DataError("exclude: every catalog item is excluded")
         top = np.argpartition(-scores, m - 1)[:m] if m < len(scores) else np.flatnonzero(np.isfinite(scores))
-        return top[np.argsort(-scores[top], kind="stable")], policy_user, cold
+        return top[np.argsort(-scores[top], kind="stable")]
 
     # ------------------------------------------------------------------ feedback
     def decision(self, request_id: str) -> Recommendation | None:
@@ -426,6 +449,10 @@ class Recommender:
             rows.append({key: value for key, value in row.items() if value is not None})
         if self.feedback_log is not None:
             self.feedback_log.append(rows)
+        for r in rows:  # the user's next request sees what they just did
+            if r["event_type"] in HISTORY_EVENT_TYPES and r.get("user_id") and r.get("item_id"):
+                ts = pd.Timestamp(r["timestamp"]).value / 1e9
+                self.histories.extend(str(r["user_id"]), [HistoryEntry(str(r["item_id"]), r["event_type"], ts)])
         self.feedback_events += len(rows)
         for d, pos, kind in learn:
             if d.variant.online is not None:

@@ -82,7 +82,8 @@ class TwoTowerModel(tfrs.Model):
     """In-batch softmax retrieval over (query features, positive item) pairs, optionally logQ-corrected.
 
     Training batches carry the transformed query and candidate features plus ``candidate_prob`` (the item's
-    share of training positives) when ``logq_correction`` is on. ``candidates`` (a dataset of candidate
+    share of training positives) when ``logq_correction`` is on, and optionally ``sample_weight`` (the weight
+    of each target event's type). ``candidates`` (a dataset of candidate
     feature dicts) enables the factorized top-K metrics, which are computed on evaluation only.
     """
 
@@ -110,5 +111,7 @@ class TwoTowerModel(tfrs.Model):
             # correction (a full-softmax estimate), 0 = none (the in-batch loss then penalises popular items).
             prob = tf.reshape(tf.cast(features["candidate_prob"], tf.float32), [-1])
             kwargs["candidate_sampling_probability"] = tf.pow(prob, self.logq_strength)
+        if "sample_weight" in features:  # the retrieval target's weight by event type (trainer.event_weights)
+            kwargs["sample_weight"] = tf.reshape(tf.cast(features["sample_weight"], tf.float32), [-1])
         return self.task(query, candidate, candidate_ids=tf.reshape(features["item_idx"], [-1]),
                          compute_metrics=not training, compute_batch_metrics=False, **kwargs)

@@ -11,8 +11,10 @@ Reads ``examples_dir`` (ExampleGen) and ``transform_dir`` (Transform) and writes
 * ``logs/``: TensorBoard logs of the training curves; ``training.json``: history per epoch, examples/second,
   epochs run, metrics and the config.
 
-Retrieval trains on positive interactions (click, add_to_cart, purchase; views when none of those exist) with
-in-batch softmax, logQ correction and early stopping on the eval split's factorized top-10 accuracy.
+Retrieval's label is the next interaction of the user: every view, click, add-to-cart and purchase is a training
+target, weighted by its type (``trainer.event_weights``; a type weighted 0 is dropped), with in-batch softmax,
+logQ correction and early stopping on the eval split's (weighted) factorized top-10 accuracy. The ranking model's
+labels are click (and purchase) given an impression (see recflow.models.ranking).
 MirroredStrategy is used when a GPU is visible, the default strategy otherwise. Seeded: the same inputs and
 seed give the same metrics.
 """
@@ -30,13 +32,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recflow.errors import DataError
 from recflow.io import replace_dir
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 
 log = logging.getLogger(__name__)
+
+#: Event types that can be a retrieval target (the user's own choice of an item), in funnel order.
+TARGET_EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 1.0, "add_to_cart": 1.0, "purchase": 1.0}
 
 
 class TrainerConfig(BaseModel):
@@ -63,6 +69,12 @@ class TrainerConfig(BaseModel):
     item_bias: bool = Field(
         True, description="Learn a scalar bias per item (an extra dot-product dimension): the popularity prior "
         "the simulated shop's clicks follow, which plain embeddings learn slowly.")
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Sample weight of each event type as a retrieval target (view, click, add_to_cart, "
+        "purchase; 0 drops the type, a type not listed weighs 0). Every type weighs 1 by default: the "
+        "retrieval label is the user's next interaction whatever its type, so a shop whose signal is mostly "
+        "views trains on its views.")
     top_k: int = Field(100, gt=0, description="Items returned by the retrieval signature.")
     early_stopping_patience: int = Field(2, ge=0, description="Epochs without eval improvement before stopping.")
     ranking_epochs: int = Field(10, gt=0, description="Maximum epochs of the ranking model.")
@@ -84,6 +96,29 @@ class TrainerConfig(BaseModel):
         "(ids matched by vocabulary; see recflow.training.warm_start); null = cold start.")
     seed: int = Field(42, ge=0, description="Seed of weights, shuffling and everything else random.")
     deterministic_ops: bool = Field(True, description="tf.config.experimental.enable_op_determinism().")
+
+
+    @field_validator("event_weights")
+    @classmethod
+    def _known_event_types(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(TARGET_EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown event type(s) {unknown}: the targets are {list(TARGET_EVENT_TYPES)}")
+        negative = sorted(k for k, v in value.items() if not v >= 0.0)
+        if negative:
+            raise ValueError(f"weights of {negative} must be >= 0")
+        if not any(v > 0 for v in value.values()):
+            raise ValueError("at least one event type needs a weight > 0")
+        return {k: float(value.get(k, 0.0)) for k in TARGET_EVENT_TYPES}
+
+
+def target_weights(event_code: np.ndarray, event_codes: dict[str, int], weights: dict[str, float]) -> np.ndarray:
+    """Retrieval sample weight of each event from its type code (0 for impressions and unweighted types)."""
+    table = np.zeros(max(event_codes.values()) + 1, dtype=np.float32)
+    for name, weight in weights.items():
+        if name in event_codes:
+            table[event_codes[name]] = weight
+    return table[np.asarray(event_code, dtype=np.int64)]
 
 
 @dataclass(frozen=True)
@@ -123,6 +158,12 @@ def _take(data: dict[str, np.ndarray], mask: np.ndarray, names: list[str]) -> di
 
 def _history(h: Any) -> dict[str, list[float]]:
     return {k: [float(v) for v in vals] for k, vals in h.history.items()}
+
+
+def _count_types(codes: np.ndarray, spec: dict[str, Any]) -> dict[str, int]:
+    names = {code: name for name, code in spec["event_codes"].items()}
+    values, counts = np.unique(codes, return_counts=True)
+    return {names[int(v)]: int(c) for v, c in zip(values, counts, strict=True)}
 
 
 def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -203,14 +244,15 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
     evald = load_transformed(transform_dir / "transformed" / "eval", graph_dir)
     q_feats = query_features(spec, config)
     c_feats = spec["transformed_candidate_features"]
-    positive_codes = [spec["event_codes"][t] for t in spec["positive_event_types"]]
-    pos_train = np.isin(train["event_code"], positive_codes)
-    pos_eval = np.isin(evald["event_code"], positive_codes)
+    weight_train = target_weights(train["event_code"], spec["event_codes"], config.event_weights)
+    weight_eval = target_weights(evald["event_code"], spec["event_codes"], config.event_weights)
+    pos_train, pos_eval = weight_train > 0, weight_eval > 0
     if config.first_positive_only:
         pos_train, pos_eval = first_positives(train, evald, pos_train, pos_eval)
+    weighted_types = [t for t, w in config.event_weights.items() if w > 0]
     if not pos_train.any():
-        raise DataError(f"{examples_dir}: the train split has no positive interactions "
-                        f"({', '.join(spec['positive_event_types']) or 'click/add_to_cart/purchase/view'})")
+        raise DataError(f"{examples_dir}: the train split has no retrieval targets: no event of the types "
+                        f"trainer.event_weights gives a weight > 0 ({', '.join(weighted_types)})")
     vocab = _vocab_sizes(tft_output, spec)
     counts = np.bincount(train["item_idx"][pos_train], minlength=vocab["item_idx"]).astype(np.float64)
     item_prob = ((counts + 1.0) / (counts.sum() + len(counts))).astype(np.float32)  # smoothed: no log(0)
@@ -233,6 +275,8 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         def as_dataset(data: dict[str, np.ndarray], mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:
             feats = _take(data, mask, names)
             feats["candidate_prob"] = item_prob[feats["item_idx"]]
+            feats["sample_weight"] = target_weights(data["event_code"][mask], spec["event_codes"],
+                                                    config.event_weights)
             ds = tf.data.Dataset.from_tensor_slices(feats)
             if shuffle:
                 ds = ds.shuffle(len(feats["item_idx"]), seed=config.seed, reshuffle_each_iteration=True)
@@ -277,6 +321,8 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         epochs_run = len(history.get("loss", []))
         n_pos = int(pos_train.sum())
         report["retrieval"] = {"history": history, "epochs_run": epochs_run, "train_examples": n_pos,
+                               "train_examples_by_type": _count_types(train["event_code"][pos_train], spec),
+                               "event_weights": dict(config.event_weights),
                                "eval_examples": int(pos_eval.sum()), "seconds": seconds,
                                "examples_per_second": n_pos * epochs_run / seconds if seconds > 0 else None}
         if eval_ds is not None:
