@@ -6,16 +6,22 @@ import pandas as pd
 import pytest
 
 from recflow.baselines import (
+    BASELINES,
     ALSRecommender,
     BPRRecommender,
+    CoViewRecommender,
     EASERecommender,
     ContentBasedRecommender,
     ItemKNNRecommender,
+    MostRecentRecommender,
+    MostViewedRecommender,
     PopularityRecommender,
+    make_baseline,
     interaction_matrix,
     item_feature_tokens,
     top_k_indices,
 )
+from recflow.errors import ConfigError, DataError
 from recflow.evaluation.metrics import aggregate, ground_truth, interacted_items, per_user_metrics
 from recflow.recommender import Recommender
 
@@ -58,7 +64,7 @@ def shop():
 # ALS hyper-parameters for these tiny logs (the defaults are tuned for thousands of users)
 TINY_ALS = {"factors": 8, "regularization": 0.05, "alpha": 2.0}
 ALL = [PopularityRecommender, ALSRecommender, ItemKNNRecommender, ContentBasedRecommender, BPRRecommender,
-       EASERecommender]
+       EASERecommender, MostViewedRecommender, MostRecentRecommender, CoViewRecommender]
 
 
 def _fit(cls, train, items):
@@ -222,3 +228,148 @@ def test_top_k_ties_and_exclusions():
     tiebreak = np.array([3, 0, 1, 2, 0, 5])
     assert top_k_indices(scores, 3, tiebreak).tolist() == [1, 4, 2]
     assert top_k_indices(scores, 10, tiebreak).tolist() == [1, 4, 2, 0]  # -inf / NaN never returned
+
+
+# ---------------------------------------------------------------------------------- count baselines
+
+
+def _log(rows, sessions=False):
+    columns = ["user_id", "item_id", "event_type", "minute"] + (["session_id"] if sessions else [])
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["timestamp"] = T0 + pd.to_timedelta(frame.pop("minute"), unit="min")
+    return frame
+
+
+# a views x twice (last at minute 2), y twice (last at 4), z once; b clicks p twice and buys q; c only saw an
+# impression. Popularity (positive events): p, q, then the rest by id: w, x, y, z.
+COUNT_LOG = _log(
+    [
+        ("a", "x", "view", 0), ("a", "y", "view", 1), ("a", "x", "view", 2), ("a", "z", "view", 3),
+        ("a", "y", "view", 4), ("a", "w", "impression", 5),
+        ("b", "p", "click", 0), ("b", "p", "click", 1), ("b", "q", "purchase", 2),
+        ("c", "z", "impression", 0),
+    ]
+)
+
+
+def test_most_viewed_counts_breaks_ties_by_recency_and_pads_with_popularity():
+    model = MostViewedRecommender().fit(COUNT_LOG)
+    users = ["a", "b", "c", "nobody"]
+    assert model.recommend(users, 5) == [
+        ["y", "x", "z", "p", "q"],  # x and y both twice: y is more recent
+        ["p", "q", "w", "x", "y"],
+        ["p", "q", "w", "x", "y"],  # only an impression: nothing counted, popularity
+        ["p", "q", "w", "x", "y"],  # unknown user: popularity
+    ]
+    # exclusions are honoured; a's list runs short only because the catalog has 4 items left
+    assert model.recommend(["a", "b"], 5, {"a": {"y", "p"}, "b": {"p"}}) == [
+        ["x", "z", "q", "w"],
+        ["q", "w", "x", "y", "z"],
+    ]
+    # event weights are configurable: a purchase worth 5 views, clicks not counted
+    weighted = MostViewedRecommender(event_weights={"view": 1.0, "purchase": 5.0}).fit(COUNT_LOG)
+    assert weighted.recommend(["b"], 3) == [["q", "p", "w"]]
+
+
+def test_most_recent_lists_distinct_items_latest_first():
+    model = MostRecentRecommender().fit(COUNT_LOG)
+    assert model.recommend(["a", "b", "c", "nobody"], 4) == [
+        ["y", "z", "x", "p"],
+        ["q", "p", "w", "x"],
+        ["p", "q", "w", "x"],
+        ["p", "q", "w", "x"],
+    ]
+    assert model.recommend(["a"], 4, {"a": {"y"}}) == [["z", "x", "p", "q"]]
+
+
+def test_recommend_from_history_serves_an_unseen_user_without_refitting():
+    viewed = MostViewedRecommender().fit(COUNT_LOG)
+    recent = MostRecentRecommender().fit(COUNT_LOG)
+    # a plain list is oldest first, every entry a view
+    assert recent.recommend_from_history(["x", "z"], 3) == ["z", "x", "p"]
+    assert viewed.recommend_from_history(["x", "z", "x"], 3) == ["x", "z", "p"]
+    # timestamps reorder the history (equal times keep the list's order)
+    assert recent.recommend_from_history(["x", "z"], 3, timestamps=[T0 + pd.Timedelta(hours=1), T0]) == [
+        "x", "z", "p"
+    ]
+    assert recent.recommend_from_history(["x", "z"], 3, timestamps=[T0, T0]) == ["z", "x", "p"]
+    # impressions do not count, unknown items are ignored, exclusions are honoured
+    assert viewed.recommend_from_history(
+        ["x", "nope", "z", "z"], 3, event_types=["impression", "view", "view", "view"]
+    ) == ["z", "p", "q"]
+    assert viewed.recommend_from_history(["z", "z", "x"], 3, exclude={"z", "p"}) == ["x", "q", "w"]
+    assert viewed.recommend_from_history([], 2) == ["p", "q"]
+    # the stored user's recommendation equals the one from their history
+    history = COUNT_LOG[COUNT_LOG["user_id"] == "a"]
+    assert viewed.recommend_from_history(
+        history["item_id"].tolist(), 5, event_types=history["event_type"].tolist(),
+        timestamps=history["timestamp"].tolist(),
+    ) == viewed.recommend(["a"], 5)[0]
+    with pytest.raises(DataError, match="event types"):
+        viewed.recommend_from_history(["x", "z"], 3, event_types=["view"])
+    with pytest.raises(RuntimeError, match="fit"):
+        MostViewedRecommender().recommend_from_history(["x"], 3)
+
+
+def test_under_the_exclude_train_items_protocol_count_baselines_are_popularity(shop):
+    train, _, items = shop
+    seen = interacted_items(train)
+    users = sorted(seen)[:30]
+    popular = PopularityRecommender().fit(train, items).recommend(users, 10, seen)
+    assert MostViewedRecommender().fit(train, items).recommend(users, 10, seen) == popular
+    assert MostRecentRecommender().fit(train, items).recommend(users, 10, seen) == popular
+
+
+# sessions s1 {A, B}, s2 {A, B, C}, s3 {C, D}, s4 {A}: baskets per item A 3, B 2, C 2, D 1; together AB 2,
+# AC 1, BC 1, CD 1. Cosine: AB 2/sqrt(6) = 0.816, AC 1/sqrt(6) = 0.408, BC 1/2 = 0.5, CD 1/sqrt(2) = 0.707.
+# Popularity (no positive events: views): A, B, C, D.
+COVIEW_LOG = _log(
+    [
+        ("u1", "A", "view", 0, "s1"), ("u1", "B", "view", 1, "s1"),
+        ("u2", "A", "view", 0, "s2"), ("u2", "B", "view", 1, "s2"), ("u2", "C", "view", 2, "s2"),
+        ("u3", "C", "view", 0, "s3"), ("u3", "D", "view", 1, "s3"),
+        ("u4", "A", "view", 0, "s4"),
+    ],
+    sessions=True,
+)
+
+
+def test_coview_cosine_of_sessions_with_recency_decay():
+    model = CoViewRecommender(decay=0.5).fit(COVIEW_LOG)
+    sim = pd.DataFrame(model.similarity.toarray(), index=model.item_ids, columns=model.item_ids)
+    assert sim.loc["A", "B"] == pytest.approx(2 / np.sqrt(6))
+    assert sim.loc["A", "C"] == pytest.approx(1 / np.sqrt(6))
+    assert sim.loc["B", "C"] == pytest.approx(0.5)
+    assert sim.loc["C", "D"] == pytest.approx(1 / np.sqrt(2))
+    assert sim.loc["A", "D"] == 0 and np.all(np.diag(sim) == 0) and np.allclose(sim, sim.T)
+    # one item: its neighbours, then popularity (A itself is not excluded unless asked)
+    assert model.recommend_from_history(["A"], 3) == ["B", "C", "A"]
+    assert model.recommend_from_history(["A"], 3, exclude={"A"}) == ["B", "C", "D"]
+    # history C then A (A latest, weight 1; C weight 0.5): B 0.816 + 0.25, C 0.408, D 0.354, A 0.204
+    assert model.recommend_from_history(["C", "A"], 4) == ["B", "C", "D", "A"]
+    # u3's stored history is C, D (D latest): C 0.707, D 0.5 * 0.707 = 0.354, B 0.5 * 0.5 = 0.25
+    assert model.recommend(["u3", "nobody"], 3) == [["C", "D", "B"], ["A", "B", "C"]]
+    # only the strongest neighbour kept per item
+    top1 = CoViewRecommender(neighbors=1).fit(COVIEW_LOG)
+    assert top1.recommend_from_history(["C"], 2) == ["D", "A"]
+
+
+def test_coview_without_session_ids_splits_a_users_events_at_gaps():
+    log = _log([("v", "A", "view", 0), ("v", "B", "view", 10), ("v", "C", "view", 300), ("w", "C", "view", 0)])
+    model = CoViewRecommender(session_gap_minutes=30).fit(log)
+    assert model.recommend_from_history(["A"], 2) == ["B", "C"]  # C: popularity padding (2 views)
+    assert model.recommend_from_history(["C"], 1) == ["C"]  # no neighbour: popularity
+    wide = CoViewRecommender(session_gap_minutes=600).fit(log)
+    assert wide.recommend_from_history(["C"], 3, exclude={"C"}) == ["A", "B"]  # A and B tie: more popular first
+    with pytest.raises(ConfigError):
+        CoViewRecommender(decay=0.0)
+
+
+def test_make_baseline_knows_every_baseline():
+    assert set(BASELINES) >= {"most_viewed", "most_recent", "coview", "popularity", "als", "ease"}
+    assert isinstance(make_baseline("coview", neighbors=5), CoViewRecommender)
+    assert make_baseline("als", seed=9, factors=4).seed == 9
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        make_baseline("svd")
+    with pytest.raises(ConfigError, match="bad hyper-parameters"):
+        make_baseline("coview", neighbours=5)
