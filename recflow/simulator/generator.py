@@ -209,21 +209,47 @@ def summarize(
     log: SimulatedLog, seconds: float, out_dir: Path | None = None, files: dict[str, str] | None = None
 ) -> GenerationSummary:
     """Counts and funnel rates of a simulated log."""
-    counts_series = log.events["event_type"].value_counts()
-    counts = {t: int(counts_series.get(t, 0)) for t in EVENT_TYPES}
-
-    def ratio(a: str, b: str) -> float:
-        return counts[a] / counts[b] if counts[b] else 0.0
-
     cfg = log.world.config
-    return GenerationSummary(
-        events=len(log.events),
-        counts=counts,
+    return summarize_counts(
+        log.events,
         users=cfg.users,
         items=log.world.n_items,
         days=cfg.days,
         sessions=log.sessions,
         requests=log.requests,
+        seconds=seconds,
+        out_dir=out_dir,
+        files=files,
+    )
+
+
+def summarize_counts(
+    events: pd.DataFrame,
+    *,
+    users: int,
+    items: int,
+    days: int,
+    sessions: int,
+    requests: int,
+    seconds: float,
+    out_dir: Path | None = None,
+    files: dict[str, str] | None = None,
+) -> GenerationSummary:
+    """Counts and funnel rates of any generated events table (the default or a preset world's)."""
+    counts_series = events["event_type"].value_counts()
+    counts = {t: int(counts_series.get(t, 0)) for t in EVENT_TYPES}
+
+    def ratio(a: str, b: str) -> float:
+        return counts[a] / counts[b] if counts[b] else 0.0
+
+    return GenerationSummary(
+        events=len(events),
+        counts=counts,
+        users=users,
+        items=items,
+        days=days,
+        sessions=sessions,
+        requests=requests,
         click_through_rate=ratio("click", "impression"),
         conversion_rate=ratio("purchase", "click"),
         cart_rate=ratio("add_to_cart", "click"),
@@ -237,8 +263,15 @@ def summarize(
 def generate_dataset(config: SimulatorConfig, out_dir: Path, progress: bool = True) -> GenerationSummary:
     """Simulate the shop; write events, items, users (Parquet) and simulator.json into ``out_dir``.
 
+    ``config.world`` picks the world: ``default`` (below) or ``organic`` (the organic-views preset,
+    :func:`recflow.simulator.organic.generate_organic_dataset`).
+
     ``simulator.json`` records the configuration used and the counts, not the latent ground truth.
     """
+    if config.world == "organic":
+        from recflow.simulator.organic import generate_organic_dataset
+
+        return generate_organic_dataset(config, out_dir, progress=progress)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from recflow.errors import ConfigError
 from recflow.simulator.config import SimulatorConfig
 
 #: Spawn keys that separate the random streams drawn from one seed (see :func:`stream`).
@@ -82,6 +83,11 @@ class World:
     """
 
     def __init__(self, config: SimulatorConfig, seed: int | None = None) -> None:
+        if config.world != "default":
+            raise ConfigError(
+                f"simulator.world is {config.world!r}: World, ShopEnv and simulate_log are the default world; "
+                "use recflow.simulator.organic (OrganicShop, simulate_organic_log) or generate_dataset"
+            )
         self.config = config
         self.seed = config.seed if seed is None else seed
         rng = stream(self.seed, WORLD_STREAM)
