@@ -15,6 +15,14 @@ def data() -> None:
 
 
 @data.command("generate")
+@click.option(
+    "--world",
+    type=click.Choice(["default", "organic"]),
+    default=None,
+    help="Which world (default: simulator.world). organic: mostly organic product views plus uniformly random "
+    "recommendations with ~1% clicks, 10 products, 1,000 users (simulator.organic; docs/simulator.md); "
+    "--users/--items/--days then set simulator.organic.*.",
+)
 @click.option("--users", type=int, default=None, help="Number of users (default: simulator.users).")
 @click.option("--items", type=int, default=None, help="Number of catalog items (default: simulator.items).")
 @click.option("--days", type=int, default=None, help="Days of traffic to simulate (default: simulator.days).")
@@ -24,6 +32,7 @@ def data() -> None:
 @pass_state
 def data_generate(
     state: CliState,
+    world: str | None,
     users: int | None,
     items: int | None,
     days: int | None,
@@ -34,9 +43,11 @@ def data_generate(
     """Simulate an e-commerce shop and write its event log, catalog and users as Parquet into OUT."""
     from recflow.simulator import generate_dataset
 
-    extra = [f"simulator.{k}={v}" for k, v in (("users", users), ("items", items), ("days", days), ("seed", seed))
-             if v is not None]
-    config = state.with_overrides(*extra)
+    world_extra = [f"simulator.world={world}"] if world is not None else []
+    section = "simulator.organic" if state.with_overrides(*world_extra).simulator.world == "organic" else "simulator"
+    extra = [f"{section}.{k}={v}" for k, v in (("users", users), ("items", items), ("days", days)) if v is not None]
+    extra += [f"simulator.seed={seed}"] if seed is not None else []
+    config = state.with_overrides(*world_extra, *extra)
     summary = generate_dataset(config.simulator, out_dir, progress=not quiet)
     click.echo(summary.format())
 
