@@ -535,7 +535,7 @@ class _HistoryRecommender:
         self.event_weights = weights
         self.popularity: PopularityRecommender | None = None
         self._rank: dict[str, int] = {}
-        self._histories: dict[str, pd.DataFrame] = {}
+        self._histories: dict[str, tuple[list[str], list[str]]] = {}
 
     def _fit_common(self, train_events: pd.DataFrame, items: pd.DataFrame | None) -> pd.DataFrame:
         """Fit the popularity fallback and return train's weighted events in chronological order."""
@@ -555,14 +555,23 @@ class _HistoryRecommender:
 
     def fit(self, train_events: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
         """Store every user's weighted training events (chronological) and fit the popularity fallback."""
-        ev = self._fit_common(train_events, items)
-        self._histories = {
-            str(u): g[["item_id", "event_type", "order"]].reset_index(drop=True)
-            for u, g in ev.groupby("user_id", sort=False)
-        }
+        self._store_histories(self._fit_common(train_events, items))
         return self
 
-    def _ranked_from(self, history: pd.DataFrame) -> list[str]:
+    def _store_histories(self, ev: pd.DataFrame) -> None:
+        """``self._histories[user] = (items, event types)``, chronological, from ``ev`` (chronological)."""
+        by_user = ev.sort_values("user_id", kind="mergesort")  # stable: keeps each user's time order
+        users = by_user["user_id"].to_numpy()
+        item_list = by_user["item_id"].tolist()
+        kind_list = by_user["event_type"].astype(str).tolist()
+        bounds = np.flatnonzero(users[1:] != users[:-1]) + 1 if len(users) else np.empty(0, dtype=np.int64)
+        starts = np.concatenate([[0], bounds]).astype(int) if len(users) else []
+        ends = np.concatenate([bounds, [len(users)]]).astype(int) if len(users) else []
+        self._histories = {
+            str(users[a]): (item_list[a:b], kind_list[a:b]) for a, b in zip(starts, ends, strict=True)
+        }
+
+    def _ranked_from(self, items: list[str], kinds: list[str]) -> list[str]:
         """The model's own ranking of a chronological history (known items only, best first)."""
         raise NotImplementedError
 
@@ -587,8 +596,10 @@ class _HistoryRecommender:
         if self.popularity is None:
             raise RuntimeError(f"{self.name}: call fit() before recommend()")
         frame = _history_frame(items, event_types, timestamps)
-        frame = frame[frame["event_type"].map(self.event_weights).fillna(0.0) > 0].reset_index(drop=True)
-        return self._finish(self._ranked_from(frame), k, exclude)
+        frame = frame[frame["event_type"].map(self.event_weights).fillna(0.0) > 0]
+        return self._finish(
+            self._ranked_from(frame["item_id"].tolist(), frame["event_type"].astype(str).tolist()), k, exclude
+        )
 
     def recommend(
         self, user_ids: Sequence[str], k: int, exclude: Mapping[str, set[str]] | None = None
@@ -597,11 +608,11 @@ class _HistoryRecommender:
         if self.popularity is None:
             raise RuntimeError(f"{self.name}: call fit() before recommend()")
         exclude = exclude or {}
-        empty = pd.DataFrame({"item_id": [], "event_type": [], "order": []})
+        empty: tuple[list[str], list[str]] = ([], [])
         out = []
         for user in map(str, user_ids):
-            history = self._histories.get(user, empty)
-            out.append(self._finish(self._ranked_from(history), k, exclude.get(user)))
+            items, kinds = self._histories.get(user, empty)
+            out.append(self._finish(self._ranked_from(items, kinds), k, exclude.get(user)))
         return out
 
 
@@ -614,10 +625,10 @@ class MostViewedRecommender(_HistoryRecommender):
         super().__init__(event_weights)
         self.name = name
 
-    def _ranked_from(self, history: pd.DataFrame) -> list[str]:
+    def _ranked_from(self, items: list[str], kinds: list[str]) -> list[str]:
         score: dict[str, float] = {}
         last: dict[str, int] = {}
-        for position, (item, kind) in enumerate(zip(history["item_id"], history["event_type"], strict=True)):
+        for position, (item, kind) in enumerate(zip(items, kinds, strict=True)):
             if item in self._rank:
                 score[item] = score.get(item, 0.0) + self.event_weights.get(kind, 0.0)
                 last[item] = position
@@ -631,10 +642,10 @@ class MostRecentRecommender(_HistoryRecommender):
         super().__init__(event_weights)
         self.name = name
 
-    def _ranked_from(self, history: pd.DataFrame) -> list[str]:
+    def _ranked_from(self, items: list[str], kinds: list[str]) -> list[str]:
         out: list[str] = []
         seen: set[str] = set()
-        for item in reversed(history["item_id"].tolist()):
+        for item in reversed(items):
             if item in self._rank and item not in seen:
                 seen.add(item)
                 out.append(item)
@@ -695,10 +706,7 @@ class CoViewRecommender(_HistoryRecommender):
     def fit(self, train_events: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
         """Build the users' histories and the item-item cosine co-occurrence graph."""
         ev = self._fit_common(train_events, items)
-        self._histories = {
-            str(u): g[["item_id", "event_type", "order"]].reset_index(drop=True)
-            for u, g in ev.groupby("user_id", sort=False)
-        }
+        self._store_histories(ev)
         assert self.popularity is not None
         self.item_ids = np.array(sorted(self._rank), dtype=object)
         self._item_pos = {item: i for i, item in enumerate(self.item_ids)}
@@ -724,10 +732,10 @@ class CoViewRecommender(_HistoryRecommender):
         self.similarity = _keep_top_per_row(similarity, self.neighbors)
         return self
 
-    def _ranked_from(self, history: pd.DataFrame) -> list[str]:
+    def _ranked_from(self, items: list[str], kinds: list[str]) -> list[str]:
         assert self.similarity is not None
         recent: list[int] = []
-        for item in reversed(history["item_id"].tolist()):
+        for item in reversed(items):
             pos = self._item_pos.get(item)
             if pos is not None and pos not in recent:
                 recent.append(pos)
