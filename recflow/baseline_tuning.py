@@ -15,7 +15,8 @@ Search spaces (:data:`SEARCH_SPACES`; ``log`` = sampled log-uniformly):
 * ``bpr``: factors in {16, 32, 64, 128}; learning_rate 0.005-0.2 (log); regularization 1e-4-0.1 (log).
 * ``coview``: session_gap_minutes 5-1440 (log); decay 0.3-1.0; max_history in {5, 10, 20, 50}.
 
-A method whose space has fewer distinct configurations than the budget (none here) would repeat some; the
+A configured trial-0 value outside the space is added to the choices (or stretches the range). A method
+whose space has fewer distinct configurations than the budget (none here) would repeat some; the
 budget counts trials, not distinct configurations, so every method still gets the same number of fits.
 """
 
@@ -122,6 +123,24 @@ def _suggest(trial: Any, space: Mapping[str, tuple[str, tuple[Any, ...]]]) -> di
     return params
 
 
+def _space_with(
+    space: Mapping[str, tuple[str, tuple[Any, ...]]], initial: Mapping[str, Any]
+) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """``space`` widened so that trial 0's ``initial`` values lie in it (a configured value outside the
+    documented space is added to the choices, or stretches the range)."""
+    out = dict(space)
+    for key, value in initial.items():
+        if key not in out:
+            raise ConfigError(f"initial parameter {key!r} is not searched; searched: {sorted(space)}")
+        kind, args = out[key]
+        if kind == "cat":
+            if value not in args:
+                out[key] = (kind, tuple(sorted((*args, value))))
+        else:
+            out[key] = (kind, (min(args[0], value), max(args[1], value)))
+    return out
+
+
 def score_recommender(
     recommender: Recommender,
     users: Sequence[str],
@@ -183,11 +202,13 @@ def tune_baselines(
         start = time.perf_counter()
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(STARTUP_TRIALS, budget))
         study = optuna.create_study(direction="maximize", sampler=sampler)
-        study.enqueue_trial(dict((initial_params or {}).get(name, DEFAULT_PARAMS[name])))
+        initial = dict((initial_params or {}).get(name, DEFAULT_PARAMS[name]))
+        space = _space_with(SEARCH_SPACES[name], initial)
+        study.enqueue_trial(initial)
         trials: list[dict[str, Any]] = []
         for _ in range(budget):
             trial = study.ask()
-            params = _suggest(trial, SEARCH_SPACES[name])
+            params = _suggest(trial, space)
             model = make_tuned(name, params, seed)
             model.fit(train_events, items)  # type: ignore[attr-defined]
             score = score_recommender(model, users, truth, k, exclude, metric)

@@ -106,3 +106,10 @@ def test_initial_params_replace_trial_zero_and_max_users_samples(shop):
         max_users=50,
     )
     assert result["ease"].trials[0]["params"] == {"l2": 10.0}
+
+
+def test_configured_values_outside_the_space_still_run_as_trial_zero(shop):
+    train, held_out, items = shop
+    initial = {"als": {"factors": 8, "regularization": 0.001, "alpha": 2.0}}
+    result = tune_baselines(train, held_out, items, names=("als",), budget=3, seed=2, initial_params=initial)
+    assert result["als"].trials[0]["params"] == initial["als"]

@@ -11,7 +11,7 @@ import pytest
 from recflow.baselines import ALSRecommender, PopularityRecommender
 from recflow.errors import DataError
 from recflow.evaluation.blessing import decide_blessing
-from recflow.evaluation.config import BlessingThresholds, EvaluatorConfig
+from recflow.evaluation.config import ALSConfig, BlessingThresholds, EvaluatorConfig
 from recflow.evaluation.evaluator import evaluate_recommenders
 from recflow.evaluation.report import BLESSING_NAME, METRICS_NAME, write_report
 from recflow.evaluation.significance import paired_tests
@@ -46,6 +46,7 @@ def test_each_failed_rule_gives_its_own_reason():
         "ndcg@10 0.081 < floor 0.100",
         "recall@10 0.010 < floor 0.050",
         "ndcg@10 0.081 does not beat popularity 0.100 by the required 5.0% (lift -19.0%)",
+        "ndcg@10 0.081 does not beat the best baseline popularity 0.100 by the required 0.0% (lift -19.0%)",
     ]
 
 
@@ -58,7 +59,8 @@ def test_lift_margin_is_applied():
     assert decide_blessing(near, POPULARITY, None, None, _config(min_lift_over_popularity=None)).blessed
     missing = decide_blessing(GOOD, {}, None, None, _config())
     assert missing.reasons == [
-        "ndcg@10 lift over popularity cannot be checked: the popularity baseline was not run"
+        "ndcg@10 lift over popularity cannot be checked: the popularity baseline was not run",
+        "ndcg@10 lift over the best baseline cannot be checked: no baseline was run",
     ]
 
 
@@ -69,7 +71,47 @@ def test_missing_or_nan_metric_fails_its_rule():
     assert verdict.reasons == [
         "ndcg@10 was not measured (floor 0.100)",
         "recall@10 was not measured (floor 0.050)",
+        "ndcg@10 lift over the best baseline cannot be checked: the metric was not measured",
     ]
+
+
+BASELINES = {
+    "popularity": {"ndcg@10": 0.10, "recall@10": 0.08},
+    "most_viewed": {"ndcg@10": 0.25, "recall@10": 0.3},
+    "als": {"ndcg@10": 0.20, "recall@10": 0.2},
+    "coview": {"ndcg@10": float("nan")},  # not measured: never the best
+}
+
+
+def test_the_candidate_must_beat_the_best_baseline_by_the_margin():
+    config = _config(min_lift_over_best_baseline=0.1)
+    # 0.30 vs most_viewed 0.25 is +20%: passes a 10% margin, and the check names metric, values, margin, baseline
+    verdict = decide_blessing(GOOD, BASELINES, None, None, config)
+    assert verdict.blessed, verdict.reasons
+    assert "ndcg@10 0.300 beats the best baseline most_viewed 0.250 by at least 10.0% (lift +20.0%)" in (
+        verdict.checks
+    )
+    assert "ndcg@10 0.300 beats popularity 0.100 by at least 5.0% (lift +200.0%)" in verdict.checks
+    # 0.27 is +8%: beats popularity by far, but not the best baseline by 10%
+    close = {"ndcg@10": 0.27, "recall@10": 0.2}
+    refused = decide_blessing(close, BASELINES, None, None, config)
+    assert refused.reasons == [
+        "ndcg@10 0.270 does not beat the best baseline most_viewed 0.250 by the required 10.0% (lift +8.0%)"
+    ]
+    # default margin 0: equal is enough, below is not
+    assert decide_blessing({"ndcg@10": 0.25, "recall@10": 0.2}, BASELINES, None, None, _config()).blessed
+    assert not decide_blessing({"ndcg@10": 0.249, "recall@10": 0.2}, BASELINES, None, None, _config()).blessed
+    # null: rule off, and the blessing says so
+    off = decide_blessing(close, BASELINES, None, None, _config(min_lift_over_best_baseline=None))
+    assert off.blessed
+    assert any(c.startswith("lift over the best baseline: rule off") for c in off.checks)
+
+
+def test_best_baseline_skips_unmeasured_values():
+    from recflow.evaluation.blessing import best_baseline
+
+    assert best_baseline(BASELINES, "ndcg@10") == ("most_viewed", 0.25)
+    assert best_baseline({"x": {"ndcg@10": None}}, "ndcg@10") is None
 
 
 def test_significantly_worse_than_champion_is_refused():
@@ -181,6 +223,7 @@ FAST = EvaluatorConfig(
     max_users=120,
     als={"factors": 8, "iterations": 8, "regularization": 0.05, "alpha": 2.0},
     thresholds=BlessingThresholds(min_ndcg=0.05, min_lift_over_popularity=0.2),
+    baseline_tuning_trials=3,
 )
 
 
@@ -189,10 +232,14 @@ def test_evaluate_with_a_baseline_as_candidate_and_a_champion(examples, tmp_path
         pd.read_parquet(examples / "train.parquet")
     )
     champion = PopularityRecommender().fit(pd.read_parquet(examples / "train.parquet"))
+    # the candidate is itself an (untuned) ALS: the best-baseline rule is off here and tested below
+    config = FAST.model_copy(
+        update={"thresholds": FAST.thresholds.model_copy(update={"min_lift_over_best_baseline": None})}
+    )
     result = evaluate_recommenders(
         examples,
         candidate,
-        FAST,
+        config,
         champion=champion,
         extra={"off_policy": {"ips_ctr": 0.031, "snips_ctr": 0.029}},
     )
@@ -215,6 +262,8 @@ def test_evaluate_with_a_baseline_as_candidate_and_a_champion(examples, tmp_path
         "best baseline (item_knn)",
     )
     assert result.blessing.blessed, result.blessing.reasons
+    assert any("lift over the best baseline: rule off" in c for c in result.blessing.checks)
+    assert result.best_baseline["label"] in ("als", "item_knn")
     assert set(result.segments["user_type"]) == {"new", "returning"}
     assert 0 < cand["coverage@5"] <= 1
 
@@ -231,6 +280,9 @@ def test_evaluate_with_a_baseline_as_candidate_and_a_champion(examples, tmp_path
     metrics = json.loads((tmp_path / "eval" / METRICS_NAME).read_text())
     assert set(metrics["methods"]) == set(result.methods)
     assert metrics["extra"]["off_policy"]["ips_ctr"] == 0.031
+    assert set(metrics["baseline_tuning"]) == {"als", "item_knn"}
+    assert metrics["best_baseline"]["label"] == result.best_baseline["label"]
+    assert "Baseline tuning" in text and "Best baseline of this run" in text
 
 
 def test_a_popularity_candidate_is_not_blessed_and_says_why(examples, tmp_path):
@@ -360,3 +412,50 @@ def test_bpr_and_ease_baselines_can_be_configured(examples):
     result = evaluate_recommenders(examples, PopularityRecommender().fit(train), config)
     assert {"bpr", "ease"} <= set(result.methods)
     assert all(np.isfinite(result.methods[m].metrics[config.metric_key()]) for m in ("bpr", "ease"))
+
+
+def test_baselines_are_tuned_on_eval_and_the_best_one_gates_the_blessing(examples, tmp_path):
+    """ALS's configured regularization (30) is far too strong for this small log; tuning on eval finds a
+    better one, the tuned ALS is what runs on test, and a popularity candidate loses to the best baseline."""
+    from recflow.evaluation.run import flat_metrics
+
+    train = pd.read_parquet(examples / "train.parquet")
+    config = FAST.model_copy(
+        update={
+            "baselines": ("popularity", "als", "most_viewed", "coview"),
+            "als": ALSConfig(factors=8, iterations=8, regularization=30.0, alpha=1.0),
+            "baseline_tuning_trials": 4,
+            "thresholds": BlessingThresholds(min_lift_over_popularity=None),
+        }
+    )
+    result = evaluate_recommenders(examples, PopularityRecommender().fit(train), config)
+    tuning = result.baseline_tuning
+    assert set(tuning) == {"als", "coview"}
+    assert all(len(t["trials"]) == 4 for t in tuning.values())
+    assert tuning["als"]["trials"][0]["params"] == {"factors": 8, "regularization": 30.0, "alpha": 1.0}
+    assert tuning["als"]["best_score"] > tuning["als"]["trials"][0]["score"]
+    assert result.methods["als"].name == "als (tuned)"
+    best = result.best_baseline
+    assert best["label"] != "popularity" and best["value"] > result.candidate.metrics["ndcg@5"]
+    assert not result.blessing.blessed
+    assert result.blessing.reasons == [
+        f"ndcg@5 {result.candidate.metrics['ndcg@5']:.3f} does not beat the best baseline {best['label']} "
+        f"{best['value']:.3f} by the required 0.0% "
+        f"(lift {(result.candidate.metrics['ndcg@5'] / best['value'] - 1) * 100:+.1f}%)"
+    ]
+    write_report(tmp_path / "eval", result)
+    flat = flat_metrics(tmp_path / "eval")
+    assert flat["tuning.als.regularization"] == pytest.approx(tuning["als"]["best_params"]["regularization"])
+    assert flat["best_baseline.value"] == pytest.approx(best["value"])
+    # the same config and data give the same tuning and the same verdict
+    again = evaluate_recommenders(examples, PopularityRecommender().fit(train), config)
+    def timeless(t):
+        return {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in t.items()}
+
+    assert timeless(again.baseline_tuning) == timeless(tuning) and again.best_baseline == best
+    # tuning off: the configured values run, and the report says why nothing was tuned
+    untuned = evaluate_recommenders(
+        examples, PopularityRecommender().fit(train), config.model_copy(update={"baseline_tuning_trials": 0})
+    )
+    assert untuned.baseline_tuning == {} and "tuning off" in untuned.baseline_tuning_note
+    assert untuned.methods["als"].name == "als"

@@ -39,6 +39,21 @@ def _value(metrics: Mapping[str, Any] | None, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def best_baseline(baselines: Mapping[str, Mapping[str, Any]], key: str) -> tuple[str, float] | None:
+    """The baseline with the highest measured ``key`` and its value (ties: the later label in sort order, as
+    the Evaluator's paired test picks it); None when no baseline measured it."""
+    measured = [(value, label) for label, m in baselines.items() if (value := _value(m, key)) is not None]
+    if not measured:
+        return None
+    value, label = max(measured)
+    return label, value
+
+
+def _lift_text(cand: float, reference: float) -> str:
+    lift = (cand / reference - 1.0) * 100 if reference > 0 else math.inf if cand > 0 else 0.0
+    return f"lift {lift:+.1f}%"
+
+
 def _floor(
     candidate: Mapping[str, Any], key: str, floor: float, reasons: list[str], checks: list[str]
 ) -> None:
@@ -62,7 +77,8 @@ def decide_blessing(
 
     ``candidate``, each of ``baselines`` and ``champion`` map metric names (``ndcg@10``, ...) to values.
     Rules: absolute floors on NDCG@k and Recall@k; the primary metric must beat the ``popularity`` baseline by
-    ``min_lift_over_popularity``; when a champion exists, the candidate must not be significantly worse than
+    ``min_lift_over_popularity``; it must beat the best of ``baselines`` (highest primary metric) by
+    ``min_lift_over_best_baseline`` (each check names the metric, both values, the margin and the baseline); when a champion exists, the candidate must not be significantly worse than
     it (one-sided paired test at ``alpha`` on the primary metric); when ``min_index_recall`` is set, the
     retrieval index's ``index_recall@k`` must reach it; a non-zero ``exclusion_violations`` (items the
     candidate was told to exclude) always fails.
@@ -88,15 +104,44 @@ def decide_blessing(
         elif cand < pop * (1.0 + th.min_lift_over_popularity) or (
             pop == 0.0 and cand == 0.0 and needed_pct > 0
         ):
-            lift = (cand / pop - 1.0) * 100 if pop > 0 else math.inf if cand > 0 else 0.0
             reasons.append(
                 f"{primary} {cand:.3f} does not beat popularity {pop:.3f} by the required {needed_pct:.1f}% "
-                f"(lift {lift:+.1f}%)"
+                f"({_lift_text(cand, pop)})"
             )
         else:
-            checks.append(f"{primary} {cand:.3f} beats popularity {pop:.3f} by at least {needed_pct:.1f}%")
+            checks.append(
+                f"{primary} {cand:.3f} beats popularity {pop:.3f} by at least {needed_pct:.1f}% "
+                f"({_lift_text(cand, pop)})"
+            )
     else:
-        checks.append("lift over popularity: rule off")
+        checks.append("lift over popularity: rule off (evaluator.thresholds.min_lift_over_popularity is null)")
+
+    margin = th.min_lift_over_best_baseline
+    if margin is None:
+        checks.append(
+            f"lift over the best baseline: rule off (evaluator.thresholds.min_lift_over_best_baseline is null); "
+            "the candidate was not required to beat the best baseline"
+        )
+    else:
+        needed_pct = margin * 100
+        cand = _value(candidate, primary)
+        best = best_baseline(baselines, primary)
+        if not baselines:
+            reasons.append(f"{primary} lift over the best baseline cannot be checked: no baseline was run")
+        elif cand is None or best is None:
+            reasons.append(f"{primary} lift over the best baseline cannot be checked: the metric was not measured")
+        else:
+            label, value = best
+            if cand < value * (1.0 + margin) or (value == 0.0 and cand == 0.0 and needed_pct > 0):
+                reasons.append(
+                    f"{primary} {cand:.3f} does not beat the best baseline {label} {value:.3f} by the required "
+                    f"{needed_pct:.1f}% ({_lift_text(cand, value)})"
+                )
+            else:
+                checks.append(
+                    f"{primary} {cand:.3f} beats the best baseline {label} {value:.3f} by at least "
+                    f"{needed_pct:.1f}% ({_lift_text(cand, value)})"
+                )
 
     if champion is None:
         checks.append("no champion yet: nothing to compare with")

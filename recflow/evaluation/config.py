@@ -6,13 +6,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from recflow.baselines import COUNT_EVENT_WEIGHTS
 from recflow.reranking import RerankingConfig
 
 #: Metric names :func:`recflow.evaluation.metrics.per_user_metrics` computes (each reported as ``name@k``).
 RANKING_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "mrr", "hit")
 #: Baselines :func:`recflow.baselines.make_baseline` can build.
-BASELINE_NAMES: tuple[str, ...] = ("popularity", "als", "item_knn", "content", "bpr", "ease")
+BASELINE_NAMES: tuple[str, ...] = (
+    "popularity", "als", "item_knn", "content", "bpr", "ease", "most_viewed", "most_recent", "coview"
+)
 """Baselines the Evaluator can run; ``ease`` builds an items x items matrix, so leave it off for large catalogs."""
+#: Baselines :func:`recflow.baseline_tuning.tune_baselines` can tune (see its SEARCH_SPACES).
+TUNABLE_BASELINES: tuple[str, ...] = ("als", "ease", "item_knn", "bpr", "coview")
 
 
 class _Section(BaseModel):
@@ -29,6 +34,12 @@ class BlessingThresholds(_Section):
         0.0,
         description="The candidate's primary metric must be at least popularity's times (1 + this) "
         "(0.05 = beat popularity by 5%; 0 = at least tie; null = rule off).",
+    )
+    min_lift_over_best_baseline: float | None = Field(
+        0.0,
+        description="The candidate's primary metric must be at least the best baseline's of the same run "
+        "(highest primary metric among evaluator.baselines) times (1 + this) (0 = at least equal; "
+        "null = rule off, and the blessing says so).",
     )
     alpha: float = Field(
         0.05, gt=0.0, lt=1.0, description="Significance level of the tests against the champion."
@@ -63,6 +74,34 @@ class ALSConfig(_Section):
     iterations: int = Field(15, gt=0, description="ALS sweeps.")
     regularization: float = Field(30.0, ge=0.0, description="L2 regularization.")
     alpha: float = Field(1.0, gt=0.0, description="Confidence scaling of the weighted interactions.")
+
+
+class CountBaselinesConfig(_Section):
+    """Hyper-parameters of the count and co-occurrence baselines (most_viewed, most_recent, coview; see
+    recflow/baselines.py)."""
+
+    event_weights: dict[str, float] = Field(
+        dict(COUNT_EVENT_WEIGHTS),
+        description="What each event type counts for most_viewed (and which events make a history): "
+        "every interaction once by default; impressions and removals never count.",
+    )
+    coview_session_gap_minutes: float = Field(
+        30.0, gt=0.0, description="coview: without a session_id, a user's events split into baskets at gaps "
+        "longer than this."
+    )
+    coview_neighbors: int = Field(100, gt=0, description="coview: most similar items kept per item.")
+    coview_decay: float = Field(
+        0.8, gt=0.0, le=1.0, description="coview: weight of the r-th most recent history item is decay**r."
+    )
+    coview_max_history: int = Field(20, gt=0, description="coview: most recent distinct items scored from.")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"event weights must be >= 0, got {bad}")
+        return value
 
 
 class BeyondAccuracyConfig(_Section):
@@ -104,7 +143,7 @@ class EvaluatorConfig(_Section):
     )
     seed: int = Field(42, ge=0, description="Seed of the user sample and of the baselines.")
     baselines: tuple[str, ...] = Field(
-        ("popularity", "als", "item_knn", "content"),
+        ("popularity", "als", "item_knn", "content", "most_viewed", "most_recent", "coview"),
         description="Baselines fitted on train and evaluated in the same run ("
         + ", ".join(BASELINE_NAMES)
         + ").",
@@ -116,6 +155,20 @@ class EvaluatorConfig(_Section):
         50, gt=0, description="Neighbours kept per item by the item-kNN baseline."
     )
     als: ALSConfig = Field(ALSConfig(), description="ALS baseline hyper-parameters.")
+    count_baselines: CountBaselinesConfig = Field(
+        CountBaselinesConfig(), description="most_viewed, most_recent and coview hyper-parameters."
+    )
+    baseline_tuning_trials: int = Field(
+        8,
+        ge=0,
+        description="Trials each tuned baseline gets (fit on train, scored on eval, Optuna TPE seeded with "
+        "seed; trial 0 = the configured values); the best is then fitted and compared on the evaluated split. "
+        "0 = no tuning (the configured values).",
+    )
+    tuned_baselines: tuple[str, ...] = Field(
+        ("als", "ease", "item_knn", "coview"),
+        description="Which of evaluator.baselines are tuned (from " + ", ".join(TUNABLE_BASELINES) + ").",
+    )
     thresholds: BlessingThresholds = Field(BlessingThresholds(), description="Blessing rules.")
     beyond_accuracy: BeyondAccuracyConfig = Field(
         BeyondAccuracyConfig(), description="Diversity, novelty and exposure metrics."
@@ -149,6 +202,14 @@ class EvaluatorConfig(_Section):
             raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINE_NAMES)}")
         if len(set(value)) != len(value):
             raise ValueError("baselines are listed more than once")
+        return value
+
+    @field_validator("tuned_baselines")
+    @classmethod
+    def _tunable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [b for b in value if b not in TUNABLE_BASELINES]
+        if unknown:
+            raise ValueError(f"baseline(s) {unknown} cannot be tuned; choose from {list(TUNABLE_BASELINES)}")
         return value
 
     def metric_key(self, metric: str | None = None) -> str:

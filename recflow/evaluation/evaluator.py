@@ -23,17 +23,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow.baseline_tuning import make_tuned, tune_baselines
 from recflow.baselines import (
     ALSRecommender,
     BPRRecommender,
+    CoViewRecommender,
     EASERecommender,
     ContentBasedRecommender,
     ItemKNNRecommender,
+    MostRecentRecommender,
+    MostViewedRecommender,
     PopularityRecommender,
 )
 from recflow.errors import ConfigError, DataError
 from recflow.evaluation.beyond_accuracy import CatalogContext, beyond_accuracy_metrics, exposure_by_group
-from recflow.evaluation.blessing import Blessing, decide_blessing
+from recflow.evaluation.blessing import Blessing, best_baseline, decide_blessing
 from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.metrics import (
     aggregate,
@@ -93,6 +97,12 @@ class EvaluationResult:
     exposure_reference: dict[str, dict[str, float]] = field(default_factory=dict)
     long_tail: dict[str, float] = field(default_factory=dict)
     reranking: dict[str, Any] = field(default_factory=dict)
+    #: Per tuned baseline: ``{"best_params", "best_score", "metric", "seconds", "trials"}`` (scored on eval).
+    baseline_tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Why a configured tuning did not run (empty when it ran or was off).
+    baseline_tuning_note: str = ""
+    #: The best baseline of this run by the primary metric: ``{"label", "name", "metric", "value"}``.
+    best_baseline: dict[str, Any] = field(default_factory=dict)
 
     def exposure_table(self) -> pd.DataFrame:
         """Share of recommended slots per category (rows) for each method, beside the training-interaction and
@@ -129,11 +139,19 @@ class EvaluationResult:
         return table
 
 
-def build_baselines(config: EvaluatorConfig) -> dict[str, Recommender]:
-    """Unfitted baselines named in ``config.baselines``, configured from ``config``."""
+def build_baselines(
+    config: EvaluatorConfig, tuned_params: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Recommender]:
+    """Unfitted baselines named in ``config.baselines``, configured from ``config``; a baseline named in
+    ``tuned_params`` is built with those hyper-parameters instead (:func:`recflow.baseline_tuning.make_tuned`)."""
+    tuned_params = tuned_params or {}
+    count = config.count_baselines
     out: dict[str, Recommender] = {}
     for name in config.baselines:
-        if name == "popularity":
+        if name in tuned_params:
+            out[name] = make_tuned(name, tuned_params[name], config.seed)
+            out[name].name = f"{name} (tuned)"
+        elif name == "popularity":
             out[name] = PopularityRecommender(half_life_days=config.popularity_half_life_days)
         elif name == "als":
             als = config.als
@@ -152,9 +170,67 @@ def build_baselines(config: EvaluatorConfig) -> dict[str, Recommender]:
             out[name] = BPRRecommender(seed=config.seed)
         elif name == "ease":
             out[name] = EASERecommender()
+        elif name == "most_viewed":
+            out[name] = MostViewedRecommender(event_weights=count.event_weights)
+        elif name == "most_recent":
+            out[name] = MostRecentRecommender(event_weights=count.event_weights)
+        elif name == "coview":
+            out[name] = CoViewRecommender(
+                session_gap_minutes=count.coview_session_gap_minutes,
+                neighbors=count.coview_neighbors,
+                decay=count.coview_decay,
+                max_history=count.coview_max_history,
+                event_weights=count.event_weights,
+            )
         else:  # EvaluatorConfig validates names; this guards direct construction with model_construct
             raise ConfigError(f"evaluator.baselines: unknown baseline {name!r}")
     return out
+
+
+def configured_params(config: EvaluatorConfig) -> dict[str, dict[str, Any]]:
+    """Each tunable baseline's configured hyper-parameters (trial 0 of the tuning), in the tuner's terms."""
+    count = config.count_baselines
+    return {
+        "als": {"factors": config.als.factors, "regularization": config.als.regularization,
+                "alpha": config.als.alpha},
+        "item_knn": {"neighbors": config.item_knn_neighbors},
+        "coview": {"session_gap_minutes": count.coview_session_gap_minutes, "decay": count.coview_decay,
+                   "max_history": count.coview_max_history},
+    }
+
+
+def tune_configured_baselines(
+    examples_dir: Path, train: pd.DataFrame, items: pd.DataFrame | None, config: EvaluatorConfig
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """Tune the baselines of ``config.tuned_baselines`` that are also in ``config.baselines``: each gets
+    ``config.baseline_tuning_trials`` trials, fitted on ``train`` and scored on ``eval.parquet``. Returns
+    ``({name: TuningResult as dict}, note)``; the note says why nothing was tuned (empty when tuning ran)."""
+    names = [n for n in config.tuned_baselines if n in config.baselines]
+    if config.baseline_tuning_trials == 0:
+        return {}, "baseline tuning off (evaluator.baseline_tuning_trials is 0): configured values used"
+    if not names:
+        return {}, "no tunable baseline among evaluator.baselines"
+    validation = _read_table(Path(examples_dir) / "eval.parquet", _EVENT_COLUMNS)
+    try:
+        results = tune_baselines(
+            train,
+            validation,
+            items,
+            names=names,
+            budget=config.baseline_tuning_trials,
+            seed=config.seed,
+            k=config.k,
+            exclude_train_items=config.exclude_train_items,
+            metric=config.metric_key(),
+            max_users=config.max_users,
+            initial_params=configured_params(config),
+        )
+    except DataError as exc:
+        return {}, f"baselines not tuned, configured values used: {exc}"
+    note = ""
+    if config.split == "eval":
+        note = "baselines were tuned on the eval split, which is also the evaluated split (optimistic for them)"
+    return {name: r.to_dict() for name, r in results.items()}, note
 
 
 def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
@@ -333,7 +409,9 @@ def evaluate_recommenders(
         methods[CHAMPION] = _run_method(
             CHAMPION, "champion", champion, users, truth, exclude, catalog, config, context=context
         )
-    for name, baseline in build_baselines(config).items():
+    tuning, tuning_note = tune_configured_baselines(examples_dir, train, items, config)
+    tuned_params = {name: t["best_params"] for name, t in tuning.items()}
+    for name, baseline in build_baselines(config, tuned_params).items():
         start = time.perf_counter()
         baseline.fit(train, items)  # type: ignore[attr-defined]
         methods[name] = _run_method(
@@ -372,16 +450,17 @@ def evaluate_recommenders(
             reference=f"the candidate without re-ranking ({candidate.name})",
         )
     baseline_labels = [m.label for m in methods.values() if m.role == "baseline"]
-    if baseline_labels:
-        best = max(
-            baseline_labels, key=lambda lbl: (np.nan_to_num(methods[lbl].metrics[primary], nan=-1.0), lbl)
-        )
+    best = best_baseline({lbl: methods[lbl].metrics for lbl in baseline_labels}, primary)
+    best_info: dict[str, Any] = {}
+    if best is not None:
+        best_label, best_value = best
+        best_info = {"label": best_label, "name": methods[best_label].name, "metric": primary, "value": best_value}
         significance["best_baseline"] = paired_tests(
             cand_series,
-            methods[best].per_user[primary],
+            methods[best_label].per_user[primary],
             confidence,
             metric=primary,
-            reference=f"best baseline ({best})",
+            reference=f"best baseline ({best_label})",
         )
 
     blessing = decide_blessing(
@@ -409,4 +488,7 @@ def evaluate_recommenders(
             else {}
         ),
         reranking=reranking,
+        baseline_tuning=tuning,
+        baseline_tuning_note=tuning_note,
+        best_baseline=best_info,
     )

@@ -195,6 +195,51 @@ def _significance_table(result: EvaluationResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _best_baseline_html(result: EvaluationResult) -> str:
+    best = result.best_baseline
+    if not best:
+        return '<p class="muted">best baseline: none (no baseline measured the primary metric)</p>'
+    cand = result.candidate.metrics.get(result.primary_metric)
+    cand_text = f"; the candidate {float(cand):.4f}" if isinstance(cand, int | float) and math.isfinite(cand) else ""
+    return (
+        f"<p>Best baseline of this run: <b>{html.escape(str(best['label']))}</b> "
+        f"({html.escape(str(best['name']))}), {html.escape(str(best['metric']))} {float(best['value']):.4f}"
+        f"{cand_text}.</p>"
+    )
+
+
+def tuning_table(result: EvaluationResult) -> pd.DataFrame:
+    """One row per tuned baseline: the metric on the eval split, the chosen hyper-parameters, the trials."""
+    rows = []
+    for name, t in result.baseline_tuning.items():
+        trials = t.get("trials", [])
+        rows.append(
+            {
+                "baseline": name,
+                "trials": len(trials),
+                f"eval {t.get('metric', '')} (best)": t.get("best_score"),
+                f"eval {t.get('metric', '')} (trial 0: configured)": trials[0]["score"] if trials else None,
+                "chosen hyper-parameters": json.dumps(json_safe(t.get("best_params", {})), sort_keys=True),
+                "seconds": round(float(t.get("seconds", 0.0)), 2),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _tuning_html(result: EvaluationResult) -> str:
+    parts = ["<h2>Baseline tuning (fit on train, scored on eval)</h2>"]
+    if result.baseline_tuning:
+        parts.append(
+            '<p class="muted">Each tuned baseline got the same number of trials (Optuna TPE, seeded; trial 0 = '
+            "the configured values); the chosen configuration was then fitted on train and compared on the "
+            f"{html.escape(result.split)} split above.</p>"
+        )
+        parts.append(_table(tuning_table(result)))
+    if result.baseline_tuning_note:
+        parts.append(f"<p>{html.escape(result.baseline_tuning_note)}</p>")
+    return "".join(parts) if len(parts) > 1 else ""
+
+
 def _extra_sections(extra: Mapping[str, Any]) -> list[str]:
     parts = []
     for key, value in extra.items():
@@ -278,6 +323,7 @@ def render_html(result: EvaluationResult) -> str:
         ),
         "<h2>Blessing</h2><h3>Failed rules</h3>" + _list(blessing.reasons, "none: every rule passed"),
         "<h3>Passed or skipped rules</h3>" + _list(blessing.checks, "none"),
+        _best_baseline_html(result),
         "<h2>Metrics: candidate vs champion vs baselines</h2>" + _table(table),
         _img(metric_bars_png(table, metrics), "metric bars by method"),
         "<h2>Significance (paired, per user)</h2>"
@@ -293,6 +339,9 @@ def render_html(result: EvaluationResult) -> str:
             f"per-user {primary} distribution",
         ),
     ]
+    tuning = _tuning_html(result)
+    if tuning:
+        sections.append(tuning)
     if not result.segments.empty:
         sections.append("<h2>By user type (new vs returning)</h2>" + _table(result.segments))
     sections.extend(_beyond_accuracy_sections(result, full_table, beyond_cols))
@@ -332,6 +381,9 @@ def metrics_document(result: EvaluationResult) -> dict[str, Any]:
                 **{m.label: m.exposure for m in result.methods.values() if m.exposure},
             },
             "reranking": result.reranking,
+            "best_baseline": result.best_baseline,
+            "baseline_tuning": result.baseline_tuning,
+            "baseline_tuning_note": result.baseline_tuning_note,
             "extra": result.extra,
         }
     )
@@ -346,6 +398,7 @@ def blessing_document(result: EvaluationResult) -> dict[str, Any]:
             "checks": result.blessing.checks,
             "candidate": result.candidate.name,
             "metrics": result.candidate.metrics,
+            "best_baseline": result.best_baseline,
         }
     )
 

@@ -96,7 +96,9 @@ def ranking_slices(
 
 
 def flat_metrics(evaluation_dir: Path) -> dict[str, float]:
-    """Every number of an evaluation as one flat dict, for MLflow: ``<method>.<metric>`` and ``ope.<estimate>``."""
+    """Every number of an evaluation as one flat dict, for MLflow: ``<method>.<metric>``, ``ope.<estimate>``,
+    ``best_baseline.value`` and each tuned baseline's chosen ``tuning.<baseline>.<param>`` and
+    ``tuning.<baseline>.eval_score``."""
     doc = json.loads((evaluation_dir / "metrics.json").read_text(encoding="utf-8"))
     out: dict[str, float] = {}
     for label, values in doc.get("methods", {}).items():
@@ -106,6 +108,15 @@ def flat_metrics(evaluation_dir: Path) -> dict[str, float]:
     for row in doc.get("extra", {}).get("off_policy", []) or []:
         if isinstance(row, dict) and isinstance(row.get("value"), int | float):
             out[f"ope.{row['estimate']}"] = float(row["value"])
+    best = doc.get("best_baseline") or {}
+    if isinstance(best.get("value"), int | float):
+        out["best_baseline.value"] = float(best["value"])
+    for name, tuning in (doc.get("baseline_tuning") or {}).items():
+        for param, value in (tuning.get("best_params") or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[f"tuning.{name}.{param}"] = float(value)
+        if isinstance(tuning.get("best_score"), int | float):
+            out[f"tuning.{name}.eval_score"] = float(tuning["best_score"])
     blessing = json.loads((evaluation_dir / "blessing.json").read_text(encoding="utf-8"))
     out["blessed"] = 1.0 if blessing.get("blessed") else 0.0
     return out
