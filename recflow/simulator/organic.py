@@ -102,7 +102,8 @@ class OrganicWorld:
     def organic_logits(self, latent: np.ndarray) -> np.ndarray:
         """alpha (w . e_j) / sqrt(d) + mu_j for every product: the browsing logits before the co-view term."""
         c = self.config
-        return c.organic_weight * self.organic_embedding @ latent / math.sqrt(c.latent_dim) + self.organic_bias
+        affinity = self.organic_embedding @ latent / math.sqrt(c.latent_dim)
+        return c.organic_weight * affinity + self.organic_bias
 
     def click_probabilities(self, latent: np.ndarray, items: np.ndarray) -> np.ndarray:
         """True P(click) of products ``items`` shown in slots 0..K-1 to a user with latent ``latent``."""
@@ -229,11 +230,14 @@ def simulate_organic_log(
     start_date = start_date or cfg_start
     world = OrganicWorld(organic, seed, start_date)
     n, k = world.n_items, organic.slate_size
-    cols: dict[str, list] = {name: [] for name in ("type", "ms", "user", "item", "session", "request", "pos", "dwell")}
+    names = ("type", "ms", "user", "item", "session", "request", "pos", "dwell")
+    cols: dict[str, list] = {name: [] for name in names}
     first_ms: list[int] = []
     sessions = requests = 0
 
-    def add(kind: int, ms: int, user: int, item: int, session: int, request: int, pos: int, dwell: float) -> None:
+    def add(
+        kind: int, ms: int, user: int, item: int, session: int, request: int, pos: int, dwell: float
+    ) -> None:
         for name, value in zip(cols, (kind, ms, user, item, session, request, pos, dwell), strict=True):
             cols[name].append(value)
 
@@ -252,7 +256,8 @@ def simulate_organic_log(
                 for pos, item in enumerate(slate.tolist()):
                     add(_IMPRESSION, ms, u, item, sessions, requests, pos, math.nan)
                 for pos in np.flatnonzero(clicks).tolist():
-                    add(_CLICK, ms + int(CLICK_DELAY_S * 1000), u, int(slate[pos]), sessions, requests, pos, math.nan)
+                    click_ms = ms + int(CLICK_DELAY_S * 1000)
+                    add(_CLICK, click_ms, u, int(slate[pos]), sessions, requests, pos, math.nan)
                 requests += 1
             sessions += 1
             if visit.last:
@@ -260,7 +265,10 @@ def simulate_organic_log(
     events = _events_frame(world, {name: np.asarray(values) for name, values in cols.items()})
     user_ids = np.array([f"u{i:06d}" for i in range(organic.users)], dtype=object)
     users = pd.DataFrame(
-        {"user_id": user_ids, "signup_at": pd.to_datetime(np.asarray(first_ms, dtype=np.int64), unit="ms", utc=True)}
+        {
+            "user_id": user_ids,
+            "signup_at": pd.to_datetime(np.asarray(first_ms, dtype=np.int64), unit="ms", utc=True),
+        }
     )
     return OrganicLog(world, events, users, sessions, requests)
 
@@ -295,7 +303,9 @@ def _events_frame(world: OrganicWorld, col: dict[str, np.ndarray]) -> pd.DataFra
     )
 
 
-def generate_organic_dataset(config: SimulatorConfig, out_dir: Path, progress: bool = False) -> GenerationSummary:
+def generate_organic_dataset(
+    config: SimulatorConfig, out_dir: Path, progress: bool = False
+) -> GenerationSummary:
     """Simulate the organic world of ``config`` (its ``organic`` section, seed and start_date); write events,
     items, users (Parquet) and simulator.json into ``out_dir``; return the GenerationSummary."""
     from recflow.simulator.generator import summarize_counts
@@ -334,7 +344,8 @@ def generate_organic_dataset(config: SimulatorConfig, out_dir: Path, progress: b
 
 # ---------------------------------------------------------------------------------------------- online
 def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    text = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -355,7 +366,7 @@ class SlateFeedback:
 
     @property
     def expected_clicks(self) -> float:
-        """Expected clicks (sum of the true click probabilities): CTR with less noise than the sampled clicks."""
+        """Expected clicks (the sum of the true click probabilities): less noisy than the sampled clicks."""
         return float(sum(self.probabilities))
 
 
@@ -442,7 +453,8 @@ class OrganicShop:
         visit = user._browsing.next_visit()
         ids = self.world.item_ids
         user.history.extend(
-            {"item_id": str(ids[item]), "event_type": "view", "timestamp": _iso(ms)} for item, ms, _ in visit.views
+            {"item_id": str(ids[item]), "event_type": "view", "timestamp": _iso(ms)}
+            for item, ms, _ in visit.views
         )
         user._pending_ms = list(visit.recommendation_ms)
         user._last_visit = visit.last
@@ -452,8 +464,9 @@ class OrganicShop:
         return self.world.click_probabilities(user.latent, self.world.item_index(list(slate)))
 
     def show(self, user: OrganicUser, slate: Sequence[str]) -> SlateFeedback:
-        """Show ``slate`` (distinct item ids, best first) to ``user``: sample clicks, record them in the history,
-        then move the user on (another recommendation in this visit, or their next visit's views, or leaving)."""
+        """Show ``slate`` (distinct item ids, best first) to ``user``: sample clicks, record them in the
+        history, then move the user on (another recommendation in this visit, their next visit's views, or
+        leaving)."""
         if user.done:
             raise ValueError(f"user {user.user_id} has left the shop; draw a new_user()")
         slate = [str(s) for s in slate]
@@ -541,7 +554,7 @@ def measure_headroom(config: OrganicConfig, seed: int, users: int = 2000) -> Hea
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m recflow.simulator.organic [--items N] [--users U] [--seeds S ...]``: print headroom as JSON."""
+    """``python -m recflow.simulator.organic [--items N] [--users U] [--seeds S ...]``: headroom as JSON."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--items", type=int, default=OrganicConfig().items)
     parser.add_argument("--users", type=int, default=2000, help="new users per seed")
@@ -552,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for seed in args.seeds:
         h = measure_headroom(config, seed, args.users)
         rows.append({**h.__dict__, "ratios_to_random": {k: round(v, 3) for k, v in h.ratios().items()}})
-    print(json.dumps({"command": "python -m recflow.simulator.organic", "items": args.items, "runs": rows}, indent=2))
+    result = {"command": "python -m recflow.simulator.organic", "items": args.items, "runs": rows}
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
