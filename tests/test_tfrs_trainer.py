@@ -21,6 +21,8 @@ from recflow.training.tfrs_trainer import TrainerConfig, TrainResult, train_tfrs
 pytestmark = pytest.mark.slow
 
 POSITIVE = ["click", "add_to_cart", "purchase"]
+TWO_TOWER = TrainerConfig(retrieval_model="two_tower")
+SEQ = TrainerConfig(sequence={"epochs": 6, "embedding_dim": 32}, ranking_epochs=1)
 
 
 def _pipeline(base: Path, minimal: bool, config: TrainerConfig, **world) -> tuple[Path, TrainResult]:
@@ -32,12 +34,20 @@ def _pipeline(base: Path, minimal: bool, config: TrainerConfig, **world) -> tupl
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult]:
-    return _pipeline(tmp_path_factory.mktemp("full"), False, TrainerConfig())
+    return _pipeline(tmp_path_factory.mktemp("full"), False, TWO_TOWER)
 
 
 @pytest.fixture(scope="module")
 def minimal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult]:
-    return _pipeline(tmp_path_factory.mktemp("minimal"), True, TrainerConfig(epochs=2), n_users=80, sessions=5)
+    return _pipeline(tmp_path_factory.mktemp("minimal"), True, TrainerConfig(retrieval_model="two_tower", epochs=2),
+                     n_users=80, sessions=5)
+
+
+@pytest.fixture(scope="module")
+def seq(full: tuple[Path, TrainResult]) -> tuple[Path, TrainResult]:
+    """The sequence model (the default retrieval model) on the same shop as ``full``."""
+    base, _ = full
+    return base, train_tfrs(base / "ex", base / "tf", base / "model-seq", SEQ)
 
 
 def test_exports_take_raw_features(full: tuple[Path, TrainResult]) -> None:
@@ -91,7 +101,7 @@ def test_index_recall_is_measured_and_reported(full: tuple[Path, TrainResult]) -
 def test_hnsw_index_serves_the_same_lists_as_exact_search_here(full: tuple[Path, TrainResult]) -> None:
     base, _ = full
     result = train_tfrs(base / "ex", base / "tf", base / "model-hnsw",
-                        TrainerConfig(index={"kind": "hnsw"}, ranking_epochs=1))
+                        TrainerConfig(retrieval_model="two_tower", index={"kind": "hnsw"}, ranking_epochs=1))
     assert result.metrics["index_recall@10"] >= 0.95  # a small catalog: HNSW finds (almost) every neighbour
     rec = load_recommender(result.out_dir)
     assert rec._index is not None
@@ -115,14 +125,17 @@ def test_cold_users_get_their_segments_taste(full: tuple[Path, TrainResult]) -> 
 def test_warm_start_copies_the_previous_models_towers(full: tuple[Path, TrainResult]) -> None:
     base, first = full
     warm = train_tfrs(base / "ex", base / "tf", base / "model-warm",
-                      TrainerConfig(warm_start_from=str(first.out_dir), epochs=1, ranking_epochs=1))
-    cold = train_tfrs(base / "ex", base / "tf", base / "model-cold", TrainerConfig(epochs=1, ranking_epochs=1))
+                      TrainerConfig(retrieval_model="two_tower", warm_start_from=str(first.out_dir), epochs=1,
+                                    ranking_epochs=1))
+    cold = train_tfrs(base / "ex", base / "tf", base / "model-cold",
+                      TrainerConfig(retrieval_model="two_tower", epochs=1, ranking_epochs=1))
     copied = warm.history["warm_start"]
     assert copied["variables_copied"] > 0 and copied["id_rows_copied"] > 100
     # one epoch from the trained towers is as good as the trained model, better than one epoch from scratch
     assert warm.metrics["retrieval_eval_top10_accuracy"] > cold.metrics["retrieval_eval_top10_accuracy"]
     missing = train_tfrs(base / "ex", base / "tf", base / "model-nowarm",
-                         TrainerConfig(warm_start_from=str(base / "nothing"), epochs=1, ranking_epochs=1))
+                         TrainerConfig(retrieval_model="two_tower", warm_start_from=str(base / "nothing"),
+                                       epochs=1, ranking_epochs=1))
     assert any("cold start" in n for n in missing.notes)
 
 
@@ -171,7 +184,8 @@ def test_ids_only_log_trains_and_serves(minimal: tuple[Path, TrainResult]) -> No
 
 def test_same_seed_same_metrics(minimal: tuple[Path, TrainResult]) -> None:
     base, first = minimal
-    again = train_tfrs(base / "ex", base / "tf", base / "model-again", TrainerConfig(epochs=2))
+    again = train_tfrs(base / "ex", base / "tf", base / "model-again",
+                       TrainerConfig(retrieval_model="two_tower", epochs=2))
     assert again.metrics["retrieval_eval_top10_accuracy"] == first.metrics["retrieval_eval_top10_accuracy"]
     assert again.history["retrieval"]["history"]["loss"] == first.history["retrieval"]["history"]["loss"]
     a = pd.read_parquet(first.item_embeddings_path)["embedding"]
@@ -182,3 +196,94 @@ def test_same_seed_same_metrics(minimal: tuple[Path, TrainResult]) -> None:
 def test_missing_transform_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run the Transform step first"):
         train_tfrs(tmp_path, tmp_path, tmp_path / "model", TrainerConfig())
+
+
+# ------------------------------------------------------------------------------------ learning from every signal
+def test_event_weights_are_validated_and_decide_the_targets(full: tuple[Path, TrainResult]) -> None:
+    from pydantic import ValidationError
+
+    from recflow.features.transform import EVENT_CODES
+    from recflow.training.tfrs_trainer import target_weights
+
+    with pytest.raises(ValidationError, match="unknown event type"):
+        TrainerConfig(event_weights={"impression": 1.0})
+    with pytest.raises(ValidationError, match="at least one"):
+        TrainerConfig(event_weights={"view": 0.0, "click": 0.0})
+    weights = TrainerConfig(event_weights={"view": 0.25, "purchase": 3.0}).event_weights
+    codes = np.array([EVENT_CODES[t] for t in ("impression", "view", "click", "purchase")])
+    assert target_weights(codes, EVENT_CODES, weights).tolist() == [0.0, 0.25, 0.0, 3.0]
+    _base, result = full  # default weights: views are targets beside clicks, carts and purchases
+    by_type = result.history["retrieval"]["train_examples_by_type"]
+    assert by_type.get("view", 0) > 0 and by_type.get("click", 0) > 0 and "impression" not in by_type
+    base, _ = full
+    with pytest.raises(DataError, match="event_weights"):
+        train_tfrs(base / "ex", base / "tf", base / "model-none",
+                   TrainerConfig(retrieval_model="two_tower", event_weights={"add_to_cart": 1.0}, epochs=1))
+
+
+# ------------------------------------------------------------------------------------------- the sequence model
+def test_sequence_model_exports_a_history_signature_equal_to_the_numpy_encoder(seq: tuple[Path, TrainResult]) -> None:
+    import tensorflow as tf
+
+    from recflow.models.sequence import EVENT_TYPE_CODES, load_encoder_weights, numpy_user_state
+    from serving.bundle import SequenceState
+    from serving.history import HistoryEntry
+
+    base, result = seq
+    out = result.out_dir
+    assert (out / "sequence_encoder.npz").is_file() and (out / "user_history.parquet").is_file()
+    assert result.history["retrieval"]["model"] == "sequence" and result.metrics["retrieval_eval_top10_accuracy"] > 0
+    retrieval = tf.saved_model.load(str(result.retrieval_dir))
+    ids = [["", "i0003", "i0007", "i0012"], ["i0001", "i0001", "nope", "i0040"]]
+    types = [[0, 2, 3, 2], [0, 0, 0, 4]]
+    gaps = [[-1.0, 300.0, 60.0, 0.0], [-1.0, -1.0, -1.0, -1.0]]
+    saved = retrieval.signatures["history_embedding"](
+        hist_item_ids=tf.constant(ids), hist_types=tf.constant(types, tf.int64),
+        hist_gaps=tf.constant(gaps, tf.float32))["embedding"].numpy()
+    weights, _meta = load_encoder_weights(out)
+    rows = pd.read_parquet(out / "sequence_items.parquet").set_index("item_id")["row"]
+    items = np.array([[rows.get(i, -1) if i else -1 for i in row] for row in ids])
+    assert np.allclose(numpy_user_state(weights, items, np.array(types), np.array(gaps)), saved, atol=1e-4)
+    # serving's numpy path (serving.bundle.SequenceState) gives the SavedModel's state for the same history
+    state = SequenceState(out)
+    entries = [HistoryEntry("i0003", "view", 1000.0), HistoryEntry("i0007", "click", 1240.0),
+               HistoryEntry("i0012", "view", 1300.0)]
+    assert np.allclose(state.encode(entries), saved[0], atol=1e-4)
+    assert EVENT_TYPE_CODES["view"] == 2 and EVENT_TYPE_CODES["click"] == 3
+    # a known user's query_embedding (stored history looked up inside) is the exported user embedding
+    users = pd.read_parquet(result.user_embeddings_path).set_index("user_id")["embedding"]
+    some = sorted(users.index)[:3]
+    ctx = json.loads((out / "default_context.json").read_text())
+    inputs = {"user_id": tf.constant(some)}
+    for name, spec in retrieval.signatures["query_embedding"].structured_input_signature[1].items():
+        if name != "user_id":
+            inputs[name] = tf.constant([ctx[name]] * len(some), spec.dtype)
+    emb = retrieval.signatures["query_embedding"](**inputs)["embedding"].numpy()
+    assert np.allclose(emb, np.stack(users[some].to_numpy()), atol=1e-4)
+    stored = state.stored[some[0]]
+    assert np.allclose(state.encode(stored), emb[0], atol=1e-4)
+
+
+def test_sequence_model_reloads_recommends_and_beats_popularity(seq: tuple[Path, TrainResult]) -> None:
+    base, result = seq
+    rec = load_recommender(result.out_dir)
+    lists = rec.recommend(["u0003", "cold-user"], 10, exclude={"u0003": {"i0000"}})
+    assert [len(x) for x in lists] == [10, 10] and "i0000" not in lists[0]
+    model, popularity = _recall_at_10(rec, base)
+    assert model > popularity, (model, popularity)
+
+
+def test_sequence_warm_start_same_kind_copies_other_kind_is_a_cold_start(
+        full: tuple[Path, TrainResult], seq: tuple[Path, TrainResult]) -> None:
+    base, first = seq
+    cfg = {"sequence": {"epochs": 1, "embedding_dim": 32}, "ranking_epochs": 1}
+    warm = train_tfrs(base / "ex", base / "tf", base / "model-seq-warm",
+                      TrainerConfig(warm_start_from=str(first.out_dir), **cfg))
+    copied = warm.history["retrieval"]["warm_start"]
+    assert copied["variables_copied"] > 10 and copied["id_rows_copied"] > 50
+    cold = train_tfrs(base / "ex", base / "tf", base / "model-seq-cold", TrainerConfig(**cfg))
+    assert warm.metrics["retrieval_eval_top10_accuracy"] > cold.metrics["retrieval_eval_top10_accuracy"]
+    _, two_tower = full
+    other = train_tfrs(base / "ex", base / "tf", base / "model-seq-other",
+                       TrainerConfig(warm_start_from=str(two_tower.out_dir), **cfg))
+    assert any("cold start" in n and "not a sequence model" in n for n in other.notes)

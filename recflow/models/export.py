@@ -8,6 +8,9 @@
   evaluation;
 * ``query_embedding(...) -> {embedding [B, D]}``.
 
+With the sequence model (:class:`SequenceRetrievalServing`) the same three signatures read the user's stored
+history, and ``history_embedding`` / ``history_top_k`` take a history instead of a user id.
+
 ``ranking/`` signature ``serving_default(user_id, item_id, <context features>) -> {probability [B]}`` (click),
 plus ``purchase_probability [B]`` when the log had purchases (the DCN's second task).
 
@@ -146,6 +149,85 @@ class RankingServing(_RawFeatureModule):
         if "purchase" in out:
             result["purchase_probability"] = out["purchase"]
         return result
+
+
+class SequenceRetrievalServing(tf.Module):
+    """The sequence model as a SavedModel: a user's stored history (or a given one) -> state -> top-K.
+
+    ``histories`` are the encoder inputs of the known users (``hist_items``/``hist_types``/``hist_gaps``,
+    [U, L]); an unknown user gets an all-padding history. History signatures take item ids, which map to
+    encoder rows through ``catalog_rows`` ('' and ids outside the catalog are padding).
+    """
+
+    def __init__(self, encoder: tf.keras.Model, user_ids: Sequence[str], histories: Mapping[str, np.ndarray],
+                 catalog_rows: Mapping[str, int], item_ids: Sequence[str], item_vectors: np.ndarray,
+                 top_k: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        max_len = int(histories["hist_items"].shape[1])
+        pad = {"hist_items": -1, "hist_types": 0, "hist_gaps": -1.0}
+        self.stored = {k: tf.Variable(np.concatenate([histories[k], np.full((1, max_len), pad[k],
+                                                                               histories[k].dtype)]),
+                                      trainable=False, name=f"stored_{k}") for k in pad}
+        self.user_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant([str(u) for u in user_ids], tf.string),
+                                                tf.range(len(user_ids), dtype=tf.int64)), default_value=-1)
+        self._n_users = len(user_ids)
+        self.item_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(list(catalog_rows), tf.string),
+                                                tf.constant(list(catalog_rows.values()), tf.int64)),
+            default_value=-1)
+        self.top_k = min(int(top_k), len(item_ids))
+        self.num_items = len(item_ids)
+        self.top_k_value = tf.Variable(self.top_k, trainable=False, dtype=tf.int64, name="top_k")
+        self.num_items_value = tf.Variable(self.num_items, trainable=False, dtype=tf.int64, name="num_items")
+        self.index = tfrs.layers.factorized_top_k.BruteForce(k=self.top_k)
+        self.index.index(tf.constant(item_vectors, tf.float32), identifiers=tf.constant(list(item_ids)))
+
+    def stored_history(self, user_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        row = self.user_rows.lookup(user_id)
+        row = tf.where(row < 0, tf.constant(self._n_users, tf.int64), row)
+        return {k: tf.gather(v, row) for k, v in self.stored.items()}
+
+    def query(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return self.encoder(self.stored_history(inputs["user_id"]), training=False)
+
+    def history_query(self, hist_item_ids: tf.Tensor, hist_types: tf.Tensor, hist_gaps: tf.Tensor) -> tf.Tensor:
+        rows = self.item_rows.lookup(hist_item_ids)
+        return self.encoder({"hist_items": rows, "hist_types": hist_types, "hist_gaps": hist_gaps}, training=False)
+
+    def top_k_items(self, inputs: Mapping[str, tf.Tensor], k: int) -> dict[str, tf.Tensor]:
+        scores, ids = self.index(self.query(inputs), k=k)
+        return {"item_ids": ids, "scores": scores}
+
+
+def save_sequence_retrieval(module: SequenceRetrievalServing, spec: Mapping[str, Any], path: str) -> None:
+    """Save ``module`` with the two-tower's signatures (``serving_default``, ``rank_all``, ``query_embedding``
+    over ``user_id`` + context, the user's stored history looked up inside) plus ``history_embedding`` and
+    ``history_top_k`` over ``hist_item_ids`` [B, L] string, ``hist_types`` [B, L] int64 and ``hist_gaps``
+    [B, L] float32 (most recent last; see recflow.training.sequence_retrieval)."""
+    sig = input_signature(spec, spec["serving_inputs"])
+    hist_sig = [tf.TensorSpec([None, None], tf.string, name="hist_item_ids"),
+                tf.TensorSpec([None, None], tf.int64, name="hist_types"),
+                tf.TensorSpec([None, None], tf.float32, name="hist_gaps")]
+    top = tf.function(lambda inputs: module.top_k_items(inputs, module.top_k), input_signature=[sig])
+    every = tf.function(lambda inputs: module.top_k_items(inputs, module.num_items), input_signature=[sig])
+    embed = tf.function(lambda inputs: {"embedding": module.query(inputs)}, input_signature=[sig])
+
+    def _hist_top(hist_item_ids: tf.Tensor, hist_types: tf.Tensor, hist_gaps: tf.Tensor) -> dict[str, tf.Tensor]:
+        scores, ids = module.index(module.history_query(hist_item_ids, hist_types, hist_gaps), k=module.top_k)
+        return {"item_ids": ids, "scores": scores}
+
+    hist_embed = tf.function(lambda hist_item_ids, hist_types, hist_gaps: {
+        "embedding": module.history_query(hist_item_ids, hist_types, hist_gaps)}, input_signature=hist_sig)
+    hist_top = tf.function(_hist_top, input_signature=hist_sig)
+    module.serve_top_k, module.serve_rank_all, module.serve_embedding = top, every, embed
+    module.serve_history_embedding, module.serve_history_top_k = hist_embed, hist_top
+    tf.saved_model.save(module, path, signatures={
+        "serving_default": top.get_concrete_function(), "rank_all": every.get_concrete_function(),
+        "query_embedding": embed.get_concrete_function(),
+        "history_embedding": hist_embed.get_concrete_function(),
+        "history_top_k": hist_top.get_concrete_function()})
 
 
 def save_retrieval(module: RetrievalServing, spec: Mapping[str, Any], path: str) -> None:

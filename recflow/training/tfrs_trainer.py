@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,18 @@ class TrainerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    embedding_dim: int = Field(32, gt=0, description="Width of the user/item embeddings and tower outputs.")
+    retrieval_model: Literal["sequence", "two_tower"] = Field(
+        "sequence", description="The retrieval model: 'sequence' (self-attention over the user's recent events, "
+        "recflow.models.sequence; serves any user with a history, new users included, from that history) or "
+        "'two_tower' (id and feature towers, recflow.models.two_tower).")
+    sequence: dict[str, Any] = Field(
+        default_factory=dict, description="Settings of the sequence model, overriding the defaults of "
+        "recflow.models.sequence.SequenceConfig (max_len, embedding_dim, num_blocks, num_heads, dropout, "
+        "epochs, batch_size, learning_rate, temperature, logq_strength, early_stopping_patience, seed, ...); "
+        "the two-tower settings above do not apply to it, event_weights, first_positive_only, top_k, index "
+        "and warm_start_from do.")
+    embedding_dim: int = Field(32, gt=0, description="Width of the user/item embeddings and tower outputs "
+                               "(two-tower and ranking model).")
     epochs: int = Field(10, gt=0, description="Maximum training epochs (early stopping may end sooner).")
     batch_size: int = Field(512, gt=0, description="Examples per batch (also the in-batch negatives).")
     learning_rate: float = Field(0.05, gt=0, description="Adagrad learning rate.")
@@ -97,6 +108,21 @@ class TrainerConfig(BaseModel):
     seed: int = Field(42, ge=0, description="Seed of weights, shuffling and everything else random.")
     deterministic_ops: bool = Field(True, description="tf.config.experimental.enable_op_determinism().")
 
+
+    @field_validator("sequence")
+    @classmethod
+    def _sequence_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value:  # validated here (importing TensorFlow) only when something is overridden
+            from recflow.models.sequence import SequenceConfig
+
+            SequenceConfig(**value)
+        return dict(value)
+
+    def sequence_config(self) -> Any:
+        """The sequence model's :class:`recflow.models.sequence.SequenceConfig` (its defaults + ``sequence``)."""
+        from recflow.models.sequence import SequenceConfig
+
+        return SequenceConfig(**self.sequence)
 
     @field_validator("event_weights")
     @classmethod
@@ -282,79 +308,101 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
                 ds = ds.shuffle(len(feats["item_idx"]), seed=config.seed, reshuffle_each_iteration=True)
             return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
-        train_ds = as_dataset(train, pos_train, shuffle=True)
-        eval_ds = as_dataset(evald, pos_eval, shuffle=False) if pos_eval.any() else None
-        cand_ds = tf.data.Dataset.from_tensor_slices(cand_features).batch(1024)
-        with strategy.scope():
-            query_tower = FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="query",
-                                       constant_one=config.item_bias)
-            cand_tower = FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim,
-                                      name="candidate", bias_of="item_idx" if config.item_bias else None)
-            retrieval = TwoTowerModel(query_tower, cand_tower, config.temperature, config.logq_correction,
-                                      candidates=cand_ds if eval_ds is not None else None,
-                                      logq_strength=config.logq_strength)
-            retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
-            sample = next(iter(train_ds))
-            query_tower(sample), cand_tower(sample)  # build the variables (for warm start and saving)
-        vocabularies = {v: [t.decode("utf-8") if isinstance(t, bytes) else str(t)
-                            for t in tft_output.vocabulary_by_name(v)]
-                        for v in sorted({VOCAB_OF[f] for f in vocab})}
-        if config.warm_start_from:
-            try:
-                report["warm_start"] = warm_start_towers({"query": query_tower, "candidate": cand_tower},
-                                                         Path(config.warm_start_from), vocabularies, VOCAB_OF)
-                report["warm_start"]["from"] = str(config.warm_start_from)
-            except DataError as exc:
-                notes.append(f"cold start: {exc}")
-        callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(tmp / "logs" / "retrieval"))]
-        monitor = "val_factorized_top_k/top_10_categorical_accuracy"
-        if eval_ds is not None:
-            callbacks.append(tf.keras.callbacks.EarlyStopping(
-                monitor=monitor, mode="max", patience=config.early_stopping_patience, restore_best_weights=True))
-        else:
-            notes.append("eval split has no positive interactions: retrieval trained without early stopping")
-        started = time.perf_counter()
-        hist = retrieval.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, callbacks=callbacks,
-                             verbose=0)
-        seconds = time.perf_counter() - started
-        history = _history(hist)
-        epochs_run = len(history.get("loss", []))
-        n_pos = int(pos_train.sum())
-        report["retrieval"] = {"history": history, "epochs_run": epochs_run, "train_examples": n_pos,
-                               "train_examples_by_type": _count_types(train["event_code"][pos_train], spec),
-                               "event_weights": dict(config.event_weights),
-                               "eval_examples": int(pos_eval.sum()), "seconds": seconds,
-                               "examples_per_second": n_pos * epochs_run / seconds if seconds > 0 else None}
-        if eval_ds is not None:
-            best = max(history[monitor])
-            metrics["retrieval_eval_top10_accuracy"] = best
-            metrics["retrieval_eval_top50_accuracy"] = history["val_factorized_top_k/top_50_categorical_accuracy"][
-                int(np.argmax(history[monitor]))]
-        metrics["retrieval_train_loss"] = history["loss"][-1]
-        metrics["retrieval_examples_per_second"] = report["retrieval"]["examples_per_second"]
-
-        save_tower_weights(tmp, {"query": query_tower, "candidate": cand_tower}, vocabularies)
-        item_emb = cand_tower.predict(cand_features, batch_size=4096, verbose=0).astype(np.float32)
         item_ids = candidates_raw["item_id"].astype(str).tolist()
-        pd.DataFrame({"item_id": item_ids, "embedding": list(item_emb)}).to_parquet(
-            tmp / "item_embeddings.parquet", index=False)
         contexts, default_context = user_context(examples_dir, spec)
+        if config.retrieval_model == "sequence":
+            from recflow.models.export import SequenceRetrievalServing, save_sequence_retrieval
+            from recflow.training.sequence_retrieval import history_arrays, train_sequence
+
+            vocabulary = [t.decode("utf-8") if isinstance(t, bytes) else str(t)
+                          for t in tft_output.vocabulary_by_name("item_id")]
+            seq = train_sequence(examples_dir, vocabulary, item_ids, config, tmp)
+            report["retrieval"] = seq.report
+            metrics.update(seq.metrics)
+            notes.extend(seq.notes)
+            item_emb = seq.item_vectors
+            seq_cfg = config.sequence_config()
+            module = SequenceRetrievalServing(
+                seq.encoder, seq.user_ids, history_arrays(seq.histories, seq.catalog_rows, seq_cfg.max_len),
+                seq.catalog_rows, item_ids, item_emb, config.top_k)
+            save_sequence_retrieval(module, spec, str(tmp / "retrieval"))
+            pd.DataFrame({"item_id": item_ids, "embedding": list(item_emb)}).to_parquet(
+                tmp / "item_embeddings.parquet", index=False)
+            user_emb = seq.user_states
+            pd.DataFrame({"user_id": seq.user_ids, "embedding": list(user_emb)}).to_parquet(
+                tmp / "user_embeddings.parquet", index=False)
+        else:
+            train_ds = as_dataset(train, pos_train, shuffle=True)
+            eval_ds = as_dataset(evald, pos_eval, shuffle=False) if pos_eval.any() else None
+            cand_ds = tf.data.Dataset.from_tensor_slices(cand_features).batch(1024)
+            with strategy.scope():
+                query_tower = FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="query",
+                                           constant_one=config.item_bias)
+                cand_tower = FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim,
+                                          name="candidate", bias_of="item_idx" if config.item_bias else None)
+                retrieval = TwoTowerModel(query_tower, cand_tower, config.temperature, config.logq_correction,
+                                          candidates=cand_ds if eval_ds is not None else None,
+                                          logq_strength=config.logq_strength)
+                retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+                sample = next(iter(train_ds))
+                query_tower(sample), cand_tower(sample)  # build the variables (for warm start and saving)
+            vocabularies = {v: [t.decode("utf-8") if isinstance(t, bytes) else str(t)
+                                for t in tft_output.vocabulary_by_name(v)]
+                            for v in sorted({VOCAB_OF[f] for f in vocab})}
+            if config.warm_start_from:
+                try:
+                    report["warm_start"] = warm_start_towers({"query": query_tower, "candidate": cand_tower},
+                                                             Path(config.warm_start_from), vocabularies, VOCAB_OF)
+                    report["warm_start"]["from"] = str(config.warm_start_from)
+                except DataError as exc:
+                    notes.append(f"cold start: {exc}")
+            callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(tmp / "logs" / "retrieval"))]
+            monitor = "val_factorized_top_k/top_10_categorical_accuracy"
+            if eval_ds is not None:
+                callbacks.append(tf.keras.callbacks.EarlyStopping(
+                    monitor=monitor, mode="max", patience=config.early_stopping_patience, restore_best_weights=True))
+            else:
+                notes.append("eval split has no positive interactions: retrieval trained without early stopping")
+            started = time.perf_counter()
+            hist = retrieval.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, callbacks=callbacks,
+                                 verbose=0)
+            seconds = time.perf_counter() - started
+            history = _history(hist)
+            epochs_run = len(history.get("loss", []))
+            n_pos = int(pos_train.sum())
+            report["retrieval"] = {"history": history, "epochs_run": epochs_run, "train_examples": n_pos,
+                                   "train_examples_by_type": _count_types(train["event_code"][pos_train], spec),
+                                   "event_weights": dict(config.event_weights),
+                                   "eval_examples": int(pos_eval.sum()), "seconds": seconds,
+                                   "examples_per_second": n_pos * epochs_run / seconds if seconds > 0 else None}
+            if eval_ds is not None:
+                best = max(history[monitor])
+                metrics["retrieval_eval_top10_accuracy"] = best
+                metrics["retrieval_eval_top50_accuracy"] = history["val_factorized_top_k/top_50_categorical_accuracy"][
+                    int(np.argmax(history[monitor]))]
+            metrics["retrieval_train_loss"] = history["loss"][-1]
+            metrics["retrieval_examples_per_second"] = report["retrieval"]["examples_per_second"]
+
+            save_tower_weights(tmp, {"query": query_tower, "candidate": cand_tower}, vocabularies)
+            item_emb = cand_tower.predict(cand_features, batch_size=4096, verbose=0).astype(np.float32)
+            pd.DataFrame({"item_id": item_ids, "embedding": list(item_emb)}).to_parquet(
+                tmp / "item_embeddings.parquet", index=False)
+
+            serving = RetrievalServing(str(graph_dir), spec, user_state, query_tower, item_ids, item_emb, config.top_k)
+            save_retrieval(serving, spec, str(tmp / "retrieval"))
+            train_users = sorted(pd.read_parquet(examples_dir / "train.parquet", columns=["user_id"])["user_id"]
+                                 .astype(str).unique())
+            ctx = contexts.set_index("user_id").reindex(train_users)
+            inputs = {"user_id": tf.constant(train_users)}
+            for n in spec["context_features"]:
+                col = ctx[n].fillna(default_context[n])
+                kind = spec["raw_features"][n]
+                inputs[n] = tf.constant(col.astype(str).tolist() if kind == "string" else col.astype(np.int64))
+            user_emb = serving.query(inputs).numpy().astype(np.float32)
+            pd.DataFrame({"user_id": train_users, "embedding": list(user_emb)}).to_parquet(
+                tmp / "user_embeddings.parquet", index=False)
         contexts.to_parquet(tmp / "user_context.parquet", index=False)
         (tmp / "default_context.json").write_text(json.dumps(default_context), encoding="utf-8")
-
-        serving = RetrievalServing(str(graph_dir), spec, user_state, query_tower, item_ids, item_emb, config.top_k)
-        save_retrieval(serving, spec, str(tmp / "retrieval"))
-        train_users = sorted(pd.read_parquet(examples_dir / "train.parquet", columns=["user_id"])["user_id"]
-                             .astype(str).unique())
-        ctx = contexts.set_index("user_id").reindex(train_users)
-        inputs = {"user_id": tf.constant(train_users)}
-        for n in spec["context_features"]:
-            col = ctx[n].fillna(default_context[n])
-            kind = spec["raw_features"][n]
-            inputs[n] = tf.constant(col.astype(str).tolist() if kind == "string" else col.astype(np.int64))
-        user_emb = serving.query(inputs).numpy().astype(np.float32)
-        pd.DataFrame({"user_id": train_users, "embedding": list(user_emb)}).to_parquet(
-            tmp / "user_embeddings.parquet", index=False)
         index = build_index(item_ids, item_emb, config.index)
         index_report = measure_index_recall(index, user_emb, item_emb, config.index, seed=config.seed)
         save_index(index, tmp / "index", index_report)

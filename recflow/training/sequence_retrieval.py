@@ -1,0 +1,356 @@
+"""The TFRS trainer's sequence retrieval model (``trainer.retrieval_model: sequence``, the default).
+
+Training examples come from the train split's events (:func:`recflow.models.sequence.build_sequences`): every
+event of a type with a weight > 0 in ``trainer.event_weights`` is a target, its sample weight that type's
+weight, and its history the same user's view/click/add-to-cart/purchase events strictly before it (item rows
+from the Transform item vocabulary, event types, time gaps to the target). Early stopping measures the eval
+split's targets (histories include the train events) by weighted top-10 accuracy over the whole catalog.
+
+What it writes into the model directory (beside what the two-tower writes):
+
+* ``sequence_encoder.npz`` / ``.json``: the encoder's weights in numpy (serving's per-request forward pass);
+* ``sequence_items.parquet``: catalog item id -> encoder row (the Transform item vocabulary; catalog items
+  unseen in training share the OOV row; ids outside the catalog are left out of a history);
+* ``user_history.parquet``: each known user's latest ``max_len`` events (train + eval splits): item ids, event
+  types and timestamps (seconds);
+* ``retrieval/``: a SavedModel whose ``serving_default``/``rank_all``/``query_embedding`` signatures take the
+  same inputs as the two-tower's (``user_id`` + context; the user's stored history is looked up inside) and
+  whose ``history_embedding`` / ``history_top_k`` signatures take a history: ``hist_item_ids`` [B, L] string
+  ('' = padding), ``hist_types`` [B, L] int64 (:data:`recflow.models.sequence.EVENT_TYPE_CODES`) and
+  ``hist_gaps`` [B, L] float32 seconds before the query (-1 = unknown), most recent last.
+
+Gaps at serving are measured from the newest event of the history (stored or request), so a history means the
+same thing whatever the wall clock says (replayed or simulated logs keep their own timestamps).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recflow.errors import DataError
+
+#: Event types that enter a history (the user's own choices; impressions are the shop's).
+HISTORY_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+ITEMS_FILE = "sequence_items.parquet"
+HISTORY_FILE = "user_history.parquet"
+
+
+@dataclass(frozen=True)
+class SequenceData:
+    """The events the sequence model reads, as arrays (time order within each user is restored by the
+    builders)."""
+
+    user_ids: np.ndarray  # [N] str
+    user_rows: np.ndarray  # [N] int64
+    item_ids: np.ndarray  # [N] str
+    item_rows: np.ndarray  # [N] int64
+    event_types: np.ndarray  # [N] str
+    type_codes: np.ndarray  # [N] int64 (EVENT_TYPE_CODES)
+    seconds: np.ndarray  # [N] float64
+    weights: np.ndarray  # [N] float32 target weight (0: history only)
+    split: np.ndarray  # [N] str
+
+
+def item_rows_of(vocabulary: Sequence[str]) -> tuple[dict[str, int], int]:
+    """Encoder row of each vocabulary item and the number of rows (the vocabulary plus one OOV row)."""
+    return {str(v): i for i, v in enumerate(vocabulary)}, len(vocabulary) + 1
+
+
+def load_events(examples_dir: Path, splits: Sequence[str], item_rows: Mapping[str, int], oov_row: int,
+                event_weights: Mapping[str, float]) -> SequenceData:
+    """The history-type events of ``splits`` (ExampleGen parquet files) with rows, codes, seconds, weights."""
+    from recflow.models.sequence import EVENT_TYPE_CODES
+
+    frames = []
+    for name in splits:
+        path = Path(examples_dir) / f"{name}.parquet"
+        if not path.is_file():
+            raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first)")
+        df = pd.read_parquet(path, columns=["user_id", "item_id", "event_type", "timestamp"])
+        frames.append(df[df["event_type"].isin(HISTORY_TYPES)].assign(_split=name))
+    ev = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
+    users = ev["user_id"].astype(str).to_numpy(object)
+    _, user_rows = np.unique(users, return_inverse=True)
+    items = ev["item_id"].astype(str).to_numpy(object)
+    types = ev["event_type"].astype(str).to_numpy(object)
+    ts = pd.to_datetime(ev["timestamp"], utc=True)
+    return SequenceData(
+        user_ids=users, user_rows=user_rows.astype(np.int64), item_ids=items,
+        item_rows=np.array([item_rows.get(i, oov_row) for i in items], np.int64),
+        event_types=types, type_codes=np.array([EVENT_TYPE_CODES[t] for t in types], np.int64),
+        seconds=(ts.astype("int64").to_numpy() / 1e9).astype(np.float64),
+        weights=np.array([float(event_weights.get(t, 0.0)) for t in types], np.float32),
+        split=ev["_split"].to_numpy(object))
+
+
+def first_targets(data: SequenceData, mask: np.ndarray) -> np.ndarray:
+    """``mask`` keeping only each user's first target event with each item (in time order)."""
+    rows = np.flatnonzero(mask)
+    order = rows[np.argsort(data.seconds[rows], kind="stable")]
+    keys = data.user_rows[order] * (int(data.item_rows.max()) + 1) + data.item_rows[order]
+    _, first = np.unique(keys, return_index=True)
+    keep = np.zeros(len(mask), bool)
+    keep[order[first]] = True
+    return keep
+
+
+def stored_histories(data: SequenceData, max_len: int) -> pd.DataFrame:
+    """Each user's latest ``max_len`` events (oldest first): user_id, item_ids, event_types, timestamps."""
+    order = np.lexsort((data.seconds, data.user_rows))
+    frame = pd.DataFrame({"user_id": data.user_ids[order], "item_id": data.item_ids[order],
+                          "event_type": data.event_types[order], "timestamp": data.seconds[order]})
+    tail = frame.groupby("user_id", sort=True).tail(max_len)
+    grouped = tail.groupby("user_id", sort=True)
+    return pd.DataFrame({"user_id": list(grouped.groups),
+                         "item_ids": grouped["item_id"].agg(list).tolist(),
+                         "event_types": grouped["event_type"].agg(list).tolist(),
+                         "timestamps": grouped["timestamp"].agg(list).tolist()})
+
+
+def history_arrays(histories: pd.DataFrame, item_rows: Mapping[str, int], max_len: int
+                   ) -> dict[str, np.ndarray]:
+    """Encoder inputs of stored histories (left-padded, most recent last; gaps from each user's newest event;
+    items outside ``item_rows`` dropped)."""
+    from recflow.models.sequence import EVENT_TYPE_CODES
+
+    n = len(histories)
+    items = np.full((n, max_len), -1, np.int64)
+    types = np.zeros((n, max_len), np.int64)
+    gaps = np.full((n, max_len), -1.0, np.float32)
+    for r, (ids, kinds, times) in enumerate(zip(histories["item_ids"], histories["event_types"],
+                                                histories["timestamps"], strict=True)):
+        keep = [(item_rows[i], EVENT_TYPE_CODES.get(k, 0), float(t))
+                for i, k, t in zip(ids, kinds, times, strict=True) if i in item_rows][-max_len:]
+        if not keep:
+            continue
+        now = max(t for _, _, t in keep)
+        m = len(keep)
+        items[r, max_len - m:] = [k[0] for k in keep]
+        types[r, max_len - m:] = [k[1] for k in keep]
+        gaps[r, max_len - m:] = [max(now - k[2], 0.0) for k in keep]
+    return {"hist_items": items, "hist_types": types, "hist_gaps": gaps}
+
+
+def top_k_accuracy(user_states: np.ndarray, item_vectors: np.ndarray, targets: np.ndarray,
+                   weights: np.ndarray, ks: Sequence[int] = (10, 50)) -> dict[int, float]:
+    """Weighted share of examples whose target item is among the ``k`` best-scored items (ties count
+    against the target), per k."""
+    out = {}
+    if len(targets) == 0:
+        return {k: float("nan") for k in ks}
+    ranks = np.zeros(len(targets), np.int64)
+    for s in range(0, len(targets), 4096):
+        scores = user_states[s:s + 4096] @ item_vectors.T
+        own = scores[np.arange(len(scores)), targets[s:s + 4096]]
+        ranks[s:s + 4096] = (scores >= own[:, None]).sum(axis=1) - 1
+    for k in ks:
+        out[k] = float(np.sum(weights * (ranks < k)) / np.sum(weights))
+    return out
+
+
+def warm_start_encoder(encoder: Any, source_dir: Path, item_ids_by_row: Sequence[str]) -> dict[str, int]:
+    """Copy a previous sequence model's encoder (``source_dir``) into the built ``encoder``: item embedding
+    and bias rows by item id, every other weight as it is when its shape is unchanged.
+
+    Raises DataError when ``source_dir`` holds no sequence encoder (e.g. a two-tower model).
+    """
+    from recflow.models.sequence import export_weights, load_encoder_weights
+
+    source_dir = Path(source_dir)
+    if not (source_dir / "sequence_encoder.npz").is_file() or not (source_dir / ITEMS_FILE).is_file():
+        raise DataError(f"{source_dir}: no sequence encoder to warm-start from (not a sequence model)")
+    old, _meta = load_encoder_weights(source_dir)
+    old_rows = pd.read_parquet(source_dir / ITEMS_FILE)
+    old_row_of = dict(zip(old_rows["item_id"].astype(str), old_rows["row"].astype(int), strict=True))
+    new = export_weights(encoder)
+    copied = skipped = id_rows = 0
+    values: dict[str, np.ndarray] = {}
+    for key, value in new.items():
+        if key.startswith("meta_") or key == "gap_edges":
+            continue
+        if key not in old or old[key].shape[1:] != value.shape[1:]:
+            skipped += 1
+            continue
+        if key in ("item_embedding", "item_bias"):
+            fresh = value.copy()
+            pairs = [(r, old_row_of[i]) for r, i in enumerate(item_ids_by_row) if i in old_row_of]
+            pairs.append((len(fresh) - 1, len(old[key]) - 1))  # OOV row to OOV row
+            dst, src = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+            fresh[dst] = old[key][src]
+            values[key] = fresh
+            id_rows += len(pairs) if key == "item_embedding" else 0
+        elif old[key].shape == value.shape:
+            values[key] = old[key]
+        else:
+            skipped += 1
+            continue
+        copied += 1
+    _assign(encoder, values)
+    return {"variables_copied": copied, "variables_skipped": skipped, "id_rows_copied": id_rows}
+
+
+def _assign(encoder: Any, values: Mapping[str, np.ndarray]) -> None:
+    """Set the encoder's weights from arrays named as :func:`recflow.models.sequence.export_weights` names
+    them."""
+    def put(layer: Any, names: Sequence[str]) -> None:
+        current = layer.get_weights()
+        layer.set_weights([values.get(n, c) if n is not None else c
+                           for n, c in zip(names, current, strict=True)])
+
+    put(encoder.item_embedding, ["item_embedding"])
+    put(encoder.position_embedding, ["position_embedding"])
+    if encoder.type_embedding is not None:
+        put(encoder.type_embedding, ["type_embedding"])
+    if encoder.gap_embedding is not None:
+        put(encoder.gap_embedding, ["gap_embedding"])
+    if encoder.item_bias is not None and "item_bias" in values:
+        encoder.item_bias.set_weights([values["item_bias"][:, None]])
+    put(encoder.final_norm, ["final_ln_gamma", "final_ln_beta"])
+    put(encoder.projection, ["projection_kernel", "projection_bias"])
+    for b, blk in enumerate(encoder.blocks):
+        mha = blk["mha"]
+        for part, dense in (("query", mha._query_dense), ("key", mha._key_dense), ("value", mha._value_dense),
+                            ("output", mha._output_dense)):
+            for leaf, var in (("kernel", dense.kernel), ("bias", dense.bias)):
+                key = f"block{b}_{part}_{leaf}"
+                if key in values:
+                    var.assign(values[key])
+        for ln in ("ln1", "ln2"):
+            put(blk[ln], [f"block{b}_{ln}_gamma", f"block{b}_{ln}_beta"])
+        for f in ("ffn1", "ffn2"):
+            put(blk[f], [f"block{b}_{f}_kernel", f"block{b}_{f}_bias"])
+
+
+@dataclass
+class SequenceTraining:
+    """What :func:`train_sequence` hands back to the trainer."""
+
+    encoder: Any
+    item_vectors: np.ndarray  # [n_candidates, D] aligned with the candidates' item ids
+    user_ids: list[str]  # users with a stored history
+    user_states: np.ndarray  # [len(user_ids), D]
+    histories: pd.DataFrame
+    report: dict[str, Any]
+    metrics: dict[str, float]
+    notes: list[str]
+    catalog_rows: dict[str, int]  # catalog item id -> encoder row (OOV row for items unseen in training)
+
+
+def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids: Sequence[str],
+                   trainer_config: Any, out_dir: Path) -> SequenceTraining:
+    """Train the sequence encoder and write its files into ``out_dir`` (see the module docstring)."""
+    import tensorflow as tf
+
+    from recflow.models.sequence import SequenceEncoder, SequenceRetrievalModel, build_sequences, save_encoder
+
+    cfg = trainer_config.sequence_config()
+    notes: list[str] = []
+    row_of, n_rows = item_rows_of(vocabulary)
+    oov = n_rows - 1
+    data = load_events(examples_dir, ("train", "eval"), row_of, oov, trainer_config.event_weights)
+    is_train, is_eval = data.split == "train", data.split == "eval"
+    targets = data.weights > 0
+    if trainer_config.first_positive_only:
+        targets = first_targets(data, targets)
+    train_mask, eval_mask = targets & is_train, targets & is_eval
+    if not train_mask.any():
+        weighted = [t for t, w in trainer_config.event_weights.items() if w > 0]
+        raise DataError(f"{examples_dir}: the train split has no retrieval targets: no event of the types "
+                        f"trainer.event_weights gives a weight > 0 ({', '.join(weighted)})")
+    sel = is_train  # training histories: train events only
+    train_seq = build_sequences(data.user_rows[sel], data.item_rows[sel], data.type_codes[sel],
+                                data.seconds[sel], cfg.max_len, target_mask=train_mask[sel])
+    train_w = data.weights[sel][train_seq["target_index"]]
+    counts = np.bincount(train_seq["target_item"], minlength=n_rows).astype(np.float64)
+    item_prob = ((counts + 1.0) / (counts.sum() + n_rows)).astype(np.float32)
+    eval_seq = None
+    if eval_mask.any():
+        eval_seq = build_sequences(data.user_rows, data.item_rows, data.type_codes, data.seconds, cfg.max_len,
+                                   target_mask=eval_mask)
+        eval_w = data.weights[eval_seq["target_index"]]
+    else:
+        notes.append("eval split has no retrieval targets: the sequence model trained without early stopping")
+
+    tf.keras.utils.set_random_seed(cfg.seed)
+    encoder = SequenceEncoder(n_rows, cfg)
+    model = SequenceRetrievalModel(encoder, cfg.temperature, cfg.logq_strength, cfg.feature_dropout)
+    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+    feats = {k: train_seq[k] for k in ("hist_items", "hist_types", "hist_gaps", "target_item")}
+    feats["candidate_prob"] = item_prob[train_seq["target_item"]]
+    feats["sample_weight"] = train_w.astype(np.float32)
+    n_train = len(train_w)
+    ds = (tf.data.Dataset.from_tensor_slices(feats)
+          .shuffle(n_train, seed=cfg.seed, reshuffle_each_iteration=True)
+          .batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE))
+    encoder({k: feats[k][:1] for k in ("hist_items", "hist_types", "hist_gaps")})
+    encoder.candidate(np.zeros(1, np.int64))
+    report: dict[str, Any] = {"model": "sequence", "config": cfg.model_dump(), "train_examples": n_train,
+                              "eval_examples": 0 if eval_seq is None else len(eval_w),
+                              "train_examples_by_type": pd.Series(data.event_types[sel][train_seq["target_index"]])
+                              .value_counts().sort_index().astype(int).to_dict(),
+                              "event_weights": dict(trainer_config.event_weights)}
+    if trainer_config.warm_start_from:
+        try:
+            report["warm_start"] = warm_start_encoder(encoder, Path(trainer_config.warm_start_from),
+                                                      [*map(str, vocabulary), ""])
+            report["warm_start"]["from"] = str(trainer_config.warm_start_from)
+        except DataError as exc:
+            notes.append(f"cold start: {exc}")
+
+    def states(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        parts = [encoder({k: inputs[k][s:s + 2048] for k in ("hist_items", "hist_types", "hist_gaps")},
+                         training=False).numpy() for s in range(0, len(inputs["hist_items"]), 2048)]
+        return np.concatenate(parts) if parts else np.zeros((0, encoder.item_vectors().shape[1]), np.float32)
+
+    history: dict[str, list[float]] = {"loss": [], "val_top10_accuracy": [], "val_top50_accuracy": []}
+    best, best_weights, since_best = -1.0, None, 0
+    started = time.perf_counter()
+    for _epoch in range(cfg.epochs):
+        h = model.fit(ds, epochs=1, verbose=0)
+        history["loss"].append(float(h.history["loss"][-1]))
+        if eval_seq is None:
+            continue
+        acc = top_k_accuracy(states(eval_seq), encoder.item_vectors(), eval_seq["target_item"], eval_w)
+        history["val_top10_accuracy"].append(acc[10])
+        history["val_top50_accuracy"].append(acc[50])
+        if acc[10] > best:
+            best, best_weights, since_best = acc[10], encoder.get_weights(), 0
+        else:
+            since_best += 1
+            if since_best >= cfg.early_stopping_patience:
+                break
+    seconds = time.perf_counter() - started
+    if best_weights is not None:
+        encoder.set_weights(best_weights)
+    epochs_run = len(history["loss"])
+    report.update(history=history, epochs_run=epochs_run, seconds=seconds,
+                  examples_per_second=n_train * epochs_run / seconds if seconds > 0 else None)
+    metrics: dict[str, float] = {"retrieval_train_loss": history["loss"][-1],
+                                 "retrieval_examples_per_second": report["examples_per_second"]}
+    if eval_seq is not None:
+        i = int(np.argmax(history["val_top10_accuracy"]))
+        metrics["retrieval_eval_top10_accuracy"] = history["val_top10_accuracy"][i]
+        metrics["retrieval_eval_top50_accuracy"] = history["val_top50_accuracy"][i]
+
+    out_dir = Path(out_dir)
+    save_encoder(encoder, out_dir)
+    cand_rows = np.array([row_of.get(str(i), oov) for i in candidate_ids], np.int64)
+    pd.DataFrame({"item_id": [str(i) for i in candidate_ids], "row": cand_rows}).to_parquet(
+        out_dir / ITEMS_FILE, index=False)
+    histories = stored_histories(data, cfg.max_len)
+    histories.to_parquet(out_dir / HISTORY_FILE, index=False)
+    vectors = encoder.item_vectors()
+    catalog_rows = {str(i): int(r) for i, r in zip(candidate_ids, cand_rows, strict=True)}
+    user_states = states(history_arrays(histories, catalog_rows, cfg.max_len))
+    (out_dir / "sequence_training.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
+    return SequenceTraining(encoder=encoder, item_vectors=vectors[cand_rows], user_ids=list(histories["user_id"]),
+                            user_states=user_states.astype(np.float32), histories=histories, report=report,
+                            metrics=metrics, notes=notes, catalog_rows=catalog_rows)
