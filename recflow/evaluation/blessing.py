@@ -78,7 +78,9 @@ def decide_blessing(
     ``candidate``, each of ``baselines`` and ``champion`` map metric names (``ndcg@10``, ...) to values.
     Rules: absolute floors on NDCG@k and Recall@k; the primary metric must beat the ``popularity`` baseline by
     ``min_lift_over_popularity``; it must beat the best of ``baselines`` (highest primary metric) by
-    ``min_lift_over_best_baseline`` (each check names the metric, both values, the margin and the baseline); when a champion exists, the candidate must not be significantly worse than
+    ``min_lift_over_best_baseline`` (each check names the metric, both values, the margin and the baseline; a
+    run without any baseline has nothing to compare with and says so as a check; a baseline list where none
+    measured the metric fails); when a champion exists, the candidate must not be significantly worse than
     it (one-sided paired test at ``alpha`` on the primary metric); when ``min_index_recall`` is set, the
     retrieval index's ``index_recall@k`` must reach it; a non-zero ``exclusion_violations`` (items the
     candidate was told to exclude) always fails.
@@ -127,7 +129,10 @@ def decide_blessing(
         cand = _value(candidate, primary)
         best = best_baseline(baselines, primary)
         if not baselines:
-            reasons.append(f"{primary} lift over the best baseline cannot be checked: no baseline was run")
+            checks.append(
+                f"lift over the best baseline: no baseline was run (evaluator.baselines is empty), "
+                f"nothing to compare {primary} with"
+            )
         elif cand is None or best is None:
             reasons.append(f"{primary} lift over the best baseline cannot be checked: the metric was not measured")
         else:
