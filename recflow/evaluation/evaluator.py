@@ -1,8 +1,10 @@
 """Evaluate a candidate recommender against baselines and the champion on the held-out split, and bless it or
 not.
 
-:func:`evaluate_recommenders` is the Evaluator's core: it reads an examples directory, fits the baselines on
-``train.parquet``, asks every method for top-k lists for the *same* sampled held-out users (excluding each
+:func:`evaluate_recommenders` is the Evaluator's core: it reads an examples directory, tunes the baselines of
+``config.tuned_baselines`` (fit on ``train.parquet``, scored on ``eval.parquet``, the same number of trials each,
+see :mod:`recflow.baseline_tuning`), fits every baseline on ``train.parquet`` (the tuned ones with their chosen
+hyper-parameters), asks every method for top-k lists for the *same* sampled held-out users (excluding each
 user's training items), scores them with :mod:`recflow.evaluation.metrics`, runs paired tests of the per-user
 primary metric (candidate vs champion, and vs the best baseline), and applies the blessing rules. Every method
 also gets the beyond-accuracy metrics of :mod:`recflow.evaluation.beyond_accuracy` (diversity, novelty, long-tail
