@@ -60,10 +60,10 @@ class SequenceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_len: int = Field(50, gt=0, description="Most recent events of a history fed to the encoder.")
-    embedding_dim: int = Field(64, gt=0, description="Width of item/position/type/gap embeddings and of the "
+    max_len: int = Field(20, gt=0, description="Most recent events of a history fed to the encoder.")
+    embedding_dim: int = Field(32, gt=0, description="Width of item/position/type/gap embeddings and of the "
                                                      "attention blocks.")
-    num_blocks: int = Field(2, ge=0, description="Self-attention blocks.")
+    num_blocks: int = Field(1, ge=0, description="Self-attention blocks.")
     num_heads: int = Field(2, gt=0, description="Attention heads per block (must divide embedding_dim).")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout rate of embeddings, attention and FFN.")
     use_event_type: bool = Field(True, description="Add an event-type embedding to each history event.")
@@ -73,8 +73,8 @@ class SequenceConfig(BaseModel):
     feature_dropout: float = Field(0.1, ge=0, le=1, description="Probability, per training example, that the "
                                                                 "whole history's types and gaps are set to "
                                                                 "unknown (as in an id-only request).")
-    learning_rate: float = Field(0.001, gt=0, description="Adam learning rate.")
-    epochs: int = Field(20, gt=0, description="Maximum training epochs.")
+    learning_rate: float = Field(0.003, gt=0, description="Adam learning rate.")
+    epochs: int = Field(10, gt=0, description="Maximum training epochs.")
     batch_size: int = Field(512, gt=0, description="Batch size (= in-batch negatives).")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature of the retrieval loss.")
     logq_strength: float = Field(1.0, ge=0, le=1, description="Strength of the logQ correction (0 = none).")
