@@ -174,8 +174,8 @@ def tune_baselines(
     """Tune each of ``names`` with ``budget`` trials: fit on ``train_events``, score ``metric`` on
     ``validation_events`` (at most ``max_users`` users, sampled with ``seed``), keep the best (the earliest
     trial on ties). Trial 0 of each method is ``initial_params[name]`` when given (e.g. the configured
-    values), else :data:`DEFAULT_PARAMS`. Deterministic for a given seed. Raises DataError when the validation split has no user
-    with a relevant item."""
+    values), else :data:`DEFAULT_PARAMS`. Deterministic for a given seed. Raises DataError when the validation
+    split has no user with a relevant item."""
     import optuna
 
     if budget < 1:

@@ -678,7 +678,9 @@ class CoViewRecommender(_HistoryRecommender):
         if session_gap_minutes <= 0:
             raise ConfigError(f"coview session_gap_minutes must be positive, got {session_gap_minutes}")
         if neighbors <= 0 or max_history <= 0:
-            raise ConfigError(f"coview neighbors and max_history must be positive, got {neighbors}, {max_history}")
+            raise ConfigError(
+                f"coview neighbors and max_history must be positive, got {neighbors}, {max_history}"
+            )
         if not 0.0 < decay <= 1.0:
             raise ConfigError(f"coview decay must be in (0, 1], got {decay}")
         self.name = name
@@ -744,7 +746,9 @@ class CoViewRecommender(_HistoryRecommender):
         if not recent:
             return []
         weights = self.decay ** np.arange(len(recent), dtype=np.float64)
-        row = sp.csr_matrix((weights, (np.zeros(len(recent), dtype=np.int64), recent)), shape=(1, len(self.item_ids)))
+        row = sp.csr_matrix(
+            (weights, (np.zeros(len(recent), dtype=np.int64), recent)), shape=(1, len(self.item_ids))
+        )
         scored = (row @ self.similarity).tocsr()
         scored.eliminate_zeros()
         idx, val = scored.indices, scored.data

@@ -456,7 +456,9 @@ def evaluate_recommenders(
     best_info: dict[str, Any] = {}
     if best is not None:
         best_label, best_value = best
-        best_info = {"label": best_label, "name": methods[best_label].name, "metric": primary, "value": best_value}
+        best_info = {
+            "label": best_label, "name": methods[best_label].name, "metric": primary, "value": best_value
+        }
         significance["best_baseline"] = paired_tests(
             cand_series,
             methods[best_label].per_user[primary],

@@ -200,7 +200,8 @@ def _best_baseline_html(result: EvaluationResult) -> str:
     if not best:
         return '<p class="muted">best baseline: none (no baseline measured the primary metric)</p>'
     cand = result.candidate.metrics.get(result.primary_metric)
-    cand_text = f"; the candidate {float(cand):.4f}" if isinstance(cand, int | float) and math.isfinite(cand) else ""
+    measured = isinstance(cand, int | float) and math.isfinite(cand)
+    cand_text = f"; the candidate {float(cand):.4f}" if measured else ""
     return (
         f"<p>Best baseline of this run: <b>{html.escape(str(best['label']))}</b> "
         f"({html.escape(str(best['name']))}), {html.escape(str(best['metric']))} {float(best['value']):.4f}"
