@@ -22,11 +22,17 @@ def _store_config(state: CliState) -> ModelStoreConfig:
     return state.config.model_store
 
 
-def _tracking_uri(state: CliState, override: str | None) -> str:
-    from recflow.tracking import check_tracking_server, resolve_tracking_uri
+def _tracking_uri(state: CliState, override: str | None, *, read_only: bool = False) -> str:
+    """The tracking URI (the sqlite default under the config file's data directory), checked.
+
+    ``read_only``: a command that only reads runs fails on a missing local store instead of creating one.
+    """
+    from recflow.tracking import check_tracking_server, require_existing_store, resolve_tracking_uri
 
     config = _tracking_config(state)
-    uri = resolve_tracking_uri(config, state.config.paths.data_dir, override)
+    uri = resolve_tracking_uri(config, state.config.paths.data_dir, override, config_path=state.config_path)
+    if read_only:
+        require_existing_store(uri)
     check_tracking_server(uri, config.check_timeout_s)
     return uri
 
@@ -69,12 +75,16 @@ def runs() -> None:
 def runs_list(
     state: CliState, experiment: str | None, include_steps: bool, limit: int, tracking_uri: str | None
 ) -> None:
-    """Recent runs, newest first: id, name, status, start, duration, data fingerprint, code version."""
+    """Recent runs, newest first: id, name, status, blessed, pushed version, data, NDCG@10, lift, start.
+
+    Ids are shown in full; every command that takes a run id also accepts a unique prefix. lift: the
+    candidate's NDCG@10 over the popularity baseline's, as logged by the Evaluator.
+    """
     from tabulate import tabulate
 
     from recflow.tracking import list_runs
 
-    uri = _tracking_uri(state, tracking_uri)
+    uri = _tracking_uri(state, tracking_uri, read_only=True)
     name = experiment or _tracking_config(state).experiment
     rows = list_runs(uri, name, include_steps=include_steps, limit=limit)
     if not rows:
@@ -84,22 +94,22 @@ def runs_list(
         [
             r.run_id,
             r.name,
-            r.kind,
+            *([r.kind] if include_steps else []),
             r.status,
+            "-" if r.blessed is None else ("yes" if r.blessed else "no"),
+            r.pushed_version or "-",
+            r.data_fingerprint,
+            "-" if r.ndcg_at_10 is None else f"{r.ndcg_at_10:.4f}",
+            "-" if r.lift_pct is None else f"{r.lift_pct:+.1f}%",
             r.started,
             "" if r.seconds is None else f"{r.seconds:.1f}",
-            r.data_fingerprint,
             r.code_version,
         ]
         for r in rows
     ]
-    click.echo(
-        tabulate(
-            table,
-            headers=["run id", "name", "kind", "status", "started (UTC)", "seconds", "data", "code"],
-            disable_numparse=True,
-        )
-    )
+    headers = ["run id", "name", *(["kind"] if include_steps else []), "status", "blessed", "pushed", "data",
+               "ndcg@10", "lift", "started (UTC)", "seconds", "code"]
+    click.echo(tabulate(table, headers=headers, disable_numparse=True))
 
 
 @runs.command("compare")
@@ -116,10 +126,13 @@ def runs_list(
 def runs_compare(
     state: CliState, run_a: str, run_b: str, only_diff: bool, experiment: str | None, tracking_uri: str | None
 ) -> None:
-    """Params and metrics of RUN_A and RUN_B side by side (ids or run names); `*` marks the differences."""
+    """Params and metrics of RUN_A and RUN_B side by side; `*` marks the differences.
+
+    A run is a full id, a unique id prefix (the 12 characters `models list` shows) or a run name.
+    """
     from recflow.tracking import compare_runs, format_comparison
 
-    uri = _tracking_uri(state, tracking_uri)
+    uri = _tracking_uri(state, tracking_uri, read_only=True)
     comparison = compare_runs(uri, run_a, run_b, experiment or _tracking_config(state).experiment)
     click.echo(format_comparison(comparison, only_differences=only_diff), nl=False)
 

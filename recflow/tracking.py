@@ -112,12 +112,51 @@ def default_tracking_uri(data_dir: Path) -> str:
     return "sqlite:///" + str(Path(data_dir).expanduser().resolve() / "mlflow.db")
 
 
-def resolve_tracking_uri(config: TrackingConfig, data_dir: Path, override: str | None = None) -> str:
-    """The tracking URI to use: ``override`` (``--tracking-uri``) > config > $MLFLOW_TRACKING_URI > sqlite."""
+def tracking_data_dir(data_dir: Path, config_path: Path | None = None) -> Path:
+    """The data directory that holds the local tracking store, as an absolute path.
+
+    A relative ``paths.data_dir`` is anchored at the directory of the config file that set it (``--config`` /
+    $RECFLOW_CONFIG), so every command finds the same store whatever the working directory; without a config
+    file it is relative to the working directory.
+    """
+    path = Path(data_dir).expanduser()
+    if not path.is_absolute() and config_path is not None:
+        path = Path(config_path).expanduser().resolve().parent / path
+    return path.resolve()
+
+
+def resolve_tracking_uri(
+    config: TrackingConfig, data_dir: Path, override: str | None = None, config_path: Path | None = None
+) -> str:
+    """The tracking URI to use: ``override`` (``--tracking-uri``) > config > $MLFLOW_TRACKING_URI > sqlite.
+
+    The sqlite default lives in :func:`tracking_data_dir` (``data_dir`` anchored at ``config_path``'s directory).
+    """
     for candidate in (override, config.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")):
         if candidate:
             return candidate
-    return default_tracking_uri(data_dir)
+    return default_tracking_uri(tracking_data_dir(data_dir, config_path))
+
+
+def require_existing_store(uri: str) -> None:
+    """For commands that only read runs: fail (without creating anything) when a local store does not exist.
+
+    MLflow creates an empty sqlite database on first use; a reading command run from the wrong directory
+    would otherwise leave a stray ``data/mlflow.db`` there and report that the experiment does not exist.
+    """
+    if not uri.startswith("sqlite:"):
+        return
+    db = uri[len("sqlite:") :]
+    db = db[3:] if db.startswith("///") else db.lstrip("/")
+    if db in ("", ":memory:"):
+        return
+    path = Path(db) if db.startswith("/") or ":" in db[:3] else Path.cwd() / db
+    if not path.is_file():
+        raise DataError(
+            f"no MLflow tracking store at {path} (no runs tracked there yet)",
+            hint="run from the project directory, pass --config with the config file whose paths.data_dir holds "
+            "the runs, or --tracking-uri",
+        )
 
 
 def default_artifact_location(tracking_uri: str, config: TrackingConfig, data_dir: Path) -> str | None:
@@ -309,29 +348,43 @@ def _log_batch(
 
 
 def data_fingerprint(data_dir: Path, chunk_size: int = 1 << 20) -> str:
-    """sha256 over every (non-hidden) file under ``data_dir``: relative path and bytes, path order, streamed.
+    """sha256 over the data tables of a dataset: ``events``, ``items``, ``users`` in that order, bytes only.
 
-    Renaming, adding, removing or changing any file changes it; the location of the directory does not.
+    In a dataset directory each table is the file :func:`recflow.validation.reading.find_table_file` finds
+    (``events.parquet``, else ``events.csv``, ...); the digest covers each table's kind, file format and bytes,
+    and marks a missing table. Nothing else counts: not ``simulator.json`` (generation time, output path), not
+    quarantine files or reports, not the directory's location or the files' mtimes. So byte-identical tables
+    have one fingerprint wherever they are; changing, adding or removing a table changes it. A single file is
+    fingerprinted by its bytes. Raises DataError when there is no events table.
     """
+    from recflow.schema import TABLE_KINDS
+    from recflow.validation.reading import find_table_file
+
     root = Path(data_dir)
     if not root.exists():
         raise DataError(f"data directory {root} does not exist (cannot fingerprint the training data)")
-    files = (
-        [root]
-        if root.is_file()
-        else sorted(
-            p
-            for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
-    )
     digest = hashlib.sha256()
-    for path in files:
-        rel = path.name if path == root else path.relative_to(root).as_posix()
-        digest.update(rel.encode("utf-8") + b"\0")
+
+    def add(path: Path) -> None:
         with open(path, "rb") as fh:
             while chunk := fh.read(chunk_size):
                 digest.update(chunk)
+
+    if root.is_file():
+        add(root)
+        return digest.hexdigest()
+    tables = {kind: find_table_file(root, kind) for kind in TABLE_KINDS}
+    if tables["events"] is None:
+        raise DataError(
+            f"{root}: no events table (events.parquet or events.csv) to fingerprint",
+            hint="pass the dataset directory (the one `recflow data generate --out` wrote)",
+        )
+    for kind, path in tables.items():
+        if path is None:
+            digest.update(f"{kind}\0-\0".encode())
+            continue
+        digest.update(f"{kind}\0{path.name[len(kind):]}\0".encode())
+        add(path)
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -431,10 +484,16 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_location:
     return exp.experiment_id
 
 
+def default_run_name(pipeline_name: str, when: datetime | None = None) -> str:
+    """A readable run name: ``<pipeline>-<yyyymmdd-hhmmss>`` (UTC), e.g. ``recflow-training-20261203-131552``."""
+    stamp = (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{pipeline_name}-{stamp}"
+
+
 def start_pipeline_run(
     tracking_uri: str,
     experiment: str,
-    run_name: str,
+    run_name: str | None,
     config_yaml: str,
     data_dir: Path,
     *,
@@ -447,9 +506,11 @@ def start_pipeline_run(
 
     Checks the tracking store first, so an unreachable server fails the run in seconds, before any work.
     ``config_yaml`` is the effective configuration (``recflow.config.dump_config``); ``data_dir`` the dataset
-    that is fingerprinted.
+    that is fingerprinted. ``run_name`` is the run's name in MLflow (``--run-name``); None or empty gives
+    :func:`default_run_name` of ``pipeline_name``.
     """
     check_tracking_server(tracking_uri, check_timeout_s)
+    run_name = run_name.strip() if run_name and run_name.strip() else default_run_name(pipeline_name)
     try:
         config = yaml.safe_load(config_yaml) or {}
     except yaml.YAMLError as exc:
@@ -611,6 +672,12 @@ def finish_pipeline_run(
 # Listing and comparing runs
 
 
+#: Metrics shown by ``recflow runs list`` (as logged on the pipeline run, names via :func:`metric_name`).
+KEY_METRIC = "candidate.ndcg_at_10"
+LIFT_REFERENCE = "popularity.ndcg_at_10"
+BLESSED_METRIC = "blessed"
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """One row of ``recflow runs list``."""
@@ -623,10 +690,52 @@ class RunSummary:
     kind: str
     data_fingerprint: str
     code_version: str
+    blessed: bool | None = None
+    pushed_version: str = ""
+    ndcg_at_10: float | None = None
+    lift_pct: float | None = None
 
 
 def _iso(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
+
+
+def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise DataError(
+            f"MLflow experiment {experiment!r} does not exist at {tracking_uri} (no runs tracked yet?)"
+        )
+    return str(exp.experiment_id)
+
+
+def summarize_run(run: Run) -> RunSummary:
+    """The ``runs list`` row of one run: what MLflow and the pipeline logged on it.
+
+    ``blessed`` is the metric ``blessed`` (None when the run never reached the Evaluator); ``pushed_version``
+    the tag ``recflow.bundle_version`` set when the bundle was registered; ``ndcg_at_10`` the candidate's
+    ``candidate.ndcg_at_10``; ``lift_pct`` the candidate's lift over the popularity baseline on that metric,
+    ``100 * (candidate / popularity - 1)``, from the two logged values.
+    """
+    metrics, tags = run.data.metrics, run.data.tags
+    seconds = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
+    blessed = metrics.get(BLESSED_METRIC)
+    ndcg, ref = metrics.get(KEY_METRIC), metrics.get(LIFT_REFERENCE)
+    lift = 100.0 * (ndcg / ref - 1.0) if ndcg is not None and ref else None
+    return RunSummary(
+        run.info.run_id,
+        run.info.run_name or "",
+        run.info.status,
+        _iso(run.info.start_time),
+        seconds,
+        tags.get(TAG_KIND, ""),
+        run.data.params.get("data.fingerprint", "")[:12],
+        run.data.params.get("code.version", "")[:14],
+        blessed=None if blessed is None else bool(blessed),
+        pushed_version=tags.get("recflow.bundle_version", ""),
+        ndcg_at_10=ndcg,
+        lift_pct=lift,
+    )
 
 
 def list_runs(
@@ -634,33 +743,13 @@ def list_runs(
 ) -> list[RunSummary]:
     """Recent runs of ``experiment``, newest first; pipeline runs only unless ``include_steps``."""
     client = tracking_client(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise DataError(
-            f"MLflow experiment {experiment!r} does not exist at {tracking_uri} (no runs tracked yet?)"
-        )
+    experiment_id = _experiment_id(client, tracking_uri, experiment)
     runs = client.search_runs(
-        [exp.experiment_id],
+        [experiment_id],
         order_by=["attributes.start_time DESC"],
         max_results=limit if include_steps else max(limit * 20, 1000),
     )
-    out = []
-    for run in runs:
-        if not include_steps and TAG_PARENT in run.data.tags:
-            continue
-        seconds = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
-        out.append(
-            RunSummary(
-                run.info.run_id,
-                run.info.run_name or "",
-                run.info.status,
-                _iso(run.info.start_time),
-                seconds,
-                run.data.tags.get(TAG_KIND, ""),
-                run.data.params.get("data.fingerprint", "")[:12],
-                run.data.params.get("code.version", "")[:14],
-            )
-        )
+    out = [summarize_run(r) for r in runs if include_steps or TAG_PARENT not in r.data.tags]
     return out[:limit]
 
 
@@ -706,28 +795,63 @@ class RunComparison:
         return tuple(r for r in self.rows if r.differs)
 
 
+def _all_runs(client: MlflowClient, experiment_ids: list[str]) -> list[Run]:
+    """Every run of the experiments (all pages), newest first."""
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            experiment_ids, order_by=["attributes.start_time DESC"], max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def find_run(tracking_uri: str, ref: str, experiment: str | None = None) -> Run:
-    """A run by id, or by run name within ``experiment`` (the newest of that name). DataError if none."""
+    """A run by full id, unique id prefix (as ``models list`` and ``runs list`` print them) or run name.
+
+    A full id is looked up anywhere in the store; prefixes and names within ``experiment`` (every experiment
+    when None). A name stands for the newest run of that name. Raises DataError when nothing matches, and
+    when the reference is ambiguous (a prefix of several ids, or both a prefix and another run's name),
+    listing the candidates.
+    """
     from mlflow.exceptions import MlflowException
 
+    ref = ref.strip()
+    if not ref:
+        raise DataError("empty run id", hint="`recflow runs list` shows the run ids and names")
     client = tracking_client(tracking_uri)
-    with contextlib.suppress(MlflowException):
-        return client.get_run(ref)
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        with contextlib.suppress(MlflowException):
+            return client.get_run(ref)
     if experiment:
         exp = client.get_experiment_by_name(experiment)
-        if exp is not None:
-            found = client.search_runs(
-                [exp.experiment_id],
-                filter_string=f"attributes.run_name = '{ref}'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            if found:
-                return found[0]
+        experiment_ids = [] if exp is None else [str(exp.experiment_id)]
+    else:
+        experiment_ids = [str(e.experiment_id) for e in client.search_experiments()]
+    runs = _all_runs(client, experiment_ids) if experiment_ids else []
+    is_hex = re.fullmatch(r"[0-9a-fA-F]+", ref) is not None
+    by_prefix = [r for r in runs if r.info.run_id.startswith(ref.lower())] if is_hex else []
+    by_name = [r for r in runs if r.info.run_name == ref][:1]  # newest of that name
+    candidates = {r.info.run_id: r for r in (*by_prefix, *by_name)}
+    if len(candidates) == 1:
+        return next(iter(candidates.values()))
+    where = f"{tracking_uri}" + (f", experiment {experiment!r}" if experiment else "")
+    if not candidates:
+        raise DataError(
+            f"run {ref!r} not found at {where} (by full id, id prefix or run name)",
+            hint="`recflow runs list` shows the run ids and names",
+        )
+    listed = "\n".join(
+        f"  {r.info.run_id}  {r.info.run_name or ''}  {_iso(r.info.start_time)}"
+        for r in list(candidates.values())[:20]
+    )
+    more = f"\n  ... and {len(candidates) - 20} more" if len(candidates) > 20 else ""
     raise DataError(
-        f"run {ref!r} not found at {tracking_uri}"
-        + (f" (by id, or by name in experiment {experiment!r})" if experiment else ""),
-        hint="`recflow runs list` shows the run ids",
+        f"run {ref!r} is ambiguous at {where}: it matches {len(candidates)} runs\n{listed}{more}",
+        hint="give more characters of the id (or the full id)",
     )
 
 

@@ -244,3 +244,103 @@ def test_default_local_store_keeps_everything_under_the_data_dir(
     assert list((data_dir / "mlartifacts").rglob("items.parquet"))
     assert not (tmp_path / "mlruns").exists()
     assert tracking_client(uri).get_run(run.run_id).data.params["a.b"] == "1"
+
+
+def test_fingerprint_covers_the_data_tables_not_the_generation_metadata(tmp_path: Path):
+    """Two generations of one seed into different directories (different simulator.json: time, path) have one
+    fingerprint; changing one event changes it."""
+    import pyarrow.parquet as pq
+
+    from recflow.simulator import SimulatorConfig, generate_dataset
+
+    config = SimulatorConfig(users=60, items=40, days=2, seed=3)
+    first, second = tmp_path / "first", tmp_path / "nested" / "second"
+    generate_dataset(config, first, progress=False)
+    time.sleep(0.01)
+    generate_dataset(config, second, progress=False)
+    assert (first / "simulator.json").read_text() != (second / "simulator.json").read_text()
+    assert data_fingerprint(first) == data_fingerprint(second)
+    (second / "quarantine.parquet").write_bytes(b"not a table of the dataset")
+    assert data_fingerprint(first) == data_fingerprint(second)
+
+    events = pq.read_table(second / "events.parquet").to_pandas()
+    events.loc[0, "item_id"] = events["item_id"].iloc[-1] if events["item_id"].iloc[0] != events[
+        "item_id"].iloc[-1] else "i999999"
+    from recflow.io import write_dataset
+
+    write_dataset(second, events=events)
+    assert data_fingerprint(first) != data_fingerprint(second)
+    (first / "users.parquet").unlink()
+    with_users = data_fingerprint(second)
+    assert data_fingerprint(first) != with_users  # a missing table is part of the fingerprint
+    with pytest.raises(DataError, match="no events table"):
+        data_fingerprint(tmp_path / "nested")
+
+
+def test_run_names_are_readable_or_given(mlflow_uri: str, dataset: Path):
+    from datetime import UTC, datetime
+
+    from recflow.tracking import default_run_name
+
+    assert default_run_name("training", datetime(2026, 12, 3, 13, 5, 9, tzinfo=UTC)) == "training-20261203-130509"
+    config_yaml = dump_config(load_config())
+    with start_pipeline_run(mlflow_uri, "test-names", None, config_yaml, dataset, pipeline_name="training") as r:
+        pass
+    name = tracking_client(mlflow_uri).get_run(r.run_id).info.run_name
+    assert re_fullmatch(r"training-\d{8}-\d{6}", name)
+    with start_pipeline_run(mlflow_uri, "test-names", "nightly-42", config_yaml, dataset) as r:
+        pass
+    assert tracking_client(mlflow_uri).get_run(r.run_id).info.run_name == "nightly-42"
+
+
+def re_fullmatch(pattern: str, text: str) -> bool:
+    import re
+
+    return re.fullmatch(pattern, text) is not None
+
+
+def test_run_ids_resolve_by_full_id_unique_prefix_or_name(mlflow_uri: str, dataset: Path):
+    from recflow.tracking import find_run
+
+    client = tracking_client(mlflow_uri)
+    exp = client.create_experiment(f"test-prefix-{time.time_ns()}")
+    name = client.get_experiment(exp).name
+    # 17 runs: two of them share a first hex digit (pigeonhole), so a 1-character prefix is ambiguous
+    ids = [client.create_run(exp, run_name=f"r{i}").info.run_id for i in range(17)]
+    for run_id in ids[:3]:
+        assert find_run(mlflow_uri, run_id).info.run_id == run_id
+        assert find_run(mlflow_uri, run_id[:12], name).info.run_id == run_id
+        assert find_run(mlflow_uri, run_id[:12]).info.run_id == run_id  # every experiment
+    assert find_run(mlflow_uri, "r5", name).info.run_id == ids[5]
+    shared = next(c for c in "0123456789abcdef" if sum(i.startswith(c) for i in ids) >= 2)
+    with pytest.raises(DataError, match="ambiguous") as info:
+        find_run(mlflow_uri, shared, name)
+    for run_id in (i for i in ids if i.startswith(shared)):
+        assert run_id in str(info.value)
+    # a name that is also another run's id prefix is ambiguous too
+    client.create_run(exp, run_name=ids[0][:8])
+    with pytest.raises(DataError, match="ambiguous"):
+        find_run(mlflow_uri, ids[0][:8], name)
+    with pytest.raises(DataError, match="not found"):
+        find_run(mlflow_uri, "fffffffffffffffe", name)
+
+
+def test_tracking_store_is_found_from_the_config_files_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from recflow.tracking import require_existing_store, tracking_data_dir
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    config_file = project / "recflow.yaml"
+    config_file.write_text("paths:\n  data_dir: data\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert tracking_data_dir(Path("data"), config_file) == project / "data"
+    assert tracking_data_dir(Path("data")) == elsewhere / "data"
+    assert tracking_data_dir(tmp_path / "abs", config_file) == tmp_path / "abs"
+    uri = resolve_tracking_uri(TrackingConfig(), Path("data"), config_path=config_file)
+    assert uri == "sqlite:///" + str(project / "data" / "mlflow.db")
+    with pytest.raises(DataError, match="no MLflow tracking store"):
+        require_existing_store(uri)
+    assert not (project / "data").exists()
