@@ -143,6 +143,8 @@ def test_history_at_is_the_history_up_to_the_query_time():
     h = history_at(users, items, None, times, [0, 1, 2], [30.0, 100.0, 0.0], 3)
     assert h["hist_items"].tolist() == [[5, 6, 7], [-1, -1, 8], [-1, -1, -1]]
     assert h["hist_gaps"][0].tolist() == [20.0, 10.0, 0.0]
+    strict = history_at(users, items, None, times, [0], [30.0], 3, strictly_before=True)
+    assert strict["hist_items"].tolist() == [[-1, 5, 6]]
     with pytest.raises(DataError, match="lengths differ"):
         build_sequences(users, items[:3], None, times, 3)
 

@@ -318,10 +318,10 @@ def build_sequences(user_rows: Any, item_rows: Any, type_codes: Any, timestamps:
 
 
 def history_at(user_rows: Any, item_rows: Any, type_codes: Any, timestamps: Any, users: Any, now: Any,
-               max_len: int) -> dict[str, np.ndarray]:
+               max_len: int, strictly_before: bool = False) -> dict[str, np.ndarray]:
     """The history of each of ``users`` up to its query time ``now`` (scalar or one per user; events at
-    ``t <= now`` count), as :func:`build_sequences` arrays with gaps ``now - t``. A user without events gets
-    an all-padding row."""
+    ``t <= now`` count, ``t < now`` with ``strictly_before``), as :func:`build_sequences` arrays with gaps
+    ``now - t``. A user without events gets an all-padding row."""
     u, i, ty, ts = _validate(user_rows, item_rows, type_codes, timestamps)
     users = np.asarray(users, np.int64)
     now_arr = np.broadcast_to(np.asarray(now, np.float64), users.shape).astype(np.float64)
@@ -331,8 +331,9 @@ def history_at(user_rows: Any, item_rows: Any, type_codes: Any, timestamps: Any,
     lo = np.searchsorted(su, users, side="left")
     hi_user = np.searchsorted(su, users, side="right")
     end = lo.copy()
+    side = "left" if strictly_before else "right"
     for k in range(len(users)):  # one binary search per user within its own run
-        end[k] = lo[k] + np.searchsorted(st[lo[k]:hi_user[k]], now_arr[k], side="right")
+        end[k] = lo[k] + np.searchsorted(st[lo[k]:hi_user[k]], now_arr[k], side=side)
     return _gather(order, end, lo, max_len, i, ty, ts, now_arr)
 
 
