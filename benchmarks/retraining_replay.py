@@ -180,7 +180,8 @@ def cmd_retrain(args) -> None:
     history = None if args.no_history else data
     recent = recent_dataset(WORK / f"feedback-seed{args.seed}", vdir / "data", args.events, data / "items.parquet",
                             data / "users.parquet", history=history)
-    overrides = ["evaluator.thresholds.min_lift_over_popularity=null", *args.set]
+    overrides = ["evaluator.thresholds.min_lift_over_popularity=null",
+                 "evaluator.thresholds.min_lift_over_best_baseline=null", *args.set]
     overrides = [o.replace("@CHAMPION", str(store / "versions" / "v0001" / "model")) for o in overrides]
     argv = pipeline_command(recent.resolve(), model_store=str(store), overrides=overrides)
     argv = [*argv[:3], "--set", f"paths.data_dir={vdir / 'home'}", *argv[3:], "--no-tracking"]

@@ -126,14 +126,18 @@ class WatchConfig(_Frozen):
         None, description="Kubeflow Pipelines API URL; set: `recflow pipeline submit`, null: local runner."
     )
     retraining_overrides: tuple[str, ...] = Field(
-        ("evaluator.thresholds.min_lift_over_popularity=null",),
+        (
+            "evaluator.thresholds.min_lift_over_popularity=null",
+            "evaluator.thresholds.min_lift_over_best_baseline=null",
+        ),
         description="Config overrides (key=value) of a drift-triggered retraining. After a drift the newest "
         "traffic, which the pipeline's time split holds out for the test, was chosen by the degraded champion: "
         "its clicks fall on the few items it kept showing, which the popularity of that same period predicts by "
         "construction (measured in the end-to-end test: popularity's NDCG@10 0.355 with a 2.8% catalog "
         "coverage). So the retraining's gate is the champion comparison (a retrained model must not be "
         "significantly worse than the champion on the drifted traffic) and the absolute floors, not the lift "
-        "over popularity; scheduled retrainings keep every rule.",
+        "over popularity or over the run's best baseline (popularity is one of them); scheduled retrainings keep "
+        "every rule.",
     )
     warm_start_from_champion: bool = Field(
         True,

@@ -160,14 +160,18 @@ def test_pipeline_command_local_and_kfp(tmp_path: Path) -> None:
     remote = pipeline_command(tmp_path, kfp_host="http://kfp:8080")
     assert remote[3:7] == ["pipeline", "submit", "--host", "http://kfp:8080"]
     overrides = WatchConfig().retraining_overrides
-    assert overrides == ("evaluator.thresholds.min_lift_over_popularity=null",)
+    assert overrides == (
+        "evaluator.thresholds.min_lift_over_popularity=null",
+        "evaluator.thresholds.min_lift_over_best_baseline=null",
+    )
     argv = pipeline_command(tmp_path, overrides=overrides)
-    assert argv[3:7] == ["--set", overrides[0], "pipeline", "run"]
+    assert argv[3:9] == ["--set", overrides[0], "--set", overrides[1], "pipeline", "run"]
     # the override parses as the rule being off (the champion comparison and the floors stay)
     from recflow.config import load_config
 
     thresholds = load_config(None, list(overrides)).evaluator.thresholds
     assert thresholds.min_lift_over_popularity is None and thresholds.require_not_worse_than_champion
+    assert thresholds.min_lift_over_best_baseline is None
 
 
 def test_unlaunchable_retraining_is_a_logged_skip(tmp_path: Path) -> None:
