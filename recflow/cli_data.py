@@ -27,6 +27,16 @@ def data() -> None:
 @click.option("--items", type=int, default=None, help="Number of catalog items (default: simulator.items).")
 @click.option("--days", type=int, default=None, help="Days of traffic to simulate (default: simulator.days).")
 @click.option("--seed", type=int, default=None, help="Random seed (default: simulator.seed).")
+@click.option("--drift-day", type=click.IntRange(min=0), default=None,
+              help="Default world: the 0-based day from which the shop drifts (simulator.drift.day; default: no "
+              "drift). Days before it are identical to the no-drift world of the same seed.")
+@click.option("--drift-shift", type=click.FloatRange(0.0, 1.0), default=None,
+              help="How far every user's category tastes move on the drift day, 0-1 "
+              "(simulator.drift.preference_shift).")
+@click.option("--drift-new-items", type=click.IntRange(min=0), default=None,
+              help="Items added to the catalog on the drift day (simulator.drift.new_items). Repricing and "
+              "per-category demand: --set simulator.drift.price_change_share=0.3, "
+              "simulator.drift.price_change_factor=1.3, simulator.drift.category_demand_shift='{toys: -1.0}'.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output dataset directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @pass_state
@@ -37,16 +47,32 @@ def data_generate(
     items: int | None,
     days: int | None,
     seed: int | None,
+    drift_day: int | None,
+    drift_shift: float | None,
+    drift_new_items: int | None,
     out_dir: Path,
     quiet: bool,
 ) -> None:
-    """Simulate an e-commerce shop and write its event log, catalog and users as Parquet into OUT."""
+    """Simulate an e-commerce shop and write its event log, catalog and users as Parquet into OUT.
+
+    Drift (default world): --drift-day, --drift-shift, --drift-new-items, or any of --set simulator.drift.*
+    (docs/simulator.md).
+    """
     from recflow.simulator import generate_dataset
 
     world_extra = [f"simulator.world={world}"] if world is not None else []
-    section = "simulator.organic" if state.with_overrides(*world_extra).simulator.world == "organic" else "simulator"
+    organic = state.with_overrides(*world_extra).simulator.world == "organic"
+    drift = {"day": drift_day, "preference_shift": drift_shift, "new_items": drift_new_items}
+    given = [f"--drift-{k.replace('preference_', '').replace('_', '-')}" for k, v in drift.items() if v is not None]
+    if organic and given:
+        raise click.UsageError(
+            f"{', '.join(given)}: drift options apply to the default world only, not to --world organic "
+            "(docs/simulator.md)"
+        )
+    section = "simulator.organic" if organic else "simulator"
     extra = [f"{section}.{k}={v}" for k, v in (("users", users), ("items", items), ("days", days)) if v is not None]
     extra += [f"simulator.seed={seed}"] if seed is not None else []
+    extra += [f"simulator.drift.{k}={v}" for k, v in drift.items() if v is not None]
     config = state.with_overrides(*world_extra, *extra)
     summary = generate_dataset(config.simulator, out_dir, progress=not quiet)
     click.echo(summary.format())

@@ -231,7 +231,7 @@ def test_drift_changes_the_click_distribution_over_categories():
     drifted = simulate_log(drift)
     tv_drift, p_drift = _click_category_tv(drifted, 7)
     assert tv_drift > 0.1 and tv_drift > 4 * tv_none
-    assert p_drift < 1e-10 < 0.01 < p_none
+    assert p_drift < 1e-4 < 0.01 < p_none  # (drift draws from its own stream since issue 16: p ~ 2e-6)
     world = drifted.world
     # new items exist only from the drift day, and the repriced items cost factor x more after it
     ev = drifted.events
@@ -403,3 +403,55 @@ def test_default_world_is_byte_identical_to_before_the_presets():
         digest.update(frame.to_csv(index=False, float_format="%.17g").encode())
     assert len(log.events) == 5214
     assert digest.hexdigest() == DEFAULT_WORLD_SHA256
+
+
+def test_drift_leaves_the_days_before_it_identical_to_the_no_drift_world():
+    """All of the drift's randomness has its own stream: days 0-6 of a world drifting on day 7 are the no-drift
+    world's, event for event; users are the same, the base catalog too (prices change only on the drift day)."""
+    base = SimulatorConfig(users=300, items=200, days=9, seed=21)
+    drift = base.model_copy(update={"drift": base.drift.model_copy(update={
+        "day": 7, "new_items": 50, "preference_shift": 0.8, "category_demand_shift": {"toys": -1.0}})})
+    plain, drifted = simulate_log(base), simulate_log(drift)
+    start = pd.Timestamp(base.start_date, tz="UTC") + pd.Timedelta(days=7)
+
+    def before(ev: pd.DataFrame) -> pd.DataFrame:
+        return ev[ev["timestamp"] < start].reset_index(drop=True)
+
+    assert len(before(plain.events)) > 1000
+    pd.testing.assert_frame_equal(before(plain.events), before(drifted.events), check_exact=True)
+    after_plain, after_drift = (ev[ev["timestamp"] >= start] for ev in (plain.events, drifted.events))
+    assert len(after_plain) != len(after_drift) or not after_plain.reset_index(drop=True).equals(
+        after_drift.reset_index(drop=True))
+    pd.testing.assert_frame_equal(plain.users(), drifted.users(), check_exact=True)
+    n = base.items
+    pd.testing.assert_frame_equal(plain.world.items_frame(day=6), drifted.world.items_frame(day=6).iloc[:n],
+                                  check_exact=True)
+    last_plain, last_drift = plain.items(), drifted.items().iloc[:n]
+    repriced = drifted.world.item_repriced[:n]
+    assert 0 < repriced.sum() < n
+    pd.testing.assert_frame_equal(last_plain[~repriced], last_drift[~repriced], check_exact=True)
+    assert (last_drift["price"][repriced].to_numpy() > last_plain["price"][repriced].to_numpy()).all()
+    new = drifted.items().iloc[n:]
+    assert len(new) == 50 and (new["created_at"] == start).all()
+    # the drift's own draws do not depend on the drift day: the same new items and repricing on another day
+    other = World(drift.model_copy(update={"drift": drift.drift.model_copy(update={"day": 5})}))
+    assert np.array_equal(other.item_repriced, drifted.world.item_repriced)
+    assert np.array_equal(other.item_factors, drifted.world.item_factors)
+
+
+def test_cli_generate_takes_drift_options(tmp_path: Path, capsys):
+    out = tmp_path / "drift"
+    common = ["--users", "40", "--items", "30", "--days", "3", "--seed", "3", "--quiet"]
+    rc = main(["--set", "simulator.drift.price_change_share=0.5", "data", "generate", *common,
+               "--drift-day", "2", "--drift-shift", "0.4", "--drift-new-items", "7", "--out", str(out)])
+    assert rc == 0
+    drift = json.loads((out / "simulator.json").read_text())["config"]["drift"]
+    assert drift["day"] == 2 and drift["preference_shift"] == 0.4 and drift["new_items"] == 7
+    assert drift["price_change_share"] == 0.5
+    items = _read(out / "items.parquet")
+    assert len(items) == 37
+    capsys.readouterr()
+    rc = main(["data", "generate", "--world", "organic", "--drift-day", "2", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--drift-day: drift options apply to the default world only" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from recflow.simulator.config import SimulatorConfig
-from recflow.simulator.world import POLICY_STREAM, World, stream
+from recflow.simulator.world import DRIFT_POLICY, DRIFT_STREAM, POLICY_STREAM, World, stream
 
 
 class LoggingPolicy:
@@ -37,9 +37,14 @@ class LoggingPolicy:
         self.temperature = temperature
         self.epsilon = epsilon
         self.policy_id = policy_id
-        rng = stream(world.seed if seed is None else seed, POLICY_STREAM)
+        seed = world.seed if seed is None else seed
+        noise = stream(seed, POLICY_STREAM).normal(0.0, popularity_noise, size=world.n_base_items)
+        n_new = world.n_items - world.n_base_items
+        if n_new:  # items added by drift: their noise comes from the drift's stream (base items unchanged)
+            extra = stream(seed, DRIFT_STREAM, DRIFT_POLICY).normal(0.0, popularity_noise, size=n_new)
+            noise = np.concatenate([noise, extra])
         #: The policy's estimate of item popularity (standardised log-popularity plus fixed noise).
-        self.item_score = world.popularity_z + rng.normal(0.0, popularity_noise, size=world.n_items)
+        self.item_score = world.popularity_z + noise
 
     @classmethod
     def from_config(cls, world: World, config: SimulatorConfig) -> LoggingPolicy:

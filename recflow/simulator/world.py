@@ -16,8 +16,12 @@ import pandas as pd
 from recflow.errors import ConfigError
 from recflow.simulator.config import SimulatorConfig
 
-#: Spawn keys that separate the random streams drawn from one seed (see :func:`stream`).
-WORLD_STREAM, POLICY_STREAM, TRAFFIC_STREAM, ENV_STREAM = 0, 1, 2, 3
+#: Spawn keys that separate the random streams drawn from one seed (see :func:`stream`). DRIFT_STREAM holds all
+#: of the drift's randomness (new items, repricing, preference shift), so a drifted world equals the no-drift
+#: world of the same seed before the drift day.
+WORLD_STREAM, POLICY_STREAM, TRAFFIC_STREAM, ENV_STREAM, DRIFT_STREAM = 0, 1, 2, 3, 4
+#: Sub-keys of DRIFT_STREAM.
+DRIFT_ITEMS, DRIFT_REPRICING, DRIFT_PREFERENCES, DRIFT_POLICY = 0, 1, 2, 3
 #: Hour bins of the time-of-day effect: night 0-5, morning 6-11, afternoon 12-17, evening 18-23.
 DAYPARTS: tuple[str, ...] = ("night", "morning", "afternoon", "evening")
 COLORS: tuple[str, ...] = ("black", "white", "grey", "red", "blue", "green", "beige", "brown")
@@ -80,6 +84,10 @@ class World:
     Arrays are indexed by user index (0..users-1) and item index (0..items+new_items-1); ids are derived from
     indices (``u000123``, ``i000045``). Items added by drift exist from the start but are only available from
     their ``created_day``.
+
+    The base world (users, the first ``items`` items, context effects, calibration) is drawn from WORLD_STREAM
+    exactly as without drift; everything the drift adds or changes is drawn from DRIFT_STREAM. So before the
+    drift day a drifted world behaves exactly like the no-drift world of the same seed.
     """
 
     def __init__(self, config: SimulatorConfig, seed: int | None = None) -> None:
@@ -97,7 +105,9 @@ class World:
         self.n_users = n_users = c.users
         self.n_base_items = c.items
         drift_day = c.drift.day
-        self.n_items = n_items = c.items + (c.drift.new_items if drift_day is not None else 0)
+        n_new = c.drift.new_items if drift_day is not None else 0
+        self.n_items = c.items + n_new
+        n_items = c.items  # the base catalog, drawn from WORLD_STREAM; drift items are appended below
         self.start = c.start
         self.start_ms = int(pd.Timestamp(c.start_date, tz="UTC").value // 1_000_000)
 
@@ -132,16 +142,10 @@ class World:
         sd = log_pop.std()
         self.popularity_z = (log_pop - log_pop.mean()) / sd if sd > 0 else np.zeros(n_items)
         self.item_created_day = np.zeros(n_items, dtype=np.int64)
-        if drift_day is not None:
-            self.item_created_day[c.items :] = drift_day
-        self.item_created_ms = np.where(
-            self.item_created_day > 0,
-            self.start_ms + self.item_created_day * MS_PER_DAY,
-            self.start_ms - (rng.uniform(1.0, 365.0, size=n_items) * MS_PER_DAY).astype(np.int64),
-        )
-        repriced = rng.random(n_items) < c.drift.price_change_share
-        repriced[c.items :] = False
-        self.item_repriced = repriced
+        self.item_created_ms = self.start_ms - (rng.uniform(1.0, 365.0, size=n_items) * MS_PER_DAY).astype(np.int64)
+        # Draws kept so that WORLD_STREAM (and so the no-drift world) is unchanged; the drift's repricing and
+        # preference shift come from DRIFT_STREAM below.
+        rng.random(n_items)
 
         # --- users
         seg_share = rng.dirichlet(np.full(n_seg, 5.0))
@@ -152,12 +156,8 @@ class World:
         self.user_preferences = self.segment_preferences[self.user_segment] + rng.normal(
             0.0, ind_sd, size=(n_users, n_cat)
         )
-        new_seg = rng.normal(0.0, seg_sd, size=(n_seg, n_cat))
-        new_pref = new_seg[self.user_segment] + rng.normal(0.0, ind_sd, size=(n_users, n_cat))
-        s = c.drift.preference_shift
-        self.user_preferences_drifted = np.sqrt(1.0 - s * s) * self.user_preferences + s * new_pref
-        for name, shift in c.drift.category_demand_shift.items():
-            self.user_preferences_drifted[:, c.categories.index(name)] += shift
+        rng.normal(0.0, seg_sd, size=(n_seg, n_cat))
+        rng.normal(0.0, ind_sd, size=(n_users, n_cat))
         seg_price_offset = rng.normal(0.0, 0.4, size=n_seg)
         self.user_price_sensitivity = c.price_sensitivity * np.exp(
             seg_price_offset[self.user_segment] + rng.normal(0.0, 0.3, size=n_users)
@@ -194,9 +194,72 @@ class World:
         p_cart = _sigmoid(self.cart_intercept + 0.4 * z)
         self.purchase_intercept = _solve_intercept(0.3 * z, p_click * p_cart, c.purchase_rate)
 
+        # --- the drift, from its own streams
+        self.item_repriced = np.zeros(c.items, dtype=bool)
+        self.user_preferences_drifted = self.user_preferences
+        if drift_day is not None:
+            self._add_drift(n_new, drift_day, cat_share, cat_log_price, brand_weights / brand_weights.sum(),
+                            seg_sd, ind_sd)
+
         self.user_ids = np.array([f"u{i:06d}" for i in range(n_users)], dtype=object)
-        self.item_ids = np.array([f"i{i:06d}" for i in range(n_items)], dtype=object)
+        self.item_ids = np.array([f"i{i:06d}" for i in range(self.n_items)], dtype=object)
         self._item_index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+
+    def _add_drift(
+        self,
+        n_new: int,
+        drift_day: int,
+        cat_share: np.ndarray,
+        cat_log_price: np.ndarray,
+        brand_p: np.ndarray,
+        seg_sd: float,
+        ind_sd: float,
+    ) -> None:
+        """Append the drift's new items and draw its repricing and preference shift, all from DRIFT_STREAM.
+
+        New items follow the base catalog's distributions (category shares, price levels, brands, quality,
+        factors); their popularity is that of a random rank of the base catalog's Zipf ranking, standardised
+        like the base items', so the base items' popularity (and every draw before the drift) is unchanged.
+        """
+        c = self.config
+        rng = stream(self.seed, DRIFT_STREAM, DRIFT_ITEMS)
+        cat = rng.choice(self.n_categories, size=n_new, p=cat_share)
+        log_price = cat_log_price[cat] + rng.normal(0.0, 0.5, size=n_new)
+        ranks = rng.integers(1, c.items + 1, size=n_new).astype(float)
+        log_pop = np.log(self.popularity)
+        zipf_total = (np.arange(1, c.items + 1, dtype=float) ** -c.popularity_exponent).sum()
+        new_pop = ranks**-c.popularity_exponent / zipf_total
+        sd = log_pop.std()
+        new_z = (np.log(new_pop) - log_pop.mean()) / sd if sd > 0 else np.zeros(n_new)
+        self.item_category = np.concatenate([self.item_category, cat])
+        new_price = np.maximum(np.round(np.exp(log_price)) - 0.01, 0.99)
+        self.base_price = np.concatenate([self.base_price, new_price])
+        self.item_brand = np.concatenate(
+            [self.item_brand, rng.choice(c.brands_per_category, size=n_new, p=brand_p)]
+        )
+        self.item_color = np.concatenate([self.item_color, rng.integers(len(COLORS), size=n_new)])
+        self.item_style = np.concatenate([self.item_style, rng.integers(len(STYLES), size=n_new)])
+        self.item_quality = np.concatenate([self.item_quality, rng.normal(0.0, 1.0, size=n_new)])
+        new_factors = rng.normal(0.0, 1.0, size=(n_new, c.latent_dim))
+        self.item_factors = np.concatenate([self.item_factors, new_factors])
+        self.popularity = np.concatenate([self.popularity, new_pop])
+        self.popularity_z = np.concatenate([self.popularity_z, new_z])
+        new_days = np.full(n_new, drift_day, dtype=np.int64)
+        self.item_created_day = np.concatenate([self.item_created_day, new_days])
+        self.item_created_ms = np.concatenate(
+            [self.item_created_ms, np.full(n_new, self.start_ms + drift_day * MS_PER_DAY, dtype=np.int64)]
+        )
+        repriced = stream(self.seed, DRIFT_STREAM, DRIFT_REPRICING).random(c.items) < c.drift.price_change_share
+        self.item_repriced = np.concatenate([repriced, np.zeros(n_new, dtype=bool)])
+        prefs = stream(self.seed, DRIFT_STREAM, DRIFT_PREFERENCES)
+        new_seg = prefs.normal(0.0, seg_sd, size=(len(c.segments), self.n_categories))
+        individual = prefs.normal(0.0, ind_sd, size=(self.n_users, self.n_categories))
+        new_pref = new_seg[self.user_segment] + individual
+        s = c.drift.preference_shift
+        drifted = np.sqrt(1.0 - s * s) * self.user_preferences + s * new_pref
+        for name, shift in c.drift.category_demand_shift.items():
+            drifted[:, c.categories.index(name)] += shift
+        self.user_preferences_drifted = drifted
 
     # ------------------------------------------------------------------ time-dependent ground truth
     def drifted(self, day: int) -> bool:
