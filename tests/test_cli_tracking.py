@@ -132,3 +132,63 @@ def test_models_rollback_moves_the_registry_alias(mlflow_uri: str, tmp_path: Pat
     out = capsys.readouterr().out
     assert "v0002 -> v0001" in out and f"alias champion -> version {versions[0]}" in out
     assert client.get_model_version_by_alias(name, "champion").version == versions[0]
+
+
+def test_ids_match_across_commands_and_runs_list_shows_the_outcome(mlflow_uri: str, tmp_path: Path, capsys):
+    """`models list` prints 12-character ids: `runs compare` takes them; `runs list` shows blessed, pushed
+    version, data, NDCG@10 and lift; an unknown prefix is a message."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.parquet").write_bytes(b"e" * 10)
+    experiment = "test-cli-ids"
+    config = dump_config(load_config())
+    blessed = start_pipeline_run(mlflow_uri, experiment, "nightly-1", config, data, pipeline_name="training")
+    finish_pipeline_run(mlflow_uri, blessed.run_id, "FINISHED",
+                        {"candidate.ndcg@10": 0.3, "popularity.ndcg@10": 0.2, "blessed": 1.0})
+    tracking_client(mlflow_uri).set_tag(blessed.run_id, "recflow.bundle_version", "v0007")
+    rejected = start_pipeline_run(mlflow_uri, experiment, None, config, data, pipeline_name="training")
+    finish_pipeline_run(mlflow_uri, rejected.run_id, "FINISHED",
+                        {"candidate.ndcg@10": 0.1, "popularity.ndcg@10": 0.2, "blessed": 0.0})
+    args = ["--tracking-uri", mlflow_uri, "--experiment", experiment]
+    assert main(["runs", "compare", blessed.run_id[:12], rejected.run_id[:12], *args]) == 0
+    out = capsys.readouterr().out
+    assert blessed.run_id in out and rejected.run_id in out
+    assert main(["runs", "list", *args]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    for column in ("name", "status", "blessed", "pushed", "data", "ndcg@10", "lift"):
+        assert column in header, column
+    row_b = next(line for line in out.splitlines() if blessed.run_id in line).split()
+    row_r = next(line for line in out.splitlines() if rejected.run_id in line).split()
+    assert row_b[1:7] == ["nightly-1", "FINISHED", "yes", "v0007", blessed.data_fingerprint[:12], "0.3000"]
+    assert row_b[7] == "+50.0%" and row_r[3:5] == ["no", "-"] and row_r[7] == "-50.0%"
+    assert re.fullmatch(r"training-\d{8}-\d{6}", row_r[1])
+    assert main(["runs", "compare", "0123456789ab", blessed.run_id, *args]) == 2
+    err = capsys.readouterr().err
+    assert "run '0123456789ab' not found" in err and "Traceback" not in err
+
+
+def test_runs_are_found_from_another_directory_and_no_stray_store_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RECFLOW_CONFIG", raising=False)
+    project = tmp_path / "project"
+    (project / "ds").mkdir(parents=True)
+    (project / "ds" / "events.parquet").write_bytes(b"e")
+    config_file = project / "recflow.yaml"
+    config_file.write_text("paths:\n  data_dir: data\n")
+    from recflow.tracking import TrackingConfig, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(TrackingConfig(), Path("data"), config_path=config_file)
+    run = start_pipeline_run(uri, "recflow", "from-project", "a: 1\n", project / "ds")
+    finish_pipeline_run(uri, run.run_id)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["--config", str(config_file), "runs", "list"]) == 0
+    assert run.run_id in capsys.readouterr().out
+    assert main(["runs", "list"]) == 2  # no config file: ./data of this directory, which holds no store
+    err = capsys.readouterr().err
+    assert "no MLflow tracking store" in err and "--config" in err and "Traceback" not in err
+    assert list(elsewhere.iterdir()) == []
