@@ -356,6 +356,7 @@ class Recommender:
             query = b.sequence_query(user_id, entries if history else None, self.histories.get(user_id))
             if query is not None:
                 return self._top(b, b.item_matrix @ query, exclude), query, False
+        entries = [e for e in entries if e.item_id in b.item_index]  # ids outside the catalog say nothing
         cold = row is None and not entries
         if row is None:
             query = b.cold_query(

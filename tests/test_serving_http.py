@@ -79,6 +79,35 @@ def test_recommendations_feedback_explanation_and_metrics(app_client) -> None:
     assert "/v1/feedback" in client.get("/openapi.json").json()["paths"]
 
 
+def test_history_objects_are_accepted_documented_and_bad_ones_rejected(app_client) -> None:
+    client, rec = app_client
+    items = rec.champion.item_ids[:3].tolist()
+    history = [
+        items[0],
+        {"item_id": items[1], "event_type": "click", "timestamp": "2026-01-05T10:00:00Z"},
+        {"item_id": items[2], "event_type": "add_to_cart", "timestamp": "2026-01-05T10:02:00"},
+    ]
+    r = client.post("/v1/recommendations", json={"user_id": "http-newcomer", "k": 5, "history": history})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["items"]) == 5 and r.json()["cold_start"] is False  # a history: not a cold start
+    for bad, field in (
+        ({"item_id": items[0], "event_type": "impression"}, "event_type"),
+        ({"item_id": items[0], "timestamp": "yesterday-ish"}, "timestamp"),
+        ({"event_type": "view"}, "item_id"),
+        ({"item_id": items[0], "rating": 5}, "rating"),
+        (17, None),
+    ):
+        r = client.post("/v1/recommendations", json={"user_id": "http-newcomer", "history": [items[0], bad]})
+        assert r.status_code == 422, (bad, r.text)
+        detail = r.json()["detail"]
+        assert any(d["loc"][:3] == ["body", "history", 1] for d in detail), detail
+        if field is not None:
+            assert any(field in map(str, d["loc"]) for d in detail), detail
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert {"item_id", "event_type", "timestamp"} <= set(schema["HistoryEvent"]["properties"])
+    assert "HistoryEvent" in str(schema["RecommendationRequest"]["properties"]["history"])
+
+
 def test_auth_on_write_and_admin_endpoints(app_client) -> None:
     client, _ = app_client
     ev = {"events": [{"event_type": "click", "item_id": "i000001", "user_id": "u1"}]}

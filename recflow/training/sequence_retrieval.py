@@ -12,7 +12,8 @@ What it writes into the model directory (beside what the two-tower writes):
 * ``sequence_items.parquet``: catalog item id -> encoder row (the Transform item vocabulary; catalog items
   unseen in training share the OOV row; ids outside the catalog are left out of a history);
 * ``user_history.parquet``: each known user's latest ``max_len`` events (train + eval splits): item ids, event
-  types and timestamps (seconds);
+  types and timestamps (seconds); known users are those with such events plus every user of the train split
+  (a user with impressions only has an empty history);
 * ``retrieval/``: a SavedModel whose ``serving_default``/``rank_all``/``query_embedding`` signatures take the
   same inputs as the two-tower's (``user_id`` + context; the user's stored history is looked up inside) and
   whose ``history_embedding`` / ``history_top_k`` signatures take a history: ``hist_item_ids`` [B, L] string
@@ -235,7 +236,7 @@ class SequenceTraining:
 
     encoder: Any
     item_vectors: np.ndarray  # [n_candidates, D] aligned with the candidates' item ids
-    user_ids: list[str]  # users with a stored history
+    user_ids: list[str]  # known users: train users and users with a stored history
     user_states: np.ndarray  # [len(user_ids), D]
     histories: pd.DataFrame
     report: dict[str, Any]
@@ -346,6 +347,13 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
     pd.DataFrame({"item_id": [str(i) for i in candidate_ids], "row": cand_rows}).to_parquet(
         out_dir / ITEMS_FILE, index=False)
     histories = stored_histories(data, cfg.max_len)
+    # Every train user is a known user (as with the two-tower), those with impressions only with an empty history.
+    train_users = pd.read_parquet(Path(examples_dir) / "train.parquet", columns=["user_id"])["user_id"].astype(str)
+    missing = sorted(set(train_users) - set(histories["user_id"]))
+    if missing:
+        empty = pd.DataFrame({"user_id": missing, "item_ids": [[] for _ in missing],
+                              "event_types": [[] for _ in missing], "timestamps": [[] for _ in missing]})
+        histories = pd.concat([histories, empty], ignore_index=True).sort_values("user_id").reset_index(drop=True)
     histories.to_parquet(out_dir / HISTORY_FILE, index=False)
     vectors = encoder.item_vectors()
     catalog_rows = {str(i): int(r) for i, r in zip(candidate_ids, cand_rows, strict=True)}
