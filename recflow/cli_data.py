@@ -63,7 +63,8 @@ def data_generate(
     world_extra = [f"simulator.world={world}"] if world is not None else []
     organic = state.with_overrides(*world_extra).simulator.world == "organic"
     drift = {"day": drift_day, "preference_shift": drift_shift, "new_items": drift_new_items}
-    given = [f"--drift-{k.replace('preference_', '').replace('_', '-')}" for k, v in drift.items() if v is not None]
+    flags = {"day": "--drift-day", "preference_shift": "--drift-shift", "new_items": "--drift-new-items"}
+    given = [flags[k] for k, v in drift.items() if v is not None]
     if organic and given:
         raise click.UsageError(
             f"{', '.join(given)}: drift options apply to the default world only, not to --world organic "

@@ -130,7 +130,8 @@ def resolve_tracking_uri(
 ) -> str:
     """The tracking URI to use: ``override`` (``--tracking-uri``) > config > $MLFLOW_TRACKING_URI > sqlite.
 
-    The sqlite default lives in :func:`tracking_data_dir` (``data_dir`` anchored at ``config_path``'s directory).
+    The sqlite default lives in :func:`tracking_data_dir` (``data_dir`` anchored at ``config_path``'s
+    directory).
     """
     for candidate in (override, config.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")):
         if candidate:
@@ -154,8 +155,8 @@ def require_existing_store(uri: str) -> None:
     if not path.is_file():
         raise DataError(
             f"no MLflow tracking store at {path} (no runs tracked there yet)",
-            hint="run from the project directory, pass --config with the config file whose paths.data_dir holds "
-            "the runs, or --tracking-uri",
+            hint="run from the project directory, pass --config with the config file whose paths.data_dir "
+            "holds the runs, or --tracking-uri",
         )
 
 
@@ -351,8 +352,8 @@ def data_fingerprint(data_dir: Path, chunk_size: int = 1 << 20) -> str:
     """sha256 over the data tables of a dataset: ``events``, ``items``, ``users`` in that order, bytes only.
 
     In a dataset directory each table is the file :func:`recflow.validation.reading.find_table_file` finds
-    (``events.parquet``, else ``events.csv``, ...); the digest covers each table's kind, file format and bytes,
-    and marks a missing table. Nothing else counts: not ``simulator.json`` (generation time, output path), not
+    (``events.parquet``, else ``events.csv``, ...); the digest covers each table's kind, file format and
+    bytes, and marks a missing table. Nothing else counts: not ``simulator.json`` (generation time, output path), not
     quarantine files or reports, not the directory's location or the files' mtimes. So byte-identical tables
     have one fingerprint wherever they are; changing, adding or removing a table changes it. A single file is
     fingerprinted by its bytes. Raises DataError when there is no events table.
@@ -485,7 +486,7 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_location:
 
 
 def default_run_name(pipeline_name: str, when: datetime | None = None) -> str:
-    """A readable run name: ``<pipeline>-<yyyymmdd-hhmmss>`` (UTC), e.g. ``recflow-training-20261203-131552``."""
+    """A readable run name: ``<pipeline>-<yyyymmdd-hhmmss>`` (UTC), e.g. ``training-20261203-131552``."""
     stamp = (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{pipeline_name}-{stamp}"
 

@@ -16,8 +16,8 @@ import pandas as pd
 from recflow.errors import ConfigError
 from recflow.simulator.config import SimulatorConfig
 
-#: Spawn keys that separate the random streams drawn from one seed (see :func:`stream`). DRIFT_STREAM holds all
-#: of the drift's randomness (new items, repricing, preference shift), so a drifted world equals the no-drift
+#: Spawn keys that separate the random streams drawn from one seed (see :func:`stream`). DRIFT_STREAM holds
+#: all of the drift's randomness (new items, repricing, preference shift), so a drifted world equals the no-drift
 #: world of the same seed before the drift day.
 WORLD_STREAM, POLICY_STREAM, TRAFFIC_STREAM, ENV_STREAM, DRIFT_STREAM = 0, 1, 2, 3, 4
 #: Sub-keys of DRIFT_STREAM.
@@ -142,7 +142,8 @@ class World:
         sd = log_pop.std()
         self.popularity_z = (log_pop - log_pop.mean()) / sd if sd > 0 else np.zeros(n_items)
         self.item_created_day = np.zeros(n_items, dtype=np.int64)
-        self.item_created_ms = self.start_ms - (rng.uniform(1.0, 365.0, size=n_items) * MS_PER_DAY).astype(np.int64)
+        age_ms = (rng.uniform(1.0, 365.0, size=n_items) * MS_PER_DAY).astype(np.int64)
+        self.item_created_ms = self.start_ms - age_ms
         # Draws kept so that WORLD_STREAM (and so the no-drift world) is unchanged; the drift's repricing and
         # preference shift come from DRIFT_STREAM below.
         rng.random(n_items)
@@ -249,7 +250,8 @@ class World:
         self.item_created_ms = np.concatenate(
             [self.item_created_ms, np.full(n_new, self.start_ms + drift_day * MS_PER_DAY, dtype=np.int64)]
         )
-        repriced = stream(self.seed, DRIFT_STREAM, DRIFT_REPRICING).random(c.items) < c.drift.price_change_share
+        reprice_draw = stream(self.seed, DRIFT_STREAM, DRIFT_REPRICING).random(c.items)
+        repriced = reprice_draw < c.drift.price_change_share
         self.item_repriced = np.concatenate([repriced, np.zeros(n_new, dtype=bool)])
         prefs = stream(self.seed, DRIFT_STREAM, DRIFT_PREFERENCES)
         new_seg = prefs.normal(0.0, seg_sd, size=(len(c.segments), self.n_categories))
