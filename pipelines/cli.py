@@ -48,14 +48,17 @@ def compile_command(state: CliState, out: Path, config_path: Path | None) -> Non
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: tracking section / local sqlite).")
 @click.option("--no-tracking", is_flag=True, help="Run without MLflow tracking.")
 @click.option("--verbose", is_flag=True, help="Show the steps' full logs, not only progress lines.")
+@click.option("--run-name", default=None, help="MLflow run name (default: <pipeline>-<yyyymmdd-hhmmss>).")
 @pass_state
 def run_command(state: CliState, data_dir: Path, config_path: Path | None, model_store: Path | None,
-                tracking_uri: str | None, no_tracking: bool, verbose: bool) -> None:
+                tracking_uri: str | None, no_tracking: bool, verbose: bool, run_name: str | None) -> None:
     """Run the whole DAG on this machine (KFP local runner) and print a summary."""
     from pipelines.local_run import run_local
 
-    result = run_local(data_dir, _config(state, config_path), model_store=model_store,
-                       tracking_uri=tracking_uri, tracking=not no_tracking, verbose=verbose, echo=click.echo)
+    config = _config(state, config_path)
+    result = run_local(data_dir, config, model_store=model_store,
+                       tracking_uri=tracking_uri, tracking=not no_tracking, verbose=verbose, echo=click.echo,
+                       run_name=run_name, config_path=state.config_path)
     click.echo("")
     click.echo(result.format())
 

@@ -198,13 +198,17 @@ def run_local(
     verbose: bool = False,
     echo: Callable[[str], None] = print,
     pipeline_func: Any = None,
+    run_name: str | None = None,
+    config_path: Path | None = None,
 ) -> LocalRunResult:
     """Run the training DAG locally on the dataset in ``data_dir`` and return what each step did.
 
     ``model_store`` defaults to :func:`default_model_store`; ``tracking_uri`` to the tracking section's URI
     (a local sqlite store in DATA_DIR when unset); ``tracking=False`` runs without MLflow. Run directories go
     under ``run_root`` (default: ``pipeline.pipeline_root`` or DATA_DIR/pipeline-runs). ``pipeline_func``
-    replaces the training DAG (tests use small DAGs that follow the same conventions).
+    replaces the training DAG (tests use small DAGs that follow the same conventions). ``run_name`` names the
+    MLflow run (default ``<pipeline>-<yyyymmdd-hhmmss>``); ``config_path`` (the ``--config`` file) anchors a
+    relative data directory's tracking store, as ``recflow runs`` resolves it.
 
     Raises :class:`PipelineStepFailed` (with the failed step's own error message) when a step fails; an
     unblessed evaluation is not a failure (the result says why nothing was pushed).
@@ -237,7 +241,7 @@ def run_local(
         tracked = None
         if tracking:
             tracked = stack.enter_context(_pipeline_tracking_run(config, data_dir, tracking_uri, config_yaml,
-                                                                 run_dir.name, pipeline_config.name))
+                                                                 run_name, pipeline_config.name, config_path))
             uri, parent = tracked.tracking_uri, tracked.run_id
         echo(f"running pipeline {pipeline_config.name} locally: run directory {run_dir}")
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"),
@@ -263,16 +267,18 @@ def run_local(
 
 @contextlib.contextmanager
 def _pipeline_tracking_run(config: RecflowConfig, data_dir: Path, override: str | None, config_yaml: str,
-                           run_name: str, pipeline_name: str) -> Iterator[Any]:
+                           run_name: str | None, pipeline_name: str,
+                           config_path: Path | None = None) -> Iterator[Any]:
     try:
         from recflow import tracking
     except ImportError as exc:
         raise ConfigError(f"MLflow tracking is not available in this install ({exc}); run with --no-tracking")
     section = config.tracking
-    uri = tracking.resolve_tracking_uri(section, config.paths.data_dir, override)
+    store_dir = tracking.tracking_data_dir(config.paths.data_dir, config_path)
+    uri = tracking.resolve_tracking_uri(section, store_dir, override)
     run = tracking.start_pipeline_run(
         uri, section.experiment, run_name, config_yaml, data_dir, pipeline_name=pipeline_name,
-        artifact_location=tracking.default_artifact_location(uri, section, config.paths.data_dir),
+        artifact_location=tracking.default_artifact_location(uri, section, store_dir),
         check_timeout_s=section.check_timeout_s)
     with run:
         yield run

@@ -187,3 +187,27 @@ def test_summary_table_separates_ranking_metrics_from_off_policy_estimates():
     assert "ndcg@10" in rows[1] and "0.4300" in rows[1] and "0.4100" in rows[1]
     assert "off-policy estimates" in text and "ope.click_rate/ips" in text and "0.1040" in text
     assert "blessed" not in text.split("off-policy")[0].replace("candidate", "")
+
+
+def test_run_name_and_tracking_store_anchored_at_the_config_file(tmp_path, monkeypatch):
+    """`pipeline run --run-name` names the MLflow run; a relative data_dir in a --config file puts the local
+    tracking store beside that file, whatever the working directory (where `recflow runs` looks for it)."""
+    import mlflow
+
+    project = tmp_path / "project"
+    project.mkdir()
+    config_file = project / "recflow.yaml"
+    config_file.write_text("paths:\n  data_dir: work\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(config_file)
+    data = _dataset(tmp_path, ["1", "1", "0", "1"])
+    (data / "events.csv").write_text("user_id,item_id,event_type,timestamp\nu1,i1,click,2026-01-05T00:00:00Z\n")
+    result = run_local(data, config, model_store=tmp_path / "store",
+                       pipeline_func=toy_pipeline, run_name="nightly-check", config_path=config_file)
+    assert result.succeeded
+    assert (project / "work" / "mlflow.db").is_file()
+    assert not (elsewhere / "work" / "mlflow.db").exists()  # (run directories follow paths.data_dir as given)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    assert client.get_run(result.parent_run_id).info.run_name == "nightly-check"
