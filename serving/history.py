@@ -10,10 +10,12 @@ user, bounded in length and number of users, thread-safe, so the next request of
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
@@ -34,16 +36,24 @@ class HistoryEntry:
 
 
 def _seconds(value: Any, where: str) -> float:
+    """Unix seconds of a number (taken as seconds), a datetime or an ISO 8601 string (UTC without offset)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise DataError(f"{where}.timestamp: not a finite number of seconds")
         return float(value)
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{where}.timestamp: not a date/time ({exc})") from None
-    if ts is pd.NaT:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                value = pd.Timestamp(value).to_pydatetime()
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise DataError(f"{where}.timestamp: not a date/time ({exc})") from None
+    if not isinstance(value, datetime) or value != value:  # NaT compares unequal to itself
         raise DataError(f"{where}.timestamp: not a date/time")
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.value / 1e9
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
 
 
 def parse_history(history: Iterable[Any] | None, field: str = "history") -> list[HistoryEntry]:

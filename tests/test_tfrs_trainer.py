@@ -329,3 +329,11 @@ def test_a_new_users_history_drives_what_the_sequence_model_serves(tmp_path: Pat
         hits.append(f"i{(x + 1) % 30:04d}" in best)
     # the item that follows the history is in the top 3 for most histories (chance: 3/30)
     assert np.mean(hits) > 0.6, np.mean(hits)
+    # the SavedModel's history signature, through the count baselines' API, agrees
+    rec = load_recommender(result.out_dir)
+    assert rec.is_sequence
+    best = rec.recommend_from_history(["i0004", "i0005"], 3, event_types=["view", "view"], timestamps=[0.0, 60.0])
+    direct = np.argsort(-(matrix @ state.encode([HistoryEntry("i0004", "view", 0.0),
+                                                 HistoryEntry("i0005", "view", 60.0)])))[:3]
+    assert best[0] == ids[direct[0]] and set(best) == {ids[r] for r in direct}
+    assert "i0006" not in rec.recommend_from_history(["i0004", "i0005"], 3, exclude={"i0006"})

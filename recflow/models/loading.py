@@ -60,6 +60,46 @@ class TFRSRecommender:
     def has_ranking(self) -> bool:
         return self._ranking is not None
 
+    @property
+    def is_sequence(self) -> bool:
+        """Whether retrieval is the sequence model (its SavedModel takes a history)."""
+        return "history_top_k" in self._retrieval.signatures
+
+    def recommend_from_history(self, items: Sequence[str], k: int, exclude: set[str] | None = None,
+                               event_types: Sequence[str] | None = None,
+                               timestamps: Sequence[float] | None = None) -> list[str]:
+        """Top-``k`` items for a user known only by a history (sequence model only), the count baselines' API.
+
+        ``items`` oldest first (``timestamps``, seconds, reorder them when given); ``event_types`` default to
+        unknown (an id-only history); gaps are measured from the newest event. Items outside the catalog are
+        ignored. Raises DataError for a two-tower model or mismatched lengths.
+        """
+        import tensorflow as tf
+
+        from recflow.models.sequence import EVENT_TYPE_CODES
+
+        if not self.is_sequence:
+            raise DataError(f"{self.model_dir}: recommend_from_history needs the sequence retrieval model "
+                            "(trainer.retrieval_model: sequence)")
+        items = [str(i) for i in items]
+        types = list(event_types) if event_types is not None else ["unknown"] * len(items)
+        times = [float(t) for t in timestamps] if timestamps is not None else None
+        if len(types) != len(items) or (times is not None and len(times) != len(items)):
+            raise DataError("recommend_from_history: items, event_types and timestamps differ in length")
+        unknown = sorted({t for t in types if t not in EVENT_TYPE_CODES})
+        if unknown:
+            raise DataError(f"recommend_from_history: unknown event types {unknown}")
+        order = np.argsort(times, kind="stable") if times is not None else np.arange(len(items))
+        now = max(times) if times else 0.0
+        gaps = [now - times[i] if times is not None else -1.0 for i in order]
+        result = self._retrieval.signatures["history_top_k"](
+            hist_item_ids=tf.constant([[items[i] for i in order] or [""]]),
+            hist_types=tf.constant([[EVENT_TYPE_CODES[types[i]] for i in order] or [0]], tf.int64),
+            hist_gaps=tf.constant([gaps or [-1.0]], tf.float32))
+        banned = exclude or set()
+        picked = [i.decode("utf-8") for i in result["item_ids"].numpy()[0]]
+        return [i for i in picked if i and i not in banned][:k]
+
     def _inputs(self, user_ids: Sequence[str], context: Mapping[str, Sequence[Any]] | None = None,
                 specs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         import tensorflow as tf
