@@ -149,7 +149,7 @@ def test_history_at_is_the_history_up_to_the_query_time():
         build_sequences(users, items[:3], None, times, 3)
 
 
-def _markov_world(seed: int, n_items: int = 60, n_users: int = 300, length: int = 12):
+def _markov_world(seed: int, n_items: int = 60, n_users: int = 200, length: int = 12):
     """Each user walks a fixed random permutation: the next item is determined by the last one."""
     rng = np.random.default_rng(seed)
     nxt = rng.permutation(n_items)
@@ -167,7 +167,7 @@ def _markov_world(seed: int, n_items: int = 60, n_users: int = 300, length: int 
 def test_learns_a_markov_world_far_above_popularity_and_is_deterministic():
     users, items, times, nxt = _markov_world(0)
     n_items = 60
-    config = SequenceConfig(max_len=5, embedding_dim=32, num_blocks=1, dropout=0.0, epochs=12, batch_size=128,
+    config = SequenceConfig(max_len=5, embedding_dim=32, num_blocks=1, dropout=0.0, epochs=10, batch_size=128,
                             learning_rate=0.01, temperature=0.1, seed=7)
     # Validation: fresh walks from random starts; the target is the true next item.
     rng = np.random.default_rng(5)
