@@ -55,8 +55,12 @@ META_FILE = "sequence_encoder.json"
 
 
 class SequenceConfig(BaseModel):
-    """Hyper-parameters of the sequence retrieval model (defaults measured on MovieLens-100K's validation
-    split, see ``benchmarks/quality/movielens_temporal.py``)."""
+    """Hyper-parameters of the sequence retrieval model.
+
+    The defaults are trial 0 of ``benchmarks/quality/movielens_temporal.py``'s search, measured on MovieLens-100K's
+    temporal validation split (``benchmarks/results/quality.json``: ``movielens_temporal.tuning.methods.recflow``,
+    where the other trials and the chosen configuration are recorded); they are the cheaper configuration
+    (32-d, one block; the trials' ``seconds`` there show what the larger encoders cost on CPU)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
