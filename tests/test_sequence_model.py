@@ -1,5 +1,5 @@
-"""The sequence retrieval model: shapes, padding invariance, point-in-time training data, the numpy forward pass
-against Keras, save/load, determinism, and a Markov world it must learn far better than popularity."""
+"""The sequence retrieval model: shapes, padding invariance, point-in-time training data, the numpy forward
+pass against Keras, save/load, determinism, and a Markov world it must learn far better than popularity."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def test_left_padding_does_not_change_the_user_state():
     items, types, gaps = _random_inputs(np.random.default_rng(1), 6, 8, 30)
     base = _keras(enc, items, types, gaps)
     pad = 5
-    padded = _keras(enc, np.hstack([np.full((6, pad), -1), items]), np.hstack([np.zeros((6, pad), int), types]),
+    padded = _keras(enc, np.hstack([np.full((6, pad), -1), items]),
+                    np.hstack([np.zeros((6, pad), int), types]),
                     np.hstack([np.full((6, pad), -1, np.float32), gaps]))
     np.testing.assert_allclose(padded, base, atol=1e-5)
     # Different padded *content* (types/gaps at padding) is ignored too.
@@ -71,7 +72,8 @@ def test_history_order_and_event_features_matter():
     gaps = np.full(items.shape, 60.0, np.float32)
     base = _keras(enc, items, types, gaps)
     assert np.abs(_keras(enc, items[:, ::-1], types, gaps) - base).max() > 1e-3
-    assert np.abs(_keras(enc, items, np.full_like(types, EVENT_TYPE_CODES["purchase"]), gaps) - base).max() > 1e-3
+    purchases = np.full_like(types, EVENT_TYPE_CODES["purchase"])
+    assert np.abs(_keras(enc, items, purchases, gaps) - base).max() > 1e-3
     assert np.abs(_keras(enc, items, types, gaps * 1000) - base).max() > 1e-3
 
 
@@ -92,7 +94,8 @@ def test_numpy_forward_pass_equals_keras_in_batch_and_for_one_row():
     expected = _keras(enc, items, types, gaps)
     weights = export_weights(enc)
     np.testing.assert_allclose(numpy_user_state(weights, items, types, gaps), expected, atol=1e-4)
-    np.testing.assert_allclose(numpy_user_state(weights, items[3], types[3], gaps[3]), expected[3:4], atol=1e-4)
+    one = numpy_user_state(weights, items[3], types[3], gaps[3])
+    np.testing.assert_allclose(one, expected[3:4], atol=1e-4)
     np.testing.assert_allclose(numpy_item_vectors(weights), enc.item_vectors(), atol=1e-6)
     # An id-only request: types unknown, gaps unknown -- the defaults of both paths.
     np.testing.assert_allclose(numpy_user_state(weights, items),

@@ -2,10 +2,10 @@
 
 The user state is the output, at the most recent position, of causal self-attention over the user's recent
 events; each event is the sum of its item embedding, a learned position (counted back from the most recent
-event), its event-type embedding and the embedding of its time-gap bucket. Candidates are scored with the *same*
-item embedding table (SASRec ties them), plus an optional learned scalar bias per item appended as one more
-dot-product dimension (the query side appends a constant 1, as :mod:`recflow.models.two_tower` does), so an
-inner-product index ranks by the full score.
+event), its event-type embedding and the embedding of its time-gap bucket. Candidates are scored with the
+*same* item embedding table (SASRec ties them), plus an optional learned scalar bias per item appended as one
+more dot-product dimension (the query side appends a constant 1, as :mod:`recflow.models.two_tower` does), so
+an inner-product index ranks by the full score.
 
 Inputs, all ``[B, L]`` with the most recent event LAST and left padding:
 
@@ -14,9 +14,9 @@ Inputs, all ``[B, L]`` with the most recent event LAST and left padding:
 * ``hist_gaps`` -- float seconds between the event and the query time; negative or NaN = unknown (bucket 0);
   known gaps fall into log-spaced buckets (:func:`gap_buckets`).
 
-A caller that only knows item ids (an HTTP request's history) passes type 0 and unknown gaps; training replaces
-a whole row's types and gaps by "unknown" with probability ``SequenceConfig.feature_dropout`` so such requests
-are served from a representation the model was trained on.
+A caller that only knows item ids (an HTTP request's history) passes type 0 and unknown gaps; training
+replaces a whole row's types and gaps by "unknown" with probability ``SequenceConfig.feature_dropout`` so such
+requests are served from a representation the model was trained on.
 
 Serving's hot path needs no TensorFlow: :func:`export_weights` copies the encoder's weights into numpy arrays
 and :func:`numpy_user_state` re-implements the forward pass (tested equal to Keras within 1e-4).
@@ -57,10 +57,11 @@ META_FILE = "sequence_encoder.json"
 class SequenceConfig(BaseModel):
     """Hyper-parameters of the sequence retrieval model.
 
-    The defaults are trial 0 of ``benchmarks/quality/movielens_temporal.py``'s search, measured on MovieLens-100K's
-    temporal validation split (``benchmarks/results/quality.json``: ``movielens_temporal.tuning.methods.recflow``,
-    where the other trials and the chosen configuration are recorded); they are the cheaper configuration
-    (32-d, one block; the trials' ``seconds`` there show what the larger encoders cost on CPU)."""
+    The defaults are trial 0 of ``benchmarks/quality/movielens_temporal.py``'s search, measured on
+    MovieLens-100K's temporal validation split (``benchmarks/results/quality.json``:
+    ``movielens_temporal.tuning.methods.recflow``, where the other trials and the chosen configuration are
+    recorded); they are the cheaper configuration (32-d, one block; the trials' ``seconds`` there show what
+    the larger encoders cost on CPU)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,8 +83,10 @@ class SequenceConfig(BaseModel):
     batch_size: int = Field(512, gt=0, description="Batch size (= in-batch negatives).")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature of the retrieval loss.")
     logq_strength: float = Field(1.0, ge=0, le=1, description="Strength of the logQ correction (0 = none).")
-    item_bias: bool = Field(True, description="Learned scalar bias per item (one more dot-product dimension).")
-    early_stopping_patience: int = Field(3, ge=1, description="Epochs without validation gain before stopping "
+    item_bias: bool = Field(True, description="Learned scalar bias per item (one more dot-product "
+                                              "dimension).")
+    early_stopping_patience: int = Field(3, ge=1, description="Epochs without validation gain before "
+                                                              "stopping "
                                                               "(only with a validation set).")
     seed: int = Field(42, ge=0, description="Seed of weights, dropout and shuffling.")
 
@@ -106,13 +109,14 @@ def _check_inputs(hist_items: np.ndarray, hist_types: np.ndarray | None, hist_ga
     items = np.asarray(hist_items, np.int64)
     if items.ndim == 1:
         items = items[None, :]
-    types = np.zeros_like(items) if hist_types is None else np.asarray(hist_types, np.int64).reshape(items.shape)
+    types = (np.zeros_like(items) if hist_types is None
+             else np.asarray(hist_types, np.int64).reshape(items.shape))
     gaps = (np.full(items.shape, -1.0, np.float32) if hist_gaps is None
             else np.asarray(hist_gaps, np.float32).reshape(items.shape))
     return items, types, gaps
 
 
-# --------------------------------------------------------------------------------------------------- TensorFlow
+# ------------------------------------------------------------------------------------------------ TensorFlow
 class SequenceEncoder(tf.keras.Model):
     """Causal self-attention over a history -> the user state in the retrieval space.
 
@@ -134,7 +138,8 @@ class SequenceEncoder(tf.keras.Model):
                                if config.use_event_type else None)
         self.gap_embedding = (tf.keras.layers.Embedding(config.time_gap_buckets, d, name="gap_embedding")
                               if config.use_time_gap else None)
-        self.item_bias = (tf.keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros", name="item_bias")
+        self.item_bias = (tf.keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros",
+                                                    name="item_bias")
                           if config.item_bias else None)
         self.input_dropout = tf.keras.layers.Dropout(config.dropout)
         self.blocks = []
@@ -236,8 +241,9 @@ class SequenceRetrievalModel(tfrs.Model):
             items = features["hist_items"]
             drop = tf.random.uniform([tf.shape(items)[0], 1]) < self.feature_dropout
             features = dict(features)
-            features["hist_types"] = tf.where(drop, tf.zeros_like(features["hist_types"]), features["hist_types"])
-            features["hist_gaps"] = tf.where(drop, -tf.ones_like(features["hist_gaps"]), features["hist_gaps"])
+            types, gaps = features["hist_types"], features["hist_gaps"]
+            features["hist_types"] = tf.where(drop, tf.zeros_like(types), types)
+            features["hist_gaps"] = tf.where(drop, -tf.ones_like(gaps), gaps)
         query = self.encoder(features, training=training)
         candidate = self.encoder.candidate(features["target_item"])
         kwargs: dict[str, Any] = {}
@@ -250,7 +256,7 @@ class SequenceRetrievalModel(tfrs.Model):
                          compute_metrics=False, compute_batch_metrics=False, **kwargs)
 
 
-# ------------------------------------------------------------------------------------------------ training data
+# --------------------------------------------------------------------------------------------- training data
 def _sorted_runs(user_rows: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(order by user then time (stable), first sorted position of each event's user, first sorted position
     of each event's (user, time) tie group), the last two indexed by sorted position."""
@@ -341,7 +347,7 @@ def history_at(user_rows: Any, item_rows: Any, type_codes: Any, timestamps: Any,
     return _gather(order, end, lo, max_len, i, ty, ts, now_arr)
 
 
-# ------------------------------------------------------------------------------------------------ numpy serving
+# --------------------------------------------------------------------------------------------- numpy serving
 def export_weights(encoder: SequenceEncoder) -> dict[str, np.ndarray]:
     """The encoder's weights as numpy arrays keyed by role (what :func:`numpy_user_state` reads), plus
     ``meta_*`` entries holding its shape-defining settings."""
@@ -350,7 +356,8 @@ def export_weights(encoder: SequenceEncoder) -> dict[str, np.ndarray]:
     w: dict[str, np.ndarray] = {
         "item_embedding": encoder.item_embedding.get_weights()[0],
         "position_embedding": encoder.position_embedding.get_weights()[0],
-        "final_ln_gamma": encoder.final_norm.get_weights()[0], "final_ln_beta": encoder.final_norm.get_weights()[1],
+        "final_ln_gamma": encoder.final_norm.get_weights()[0],
+        "final_ln_beta": encoder.final_norm.get_weights()[1],
         "projection_kernel": encoder.projection.get_weights()[0],
         "projection_bias": encoder.projection.get_weights()[1],
         "gap_edges": gap_edges(c.time_gap_buckets),
@@ -387,7 +394,8 @@ def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float =
 def numpy_user_state(weights: Mapping[str, np.ndarray], hist_items: Any, hist_types: Any = None,
                      hist_gaps: Any = None) -> np.ndarray:
     """The encoder's forward pass (inference) in numpy: ``[B, dim]`` user states of ``[B, L]`` (or ``[L]``)
-    histories; types default to unknown (0), gaps to unknown. Equal to ``SequenceEncoder(...)`` within 1e-4."""
+    histories; types default to unknown (0), gaps to unknown. Equal to ``SequenceEncoder(...)`` within
+    1e-4."""
     items, types, gaps = _check_inputs(hist_items, hist_types, hist_gaps)
     emb = weights["item_embedding"]
     if items.max(initial=-1) >= emb.shape[0]:

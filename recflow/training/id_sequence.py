@@ -41,7 +41,8 @@ class SequenceValidation:
     k: int = 10
 
 
-def ndcg_at_k(scores: np.ndarray, relevant: list[np.ndarray], exclude: list[np.ndarray] | None, k: int) -> float:
+def ndcg_at_k(scores: np.ndarray, relevant: list[np.ndarray], exclude: list[np.ndarray] | None,
+              k: int) -> float:
     """Mean NDCG@k (binary relevance) of score rows; excluded items are never ranked."""
     scores = np.array(scores, np.float64, copy=True)
     if exclude is not None:
@@ -94,7 +95,8 @@ def fit_id_sequence(user_rows: np.ndarray, item_rows: np.ndarray, type_codes: np
                     timestamps: np.ndarray, n_items: int, config: SequenceConfig,
                     validation: SequenceValidation | None = None, target_mask: np.ndarray | None = None,
                     sample_weights: np.ndarray | None = None) -> IdSequenceModel:
-    """Train the sequence model on events (user row, item row < ``n_items``, event-type code, time in seconds).
+    """Train the sequence model on events (user row, item row < ``n_items``, event-type code, time in
+    seconds).
 
     ``target_mask`` selects the events that are prediction targets (default: all); ``sample_weights`` (one per
     event) weight each target's loss (e.g. per event type). Returns the model with ``stats``: epochs run, best
@@ -113,8 +115,9 @@ def fit_id_sequence(user_rows: np.ndarray, item_rows: np.ndarray, type_codes: np
         raise DataError("id sequence: target_mask selects no event")
     counts = np.bincount(data["target_item"], minlength=n_items).astype(np.float64)
     prob = ((counts + 1) / (counts.sum() + n_items)).astype(np.float32)
-    feats = {"hist_items": data["hist_items"], "hist_types": data["hist_types"], "hist_gaps": data["hist_gaps"],
-             "target_item": data["target_item"], "candidate_prob": prob[data["target_item"]]}
+    feats = {"hist_items": data["hist_items"], "hist_types": data["hist_types"],
+             "hist_gaps": data["hist_gaps"], "target_item": data["target_item"],
+             "candidate_prob": prob[data["target_item"]]}
     if sample_weights is not None:
         w = np.asarray(sample_weights, np.float32)
         if w.shape != items.shape:
@@ -138,7 +141,8 @@ def fit_id_sequence(user_rows: np.ndarray, item_rows: np.ndarray, type_codes: np
             continue
         weights = export_weights(encoder)
         s = numpy_user_state(weights, validation.hist_items, validation.hist_types, validation.hist_gaps)
-        score = ndcg_at_k(s @ numpy_item_vectors(weights).T, validation.relevant, validation.exclude, validation.k)
+        score = ndcg_at_k(s @ numpy_item_vectors(weights).T, validation.relevant, validation.exclude,
+                          validation.k)
         val_scores.append(score)
         if score > best:
             best, best_epoch, best_weights, waited = score, epoch + 1, encoder.get_weights(), 0
