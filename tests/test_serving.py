@@ -112,7 +112,8 @@ def rec(store_root: Path, tmp_path_factory: pytest.TempPathFactory):
     from serving.recommender import Recommender
 
     r = Recommender.load(
-        store_root, ServingConfig(online_publish_every=5), feedback_dir=tmp_path_factory.mktemp("feedback")
+        store_root, ServingConfig(online_learning=True, online_publish_every=5),
+        feedback_dir=tmp_path_factory.mktemp("feedback"),
     )
     yield r
     r.close()
