@@ -297,18 +297,18 @@ def export_pipeline_metrics(state_dir: Path, record: dict[str, Any], pushgateway
 
 def champion_model_dir(model_store: str | None) -> str | None:
     """The serving champion's ``model`` directory in a local model store (None: no store, no champion yet,
-    a remote store, or a bundle without saved tower weights)."""
+    a remote store, or a bundle without weights to warm-start from)."""
     if not model_store:
         return None
     from recflow.model_store import ModelStore
-    from recflow.training.warm_start import WEIGHTS_FILE
+    from recflow.training.warm_start import can_warm_start_from
 
     store = ModelStore(model_store)
     info = store.champion() if store.is_local else None
     if info is None:
         return None
     model = Path(info.path) / "model"
-    return str(model) if (model / WEIGHTS_FILE).is_file() else None
+    return str(model) if can_warm_start_from(model) else None
 
 
 def pipeline_command(data_dir: Path, *, config_path: Path | None = None, kfp_host: str | None = None,

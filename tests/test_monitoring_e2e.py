@@ -213,7 +213,7 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
                                 warm_start_from=champion_model_dir(str(store)))
         return [*argv[:3], "--set", f"paths.data_dir={pipeline_home}", *argv[3:], "--no-tracking"]
 
-    assert champion_model_dir(str(store)), "the champion bundle has no tower weights to warm-start from"
+    assert champion_model_dir(str(store)), "the champion bundle has no weights to warm-start from"
     watcher = RetrainingWatcher(WatchConfig(), state_dir, retraining_command, pushgateway=push_url)
     receiver = AlertReceiver(watcher).start()
 

@@ -237,3 +237,23 @@ def test_retraining_warm_starts_from_the_local_champion(tmp_path: Path) -> None:
     argv = pipeline_command(tmp_path / "data", overrides=["trainer.warm_start_from=/elsewhere"],
                             warm_start_from=model)
     assert f"trainer.warm_start_from={model}" not in argv and "trainer.warm_start_from=/elsewhere" in argv
+
+
+def test_a_sequence_model_champion_can_be_warm_started_from(tmp_path: Path) -> None:
+    """The default retrieval model (the sequence model) keeps its encoder and item table, not tower weights."""
+    from monitoring.watcher import champion_model_dir
+    from recflow.model_store import ModelStore
+    from recflow.models.sequence import WEIGHTS_FILE
+    from recflow.training.sequence_retrieval import ITEMS_FILE
+
+    store = tmp_path / "store"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / WEIGHTS_FILE).write_bytes(b"weights")
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "evaluation" / "blessing.json").write_text(json.dumps({"blessed": True, "reasons": ["test"]}))
+    assert ModelStore(store).push({"model": tmp_path / "model"}, tmp_path / "evaluation").pushed
+    assert champion_model_dir(str(store)) is None  # the item table is missing: nothing to match ids by
+    (tmp_path / "model" / ITEMS_FILE).write_bytes(b"items")
+    assert ModelStore(store).push({"model": tmp_path / "model"}, tmp_path / "evaluation").pushed
+    model = champion_model_dir(str(store))
+    assert model is not None and (Path(model) / WEIGHTS_FILE).is_file()
