@@ -35,6 +35,7 @@ import pandas as pd
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from recflow.errors import DataError
 from recflow.policy.logged_data import CONTEXT_CATEGORIES
+from recflow.training.sequence_retrieval import ENCODER_FILE, ITEMS_FILE
 from serving.history import HistoryEntry
 
 CONTEXT_FIELDS: tuple[str, ...] = ("hour", "weekday", "device", "region")
@@ -115,7 +116,7 @@ class SequenceState:
         self.weights, self.meta = load_encoder_weights(model_dir)
         self.max_len = int(self.weights["meta_max_len"])
         self.type_codes = dict(EVENT_TYPE_CODES)
-        rows = pd.read_parquet(model_dir / "sequence_items.parquet")
+        rows = pd.read_parquet(model_dir / ITEMS_FILE)
         self.item_rows: dict[str, int] = dict(zip(rows["item_id"].astype(str), rows["row"].astype(int),
                                                   strict=True))
         hist = pd.read_parquet(model_dir / "user_history.parquet")
@@ -213,7 +214,7 @@ class ServingBundle:
                 else None
             )
             scorer = load_policy(root / "policy")
-            sequence = SequenceState(model) if (model / "sequence_encoder.npz").is_file() else None
+            sequence = SequenceState(model) if (model / ENCODER_FILE).is_file() else None
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - any unreadable part makes the bundle unusable

@@ -244,7 +244,9 @@ def test_a_sequence_model_champion_can_be_warm_started_from(tmp_path: Path) -> N
     from monitoring.watcher import champion_model_dir
     from recflow.model_store import ModelStore
     from recflow.models.sequence import WEIGHTS_FILE
-    from recflow.training.sequence_retrieval import ITEMS_FILE
+    from recflow.training.sequence_retrieval import ENCODER_FILE, ITEMS_FILE
+
+    assert ENCODER_FILE == WEIGHTS_FILE  # the TensorFlow-free name of the encoder file
 
     store = tmp_path / "store"
     (tmp_path / "model").mkdir()

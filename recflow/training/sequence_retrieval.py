@@ -41,6 +41,9 @@ from recflow.errors import DataError
 #: Event types that enter a history (the user's own choices; impressions are the shop's).
 HISTORY_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 ITEMS_FILE = "sequence_items.parquet"
+#: The encoder's weights: recflow.models.sequence.WEIGHTS_FILE, named here too because that module imports
+#: TensorFlow and this check must not (the retraining watcher uses it); a test keeps the two equal.
+ENCODER_FILE = "sequence_encoder.npz"
 HISTORY_FILE = "user_history.parquet"
 
 
@@ -157,6 +160,12 @@ def top_k_accuracy(user_states: np.ndarray, item_vectors: np.ndarray, targets: n
     return out
 
 
+def is_sequence_model(model_dir: Path) -> bool:
+    """Whether ``model_dir`` (a trainer output or a bundle's ``model/``) holds a sequence encoder and its item
+    table, i.e. what :func:`warm_start_encoder` can start from."""
+    return (Path(model_dir) / ENCODER_FILE).is_file() and (Path(model_dir) / ITEMS_FILE).is_file()
+
+
 def warm_start_encoder(encoder: Any, source_dir: Path, item_ids_by_row: Sequence[str]) -> dict[str, int]:
     """Copy a previous sequence model's encoder (``source_dir``) into the built ``encoder``: item embedding
     and bias rows by item id, every other weight as it is when its shape is unchanged.
@@ -166,7 +175,7 @@ def warm_start_encoder(encoder: Any, source_dir: Path, item_ids_by_row: Sequence
     from recflow.models.sequence import export_weights, load_encoder_weights
 
     source_dir = Path(source_dir)
-    if not (source_dir / "sequence_encoder.npz").is_file() or not (source_dir / ITEMS_FILE).is_file():
+    if not is_sequence_model(source_dir):
         raise DataError(f"{source_dir}: no sequence encoder to warm-start from (not a sequence model)")
     old, _meta = load_encoder_weights(source_dir)
     old_rows = pd.read_parquet(source_dir / ITEMS_FILE)

@@ -24,17 +24,14 @@ from recflow.io import atomic_path
 
 WEIGHTS_FILE = "towers.npz"
 VOCAB_FILE = "vocabularies.json"
-#: The sequence model's weights and item table (recflow.models.sequence.WEIGHTS_FILE and
-#: recflow.training.sequence_retrieval.ITEMS_FILE; named here so that this check imports no TensorFlow).
-SEQUENCE_WARM_START_FILES = ("sequence_encoder.npz", "sequence_items.parquet")
 
 
 def can_warm_start_from(model_dir: Path) -> bool:
     """Whether ``model_dir`` (a trainer output or a bundle's ``model/``) holds weights a retraining can start
     from: the two-tower's tower weights or the sequence model's encoder and item table."""
-    model_dir = Path(model_dir)
-    return (model_dir / WEIGHTS_FILE).is_file() or all(
-        (model_dir / name).is_file() for name in SEQUENCE_WARM_START_FILES)
+    from recflow.training.sequence_retrieval import is_sequence_model
+
+    return (Path(model_dir) / WEIGHTS_FILE).is_file() or is_sequence_model(model_dir)
 
 
 def _key(tower: str, position: int) -> str:
