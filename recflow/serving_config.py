@@ -63,6 +63,12 @@ class ServingConfig(BaseModel):
     popularity_weight: float = Field(
         0.5, ge=0.0, description="Weight of the log-popularity prior in the cold-start retrieval score."
     )
+    policy_rerank: bool = Field(
+        True,
+        description="Order the slate by the TF-Agents policy's scores over the ranked pool (true) or by the ranking "
+        "model's click probability (false; the policy's scores are still computed and logged). The measured "
+        "effect per world is in benchmarks/results/quality.json (organic_world) and docs/serving.md.",
+    )
     online_learning: bool = Field(
         False,
         description="Update a LinUCB correction of the policy's scores from feedback in a background thread. Off "

@@ -119,6 +119,10 @@ class SequenceState:
         rows = pd.read_parquet(model_dir / ITEMS_FILE)
         self.item_rows: dict[str, int] = dict(zip(rows["item_id"].astype(str), rows["row"].astype(int),
                                                   strict=True))
+        from recflow.models.history_ranking import HistoryRanker
+
+        #: The history-aware ranking model (recflow.models.history_ranking), when the trainer made one.
+        self.ranker = HistoryRanker.load(model_dir)
         hist = pd.read_parquet(model_dir / "user_history.parquet")
         self.stored: dict[str, list[HistoryEntry]] = {
             str(r.user_id): [HistoryEntry(str(i), str(t), float(ts))
@@ -132,6 +136,14 @@ class SequenceState:
             return list(request)
         return [*self.stored.get(user_id, []), *feedback]
 
+    def known(self, entries: Sequence[HistoryEntry]) -> list[HistoryEntry]:
+        """The last ``max_len`` entries whose item the encoder knows (what it reads)."""
+        return [e for e in entries if e.item_id in self.item_rows][-self.max_len:]
+
+    def rows(self, entries: Sequence[HistoryEntry]) -> np.ndarray:
+        """Encoder rows of :meth:`known` entries (oldest first)."""
+        return np.array([self.item_rows[e.item_id] for e in self.known(entries)], np.int64)
+
     def encode(self, entries: Sequence[HistoryEntry]) -> np.ndarray | None:
         """The encoder's user state for ``entries`` (oldest first), or None when no entry's item is known.
 
@@ -141,7 +153,7 @@ class SequenceState:
         """
         from recflow.models.sequence import numpy_user_state
 
-        known = [e for e in entries if e.item_id in self.item_rows][-self.max_len:]
+        known = self.known(entries)
         if not known:
             return None
         times = [e.timestamp for e in known if e.timestamp is not None]
@@ -323,6 +335,22 @@ class ServingBundle:
         if self.sequence is None:
             return None
         return self.sequence.encode(self.sequence.history_for(user_id, request, feedback))
+
+    @property
+    def has_history_ranker(self) -> bool:
+        """Whether the bundle ranks requests with a sequence state by the history-aware model."""
+        return self.sequence is not None and self.sequence.ranker is not None
+
+    def rank_with_history(self, state: np.ndarray, entries: Sequence[HistoryEntry], rows: np.ndarray,
+                          context: Mapping[str, Any]) -> np.ndarray:
+        """Click probabilities of the items at ``rows`` by the history-aware ranking model (numpy), for the
+        user state ``state`` of the history ``entries`` (see :meth:`SequenceState.history_for`)."""
+        seq = self.sequence
+        assert seq is not None and seq.ranker is not None
+        ids = self.item_ids[rows]
+        cand = np.array([seq.item_rows.get(str(i), -1) for i in ids], np.int64)
+        scores = self.item_matrix[rows] @ state
+        return seq.ranker.click_probabilities(state, seq.rows(entries), ids, cand, scores, context)
 
     def context_for(self, user_id: str, context: Mapping[str, Any] | None) -> dict[str, Any]:
         """The request's context: its own values over the user's latest logged context over the default."""

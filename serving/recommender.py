@@ -307,14 +307,21 @@ class Recommender:
         top, policy_user, cold = self.retrieve(b, user_id, ctx, history, exclude)
         new_with_history = not cold and user_id not in b.user_index
         top_ids = b.item_ids[top]
-        prob = b.rank(user_id, top_ids.tolist(), ctx)
+        if policy_user is not None and b.has_history_ranker and b.sequence is not None:
+            seen = b.sequence.history_for(user_id, history, self.histories.get(user_id))
+            prob = b.rank_with_history(policy_user, seen, top, ctx)
+        else:
+            prob = b.rank(user_id, top_ids.tolist(), ctx)
         n_pool = min(max(cfg.ranked_candidates, k), len(top))
         pool_order = np.argsort(-prob, kind="stable")[:n_pool]
         pool, pool_prob = top[pool_order], prob[pool_order]
         g, a = b.policy_features(policy_user, ctx, pool)
         base = b.policy_scores(g, a)
         feats = np.concatenate([np.broadcast_to(g[:, None, :], a.shape[:2] + g.shape[1:]), a], axis=-1)[0]
-        key = variant.online.adjust(feats, base) if variant.online is not None else base
+        if not cfg.policy_rerank:  # the ranking model's order; the policy's scores are only logged
+            key = pool_prob
+        else:
+            key = variant.online.adjust(feats, base) if variant.online is not None else base
         eps = cfg.epsilon if cfg.epsilon is not None else float(b.policy_meta.get("epsilon", 0.1))
         if cold:
             eps = cfg.cold_start_epsilon

@@ -381,6 +381,39 @@ def test_sequence_bundle_serves_every_user_from_their_history(rec) -> None:
         rec.recommend("newcomer-seq", history=["x", {"item_id": "y", "event_type": "impression"}])
 
 
+def test_requests_with_a_sequence_state_are_ranked_by_the_history_ranker(store_root: Path, rec) -> None:
+    """A sequence bundle ranks a request that has a history with the history-aware model (numpy); with
+    ``policy_rerank`` false and no exploration the slate is exactly its top-k."""
+    from serving.recommender import Recommender
+
+    b = rec.champion
+    assert b.has_history_ranker
+    history = [{"item_id": str(b.item_ids[n]), "event_type": "view", "timestamp": 1000.0 + 60 * n}
+               for n in (5, 9, 5)]
+    entries = rec_history(history)
+    ctx = b.context_for("ranker-newcomer", {"device": "mobile"})
+    top, state, cold = rec.retrieve(b, "ranker-newcomer", ctx, entries, None)
+    assert not cold and state is not None
+    prob = b.rank_with_history(state, entries, top, ctx)
+    assert prob.shape == (len(top),) and np.all((prob > 0) & (prob < 1))
+    # the history features matter: the same candidates for a history without item 5 score differently
+    other = rec_history([{"item_id": str(b.item_ids[n]), "event_type": "view", "timestamp": 1000.0 + 60 * n}
+                         for n in (7, 9, 7)])
+    assert not np.allclose(prob, b.rank_with_history(state, other, top, ctx))
+    greedy = Recommender.load(store_root, ServingConfig(policy_rerank=False, epsilon=0.0))
+    try:
+        out = greedy.recommend("ranker-newcomer", {"device": "mobile"}, k=5, history=history)
+        gb = greedy.champion
+        g_top, g_state, _ = greedy.retrieve(gb, "ranker-newcomer", gb.context_for("ranker-newcomer", {"device": "mobile"}),
+                                            entries, None)
+        g_prob = gb.rank_with_history(g_state, entries, g_top, gb.context_for("ranker-newcomer", {"device": "mobile"}))
+        expected = [str(gb.item_ids[r]) for r in g_top[np.argsort(-g_prob, kind="stable")[:5]]]
+        assert [s.item_id for s in out.items] == expected
+        assert [s.click_probability for s in out.items] == pytest.approx(np.sort(g_prob)[::-1][:5])
+    finally:
+        greedy.close()
+
+
 def rec_history(history):
     from serving.history import parse_history
 

@@ -9,14 +9,17 @@ Protocol (issue 13, "organic_world"), per world seed:
 3. Online: ``--users`` NEW users of ``OrganicShop`` (unseen at training time; they arrive with the views of their
    first visit) are served until they leave. Every method meets the same users with the same views at the same
    times (the shop's browsing stream does not depend on what is shown); each request carries the user's whole
-   history. Methods: ``recflow`` (the pushed bundle through :class:`serving.Recommender`, feedback posted back),
-   the count baselines fitted on the training log (``most_viewed``, ``most_recent``, ``coview``: their
-   ``recommend_from_history``), ``popularity`` and ``random``. The same users are also served over HTTP by
+   history. Methods: ``recflow`` (the pushed bundle through :class:`serving.Recommender` with the default serving
+   configuration, feedback posted back), the same bundle with ``serving.policy_rerank`` flipped
+   (``recflow_policy_rerank_on|off``: is the policy layer worth its place?), the count baselines fitted on the
+   training log (``most_viewed``, ``most_recent``, ``coview``: their ``recommend_from_history``; ``popularity``:
+   the count of past clicks per item) and ``random``. The same users are also served over HTTP by
    ``recflow serve`` on the same store (``--http-users`` of them), and the items are compared request by request
    with the Python API's.
 4. The figure of merit is the *expected* click rate: the mean of the simulator's true click probability of each
    shown item (far less noisy than sampled clicks, which are reported too). ``ratio_to_best_baseline`` is
-   recflow's expected CTR over the best count baseline's; per-user paired t-test and Wilcoxon p-values compare
+   recflow's expected CTR over the best count baseline's (popularity included); ``policy_lift`` is the bundle with
+   the policy's re-ranking over the bundle without it; per-user paired t-test and Wilcoxon p-values compare
    recflow with that baseline.
 
     .venv/bin/python benchmarks/quality/organic_world.py --seeds 0 1 2 --work /tmp/organic
@@ -71,7 +74,9 @@ PIPELINE_OVERRIDES: tuple[str, ...] = (
     "evaluator.thresholds.min_lift_over_best_baseline=null",
     "evaluator.thresholds.min_lift_over_popularity=null",
 )
-COUNT_BASELINES = ("most_viewed", "most_recent", "coview")
+#: The baselines recflow must beat: per-user view counts, recency and co-views, and the count of past clicks per
+#: item (``popularity``; the issue's first measurement found it ahead of recflow, so it is in the comparison).
+COUNT_BASELINES = ("most_viewed", "most_recent", "coview", "popularity")
 
 Serve = Callable[[str, list[dict[str, Any]], int], list[str]]
 #: The HTTP API takes at most this many history events per request (serving/app.py); recflow gets the latest
@@ -145,10 +150,12 @@ def summarize_method(run: dict[str, Any]) -> dict[str, float]:
             "requests": int(n)}
 
 
-def recflow_api(store: Path) -> tuple[Serve, Callable[[str, Any], None], Any]:
+def recflow_api(store: Path, **serving: Any) -> tuple[Serve, Callable[[str, Any], None], Any]:
+    """The pushed bundle through :class:`serving.Recommender` with the default serving configuration (plus
+    the ``serving`` overrides)."""
     from serving.recommender import Recommender
 
-    config = load_config().serving
+    config = load_config().serving.model_copy(update=serving)
     rec = Recommender.load(store, config)
     last: dict[str, str] = {}
 
@@ -262,6 +269,14 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
                                   serve, feedback)
     api_seconds = time.perf_counter() - started
     rec.close()
+    # The same bundle with the policy layer's re-ranking switched the other way (issue 13 item 5: the policy
+    # must earn its place): ``recflow_policy_rerank_<on|off>``.
+    flipped = not load_config().serving.policy_rerank
+    serve, feedback, rec = recflow_api(trained["store"], policy_rerank=flipped)
+    other = f"recflow_policy_rerank_{'on' if flipped else 'off'}"
+    runs[other] = serve_users(OrganicShop(organic, seed=seed, start_date=sim.start_date), args.users, slate,
+                              serve, feedback)
+    rec.close()
     for name, fn in baseline_servers(events, items, seed).items():
         runs[name] = serve_users(OrganicShop(organic, seed=seed, start_date=sim.start_date), args.users, slate, fn)
     http: dict[str, Any] = {"users": 0}
@@ -282,6 +297,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     best = max(COUNT_BASELINES, key=lambda m: methods[m]["expected_ctr"])
     per_user = {m: runs[m]["expected"] / np.maximum(runs[m]["requests"], 1) for m in runs}
     test = paired_tests(per_user["recflow"], per_user[best])
+    with_policy, without = (("recflow", other) if not flipped else (other, "recflow"))
+    policy_test = paired_tests(per_user[with_policy], per_user[without])
     return {
         "seed": seed,
         "methods": methods,
@@ -290,6 +307,9 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "ratio_to_random": methods["recflow"]["expected_ctr"] / methods["random"]["expected_ctr"],
         "vs_best_baseline": {"t_test_p": test.t_p, "wilcoxon_p": test.wilcoxon_p, "users": test.n,
                              "mean_difference_per_request": test.mean_diff},
+        "policy_rerank_default": not flipped,
+        "policy_lift": {"ratio": methods[with_policy]["expected_ctr"] / methods[without]["expected_ctr"],
+                        "t_test_p": policy_test.t_p, "wilcoxon_p": policy_test.wilcoxon_p},
         "http": http,
         "blessed": trained["blessed"],
         "blessing_reasons": trained["blessing_reasons"],

@@ -95,6 +95,16 @@ class TrainerConfig(BaseModel):
     purchase_weight: float = Field(
         0.5, ge=0.0, description="Weight of the purchase task in the ranking loss (0 = click only); used when "
         "the log has purchases.")
+    history_ranking: bool = Field(
+        True, description="With the sequence retrieval model, also train the history-aware ranking model "
+        "(recflow.models.history_ranking: the user only through the request's history, so it ranks users unseen "
+        "at training) and rank with it at serving whenever a request has a sequence state; the DCN ranking model "
+        "stays for explanations, per-slice metrics and history-less requests.")
+    history_ranking_ips: bool = Field(
+        True, description="Weight the history ranker's training impressions by their inverse logged propensity "
+        "(clipped at 1/0.01, mean 1) when the log has propensities.")
+    history_ranking_l2: float = Field(
+        1e-4, ge=0.0, description="L2 penalty of the history ranker's per-item and context vectors.")
     query_behaviour_features: tuple[str, ...] = Field(
         ("frequency", "monetary", "dwell_mean"),
         description="Behaviour features the towers read (those the log supports). recency_s and session_events "
@@ -460,6 +470,14 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
             rserving = RankingServing(str(graph_dir), spec, user_state, items_raw, ranker)
             save_ranking(rserving, spec, str(tmp / "ranking"))
             ranking_dir = out_dir / "ranking"
+            if config.retrieval_model == "sequence" and config.history_ranking:
+                from recflow.training.history_ranking import train_history_ranker
+
+                ranked = train_history_ranker(examples_dir, vocabulary, seq, item_ids, spec, config, tmp)
+                notes.extend(ranked.notes)
+                metrics.update(ranked.metrics)
+                if ranked.trained:
+                    report["history_ranking"] = ranked.report
 
         report["metrics"] = metrics
         report["notes"] = notes

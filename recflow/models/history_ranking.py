@@ -1,0 +1,223 @@
+"""The history-aware ranking model: P(click | the user's history, a candidate item, the context).
+
+Why it exists: the DCN ranking model (:mod:`recflow.models.ranking`) embeds the user id, so for a user unseen at
+training time -- every online user of a shop whose visitors are mostly new -- its user side is one shared
+out-of-vocabulary vector and it ranks no better than chance (measured: ``benchmarks/results/organic_stages.json``).
+This model reads the user only through what the request carries: the sequence model's user state of the
+history and the candidate's place in that history. It is a logistic model with learned per-item parameters:
+
+``logit = b0 + w . dense + item_bias[j] + item_vector[j] . state + item_context[j] . sum_c ctx_c[v_c] + pos[p]``
+
+* ``dense`` (4 values): the sequence model's retrieval score of the candidate (standardised with the training
+  rows' mean and deviation), ``log1p`` of how often the candidate is in the history, whether it is the most
+  recent history item, and ``1 / (1 + events since the candidate was last in the history)`` (0 when never).
+* ``item_bias[j]`` and ``item_vector[j] . state``: how clickable item ``j`` is overall and for this user's
+  taste -- browsing taste (what the retrieval model learns) and click taste need not agree.
+* ``item_context[j] . sum_c ctx_c[v_c]``: item-by-context interactions (hour, weekday, device, region).
+* ``pos[p]``: the slot the impression was shown in (position bias); serving scores every candidate at slot 0.
+
+Labels: ``clicked`` of each logged impression (1 when the user clicked that item from that slate). Rows are
+weighted by the inverse of the logged propensity (clipped, normalised to mean 1) when the log has
+propensities, so the model estimates the click rate of every item as if shown uniformly rather than as the
+logging policy chose (``ips=False`` turns this off). L2 on the per-item vectors; early stopping on the eval
+split's log loss. Items outside the training catalog and unseen context values get the shared unknown row.
+
+The trained weights are exported as plain arrays (:func:`export_ranker`) and served in numpy
+(:func:`numpy_click_logits`, checked equal to the Keras model by a test), so ranking needs no TensorFlow call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recflow.errors import DataError
+from recflow.io import atomic_path
+
+#: Bundle files of the ranker (beside the sequence encoder's files).
+RANKER_WEIGHTS_FILE = "history_ranker.npz"
+RANKER_META_FILE = "history_ranker.json"
+#: Number of dense history features (score, seen, last, recency).
+N_DENSE = 4
+#: Slots with their own position bias; later slots share the last one.
+MAX_POSITIONS = 20
+
+
+def history_features(hist_rows: np.ndarray, candidate_rows: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` history features of candidates: log1p(count in history), is the last history item,
+    1 / (1 + events since last in history) (0 when never).
+
+    ``hist_rows``: ``[B, L]`` encoder rows, left-padded with negatives, most recent last (or ``[L]``);
+    ``candidate_rows``: ``[B]`` or ``[B, M]`` encoder rows (``[M]`` with a 1-d history). A negative candidate
+    row (an item the encoder does not know) never matches.
+    """
+    hist = np.asarray(hist_rows, np.int64)
+    cand = np.asarray(candidate_rows, np.int64)
+    single = hist.ndim == 1
+    if single:
+        hist, cand = hist[None], cand[None]
+    squeeze = cand.ndim == 1
+    if squeeze:
+        cand = cand[:, None]
+    length = hist.shape[1]
+    match = (hist[:, None, :] == cand[:, :, None]) & (cand[:, :, None] >= 0)  # [B, M, L]
+    count = match.sum(-1)
+    last = match[:, :, -1] if length else np.zeros(count.shape, bool)
+    idx = np.where(match, np.arange(length)[None, None, :], -1).max(-1)  # last matching slot, -1 when none
+    recency = np.where(idx >= 0, 1.0 / (1.0 + (length - 1 - idx)), 0.0)
+    out = np.stack([np.log1p(count), last.astype(np.float64), recency], axis=-1).astype(np.float32)
+    if squeeze:
+        out = out[:, 0]
+    return out[0] if single else out
+
+
+@dataclass
+class RankerInputs:
+    """One row per (impression or candidate): the model's inputs."""
+
+    state: np.ndarray  # [N, D] float32 sequence user state
+    item: np.ndarray  # [N] int64 ranker item index (n_items = unknown)
+    dense: np.ndarray  # [N, N_DENSE] float32 (score standardised)
+    context: np.ndarray  # [N, C] int64 per-feature context index (0 = unknown)
+    position: np.ndarray  # [N] int64
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {"state": self.state, "item": self.item, "dense": self.dense, "context": self.context,
+                "position": self.position}
+
+
+def build_keras_ranker(n_items: int, state_dim: int, context_sizes: Sequence[int], context_dim: int = 8,
+                       l2: float = 1e-4) -> Any:
+    """The Keras model (inputs of :class:`RankerInputs`, output: click logit [B])."""
+    import tensorflow as tf
+
+    reg = tf.keras.regularizers.l2(l2)
+    state = tf.keras.Input((state_dim,), name="state", dtype=tf.float32)
+    item = tf.keras.Input((), name="item", dtype=tf.int64)
+    dense = tf.keras.Input((N_DENSE,), name="dense", dtype=tf.float32)
+    context = tf.keras.Input((len(context_sizes),), name="context", dtype=tf.int64)
+    position = tf.keras.Input((), name="position", dtype=tf.int64)
+    logit = tf.squeeze(tf.keras.layers.Dense(1, name="dense_weights")(dense), -1)
+    logit += tf.squeeze(tf.keras.layers.Embedding(n_items + 1, 1, embeddings_initializer="zeros",
+                                                  name="item_bias")(item), -1)
+    vec = tf.keras.layers.Embedding(n_items + 1, state_dim, embeddings_initializer="zeros",
+                                    embeddings_regularizer=reg, name="item_vector")(item)
+    logit += tf.reduce_sum(vec * state, -1)
+    if context_sizes:
+        ctx = tf.add_n([tf.keras.layers.Embedding(size + 1, context_dim, embeddings_regularizer=reg,
+                                                  name=f"context_{c}")(context[:, c])
+                        for c, size in enumerate(context_sizes)])
+        item_ctx = tf.keras.layers.Embedding(n_items + 1, context_dim, embeddings_initializer="zeros",
+                                             embeddings_regularizer=reg, name="item_context")(item)
+        logit += tf.reduce_sum(ctx * item_ctx, -1)
+    logit += tf.squeeze(tf.keras.layers.Embedding(MAX_POSITIONS, 1, embeddings_initializer="zeros",
+                                                  name="position_bias")(position), -1)
+    return tf.keras.Model({"state": state, "item": item, "dense": dense, "context": context,
+                           "position": position}, logit, name="history_ranker")
+
+
+def export_ranker(model: Any, n_context: int) -> dict[str, np.ndarray]:
+    """The Keras ranker's weights as named arrays (what :func:`numpy_click_logits` reads)."""
+    layer = {w.name: w for w in model.layers}
+    kernel, bias = layer["dense_weights"].get_weights()
+    out = {"dense_kernel": kernel[:, 0], "dense_bias": bias,
+           "item_bias": layer["item_bias"].get_weights()[0][:, 0],
+           "item_vector": layer["item_vector"].get_weights()[0],
+           "position_bias": layer["position_bias"].get_weights()[0][:, 0]}
+    if n_context:
+        out["item_context"] = layer["item_context"].get_weights()[0]
+        for c in range(n_context):
+            out[f"context_{c}"] = layer[f"context_{c}"].get_weights()[0]
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def numpy_click_logits(weights: Mapping[str, np.ndarray], inputs: RankerInputs) -> np.ndarray:
+    """The ranker's forward pass in numpy: [N] click logits (equal to the Keras model within 1e-5)."""
+    logit = inputs.dense @ weights["dense_kernel"] + weights["dense_bias"][0]
+    logit = logit + weights["item_bias"][inputs.item]
+    logit = logit + np.einsum("nd,nd->n", weights["item_vector"][inputs.item], inputs.state)
+    n_context = inputs.context.shape[1] if inputs.context.ndim == 2 else 0
+    if n_context and "item_context" in weights:
+        ctx = sum(weights[f"context_{c}"][inputs.context[:, c]] for c in range(n_context))
+        logit = logit + np.einsum("nk,nk->n", weights["item_context"][inputs.item], ctx)
+    pos = np.minimum(inputs.position, len(weights["position_bias"]) - 1)
+    return (logit + weights["position_bias"][pos]).astype(np.float64)
+
+
+def save_ranker(directory: Path, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    """Write the ranker's arrays and metadata (item ids, context vocabularies, score scaling) atomically."""
+    directory = Path(directory)
+    with atomic_path(directory / RANKER_WEIGHTS_FILE) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **weights)
+    with atomic_path(directory / RANKER_META_FILE) as tmp:
+        Path(tmp).write_text(json.dumps(dict(meta), indent=2, default=float), encoding="utf-8")
+
+
+class HistoryRanker:
+    """A trained ranker loaded from a bundle: scores candidates of one request in numpy."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        self.weights = {k: np.asarray(v) for k, v in weights.items()}
+        self.meta = dict(meta)
+        self.item_index = {str(i): k for k, i in enumerate(self.meta["item_ids"])}
+        self.n_items = len(self.meta["item_ids"])
+        self.context_columns: list[str] = list(self.meta["context_columns"])
+        self.context_vocab = [{str(v): k + 1 for k, v in enumerate(vocab)}
+                              for vocab in self.meta["context_vocabularies"]]
+        self.score_mean = float(self.meta["score_mean"])
+        self.score_std = float(self.meta["score_std"])
+
+    @classmethod
+    def load(cls, directory: Path) -> HistoryRanker | None:
+        """The ranker in ``directory``, or None when the bundle has none. Raises DataError when damaged."""
+        directory = Path(directory)
+        wpath, mpath = directory / RANKER_WEIGHTS_FILE, directory / RANKER_META_FILE
+        if not wpath.is_file():
+            return None
+        try:
+            with np.load(wpath) as npz:
+                weights = {k: npz[k] for k in npz.files}
+            meta = json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{directory}: unreadable history ranker ({exc})") from None
+        return cls(weights, meta)
+
+    def context_codes(self, context: Mapping[str, Any]) -> np.ndarray:
+        """[C] context indices of one request (0 for values never seen at training)."""
+        return np.array([vocab.get(_context_key(context.get(col)), 0)
+                         for col, vocab in zip(self.context_columns, self.context_vocab, strict=True)], np.int64)
+
+    def click_probabilities(self, state: np.ndarray, hist_rows: np.ndarray, item_ids: Sequence[str],
+                            candidate_rows: np.ndarray, scores: np.ndarray,
+                            context: Mapping[str, Any]) -> np.ndarray:
+        """P(click) of each candidate shown at the first slot.
+
+        ``state``: the sequence user state [D]; ``hist_rows``: the history's encoder rows (most recent last);
+        ``item_ids`` / ``candidate_rows``: the candidates and their encoder rows (-1 unknown); ``scores``: their
+        retrieval scores (``item vector . state``).
+        """
+        n = len(item_ids)
+        dense = np.zeros((n, N_DENSE), np.float32)
+        dense[:, 0] = (np.asarray(scores, np.float64) - self.score_mean) / self.score_std
+        dense[:, 1:] = history_features(np.asarray(hist_rows, np.int64), np.asarray(candidate_rows, np.int64))
+        inputs = RankerInputs(
+            state=np.broadcast_to(np.asarray(state, np.float32), (n, len(state))),
+            item=np.array([self.item_index.get(str(i), self.n_items) for i in item_ids], np.int64),
+            dense=dense,
+            context=np.broadcast_to(self.context_codes(context), (n, len(self.context_columns))),
+            position=np.zeros(n, np.int64))
+        return 1.0 / (1.0 + np.exp(-numpy_click_logits(self.weights, inputs)))
+
+
+def _context_key(value: Any) -> str:
+    """Context values as vocabulary keys (``3`` and ``3.0`` and ``'3'`` are one hour)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
