@@ -87,3 +87,15 @@ def write_dataset(out_dir: str | os.PathLike[str], **tables: pd.DataFrame | pa.T
             raise ValueError(f"unknown table kind {kind!r}")
         written[kind] = write_table(data, out / schema.FILE_NAMES[kind], kind)  # type: ignore[arg-type]
     return written
+
+
+def epoch_seconds(values: object) -> "np.ndarray":
+    """Seconds since the Unix epoch (float64) of date/times, whatever their stored resolution.
+
+    Parquet timestamps come back as ``datetime64[ms]``, ``[us]`` or ``[ns]``; ``astype("int64")`` of them counts
+    in that unit, so dividing by 1e9 is right only for nanoseconds. This is unit-safe.
+    """
+    import numpy as np
+
+    ts = pd.to_datetime(pd.Series(values) if not isinstance(values, pd.Series) else values, utc=True)
+    return ((ts - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(np.float64)

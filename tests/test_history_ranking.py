@@ -122,3 +122,48 @@ def test_learns_item_appeal_and_the_history_signal_close_to_the_oracle() -> None
     score_alone = roc_auc_score(labels[test], inputs.dense[test, 0])
     assert ours > oracle - 0.02, (ours, oracle)
     assert ours > score_alone + 0.15, (ours, score_alone)
+
+
+def test_event_times_are_epoch_seconds_whatever_the_parquet_resolution(tmp_path) -> None:
+    """Parquet hands back datetime64[ms]; the sequence model's event times must still be seconds (a gap of a
+    minute is 60, as in a request's history), not the stored unit divided by 1e9."""
+    import pandas as pd
+
+    from recflow.io import epoch_seconds
+    from recflow.training.sequence_retrieval import load_events
+
+    times = pd.to_datetime(["2026-01-05T00:00:00.000Z", "2026-01-05T00:01:00.500Z"], utc=True, format="ISO8601")
+    for unit in ("ms", "us", "ns"):
+        assert np.allclose(epoch_seconds(pd.Series(times).astype(f"datetime64[{unit}, UTC]")),
+                           [t.timestamp() for t in times])
+    frame = pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "event_type": ["view", "view"],
+                          "timestamp": pd.Series(times).astype("datetime64[ms, UTC]")})
+    frame.to_parquet(tmp_path / "train.parquet")
+    data = load_events(tmp_path, ("train",), {"a": 0, "b": 1}, 2, {"view": 1.0})
+    assert np.allclose(np.diff(data.seconds), 60.5) and np.isclose(data.seconds[0], times[0].timestamp())
+
+
+def test_policy_decisions_use_the_point_in_time_state_where_there_is_one() -> None:
+    import pandas as pd
+
+    from recflow.policy.config import PolicyConfig
+    from recflow.policy.logged_data import build_bandit_data
+
+    t0 = pd.Timestamp("2026-01-05T10:00:00Z")
+    events = pd.DataFrame({
+        "event_type": ["impression", "impression", "click"],
+        "user_id": ["u1", "u1", "u1"], "item_id": ["a", "b", "a"],
+        "timestamp": [t0, t0 + pd.Timedelta(minutes=5), t0 + pd.Timedelta(seconds=3)],
+        "request_id": ["r1", "r2", "r1"], "position": [0, 0, None], "propensity": [0.5, 0.5, None]})
+    items = np.array(["a", "b", "c"], dtype=object)
+    item_emb = np.eye(3, dtype=np.float32)
+    final = np.array([[9.0, 9.0, 9.0]], np.float32)  # the user's final state (after the click)
+    states = pd.DataFrame({"user_id": ["u1"], "seconds": [t0.timestamp()],
+                           "embedding": [np.array([1.0, 0.0, 0.0], np.float32)]})
+    config = PolicyConfig(num_arms=2)
+    data = build_bandit_data(events, items, item_emb, np.array(["u1"], dtype=object), final, config,
+                             decision_states=states)
+    by_request = dict(zip(data.request_ids, data.user_embeddings.tolist(), strict=True))
+    assert by_request["r1"] == [1.0, 0.0, 0.0]  # the state before the first impression
+    assert by_request["r2"] == [9.0, 9.0, 9.0]  # no point-in-time state: the final one
+    assert any("point-in-time" in n for n in data.notes)

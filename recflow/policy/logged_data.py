@@ -27,8 +27,14 @@ import numpy as np
 import pandas as pd
 
 from recflow.errors import DataError
+from recflow.io import epoch_seconds
 from recflow.policy.config import PolicyConfig
 from recflow.schema import DEVICES
+
+#: Point-in-time user states of logged impressions (user_id, seconds, embedding), written by the TFRS trainer
+#: beside a sequence model (recflow.training.history_ranking.write_decision_states); when present a decision's
+#: user features are the state of the user's history strictly before it, not the user's final state.
+DECISION_STATES_FILE = "decision_states.parquet"
 
 #: The context columns that become one-hot global features when a log has them, with their categories.
 CONTEXT_CATEGORIES: dict[str, tuple[Any, ...]] = {
@@ -276,6 +282,7 @@ def build_bandit_data(
     *,
     source: str = "events",
     layout: FeatureLayout | None = None,
+    decision_states: pd.DataFrame | None = None,
 ) -> BanditData:
     """Turn an event log into per-slot bandit decisions (see the module docstring).
 
@@ -283,7 +290,8 @@ def build_bandit_data(
     ``user_ids``/``user_embeddings`` the known users. Impressions of items without an embedding are dropped and
     counted in ``notes``. Missing propensities are estimated from the empirical logging frequencies of the log
     itself (noted, and ``propensity_source`` says so). Pass the training ``layout`` to build evaluation data
-    with the same features.
+    with the same features. ``decision_states`` (:data:`DECISION_STATES_FILE`'s frame) replaces a decision's
+    user embedding by the user's state at the impression's time where it has one.
     """
     n_items = len(item_ids)
     if n_items < config.num_arms:
@@ -358,6 +366,19 @@ def build_bandit_data(
         )
     fallback = np.asarray(layout.unknown_user_embedding, dtype=np.float32)
     user_emb, unknown = lookup_user_embeddings(imp["user_id"].to_numpy(), user_ids, user_embeddings, fallback)
+    if decision_states is not None and len(decision_states):
+        seconds = epoch_seconds(imp["timestamp"])
+        keys = pd.MultiIndex.from_arrays([imp["user_id"].to_numpy(), seconds])
+        known = pd.MultiIndex.from_arrays([decision_states["user_id"].astype(str).to_numpy(),
+                                           decision_states["seconds"].to_numpy(np.float64)])
+        pos = known.get_indexer(keys)
+        hit = pos >= 0
+        if hit.any():
+            table = np.stack(decision_states["embedding"].to_numpy()).astype(np.float32)
+            user_emb[hit] = table[pos[hit]]
+            unknown = unknown & ~hit
+            notes.append(f"{int(hit.sum())} of {n} decisions use the user's point-in-time state (history strictly "
+                         "before the impression)")
     if unknown.any():
         notes.append(
             f"{int(unknown.sum())} decisions of {imp.loc[unknown, 'user_id'].nunique()} users without an "
@@ -412,7 +433,9 @@ def load_bandit_data(
     """:func:`build_bandit_data` from an events Parquet file and a retrieval model directory."""
     item_ids, item_emb = read_embeddings(model_dir / "item_embeddings.parquet", "item_id")
     user_ids, user_emb = read_embeddings(model_dir / "user_embeddings.parquet", "user_id")
+    states_path = Path(model_dir) / DECISION_STATES_FILE
+    states = pd.read_parquet(states_path) if states_path.is_file() else None
     return build_bandit_data(
         read_events(events_path), item_ids, item_emb, user_ids, user_emb, config, source=str(events_path),
-        layout=layout,
+        layout=layout, decision_states=states,
     )

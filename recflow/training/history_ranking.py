@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow.io import epoch_seconds
+from recflow.policy.logged_data import DECISION_STATES_FILE
 from recflow.models.history_ranking import (
     MAX_POSITIONS,
     N_DENSE,
@@ -58,7 +60,7 @@ def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataF
         events = events.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
     events["clicked"] = label_impressions(events)
     imp = events[events["event_type"] == "impression"].copy()
-    imp["_seconds"] = pd.to_datetime(imp["timestamp"], utc=True).astype("int64").to_numpy() / 1e9
+    imp["_seconds"] = epoch_seconds(imp["timestamp"])
     return imp.reset_index(drop=True)
 
 
@@ -99,6 +101,18 @@ def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.
     item = np.array([index.get(str(i), len(item_ids)) for i in imp["item_id"].to_numpy()[rows]], np.int64)
     return rows, {"state": state, "hist_rows": hist["hist_items"][position], "enc_rows": enc_rows,
                   "item": item, "score": score.astype(np.float64)}
+
+
+def write_decision_states(out_dir: Path, user_ids: np.ndarray, seconds: np.ndarray, states: np.ndarray) -> None:
+    """Each logged impression's point-in-time user state (user id, seconds, embedding; one row per distinct
+    user and time) for the policy trainer, which would otherwise see each user's final state -- one that already
+    holds the clicks the impressions led to (:data:`DECISION_STATES_FILE`)."""
+    from recflow.io import atomic_path
+
+    frame = pd.DataFrame({"user_id": user_ids, "seconds": seconds, "embedding": list(states.astype(np.float32))})
+    frame = frame.drop_duplicates(["user_id", "seconds"]).reset_index(drop=True)
+    with atomic_path(Path(out_dir) / DECISION_STATES_FILE) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -199,6 +213,8 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
             metrics["history_ranker_eval_auc"] = auc
         if score_auc is not None:
             metrics["history_ranker_eval_auc_score_alone"] = score_auc
+    write_decision_states(Path(out_dir), imp["user_id"].astype(str).to_numpy(), imp["_seconds"].to_numpy(),
+                          arr["state"])
     meta = {"item_ids": [str(i) for i in item_ids], "context_columns": context_columns,
             "context_vocabularies": vocabs, "score_mean": score_mean, "score_std": score_std,
             "max_len": cfg.max_len, "report": report}

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from recflow.errors import DataError
+from recflow.io import epoch_seconds
 
 #: Event types that enter a history (the user's own choices; impressions are the shop's).
 HISTORY_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
@@ -90,7 +91,7 @@ def load_events(examples_dir: Path, splits: Sequence[str], item_rows: Mapping[st
         user_ids=users, user_rows=user_rows.astype(np.int64), item_ids=items,
         item_rows=np.array([item_rows.get(i, oov_row) for i in items], np.int64),
         event_types=types, type_codes=np.array([EVENT_TYPE_CODES[t] for t in types], np.int64),
-        seconds=(ts.astype("int64").to_numpy() / 1e9).astype(np.float64),
+        seconds=epoch_seconds(ts),
         weights=np.array([float(event_weights.get(t, 0.0)) for t in types], np.float32),
         split=ev["_split"].to_numpy(object))
 
