@@ -13,6 +13,7 @@ from recflow.models.history_ranking import (
     HistoryRanker,
     RankerInputs,
     build_keras_ranker,
+    click_loss,
     export_ranker,
     history_features,
     numpy_click_logits,
@@ -111,9 +112,10 @@ def test_learns_item_appeal_and_the_history_signal_close_to_the_oracle() -> None
     train, test = slice(0, 45_000), slice(45_000, n)
     tf.keras.utils.set_random_seed(0)
     model = build_keras_ranker(n_items, dim, [])
-    model.compile(optimizer=tf.keras.optimizers.Adam(0.02), loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.02), loss=click_loss)
     feats = {k: v[train] for k, v in inputs.as_dict().items()}
-    model.fit(feats, labels[train], batch_size=512, epochs=4, verbose=0)
+    weights = np.ones(n, np.float32)  # per-example weights, as the trainer's inverse propensities
+    model.fit(feats, labels[train], sample_weight=weights[train], batch_size=512, epochs=4, verbose=0)
     test_inputs = RankerInputs(*(getattr(inputs, f)[test] for f in ("state", "item", "dense", "context",
                                                                    "position")))
     learned = numpy_click_logits(export_ranker(model, 0), test_inputs)

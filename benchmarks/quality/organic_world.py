@@ -15,7 +15,8 @@ Protocol (issue 13, "organic_world"), per world seed:
    training log (``most_viewed``, ``most_recent``, ``coview``: their ``recommend_from_history``; ``popularity``:
    the count of past clicks per item) and ``random``. The same users are also served over HTTP by
    ``recflow serve`` on the same store (``--http-users`` of them), and the items are compared request by request
-   with the Python API's.
+   with the Python API's. ``oracle`` shows the products of highest true click probability for each user's
+   current taste (ground truth no method sees): the ceiling of the world.
 4. The figure of merit is the *expected* click rate: the mean of the simulator's true click probability of each
    shown item (far less noisy than sampled clicks, which are reported too). ``ratio_to_best_baseline`` is
    recflow's expected CTR over the best count baseline's (popularity included); ``policy_lift`` is the bundle with
@@ -77,6 +78,8 @@ PIPELINE_OVERRIDES: tuple[str, ...] = (
 #: The baselines recflow must beat: per-user view counts, recency and co-views, and the count of past clicks per
 #: item (``popularity``; the issue's first measurement found it ahead of recflow, so it is in the comparison).
 COUNT_BASELINES = ("most_viewed", "most_recent", "coview", "popularity")
+#: The count baselines that read the user's own history (the issue's item 3).
+PER_USER_BASELINES = ("most_viewed", "most_recent", "coview")
 
 Serve = Callable[[str, list[dict[str, Any]], int], list[str]]
 #: The HTTP API takes at most this many history events per request (serving/app.py); recflow gets the latest
@@ -124,16 +127,23 @@ def train(seed: int, work: Path, items: int, users: int, extra: Sequence[str], r
 
 
 def serve_users(shop: OrganicShop, n_users: int, slate: int, serve: Serve,
-                feedback: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
-    """Serve ``n_users`` new users until they leave; per-user expected clicks and requests, and every slate."""
+                feedback: Callable[[str, Any], None] | None = None, oracle: bool = False) -> dict[str, Any]:
+    """Serve ``n_users`` new users until they leave; per-user expected clicks and requests, and every slate.
+    ``oracle``: ignore ``serve`` and show the products of highest true click probability for the user's current
+    taste (the ground truth no recommender sees: the ceiling of this world)."""
     expected = np.zeros(n_users)
     clicks = np.zeros(n_users)
     requests = np.zeros(n_users)
     slates: list[list[str]] = []
+    ids = np.asarray(shop.item_ids, dtype=object)
     for u in range(n_users):
         user = shop.user(u)
         while not user.done:
-            items = serve(user.user_id, list(user.history), slate)
+            if oracle:
+                items = [str(i) for i in ids[np.argsort(-shop.world.first_slot_probabilities(user.latent),
+                                                        kind="stable")[:slate]]]
+            else:
+                items = serve(user.user_id, list(user.history), slate)
             fb = shop.show(user, items)
             slates.append(list(items))
             expected[u] += float(np.sum(fb.probabilities))
@@ -279,6 +289,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     rec.close()
     for name, fn in baseline_servers(events, items, seed).items():
         runs[name] = serve_users(OrganicShop(organic, seed=seed, start_date=sim.start_date), args.users, slate, fn)
+    runs["oracle"] = serve_users(OrganicShop(organic, seed=seed, start_date=sim.start_date), args.users, slate,
+                                 lambda _u, _h, _k: [], oracle=True)
     http: dict[str, Any] = {"users": 0}
     if args.http_users > 0:
         client = HttpClient(trained["store"], work / f"serve-{seed}.log")
@@ -305,6 +317,10 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "best_baseline": best,
         "ratio_to_best_baseline": methods["recflow"]["expected_ctr"] / methods[best]["expected_ctr"],
         "ratio_to_random": methods["recflow"]["expected_ctr"] / methods["random"]["expected_ctr"],
+        "ratio_to_oracle": methods["recflow"]["expected_ctr"] / methods["oracle"]["expected_ctr"],
+        "best_baseline_to_oracle": methods[best]["expected_ctr"] / methods["oracle"]["expected_ctr"],
+        "ratio_to_best_per_user_baseline": methods["recflow"]["expected_ctr"] / max(
+            methods[m]["expected_ctr"] for m in PER_USER_BASELINES),
         "vs_best_baseline": {"t_test_p": test.t_p, "wilcoxon_p": test.wilcoxon_p, "users": test.n,
                              "mean_difference_per_request": test.mean_diff},
         "policy_rerank_default": not flipped,

@@ -121,6 +121,15 @@ def build_keras_ranker(n_items: int, state_dim: int, context_sizes: Sequence[int
                            "position": position}, logit, name="history_ranker")
 
 
+def click_loss(labels: Any, logits: Any) -> Any:
+    """Per-example binary cross-entropy of click logits ([B] in, [B] out, so per-example sample weights
+    apply; Keras' ``BinaryCrossentropy`` would average a rank-1 batch into one number first)."""
+    import tensorflow as tf
+
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.float32)
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=tf.reshape(logits, [-1]))
+
+
 def export_ranker(model: Any, n_context: int) -> dict[str, np.ndarray]:
     """The Keras ranker's weights as named arrays (what :func:`numpy_click_logits` reads)."""
     layer = {w.name: w for w in model.layers}

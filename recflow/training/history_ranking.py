@@ -26,6 +26,7 @@ from recflow.models.history_ranking import (
     RankerInputs,
     _context_key,
     build_keras_ranker,
+    click_loss,
     export_ranker,
     history_features,
     numpy_click_logits,
@@ -176,7 +177,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     model = build_keras_ranker(len(item_ids), arr["state"].shape[1], [len(v) for v in vocabs],
                                l2=trainer_config.history_ranking_l2)
     model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate),
-                  loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+                  loss=click_loss)
 
     def dataset(mask: np.ndarray, shuffle: bool) -> Any:
         feats = {k: v[mask] for k, v in inputs.as_dict().items()}
