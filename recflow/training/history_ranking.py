@@ -173,12 +173,6 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
         weights[is_train] /= weights[is_train].mean()
         weights[~is_train] /= max(float(weights[~is_train].mean()), 1e-12) if (~is_train).any() else 1.0
 
-    tf.keras.utils.set_random_seed(trainer_config.seed + 7)
-    model = build_keras_ranker(len(item_ids), arr["state"].shape[1], [len(v) for v in vocabs],
-                               l2=trainer_config.history_ranking_l2)
-    model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate),
-                  loss=click_loss)
-
     def dataset(mask: np.ndarray, shuffle: bool) -> Any:
         feats = {k: v[mask] for k, v in inputs.as_dict().items()}
         ds = tf.data.Dataset.from_tensor_slices((feats, labels[mask], weights[mask]))
@@ -186,14 +180,31 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
             ds = ds.shuffle(int(mask.sum()), seed=trainer_config.seed + 7, reshuffle_each_iteration=True)
         return ds.batch(trainer_config.batch_size)
 
-    has_eval = (~is_train).any() and 0 < labels[~is_train].sum()
-    callbacks: list[Any] = []
-    if has_eval:
-        callbacks.append(tf.keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", restore_best_weights=True,
-                                                          patience=trainer_config.early_stopping_patience))
+    has_eval = bool((~is_train).any() and 0 < labels[~is_train].sum())
+    candidates = list(trainer_config.history_ranking_l2)
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, Any, Any] | None = None
     started = time.perf_counter()
-    hist = model.fit(dataset(is_train, True), validation_data=dataset(~is_train, False) if has_eval else None,
-                     epochs=trainer_config.ranking_epochs, callbacks=callbacks, verbose=0)
+    for l2 in candidates:
+        tf.keras.utils.set_random_seed(trainer_config.seed + 7)
+        model = build_keras_ranker(len(item_ids), arr["state"].shape[1], [len(v) for v in vocabs], l2=l2)
+        model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
+        callbacks: list[Any] = []
+        if has_eval:
+            callbacks.append(tf.keras.callbacks.EarlyStopping(
+                monitor="val_loss", mode="min", restore_best_weights=True,
+                patience=trainer_config.early_stopping_patience))
+        hist = model.fit(dataset(is_train, True), validation_data=dataset(~is_train, False) if has_eval else None,
+                         epochs=trainer_config.ranking_epochs, callbacks=callbacks, verbose=0)
+        val = min(hist.history["val_loss"]) if has_eval else float("nan")
+        trials.append({"l2": l2, "eval_log_loss": val, "epochs_run": len(hist.history.get("loss", [])),
+                       "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})
+        if best is None or (has_eval and val < best[0]):
+            best = (val, model, hist)
+        if not has_eval:  # nothing to choose by: the first candidate
+            break
+    assert best is not None
+    _, model, hist = best
     seconds = time.perf_counter() - started
     exported = export_ranker(model, len(context_columns))
     logits = numpy_click_logits(exported, inputs)
@@ -202,6 +213,8 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
         "train_clicks": int(labels[is_train].sum()), "eval_clicks": int(labels[~is_train].sum()),
         "skipped_impressions_without_history": n_impressions - len(rows),
         "context_columns": context_columns, "inverse_propensity_weights": ips,
+        "l2_trials": trials, "chosen_l2": trials[[t["eval_log_loss"] for t in trials].index(best[0])]["l2"]
+        if has_eval else trials[0]["l2"],
         "history": {k: [float(x) for x in v] for k, v in hist.history.items()},
         "epochs_run": len(hist.history.get("loss", [])), "seconds": seconds}
     metrics: dict[str, float] = {}
