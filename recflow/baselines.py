@@ -510,7 +510,8 @@ def _history_frame(
     )
     if timestamps is not None:
         try:
-            frame["timestamp"] = pd.to_datetime(pd.Series(list(timestamps), dtype=object), utc=True)
+            # format="mixed": each value parsed on its own (ISO strings with and without fractions, datetimes)
+            frame["timestamp"] = pd.to_datetime(pd.Series(list(timestamps), dtype=object), utc=True, format="mixed")
         except (ValueError, TypeError) as exc:
             raise DataError(f"history: timestamps cannot be read as times: {exc}") from None
         frame = frame.sort_values(["timestamp", "order"], kind="mergesort")
