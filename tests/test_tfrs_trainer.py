@@ -264,6 +264,44 @@ def test_sequence_model_exports_a_history_signature_equal_to_the_numpy_encoder(s
     assert np.allclose(state.encode(stored), emb[0], atol=1e-4)
 
 
+def test_sequence_model_trains_the_history_ranker_and_point_in_time_decision_states(
+        seq: tuple[Path, TrainResult]) -> None:
+    from recflow.models.history_ranking import HistoryRanker
+    from recflow.policy.logged_data import DECISION_STATES_FILE
+
+    base, result = seq
+    report = result.history["history_ranking"]
+    assert report["train_examples"] > 0 and report["train_clicks"] > 0 and report["eval_clicks"] > 0
+    assert report["chosen_l2"] in SEQ.history_ranking_l2
+    assert [t["l2"] for t in report["l2_trials"]] == list(SEQ.history_ranking_l2)
+    chosen = min(report["l2_trials"], key=lambda t: t["eval_log_loss"])
+    assert chosen["l2"] == report["chosen_l2"]
+    assert 0.0 <= result.metrics["history_ranker_eval_auc"] <= 1.0
+    ranker = HistoryRanker.load(result.out_dir)
+    items = pd.read_parquet(result.item_embeddings_path)["item_id"].astype(str).tolist()
+    assert ranker is not None and ranker.meta["item_ids"] == items
+    # one state per (user, impression time), each the encoder's state of the history strictly before it
+    states = pd.read_parquet(result.out_dir / DECISION_STATES_FILE)
+    assert not states.duplicated(["user_id", "seconds"]).any()
+    train = pd.read_parquet(base / "ex" / "train.parquet")
+    imp = train[train["event_type"] == "impression"]
+    assert 0 < len(states) <= imp.groupby(["user_id", "timestamp"]).ngroups + 10_000
+    from recflow.io import epoch_seconds
+    from serving.bundle import SequenceState
+    from serving.history import HistoryEntry
+
+    events = pd.concat([pd.read_parquet(base / "ex" / f"{s}.parquet") for s in ("train", "eval")])
+    events = events[events["event_type"].isin(["view", "click", "add_to_cart", "purchase"])]
+    events = events.assign(seconds=epoch_seconds(events["timestamp"]))
+    seq_state = SequenceState(result.out_dir)
+    row = states.iloc[len(states) // 2]
+    before = events[(events["user_id"] == row["user_id"]) & (events["seconds"] < row["seconds"])]
+    before = before.sort_values("seconds", kind="stable")
+    entries = [HistoryEntry(str(i), str(t), float(x)) for i, t, x in
+               zip(before["item_id"], before["event_type"], before["seconds"], strict=True)]
+    assert np.allclose(seq_state.encode(entries), np.asarray(row["embedding"]), atol=1e-4)
+
+
 def test_sequence_model_reloads_recommends_and_beats_popularity(seq: tuple[Path, TrainResult]) -> None:
     base, result = seq
     rec = load_recommender(result.out_dir)

@@ -11,7 +11,8 @@ Protocol (issue 13, "organic_world"), per world seed:
    times (the shop's browsing stream does not depend on what is shown); each request carries the user's whole
    history. Methods: ``recflow`` (the pushed bundle through :class:`serving.Recommender` with the default serving
    configuration, feedback posted back), the same bundle with ``serving.policy_rerank`` flipped
-   (``recflow_policy_rerank_on|off``: is the policy layer worth its place?), the count baselines fitted on the
+   (``recflow_policy_rerank_on|off``: is the policy layer worth its place?) and without exploration
+   (``recflow_no_exploration``: what the default epsilon costs online), the count baselines fitted on the
    training log (``most_viewed``, ``most_recent``, ``coview``: their ``recommend_from_history``; ``popularity``:
    the count of past clicks per item) and ``random``. The same users are also served over HTTP by
    ``recflow serve`` on the same store (``--http-users`` of them), and the items are compared request by request
@@ -286,6 +287,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     other = f"recflow_policy_rerank_{'on' if flipped else 'off'}"
     runs[other] = serve_users(OrganicShop(organic, seed=seed, start_date=sim.start_date), args.users, slate,
                               serve, feedback)
+    rec.close()
+    # The default bundle without exploration (epsilon 0 for every user): what exploring costs online.
+    serve, feedback, rec = recflow_api(trained["store"], epsilon=0.0, new_user_epsilon=0.0)
+    runs["recflow_no_exploration"] = serve_users(OrganicShop(organic, seed=seed, start_date=sim.start_date),
+                                                 args.users, slate, serve, feedback)
     rec.close()
     for name, fn in baseline_servers(events, items, seed).items():
         runs[name] = serve_users(OrganicShop(organic, seed=seed, start_date=sim.start_date), args.users, slate, fn)

@@ -28,6 +28,7 @@ from recflow.models.history_ranking import (
     build_keras_ranker,
     click_loss,
     export_ranker,
+    item_log_odds,
     history_features,
     numpy_click_logits,
     save_ranker,
@@ -181,13 +182,16 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
         return ds.batch(trainer_config.batch_size)
 
     has_eval = bool((~is_train).any() and 0 < labels[~is_train].sum())
+    base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
+    prior = item_log_odds(inputs.item[is_train], labels[is_train], weights[is_train], len(item_ids))
     candidates = list(trainer_config.history_ranking_l2)
     trials: list[dict[str, Any]] = []
     best: tuple[float, Any, Any] | None = None
     started = time.perf_counter()
     for l2 in candidates:
         tf.keras.utils.set_random_seed(trainer_config.seed + 7)
-        model = build_keras_ranker(len(item_ids), arr["state"].shape[1], [len(v) for v in vocabs], l2=l2)
+        model = build_keras_ranker(len(item_ids), arr["state"].shape[1], [len(v) for v in vocabs], l2=l2,
+                                   base_rate=base_rate, item_prior=prior)
         model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
         callbacks: list[Any] = []
         if has_eval:
@@ -195,7 +199,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
                 monitor="val_loss", mode="min", restore_best_weights=True,
                 patience=trainer_config.early_stopping_patience))
         hist = model.fit(dataset(is_train, True), validation_data=dataset(~is_train, False) if has_eval else None,
-                         epochs=trainer_config.ranking_epochs, callbacks=callbacks, verbose=0)
+                         epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
         val = min(hist.history["val_loss"]) if has_eval else float("nan")
         trials.append({"l2": l2, "eval_log_loss": val, "epochs_run": len(hist.history.get("loss", [])),
                        "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})

@@ -103,11 +103,16 @@ class TrainerConfig(BaseModel):
     history_ranking_ips: bool = Field(
         True, description="Weight the history ranker's training impressions by their inverse logged propensity "
         "(clipped at 1/0.01, mean 1) when the log has propensities.")
+    history_ranking_epochs: int = Field(
+        30, gt=0, description="Maximum epochs of the history ranker per L2 candidate (early stopping on the eval "
+        "split's log loss; its inputs are a few features per impression, so epochs are cheap).")
     history_ranking_l2: tuple[float, ...] = Field(
-        (1e-4, 1e-3, 1e-2, 1e-1), min_length=1, description="Candidate L2 penalties of the history ranker's "
-        "per-item and context vectors: one model is trained per value and the one with the lowest eval-split log "
-        "loss is kept (the first when the eval split has no clicked impression). Clicks are scarce in many shops "
-        "(the organic world logs about 100), so how much the per-item vectors may learn is chosen on data.")
+        (1e-4, 1e-3, 1e-2, 1e-1, 1.0), min_length=1, description="Candidate L2 penalties of the history "
+        "ranker's personal terms (history-feature weights, per-item and context vectors; not the per-item click "
+        "biases): one model is trained per value and the one with the lowest eval-split log loss is kept (the "
+        "first when the eval split has no clicked impression). Clicks are scarce in many shops (the organic "
+        "world logs about 100), so how much the personal terms may learn is chosen on data; the largest value "
+        "leaves about the items' observed click rates.")
     query_behaviour_features: tuple[str, ...] = Field(
         ("frequency", "monetary", "dwell_mean"),
         description="Behaviour features the towers read (those the log supports). recency_s and session_events "
