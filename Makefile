@@ -16,7 +16,13 @@ INSTALL_INPUTS := requirements/lock-dev.txt pyproject.toml
 LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_35 --overrides requirements/overrides.txt \
 	--generate-hashes --custom-compile-command "make lock" --quiet
 
-.PHONY: install lock data-cache demo test test-fast clean help
+# Tests run in parallel (pytest-xdist, one worker per core), whole files per worker (--dist loadfile): a file's
+# module- and session-scoped fixtures (servers, built models) are then set up once, on one worker. Shared on-disk
+# caches are safe across workers (the serving bundle is built under a file lock). `make test PYTEST_PARALLEL=`
+# runs in one process.
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
+.PHONY: install lock lint data-cache demo test test-fast clean help
 
 # Offline Terraform/Kubernetes checkers live in their own venv (.venv-infra): checkov's dependencies must not
 # disturb the pinned ML stack.
@@ -28,6 +34,7 @@ help:
 	@echo "make test       install if needed, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  the test suite without the slow end-to-end tests"
 	@echo "make lock       recompile requirements/lock.txt and lock-dev.txt from pyproject.toml"
+	@echo "make lint       ruff and mypy (configured in pyproject.toml; not part of make test yet)"
 
 install: $(STAMP)
 
@@ -65,10 +72,14 @@ demo: install
 	$(BIN)/recflow demo
 
 test: install infra-tools $(DATA_CACHE_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: install infra-tools $(DATA_CACHE_STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache
