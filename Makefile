@@ -54,7 +54,7 @@ $(STAMP): $(INSTALL_INPUTS) | $(UV)
 # `make lock LOCK_UPGRADE=--upgrade` moves everything to the newest allowed versions.
 lock: | $(UV)
 	$(UV) pip compile pyproject.toml --extra all $(LOCK_FLAGS) $(LOCK_UPGRADE) -o requirements/lock.txt
-	$(UV) pip compile pyproject.toml --extra all --group dev -c requirements/lock.txt $(LOCK_FLAGS) \
+	$(UV) pip compile pyproject.toml --extra all --group dev -c requirements/lock.txt $(LOCK_FLAGS) $(LOCK_UPGRADE) \
 		-o requirements/lock-dev.txt
 
 # Real data sets ship inside registry packages; fetching them is part of setting up (it is the only step besides
