@@ -161,8 +161,8 @@ def cmd_serve(args) -> None:
 def cmd_retrain(args) -> None:
     from monitoring.retraining import recent_dataset
     from monitoring.watcher import pipeline_command
-    from recflow.config import RecflowConfig  # noqa: F401
     from pipelines.sample_bundle import push
+    from recflow.config import RecflowConfig  # noqa: F401
     from recflow.model_store import ModelStore
 
     data = catalog()

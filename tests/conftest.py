@@ -5,9 +5,9 @@ session end applies the protobuf teardown remedy (see recflow/runtime.py). Every
 (pytest-timeout, ``timeout`` in pyproject.toml); the ``slow`` end-to-end tests get :data:`SLOW_TIMEOUT_S`.
 """
 
-import recflow  # noqa: F401  (must be the first import: configures TensorFlow's environment)
 import pytest
 
+import recflow  # noqa: F401  (before anything imports TensorFlow: configures TensorFlow's environment)
 from recflow import runtime
 
 #: Time limit of a ``slow`` test (setup included) unless it sets its own ``@pytest.mark.timeout``.
