@@ -22,7 +22,7 @@ retrain-*.json with each variant's window, overrides and wall time). Variant nam
 on 80,000 / 160,000 / 200,000; warmR / warmR160 = towers and ranking model warm-started (an experimental trainer
 patch, not kept); the _s11 variants are shop seed 11 (warmR160_s11 ran after that patch was reverted: towers
 only, like warm160). Their champion was the e2e's cached bundle of that day (RECOV_CHAMPION; default: the
-current code's bundle from tests/test_serving.py).
+current code's bundle from pipelines/sample_bundle.py, the one the e2e test uses).
 
     RECOV_WORK=/tmp/replay .venv/bin/python benchmarks/retraining_replay.py serve --seed 7
 """
@@ -45,30 +45,24 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-# benchmarks/serving.py would shadow the serving package that the test modules import
+# benchmarks/serving.py would shadow the serving package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent / "tests"))
 
 # the shop, the drift and the client of the end-to-end test this replays
-from test_monitoring_e2e import (  # noqa: E402
-    DEMAND_SHIFT,
-    DRIFT_CATEGORIES,
-    ONSET,
-    POST_DRIFT_REQUESTS,
-    WORLD,
-    context_of,
-    slate_feedback,
-)
+from recflow.simulator.client import context_of, slate_feedback  # noqa: E402
+from recflow.simulator.scenarios import MONITORING_E2E  # noqa: E402
 
+WORLD, ONSET = MONITORING_E2E.world, MONITORING_E2E.onset
+DRIFT_CATEGORIES, DEMAND_SHIFT = MONITORING_E2E.drift_categories, MONITORING_E2E.demand_shift
 WORK = Path(os.environ.get("RECOV_WORK", "/tmp/recov_work"))
-POST_DRIFT_REQUESTS = int(os.environ.get("RECOV_POST", POST_DRIFT_REQUESTS))
+POST_DRIFT_REQUESTS = int(os.environ.get("RECOV_POST", MONITORING_E2E.post_drift_requests))
 
 
 def champion_parts() -> Path:
     """The champion that serves the drifted traffic: RECOV_CHAMPION, else the e2e test's (cached) bundle."""
     if os.environ.get("RECOV_CHAMPION"):
         return Path(os.environ["RECOV_CHAMPION"])
-    from test_serving import bundle_parts
+    from pipelines.sample_bundle import bundle_parts
 
     return bundle_parts(WORLD)
 
@@ -167,9 +161,9 @@ def cmd_serve(args) -> None:
 def cmd_retrain(args) -> None:
     from monitoring.retraining import recent_dataset
     from monitoring.watcher import pipeline_command
+    from pipelines.sample_bundle import push
     from recflow.config import RecflowConfig  # noqa: F401
     from recflow.model_store import ModelStore
-    from test_serving import push
 
     data = catalog()
     vdir = WORK / "variants" / args.name

@@ -9,12 +9,12 @@ INFRA_INPUTS := requirements/infra-tools.txt infra/checks/python-hcl2.txt
 
 infra-tools: $(INFRA_STAMP)
 
-# uv comes from .venv (`make install`).
-$(INFRA_STAMP): $(INFRA_INPUTS) | install
+# Needs only the Makefile's pinned uv ($(UV)), not the main venv.
+$(INFRA_STAMP): $(INFRA_INPUTS) | $(UV)
 	@test -x $(INFRA_VENV)/bin/python || $(INFRA_PYTHON) -m venv $(INFRA_VENV)
-	$(BIN)/uv pip install --python $(INFRA_VENV)/bin/python -r requirements/infra-tools.txt
+	$(UV) pip install --python $(INFRA_VENV)/bin/python -r requirements/infra-tools.txt
 	rm -rf $(INFRA_VENV)/python-hcl2
-	$(BIN)/uv pip install --python $(INFRA_VENV)/bin/python --no-deps --target $(INFRA_VENV)/python-hcl2 \
+	$(UV) pip install --python $(INFRA_VENV)/bin/python --no-deps --target $(INFRA_VENV)/python-hcl2 \
 		-r infra/checks/python-hcl2.txt
 	@touch $(INFRA_STAMP)
 

@@ -109,10 +109,6 @@ class BundleInfo:
         value = self.metadata.get("mlflow_run_id")
         return str(value) if value else None
 
-    def part_path(self, part: str) -> str:
-        """Where part ``part`` (e.g. "retrieval") of this bundle is."""
-        return f"{self.path}/{part}"
-
 
 @dataclass(frozen=True)
 class AliasState:

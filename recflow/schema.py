@@ -127,10 +127,6 @@ def fields(kind: TableKind) -> tuple[Field, ...]:
     return FIELDS[kind]
 
 
-def field_map(kind: TableKind) -> dict[str, Field]:
-    return {f.name: f for f in FIELDS[kind]}
-
-
 def required_columns(kind: TableKind) -> tuple[str, ...]:
     return tuple(f.name for f in FIELDS[kind] if f.required)
 

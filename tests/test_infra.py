@@ -157,17 +157,25 @@ def test_cloud_sql_private_ip_with_backups(hcl: dict[str, Any]) -> None:
     assert instance["database_version"].startswith("POSTGRES_")
 
 
-def test_environments_wire_all_modules_with_dev_and_prod_defaults(hcl: dict[str, Any]) -> None:
+def test_one_root_module_wires_all_modules_with_dev_and_prod_variable_files(hcl: dict[str, Any]) -> None:
     expected = {"network", "gke", "storage", "secrets", "mlflow_db", "workload_identity", "platform"}
+    assert {name for block in hcl["main.tf"]["module"] for name in block} == expected
+    outputs = {name for block in hcl["outputs.tf"]["output"] for name in block}
+    assert {"kfp_host", "mlflow_tracking_uri", "service_url"} <= outputs
+    variables = {n: b for block in hcl["variables.tf"]["variable"] for n, b in block.items()}
+    assert "default" not in variables["project_id"], "no hard-coded project id"
+    assert "default" not in variables["environment"], "an environment's variable file must be chosen"
+    # No root module per environment any more: only variable files and backend settings.
+    assert not [p for p in hcl if p.startswith("environments/") and p.endswith(".tf")]
     for env in ENVIRONMENTS:
-        main = hcl[f"environments/{env}/main.tf"]
-        assert {name for block in main["module"] for name in block} == expected, env
-        outputs = {name for block in hcl[f"environments/{env}/outputs.tf"]["output"] for name in block}
-        assert {"kfp_host", "mlflow_tracking_uri", "service_url"} <= outputs
-        variables = {n: b for block in hcl[f"environments/{env}/variables.tf"]["variable"] for n, b in block.items()}
-        assert "default" not in variables["project_id"], "no hard-coded project id"
-    dev = gpu_placement.variable_defaults([hcl["environments/dev/variables.tf"]])
-    prod = gpu_placement.variable_defaults([hcl["environments/prod/variables.tf"]])
+        tfvars = hcl[f"environments/{env}.tfvars"]
+        assert tfvars["environment"] == env
+        assert set(tfvars) <= set(variables), f"{env}: sets undeclared variables"
+        assert hcl[f"environments/{env}.gcs.tfbackend"]["prefix"] == f"recflow/{env}"
+    # Both files set the same variables, so neither environment silently depends on a default.
+    assert set(hcl["environments/dev.tfvars"]) == set(hcl["environments/prod.tfvars"])
+    dev = gpu_placement.environment_values(hcl, "dev")
+    prod = gpu_placement.environment_values(hcl, "prod")
     assert prod["deletion_protection"] is True and prod["cluster_zone"] == "" and prod["db_high_availability"] is True
     assert dev["deletion_protection"] is False and dev["cluster_zone"] != ""
 
@@ -179,7 +187,7 @@ def test_providers_are_pinned(hcl: dict[str, Any]) -> None:
             for block in terraform["required_providers"]:
                 for name, spec in block.items():
                     assert spec.get("version"), f"{path}: provider {name} has no version constraint"
-                    if path.startswith("environments/"):
+                    if "/" not in path:  # the root module pins exactly
                         assert re.fullmatch(r"\d+\.\d+\.\d+", spec["version"]), f"{path}: pin {name} exactly"
 
 
@@ -289,4 +297,4 @@ def test_compiled_pipeline_gpu_placement_matches_the_gpu_pool(hcl: dict[str, Any
     for env in ENVIRONMENTS:
         pool = gpu_placement.gpu_pool_from_hcl(hcl, env)
         problems = [p for task in gpu_tasks.values() for p in gpu_placement.placement_mismatches(task, pool)]
-        assert problems == [], f"environments/{env}: " + "; ".join(problems)
+        assert problems == [], f"environments/{env}.tfvars: " + "; ".join(problems)

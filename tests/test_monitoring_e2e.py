@@ -34,34 +34,33 @@ import pytest
 import requests
 import yaml
 from servers import free_port, stop_process_group, wait_for_http
-from test_serving import bundle_parts, push
 
 from monitoring.config import DriftConfig, WatchConfig
 from monitoring.drift import load_events, run_drift_job
 from monitoring.retraining import recent_dataset
 from monitoring.watcher import (DECISIONS, AlertReceiver, RetrainingWatcher, champion_model_dir,
                                 pipeline_command)
+from pipelines.sample_bundle import bundle_parts, push
 from recflow.io import write_dataset
 from recflow.model_store import ModelStore
-from recflow.schema import POSITIVE_EVENT_TYPES
 from recflow.simulator import ShopEnv, SimulatorConfig
+from recflow.simulator.client import context_of, slate_feedback
+from recflow.simulator.scenarios import MONITORING_E2E
 
 ROOT = Path(__file__).resolve().parents[1]
 BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager",
             "pushgateway": "prometheus-pushgateway"}
 KEY = "e2e-key"
-#: A shop large enough for the pipeline to train a useful model (the serving tests' small world never beats
-#: popularity even on the logging policy's data).
-WORLD = {"users": 2000, "items": 500, "days": 7}
-ONSET = 1  # simulated day the drift starts (day 0 is the reference)
-DRIFT_CATEGORIES, DEMAND_SHIFT = 3, -2.0  # the most-clicked categories lose this much preference logit
+# The shop and its drift (shared with benchmarks/retraining_replay.py, which replays this test in one process).
+WORLD, ONSET = MONITORING_E2E.world, MONITORING_E2E.onset
+DRIFT_CATEGORIES, DEMAND_SHIFT = MONITORING_E2E.drift_categories, MONITORING_E2E.demand_shift
 #: Requests served between the onset and the drift job's first run, and the events the retraining trains on (the
 #: tail of the champion's training data, then the whole feedback log: about 70,000 + 89,000 events), starting from
 #: the champion's weights (``WatchConfig.warm_start_from_champion``). Measured (docs/monitoring.md has the table):
 #: a cold start on the last 80,000 events won back 3-25% of the drift's CTR loss; warm on 160,000, 22% here and
 #: 27% / 39% in an in-process replay (shop seeds 7 / 11, 2,000 requests per arm), and 200,000 (more pre-drift
 #: history) less. With 80,000 a quarter of the A/B's requests come from users the new model never saw.
-POST_DRIFT_REQUESTS, RECENT_EVENTS = 8000, 160_000
+POST_DRIFT_REQUESTS, RECENT_EVENTS = MONITORING_E2E.post_drift_requests, 160_000
 #: Requests per arm after the swap on which the new model is compared with the old champion, and the share of the
 #: drift's CTR loss the new model must win back.
 COMPARE_REQUESTS, MIN_RECOVERED_SHARE = 1000, 0.1
@@ -114,19 +113,6 @@ def alertmanager_config(webhook: str, sink: str) -> dict:
         for hook in receiver.get("webhook_configs", []):
             hook["url"] = webhook if receiver["name"] == "retraining-watcher" else sink
     return config
-
-
-def context_of(obs: Any) -> dict[str, Any]:
-    """The request context of a ShopEnv observation."""
-    return {"hour": obs.hour, "weekday": obs.weekday, "device": obs.device, "region": obs.region}
-
-
-def slate_feedback(slate: list[str], request_id: str, step: Any) -> list[dict[str, str]]:
-    """What a client posts back for a served slate: its impressions, then the user's clicks, carts and purchases."""
-    assert step.events is not None
-    return ([{"event_type": "impression", "item_id": i, "request_id": request_id} for i in slate]
-            + [{"event_type": str(e.event_type), "item_id": str(e.item_id), "request_id": request_id}
-               for e in step.events.itertuples() if e.event_type in POSITIVE_EVENT_TYPES])
 
 
 class Shop:

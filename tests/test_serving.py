@@ -1,16 +1,13 @@
 """Serving: the in-process Recommender, feedback log, online learning, hot swap, cold start, A/B report.
 
 The model bundle comes from one real pipeline run on tiny simulator data (300 users, 150 items, 10 days),
-built once and cached on disk (``$RECFLOW_TEST_CACHE``, default ``<tmp>/recflow-test-cache``): the first run
-takes about three minutes, later runs reuse it.
+built once and cached on disk by ``pipelines.sample_bundle`` (``$RECFLOW_TEST_CACHE``, default
+``<tmp>/recflow-test-cache``): the first run takes about three minutes, later runs reuse it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
@@ -18,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.sample_bundle import SMALL_WORLD as WORLD
+from pipelines.sample_bundle import bundle_parts, push
 from recflow.errors import DataError
 from recflow.model_store import ModelStore
 from recflow.simulator import SimulatorConfig
@@ -26,73 +25,6 @@ from serving.config import ServingConfig
 from serving.feedback_log import FeedbackLog, iter_feedback, read_feedback, segment_paths
 from serving.online import OnlineLinUCB
 from serving.recommender import epsilon_greedy_slate
-
-WORLD = {"users": 300, "items": 150, "days": 10}
-def _code_fingerprint() -> str:
-    """Hash of the code that produces a bundle, so a cached bundle is rebuilt whenever that code changes."""
-    import hashlib
-
-    repo = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for folder in ("recflow", "components", "pipelines"):
-        for path in sorted((repo / folder).rglob("*.py")):
-            digest.update(path.relative_to(repo).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-CACHE_VERSION = f"serving-bundle-{_code_fingerprint()}"
-
-
-def bundle_parts(world: dict[str, float] | None = None) -> Path:
-    """A directory with model/, policy/, transform/ and evaluation/ (blessed) from a real pipeline run.
-
-    ``world`` (simulator sizes, default :data:`WORLD`) is the shop the pipeline trains on; each world and each
-    version of the code has its own cached bundle.
-    """
-    world = WORLD if world is None else world
-    root = Path(os.environ.get("RECFLOW_TEST_CACHE", Path(tempfile.gettempdir()) / "recflow-test-cache"))
-    suffix = "" if world == WORLD else "-" + "-".join(f"{k}{v}" for k, v in sorted(world.items()))
-    out = root / (CACHE_VERSION + suffix)
-    if (out / "done.json").is_file():
-        return out
-    from pipelines.local_run import run_local
-    from recflow.config import load_config
-    from recflow.simulator import generate_dataset
-
-    work = Path(tempfile.mkdtemp(prefix="serving-bundle-"))
-    config = load_config(None, [f"simulator.{k}={v}" for k, v in world.items()])
-    generate_dataset(config.simulator, work / "data", progress=False)
-    result = run_local(
-        work / "data",
-        config,
-        model_store=work / "store",
-        tracking=False,
-        run_root=work / "runs",
-        echo=lambda _: None,
-    )
-    art = next((result.run_dir / "artifacts").iterdir())
-    staging = root / f".{out.name}.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(art / "tfrs-trainer" / "model", staging / "model", ignore=shutil.ignore_patterns("logs"))
-    shutil.copytree(art / "agents-trainer" / "policy", staging / "policy")
-    shutil.copytree(
-        art / "transform" / "transformed", staging / "transform", ignore=shutil.ignore_patterns("transformed")
-    )
-    (staging / "evaluation").mkdir()
-    (staging / "evaluation" / "blessing.json").write_text(json.dumps({"blessed": True, "reasons": ["test"]}))
-    (staging / "done.json").write_text(json.dumps(world))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    shutil.rmtree(work, ignore_errors=True)
-    return out
-
-
-def push(store: ModelStore, parts: Path) -> str:
-    """Push the cached bundle as a new version and return it."""
-    result = store.push({p: parts / p for p in ("model", "policy", "transform")}, parts / "evaluation")
-    assert result.pushed, result.reason
-    return result.version
 
 
 @pytest.fixture(scope="session")

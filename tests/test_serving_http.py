@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from test_serving import bundle_parts, push
 
+from pipelines.sample_bundle import bundle_parts, push
 from recflow.model_store import ModelStore
 from serving.config import ServingConfig
 from serving.feedback_log import read_feedback

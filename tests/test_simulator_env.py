@@ -207,3 +207,30 @@ def test_env_clock_advances_and_drift_applies_from_its_day():
     assert len(obs.candidates) == 320
     assert env.expected_reward(obs.candidates[-10:]) > 0  # the new items can be shown
     assert np.array_equal(world.preferences(obs.day), world.user_preferences_drifted)
+
+
+def test_the_simulated_client_sends_context_impressions_and_positive_events():
+    from recflow.simulator.client import context_of, slate_feedback
+
+    env = ShopEnv(CFG, seed=5)
+    obs = env.reset()
+    assert context_of(obs) == {"hour": obs.hour, "weekday": obs.weekday, "device": obs.device,
+                               "region": obs.region}
+    clicked = None
+    for _ in range(300):  # until a slate gets a click
+        slate = obs.candidate_ids(env.world)[: env.config.slate_size]
+        step = env.step_ids(slate)
+        feedback = slate_feedback(slate, "r1", step)
+        assert [f["item_id"] for f in feedback[: len(slate)]] == slate
+        assert all(f["event_type"] == "impression" and f["request_id"] == "r1" for f in feedback[: len(slate)])
+        positives = feedback[len(slate):]
+        assert all(f["event_type"] in schema.POSITIVE_EVENT_TYPES for f in positives)
+        if any(f["event_type"] == "click" for f in positives):
+            clicked = positives
+            break
+        obs = env.reset() if step.done else step.observation
+    assert clicked and {f["item_id"] for f in clicked} <= set(slate)
+    with pytest.raises(ValueError, match="record_events"):
+        quiet = ShopEnv(CFG, seed=5, record_events=False)
+        o = quiet.reset()
+        slate_feedback([], "r2", quiet.step_ids(o.candidate_ids(quiet.world)[: quiet.config.slate_size]))

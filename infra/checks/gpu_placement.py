@@ -5,7 +5,7 @@ Two sides, read from their sources of truth:
   accelerator request;
 * the GPU node pool in infra/terraform (parsed HCL, as ``offline_checks.parse_terraform`` returns it): its
   labels (its own plus the ones GKE adds to every GPU node), its taints and its accelerator, with ``var.*`` and
-  ``local.*`` references resolved against an environment's defaults.
+  ``local.*`` references resolved against an environment's values (root defaults + environments/<name>.tfvars).
 
 Standard library and PyYAML only, so both the test process (.venv) and .venv-infra can import it.
 """
@@ -119,15 +119,25 @@ def _block(body: dict[str, Any], key: str) -> dict[str, Any]:
     return value[0] if isinstance(value, list) else value
 
 
+def environment_values(hcl: dict[str, dict[str, Any]], environment: str) -> dict[str, Any]:
+    """The root module's variables as ``environment`` sets them: the defaults of the root module's variables
+    (the ``.tf`` files directly in infra/terraform), overridden by ``environments/<environment>.tfvars``."""
+    values = variable_defaults([v for k, v in hcl.items() if "/" not in k and k.endswith(".tf")])
+    tfvars = f"environments/{environment}.tfvars"
+    if tfvars not in hcl:
+        raise ValueError(f"no {tfvars}")
+    values.update(hcl[tfvars])
+    return values
+
+
 def gpu_pool_from_hcl(hcl: dict[str, dict[str, Any]], environment: str, pool_resource: str = "gpu") -> GpuPool:
-    """The GPU pool as deployed by ``environments/<environment>``: the gke module's node pool resource with the
-    module's variables taken from the environment's module call, whose ``var.*`` come from the environment's
-    variable defaults. ``hcl`` maps paths relative to infra/terraform to parsed files."""
-    env = f"environments/{environment}/"
-    env_vars = variable_defaults([v for k, v in hcl.items() if k.startswith(env)])
+    """The GPU pool as deployed for ``environment``: the gke module's node pool resource with the module's
+    variables taken from the root module's call, whose ``var.*`` come from the environment's values
+    (:func:`environment_values`). ``hcl`` maps paths relative to infra/terraform to parsed files."""
+    env_vars = environment_values(hcl, environment)
     module_args: dict[str, Any] = {}
     for k, parsed in hcl.items():
-        if k.startswith(env):
+        if "/" not in k and k.endswith(".tf"):
             for block in parsed.get("module", []):
                 if "gke" in block:
                     module_args = {a: resolve(v, env_vars, {}) for a, v in block["gke"].items()}

@@ -98,12 +98,18 @@ def parse_hcl_file(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path}: not valid HCL: {exc}") from exc
 
 
+# What parse_terraform reads: the modules, the environments' variable files and their backend settings.
+HCL_SUFFIXES = (".tf", ".tfvars", ".tfbackend")
+
+
 def parse_terraform(root: Path) -> dict[str, dict[str, Any]]:
-    """Every ``.tf`` file under ``root``, parsed, keyed by its path relative to ``root``."""
+    """Every ``.tf``, ``.tfvars`` and ``.tfbackend`` file under ``root``, parsed, keyed by its path relative to
+    ``root`` (local ``*.local.tfvars`` files, which are not committed, are left out)."""
     return {
         str(p.relative_to(root)): parse_hcl_file(p)
-        for p in sorted(root.rglob("*.tf"))
-        if ".terraform" not in p.parts
+        for p in sorted(root.rglob("*"))
+        if p.suffix in HCL_SUFFIXES and p.is_file() and ".terraform" not in str(p.relative_to(root))
+        and not p.name.endswith(".local.tfvars")
     }
 
 

@@ -19,7 +19,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -210,10 +210,3 @@ def train_policy(examples_dir: Path, model_dir: Path, out_dir: Path, config: Pol
         n_decisions=len(data), mean_reward=float(data.rewards.mean()),
         propensity_source=data.propensity_source, loss_curve=curve, notes=notes,
     )
-
-
-def result_dict(result: PolicyResult) -> dict[str, Any]:
-    """The result as JSON-friendly data."""
-    out = asdict(result)
-    out["out_dir"] = str(result.out_dir)
-    return out

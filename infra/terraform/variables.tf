@@ -1,12 +1,21 @@
+# One root module for every environment. The defaults below are the production (safe) values;
+# environments/<name>.tfvars sets every environment-specific variable explicitly (tests/test_infra.py checks that
+# dev and prod set the same ones), and a local, uncommitted <name>.local.tfvars holds project_id and
+# master_authorized_networks (see local.tfvars.example and infra/README.md).
+
 variable "project_id" {
-  description = "GCP project to deploy into (no default: set it in terraform.tfvars or -var)."
+  description = "GCP project to deploy into (no default: set it in <environment>.local.tfvars or -var)."
   type        = string
 }
 
 variable "environment" {
-  description = "Environment name, part of every resource name."
+  description = "Environment name, part of every resource name; set by environments/<name>.tfvars."
   type        = string
-  default     = "dev"
+
+  validation {
+    condition     = contains(["dev", "prod"], var.environment)
+    error_message = "Pass -var-file=environments/dev.tfvars or -var-file=environments/prod.tfvars."
+  }
 }
 
 variable "region" {
@@ -18,19 +27,19 @@ variable "region" {
 variable "cluster_zone" {
   description = "Zone of a zonal cluster; empty for a regional cluster."
   type        = string
-  default     = "europe-west4-a"
+  default     = ""
 }
 
 variable "deletion_protection" {
   description = "Protect the cluster and the database from deletion."
   type        = bool
-  default     = false
+  default     = true
 }
 
 variable "force_destroy" {
   description = "Let `terraform destroy` delete non-empty buckets."
   type        = bool
-  default     = true
+  default     = false
 }
 
 variable "master_authorized_networks" {
@@ -57,7 +66,7 @@ variable "cpu_min_nodes" {
 variable "cpu_max_nodes" {
   description = "Maximum CPU nodes per zone."
   type        = number
-  default     = 3
+  default     = 5
 }
 
 variable "gpu_machine_type" {
@@ -81,31 +90,31 @@ variable "gpu_accelerator_count" {
 variable "gpu_max_nodes" {
   description = "Maximum GPU nodes (the pool scales from zero)."
   type        = number
-  default     = 1
+  default     = 4
 }
 
 variable "gpu_node_locations" {
   description = "Zones of the GPU pool (zones that have the accelerator); empty: the cluster's zones."
   type        = list(string)
-  default     = []
+  default     = ["europe-west4-a", "europe-west4-b", "europe-west4-c"]
 }
 
 variable "gpu_spot" {
   description = "Spot VMs for the GPU pool."
   type        = bool
-  default     = true
+  default     = false
 }
 
 variable "db_tier" {
   description = "Cloud SQL machine tier."
   type        = string
-  default     = "db-custom-1-3840"
+  default     = "db-custom-2-7680"
 }
 
 variable "db_high_availability" {
   description = "Regional (HA) Cloud SQL instance."
   type        = bool
-  default     = false
+  default     = true
 }
 
 variable "kfp_version" {

@@ -1,11 +1,10 @@
 terraform {
   required_version = ">= 1.6"
 
-  # State in a private, versioned GCS bucket created once by hand (see infra/README.md):
-  #   terraform init -backend-config="bucket=<project>-tfstate"
-  backend "gcs" {
-    prefix = "recflow/prod"
-  }
+  # State in a private, versioned GCS bucket created once by hand, one prefix per environment (see
+  # infra/README.md):
+  #   terraform init -backend-config=environments/<name>.gcs.tfbackend -backend-config="bucket=<project>-tfstate"
+  backend "gcs" {}
 
   required_providers {
     google = {

@@ -22,7 +22,7 @@ resource "google_project_service" "apis" {
 }
 
 module "network" {
-  source     = "../../modules/network"
+  source     = "./modules/network"
   project_id = var.project_id
   region     = var.region
   name       = local.name
@@ -30,7 +30,7 @@ module "network" {
 }
 
 module "gke" {
-  source                     = "../../modules/gke"
+  source                     = "./modules/gke"
   project_id                 = var.project_id
   name                       = local.name
   location                   = local.cluster_location
@@ -52,7 +52,7 @@ module "gke" {
 }
 
 module "storage" {
-  source        = "../../modules/storage"
+  source        = "./modules/storage"
   project_id    = var.project_id
   location      = var.region
   name          = local.bucket_prefix
@@ -61,7 +61,7 @@ module "storage" {
 }
 
 module "secrets" {
-  source            = "../../modules/secrets"
+  source            = "./modules/secrets"
   project_id        = var.project_id
   name              = local.name
   replica_locations = [var.region]
@@ -69,7 +69,7 @@ module "secrets" {
 }
 
 module "mlflow_db" {
-  source              = "../../modules/mlflow_db"
+  source              = "./modules/mlflow_db"
   project_id          = var.project_id
   region              = var.region
   name                = local.name
@@ -83,7 +83,7 @@ module "mlflow_db" {
 }
 
 module "workload_identity" {
-  source                  = "../../modules/workload_identity"
+  source                  = "./modules/workload_identity"
   project_id              = var.project_id
   name                    = local.name
   pipeline_root_bucket    = module.storage.pipeline_root_bucket
@@ -94,7 +94,7 @@ module "workload_identity" {
 }
 
 module "platform" {
-  source                  = "../../modules/platform"
+  source                  = "./modules/platform"
   kfp_version             = var.kfp_version
   image                   = "${module.storage.image_repository}/recflow"
   image_tag               = var.image_tag
