@@ -84,6 +84,17 @@ def policy_section(d: dict[str, Any]) -> list[str]:
               f"with p < 0.01: {_met(ok)} (lift {cf.get('relative_lift', 0):+.1%}, t-test p {_f(cf.get('t_test_p'), 3)}, "
               f"Wilcoxon p {_f(cf.get('wilcoxon_p'), 3)})."]
     obd = d.get("obd_ope", {})
+    lift = d.get("policy_lift")
+    if lift:
+        r = lift["lift"]["expected_reward_per_request"]
+        c = lift["lift"]["ctr"]
+        lines += ["", f"The served pipeline with vs without the policy's re-ranking (`benchmarks/policy/policy_lift.py`, "
+                  f"{r['seeds']} traffic seeds, default world {lift['world']['users']} users x {lift['world']['items']} "
+                  f"items): expected reward per request {_f(r['with_policy_mean'])} vs {_f(r['without_policy_mean'])} "
+                  f"({_f(r['ratio'], 3)}x, t-test p {r['t_test_p']:.2g}, Wilcoxon p {r['wilcoxon_p']:.2g}); CTR "
+                  f"{_f(c['with_policy_mean'])} vs {_f(c['without_policy_mean'])} ({_f(c['ratio'], 3)}x, p "
+                  f"{c['t_test_p']:.2g} / {c['wilcoxon_p']:.2g}). {lift['verdict']}; default "
+                  f"`serving.policy_rerank: {str(lift['policy_rerank_default']).lower()}`."]
     if obd:
         lines += ["", "Off-policy estimators on the Open Bandit Dataset (BTS policy's CTR estimated from the random "
                   "log), relative error (OBP's published): " + ", ".join(
@@ -156,14 +167,27 @@ def quality_section(d: dict[str, Any]) -> list[str]:
     org = d.get("organic_world")
     if org:
         per = org["per_seed"]
+        def ctr(r: dict[str, Any], m: str) -> float | None:
+            v = r["methods"].get(m)
+            return None if v is None else round(v["expected_ctr"], 4)
+
+        per_user = [max(("most_viewed", "most_recent", "coview"), key=lambda m, r=r: r["methods"][m]["expected_ctr"])
+                    for r in per]
         lines += [f"- Organic-views world (`benchmarks/quality/organic_world.py`; new users served online with their "
                   f"history, expected CTR per seed {[r['seed'] for r in per]}): recflow "
-                  f"{[round(r['methods']['recflow']['expected_ctr'], 4) for r in per]}, best count baseline "
-                  f"{[r['best_baseline'] + ' ' + str(round(r['methods'][r['best_baseline']]['expected_ctr'], 4)) for r in per]}"
-                  f", popularity {[round(r['methods']['popularity']['expected_ctr'], 4) for r in per]}, random "
-                  f"{[round(r['methods']['random']['expected_ctr'], 4) for r in per]}; recflow / best count baseline "
-                  f"{[round(r['ratio_to_best_baseline'], 2) for r in per]}; target >= 1.2 on every seed: "
-                  f"{_met(org['target']['met'])}."]
+                  f"{[ctr(r, 'recflow') for r in per]}, the same bundle without exploration "
+                  f"{[ctr(r, 'recflow_no_exploration') for r in per]}, best per-user count baseline "
+                  f"{[m + ' ' + str(ctr(r, m)) for m, r in zip(per_user, per, strict=True)]}, popularity (clicks per "
+                  f"item) {[ctr(r, 'popularity') for r in per]}, random {[ctr(r, 'random') for r in per]}, oracle "
+                  f"(true click model) {[ctr(r, 'oracle') for r in per]}; recflow / best count baseline incl. "
+                  f"popularity {[round(r['ratio_to_best_baseline'], 2) for r in per]}, / best per-user count "
+                  f"baseline {[round(r['ratio_to_best_per_user_baseline'], 2) if 'ratio_to_best_per_user_baseline' in r else None for r in per]}; "
+                  f"best baseline / oracle {[round(r['best_baseline_to_oracle'], 2) if 'best_baseline_to_oracle' in r else None for r in per]}; "
+                  f"target >= 1.2 x the best count baseline on every seed: {_met(org['target']['met'])}."]
+        if all("policy_lift" in r for r in per):
+            lines += [f"  Policy re-ranking on / off (same bundle): "
+                      f"{[round(r['policy_lift']['ratio'], 3) for r in per]} (t-test p "
+                      f"{[float('%.2g' % r['policy_lift']['t_test_p']) for r in per]})."]
     return lines
 
 

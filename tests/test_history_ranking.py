@@ -31,6 +31,7 @@ def test_history_features_by_hand() -> None:
     assert np.allclose(feats[3], [0.0, 0.0, 0.0])  # an unknown candidate never matches the padding
     batch = history_features(np.array([[-1, 3, 5, 3], [5, 5, 5, 2]]), np.array([5, 5]))
     assert np.allclose(batch, [[np.log1p(1), 0.0, 0.5], [np.log1p(3), 0.0, 0.5]])
+    assert np.allclose(history_features(np.zeros(0, np.int64), np.array([3, 7])), 0.0)  # an empty history
     per_row = history_features(np.array([[-1, 3, 5, 3]]), np.array([[3, 7]]))
     assert per_row.shape == (1, 2, 3) and np.allclose(per_row[0, 0], feats[0])
 

@@ -68,7 +68,7 @@ def history_features(hist_rows: np.ndarray, candidate_rows: np.ndarray) -> np.nd
     match = (hist[:, None, :] == cand[:, :, None]) & (cand[:, :, None] >= 0)  # [B, M, L]
     count = match.sum(-1)
     last = match[:, :, -1] if length else np.zeros(count.shape, bool)
-    idx = np.where(match, np.arange(length)[None, None, :], -1).max(-1)  # last matching slot, -1 when none
+    idx = np.where(match, np.arange(length)[None, None, :], -1).max(-1, initial=-1)  # last match, -1 when none
     recency = np.where(idx >= 0, 1.0 / (1.0 + (length - 1 - idx)), 0.0)
     out = np.stack([np.log1p(count), last.astype(np.float64), recency], axis=-1).astype(np.float32)
     if squeeze:
