@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
 import click
@@ -54,12 +57,9 @@ def serve(
     challenger_share: float | None,
 ) -> None:
     """Serve recommendations over HTTP from the champion bundle of a model store (hot-swapped on push)."""
-    import pandas as pd
-    import uvicorn
+    from serving.logs import configure_logging, silence_library_warnings
 
-    from serving.app import create_app
-    from serving.recommender import Recommender, limit_threads
-
+    silence_library_warnings()
     cfg = serving_config(state)
     updates = {
         k: v
@@ -72,18 +72,85 @@ def serve(
         if v is not None
     }
     cfg = cfg.model_copy(update=updates)
+    configure_logging(cfg.log_level)
+    # The port first: a taken port is an error now, not after a minute of loading the model.
+    sock = bind_socket(cfg.host, cfg.port)
+    try:
+        _serve(state, cfg, sock, models, feedback_dir, catalog)
+    finally:
+        sock.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; a clear :class:`click.ClickException` when it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (another process holds the port? "
+            "choose another with --port or serving.port)"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(
+    state: CliState,
+    cfg: ServingConfig,
+    sock: socket.socket,
+    models: str | None,
+    feedback_dir: Path | None,
+    catalog: Path | None,
+) -> None:
+    import logging
+
+    from serving.logs import log_event, quiet_imports
+
+    quiet_imports()  # TensorFlow's CUDA probe lines, tf_agents' SyntaxWarning, Gym's banner
+    import pandas as pd
+    import uvicorn
+
+    from serving.app import API_KEY_ENV, create_app
+    from serving.recommender import Recommender, limit_threads
+
+    if not os.environ.get(API_KEY_ENV):
+        click.echo(
+            f"warning: {API_KEY_ENV} is not set, so POST /v1/feedback and the admin endpoints will refuse "
+            f"every request (401); export {API_KEY_ENV}=<secret> to accept feedback",
+            err=True,
+        )
     fb_dir = feedback_dir or cfg.feedback_dir or state.config.paths.data_dir / "feedback"
     items = pd.read_parquet(catalog) if catalog else None
     root = _store_root(state, models)
     limit_threads(cfg)
-    click.echo(f"loading the champion of {root} ...")
+    click.echo(f"loading the champion of {root} ...", err=True)
+    started = time.perf_counter()
     rec = Recommender.load(root, cfg, feedback_dir=fb_dir, catalog=items)
-    click.echo(
-        f"serving model {rec.champion.version} on http://{cfg.host}:{cfg.port} (feedback log: {fb_dir})"
+    log_event(
+        "model_loaded",
+        version=rec.champion.version,
+        items=len(rec.champion.item_ids),
+        seconds=round(time.perf_counter() - started, 2),
     )
+    log_event("startup", url=f"http://{cfg.host}:{cfg.port}", version=rec.champion.version,
+              feedback_dir=str(fb_dir), pid=os.getpid())
+    click.echo(
+        f"serving model {rec.champion.version} on http://{cfg.host}:{cfg.port} (feedback log: {fb_dir})",
+        err=True,
+    )
+    config = uvicorn.Config(
+        create_app(rec), log_level="warning", access_log=False, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
     try:
-        uvicorn.run(create_app(rec), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+        server.run(sockets=[sock])
     finally:
+        log_event("stopping", logging.INFO, version=rec.champion.version)
         rec.close()
 
 

@@ -43,6 +43,7 @@ from serving.bundle import ServingBundle
 from serving.config import ServingConfig
 from serving.feedback_log import FeedbackLog
 from serving.history import HISTORY_EVENT_TYPES, HistoryEntry, UserHistories, parse_history
+from serving.logs import log_event
 from serving.online import OnlineLinUCB
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,17 @@ def local_bundle_path(store: Any, info: Any) -> str:
     return str(local)
 
 
+def load_bundle(path: str | Path, version: str, config: ServingConfig) -> ServingBundle:
+    """:meth:`ServingBundle.load` with the serving config's index settings (approximate index and its check)."""
+    return ServingBundle.load(
+        path,
+        version,
+        ann_index=config.ann_index,
+        min_index_recall=config.min_index_recall,
+        index_check_queries=config.index_check_queries,
+    )
+
+
 def ab_bucket(user_id: str, salt: str) -> float:
     """A stable number in [0, 1) for ``user_id`` (blake2b of salt and id): the A/B assignment."""
     digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
@@ -176,8 +188,11 @@ class Recommender:
         self._stop = threading.Event()
         self.rejected_versions: dict[str, str] = {}
         self.swaps = 0
+        self.rollbacks = 0
         self._swap_lock = threading.Lock()
         self.feedback_events = 0
+        self._event_counts: dict[tuple[str, str], int] = {}  # (variant, event type) -> events logged
+        self._closed = False
         self._window: list[tuple[float, int, int]] = []  # (time, impressions, clicks) for the CTR window
         self._window_lock = threading.Lock()
         self._explainers: dict[str, Any] = {}
@@ -221,11 +236,11 @@ class Recommender:
                 f"model store {store.root}: no champion yet (run `recflow demo` or the pipeline)",
                 hint="a blessed pipeline run pushes one",
             )
-        bundle = ServingBundle.load(local_bundle_path(store, champion), champion.version)
+        bundle = load_bundle(local_bundle_path(store, champion), champion.version, config)
         challenger = None
         if config.challenger and config.challenger_share > 0:
             info = store.resolve(config.challenger)
-            challenger = ServingBundle.load(local_bundle_path(store, info), info.version)
+            challenger = load_bundle(local_bundle_path(store, info), info.version, config)
         fb = (
             FeedbackLog(feedback_dir, config.feedback_segment_bytes, config.feedback_segment_seconds)
             if feedback_dir is not None
@@ -355,7 +370,7 @@ class Recommender:
         if b.is_sequence:
             query = b.sequence_query(user_id, entries if history else None, self.histories.get(user_id))
             if query is not None:
-                return self._top(b, b.item_matrix @ query, exclude), query, False
+                return self._top(b, query, exclude), query, False
         entries = [e for e in entries if e.item_id in b.item_index]  # ids outside the catalog say nothing
         cold = row is None and not entries
         if row is None:
@@ -369,20 +384,35 @@ class Recommender:
             if hist_rows:  # what the user just looked at says more than the context alone
                 h = b.item_matrix[hist_rows].mean(axis=0)
                 query = 0.5 * query + 0.5 * h * (np.linalg.norm(query) / max(np.linalg.norm(h), 1e-9))
-            scores = b.item_matrix @ query + cfg.popularity_weight * b.item_log_popularity
-            policy_user = None
-        else:
-            query = b.user_matrix[row]
-            scores = b.item_matrix @ query
-            policy_user = query
-        return self._top(b, scores, exclude), policy_user, cold
+            return self._top(b, query, exclude, cfg.popularity_weight), None, cold
+        query = b.user_matrix[row]
+        return self._top(b, query, exclude), query, cold
 
-    def _top(self, b: ServingBundle, scores: np.ndarray, exclude: Sequence[str] | None) -> np.ndarray:
-        """Rows of the ``retrieval_candidates`` best-scored items, best first, without ``exclude``."""
+    def _top(
+        self, b: ServingBundle, query: np.ndarray, exclude: Sequence[str] | None, prior: float = 0.0
+    ) -> np.ndarray:
+        """Rows of the ``retrieval_candidates`` items of best score ``item . query + prior * log popularity``,
+        best first, without ``exclude``: exact over the whole catalog, or re-scored exactly over what the
+        bundle's approximate index returns (``ann_overfetch`` times more with a prior, which the index does not
+        know)."""
         cfg = self.config
-        scores = np.array(scores, dtype=np.float64)
-        if exclude:
-            banned = [b.item_index[i] for i in exclude if i in b.item_index]
+        banned = [b.item_index[i] for i in exclude if i in b.item_index] if exclude else []
+        if b.ann_index is not None:
+            m = cfg.retrieval_candidates * (cfg.ann_overfetch if prior else 1)
+            _, found = b.ann_index.search(np.asarray(query, np.float32)[None, :], m + len(banned))
+            rows = found[0][found[0] >= 0]
+            if banned:
+                rows = rows[~np.isin(rows, banned)]
+            if len(rows):
+                scores = b.item_matrix[rows] @ query
+                if prior:
+                    scores = scores + prior * b.item_log_popularity[rows]
+                order = np.argsort(-scores, kind="stable")[: cfg.retrieval_candidates]
+                return rows[order]
+        scores = np.asarray(b.item_matrix @ query, dtype=np.float64)
+        if prior:
+            scores = scores + prior * b.item_log_popularity
+        if banned:
             scores[banned] = -np.inf
         allowed = int(np.isfinite(scores).sum())
         m = min(cfg.retrieval_candidates, allowed)
@@ -455,6 +485,10 @@ class Recommender:
                 ts = pd.Timestamp(r["timestamp"]).value / 1e9
                 self.histories.extend(str(r["user_id"]), [HistoryEntry(str(r["item_id"]), r["event_type"], ts)])
         self.feedback_events += len(rows)
+        with self._window_lock:
+            for r in rows:
+                key = (str(r.get("variant") or "unattributed"), str(r["event_type"]))
+                self._event_counts[key] = self._event_counts.get(key, 0) + 1
         for d, pos, kind in learn:
             if d.variant.online is not None:
                 d.variant.online.submit(kind, d.features[pos], float(d.base[pos]))
@@ -464,6 +498,12 @@ class Recommender:
             with self._window_lock:
                 self._window.append((time.time(), imps, clicks))
         return rows
+
+    def feedback_counts(self) -> dict[tuple[str, str], int]:
+        """Feedback events logged since start, by (variant, event type); ``unattributed`` when the event had
+        no known request id. The Prometheus counters of clicks and impressions per variant."""
+        with self._window_lock:
+            return dict(self._event_counts)
 
     def click_through_rate(self, window_s: float = 300.0) -> float:
         """Clicks per impression in the last ``window_s`` seconds (NaN without impressions)."""
@@ -507,11 +547,18 @@ class Recommender:
             sys.setswitchinterval(min(interval, 0.0005))
             try:
                 info = self.store.resolve(state.version)
-                bundle = ServingBundle.load(local_bundle_path(self.store, info), info.version)
+                bundle = load_bundle(local_bundle_path(self.store, info), info.version, self.config)
                 self.warm_up(bundle)
+                if self.config.warm_explanations:
+                    try:
+                        self.warm_explanations(bundle)
+                    except Exception as exc:  # noqa: BLE001 - a slower first explanation is no reason to reject
+                        log_event("explainer_warm_failed", logging.WARNING, version=bundle.version,
+                                  reason=f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # noqa: BLE001 - any failure rejects the bundle; the old one keeps serving
                 self.rejected_versions[state.version] = f"{type(exc).__name__}: {exc}"
-                log.error("rejected model version %s: %s", state.version, exc)
+                log_event("swap_rejected", logging.ERROR, version=state.version, serving=current,
+                          reason=self.rejected_versions[state.version])
                 return "rejected"
             finally:
                 sys.setswitchinterval(interval)
@@ -522,7 +569,8 @@ class Recommender:
             self.swaps += 1
             if old.online is not None:
                 old.online.stop()
-            log.info("now serving model version %s (was %s)", bundle.version, old.bundle.version)
+            log_event("swap", version=bundle.version, previous=old.bundle.version, variant=CHAMPION,
+                      items=len(bundle.item_ids))
             return "swapped"
 
     def start_watcher(self, interval_s: float | None = None) -> None:
@@ -541,8 +589,22 @@ class Recommender:
         self._watcher = threading.Thread(target=run, name="model-watcher", daemon=True)
         self._watcher.start()
 
+    def rollback(self) -> str:
+        """Move the store's champion alias back to the previous version and swap to it now."""
+        if self.store is None:
+            raise DataError("this recommender was not loaded from a model store: nothing to roll back to")
+        current = self.champion.version
+        self.store.rollback()
+        outcome = self.check_for_new_champion()
+        self.rollbacks += 1
+        log_event("rollback", previous=current, version=self.champion.version, outcome=outcome)
+        return outcome
+
     def close(self) -> None:
         """Stop the watcher and learners and close the feedback log."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(5)
@@ -551,8 +613,39 @@ class Recommender:
                 v.online.stop()
         if self.feedback_log is not None:
             self.feedback_log.close()
+        log_event("shutdown", model_version=self.champion.version, served=sum(
+            v.served for v in self._variants.values()), feedback_events=self.feedback_events)
 
     # ------------------------------------------------------------------ explanations
+    def warm_explanations(self, bundle: ServingBundle | None = None) -> float:
+        """Explain one slate of ``bundle`` (default: the champion) and forget it, so that the first real
+        explanation does not pay for importing SHAP and building the explainer. Returns the seconds it took."""
+        from serving.explain import explain_slate
+
+        b = bundle or self.champion
+        started = time.perf_counter()
+        user = next(iter(b.user_index), "__warmup_unknown__")
+        rec, _, _ = self._recommend_with(
+            Variant("warmup", b, None), user, None, min(10, self.config.max_k), None, None, "warmup-explain", 0
+        )
+        explain_slate(b, rec, background=self.config.explanation_background, seed=self.config.seed)
+        seconds = time.perf_counter() - started
+        log_event("explainer_warm", version=b.version, seconds=round(seconds, 3))
+        return seconds
+
+    def start_explainer_warmup(self) -> threading.Thread:
+        """Run :meth:`warm_explanations` in a background thread (a failure is logged, never raised)."""
+
+        def run() -> None:
+            try:
+                self.warm_explanations()
+            except Exception as exc:  # noqa: BLE001 - explanations stay available, only slower the first time
+                log_event("explainer_warm_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=run, name="explainer-warmup", daemon=True)
+        thread.start()
+        return thread
+
     def explain(self, request_id: str) -> dict[str, Any]:
         """SHAP attributions of the ranking model's score for each item of a served slate."""
         from serving.explain import explain_slate
