@@ -14,6 +14,16 @@ class ServingConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="Interface the HTTP server binds to (0.0.0.0 in a container).")
     port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Worker processes behind the port (recflow serve): each has its own event loop and models, "
+        "the bundle's arrays are shared memory-mapped, and new champions are rolled in by starting new workers "
+        "(docs/serving.md: about one per core; 1 keeps the in-process hot swap).",
+    )
+    worker_start_timeout_s: float = Field(
+        600.0, gt=0.0, description="How long a new worker may take to load its bundle and answer (workers > 1)."
+    )
     feedback_dir: Path | None = Field(
         None, description="Directory of the feedback log segments (default: DATA_DIR/feedback)."
     )

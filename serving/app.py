@@ -31,7 +31,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NaiveDatetime
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -173,20 +173,6 @@ class _ServiceCollector:
 
     def collect(self) -> Any:
         rec = self.ref()
-        events = CounterMetricFamily(
-            "recflow_feedback_events",
-            "Feedback events appended to the log, by A/B variant and event type (click rate in PromQL: "
-            "rate of clicks / rate of impressions)",
-            labels=["variant", "event_type"],
-        )
-        for (variant, kind), n in sorted(rec.feedback_counts().items()):
-            events.add_metric([variant, kind], n)
-        yield events
-        yield CounterMetricFamily("recflow_model_swaps", "Hot swaps done", value=rec.swaps)
-        yield CounterMetricFamily("recflow_model_rollbacks", "Rollbacks done", value=rec.rollbacks)
-        yield CounterMetricFamily(
-            "recflow_model_rejected", "Model versions rejected at load or warm-up", value=len(rec.rejected_versions)
-        )
         yield GaugeMetricFamily(
             "recflow_feedback_learner_lag_events",
             "Feedback events not yet learned by the online policy",
@@ -200,10 +186,16 @@ class _ServiceCollector:
 
 
 class Metrics:
-    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+    """The service's Prometheus metrics, in a registry of its own (one per app).
+
+    With several workers (``PROMETHEUS_MULTIPROC_DIR`` set by ``recflow serve --workers``) the counters and the
+    histogram are summed over the workers by prometheus_client's multiprocess collector; the two gauges read at
+    scrape time (learner lag, log age) are the scraped worker's own.
+    """
 
     def __init__(self, recommender_ref: Callable[[], Recommender]) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.requests = Counter(
             "recflow_http_requests_total",
             "HTTP requests by endpoint and status",
@@ -219,16 +211,55 @@ class Metrics:
         )
         self.model = Gauge(
             "recflow_model_version_info",
-            "Model version served per variant (value 1)",
+            "Model version served per variant (value 1; with several workers, one series per worker pid)",
             ["variant", "version"],
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
-        self.registry.register(_ServiceCollector(recommender_ref))  # type: ignore[arg-type]
+        self.feedback = Counter(
+            "recflow_feedback_events",
+            "Feedback events appended to the log, by A/B variant and event type ('unattributed': no known request "
+            "id); the click rate is rate(clicks) / rate(impressions) in PromQL",
+            ["variant", "event_type"],
+            registry=self.registry,
+        )
+        self.model_events = {
+            "swap": Counter("recflow_model_swaps", "Hot swaps done", registry=self.registry),
+            "rollback": Counter("recflow_model_rollbacks", "Rollbacks done", registry=self.registry),
+            "swap_rejected": Counter(
+                "recflow_model_rejected", "Model versions rejected at load or warm-up", registry=self.registry
+            ),
+        }
+        self._shown: set[tuple[str, str]] = set()
+        service = _ServiceCollector(recommender_ref)
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition)
+            self.exposition.register(service)  # type: ignore[arg-type]
+        else:
+            self.registry.register(service)  # type: ignore[arg-type]
+            self.exposition = self.registry
+
+    def count_feedback(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            self.feedback.labels(str(r.get("variant") or "unattributed"), str(r["event_type"])).inc()
+
+    def count_model_event(self, event: str) -> None:
+        if event in self.model_events:
+            self.model_events[event].inc()
 
     def refresh_versions(self, rec: Recommender) -> None:
-        self.model.clear()
-        for name, variant in rec.variants.items():
-            self.model.labels(name, variant.bundle.version).set(1)
+        shown = {(name, variant.bundle.version) for name, variant in rec.variants.items()}
+        for labels in self._shown - shown:
+            if self.multiprocess:
+                self.model.labels(*labels).set(0)  # a multiprocess gauge's series cannot be removed
+            else:
+                self.model.remove(*labels)
+        for labels in shown:
+            self.model.labels(*labels).set(1)
+        self._shown = shown
 
 
 def _age(rec: Recommender) -> float:
@@ -255,6 +286,7 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
     state = {"rec": recommender}
     metrics = Metrics(lambda: state["rec"])
     metrics.refresh_versions(recommender)
+    recommender.on_event = metrics.count_model_event
     app = FastAPI(title="recflow recommendations", version="1", description=__doc__)
     app.state.recommender = recommender
     app.state.metrics = metrics
@@ -322,6 +354,7 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
     async def feedback(body: FeedbackRequest) -> dict[str, int]:
         events = [e.model_dump(exclude_none=True) for e in body.events]
         rows = await run_in_threadpool(state["rec"].record_feedback, events)
+        metrics.count_feedback(rows)
         return {"accepted": len(rows)}
 
     @app.get(
@@ -368,7 +401,7 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
         metrics.refresh_versions(state["rec"])
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     @app.on_event("startup")
     def start_background() -> None:

@@ -66,6 +66,41 @@ def _matrix(path: Path, id_column: str) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.ascontiguousarray(flat.reshape(n, flat.size // n), dtype=np.float32)
 
 
+SHARED_ARRAYS = ("item_matrix", "user_matrix", "policy_item_matrix", "item_log_popularity", "item_price")
+
+
+def shared_arrays(root: Path, version: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` memory-mapped read-only from ``.npy`` files, so that every worker process serving this bundle
+    shares one copy of them in the page cache.
+
+    The files live in ``<tmp>/recflow-arrays/<key>/`` where the key is a hash of the bundle's path, version and
+    embedding files' size and time; the first process writes them (atomically, into a fresh directory renamed
+    into place), the others map what is there.
+    """
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    stamp = [str(Path(root).resolve()), version]
+    for name in ("item_embeddings.parquet", "user_embeddings.parquet"):
+        st = (Path(root) / "model" / name).stat()
+        stamp += [str(st.st_size), str(st.st_mtime_ns)]
+    key = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:20]
+    cache = Path(tempfile.gettempdir()) / "recflow-arrays"
+    final = cache / key
+    if not all((final / f"{n}.npy").is_file() for n in arrays):
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
+        for name, arr in arrays.items():
+            np.save(staging / f"{name}.npy", np.ascontiguousarray(arr))
+        try:
+            os.rename(staging, final)
+        except OSError:  # another worker got there first: use its files
+            shutil.rmtree(staging, ignore_errors=True)
+    return {n: np.load(final / f"{n}.npy", mmap_mode="r") for n in arrays}
+
+
 def load_ann_index(
     model_dir: Path,
     item_ids: np.ndarray,
@@ -255,8 +290,12 @@ class ServingBundle:
         ann_index: bool = False,
         min_index_recall: float = 0.95,
         index_check_queries: int = 200,
+        share_arrays: bool = False,
     ) -> ServingBundle:
         """Load the bundle directory ``path``; a missing or broken part raises :class:`DataError`.
+
+        ``share_arrays``: memory-map the large arrays from files shared by every process serving this bundle
+        (:func:`shared_arrays`; the worker processes of ``recflow serve --workers``).
 
         ``ann_index``: retrieve through the bundle's approximate index when it has one (checked by
         :func:`load_ann_index` against ``min_index_recall`` on ``index_check_queries`` queries).
@@ -319,6 +358,17 @@ class ServingBundle:
         if scorer.agent == "neural_epsilon_greedy":
             network = NumpyRewardNetwork(
                 scorer.policy.model_variables, scorer.layout.global_dim, scorer.layout.arm_dim
+            )
+        if share_arrays:
+            mapped = shared_arrays(
+                root,
+                version,
+                {"item_matrix": item_matrix, "user_matrix": user_matrix, "policy_item_matrix": policy_items,
+                 "item_log_popularity": log_pop, "item_price": price},
+            )
+            item_matrix, user_matrix = mapped["item_matrix"], mapped["user_matrix"]
+            policy_items, log_pop, price = (
+                mapped["policy_item_matrix"], mapped["item_log_popularity"], mapped["item_price"]
             )
         ctx_cols = [c for c in CONTEXT_FIELDS if c in contexts.columns]
         user_context = {

@@ -45,6 +45,10 @@ def _store_root(state: CliState, models: str | None) -> str:
 )
 @click.option("--challenger", default=None, help="Model version to A/B test against the champion.")
 @click.option("--challenger-share", type=float, default=None, help="Share of users served the challenger.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help="Worker processes sharing the port (default: serving.workers; see docs/serving.md for how many).",
+)
 @pass_state
 def serve(
     state: CliState,
@@ -55,6 +59,7 @@ def serve(
     catalog: Path | None,
     challenger: str | None,
     challenger_share: float | None,
+    workers: int | None,
 ) -> None:
     """Serve recommendations over HTTP from the champion bundle of a model store (hot-swapped on push)."""
     from serving.logs import configure_logging, silence_library_warnings
@@ -68,6 +73,7 @@ def serve(
             "port": port,
             "challenger": challenger,
             "challenger_share": challenger_share,
+            "workers": workers,
         }.items()
         if v is not None
     }
@@ -111,22 +117,31 @@ def _serve(
 
     from serving.logs import log_event, quiet_imports
 
+    api_key_env = "RECFLOW_API_KEY"  # serving.app.API_KEY_ENV, without importing the app into the parent
+    if not os.environ.get(api_key_env):
+        click.echo(
+            f"warning: {api_key_env} is not set, so POST /v1/feedback and the admin endpoints will refuse "
+            f"every request (401); export {api_key_env}=<secret> to accept feedback",
+            err=True,
+        )
+    fb_dir = feedback_dir or cfg.feedback_dir or state.config.paths.data_dir / "feedback"
+    root = _store_root(state, models)
+    if cfg.workers > 1:
+        from serving.workers import serve_workers
+
+        log_event("startup", url=f"http://{cfg.host}:{cfg.port}", workers=cfg.workers, feedback_dir=str(fb_dir),
+                  pid=os.getpid())
+        click.echo(f"serving {root} with {cfg.workers} workers on http://{cfg.host}:{cfg.port}", err=True)
+        serve_workers(sock, cfg.workers, root, cfg, Path(fb_dir), catalog)
+        return
     quiet_imports()  # TensorFlow's CUDA probe lines, tf_agents' SyntaxWarning, Gym's banner
     import pandas as pd
     import uvicorn
 
-    from serving.app import API_KEY_ENV, create_app
+    from serving.app import create_app
     from serving.recommender import Recommender, limit_threads
 
-    if not os.environ.get(API_KEY_ENV):
-        click.echo(
-            f"warning: {API_KEY_ENV} is not set, so POST /v1/feedback and the admin endpoints will refuse "
-            f"every request (401); export {API_KEY_ENV}=<secret> to accept feedback",
-            err=True,
-        )
-    fb_dir = feedback_dir or cfg.feedback_dir or state.config.paths.data_dir / "feedback"
     items = pd.read_parquet(catalog) if catalog else None
-    root = _store_root(state, models)
     limit_threads(cfg)
     click.echo(f"loading the champion of {root} ...", err=True)
     started = time.perf_counter()

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import pandas as pd
 from recflow.errors import DataError
 from serving.bundle import ServingBundle
 from serving.config import ServingConfig
+from serving.decisions import SharedDecisions
 from serving.feedback_log import FeedbackLog
 from serving.history import HISTORY_EVENT_TYPES, HistoryEntry, UserHistories, parse_history
 from serving.logs import log_event
@@ -141,14 +142,16 @@ def local_bundle_path(store: Any, info: Any) -> str:
     return str(local)
 
 
-def load_bundle(path: str | Path, version: str, config: ServingConfig) -> ServingBundle:
-    """:meth:`ServingBundle.load` with the serving config's index settings (approximate index and its check)."""
+def load_bundle(path: str | Path, version: str, config: ServingConfig, *, share_arrays: bool = False) -> ServingBundle:
+    """:meth:`ServingBundle.load` with the serving config's index settings (approximate index and its check);
+    ``share_arrays``: memory-map the arrays shared by the service's worker processes."""
     return ServingBundle.load(
         path,
         version,
         ann_index=config.ann_index,
         min_index_recall=config.min_index_recall,
         index_check_queries=config.index_check_queries,
+        share_arrays=share_arrays,
     )
 
 
@@ -171,8 +174,11 @@ class Recommender:
         store: Any = None,
         catalog: pd.DataFrame | None = None,
         reward_weights: Mapping[str, float] | None = None,
+        shared_decisions: SharedDecisions | None = None,
     ) -> None:
         self.config = config or ServingConfig()
+        self.shared_decisions = shared_decisions  # slates shared with the other workers (None: one process)
+        self.on_event: Callable[[str], None] | None = None  # told "swap", "rollback", "swap_rejected"
         self.store = store
         self.catalog = catalog
         self.reward_weights = dict(reward_weights or {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0})
@@ -224,8 +230,14 @@ class Recommender:
         *,
         feedback_dir: str | Path | None = None,
         catalog: pd.DataFrame | None = None,
+        worker: str | None = None,
+        shared_decisions: str | Path | None = None,
     ) -> Recommender:
-        """Serve the champion (and the configured challenger) of a model store (a path or a ModelStore)."""
+        """Serve the champion (and the configured challenger) of a model store (a path or a ModelStore).
+
+        ``worker``: this process's name among the service's workers (its feedback log segments carry it, so each
+        worker's log is its own ordered sequence); ``shared_decisions``: the SQLite file of served slates shared
+        by the workers (:mod:`serving.decisions`)."""
         from recflow.model_store import ModelStore
 
         config = config or ServingConfig()
@@ -236,17 +248,22 @@ class Recommender:
                 f"model store {store.root}: no champion yet (run `recflow demo` or the pipeline)",
                 hint="a blessed pipeline run pushes one",
             )
-        bundle = load_bundle(local_bundle_path(store, champion), champion.version, config)
+        share = worker is not None
+        bundle = load_bundle(local_bundle_path(store, champion), champion.version, config, share_arrays=share)
         challenger = None
         if config.challenger and config.challenger_share > 0:
             info = store.resolve(config.challenger)
-            challenger = load_bundle(local_bundle_path(store, info), info.version, config)
+            challenger = load_bundle(local_bundle_path(store, info), info.version, config, share_arrays=share)
         fb = (
-            FeedbackLog(feedback_dir, config.feedback_segment_bytes, config.feedback_segment_seconds)
+            FeedbackLog(feedback_dir, config.feedback_segment_bytes, config.feedback_segment_seconds, writer=worker)
             if feedback_dir is not None
             else None
         )
-        rec = cls(bundle, config, challenger=challenger, feedback_log=fb, store=store, catalog=catalog)
+        shared = SharedDecisions(shared_decisions, config.request_cache_size) if shared_decisions else None
+        rec = cls(
+            bundle, config, challenger=challenger, feedback_log=fb, store=store, catalog=catalog,
+            shared_decisions=shared,
+        )
         rec.warm_up(rec._variants[CHAMPION].bundle)
         return rec
 
@@ -304,7 +321,26 @@ class Recommender:
             self._decisions[request_id] = _Decision(rec, chosen, feats, base)
             while len(self._decisions) > self.config.request_cache_size:
                 self._decisions.popitem(last=False)
+        if self.shared_decisions is not None:
+            self.shared_decisions.put(request_id, rec.to_dict(), feats, base)
         return rec
+
+    def _decision(self, request_id: str | None) -> _Decision | None:
+        """The decision served under ``request_id``: from this process's memory, else from the other workers'."""
+        if not request_id:
+            return None
+        with self._decisions_lock:
+            d = self._decisions.get(request_id)
+        if d is not None or self.shared_decisions is None:
+            return d
+        found = self.shared_decisions.get(request_id)
+        if found is None:
+            return None
+        slate, feats, base = found
+        items = [RecommendedItem(**it) for it in slate.pop("items")]
+        rec = Recommendation(items=items, **slate)
+        variant = self._variants.get(rec.variant) or self._variants[CHAMPION]
+        return _Decision(rec, variant, feats, base)
 
     def _recommend_with(
         self,
@@ -424,8 +460,7 @@ class Recommender:
     # ------------------------------------------------------------------ feedback
     def decision(self, request_id: str) -> Recommendation | None:
         """The slate served under ``request_id`` (if still remembered)."""
-        with self._decisions_lock:
-            d = self._decisions.get(request_id)
+        d = self._decision(request_id)
         return None if d is None else d.rec
 
     def record_feedback(self, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -447,8 +482,7 @@ class Recommender:
                 )
             item = ev.get("item_id")
             rid = ev.get("request_id")
-            with self._decisions_lock:
-                d = self._decisions.get(rid) if rid else None
+            d = self._decision(rid)
             if d is None and not ev.get("user_id"):
                 raise DataError(f"events[{n}]: request_id {rid!r} is unknown, so user_id is required")
             row: dict[str, Any] = {
@@ -559,6 +593,7 @@ class Recommender:
                 self.rejected_versions[state.version] = f"{type(exc).__name__}: {exc}"
                 log_event("swap_rejected", logging.ERROR, version=state.version, serving=current,
                           reason=self.rejected_versions[state.version])
+                self._tell("swap_rejected")
                 return "rejected"
             finally:
                 sys.setswitchinterval(interval)
@@ -571,6 +606,7 @@ class Recommender:
                 old.online.stop()
             log_event("swap", version=bundle.version, previous=old.bundle.version, variant=CHAMPION,
                       items=len(bundle.item_ids))
+            self._tell("swap")
             return "swapped"
 
     def start_watcher(self, interval_s: float | None = None) -> None:
@@ -598,7 +634,12 @@ class Recommender:
         outcome = self.check_for_new_champion()
         self.rollbacks += 1
         log_event("rollback", previous=current, version=self.champion.version, outcome=outcome)
+        self._tell("rollback")
         return outcome
+
+    def _tell(self, event: str) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
 
     def close(self) -> None:
         """Stop the watcher and learners and close the feedback log."""
@@ -613,6 +654,8 @@ class Recommender:
                 v.online.stop()
         if self.feedback_log is not None:
             self.feedback_log.close()
+        if self.shared_decisions is not None:
+            self.shared_decisions.close()
         log_event("shutdown", model_version=self.champion.version, served=sum(
             v.served for v in self._variants.values()), feedback_events=self.feedback_events)
 
@@ -650,8 +693,7 @@ class Recommender:
         """SHAP attributions of the ranking model's score for each item of a served slate."""
         from serving.explain import explain_slate
 
-        with self._decisions_lock:
-            d = self._decisions.get(request_id)
+        d = self._decision(request_id)
         if d is None:
             raise KeyError(request_id)
         return explain_slate(

@@ -468,3 +468,98 @@ def test_sigkill_mid_load_loses_no_acknowledged_feedback(store_root: Path, tmp_p
     assert len(acked) >= 300
     missing = [e for e in acked if e not in logged]
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:3]}"
+
+
+@pytest.mark.slow
+def test_two_workers_share_slates_arrays_and_metrics_and_roll_onto_a_new_champion(tmp_path: Path) -> None:
+    from test_serving import bundle_parts, push
+
+    root = tmp_path / "store"
+    store = ModelStore(root)
+    parts = bundle_parts()
+    push(store, parts)
+    port = _free_port()
+    fb = tmp_path / "fb"
+    log_path = tmp_path / "serve.log"
+    env = {**os.environ, "RECFLOW_API_KEY": KEY}
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recflow", "--set", "serving.watch_interval_s=1", "serve", "--models", str(root),
+             "--port", str(port), "--feedback-dir", str(fb), "--workers", "2"],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def events() -> list[dict]:
+        return [json.loads(x) for x in log_path.read_text(errors="replace").splitlines() if x.startswith("{")]
+
+    failures: list[str] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                with httpx.Client(base_url=base, timeout=30) as c:  # a new connection each time: any worker
+                    r = c.post("/v1/recommendations", json={"user_id": "u000005", "k": 3})
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                else:
+                    versions.append(r.json()["model_version"])
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+            time.sleep(0.02)
+
+    try:
+        deadline = time.time() + 600
+        while sum(e["event"] == "worker_ready" for e in events()) < 2:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "workers did not start"
+            time.sleep(0.5)
+        served = []
+        for i in range(40):
+            with httpx.Client(base_url=base, timeout=30) as c:
+                served.append(c.post("/v1/recommendations", json={"user_id": f"u{i:06d}", "k": 3}).json())
+        worker_of = {e["request_id"]: e["pid"] for e in events() if e["event"] == "request" and "request_id" in e}
+        assert len({worker_of[s["request_id"]] for s in served}) == 2, "the kernel gave every request to one worker"
+        for s in served:  # each click is posted on a fresh connection: often not the worker that served it
+            with httpx.Client(base_url=base, timeout=30, headers=AUTH) as c:
+                ev = {"event_type": "click", "item_id": s["items"][0]["item_id"], "request_id": s["request_id"]}
+                assert c.post("/v1/feedback", json={"events": [ev]}).status_code == 200
+        logged = read_feedback(fb)
+        assert len(logged) == 40 and logged["propensity"].notna().all()  # every click credited to its slate
+        segments = sorted(p.name for p in fb.iterdir())
+        assert len(segments) >= 2 and all(n.count("-w") == 1 for n in segments), segments
+        for _ in range(4):  # whichever worker answers, the counters are the service's
+            text = httpx.get(f"{base}/metrics").text
+            assert _metric(text, "recflow_feedback_events_total", variant="champion", event_type="click") == 40
+        out = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=text,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), out.stdout + out.stderr
+        pids = sorted({e["pid"] for e in events() if e["event"] == "worker_ready"})
+        maps = [set(line.split()[-1] for line in Path(f"/proc/{p}/maps").read_text().splitlines()
+                    if "recflow-arrays" in line) for p in pids]
+        assert maps[0] and maps[0] == maps[1], maps  # one copy of the arrays, mapped by both workers
+        # a new champion is rolled in while requests keep coming; none fails
+        thread = threading.Thread(target=load)
+        thread.start()
+        push(store, parts)
+        deadline = time.time() + 900
+        while not any(e["event"] == "swap" for e in events()):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "no swap:\n" + log_path.read_text()[-3000:]
+            time.sleep(1.0)
+        time.sleep(2.0)
+        stop.set()
+        thread.join(60)
+        assert not failures, failures[:5]
+        assert versions[-1] == "v0002" and "v0001" in versions
+        swap = next(e for e in events() if e["event"] == "swap")
+        assert swap["version"] == "v0002" and swap["previous"] == "v0001" and swap["rolled"] == 2
+    finally:
+        stop.set()
+        stop_process = proc.poll() is None
+        if stop_process:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(120)
+    assert any(e["event"] == "shutdown" for e in events())
