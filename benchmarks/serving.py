@@ -61,6 +61,8 @@ RATES = (50, 100, 200, 300)
 P99_LIMIT_MS = 30.0
 WORLD = {"users": 5000, "items": 50000, "days": 4}
 SWAP_RATE = 150
+SWAP_MAX_SECONDS = 600  # the load runs until the swap is over (and 5 s more), at most this long
+WARM = '"explainer_warm"'  # the service's log line that ends its start-up
 MILLION = 1_000_000
 
 
@@ -155,8 +157,10 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(args: list[str], port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start a server process and wait until ``/readyz`` (or ``/docs`` for the baseline) answers."""
+def start_server(args: list[str], port: int, env: dict[str, str], log: Path,
+                 wait_for: str | None = None, wait_count: int = 1) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until ``/openapi.json`` answers (and ``wait_for`` is in its log: the
+    service's start-up is over when every worker has warmed up its explainer)."""
     import httpx
 
     proc = subprocess.Popen(
@@ -167,7 +171,9 @@ def start_server(args: list[str], port: int, env: dict[str, str], log: Path) -> 
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1).status_code == 200 and (
+                wait_for is None or log.read_text(errors="replace").count(wait_for) >= wait_count
+            ):
                 return proc
         except httpx.HTTPError:
             pass
@@ -207,7 +213,7 @@ class Bodies:
 
 
 async def _open_loop(
-    url: str, bodies: Bodies, rate: float, seconds: float, on_tick: Any = None
+    url: str, bodies: Bodies, rate: float, seconds: float, on_tick: Any = None, stop: Any = None
 ) -> dict[str, Any]:
     import aiohttp
 
@@ -215,6 +221,7 @@ async def _open_loop(
     payloads = [json.dumps(bodies(i)).encode() for i in range(n)]
     latencies: list[float] = []
     errors = 0
+    sent = 0
     statuses: dict[str, int] = {}
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.5
@@ -222,9 +229,12 @@ async def _open_loop(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
 
         async def one(i: int) -> None:
-            nonlocal errors
+            nonlocal errors, sent
             scheduled = start + i / rate
             await asyncio.sleep(max(0.0, scheduled - loop.time()))
+            if stop is not None and stop.is_set():
+                return  # the caller has seen what it waited for: this request is never sent
+            sent += 1
             try:
                 async with session.post(
                     url, data=payloads[i], headers={"content-type": "application/json"}
@@ -245,7 +255,7 @@ async def _open_loop(
         await asyncio.gather(*tasks)
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {
-        "requests": n,
+        "requests": sent,
         "errors": errors,
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
@@ -365,16 +375,37 @@ def hot_swap_under_load(
 
     from recflow.model_store import ModelStore
 
-    before = httpx.get(url.replace("/v1/recommendations", "/readyz")).json()["model_version"]
+    ready = url.replace("/v1/recommendations", "/readyz")
+    before = httpx.get(ready).json()["model_version"]
     pushed: dict[str, Any] = {}
 
-    async def push_later(start: float) -> None:
-        await asyncio.sleep(max(0.0, start - asyncio.get_running_loop().time()) + 3.0)
-        t0 = time.perf_counter()
-        result = await asyncio.to_thread(ModelStore(store_root).push, _parts(base), base / "evaluation")
-        pushed.update(version=result.version, push_seconds=time.perf_counter() - t0)
+    async def main() -> dict[str, Any]:
+        stop = asyncio.Event()
 
-    out = asyncio.run(_open_loop(url, bodies, rate, seconds, on_tick=push_later))
+        async def push_later(start: float) -> None:
+            # push 3 s into the load; keep the load on until the service answers with the new version
+            # (every worker: 10 probes in a row) and 5 s more, then stop sending
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, start - loop.time()) + 3.0)
+            t0 = time.perf_counter()
+            result = await asyncio.to_thread(ModelStore(store_root).push, _parts(base), base / "evaluation")
+            pushed.update(version=result.version, push_seconds=time.perf_counter() - t0)
+            streak = 0
+            async with httpx.AsyncClient(timeout=10) as client:
+                while streak < 10 and loop.time() < start + seconds - 6:
+                    try:
+                        r = await client.get(ready)
+                        streak = streak + 1 if r.json().get("model_version") == result.version else 0
+                    except httpx.HTTPError:
+                        streak = 0
+                    await asyncio.sleep(0.2)
+            pushed["swap_seconds"] = time.perf_counter() - t0
+            await asyncio.sleep(5.0)
+            stop.set()
+
+        return await _open_loop(url, bodies, rate, seconds, on_tick=push_later, stop=stop)
+
+    out = asyncio.run(main())
     after = httpx.get(url.replace("/v1/recommendations", "/readyz")).json()["model_version"]
     return {
         "rate": rate,
@@ -587,7 +618,7 @@ def main() -> None:
         block: dict[str, Any] = {"build": info, **in_process_latency(million_root, users)}
         port = _free_port()
         server = start_server(serve_args(million_root, port, base / "feedback-1m", args.workers), port, env,
-                              base / "million.log")
+                              base / "million.log", WARM, args.workers)
         try:
             load, best = sweep("million", f"http://127.0.0.1:{port}/v1/recommendations", Bodies(users),
                                args.seconds)
@@ -604,11 +635,11 @@ def main() -> None:
     if args.only == "swap":
         port = _free_port()
         full = start_server(serve_args(store_root, port, base / "feedback", args.workers), port, env,
-                            base / "full.log")
+                            base / "full.log", WARM, args.workers)
         try:
             url = f"http://127.0.0.1:{port}/v1/recommendations"
             run_rate(url, Bodies(users), 50, 3)
-            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, 25)
+            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
         finally:
             stop_server(full)
         results["hot_swap"] = swap
@@ -645,7 +676,7 @@ def main() -> None:
     port = _free_port()
     shutil.rmtree(base / "feedback", ignore_errors=True)
     full = start_server(serve_args(store_root, port, base / "feedback", args.workers), port, env,
-                        base / "full.log")
+                        base / "full.log", WARM, args.workers)
     url = f"http://127.0.0.1:{port}/v1/recommendations"
     try:
         load, best = sweep("full", url, Bodies(users), args.seconds)
@@ -655,7 +686,7 @@ def main() -> None:
         results["max_rps"] = best
         results["max_rps_vs_baseline"] = best / baseline_max if baseline_max else None
         save()
-        swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, 25)
+        swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
         print(f"hot swap: {swap}", flush=True)
     finally:
         stop_server(full)

@@ -271,9 +271,13 @@ def _error(status: int, error: str, detail: Any) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": error, "detail": detail})
 
 
-def create_app(recommender: Recommender, *, api_key: str | None = None, watch: bool = True) -> FastAPI:
+def create_app(
+    recommender: Recommender, *, api_key: str | None = None, watch: bool = True, warm_explanations: bool = True
+) -> FastAPI:
     """The FastAPI app serving ``recommender``. ``api_key`` defaults to ``$RECFLOW_API_KEY``; without one the
-    write and admin endpoints answer 401 (they are never open by accident)."""
+    write and admin endpoints answer 401 (they are never open by accident). ``watch``: hot-swap new champions of
+    the store; ``warm_explanations``: explain one slate in the background at start-up (when
+    ``serving.warm_explanations``)."""
     config = recommender.config
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     if key is None:
@@ -407,7 +411,7 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
     def start_background() -> None:
         if watch:
             recommender.start_watcher()
-        if config.warm_explanations:
+        if warm_explanations and config.warm_explanations:
             recommender.start_explainer_warmup()
 
     app.add_middleware(

@@ -534,8 +534,8 @@ class Recommender:
         return rows
 
     def feedback_counts(self) -> dict[tuple[str, str], int]:
-        """Feedback events logged since start, by (variant, event type); ``unattributed`` when the event had
-        no known request id. The Prometheus counters of clicks and impressions per variant."""
+        """Feedback events this process logged since start, by (variant, event type); ``unattributed`` when the
+        event had no known request id (the service's Prometheus counters count the same per worker)."""
         with self._window_lock:
             return dict(self._event_counts)
 

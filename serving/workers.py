@@ -63,8 +63,14 @@ def app_factory() -> Any:
 
         log_event("worker_failed", logging.ERROR, worker=name, reason=f"{type(exc).__name__}: {exc}")
         sys.exit(STARTUP_FAILURE)
+    if cfg.warm_explanations:  # before the worker takes traffic: a replacement warms up off the serving path
+        try:
+            rec.warm_explanations()
+        except Exception as exc:  # noqa: BLE001 - explanations stay available, only slower the first time
+            log_event("explainer_warm_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
     log_event("worker_ready", worker=name, version=rec.champion.version, pid=os.getpid())
-    app = create_app(rec, watch=False)  # the parent watches the store and rolls the workers
+    # the parent watches the store and rolls the workers; explanations are warm already
+    app = create_app(rec, watch=False, warm_explanations=False)
 
     def stop() -> None:
         rec.close()
