@@ -127,8 +127,12 @@ def serving_section(d: dict[str, Any]) -> list[str]:
     ok200 = p99_200 is not None and p99_200 <= 15 and d["load"]["200"]["errors"] == 0
     ratio = d["max_rps"] / d["baseline_max_rps"] if d.get("baseline_max_rps") else None
     swap = d.get("hot_swap") or {}
+    verdict = _met(ratio >= 1.0) if ratio is not None else "n/a, the baseline passed no rate"
+    load = d.get("load_average_at_start")
     lines += ["", f"Maximum sustainable throughput {d['max_rps']} requests/s vs the bare single-model baseline's "
-              f"{d['baseline_max_rps']} in the same run ({_f(ratio, 2)}x; target >= 1.0x: {_met(ratio is not None and ratio >= 1.0)}). "
+              f"{d['baseline_max_rps']} in the same run ({_f(ratio, 2) + 'x' if ratio is not None else 'no ratio'}; "
+              f"target >= 1.0x: {verdict}; machine load "
+              f"average {_f(load[0] if load else None, 1)} at the start: see docs/serving.md). "
               f"p99 <= 15 ms at 200 requests/s with no errors: {_met(ok200)}. Hot swap under {swap.get('rate')} "
               f"requests/s: {d.get('hot_swap_failed_requests')} failed requests, p99 {_f(swap.get('p99_ms'), 1)} ms "
               f"(target 0 and <= 50 ms: {_met(d.get('targets', {}).get('hot_swap_zero_failed_and_p99_le_50ms_at_150rps'))}). "

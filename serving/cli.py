@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -162,6 +163,9 @@ def _serve(
         create_app(rec), log_level="warning", access_log=False, log_config=None, lifespan="on"
     )
     server = uvicorn.Server(config)
+    # After its graceful shutdown uvicorn raises the SIGTERM it caught again, with the handler it found: without
+    # this one, the default handler would end the process before the lines below log and close the service.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run(sockets=[sock])
     finally:
