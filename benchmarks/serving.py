@@ -164,7 +164,8 @@ def start_server(args: list[str], port: int, env: dict[str, str], log: Path,
     import httpx
 
     proc = subprocess.Popen(
-        [sys.executable, *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT
+        [sys.executable, *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+        start_new_session=True,  # its own process group: stop_server ends the workers with the parent
     )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -183,12 +184,19 @@ def start_server(args: list[str], port: int, env: dict[str, str], log: Path,
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
+    """SIGTERM the server's process group (a multi-worker service's workers too), SIGKILL what is left."""
+    import signal
+
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
 
 
 class Bodies:
