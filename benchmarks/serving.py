@@ -14,10 +14,20 @@ Steps:
    time whatever the responses (wrk2-style); latency is measured from the *scheduled* send time, so queueing
    delay counts (no coordinated omission). 50, 100, 200, 300 rps, then higher rates until p99 > 30 ms or an
    error: the highest passing rate is the maximum sustainable throughput.
-4. **Hot swap under load**: a new version is pushed while the full service takes 100 rps; failed requests are
+4. **Hot swap under load**: a new version is pushed while the full service takes 150 rps; failed requests are
    counted and the served version is checked to change.
+5. **Explanations and API == HTTP**: a fresh service and a fresh in-process ``serving.Recommender`` get the same
+   requests in the same order and must return the same items (exploration included: both draw from the same
+   seeded streams); then explanations of served slates are timed after the background warm-up.
+6. **A million items** (``million_items``): the 50k model's catalog grown to 1,000,000 items (each new item a
+   trained item's embedding plus seeded noise, scaled to the embeddings' spread: clustered like real ones, and
+   unknown to the ranking model and the policy, which treat them as out-of-vocabulary), a faiss IVF index over
+   them with the smallest ``nprobe`` whose recall@10 against exact search reaches 0.97 on the users' queries,
+   pushed as a bundle; the service must accept it at load (recall re-measured), then in-process latency and
+   the same open-loop sweep.
 
-Both servers and the client share the machine's cores, as they would on one small node.
+Both servers and the client share the machine's cores, as they would on one small node; the load average is
+recorded per rate. Results are written after each step, so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -50,6 +60,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
 RATES = (50, 100, 200, 300)
 P99_LIMIT_MS = 30.0
 WORLD = {"users": 5000, "items": 50000, "days": 4}
+SWAP_RATE = 150
+SWAP_MAX_SECONDS = 600  # the load runs until the swap is over (and 5 s more), at most this long
+WARM = '"explainer_warm"'  # the service's log line that ends its start-up
+MILLION = 1_000_000
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -143,19 +157,24 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(args: list[str], port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start a server process and wait until ``/readyz`` (or ``/docs`` for the baseline) answers."""
+def start_server(args: list[str], port: int, env: dict[str, str], log: Path,
+                 wait_for: str | None = None, wait_count: int = 1) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until ``/openapi.json`` answers (and ``wait_for`` is in its log: the
+    service's start-up is over when every worker has warmed up its explainer)."""
     import httpx
 
     proc = subprocess.Popen(
-        [sys.executable, *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT
+        [sys.executable, *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+        start_new_session=True,  # its own process group: stop_server ends the workers with the parent
     )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1).status_code == 200 and (
+                wait_for is None or log.read_text(errors="replace").count(wait_for) >= wait_count
+            ):
                 return proc
         except httpx.HTTPError:
             pass
@@ -165,12 +184,19 @@ def start_server(args: list[str], port: int, env: dict[str, str], log: Path) -> 
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
+    """SIGTERM the server's process group (a multi-worker service's workers too), SIGKILL what is left."""
+    import signal
+
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
 
 
 class Bodies:
@@ -195,7 +221,7 @@ class Bodies:
 
 
 async def _open_loop(
-    url: str, bodies: Bodies, rate: float, seconds: float, on_tick: Any = None
+    url: str, bodies: Bodies, rate: float, seconds: float, on_tick: Any = None, stop: Any = None
 ) -> dict[str, Any]:
     import aiohttp
 
@@ -203,6 +229,7 @@ async def _open_loop(
     payloads = [json.dumps(bodies(i)).encode() for i in range(n)]
     latencies: list[float] = []
     errors = 0
+    sent = 0
     statuses: dict[str, int] = {}
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.5
@@ -210,9 +237,12 @@ async def _open_loop(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
 
         async def one(i: int) -> None:
-            nonlocal errors
+            nonlocal errors, sent
             scheduled = start + i / rate
             await asyncio.sleep(max(0.0, scheduled - loop.time()))
+            if stop is not None and stop.is_set():
+                return  # the caller has seen what it waited for: this request is never sent
+            sent += 1
             try:
                 async with session.post(
                     url, data=payloads[i], headers={"content-type": "application/json"}
@@ -233,7 +263,7 @@ async def _open_loop(
         await asyncio.gather(*tasks)
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {
-        "requests": n,
+        "requests": sent,
         "errors": errors,
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
@@ -245,6 +275,14 @@ async def _open_loop(
 
 def run_rate(url: str, bodies: Bodies, rate: float, seconds: float) -> dict[str, Any]:
     """One open-loop run, after the server has drained what an earlier (overloaded) run left queued."""
+    drain(url)
+    out = asyncio.run(_open_loop(url, bodies, rate, seconds))
+    out["load_average_1m"] = os.getloadavg()[0]
+    return out
+
+
+def drain(url: str) -> None:
+    """Wait until the server answers a probe promptly: what an overloaded run left queued is gone."""
     import httpx
 
     health = url.replace("/v1/recommendations", "/healthz")
@@ -258,9 +296,6 @@ def run_rate(url: str, bodies: Bodies, rate: float, seconds: float) -> dict[str,
             break
         time.sleep(1.0)
     time.sleep(1.0)
-    out = asyncio.run(_open_loop(url, bodies, rate, seconds))
-    out["load_average_1m"] = os.getloadavg()[0]
-    return out
 
 
 def sweep(name: str, url: str, bodies: Bodies, seconds: float) -> tuple[dict[str, Any], int]:
@@ -353,17 +388,39 @@ def hot_swap_under_load(
 
     from recflow.model_store import ModelStore
 
-    before = httpx.get(url.replace("/v1/recommendations", "/readyz")).json()["model_version"]
+    ready = url.replace("/v1/recommendations", "/readyz")
+    drain(url)
+    before = httpx.get(ready, timeout=60).json()["model_version"]
     pushed: dict[str, Any] = {}
 
-    async def push_later(start: float) -> None:
-        await asyncio.sleep(max(0.0, start - asyncio.get_running_loop().time()) + 3.0)
-        t0 = time.perf_counter()
-        result = await asyncio.to_thread(ModelStore(store_root).push, _parts(base), base / "evaluation")
-        pushed.update(version=result.version, push_seconds=time.perf_counter() - t0)
+    async def main() -> dict[str, Any]:
+        stop = asyncio.Event()
 
-    out = asyncio.run(_open_loop(url, bodies, rate, seconds, on_tick=push_later))
-    after = httpx.get(url.replace("/v1/recommendations", "/readyz")).json()["model_version"]
+        async def push_later(start: float) -> None:
+            # push 3 s into the load; keep the load on until the service answers with the new version
+            # (every worker: 10 probes in a row) and 5 s more, then stop sending
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, start - loop.time()) + 3.0)
+            t0 = time.perf_counter()
+            result = await asyncio.to_thread(ModelStore(store_root).push, _parts(base), base / "evaluation")
+            pushed.update(version=result.version, push_seconds=time.perf_counter() - t0)
+            streak = 0
+            async with httpx.AsyncClient(timeout=10) as client:
+                while streak < 10 and loop.time() < start + seconds - 6:
+                    try:
+                        r = await client.get(ready)
+                        streak = streak + 1 if r.json().get("model_version") == result.version else 0
+                    except httpx.HTTPError:
+                        streak = 0
+                    await asyncio.sleep(0.2)
+            pushed["swap_seconds"] = time.perf_counter() - t0
+            await asyncio.sleep(5.0)
+            stop.set()
+
+        return await _open_loop(url, bodies, rate, seconds, on_tick=push_later, stop=stop)
+
+    out = asyncio.run(main())
+    after = httpx.get(ready, timeout=60).json()["model_version"]
     return {
         "rate": rate,
         "seconds": seconds,
@@ -371,11 +428,167 @@ def hot_swap_under_load(
         "after": after,
         **pushed,
         "failed_requests": out["errors"],
+        "statuses": out["statuses"],
+        "load_average_1m": os.getloadavg()[0],
         "requests": out["requests"],
         "p99_ms": out["p99_ms"],
         "max_ms": out["max_ms"],
         "swapped": after == pushed.get("version"),
     }
+
+
+def build_million(base: Path, out: Path, seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """The 50k bundle with its catalog grown to :data:`MILLION` items and a faiss IVF index; returns the store
+    root and the build report (cached in ``out``)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
+    from recflow.model_store import ModelStore
+
+    store_root = out / "store"
+    if (out / "done.json").is_file():
+        return store_root, json.loads((out / "done.json").read_text())
+    t0 = time.perf_counter()
+    shutil.rmtree(out, ignore_errors=True)
+    parts = _parts(base)
+    model = out / "model"
+    shutil.copytree(parts["model"], model, ignore=shutil.ignore_patterns("index"))
+    items = pd.read_parquet(parts["model"] / "item_embeddings.parquet")
+    emb = np.stack(items["embedding"].to_numpy()).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    extra = MILLION - len(emb)
+    source = rng.integers(0, len(emb), extra)
+    noise = rng.normal(size=(extra, emb.shape[1])).astype(np.float32) * (0.3 * emb.std(axis=0))
+    all_emb = np.concatenate([emb, emb[source] + noise]).astype(np.float32)
+    ids = items["item_id"].astype(str).tolist() + [f"m{j:07d}" for j in range(extra)]
+    flat = pa.array(all_emb.reshape(-1))
+    pq.write_table(
+        pa.table({"item_id": pa.array(ids), "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])}),
+        model / "item_embeddings.parquet",
+    )
+    users = pd.read_parquet(parts["model"] / "user_embeddings.parquet")
+    queries = np.stack(users["embedding"].to_numpy()).astype(np.float32)
+    t1 = time.perf_counter()
+    config = CandidateIndexConfig(kind="ivf", ivf_lists=2048, ivf_nprobe=16, recall_ks=(10, 100), recall_queries=500)
+    index = build_index(ids, all_emb, config)
+    build_s = time.perf_counter() - t1
+    tried = {}
+    for nprobe in (128, 256, 512):  # the smallest scan that reaches the recall target
+        index.faiss_index.nprobe = nprobe
+        config = config.model_copy(update={"ivf_nprobe": nprobe})
+        report = measure_index_recall(index, queries, all_emb, config, seed=seed)
+        tried[nprobe] = report["index_recall@10"]
+        print(f"million: nprobe {nprobe} recall@10 {report['index_recall@10']:.4f}", flush=True)
+        if report["index_recall@10"] >= 0.97:
+            break
+    save_index(index, model / "index", report)
+    store = ModelStore(store_root)
+    result = store.push({"model": model, "policy": parts["policy"], "transform": parts["transform"]},
+                        base / "evaluation")
+    info = {"items": MILLION, "index": report, "recall@10_by_nprobe": tried, "index_build_seconds": build_s,
+            "version": result.version, "build_seconds": time.perf_counter() - t0}
+    (out / "done.json").write_text(json.dumps(info, indent=2))
+    return store_root, info
+
+
+def in_process_latency(store_root: Path, users: list[str], n: int = 500) -> dict[str, Any]:
+    """Median and p99 of ``Recommender.recommend`` on the store's champion, and what the bundle's index says."""
+    from serving.config import ServingConfig
+    from serving.recommender import Recommender, limit_threads
+
+    cfg = ServingConfig(online_learning=False, warm_explanations=False)
+    limit_threads(cfg)
+    t0 = time.perf_counter()
+    rec = Recommender.load(store_root, cfg)
+    load_s = time.perf_counter() - t0
+    bodies = Bodies(users, seed=1)
+    for i in range(50):
+        b = bodies(i)
+        rec.recommend(b["user_id"], b["context"], 10)
+    r = []
+    for i in range(n):
+        b = bodies(i)
+        s0 = time.perf_counter()
+        rec.recommend(b["user_id"], b["context"], 10)
+        r.append((time.perf_counter() - s0) * 1000)
+    out = {"load_seconds": load_s, "in_process_recommend_ms": float(np.median(r)),
+           "in_process_recommend_p99_ms": float(np.percentile(r, 99)),
+           "catalog_items": int(len(rec.champion.item_ids)), "index": rec.champion.index_report}
+    rec.close()
+    return out
+
+
+def explanations_and_api_equality(store_root: Path, port: int, env: dict[str, str], log: Path,
+                                  users: list[str], n_equal: int = 200, n_explain: int = 30) -> dict[str, Any]:
+    """A fresh service and a fresh in-process Recommender answer the same requests in the same order (same
+    items expected); then explanation latency after the service logged its background warm-up."""
+    import httpx
+
+    from serving.config import ServingConfig
+    from serving.recommender import Recommender, limit_threads
+
+    limit_threads(ServingConfig())  # as the service does: one BLAS thread, so sums are added in its order
+    rec = Recommender.load(store_root, ServingConfig(warm_explanations=False))
+    server = start_server(["-m", "recflow", "serve", "--models", str(store_root), "--port", str(port),
+                           "--feedback-dir", str(log.parent / "feedback-explain")], port, env, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        bodies = Bodies(users, seed=3)
+        same = 0
+        first_diff = None
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for i in range(n_equal):
+                b = bodies(i)
+                http_items = [it["item_id"] for it in client.post("/v1/recommendations", json=b).json()["items"]]
+                api_items = [it.item_id for it in rec.recommend(b["user_id"], b["context"], b["k"]).items]
+                same += http_items == api_items
+                if http_items != api_items and first_diff is None:
+                    first_diff = {"request": b, "http": http_items, "api": api_items}
+            deadline = time.monotonic() + 600
+            while '"explainer_warm"' not in log.read_text(errors="replace") and time.monotonic() < deadline:
+                time.sleep(1.0)
+            warmed = '"explainer_warm"' in log.read_text(errors="replace")
+            lat = []
+            for i in range(n_explain):
+                rid = client.post("/v1/recommendations", json=bodies(n_equal + i)).json()["request_id"]
+                s0 = time.perf_counter()
+                r = client.get(f"/v1/recommendations/{rid}/explanation")
+                lat.append((time.perf_counter() - s0) * 1000)
+                assert r.status_code == 200, r.text
+    finally:
+        stop_server(server)
+        rec.close()
+    return {"api_equals_http_requests": n_equal, "api_equals_http_same": same,
+            "api_equals_http": same == n_equal, "api_http_first_difference": first_diff,
+            "explainer_warmed_before_timing": warmed, "explanations": n_explain,
+            "explanation_p50_ms": float(np.median(lat)), "explanation_p99_ms": float(np.percentile(lat, 99))}
+
+
+def serve_args(store_root: Path, port: int, feedback: Path, workers: int) -> list[str]:
+    args = ["-m", "recflow", "serve", "--models", str(store_root), "--port", str(port),
+            "--feedback-dir", str(feedback)]
+    return args + (["--workers", str(workers)] if workers > 1 else [])
+
+
+def _pss_mb(pid: int) -> dict[str, float]:
+    """RSS and PSS (shared pages split between the processes sharing them) of a process and its children."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.is_file():
+        pids += [int(c) for c in children.read_text().split()]
+    out = {"rss_mb": 0.0, "pss_mb": 0.0, "processes": len(pids)}
+    for p in pids:
+        rollup = Path(f"/proc/{p}/smaps_rollup")
+        if not rollup.is_file():
+            continue
+        for line in rollup.read_text().splitlines():
+            if line.startswith("Rss:"):
+                out["rss_mb"] += int(line.split()[1]) / 1024
+            elif line.startswith("Pss:"):
+                out["pss_mb"] += int(line.split()[1]) / 1024
+    return out
 
 
 def main() -> None:
@@ -389,9 +602,10 @@ def main() -> None:
         / "serving-50k",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="Seconds of load per rate.")
+    parser.add_argument("--workers", type=int, default=1, help="Worker processes of the full service.")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--swap-only", action="store_true",
-                        help="Rerun only the hot swap under load and update it in an existing results file.")
+    parser.add_argument("--only", choices=("swap", "million", "explain"), default=None,
+                        help="Rerun one step and update it in an existing results file.")
     args = parser.parse_args()
     import pandas as pd
 
@@ -400,36 +614,66 @@ def main() -> None:
     users = pd.read_parquet(base / "model" / "user_embeddings.parquet", columns=["user_id"])[
         "user_id"
     ].tolist()
-    if args.swap_only:
-        env = {**os.environ, "RECFLOW_API_KEY": "bench"}
+    env = {**os.environ, "RECFLOW_API_KEY": "bench"}
+    results: dict[str, Any] = (
+        json.loads(args.out.read_text(encoding="utf-8")) if args.only and args.out.is_file() else {}
+    )
+
+    def save() -> None:
+        results["load_average_at_end"] = os.getloadavg()
+        results["targets"] = targets(results)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=float) + "\n", encoding="utf-8")
+
+    if args.only in (None, "explain"):
+        results.update(explanations_and_api_equality(store_root, _free_port(), env, base / "explain.log", users))
+        print({k: v for k, v in results.items() if k.startswith(("api_", "explan"))}, flush=True)
+        save()
+    if args.only in (None, "million"):
+        million_root, info = build_million(base, base.parent / "serving-1m")
+        block: dict[str, Any] = {"build": info, **in_process_latency(million_root, users)}
         port = _free_port()
-        full = start_server(["-m", "recflow", "serve", "--models", str(store_root), "--port", str(port),
-                             "--feedback-dir", str(base / "feedback")], port, env, base / "full.log")
+        server = start_server(serve_args(million_root, port, base / "feedback-1m", args.workers), port, env,
+                              base / "million.log", WARM, args.workers)
+        try:
+            load, best = sweep("million", f"http://127.0.0.1:{port}/v1/recommendations", Bodies(users),
+                               args.seconds)
+            block["memory"] = _pss_mb(server.pid)
+        finally:
+            stop_server(server)
+        index = block.get("index") or {}
+        block.update(load=load, max_rps=best, p99_ms_at_200rps=load["200"]["p99_ms"],
+                     recall_at_10_recorded=index.get("index_recall@10"),
+                     recall_at_10_at_load=index.get("load_recall@10"))
+        results["million_items"] = block
+        print({k: v for k, v in block.items() if k != "load"}, flush=True)
+        save()
+    if args.only == "swap":
+        port = _free_port()
+        full = start_server(serve_args(store_root, port, base / "feedback", args.workers), port, env,
+                            base / "full.log", WARM, args.workers)
         try:
             url = f"http://127.0.0.1:{port}/v1/recommendations"
             run_rate(url, Bodies(users), 50, 3)
-            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), 100, 25)
+            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
         finally:
             stop_server(full)
-        print(f"hot swap: {swap}", flush=True)
-        results = json.loads(args.out.read_text(encoding="utf-8"))
         results["hot_swap"] = swap
         results["hot_swap_failed_requests"] = swap["failed_requests"]
-        ok = swap["failed_requests"] == 0 and swap["swapped"]
-        results["targets"]["zero_failed_requests_during_hot_swap"] = ok
-        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        save()
+    if args.only is not None:
         return
+
     timings = in_process_timings(store_root, users)
     print(timings, flush=True)
-    env = {**os.environ, "RECFLOW_API_KEY": "bench"}
-    results: dict[str, Any] = {
-        "machine": f"{os.cpu_count()} cores (shared by servers and load client)",
-        "catalog_items": timings["catalog_items"],
+    results.update({
+        "machine": f"{os.cpu_count()} cores (shared by servers and load client, and other jobs)",
+        "load_average_at_start": os.getloadavg(),
         "seconds_per_rate": args.seconds,
         "p99_limit_ms": P99_LIMIT_MS,
+        "workers": args.workers,
         **timings,
-    }
-
+    })
     port = _free_port()
     bare = start_server(
         ["benchmarks/serving.py", "bare", str(base / "model"), str(port)], port, env, base / "bare.log"
@@ -443,48 +687,57 @@ def main() -> None:
         stop_server(bare)
     results["baseline"] = baseline
     results["baseline_max_rps"] = baseline_max
+    save()
 
     port = _free_port()
     shutil.rmtree(base / "feedback", ignore_errors=True)
-    full = start_server(
-        [
-            "-m",
-            "recflow",
-            "serve",
-            "--models",
-            str(store_root),
-            "--port",
-            str(port),
-            "--feedback-dir",
-            str(base / "feedback"),
-        ],
-        port,
-        env,
-        base / "full.log",
-    )
+    full = start_server(serve_args(store_root, port, base / "feedback", args.workers), port, env,
+                        base / "full.log", WARM, args.workers)
     url = f"http://127.0.0.1:{port}/v1/recommendations"
     try:
         load, best = sweep("full", url, Bodies(users), args.seconds)
         results["service_rss_mb"] = _rss_mb(full.pid)
-        swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), 100, 25)
+        results["service_memory"] = _pss_mb(full.pid)
+        results["load"] = load
+        results["max_rps"] = best
+        results["max_rps_vs_baseline"] = best / baseline_max if baseline_max else None
+        save()
+        swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
         print(f"hot swap: {swap}", flush=True)
     finally:
         stop_server(full)
-    results["load"] = load
-    results["max_rps"] = best
-    results["max_rps_vs_baseline"] = best / baseline_max if baseline_max else None
     results["hot_swap"] = swap
     results["hot_swap_failed_requests"] = swap["failed_requests"]
-    r200 = load["200"]
-    results["targets"] = {
-        "p99_at_200rps_le_15ms": r200["p99_ms"] <= 15.0 and r200["errors"] == 0,
-        "max_rps_ge_80pct_of_baseline": bool(baseline_max and best >= 0.8 * baseline_max),
-        "zero_failed_requests_during_hot_swap": swap["failed_requests"] == 0 and swap["swapped"],
-    }
-    results["load_average_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    save()
     print(json.dumps(results["targets"]), f"max_rps={best} baseline_max_rps={baseline_max}")
+
+
+def targets(results: dict[str, Any]) -> dict[str, bool | None]:
+    """The issue's done-when figures, from what this run measured (None: not measured)."""
+    def get(*keys: str) -> Any:
+        node: Any = results
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                return None
+            node = node[k]
+        return node
+
+    r200 = get("load", "200")
+    swap = get("hot_swap")
+    million = get("million_items")
+    base, best = get("baseline_max_rps"), get("max_rps")
+    return {
+        # None when the baseline passed no rate at all (saturated by the machine's load): nothing to compare with
+        "max_rps_ge_baseline": None if not base or best is None else best >= base,
+        "p99_at_200rps_le_15ms": None if r200 is None else r200["p99_ms"] <= 15.0 and r200["errors"] == 0,
+        "hot_swap_zero_failed_and_p99_le_50ms_at_150rps": None if swap is None else bool(
+            swap["failed_requests"] == 0 and swap["swapped"] and swap["p99_ms"] <= 50.0 and swap["rate"] >= 150),
+        "million_items_recall_at_10_ge_0.95": None if million is None else bool(
+            (million.get("recall_at_10_at_load") or 0) >= 0.95),
+        "explanation_p99_le_500ms": None if get("explanation_p99_ms") is None
+        else results["explanation_p99_ms"] <= 500.0,
+        "python_api_equals_http": get("api_equals_http"),
+    }
 
 
 if __name__ == "__main__":

@@ -14,6 +14,16 @@ class ServingConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="Interface the HTTP server binds to (0.0.0.0 in a container).")
     port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Worker processes behind the port (recflow serve): each has its own event loop and models, "
+        "the bundle's arrays are shared memory-mapped, and new champions are rolled in by starting new workers "
+        "(docs/serving.md: about one per core; 1 keeps the in-process hot swap).",
+    )
+    worker_start_timeout_s: float = Field(
+        600.0, gt=0.0, description="How long a new worker may take to load its bundle and answer (workers > 1)."
+    )
     feedback_dir: Path | None = Field(
         None, description="Directory of the feedback log segments (default: DATA_DIR/feedback)."
     )
@@ -27,6 +37,28 @@ class ServingConfig(BaseModel):
     )
     retrieval_candidates: int = Field(
         100, ge=1, description="Items retrieval hands to the ranking model (exact top-M by inner product)."
+    )
+    ann_index: bool = Field(
+        True,
+        description="Retrieve through the bundle's approximate index (model/index/, faiss IVF or HNSW, written by "
+        "the trainer with trainer.index.kind) when it has one; an exact (brute_force) index is never used: numpy "
+        "over the embedding matrix is exact and as fast.",
+    )
+    min_index_recall: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="Refuse a bundle whose approximate index finds less than this share of the exact top-10: both "
+        "the recall@10 recorded in its index.json and the recall re-measured at load must reach it.",
+    )
+    index_check_queries: int = Field(
+        200, ge=1, description="Known users' query vectors (seeded sample) the index recall is re-measured on at load."
+    )
+    ann_overfetch: int = Field(
+        4,
+        ge=1,
+        description="With the approximate index, a cold start (whose score adds a popularity prior to the inner "
+        "product) fetches this many times retrieval_candidates and re-scores them exactly.",
     )
     ranked_candidates: int = Field(
         30, ge=1, description="Best-ranked items the policy chooses the slate from."
@@ -118,5 +150,22 @@ class ServingConfig(BaseModel):
     )
     tf_inter_op_threads: int | None = Field(
         2, ge=1, description="TensorFlow inter-op threads of the serving process (None: TF's default)."
+    )
+    warm_explanations: bool = Field(
+        True,
+        description="Explain one slate in the background after a bundle is loaded (and before a new one is swapped "
+        "in), so the first explanation request does not pay for importing SHAP and building the explainer.",
+    )
+    log_level: str = Field(
+        "INFO",
+        pattern=r"^(?i:DEBUG|INFO|WARNING|ERROR|OFF)$",
+        description="Level of the service's JSON log lines on stderr (`recflow serve`): swaps, rollbacks, "
+        "rejections, shutdown, warnings.",
+    )
+    access_log_level: str = Field(
+        "INFO",
+        pattern=r"^(?i:DEBUG|INFO|WARNING|ERROR|OFF)$",
+        description="Level of the one JSON line per request (id, user, variant, model version, latency, status): "
+        "logged when at or above log_level (DEBUG with log_level INFO hides them; OFF never logs them).",
     )
     seed: int = Field(0, description="Seed of exploration and of the SHAP background sample.")

@@ -3,22 +3,26 @@
 Endpoints: ``POST /v1/recommendations``, ``POST /v1/feedback`` (API key), ``GET
 /v1/recommendations/{request_id}/explanation``, ``POST /v1/admin/reload`` and ``POST /v1/admin/rollback`` (API
 key), ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus) and ``/openapi.json``. Every error is a JSON body
-with a 4xx status (``{"error": ..., "detail": ...}``); request bodies are size-limited.
+with a 4xx status (``{"error": ..., "detail": ...}``); request bodies are size-limited. Every request is logged as
+one JSON line (``recflow.access``; see :mod:`serving.logs`).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -27,10 +31,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NaiveDatetime
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recflow.errors import RecflowError
+from serving.logs import ACCESS_LOGGER, level_number, log_event
 from serving.recommender import Recommender
 
 API_KEY_ENV = "RECFLOW_API_KEY"
@@ -132,11 +138,64 @@ class FeedbackResponse(BaseModel):
     accepted: int
 
 
+class ErrorBody(BaseModel):
+    """Every error response: a short machine-readable kind and a human-readable detail."""
+
+    error: str = Field(description="invalid_request, http_error, bad_request or payload_too_large.")
+    detail: Any = Field(description="What was wrong (for invalid_request: a list of {loc, msg}).")
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {
+        400: "The request was well-formed but cannot be served (e.g. every item excluded).",
+        401: "Missing or wrong API key, or the server has none configured.",
+        404: "Unknown or expired request id.",
+        409: "The operation does not apply to this service.",
+        413: "The body is larger than serving.max_body_bytes.",
+        422: "The body failed validation; detail lists each problem with its location.",
+    }
+    return {code: {"model": ErrorBody, "description": what[code]} for code in codes}
+
+
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="ApiKey", description=f"The server's ${API_KEY_ENV}."
+)
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="Bearer", description=f"Authorization: Bearer <${API_KEY_ENV}>."
+)
+
+
+class _ServiceCollector:
+    """Counters and gauges read from the recommender at scrape time (the live one, across hot swaps)."""
+
+    def __init__(self, recommender_ref: Callable[[], Recommender]) -> None:
+        self.ref = recommender_ref
+
+    def collect(self) -> Any:
+        rec = self.ref()
+        yield GaugeMetricFamily(
+            "recflow_feedback_learner_lag_events",
+            "Feedback events not yet learned by the online policy",
+            value=rec.learner_lag(),
+        )
+        yield GaugeMetricFamily(
+            "recflow_feedback_log_age_seconds",
+            "Seconds since the last feedback append (-1: none yet)",
+            value=_age(rec),
+        )
+
+
 class Metrics:
-    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+    """The service's Prometheus metrics, in a registry of its own (one per app).
+
+    With several workers (``PROMETHEUS_MULTIPROC_DIR`` set by ``recflow serve --workers``) the counters and the
+    histogram are summed over the workers by prometheus_client's multiprocess collector; the two gauges read at
+    scrape time (learner lag, log age) are the scraped worker's own.
+    """
 
     def __init__(self, recommender_ref: Callable[[], Recommender]) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.requests = Counter(
             "recflow_http_requests_total",
             "HTTP requests by endpoint and status",
@@ -152,42 +211,55 @@ class Metrics:
         )
         self.model = Gauge(
             "recflow_model_version_info",
-            "Model version served per variant (value 1)",
+            "Model version served per variant (value 1; with several workers, one series per worker pid)",
             ["variant", "version"],
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
-        ref = recommender_ref
-        Gauge(
-            "recflow_feedback_events_total", "Feedback events appended to the log", registry=self.registry
-        ).set_function(lambda: ref().feedback_events)
-        Gauge(
-            "recflow_feedback_learner_lag_events",
-            "Feedback events not yet learned by the online policy",
+        self.feedback = Counter(
+            "recflow_feedback_events",
+            "Feedback events appended to the log, by A/B variant and event type ('unattributed': no known request "
+            "id); the click rate is rate(clicks) / rate(impressions) in PromQL",
+            ["variant", "event_type"],
             registry=self.registry,
-        ).set_function(lambda: ref().learner_lag())
-        Gauge(
-            "recflow_feedback_log_age_seconds",
-            "Seconds since the last feedback append (-1: none yet)",
-            registry=self.registry,
-        ).set_function(lambda: _age(ref()))
-        Gauge(
-            "recflow_ctr_5m",
-            "Clicks per impression in the last 5 minutes (NaN without impressions)",
-            registry=self.registry,
-        ).set_function(lambda: ref().click_through_rate(300.0))
-        Gauge("recflow_model_swaps_total", "Hot swaps done", registry=self.registry).set_function(
-            lambda: ref().swaps
         )
-        Gauge(
-            "recflow_model_rejected_total",
-            "Model versions rejected at load or warm-up",
-            registry=self.registry,
-        ).set_function(lambda: len(ref().rejected_versions))
+        self.model_events = {
+            "swap": Counter("recflow_model_swaps", "Hot swaps done", registry=self.registry),
+            "rollback": Counter("recflow_model_rollbacks", "Rollbacks done", registry=self.registry),
+            "swap_rejected": Counter(
+                "recflow_model_rejected", "Model versions rejected at load or warm-up", registry=self.registry
+            ),
+        }
+        self._shown: set[tuple[str, str]] = set()
+        service = _ServiceCollector(recommender_ref)
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition)
+            self.exposition.register(service)  # type: ignore[arg-type]
+        else:
+            self.registry.register(service)  # type: ignore[arg-type]
+            self.exposition = self.registry
+
+    def count_feedback(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            self.feedback.labels(str(r.get("variant") or "unattributed"), str(r["event_type"])).inc()
+
+    def count_model_event(self, event: str) -> None:
+        if event in self.model_events:
+            self.model_events[event].inc()
 
     def refresh_versions(self, rec: Recommender) -> None:
-        self.model.clear()
-        for name, variant in rec.variants.items():
-            self.model.labels(name, variant.bundle.version).set(1)
+        shown = {(name, variant.bundle.version) for name, variant in rec.variants.items()}
+        for labels in self._shown - shown:
+            if self.multiprocess:
+                self.model.labels(*labels).set(0)  # a multiprocess gauge's series cannot be removed
+            else:
+                self.model.remove(*labels)
+        for labels in shown:
+            self.model.labels(*labels).set(1)
+        self._shown = shown
 
 
 def _age(rec: Recommender) -> float:
@@ -199,25 +271,35 @@ def _error(status: int, error: str, detail: Any) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": error, "detail": detail})
 
 
-def create_app(recommender: Recommender, *, api_key: str | None = None, watch: bool = True) -> FastAPI:
+def create_app(
+    recommender: Recommender, *, api_key: str | None = None, watch: bool = True, warm_explanations: bool = True
+) -> FastAPI:
     """The FastAPI app serving ``recommender``. ``api_key`` defaults to ``$RECFLOW_API_KEY``; without one the
-    write and admin endpoints answer 401 (they are never open by accident)."""
+    write and admin endpoints answer 401 (they are never open by accident). ``watch``: hot-swap new champions of
+    the store; ``warm_explanations``: explain one slate in the background at start-up (when
+    ``serving.warm_explanations``)."""
     config = recommender.config
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if key is None:
+        log_event(
+            "no_api_key",
+            logging.WARNING,
+            detail=f"{API_KEY_ENV} is not set: POST /v1/feedback and the admin endpoints will answer 401 "
+            f"to every request; export {API_KEY_ENV}=<secret> before starting the service",
+        )
     state = {"rec": recommender}
     metrics = Metrics(lambda: state["rec"])
     metrics.refresh_versions(recommender)
+    recommender.on_event = metrics.count_model_event
     app = FastAPI(title="recflow recommendations", version="1", description=__doc__)
     app.state.recommender = recommender
     app.state.metrics = metrics
 
     def check_key(
-        x_api_key: Annotated[str | None, Header()] = None,
-        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: Annotated[str | None, Security(API_KEY_HEADER)] = None,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
     ) -> None:
-        given = x_api_key or (
-            authorization[7:] if authorization and authorization.startswith("Bearer ") else None
-        )
+        given = x_api_key or (bearer.credentials if bearer is not None else None)
         if key is None:
             raise HTTPException(
                 401, f"this endpoint needs an API key and the server has none: set {API_KEY_ENV}"
@@ -225,12 +307,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
         if given is None or not hmac.compare_digest(given.encode(), key.encode()):
             raise HTTPException(401, "missing or wrong API key (X-API-Key header or Authorization: Bearer)")
 
-    def check_read_key(
-        x_api_key: Annotated[str | None, Header()] = None,
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> None:
-        if config.require_key_for_reads:
-            check_key(x_api_key, authorization)
+    read_deps = [Depends(check_key)] if config.require_key_for_reads else []
+    read_errors = (401,) if config.require_key_for_reads else ()
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -246,16 +324,24 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
         return _error(400, "bad_request", str(exc))
 
     @app.post(
-        "/v1/recommendations", response_model=RecommendationResponse, dependencies=[Depends(check_read_key)]
+        "/v1/recommendations",
+        response_model=RecommendationResponse,
+        dependencies=read_deps,
+        responses=_responses(400, *read_errors, 413, 422),
     )
-    async def recommend(body: RecommendationRequest) -> dict[str, Any]:
+    async def recommend(body: RecommendationRequest, request: Request) -> dict[str, Any]:
         # A few milliseconds of CPU: run it on the event loop rather than pay a thread hop per request.
         rec = state["rec"]
+        access = request.scope.get(ACCESS_KEY)
+        if access is not None:
+            access["user_id"] = body.user_id
         if body.k > config.max_k:
             raise HTTPException(422, f"k: at most {config.max_k}")
         ctx = body.context.model_dump(exclude_none=True) if body.context else None
         history = [h if isinstance(h, str) else h.model_dump(exclude_none=True) for h in body.history]
         out = rec.recommend(body.user_id, ctx, body.k, history or None, body.exclude or None)
+        if access is not None:
+            access.update(request_id=out.request_id, variant=out.variant, model_version=out.model_version)
         result = out.to_dict()
         for item in result["items"]:
             for field in ("score", "click_probability"):
@@ -263,32 +349,41 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
                     item[field] = 0.0
         return result
 
-    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=[Depends(check_key)])
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        dependencies=[Depends(check_key)],
+        responses=_responses(400, 401, 413, 422),
+    )
     async def feedback(body: FeedbackRequest) -> dict[str, int]:
         events = [e.model_dump(exclude_none=True) for e in body.events]
         rows = await run_in_threadpool(state["rec"].record_feedback, events)
+        metrics.count_feedback(rows)
         return {"accepted": len(rows)}
 
-    @app.get("/v1/recommendations/{request_id}/explanation", dependencies=[Depends(check_read_key)])
+    @app.get(
+        "/v1/recommendations/{request_id}/explanation",
+        dependencies=read_deps,
+        responses=_responses(*read_errors, 404),
+    )
     def explanation(request_id: str) -> dict[str, Any]:
         try:
             return state["rec"].explain(request_id)
         except KeyError:
             raise HTTPException(404, f"request {request_id!r} is unknown or too old to explain") from None
 
-    @app.post("/v1/admin/reload", dependencies=[Depends(check_key)])
+    @app.post("/v1/admin/reload", dependencies=[Depends(check_key)], responses=_responses(401))
     def reload() -> dict[str, str]:
         outcome = state["rec"].check_for_new_champion()
         metrics.refresh_versions(state["rec"])
         return {"outcome": outcome, "model_version": state["rec"].champion.version}
 
-    @app.post("/v1/admin/rollback", dependencies=[Depends(check_key)])
+    @app.post("/v1/admin/rollback", dependencies=[Depends(check_key)], responses=_responses(401, 409))
     def rollback() -> dict[str, str]:
         rec = state["rec"]
         if rec.store is None:
             raise HTTPException(409, "this service was not started from a model store")
-        rec.store.rollback()
-        outcome = rec.check_for_new_champion()
+        outcome = rec.rollback()
         metrics.refresh_versions(rec)
         return {"outcome": outcome, "model_version": rec.champion.version}
 
@@ -310,15 +405,25 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, watch: b
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
         metrics.refresh_versions(state["rec"])
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     @app.on_event("startup")
     def start_background() -> None:
         if watch:
             recommender.start_watcher()
+        if warm_explanations and config.warm_explanations:
+            recommender.start_explainer_warmup()
 
-    app.add_middleware(MeasureAndLimit, metrics=metrics, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        MeasureAndLimit,
+        metrics=metrics,
+        max_body_bytes=config.max_body_bytes,
+        access_level=level_number(config.access_log_level),
+    )
     return app
+
+
+ACCESS_KEY = "recflow.access"  # the scope entry the handler fills with what the access log line reports
 
 
 class MeasureAndLimit:
@@ -327,10 +432,14 @@ class MeasureAndLimit:
     (Starlette's ``BaseHTTPMiddleware`` costs about a millisecond per request; this costs microseconds.)
     """
 
-    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: Any, metrics: Metrics, max_body_bytes: int, access_level: int = logging.INFO
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.access_level = access_level
+        self.access_log = logging.getLogger(ACCESS_LOGGER)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -338,6 +447,8 @@ class MeasureAndLimit:
             return
         start = time.perf_counter()
         status = {"code": 500}
+        access: dict[str, Any] = {}
+        scope[ACCESS_KEY] = access
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         limit = self.max_body_bytes
@@ -371,8 +482,21 @@ class MeasureAndLimit:
             await response(scope, receive, send_wrapper)
         route = scope.get("route")
         labels = (getattr(route, "path", "unmatched"), scope.get("method", ""), str(status["code"]))
+        elapsed = time.perf_counter() - start
         self.metrics.requests.labels(*labels).inc()
-        self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+        self.metrics.latency.labels(*labels).observe(elapsed)
+        if self.access_log.isEnabledFor(self.access_level):
+            log_event(
+                "request",
+                self.access_level,
+                ACCESS_LOGGER,
+                request_id=access.pop("request_id", None) or uuid.uuid4().hex,
+                method=labels[1],
+                endpoint=labels[0],
+                status=status["code"],
+                latency_ms=round(elapsed * 1000.0, 3),
+                **access,
+            )
 
 
 class _BodyTooLarge(Exception):

@@ -4,7 +4,10 @@ A pushed bundle (see :mod:`recflow.model_store`) holds ``model/`` (TFRS retrieva
 their embeddings), ``policy/`` (the TF-Agents policy) and ``transform/`` (catalog, vocabularies). Calling a
 SavedModel costs milliseconds, so the request path here is numpy wherever that is exact:
 
-* retrieval: a user vector against the item embedding matrix, exact top-M by ``np.argpartition``. With a
+* retrieval: a user vector against the item embedding matrix, exact top-M by ``np.argpartition`` -- or, when the
+  bundle carries an approximate index (``model/index/``, faiss IVF or HNSW; a million-item catalog), top-M from
+  the index, whose recall@10 against exact search is recorded in its ``index.json`` and re-measured at load
+  (:func:`load_ann_index`); a bundle below ``serving.min_index_recall`` is refused. With a
   sequence model (``sequence_encoder.npz`` in ``model/``) the user vector is the sequence encoder's state of the
   user's history, computed in numpy per request (:func:`recflow.models.sequence.numpy_user_state`) from the
   request's history or the stored one (``user_history.parquet``) plus feedback; with the two-tower model it is
@@ -41,14 +44,106 @@ from serving.history import HistoryEntry
 CONTEXT_FIELDS: tuple[str, ...] = ("hour", "weekday", "device", "region")
 
 
-def _matrix(frame: pd.DataFrame, id_column: str) -> tuple[np.ndarray, np.ndarray]:
-    ids = frame[id_column].astype(str).to_numpy(dtype=object)
-    mat = (
-        np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
-        if len(frame)
-        else np.zeros((0, 0))
-    )
-    return ids, np.ascontiguousarray(mat, dtype=np.float32)
+def _matrix(path: Path, id_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and the ``[n, D]`` float32 matrix of an embeddings parquet file (``id``, ``embedding`` list column).
+
+    The list column is flattened by Arrow in one step (a million rows in well under a second), not row by row.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=[id_column, "embedding"])
+    ids = np.asarray(table.column(id_column).to_pylist(), dtype=object).astype(str).astype(object)
+    n = table.num_rows
+    if n == 0:
+        return ids, np.zeros((0, 0), np.float32)
+    column = table.column("embedding").combine_chunks()
+    values = column.flatten() if isinstance(column, pa.ListArray | pa.LargeListArray | pa.FixedSizeListArray) \
+        else column.values
+    flat = values.to_numpy(zero_copy_only=False)
+    if flat.size % n:
+        raise DataError(f"{path}: embeddings of different lengths")
+    return ids, np.ascontiguousarray(flat.reshape(n, flat.size // n), dtype=np.float32)
+
+
+SHARED_ARRAYS = ("item_matrix", "user_matrix", "policy_item_matrix", "item_log_popularity", "item_price")
+
+
+def shared_arrays(root: Path, version: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` memory-mapped read-only from ``.npy`` files, so that every worker process serving this bundle
+    shares one copy of them in the page cache.
+
+    The files live in ``<tmp>/recflow-arrays/<key>/`` where the key is a hash of the bundle's path, version and
+    embedding files' size and time; the first process writes them (atomically, into a fresh directory renamed
+    into place), the others map what is there.
+    """
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    stamp = [str(Path(root).resolve()), version]
+    for name in ("item_embeddings.parquet", "user_embeddings.parquet"):
+        st = (Path(root) / "model" / name).stat()
+        stamp += [str(st.st_size), str(st.st_mtime_ns)]
+    key = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:20]
+    cache = Path(tempfile.gettempdir()) / "recflow-arrays"
+    final = cache / key
+    if not all((final / f"{n}.npy").is_file() for n in arrays):
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
+        for name, arr in arrays.items():
+            np.save(staging / f"{name}.npy", np.ascontiguousarray(arr))
+        try:
+            os.rename(staging, final)
+        except OSError:  # another worker got there first: use its files
+            shutil.rmtree(staging, ignore_errors=True)
+    return {n: np.load(final / f"{n}.npy", mmap_mode="r") for n in arrays}
+
+
+def load_ann_index(
+    model_dir: Path,
+    item_ids: np.ndarray,
+    item_matrix: np.ndarray,
+    queries: np.ndarray,
+    min_recall: float,
+    check_queries: int,
+) -> tuple[Any, dict[str, Any]]:
+    """The bundle's approximate candidate index (None for none or an exact one) and its recall report.
+
+    Refuses (:class:`DataError`) an index whose rows are not the bundle's items, whose recorded recall@10
+    against exact search (``index.json``, written by the trainer) is below ``min_recall``, or whose recall
+    re-measured here on ``check_queries`` of ``queries`` (known users' vectors, seeded sample) is below it.
+    """
+    from recflow.index import load_index, read_index_report, recall_against_exact
+
+    report = read_index_report(model_dir)
+    if not report or report.get("kind", "brute_force") == "brute_force":
+        return None, report
+    where = model_dir / "index"
+    recorded = report.get("index_recall@10")
+    if recorded is None or not recorded >= min_recall:
+        raise DataError(
+            f"{where}: the {report['kind']} index records recall@10 {recorded} against exact search, below "
+            f"serving.min_index_recall {min_recall}",
+            hint="rebuild it with a wider search (trainer.index.ef_search / ivf_nprobe) or serve exact search "
+            "(serving.ann_index=false)",
+        )
+    index = load_index(where)
+    if len(index.item_ids) != len(item_ids) or any(a != b for a, b in zip(index.item_ids, item_ids, strict=True)):
+        raise DataError(f"{where}: the index's items are not the rows of item_embeddings.parquet")
+    q = np.asarray(queries, np.float32)
+    if len(q) == 0:  # no known users: probe with items' own vectors
+        q = item_matrix
+    if len(q) > check_queries:
+        q = q[np.sort(np.random.default_rng(0).choice(len(q), check_queries, replace=False))]
+    measured = recall_against_exact(index, q, item_matrix, 10)
+    if not measured >= min_recall:
+        raise DataError(
+            f"{where}: recall@10 re-measured at load is {measured:.3f} (recorded {recorded:.3f}), below "
+            f"serving.min_index_recall {min_recall}"
+        )
+    return index, {**report, "load_recall@10": measured, "load_check_queries": int(len(q))}
 
 
 class NumpyRewardNetwork:
@@ -189,6 +284,8 @@ class ServingBundle:
     reward_network: NumpyRewardNetwork | None
     feature_spec: dict[str, Any]
     sequence: SequenceState | None = None
+    ann_index: Any = None  # recflow.index.CandidateIndex (approximate) or None: exact numpy retrieval
+    index_report: dict[str, Any] | None = None  # index.json plus the recall measured at load
 
     def __post_init__(self) -> None:
         self.item_index = {str(i): n for n, i in enumerate(self.item_ids)}
@@ -197,9 +294,24 @@ class ServingBundle:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(
-        cls, path: str | Path, version: str = "local", *, verify_numpy_policy: bool = True
+        cls,
+        path: str | Path,
+        version: str = "local",
+        *,
+        verify_numpy_policy: bool = True,
+        ann_index: bool = False,
+        min_index_recall: float = 0.95,
+        index_check_queries: int = 200,
+        share_arrays: bool = False,
     ) -> ServingBundle:
-        """Load the bundle directory ``path``; a missing or broken part raises :class:`DataError`."""
+        """Load the bundle directory ``path``; a missing or broken part raises :class:`DataError`.
+
+        ``share_arrays``: memory-map the large arrays from files shared by every process serving this bundle
+        (:func:`shared_arrays`; the worker processes of ``recflow serve --workers``).
+
+        ``ann_index``: retrieve through the bundle's approximate index when it has one (checked by
+        :func:`load_ann_index` against ``min_index_recall`` on ``index_check_queries`` queries).
+        """
         import tensorflow as tf
 
         from recflow.policy.scorer import load_policy
@@ -212,8 +324,8 @@ class ServingBundle:
                 )
         model = root / "model"
         try:
-            item_ids, item_matrix = _matrix(pd.read_parquet(model / "item_embeddings.parquet"), "item_id")
-            user_ids, user_matrix = _matrix(pd.read_parquet(model / "user_embeddings.parquet"), "user_id")
+            item_ids, item_matrix = _matrix(model / "item_embeddings.parquet", "item_id")
+            user_ids, user_matrix = _matrix(model / "user_embeddings.parquet", "user_id")
             contexts = pd.read_parquet(model / "user_context.parquet")
             default_context = json.loads((model / "default_context.json").read_text(encoding="utf-8"))
             spec = json.loads((root / "transform" / "feature_spec.json").read_text(encoding="utf-8"))
@@ -232,6 +344,11 @@ class ServingBundle:
         except Exception as exc:  # noqa: BLE001 - any unreadable part makes the bundle unusable
             raise DataError(f"{root}: cannot load the bundle: {type(exc).__name__}: {exc}") from None
         item_ids = item_ids.astype(str).astype(object)
+        index, index_report = (
+            load_ann_index(model, item_ids, item_matrix, user_matrix, min_index_recall, index_check_queries)
+            if ann_index
+            else (None, None)
+        )
         cand = (
             candidates.assign(item_id=candidates["item_id"].astype(str))
             .set_index("item_id")
@@ -253,6 +370,17 @@ class ServingBundle:
         if scorer.agent == "neural_epsilon_greedy":
             network = NumpyRewardNetwork(
                 scorer.policy.model_variables, scorer.layout.global_dim, scorer.layout.arm_dim
+            )
+        if share_arrays:
+            mapped = shared_arrays(
+                root,
+                version,
+                {"item_matrix": item_matrix, "user_matrix": user_matrix, "policy_item_matrix": policy_items,
+                 "item_log_popularity": log_pop, "item_price": price},
+            )
+            item_matrix, user_matrix = mapped["item_matrix"], mapped["user_matrix"]
+            policy_items, log_pop, price = (
+                mapped["policy_item_matrix"], mapped["item_log_popularity"], mapped["item_price"]
             )
         ctx_cols = [c for c in CONTEXT_FIELDS if c in contexts.columns]
         user_context = {
@@ -279,6 +407,8 @@ class ServingBundle:
             reward_network=network,
             feature_spec=spec,
             sequence=sequence,
+            ann_index=index,
+            index_report=index_report,
         )
         if network is not None and verify_numpy_policy and not bundle.numpy_policy_matches():
             bundle.reward_network = (
@@ -304,7 +434,11 @@ class ServingBundle:
             mask = mask if mask.any() else np.ones(self.trained_items, bool)
             emb.append(self.item_matrix[: self.trained_items][mask].mean(axis=0))
             pemb.append(self.policy_item_matrix[: self.trained_items][mask].mean(axis=0))
-        self.item_ids = np.concatenate([self.item_ids, new["item_id"].astype(str).to_numpy(object)])
+        new_ids = new["item_id"].astype(str).to_numpy(object)
+        if self.ann_index is not None:  # the index's rows stay the bundle's rows
+            self.ann_index.faiss_index.add(np.ascontiguousarray(np.stack(emb), np.float32))
+            self.ann_index.item_ids.extend(str(i) for i in new_ids)
+        self.item_ids = np.concatenate([self.item_ids, new_ids])
         self.item_matrix = np.ascontiguousarray(np.vstack([self.item_matrix, np.stack(emb)]), np.float32)
         self.policy_item_matrix = np.vstack([self.policy_item_matrix, np.stack(pemb)]).astype(np.float32)
         self.item_log_popularity = np.concatenate(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import time
 from pathlib import Path
 
 import click
@@ -42,6 +46,10 @@ def _store_root(state: CliState, models: str | None) -> str:
 )
 @click.option("--challenger", default=None, help="Model version to A/B test against the champion.")
 @click.option("--challenger-share", type=float, default=None, help="Share of users served the challenger.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help="Worker processes sharing the port (default: serving.workers; see docs/serving.md for how many).",
+)
 @pass_state
 def serve(
     state: CliState,
@@ -52,14 +60,12 @@ def serve(
     catalog: Path | None,
     challenger: str | None,
     challenger_share: float | None,
+    workers: int | None,
 ) -> None:
     """Serve recommendations over HTTP from the champion bundle of a model store (hot-swapped on push)."""
-    import pandas as pd
-    import uvicorn
+    from serving.logs import configure_logging, silence_library_warnings
 
-    from serving.app import create_app
-    from serving.recommender import Recommender, limit_threads
-
+    silence_library_warnings()
     cfg = serving_config(state)
     updates = {
         k: v
@@ -68,22 +74,102 @@ def serve(
             "port": port,
             "challenger": challenger,
             "challenger_share": challenger_share,
+            "workers": workers,
         }.items()
         if v is not None
     }
     cfg = cfg.model_copy(update=updates)
-    fb_dir = feedback_dir or cfg.feedback_dir or state.config.paths.data_dir / "feedback"
-    items = pd.read_parquet(catalog) if catalog else None
-    root = _store_root(state, models)
-    limit_threads(cfg)
-    click.echo(f"loading the champion of {root} ...")
-    rec = Recommender.load(root, cfg, feedback_dir=fb_dir, catalog=items)
-    click.echo(
-        f"serving model {rec.champion.version} on http://{cfg.host}:{cfg.port} (feedback log: {fb_dir})"
-    )
+    configure_logging(cfg.log_level)
+    # The port first: a taken port is an error now, not after a minute of loading the model.
+    sock = bind_socket(cfg.host, cfg.port)
     try:
-        uvicorn.run(create_app(rec), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+        _serve(state, cfg, sock, models, feedback_dir, catalog)
     finally:
+        sock.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; a clear :class:`click.ClickException` when it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (another process holds the port? "
+            "choose another with --port or serving.port)"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(
+    state: CliState,
+    cfg: ServingConfig,
+    sock: socket.socket,
+    models: str | None,
+    feedback_dir: Path | None,
+    catalog: Path | None,
+) -> None:
+    import logging
+
+    from serving.logs import log_event, quiet_imports
+
+    api_key_env = "RECFLOW_API_KEY"  # serving.app.API_KEY_ENV, without importing the app into the parent
+    if not os.environ.get(api_key_env):
+        click.echo(
+            f"warning: {api_key_env} is not set, so POST /v1/feedback and the admin endpoints will refuse "
+            f"every request (401); export {api_key_env}=<secret> to accept feedback",
+            err=True,
+        )
+    fb_dir = feedback_dir or cfg.feedback_dir or state.config.paths.data_dir / "feedback"
+    root = _store_root(state, models)
+    if cfg.workers > 1:
+        from serving.workers import serve_workers
+
+        log_event("startup", url=f"http://{cfg.host}:{cfg.port}", workers=cfg.workers, feedback_dir=str(fb_dir),
+                  pid=os.getpid())
+        click.echo(f"serving {root} with {cfg.workers} workers on http://{cfg.host}:{cfg.port}", err=True)
+        serve_workers(sock, cfg.workers, root, cfg, Path(fb_dir), catalog)
+        return
+    quiet_imports()  # TensorFlow's CUDA probe lines, tf_agents' SyntaxWarning, Gym's banner
+    import pandas as pd
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.recommender import Recommender, limit_threads
+
+    items = pd.read_parquet(catalog) if catalog else None
+    limit_threads(cfg)
+    click.echo(f"loading the champion of {root} ...", err=True)
+    started = time.perf_counter()
+    rec = Recommender.load(root, cfg, feedback_dir=fb_dir, catalog=items)
+    log_event(
+        "model_loaded",
+        version=rec.champion.version,
+        items=len(rec.champion.item_ids),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    log_event("startup", url=f"http://{cfg.host}:{cfg.port}", version=rec.champion.version,
+              feedback_dir=str(fb_dir), pid=os.getpid())
+    click.echo(
+        f"serving model {rec.champion.version} on http://{cfg.host}:{cfg.port} (feedback log: {fb_dir})",
+        err=True,
+    )
+    config = uvicorn.Config(
+        create_app(rec), log_level="warning", access_log=False, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    # After its graceful shutdown uvicorn raises the SIGTERM it caught again, with the handler it found: without
+    # this one, the default handler would end the process before the lines below log and close the service.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        log_event("stopping", logging.INFO, version=rec.champion.version)
         rec.close()
 
 

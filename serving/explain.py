@@ -57,13 +57,14 @@ def explain_slate(
     masker = shap.maskers.Independent(bg, max_samples=background)
     explainer = shap.PermutationExplainer(model, masker, feature_names=list(FEATURES), seed=seed)
     result = explainer(rows, max_evals=2 * len(FEATURES) + 1, silent=True)
+    probabilities = model(rows)  # one batched call for every item, not one per item
     out = []
     for n, slot in enumerate(rec.items):
         out.append(
             {
                 "item_id": slot.item_id,
                 "position": slot.position,
-                "click_probability": float(model(rows[n : n + 1])[0]),
+                "click_probability": float(probabilities[n]),
                 "base_value": float(np.asarray(result.base_values)[n]),
                 "attributions": [
                     {

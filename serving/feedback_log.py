@@ -5,8 +5,10 @@ events, flushes and ``fsync``\\ s the segment, so an acknowledged event survives
 test kills the server mid-load and counts). Concurrent appends are group-committed: whoever holds the lock
 writes everything queued so far with one ``fsync``, so many small requests share one disk sync.
 
-Segments are named ``feedback-<start ms>-<seq>.jsonl`` and rotated by size and age; a segment is never
-rewritten. :func:`read_feedback` returns the events in the recflow events schema (monitoring and retraining
+Segments are named ``feedback-<start ms>-<seq>.jsonl`` (``feedback-<start ms>-<seq>-<writer>.jsonl`` when
+several worker processes log into one directory: each writes its own segments, so each worker's events stay in
+the order it acknowledged them, and no two processes ever append to one file) and rotated by size and age; a
+segment is never rewritten. :func:`read_feedback` returns the events in the recflow events schema (monitoring and retraining
 read it like any other event log); a line torn by a crash at the very end of a segment is skipped.
 """
 
@@ -31,8 +33,9 @@ SEGMENT_SUFFIX = ".jsonl"
 EVENT_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in schema.EVENT_FIELDS)
 
 
-def _segment_name(seq: int) -> str:
-    return f"{SEGMENT_PREFIX}{int(time.time() * 1000):013d}-{seq:06d}{SEGMENT_SUFFIX}"
+def _segment_name(seq: int, writer: str | None = None) -> str:
+    tag = f"-{writer}" if writer else ""
+    return f"{SEGMENT_PREFIX}{int(time.time() * 1000):013d}-{seq:06d}{tag}{SEGMENT_SUFFIX}"
 
 
 def segment_paths(log_dir: str | os.PathLike[str]) -> list[Path]:
@@ -49,8 +52,15 @@ class FeedbackLog:
     """Appends events (dicts with event-schema fields) durably; see the module docstring."""
 
     def __init__(
-        self, log_dir: str | os.PathLike[str], segment_bytes: int = 64 << 20, segment_seconds: float = 3600.0
+        self,
+        log_dir: str | os.PathLike[str],
+        segment_bytes: int = 64 << 20,
+        segment_seconds: float = 3600.0,
+        writer: str | None = None,
     ) -> None:
+        if writer is not None and not writer.replace("_", "").isalnum():
+            raise DataError(f"feedback log writer name {writer!r}: letters, digits and _ only")
+        self.writer = writer
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
@@ -73,7 +83,7 @@ class FeedbackLog:
         if self._fh is not None:
             self._fh.close()
         self._seq += 1
-        path = self.log_dir / _segment_name(self._seq)
+        path = self.log_dir / _segment_name(self._seq, self.writer)
         self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open across appends
         self._opened_at = time.monotonic()
         self._size = 0

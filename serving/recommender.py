@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,10 @@ import pandas as pd
 from recflow.errors import DataError
 from serving.bundle import ServingBundle
 from serving.config import ServingConfig
+from serving.decisions import SharedDecisions
 from serving.feedback_log import FeedbackLog
 from serving.history import HISTORY_EVENT_TYPES, HistoryEntry, UserHistories, parse_history
+from serving.logs import log_event
 from serving.online import OnlineLinUCB
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,19 @@ def local_bundle_path(store: Any, info: Any) -> str:
     return str(local)
 
 
+def load_bundle(path: str | Path, version: str, config: ServingConfig, *, share_arrays: bool = False) -> ServingBundle:
+    """:meth:`ServingBundle.load` with the serving config's index settings (approximate index and its check);
+    ``share_arrays``: memory-map the arrays shared by the service's worker processes."""
+    return ServingBundle.load(
+        path,
+        version,
+        ann_index=config.ann_index,
+        min_index_recall=config.min_index_recall,
+        index_check_queries=config.index_check_queries,
+        share_arrays=share_arrays,
+    )
+
+
 def ab_bucket(user_id: str, salt: str) -> float:
     """A stable number in [0, 1) for ``user_id`` (blake2b of salt and id): the A/B assignment."""
     digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
@@ -159,8 +174,11 @@ class Recommender:
         store: Any = None,
         catalog: pd.DataFrame | None = None,
         reward_weights: Mapping[str, float] | None = None,
+        shared_decisions: SharedDecisions | None = None,
     ) -> None:
         self.config = config or ServingConfig()
+        self.shared_decisions = shared_decisions  # slates shared with the other workers (None: one process)
+        self.on_event: Callable[[str], None] | None = None  # told "swap", "rollback", "swap_rejected"
         self.store = store
         self.catalog = catalog
         self.reward_weights = dict(reward_weights or {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0})
@@ -176,8 +194,11 @@ class Recommender:
         self._stop = threading.Event()
         self.rejected_versions: dict[str, str] = {}
         self.swaps = 0
+        self.rollbacks = 0
         self._swap_lock = threading.Lock()
         self.feedback_events = 0
+        self._event_counts: dict[tuple[str, str], int] = {}  # (variant, event type) -> events logged
+        self._closed = False
         self._window: list[tuple[float, int, int]] = []  # (time, impressions, clicks) for the CTR window
         self._window_lock = threading.Lock()
         self._explainers: dict[str, Any] = {}
@@ -209,8 +230,14 @@ class Recommender:
         *,
         feedback_dir: str | Path | None = None,
         catalog: pd.DataFrame | None = None,
+        worker: str | None = None,
+        shared_decisions: str | Path | None = None,
     ) -> Recommender:
-        """Serve the champion (and the configured challenger) of a model store (a path or a ModelStore)."""
+        """Serve the champion (and the configured challenger) of a model store (a path or a ModelStore).
+
+        ``worker``: this process's name among the service's workers (its feedback log segments carry it, so each
+        worker's log is its own ordered sequence); ``shared_decisions``: the SQLite file of served slates shared
+        by the workers (:mod:`serving.decisions`)."""
         from recflow.model_store import ModelStore
 
         config = config or ServingConfig()
@@ -221,17 +248,22 @@ class Recommender:
                 f"model store {store.root}: no champion yet (run `recflow demo` or the pipeline)",
                 hint="a blessed pipeline run pushes one",
             )
-        bundle = ServingBundle.load(local_bundle_path(store, champion), champion.version)
+        share = worker is not None
+        bundle = load_bundle(local_bundle_path(store, champion), champion.version, config, share_arrays=share)
         challenger = None
         if config.challenger and config.challenger_share > 0:
             info = store.resolve(config.challenger)
-            challenger = ServingBundle.load(local_bundle_path(store, info), info.version)
+            challenger = load_bundle(local_bundle_path(store, info), info.version, config, share_arrays=share)
         fb = (
-            FeedbackLog(feedback_dir, config.feedback_segment_bytes, config.feedback_segment_seconds)
+            FeedbackLog(feedback_dir, config.feedback_segment_bytes, config.feedback_segment_seconds, writer=worker)
             if feedback_dir is not None
             else None
         )
-        rec = cls(bundle, config, challenger=challenger, feedback_log=fb, store=store, catalog=catalog)
+        shared = SharedDecisions(shared_decisions, config.request_cache_size) if shared_decisions else None
+        rec = cls(
+            bundle, config, challenger=challenger, feedback_log=fb, store=store, catalog=catalog,
+            shared_decisions=shared,
+        )
         rec.warm_up(rec._variants[CHAMPION].bundle)
         return rec
 
@@ -289,7 +321,26 @@ class Recommender:
             self._decisions[request_id] = _Decision(rec, chosen, feats, base)
             while len(self._decisions) > self.config.request_cache_size:
                 self._decisions.popitem(last=False)
+        if self.shared_decisions is not None:
+            self.shared_decisions.put(request_id, rec.to_dict(), feats, base)
         return rec
+
+    def _decision(self, request_id: str | None) -> _Decision | None:
+        """The decision served under ``request_id``: from this process's memory, else from the other workers'."""
+        if not request_id:
+            return None
+        with self._decisions_lock:
+            d = self._decisions.get(request_id)
+        if d is not None or self.shared_decisions is None:
+            return d
+        found = self.shared_decisions.get(request_id)
+        if found is None:
+            return None
+        slate, feats, base = found
+        items = [RecommendedItem(**it) for it in slate.pop("items")]
+        rec = Recommendation(items=items, **slate)
+        variant = self._variants.get(rec.variant) or self._variants[CHAMPION]
+        return _Decision(rec, variant, feats, base)
 
     def _recommend_with(
         self,
@@ -362,7 +413,7 @@ class Recommender:
         if b.is_sequence:
             query = b.sequence_query(user_id, entries if history else None, self.histories.get(user_id))
             if query is not None:
-                return self._top(b, b.item_matrix @ query, exclude), query, False
+                return self._top(b, query, exclude), query, False
         entries = [e for e in entries if e.item_id in b.item_index]  # ids outside the catalog say nothing
         cold = row is None and not entries
         if row is None:
@@ -376,20 +427,35 @@ class Recommender:
             if hist_rows:  # what the user just looked at says more than the context alone
                 h = b.item_matrix[hist_rows].mean(axis=0)
                 query = 0.5 * query + 0.5 * h * (np.linalg.norm(query) / max(np.linalg.norm(h), 1e-9))
-            scores = b.item_matrix @ query + cfg.popularity_weight * b.item_log_popularity
-            policy_user = None
-        else:
-            query = b.user_matrix[row]
-            scores = b.item_matrix @ query
-            policy_user = query
-        return self._top(b, scores, exclude), policy_user, cold
+            return self._top(b, query, exclude, cfg.popularity_weight), None, cold
+        query = b.user_matrix[row]
+        return self._top(b, query, exclude), query, cold
 
-    def _top(self, b: ServingBundle, scores: np.ndarray, exclude: Sequence[str] | None) -> np.ndarray:
-        """Rows of the ``retrieval_candidates`` best-scored items, best first, without ``exclude``."""
+    def _top(
+        self, b: ServingBundle, query: np.ndarray, exclude: Sequence[str] | None, prior: float = 0.0
+    ) -> np.ndarray:
+        """Rows of the ``retrieval_candidates`` items of best score ``item . query + prior * log popularity``,
+        best first, without ``exclude``: exact over the whole catalog, or re-scored exactly over what the
+        bundle's approximate index returns (``ann_overfetch`` times more with a prior, which the index does not
+        know)."""
         cfg = self.config
-        scores = np.array(scores, dtype=np.float64)
-        if exclude:
-            banned = [b.item_index[i] for i in exclude if i in b.item_index]
+        banned = [b.item_index[i] for i in exclude if i in b.item_index] if exclude else []
+        if b.ann_index is not None:
+            m = cfg.retrieval_candidates * (cfg.ann_overfetch if prior else 1)
+            _, found = b.ann_index.search(np.asarray(query, np.float32)[None, :], m + len(banned))
+            rows = found[0][found[0] >= 0]
+            if banned:
+                rows = rows[~np.isin(rows, banned)]
+            if len(rows):
+                scores = b.item_matrix[rows] @ query
+                if prior:
+                    scores = scores + prior * b.item_log_popularity[rows]
+                order = np.argsort(-scores, kind="stable")[: cfg.retrieval_candidates]
+                return rows[order]
+        scores = np.asarray(b.item_matrix @ query, dtype=np.float64)
+        if prior:
+            scores = scores + prior * b.item_log_popularity
+        if banned:
             scores[banned] = -np.inf
         allowed = int(np.isfinite(scores).sum())
         m = min(cfg.retrieval_candidates, allowed)
@@ -401,8 +467,7 @@ class Recommender:
     # ------------------------------------------------------------------ feedback
     def decision(self, request_id: str) -> Recommendation | None:
         """The slate served under ``request_id`` (if still remembered)."""
-        with self._decisions_lock:
-            d = self._decisions.get(request_id)
+        d = self._decision(request_id)
         return None if d is None else d.rec
 
     def record_feedback(self, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -424,8 +489,7 @@ class Recommender:
                 )
             item = ev.get("item_id")
             rid = ev.get("request_id")
-            with self._decisions_lock:
-                d = self._decisions.get(rid) if rid else None
+            d = self._decision(rid)
             if d is None and not ev.get("user_id"):
                 raise DataError(f"events[{n}]: request_id {rid!r} is unknown, so user_id is required")
             row: dict[str, Any] = {
@@ -462,6 +526,10 @@ class Recommender:
                 ts = pd.Timestamp(r["timestamp"]).value / 1e9
                 self.histories.extend(str(r["user_id"]), [HistoryEntry(str(r["item_id"]), r["event_type"], ts)])
         self.feedback_events += len(rows)
+        with self._window_lock:
+            for r in rows:
+                key = (str(r.get("variant") or "unattributed"), str(r["event_type"]))
+                self._event_counts[key] = self._event_counts.get(key, 0) + 1
         for d, pos, kind in learn:
             if d.variant.online is not None:
                 d.variant.online.submit(kind, d.features[pos], float(d.base[pos]))
@@ -471,6 +539,12 @@ class Recommender:
             with self._window_lock:
                 self._window.append((time.time(), imps, clicks))
         return rows
+
+    def feedback_counts(self) -> dict[tuple[str, str], int]:
+        """Feedback events this process logged since start, by (variant, event type); ``unattributed`` when the
+        event had no known request id (the service's Prometheus counters count the same per worker)."""
+        with self._window_lock:
+            return dict(self._event_counts)
 
     def click_through_rate(self, window_s: float = 300.0) -> float:
         """Clicks per impression in the last ``window_s`` seconds (NaN without impressions)."""
@@ -514,11 +588,19 @@ class Recommender:
             sys.setswitchinterval(min(interval, 0.0005))
             try:
                 info = self.store.resolve(state.version)
-                bundle = ServingBundle.load(local_bundle_path(self.store, info), info.version)
+                bundle = load_bundle(local_bundle_path(self.store, info), info.version, self.config)
                 self.warm_up(bundle)
+                if self.config.warm_explanations:
+                    try:
+                        self.warm_explanations(bundle)
+                    except Exception as exc:  # noqa: BLE001 - a slower first explanation is no reason to reject
+                        log_event("explainer_warm_failed", logging.WARNING, version=bundle.version,
+                                  reason=f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # noqa: BLE001 - any failure rejects the bundle; the old one keeps serving
                 self.rejected_versions[state.version] = f"{type(exc).__name__}: {exc}"
-                log.error("rejected model version %s: %s", state.version, exc)
+                log_event("swap_rejected", logging.ERROR, version=state.version, serving=current,
+                          reason=self.rejected_versions[state.version])
+                self._tell("swap_rejected")
                 return "rejected"
             finally:
                 sys.setswitchinterval(interval)
@@ -529,7 +611,9 @@ class Recommender:
             self.swaps += 1
             if old.online is not None:
                 old.online.stop()
-            log.info("now serving model version %s (was %s)", bundle.version, old.bundle.version)
+            log_event("swap", version=bundle.version, previous=old.bundle.version, variant=CHAMPION,
+                      items=len(bundle.item_ids))
+            self._tell("swap")
             return "swapped"
 
     def start_watcher(self, interval_s: float | None = None) -> None:
@@ -548,8 +632,27 @@ class Recommender:
         self._watcher = threading.Thread(target=run, name="model-watcher", daemon=True)
         self._watcher.start()
 
+    def rollback(self) -> str:
+        """Move the store's champion alias back to the previous version and swap to it now."""
+        if self.store is None:
+            raise DataError("this recommender was not loaded from a model store: nothing to roll back to")
+        current = self.champion.version
+        self.store.rollback()
+        outcome = self.check_for_new_champion()
+        self.rollbacks += 1
+        log_event("rollback", previous=current, version=self.champion.version, outcome=outcome)
+        self._tell("rollback")
+        return outcome
+
+    def _tell(self, event: str) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
     def close(self) -> None:
         """Stop the watcher and learners and close the feedback log."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(5)
@@ -558,14 +661,46 @@ class Recommender:
                 v.online.stop()
         if self.feedback_log is not None:
             self.feedback_log.close()
+        if self.shared_decisions is not None:
+            self.shared_decisions.close()
+        log_event("shutdown", model_version=self.champion.version, served=sum(
+            v.served for v in self._variants.values()), feedback_events=self.feedback_events)
 
     # ------------------------------------------------------------------ explanations
+    def warm_explanations(self, bundle: ServingBundle | None = None) -> float:
+        """Explain one slate of ``bundle`` (default: the champion) and forget it, so that the first real
+        explanation does not pay for importing SHAP and building the explainer. Returns the seconds it took."""
+        from serving.explain import explain_slate
+
+        b = bundle or self.champion
+        started = time.perf_counter()
+        user = next(iter(b.user_index), "__warmup_unknown__")
+        rec, _, _ = self._recommend_with(
+            Variant("warmup", b, None), user, None, min(10, self.config.max_k), None, None, "warmup-explain", 0
+        )
+        explain_slate(b, rec, background=self.config.explanation_background, seed=self.config.seed)
+        seconds = time.perf_counter() - started
+        log_event("explainer_warm", version=b.version, seconds=round(seconds, 3))
+        return seconds
+
+    def start_explainer_warmup(self) -> threading.Thread:
+        """Run :meth:`warm_explanations` in a background thread (a failure is logged, never raised)."""
+
+        def run() -> None:
+            try:
+                self.warm_explanations()
+            except Exception as exc:  # noqa: BLE001 - explanations stay available, only slower the first time
+                log_event("explainer_warm_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=run, name="explainer-warmup", daemon=True)
+        thread.start()
+        return thread
+
     def explain(self, request_id: str) -> dict[str, Any]:
         """SHAP attributions of the ranking model's score for each item of a served slate."""
         from serving.explain import explain_slate
 
-        with self._decisions_lock:
-            d = self._decisions.get(request_id)
+        d = self._decision(request_id)
         if d is None:
             raise KeyError(request_id)
         return explain_slate(

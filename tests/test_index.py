@@ -90,3 +90,20 @@ def test_bad_inputs_raise_data_errors(tmp_path: Path):
         index.search(queries[:, :3], 5)
     with pytest.raises(DataError, match="no index.faiss"):
         load_index(tmp_path)
+
+
+def test_ivf_recall_depends_on_cells_scanned_and_survives_save_and_load(tmp_path: Path):
+    ids, items, queries = _embeddings(n_items=20000, dim=16)
+    config = CandidateIndexConfig(kind="ivf", ivf_lists=200, ivf_nprobe=24, recall_ks=(10,))
+    index = build_index(ids, items, config)
+    report = measure_index_recall(index, queries, items, config)
+    weak = build_index(ids, items, CandidateIndexConfig(kind="ivf", ivf_lists=200, ivf_nprobe=1))
+    weak_recall = recall_against_exact(weak, queries, items, 10)
+    assert report["index_recall@10"] >= 0.95 and report["ivf_lists"] == 200 and report["ivf_nprobe"] == 24
+    assert weak_recall < report["index_recall@10"] and weak_recall < 0.95  # a real approximation
+    # the chunked exact scoring gives the same recall whatever the chunk
+    assert recall_against_exact(weak, queries, items, 10, chunk=7) == weak_recall
+    save_index(index, tmp_path / "index", report)
+    loaded = load_index(tmp_path / "index")  # nprobe is not in the faiss file: it comes back from index.json
+    assert loaded.kind == "ivf" and loaded.faiss_index.nprobe == 24
+    assert np.array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])

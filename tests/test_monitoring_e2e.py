@@ -332,7 +332,7 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         pushed = requests.get(push_url + "/metrics", timeout=5).text
         assert 'recflow_drift_detected{instance="",job="recflow_drift"} 1' in pushed
         assert "recflow_pipeline_last_run_failed" in pushed
-        scraped = requests.get(prom_url + "/api/v1/query", params={"query": "recflow_ctr_5m"}, timeout=5).json()
+        scraped = requests.get(prom_url + "/api/v1/query", params={"query": "recflow_feedback_events_total"}, timeout=5).json()
         assert scraped["data"]["result"], "Prometheus did not scrape the service's /metrics"
         report = {"reference_events": n_reference, "verdicts": verdicts, "detected_after_events": detected_after,
                   "pre_drift_expected_ctr": pre_ctr, "drifted_expected_ctr": drifted_ctr,

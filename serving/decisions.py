@@ -1,0 +1,76 @@
+"""Served slates shared by the worker processes of one service, so feedback and explanations find them.
+
+With several workers (``recflow serve --workers N``) a click can reach another worker than the one that served
+the slate. Each worker keeps its recent slates in memory and also writes them here: one SQLite database (WAL
+mode, no fsync -- a slate lost in a crash only loses the enrichment of its feedback, never the feedback) in the
+service's run directory. A lookup that misses the worker's own memory reads it from here. The newest
+``capacity`` slates are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PRUNE_EVERY = 1000
+
+
+def _array(data: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(data["bytes"], dtype=data["dtype"]).reshape(data["shape"])
+
+
+class SharedDecisions:
+    """A request id -> served slate table shared by processes (see the module docstring)."""
+
+    def __init__(self, path: str | Path, capacity: int) -> None:
+        self.path = Path(path)
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, created REAL, slate TEXT, "
+            "features BLOB, base BLOB, shape TEXT)"
+        )
+        self._puts = 0
+
+    def put(self, request_id: str, slate: dict[str, Any], features: np.ndarray, base: np.ndarray) -> None:
+        """Remember a served slate (its ``to_dict()`` plus the variant name) and its policy features."""
+        f = np.ascontiguousarray(features, np.float32)
+        b = np.ascontiguousarray(base, np.float64)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
+                (request_id, time.time(), json.dumps(slate), f.tobytes(), b.tobytes(), json.dumps(f.shape)),
+            )
+            self._puts += 1
+            if self._puts % PRUNE_EVERY == 0:
+                self._db.execute(
+                    "DELETE FROM decisions WHERE rowid <= (SELECT MAX(rowid) FROM decisions) - ?", (self.capacity,)
+                )
+
+    def get(self, request_id: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+        """The slate, features ``[k, dim]`` and base scores ``[k]`` served under ``request_id``, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT slate, features, base, shape FROM decisions WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        slate, features, base, shape = row
+        return (
+            json.loads(slate),
+            _array({"bytes": features, "dtype": np.float32, "shape": json.loads(shape)}),
+            np.frombuffer(base, dtype=np.float64),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,203 @@
+"""Several worker processes behind one port (``recflow serve --workers N``), and model swaps between them.
+
+The parent process binds the port, then starts ``N`` workers with uvicorn's multiprocess supervisor (each a
+fresh interpreter with its own event loop and its own copy of the TensorFlow models; the bundle's large arrays
+are memory-mapped from one file per array, so the workers share one copy in the page cache -- see
+:func:`serving.bundle.shared_arrays`). The kernel hands each new connection to one of the workers.
+
+What the workers share: the listening socket, the bundle's arrays (page cache), the served slates
+(:class:`serving.decisions.SharedDecisions`, so a click posted to any worker is attributed to its slate) and the
+Prometheus counters (``PROMETHEUS_MULTIPROC_DIR``). What each has of its own: its feedback log segments (named
+after it: durable and ordered per worker), its in-memory user histories and its online learner.
+
+**Model swaps** happen off the serving path, in new processes: the parent polls the store's champion alias
+(``serving.watch_interval_s``); for a new version it starts a replacement worker, which loads and warms up the new
+bundle while the old workers keep serving; once it answers it is in service and one old worker is retired
+(SIGTERM: it stops accepting connections and finishes the requests it holds), then the next (uvicorn's rolling
+restart). A bundle that fails to load or warm up never serves: its worker exits before it is ready, the restart
+is abandoned and the version is marked rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from serving.logs import log_event
+
+SPEC_ENV = "RECFLOW_SERVE_SPEC"
+
+
+def app_factory() -> Any:
+    """The app of one worker process (uvicorn calls it in each worker; the spec comes from the parent)."""
+    from serving.logs import configure_logging, quiet_imports, silence_library_warnings
+
+    spec = json.loads(os.environ[SPEC_ENV])
+    silence_library_warnings()
+    configure_logging(spec["log_level"])
+    quiet_imports()
+    import pandas as pd
+
+    from serving.app import create_app
+    from serving.config import ServingConfig
+    from serving.recommender import Recommender, limit_threads
+
+    cfg = ServingConfig(**spec["config"])
+    limit_threads(cfg)
+    name = f"w{os.getpid()}"
+    try:
+        catalog = pd.read_parquet(spec["catalog"]) if spec.get("catalog") else None
+        rec = Recommender.load(
+            spec["store"], cfg, feedback_dir=spec["feedback_dir"], catalog=catalog, worker=name,
+            shared_decisions=spec["decisions"],
+        )
+    except Exception as exc:  # noqa: BLE001 - a worker that cannot load must not be restarted in a loop
+        from uvicorn.config import STARTUP_FAILURE
+
+        log_event("worker_failed", logging.ERROR, worker=name, reason=f"{type(exc).__name__}: {exc}")
+        sys.exit(STARTUP_FAILURE)
+    if cfg.warm_explanations:  # before the worker takes traffic: a replacement warms up off the serving path
+        try:
+            rec.warm_explanations()
+        except Exception as exc:  # noqa: BLE001 - explanations stay available, only slower the first time
+            log_event("explainer_warm_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+    log_event("worker_ready", worker=name, version=rec.champion.version, pid=os.getpid())
+    # the parent watches the store and rolls the workers; explanations are warm already
+    app = create_app(rec, watch=False, warm_explanations=False)
+
+    def stop() -> None:
+        rec.close()
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+    app.router.add_event_handler("shutdown", stop)
+    return app
+
+
+def serve_workers(
+    sock: socket.socket,
+    workers: int,
+    store_root: str,
+    config: Any,
+    feedback_dir: Path,
+    catalog: Path | None,
+) -> None:
+    """Run ``workers`` worker processes on ``sock`` until SIGINT/SIGTERM, rolling them onto new champions."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    run_dir = Path(tempfile.mkdtemp(prefix="recflow-serve-"))
+    metrics_dir = run_dir / "prometheus"
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ[SPEC_ENV] = json.dumps(
+        {
+            "store": store_root,
+            "config": config.model_dump(mode="json"),
+            "feedback_dir": str(feedback_dir),
+            "catalog": str(catalog) if catalog else None,
+            "decisions": str(run_dir / "decisions.sqlite"),
+            "log_level": config.log_level,
+        }
+    )
+    uv_config = uvicorn.Config(
+        "serving.workers:app_factory",
+        factory=True,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_worker_healthcheck=30,  # liveness pings; a worker's start may take longer (below)
+    )
+    supervisor = ModelSupervisor(
+        uv_config, [sock], store_root, config.watch_interval_s, config.worker_start_timeout_s
+    )
+    try:
+        supervisor.run()
+    finally:
+        log_event("shutdown", workers=workers, version=supervisor.version)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class ModelSupervisor:
+    """uvicorn's multiprocess supervisor plus a watch of the store's champion alias (see the module docstring)."""
+
+    def __init__(
+        self, config: Any, sockets: list[socket.socket], store_root: str, interval_s: float, start_timeout_s: float
+    ) -> None:
+        from uvicorn.supervisors import Multiprocess
+
+        from recflow.model_store import ModelStore
+
+        self.store = ModelStore(store_root)
+        self.interval_s = interval_s
+        self.start_timeout_s = start_timeout_s
+        self.sockets = sockets
+        champion = self.store.champion()
+        self.version = champion.version if champion else None
+        self.rejected: set[str] = set()
+        self.multi = Multiprocess(config, sockets)
+        self._polled = 0.0
+
+    def run(self) -> None:
+        import time
+
+        multi = self.multi
+        multi.init_processes()
+        while not multi.should_exit.wait(0.5):
+            multi.handle_signals()
+            multi.keep_subprocess_alive()
+            if time.monotonic() - self._polled >= self.interval_s:
+                self._polled = time.monotonic()
+                try:
+                    self.poll()
+                except Exception as exc:  # noqa: BLE001 - a flaky store must not stop the service
+                    log_event("watch_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+        multi.terminate_all()
+        multi.join_all()
+
+    def poll(self) -> str:
+        """One look at the alias: ``unchanged``, ``swapped`` (every worker rolled) or ``rejected``."""
+        state = self.store.alias()
+        if state is None or state.version == self.version or state.version in self.rejected:
+            return "unchanged"
+        before = [p.pid for p in self.multi.processes]
+        self.roll()
+        after = [p.pid for p in self.multi.processes]
+        if after == before:  # the first replacement never became ready: it could not load the bundle
+            self.rejected.add(state.version)
+            log_event("swap_rejected", logging.ERROR, version=state.version, serving=self.version,
+                      reason="a worker with the new version did not start (see its log lines above)")
+            return "rejected"
+        log_event("swap", version=state.version, previous=self.version, workers=len(after),
+                  rolled=sum(a != b for a, b in zip(after, before, strict=True)))
+        self.version = state.version
+        return "swapped"
+
+    def roll(self) -> None:
+        """Replace each worker by a new one, which is in service before the old one is retired (uvicorn's
+        ``restart_all`` with the start-up timeout of a worker that loads a bundle)."""
+        from uvicorn.supervisors.multiprocess import Process
+
+        multi = self.multi
+        for idx, old in enumerate(multi.processes):
+            if multi.should_exit.is_set():
+                return
+            new = Process(multi.config, self.sockets)
+            new.start()
+            if not new.wait_until_ready(self.start_timeout_s, multi.should_exit):
+                new.kill()
+                new.join()
+                return
+            old.terminate()  # SIGTERM: stops accepting, finishes its requests, exits
+            old.join()
+            multi.processes[idx] = new
