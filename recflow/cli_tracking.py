@@ -42,7 +42,7 @@ def _store(state: CliState, override: str | None):  # noqa: ANN202  (ModelStore;
 
     config = _store_config(state)
     root = resolve_store_root(config, state.config.paths.data_dir, override)
-    return ModelStore(root, keep_versions=config.keep_versions, lock_timeout_s=config.lock_timeout_s)
+    return ModelStore.from_config(root, config)
 
 
 tracking_uri_option = click.option(
@@ -180,6 +180,26 @@ def models_list(state: CliState, metric_names: tuple[str, ...], store_root: str 
             disable_numparse=True,
         )
     )
+
+
+@models.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only say what would be kept and deleted.")
+@store_option
+@pass_state
+def models_gc(state: CliState, dry_run: bool, store_root: str | None) -> None:
+    """Delete old bundles: keeps the champion, the previous champion, the canary, the newest
+    model_store.keep_versions and every version a serving process holds."""
+    store = _store(state, store_root)
+    kept = store.retention()
+    versions = [b.version for b in store.versions()]
+    for version in versions:
+        why = kept.get(version)
+        click.echo(f"  {version}  " + (f"keep ({', '.join(why)})" if why else "delete"))
+    if dry_run:
+        click.echo(f"dry run: {sum(v not in kept for v in versions)} version(s) would be deleted from {store.root}")
+        return
+    removed = store.collect_garbage()
+    click.echo(f"deleted {len(removed)} version(s) from {store.root}" + (f": {', '.join(removed)}" if removed else ""))
 
 
 @models.command("rollback")

@@ -7,7 +7,9 @@ production -- only the local path is tested here)::
     versions/v0001/retrieval/...      # the bundle's parts (retrieval, ranking, policy, evaluation, ...)
     versions/.staging-<uuid>/         # a push in progress (never listed, never served)
     aliases/champion.json             # {"version": "v0003", "previous": "v0002", "moved_at", "reason"}
+    aliases/canary.json               # a pushed champion on trial for a share of traffic (serving/canary.py)
     aliases/history.jsonl             # every alias move, oldest first
+    leases/<holder>.json              # versions a serving process has loaded or is loading, until "expires"
     .push.lock                        # serialises pushers, rollbacks and garbage collection
 
 A push happens only for a blessed model (``blessing.json`` in the evaluation directory says
@@ -15,6 +17,12 @@ A push happens only for a blessed model (``blessing.json`` in the evaluation dir
 (and runs an optional caller check such as loading the SavedModel), renames the staging directory to the next
 version and finally moves the alias with an atomic replace. The alias file is the commit point: a failure
 anywhere before it leaves the store as it was, and a failure while moving it puts the previous state back.
+
+Retention (:meth:`ModelStore.collect_garbage`, run after every push and by ``recflow models gc``): the store keeps
+the champion, the previous champion, every other alias's version (the canary and the version it would replace),
+the newest ``keep_versions`` versions, and every version named in an unexpired lease; everything older is
+deleted. A serving process holds a lease on what it serves (:meth:`ModelStore.hold`, refreshed by its model
+watcher), so a bundle being served or loaded is never removed under it.
 
 The store is the source of truth for which bundle is the champion. The MLflow Model Registry mirrors it
 (:func:`register_in_mlflow`, :func:`sync_registry_alias`): its model versions carry the tag
@@ -44,6 +52,7 @@ from recflow.errors import ConfigError, DataError, ServiceUnavailable
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+CANARY = "canary"
 MANIFEST = "manifest.json"
 BLESSING = "blessing.json"
 MANIFEST_FORMAT = 1
@@ -67,7 +76,15 @@ class ModelStoreConfig(BaseModel):
     keep_versions: int = Field(
         10,
         ge=2,
-        description="Versions kept after a push (the champion and the previous one are always kept).",
+        description="The newest versions kept by the garbage collection after every push and by `recflow "
+        "models gc`; the champion, the previous champion, the canary (and any other alias) and every version a "
+        "serving process holds a lease on are kept as well, however old.",
+    )
+    lease_ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a serving process's lease on the versions it serves lasts without a refresh "
+        "(its model watcher refreshes it every poll); a crashed server's lease only delays deletion.",
     )
     lock_timeout_s: float = Field(
         600.0, gt=0, description="Seconds a pusher waits for another push or rollback to finish."
@@ -191,7 +208,11 @@ class ModelStore:
     """Versioned model bundles under ``root`` with atomic pushes, a ``champion`` alias and rollback."""
 
     def __init__(
-        self, root: str | os.PathLike[str], keep_versions: int = 10, lock_timeout_s: float = 600.0
+        self,
+        root: str | os.PathLike[str],
+        keep_versions: int = 10,
+        lock_timeout_s: float = 600.0,
+        lease_ttl_s: float = 3600.0,
     ) -> None:
         import fsspec
 
@@ -201,10 +222,17 @@ class ModelStore:
         self.root = text if "://" in text else str(Path(text).expanduser().resolve())
         self.keep_versions = keep_versions
         self.lock_timeout_s = lock_timeout_s
+        self.lease_ttl_s = lease_ttl_s
         self.fs, self._base = fsspec.core.url_to_fs(self.root)
         self.is_local = "file" in (
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         )
+
+    @classmethod
+    def from_config(cls, root: str | os.PathLike[str], config: ModelStoreConfig) -> ModelStore:
+        """A store at ``root`` with the retention, lock and lease settings of ``config``."""
+        return cls(root, keep_versions=config.keep_versions, lock_timeout_s=config.lock_timeout_s,
+                   lease_ttl_s=config.lease_ttl_s)
 
     # ---- paths -------------------------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -536,19 +564,83 @@ class ModelStore:
                 )
 
     def collect_garbage(self) -> list[str]:
-        """Delete versions beyond ``keep_versions`` (never the champion or the previous one); returns them."""
+        """Delete the versions :meth:`retention` does not keep; returns the deleted ones."""
         lock = self._locked()
         try:
             return self._collect_garbage()
         finally:
             lock.release()
 
+    # ---- leases: what serving processes have loaded ------------------------------------------------------
+    def hold(self, holder: str, versions: list[str] | tuple[str, ...], ttl_s: float | None = None) -> None:
+        """Record that ``holder`` (e.g. ``host:pid``) serves or is loading ``versions`` until now + ``ttl_s``
+        (default ``lease_ttl_s``); the garbage collection keeps them. Call again to refresh or change them."""
+        if not _PART_RE.match(holder):
+            holder = hashlib.sha256(holder.encode()).hexdigest()[:16]
+        ttl = self.lease_ttl_s if ttl_s is None else ttl_s
+        record = {"holder": holder, "versions": sorted({normalize_version(v) for v in versions}),
+                  "expires": time.time() + ttl, "held_at": _now()}
+        self.fs.makedirs(self._p("leases"), exist_ok=True)
+        self._write_text(self._p("leases", f"{holder}.json"), json.dumps(record, sort_keys=True))
+
+    def release(self, holder: str) -> None:
+        """Drop ``holder``'s lease (a serving process that shuts down)."""
+        if not _PART_RE.match(holder):
+            holder = hashlib.sha256(holder.encode()).hexdigest()[:16]
+        self._remove(self._p("leases", f"{holder}.json"))
+
+    def leases(self) -> dict[str, list[str]]:
+        """Unexpired leases: holder -> versions."""
+        try:
+            entries = self.fs.ls(self._p("leases"), detail=False)
+        except FileNotFoundError:
+            return {}
+        out: dict[str, list[str]] = {}
+        now = time.time()
+        for entry in entries:
+            if not entry.endswith(".json"):
+                continue
+            try:
+                record = self._read_json(entry)
+            except DataError:  # a torn lease file protects nothing but must not stop the collection
+                continue
+            if isinstance(record, dict) and float(record.get("expires", 0)) > now:
+                out[str(record.get("holder"))] = [str(v) for v in record.get("versions", [])]
+        return out
+
+    def retention(self) -> dict[str, list[str]]:
+        """Why each kept version is kept: version -> reasons (``newest N``, ``champion``, ``previous
+        champion``, ``alias canary``, ``lease <holder>``); versions absent from the result are deletable."""
+        names = self._version_names()
+        keep: dict[str, list[str]] = {}
+
+        def mark(version: str | None, why: str) -> None:
+            if version:
+                keep.setdefault(version, []).append(why)
+
+        for name in names[-self.keep_versions :]:
+            mark(name, f"newest {self.keep_versions}")
+        for alias in self._alias_names():
+            state = self.alias(alias)
+            if state is None:
+                continue
+            mark(state.version, alias)
+            mark(state.previous, f"previous {alias}")
+        for holder, versions in self.leases().items():
+            for version in versions:
+                mark(version, f"lease {holder}")
+        return {name: keep[name] for name in names if name in keep}
+
+    def _alias_names(self) -> list[str]:
+        try:
+            entries = self.fs.ls(self._p("aliases"), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1][: -len(".json")] for e in entries if e.endswith(".json"))
+
     def _collect_garbage(self) -> list[str]:
         names = self._version_names()
-        state = self.alias(CHAMPION)
-        protected = set(names[-self.keep_versions :])
-        if state is not None:
-            protected |= {state.version, *([state.previous] if state.previous else [])}
+        protected = set(self.retention())
         removed = []
         for name in names:
             if name not in protected:
@@ -557,6 +649,8 @@ class ModelStore:
                     removed.append(name)
                 except OSError as exc:
                     log.warning("model store %s: could not delete old version %s: %s", self.root, name, exc)
+        if removed:
+            log.info("model store %s: deleted old versions %s", self.root, ", ".join(removed))
         try:
             entries = self.fs.ls(self._p("versions"), detail=True)
         except FileNotFoundError:

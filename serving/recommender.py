@@ -233,7 +233,26 @@ class Recommender:
         )
         rec = cls(bundle, config, challenger=challenger, feedback_log=fb, store=store, catalog=catalog)
         rec.warm_up(rec._variants[CHAMPION].bundle)
+        rec.hold_served()
         return rec
+
+    @property
+    def lease_holder(self) -> str:
+        """This process's name on the store's leases (see :meth:`recflow.model_store.ModelStore.hold`)."""
+        import socket
+
+        return f"serving-{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+
+    def hold_served(self, loading: Sequence[str] = ()) -> None:
+        """Lease the versions this process serves (and ``loading``) so the store's garbage collection keeps
+        them; a store that cannot be written (read-only) only logs."""
+        if self.store is None or not hasattr(self.store, "hold"):
+            return
+        versions = {v.bundle.version for v in self._variants.values()} | set(loading)
+        try:
+            self.store.hold(self.lease_holder, sorted(versions))
+        except Exception as exc:  # noqa: BLE001 - a lease is a courtesy to the collector; serving goes on
+            log.warning("could not lease served versions %s: %s", sorted(versions), exc)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -505,6 +524,7 @@ class Recommender:
             # GIL back to request threads often, so requests keep flowing while the new bundle loads.
             interval = sys.getswitchinterval()
             sys.setswitchinterval(min(interval, 0.0005))
+            self.hold_served(loading=[state.version])  # nobody deletes it while it loads
             try:
                 info = self.store.resolve(state.version)
                 bundle = ServingBundle.load(local_bundle_path(self.store, info), info.version)
@@ -520,6 +540,7 @@ class Recommender:
             new_variants[CHAMPION] = self._variant(CHAMPION, bundle)
             self._variants = new_variants  # one reference assignment: requests see the old or the new, whole
             self.swaps += 1
+            self.hold_served()
             if old.online is not None:
                 old.online.stop()
             log.info("now serving model version %s (was %s)", bundle.version, old.bundle.version)
@@ -534,6 +555,7 @@ class Recommender:
         def run() -> None:
             while not self._stop.wait(interval):
                 try:
+                    self.hold_served()  # refresh the lease
                     self.check_for_new_champion()
                 except Exception:  # noqa: BLE001 - the watcher must survive a flaky store
                     log.exception("model watcher poll failed")
@@ -546,6 +568,11 @@ class Recommender:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(5)
+        if self.store is not None and hasattr(self.store, "release"):
+            try:
+                self.store.release(self.lease_holder)
+            except Exception as exc:  # noqa: BLE001 - the lease expires by itself
+                log.warning("could not release the serving lease: %s", exc)
         for v in self._variants.values():
             if v.online is not None:
                 v.online.stop()

@@ -31,7 +31,7 @@ def pusher(
 
         parts = {"transform": Path(transformed.path), "model": Path(model.path), "policy": Path(policy.path),
                  "evaluation": Path(evaluation.path)}
-        store = ModelStore(model_store)
+        store = ModelStore.from_config(model_store, step.config.model_store)
         result = store.push(parts, Path(evaluation.path), metadata={"mlflow_run_id": parent_run_id})
         where = str(result.bundle.path) if result.pushed else ""
         registered = ""
