@@ -151,6 +151,7 @@ class PushResult:
     version: str | None = None
     previous: str | None = None
     bundle: BundleInfo | None = None
+    as_canary: bool = False  # pushed as the canary (the champion stays until the canary is promoted)
 
 
 class VerificationFailed(DataError):
@@ -364,8 +365,14 @@ class ModelStore:
         metadata: Mapping[str, Any] | None = None,
         *,
         verify: Callable[[str], object] | None = None,
+        canary: bool = False,
     ) -> PushResult:
         """Publish a blessed bundle as the next version and make it the champion; refuse an unblessed one.
+
+        With ``canary`` and a champion in place, the new version becomes the ``canary`` alias instead (its
+        ``previous`` is the champion it would replace) and the champion stays; serving then tries it on a share
+        of traffic and :meth:`promote_canary` or :meth:`abort_canary` ends the trial. A canary still running is
+        superseded (its trial ends as ``aborted``). The first push always makes a champion.
 
         ``parts`` maps part names to local files or directories (e.g. retrieval, ranking, policy); the
         evaluation directory is included as part ``evaluation`` unless given. ``metadata`` (JSON) goes into
@@ -408,7 +415,14 @@ class ModelStore:
                 self._write_manifest(staging, manifest)
                 self._verify(staging, verify)
                 self._commit(staging, version)
-                self._move_alias(CHAMPION, version, previous.version if previous else None, "push")
+                if canary and previous is not None:
+                    running = self.alias(CANARY)
+                    if running is not None:
+                        self._record_decision("aborted", running.version, previous.version,
+                                              f"superseded by {version}", {})
+                    self._move_alias(CANARY, version, previous.version, "push (canary)")
+                else:
+                    self._move_alias(CHAMPION, version, previous.version if previous else None, "push")
             except BaseException:
                 self._remove(staging)
                 self._remove(final)
@@ -416,7 +430,9 @@ class ModelStore:
             self._collect_garbage()
         finally:
             lock.release()
-        return PushResult(True, why, version, previous.version if previous else None, self.bundle(version))
+        as_canary = canary and previous is not None
+        return PushResult(True, why, version, previous.version if previous else None, self.bundle(version),
+                          as_canary=as_canary)
 
     def _stage(self, parts: Mapping[str, Path], staging: str) -> dict[str, dict[str, Any]]:
         """Copy every part into ``staging``, hashing while reading; returns the manifest's file table."""
@@ -548,6 +564,77 @@ class ModelStore:
             return bundle
         finally:
             lock.release()
+
+    # ---- the canary ------------------------------------------------------------------------------------
+    def canary(self) -> BundleInfo | None:
+        """The bundle on trial as the canary, or None."""
+        state = self.alias(CANARY)
+        return None if state is None else self.bundle(state.version)
+
+    def promote_canary(self, reason: str, stats: Mapping[str, Any] | None = None,
+                       *, expected: str | None = None) -> BundleInfo | None:
+        """Make the canary the champion (its previous: the current champion) and end the trial; returns the new
+        champion, or None when there is no canary (or it is no longer ``expected``: another process decided)."""
+        lock = self._locked()
+        try:
+            state = self.alias(CANARY)
+            if state is None or (expected is not None and state.version != normalize_version(expected)):
+                return None
+            champion = self.alias(CHAMPION)
+            self._move_alias(CHAMPION, state.version, champion.version if champion else None,
+                             f"canary promoted: {reason}")
+            self._clear_alias(CANARY, f"promoted to champion: {reason}")
+            self._record_decision("promoted", state.version, champion.version if champion else None, reason,
+                                  stats or {})
+            return self.bundle(state.version)
+        finally:
+            lock.release()
+
+    def abort_canary(self, reason: str, stats: Mapping[str, Any] | None = None,
+                     *, expected: str | None = None) -> str | None:
+        """End the canary's trial without promoting it (a rollback: the champion never moved); returns the
+        aborted version, or None when there is no canary (or it is no longer ``expected``)."""
+        lock = self._locked()
+        try:
+            state = self.alias(CANARY)
+            if state is None or (expected is not None and state.version != normalize_version(expected)):
+                return None
+            self._clear_alias(CANARY, f"rolled back: {reason}")
+            self._record_decision("rolled_back", state.version, state.previous, reason, stats or {})
+            return state.version
+        finally:
+            lock.release()
+
+    def canary_decisions(self) -> list[dict[str, Any]]:
+        """Every canary decision (promoted, rolled_back, aborted), oldest first."""
+        try:
+            text = self.fs.cat_file(self._p("aliases", "canary_decisions.jsonl")).decode("utf-8")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def _record_decision(self, decision: str, version: str, champion: str | None, reason: str,
+                         stats: Mapping[str, Any]) -> None:
+        path = self._p("aliases", "canary_decisions.jsonl")
+        try:
+            old = self.fs.cat_file(path).decode("utf-8")
+        except FileNotFoundError:
+            old = ""
+        entry = {"decision": decision, "version": version, "champion": champion, "reason": reason,
+                 "decided_at": _now(), "stats": dict(stats)}
+        self.fs.makedirs(self._p("aliases"), exist_ok=True)
+        self._write_text(path, old + json.dumps(entry, sort_keys=True, default=str) + "\n")
+
+    def _clear_alias(self, alias: str, reason: str) -> None:
+        """Remove ``alias`` (history first, then the alias file: the commit point)."""
+        history_path = self._p("aliases", "history.jsonl")
+        try:
+            old_history = self.fs.cat_file(history_path).decode("utf-8")
+        except FileNotFoundError:
+            old_history = ""
+        entry = {"alias": alias, "version": None, "previous": None, "moved_at": _now(), "reason": reason}
+        self._write_text(history_path, old_history + json.dumps(entry, sort_keys=True) + "\n")
+        self._remove(self._p("aliases", f"{alias}.json"))
 
     def _check_bundle(self, bundle: BundleInfo) -> None:
         base = self._p("versions", bundle.version)
@@ -784,3 +871,29 @@ def rollback_champion(
     if tracking_uri is None or model_name is None:
         return bundle, None
     return bundle, sync_registry_alias(tracking_uri, store, model_name)
+
+
+def sync_canary_registry(tracking_uri: str, store: ModelStore, name: str) -> dict[str, str | None]:
+    """Mirror the store's ``champion`` and ``canary`` aliases in the MLflow registry after a canary decision:
+    ``champion`` follows the store's champion (:func:`sync_registry_alias`); ``canary`` is set on the canary's
+    registered version, or deleted when no canary runs. Returns ``{"champion": version, "canary": version}``."""
+    from mlflow.exceptions import MlflowException
+
+    from recflow.tracking import tracking_client
+
+    out: dict[str, str | None] = {"champion": sync_registry_alias(tracking_uri, store, name), "canary": None}
+    client = tracking_client(tracking_uri)
+    canary = store.canary()
+    if canary is None:
+        try:
+            client.delete_registered_model_alias(name, CANARY)
+        except MlflowException:  # no such alias: nothing to delete
+            pass
+        return out
+    version = registry_version_for(tracking_uri, name, canary.version, store.root)
+    if version is None and canary.mlflow_run_id:
+        version = register_in_mlflow(tracking_uri, canary.mlflow_run_id, canary, name, store=store, alias=CANARY)
+    elif version is not None:
+        client.set_registered_model_alias(name, CANARY, version)
+    out["canary"] = version
+    return out

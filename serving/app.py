@@ -175,6 +175,9 @@ class Metrics:
             "Clicks per impression in the last 5 minutes (NaN without impressions)",
             registry=self.registry,
         ).set_function(lambda: ref().click_through_rate(300.0))
+        from serving.canary import register_metrics as register_canary_metrics
+
+        register_canary_metrics(self.registry, lambda: ref().canary)
         Gauge("recflow_model_swaps_total", "Hot swaps done", registry=self.registry).set_function(
             lambda: ref().swaps
         )

@@ -77,7 +77,7 @@ def serve(
     root = _store_root(state, models)
     limit_threads(cfg)
     click.echo(f"loading the champion of {root} ...")
-    rec = Recommender.load(root, cfg, feedback_dir=fb_dir, catalog=items)
+    rec = Recommender.load(root, cfg, feedback_dir=fb_dir, catalog=items, canary=state.config.release.canary)
     click.echo(
         f"serving model {rec.champion.version} on http://{cfg.host}:{cfg.port} (feedback log: {fb_dir})"
     )
