@@ -120,7 +120,14 @@ class LocalRunResult:
             lines.append(f"  report: {evaluation.notes['report']}")
         lines.append("")
         if self.pushed_to:
-            lines.append(f"pushed model bundle: {self.pushed_to}")
+            pusher = self.step("pusher").notes
+            if pusher.get("alias") == "canary":
+                lines.append(f"pushed model bundle: {self.pushed_to} as the canary (the champion keeps serving the "
+                             "other users until the online guardrail promotes or rolls it back)")
+            else:
+                lines.append(f"pushed model bundle: {self.pushed_to}")
+            if pusher.get("canary_disabled"):
+                lines.append("  ! release.canary.enabled = false (default true): pushed straight to champion")
         else:
             lines.append(f"nothing pushed: {self.why_not_pushed()}")
         if self.tracking_uri:

@@ -5,7 +5,7 @@ or by a caller (the benchmark, tests). Each :meth:`CanaryController.step`:
 
 1. follows the store's ``canary`` alias: a new canary is loaded and warmed up (a bundle that fails either --
    e.g. NaN scores, a transform graph that does not match the serving features -- is rolled back at once, with
-   the error as the reason) and served to ``release.canary.share`` of users, stable by a hash of the user id;
+   the error as the reason; :func:`bundle_consistency` refuses parts that do not belong together) and served to ``release.canary.share`` of users, stable by a hash of the user id;
    a canary decided elsewhere (``recflow models canary promote|abort``) is promoted or dropped here too;
 2. asks the guardrail (:func:`recflow.release.canary_decision`) once ``decide_every`` more canary requests were
    served, with both arms' requests, errors, latency, impressions and clicks;
@@ -31,6 +31,47 @@ from recflow.model_store import CANARY, ModelStore, normalize_version
 from recflow.release import CanaryConfig, CanaryDecision, GuardrailState, canary_decision
 
 log = logging.getLogger(__name__)
+
+
+def bundle_consistency(bundle: Any) -> list[str]:
+    """Why a loaded bundle's parts do not belong together (empty: they do): the transform's catalog
+    (``transform/candidates.parquet``) must be the model's item set, and every input of the ranking model must be
+    a raw feature the transform declares, with the same dtype. A bundle assembled from another run's transform
+    serves wrong categories, prices and feature fills without failing any request, so it is refused here."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    problems: list[str] = []
+    root = Path(bundle.path)
+    try:
+        candidates = set(pd.read_parquet(root / "transform" / "candidates.parquet", columns=["item_id"])["item_id"]
+                         .astype(str))
+    except Exception as exc:  # noqa: BLE001 - an unreadable part is a mismatch too
+        return [f"transform/candidates.parquet cannot be read: {exc}"]
+    model_items = {str(i) for i in bundle.item_ids[: bundle.trained_items]}
+    if candidates != model_items:
+        problems.append(f"the transform's catalog ({len(candidates)} items, {len(candidates - model_items)} unknown "
+                        f"to the model) is not the model's ({len(model_items)} items, "
+                        f"{len(model_items - candidates)} missing from the transform): the transform graph does "
+                        "not match the model")
+    spec = bundle.feature_spec.get("raw_features")
+    if isinstance(spec, str):  # written as a Python repr by the Transform step
+        import ast
+
+        try:
+            spec = ast.literal_eval(spec)
+        except (ValueError, SyntaxError):
+            spec = None
+    if bundle.ranking_fn is not None and isinstance(spec, dict):
+        for name, tensor in bundle.ranking_fn.structured_input_signature[1].items():
+            declared = spec.get(name)
+            if declared is None:
+                problems.append(f"the ranking model needs input {name!r}, which the transform does not declare")
+            elif str(declared) != tensor.dtype.name:
+                problems.append(f"ranking input {name!r}: the model takes {tensor.dtype.name}, the transform "
+                                f"declares {declared}")
+    return problems
 
 
 class CanaryController:
@@ -60,6 +101,11 @@ class CanaryController:
         self.rec.hold_served(loading=[version])
         try:
             bundle = ServingBundle.load(local_bundle_path(self.store, info), info.version)
+            problems = bundle_consistency(bundle)
+            if problems:
+                from recflow.errors import DataError
+
+                raise DataError("; ".join(problems))
             self.rec.warm_up(bundle)
         except Exception as exc:  # noqa: BLE001 - any failure rejects the canary; the champion keeps serving
             reason = f"rejected at load: {type(exc).__name__}: {exc}"
