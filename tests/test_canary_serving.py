@@ -145,6 +145,13 @@ def test_requests_keep_flowing_while_the_canary_starts_and_ends(parts: Path, tmp
         t.start()
     try:
         assert rec.canary.step() == "started"
+        from fastapi.testclient import TestClient
+
+        from serving.app import create_app
+
+        metrics = TestClient(create_app(rec, watch=False)).get("/metrics").text
+        assert "recflow_canary_active 1.0" in metrics and "recflow_canary_share 0.5" in metrics
+        assert 'recflow_canary_decisions_total{decision="rollback"} 0.0' in metrics
         decide_by_hand(store, "promote", "test")  # the CLI in another process
         assert rec.canary.step() == "promote" and rec.champion.version == "v0002"
         store.push({p: parts / p for p in ("model", "policy", "transform")}, parts / "evaluation", canary=True)
@@ -157,3 +164,23 @@ def test_requests_keep_flowing_while_the_canary_starts_and_ends(parts: Path, tmp
             t.join()
         rec.close()
     assert not failures
+
+
+def test_a_canary_whose_transform_comes_from_another_shop_is_refused(parts: Path, tmp_path: Path) -> None:
+    from serving.recommender import Recommender
+
+    other = bundle_parts({"users": 2000, "items": 500, "days": 7})
+    mixed = tmp_path / "mixed"
+    shutil.copytree(parts, mixed)
+    shutil.rmtree(mixed / "transform")
+    shutil.copytree(other / "transform", mixed / "transform")
+    root = _store_with_canary(tmp_path, parts, mixed)
+    store = ModelStore(root)
+    rec = Recommender.load(root, ServingConfig(online_learning=False, warmup_requests=3), canary=CFG)
+    try:
+        assert rec.canary.version is None and store.canary() is None
+        reason = store.canary_decisions()[-1]["reason"]
+        assert reason.startswith("rejected at load: DataError: the transform's catalog (500 items")
+        assert "the transform graph does not match the model" in reason
+    finally:
+        rec.close()
