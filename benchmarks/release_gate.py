@@ -3,13 +3,15 @@
     .venv/bin/python benchmarks/release_gate.py [--bundle DIR] [--out benchmarks/results/release_gate.json]
 
 Every scenario is a (champion, candidate) pair built from one real bundle trained by the pipeline on the
-simulated shop of the serving tests (300 users, 150 items, 10 days; ``--bundle`` reuses such a directory with
-``model/``, ``policy/``, ``transform/``, otherwise it is trained here, a few minutes, and cached in
-``$RECFLOW_BENCH_DIR``). Each candidate goes through both halves of the gate, as in production:
+simulated shop of 2,000 users, 500 items and 7 days with the two-tower retrieval model (``--bundle`` reuses such a
+directory with ``model/``, ``policy/``, ``transform/``, otherwise it is trained here, about 20 minutes on two
+shared cores, and cached in ``$RECFLOW_BENCH_DIR``). Each candidate goes through both halves of the gate, as in production:
 
-1. **Offline** (:func:`recflow.evaluation.evaluate_recommenders` with the default blessing rules: floors, lift
-   over popularity and over the best baseline, non-inferiority against the champion with its power check) on the
-   same shop's held-out split. A model is evaluated through what serving retrieves for each user
+1. **Offline** (:func:`recflow.evaluation.evaluate_recommenders` with the default blessing rules -- floors,
+   non-inferiority against the champion with its power check, no excluded items -- except the two lifts over the
+   baselines, which are off: on this shop no trained model beats the count baselines (the pipeline's own
+   evaluation of this bundle: NDCG@10 0.429 vs popularity 0.435, ALS 0.477), so with them nothing would reach the
+   canary; each row lists them as ``gate_overrides``) on the same shop's held-out split. A model is evaluated through what serving retrieves for each user
    (:meth:`serving.recommender.Recommender.retrieve`, i.e. the bundle's retrieval as served). Refused: never pushed.
 2. **Online**: a blessed candidate is pushed to a model store as the canary (``release.canary`` defaults, but
    ``share`` 0.5 so a scenario takes about a minute); a serving :class:`~serving.recommender.Recommender`
@@ -45,7 +47,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recflow  # noqa: E402, F401  (first: selects legacy Keras)
+from machine import machine_info  # noqa: E402
 
 WORLD = {"users": 2000, "items": 500, "days": 7}
 #: The two-tower retrieval model: on these shops it beats the count baselines, which the default sequence model
@@ -170,18 +174,25 @@ class ShuffledLabelsALS:
 
 
 def offline(examples: Path, candidate: Any, champion: Any, out: Path) -> dict[str, Any]:
-    from recflow.evaluation.config import BeyondAccuracyConfig, EvaluatorConfig
+    from recflow.evaluation.config import BeyondAccuracyConfig, BlessingThresholds, EvaluatorConfig
     from recflow.evaluation.evaluator import evaluate_recommenders
     from recflow.evaluation.report import write_report
 
+    # On this shop no trained retrieval model beats the count baselines (the pipeline's own evaluation of this
+    # bundle: NDCG@10 0.429 vs popularity 0.435 and ALS 0.477), so with every rule on nothing would reach the
+    # canary. The benchmark measures the champion comparison and the canary: the two baseline-lift rules are off,
+    # and the rows say so (gate_overrides), as any run with changed gate settings does.
     config = EvaluatorConfig(baselines=("popularity", "most_viewed", "als"), baseline_tuning_trials=0,
-                             beyond_accuracy=BeyondAccuracyConfig(enabled=False), max_users=None, seed=SEED)
+                             beyond_accuracy=BeyondAccuracyConfig(enabled=False), max_users=None, seed=SEED,
+                             thresholds=BlessingThresholds(min_lift_over_popularity=None,
+                                                           min_lift_over_best_baseline=None))
     result = evaluate_recommenders(examples, candidate, config, champion=champion)
     write_report(out, result)
     b = result.blessing
     return {"blessed": b.blessed, "reasons": b.reasons, "ndcg@10": result.candidate.metrics.get("ndcg@10"),
             "champion_ndcg@10": result.methods["champion"].metrics.get("ndcg@10"), "users": result.n_users,
-            "non_inferiority": b.non_inferiority}
+            "non_inferiority": b.non_inferiority, "gate_overrides": b.overrides,
+            "baselines": {m: result.methods[m].metrics.get("ndcg@10") for m in ("popularity", "most_viewed", "als")}}
 
 
 def online(store_root: Path, champion_dir: Path, candidate_dir: Path, evaluation: Path, work: Path,
@@ -331,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed_requests": sum(r.get("online", {}).get("failed_requests", 0) for r in rows),
         "feedback_lost": sum(r.get("online", {}).get("feedback_lost", 0) for r in rows),
         "seconds": round(time.time() - started, 1),
+        "machine": machine_info(("numpy", "scipy", "statsmodels", "tensorflow")),
         "scenarios": rows,
     }
     from recflow.evaluation.report import json_safe
