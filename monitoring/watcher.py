@@ -19,6 +19,7 @@ model is blessed and pushed, the watcher never promotes anything.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -37,6 +38,8 @@ from monitoring.config import WatchConfig
 from monitoring.retraining import LOCK_NAME, pid_alive, read_lock, write_lock
 from recflow.errors import RecflowError
 from recflow.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 STATE = "state.json"
 DECISIONS = "decisions.jsonl"
@@ -311,6 +314,15 @@ def champion_model_dir(model_store: str | None) -> str | None:
     return str(model) if can_warm_start_from(model) else None
 
 
+#: Config prefixes of the release gate: an override under one of them changes what may reach production.
+GATE_PREFIXES: tuple[str, ...] = ("evaluator.thresholds.", "release.")
+
+
+def gate_overrides(overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """The ``key=value`` overrides that change a release-gate setting (see :data:`GATE_PREFIXES`)."""
+    return [o for o in overrides if o.split("=", 1)[0].strip().startswith(GATE_PREFIXES)]
+
+
 def pipeline_command(data_dir: Path, *, config_path: Path | None = None, kfp_host: str | None = None,
                      model_store: str | None = None, tracking_uri: str | None = None,
                      overrides: tuple[str, ...] | list[str] = (),
@@ -324,6 +336,9 @@ def pipeline_command(data_dir: Path, *, config_path: Path | None = None, kfp_hos
     argv = [sys.executable, "-m", "recflow"]
     if config_path is not None:
         argv += ["--config", str(config_path)]
+    gates = gate_overrides(overrides)
+    if gates:  # never silent: the pipeline's summary, blessing.json and MLflow repeat them
+        log.warning("the retraining changes release-gate settings: %s", "; ".join(gates))
     for override in overrides:
         argv += ["--set", override]
     if warm_start_from and not any(o.startswith("trainer.warm_start_from=") for o in overrides):

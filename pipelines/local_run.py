@@ -107,12 +107,27 @@ class LocalRunResult:
             lines += ["", "key metrics (candidate vs baselines):", *_metrics_table(evaluation.metrics)]
         verdict = {True: "BLESSED", False: "NOT blessed", None: "no verdict"}[self.blessed]
         lines += ["", f"evaluation: {verdict}"]
-        lines += [f"  - {r}" for r in evaluation.notes.get("reasons", [])]
+        checks = evaluation.notes.get("checks") or []
+        if checks:
+            lines += _checks_table(checks)
+        else:
+            lines += [f"  - {r}" for r in evaluation.notes.get("reasons", [])]
+        overrides = evaluation.notes.get("overrides") or []
+        if overrides:
+            lines.append("  gate settings changed from the defaults (recorded in MLflow as recflow.gate_overrides):")
+            lines += [f"    ! {o}" for o in overrides]
         if evaluation.notes.get("report"):
             lines.append(f"  report: {evaluation.notes['report']}")
         lines.append("")
         if self.pushed_to:
-            lines.append(f"pushed model bundle: {self.pushed_to}")
+            pusher = self.step("pusher").notes
+            if pusher.get("alias") == "canary":
+                lines.append(f"pushed model bundle: {self.pushed_to} as the canary (the champion keeps serving the "
+                             "other users until the online guardrail promotes or rolls it back)")
+            else:
+                lines.append(f"pushed model bundle: {self.pushed_to}")
+            if pusher.get("canary_disabled"):
+                lines.append("  ! release.canary.enabled = false (default true): pushed straight to champion")
         else:
             lines.append(f"nothing pushed: {self.why_not_pushed()}")
         if self.tracking_uri:
@@ -120,6 +135,20 @@ class LocalRunResult:
                       f"  mlflow ui --backend-store-uri {self.tracking_uri}"]
         lines.append(f"full log: {self.log_path}")
         return "\n".join(lines)
+
+
+def _checks_table(checks: list[dict[str, Any]]) -> list[str]:
+    """Every blessing check as a row (status, check, value, threshold), then each failed check's words."""
+    rows = [f"  {'status':<7}{'check':<42}{'value':>34}  threshold"]
+    for c in checks:
+        status = {"pass": "PASS", "fail": "FAIL", "off": "off"}.get(str(c.get("status")), str(c.get("status")))
+        rows.append(f"  {status:<7}{str(c.get('name', ''))[:41]:<42}{str(c.get('value', '-'))[:34]:>34}  "
+                    f"{c.get('threshold', '-')}")
+    failed = [c for c in checks if c.get("status") == "fail"]
+    if failed:
+        rows.append("  failed:")
+        rows += [f"  - {c.get('detail', '')}" for c in failed]
+    return rows
 
 
 def _metrics_table(flat: dict[str, float]) -> list[str]:

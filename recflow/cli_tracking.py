@@ -42,7 +42,7 @@ def _store(state: CliState, override: str | None):  # noqa: ANN202  (ModelStore;
 
     config = _store_config(state)
     root = resolve_store_root(config, state.config.paths.data_dir, override)
-    return ModelStore(root, keep_versions=config.keep_versions, lock_timeout_s=config.lock_timeout_s)
+    return ModelStore.from_config(root, config)
 
 
 tracking_uri_option = click.option(
@@ -139,7 +139,7 @@ def runs_compare(
 
 @click.group()
 def models() -> None:
-    """List pushed model versions and roll the champion back."""
+    """List pushed model versions, roll the champion back, run the canary by hand, collect garbage."""
 
 
 @models.command("list")
@@ -163,6 +163,8 @@ def models_list(state: CliState, metric_names: tuple[str, ...], store_root: str 
     state_ = store.alias()
     champion = state_.version if state_ else None
     previous = state_.previous if state_ else None
+    canary_state = store.alias("canary")
+    canary = canary_state.version if canary_state else None
     table = []
     for b in versions:
         names = list(metric_names) or sorted(b.metrics)[:3]
@@ -170,7 +172,8 @@ def models_list(state: CliState, metric_names: tuple[str, ...], store_root: str 
             f"{n}={b.metrics[n]:.4g}" if isinstance(b.metrics.get(n), (int, float)) else f"{n}=-"
             for n in names
         )
-        role = "champion" if b.version == champion else ("previous" if b.version == previous else "")
+        role = ("champion" if b.version == champion else "canary" if b.version == canary
+                else "previous" if b.version == previous else "")
         table.append([b.version, role, b.created, (b.mlflow_run_id or "")[:12], shown])
     click.echo(f"model store {store.root}")
     click.echo(
@@ -180,6 +183,107 @@ def models_list(state: CliState, metric_names: tuple[str, ...], store_root: str 
             disable_numparse=True,
         )
     )
+
+
+@models.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only say what would be kept and deleted.")
+@store_option
+@pass_state
+def models_gc(state: CliState, dry_run: bool, store_root: str | None) -> None:
+    """Delete old bundles: keeps the champion, the previous champion, the canary, the newest
+    model_store.keep_versions and every version a serving process holds."""
+    store = _store(state, store_root)
+    kept = store.retention()
+    versions = [b.version for b in store.versions()]
+    for version in versions:
+        why = kept.get(version)
+        click.echo(f"  {version}  " + (f"keep ({', '.join(why)})" if why else "delete"))
+    if dry_run:
+        click.echo(f"dry run: {sum(v not in kept for v in versions)} version(s) would be deleted from {store.root}")
+        return
+    removed = store.collect_garbage()
+    click.echo(f"deleted {len(removed)} version(s) from {store.root}" + (f": {', '.join(removed)}" if removed else ""))
+
+
+@models.group("canary")
+def models_canary() -> None:
+    """The canary: a pushed champion on trial for a share of traffic (serving decides automatically)."""
+
+
+@models_canary.command("status")
+@store_option
+@pass_state
+def canary_status_cmd(state: CliState, store_root: str | None) -> None:
+    """The running canary (if any), the champion it would replace, and every decision so far."""
+    from serving.canary import canary_status
+
+    store = _store(state, store_root)
+    status = canary_status(store)
+    running = status["canary"]
+    click.echo(f"model store {store.root}: champion {status['champion'] or '-'}")
+    if running:
+        click.echo(f"canary {running['version']} on {state.config.release.canary.share:.0%} of users since "
+                   f"{running['since']} (would replace {running['replaces']})")
+    else:
+        click.echo("no canary running")
+    for d in status["decisions"][-10:]:
+        click.echo(f"  {d['decided_at']}  {d['decision']:<12} {d['version']}  (champion {d.get('champion')}): "
+                   f"{d['reason']}")
+
+
+def _canary_by_hand(state: CliState, action: str, reason: str, version: str | None, store_root: str | None,
+                    no_registry: bool, tracking_uri: str | None) -> None:
+    from recflow.errors import RecflowError
+    from recflow.model_store import sync_canary_registry
+    from serving.canary import decide_by_hand
+
+    store = _store(state, store_root)
+    uri = None if no_registry else _tracking_uri(state, tracking_uri)  # fail before changing anything
+    done = decide_by_hand(store, action, reason, version=version)
+    verb = "promoted to champion" if action == "promote" else "aborted (the champion stays)"
+    click.echo(f"canary {done} {verb}; serving follows on its next poll")
+    if uri is None:
+        return
+    name = _tracking_config(state).registered_model_name
+    try:
+        aliases = sync_canary_registry(uri, store, name)
+    except RecflowError as exc:  # the store is the source of truth: the decision stands
+        click.secho(f"warning: MLflow registry aliases not moved: {exc}", fg="yellow", err=True)
+        return
+    click.echo(f"MLflow model {name!r}: champion -> version {aliases['champion']}, canary -> "
+               f"{aliases['canary'] or 'none'}")
+
+
+_reason_option = click.option("--reason", default="no reason given", help="Why (recorded in the decision log).")
+_version_option = click.option("--version", "version", default=None,
+                               help="Act only if this version is the canary (guards against a race).")
+_no_registry_option = click.option("--no-registry", is_flag=True, help="Do not move the MLflow registry aliases.")
+
+
+@models_canary.command("promote")
+@_reason_option
+@_version_option
+@_no_registry_option
+@store_option
+@tracking_uri_option
+@pass_state
+def canary_promote_cmd(state: CliState, reason: str, version: str | None, no_registry: bool,
+                       store_root: str | None, tracking_uri: str | None) -> None:
+    """Make the canary the champion now (without waiting for the guardrail)."""
+    _canary_by_hand(state, "promote", reason, version, store_root, no_registry, tracking_uri)
+
+
+@models_canary.command("abort")
+@_reason_option
+@_version_option
+@_no_registry_option
+@store_option
+@tracking_uri_option
+@pass_state
+def canary_abort_cmd(state: CliState, reason: str, version: str | None, no_registry: bool,
+                     store_root: str | None, tracking_uri: str | None) -> None:
+    """Stop the canary now; its users go back to the champion."""
+    _canary_by_hand(state, "abort", reason, version, store_root, no_registry, tracking_uri)
 
 
 @models.command("rollback")

@@ -23,6 +23,7 @@ from recflow.model_store import ModelStoreConfig
 from recflow.monitoring_config import MonitoringConfig
 from recflow.pipeline_config import PipelineConfig
 from recflow.policy.config import PolicyConfig
+from recflow.release import ReleaseConfig
 from recflow.serving_config import ServingConfig
 from recflow.simulator.config import SimulatorConfig
 from recflow.tracking import TrackingConfig
@@ -70,6 +71,7 @@ class RecflowConfig(Section):
     policy: PolicyConfig = PolicyConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     model_store: ModelStoreConfig = ModelStoreConfig()
+    release: ReleaseConfig = ReleaseConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()
     serving: ServingConfig = ServingConfig()

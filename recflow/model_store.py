@@ -7,7 +7,9 @@ production -- only the local path is tested here)::
     versions/v0001/retrieval/...      # the bundle's parts (retrieval, ranking, policy, evaluation, ...)
     versions/.staging-<uuid>/         # a push in progress (never listed, never served)
     aliases/champion.json             # {"version": "v0003", "previous": "v0002", "moved_at", "reason"}
+    aliases/canary.json               # a pushed champion on trial for a share of traffic (serving/canary.py)
     aliases/history.jsonl             # every alias move, oldest first
+    leases/<holder>.json              # versions a serving process has loaded or is loading, until "expires"
     .push.lock                        # serialises pushers, rollbacks and garbage collection
 
 A push happens only for a blessed model (``blessing.json`` in the evaluation directory says
@@ -15,6 +17,12 @@ A push happens only for a blessed model (``blessing.json`` in the evaluation dir
 (and runs an optional caller check such as loading the SavedModel), renames the staging directory to the next
 version and finally moves the alias with an atomic replace. The alias file is the commit point: a failure
 anywhere before it leaves the store as it was, and a failure while moving it puts the previous state back.
+
+Retention (:meth:`ModelStore.collect_garbage`, run after every push and by ``recflow models gc``): the store keeps
+the champion, the previous champion, every other alias's version (the canary and the version it would replace),
+the newest ``keep_versions`` versions, and every version named in an unexpired lease; everything older is
+deleted. A serving process holds a lease on what it serves (:meth:`ModelStore.hold`, refreshed by its model
+watcher), so a bundle being served or loaded is never removed under it.
 
 The store is the source of truth for which bundle is the champion. The MLflow Model Registry mirrors it
 (:func:`register_in_mlflow`, :func:`sync_registry_alias`): its model versions carry the tag
@@ -44,6 +52,7 @@ from recflow.errors import ConfigError, DataError, ServiceUnavailable
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+CANARY = "canary"
 MANIFEST = "manifest.json"
 BLESSING = "blessing.json"
 MANIFEST_FORMAT = 1
@@ -67,7 +76,15 @@ class ModelStoreConfig(BaseModel):
     keep_versions: int = Field(
         10,
         ge=2,
-        description="Versions kept after a push (the champion and the previous one are always kept).",
+        description="The newest versions kept by the garbage collection after every push and by `recflow "
+        "models gc`; the champion, the previous champion, the canary (and any other alias) and every version a "
+        "serving process holds a lease on are kept as well, however old.",
+    )
+    lease_ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a serving process's lease on the versions it serves lasts without a refresh "
+        "(its model watcher refreshes it every poll); a crashed server's lease only delays deletion.",
     )
     lock_timeout_s: float = Field(
         600.0, gt=0, description="Seconds a pusher waits for another push or rollback to finish."
@@ -130,6 +147,7 @@ class PushResult:
     version: str | None = None
     previous: str | None = None
     bundle: BundleInfo | None = None
+    as_canary: bool = False  # pushed as the canary (the champion stays until the canary is promoted)
 
 
 class VerificationFailed(DataError):
@@ -187,7 +205,11 @@ class ModelStore:
     """Versioned model bundles under ``root`` with atomic pushes, a ``champion`` alias and rollback."""
 
     def __init__(
-        self, root: str | os.PathLike[str], keep_versions: int = 10, lock_timeout_s: float = 600.0
+        self,
+        root: str | os.PathLike[str],
+        keep_versions: int = 10,
+        lock_timeout_s: float = 600.0,
+        lease_ttl_s: float = 3600.0,
     ) -> None:
         import fsspec
 
@@ -197,10 +219,17 @@ class ModelStore:
         self.root = text if "://" in text else str(Path(text).expanduser().resolve())
         self.keep_versions = keep_versions
         self.lock_timeout_s = lock_timeout_s
+        self.lease_ttl_s = lease_ttl_s
         self.fs, self._base = fsspec.core.url_to_fs(self.root)
         self.is_local = "file" in (
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         )
+
+    @classmethod
+    def from_config(cls, root: str | os.PathLike[str], config: ModelStoreConfig) -> ModelStore:
+        """A store at ``root`` with the retention, lock and lease settings of ``config``."""
+        return cls(root, keep_versions=config.keep_versions, lock_timeout_s=config.lock_timeout_s,
+                   lease_ttl_s=config.lease_ttl_s)
 
     # ---- paths -------------------------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -332,8 +361,14 @@ class ModelStore:
         metadata: Mapping[str, Any] | None = None,
         *,
         verify: Callable[[str], object] | None = None,
+        canary: bool = False,
     ) -> PushResult:
         """Publish a blessed bundle as the next version and make it the champion; refuse an unblessed one.
+
+        With ``canary`` and a champion in place, the new version becomes the ``canary`` alias instead (its
+        ``previous`` is the champion it would replace) and the champion stays; serving then tries it on a share
+        of traffic and :meth:`promote_canary` or :meth:`abort_canary` ends the trial. A canary still running is
+        superseded (its trial ends as ``aborted``). The first push always makes a champion.
 
         ``parts`` maps part names to local files or directories (e.g. retrieval, ranking, policy); the
         evaluation directory is included as part ``evaluation`` unless given. ``metadata`` (JSON) goes into
@@ -376,7 +411,14 @@ class ModelStore:
                 self._write_manifest(staging, manifest)
                 self._verify(staging, verify)
                 self._commit(staging, version)
-                self._move_alias(CHAMPION, version, previous.version if previous else None, "push")
+                if canary and previous is not None:
+                    running = self.alias(CANARY)
+                    if running is not None:
+                        self._record_decision("aborted", running.version, previous.version,
+                                              f"superseded by {version}", {})
+                    self._move_alias(CANARY, version, previous.version, "push (canary)")
+                else:
+                    self._move_alias(CHAMPION, version, previous.version if previous else None, "push")
             except BaseException:
                 self._remove(staging)
                 self._remove(final)
@@ -384,7 +426,9 @@ class ModelStore:
             self._collect_garbage()
         finally:
             lock.release()
-        return PushResult(True, why, version, previous.version if previous else None, self.bundle(version))
+        as_canary = canary and previous is not None
+        return PushResult(True, why, version, previous.version if previous else None, self.bundle(version),
+                          as_canary=as_canary)
 
     def _stage(self, parts: Mapping[str, Path], staging: str) -> dict[str, dict[str, Any]]:
         """Copy every part into ``staging``, hashing while reading; returns the manifest's file table."""
@@ -517,6 +561,77 @@ class ModelStore:
         finally:
             lock.release()
 
+    # ---- the canary ------------------------------------------------------------------------------------
+    def canary(self) -> BundleInfo | None:
+        """The bundle on trial as the canary, or None."""
+        state = self.alias(CANARY)
+        return None if state is None else self.bundle(state.version)
+
+    def promote_canary(self, reason: str, stats: Mapping[str, Any] | None = None,
+                       *, expected: str | None = None) -> BundleInfo | None:
+        """Make the canary the champion (its previous: the current champion) and end the trial; returns the new
+        champion, or None when there is no canary (or it is no longer ``expected``: another process decided)."""
+        lock = self._locked()
+        try:
+            state = self.alias(CANARY)
+            if state is None or (expected is not None and state.version != normalize_version(expected)):
+                return None
+            champion = self.alias(CHAMPION)
+            self._move_alias(CHAMPION, state.version, champion.version if champion else None,
+                             f"canary promoted: {reason}")
+            self._clear_alias(CANARY, f"promoted to champion: {reason}")
+            self._record_decision("promoted", state.version, champion.version if champion else None, reason,
+                                  stats or {})
+            return self.bundle(state.version)
+        finally:
+            lock.release()
+
+    def abort_canary(self, reason: str, stats: Mapping[str, Any] | None = None,
+                     *, expected: str | None = None) -> str | None:
+        """End the canary's trial without promoting it (a rollback: the champion never moved); returns the
+        aborted version, or None when there is no canary (or it is no longer ``expected``)."""
+        lock = self._locked()
+        try:
+            state = self.alias(CANARY)
+            if state is None or (expected is not None and state.version != normalize_version(expected)):
+                return None
+            self._clear_alias(CANARY, f"rolled back: {reason}")
+            self._record_decision("rolled_back", state.version, state.previous, reason, stats or {})
+            return state.version
+        finally:
+            lock.release()
+
+    def canary_decisions(self) -> list[dict[str, Any]]:
+        """Every canary decision (promoted, rolled_back, aborted), oldest first."""
+        try:
+            text = self.fs.cat_file(self._p("aliases", "canary_decisions.jsonl")).decode("utf-8")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def _record_decision(self, decision: str, version: str, champion: str | None, reason: str,
+                         stats: Mapping[str, Any]) -> None:
+        path = self._p("aliases", "canary_decisions.jsonl")
+        try:
+            old = self.fs.cat_file(path).decode("utf-8")
+        except FileNotFoundError:
+            old = ""
+        entry = {"decision": decision, "version": version, "champion": champion, "reason": reason,
+                 "decided_at": _now(), "stats": dict(stats)}
+        self.fs.makedirs(self._p("aliases"), exist_ok=True)
+        self._write_text(path, old + json.dumps(entry, sort_keys=True, default=str) + "\n")
+
+    def _clear_alias(self, alias: str, reason: str) -> None:
+        """Remove ``alias`` (history first, then the alias file: the commit point)."""
+        history_path = self._p("aliases", "history.jsonl")
+        try:
+            old_history = self.fs.cat_file(history_path).decode("utf-8")
+        except FileNotFoundError:
+            old_history = ""
+        entry = {"alias": alias, "version": None, "previous": None, "moved_at": _now(), "reason": reason}
+        self._write_text(history_path, old_history + json.dumps(entry, sort_keys=True) + "\n")
+        self._remove(self._p("aliases", f"{alias}.json"))
+
     def _check_bundle(self, bundle: BundleInfo) -> None:
         base = self._p("versions", bundle.version)
         for rel, sha in bundle.files.items():
@@ -532,19 +647,83 @@ class ModelStore:
                 )
 
     def collect_garbage(self) -> list[str]:
-        """Delete versions beyond ``keep_versions`` (never the champion or the previous one); returns them."""
+        """Delete the versions :meth:`retention` does not keep; returns the deleted ones."""
         lock = self._locked()
         try:
             return self._collect_garbage()
         finally:
             lock.release()
 
+    # ---- leases: what serving processes have loaded ------------------------------------------------------
+    def hold(self, holder: str, versions: list[str] | tuple[str, ...], ttl_s: float | None = None) -> None:
+        """Record that ``holder`` (e.g. ``host:pid``) serves or is loading ``versions`` until now + ``ttl_s``
+        (default ``lease_ttl_s``); the garbage collection keeps them. Call again to refresh or change them."""
+        if not _PART_RE.match(holder):
+            holder = hashlib.sha256(holder.encode()).hexdigest()[:16]
+        ttl = self.lease_ttl_s if ttl_s is None else ttl_s
+        record = {"holder": holder, "versions": sorted({normalize_version(v) for v in versions}),
+                  "expires": time.time() + ttl, "held_at": _now()}
+        self.fs.makedirs(self._p("leases"), exist_ok=True)
+        self._write_text(self._p("leases", f"{holder}.json"), json.dumps(record, sort_keys=True))
+
+    def release(self, holder: str) -> None:
+        """Drop ``holder``'s lease (a serving process that shuts down)."""
+        if not _PART_RE.match(holder):
+            holder = hashlib.sha256(holder.encode()).hexdigest()[:16]
+        self._remove(self._p("leases", f"{holder}.json"))
+
+    def leases(self) -> dict[str, list[str]]:
+        """Unexpired leases: holder -> versions."""
+        try:
+            entries = self.fs.ls(self._p("leases"), detail=False)
+        except FileNotFoundError:
+            return {}
+        out: dict[str, list[str]] = {}
+        now = time.time()
+        for entry in entries:
+            if not entry.endswith(".json"):
+                continue
+            try:
+                record = self._read_json(entry)
+            except DataError:  # a torn lease file protects nothing but must not stop the collection
+                continue
+            if isinstance(record, dict) and float(record.get("expires", 0)) > now:
+                out[str(record.get("holder"))] = [str(v) for v in record.get("versions", [])]
+        return out
+
+    def retention(self) -> dict[str, list[str]]:
+        """Why each kept version is kept: version -> reasons (``newest N``, ``champion``, ``previous
+        champion``, ``alias canary``, ``lease <holder>``); versions absent from the result are deletable."""
+        names = self._version_names()
+        keep: dict[str, list[str]] = {}
+
+        def mark(version: str | None, why: str) -> None:
+            if version:
+                keep.setdefault(version, []).append(why)
+
+        for name in names[-self.keep_versions :]:
+            mark(name, f"newest {self.keep_versions}")
+        for alias in self._alias_names():
+            state = self.alias(alias)
+            if state is None:
+                continue
+            mark(state.version, alias)
+            mark(state.previous, f"previous {alias}")
+        for holder, versions in self.leases().items():
+            for version in versions:
+                mark(version, f"lease {holder}")
+        return {name: keep[name] for name in names if name in keep}
+
+    def _alias_names(self) -> list[str]:
+        try:
+            entries = self.fs.ls(self._p("aliases"), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1][: -len(".json")] for e in entries if e.endswith(".json"))
+
     def _collect_garbage(self) -> list[str]:
         names = self._version_names()
-        state = self.alias(CHAMPION)
-        protected = set(names[-self.keep_versions :])
-        if state is not None:
-            protected |= {state.version, *([state.previous] if state.previous else [])}
+        protected = set(self.retention())
         removed = []
         for name in names:
             if name not in protected:
@@ -553,6 +732,8 @@ class ModelStore:
                     removed.append(name)
                 except OSError as exc:
                     log.warning("model store %s: could not delete old version %s: %s", self.root, name, exc)
+        if removed:
+            log.info("model store %s: deleted old versions %s", self.root, ", ".join(removed))
         try:
             entries = self.fs.ls(self._p("versions"), detail=True)
         except FileNotFoundError:
@@ -686,3 +867,29 @@ def rollback_champion(
     if tracking_uri is None or model_name is None:
         return bundle, None
     return bundle, sync_registry_alias(tracking_uri, store, model_name)
+
+
+def sync_canary_registry(tracking_uri: str, store: ModelStore, name: str) -> dict[str, str | None]:
+    """Mirror the store's ``champion`` and ``canary`` aliases in the MLflow registry after a canary decision:
+    ``champion`` follows the store's champion (:func:`sync_registry_alias`); ``canary`` is set on the canary's
+    registered version, or deleted when no canary runs. Returns ``{"champion": version, "canary": version}``."""
+    from mlflow.exceptions import MlflowException
+
+    from recflow.tracking import tracking_client
+
+    out: dict[str, str | None] = {"champion": sync_registry_alias(tracking_uri, store, name), "canary": None}
+    client = tracking_client(tracking_uri)
+    canary = store.canary()
+    if canary is None:
+        try:
+            client.delete_registered_model_alias(name, CANARY)
+        except MlflowException:  # no such alias: nothing to delete
+            pass
+        return out
+    version = registry_version_for(tracking_uri, name, canary.version, store.root)
+    if version is None and canary.mlflow_run_id:
+        version = register_in_mlflow(tracking_uri, canary.mlflow_run_id, canary, name, store=store, alias=CANARY)
+    elif version is not None:
+        client.set_registered_model_alias(name, CANARY, version)
+    out["canary"] = version
+    return out

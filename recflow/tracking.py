@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -71,6 +71,11 @@ TAG_ERROR = "recflow.error"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_BLESSED = "recflow.blessed"  # "true" / "false", on the pipeline run and the evaluator's step run
+TAG_GATE_OVERRIDES = "recflow.gate_overrides"  # "; "-joined gate settings that differ from the defaults
+TAG_FAILED_CHECKS = "recflow.failed_checks"  # "; "-joined reasons a candidate was not blessed
+TAG_PUSHED_KIND = "recflow.pushed_kind"  # "candidate" or "baseline:<name>" (what the Pusher pushed)
+EVALUATION_ARTIFACTS = ("report.html", "blessing.json", "metrics.json")
 
 STEP_SECONDS = "step_seconds"
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
@@ -632,6 +637,29 @@ def log_artifacts(tracking_uri: str, run_id: str, local_dir: Path, artifact_path
         client.log_artifacts(run_id, str(local), artifact_path)
     else:
         client.log_artifact(run_id, str(local), artifact_path)
+
+
+def record_evaluation(
+    tracking_uri: str, run_ids: Sequence[str], evaluation_dir: Path, artifact_path: str = "evaluation"
+) -> dict[str, str]:
+    """Log an evaluation's report (``report.html``, ``blessing.json``, ``metrics.json``) as artifacts of every
+    run of ``run_ids`` (the pipeline run and the evaluator's step run), blessed or not, and tag them with the
+    verdict, the failed checks and the gate overrides. Returns the tags set."""
+    evaluation_dir = Path(evaluation_dir)
+    blessing = json.loads((evaluation_dir / "blessing.json").read_text(encoding="utf-8"))
+    tags = {
+        TAG_BLESSED: "true" if blessing.get("blessed") else "false",
+        TAG_GATE_OVERRIDES: ("; ".join(blessing.get("overrides") or []) or "none")[:5000],
+        TAG_FAILED_CHECKS: ("; ".join(blessing.get("reasons") or []) or "none")[:5000],
+    }
+    client = tracking_client(tracking_uri)
+    for run_id in dict.fromkeys(r for r in run_ids if r):
+        for name in EVALUATION_ARTIFACTS:
+            path = evaluation_dir / name
+            if path.is_file():
+                client.log_artifact(run_id, str(path), artifact_path)
+        _log_batch(client, run_id, tags=tags)
+    return tags
 
 
 def child_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:

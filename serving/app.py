@@ -241,6 +241,9 @@ class Metrics:
         else:
             self.registry.register(service)  # type: ignore[arg-type]
             self.exposition = self.registry
+        from serving.canary import register_metrics as register_canary_metrics
+
+        register_canary_metrics(self.exposition, lambda: recommender_ref().canary)
 
     def count_feedback(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:

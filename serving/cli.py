@@ -146,7 +146,7 @@ def _serve(
     limit_threads(cfg)
     click.echo(f"loading the champion of {root} ...", err=True)
     started = time.perf_counter()
-    rec = Recommender.load(root, cfg, feedback_dir=fb_dir, catalog=items)
+    rec = Recommender.load(root, cfg, feedback_dir=fb_dir, catalog=items, canary=state.config.release.canary)
     log_event(
         "model_loaded",
         version=rec.champion.version,

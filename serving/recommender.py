@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from recflow.errors import DataError
+from recflow.release import ArmStats
 from serving.bundle import ServingBundle
 from serving.config import ServingConfig
 from serving.decisions import SharedDecisions
@@ -49,7 +50,7 @@ from serving.online import OnlineLinUCB
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, CANARY = "champion", "challenger", "canary"
 FEEDBACK_TYPES: tuple[str, ...] = (
     "impression",
     "view",
@@ -96,6 +97,7 @@ class Variant:
     bundle: ServingBundle
     online: OnlineLinUCB | None
     served: int = 0
+    stats: ArmStats = field(default_factory=ArmStats)  # requests, errors, latency, impressions, clicks
 
     @property
     def policy_id(self) -> str:
@@ -203,6 +205,9 @@ class Recommender:
         self._window_lock = threading.Lock()
         self._explainers: dict[str, Any] = {}
         self.histories = UserHistories(self.config.history_length, self.config.history_users)
+        self.canary_share = 0.0
+        self.canary_salt = "canary"
+        self.canary: Any = None  # a serving.canary.CanaryController, stepped by the model watcher
 
     # ------------------------------------------------------------------ construction
     def _variant(self, name: str, bundle: ServingBundle) -> Variant:
@@ -232,12 +237,15 @@ class Recommender:
         catalog: pd.DataFrame | None = None,
         worker: str | None = None,
         shared_decisions: str | Path | None = None,
+        canary: Any = None,
     ) -> Recommender:
         """Serve the champion (and the configured challenger) of a model store (a path or a ModelStore).
 
         ``worker``: this process's name among the service's workers (its feedback log segments carry it, so each
         worker's log is its own ordered sequence); ``shared_decisions``: the SQLite file of served slates shared
-        by the workers (:mod:`serving.decisions`)."""
+        by the workers (:mod:`serving.decisions`). ``canary`` (a :class:`recflow.release.CanaryConfig`, the
+        config's ``release.canary``): follow the store's canary alias with a
+        :class:`serving.canary.CanaryController` (stepped by the model watcher; single-worker service only)."""
         from recflow.model_store import ModelStore
 
         config = config or ServingConfig()
@@ -265,7 +273,31 @@ class Recommender:
             shared_decisions=shared,
         )
         rec.warm_up(rec._variants[CHAMPION].bundle)
+        rec.hold_served()
+        if canary is not None and getattr(canary, "enabled", False):
+            from serving.canary import CanaryController
+
+            rec.canary = CanaryController(rec, store, canary)
+            rec.canary.step()  # a canary already running: serve it from the start
         return rec
+
+    @property
+    def lease_holder(self) -> str:
+        """This process's name on the store's leases (see :meth:`recflow.model_store.ModelStore.hold`)."""
+        import socket
+
+        return f"serving-{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+
+    def hold_served(self, loading: Sequence[str] = ()) -> None:
+        """Lease the versions this process serves (and ``loading``) so the store's garbage collection keeps
+        them; a store that cannot be written (read-only) only logs."""
+        if self.store is None or not hasattr(self.store, "hold"):
+            return
+        versions = {v.bundle.version for v in self._variants.values()} | set(loading)
+        try:
+            self.store.hold(self.lease_holder, sorted(versions))
+        except Exception as exc:  # noqa: BLE001 - a lease is a courtesy to the collector; serving goes on
+            log.warning("could not lease served versions %s: %s", sorted(versions), exc)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -277,8 +309,11 @@ class Recommender:
         return dict(self._variants)
 
     def variant_for(self, user_id: str) -> Variant:
-        """The A/B variant that serves ``user_id`` (a stable hash decides)."""
+        """The variant that serves ``user_id`` (stable hashes decide): the canary for ``canary_share`` of users
+        while one runs, else the A/B challenger for ``challenger_share``, else the champion."""
         variants = self._variants
+        if CANARY in variants and ab_bucket(user_id, self.canary_salt) < self.canary_share:
+            return variants[CANARY]
         if CHALLENGER in variants and ab_bucket(user_id, self.config.ab_salt) < self.config.challenger_share:
             return variants[CHALLENGER]
         return variants[CHAMPION]
@@ -313,9 +348,15 @@ class Recommender:
         entries = parse_history(history)
         chosen = self._variants[variant] if variant else self.variant_for(str(user_id))
         request_id, n = self._next_request_id()
-        rec, feats, base = self._recommend_with(
-            chosen, str(user_id), context, k, entries or None, exclude, request_id, n
-        )
+        started = time.perf_counter()
+        try:
+            rec, feats, base = self._recommend_with(
+                chosen, str(user_id), context, k, entries or None, exclude, request_id, n
+            )
+        except Exception:
+            chosen.stats.add_request((time.perf_counter() - started) * 1000.0, error=True)
+            raise
+        chosen.stats.add_request((time.perf_counter() - started) * 1000.0)
         chosen.served += 1
         with self._decisions_lock:
             self._decisions[request_id] = _Decision(rec, chosen, feats, base)
@@ -533,6 +574,11 @@ class Recommender:
         for d, pos, kind in learn:
             if d.variant.online is not None:
                 d.variant.online.submit(kind, d.features[pos], float(d.base[pos]))
+        for d, pos, kind in learn:  # per-variant outcomes, for the canary guardrail
+            if kind == "impression":
+                d.variant.stats.impressions += 1
+            elif kind == "click":
+                d.variant.stats.clicks += 1
         imps = sum(r["event_type"] == "impression" for r in rows)
         clicks = sum(r["event_type"] == "click" for r in rows)
         if imps or clicks:
@@ -573,6 +619,38 @@ class Recommender:
             if not rec.items or not np.all(np.isfinite(scores)):
                 raise DataError(f"bundle {bundle.version}: warm-up request for {user!r} gave no valid slate")
 
+    def set_canary(self, bundle: ServingBundle | None, share: float = 0.0, salt: str = "canary") -> None:
+        """Serve ``bundle`` as the canary to ``share`` of users (stable by a hash of the user id with ``salt``),
+        or stop serving a canary (None). Every variant's stats restart, so both arms are compared over the same
+        period. One reference assignment: a request sees the old or the new variants, whole."""
+        new_variants = {n: v for n, v in self._variants.items() if n != CANARY}
+        old = self._variants.get(CANARY)
+        if bundle is not None:
+            new_variants[CANARY] = self._variant(CANARY, bundle)
+        for v in new_variants.values():
+            v.stats = ArmStats()
+        self.canary_share, self.canary_salt = (float(share), salt) if bundle is not None else (0.0, salt)
+        self._variants = new_variants
+        self.hold_served()
+        if old is not None and old.online is not None:
+            old.online.stop()
+
+    def promote_canary_variant(self) -> None:
+        """The canary variant becomes the champion (its bundle is loaded and warm already; no reload)."""
+        canary = self._variants.get(CANARY)
+        if canary is None:
+            return
+        old = self._variants[CHAMPION]
+        new_variants = {n: v for n, v in self._variants.items() if n not in (CANARY, CHAMPION)}
+        canary.name = CHAMPION
+        new_variants[CHAMPION] = canary
+        self.canary_share = 0.0
+        self._variants = new_variants
+        self.swaps += 1
+        self.hold_served()
+        if old.online is not None:
+            old.online.stop()
+
     def check_for_new_champion(self) -> str:
         """One poll of the store's champion alias: ``unchanged``, ``swapped`` or ``rejected``."""
         if self.store is None:
@@ -586,6 +664,7 @@ class Recommender:
             # GIL back to request threads often, so requests keep flowing while the new bundle loads.
             interval = sys.getswitchinterval()
             sys.setswitchinterval(min(interval, 0.0005))
+            self.hold_served(loading=[state.version])  # nobody deletes it while it loads
             try:
                 info = self.store.resolve(state.version)
                 bundle = load_bundle(local_bundle_path(self.store, info), info.version, self.config)
@@ -609,6 +688,7 @@ class Recommender:
             new_variants[CHAMPION] = self._variant(CHAMPION, bundle)
             self._variants = new_variants  # one reference assignment: requests see the old or the new, whole
             self.swaps += 1
+            self.hold_served()
             if old.online is not None:
                 old.online.stop()
             log_event("swap", version=bundle.version, previous=old.bundle.version, variant=CHAMPION,
@@ -625,6 +705,9 @@ class Recommender:
         def run() -> None:
             while not self._stop.wait(interval):
                 try:
+                    self.hold_served()  # refresh the lease
+                    if self.canary is not None:
+                        self.canary.step()
                     self.check_for_new_champion()
                 except Exception:  # noqa: BLE001 - the watcher must survive a flaky store
                     log.exception("model watcher poll failed")
@@ -656,6 +739,11 @@ class Recommender:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(5)
+        if self.store is not None and hasattr(self.store, "release"):
+            try:
+                self.store.release(self.lease_holder)
+            except Exception as exc:  # noqa: BLE001 - the lease expires by itself
+                log.warning("could not release the serving lease: %s", exc)
         for v in self._variants.values():
             if v.online is not None:
                 v.online.stop()

@@ -249,6 +249,50 @@ def test_garbage_collection_keeps_the_newest_the_champion_and_the_previous(tmp_p
     assert [b.version for b in store.versions()] == ["v0006", "v0007"]
 
 
+def test_garbage_collection_keeps_leased_and_aliased_versions(tmp_path: Path):
+    store = ModelStore(tmp_path / "store", keep_versions=2)
+    _push(store, tmp_path, "a")  # v0001: a serving process loaded it and still serves it
+    store.hold("serving-host-1", ["v0001"])
+    for tag in "bcd":
+        _push(store, tmp_path, tag)
+    # v0001 is neither newest, champion nor previous, but it is leased; v0002 is not
+    assert [b.version for b in store.versions()] == ["v0001", "v0003", "v0004"]
+    kept = store.retention()
+    assert kept["v0001"] == ["lease serving-host-1"]
+    assert "champion" in kept["v0004"] and "previous champion" in kept["v0003"]
+    # an alias other than the champion (the canary) protects its version too
+    store._move_alias("canary", "v0003", "v0004", "canary")
+    store.release("serving-host-1")
+    _push(store, tmp_path, "e")
+    _push(store, tmp_path, "f")  # newest two v0005, v0006; champion v0006, previous v0005
+    assert [b.version for b in store.versions()] == ["v0003", "v0004", "v0005", "v0006"]
+    assert store.retention()["v0003"] == ["canary"] and store.retention()["v0004"] == ["previous canary"]
+    # an expired lease protects nothing
+    store.hold("gone", ["v0005"], ttl_s=-1)
+    assert store.leases() == {}
+
+
+def test_models_gc_cli_deletes_what_retention_does_not_keep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from click.testing import CliRunner
+
+    from recflow.cli import cli as main
+
+    root = tmp_path / "store"
+    store = ModelStore(root, keep_versions=5)
+    for tag in "abcd":
+        _push(store, tmp_path, tag)
+    runner = CliRunner()
+    dry = runner.invoke(main, ["--set", "model_store.keep_versions=2", "models", "gc", "--dry-run",
+                               "--store", str(root)])
+    assert dry.exit_code == 0, dry.output
+    assert "v0001  delete" in dry.output and "v0004  keep (newest 2, champion)" in dry.output
+    assert len(store.versions()) == 4
+    done = runner.invoke(main, ["--set", "model_store.keep_versions=2", "models", "gc", "--store", str(root)])
+    assert done.exit_code == 0, done.output
+    assert "deleted 2 version(s)" in done.output and "v0001, v0002" in done.output
+    assert [b.version for b in store.versions()] == ["v0003", "v0004"]
+
+
 def test_concurrent_pushers_get_distinct_complete_versions(tmp_path: Path):
     root = tmp_path / "store"
     results = []

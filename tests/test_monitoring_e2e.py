@@ -7,8 +7,9 @@ Prometheus scrapes it and the service's ``/metrics`` and evaluates the productio
 ``monitoring/prometheus/alerts.yml`` (the same expressions, loaded from that file, with ``for:`` shortened);
 Alertmanager (the production routing of ``monitoring/alertmanager/alertmanager.yml``, with the watcher's URL and
 short group waits) posts to the watcher's webhook; the watcher starts exactly one retraining: the real
-``recflow pipeline run`` on the recent feedback, whose evaluator blesses and pushes the new model; the service
-hot-swaps it, and the click rate (the simulator's true expected CTR of the served slates) recovers.
+``recflow pipeline run`` on the recent feedback, whose evaluator blesses and pushes the new model as the canary;
+the service serves it to half of the users while traffic flows, its guardrail promotes it, and the click rate
+(the simulator's true expected CTR of the served slates) recovers.
 
 Needs the Debian binaries (prometheus, prometheus-alertmanager, prometheus-pushgateway) and takes a few minutes
 (the pipeline run dominates); skipped when the binaries are missing.
@@ -224,7 +225,9 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
     env = {**os.environ, "RECFLOW_API_KEY": KEY}
     # serving's online LinUCB correction off on both arms: fresh after each swap, it moved a model's click rate over
     # the first 1,000 requests by +9% to -25% in our runs (docs/serving.md), which is not what this test compares
-    serve_cmd = [sys.executable, "-m", "recflow", "--set", "serving.online_learning=false", "serve",
+    # the retrained model is pushed as a canary on half of the users; the service's guardrail promotes it
+    serve_cmd = [sys.executable, "-m", "recflow", "--set", "serving.online_learning=false",
+                 "--set", "release.canary.share=0.5", "--set", "release.canary.min_requests=200", "serve",
                  "--models", str(store), "--port", str(ports["serve"]), "--feedback-dir", str(feedback),
                  "--catalog", str(data / "items.parquet")]
     with ExitStack() as stack:
@@ -291,9 +294,14 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         # blessed and pushed by the pipeline, then hot-swapped by the service
         log_tail = (state_dir / "retraining.log").read_text()[-3000:]
         assert "nothing pushed" not in log_tail, "the retrained model was not blessed:\n" + log_tail
+        # pushed as the canary (the champion stays), served to half of the users while traffic flows, promoted
+        # by the service's always-valid guardrail on click rate, error rate and latency
+        assert ModelStore(store).alias().version == "v0001"
         new_version = wait_until(
             lambda: (v := requests.get(serve_url + "/readyz", timeout=5).json().get("model_version")) != "v0001"
-            and v, 120, "the service to swap in the retrained model")
+            and v, 900, "the canary to be promoted by the guardrail", tick=lambda: shop.serve(20))
+        decisions = ModelStore(store).canary_decisions()
+        assert [d["decision"] for d in decisions] == ["promoted"], decisions
         # The new model against the old champion (loaded in this process from the store) from the moment of the
         # swap, in two ways. A/B in twin shops: a copy of the shop (same users, satiation and random streams) is
         # served by the old champion alone while the real one is served by the new model over HTTP, so each arm's

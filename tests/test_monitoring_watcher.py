@@ -259,3 +259,15 @@ def test_a_sequence_model_champion_can_be_warm_started_from(tmp_path: Path) -> N
     assert ModelStore(store).push({"model": tmp_path / "model"}, tmp_path / "evaluation").pushed
     model = champion_model_dir(str(store))
     assert model is not None and (Path(model) / WEIGHTS_FILE).is_file()
+
+
+def test_the_retraining_overrides_that_touch_the_release_gate_are_named(caplog):
+    from monitoring.watcher import gate_overrides
+
+    overrides = ["evaluator.thresholds.min_lift_over_popularity=null", "trainer.epochs=3",
+                 "release.canary.enabled=false"]
+    assert gate_overrides(overrides) == [overrides[0], overrides[2]]
+    with caplog.at_level("WARNING", logger="monitoring.watcher"):
+        pipeline_command(Path("data"), overrides=overrides)
+    assert "the retraining changes release-gate settings" in caplog.text
+    assert "release.canary.enabled=false" in caplog.text and "trainer.epochs" not in caplog.text

@@ -211,3 +211,31 @@ def test_run_name_and_tracking_store_anchored_at_the_config_file(tmp_path, monke
     assert not (elsewhere / "work" / "mlflow.db").exists()  # (run directories follow paths.data_dir as given)
     client = mlflow.MlflowClient(result.tracking_uri)
     assert client.get_run(result.parent_run_id).info.run_name == "nightly-check"
+
+
+def test_summary_prints_every_check_and_the_gate_overrides(tmp_path):
+    from pipelines.local_run import LocalRunResult, StepReport
+
+    checks = [
+        {"rule": "evaluator.thresholds.min_ndcg", "name": "ndcg@10 floor", "value": "0.4300",
+         "threshold": ">= 0.000", "status": "pass", "detail": "ndcg@10 0.430 >= floor 0.000"},
+        {"rule": "evaluator.thresholds.non_inferiority_margins", "name": "ndcg@10 not worse than the champion",
+         "value": "-0.0081 (p=0.46, power 0.31)", "threshold": "> -0.0087", "status": "fail",
+         "detail": "ndcg@10: not shown non-inferior"},
+        {"rule": "evaluator.thresholds.min_lift_over_popularity", "name": "lift over popularity", "value": "-",
+         "threshold": "-", "status": "off", "detail": "lift over popularity: rule off"},
+    ]
+    steps = [StepReport(n, "succeeded", 1.0) for n in ("example_gen", "transform", "tfrs_trainer",
+                                                       "agents_trainer")]
+    steps.append(StepReport("evaluator", "succeeded", 1.0, notes={
+        "blessed": False, "reasons": ["ndcg@10: not shown non-inferior"], "checks": checks,
+        "overrides": ["evaluator.thresholds.min_lift_over_popularity = null (default 0.0)"]}))
+    steps.append(StepReport("pusher", "skipped"))
+    text = LocalRunResult(tmp_path, tmp_path / "log", steps, 1.0).format()
+    lines = text.splitlines()
+    assert any(line.split()[:3] == ["PASS", "ndcg@10", "floor"] and "0.4300" in line and ">= 0.000" in line
+               for line in lines)
+    assert any(line.strip().startswith("FAIL") and "not worse than the champion" in line for line in lines)
+    assert any(line.strip().startswith("off") and "lift over popularity" in line for line in lines)
+    assert "! evaluator.thresholds.min_lift_over_popularity = null (default 0.0)" in text
+    assert "nothing pushed: the candidate was not blessed: ndcg@10: not shown non-inferior" in text

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import json
 from pathlib import Path
 
 import mlflow
@@ -344,3 +345,26 @@ def test_tracking_store_is_found_from_the_config_files_data_dir(tmp_path: Path, 
     with pytest.raises(DataError, match="no MLflow tracking store"):
         require_existing_store(uri)
     assert not (project / "data").exists()
+
+
+def test_an_unblessed_evaluation_is_recorded_with_its_report_and_overrides(mlflow_uri: str, dataset: Path,
+                                                                            tmp_path: Path):
+    from recflow.tracking import TAG_BLESSED, TAG_FAILED_CHECKS, TAG_GATE_OVERRIDES, record_evaluation
+
+    run = _start(mlflow_uri, dataset, "unblessed")
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    (out / "report.html").write_text("<html>NOT BLESSED</html>")
+    (out / "metrics.json").write_text('{"methods": {}}')
+    (out / "blessing.json").write_text(json.dumps({
+        "blessed": False, "reasons": ["ndcg@10 0.081 < floor 0.100"],
+        "overrides": ["evaluator.thresholds.min_lift_over_popularity = null (default 0.0)"]}))
+    tags = record_evaluation(mlflow_uri, [run.run_id], out)
+    finish_pipeline_run(mlflow_uri, run.run_id)
+    client = tracking_client(mlflow_uri)
+    got = client.get_run(run.run_id)
+    assert got.data.tags[TAG_BLESSED] == "false" == tags[TAG_BLESSED]
+    assert got.data.tags[TAG_FAILED_CHECKS] == "ndcg@10 0.081 < floor 0.100"
+    assert "min_lift_over_popularity = null" in got.data.tags[TAG_GATE_OVERRIDES]
+    names = {a.path for a in client.list_artifacts(run.run_id, "evaluation")}
+    assert names == {"evaluation/report.html", "evaluation/blessing.json", "evaluation/metrics.json"}

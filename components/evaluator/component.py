@@ -25,8 +25,11 @@ def evaluator(
     resolves ``task-Output`` channels in conditions but silently treats named NamedTuple outputs as false.
     """
     import json
+    import logging
     import shutil
     from pathlib import Path
+
+    log = logging.getLogger("recflow.evaluator")
 
     from components.step_run import step_run
 
@@ -44,9 +47,19 @@ def evaluator(
             metrics.log_metric(name, value)
         shutil.copyfile(out / "report.html", report.path)
         blessed = bool(blessing["blessed"])
-        step.note(blessed=blessed, reasons=list(blessing.get("reasons", [])), report=str(out / "report.html"))
+        overrides = list(blessing.get("overrides", []))
+        if overrides:  # a gate switched off or loosened is never silent
+            log.warning("blessing gate settings differ from the defaults: %s", "; ".join(overrides))
+        if tracking_uri and parent_run_id:  # the full report, blessed or not, on the pipeline and step runs
+            from recflow.tracking import record_evaluation
+
+            record_evaluation(tracking_uri, [parent_run_id, step.tracking_run_id or ""], out)
+        step.note(blessed=blessed, reasons=list(blessing.get("reasons", [])), report=str(out / "report.html"),
+                  checks=list(blessing.get("table", [])), overrides=overrides,
+                  best_baseline=blessing.get("best_baseline") or {})
         step.progress(("BLESSED" if blessed else "NOT blessed") + "".join(
-            f"\n  - {r}" for r in blessing.get("reasons", [])))
+            f"\n  - {r}" for r in blessing.get("reasons", [])) + "".join(
+            f"\n  ! gate override: {o}" for o in overrides))
     return blessed
 
 

@@ -31,17 +31,23 @@ def pusher(
 
         parts = {"transform": Path(transformed.path), "model": Path(model.path), "policy": Path(policy.path),
                  "evaluation": Path(evaluation.path)}
-        store = ModelStore(model_store)
-        result = store.push(parts, Path(evaluation.path), metadata={"mlflow_run_id": parent_run_id})
+        store = ModelStore.from_config(model_store, step.config.model_store)
+        canary = step.config.release.canary.enabled
+        result = store.push(parts, Path(evaluation.path), metadata={"mlflow_run_id": parent_run_id},
+                            canary=canary)
         where = str(result.bundle.path) if result.pushed else ""
+        alias = "canary" if result.as_canary else "champion"
         registered = ""
         if result.pushed and tracking_uri and parent_run_id:
             # The store is the source of truth; the registry mirrors it (`recflow models rollback` re-syncs it).
             registered = register_in_mlflow(tracking_uri, parent_run_id, result.bundle,
-                                            step.config.tracking.registered_model_name, store=store)
+                                            step.config.tracking.registered_model_name, store=store, alias=alias)
         step.note(pushed=bool(result.pushed), pushed_to=where, reason=getattr(result, "reason", ""),
-                  registered=registered)
-        step.progress(f"pushed to {where}" + (f" (MLflow model {registered})" if registered else "")
+                  registered=registered, alias=alias if result.pushed else "",
+                  canary_disabled=not canary)
+        step.progress(f"pushed to {where} as the {alias}" + (f" (MLflow model {registered})" if registered else "")
+                      + (f"; serving tries it on {step.config.release.canary.share:.0%} of users first"
+                         if result.as_canary else "")
                       if result.pushed else f"nothing pushed: {result.reason}")
     return where
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recflow.baselines import COUNT_EVENT_WEIGHTS
 from recflow.reranking import RerankingConfig
@@ -42,17 +42,36 @@ class BlessingThresholds(_Section):
         "null = rule off, and the blessing says so).",
     )
     alpha: float = Field(
-        0.05, gt=0.0, lt=1.0, description="Significance level of the tests against the champion."
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Level of the one-sided non-inferiority tests against the champion (and of the "
+        "confidence intervals of the report's paired tests).",
     )
     require_not_worse_than_champion: bool = Field(
         True,
-        description="Refuse a candidate that is significantly worse than the current champion "
-        "(one-sided test of the primary metric at alpha).",
+        description="When a champion exists, the candidate must be shown non-inferior to it on every metric "
+        "of non_inferiority_margins (one-sided test at alpha), by a comparison powered to tell a difference of "
+        "the margin (power >= min_power) or showing the candidate better; false = rule off (reported).",
+    )
+    non_inferiority_margins: dict[str, float] = Field(
+        {"ndcg": 0.02, "recall": 0.02},
+        description="Non-inferiority margin per ranking metric, relative to the champion's value (0.02: the "
+        "candidate may be at most 2% worse than the champion, and must show it). Every metric named here must "
+        "be among evaluator.metrics.",
+    )
+    min_power: float = Field(
+        0.8,
+        gt=0.0,
+        lt=1.0,
+        description="Power the comparison with the champion must have to tell a difference of the margin "
+        "(when the models are equal); below it the candidate is not blessed unless it is shown better, and the "
+        "report says how many users would be needed.",
     )
     significance_test: Literal["ttest", "wilcoxon", "either"] = Field(
         "ttest",
-        description="Which paired test decides 'significantly worse': the paired t-test, the Wilcoxon "
-        "signed-rank test, or either of them (strictest).",
+        description="Which paired test decides non-inferiority: the paired t-test, the Wilcoxon signed-rank "
+        "test, or either of them (both must show it: strictest).",
     )
     min_index_recall: float | None = Field(
         None,
@@ -186,6 +205,26 @@ class EvaluatorConfig(_Section):
         if unknown:
             raise ValueError(f"unknown metric(s) {unknown}; choose from {list(RANKING_METRICS)}")
         return value
+
+    @model_validator(mode="after")
+    def _margins_are_measured(self) -> EvaluatorConfig:
+        margins = self.thresholds.non_inferiority_margins
+        unknown = [m for m in margins if m not in RANKING_METRICS]
+        if unknown:
+            raise ValueError(
+                f"thresholds.non_inferiority_margins: unknown metric(s) {unknown}; choose from "
+                f"{list(RANKING_METRICS)}"
+            )
+        missing = [m for m in margins if m not in self.metrics and m != self.primary_metric]
+        if missing:
+            raise ValueError(
+                f"thresholds.non_inferiority_margins: metric(s) {missing} are not measured (add them to "
+                "evaluator.metrics)"
+            )
+        bad = {m: v for m, v in margins.items() if not 0.0 <= v < 1.0}
+        if bad:
+            raise ValueError(f"thresholds.non_inferiority_margins: margins must be in [0, 1), got {bad}")
+        return self
 
     @field_validator("primary_metric")
     @classmethod

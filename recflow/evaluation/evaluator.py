@@ -48,6 +48,7 @@ from recflow.evaluation.metrics import (
     interacted_items,
     per_user_metrics,
 )
+from recflow.evaluation.noninferiority import NonInferiority, non_inferiority_test
 from recflow.evaluation.significance import PairedTest, paired_tests
 from recflow.recommender import Recommender
 from recflow.reranking import make_reranker
@@ -296,6 +297,7 @@ def _run_method(
     recs = [[str(i) for i in items] for items in recs]
     per_user = per_user_metrics(recs, truth, config.k, user_ids=users)
     keep = [f"{m}@{config.k}" for m in config.metrics]
+    keep += [f"{m}@{config.k}" for m in config.thresholds.non_inferiority_margins if f"{m}@{config.k}" not in keep]
     if config.metric_key() not in keep:
         keep.append(config.metric_key())
     per_user = per_user[keep]
@@ -467,11 +469,20 @@ def evaluate_recommenders(
             reference=f"best baseline ({best_label})",
         )
 
+    vs_champion: dict[str, NonInferiority] = {}
+    if champion is not None:
+        th = config.thresholds
+        for metric, margin in th.non_inferiority_margins.items():
+            key = config.metric_key(metric)
+            vs_champion[key] = non_inferiority_test(
+                methods[CANDIDATE].per_user[key], methods[CHAMPION].per_user[key], margin,
+                alpha=th.alpha, min_power=th.min_power, test=th.significance_test, metric=key,
+            )
     blessing = decide_blessing(
         methods[CANDIDATE].metrics,
         {lbl: methods[lbl].metrics for lbl in baseline_labels},
         methods[CHAMPION].metrics if champion is not None else None,
-        significance.get("champion"),
+        vs_champion,
         config,
     )
     return EvaluationResult(

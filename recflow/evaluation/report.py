@@ -1,6 +1,7 @@
 """The Evaluator's outputs: a self-contained ``report.html``, ``metrics.json`` and ``blessing.json``.
 
-``blessing.json`` (``{"blessed": bool, "reasons": [...], "checks": [...], "candidate": name, "metrics":
+``blessing.json`` (``{"blessed": bool, "reasons": [...], "checks": [...], "table": [every check], "overrides":
+[...], "non_inferiority": {...}, "candidate": name, "metrics":
 {...}}``) is what the Pusher reads. It is removed first and written last, so an evaluation that fails half-way
 leaves no blessing behind and pushes nothing. Every file is written atomically. Plots are rendered with
 matplotlib's object API (no pyplot, no display) and embedded as base64 PNG, so the HTML has no external
@@ -15,7 +16,7 @@ import io
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -301,6 +302,26 @@ def _beyond_accuracy_sections(result: EvaluationResult, table: pd.DataFrame, bey
     return parts
 
 
+def checks_frame(blessing: Any) -> pd.DataFrame:
+    """Every rule of the blessing as one row: check, value, threshold, status (pass / fail / off), config key."""
+    rows = [{"check": c.name, "value": c.value, "threshold": c.threshold, "status": c.status, "rule": c.rule}
+            for c in blessing.table]
+    return pd.DataFrame(rows, columns=["check", "value", "threshold", "status", "rule"])
+
+
+def _checks_html(blessing: Any) -> str:
+    return "<h3>Every check</h3>" + (_table(checks_frame(blessing)) if blessing.table else "<p>none</p>")
+
+
+def _non_inferiority_html(blessing: Any) -> str:
+    if not blessing.non_inferiority:
+        return ""
+    cols = ["metric", "n", "candidate_mean", "reference_mean", "mean_diff", "margin", "margin_abs", "p_value",
+            "p_superior", "power", "required_users", "more_users", "non_inferior", "powered", "passed"]
+    frame = pd.DataFrame([{c: t.get(c) for c in cols} for t in blessing.non_inferiority.values()])
+    return "<h3>Non-inferiority against the champion (one-sided, with power)</h3>" + _table(frame)
+
+
 def render_html(result: EvaluationResult) -> str:
     """The report as one self-contained HTML string."""
     blessing = result.blessing
@@ -322,8 +343,11 @@ def render_html(result: EvaluationResult) -> str:
             f"k = {result.k}, "
             f"catalog {result.catalog_size} items, primary metric <b>{html.escape(primary)}</b></p>"
         ),
-        "<h2>Blessing</h2><h3>Failed rules</h3>" + _list(blessing.reasons, "none: every rule passed"),
+        "<h2>Blessing</h2>" + _checks_html(blessing),
+        "<h3>Failed rules</h3>" + _list(blessing.reasons, "none: every rule passed"),
         "<h3>Passed or skipped rules</h3>" + _list(blessing.checks, "none"),
+        "<h3>Gate settings changed from the defaults</h3>" + _list(blessing.overrides, "none"),
+        _non_inferiority_html(blessing),
         _best_baseline_html(result),
         "<h2>Metrics: candidate vs champion vs baselines</h2>" + _table(table),
         _img(metric_bars_png(table, metrics), "metric bars by method"),
@@ -397,6 +421,9 @@ def blessing_document(result: EvaluationResult) -> dict[str, Any]:
             "blessed": result.blessing.blessed,
             "reasons": result.blessing.reasons,
             "checks": result.blessing.checks,
+            "table": [asdict(c) for c in result.blessing.table],
+            "overrides": result.blessing.overrides,
+            "non_inferiority": result.blessing.non_inferiority,
             "candidate": result.candidate.name,
             "metrics": result.candidate.metrics,
             "best_baseline": result.best_baseline,
