@@ -1,13 +1,15 @@
 """The training DAG, defined once and run by every runner (local, Kubeflow run, Kubeflow recurring run).
 
-    example_gen -> transform -> [tuner ->] tfrs_trainer -> agents_trainer -> evaluator -(blessed)-> pusher
+    example_gen -> transform -> [tuner ->] tfrs_trainer -> agents_trainer -> evaluator -(push)-> pusher
 
 The tuner (Optuna hyperparameter search, :mod:`recflow.tuning`) is in the DAG only when ``tuning.enabled`` is
 true when the pipeline is built (a compile-time switch, so the default DAG keeps its six tasks); it returns the
 config with the tuned trainer section, and the TFRS trainer runs with that config.
 
-The pusher runs only inside ``dsl.If(evaluator.Output == True)``: an unblessed (or failed) evaluation pushes
-nothing. The components' images and the tasks' placement come from the ``pipeline`` config section when the
+The pusher runs only inside ``dsl.If(evaluator.Output == True)``: the Evaluator says push for a blessed
+candidate, or, when the candidate lost and the model store has no champion yet, for the run's best baseline
+(``release.baseline_fallback``, :mod:`recflow.servable_baseline`); otherwise (or when the evaluation fails)
+nothing is pushed. The components' images and the tasks' placement come from the ``pipeline`` config section when the
 pipeline is built, so the same definition yields the local DAG and the GPU-placed Kubeflow DAG.
 """
 
@@ -89,7 +91,7 @@ def build_pipeline(config: PipelineConfig, tuning: TuningConfig | None = None) -
             steps["evaluator"](examples=examples, model=tfrs.outputs["model"], policy=agents.outputs["policy"],
                                model_store=model_store, **common),
             "evaluator", config)
-        with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):
+        with dsl.If(evaluation.outputs["Output"] == True, name="push"):
             apply_placement(
                 steps["pusher"](transformed=tft.outputs["transformed"], model=tfrs.outputs["model"],
                                 policy=agents.outputs["policy"], evaluation=evaluation.outputs["evaluation"],

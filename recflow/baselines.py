@@ -158,6 +158,18 @@ class PopularityRecommender:
         self.ranking()
         return [self.fill([], k, (exclude or {}).get(str(u))) for u in user_ids]
 
+    def recommend_from_history(
+        self,
+        items: Sequence[str],
+        k: int,
+        exclude: set[str] | None = None,
+        event_types: Sequence[str] | None = None,
+        timestamps: Sequence[Any] | None = None,
+    ) -> list[str]:
+        """The ``k`` most popular items minus ``exclude``: a history changes nothing (same signature as the
+        history-aware baselines, so serving can call any of them alike)."""
+        return self.fill([], k, exclude)
+
 
 class _ScoringRecommender:
     """Shared recommend(): score known users against the model's items in batches, mask exclusions, take the
@@ -184,6 +196,45 @@ class _ScoringRecommender:
     def _scores(self, user_rows: np.ndarray) -> np.ndarray:
         """Dense (len(user_rows) x n_items) scores; higher is better."""
         raise NotImplementedError
+
+    def _row_scores(self, row: sp.csr_matrix) -> np.ndarray:
+        """Scores (n_items,) of a user whose interaction-matrix row is ``row`` (1 x n_items, the same event
+        weights as training); only models whose scores are a function of that row implement it."""
+        raise NotImplementedError(f"{self.name}: cannot score a history it was not trained on")
+
+    def recommend_from_history(
+        self,
+        items: Sequence[str],
+        k: int,
+        exclude: set[str] | None = None,
+        event_types: Sequence[str] | None = None,
+        timestamps: Sequence[Any] | None = None,
+    ) -> list[str]:
+        """Top-``k`` items for someone whose history is ``items`` (every event a ``view`` unless
+        ``event_types`` are given), without refitting: the history becomes the user's row of the interaction
+        matrix (its event weights; unknown items ignored), scored as a training user's row would be, with the
+        same tie-break, exclusions and popularity padding as :meth:`recommend`. ``timestamps`` are accepted
+        for a common signature (a row has no order)."""
+        if self.popularity is None:
+            raise RuntimeError(f"{self.name}: call fit() before recommend()")
+        frame = _history_frame(items, event_types, None)
+        weights = dict(DEFAULT_EVENT_WEIGHTS if getattr(self, "event_weights", None) is None
+                       else self.event_weights)  # type: ignore[attr-defined]
+        value = frame["event_type"].map(weights).fillna(0.0).to_numpy(np.float64)
+        cols = np.array([self._item_pos.get(i, -1) for i in frame["item_id"]], dtype=np.int64)
+        keep = (cols >= 0) & (value > 0)
+        banned = exclude or set()
+        if not keep.any():
+            return self.popularity.fill([], k, banned)
+        row = sp.csr_matrix((value[keep], (np.zeros(int(keep.sum()), np.int64), cols[keep])),
+                            shape=(1, len(self.item_ids)))
+        row.sum_duplicates()
+        scores = np.asarray(self._row_scores(row), dtype=np.float64).ravel().copy()
+        drop = [self._item_pos[x] for x in banned if x in self._item_pos]
+        if drop:
+            scores[drop] = -np.inf
+        picked = [str(self.item_ids[t]) for t in top_k_indices(scores, k, self._tiebreak)]
+        return self.popularity.fill(picked, k, banned)
 
     def recommend(
         self, user_ids: Sequence[str], k: int, exclude: Mapping[str, set[str]] | None = None
@@ -327,6 +378,10 @@ class ItemKNNRecommender(_ScoringRecommender):
         assert self._matrix is not None and self.similarity is not None
         return (self._matrix[user_rows] @ self.similarity).toarray()
 
+    def _row_scores(self, row: sp.csr_matrix) -> np.ndarray:
+        assert self.similarity is not None
+        return (row @ self.similarity).toarray()[0]
+
 
 class BPRRecommender(_MatrixFactorization):
     """Bayesian Personalized Ranking (Rendle et al. 2009) via ``implicit.cpu.bpr.BayesianPersonalizedRanking``.
@@ -408,6 +463,12 @@ class EASERecommender(_ScoringRecommender):
     def _scores(self, user_rows: np.ndarray) -> np.ndarray:
         assert self._matrix is not None and self.weights is not None
         return np.asarray(self._matrix[user_rows] @ self.weights)
+
+    def _row_scores(self, row: sp.csr_matrix) -> np.ndarray:
+        assert self.weights is not None
+        binary = row.copy()
+        binary.data[:] = 1.0
+        return np.asarray(binary @ self.weights)[0]
 
 
 def _identity_analyzer(tokens: list[str]) -> list[str]:

@@ -58,6 +58,7 @@ BLESSING = "blessing.json"
 MANIFEST_FORMAT = 1
 TAG_BUNDLE_VERSION = "recflow.bundle_version"
 TAG_STORE = "recflow.store"
+TAG_BUNDLE_KIND = "recflow.bundle_kind"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 _PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STAGING_PREFIX = ".staging-"
@@ -120,6 +121,11 @@ class BundleInfo:
     def metrics(self) -> dict[str, float]:
         metrics = self.metadata.get("metrics") or self.blessing.get("metrics") or {}
         return {str(k): v for k, v in metrics.items()} if isinstance(metrics, Mapping) else {}
+
+    @property
+    def kind(self) -> str:
+        """``model`` (a blessed candidate) or ``baseline`` (the run's best baseline, pushed as a fallback)."""
+        return str(self.metadata.get("kind") or "model")
 
     @property
     def mlflow_run_id(self) -> str | None:
@@ -380,12 +386,51 @@ class ModelStore:
             return PushResult(False, why)
         all_parts = dict(parts)
         all_parts.setdefault("evaluation", Path(evaluation_dir))
+        return self._publish(all_parts, dict(metadata or {}), blessing, why, verify=verify, canary=canary)
+
+    def push_baseline(
+        self,
+        fallback_dir: Path,
+        evaluation_dir: Path,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        verify: Callable[[str], object] | None = None,
+    ) -> PushResult:
+        """Publish the run's best baseline (``fallback_dir``, see :mod:`recflow.servable_baseline`) as the
+        champion -- only while the store has no champion: a baseline never replaces a model.
+
+        The bundle's manifest says ``kind: baseline`` and which baseline it is (``metadata.baseline``); its parts
+        are ``baseline`` and ``evaluation`` (the run's report, which says why the candidate was not blessed).
+        """
+        from recflow.servable_baseline import BASELINE_PART, read_spec
+
+        spec = read_spec(Path(fallback_dir))
+        _, why, blessing = read_blessing(evaluation_dir)
+        meta = {**dict(metadata or {}), "kind": "baseline",
+                "baseline": {k: spec.get(k) for k in ("label", "name", "metric", "value", "candidate_value",
+                                                      "reason")},
+                "metrics": {f"{spec['metric']}": spec["value"]}}
+        parts = {BASELINE_PART: Path(fallback_dir), "evaluation": Path(evaluation_dir)}
+        reason = f"serving the run's best baseline {spec['label']}: {spec.get('reason', '')}"
+        return self._publish(parts, meta, blessing, reason, verify=verify, canary=False, only_if_no_champion=True)
+
+    def _publish(
+        self,
+        all_parts: Mapping[str, Path],
+        meta: dict[str, Any],
+        blessing: dict[str, Any],
+        why: str,
+        *,
+        verify: Callable[[str], object] | None,
+        canary: bool,
+        only_if_no_champion: bool = False,
+    ) -> PushResult:
+        """Stage, verify and commit ``all_parts`` as the next version, then move the alias (see :meth:`push`)."""
         for name, src in all_parts.items():
             if not _PART_RE.match(name) or name == MANIFEST:
                 raise ConfigError(f"bundle part name {name!r}: use letters, digits, '_', '-', '.'")
             if not Path(src).exists():
                 raise DataError(f"bundle part {name!r}: {src} does not exist")
-        meta = dict(metadata or {})
         try:
             json.dumps(meta, allow_nan=True)
         except (TypeError, ValueError) as exc:
@@ -396,6 +441,9 @@ class ModelStore:
             names = self._version_names()
             version = f"v{(int(names[-1][1:]) + 1 if names else 1):04d}"
             previous = self.alias(CHAMPION)
+            if only_if_no_champion and previous is not None:
+                return PushResult(False, f"the store has a champion ({previous.version}); a baseline never "
+                                         "replaces one")
             staging = self._p("versions", f"{_STAGING_PREFIX}{uuid.uuid4().hex}")
             final = self._p("versions", version)  # does not exist: numbers only grow under the lock
             try:
@@ -418,7 +466,8 @@ class ModelStore:
                                               f"superseded by {version}", {})
                     self._move_alias(CANARY, version, previous.version, "push (canary)")
                 else:
-                    self._move_alias(CHAMPION, version, previous.version if previous else None, "push")
+                    reason = "push (baseline fallback)" if meta.get("kind") == "baseline" else "push"
+                    self._move_alias(CHAMPION, version, previous.version if previous else None, reason)
             except BaseException:
                 self._remove(staging)
                 self._remove(final)
@@ -794,12 +843,14 @@ def register_in_mlflow(
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + artifact_path
-    tags = {TAG_BUNDLE_VERSION: bundle.version, **({TAG_STORE: store.root} if store is not None else {})}
+    tags = {TAG_BUNDLE_VERSION: bundle.version, TAG_BUNDLE_KIND: bundle.kind,
+            **({TAG_STORE: store.root} if store is not None else {})}
     mv = client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=f"model store bundle {bundle.version}"
     )
     client.set_registered_model_alias(name, alias, mv.version)
     client.set_tag(run_id, TAG_BUNDLE_VERSION, bundle.version)
+    client.set_tag(run_id, TAG_BUNDLE_KIND, bundle.kind)  # "baseline": the run pushed its best baseline
     return str(mv.version)
 
 

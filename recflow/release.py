@@ -93,6 +93,13 @@ class ReleaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     canary: CanaryConfig = Field(CanaryConfig(), description="Canary release and online guardrail.")
+    baseline_fallback: Literal["no_champion", "never"] = Field(
+        "no_champion",
+        description="When the candidate is not blessed: 'no_champion' pushes the run's best servable baseline "
+        "(recflow/servable_baseline.py) as a bundle of kind 'baseline' if the store has no champion yet, so a "
+        "shop always serves the best recommender its run found; it never replaces a champion. 'never': an "
+        "unblessed run pushes nothing (reported as a gate override).",
+    )
 
 
 @dataclass

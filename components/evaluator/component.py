@@ -1,4 +1,4 @@
-"""Evaluator component: models + test split -> metrics, HTML report, blessing (the ``Output`` parameter)."""
+"""Evaluator component: models + test split -> metrics, HTML report, blessing and the push decision (``Output``)."""
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
 from kfp import dsl
@@ -19,9 +19,11 @@ def evaluator(
     report: Output[HTML],
     evaluation: Output[Dataset],
 ) -> bool:
-    """Evaluate the candidate against the baselines and the current champion; return whether it is blessed.
+    """Evaluate the candidate against the baselines and the current champion; return whether to push: the
+    candidate is blessed, or it is not and the run's best baseline was written as the fallback (no champion
+    yet, ``release.baseline_fallback``; the Pusher tells the two apart from the evaluation directory).
 
-    The blessing is the component's single output parameter (``Output``): the KFP local runner of kfp 2.17
+    That decision is the component's single output parameter (``Output``): the KFP local runner of kfp 2.17
     resolves ``task-Output`` channels in conditions but silently treats named NamedTuple outputs as false.
     """
     import json
@@ -39,9 +41,12 @@ def evaluator(
 
         champion = ModelStore(model_store).champion() if model_store else None
         out = Path(evaluation.path)
+        # A baseline serving as the champion (pushed as a fallback) is among this run's baselines already.
+        champion_model = champion if champion is not None and champion.kind == "model" else None
+        fallback = step.config.release.baseline_fallback == "no_champion" and champion is None
         run = run_evaluator(Path(examples.path), Path(model.path), Path(policy.path), out, step.config.evaluator,
-                            champion_dir=Path(champion.path) / "model" if champion is not None else None,
-                            policy_config=step.config.policy)
+                            champion_dir=Path(champion_model.path) / "model" if champion_model else None,
+                            policy_config=step.config.policy, fallback=fallback)
         blessing = json.loads((out / "blessing.json").read_text(encoding="utf-8"))
         for name, value in step.log_metrics(run.metrics).items():
             metrics.log_metric(name, value)
@@ -54,13 +59,19 @@ def evaluator(
             from recflow.tracking import record_evaluation
 
             record_evaluation(tracking_uri, [parent_run_id, step.tracking_run_id or ""], out)
+        if step.config.release.baseline_fallback == "never":
+            overrides.append("release.baseline_fallback=never: an unblessed run leaves the shop without a "
+                             "servable bundle when there is no champion")
         step.note(blessed=blessed, reasons=list(blessing.get("reasons", [])), report=str(out / "report.html"),
                   checks=list(blessing.get("table", [])), overrides=overrides,
-                  best_baseline=blessing.get("best_baseline") or {})
+                  best_baseline=blessing.get("best_baseline") or {}, fallback_baseline=run.fallback or {})
         step.progress(("BLESSED" if blessed else "NOT blessed") + "".join(
             f"\n  - {r}" for r in blessing.get("reasons", [])) + "".join(
-            f"\n  ! gate override: {o}" for o in overrides))
-    return blessed
+            f"\n  ! gate override: {o}" for o in overrides) + (
+            f"\n  -> no champion yet: the Pusher publishes the best baseline, {run.fallback['label']} "
+            f"({run.fallback['metric']} {run.fallback['value']:.4f})" if run.fallback else ""))
+    # The pipeline's push condition: a blessed candidate, or the baseline fallback written above.
+    return blessed or run.fallback is not None
 
 
 def build(image: str) -> python_component.PythonComponent:

@@ -39,6 +39,9 @@ class EvaluatorRun:
     blessed: bool
     reasons: list[str]
     metrics: dict[str, float]
+    #: The run's best servable baseline, written to ``out_dir/fallback_baseline`` for the Pusher (only when the
+    #: candidate is not blessed and a fallback was asked for); see :mod:`recflow.servable_baseline`.
+    fallback: dict[str, Any] | None = None
 
 
 def off_policy_estimates(
@@ -130,11 +133,14 @@ def run_evaluator(
     config: EvaluatorConfig,
     champion_dir: Path | None = None,
     policy_config: PolicyConfig | None = None,
+    fallback: bool = False,
 ) -> EvaluatorRun:
     """Evaluate a trained bundle and write ``report.html``, ``metrics.json`` and ``blessing.json`` to ``out_dir``.
 
     ``champion_dir`` is the current champion's TFRS model directory (``None`` for the first model); the
-    candidate is compared with it by paired t-test and Wilcoxon signed-rank test of per-user metrics.
+    candidate is compared with it by paired t-test and Wilcoxon signed-rank test of per-user metrics. With
+    ``fallback`` and a candidate that is not blessed, the run's best servable baseline is written to
+    ``out_dir/fallback_baseline`` (:func:`write_baseline_fallback`) for the Pusher.
     """
     from recflow.models import load_recommender
 
@@ -170,10 +176,35 @@ def run_evaluator(
     result = evaluate_recommenders(examples_dir, candidate, config, champion=champion, extra=extra,
                                    candidate_metrics=index_metrics)
     report = write_report(out_dir, result)
+    chosen = None
+    if fallback and not result.blessing.blessed:
+        chosen = write_baseline_fallback(out_dir, examples_dir, result, config)
     return EvaluatorRun(
         result=result,
         report_path=report,
         blessed=result.blessing.blessed,
         reasons=list(result.blessing.reasons),
         metrics=flat_metrics(out_dir),
+        fallback=chosen,
     )
+
+
+def write_baseline_fallback(
+    out_dir: Path, examples_dir: Path, result: EvaluationResult, config: EvaluatorConfig
+) -> dict[str, Any] | None:
+    """Choose the run's best servable baseline (:func:`recflow.servable_baseline.choose_fallback`, by the primary
+    metric on the evaluated users) and write it to ``out_dir/fallback_baseline``; returns the choice, or ``None``
+    when the run evaluated no servable baseline."""
+    from recflow.servable_baseline import choose_fallback, write_fallback
+
+    primary = result.primary_metric
+    baselines = {lbl: m for lbl, m in result.methods.items() if m.role == "baseline"}
+    choice = choose_fallback({lbl: m.metrics for lbl, m in baselines.items()},
+                             {lbl: m.name for lbl, m in baselines.items()}, primary,
+                             float(result.methods["candidate"].metrics.get(primary, float("nan"))))
+    if choice is None:
+        log.warning("no servable baseline among evaluator.baselines: nothing to fall back to")
+        return None
+    tuned = (result.baseline_tuning.get(choice.label) or {}).get("best_params")
+    write_fallback(out_dir, examples_dir, choice, config.model_dump(mode="json"), tuned)
+    return choice.to_dict()
