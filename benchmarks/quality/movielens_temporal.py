@@ -12,8 +12,12 @@ baselines with their default settings), ``als_tuned``, ``ease_tuned``, ``item_kn
 chosen by :func:`recflow.baseline_tuning.tune_baselines`), ``recflow``: the sequence model
 (:mod:`recflow.models.sequence` via :func:`recflow.training.id_sequence.fit_id_sequence`: self-attention over
 the user's last train ratings, each with its event type -- ``click`` when rated >= 4, else ``view`` -- and its
-time gap to the query time = the user's first held-out rating), and ``recflow_two_tower``: the previous model
-(:mod:`recflow.training.id_two_tower`: user id + mean of the last 20 items, item bias, logQ).
+time gap to the query time = the user's first held-out rating) blended with an item-item model
+(:mod:`recflow.models.hybrid`: row-standardised scores, ``(1 - w) seq + w EASE``, EASE with the ``l2`` its own
+tuning chose, ``w`` from a 9-point grid on the validation split -- the only search beyond the shared budget, and
+it fits nothing), ``recflow_sequence``: the sequence model alone, and ``recflow_two_tower``: the previous model
+(:mod:`recflow.training.id_two_tower`: user id + mean of the last 20 items, item bias, logQ). ``per_seed`` holds
+each seed's ratio to the best baseline with a paired t-test and Wilcoxon signed-rank test of per-user NDCG@10.
 
 Fair tuning: the validation split is the same temporal protocol applied to the train part (each user's last
 10% of train ratings). ALS, EASE, item-kNN and the sequence model each get ``--budget`` trials (default 8) of
@@ -52,6 +56,7 @@ from recflow.baselines import (  # noqa: E402
 )
 from recflow.datasets import load_movielens  # noqa: E402
 from recflow.evaluation.metrics import aggregate, ground_truth, interacted_items, per_user_metrics  # noqa: E402
+from recflow.models.hybrid import blend_scores, choose_blend_weight  # noqa: E402
 from recflow.models.sequence import EVENT_TYPE_CODES, SequenceConfig, history_at  # noqa: E402
 from recflow.training.id_sequence import IdSequenceModel, SequenceValidation, fit_id_sequence  # noqa: E402
 from recflow.training.id_two_tower import IdTwoTowerConfig, fit_id_two_tower, last_items  # noqa: E402
@@ -130,17 +135,55 @@ def query_times(test: pd.DataFrame, users: list[str]) -> np.ndarray:
     return first.reindex(users).astype("int64").to_numpy() / 1e9
 
 
+def sequence_scores(model: IdSequenceModel, seq: SequenceData, users: list[str], now: np.ndarray) -> np.ndarray:
+    """[users, items] scores of the sequence model from each user's history up to ``now``."""
+    hist = seq.histories(users, now, model.config.max_len)
+    return model.scores(hist["hist_items"], hist["hist_types"], hist["hist_gaps"])
+
+
+def top_lists(scores: np.ndarray, items: pd.Index, users: list[str], exclude: dict[str, set[str]]
+              ) -> list[list[str]]:
+    """Top-K item ids per user from a score matrix, train items excluded."""
+    scores = np.array(scores, np.float64, copy=True)
+    out = []
+    for j, user in enumerate(users):
+        banned = items.get_indexer(list(exclude.get(user, ())))
+        scores[j, banned[banned >= 0]] = -np.inf
+        out.append([str(items[x]) for x in np.argsort(-scores[j], kind="stable")[:K]])
+    return out
+
+
 def sequence_lists(model: IdSequenceModel, seq: SequenceData, users: list[str], now: np.ndarray,
                    exclude: dict[str, set[str]]) -> list[list[str]]:
     """Top-K item ids per user from the model's scores of its history, train items excluded."""
-    hist = seq.histories(users, now, model.config.max_len)
-    scores = model.scores(hist["hist_items"], hist["hist_types"], hist["hist_gaps"])
-    out = []
-    for j, user in enumerate(users):
-        banned = seq.items.get_indexer(list(exclude.get(user, ())))
-        scores[j, banned[banned >= 0]] = -np.inf
-        out.append([str(seq.items[x]) for x in np.argsort(-scores[j], kind="stable")[:K]])
-    return out
+    return top_lists(sequence_scores(model, seq, users, now), seq.items, users, exclude)
+
+
+def ease_scores(train: pd.DataFrame, catalog: pd.DataFrame, l2: float, users: list[str], items: pd.Index
+                ) -> np.ndarray:
+    """[users, items] scores of EASE (recflow's item-item component, fitted on ``train`` with ``l2``), in the
+    sequence model's item order; items EASE does not know score -inf."""
+    ease = EASERecommender(l2=l2).fit(train, catalog)
+    rows = np.array([ease._user_pos[u] for u in users], dtype=np.int64)
+    raw = np.asarray(ease._scores(rows), np.float64)
+    pos = np.array([ease._item_pos.get(str(i), -1) for i in items], dtype=np.int64)
+    return np.where(pos[None, :] >= 0, raw[:, np.maximum(pos, 0)], -np.inf)
+
+
+def tune_blend(inner: pd.DataFrame, validation: pd.DataFrame, catalog: pd.DataFrame, items: pd.Index,
+               model: IdSequenceModel, seq: SequenceData, ease_l2: float) -> dict[str, object]:
+    """recflow's blend weight (:func:`recflow.models.hybrid.choose_blend_weight`): the tuned sequence model and
+    EASE with its own tuned ``l2`` (no extra trials), both fitted on the inner train part, scored on the
+    validation split over :data:`recflow.models.hybrid.BLEND_GRID`."""
+    exclude = interacted_items(inner)
+    truth = ground_truth(validation, exclude)
+    users = sorted(truth)
+    s_seq = sequence_scores(model, seq, users, query_times(validation, users))
+    s_ii = ease_scores(inner, catalog, ease_l2, users, items)
+    weight, scores = choose_blend_weight(s_seq, s_ii, [items.get_indexer(list(truth[u])) for u in users],
+                                         [items.get_indexer(list(exclude.get(u, ()))) for u in users], K)
+    return {"weight": weight, "ease_l2": ease_l2, "grid": {str(w): round(v, 5) for w, v in scores.items()},
+            "metric": f"ndcg@{K}"}
 
 
 def fit_sequence(train: pd.DataFrame, items: pd.Index, config: SequenceConfig,
@@ -178,6 +221,7 @@ def tune_sequence(train: pd.DataFrame, validation: pd.DataFrame, items: pd.Index
     default = SequenceConfig()
     study.enqueue_trial({k: getattr(default, k) for k in SEQUENCE_SPACE})
     trials: list[dict[str, object]] = []
+    best_fit: tuple[float, IdSequenceModel, SequenceData] | None = None
     started = time.perf_counter()
     for _ in range(budget):
         trial = study.ask()
@@ -192,12 +236,16 @@ def tune_sequence(train: pd.DataFrame, validation: pd.DataFrame, items: pd.Index
         recs = sequence_lists(model, seq, users, query_times(validation, users), exclude)
         score = aggregate(per_user_metrics(recs, [truth[u] for u in users], K))[f"ndcg@{K}"]
         study.tell(trial, score)
+        if best_fit is None or score > best_fit[0]:
+            best_fit = (float(score), model, seq)
         trials.append({"params": params | {"epochs": model.stats["best_epoch"]}, "score": float(score),
                        "seconds": model.stats["seconds"]})
         print(f"recflow trial {len(trials) - 1}: {trials[-1]}", file=sys.stderr, flush=True)
     best = max(range(len(trials)), key=lambda i: (trials[i]["score"], -i))  # type: ignore[return-value]
+    assert best_fit is not None
     return {"best_params": trials[best]["params"], "best_score": trials[best]["score"], "metric": f"ndcg@{K}",
-            "seconds": time.perf_counter() - started, "trials": trials}
+            "seconds": time.perf_counter() - started, "trials": trials,
+            "_model": best_fit[1], "_data": best_fit[2]}  # the best trial's fit (for the blend; not written)
 
 
 def two_tower_lists(train: pd.DataFrame, users: list[str], exclude: dict[str, set[str]], seed: int
@@ -234,6 +282,10 @@ def tune_all(data: dict[str, pd.DataFrame], budget: int, seed: int) -> dict[str,
         exclude_train_items=True, metric=f"ndcg@{K}").items()}
     items = pd.Index(sorted(train.loc[train["event_type"] == "view", "item_id"].unique()))
     tuned["recflow"] = tune_sequence(inner, validation, items, budget, seed)
+    seq_model, seq_data = tuned["recflow"].pop("_model"), tuned["recflow"].pop("_data")
+    tuned["recflow_blend"] = tune_blend(inner, validation, data["items"], items, seq_model, seq_data,  # type: ignore[arg-type]
+                                        float(tuned["ease"]["best_params"]["l2"]))  # type: ignore[index]
+    print(f"recflow blend: {tuned['recflow_blend']}", file=sys.stderr, flush=True)
     return tuned
 
 
@@ -248,8 +300,13 @@ def run_seed(data: dict[str, pd.DataFrame], seed: int, tuned: dict[str, dict[str
     relevant = [truth[u] for u in users]
     out: dict[str, dict[str, float]] = {}
 
-    def score(recs: list[list[str]]) -> dict[str, float]:
-        m = aggregate(per_user_metrics(recs, relevant, K))
+    per_user: dict[str, list[float]] = {}
+
+    def score(recs: list[list[str]], name: str = "") -> dict[str, float]:
+        table = per_user_metrics(recs, relevant, K)
+        if name:
+            per_user[name] = [float(x) for x in np.asarray(table[f"ndcg@{K}"], np.float64)]
+        m = aggregate(table)
         return {f"{name}@{K}": m[f"{name}@{K}"] for name in ("ndcg", "recall", "mrr")}
 
     models = baselines(seed)
@@ -258,18 +315,36 @@ def run_seed(data: dict[str, pd.DataFrame], seed: int, tuned: dict[str, dict[str
     for name, model in models.items():
         started = time.perf_counter()
         model.fit(train, data["items"])  # type: ignore[attr-defined]
-        out[name] = score(model.recommend(users, K, exclude)) | {"seconds": time.perf_counter() - started}  # type: ignore[attr-defined]
+        out[name] = score(model.recommend(users, K, exclude), name) | {"seconds": time.perf_counter() - started}  # type: ignore[attr-defined]
     started = time.perf_counter()
     items = pd.Index(sorted(train.loc[train["event_type"] == "view", "item_id"].unique()))
     config = SequenceConfig(**(tuned["recflow"]["best_params"] | {"seed": seed}))  # type: ignore[operator]
     model, seq = fit_sequence(train, items, config)
-    out["recflow"] = score(sequence_lists(model, seq, users, query_times(test, users), exclude)) | {
+    s_seq = sequence_scores(model, seq, users, query_times(test, users))
+    seq_seconds = time.perf_counter() - started
+    out["recflow_sequence"] = score(top_lists(s_seq, items, users, exclude)) | {
         "examples_per_second": model.stats["examples_per_second"], "train_seconds": model.stats["seconds"],
-        "seconds": time.perf_counter() - started}
+        "seconds": seq_seconds}
+    blend = tuned["recflow_blend"]
+    s_ii = ease_scores(train, data["items"], float(blend["ease_l2"]), users, items)  # type: ignore[arg-type]
+    out["recflow"] = score(top_lists(blend_scores(s_seq, s_ii, float(blend["weight"])), items, users,  # type: ignore[arg-type]
+                                     exclude), "recflow") | {"seconds": time.perf_counter() - started}
     started = time.perf_counter()
     recs, stats = two_tower_lists(train, users, exclude, seed)
     out["recflow_two_tower"] = score(recs) | stats | {"seconds": time.perf_counter() - started}
+    out["_per_user_ndcg"] = per_user  # type: ignore[assignment]  # popped by main() for the paired tests
     return out
+
+
+def paired(ours: list[float], baseline: list[float]) -> dict[str, float]:
+    """Paired t-test and Wilcoxon signed-rank test of per-user NDCG@10 (recflow vs a baseline, same users)."""
+    from scipy import stats
+
+    a, b = np.asarray(ours), np.asarray(baseline)
+    diff = a - b
+    return {"mean_difference": round(float(diff.mean()), 5),
+            "t_test_p": float(stats.ttest_rel(a, b).pvalue),
+            "wilcoxon_p": float(stats.wilcoxon(a, b, zero_method="zsplit").pvalue) if diff.any() else 1.0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,9 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     data = load_movielens(args.cache_dir)
     tuned = tune_all(data, args.budget, args.seeds[0])
     runs = [run_seed(data, s, tuned) for s in args.seeds]
+    per_user = [r.pop("_per_user_ndcg") for r in runs]
     methods = {m: summarize([r[m] for r in runs]) for m in runs[0]}
     best = max((m for m in methods if not m.startswith("recflow")), key=lambda m: methods[m][f"ndcg@{K}"])
     target = 1.1 * methods[best][f"ndcg@{K}"]
+    per_seed = [{"seed": s, "recflow": r["recflow"][f"ndcg@{K}"], best: r[best][f"ndcg@{K}"],
+                 "ratio": round(r["recflow"][f"ndcg@{K}"] / r[best][f"ndcg@{K}"], 4),
+                 "vs_best_baseline": paired(u["recflow"], u[best])}  # type: ignore[index]
+                for s, r, u in zip(args.seeds, runs, per_user, strict=True)]
     doc: dict[str, object] = {
         "protocol": "MovieLens-100K; per user the last 10% of ratings by time (at least one) held out; train "
                     "items excluded from the ranking; relevant = held-out clicks (rating >= 4), else held-out "
@@ -295,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         **{m: {k: v for k, v in vals.items()} for m, vals in methods.items()},
         "best_baseline": best,
         "ratio_to_best_baseline": round(methods["recflow"][f"ndcg@{K}"] / methods[best][f"ndcg@{K}"], 4),
+        "per_seed": per_seed,
         "tuning": {"budget": args.budget, "seed": args.seeds[0], "sampler": "optuna TPE (trial 0 = defaults)",
                    "validation": "the same temporal protocol applied to the train part (each user's last 10% "
                                  "of train ratings)", "methods": tuned},
@@ -307,8 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = markdown_table(methods, [f"ndcg@{K}", f"recall@{K}", f"mrr@{K}"])
     md = (f"MovieLens-100K, temporal protocol (last 10% per user; seeds {args.seeds}). Target: recflow NDCG@10 "
-          f">= {target:.4f} (1.1 x best baseline {best}); `*_tuned`: chosen by {args.budget} trials on the validation split, the "
-          f"same budget as recflow's sequence model; `recflow_two_tower`: the previous recflow model.\n\n{table}\n")
+          f">= {target:.4f} (1.1 x best baseline {best}); `*_tuned`: chosen by {args.budget} trials on the "
+          f"validation split, the "
+          f"same budget as recflow's sequence model; `recflow`: the sequence model blended with EASE (EASE's own "
+          f"tuned l2; blend weight {tuned['recflow_blend']['weight']} chosen on the validation split); "
+          f"`recflow_sequence`: the sequence model alone; `recflow_two_tower`: the previous recflow model."
+          f"\n\n{table}\n")
     print(json.dumps(doc, indent=2))
     print(md)
     if not args.no_write:
