@@ -99,7 +99,8 @@ def load_events(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read an events log: a dataset directory (events.parquet), a .parquet/.jsonl file, or a directory of them.
 
     A serving feedback log (``feedback-*.jsonl`` segments) is read with serving's own reader when serving is
-    installed; either way a line torn by a crash at the end of a segment is skipped. Raises :class:`DataError` naming the file when it is missing, unreadable or lacks a required column.
+    installed; either way a line torn by a crash at the end of a segment is skipped. Raises :class:`DataError`
+    naming the file when it is missing, unreadable or lacks a required column.
     """
     p = Path(path)
     if not p.exists():

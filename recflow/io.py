@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -89,13 +90,11 @@ def write_dataset(out_dir: str | os.PathLike[str], **tables: pd.DataFrame | pa.T
     return written
 
 
-def epoch_seconds(values: object) -> "np.ndarray":
+def epoch_seconds(values: object) -> np.ndarray:
     """Seconds since the Unix epoch (float64) of date/times, whatever their stored resolution.
 
     Parquet timestamps come back as ``datetime64[ms]``, ``[us]`` or ``[ns]``; ``astype("int64")`` of them counts
     in that unit, so dividing by 1e9 is right only for nanoseconds. This is unit-safe.
     """
-    import numpy as np
-
     ts = pd.to_datetime(pd.Series(values) if not isinstance(values, pd.Series) else values, utc=True)
     return ((ts - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(np.float64)

@@ -31,6 +31,7 @@ The store is the source of truth for which bundle is the champion. The MLflow Mo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -881,10 +882,8 @@ def sync_canary_registry(tracking_uri: str, store: ModelStore, name: str) -> dic
     client = tracking_client(tracking_uri)
     canary = store.canary()
     if canary is None:
-        try:
+        with contextlib.suppress(MlflowException):  # no such alias: nothing to delete
             client.delete_registered_model_alias(name, CANARY)
-        except MlflowException:  # no such alias: nothing to delete
-            pass
         return out
     version = registry_version_for(tracking_uri, name, canary.version, store.root)
     if version is None and canary.mlflow_run_id:

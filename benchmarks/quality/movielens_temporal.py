@@ -37,6 +37,8 @@ from pathlib import Path
 
 import recflow  # noqa: F401  (must come before TensorFlow)
 
+# isort: split
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -307,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = markdown_table(methods, [f"ndcg@{K}", f"recall@{K}", f"mrr@{K}"])
     md = (f"MovieLens-100K, temporal protocol (last 10% per user; seeds {args.seeds}). Target: recflow NDCG@10 "
-          f">= {target:.4f} (1.1 x best baseline {best}); `*_tuned`: chosen by {args.budget} trials on the validation split, the "
-          f"same budget as recflow's sequence model; `recflow_two_tower`: the previous recflow model.\n\n{table}\n")
+          f">= {target:.4f} (1.1 x best baseline {best}); `*_tuned`: chosen by {args.budget} trials on the validation "
+          f"split, the same budget as recflow's sequence model; `recflow_two_tower`: the previous recflow model."
+          f"\n\n{table}\n")
     print(json.dumps(doc, indent=2))
     print(md)
     if not args.no_write:

@@ -142,7 +142,6 @@ def _champion_rules(
     config: EvaluatorConfig,
 ) -> None:
     """Non-inferiority with a power check, one check per metric of ``thresholds.non_inferiority_margins``."""
-    th = config.thresholds
     rule = "evaluator.thresholds.non_inferiority_margins"
     if not vs_champion:
         rules.add(rule, "not worse than the champion", None, None, "fail",

@@ -29,9 +29,9 @@ from recflow.baseline_tuning import make_tuned, tune_baselines
 from recflow.baselines import (
     ALSRecommender,
     BPRRecommender,
+    ContentBasedRecommender,
     CoViewRecommender,
     EASERecommender,
-    ContentBasedRecommender,
     ItemKNNRecommender,
     MostRecentRecommender,
     MostViewedRecommender,

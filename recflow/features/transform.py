@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recflow import schema
 from recflow.errors import DataError
-from recflow.io import replace_dir
 from recflow.features import behaviour
+from recflow.io import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -571,7 +571,8 @@ def load_transformed(transformed_dir: Path, transform_graph_dir: Path) -> dict[s
     return {name: values[order] for name, values in data.items()}
 
 
-def apply_transform_graph(transform_graph_dir: Path, spec: dict[str, Any], frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def apply_transform_graph(transform_graph_dir: Path, spec: dict[str, Any], frame: pd.DataFrame
+                          ) -> dict[str, np.ndarray]:
     """Transform raw rows (any subset of the raw features; the rest get placeholders) with the saved graph.
 
     Outputs that depend on a missing raw feature are meaningless for these rows; callers read only the

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import tensorflow as tf
 from tf_agents.agents import tf_agent
 from tf_agents.bandits.agents import (

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import json
 import shutil
 import tempfile

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

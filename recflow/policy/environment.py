@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 

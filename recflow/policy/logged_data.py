@@ -174,7 +174,7 @@ def context_onehots(context: pd.DataFrame | Mapping[str, Any] | None, columns: S
     for col in columns:
         cats = CONTEXT_CATEGORIES[col]
         block = np.zeros((n, len(cats)), dtype=np.float32)
-        values = None if context is None else (context[col] if col in context else None)
+        values = None if context is None else context.get(col)
         if values is not None:
             series = pd.Series(np.asarray(values, dtype=object).reshape(-1) if np.ndim(values) else [values] * n)
             if len(series) != n:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import time
 from pathlib import Path
 from typing import Any

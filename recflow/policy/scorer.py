@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -259,7 +261,7 @@ class PolicyScorer:
                 counts += order == np.asarray(chosen)
             props = list(counts / (self.samples + 1))
             return [str(candidates[i]) for i in chosen], np.asarray(props)
-        rank = scores["rank"][0] if not (self.exploration == "thompson") else scores["mean"][0]
+        rank = scores["rank"][0] if self.exploration != "thompson" else scores["mean"][0]
         eps = 0.0 if greedy or self.exploration == "thompson" else self.epsilon
         for _ in range(k):
             best = int(np.flatnonzero(remaining)[np.argmax(rank[remaining])])

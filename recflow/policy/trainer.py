@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import json
 import math
 import shutil

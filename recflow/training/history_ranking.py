@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from recflow.io import epoch_seconds
-from recflow.policy.logged_data import DECISION_STATES_FILE
 from recflow.models.history_ranking import (
     MAX_POSITIONS,
     N_DENSE,
@@ -28,11 +27,12 @@ from recflow.models.history_ranking import (
     build_keras_ranker,
     click_loss,
     export_ranker,
-    item_log_odds,
     history_features,
+    item_log_odds,
     numpy_click_logits,
     save_ranker,
 )
+from recflow.policy.logged_data import DECISION_STATES_FILE
 
 #: Smallest logged propensity used in the inverse-propensity weights (larger weights are clipped to 1/this).
 MIN_PROPENSITY = 0.01
@@ -181,7 +181,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
             ds = ds.shuffle(int(mask.sum()), seed=trainer_config.seed + 7, reshuffle_each_iteration=True)
         return ds.batch(trainer_config.batch_size)
 
-    has_eval = bool((~is_train).any() and 0 < labels[~is_train].sum())
+    has_eval = bool((~is_train).any() and labels[~is_train].sum() > 0)
     base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
     prior = item_log_odds(inputs.item[is_train], labels[is_train], weights[is_train], len(item_ids))
     candidates = list(trainer_config.history_ranking_l2)

@@ -35,8 +35,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recflow.errors import DataError
-from recflow.io import replace_dir
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
+from recflow.io import replace_dir
 
 log = logging.getLogger(__name__)
 
