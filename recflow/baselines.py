@@ -214,6 +214,7 @@ class _MatrixFactorization(_ScoringRecommender):
     """An ``implicit`` matrix-factorisation model: one shared fit, the model itself from :meth:`_model`."""
 
     factors: int
+    event_weights: Mapping[str, float] | None
     user_factors: np.ndarray | None
     item_factors: np.ndarray | None
 
@@ -566,8 +567,9 @@ class _HistoryRecommender:
         item_list = by_user["item_id"].tolist()
         kind_list = by_user["event_type"].astype(str).tolist()
         bounds = np.flatnonzero(users[1:] != users[:-1]) + 1 if len(users) else np.empty(0, dtype=np.int64)
-        starts = np.concatenate([[0], bounds]).astype(int) if len(users) else []
-        ends = np.concatenate([bounds, [len(users)]]).astype(int) if len(users) else []
+        empty = np.empty(0, dtype=int)
+        starts = np.concatenate([[0], bounds]).astype(int) if len(users) else empty
+        ends = np.concatenate([bounds, [len(users)]]).astype(int) if len(users) else empty
         self._histories = {
             str(users[a]): (item_list[a:b], kind_list[a:b]) for a, b in zip(starts, ends, strict=True)
         }

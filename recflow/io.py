@@ -82,11 +82,13 @@ def write_table(data: pd.DataFrame | pa.Table, path: str | os.PathLike[str], kin
 def write_dataset(out_dir: str | os.PathLike[str], **tables: pd.DataFrame | pa.Table) -> dict[str, Path]:
     """Write ``events=``, ``items=``, ``users=`` tables into a dataset directory under their standard names."""
     out = Path(out_dir)
-    written = {}
-    for kind, data in tables.items():
+    written: dict[str, Path] = {}
+    for kind in tables:
         if kind not in schema.TABLE_KINDS:
             raise ValueError(f"unknown table kind {kind!r}")
-        written[kind] = write_table(data, out / schema.FILE_NAMES[kind], kind)  # type: ignore[arg-type]
+    for table_kind in schema.TABLE_KINDS:
+        if table_kind in tables:
+            written[table_kind] = write_table(tables[table_kind], out / schema.FILE_NAMES[table_kind], table_kind)
     return written
 
 

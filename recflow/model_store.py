@@ -492,11 +492,12 @@ class ModelStore:
 
     def _move_alias(self, alias: str, version: str, previous: str | None, reason: str) -> AliasState:
         """Append to the history, then replace the alias file (commit point); undo the history on failure."""
+        moved_at = _now()
         entry = {
             "alias": alias,
             "version": version,
             "previous": previous,
-            "moved_at": _now(),
+            "moved_at": moved_at,
             "reason": reason,
         }
         history_path = self._p("aliases", "history.jsonl")
@@ -514,7 +515,7 @@ class ModelStore:
             else:
                 self._write_text(history_path, old_history)
             raise
-        return AliasState(alias, version, previous, entry["moved_at"], reason)
+        return AliasState(alias, version, previous, moved_at, reason)
 
     def _remove(self, path: str) -> None:
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -68,6 +68,14 @@ def effective_sample_size(weights: np.ndarray) -> float:
     """Kish's effective sample size of importance weights (n for equal weights, 0 when all are zero)."""
     total_sq = float(np.sum(weights**2))
     return float(np.sum(weights) ** 2 / total_sq) if total_sq > 0 else 0.0
+
+
+class _BootstrapOptions(TypedDict):
+    """The bootstrap's keyword arguments, shared by every estimator."""
+
+    replicates: int
+    confidence: float
+    seed: int
 
 
 def bootstrap_ratio(
@@ -206,7 +214,7 @@ def evaluate_policy_offline(
     """
     mu = np.asarray(bandit_data.propensities, dtype=np.float64)
     results: dict[str, Estimate] = {}
-    kw = {"replicates": replicates, "confidence": confidence, "seed": seed}
+    kw: _BootstrapOptions = {"replicates": replicates, "confidence": confidence, "seed": seed}
     for outcome, attr in OUTCOMES.items():
         r = np.asarray(getattr(bandit_data, attr), dtype=np.float64)
         value, low, high = bootstrap_ratio(r, **kw)

@@ -311,8 +311,8 @@ def make_preprocessing_fn(spec: dict[str, Any], config: TransformConfig):
                                                tf.constant(-1, tf.int64), recent)
         for name in CATEGORICAL_RAW:
             if name in raw and not (name == "item_id" and "item_idx" in out):
-                threshold = config.vocab_frequency_threshold if name in ("user_id", "item_id") else 1
-                threshold = threshold if threshold > 1 else None  # tft treats 1 as a no-op and warns
+                min_count = config.vocab_frequency_threshold if name in ("user_id", "item_id") else 1
+                threshold = min_count if min_count > 1 else None  # tft treats 1 as a no-op and warns
                 out[f"{name.removesuffix('_id')}_idx"] = tft.compute_and_apply_vocabulary(
                     inputs[name], num_oov_buckets=config.num_oov_buckets, frequency_threshold=threshold,
                     vocab_filename=name)

@@ -94,6 +94,7 @@ def logging_behaviour(logging_policy: Any) -> Behaviour:
 
     def choose(env: ShopPyEnvironment, rng: np.random.Generator) -> np.ndarray:
         obs = env.observation
+        assert obs is not None
         probs = logging_policy.probabilities(np.array([obs.user_idx]), env.candidate_items)[0]
         return plackett_luce_slate(np.log(probs), env.slate_size, rng)
 

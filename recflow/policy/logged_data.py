@@ -389,7 +389,7 @@ def build_bandit_data(
     k = config.num_arms
     others = rng.integers(0, n_items - 1, size=(n, k - 1))
     others = others + (others >= item_pos[:, None])  # skip the shown item
-    for row in np.flatnonzero([len(set(r)) < k - 1 for r in others]):
+    for row in np.flatnonzero([len(set(r)) < k - 1 for r in others]).tolist():
         pool = np.delete(np.arange(n_items), item_pos[row])
         others[row] = rng.choice(pool, size=k - 1, replace=False)
     chosen = rng.integers(0, k, size=n)

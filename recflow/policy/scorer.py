@@ -27,7 +27,7 @@ import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is importe
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,9 @@ ITEM_EMBEDDINGS_NAME = "item_embeddings.npy"
 #: Upper bound on floats in one scoring call (rows x candidates x arm features), to bound memory.
 _MAX_FLOATS_PER_CALL = 8_000_000
 
-Context = pd.DataFrame | Mapping[str, Any] | None
+Context: TypeAlias = pd.DataFrame | Mapping[str, Any] | None
+#: Item ids: a sequence or a NumPy array of them.
+ItemIds: TypeAlias = Sequence[str] | np.ndarray
 
 
 class PolicyScorer:
@@ -86,7 +88,7 @@ class PolicyScorer:
 
     # ------------------------------------------------------------------------------------------------ features
 
-    def _candidate_index(self, candidate_item_ids: Sequence[str]) -> np.ndarray:
+    def _candidate_index(self, candidate_item_ids: ItemIds) -> np.ndarray:
         idx = self._item_index.get_indexer(pd.Index(np.asarray(candidate_item_ids, dtype=object).astype(str)))
         if (idx < 0).any():
             bad = np.asarray(candidate_item_ids)[idx < 0][:5]
@@ -119,7 +121,7 @@ class PolicyScorer:
         )
         return self.policy.action(step)
 
-    def scores(self, user_embeddings: np.ndarray | None, context: Context, candidate_item_ids: Sequence[str],
+    def scores(self, user_embeddings: np.ndarray | None, context: Context, candidate_item_ids: ItemIds,
                n: int = 1) -> dict[str, np.ndarray]:
         """Per-candidate scores ``[n, N]`` for ``n`` decisions sharing one candidate list.
 
@@ -162,7 +164,7 @@ class PolicyScorer:
         self,
         user_embeddings: np.ndarray | None,
         context: Context,
-        candidate_item_ids: Sequence[str],
+        candidate_item_ids: ItemIds,
         *,
         n: int = 1,
         exclude: np.ndarray | None = None,
@@ -196,8 +198,8 @@ class PolicyScorer:
         self,
         user_embeddings: np.ndarray | None,
         context: Context,
-        candidate_item_ids: Sequence[str],
-        logged_item_ids: Sequence[str],
+        candidate_item_ids: ItemIds,
+        logged_item_ids: ItemIds,
         *,
         exclude: np.ndarray | None = None,
         greedy: bool = False,

@@ -177,12 +177,8 @@ class ShopEnv:
             if not 0 <= int(user) < w.n_users:
                 raise DataError(f"reset: user index {user} is outside 0..{w.n_users - 1}")
             u = int(user)
-        device = int(
-            min(
-                np.searchsorted(np.cumsum(w.user_device_mix[u]), self._rng.random(), side="right"),
-                len(self.config.devices) - 1,
-            )
-        )
+        drawn = int(np.searchsorted(np.cumsum(w.user_device_mix[u]), self._rng.random(), side="right"))
+        device = min(drawn, len(self.config.devices) - 1)
         self._now = max(arrival, int(self._last_ms[u]) + SESSION_GAP_MS)
         self._decay(u)
         session = self._counters["session"]
@@ -335,7 +331,7 @@ class ShopEnv:
             "purchases": float(n_buy),
             "order_value": order_value,
         }
-        return StepResult(self._obs, float(reward), done, events, info)
+        return StepResult(self.observation, float(reward), done, events, info)
 
     def step_ids(
         self,

@@ -83,7 +83,7 @@ def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.
     hist = history_at(seq_data.user_rows, seq_data.item_rows, seq_data.type_codes, seq_data.seconds,
                       uniq["u"].to_numpy(), uniq["t"].to_numpy(), max_len, strictly_before=True)
     valid = hist["hist_items"] >= 0
-    has_hist = valid.any(1)
+    has_hist = np.asarray(valid.any(axis=1))
     # Serving measures gaps from the newest event of the history it is given: do the same here.
     gaps = hist["hist_gaps"].astype(np.float64)
     newest = np.where(valid, gaps, np.inf).min(1)

@@ -45,7 +45,7 @@ def save_tower_weights(out_dir: Path, towers: Mapping[str, Any], vocabularies: M
     out_dir = Path(out_dir)
     arrays = {_key(name, i): v.numpy() for name, tower in towers.items() for i, v in enumerate(tower.variables)}
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, allow_pickle=False, **arrays)
     with atomic_path(out_dir / VOCAB_FILE) as tmp:
         tmp.write_text(json.dumps(dict(vocabularies)), encoding="utf-8")
 
