@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow import bundle_layout as layout
 from recflow.baseline_tuning import make_tuned, tune_baselines
 from recflow.baselines import (
     ALSRecommender,
@@ -329,7 +330,7 @@ def _segments(methods: Mapping[str, MethodResult], user_type: pd.Series) -> pd.D
 def candidate_item_embeddings(candidate: Recommender) -> pd.DataFrame | None:
     """The candidate's item embeddings (``model_dir/item_embeddings.parquet`` of a TFRS model), else None."""
     model_dir = getattr(candidate, "model_dir", None)
-    path = Path(model_dir) / "item_embeddings.parquet" if model_dir is not None else None
+    path = Path(model_dir) / layout.ITEM_EMBEDDINGS_FILE if model_dir is not None else None
     if path is None or not path.is_file():
         return None
     try:

@@ -431,8 +431,8 @@ def load_bandit_data(
     events_path: Path, model_dir: Path, config: PolicyConfig, layout: FeatureLayout | None = None
 ) -> BanditData:
     """:func:`build_bandit_data` from an events Parquet file and a retrieval model directory."""
-    item_ids, item_emb = read_embeddings(model_dir / "item_embeddings.parquet", "item_id")
-    user_ids, user_emb = read_embeddings(model_dir / "user_embeddings.parquet", "user_id")
+    item_ids, item_emb = read_embeddings(model_dir / layout.ITEM_EMBEDDINGS_FILE, "item_id")
+    user_ids, user_emb = read_embeddings(model_dir / layout.USER_EMBEDDINGS_FILE, "user_id")
     states_path = Path(model_dir) / DECISION_STATES_FILE
     states = pd.read_parquet(states_path) if states_path.is_file() else None
     return build_bandit_data(

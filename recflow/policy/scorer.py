@@ -34,6 +34,7 @@ import pandas as pd
 import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
+from recflow import bundle_layout as layout
 from recflow.errors import DataError
 from recflow.policy.logged_data import (
     BanditData,
@@ -43,9 +44,9 @@ from recflow.policy.logged_data import (
     global_features,
 )
 
-POLICY_DIRNAME = "policy"
-META_NAME = "policy_meta.json"
-ITEM_EMBEDDINGS_NAME = "item_embeddings.npy"
+POLICY_DIRNAME = layout.POLICY_SAVED_MODEL_DIR
+META_NAME = layout.POLICY_META_FILE
+ITEM_EMBEDDINGS_NAME = layout.POLICY_ITEM_EMBEDDINGS_FILE
 #: Upper bound on floats in one scoring call (rows x candidates x arm features), to bound memory.
 _MAX_FLOATS_PER_CALL = 8_000_000
 
