@@ -37,8 +37,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from recflow import bundle_layout as layout
-from recflow import schema
+from recflow import bundle_layout, schema
 from recflow.errors import DataError
 from recflow.features import behaviour
 from recflow.io import replace_dir
@@ -423,7 +422,8 @@ def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config:
         (transformed, transformed_md), transform_fn = (
             (train, adapter_config) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
                 preprocessing_fn, output_record_batches=True))
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(out_dir / layout.TRANSFORM_GRAPH_DIR))
+        graph_dir = str(out_dir / bundle_layout.TRANSFORM_GRAPH_DIR)
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(graph_dir)
         del transformed_md  # the transformed schema is written with the transform graph
         outputs = {"train": transformed}
         for name in ("eval", "test"):
@@ -435,7 +435,7 @@ def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config:
                  # Arrow batches to tf.Examples in C++ (much faster than encoding instance dicts in Python).
                  | f"Encode{name.title()}" >> beam.FlatMap(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
                  | f"Write{name.title()}" >> beam.io.WriteToTFRecord(
-                     str(out_dir / layout.TRANSFORMED_DIR / name / "part"), file_name_suffix=".tfrecord.gz"))
+                     str(out_dir / bundle_layout.TRANSFORMED_DIR / name / "part"), file_name_suffix=".tfrecord.gz"))
 
 
 @dataclass(frozen=True)
@@ -517,20 +517,21 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
         beam_temp = config.temp_dir or str(tmp_dir / "tft_tmp")
         _run_beam(raw_frames, spec, config, tmp_dir, beam_pipeline_args, beam_temp)
         shutil.rmtree(tmp_dir / "tft_tmp", ignore_errors=True)
-        candidates.to_parquet(tmp_dir / layout.CANDIDATES_FILE, index=False)
-        user_state.to_parquet(tmp_dir / layout.USER_STATE_FILE, index=False)
-        (tmp_dir / layout.FEATURE_SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
+        candidates.to_parquet(tmp_dir / bundle_layout.CANDIDATES_FILE, index=False)
+        user_state.to_parquet(tmp_dir / bundle_layout.USER_STATE_FILE, index=False)
+        (tmp_dir / bundle_layout.FEATURE_SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True),
+                                                               encoding="utf-8")
         replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return TransformResult(
         out_dir=out_dir,
-        transform_graph_dir=out_dir / layout.TRANSFORM_GRAPH_DIR,
-        transformed_dirs={name: out_dir / layout.TRANSFORMED_DIR / name for name in SPLITS},
-        feature_spec_path=out_dir / layout.FEATURE_SPEC_FILE,
-        candidates_path=out_dir / layout.CANDIDATES_FILE,
-        user_state_path=out_dir / layout.USER_STATE_FILE,
+        transform_graph_dir=out_dir / bundle_layout.TRANSFORM_GRAPH_DIR,
+        transformed_dirs={name: out_dir / bundle_layout.TRANSFORMED_DIR / name for name in SPLITS},
+        feature_spec_path=out_dir / bundle_layout.FEATURE_SPEC_FILE,
+        candidates_path=out_dir / bundle_layout.CANDIDATES_FILE,
+        user_state_path=out_dir / bundle_layout.USER_STATE_FILE,
         feature_spec=spec,
     )
 

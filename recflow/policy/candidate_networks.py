@@ -25,12 +25,12 @@ from tf_agents.networks import network
 from tf_agents.policies import policy_saver
 from tf_agents.specs import distribution_spec, tensor_spec
 
-from recflow import bundle_layout as layout
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.io import atomic_path
 
-POLICY_DIRNAME = layout.POLICY_SAVED_MODEL_DIR
-META_NAME = layout.POLICY_META_FILE
+POLICY_DIRNAME = bundle_layout.POLICY_SAVED_MODEL_DIR
+META_NAME = bundle_layout.POLICY_META_FILE
 
 
 def _tower(hidden_units: Sequence[int], name: str) -> list[tf.keras.layers.Layer]:

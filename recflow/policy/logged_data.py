@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.io import epoch_seconds
 from recflow.policy.config import PolicyConfig
@@ -431,8 +432,8 @@ def load_bandit_data(
     events_path: Path, model_dir: Path, config: PolicyConfig, layout: FeatureLayout | None = None
 ) -> BanditData:
     """:func:`build_bandit_data` from an events Parquet file and a retrieval model directory."""
-    item_ids, item_emb = read_embeddings(model_dir / layout.ITEM_EMBEDDINGS_FILE, "item_id")
-    user_ids, user_emb = read_embeddings(model_dir / layout.USER_EMBEDDINGS_FILE, "user_id")
+    item_ids, item_emb = read_embeddings(model_dir / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
+    user_ids, user_emb = read_embeddings(model_dir / bundle_layout.USER_EMBEDDINGS_FILE, "user_id")
     states_path = Path(model_dir) / DECISION_STATES_FILE
     states = pd.read_parquet(states_path) if states_path.is_file() else None
     return build_bandit_data(

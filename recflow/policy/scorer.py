@@ -34,7 +34,7 @@ import pandas as pd
 import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
-from recflow import bundle_layout as layout
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.policy.logged_data import (
     BanditData,
@@ -44,9 +44,9 @@ from recflow.policy.logged_data import (
     global_features,
 )
 
-POLICY_DIRNAME = layout.POLICY_SAVED_MODEL_DIR
-META_NAME = layout.POLICY_META_FILE
-ITEM_EMBEDDINGS_NAME = layout.POLICY_ITEM_EMBEDDINGS_FILE
+POLICY_DIRNAME = bundle_layout.POLICY_SAVED_MODEL_DIR
+META_NAME = bundle_layout.POLICY_META_FILE
+ITEM_EMBEDDINGS_NAME = bundle_layout.POLICY_ITEM_EMBEDDINGS_FILE
 #: Upper bound on floats in one scoring call (rows x candidates x arm features), to bound memory.
 _MAX_FLOATS_PER_CALL = 8_000_000
 

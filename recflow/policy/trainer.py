@@ -32,7 +32,7 @@ from tf_agents.trajectories import time_step as ts
 from tf_agents.trajectories import trajectory
 from tf_agents.utils import common
 
-from recflow import bundle_layout as layout
+from recflow import bundle_layout
 from recflow.io import atomic_path
 from recflow.policy import agents
 from recflow.policy.config import PolicyConfig
@@ -186,7 +186,7 @@ def train_policy(examples_dir: Path, model_dir: Path, out_dir: Path, config: Pol
         notes.append(f"trained on {config.max_decisions} of {len(data)} decisions (policy.max_decisions)")
         data = data.subset(keep)
     agent, epsilon, curve, steps = train_agent(data, config)
-    item_ids, item_emb = read_embeddings(model_dir / layout.ITEM_EMBEDDINGS_FILE, "item_id")
+    item_ids, item_emb = read_embeddings(model_dir / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
     seconds = time.perf_counter() - started
     final_loss = curve[-1] if curve else math.nan
     meta = {

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recflow import bundle_layout as layout
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.io import epoch_seconds
 
@@ -46,7 +46,7 @@ ITEMS_FILE = "sequence_items.parquet"
 #: The encoder's weights: recflow.models.sequence.WEIGHTS_FILE, named here too because that module imports
 #: TensorFlow and this check must not (the retraining watcher uses it); a test keeps the two equal.
 ENCODER_FILE = "sequence_encoder.npz"
-HISTORY_FILE = layout.USER_HISTORY_FILE
+HISTORY_FILE = bundle_layout.USER_HISTORY_FILE
 
 
 @dataclass(frozen=True)

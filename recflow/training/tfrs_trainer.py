@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from recflow import bundle_layout as layout
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 from recflow.io import replace_dir
@@ -317,14 +317,14 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
 
     from recflow.features.transform import apply_transform_graph, load_transformed
 
-    spec_path = transform_dir / layout.FEATURE_SPEC_FILE
+    spec_path = transform_dir / bundle_layout.FEATURE_SPEC_FILE
     if not spec_path.is_file():
-        raise DataError(f"{transform_dir}: no {layout.FEATURE_SPEC_FILE} (run the Transform step first)")
+        raise DataError(f"{transform_dir}: no {bundle_layout.FEATURE_SPEC_FILE} (run the Transform step first)")
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    graph_dir = transform_dir / layout.TRANSFORM_GRAPH_DIR
+    graph_dir = transform_dir / bundle_layout.TRANSFORM_GRAPH_DIR
     tft_output = tft.TFTransformOutput(str(graph_dir))
-    train = load_transformed(transform_dir / layout.TRANSFORMED_DIR / "train", graph_dir)
-    evald = load_transformed(transform_dir / layout.TRANSFORMED_DIR / "eval", graph_dir)
+    train = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "train", graph_dir)
+    evald = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "eval", graph_dir)
     weight_train = target_weights(train["event_code"], spec["event_codes"], config.event_weights)
     weight_eval = target_weights(evald["event_code"], spec["event_codes"], config.event_weights)
     pos_train, pos_eval = weight_train > 0, weight_eval > 0
@@ -338,14 +338,14 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
     counts = np.bincount(train["item_idx"][pos_train], minlength=vocab["item_idx"]).astype(np.float64)
     item_prob = ((counts + 1.0) / (counts.sum() + len(counts))).astype(np.float32)  # smoothed: no log(0)
     c_feats = spec["transformed_candidate_features"]
-    candidates_raw = pd.read_parquet(transform_dir / layout.CANDIDATES_FILE)
+    candidates_raw = pd.read_parquet(transform_dir / bundle_layout.CANDIDATES_FILE)
     cand_t = apply_transform_graph(graph_dir, spec, candidates_raw)
     return _Inputs(
         examples_dir=examples_dir, transform_dir=transform_dir, spec=spec, graph_dir=graph_dir,
         tft_output=tft_output, train=train, evald=evald, q_feats=query_features(spec, config), c_feats=c_feats,
         pos_train=pos_train, pos_eval=pos_eval, vocab=vocab, item_prob=item_prob, candidates_raw=candidates_raw,
         cand_features={n: cand_t[n] for n in c_feats},
-        user_state=pd.read_parquet(transform_dir / layout.USER_STATE_FILE),
+        user_state=pd.read_parquet(transform_dir / bundle_layout.USER_STATE_FILE),
         item_ids=candidates_raw["item_id"].astype(str).tolist())
 
 
@@ -383,9 +383,9 @@ def train_sequence_retrieval(inputs: _Inputs, run: _Run) -> _Retrieval:
     module = SequenceRetrievalServing(
         seq.encoder, seq.user_ids, history_arrays(seq.histories, seq.catalog_rows, config.sequence_config().max_len),
         seq.catalog_rows, inputs.item_ids, seq.item_vectors, config.top_k)
-    save_sequence_retrieval(module, inputs.spec, str(tmp / layout.RETRIEVAL_DIR))
-    _write_embeddings(tmp / layout.ITEM_EMBEDDINGS_FILE, "item_id", inputs.item_ids, seq.item_vectors)
-    _write_embeddings(tmp / layout.USER_EMBEDDINGS_FILE, "user_id", seq.user_ids, seq.user_states)
+    save_sequence_retrieval(module, inputs.spec, str(tmp / bundle_layout.RETRIEVAL_DIR))
+    _write_embeddings(tmp / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id", inputs.item_ids, seq.item_vectors)
+    _write_embeddings(tmp / bundle_layout.USER_EMBEDDINGS_FILE, "user_id", seq.user_ids, seq.user_states)
     return _Retrieval(seq.item_vectors, seq.user_states, vocabulary=vocabulary, sequence=seq)
 
 
@@ -432,7 +432,7 @@ def _fit_retrieval(inputs: _Inputs, run: _Run, retrieval: Any, train_ds: Any, ev
     import tensorflow as tf
 
     config = run.config
-    callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(run.tmp / layout.LOGS_DIR / "retrieval"))]
+    callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(run.tmp / bundle_layout.LOGS_DIR / "retrieval"))]
     monitor = "val_factorized_top_k/top_10_categorical_accuracy"
     if eval_ds is not None:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
@@ -496,12 +496,12 @@ def train_two_tower_retrieval(inputs: _Inputs, run: _Run, contexts: pd.DataFrame
 
     save_tower_weights(tmp, towers, vocabularies)
     item_emb = cand_tower.predict(inputs.cand_features, batch_size=4096, verbose=0).astype(np.float32)
-    _write_embeddings(tmp / layout.ITEM_EMBEDDINGS_FILE, "item_id", inputs.item_ids, item_emb)
+    _write_embeddings(tmp / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id", inputs.item_ids, item_emb)
     serving = RetrievalServing(str(inputs.graph_dir), inputs.spec, inputs.user_state, query_tower, inputs.item_ids,
                                item_emb, config.top_k)
-    save_retrieval(serving, inputs.spec, str(tmp / layout.RETRIEVAL_DIR))
+    save_retrieval(serving, inputs.spec, str(tmp / bundle_layout.RETRIEVAL_DIR))
     train_users, user_emb = _train_user_embeddings(inputs, serving, contexts, default_context)
-    _write_embeddings(tmp / layout.USER_EMBEDDINGS_FILE, "user_id", train_users, user_emb)
+    _write_embeddings(tmp / bundle_layout.USER_EMBEDDINGS_FILE, "user_id", train_users, user_emb)
     return _Retrieval(item_emb, user_emb)
 
 
@@ -511,7 +511,7 @@ def write_index(inputs: _Inputs, run: _Run, retrieved: _Retrieval) -> None:
     index = build_index(inputs.item_ids, retrieved.item_emb, config.index)
     index_report = measure_index_recall(index, retrieved.user_emb, retrieved.item_emb, config.index,
                                         seed=config.seed)
-    save_index(index, run.tmp / layout.INDEX_DIR, index_report)
+    save_index(index, run.tmp / bundle_layout.INDEX_DIR, index_report)
     run.report["index"] = index_report
     for key, value in index_report.items():
         if key.startswith("index_recall@") and value is not None:
@@ -569,7 +569,7 @@ def train_ranking(inputs: _Inputs, run: _Run) -> bool:
             hidden_units=config.ranking_hidden_units, cross_layers=config.ranking_cross_layers,
             purchase_weight=purchase_weight)
         ranker.compile(optimizer=tf.keras.optimizers.Adam(config.ranking_learning_rate))
-    callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(run.tmp / layout.LOGS_DIR / "ranking"))]
+    callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(run.tmp / bundle_layout.LOGS_DIR / "ranking"))]
     r_eval = _ranking_dataset(config, evald, rank_eval, names, False) if rank_eval.any() else None
     if r_eval is not None:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
@@ -589,7 +589,7 @@ def train_ranking(inputs: _Inputs, run: _Run) -> bool:
             run.metrics["ranking_eval_purchase_auc"] = history["val_purchase_auc"][best_epoch]
     serving = RankingServing(str(inputs.graph_dir), inputs.spec, inputs.user_state, inputs.candidates_raw.copy(),
                              ranker)
-    save_ranking(serving, inputs.spec, str(run.tmp / layout.RANKING_DIR))
+    save_ranking(serving, inputs.spec, str(run.tmp / bundle_layout.RANKING_DIR))
     return True
 
 
@@ -613,7 +613,7 @@ def _write_report(inputs: _Inputs, run: _Run) -> None:
                                                    "candidate_features")}
     report["feature_spec"]["query_features"] = inputs.q_feats
     report["feature_spec"]["candidate_tower_features"] = inputs.c_feats
-    (run.tmp / layout.TRAINING_REPORT_FILE).write_text(json.dumps(report, indent=2, default=float),
+    (run.tmp / bundle_layout.TRAINING_REPORT_FILE).write_text(json.dumps(report, indent=2, default=float),
                                                        encoding="utf-8")
 
 
@@ -624,8 +624,8 @@ def _train_stages(inputs: _Inputs, run: _Run) -> bool:
         retrieved = train_sequence_retrieval(inputs, run)
     else:
         retrieved = train_two_tower_retrieval(inputs, run, contexts, default_context)
-    contexts.to_parquet(run.tmp / layout.USER_CONTEXT_FILE, index=False)
-    (run.tmp / layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default_context), encoding="utf-8")
+    contexts.to_parquet(run.tmp / bundle_layout.USER_CONTEXT_FILE, index=False)
+    (run.tmp / bundle_layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default_context), encoding="utf-8")
     write_index(inputs, run, retrieved)
     ranked = train_ranking(inputs, run)
     if ranked and run.config.retrieval_model == "sequence" and run.config.history_ranking:
@@ -664,12 +664,12 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         raise
     return TrainResult(
         out_dir=out_dir,
-        retrieval_dir=out_dir / layout.RETRIEVAL_DIR,
-        ranking_dir=out_dir / layout.RANKING_DIR if ranked else None,
-        item_embeddings_path=out_dir / layout.ITEM_EMBEDDINGS_FILE,
-        user_embeddings_path=out_dir / layout.USER_EMBEDDINGS_FILE,
-        training_json=out_dir / layout.TRAINING_REPORT_FILE,
-        logs_dir=out_dir / layout.LOGS_DIR,
+        retrieval_dir=out_dir / bundle_layout.RETRIEVAL_DIR,
+        ranking_dir=out_dir / bundle_layout.RANKING_DIR if ranked else None,
+        item_embeddings_path=out_dir / bundle_layout.ITEM_EMBEDDINGS_FILE,
+        user_embeddings_path=out_dir / bundle_layout.USER_EMBEDDINGS_FILE,
+        training_json=out_dir / bundle_layout.TRAINING_REPORT_FILE,
+        logs_dir=out_dir / bundle_layout.LOGS_DIR,
         metrics=run.metrics,
         notes=run.notes,
         history=run.report,
