@@ -23,6 +23,7 @@ from recflow.errors import DataError
 from recflow.simulator.config import SimulatorConfig
 from recflow.simulator.generator import REQUEST_GAP_MEAN_S, REQUEST_GAP_S, SESSION_GAP_MS
 from recflow.simulator.response import (
+    SlateResponse,
     decay_satiation,
     events_frame,
     events_from_response,
@@ -250,6 +251,37 @@ class ShopEnv:
         return self._oracle(self.config.slate_size)[0]
 
     # ------------------------------------------------------------------ steps
+    def _log_request(self, obs: Observation, slates: np.ndarray, props: np.ndarray | None, response: SlateResponse,
+                     policy_id: str) -> pd.DataFrame | None:
+        """Count the request and its events; the events as a frame when ``record_events``, else None."""
+        w = self.world
+        u = obs.user_idx
+        request = self._counters["request"]
+        self._counters["request"] += 1
+        _, session, device = self._session
+        cols = events_from_response(
+            slates,
+            props,
+            response,
+            np.array([self._now]),
+            {
+                "user": np.array([u]),
+                "session": np.array([session]),
+                "request": np.array([request]),
+                "hour": np.array([obs.hour]),
+                "weekday": np.array([obs.weekday]),
+                "device": np.array([device]),
+                "region": np.array([w.user_region[u]]),
+            },
+        )
+        events = None
+        if self.record_events:
+            events = events_frame(
+                w, cols, policy_id, id_prefix=self.id_prefix, first_event=self._counters["event"]
+            )
+        self._counters["event"] += len(cols["type"])
+        return events
+
     def step(
         self,
         slate: Sequence[int] | np.ndarray,
@@ -275,30 +307,8 @@ class ShopEnv:
             props = np.asarray(propensities, dtype=float).reshape(1, -1)
             if props.shape != slates.shape:
                 raise DataError(f"propensities: expected {len(items)} values, got {props.size}")
-        request = self._counters["request"]
-        self._counters["request"] += 1
         _, session, device = self._session
-        cols = events_from_response(
-            slates,
-            props,
-            response,
-            np.array([self._now]),
-            {
-                "user": np.array([u]),
-                "session": np.array([session]),
-                "request": np.array([request]),
-                "hour": np.array([obs.hour]),
-                "weekday": np.array([obs.weekday]),
-                "device": np.array([device]),
-                "region": np.array([w.user_region[u]]),
-            },
-        )
-        events = None
-        if self.record_events:
-            events = events_frame(
-                w, cols, policy_id, id_prefix=self.id_prefix, first_event=self._counters["event"]
-            )
-        self._counters["event"] += len(cols["type"])
+        events = self._log_request(obs, slates, props, response, policy_id)
 
         self._satiation[u] += satiation_increment(w, slates, response)[0]
         clicked = items[response.click[0]]
