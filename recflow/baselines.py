@@ -213,10 +213,17 @@ class _ScoringRecommender:
 class _MatrixFactorization(_ScoringRecommender):
     """An ``implicit`` matrix-factorisation model: one shared fit, the model itself from :meth:`_model`."""
 
-    factors: int
-    event_weights: Mapping[str, float] | None
-    user_factors: np.ndarray | None
-    item_factors: np.ndarray | None
+    def __init__(self, name: str, factors: int, iterations: int, regularization: float, seed: int,
+                 event_weights: Mapping[str, float] | None) -> None:
+        super().__init__()
+        self.name = name
+        self.factors = factors
+        self.iterations = iterations
+        self.regularization = regularization
+        self.seed = seed
+        self.event_weights = event_weights
+        self.user_factors: np.ndarray | None = None
+        self.item_factors: np.ndarray | None = None
 
     def _model(self) -> Any:
         raise NotImplementedError
@@ -265,16 +272,8 @@ class ALSRecommender(_MatrixFactorization):
         event_weights: Mapping[str, float] | None = None,
         name: str = "als",
     ) -> None:
-        super().__init__()
-        self.name = name
-        self.factors = factors
-        self.iterations = iterations
-        self.regularization = regularization
+        super().__init__(name, factors, iterations, regularization, seed, event_weights)
         self.alpha = alpha
-        self.seed = seed
-        self.event_weights = event_weights
-        self.user_factors: np.ndarray | None = None
-        self.item_factors: np.ndarray | None = None
 
     def _model(self) -> Any:
         from implicit.cpu.als import AlternatingLeastSquares
@@ -346,16 +345,8 @@ class BPRRecommender(_MatrixFactorization):
         event_weights: Mapping[str, float] | None = None,
         name: str = "bpr",
     ) -> None:
-        super().__init__()
-        self.name = name
-        self.factors = factors
-        self.iterations = iterations
+        super().__init__(name, factors, iterations, regularization, seed, event_weights)
         self.learning_rate = learning_rate
-        self.regularization = regularization
-        self.seed = seed
-        self.event_weights = event_weights
-        self.user_factors: np.ndarray | None = None
-        self.item_factors: np.ndarray | None = None
 
     def _model(self) -> Any:
         from implicit.cpu.bpr import BayesianPersonalizedRanking

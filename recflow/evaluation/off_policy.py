@@ -111,6 +111,16 @@ def bootstrap_ratio(
     return value, float(low), float(high)
 
 
+def _weighted_mean(rewards: Any, target_probs: Any, logging_probs: Any, clip: float | None, self_normalised: bool,
+                   options: _BootstrapOptions) -> Estimate:
+    """The importance-weighted mean reward: ``sum(w * r) / n`` or, self-normalised, ``sum(w * r) / sum(w)``."""
+    (r,) = _arrays(rewards)
+    w = importance_weights(target_probs, logging_probs, clip)
+    _arrays(r, w)
+    value, low, high = bootstrap_ratio(w * r, w if self_normalised else None, **options)
+    return Estimate(value, low, high, r.size, effective_sample_size(w))
+
+
 def ips(
     rewards: Any,
     target_probs: Any,
@@ -122,11 +132,8 @@ def ips(
     seed: int = 0,
 ) -> Estimate:
     """Inverse propensity scoring: ``mean(w * r)`` with ``w = pi / mu`` (clipped at ``clip`` when given)."""
-    (r,) = _arrays(rewards)
-    w = importance_weights(target_probs, logging_probs, clip)
-    _arrays(r, w)
-    value, low, high = bootstrap_ratio(w * r, replicates=replicates, confidence=confidence, seed=seed)
-    return Estimate(value, low, high, r.size, effective_sample_size(w))
+    return _weighted_mean(rewards, target_probs, logging_probs, clip, False,
+                          {"replicates": replicates, "confidence": confidence, "seed": seed})
 
 
 def snips(
@@ -140,11 +147,8 @@ def snips(
     seed: int = 0,
 ) -> Estimate:
     """Self-normalised IPS: ``sum(w * r) / sum(w)`` (invariant to rescaling the weights)."""
-    (r,) = _arrays(rewards)
-    w = importance_weights(target_probs, logging_probs, clip)
-    _arrays(r, w)
-    value, low, high = bootstrap_ratio(w * r, w, replicates=replicates, confidence=confidence, seed=seed)
-    return Estimate(value, low, high, r.size, effective_sample_size(w))
+    return _weighted_mean(rewards, target_probs, logging_probs, clip, True,
+                          {"replicates": replicates, "confidence": confidence, "seed": seed})
 
 
 def direct_method(

@@ -44,9 +44,6 @@ from recflow.policy.logged_data import (
     global_features,
 )
 
-POLICY_DIRNAME = bundle_layout.POLICY_SAVED_MODEL_DIR
-META_NAME = bundle_layout.POLICY_META_FILE
-ITEM_EMBEDDINGS_NAME = bundle_layout.POLICY_ITEM_EMBEDDINGS_FILE
 #: Upper bound on floats in one scoring call (rows x candidates x arm features), to bound memory.
 _MAX_FLOATS_PER_CALL = 8_000_000
 
@@ -60,9 +57,10 @@ class PolicyScorer:
 
     def __init__(self, out_dir: Path, *, seed: int | None = None, samples: int = 200) -> None:
         out_dir = Path(out_dir)
-        meta_path = out_dir / META_NAME
-        if not meta_path.is_file() or not (out_dir / POLICY_DIRNAME).is_dir():
-            raise DataError(f"{out_dir}: no exported policy here (expected {META_NAME} and {POLICY_DIRNAME}/)")
+        meta_path = out_dir / bundle_layout.POLICY_META_FILE
+        if not meta_path.is_file() or not (out_dir / bundle_layout.POLICY_SAVED_MODEL_DIR).is_dir():
+            raise DataError(f"{out_dir}: no exported policy here (expected {bundle_layout.POLICY_META_FILE} and "
+                            f"{bundle_layout.POLICY_SAVED_MODEL_DIR}/)")
         try:
             self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -76,8 +74,8 @@ class PolicyScorer:
         self.num_arms: int = int(self.meta["num_arms"])
         self.item_ids = np.asarray(self.meta["item_ids"], dtype=object)
         self._item_index = pd.Index(self.item_ids)
-        self.item_embeddings = np.load(out_dir / ITEM_EMBEDDINGS_NAME)
-        self.policy = tf.saved_model.load(str(out_dir / POLICY_DIRNAME))
+        self.item_embeddings = np.load(out_dir / bundle_layout.POLICY_ITEM_EMBEDDINGS_FILE)
+        self.policy = tf.saved_model.load(str(out_dir / bundle_layout.POLICY_SAVED_MODEL_DIR))
         self.samples = samples
         self.seed = int(self.meta["config"]["seed"]) if seed is None else seed
         self._rng = np.random.default_rng(self.seed)
