@@ -260,7 +260,7 @@ def query_features(spec: dict[str, Any], config: TrainerConfig) -> list[str]:
 
 
 @dataclass
-class _Inputs:
+class TrainerInputs:
     """What every stage of :func:`train_tfrs` reads: Transform's output, loaded once."""
 
     examples_dir: Path
@@ -283,7 +283,7 @@ class _Inputs:
 
 
 @dataclass
-class _Run:
+class TrainerRun:
     """The run's staging directory and what its stages measured (the content of ``training.json``)."""
 
     tmp: Path
@@ -295,7 +295,7 @@ class _Run:
 
 
 @dataclass
-class _Retrieval:
+class RetrievalOutput:
     """The retrieval stage's output: the embeddings the index and the ranking stages need."""
 
     item_emb: np.ndarray
@@ -308,7 +308,7 @@ def _decode(tokens: Any) -> list[str]:
     return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tokens]
 
 
-def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) -> _Inputs:
+def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) -> TrainerInputs:
     """The datasets stage: Transform's spec, graph, transformed splits and candidates, and the retrieval targets.
 
     Raises DataError when ``transform_dir`` is not a Transform output or the train split has no target.
@@ -340,7 +340,7 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
     c_feats = spec["transformed_candidate_features"]
     candidates_raw = pd.read_parquet(transform_dir / bundle_layout.CANDIDATES_FILE)
     cand_t = apply_transform_graph(graph_dir, spec, candidates_raw)
-    return _Inputs(
+    return TrainerInputs(
         examples_dir=examples_dir, transform_dir=transform_dir, spec=spec, graph_dir=graph_dir,
         tft_output=tft_output, train=train, evald=evald, q_feats=query_features(spec, config), c_feats=c_feats,
         pos_train=pos_train, pos_eval=pos_eval, vocab=vocab, item_prob=item_prob, candidates_raw=candidates_raw,
@@ -349,7 +349,7 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
         item_ids=candidates_raw["item_id"].astype(str).tolist())
 
 
-def _retrieval_dataset(inputs: _Inputs, config: TrainerConfig, data: dict[str, np.ndarray], mask: np.ndarray,
+def _retrieval_dataset(inputs: TrainerInputs, config: TrainerConfig, data: dict[str, np.ndarray], mask: np.ndarray,
                        shuffle: bool) -> Any:
     """The retrieval targets ``data[mask]`` as a batched ``tf.data.Dataset`` with their sampling probability and
     sample weight."""
@@ -369,7 +369,7 @@ def _write_embeddings(path: Path, key: str, ids: list[str], vectors: np.ndarray)
     pd.DataFrame({key: ids, "embedding": list(vectors)}).to_parquet(path, index=False)
 
 
-def train_sequence_retrieval(inputs: _Inputs, run: _Run) -> _Retrieval:
+def train_sequence_retrieval(inputs: TrainerInputs, run: TrainerRun) -> RetrievalOutput:
     """The retrieval stage with the sequence model: train, export the SavedModel and the embeddings."""
     from recflow.models.export import SequenceRetrievalServing, save_sequence_retrieval
     from recflow.training.sequence_retrieval import history_arrays, train_sequence
@@ -386,10 +386,10 @@ def train_sequence_retrieval(inputs: _Inputs, run: _Run) -> _Retrieval:
     save_sequence_retrieval(module, inputs.spec, str(tmp / bundle_layout.RETRIEVAL_DIR))
     _write_embeddings(tmp / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id", inputs.item_ids, seq.item_vectors)
     _write_embeddings(tmp / bundle_layout.USER_EMBEDDINGS_FILE, "user_id", seq.user_ids, seq.user_states)
-    return _Retrieval(seq.item_vectors, seq.user_states, vocabulary=vocabulary, sequence=seq)
+    return RetrievalOutput(seq.item_vectors, seq.user_states, vocabulary=vocabulary, sequence=seq)
 
 
-def _build_towers(inputs: _Inputs, run: _Run, train_ds: Any, eval_ds: Any) -> tuple[Any, Any, Any]:
+def _build_towers(inputs: TrainerInputs, run: TrainerRun, train_ds: Any, eval_ds: Any) -> tuple[Any, Any, Any]:
     """The two-tower retrieval model (compiled, variables built) and its query and candidate towers."""
     import tensorflow as tf
 
@@ -411,7 +411,7 @@ def _build_towers(inputs: _Inputs, run: _Run, train_ds: Any, eval_ds: Any) -> tu
     return retrieval, query_tower, cand_tower
 
 
-def warm_start(towers: dict[str, Any], vocabularies: dict[str, list[str]], run: _Run) -> None:
+def warm_start(towers: dict[str, Any], vocabularies: dict[str, list[str]], run: TrainerRun) -> None:
     """The warm-start stage: the towers start from ``trainer.warm_start_from``'s weights where its vocabularies
     match; a previous model that cannot be used leaves a cold start and a note."""
     from recflow.models.two_tower import VOCAB_OF
@@ -427,7 +427,7 @@ def warm_start(towers: dict[str, Any], vocabularies: dict[str, list[str]], run: 
         run.notes.append(f"cold start: {exc}")
 
 
-def _fit_retrieval(inputs: _Inputs, run: _Run, retrieval: Any, train_ds: Any, eval_ds: Any) -> None:
+def _fit_retrieval(inputs: TrainerInputs, run: TrainerRun, retrieval: Any, train_ds: Any, eval_ds: Any) -> None:
     """Fit the two-tower model (early stopping on the eval split when it has targets) and record the curves."""
     import tensorflow as tf
 
@@ -458,7 +458,7 @@ def _fit_retrieval(inputs: _Inputs, run: _Run, retrieval: Any, train_ds: Any, ev
     run.metrics["retrieval_examples_per_second"] = run.report["retrieval"]["examples_per_second"]
 
 
-def _train_user_embeddings(inputs: _Inputs, serving: Any, contexts: pd.DataFrame,
+def _train_user_embeddings(inputs: TrainerInputs, serving: Any, contexts: pd.DataFrame,
                            default_context: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     """The exported query tower's embedding of every train-split user in their latest context."""
     import tensorflow as tf
@@ -475,8 +475,8 @@ def _train_user_embeddings(inputs: _Inputs, serving: Any, contexts: pd.DataFrame
     return train_users, serving.query(features).numpy().astype(np.float32)
 
 
-def train_two_tower_retrieval(inputs: _Inputs, run: _Run, contexts: pd.DataFrame,
-                              default_context: dict[str, Any]) -> _Retrieval:
+def train_two_tower_retrieval(inputs: TrainerInputs, run: TrainerRun, contexts: pd.DataFrame,
+                              default_context: dict[str, Any]) -> RetrievalOutput:
     """The retrieval stage with the two-tower model: build, warm start, fit, then the export stage (tower
     weights, SavedModel, item and user embeddings)."""
     from recflow.models.export import RetrievalServing, save_retrieval
@@ -502,10 +502,10 @@ def train_two_tower_retrieval(inputs: _Inputs, run: _Run, contexts: pd.DataFrame
     save_retrieval(serving, inputs.spec, str(tmp / bundle_layout.RETRIEVAL_DIR))
     train_users, user_emb = _train_user_embeddings(inputs, serving, contexts, default_context)
     _write_embeddings(tmp / bundle_layout.USER_EMBEDDINGS_FILE, "user_id", train_users, user_emb)
-    return _Retrieval(item_emb, user_emb)
+    return RetrievalOutput(item_emb, user_emb)
 
 
-def write_index(inputs: _Inputs, run: _Run, retrieved: _Retrieval) -> None:
+def write_index(inputs: TrainerInputs, run: TrainerRun, retrieved: RetrievalOutput) -> None:
     """The index stage: build the candidate index over the item embeddings and measure its recall."""
     config = run.config
     index = build_index(inputs.item_ids, retrieved.item_emb, config.index)
@@ -518,7 +518,7 @@ def write_index(inputs: _Inputs, run: _Run, retrieved: _Retrieval) -> None:
             run.metrics[key] = float(value)
 
 
-def _ranking_masks(inputs: _Inputs, run: _Run) -> tuple[np.ndarray, np.ndarray] | None:
+def _ranking_masks(inputs: TrainerInputs, run: TrainerRun) -> tuple[np.ndarray, np.ndarray] | None:
     """The impressions the ranking model learns from (train, eval), or None (and a note) when there are none."""
     spec, train, evald = inputs.spec, inputs.train, inputs.evald
     imp_code = spec["event_codes"]["impression"]
@@ -543,7 +543,7 @@ def _ranking_dataset(config: TrainerConfig, data: dict[str, np.ndarray], mask: n
     return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def train_ranking(inputs: _Inputs, run: _Run) -> bool:
+def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
     """The ranking stage: the click (and purchase) model on impressions, exported as a SavedModel.
 
     Returns False (with a note) when the log has no clicked impressions to learn from.
@@ -593,7 +593,7 @@ def train_ranking(inputs: _Inputs, run: _Run) -> bool:
     return True
 
 
-def train_history_ranking(inputs: _Inputs, run: _Run, retrieved: _Retrieval) -> None:
+def train_history_ranking(inputs: TrainerInputs, run: TrainerRun, retrieved: RetrievalOutput) -> None:
     """The history ranker (sequence retrieval with ``trainer.history_ranking``), beside the ranking model."""
     from recflow.training.history_ranking import train_history_ranker
 
@@ -605,7 +605,7 @@ def train_history_ranking(inputs: _Inputs, run: _Run, retrieved: _Retrieval) -> 
         run.report["history_ranking"] = ranked.report
 
 
-def _write_report(inputs: _Inputs, run: _Run) -> None:
+def _write_report(inputs: TrainerInputs, run: TrainerRun) -> None:
     report, spec = run.report, inputs.spec
     report["metrics"] = run.metrics
     report["notes"] = run.notes
@@ -617,7 +617,7 @@ def _write_report(inputs: _Inputs, run: _Run) -> None:
                                                        encoding="utf-8")
 
 
-def _train_stages(inputs: _Inputs, run: _Run) -> bool:
+def _train_stages(inputs: TrainerInputs, run: TrainerRun) -> bool:
     """Every stage after the datasets, into ``run.tmp``; returns whether a ranking model was trained."""
     contexts, default_context = user_context(inputs.examples_dir, inputs.spec)
     if run.config.retrieval_model == "sequence":
@@ -653,7 +653,7 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    run = _Run(tmp, config, None, report={"config": config.model_dump(), "strategy": None})
+    run = TrainerRun(tmp, config, None, report={"config": config.model_dump(), "strategy": None})
     try:
         run.strategy = _strategy()
         run.report["strategy"] = type(run.strategy).__name__
