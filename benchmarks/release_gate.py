@@ -3,16 +3,18 @@
     .venv/bin/python benchmarks/release_gate.py [--bundle DIR] [--out benchmarks/results/release_gate.json]
 
 Every scenario is a (champion, candidate) pair built from one real bundle trained by the pipeline on the
-simulated shop of 2,000 users, 500 items and 7 days with the two-tower retrieval model (``--bundle`` reuses such a
-directory with ``model/``, ``policy/``, ``transform/``, otherwise it is trained here, about 20 minutes on two
-shared cores, and cached in ``$RECFLOW_BENCH_DIR``). Each candidate goes through both halves of the gate, as in production:
+simulated shop of 2,000 users, 500 items and 7 days with the two-tower retrieval model (``--bundle`` reuses such
+a directory with ``model/``, ``policy/``, ``transform/``, otherwise it is trained here, about 20 minutes on two
+shared cores, and cached in ``$RECFLOW_BENCH_DIR``). Each candidate goes through both halves of the gate, as in
+production:
 
 1. **Offline** (:func:`recflow.evaluation.evaluate_recommenders` with the default blessing rules -- floors,
    non-inferiority against the champion with its power check, no excluded items -- except the two lifts over the
    baselines, which are off: on this shop no trained model beats the count baselines (the pipeline's own
    evaluation of this bundle: NDCG@10 0.429 vs popularity 0.435, ALS 0.477), so with them nothing would reach the
-   canary; each row lists them as ``gate_overrides``) on the same shop's held-out split. A model is evaluated through what serving retrieves for each user
-   (:meth:`serving.recommender.Recommender.retrieve`, i.e. the bundle's retrieval as served). Refused: never pushed.
+   canary; each row lists them as ``gate_overrides``) on the same shop's held-out split. A model is evaluated
+   through what serving retrieves for each user (:meth:`serving.recommender.Recommender.retrieve`, i.e. the
+   bundle's retrieval as served). Refused: never pushed.
 2. **Online**: a blessed candidate is pushed to a model store as the canary (``release.canary`` defaults, but
    ``share`` 0.5 so a scenario takes about a minute); a serving :class:`~serving.recommender.Recommender`
    with its :class:`~serving.canary.CanaryController` serves ShopEnv users of the same world (their clicks and
@@ -49,6 +51,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recflow  # noqa: E402, F401  (first: selects legacy Keras)
+
+# isort: split
 from machine import machine_info  # noqa: E402
 
 WORLD = {"users": 2000, "items": 500, "days": 7}

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import recflow  # noqa: F401  (configures TensorFlow's environment first)
 
+# isort: split
+
 import numpy as np
 import pandas as pd
 
@@ -143,7 +145,7 @@ def cmd_serve(args) -> None:
             obs, ctr, _, _ = serve_one(env, obs, rec)
             pre.append(ctr)
     states["day1"] = pickle.dumps((env, obs))
-    for n in range(POST_DRIFT_REQUESTS):
+    for _ in range(POST_DRIFT_REQUESTS):
         obs, ctr, _, _ = serve_one(env, obs, rec)
         drifted.append(ctr)
     rec.close()
@@ -281,7 +283,7 @@ def cmd_eval(args) -> None:
         results[name] = res
     pre, drifted = serve["pre_ctr"], results.get("champion", {}).get("full", {}).get("ctr")
     if drifted is not None:
-        for name, res in results.items():
+        for res in results.values():
             if "full" in res:
                 res["recovered_share"] = (res["full"]["ctr"] - drifted) / (pre - drifted)
     out = {"seed": args.seed, "day1": args.day1, "pre_ctr": pre, "requests": args.requests, "results": results}

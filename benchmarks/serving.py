@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -54,6 +55,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import recflow  # noqa: E402, F401  (first: selects legacy Keras)
+
+# isort: split
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
@@ -187,15 +190,11 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the server's process group (a multi-worker service's workers too), SIGKILL what is left."""
     import signal
 
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired, ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(10)
 
 
@@ -288,10 +287,8 @@ def drain(url: str) -> None:
     health = url.replace("/v1/recommendations", "/healthz")
     for _ in range(60):  # wait until a probe is answered promptly: the previous backlog is gone
         t0 = time.perf_counter()
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             httpx.get(health, timeout=10)
-        except httpx.HTTPError:
-            pass
         if time.perf_counter() - t0 < 0.05:
             break
         time.sleep(1.0)

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import recflow  # noqa: F401  (configures the process before anything else)
+
+# isort: split
 from recflow.io import atomic_path
 from recflow.simulator import SimulatorConfig, generate_dataset, simulate_log
 

@@ -31,7 +31,7 @@ def write_charts(summary: DriftSummary, reference: pd.DataFrame, current: pd.Dat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from monitoring.drift import category_of
+    from monitoring.features import category_of
 
     files: dict[str, str] = {}
     if summary.columns:

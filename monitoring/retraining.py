@@ -69,7 +69,7 @@ def recent_dataset(feedback_path: str | os.PathLike[str], out_dir: Path, n_event
     thousand events logged since the drift alone knows too little to be blessed, and the feedback holds only
     what the champion chose to show. The pipeline's time split then evaluates on the most recent traffic.
     """
-    from monitoring.drift import last_events, load_events, load_side_table
+    from monitoring.drift_io import last_events, load_events, load_side_table
 
     recent = load_events(feedback_path)
     if recent.empty:

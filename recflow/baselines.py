@@ -264,9 +264,17 @@ class _ScoringRecommender:
 class _MatrixFactorization(_ScoringRecommender):
     """An ``implicit`` matrix-factorisation model: one shared fit, the model itself from :meth:`_model`."""
 
-    factors: int
-    user_factors: np.ndarray | None
-    item_factors: np.ndarray | None
+    def __init__(self, name: str, factors: int, iterations: int, regularization: float, seed: int,
+                 event_weights: Mapping[str, float] | None) -> None:
+        super().__init__()
+        self.name = name
+        self.factors = factors
+        self.iterations = iterations
+        self.regularization = regularization
+        self.seed = seed
+        self.event_weights = event_weights
+        self.user_factors: np.ndarray | None = None
+        self.item_factors: np.ndarray | None = None
 
     def _model(self) -> Any:
         raise NotImplementedError
@@ -315,16 +323,8 @@ class ALSRecommender(_MatrixFactorization):
         event_weights: Mapping[str, float] | None = None,
         name: str = "als",
     ) -> None:
-        super().__init__()
-        self.name = name
-        self.factors = factors
-        self.iterations = iterations
-        self.regularization = regularization
+        super().__init__(name, factors, iterations, regularization, seed, event_weights)
         self.alpha = alpha
-        self.seed = seed
-        self.event_weights = event_weights
-        self.user_factors: np.ndarray | None = None
-        self.item_factors: np.ndarray | None = None
 
     def _model(self) -> Any:
         from implicit.cpu.als import AlternatingLeastSquares
@@ -400,16 +400,8 @@ class BPRRecommender(_MatrixFactorization):
         event_weights: Mapping[str, float] | None = None,
         name: str = "bpr",
     ) -> None:
-        super().__init__()
-        self.name = name
-        self.factors = factors
-        self.iterations = iterations
+        super().__init__(name, factors, iterations, regularization, seed, event_weights)
         self.learning_rate = learning_rate
-        self.regularization = regularization
-        self.seed = seed
-        self.event_weights = event_weights
-        self.user_factors: np.ndarray | None = None
-        self.item_factors: np.ndarray | None = None
 
     def _model(self) -> Any:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
@@ -627,8 +619,9 @@ class _HistoryRecommender:
         item_list = by_user["item_id"].tolist()
         kind_list = by_user["event_type"].astype(str).tolist()
         bounds = np.flatnonzero(users[1:] != users[:-1]) + 1 if len(users) else np.empty(0, dtype=np.int64)
-        starts = np.concatenate([[0], bounds]).astype(int) if len(users) else []
-        ends = np.concatenate([bounds, [len(users)]]).astype(int) if len(users) else []
+        empty = np.empty(0, dtype=int)
+        starts = np.concatenate([[0], bounds]).astype(int) if len(users) else empty
+        ends = np.concatenate([bounds, [len(users)]]).astype(int) if len(users) else empty
         self._histories = {
             str(users[a]): (item_list[a:b], kind_list[a:b]) for a, b in zip(starts, ends, strict=True)
         }

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.io import atomic_path
 
@@ -224,5 +225,5 @@ def read_index_report(model_dir: Path) -> dict[str, Any]:
 
     Its ``index_recall@<k>`` values are what the Evaluator's ``min_index_recall`` rule checks.
     """
-    path = Path(model_dir) / "index" / REPORT_FILE
+    path = Path(model_dir) / bundle_layout.INDEX_DIR / REPORT_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -81,21 +82,21 @@ def write_table(data: pd.DataFrame | pa.Table, path: str | os.PathLike[str], kin
 def write_dataset(out_dir: str | os.PathLike[str], **tables: pd.DataFrame | pa.Table) -> dict[str, Path]:
     """Write ``events=``, ``items=``, ``users=`` tables into a dataset directory under their standard names."""
     out = Path(out_dir)
-    written = {}
-    for kind, data in tables.items():
+    written: dict[str, Path] = {}
+    for kind in tables:
         if kind not in schema.TABLE_KINDS:
             raise ValueError(f"unknown table kind {kind!r}")
-        written[kind] = write_table(data, out / schema.FILE_NAMES[kind], kind)  # type: ignore[arg-type]
+    for table_kind in schema.TABLE_KINDS:
+        if table_kind in tables:
+            written[table_kind] = write_table(tables[table_kind], out / schema.FILE_NAMES[table_kind], table_kind)
     return written
 
 
-def epoch_seconds(values: object) -> "np.ndarray":
+def epoch_seconds(values: object) -> np.ndarray:
     """Seconds since the Unix epoch (float64) of date/times, whatever their stored resolution.
 
     Parquet timestamps come back as ``datetime64[ms]``, ``[us]`` or ``[ns]``; ``astype("int64")`` of them counts
     in that unit, so dividing by 1e9 is right only for nanoseconds. This is unit-safe.
     """
-    import numpy as np
-
     ts = pd.to_datetime(pd.Series(values) if not isinstance(values, pd.Series) else values, utc=True)
     return ((ts - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(np.float64)

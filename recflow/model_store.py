@@ -31,6 +31,7 @@ The store is the source of truth for which bundle is the champion. The MLflow Mo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -540,11 +541,12 @@ class ModelStore:
 
     def _move_alias(self, alias: str, version: str, previous: str | None, reason: str) -> AliasState:
         """Append to the history, then replace the alias file (commit point); undo the history on failure."""
+        moved_at = _now()
         entry = {
             "alias": alias,
             "version": version,
             "previous": previous,
-            "moved_at": _now(),
+            "moved_at": moved_at,
             "reason": reason,
         }
         history_path = self._p("aliases", "history.jsonl")
@@ -562,7 +564,7 @@ class ModelStore:
             else:
                 self._write_text(history_path, old_history)
             raise
-        return AliasState(alias, version, previous, entry["moved_at"], reason)
+        return AliasState(alias, version, previous, moved_at, reason)
 
     def _remove(self, path: str) -> None:
         try:
@@ -932,10 +934,8 @@ def sync_canary_registry(tracking_uri: str, store: ModelStore, name: str) -> dic
     client = tracking_client(tracking_uri)
     canary = store.canary()
     if canary is None:
-        try:
+        with contextlib.suppress(MlflowException):  # no such alias: nothing to delete
             client.delete_registered_model_alias(name, CANARY)
-        except MlflowException:  # no such alias: nothing to delete
-            pass
         return out
     version = registry_version_for(tracking_uri, name, canary.version, store.root)
     if version is None and canary.mlflow_run_id:

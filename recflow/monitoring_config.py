@@ -6,8 +6,6 @@ library because the monitoring package imports the core, never the other way rou
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
 

@@ -202,7 +202,7 @@ def run_tuning(
     path = out_dir / BEST_PARAMS_NAME
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return TuningResult(dict(best.params), float(best.value), config.metric, records, path,
+    return TuningResult(dict(best.params), float(study.best_value), config.metric, records, path,
                         time.perf_counter() - started)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.policy.logged_data import CONTEXT_CATEGORIES
 from recflow.training.sequence_retrieval import ENCODER_FILE, ITEMS_FILE
@@ -83,8 +84,8 @@ def shared_arrays(root: Path, version: str, arrays: Mapping[str, np.ndarray]) ->
     import tempfile
 
     stamp = [str(Path(root).resolve()), version]
-    for name in ("item_embeddings.parquet", "user_embeddings.parquet"):
-        st = (Path(root) / "model" / name).stat()
+    for name in (bundle_layout.ITEM_EMBEDDINGS_FILE, bundle_layout.USER_EMBEDDINGS_FILE):
+        st = (Path(root) / bundle_layout.MODEL_DIR / name).stat()
         stamp += [str(st.st_size), str(st.st_mtime_ns)]
     key = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:20]
     cache = Path(tempfile.gettempdir()) / "recflow-arrays"
@@ -120,7 +121,7 @@ def load_ann_index(
     report = read_index_report(model_dir)
     if not report or report.get("kind", "brute_force") == "brute_force":
         return None, report
-    where = model_dir / "index"
+    where = model_dir / bundle_layout.INDEX_DIR
     recorded = report.get("index_recall@10")
     if recorded is None or not recorded >= min_recall:
         raise DataError(
@@ -218,7 +219,7 @@ class SequenceState:
 
         #: The history-aware ranking model (recflow.models.history_ranking), when the trainer made one.
         self.ranker = HistoryRanker.load(model_dir)
-        hist = pd.read_parquet(model_dir / "user_history.parquet")
+        hist = pd.read_parquet(model_dir / bundle_layout.USER_HISTORY_FILE)
         self.stored: dict[str, list[HistoryEntry]] = {
             str(r.user_id): [HistoryEntry(str(i), str(t), float(ts))
                              for i, t, ts in zip(r.item_ids, r.event_types, r.timestamps, strict=True)]
@@ -317,27 +318,28 @@ class ServingBundle:
         from recflow.policy.scorer import load_policy
 
         root = Path(path)
-        for part in ("model", "policy", "transform"):
+        for part in bundle_layout.PARTS:
             if not (root / part).is_dir():
                 raise DataError(
                     f"{root}: bundle part {part}/ is missing (expected model/, policy/, transform/)"
                 )
-        model = root / "model"
+        model = root / bundle_layout.MODEL_DIR
         try:
-            item_ids, item_matrix = _matrix(model / "item_embeddings.parquet", "item_id")
-            user_ids, user_matrix = _matrix(model / "user_embeddings.parquet", "user_id")
-            contexts = pd.read_parquet(model / "user_context.parquet")
-            default_context = json.loads((model / "default_context.json").read_text(encoding="utf-8"))
-            spec = json.loads((root / "transform" / "feature_spec.json").read_text(encoding="utf-8"))
-            candidates = pd.read_parquet(root / "transform" / "candidates.parquet")
-            retrieval = tf.saved_model.load(str(model / "retrieval"))
-            ranking_dir = model / "ranking"
+            item_ids, item_matrix = _matrix(model / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
+            user_ids, user_matrix = _matrix(model / bundle_layout.USER_EMBEDDINGS_FILE, "user_id")
+            contexts = pd.read_parquet(model / bundle_layout.USER_CONTEXT_FILE)
+            default_context = json.loads((model / bundle_layout.DEFAULT_CONTEXT_FILE).read_text(encoding="utf-8"))
+            spec_path = root / bundle_layout.TRANSFORM_DIR / bundle_layout.FEATURE_SPEC_FILE
+            spec = json.loads(spec_path.read_text(encoding="utf-8"))
+            candidates = pd.read_parquet(root / bundle_layout.TRANSFORM_DIR / bundle_layout.CANDIDATES_FILE)
+            retrieval = tf.saved_model.load(str(model / bundle_layout.RETRIEVAL_DIR))
+            ranking_dir = model / bundle_layout.RANKING_DIR
             ranking_fn = (
                 tf.saved_model.load(str(ranking_dir)).signatures["serving_default"]
-                if (ranking_dir / "saved_model.pb").is_file()
+                if (ranking_dir / bundle_layout.SAVED_MODEL_FILE).is_file()
                 else None
             )
-            scorer = load_policy(root / "policy")
+            scorer = load_policy(root / bundle_layout.POLICY_DIR)
             sequence = SequenceState(model) if (model / ENCODER_FILE).is_file() else None
         except DataError:
             raise
@@ -360,7 +362,7 @@ class ServingBundle:
             else np.full(len(item_ids), "", object)
         )
         price = cand["price"].fillna(0.0).to_numpy(float) if "price" in cand else np.zeros(len(item_ids))
-        log_pop = _log_popularity(root / "transform" / "transform_graph", item_ids)
+        log_pop = _log_popularity(root / bundle_layout.TRANSFORM_DIR / bundle_layout.TRANSFORM_GRAPH_DIR, item_ids)
         policy_pos = pd.Index(scorer.item_ids.astype(str)).get_indexer(pd.Index(item_ids))
         policy_items = np.zeros((len(item_ids), scorer.item_embeddings.shape[1]), np.float32)
         policy_items[policy_pos >= 0] = scorer.item_embeddings[policy_pos[policy_pos >= 0]]

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from recflow import bundle_layout
 from recflow.model_store import CANARY, ModelStore, normalize_version
 from recflow.release import CanaryConfig, CanaryDecision, GuardrailState, canary_decision
 
@@ -45,8 +46,8 @@ def bundle_consistency(bundle: Any) -> list[str]:
     problems: list[str] = []
     root = Path(bundle.path)
     try:
-        candidates = set(pd.read_parquet(root / "transform" / "candidates.parquet", columns=["item_id"])["item_id"]
-                         .astype(str))
+        path = root / bundle_layout.TRANSFORM_DIR / bundle_layout.CANDIDATES_FILE
+        candidates = set(pd.read_parquet(path, columns=["item_id"])["item_id"].astype(str))
     except Exception as exc:  # noqa: BLE001 - an unreadable part is a mismatch too
         return [f"transform/candidates.parquet cannot be read: {exc}"]
     model_items = {str(i) for i in bundle.item_ids[: bundle.trained_items]}

@@ -8,6 +8,8 @@ session end applies the protobuf teardown remedy (see recflow/runtime.py). Every
 import pytest
 
 import recflow  # noqa: F401  (before anything imports TensorFlow: configures TensorFlow's environment)
+
+# isort: split
 from recflow import runtime
 
 #: Time limit of a ``slow`` test (setup included) unless it sets its own ``@pytest.mark.timeout``.

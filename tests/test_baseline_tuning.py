@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+from test_baselines import structured_shop
 
 from recflow.baseline_tuning import (
     DEFAULT_PARAMS,
@@ -14,7 +15,6 @@ from recflow.baseline_tuning import (
 from recflow.baselines import ALSRecommender, CoViewRecommender, EASERecommender, ItemKNNRecommender
 from recflow.errors import ConfigError, DataError
 from recflow.evaluation.metrics import ground_truth, interacted_items
-from test_baselines import structured_shop
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,16 @@ from recflow.baselines import (
     BASELINES,
     ALSRecommender,
     BPRRecommender,
+    ContentBasedRecommender,
     CoViewRecommender,
     EASERecommender,
-    ContentBasedRecommender,
     ItemKNNRecommender,
     MostRecentRecommender,
     MostViewedRecommender,
     PopularityRecommender,
-    make_baseline,
     interaction_matrix,
     item_feature_tokens,
+    make_baseline,
     top_k_indices,
 )
 from recflow.errors import ConfigError, DataError

@@ -132,5 +132,6 @@ def test_evaluator_reports_beyond_accuracy_for_every_method(examples, tmp_path):
     assert doc["methods"]["candidate"]["long_tail_share@5"] == pytest.approx(als["long_tail_share@5"])
     assert set(doc["exposure_by_group"]) >= {"train", "catalog", "candidate", "als"}
     assert doc["long_tail"]["head_share"] == 0.8 and doc["long_tail"]["head_items"] > 0
-    off = evaluate_recommenders(examples, candidate, FAST.model_copy(update={"beyond_accuracy": BeyondAccuracyConfig(enabled=False)}))
+    off = evaluate_recommenders(examples, candidate,
+                                FAST.model_copy(update={"beyond_accuracy": BeyondAccuracyConfig(enabled=False)}))
     assert "novelty@5" not in off.candidate.metrics and off.exposure_table().empty

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_serving import bundle_parts, push
 
 from recflow.model_store import ModelStore
 from recflow.release import CanaryConfig
 from serving.config import ServingConfig
 from serving.feedback_log import read_feedback
-from test_serving import bundle_parts, push
 
 CFG = CanaryConfig(share=0.5, min_requests=150, min_impressions=500, decide_every=25, max_requests=5000,
                    latency_budget_ms=5000.0, latency_margin_ms=1000.0)

@@ -8,7 +8,7 @@ from kfp import dsl
 
 from components import agents_trainer, evaluator, example_gen, pusher, tfrs_trainer, transform
 from components.step_run import STEP_ORDER, read_status, step_run
-from recflow.config import RecflowConfig, dump_config, load_config
+from recflow.config import dump_config, load_config
 from recflow.errors import ValidationFailed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +68,8 @@ def test_step_run_records_success(tmp_path, capsys):
 
 
 def test_step_run_turns_user_errors_into_exit_codes_without_traceback(tmp_path, capsys):
-    with pytest.raises(SystemExit) as stopped:
-        with step_run("example_gen", "{}", status_dir=str(tmp_path)):
-            raise ValidationFailed("events.parquet: row 7: field price: must be >= 0")
+    with pytest.raises(SystemExit) as stopped, step_run("example_gen", "{}", status_dir=str(tmp_path)):
+        raise ValidationFailed("events.parquet: row 7: field price: must be >= 0")
     assert stopped.value.code == ValidationFailed.exit_code
     record = read_status(tmp_path)["example_gen"]
     assert record["status"] == "failed" and "row 7: field price" in record["error"]
@@ -79,9 +78,8 @@ def test_step_run_turns_user_errors_into_exit_codes_without_traceback(tmp_path, 
 
 
 def test_step_run_keeps_bugs_loud(tmp_path):
-    with pytest.raises(ZeroDivisionError):
-        with step_run("evaluator", "{}", status_dir=str(tmp_path)):
-            1 / 0  # noqa: B018
+    with pytest.raises(ZeroDivisionError), step_run("evaluator", "{}", status_dir=str(tmp_path)):
+        1 / 0  # noqa: B018
     assert read_status(tmp_path)["evaluator"]["error"] == "ZeroDivisionError: division by zero"
 
 

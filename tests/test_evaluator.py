@@ -13,9 +13,8 @@ from recflow.errors import DataError
 from recflow.evaluation.blessing import decide_blessing
 from recflow.evaluation.config import ALSConfig, BlessingThresholds, EvaluatorConfig
 from recflow.evaluation.evaluator import evaluate_recommenders
-from recflow.evaluation.report import BLESSING_NAME, METRICS_NAME, write_report
 from recflow.evaluation.noninferiority import non_inferiority_test
-from recflow.evaluation.significance import paired_tests
+from recflow.evaluation.report import BLESSING_NAME, METRICS_NAME, write_report
 from recflow.io import write_table
 
 T0 = pd.Timestamp("2026-01-05", tz="UTC")
@@ -204,7 +203,8 @@ def test_wilcoxon_and_either_decide_non_inferiority():
 
 def test_margins_must_be_measured_metrics():
     with pytest.raises(ValueError, match="not measured"):
-        EvaluatorConfig(metrics=("ndcg", "hit"), thresholds=BlessingThresholds(non_inferiority_margins={"recall": 0.02}))
+        EvaluatorConfig(metrics=("ndcg", "hit"),
+                        thresholds=BlessingThresholds(non_inferiority_margins={"recall": 0.02}))
     with pytest.raises(ValueError, match="unknown metric"):
         EvaluatorConfig(thresholds=BlessingThresholds(non_inferiority_margins={"auc": 0.02}))
 

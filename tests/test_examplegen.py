@@ -51,9 +51,9 @@ def make_event_log(n_users: int = 120, n_items: int = 80, n_categories: int = 6,
                                                   rng.choice(n_items, 2, replace=False, p=p_all)]))
                 for pos, i in enumerate(shown):
                     t += pd.Timedelta(seconds=int(rng.integers(1, 30)))
-                    base = {"user_id": f"u{u:04d}", "item_id": item_ids[i], "session_id": session, "request_id": request,
-                                "position": pos, "price": prices[i], "hour": t.hour, "weekday": t.weekday(), "device": device,
-                                "region": region, "propensity": 0.25}
+                    base = {"user_id": f"u{u:04d}", "item_id": item_ids[i], "session_id": session,
+                            "request_id": request, "position": pos, "price": prices[i], "hour": t.hour,
+                            "weekday": t.weekday(), "device": device, "region": region, "propensity": 0.25}
                     rows.append(dict(base, event_type="impression", timestamp=t))
                     if rng.random() < (0.6 if pref[i] else 0.05):
                         t += pd.Timedelta(seconds=int(rng.integers(1, 60)))
@@ -70,7 +70,8 @@ def make_event_log(n_users: int = 120, n_items: int = 80, n_categories: int = 6,
     # yet (cold start: only their segment is known).
     users = pd.DataFrame({"user_id": [f"u{u:04d}" for u in range(n_users)] + [f"new-c{c}" for c in range(n_categories)],
                           "region": [regions[u % 3] for u in range(n_users)] + ["north"] * n_categories,
-                          "segment": [f"likes-c{c}" for c in first_liked] + [f"likes-c{c}" for c in range(n_categories)]})
+                          "segment": [f"likes-c{c}" for c in first_liked]
+                          + [f"likes-c{c}" for c in range(n_categories)]})
     return events, items, users
 
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import recflow  # noqa: F401  (sets the Keras flavour before TensorFlow loads)
+
+# isort: split
 from recflow.errors import DataError
 from recflow.models.history_ranking import (
     MAX_POSITIONS,

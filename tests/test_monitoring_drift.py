@@ -156,7 +156,7 @@ def test_feedback_segments_with_a_torn_last_line(tmp_path: Path) -> None:
 def test_cusum_path_is_pages_recursion() -> None:
     import numpy as np
 
-    from monitoring.drift import cusum_path
+    from monitoring.drift_stats import cusum_path
 
     x = np.random.default_rng(0).normal(-0.1, 1.0, 500)
     expected, s = [], 0.0
@@ -210,7 +210,8 @@ def _impressions_with_clicks(n_requests: int, mobile_share: float, ctr: dict[str
 
 def test_click_model_risk_adjusts_the_ctr_for_the_traffic_mix() -> None:
     """A shift of the device mix moves the raw CTR, not the clicks the reference's click model expects."""
-    from monitoring.drift import expected_ctr_test, fit_click_model, labelled_impressions
+    from monitoring.click_model import fit_click_model, labelled_impressions
+    from monitoring.drift import expected_ctr_test
 
     config = DriftConfig()
     rates = {"mobile": 0.02, "desktop": 0.12}
@@ -233,7 +234,8 @@ def test_click_model_risk_adjusts_the_ctr_for_the_traffic_mix() -> None:
 
 
 def test_without_request_ids_the_cusum_uses_the_overall_ctr() -> None:
-    from monitoring.drift import fit_click_model, target_tests
+    from monitoring.click_model import fit_click_model
+    from monitoring.drift import target_tests
 
     reference = _impressions_with_clicks(2000, 0.5, {"mobile": 0.05, "desktop": 0.05}, seed=4).drop(
         columns=["request_id"])
@@ -246,7 +248,7 @@ def test_click_model_treats_unseen_levels_as_the_reference_mode() -> None:
     """A weekday-only reference then a weekend: the unseen level must not shift the expected clicks."""
     import numpy as np
 
-    from monitoring.drift import fit_click_model, labelled_impressions
+    from monitoring.click_model import fit_click_model, labelled_impressions
 
     rates = {"mobile": 0.03, "desktop": 0.09}
     reference = _impressions_with_clicks(2000, 0.5, rates, seed=5).assign(weekday=2, region="north")
@@ -264,7 +266,8 @@ def test_clustered_tests_account_for_users_clicking_alike() -> None:
     """Few users, each clicking mostly one category: naive tests see drift between two samples of one shop."""
     import numpy as np
 
-    from monitoring.drift import _design_effect, click_mix_test, two_proportion_test
+    from monitoring.drift import click_mix_test, two_proportion_test
+    from monitoring.drift_stats import design_effect
 
     rng = np.random.default_rng(0)
     favourite = rng.integers(0, 6, size=400)
@@ -284,7 +287,7 @@ def test_clustered_tests_account_for_users_clicking_alike() -> None:
     assert naive_alarms >= 10 and robust_alarms <= 1, (naive_alarms, robust_alarms)
     # independent clicks (every click its own user): no design effect
     cats, _ = clicks(2000, active=400)
-    assert _design_effect(cats, pd.Series(np.arange(2000).astype(str))) == pytest.approx(1.0, abs=0.1)
+    assert design_effect(cats, pd.Series(np.arange(2000).astype(str))) == pytest.approx(1.0, abs=0.1)
     # the clustered rate test: one heavy user with many purchases makes a CVR "change" that is not significant
     ref = pd.DataFrame({"successes": [1, 0, 1, 0, 0], "trials": [10, 10, 10, 10, 10]})
     cur = pd.DataFrame({"successes": [30, 0, 0, 0, 0], "trials": [40, 10, 10, 10, 10]})

@@ -39,8 +39,7 @@ from servers import free_port, stop_process_group, wait_for_http
 from monitoring.config import DriftConfig, WatchConfig
 from monitoring.drift import load_events, run_drift_job
 from monitoring.retraining import recent_dataset
-from monitoring.watcher import (DECISIONS, AlertReceiver, RetrainingWatcher, champion_model_dir,
-                                pipeline_command)
+from monitoring.watcher import DECISIONS, AlertReceiver, RetrainingWatcher, champion_model_dir, pipeline_command
 from pipelines.sample_bundle import bundle_parts, push
 from recflow.io import write_dataset
 from recflow.model_store import ModelStore
@@ -66,8 +65,9 @@ POST_DRIFT_REQUESTS, RECENT_EVENTS = MONITORING_E2E.post_drift_requests, 160_000
 #: drift's CTR loss the new model must win back.
 COMPARE_REQUESTS, MIN_RECOVERED_SHARE = 1000, 0.1
 
-pytestmark = pytest.mark.skipif(any(shutil.which(b) is None for b in BINARIES.values()),
-                                reason="needs the Debian prometheus, prometheus-alertmanager and prometheus-pushgateway")
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(b) is None for b in BINARIES.values()),
+    reason="needs the Debian prometheus, prometheus-alertmanager and prometheus-pushgateway")
 
 
 @contextmanager
@@ -174,8 +174,8 @@ def wait_until(predicate, timeout_s: float, what: str, tick=None, every: float =
 
 @pytest.mark.slow
 def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
-    from recflow.simulator import generate_dataset
     from recflow.config import load_config
+    from recflow.simulator import generate_dataset
 
     started = time.monotonic()
     parts = bundle_parts(WORLD)
@@ -310,8 +310,8 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         # (biased towards the old model, whose items rest while the new model's are shown).
         from scipy.stats import ttest_ind, ttest_rel
 
-        from serving.bundle import ServingBundle
         from recflow.serving_config import ServingConfig
+        from serving.bundle import ServingBundle
         from serving.recommender import Recommender
 
         old = Recommender(ServingBundle.load(store / "versions" / "v0001", "v0001"),
@@ -340,7 +340,8 @@ def test_drift_alert_retraining_swap_and_recovery(tmp_path: Path) -> None:
         pushed = requests.get(push_url + "/metrics", timeout=5).text
         assert 'recflow_drift_detected{instance="",job="recflow_drift"} 1' in pushed
         assert "recflow_pipeline_last_run_failed" in pushed
-        scraped = requests.get(prom_url + "/api/v1/query", params={"query": "recflow_feedback_events_total"}, timeout=5).json()
+        scraped = requests.get(prom_url + "/api/v1/query", params={"query": "recflow_feedback_events_total"},
+                               timeout=5).json()
         assert scraped["data"]["result"], "Prometheus did not scrape the service's /metrics"
         report = {"reference_events": n_reference, "verdicts": verdicts, "detected_after_events": detected_after,
                   "pre_drift_expected_ctr": pre_ctr, "drifted_expected_ctr": drifted_ctr,

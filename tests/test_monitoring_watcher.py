@@ -202,8 +202,9 @@ def test_recent_dataset_is_the_history_tail_then_the_feedback(tmp_path: Path) ->
     feedback = tmp_path / "feedback"
     feedback.mkdir()
     later = pd.Timestamp.now(tz="UTC")
-    rows = [{"event_id": f"f{i}", "event_type": "impression", "timestamp": (later + pd.Timedelta(seconds=i)).isoformat(),
-             "user_id": "u000001", "item_id": "i000002", "request_id": f"r{i}", "score": 0.5} for i in range(300)]
+    rows = [{"event_id": f"f{i}", "event_type": "impression",
+             "timestamp": (later + pd.Timedelta(seconds=i)).isoformat(), "user_id": "u000001",
+             "item_id": "i000002", "request_id": f"r{i}", "score": 0.5} for i in range(300)]
     (feedback / "feedback-1-000001.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
     out = recent_dataset(feedback, tmp_path / "recent", 1000, history=history)

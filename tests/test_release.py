@@ -14,7 +14,6 @@ from recflow.model_store import ModelStore
 from recflow.release import ArmStats, CanaryConfig, GuardrailState, canary_decision
 from recflow.sequential import mean_difference, msprt_half_width, rate_difference
 
-
 # ------------------------------------------------------------------------------------- confidence sequences
 
 

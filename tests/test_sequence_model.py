@@ -133,8 +133,8 @@ def test_training_histories_hold_only_strictly_earlier_events_of_the_same_user()
         real = hist >= 0
         assert real.sum() == len(earlier)
         assert not real[: 6 - len(earlier)].any()  # left-padded
-        assert sorted(zip(times[earlier], items[earlier])) == sorted(
-            zip(times[target] - out["hist_gaps"][row][real], hist[real]))
+        assert sorted(zip(times[earlier], items[earlier], strict=True)) == sorted(
+            zip(times[target] - out["hist_gaps"][row][real], hist[real], strict=True))
         assert (out["hist_gaps"][row][real] > 0).all()  # strictly before: no tie with the target
         assert (np.diff(times[target] - out["hist_gaps"][row][real]) >= 0).all()  # time order, latest last
 
@@ -182,7 +182,7 @@ def test_learns_a_markov_world_far_above_popularity_and_is_deterministic():
     types = np.full(len(items), EVENT_TYPE_CODES["view"])
     model = fit_id_sequence(users, items, types, times, n_items, config, validation=val)
     scores = model.scores(hist, None, None)  # an id-only request (types and gaps unknown)
-    recall = float(np.mean([t in np.argsort(-s)[:10] for s, t in zip(scores, target)]))
+    recall = float(np.mean([t in np.argsort(-s)[:10] for s, t in zip(scores, target, strict=True)]))
     counts = np.bincount(items, minlength=n_items)
     pop_recall = float(np.mean(np.isin(target, np.argsort(-counts)[:10])))
     assert recall >= 0.8 and recall > pop_recall + 0.5, (recall, pop_recall)

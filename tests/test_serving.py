@@ -336,8 +336,8 @@ def test_requests_with_a_sequence_state_are_ranked_by_the_history_ranker(store_r
     try:
         out = greedy.recommend("ranker-newcomer", {"device": "mobile"}, k=5, history=history)
         gb = greedy.champion
-        g_top, g_state, _ = greedy.retrieve(gb, "ranker-newcomer", gb.context_for("ranker-newcomer", {"device": "mobile"}),
-                                            entries, None)
+        g_top, g_state, _ = greedy.retrieve(
+            gb, "ranker-newcomer", gb.context_for("ranker-newcomer", {"device": "mobile"}), entries, None)
         g_prob = gb.rank_with_history(g_state, entries, g_top, gb.context_for("ranker-newcomer", {"device": "mobile"}))
         expected = [str(gb.item_ids[r]) for r in g_top[np.argsort(-g_prob, kind="stable")[:5]]]
         assert [s.item_id for s in out.items] == expected
@@ -654,7 +654,8 @@ def test_retrieval_through_an_approximate_index_checked_at_load(parts: Path, tmp
     assert len(again) == 20 and not set(ann.item_ids[again]) & set(banned)
     # new catalog items join the index with their rows
     n = ann.add_items(pd.DataFrame({"item_id": ["brand-new"], "category": [str(ann.item_category[0])]}))
-    assert n == 1 and ann.ann_index.item_ids[-1] == "brand-new" and ann.ann_index.faiss_index.ntotal == len(ann.item_ids)
+    assert n == 1 and ann.ann_index.item_ids[-1] == "brand-new"
+    assert ann.ann_index.faiss_index.ntotal == len(ann.item_ids)
     # an index whose recorded recall is too low is refused, and so is one whose recorded recall is a lie
     low = _with_index(parts, tmp_path / "low", CandidateIndexConfig(kind="hnsw", recall_ks=(10,)), recorded=0.5)
     with pytest.raises(DataError, match="min_index_recall"):

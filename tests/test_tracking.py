@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 import time
-import json
 from pathlib import Path
 
 import mlflow
@@ -163,9 +163,8 @@ def test_steps_are_nested_runs_with_wall_time_and_failures(mlflow_uri: str, data
     with component_run(mlflow_uri, run.run_id, "transform") as step:
         step.log_metrics({"rows": 10})
         time.sleep(0.05)
-    with pytest.raises(RuntimeError, match="boom"):
-        with component_run(mlflow_uri, run.run_id, "train"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), component_run(mlflow_uri, run.run_id, "train"):
+        raise RuntimeError("boom")
     logged = finish_pipeline_run(mlflow_uri, run.run_id, "FAILED", {"ndcg@10": 0.25})
     children = {c.data.tags["recflow.step"]: c for c in child_runs(mlflow_uri, run.run_id)}
     assert set(children) == {"transform", "train"}

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (legacy Keras before TensorFlow)
 
+# isort: split
+
 import argparse
 import json
 import shutil

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (legacy Keras before TensorFlow)
 
+# isort: split
+
 import argparse
 import json
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +171,22 @@ def evaluate(trained: dict[str, Any], cfg: SimulatorConfig, seeds: int, requests
     return per_seed
 
 
+def _online_observer(updater: OnlineUpdater, online: BanditSlatePolicy, update_every: int
+                     ) -> Callable[[ShopPyEnvironment, np.ndarray, Any], None]:
+    """An observer that updates ``updater`` from every ``update_every`` steps' events and gives ``online`` the
+    updated scorer."""
+    pending: list[pd.DataFrame] = []
+
+    def observe(env: ShopPyEnvironment, slate: np.ndarray, result: Any) -> None:
+        pending.append(result.events)
+        if len(pending) >= update_every:
+            updater.update(pd.concat(pending, ignore_index=True))
+            pending.clear()
+            online.scorer = updater.scorer()
+
+    return observe
+
+
 def drift_scenario(trained: dict[str, Any], cfg: SimulatorConfig, seeds: int, pre: int, post: int,
                    update_every: int = 50) -> dict[str, Any]:
     """Serve ``pre`` requests before the drift day and ``post`` after it; the online bandit updates itself."""
@@ -180,15 +199,7 @@ def drift_scenario(trained: dict[str, Any], cfg: SimulatorConfig, seeds: int, pr
                                 config=OnlineConfig(forgetting=0.9, gradient_steps=2), seed=100 + s)
         online = BanditSlatePolicy("neural_bandit_online", updater.scorer(), trained["user_embeddings"])
         policies["neural_bandit_online"] = online
-        pending: list[pd.DataFrame] = []
-
-        def observe(env: ShopPyEnvironment, slate: np.ndarray, result: Any) -> None:
-            pending.append(result.events)
-            if len(pending) >= update_every:
-                updater.update(pd.concat(pending, ignore_index=True))
-                pending.clear()
-                online.scorer = updater.scorer()
-
+        observe = _online_observer(updater, online, update_every)
         for name, policy in policies.items():
             shop = ShopEnv(cfg, seed=1000 + s, world=world, record_events=name == "neural_bandit_online")
             env = ShopPyEnvironment(shop, trained["featurizer"], seed=s)

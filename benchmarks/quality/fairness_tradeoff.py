@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import recflow  # noqa: F401  (configures the process before anything else)
+
+# isort: split
 from recflow.config import ValidationConfig
 from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.evaluator import UNRERANKED, evaluate_recommenders

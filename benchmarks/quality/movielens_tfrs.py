@@ -32,6 +32,8 @@ from pathlib import Path
 
 import recflow  # noqa: F401  (must come before TensorFlow)
 
+# isort: split
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -23,6 +23,8 @@ from typing import Any
 
 import recflow  # noqa: F401  (must come before TensorFlow)
 
+# isort: split
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import serving  # noqa: E402,F401  (the package, before benchmarks/ is on the path)

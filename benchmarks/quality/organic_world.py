@@ -47,6 +47,8 @@ from typing import Any
 
 import recflow  # noqa: F401  (must come before TensorFlow)
 
+# isort: split
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import serving  # noqa: E402,F401  (the package, before report.py puts benchmarks/ (and its serving.py) on the path)
@@ -161,12 +163,12 @@ def summarize_method(run: dict[str, Any]) -> dict[str, float]:
             "requests": int(n)}
 
 
-def recflow_api(store: Path, **serving: Any) -> tuple[Serve, Callable[[str, Any], None], Any]:
+def recflow_api(store: Path, **overrides: Any) -> tuple[Serve, Callable[[str, Any], None], Any]:
     """The pushed bundle through :class:`serving.Recommender` with the default serving configuration (plus
-    the ``serving`` overrides)."""
+    the ``overrides`` of its fields)."""
     from serving.recommender import Recommender
 
-    config = load_config().serving.model_copy(update=serving)
+    config = load_config().serving.model_copy(update=overrides)
     rec = Recommender.load(store, config)
     last: dict[str, str] = {}
 

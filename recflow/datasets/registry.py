@@ -9,6 +9,7 @@ directory, then renamed), so an interrupted or failed fetch never leaves a half-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -144,12 +145,12 @@ def _extract(archive: RegistryArchive, file: Path, stage: Path) -> dict[str, str
             with zipfile.ZipFile(file) as zf:
                 for info in zf.infolist():
                     if not info.is_dir() and archive.wanted(info.filename):
-                        keep(info.filename, lambda info=info: zf.open(info))
+                        keep(info.filename, functools.partial(zf.open, info))
         else:
             with tarfile.open(file) as tf:
                 for member in tf.getmembers():
                     if member.isfile() and archive.wanted(member.name):
-                        keep(member.name, lambda member=member: tf.extractfile(member))
+                        keep(member.name, functools.partial(tf.extractfile, member))
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{file}: cannot unpack {archive.filename}: {exc}") from None
     missing = [m for m in archive.members if not any(

@@ -142,7 +142,6 @@ def _champion_rules(
     config: EvaluatorConfig,
 ) -> None:
     """Non-inferiority with a power check, one check per metric of ``thresholds.non_inferiority_margins``."""
-    th = config.thresholds
     rule = "evaluator.thresholds.non_inferiority_margins"
     if not vs_champion:
         rules.add(rule, "not worse than the champion", None, None, "fail",
@@ -176,6 +175,69 @@ def _champion_rules(
                       f"{base}: non-inferior (one-sided {t.test} p={t.p_value:.3g} < alpha {t.alpha}; {why})")
 
 
+def _popularity_rule(rules: _Rules, candidate: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]],
+                     config: EvaluatorConfig) -> None:
+    """The primary metric must beat the popularity baseline by ``min_lift_over_popularity`` (off when null)."""
+    th, primary = config.thresholds, config.metric_key()
+    rule = "evaluator.thresholds.min_lift_over_popularity"
+    if th.min_lift_over_popularity is None:
+        rules.add(rule, "lift over popularity", None, None, "off",
+                  "lift over popularity: rule off (evaluator.thresholds.min_lift_over_popularity is null)")
+        return
+    cand = _value(candidate, primary)
+    pop = _value(baselines.get("popularity"), primary)
+    needed_pct = th.min_lift_over_popularity * 100
+    name, threshold = "lift over popularity", f">= popularity x {1 + th.min_lift_over_popularity:.3f}"
+    if "popularity" not in baselines:
+        rules.add(rule, name, None, threshold, "fail",
+                  f"{primary} lift over popularity cannot be checked: the popularity baseline was not run")
+    elif cand is None or pop is None:
+        rules.add(rule, name, cand, threshold, "fail",
+                  f"{primary} lift over popularity cannot be checked: the metric was not measured")
+    elif cand < pop * (1.0 + th.min_lift_over_popularity) or (pop == 0.0 and cand == 0.0 and needed_pct > 0):
+        rules.add(rule, name, cand, f">= {pop * (1 + th.min_lift_over_popularity):.4f}", "fail",
+                  f"{primary} {cand:.3f} does not beat popularity {pop:.3f} by the required {needed_pct:.1f}% "
+                  f"({_lift_text(cand, pop)})")
+    else:
+        rules.add(rule, name, cand, f">= {pop * (1 + th.min_lift_over_popularity):.4f}", "pass",
+                  f"{primary} {cand:.3f} beats popularity {pop:.3f} by at least {needed_pct:.1f}% "
+                  f"({_lift_text(cand, pop)})")
+
+
+def _best_baseline_rule(rules: _Rules, candidate: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]],
+                        config: EvaluatorConfig) -> None:
+    """The primary metric must beat the best baseline by ``min_lift_over_best_baseline`` (off when null or
+    when no baseline ran)."""
+    margin, primary = config.thresholds.min_lift_over_best_baseline, config.metric_key()
+    rule, name = "evaluator.thresholds.min_lift_over_best_baseline", "lift over the best baseline"
+    if margin is None:
+        rules.add(rule, name, None, None, "off",
+                  "lift over the best baseline: rule off (evaluator.thresholds.min_lift_over_best_baseline is "
+                  "null); the candidate was not required to beat the best baseline")
+        return
+    needed_pct = margin * 100
+    cand = _value(candidate, primary)
+    best = best_baseline(baselines, primary)
+    if not baselines:
+        rules.add(rule, name, cand, None, "off",
+                  f"lift over the best baseline: no baseline was run (evaluator.baselines is empty), "
+                  f"nothing to compare {primary} with")
+    elif cand is None or best is None:
+        rules.add(rule, name, cand, None, "fail",
+                  f"{primary} lift over the best baseline cannot be checked: the metric was not measured")
+    else:
+        label, value = best
+        threshold = f">= {label} x {1 + margin:.3f} = {value * (1 + margin):.4f}"
+        if cand < value * (1.0 + margin) or (value == 0.0 and cand == 0.0 and needed_pct > 0):
+            rules.add(rule, name, cand, threshold, "fail",
+                      f"{primary} {cand:.3f} does not beat the best baseline {label} {value:.3f} by the "
+                      f"required {needed_pct:.1f}% ({_lift_text(cand, value)})")
+        else:
+            rules.add(rule, name, cand, threshold, "pass",
+                      f"{primary} {cand:.3f} beats the best baseline {label} {value:.3f} by at least "
+                      f"{needed_pct:.1f}% ({_lift_text(cand, value)})")
+
+
 def decide_blessing(
     candidate: Mapping[str, Any],
     baselines: Mapping[str, Mapping[str, Any]],
@@ -201,67 +263,11 @@ def decide_blessing(
     """
     th = config.thresholds
     rules = _Rules()
-    primary = config.metric_key()
     prefix = "evaluator.thresholds."
-
     _floor(rules, candidate, config.metric_key("ndcg"), th.min_ndcg, prefix + "min_ndcg")
     _floor(rules, candidate, config.metric_key("recall"), th.min_recall, prefix + "min_recall")
-
-    rule = prefix + "min_lift_over_popularity"
-    if th.min_lift_over_popularity is not None:
-        cand = _value(candidate, primary)
-        pop = _value(baselines.get("popularity"), primary)
-        needed_pct = th.min_lift_over_popularity * 100
-        name, threshold = "lift over popularity", f">= popularity x {1 + th.min_lift_over_popularity:.3f}"
-        if "popularity" not in baselines:
-            rules.add(rule, name, None, threshold, "fail",
-                      f"{primary} lift over popularity cannot be checked: the popularity baseline was not run")
-        elif cand is None or pop is None:
-            rules.add(rule, name, cand, threshold, "fail",
-                      f"{primary} lift over popularity cannot be checked: the metric was not measured")
-        elif cand < pop * (1.0 + th.min_lift_over_popularity) or (
-            pop == 0.0 and cand == 0.0 and needed_pct > 0
-        ):
-            rules.add(rule, name, cand, f">= {pop * (1 + th.min_lift_over_popularity):.4f}", "fail",
-                      f"{primary} {cand:.3f} does not beat popularity {pop:.3f} by the required {needed_pct:.1f}% "
-                      f"({_lift_text(cand, pop)})")
-        else:
-            rules.add(rule, name, cand, f">= {pop * (1 + th.min_lift_over_popularity):.4f}", "pass",
-                      f"{primary} {cand:.3f} beats popularity {pop:.3f} by at least {needed_pct:.1f}% "
-                      f"({_lift_text(cand, pop)})")
-    else:
-        rules.add(rule, "lift over popularity", None, None, "off",
-                  "lift over popularity: rule off (evaluator.thresholds.min_lift_over_popularity is null)")
-
-    margin = th.min_lift_over_best_baseline
-    rule, name = prefix + "min_lift_over_best_baseline", "lift over the best baseline"
-    if margin is None:
-        rules.add(rule, name, None, None, "off",
-                  "lift over the best baseline: rule off (evaluator.thresholds.min_lift_over_best_baseline is "
-                  "null); the candidate was not required to beat the best baseline")
-    else:
-        needed_pct = margin * 100
-        cand = _value(candidate, primary)
-        best = best_baseline(baselines, primary)
-        if not baselines:
-            rules.add(rule, name, cand, None, "off",
-                      f"lift over the best baseline: no baseline was run (evaluator.baselines is empty), "
-                      f"nothing to compare {primary} with")
-        elif cand is None or best is None:
-            rules.add(rule, name, cand, None, "fail",
-                      f"{primary} lift over the best baseline cannot be checked: the metric was not measured")
-        else:
-            label, value = best
-            threshold = f">= {label} x {1 + margin:.3f} = {value * (1 + margin):.4f}"
-            if cand < value * (1.0 + margin) or (value == 0.0 and cand == 0.0 and needed_pct > 0):
-                rules.add(rule, name, cand, threshold, "fail",
-                          f"{primary} {cand:.3f} does not beat the best baseline {label} {value:.3f} by the "
-                          f"required {needed_pct:.1f}% ({_lift_text(cand, value)})")
-            else:
-                rules.add(rule, name, cand, threshold, "pass",
-                          f"{primary} {cand:.3f} beats the best baseline {label} {value:.3f} by at least "
-                          f"{needed_pct:.1f}% ({_lift_text(cand, value)})")
-
+    _popularity_rule(rules, candidate, baselines, config)
+    _best_baseline_rule(rules, candidate, baselines, config)
     rule = prefix + "require_not_worse_than_champion"
     if champion is None:
         rules.add(rule, "not worse than the champion", None, None, "off",
@@ -271,14 +277,12 @@ def decide_blessing(
     else:
         rules.add(rule, "not worse than the champion", None, None, "off",
                   "comparison with the champion: rule off")
-
     violations = _value(candidate, "exclusion_violations")
     rules.add("(always on)", "exclusion violations", violations if violations is not None else 0.0, "0",
               "fail" if violations else "pass",
               f"the candidate recommended {int(violations)} excluded (already interacted) items; "
               "the Recommender protocol forbids it" if violations
               else "the candidate recommended no excluded (already interacted) item")
-
     if th.min_index_recall is not None:
         _floor(rules, candidate, config.metric_key("index_recall"), th.min_index_recall,
                prefix + "min_index_recall")

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow import bundle_layout
 from recflow.baseline_tuning import make_tuned, tune_baselines
 from recflow.baselines import (
     ALSRecommender,
     BPRRecommender,
+    ContentBasedRecommender,
     CoViewRecommender,
     EASERecommender,
-    ContentBasedRecommender,
     ItemKNNRecommender,
     MostRecentRecommender,
     MostViewedRecommender,
@@ -329,13 +330,136 @@ def _segments(methods: Mapping[str, MethodResult], user_type: pd.Series) -> pd.D
 def candidate_item_embeddings(candidate: Recommender) -> pd.DataFrame | None:
     """The candidate's item embeddings (``model_dir/item_embeddings.parquet`` of a TFRS model), else None."""
     model_dir = getattr(candidate, "model_dir", None)
-    path = Path(model_dir) / "item_embeddings.parquet" if model_dir is not None else None
+    path = Path(model_dir) / bundle_layout.ITEM_EMBEDDINGS_FILE if model_dir is not None else None
     if path is None or not path.is_file():
         return None
     try:
         return pd.read_parquet(path, columns=["item_id", "embedding"])
     except Exception:  # noqa: BLE001 - embedding diversity is optional; a bad file must not stop the evaluation
         return None
+
+
+@dataclass(frozen=True)
+class _Population:
+    """Who is evaluated on what: the sampled held-out users, their relevant items and exclusions, the catalog."""
+
+    train: pd.DataFrame
+    held_out: pd.DataFrame
+    items: pd.DataFrame | None
+    exclude: dict[str, set[str]]
+    users: list[str]
+    truth: list[set[str]]
+    catalog: set[str]
+    user_type: pd.Series
+
+
+def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
+    """Load the examples and sample the users every method ranks for (DataError when none has a relevant item)."""
+    train, held_out, items = load_examples(Path(examples_dir), config.split)
+    exclude = interacted_items(train) if config.exclude_train_items else {}
+    truth_by_user = ground_truth(held_out, exclude if config.exclude_train_items else None)
+    if not truth_by_user:
+        raise DataError(
+            f"{Path(examples_dir) / (config.split + '.parquet')}: no user has a relevant held-out "
+            "item (a click, add_to_cart, purchase or view not already seen in train); nothing to evaluate"
+        )
+    users = _sample_users(sorted(truth_by_user), config.max_users, config.seed)
+    catalog = set(items["item_id"]) if items is not None else set(train["item_id"]) | set(held_out["item_id"])
+    train_users = set(train["user_id"])
+    user_type = pd.Series(
+        ["returning" if u in train_users else "new" for u in users],
+        index=pd.Index(users, name="user_id"),
+        name="user_type",
+    )
+    return _Population(train, held_out, items, exclude, users, [truth_by_user[u] for u in users], catalog,
+                       user_type)
+
+
+def _run(label: str, role: str, recommender: Recommender, pop: _Population, config: EvaluatorConfig,
+         context: CatalogContext | None, seconds_before: float = 0.0) -> MethodResult:
+    return _run_method(label, role, recommender, pop.users, pop.truth, pop.exclude, pop.catalog, config,
+                       seconds_before=seconds_before, context=context)
+
+
+def _run_candidate_and_champion(
+    pop: _Population, candidate: Recommender, champion: Recommender | None, config: EvaluatorConfig,
+    context: CatalogContext | None, item_embeddings: pd.DataFrame | None,
+) -> tuple[dict[str, MethodResult], dict[str, Any]]:
+    """The candidate (re-ranked, with the unre-ranked one as a reference, when re-ranking is on) and the
+    champion; returns the methods and the re-ranking's settings."""
+    methods: dict[str, MethodResult] = {}
+    reranking: dict[str, Any] = {}
+    if config.reranking.enabled:
+        embeddings = (
+            context.embeddings
+            if context is not None
+            else CatalogContext.from_train(pop.train, pop.items, pop.catalog,
+                                           item_embeddings=item_embeddings).embeddings
+        )
+        reranked = make_reranker(candidate, config.reranking, pop.train, pop.items,
+                                 head_share=config.beyond_accuracy.head_share, item_embeddings=embeddings or None)
+        methods[CANDIDATE] = _run(CANDIDATE, "candidate", reranked, pop, config, context)
+        methods[UNRERANKED] = _run(UNRERANKED, "reference", candidate, pop, config, context)
+        reranking = {**config.reranking.model_dump(), "name": reranked.name}
+    else:
+        methods[CANDIDATE] = _run(CANDIDATE, "candidate", candidate, pop, config, context)
+    if champion is not None:
+        methods[CHAMPION] = _run(CHAMPION, "champion", champion, pop, config, context)
+    return methods, reranking
+
+
+def _run_baselines(examples_dir: Path, pop: _Population, config: EvaluatorConfig, context: CatalogContext | None,
+                   methods: dict[str, MethodResult]) -> tuple[dict[str, Any], str]:
+    """Fit (after tuning the configured ones) and run every baseline into ``methods``; returns the tuning."""
+    tuning, tuning_note = tune_configured_baselines(examples_dir, pop.train, pop.items, config)
+    tuned_params = {name: t["best_params"] for name, t in tuning.items()}
+    for name, baseline in build_baselines(config, tuned_params).items():
+        start = time.perf_counter()
+        baseline.fit(pop.train, pop.items)  # type: ignore[attr-defined]
+        methods[name] = _run(name, "baseline", baseline, pop, config, context,
+                             seconds_before=time.perf_counter() - start)
+    return tuning, tuning_note
+
+
+def _significance(methods: dict[str, MethodResult], candidate: Recommender, champion: Recommender | None,
+                  config: EvaluatorConfig) -> tuple[dict[str, PairedTest], dict[str, Any]]:
+    """Paired tests of the candidate's primary metric against the champion, the unre-ranked candidate and the
+    best baseline; returns them and the best baseline's description."""
+    primary = config.metric_key()
+    confidence = 1.0 - config.thresholds.alpha
+    cand_series = methods[CANDIDATE].per_user[primary]
+
+    def test(label: str, reference: str) -> PairedTest:
+        return paired_tests(cand_series, methods[label].per_user[primary], confidence, metric=primary,
+                            reference=reference)
+
+    significance: dict[str, PairedTest] = {}
+    if champion is not None:
+        significance["champion"] = test(CHAMPION, f"champion ({champion.name})")
+    if UNRERANKED in methods:
+        significance["without_reranking"] = test(UNRERANKED,
+                                                 f"the candidate without re-ranking ({candidate.name})")
+    baselines = {m.label: m.metrics for m in methods.values() if m.role == "baseline"}
+    best = best_baseline(baselines, primary)
+    best_info: dict[str, Any] = {}
+    if best is not None:
+        best_label, best_value = best
+        best_info = {"label": best_label, "name": methods[best_label].name, "metric": primary, "value": best_value}
+        significance["best_baseline"] = test(best_label, f"best baseline ({best_label})")
+    return significance, best_info
+
+
+def _non_inferiority(methods: dict[str, MethodResult], config: EvaluatorConfig) -> dict[str, NonInferiority]:
+    """The candidate's non-inferiority test against the champion, one per margin metric."""
+    th = config.thresholds
+    out: dict[str, NonInferiority] = {}
+    for metric, margin in th.non_inferiority_margins.items():
+        key = config.metric_key(metric)
+        out[key] = non_inferiority_test(
+            methods[CANDIDATE].per_user[key], methods[CHAMPION].per_user[key], margin,
+            alpha=th.alpha, min_power=th.min_power, test=th.significance_test, metric=key,
+        )
+    return out
 
 
 def evaluate_recommenders(
@@ -357,130 +481,23 @@ def evaluate_recommenders(
     relevant item. ``candidate_metrics`` are measured elsewhere and join the candidate's metrics before the
     blessing (e.g. the retrieval index's ``index_recall@k`` from the trainer).
     """
-    train, held_out, items = load_examples(Path(examples_dir), config.split)
-    exclude = interacted_items(train) if config.exclude_train_items else {}
-    truth_by_user = ground_truth(held_out, exclude if config.exclude_train_items else None)
-    if not truth_by_user:
-        raise DataError(
-            f"{Path(examples_dir) / (config.split + '.parquet')}: no user has a relevant held-out "
-            "item (a click, add_to_cart, purchase or view not already seen in train); nothing to evaluate"
-        )
-    users = _sample_users(sorted(truth_by_user), config.max_users, config.seed)
-    truth = [truth_by_user[u] for u in users]
-    catalog = set(items["item_id"]) if items is not None else set(train["item_id"]) | set(held_out["item_id"])
-    train_users = set(train["user_id"])
-    user_type = pd.Series(
-        ["returning" if u in train_users else "new" for u in users],
-        index=pd.Index(users, name="user_id"),
-        name="user_type",
-    )
-
+    pop = _population(Path(examples_dir), config)
     context: CatalogContext | None = None
     beyond = config.beyond_accuracy
     if beyond.enabled:
         if item_embeddings is None:
             item_embeddings = candidate_item_embeddings(candidate)
-        context = CatalogContext.from_train(train, items, catalog, beyond.head_share, item_embeddings)
-
-    methods: dict[str, MethodResult] = {}
-    reranking: dict[str, Any] = {}
-    if config.reranking.enabled:
-        embeddings = (
-            context.embeddings
-            if context is not None
-            else CatalogContext.from_train(train, items, catalog, item_embeddings=item_embeddings).embeddings
-        )
-        reranked = make_reranker(
-            candidate,
-            config.reranking,
-            train,
-            items,
-            head_share=beyond.head_share,
-            item_embeddings=embeddings or None,
-        )
-        methods[CANDIDATE] = _run_method(
-            CANDIDATE, "candidate", reranked, users, truth, exclude, catalog, config, context=context
-        )
-        methods[UNRERANKED] = _run_method(
-            UNRERANKED, "reference", candidate, users, truth, exclude, catalog, config, context=context
-        )
-        reranking = {**config.reranking.model_dump(), "name": reranked.name}
-    else:
-        methods[CANDIDATE] = _run_method(
-            CANDIDATE, "candidate", candidate, users, truth, exclude, catalog, config, context=context
-        )
-    if champion is not None:
-        methods[CHAMPION] = _run_method(
-            CHAMPION, "champion", champion, users, truth, exclude, catalog, config, context=context
-        )
-    tuning, tuning_note = tune_configured_baselines(examples_dir, train, items, config)
-    tuned_params = {name: t["best_params"] for name, t in tuning.items()}
-    for name, baseline in build_baselines(config, tuned_params).items():
-        start = time.perf_counter()
-        baseline.fit(train, items)  # type: ignore[attr-defined]
-        methods[name] = _run_method(
-            name,
-            "baseline",
-            baseline,
-            users,
-            truth,
-            exclude,
-            catalog,
-            config,
-            seconds_before=time.perf_counter() - start,
-            context=context,
-        )
-
+        context = CatalogContext.from_train(pop.train, pop.items, pop.catalog, beyond.head_share, item_embeddings)
+    methods, reranking = _run_candidate_and_champion(pop, candidate, champion, config, context, item_embeddings)
+    tuning, tuning_note = _run_baselines(examples_dir, pop, config, context, methods)
     if candidate_metrics:
         methods[CANDIDATE].metrics.update(candidate_metrics)
     primary = config.metric_key()
-    confidence = 1.0 - config.thresholds.alpha
-    cand_series = methods[CANDIDATE].per_user[primary]
-    significance: dict[str, PairedTest] = {}
-    if champion is not None:
-        significance["champion"] = paired_tests(
-            cand_series,
-            methods[CHAMPION].per_user[primary],
-            confidence,
-            metric=primary,
-            reference=f"champion ({champion.name})",
-        )
-    if UNRERANKED in methods:
-        significance["without_reranking"] = paired_tests(
-            cand_series,
-            methods[UNRERANKED].per_user[primary],
-            confidence,
-            metric=primary,
-            reference=f"the candidate without re-ranking ({candidate.name})",
-        )
-    baseline_labels = [m.label for m in methods.values() if m.role == "baseline"]
-    best = best_baseline({lbl: methods[lbl].metrics for lbl in baseline_labels}, primary)
-    best_info: dict[str, Any] = {}
-    if best is not None:
-        best_label, best_value = best
-        best_info = {
-            "label": best_label, "name": methods[best_label].name, "metric": primary, "value": best_value
-        }
-        significance["best_baseline"] = paired_tests(
-            cand_series,
-            methods[best_label].per_user[primary],
-            confidence,
-            metric=primary,
-            reference=f"best baseline ({best_label})",
-        )
-
-    vs_champion: dict[str, NonInferiority] = {}
-    if champion is not None:
-        th = config.thresholds
-        for metric, margin in th.non_inferiority_margins.items():
-            key = config.metric_key(metric)
-            vs_champion[key] = non_inferiority_test(
-                methods[CANDIDATE].per_user[key], methods[CHAMPION].per_user[key], margin,
-                alpha=th.alpha, min_power=th.min_power, test=th.significance_test, metric=key,
-            )
+    significance, best_info = _significance(methods, candidate, champion, config)
+    vs_champion = _non_inferiority(methods, config) if champion is not None else {}
     blessing = decide_blessing(
         methods[CANDIDATE].metrics,
-        {lbl: methods[lbl].metrics for lbl in baseline_labels},
+        {m.label: m.metrics for m in methods.values() if m.role == "baseline"},
         methods[CHAMPION].metrics if champion is not None else None,
         vs_champion,
         config,
@@ -489,13 +506,13 @@ def evaluate_recommenders(
         k=config.k,
         split=config.split,
         primary_metric=primary,
-        n_users=len(users),
+        n_users=len(pop.users),
         methods=methods,
         significance=significance,
         blessing=blessing,
-        segments=_segments(methods, user_type),
+        segments=_segments(methods, pop.user_type),
         extra=dict(extra or {}),
-        catalog_size=len(catalog),
+        catalog_size=len(pop.catalog),
         exposure_reference=context.group_reference() if context is not None else {},
         long_tail=(
             {"head_share": context.head_share, "head_items": float(len(context.head))}

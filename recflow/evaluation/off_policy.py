@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -70,6 +70,14 @@ def effective_sample_size(weights: np.ndarray) -> float:
     return float(np.sum(weights) ** 2 / total_sq) if total_sq > 0 else 0.0
 
 
+class _BootstrapOptions(TypedDict):
+    """The bootstrap's keyword arguments, shared by every estimator."""
+
+    replicates: int
+    confidence: float
+    seed: int
+
+
 def bootstrap_ratio(
     numerator: np.ndarray,
     denominator: np.ndarray | None = None,
@@ -103,6 +111,16 @@ def bootstrap_ratio(
     return value, float(low), float(high)
 
 
+def _weighted_mean(rewards: Any, target_probs: Any, logging_probs: Any, clip: float | None, self_normalised: bool,
+                   options: _BootstrapOptions) -> Estimate:
+    """The importance-weighted mean reward: ``sum(w * r) / n`` or, self-normalised, ``sum(w * r) / sum(w)``."""
+    (r,) = _arrays(rewards)
+    w = importance_weights(target_probs, logging_probs, clip)
+    _arrays(r, w)
+    value, low, high = bootstrap_ratio(w * r, w if self_normalised else None, **options)
+    return Estimate(value, low, high, r.size, effective_sample_size(w))
+
+
 def ips(
     rewards: Any,
     target_probs: Any,
@@ -114,11 +132,8 @@ def ips(
     seed: int = 0,
 ) -> Estimate:
     """Inverse propensity scoring: ``mean(w * r)`` with ``w = pi / mu`` (clipped at ``clip`` when given)."""
-    (r,) = _arrays(rewards)
-    w = importance_weights(target_probs, logging_probs, clip)
-    _arrays(r, w)
-    value, low, high = bootstrap_ratio(w * r, replicates=replicates, confidence=confidence, seed=seed)
-    return Estimate(value, low, high, r.size, effective_sample_size(w))
+    return _weighted_mean(rewards, target_probs, logging_probs, clip, False,
+                          {"replicates": replicates, "confidence": confidence, "seed": seed})
 
 
 def snips(
@@ -132,11 +147,8 @@ def snips(
     seed: int = 0,
 ) -> Estimate:
     """Self-normalised IPS: ``sum(w * r) / sum(w)`` (invariant to rescaling the weights)."""
-    (r,) = _arrays(rewards)
-    w = importance_weights(target_probs, logging_probs, clip)
-    _arrays(r, w)
-    value, low, high = bootstrap_ratio(w * r, w, replicates=replicates, confidence=confidence, seed=seed)
-    return Estimate(value, low, high, r.size, effective_sample_size(w))
+    return _weighted_mean(rewards, target_probs, logging_probs, clip, True,
+                          {"replicates": replicates, "confidence": confidence, "seed": seed})
 
 
 def direct_method(
@@ -206,7 +218,7 @@ def evaluate_policy_offline(
     """
     mu = np.asarray(bandit_data.propensities, dtype=np.float64)
     results: dict[str, Estimate] = {}
-    kw = {"replicates": replicates, "confidence": confidence, "seed": seed}
+    kw: _BootstrapOptions = {"replicates": replicates, "confidence": confidence, "seed": seed}
     for outcome, attr in OUTCOMES.items():
         r = np.asarray(getattr(bandit_data, attr), dtype=np.float64)
         value, low, high = bootstrap_ratio(r, **kw)

@@ -202,7 +202,7 @@ def _best_baseline_html(result: EvaluationResult) -> str:
         return '<p class="muted">best baseline: none (no baseline measured the primary metric)</p>'
     cand = result.candidate.metrics.get(result.primary_metric)
     measured = isinstance(cand, int | float) and math.isfinite(cand)
-    cand_text = f"; the candidate {float(cand):.4f}" if measured else ""
+    cand_text = f"; the candidate {cand:.4f}" if measured else ""
     return (
         f"<p>Best baseline of this run: <b>{html.escape(str(best['label']))}</b> "
         f"({html.escape(str(best['name']))}), {html.escape(str(best['metric']))} {float(best['value']):.4f}"

@@ -11,10 +11,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
+
+
+class _TestContext(TypedDict):
+    """The fields of :class:`PairedTest` that every outcome of :func:`paired_tests` shares."""
+
+    n: int
+    confidence: float
+    metric: str
+    reference: str
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ def paired_tests(
     d = x - y
     n = int(d.size)
     mean_diff = float(d.mean()) if n else 0.0
-    common = {"n": n, "confidence": confidence, "metric": metric, "reference": reference}
+    common: _TestContext = {"n": n, "confidence": confidence, "metric": metric, "reference": reference}
     if n < 2:
         return PairedTest(
             mean_diff,

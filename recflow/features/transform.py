@@ -37,10 +37,10 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from recflow import schema
+from recflow import bundle_layout, schema
 from recflow.errors import DataError
-from recflow.io import replace_dir
 from recflow.features import behaviour
+from recflow.io import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,8 @@ def make_preprocessing_fn(spec: dict[str, Any], config: TransformConfig):
                                                tf.constant(-1, tf.int64), recent)
         for name in CATEGORICAL_RAW:
             if name in raw and not (name == "item_id" and "item_idx" in out):
-                threshold = config.vocab_frequency_threshold if name in ("user_id", "item_id") else 1
-                threshold = threshold if threshold > 1 else None  # tft treats 1 as a no-op and warns
+                min_count = config.vocab_frequency_threshold if name in ("user_id", "item_id") else 1
+                threshold = min_count if min_count > 1 else None  # tft treats 1 as a no-op and warns
                 out[f"{name.removesuffix('_id')}_idx"] = tft.compute_and_apply_vocabulary(
                     inputs[name], num_oov_buckets=config.num_oov_buckets, frequency_threshold=threshold,
                     vocab_filename=name)
@@ -422,7 +422,8 @@ def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config:
         (transformed, transformed_md), transform_fn = (
             (train, adapter_config) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
                 preprocessing_fn, output_record_batches=True))
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(out_dir / "transform_graph"))
+        graph_dir = str(out_dir / bundle_layout.TRANSFORM_GRAPH_DIR)
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(graph_dir)
         del transformed_md  # the transformed schema is written with the transform graph
         outputs = {"train": transformed}
         for name in ("eval", "test"):
@@ -434,7 +435,7 @@ def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config:
                  # Arrow batches to tf.Examples in C++ (much faster than encoding instance dicts in Python).
                  | f"Encode{name.title()}" >> beam.FlatMap(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
                  | f"Write{name.title()}" >> beam.io.WriteToTFRecord(
-                     str(out_dir / "transformed" / name / "part"), file_name_suffix=".tfrecord.gz"))
+                     str(out_dir / bundle_layout.TRANSFORMED_DIR / name / "part"), file_name_suffix=".tfrecord.gz"))
 
 
 @dataclass(frozen=True)
@@ -516,20 +517,21 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
         beam_temp = config.temp_dir or str(tmp_dir / "tft_tmp")
         _run_beam(raw_frames, spec, config, tmp_dir, beam_pipeline_args, beam_temp)
         shutil.rmtree(tmp_dir / "tft_tmp", ignore_errors=True)
-        candidates.to_parquet(tmp_dir / "candidates.parquet", index=False)
-        user_state.to_parquet(tmp_dir / "user_state.parquet", index=False)
-        (tmp_dir / "feature_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
+        candidates.to_parquet(tmp_dir / bundle_layout.CANDIDATES_FILE, index=False)
+        user_state.to_parquet(tmp_dir / bundle_layout.USER_STATE_FILE, index=False)
+        (tmp_dir / bundle_layout.FEATURE_SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True),
+                                                               encoding="utf-8")
         replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return TransformResult(
         out_dir=out_dir,
-        transform_graph_dir=out_dir / "transform_graph",
-        transformed_dirs={name: out_dir / "transformed" / name for name in SPLITS},
-        feature_spec_path=out_dir / "feature_spec.json",
-        candidates_path=out_dir / "candidates.parquet",
-        user_state_path=out_dir / "user_state.parquet",
+        transform_graph_dir=out_dir / bundle_layout.TRANSFORM_GRAPH_DIR,
+        transformed_dirs={name: out_dir / bundle_layout.TRANSFORMED_DIR / name for name in SPLITS},
+        feature_spec_path=out_dir / bundle_layout.FEATURE_SPEC_FILE,
+        candidates_path=out_dir / bundle_layout.CANDIDATES_FILE,
+        user_state_path=out_dir / bundle_layout.USER_STATE_FILE,
         feature_spec=spec,
     )
 
@@ -571,7 +573,8 @@ def load_transformed(transformed_dir: Path, transform_graph_dir: Path) -> dict[s
     return {name: values[order] for name, values in data.items()}
 
 
-def apply_transform_graph(transform_graph_dir: Path, spec: dict[str, Any], frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def apply_transform_graph(transform_graph_dir: Path, spec: dict[str, Any], frame: pd.DataFrame
+                          ) -> dict[str, np.ndarray]:
     """Transform raw rows (any subset of the raw features; the rest get placeholders) with the saved graph.
 
     Outputs that depend on a missing raw feature are meaningless for these rows; callers read only the

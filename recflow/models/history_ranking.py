@@ -195,7 +195,7 @@ def save_ranker(directory: Path, weights: Mapping[str, np.ndarray], meta: Mappin
     """Write the ranker's arrays and metadata (item ids, context vocabularies, score scaling) atomically."""
     directory = Path(directory)
     with atomic_path(directory / RANKER_WEIGHTS_FILE) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **weights)
+        np.savez(fh, allow_pickle=False, **weights)
     with atomic_path(directory / RANKER_META_FILE) as tmp:
         Path(tmp).write_text(json.dumps(dict(meta), indent=2, default=float), encoding="utf-8")
 

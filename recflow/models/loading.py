@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.index import load_index, read_index_report
 
@@ -31,8 +32,8 @@ class TFRSRecommender:
         import tensorflow as tf
 
         self.model_dir = Path(model_dir)
-        retrieval_dir = self.model_dir / "retrieval"
-        if not (retrieval_dir / "saved_model.pb").is_file():
+        retrieval_dir = self.model_dir / bundle_layout.RETRIEVAL_DIR
+        if not (retrieval_dir / bundle_layout.SAVED_MODEL_FILE).is_file():
             raise DataError(f"{self.model_dir}: no retrieval SavedModel (expected the output of train_tfrs)")
         self._retrieval = tf.saved_model.load(str(retrieval_dir))
         self._top = self._retrieval.signatures["serving_default"]
@@ -41,19 +42,19 @@ class TFRSRecommender:
         self.top_k = int(self._retrieval.top_k_value.numpy())
         self.num_items = int(self._retrieval.num_items_value.numpy())
         self._input_specs = self._top.structured_input_signature[1]
-        contexts = pd.read_parquet(self.model_dir / "user_context.parquet")
+        contexts = pd.read_parquet(self.model_dir / bundle_layout.USER_CONTEXT_FILE)
         self._context = contexts.set_index("user_id")
         self._default_context: dict[str, Any] = json.loads(
-            (self.model_dir / "default_context.json").read_text(encoding="utf-8"))
+            (self.model_dir / bundle_layout.DEFAULT_CONTEXT_FILE).read_text(encoding="utf-8"))
         # An approximate candidate index (trainer.index.kind != brute_force) serves the top-K instead of the
         # SavedModel's exact BruteForce layer; its recall vs exact search is in index/index.json.
         self._index = None
         report = read_index_report(self.model_dir)
         if report.get("kind", "brute_force") != "brute_force":
-            self._index = load_index(self.model_dir / "index")
-        ranking_dir = self.model_dir / "ranking"
+            self._index = load_index(self.model_dir / bundle_layout.INDEX_DIR)
+        ranking_dir = self.model_dir / bundle_layout.RANKING_DIR
         self._ranking = None
-        if (ranking_dir / "saved_model.pb").is_file():
+        if (ranking_dir / bundle_layout.SAVED_MODEL_FILE).is_file():
             self._ranking = tf.saved_model.load(str(ranking_dir)).signatures["serving_default"]
 
     @property
@@ -177,7 +178,7 @@ class TFRSRecommender:
             inputs = self._inputs(user_ids, context, specs)
             inputs["item_id"] = tf.constant([str(i) for i in item_ids], tf.string)
             return self._ranking(**inputs)["probability"].numpy()
-        items = pd.read_parquet(self.model_dir / "item_embeddings.parquet").set_index("item_id")["embedding"]
+        items = pd.read_parquet(self.model_dir / bundle_layout.ITEM_EMBEDDINGS_FILE).set_index("item_id")["embedding"]
         users = self.user_embeddings(list(user_ids))
         dim = users.shape[1]
         item_vecs = np.stack([np.asarray(items.get(str(i), np.zeros(dim)), np.float32) for i in item_ids])

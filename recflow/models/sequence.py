@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tensorflow as tf
@@ -341,7 +341,7 @@ def history_at(user_rows: Any, item_rows: Any, type_codes: Any, timestamps: Any,
     lo = np.searchsorted(su, users, side="left")
     hi_user = np.searchsorted(su, users, side="right")
     end = lo.copy()
-    side = "left" if strictly_before else "right"
+    side: Literal["left", "right"] = "left" if strictly_before else "right"
     for k in range(len(users)):  # one binary search per user within its own run
         end[k] = lo[k] + np.searchsorted(st[lo[k]:hi_user[k]], now_arr[k], side=side)
     return _gather(order, end, lo, max_len, i, ty, ts, now_arr)
@@ -458,7 +458,7 @@ def save_encoder(encoder: SequenceEncoder | Mapping[str, np.ndarray], directory:
         weights, config = export_weights(encoder), encoder.config_
     else:
         weights = dict(encoder)
-    np.savez(directory / WEIGHTS_FILE, **weights)
+    np.savez(directory / WEIGHTS_FILE, allow_pickle=False, **weights)
     meta = {"format": "recflow.sequence_encoder/1", "n_items": int(weights["item_embedding"].shape[0]),
             "dim": int(numpy_item_vectors(weights).shape[1]),
             "config": config.model_dump() if config is not None else None,

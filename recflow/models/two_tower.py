@@ -71,7 +71,7 @@ class FeatureTower(tf.keras.Model):
         for layer in self.hidden:
             x = layer(x)
         x = self.projection(x)
-        if self.bias is not None:
+        if self.bias is not None and self.bias_of is not None:
             x = tf.concat([x, self.bias(tf.reshape(features[self.bias_of], [-1]))], axis=1)
         if self.constant_one:
             x = tf.concat([x, tf.ones_like(x[:, :1])], axis=1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import tensorflow as tf
 from tf_agents.agents import tf_agent
 from tf_agents.bandits.agents import (
@@ -80,24 +82,20 @@ def make_agent(
             info_fields_to_inherit_from_greedy=[MEAN_SCORES],
             enable_summaries=False,
         )
-    if config.agent == "lin_ucb":
-        return lin_ucb_agent.LinearUCBAgent(
+    # The two linear agents: the same ridge statistics, each with the scores it acts on in its info.
+    linear = {
+        "lin_ucb": (lin_ucb_agent.LinearUCBAgent, OPTIMISTIC_SCORES),
+        "linear_thompson_sampling": (linear_thompson_sampling_agent.LinearThompsonSamplingAgent, SAMPLED_SCORES),
+    }
+    if config.agent in linear:
+        agent_class, acted_on = linear[config.agent]
+        return agent_class(
             time_step_spec,
             action_spec,
             alpha=config.alpha,
             gamma=forgetting,
             accepts_per_arm_features=True,
-            emit_policy_info=(MEAN_SCORES, OPTIMISTIC_SCORES),
-            enable_summaries=False,
-        )
-    if config.agent == "linear_thompson_sampling":
-        return linear_thompson_sampling_agent.LinearThompsonSamplingAgent(
-            time_step_spec,
-            action_spec,
-            alpha=config.alpha,
-            gamma=forgetting,
-            accepts_per_arm_features=True,
-            emit_policy_info=(MEAN_SCORES, SAMPLED_SCORES),
+            emit_policy_info=(MEAN_SCORES, acted_on),
             enable_summaries=False,
         )
     raise ConfigError(f"policy.agent: unknown agent {config.agent!r}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import json
 import shutil
 import tempfile
@@ -23,11 +25,9 @@ from tf_agents.networks import network
 from tf_agents.policies import policy_saver
 from tf_agents.specs import distribution_spec, tensor_spec
 
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.io import atomic_path
-
-POLICY_DIRNAME = "policy"
-META_NAME = "policy_meta.json"
 
 
 def _tower(hidden_units: Sequence[int], name: str) -> list[tf.keras.layers.Layer]:
@@ -108,24 +108,52 @@ def plackett_luce_slate(logits: np.ndarray, k: int, rng: np.random.Generator) ->
     return np.argsort(-g, kind="stable")[:k].astype(np.int32)
 
 
-def export_candidate_policy(policy: Any, train_step: tf.Variable, out_dir: Path, meta: dict[str, Any]) -> None:
-    """PolicySaver export of ``policy`` to ``out_dir/policy`` (temp dir + rename) and ``policy_meta.json``."""
+def save_policy(policy: Any, train_step: tf.Variable, out_dir: Path) -> None:
+    """PolicySaver export of ``policy`` to ``out_dir/policy``: written to a temporary directory and renamed into
+    place, so a failed export never leaves a half-written policy where serving would load it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     saver = policy_saver.PolicySaver(policy, batch_size=None, train_step=train_step)
+    name = bundle_layout.POLICY_SAVED_MODEL_DIR
     tmp = Path(tempfile.mkdtemp(prefix=".policy.", dir=out_dir))
     try:
-        saver.save(str(tmp / POLICY_DIRNAME))
-        target, old = out_dir / POLICY_DIRNAME, out_dir / ".policy.old"
+        saver.save(str(tmp / name))
+        target, old = out_dir / name, out_dir / ".policy.old"
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
-        (tmp / POLICY_DIRNAME).rename(target)
+        (tmp / name).rename(target)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    with atomic_path(out_dir / META_NAME) as path:
+
+
+def write_policy_meta(out_dir: Path, meta: dict[str, Any]) -> None:
+    """``policy_meta.json`` in ``out_dir``, atomically."""
+    with atomic_path(Path(out_dir) / bundle_layout.POLICY_META_FILE) as path:
         path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def session_policy_meta(agent: str, env: Any, config: Any, score_variable_prefix: str,
+                        extra: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """The meta :class:`CandidatePolicy` needs to rebuild slates from a session agent's export."""
+    return {
+        "format_version": 1,
+        "agent": agent,
+        "num_candidates": env.num_candidates,
+        "num_features": int(env.observation_spec().shape[1]),
+        "hidden_units": list(config.hidden_units),
+        "score_variable_prefix": score_variable_prefix,
+        **fields,
+        "config": config.model_dump(mode="json"),
+        **(extra or {}),
+    }
+
+
+def export_candidate_policy(policy: Any, train_step: tf.Variable, out_dir: Path, meta: dict[str, Any]) -> None:
+    """PolicySaver export of ``policy`` to ``out_dir/policy`` (:func:`save_policy`) and ``policy_meta.json``."""
+    save_policy(policy, train_step, out_dir)
+    write_policy_meta(out_dir, meta)
 
 
 class CandidatePolicy:
@@ -138,12 +166,12 @@ class CandidatePolicy:
 
     def __init__(self, out_dir: Path, seed: int = 0) -> None:
         out_dir = Path(out_dir)
-        meta_path = out_dir / META_NAME
-        if not meta_path.is_file() or not (out_dir / POLICY_DIRNAME).is_dir():
-            raise DataError(f"{out_dir}: no exported session policy here (expected {META_NAME} and "
-                            f"{POLICY_DIRNAME}/)")
+        meta_path = out_dir / bundle_layout.POLICY_META_FILE
+        if not meta_path.is_file() or not (out_dir / bundle_layout.POLICY_SAVED_MODEL_DIR).is_dir():
+            raise DataError(f"{out_dir}: no exported session policy here (expected {bundle_layout.POLICY_META_FILE} "
+                            f"and {bundle_layout.POLICY_SAVED_MODEL_DIR}/)")
         self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-        self.saved = tf.saved_model.load(str(out_dir / POLICY_DIRNAME))
+        self.saved = tf.saved_model.load(str(out_dir / bundle_layout.POLICY_SAVED_MODEL_DIR))
         m, f = int(self.meta["num_candidates"]), int(self.meta["num_features"])
         spec = tensor_spec.TensorSpec([m, f], tf.float32)
         self.network = CandidateScoreNetwork(spec, self.meta["hidden_units"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from recflow.policy.candidate_networks import (
     epsilon_greedy_slate,
     export_candidate_policy,
     plackett_luce_slate,
+    session_policy_meta,
 )
 from recflow.policy.config import DeepRLConfig
 from recflow.policy.environment import ShopPyEnvironment
@@ -92,6 +95,7 @@ def logging_behaviour(logging_policy: Any) -> Behaviour:
 
     def choose(env: ShopPyEnvironment, rng: np.random.Generator) -> np.ndarray:
         obs = env.observation
+        assert obs is not None
         probs = logging_policy.probabilities(np.array([obs.user_idx]), env.candidate_items)[0]
         return plackett_luce_slate(np.log(probs), env.slate_size, rng)
 
@@ -200,15 +204,5 @@ def train_dqn(
 def export_dqn(agent: dqn_agent.DqnAgent, out_dir: Path, config: DeepRLConfig, env: ShopPyEnvironment,
                extra: dict[str, Any] | None = None) -> None:
     """PolicySaver export of the greedy Q policy plus the meta :class:`CandidatePolicy` needs to rebuild slates."""
-    meta = {
-        "format_version": 1,
-        "agent": "dqn",
-        "num_candidates": env.num_candidates,
-        "num_features": int(env.observation_spec().shape[1]),
-        "hidden_units": list(config.hidden_units),
-        "score_variable_prefix": "QNetwork/",
-        "epsilon": config.epsilon_end,
-        "config": config.model_dump(mode="json"),
-        **(extra or {}),
-    }
+    meta = session_policy_meta("dqn", env, config, "QNetwork/", extra, epsilon=config.epsilon_end)
     export_candidate_policy(agent.policy, agent.train_step_counter, out_dir, meta)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,7 +81,7 @@ class CandidateFeaturizer:
         self.item_known = np.zeros(n_items, dtype=bool)
         pos = pd.Index(world.item_ids).get_indexer(pd.Index(als.item_ids.astype(str)))
         ok = pos >= 0
-        if dim:
+        if als.item_factors is not None:
             self.item_factors[pos[ok]] = als.item_factors[ok]
         self.item_known[pos[ok]] = True
         self.user_factors = np.zeros((world.n_users, dim), dtype=np.float32)
@@ -87,7 +89,7 @@ class CandidateFeaturizer:
         upos = pd.Index(world.user_ids).get_indexer(pd.Index(list(als._user_pos.keys())))
         rows = np.array(list(als._user_pos.values()), dtype=np.int64)
         uok = upos >= 0
-        if dim and uok.any():
+        if als.user_factors is not None and uok.any():
             self.user_factors[upos[uok]] = als.user_factors[rows[uok]]
         self.user_known[upos[uok]] = True
         cf = self.user_factors[self.user_known] @ self.item_factors[self.item_known].T

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.io import epoch_seconds
 from recflow.policy.config import PolicyConfig
@@ -174,7 +175,7 @@ def context_onehots(context: pd.DataFrame | Mapping[str, Any] | None, columns: S
     for col in columns:
         cats = CONTEXT_CATEGORIES[col]
         block = np.zeros((n, len(cats)), dtype=np.float32)
-        values = None if context is None else (context[col] if col in context else None)
+        values = None if context is None else context.get(col)
         if values is not None:
             series = pd.Series(np.asarray(values, dtype=object).reshape(-1) if np.ndim(values) else [values] * n)
             if len(series) != n:
@@ -272,6 +273,109 @@ def read_events(path: Path) -> pd.DataFrame:
     return df
 
 
+def _impressions(events: pd.DataFrame, config: PolicyConfig, source: str, notes: list[str]) -> pd.DataFrame:
+    """The log's impressions with typed ids and timestamps, a request id each, their feedback attributed."""
+    df = events.copy()
+    df["user_id"] = df["user_id"].astype(str)
+    df["item_id"] = df["item_id"].astype(str)
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
+    for col in ("request_id", "position", "propensity"):
+        if col not in df.columns:
+            df[col] = None
+    imp = df[df["event_type"] == "impression"].copy()
+    if imp.empty:
+        raise DataError(f"{source}: no impression events; the policy learns from logged impressions and feedback")
+    imp = imp.reset_index(drop=True)
+    no_req = imp["request_id"].isna()
+    if no_req.any():
+        # Without a request id an impression is its own request (one decision, its own context).
+        imp.loc[no_req, "request_id"] = "imp-" + imp.index[no_req].astype(str)
+        notes.append(f"{int(no_req.sum())} impressions without request_id treated as single-slot requests")
+    imp["position"] = pd.to_numeric(imp["position"], errors="coerce").fillna(0).astype(np.int64)
+    return _attribute_feedback(imp, df, config.attribution_window_s)
+
+
+def _propensities(imp: pd.DataFrame, source: str, notes: list[str]) -> tuple[np.ndarray, str]:
+    """Each impression's propensity, logged where present, else estimated from the whole log; and the source."""
+    logged = pd.to_numeric(imp["propensity"], errors="coerce")
+    valid = logged.gt(0) & logged.le(1)
+    if (logged.notna() & ~valid).any():
+        row = int(np.flatnonzero((logged.notna() & ~valid).to_numpy())[0])
+        raise DataError(f"{source}: impression {row}, field 'propensity': {logged.iloc[row]} is not in (0, 1]")
+    if valid.all():
+        return logged.to_numpy(dtype=np.float64), "logged"
+    estimated = _estimate_propensities(imp)
+    props = np.where(valid.to_numpy(), logged.to_numpy(dtype=np.float64, na_value=np.nan), estimated)
+    notes.append(
+        f"{int((~valid).sum())} of {len(imp)} impressions had no propensity; estimated from the empirical "
+        "logging frequency of the item at its position"
+    )
+    return props, "estimated" if not valid.any() else "mixed"
+
+
+def _training_layout(imp: pd.DataFrame, item_embeddings: np.ndarray, user_embeddings: np.ndarray,
+                     config: PolicyConfig) -> FeatureLayout:
+    """The feature layout of training data: the embedding size, the context columns the log has, the
+    unknown user's embedding (the mean user or zeros, ``policy.unknown_user``)."""
+    if config.unknown_user == "mean":
+        fallback = user_embeddings.mean(axis=0)
+    else:
+        fallback = np.zeros(user_embeddings.shape[1], dtype=np.float32)
+    context_cols = tuple(c for c in CONTEXT_CATEGORIES if c in imp.columns and imp[c].notna().any())
+    return FeatureLayout(
+        embedding_dim=int(item_embeddings.shape[1]),
+        context_columns=context_cols,
+        unknown_user_embedding=tuple(float(x) for x in fallback),
+    )
+
+
+def _decision_user_embeddings(imp: pd.DataFrame, user_ids: np.ndarray, user_embeddings: np.ndarray,
+                              layout: FeatureLayout, decision_states: pd.DataFrame | None, config: PolicyConfig,
+                              notes: list[str]) -> np.ndarray:
+    """Each decision's user embedding: the user's point-in-time state where ``decision_states`` has one, else
+    the trained embedding, else the layout's unknown user."""
+    fallback = np.asarray(layout.unknown_user_embedding, dtype=np.float32)
+    user_emb, unknown = lookup_user_embeddings(imp["user_id"].to_numpy(), user_ids, user_embeddings, fallback)
+    if decision_states is not None and len(decision_states):
+        seconds = epoch_seconds(imp["timestamp"])
+        keys = pd.MultiIndex.from_arrays([imp["user_id"].to_numpy(), seconds])
+        known = pd.MultiIndex.from_arrays([decision_states["user_id"].astype(str).to_numpy(),
+                                           decision_states["seconds"].to_numpy(np.float64)])
+        pos = known.get_indexer(keys)
+        hit = pos >= 0
+        if hit.any():
+            table = np.stack(decision_states["embedding"].to_numpy()).astype(np.float32)
+            user_emb[hit] = table[pos[hit]]
+            unknown = unknown & ~hit
+            notes.append(f"{int(hit.sum())} of {len(imp)} decisions use the user's point-in-time state (history "
+                         "strictly before the impression)")
+    if unknown.any():
+        notes.append(
+            f"{int(unknown.sum())} decisions of {imp.loc[unknown, 'user_id'].nunique()} users without an "
+            f"embedding use the {config.unknown_user} user embedding"
+        )
+    return user_emb
+
+
+def _sample_arms(item_pos: np.ndarray, n_items: int, num_arms: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(arms, chosen)``: per decision the shown item in a random slot ``chosen``, the other slots distinct
+    catalog items sampled uniformly."""
+    n, k = len(item_pos), num_arms
+    others = rng.integers(0, n_items - 1, size=(n, k - 1))
+    others = others + (others >= item_pos[:, None])  # skip the shown item
+    for row in np.flatnonzero([len(set(r)) < k - 1 for r in others]).tolist():
+        pool = np.delete(np.arange(n_items), item_pos[row])
+        others[row] = rng.choice(pool, size=k - 1, replace=False)
+    chosen = rng.integers(0, k, size=n)
+    arms = np.empty((n, k), dtype=np.int64)
+    mask = np.ones((n, k), dtype=bool)
+    mask[np.arange(n), chosen] = False
+    arms[~mask] = item_pos
+    arms[mask] = others.reshape(-1)
+    return arms, chosen
+
+
 def build_bandit_data(
     events: pd.DataFrame,
     item_ids: np.ndarray,
@@ -301,43 +405,9 @@ def build_bandit_data(
         )
     rng = np.random.default_rng(config.seed)
     notes: list[str] = []
-    df = events.copy()
-    df["user_id"] = df["user_id"].astype(str)
-    df["item_id"] = df["item_id"].astype(str)
-    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
-    for col in ("request_id", "position", "propensity"):
-        if col not in df.columns:
-            df[col] = None
-    imp = df[df["event_type"] == "impression"].copy()
-    if imp.empty:
-        raise DataError(f"{source}: no impression events; the policy learns from logged impressions and feedback")
-    imp = imp.reset_index(drop=True)
-    no_req = imp["request_id"].isna()
-    if no_req.any():
-        # Without a request id an impression is its own request (one decision, its own context).
-        imp.loc[no_req, "request_id"] = "imp-" + imp.index[no_req].astype(str)
-        notes.append(f"{int(no_req.sum())} impressions without request_id treated as single-slot requests")
-    imp["position"] = pd.to_numeric(imp["position"], errors="coerce").fillna(0).astype(np.int64)
-    imp = _attribute_feedback(imp, df, config.attribution_window_s)
-
+    imp = _impressions(events, config, source, notes)
     # Propensities: logged where present, else estimated from the whole log (before dropping anything).
-    logged = pd.to_numeric(imp["propensity"], errors="coerce")
-    valid = logged.gt(0) & logged.le(1)
-    if (logged.notna() & ~valid).any():
-        row = int(np.flatnonzero((logged.notna() & ~valid).to_numpy())[0])
-        raise DataError(f"{source}: impression {row}, field 'propensity': {logged.iloc[row]} is not in (0, 1]")
-    if valid.all():
-        propensity_source = "logged"
-        props = logged.to_numpy(dtype=np.float64)
-    else:
-        estimated = _estimate_propensities(imp)
-        props = np.where(valid.to_numpy(), logged.to_numpy(dtype=np.float64, na_value=np.nan), estimated)
-        propensity_source = "estimated" if not valid.any() else "mixed"
-        notes.append(
-            f"{int((~valid).sum())} of {len(imp)} impressions had no propensity; estimated from the empirical "
-            "logging frequency of the item at its position"
-        )
-
+    props, propensity_source = _propensities(imp, source, notes)
     item_index = pd.Index(np.asarray(item_ids).astype(str))
     item_pos = item_index.get_indexer(imp["item_id"])
     keep = item_pos >= 0
@@ -347,58 +417,15 @@ def build_bandit_data(
     if imp.empty:
         raise DataError(f"{source}: none of the shown items has an embedding in the retrieval model")
     n = len(imp)
-
     if layout is None:
-        if config.unknown_user == "mean":
-            fallback = user_embeddings.mean(axis=0)
-        else:
-            fallback = np.zeros(user_embeddings.shape[1], dtype=np.float32)
-        context_cols = tuple(c for c in CONTEXT_CATEGORIES if c in imp.columns and imp[c].notna().any())
-        layout = FeatureLayout(
-            embedding_dim=int(item_embeddings.shape[1]),
-            context_columns=context_cols,
-            unknown_user_embedding=tuple(float(x) for x in fallback),
-        )
+        layout = _training_layout(imp, item_embeddings, user_embeddings, config)
     if item_embeddings.shape[1] != layout.embedding_dim or user_embeddings.shape[1] != layout.embedding_dim:
         raise DataError(
             f"{source}: embedding sizes (items {item_embeddings.shape[1]}, users {user_embeddings.shape[1]}) "
             f"differ from the feature layout's {layout.embedding_dim}"
         )
-    fallback = np.asarray(layout.unknown_user_embedding, dtype=np.float32)
-    user_emb, unknown = lookup_user_embeddings(imp["user_id"].to_numpy(), user_ids, user_embeddings, fallback)
-    if decision_states is not None and len(decision_states):
-        seconds = epoch_seconds(imp["timestamp"])
-        keys = pd.MultiIndex.from_arrays([imp["user_id"].to_numpy(), seconds])
-        known = pd.MultiIndex.from_arrays([decision_states["user_id"].astype(str).to_numpy(),
-                                           decision_states["seconds"].to_numpy(np.float64)])
-        pos = known.get_indexer(keys)
-        hit = pos >= 0
-        if hit.any():
-            table = np.stack(decision_states["embedding"].to_numpy()).astype(np.float32)
-            user_emb[hit] = table[pos[hit]]
-            unknown = unknown & ~hit
-            notes.append(f"{int(hit.sum())} of {n} decisions use the user's point-in-time state (history strictly "
-                         "before the impression)")
-    if unknown.any():
-        notes.append(
-            f"{int(unknown.sum())} decisions of {imp.loc[unknown, 'user_id'].nunique()} users without an "
-            f"embedding use the {config.unknown_user} user embedding"
-        )
-
-    # Arms: the shown item in a random slot, the other slots distinct catalog items sampled uniformly.
-    k = config.num_arms
-    others = rng.integers(0, n_items - 1, size=(n, k - 1))
-    others = others + (others >= item_pos[:, None])  # skip the shown item
-    for row in np.flatnonzero([len(set(r)) < k - 1 for r in others]):
-        pool = np.delete(np.arange(n_items), item_pos[row])
-        others[row] = rng.choice(pool, size=k - 1, replace=False)
-    chosen = rng.integers(0, k, size=n)
-    arms = np.empty((n, k), dtype=np.int64)
-    mask = np.ones((n, k), dtype=bool)
-    mask[np.arange(n), chosen] = False
-    arms[~mask] = item_pos
-    arms[mask] = others.reshape(-1)
-
+    user_emb = _decision_user_embeddings(imp, user_ids, user_embeddings, layout, decision_states, config, notes)
+    arms, chosen = _sample_arms(item_pos, n_items, config.num_arms, rng)
     context = pd.DataFrame({c: imp[c].to_numpy() for c in layout.context_columns})
     gfeat = global_features(user_emb, context_onehots(context, layout.context_columns, n))
     afeat = arm_features(user_emb, item_embeddings[arms])
@@ -431,8 +458,8 @@ def load_bandit_data(
     events_path: Path, model_dir: Path, config: PolicyConfig, layout: FeatureLayout | None = None
 ) -> BanditData:
     """:func:`build_bandit_data` from an events Parquet file and a retrieval model directory."""
-    item_ids, item_emb = read_embeddings(model_dir / "item_embeddings.parquet", "item_id")
-    user_ids, user_emb = read_embeddings(model_dir / "user_embeddings.parquet", "user_id")
+    item_ids, item_emb = read_embeddings(model_dir / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
+    user_ids, user_emb = read_embeddings(model_dir / bundle_layout.USER_EMBEDDINGS_FILE, "user_id")
     states_path = Path(model_dir) / DECISION_STATES_FILE
     states = pd.read_parquet(states_path) if states_path.is_file() else None
     return build_bandit_data(

@@ -190,6 +190,7 @@ def lin_ucb_scores(logs: ObdLogs, alpha: float = 0.1, seed: int = 0, num_arms: i
     Global features: user one-hots; per-arm: standardised item features and the user-item affinity.
     """
     import recflow  # noqa: F401
+    # isort: split
 
     import tensorflow as tf
     from tf_agents.trajectories import time_step as ts

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

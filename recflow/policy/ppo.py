@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from recflow.policy.candidate_networks import (
     CandidateValueNetwork,
     export_candidate_policy,
     plackett_luce_slate,
+    session_policy_meta,
 )
 from recflow.policy.config import DeepRLConfig
 from recflow.policy.dqn import SessionTrainResult, candidate_specs
@@ -154,14 +157,5 @@ def train_ppo(
 def export_ppo(agent: ppo_clip_agent.PPOClipAgent, out_dir: Path, config: DeepRLConfig, env: ShopPyEnvironment,
                extra: dict[str, Any] | None = None) -> None:
     """PolicySaver export of the PPO collect policy (stochastic actor) plus the meta for slate building."""
-    meta = {
-        "format_version": 1,
-        "agent": "ppo",
-        "num_candidates": env.num_candidates,
-        "num_features": int(env.observation_spec().shape[1]),
-        "hidden_units": list(config.hidden_units),
-        "score_variable_prefix": "ActorNetwork/",
-        "config": config.model_dump(mode="json"),
-        **(extra or {}),
-    }
+    meta = session_policy_meta("ppo", env, config, "ActorNetwork/", extra)
     export_candidate_policy(agent.collect_policy, agent.train_step_counter, out_dir, meta)

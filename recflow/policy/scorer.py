@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
+# isort: split
+
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from tf_agents.trajectories import time_step as ts
 
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.policy.logged_data import (
     BanditData,
@@ -41,13 +44,12 @@ from recflow.policy.logged_data import (
     global_features,
 )
 
-POLICY_DIRNAME = "policy"
-META_NAME = "policy_meta.json"
-ITEM_EMBEDDINGS_NAME = "item_embeddings.npy"
 #: Upper bound on floats in one scoring call (rows x candidates x arm features), to bound memory.
 _MAX_FLOATS_PER_CALL = 8_000_000
 
-Context = pd.DataFrame | Mapping[str, Any] | None
+Context: TypeAlias = pd.DataFrame | Mapping[str, Any] | None
+#: Item ids: a sequence or a NumPy array of them.
+ItemIds: TypeAlias = Sequence[str] | np.ndarray
 
 
 class PolicyScorer:
@@ -55,9 +57,10 @@ class PolicyScorer:
 
     def __init__(self, out_dir: Path, *, seed: int | None = None, samples: int = 200) -> None:
         out_dir = Path(out_dir)
-        meta_path = out_dir / META_NAME
-        if not meta_path.is_file() or not (out_dir / POLICY_DIRNAME).is_dir():
-            raise DataError(f"{out_dir}: no exported policy here (expected {META_NAME} and {POLICY_DIRNAME}/)")
+        meta_path = out_dir / bundle_layout.POLICY_META_FILE
+        if not meta_path.is_file() or not (out_dir / bundle_layout.POLICY_SAVED_MODEL_DIR).is_dir():
+            raise DataError(f"{out_dir}: no exported policy here (expected {bundle_layout.POLICY_META_FILE} and "
+                            f"{bundle_layout.POLICY_SAVED_MODEL_DIR}/)")
         try:
             self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -71,8 +74,8 @@ class PolicyScorer:
         self.num_arms: int = int(self.meta["num_arms"])
         self.item_ids = np.asarray(self.meta["item_ids"], dtype=object)
         self._item_index = pd.Index(self.item_ids)
-        self.item_embeddings = np.load(out_dir / ITEM_EMBEDDINGS_NAME)
-        self.policy = tf.saved_model.load(str(out_dir / POLICY_DIRNAME))
+        self.item_embeddings = np.load(out_dir / bundle_layout.POLICY_ITEM_EMBEDDINGS_FILE)
+        self.policy = tf.saved_model.load(str(out_dir / bundle_layout.POLICY_SAVED_MODEL_DIR))
         self.samples = samples
         self.seed = int(self.meta["config"]["seed"]) if seed is None else seed
         self._rng = np.random.default_rng(self.seed)
@@ -84,7 +87,7 @@ class PolicyScorer:
 
     # ------------------------------------------------------------------------------------------------ features
 
-    def _candidate_index(self, candidate_item_ids: Sequence[str]) -> np.ndarray:
+    def _candidate_index(self, candidate_item_ids: ItemIds) -> np.ndarray:
         idx = self._item_index.get_indexer(pd.Index(np.asarray(candidate_item_ids, dtype=object).astype(str)))
         if (idx < 0).any():
             bad = np.asarray(candidate_item_ids)[idx < 0][:5]
@@ -117,7 +120,7 @@ class PolicyScorer:
         )
         return self.policy.action(step)
 
-    def scores(self, user_embeddings: np.ndarray | None, context: Context, candidate_item_ids: Sequence[str],
+    def scores(self, user_embeddings: np.ndarray | None, context: Context, candidate_item_ids: ItemIds,
                n: int = 1) -> dict[str, np.ndarray]:
         """Per-candidate scores ``[n, N]`` for ``n`` decisions sharing one candidate list.
 
@@ -160,7 +163,7 @@ class PolicyScorer:
         self,
         user_embeddings: np.ndarray | None,
         context: Context,
-        candidate_item_ids: Sequence[str],
+        candidate_item_ids: ItemIds,
         *,
         n: int = 1,
         exclude: np.ndarray | None = None,
@@ -194,8 +197,8 @@ class PolicyScorer:
         self,
         user_embeddings: np.ndarray | None,
         context: Context,
-        candidate_item_ids: Sequence[str],
-        logged_item_ids: Sequence[str],
+        candidate_item_ids: ItemIds,
+        logged_item_ids: ItemIds,
         *,
         exclude: np.ndarray | None = None,
         greedy: bool = False,
@@ -259,7 +262,7 @@ class PolicyScorer:
                 counts += order == np.asarray(chosen)
             props = list(counts / (self.samples + 1))
             return [str(candidates[i]) for i in chosen], np.asarray(props)
-        rank = scores["rank"][0] if not (self.exploration == "thompson") else scores["mean"][0]
+        rank = scores["rank"][0] if self.exploration != "thompson" else scores["mean"][0]
         eps = 0.0 if greedy or self.exploration == "thompson" else self.epsilon
         for _ in range(k):
             best = int(np.flatnonzero(remaining)[np.argmax(rank[remaining])])

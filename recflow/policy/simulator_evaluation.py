@@ -133,6 +133,7 @@ def run_policy(
         greedy_value = env.env.expected_reward(env.candidate_items[greedy]) if explores else None
         step = env.step(slate.astype(np.int32))
         result = env.last_result
+        assert result is not None
         info = result.info
         k = len(slate)
         m.requests += 1

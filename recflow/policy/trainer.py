@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 
-import json
+# isort: split
+
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +24,17 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tf_agents.policies import policy_saver
 from tf_agents.trajectories import time_step as ts
 from tf_agents.trajectories import trajectory
 from tf_agents.utils import common
 
+from recflow import bundle_layout
 from recflow.io import atomic_path
 from recflow.policy import agents
+from recflow.policy.candidate_networks import save_policy, write_policy_meta
 from recflow.policy.config import PolicyConfig
 from recflow.policy.logged_data import BanditData, load_bandit_data, read_embeddings
-from recflow.policy.scorer import ITEM_EMBEDDINGS_NAME, META_NAME, POLICY_DIRNAME, PolicyScorer, load_policy
+from recflow.policy.scorer import PolicyScorer, load_policy
 
 __all__ = ["PolicyResult", "train_policy", "train_agent", "load_policy", "PolicyScorer", "export_policy"]
 
@@ -148,24 +148,10 @@ def export_policy(
     The SavedModel is written to a temporary directory and renamed into place, so a failed export never leaves
     a half-written policy where serving would load it.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    saver = policy_saver.PolicySaver(agent.policy, batch_size=None, train_step=agent.train_step_counter)
-    tmp = Path(tempfile.mkdtemp(prefix=".policy.", dir=out_dir))
-    try:
-        saver.save(str(tmp / POLICY_DIRNAME))
-        target = out_dir / POLICY_DIRNAME
-        old = out_dir / ".policy.old"
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-        (tmp / POLICY_DIRNAME).rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    with atomic_path(out_dir / ITEM_EMBEDDINGS_NAME) as path, open(path, "wb") as fh:
+    save_policy(agent.policy, agent.train_step_counter, out_dir)
+    with atomic_path(out_dir / bundle_layout.POLICY_ITEM_EMBEDDINGS_FILE) as path, open(path, "wb") as fh:
         np.save(fh, item_embeddings.astype(np.float32))
-    with atomic_path(out_dir / META_NAME) as path:
-        path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    write_policy_meta(out_dir, meta)
 
 
 def train_policy(examples_dir: Path, model_dir: Path, out_dir: Path, config: PolicyConfig) -> PolicyResult:
@@ -183,7 +169,7 @@ def train_policy(examples_dir: Path, model_dir: Path, out_dir: Path, config: Pol
         notes.append(f"trained on {config.max_decisions} of {len(data)} decisions (policy.max_decisions)")
         data = data.subset(keep)
     agent, epsilon, curve, steps = train_agent(data, config)
-    item_ids, item_emb = read_embeddings(model_dir / "item_embeddings.parquet", "item_id")
+    item_ids, item_emb = read_embeddings(model_dir / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
     seconds = time.perf_counter() - started
     final_loss = curve[-1] if curve else math.nan
     meta = {

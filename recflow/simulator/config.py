@@ -298,7 +298,8 @@ class SimulatorConfig(_Frozen):
             raise ValueError(f"slate_size ({self.slate_size}) cannot exceed items ({self.items})")
         unknown = sorted(set(self.drift.category_demand_shift) - set(self.categories))
         if unknown:
-            raise ValueError(f"drift.category_demand_shift: unknown categories {unknown} (known: {list(self.categories)})")
+            raise ValueError(f"drift.category_demand_shift: unknown categories {unknown} "
+                             f"(known: {list(self.categories)})")
         return self
 
     @property

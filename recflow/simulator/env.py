@@ -23,6 +23,7 @@ from recflow.errors import DataError
 from recflow.simulator.config import SimulatorConfig
 from recflow.simulator.generator import REQUEST_GAP_MEAN_S, REQUEST_GAP_S, SESSION_GAP_MS
 from recflow.simulator.response import (
+    SlateResponse,
     decay_satiation,
     events_frame,
     events_from_response,
@@ -177,12 +178,8 @@ class ShopEnv:
             if not 0 <= int(user) < w.n_users:
                 raise DataError(f"reset: user index {user} is outside 0..{w.n_users - 1}")
             u = int(user)
-        device = int(
-            min(
-                np.searchsorted(np.cumsum(w.user_device_mix[u]), self._rng.random(), side="right"),
-                len(self.config.devices) - 1,
-            )
-        )
+        drawn = int(np.searchsorted(np.cumsum(w.user_device_mix[u]), self._rng.random(), side="right"))
+        device = min(drawn, len(self.config.devices) - 1)
         self._now = max(arrival, int(self._last_ms[u]) + SESSION_GAP_MS)
         self._decay(u)
         session = self._counters["session"]
@@ -254,6 +251,37 @@ class ShopEnv:
         return self._oracle(self.config.slate_size)[0]
 
     # ------------------------------------------------------------------ steps
+    def _log_request(self, obs: Observation, slates: np.ndarray, props: np.ndarray | None, response: SlateResponse,
+                     policy_id: str) -> pd.DataFrame | None:
+        """Count the request and its events; the events as a frame when ``record_events``, else None."""
+        w = self.world
+        u = obs.user_idx
+        request = self._counters["request"]
+        self._counters["request"] += 1
+        _, session, device = self._session
+        cols = events_from_response(
+            slates,
+            props,
+            response,
+            np.array([self._now]),
+            {
+                "user": np.array([u]),
+                "session": np.array([session]),
+                "request": np.array([request]),
+                "hour": np.array([obs.hour]),
+                "weekday": np.array([obs.weekday]),
+                "device": np.array([device]),
+                "region": np.array([w.user_region[u]]),
+            },
+        )
+        events = None
+        if self.record_events:
+            events = events_frame(
+                w, cols, policy_id, id_prefix=self.id_prefix, first_event=self._counters["event"]
+            )
+        self._counters["event"] += len(cols["type"])
+        return events
+
     def step(
         self,
         slate: Sequence[int] | np.ndarray,
@@ -279,30 +307,8 @@ class ShopEnv:
             props = np.asarray(propensities, dtype=float).reshape(1, -1)
             if props.shape != slates.shape:
                 raise DataError(f"propensities: expected {len(items)} values, got {props.size}")
-        request = self._counters["request"]
-        self._counters["request"] += 1
         _, session, device = self._session
-        cols = events_from_response(
-            slates,
-            props,
-            response,
-            np.array([self._now]),
-            {
-                "user": np.array([u]),
-                "session": np.array([session]),
-                "request": np.array([request]),
-                "hour": np.array([obs.hour]),
-                "weekday": np.array([obs.weekday]),
-                "device": np.array([device]),
-                "region": np.array([w.user_region[u]]),
-            },
-        )
-        events = None
-        if self.record_events:
-            events = events_frame(
-                w, cols, policy_id, id_prefix=self.id_prefix, first_event=self._counters["event"]
-            )
-        self._counters["event"] += len(cols["type"])
+        events = self._log_request(obs, slates, props, response, policy_id)
 
         self._satiation[u] += satiation_increment(w, slates, response)[0]
         clicked = items[response.click[0]]
@@ -335,7 +341,7 @@ class ShopEnv:
             "purchases": float(n_buy),
             "order_value": order_value,
         }
-        return StepResult(self._obs, float(reward), done, events, info)
+        return StepResult(self.observation, float(reward), done, events, info)
 
     def step_ids(
         self,

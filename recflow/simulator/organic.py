@@ -273,6 +273,13 @@ def simulate_organic_log(
     return OrganicLog(world, events, users, sessions, requests)
 
 
+def _where_recommended(is_rec: np.ndarray, policy_id: str) -> np.ndarray:
+    """``policy_id`` on the recommended events, None on the organic ones (an object array)."""
+    out = np.full(len(is_rec), None, dtype=object)
+    out[is_rec] = policy_id
+    return out
+
+
 def _events_frame(world: OrganicWorld, col: dict[str, np.ndarray]) -> pd.DataFrame:
     order = np.lexsort((np.arange(len(col["ms"])), col["ms"]))
     col = {name: values[order] for name, values in col.items()}
@@ -297,7 +304,7 @@ def _events_frame(world: OrganicWorld, col: dict[str, np.ndarray]) -> pd.DataFra
             "dwell_time_s": np.where(col["type"] == _VIEW, col["dwell"], np.nan),
             "hour": timestamp.hour.to_numpy().astype(np.int8),
             "weekday": timestamp.weekday.to_numpy().astype(np.int8),
-            "policy_id": np.where(is_rec, world.config.policy_id, None).astype(object),
+            "policy_id": _where_recommended(is_rec, world.config.policy_id),
             "propensity": np.where(is_rec, 1.0 / world.n_items, np.nan),
         }
     )

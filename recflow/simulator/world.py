@@ -100,8 +100,7 @@ class World:
         self.seed = config.seed if seed is None else seed
         rng = stream(self.seed, WORLD_STREAM)
         c = config
-        self.n_categories = n_cat = len(c.categories)
-        n_seg = len(c.segments)
+        self.n_categories = len(c.categories)
         self.n_users = n_users = c.users
         self.n_base_items = c.items
         drift_day = c.drift.day
@@ -111,7 +110,25 @@ class World:
         self.start = c.start
         self.start_ms = int(pd.Timestamp(c.start_date, tz="UTC").value // 1_000_000)
 
-        # --- items
+        cat_share, cat_log_price, brand_p = self._draw_items(rng, n_items)
+        seg_sd, ind_sd = self._draw_users(rng, n_users)
+        self._draw_context_effects(rng)
+        self._calibrate(rng)
+
+        # --- the drift, from its own streams
+        self.item_repriced = np.zeros(c.items, dtype=bool)
+        self.user_preferences_drifted = self.user_preferences
+        if drift_day is not None:
+            self._add_drift(n_new, drift_day, cat_share, cat_log_price, brand_p, seg_sd, ind_sd)
+
+        self.user_ids = np.array([f"u{i:06d}" for i in range(n_users)], dtype=object)
+        self.item_ids = np.array([f"i{i:06d}" for i in range(self.n_items)], dtype=object)
+        self._item_index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+
+    def _draw_items(self, rng: np.random.Generator, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The base catalog from WORLD_STREAM; returns the category shares, the categories' log prices and the
+        brand probabilities (the drift's new items draw from them too)."""
+        c, n_cat = self.config, self.n_categories
         cat_share = rng.dirichlet(np.full(n_cat, 3.0))
         self.item_category = rng.choice(n_cat, size=n_items, p=cat_share)
         cat_log_price = rng.uniform(np.log(8.0), np.log(400.0), size=n_cat)
@@ -148,7 +165,11 @@ class World:
         # preference shift come from DRIFT_STREAM below.
         rng.random(n_items)
 
-        # --- users
+        return cat_share, cat_log_price, brand_weights / brand_weights.sum()
+
+    def _draw_users(self, rng: np.random.Generator, n_users: int) -> tuple[float, float]:
+        """The users from WORLD_STREAM; returns the segment- and individual-level preference spreads."""
+        c, n_cat, n_seg = self.config, self.n_categories, len(self.config.segments)
         seg_share = rng.dirichlet(np.full(n_seg, 5.0))
         self.user_segment = rng.choice(n_seg, size=n_users, p=seg_share)
         seg_sd, ind_sd = c.preference_scale * np.sqrt(0.6), c.preference_scale * np.sqrt(0.4)
@@ -173,7 +194,11 @@ class World:
             np.int64
         )
 
-        # --- context effects
+        return seg_sd, ind_sd
+
+    def _draw_context_effects(self, rng: np.random.Generator) -> None:
+        """The effects of daypart, weekend and device on interest and the funnel, from WORLD_STREAM."""
+        c, n_cat = self.config, self.n_categories
         sc = c.context_strength
         self.daypart_effect = rng.normal(0.0, sc, size=(len(DAYPARTS), n_cat))
         self.weekend_effect = rng.normal(0.0, sc, size=n_cat)
@@ -182,7 +207,10 @@ class World:
         self.device_purchase_effect = rng.normal(0.0, sc, size=len(c.devices))
         self.weekend_purchase_effect = float(rng.normal(0.0, sc))
 
-        # --- calibration of the funnel intercepts on random (user, item) pairs at day 0
+
+    def _calibrate(self, rng: np.random.Generator) -> None:
+        """The funnel intercepts, calibrated on random (user, item) pairs at day 0 to the configured rates."""
+        c, n_users = self.config, self.n_users
         m = 20_000
         cu = rng.integers(n_users, size=m)
         ci = rng.integers(c.items, size=m)
@@ -195,16 +223,6 @@ class World:
         p_cart = _sigmoid(self.cart_intercept + 0.4 * z)
         self.purchase_intercept = _solve_intercept(0.3 * z, p_click * p_cart, c.purchase_rate)
 
-        # --- the drift, from its own streams
-        self.item_repriced = np.zeros(c.items, dtype=bool)
-        self.user_preferences_drifted = self.user_preferences
-        if drift_day is not None:
-            self._add_drift(n_new, drift_day, cat_share, cat_log_price, brand_weights / brand_weights.sum(),
-                            seg_sd, ind_sd)
-
-        self.user_ids = np.array([f"u{i:06d}" for i in range(n_users)], dtype=object)
-        self.item_ids = np.array([f"i{i:06d}" for i in range(self.n_items)], dtype=object)
-        self._item_index = {item_id: i for i, item_id in enumerate(self.item_ids)}
 
     def _add_drift(
         self,

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from recflow.io import epoch_seconds
-from recflow.policy.logged_data import DECISION_STATES_FILE
 from recflow.models.history_ranking import (
     MAX_POSITIONS,
     N_DENSE,
@@ -28,11 +27,12 @@ from recflow.models.history_ranking import (
     build_keras_ranker,
     click_loss,
     export_ranker,
-    item_log_odds,
     history_features,
+    item_log_odds,
     numpy_click_logits,
     save_ranker,
 )
+from recflow.policy.logged_data import DECISION_STATES_FILE
 
 #: Smallest logged propensity used in the inverse-propensity weights (larger weights are clipped to 1/this).
 MIN_PROPENSITY = 0.01
@@ -83,7 +83,7 @@ def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.
     hist = history_at(seq_data.user_rows, seq_data.item_rows, seq_data.type_codes, seq_data.seconds,
                       uniq["u"].to_numpy(), uniq["t"].to_numpy(), max_len, strictly_before=True)
     valid = hist["hist_items"] >= 0
-    has_hist = valid.any(1)
+    has_hist = np.asarray(valid.any(axis=1))
     # Serving measures gaps from the newest event of the history it is given: do the same here.
     gaps = hist["hist_gaps"].astype(np.float64)
     newest = np.where(valid, gaps, np.inf).min(1)
@@ -123,6 +123,81 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
+def _ranker_inputs(imp: pd.DataFrame, arr: dict[str, np.ndarray], context_columns: list[str], is_train: np.ndarray
+                   ) -> tuple[RankerInputs, list[list[str]], float, float]:
+    """The ranker's inputs of each impression; the context vocabularies (of the train split) and the retrieval
+    score's standardisation."""
+    score_mean = float(arr["score"][is_train].mean())
+    score_std = float(arr["score"][is_train].std()) or 1.0
+    dense = np.zeros((len(imp), N_DENSE), np.float32)
+    dense[:, 0] = (arr["score"] - score_mean) / score_std
+    dense[:, 1:] = history_features(arr["hist_rows"], arr["enc_rows"])
+    vocabs = [sorted({_context_key(v) for v in imp.loc[is_train, c].tolist()}) for c in context_columns]
+    codes = np.zeros((len(imp), len(context_columns)), np.int64)
+    for c, (col, vocab) in enumerate(zip(context_columns, vocabs, strict=True)):
+        lookup = {v: k + 1 for k, v in enumerate(vocab)}
+        codes[:, c] = [lookup.get(_context_key(v), 0) for v in imp[col].tolist()]
+    position = (imp["position"].fillna(0).to_numpy().astype(np.int64) if "position" in imp.columns
+                else np.zeros(len(imp), np.int64))
+    inputs = RankerInputs(state=arr["state"], item=arr["item"], dense=dense, context=codes,
+                          position=np.clip(position, 0, MAX_POSITIONS - 1))
+    return inputs, vocabs, score_mean, score_std
+
+
+def _ips_weights(imp: pd.DataFrame, is_train: np.ndarray, trainer_config: Any) -> tuple[np.ndarray, bool]:
+    """Inverse-propensity weights normalised to mean 1 per split (``history_ranking_ips`` and every impression
+    logged with a propensity), else 1s; and whether they are used."""
+    weights = np.ones(len(imp), np.float32)
+    ips = bool(trainer_config.history_ranking_ips and "propensity" in imp.columns
+               and imp["propensity"].notna().all())
+    if ips:
+        weights = (1.0 / np.clip(imp["propensity"].to_numpy(np.float64), MIN_PROPENSITY, 1.0)).astype(np.float32)
+        weights[is_train] /= weights[is_train].mean()
+        weights[~is_train] /= max(float(weights[~is_train].mean()), 1e-12) if (~is_train).any() else 1.0
+    return weights, ips
+
+
+def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, is_train: np.ndarray,
+                 has_eval: bool, n_items: int, vocabs: list[list[str]], trainer_config: Any
+                 ) -> tuple[tuple[float, Any, Any], list[dict[str, Any]]]:
+    """Fit one ranker per L2 strength of ``history_ranking_l2`` and keep the one with the lowest eval log loss
+    (the first when there is no eval click); returns ``(its loss, model, history)`` and every trial."""
+    import tensorflow as tf
+
+    def dataset(mask: np.ndarray, shuffle: bool) -> Any:
+        feats = {k: v[mask] for k, v in inputs.as_dict().items()}
+        ds = tf.data.Dataset.from_tensor_slices((feats, labels[mask], weights[mask]))
+        if shuffle:
+            ds = ds.shuffle(int(mask.sum()), seed=trainer_config.seed + 7, reshuffle_each_iteration=True)
+        return ds.batch(trainer_config.batch_size)
+
+    base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
+    prior = item_log_odds(inputs.item[is_train], labels[is_train], weights[is_train], n_items)
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, Any, Any] | None = None
+    for l2 in list(trainer_config.history_ranking_l2):
+        tf.keras.utils.set_random_seed(trainer_config.seed + 7)
+        model = build_keras_ranker(n_items, inputs.state.shape[1], [len(v) for v in vocabs], l2=l2,
+                                   base_rate=base_rate, item_prior=prior)
+        model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
+        callbacks: list[Any] = []
+        if has_eval:
+            callbacks.append(tf.keras.callbacks.EarlyStopping(
+                monitor="val_loss", mode="min", restore_best_weights=True,
+                patience=trainer_config.early_stopping_patience))
+        hist = model.fit(dataset(is_train, True), validation_data=dataset(~is_train, False) if has_eval else None,
+                         epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
+        val = min(hist.history["val_loss"]) if has_eval else float("nan")
+        trials.append({"l2": l2, "eval_log_loss": val, "epochs_run": len(hist.history.get("loss", [])),
+                       "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})
+        if best is None or (has_eval and val < best[0]):
+            best = (val, model, hist)
+        if not has_eval:  # nothing to choose by: the first candidate
+            break
+    assert best is not None
+    return best, trials
+
+
 def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any, item_ids: Sequence[str],
                          spec: Mapping[str, Any], trainer_config: Any, out_dir: Path) -> RankerTraining:
     """Train the ranker on the logged impressions and write its files into ``out_dir``.
@@ -130,7 +205,6 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     ``seq``: the :class:`recflow.training.sequence_retrieval.SequenceTraining` of this run. Returns
     ``trained=False`` with a note when the log cannot train it (no clicked impression of a user with history).
     """
-    import tensorflow as tf
 
     from recflow.training.sequence_retrieval import item_rows_of, load_events
 
@@ -152,62 +226,11 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
         return RankerTraining(False, notes=["history ranker skipped: no clicked impression in the train split "
                                             "of a user with an earlier history"])
 
-    score_mean = float(arr["score"][is_train].mean())
-    score_std = float(arr["score"][is_train].std()) or 1.0
-    dense = np.zeros((len(imp), N_DENSE), np.float32)
-    dense[:, 0] = (arr["score"] - score_mean) / score_std
-    dense[:, 1:] = history_features(arr["hist_rows"], arr["enc_rows"])
-    vocabs = [sorted({_context_key(v) for v in imp.loc[is_train, c].tolist()}) for c in context_columns]
-    codes = np.zeros((len(imp), len(context_columns)), np.int64)
-    for c, (col, vocab) in enumerate(zip(context_columns, vocabs, strict=True)):
-        lookup = {v: k + 1 for k, v in enumerate(vocab)}
-        codes[:, c] = [lookup.get(_context_key(v), 0) for v in imp[col].tolist()]
-    position = (imp["position"].fillna(0).to_numpy().astype(np.int64) if "position" in imp.columns
-                else np.zeros(len(imp), np.int64))
-    inputs = RankerInputs(state=arr["state"], item=arr["item"], dense=dense, context=codes,
-                          position=np.clip(position, 0, MAX_POSITIONS - 1))
-    weights = np.ones(len(imp), np.float32)
-    ips = bool(trainer_config.history_ranking_ips and "propensity" in imp.columns
-               and imp["propensity"].notna().all())
-    if ips:
-        weights = (1.0 / np.clip(imp["propensity"].to_numpy(np.float64), MIN_PROPENSITY, 1.0)).astype(np.float32)
-        weights[is_train] /= weights[is_train].mean()
-        weights[~is_train] /= max(float(weights[~is_train].mean()), 1e-12) if (~is_train).any() else 1.0
-
-    def dataset(mask: np.ndarray, shuffle: bool) -> Any:
-        feats = {k: v[mask] for k, v in inputs.as_dict().items()}
-        ds = tf.data.Dataset.from_tensor_slices((feats, labels[mask], weights[mask]))
-        if shuffle:
-            ds = ds.shuffle(int(mask.sum()), seed=trainer_config.seed + 7, reshuffle_each_iteration=True)
-        return ds.batch(trainer_config.batch_size)
-
-    has_eval = bool((~is_train).any() and 0 < labels[~is_train].sum())
-    base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
-    prior = item_log_odds(inputs.item[is_train], labels[is_train], weights[is_train], len(item_ids))
-    candidates = list(trainer_config.history_ranking_l2)
-    trials: list[dict[str, Any]] = []
-    best: tuple[float, Any, Any] | None = None
+    inputs, vocabs, score_mean, score_std = _ranker_inputs(imp, arr, context_columns, is_train)
+    weights, ips = _ips_weights(imp, is_train, trainer_config)
+    has_eval = bool((~is_train).any() and labels[~is_train].sum() > 0)
     started = time.perf_counter()
-    for l2 in candidates:
-        tf.keras.utils.set_random_seed(trainer_config.seed + 7)
-        model = build_keras_ranker(len(item_ids), arr["state"].shape[1], [len(v) for v in vocabs], l2=l2,
-                                   base_rate=base_rate, item_prior=prior)
-        model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
-        callbacks: list[Any] = []
-        if has_eval:
-            callbacks.append(tf.keras.callbacks.EarlyStopping(
-                monitor="val_loss", mode="min", restore_best_weights=True,
-                patience=trainer_config.early_stopping_patience))
-        hist = model.fit(dataset(is_train, True), validation_data=dataset(~is_train, False) if has_eval else None,
-                         epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
-        val = min(hist.history["val_loss"]) if has_eval else float("nan")
-        trials.append({"l2": l2, "eval_log_loss": val, "epochs_run": len(hist.history.get("loss", [])),
-                       "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})
-        if best is None or (has_eval and val < best[0]):
-            best = (val, model, hist)
-        if not has_eval:  # nothing to choose by: the first candidate
-            break
-    assert best is not None
+    best, trials = _fit_l2_grid(inputs, labels, weights, is_train, has_eval, len(item_ids), vocabs, trainer_config)
     _, model, hist = best
     seconds = time.perf_counter() - started
     exported = export_ranker(model, len(context_columns))

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.io import epoch_seconds
 
@@ -45,7 +46,7 @@ ITEMS_FILE = "sequence_items.parquet"
 #: The encoder's weights: recflow.models.sequence.WEIGHTS_FILE, named here too because that module imports
 #: TensorFlow and this check must not (the retraining watcher uses it); a test keeps the two equal.
 ENCODER_FILE = "sequence_encoder.npz"
-HISTORY_FILE = "user_history.parquet"
+HISTORY_FILE = bundle_layout.USER_HISTORY_FILE
 
 
 @dataclass(frozen=True)
@@ -255,18 +256,14 @@ class SequenceTraining:
     catalog_rows: dict[str, int]  # catalog item id -> encoder row (OOV row for items unseen in training)
 
 
-def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids: Sequence[str],
-                   trainer_config: Any, out_dir: Path) -> SequenceTraining:
-    """Train the sequence encoder and write its files into ``out_dir`` (see the module docstring)."""
-    import tensorflow as tf
-
-    from recflow.models.sequence import SequenceEncoder, SequenceRetrievalModel, build_sequences, save_encoder
+def _examples(data: Any, examples_dir: Path, trainer_config: Any, notes: list[str]
+              ) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[dict[str, np.ndarray], np.ndarray] | None]:
+    """The training examples (histories of train events only) and their weights, and the eval examples with
+    theirs (None, with a note, when the eval split has no target). Raises DataError when the train split has no
+    target."""
+    from recflow.models.sequence import build_sequences
 
     cfg = trainer_config.sequence_config()
-    notes: list[str] = []
-    row_of, n_rows = item_rows_of(vocabulary)
-    oov = n_rows - 1
-    data = load_events(examples_dir, ("train", "eval"), row_of, oov, trainer_config.event_weights)
     is_train, is_eval = data.split == "train", data.split == "eval"
     targets = data.weights > 0
     if trainer_config.first_positive_only:
@@ -276,19 +273,83 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
         weighted = [t for t, w in trainer_config.event_weights.items() if w > 0]
         raise DataError(f"{examples_dir}: the train split has no retrieval targets: no event of the types "
                         f"trainer.event_weights gives a weight > 0 ({', '.join(weighted)})")
-    sel = is_train  # training histories: train events only
+    sel = is_train
     train_seq = build_sequences(data.user_rows[sel], data.item_rows[sel], data.type_codes[sel],
                                 data.seconds[sel], cfg.max_len, target_mask=train_mask[sel])
     train_w = data.weights[sel][train_seq["target_index"]]
+    if not eval_mask.any():
+        notes.append("eval split has no retrieval targets: the sequence model trained without early stopping")
+        return train_seq, train_w, None
+    eval_seq = build_sequences(data.user_rows, data.item_rows, data.type_codes, data.seconds, cfg.max_len,
+                               target_mask=eval_mask)
+    return train_seq, train_w, (eval_seq, data.weights[eval_seq["target_index"]])
+
+
+def _encoder_states(encoder: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The encoder's state of each history in ``inputs`` (in batches of 2,048)."""
+    parts = [encoder({k: inputs[k][s:s + 2048] for k in ("hist_items", "hist_types", "hist_gaps")},
+                     training=False).numpy() for s in range(0, len(inputs["hist_items"]), 2048)]
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.item_vectors().shape[1]), np.float32)
+
+
+def _fit_with_early_stopping(model: Any, encoder: Any, ds: Any,
+                             evaluation: tuple[Mapping[str, np.ndarray], np.ndarray] | None,
+                             cfg: Any) -> dict[str, list[float]]:
+    """Fit epoch by epoch; with eval examples, stop after ``early_stopping_patience`` epochs without a better
+    eval top-10 accuracy and restore the best epoch's weights. Returns the curves."""
+    history: dict[str, list[float]] = {"loss": [], "val_top10_accuracy": [], "val_top50_accuracy": []}
+    best, best_weights, since_best = -1.0, None, 0
+    for _epoch in range(cfg.epochs):
+        h = model.fit(ds, epochs=1, verbose=0)
+        history["loss"].append(float(h.history["loss"][-1]))
+        if evaluation is None:
+            continue
+        eval_seq, eval_w = evaluation
+        acc = top_k_accuracy(_encoder_states(encoder, eval_seq), encoder.item_vectors(), eval_seq["target_item"],
+                             eval_w)
+        history["val_top10_accuracy"].append(acc[10])
+        history["val_top50_accuracy"].append(acc[50])
+        if acc[10] > best:
+            best, best_weights, since_best = acc[10], encoder.get_weights(), 0
+        else:
+            since_best += 1
+            if since_best >= cfg.early_stopping_patience:
+                break
+    if best_weights is not None:
+        encoder.set_weights(best_weights)
+    return history
+
+
+def _write_histories(data: Any, examples_dir: Path, out_dir: Path, max_len: int) -> pd.DataFrame:
+    """Write each user's stored history; every train user is a known user (as with the two-tower), those with
+    impressions only with an empty history."""
+    histories = stored_histories(data, max_len)
+    train_users = pd.read_parquet(Path(examples_dir) / "train.parquet", columns=["user_id"])["user_id"].astype(str)
+    missing = sorted(set(train_users) - set(histories["user_id"]))
+    if missing:
+        empty = pd.DataFrame({"user_id": missing, "item_ids": [[] for _ in missing],
+                              "event_types": [[] for _ in missing], "timestamps": [[] for _ in missing]})
+        histories = pd.concat([histories, empty], ignore_index=True).sort_values("user_id").reset_index(drop=True)
+    histories.to_parquet(out_dir / HISTORY_FILE, index=False)
+    return histories
+
+
+def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids: Sequence[str],
+                   trainer_config: Any, out_dir: Path) -> SequenceTraining:
+    """Train the sequence encoder and write its files into ``out_dir`` (see the module docstring)."""
+    import tensorflow as tf
+
+    from recflow.models.sequence import SequenceEncoder, SequenceRetrievalModel, save_encoder
+
+    cfg = trainer_config.sequence_config()
+    notes: list[str] = []
+    row_of, n_rows = item_rows_of(vocabulary)
+    oov = n_rows - 1
+    data = load_events(examples_dir, ("train", "eval"), row_of, oov, trainer_config.event_weights)
+    sel = data.split == "train"  # training histories: train events only
+    train_seq, train_w, evaluation = _examples(data, examples_dir, trainer_config, notes)
     counts = np.bincount(train_seq["target_item"], minlength=n_rows).astype(np.float64)
     item_prob = ((counts + 1.0) / (counts.sum() + n_rows)).astype(np.float32)
-    eval_seq = None
-    if eval_mask.any():
-        eval_seq = build_sequences(data.user_rows, data.item_rows, data.type_codes, data.seconds, cfg.max_len,
-                                   target_mask=eval_mask)
-        eval_w = data.weights[eval_seq["target_index"]]
-    else:
-        notes.append("eval split has no retrieval targets: the sequence model trained without early stopping")
 
     tf.keras.utils.set_random_seed(cfg.seed)
     encoder = SequenceEncoder(n_rows, cfg)
@@ -304,7 +365,7 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
     encoder({k: feats[k][:1] for k in ("hist_items", "hist_types", "hist_gaps")})
     encoder.candidate(np.zeros(1, np.int64))
     report: dict[str, Any] = {"model": "sequence", "config": cfg.model_dump(), "train_examples": n_train,
-                              "eval_examples": 0 if eval_seq is None else len(eval_w),
+                              "eval_examples": 0 if evaluation is None else len(evaluation[1]),
                               "train_examples_by_type": pd.Series(data.event_types[sel][train_seq["target_index"]])
                               .value_counts().sort_index().astype(int).to_dict(),
                               "event_weights": dict(trainer_config.event_weights)}
@@ -316,37 +377,15 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
         except DataError as exc:
             notes.append(f"cold start: {exc}")
 
-    def states(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        parts = [encoder({k: inputs[k][s:s + 2048] for k in ("hist_items", "hist_types", "hist_gaps")},
-                         training=False).numpy() for s in range(0, len(inputs["hist_items"]), 2048)]
-        return np.concatenate(parts) if parts else np.zeros((0, encoder.item_vectors().shape[1]), np.float32)
-
-    history: dict[str, list[float]] = {"loss": [], "val_top10_accuracy": [], "val_top50_accuracy": []}
-    best, best_weights, since_best = -1.0, None, 0
     started = time.perf_counter()
-    for _epoch in range(cfg.epochs):
-        h = model.fit(ds, epochs=1, verbose=0)
-        history["loss"].append(float(h.history["loss"][-1]))
-        if eval_seq is None:
-            continue
-        acc = top_k_accuracy(states(eval_seq), encoder.item_vectors(), eval_seq["target_item"], eval_w)
-        history["val_top10_accuracy"].append(acc[10])
-        history["val_top50_accuracy"].append(acc[50])
-        if acc[10] > best:
-            best, best_weights, since_best = acc[10], encoder.get_weights(), 0
-        else:
-            since_best += 1
-            if since_best >= cfg.early_stopping_patience:
-                break
+    history = _fit_with_early_stopping(model, encoder, ds, evaluation, cfg)
     seconds = time.perf_counter() - started
-    if best_weights is not None:
-        encoder.set_weights(best_weights)
     epochs_run = len(history["loss"])
     report.update(history=history, epochs_run=epochs_run, seconds=seconds,
                   examples_per_second=n_train * epochs_run / seconds if seconds > 0 else None)
     metrics: dict[str, float] = {"retrieval_train_loss": history["loss"][-1],
                                  "retrieval_examples_per_second": report["examples_per_second"]}
-    if eval_seq is not None:
+    if evaluation is not None:
         i = int(np.argmax(history["val_top10_accuracy"]))
         metrics["retrieval_eval_top10_accuracy"] = history["val_top10_accuracy"][i]
         metrics["retrieval_eval_top50_accuracy"] = history["val_top50_accuracy"][i]
@@ -356,18 +395,10 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
     cand_rows = np.array([row_of.get(str(i), oov) for i in candidate_ids], np.int64)
     pd.DataFrame({"item_id": [str(i) for i in candidate_ids], "row": cand_rows}).to_parquet(
         out_dir / ITEMS_FILE, index=False)
-    histories = stored_histories(data, cfg.max_len)
-    # Every train user is a known user (as with the two-tower), those with impressions only with an empty history.
-    train_users = pd.read_parquet(Path(examples_dir) / "train.parquet", columns=["user_id"])["user_id"].astype(str)
-    missing = sorted(set(train_users) - set(histories["user_id"]))
-    if missing:
-        empty = pd.DataFrame({"user_id": missing, "item_ids": [[] for _ in missing],
-                              "event_types": [[] for _ in missing], "timestamps": [[] for _ in missing]})
-        histories = pd.concat([histories, empty], ignore_index=True).sort_values("user_id").reset_index(drop=True)
-    histories.to_parquet(out_dir / HISTORY_FILE, index=False)
+    histories = _write_histories(data, examples_dir, out_dir, cfg.max_len)
     vectors = encoder.item_vectors()
     catalog_rows = {str(i): int(r) for i, r in zip(candidate_ids, cand_rows, strict=True)}
-    user_states = states(history_arrays(histories, catalog_rows, cfg.max_len))
+    user_states = _encoder_states(encoder, history_arrays(histories, catalog_rows, cfg.max_len))
     (out_dir / "sequence_training.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
     return SequenceTraining(encoder=encoder, item_vectors=vectors[cand_rows], user_ids=list(histories["user_id"]),
                             user_states=user_states.astype(np.float32), histories=histories, report=report,

@@ -34,9 +34,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from recflow import bundle_layout
 from recflow.errors import DataError
-from recflow.io import replace_dir
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
+from recflow.io import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -258,36 +259,72 @@ def query_features(spec: dict[str, Any], config: TrainerConfig) -> list[str]:
     return [f for f in spec["transformed_query_features"] if f not in behaviour_z or f in wanted]
 
 
-def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: TrainerConfig) -> TrainResult:
-    """Train the retrieval (and, with impressions, the ranking) model and export them; see the module docstring.
+@dataclass
+class TrainerInputs:
+    """What every stage of :func:`train_tfrs` reads: Transform's output, loaded once."""
 
-    Raises DataError when the inputs are not ExampleGen/Transform outputs or hold no positive interactions.
+    examples_dir: Path
+    transform_dir: Path
+    spec: dict[str, Any]
+    graph_dir: Path
+    tft_output: Any
+    train: dict[str, np.ndarray]
+    evald: dict[str, np.ndarray]
+    q_feats: list[str]
+    c_feats: list[str]
+    pos_train: np.ndarray
+    pos_eval: np.ndarray
+    vocab: dict[str, int]
+    item_prob: np.ndarray
+    candidates_raw: pd.DataFrame
+    cand_features: dict[str, np.ndarray]
+    user_state: pd.DataFrame
+    item_ids: list[str]
+
+
+@dataclass
+class TrainerRun:
+    """The run's staging directory and what its stages measured (the content of ``training.json``)."""
+
+    tmp: Path
+    config: TrainerConfig
+    strategy: Any
+    notes: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RetrievalOutput:
+    """The retrieval stage's output: the embeddings the index and the ranking stages need."""
+
+    item_emb: np.ndarray
+    user_emb: np.ndarray
+    vocabulary: list[str] = field(default_factory=list)  #: the item vocabulary (sequence retrieval)
+    sequence: Any = None  #: the trained sequence model (sequence retrieval)
+
+
+def _decode(tokens: Any) -> list[str]:
+    return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tokens]
+
+
+def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) -> TrainerInputs:
+    """The datasets stage: Transform's spec, graph, transformed splits and candidates, and the retrieval targets.
+
+    Raises DataError when ``transform_dir`` is not a Transform output or the train split has no target.
     """
-    import tensorflow as tf
     import tensorflow_transform as tft
 
     from recflow.features.transform import apply_transform_graph, load_transformed
-    from recflow.models.export import RankingServing, RetrievalServing, save_ranking, save_retrieval
-    from recflow.models.ranking import DCNRankingModel
-    from recflow.models.two_tower import VOCAB_OF, FeatureTower, TwoTowerModel
-    from recflow.training.warm_start import save_tower_weights, warm_start_towers
 
-    examples_dir, transform_dir, out_dir = Path(examples_dir), Path(transform_dir), Path(out_dir)
-    spec_path = transform_dir / "feature_spec.json"
+    spec_path = transform_dir / bundle_layout.FEATURE_SPEC_FILE
     if not spec_path.is_file():
-        raise DataError(f"{transform_dir}: no feature_spec.json (run the Transform step first)")
+        raise DataError(f"{transform_dir}: no {bundle_layout.FEATURE_SPEC_FILE} (run the Transform step first)")
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    graph_dir = transform_dir / "transform_graph"
+    graph_dir = transform_dir / bundle_layout.TRANSFORM_GRAPH_DIR
     tft_output = tft.TFTransformOutput(str(graph_dir))
-
-    tf.keras.utils.set_random_seed(config.seed)
-    if config.deterministic_ops:
-        tf.config.experimental.enable_op_determinism()
-
-    train = load_transformed(transform_dir / "transformed" / "train", graph_dir)
-    evald = load_transformed(transform_dir / "transformed" / "eval", graph_dir)
-    q_feats = query_features(spec, config)
-    c_feats = spec["transformed_candidate_features"]
+    train = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "train", graph_dir)
+    evald = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "eval", graph_dir)
     weight_train = target_weights(train["event_code"], spec["event_codes"], config.event_weights)
     weight_eval = target_weights(evald["event_code"], spec["event_codes"], config.event_weights)
     pos_train, pos_eval = weight_train > 0, weight_eval > 0
@@ -300,213 +337,340 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
     vocab = _vocab_sizes(tft_output, spec)
     counts = np.bincount(train["item_idx"][pos_train], minlength=vocab["item_idx"]).astype(np.float64)
     item_prob = ((counts + 1.0) / (counts.sum() + len(counts))).astype(np.float32)  # smoothed: no log(0)
-
-    candidates_raw = pd.read_parquet(transform_dir / "candidates.parquet")
+    c_feats = spec["transformed_candidate_features"]
+    candidates_raw = pd.read_parquet(transform_dir / bundle_layout.CANDIDATES_FILE)
     cand_t = apply_transform_graph(graph_dir, spec, candidates_raw)
-    cand_features = {n: cand_t[n] for n in c_feats}
-    user_state = pd.read_parquet(transform_dir / "user_state.parquet")
+    return TrainerInputs(
+        examples_dir=examples_dir, transform_dir=transform_dir, spec=spec, graph_dir=graph_dir,
+        tft_output=tft_output, train=train, evald=evald, q_feats=query_features(spec, config), c_feats=c_feats,
+        pos_train=pos_train, pos_eval=pos_eval, vocab=vocab, item_prob=item_prob, candidates_raw=candidates_raw,
+        cand_features={n: cand_t[n] for n in c_feats},
+        user_state=pd.read_parquet(transform_dir / bundle_layout.USER_STATE_FILE),
+        item_ids=candidates_raw["item_id"].astype(str).tolist())
+
+
+def _retrieval_dataset(inputs: TrainerInputs, config: TrainerConfig, data: dict[str, np.ndarray], mask: np.ndarray,
+                       shuffle: bool) -> Any:
+    """The retrieval targets ``data[mask]`` as a batched ``tf.data.Dataset`` with their sampling probability and
+    sample weight."""
+    import tensorflow as tf
+
+    feats = _take(data, mask, sorted(set(inputs.q_feats) | set(inputs.c_feats)))
+    feats["candidate_prob"] = inputs.item_prob[feats["item_idx"]]
+    feats["sample_weight"] = target_weights(data["event_code"][mask], inputs.spec["event_codes"],
+                                            config.event_weights)
+    ds = tf.data.Dataset.from_tensor_slices(feats)
+    if shuffle:
+        ds = ds.shuffle(len(feats["item_idx"]), seed=config.seed, reshuffle_each_iteration=True)
+    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _write_embeddings(path: Path, key: str, ids: list[str], vectors: np.ndarray) -> None:
+    pd.DataFrame({key: ids, "embedding": list(vectors)}).to_parquet(path, index=False)
+
+
+def train_sequence_retrieval(inputs: TrainerInputs, run: TrainerRun) -> RetrievalOutput:
+    """The retrieval stage with the sequence model: train, export the SavedModel and the embeddings."""
+    from recflow.models.export import SequenceRetrievalServing, save_sequence_retrieval
+    from recflow.training.sequence_retrieval import history_arrays, train_sequence
+
+    config, tmp = run.config, run.tmp
+    vocabulary = _decode(inputs.tft_output.vocabulary_by_name("item_id"))
+    seq = train_sequence(inputs.examples_dir, vocabulary, inputs.item_ids, config, tmp)
+    run.report["retrieval"] = seq.report
+    run.metrics.update(seq.metrics)
+    run.notes.extend(seq.notes)
+    module = SequenceRetrievalServing(
+        seq.encoder, seq.user_ids, history_arrays(seq.histories, seq.catalog_rows, config.sequence_config().max_len),
+        seq.catalog_rows, inputs.item_ids, seq.item_vectors, config.top_k)
+    save_sequence_retrieval(module, inputs.spec, str(tmp / bundle_layout.RETRIEVAL_DIR))
+    _write_embeddings(tmp / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id", inputs.item_ids, seq.item_vectors)
+    _write_embeddings(tmp / bundle_layout.USER_EMBEDDINGS_FILE, "user_id", seq.user_ids, seq.user_states)
+    return RetrievalOutput(seq.item_vectors, seq.user_states, vocabulary=vocabulary, sequence=seq)
+
+
+def _build_towers(inputs: TrainerInputs, run: TrainerRun, train_ds: Any, eval_ds: Any) -> tuple[Any, Any, Any]:
+    """The two-tower retrieval model (compiled, variables built) and its query and candidate towers."""
+    import tensorflow as tf
+
+    from recflow.models.two_tower import FeatureTower, TwoTowerModel
+
+    config = run.config
+    cand_ds = tf.data.Dataset.from_tensor_slices(inputs.cand_features).batch(1024)
+    with run.strategy.scope():
+        query_tower = FeatureTower(inputs.q_feats, inputs.vocab, config.embedding_dim, config.embedding_dim,
+                                   name="query", constant_one=config.item_bias)
+        cand_tower = FeatureTower(inputs.c_feats, inputs.vocab, config.embedding_dim, config.embedding_dim,
+                                  name="candidate", bias_of="item_idx" if config.item_bias else None)
+        retrieval = TwoTowerModel(query_tower, cand_tower, config.temperature, config.logq_correction,
+                                  candidates=cand_ds if eval_ds is not None else None,
+                                  logq_strength=config.logq_strength)
+        retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+        sample = next(iter(train_ds))
+        query_tower(sample), cand_tower(sample)  # build the variables (for warm start and saving)
+    return retrieval, query_tower, cand_tower
+
+
+def warm_start(towers: dict[str, Any], vocabularies: dict[str, list[str]], run: TrainerRun) -> None:
+    """The warm-start stage: the towers start from ``trainer.warm_start_from``'s weights where its vocabularies
+    match; a previous model that cannot be used leaves a cold start and a note."""
+    from recflow.models.two_tower import VOCAB_OF
+    from recflow.training.warm_start import warm_start_towers
+
+    if not run.config.warm_start_from:
+        return
+    try:
+        run.report["warm_start"] = warm_start_towers(towers, Path(run.config.warm_start_from), vocabularies,
+                                                     VOCAB_OF)
+        run.report["warm_start"]["from"] = str(run.config.warm_start_from)
+    except DataError as exc:
+        run.notes.append(f"cold start: {exc}")
+
+
+def _fit_retrieval(inputs: TrainerInputs, run: TrainerRun, retrieval: Any, train_ds: Any, eval_ds: Any) -> None:
+    """Fit the two-tower model (early stopping on the eval split when it has targets) and record the curves."""
+    import tensorflow as tf
+
+    config = run.config
+    callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(run.tmp / bundle_layout.LOGS_DIR / "retrieval"))]
+    monitor = "val_factorized_top_k/top_10_categorical_accuracy"
+    if eval_ds is not None:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
+            monitor=monitor, mode="max", patience=config.early_stopping_patience, restore_best_weights=True))
+    else:
+        run.notes.append("eval split has no positive interactions: retrieval trained without early stopping")
+    started = time.perf_counter()
+    hist = retrieval.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    seconds = time.perf_counter() - started
+    history = _history(hist)
+    epochs_run = len(history.get("loss", []))
+    n_pos = int(inputs.pos_train.sum())
+    run.report["retrieval"] = {
+        "history": history, "epochs_run": epochs_run, "train_examples": n_pos,
+        "train_examples_by_type": _count_types(inputs.train["event_code"][inputs.pos_train], inputs.spec),
+        "event_weights": dict(config.event_weights), "eval_examples": int(inputs.pos_eval.sum()),
+        "seconds": seconds, "examples_per_second": n_pos * epochs_run / seconds if seconds > 0 else None}
+    if eval_ds is not None:
+        run.metrics["retrieval_eval_top10_accuracy"] = max(history[monitor])
+        run.metrics["retrieval_eval_top50_accuracy"] = history["val_factorized_top_k/top_50_categorical_accuracy"][
+            int(np.argmax(history[monitor]))]
+    run.metrics["retrieval_train_loss"] = history["loss"][-1]
+    run.metrics["retrieval_examples_per_second"] = run.report["retrieval"]["examples_per_second"]
+
+
+def _train_user_embeddings(inputs: TrainerInputs, serving: Any, contexts: pd.DataFrame,
+                           default_context: dict[str, Any]) -> tuple[list[str], np.ndarray]:
+    """The exported query tower's embedding of every train-split user in their latest context."""
+    import tensorflow as tf
+
+    spec = inputs.spec
+    train_users = sorted(pd.read_parquet(inputs.examples_dir / "train.parquet", columns=["user_id"])["user_id"]
+                         .astype(str).unique())
+    ctx = contexts.set_index("user_id").reindex(train_users)
+    features = {"user_id": tf.constant(train_users)}
+    for n in spec["context_features"]:
+        col = ctx[n].fillna(default_context[n])
+        kind = spec["raw_features"][n]
+        features[n] = tf.constant(col.astype(str).tolist() if kind == "string" else col.astype(np.int64))
+    return train_users, serving.query(features).numpy().astype(np.float32)
+
+
+def train_two_tower_retrieval(inputs: TrainerInputs, run: TrainerRun, contexts: pd.DataFrame,
+                              default_context: dict[str, Any]) -> RetrievalOutput:
+    """The retrieval stage with the two-tower model: build, warm start, fit, then the export stage (tower
+    weights, SavedModel, item and user embeddings)."""
+    from recflow.models.export import RetrievalServing, save_retrieval
+    from recflow.models.two_tower import VOCAB_OF
+    from recflow.training.warm_start import save_tower_weights
+
+    config, tmp = run.config, run.tmp
+    train_ds = _retrieval_dataset(inputs, config, inputs.train, inputs.pos_train, shuffle=True)
+    eval_ds = (_retrieval_dataset(inputs, config, inputs.evald, inputs.pos_eval, shuffle=False)
+               if inputs.pos_eval.any() else None)
+    retrieval, query_tower, cand_tower = _build_towers(inputs, run, train_ds, eval_ds)
+    towers = {"query": query_tower, "candidate": cand_tower}
+    vocabularies = {v: _decode(inputs.tft_output.vocabulary_by_name(v))
+                    for v in sorted({VOCAB_OF[f] for f in inputs.vocab})}
+    warm_start(towers, vocabularies, run)
+    _fit_retrieval(inputs, run, retrieval, train_ds, eval_ds)
+
+    save_tower_weights(tmp, towers, vocabularies)
+    item_emb = cand_tower.predict(inputs.cand_features, batch_size=4096, verbose=0).astype(np.float32)
+    _write_embeddings(tmp / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id", inputs.item_ids, item_emb)
+    serving = RetrievalServing(str(inputs.graph_dir), inputs.spec, inputs.user_state, query_tower, inputs.item_ids,
+                               item_emb, config.top_k)
+    save_retrieval(serving, inputs.spec, str(tmp / bundle_layout.RETRIEVAL_DIR))
+    train_users, user_emb = _train_user_embeddings(inputs, serving, contexts, default_context)
+    _write_embeddings(tmp / bundle_layout.USER_EMBEDDINGS_FILE, "user_id", train_users, user_emb)
+    return RetrievalOutput(item_emb, user_emb)
+
+
+def write_index(inputs: TrainerInputs, run: TrainerRun, retrieved: RetrievalOutput) -> None:
+    """The index stage: build the candidate index over the item embeddings and measure its recall."""
+    config = run.config
+    index = build_index(inputs.item_ids, retrieved.item_emb, config.index)
+    index_report = measure_index_recall(index, retrieved.user_emb, retrieved.item_emb, config.index,
+                                        seed=config.seed)
+    save_index(index, run.tmp / bundle_layout.INDEX_DIR, index_report)
+    run.report["index"] = index_report
+    for key, value in index_report.items():
+        if key.startswith("index_recall@") and value is not None:
+            run.metrics[key] = float(value)
+
+
+def _ranking_masks(inputs: TrainerInputs, run: TrainerRun) -> tuple[np.ndarray, np.ndarray] | None:
+    """The impressions the ranking model learns from (train, eval), or None (and a note) when there are none."""
+    spec, train, evald = inputs.spec, inputs.train, inputs.evald
+    imp_code = spec["event_codes"]["impression"]
+    rank_train = (train["event_code"] == imp_code) & (train["clicked"] >= 0)
+    rank_eval = (evald["event_code"] == imp_code) & (evald["clicked"] >= 0)
+    if not spec.get("has_impressions") or not rank_train.any():
+        run.notes.append("ranking model skipped: the log has no impression events to learn click-through from")
+        return None
+    if not spec.get("has_clicks") or train["clicked"][rank_train].max() < 1:
+        run.notes.append("ranking model skipped: no impression in the train split was clicked")
+        return None
+    return rank_train, rank_eval
+
+
+def _ranking_dataset(config: TrainerConfig, data: dict[str, np.ndarray], mask: np.ndarray, names: list[str],
+                     shuffle: bool) -> Any:
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(_take(data, mask, names))
+    if shuffle:
+        ds = ds.shuffle(int(mask.sum()), seed=config.seed + 1, reshuffle_each_iteration=True)
+    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
+    """The ranking stage: the click (and purchase) model on impressions, exported as a SavedModel.
+
+    Returns False (with a note) when the log has no clicked impressions to learn from.
+    """
+    import tensorflow as tf
+
+    from recflow.models.export import RankingServing, save_ranking
+    from recflow.models.ranking import DCNRankingModel
+    from recflow.models.two_tower import FeatureTower
+
+    masks = _ranking_masks(inputs, run)
+    if masks is None:
+        return False
+    rank_train, rank_eval = masks
+    config, train, evald, vocab = run.config, inputs.train, inputs.evald, inputs.vocab
+    purchase_weight = config.purchase_weight if inputs.spec.get("has_purchases") and "purchased" in train else 0.0
+    names = sorted(set(inputs.q_feats) | set(inputs.c_feats) | {"clicked"}
+                   | ({"purchased"} if purchase_weight else set()))
+    with run.strategy.scope():
+        ranker = DCNRankingModel(
+            FeatureTower(inputs.q_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_query"),
+            FeatureTower(inputs.c_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_item"),
+            hidden_units=config.ranking_hidden_units, cross_layers=config.ranking_cross_layers,
+            purchase_weight=purchase_weight)
+        ranker.compile(optimizer=tf.keras.optimizers.Adam(config.ranking_learning_rate))
+    callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(run.tmp / bundle_layout.LOGS_DIR / "ranking"))]
+    r_eval = _ranking_dataset(config, evald, rank_eval, names, False) if rank_eval.any() else None
+    if r_eval is not None:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=config.early_stopping_patience, restore_best_weights=True))
+    started = time.perf_counter()
+    hist = ranker.fit(_ranking_dataset(config, train, rank_train, names, True), validation_data=r_eval,
+                      epochs=config.ranking_epochs, callbacks=callbacks, verbose=0)
+    seconds = time.perf_counter() - started
+    history = _history(hist)
+    epochs = len(history.get("loss", []))
+    run.report["ranking"] = {"history": history, "epochs_run": epochs, "train_examples": int(rank_train.sum()),
+                             "seconds": seconds, "examples_per_second": int(rank_train.sum()) * epochs / seconds}
+    if r_eval is not None:
+        best_epoch = int(np.argmax(history["val_auc"]))
+        run.metrics["ranking_eval_auc"] = history["val_auc"][best_epoch]
+        if "val_purchase_auc" in history:
+            run.metrics["ranking_eval_purchase_auc"] = history["val_purchase_auc"][best_epoch]
+    serving = RankingServing(str(inputs.graph_dir), inputs.spec, inputs.user_state, inputs.candidates_raw.copy(),
+                             ranker)
+    save_ranking(serving, inputs.spec, str(run.tmp / bundle_layout.RANKING_DIR))
+    return True
+
+
+def train_history_ranking(inputs: TrainerInputs, run: TrainerRun, retrieved: RetrievalOutput) -> None:
+    """The history ranker (sequence retrieval with ``trainer.history_ranking``), beside the ranking model."""
+    from recflow.training.history_ranking import train_history_ranker
+
+    ranked = train_history_ranker(inputs.examples_dir, retrieved.vocabulary, retrieved.sequence, inputs.item_ids,
+                                  inputs.spec, run.config, run.tmp)
+    run.notes.extend(ranked.notes)
+    run.metrics.update(ranked.metrics)
+    if ranked.trained:
+        run.report["history_ranking"] = ranked.report
+
+
+def _write_report(inputs: TrainerInputs, run: TrainerRun) -> None:
+    report, spec = run.report, inputs.spec
+    report["metrics"] = run.metrics
+    report["notes"] = run.notes
+    report["feature_spec"] = {k: spec[k] for k in ("serving_inputs", "context_features", "behaviour_features",
+                                                   "candidate_features")}
+    report["feature_spec"]["query_features"] = inputs.q_feats
+    report["feature_spec"]["candidate_tower_features"] = inputs.c_feats
+    (run.tmp / bundle_layout.TRAINING_REPORT_FILE).write_text(json.dumps(report, indent=2, default=float),
+                                                       encoding="utf-8")
+
+
+def _train_stages(inputs: TrainerInputs, run: TrainerRun) -> bool:
+    """Every stage after the datasets, into ``run.tmp``; returns whether a ranking model was trained."""
+    contexts, default_context = user_context(inputs.examples_dir, inputs.spec)
+    if run.config.retrieval_model == "sequence":
+        retrieved = train_sequence_retrieval(inputs, run)
+    else:
+        retrieved = train_two_tower_retrieval(inputs, run, contexts, default_context)
+    contexts.to_parquet(run.tmp / bundle_layout.USER_CONTEXT_FILE, index=False)
+    (run.tmp / bundle_layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default_context), encoding="utf-8")
+    write_index(inputs, run, retrieved)
+    ranked = train_ranking(inputs, run)
+    if ranked and run.config.retrieval_model == "sequence" and run.config.history_ranking:
+        train_history_ranking(inputs, run, retrieved)
+    _write_report(inputs, run)
+    return ranked
+
+
+def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: TrainerConfig) -> TrainResult:
+    """Train the retrieval (and, with impressions, the ranking) model and export them; see the module docstring.
+
+    The stages: datasets (:func:`load_inputs`), retrieval (:func:`train_sequence_retrieval` or
+    :func:`train_two_tower_retrieval`, the latter with :func:`warm_start` and the export), the candidate index
+    (:func:`write_index`), ranking (:func:`train_ranking`, then :func:`train_history_ranking`). They write into a
+    staging directory that replaces ``out_dir`` only when every stage succeeded.
+    Raises DataError when the inputs are not ExampleGen/Transform outputs or hold no positive interactions.
+    """
+    import tensorflow as tf
+
+    examples_dir, transform_dir, out_dir = Path(examples_dir), Path(transform_dir), Path(out_dir)
+    tf.keras.utils.set_random_seed(config.seed)
+    if config.deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+    inputs = load_inputs(examples_dir, transform_dir, config)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    notes: list[str] = []
-    metrics: dict[str, float] = {}
-    report: dict[str, Any] = {"config": config.model_dump(), "strategy": None}
+    run = TrainerRun(tmp, config, None, report={"config": config.model_dump(), "strategy": None})
     try:
-        strategy = _strategy()
-        report["strategy"] = type(strategy).__name__
-        names = sorted(set(q_feats) | set(c_feats))
-
-        def as_dataset(data: dict[str, np.ndarray], mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:
-            feats = _take(data, mask, names)
-            feats["candidate_prob"] = item_prob[feats["item_idx"]]
-            feats["sample_weight"] = target_weights(data["event_code"][mask], spec["event_codes"],
-                                                    config.event_weights)
-            ds = tf.data.Dataset.from_tensor_slices(feats)
-            if shuffle:
-                ds = ds.shuffle(len(feats["item_idx"]), seed=config.seed, reshuffle_each_iteration=True)
-            return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
-
-        item_ids = candidates_raw["item_id"].astype(str).tolist()
-        contexts, default_context = user_context(examples_dir, spec)
-        if config.retrieval_model == "sequence":
-            from recflow.models.export import SequenceRetrievalServing, save_sequence_retrieval
-            from recflow.training.sequence_retrieval import history_arrays, train_sequence
-
-            vocabulary = [t.decode("utf-8") if isinstance(t, bytes) else str(t)
-                          for t in tft_output.vocabulary_by_name("item_id")]
-            seq = train_sequence(examples_dir, vocabulary, item_ids, config, tmp)
-            report["retrieval"] = seq.report
-            metrics.update(seq.metrics)
-            notes.extend(seq.notes)
-            item_emb = seq.item_vectors
-            seq_cfg = config.sequence_config()
-            module = SequenceRetrievalServing(
-                seq.encoder, seq.user_ids, history_arrays(seq.histories, seq.catalog_rows, seq_cfg.max_len),
-                seq.catalog_rows, item_ids, item_emb, config.top_k)
-            save_sequence_retrieval(module, spec, str(tmp / "retrieval"))
-            pd.DataFrame({"item_id": item_ids, "embedding": list(item_emb)}).to_parquet(
-                tmp / "item_embeddings.parquet", index=False)
-            user_emb = seq.user_states
-            pd.DataFrame({"user_id": seq.user_ids, "embedding": list(user_emb)}).to_parquet(
-                tmp / "user_embeddings.parquet", index=False)
-        else:
-            train_ds = as_dataset(train, pos_train, shuffle=True)
-            eval_ds = as_dataset(evald, pos_eval, shuffle=False) if pos_eval.any() else None
-            cand_ds = tf.data.Dataset.from_tensor_slices(cand_features).batch(1024)
-            with strategy.scope():
-                query_tower = FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="query",
-                                           constant_one=config.item_bias)
-                cand_tower = FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim,
-                                          name="candidate", bias_of="item_idx" if config.item_bias else None)
-                retrieval = TwoTowerModel(query_tower, cand_tower, config.temperature, config.logq_correction,
-                                          candidates=cand_ds if eval_ds is not None else None,
-                                          logq_strength=config.logq_strength)
-                retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
-                sample = next(iter(train_ds))
-                query_tower(sample), cand_tower(sample)  # build the variables (for warm start and saving)
-            vocabularies = {v: [t.decode("utf-8") if isinstance(t, bytes) else str(t)
-                                for t in tft_output.vocabulary_by_name(v)]
-                            for v in sorted({VOCAB_OF[f] for f in vocab})}
-            if config.warm_start_from:
-                try:
-                    report["warm_start"] = warm_start_towers({"query": query_tower, "candidate": cand_tower},
-                                                             Path(config.warm_start_from), vocabularies, VOCAB_OF)
-                    report["warm_start"]["from"] = str(config.warm_start_from)
-                except DataError as exc:
-                    notes.append(f"cold start: {exc}")
-            callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(tmp / "logs" / "retrieval"))]
-            monitor = "val_factorized_top_k/top_10_categorical_accuracy"
-            if eval_ds is not None:
-                callbacks.append(tf.keras.callbacks.EarlyStopping(
-                    monitor=monitor, mode="max", patience=config.early_stopping_patience, restore_best_weights=True))
-            else:
-                notes.append("eval split has no positive interactions: retrieval trained without early stopping")
-            started = time.perf_counter()
-            hist = retrieval.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, callbacks=callbacks,
-                                 verbose=0)
-            seconds = time.perf_counter() - started
-            history = _history(hist)
-            epochs_run = len(history.get("loss", []))
-            n_pos = int(pos_train.sum())
-            report["retrieval"] = {"history": history, "epochs_run": epochs_run, "train_examples": n_pos,
-                                   "train_examples_by_type": _count_types(train["event_code"][pos_train], spec),
-                                   "event_weights": dict(config.event_weights),
-                                   "eval_examples": int(pos_eval.sum()), "seconds": seconds,
-                                   "examples_per_second": n_pos * epochs_run / seconds if seconds > 0 else None}
-            if eval_ds is not None:
-                best = max(history[monitor])
-                metrics["retrieval_eval_top10_accuracy"] = best
-                metrics["retrieval_eval_top50_accuracy"] = history["val_factorized_top_k/top_50_categorical_accuracy"][
-                    int(np.argmax(history[monitor]))]
-            metrics["retrieval_train_loss"] = history["loss"][-1]
-            metrics["retrieval_examples_per_second"] = report["retrieval"]["examples_per_second"]
-
-            save_tower_weights(tmp, {"query": query_tower, "candidate": cand_tower}, vocabularies)
-            item_emb = cand_tower.predict(cand_features, batch_size=4096, verbose=0).astype(np.float32)
-            pd.DataFrame({"item_id": item_ids, "embedding": list(item_emb)}).to_parquet(
-                tmp / "item_embeddings.parquet", index=False)
-
-            serving = RetrievalServing(str(graph_dir), spec, user_state, query_tower, item_ids, item_emb, config.top_k)
-            save_retrieval(serving, spec, str(tmp / "retrieval"))
-            train_users = sorted(pd.read_parquet(examples_dir / "train.parquet", columns=["user_id"])["user_id"]
-                                 .astype(str).unique())
-            ctx = contexts.set_index("user_id").reindex(train_users)
-            inputs = {"user_id": tf.constant(train_users)}
-            for n in spec["context_features"]:
-                col = ctx[n].fillna(default_context[n])
-                kind = spec["raw_features"][n]
-                inputs[n] = tf.constant(col.astype(str).tolist() if kind == "string" else col.astype(np.int64))
-            user_emb = serving.query(inputs).numpy().astype(np.float32)
-            pd.DataFrame({"user_id": train_users, "embedding": list(user_emb)}).to_parquet(
-                tmp / "user_embeddings.parquet", index=False)
-        contexts.to_parquet(tmp / "user_context.parquet", index=False)
-        (tmp / "default_context.json").write_text(json.dumps(default_context), encoding="utf-8")
-        index = build_index(item_ids, item_emb, config.index)
-        index_report = measure_index_recall(index, user_emb, item_emb, config.index, seed=config.seed)
-        save_index(index, tmp / "index", index_report)
-        report["index"] = index_report
-        for key, value in index_report.items():
-            if key.startswith("index_recall@") and value is not None:
-                metrics[key] = float(value)
-
-        ranking_dir = None
-        imp_code = spec["event_codes"]["impression"]
-        rank_train = (train["event_code"] == imp_code) & (train["clicked"] >= 0)
-        rank_eval = (evald["event_code"] == imp_code) & (evald["clicked"] >= 0)
-        if not spec.get("has_impressions") or not rank_train.any():
-            notes.append("ranking model skipped: the log has no impression events to learn click-through from")
-        elif not spec.get("has_clicks") or train["clicked"][rank_train].max() < 1:
-            notes.append("ranking model skipped: no impression in the train split was clicked")
-        else:
-            purchase_weight = config.purchase_weight if spec.get("has_purchases") and "purchased" in train else 0.0
-            rnames = sorted(set(q_feats) | set(c_feats) | {"clicked"} | ({"purchased"} if purchase_weight else set()))
-
-            def rank_ds(data: dict[str, np.ndarray], mask: np.ndarray, shuffle: bool) -> tf.data.Dataset:
-                ds = tf.data.Dataset.from_tensor_slices(_take(data, mask, rnames))
-                if shuffle:
-                    ds = ds.shuffle(int(mask.sum()), seed=config.seed + 1, reshuffle_each_iteration=True)
-                return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
-
-            with strategy.scope():
-                ranker = DCNRankingModel(
-                    FeatureTower(q_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_query"),
-                    FeatureTower(c_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_item"),
-                    hidden_units=config.ranking_hidden_units, cross_layers=config.ranking_cross_layers,
-                    purchase_weight=purchase_weight)
-                ranker.compile(optimizer=tf.keras.optimizers.Adam(config.ranking_learning_rate))
-            rcallbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(tmp / "logs" / "ranking"))]
-            r_eval = rank_ds(evald, rank_eval, False) if rank_eval.any() else None
-            if r_eval is not None:
-                rcallbacks.append(tf.keras.callbacks.EarlyStopping(
-                    monitor="val_auc", mode="max", patience=config.early_stopping_patience,
-                    restore_best_weights=True))
-            started = time.perf_counter()
-            rhist = ranker.fit(rank_ds(train, rank_train, True), validation_data=r_eval,
-                               epochs=config.ranking_epochs, callbacks=rcallbacks, verbose=0)
-            rseconds = time.perf_counter() - started
-            rhistory = _history(rhist)
-            repochs = len(rhistory.get("loss", []))
-            report["ranking"] = {"history": rhistory, "epochs_run": repochs, "train_examples": int(rank_train.sum()),
-                                 "seconds": rseconds,
-                                 "examples_per_second": int(rank_train.sum()) * repochs / rseconds}
-            if r_eval is not None:
-                best_epoch = int(np.argmax(rhistory["val_auc"]))
-                metrics["ranking_eval_auc"] = rhistory["val_auc"][best_epoch]
-                if "val_purchase_auc" in rhistory:
-                    metrics["ranking_eval_purchase_auc"] = rhistory["val_purchase_auc"][best_epoch]
-            items_raw = candidates_raw.copy()
-            rserving = RankingServing(str(graph_dir), spec, user_state, items_raw, ranker)
-            save_ranking(rserving, spec, str(tmp / "ranking"))
-            ranking_dir = out_dir / "ranking"
-            if config.retrieval_model == "sequence" and config.history_ranking:
-                from recflow.training.history_ranking import train_history_ranker
-
-                ranked = train_history_ranker(examples_dir, vocabulary, seq, item_ids, spec, config, tmp)
-                notes.extend(ranked.notes)
-                metrics.update(ranked.metrics)
-                if ranked.trained:
-                    report["history_ranking"] = ranked.report
-
-        report["metrics"] = metrics
-        report["notes"] = notes
-        report["feature_spec"] = {k: spec[k] for k in ("serving_inputs", "context_features",
-                                                       "behaviour_features", "candidate_features")}
-        report["feature_spec"]["query_features"] = q_feats
-        report["feature_spec"]["candidate_tower_features"] = c_feats
-        (tmp / "training.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
+        run.strategy = _strategy()
+        run.report["strategy"] = type(run.strategy).__name__
+        ranked = _train_stages(inputs, run)
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TrainResult(
         out_dir=out_dir,
-        retrieval_dir=out_dir / "retrieval",
-        ranking_dir=ranking_dir,
-        item_embeddings_path=out_dir / "item_embeddings.parquet",
-        user_embeddings_path=out_dir / "user_embeddings.parquet",
-        training_json=out_dir / "training.json",
-        logs_dir=out_dir / "logs",
-        metrics=metrics,
-        notes=notes,
-        history=report,
+        retrieval_dir=out_dir / bundle_layout.RETRIEVAL_DIR,
+        ranking_dir=out_dir / bundle_layout.RANKING_DIR if ranked else None,
+        item_embeddings_path=out_dir / bundle_layout.ITEM_EMBEDDINGS_FILE,
+        user_embeddings_path=out_dir / bundle_layout.USER_EMBEDDINGS_FILE,
+        training_json=out_dir / bundle_layout.TRAINING_REPORT_FILE,
+        logs_dir=out_dir / bundle_layout.LOGS_DIR,
+        metrics=run.metrics,
+        notes=run.notes,
+        history=run.report,
     )

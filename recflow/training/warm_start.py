@@ -44,9 +44,8 @@ def save_tower_weights(out_dir: Path, towers: Mapping[str, Any], vocabularies: M
     """Write the variables of ``towers`` (name -> Keras model) and the id vocabularies into ``out_dir``."""
     out_dir = Path(out_dir)
     arrays = {_key(name, i): v.numpy() for name, tower in towers.items() for i, v in enumerate(tower.variables)}
-    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, allow_pickle=False, **arrays)
     with atomic_path(out_dir / VOCAB_FILE) as tmp:
         tmp.write_text(json.dumps(dict(vocabularies)), encoding="utf-8")
 

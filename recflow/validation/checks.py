@@ -148,7 +148,8 @@ def _coerce_numeric(raw: pd.Series) -> pd.Series:
         return pd.Series(np.nan, index=raw.index)
     if pd.api.types.is_numeric_dtype(raw.dtype):
         return raw.astype("float64")
-    if pd.api.types.infer_dtype(raw, skipna=True) not in ("string", "empty", "integer", "floating", "mixed-integer-float"):
+    numeric_kinds = ("string", "empty", "integer", "floating", "mixed-integer-float")
+    if pd.api.types.infer_dtype(raw, skipna=True) not in numeric_kinds:
         return pd.Series(np.nan, index=raw.index)  # bytes, dates, lists ...: not numbers
     return pd.to_numeric(raw.where(raw.notna(), None), errors="coerce").astype("float64")
 

@@ -119,8 +119,9 @@ def infer_kind(path: Path, columns: list[str], metadata_kind: bytes | None = Non
     """Which table a file holds: Parquet metadata first, then the file name, then the columns."""
     if metadata_kind is not None:
         text = metadata_kind.decode("utf-8", "replace")
-        if text in schema.TABLE_KINDS:
-            return text  # type: ignore[return-value]
+        for kind in schema.TABLE_KINDS:
+            if text == kind:
+                return kind
     stem = path.name.lower().split(".")[0]
     for kind in schema.TABLE_KINDS:
         if stem == kind or stem.startswith((kind + "_", kind + "-")):
