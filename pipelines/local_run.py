@@ -121,7 +121,15 @@ class LocalRunResult:
         lines.append("")
         if self.pushed_to:
             pusher = self.step("pusher").notes
-            if pusher.get("alias") == "canary":
+            fallback = evaluation.notes.get("fallback_baseline") or {}
+            if pusher.get("kind") == "baseline":
+                lines.append(f"pushed the run's BEST BASELINE, {fallback.get('label', '?')} "
+                             f"({fallback.get('metric', '')} {fallback.get('value', float('nan')):.4f} vs the "
+                             f"candidate's {fallback.get('candidate_value', float('nan')):.4f}), as the champion: "
+                             f"{self.pushed_to}")
+                lines.append("  (the candidate was not blessed and the store had no champion; a blessed model "
+                             "replaces it; release.baseline_fallback=never turns this off)")
+            elif pusher.get("alias") == "canary":
                 lines.append(f"pushed model bundle: {self.pushed_to} as the canary (the champion keeps serving the "
                              "other users until the online guardrail promotes or rolls it back)")
             else:

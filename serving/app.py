@@ -102,7 +102,9 @@ class SlateItem(BaseModel):
     item_id: str
     position: int
     score: float
-    click_probability: float
+    click_probability: float | None = Field(
+        None, description="The ranking model's click estimate; null when a baseline bundle (no click model) served"
+    )
     propensity: float
 
 
@@ -211,8 +213,9 @@ class Metrics:
         )
         self.model = Gauge(
             "recflow_model_version_info",
-            "Model version served per variant (value 1; with several workers, one series per worker pid)",
-            ["variant", "version"],
+            "Model version served per variant, and its kind: model, or baseline (the run's best baseline, pushed "
+            "when its candidate lost); value 1; with several workers, one series per worker pid",
+            ["variant", "version", "kind"],
             registry=self.registry,
             multiprocess_mode="liveall",
         )
@@ -254,7 +257,8 @@ class Metrics:
             self.model_events[event].inc()
 
     def refresh_versions(self, rec: Recommender) -> None:
-        shown = {(name, variant.bundle.version) for name, variant in rec.variants.items()}
+        shown = {(name, variant.bundle.version, getattr(variant.bundle, "kind", "model"))
+                 for name, variant in rec.variants.items()}
         for labels in self._shown - shown:
             if self.multiprocess:
                 self.model.labels(*labels).set(0)  # a multiprocess gauge's series cannot be removed
@@ -348,7 +352,7 @@ def create_app(
         result = out.to_dict()
         for item in result["items"]:
             for field in ("score", "click_probability"):
-                if not math.isfinite(item[field]):
+                if item[field] is not None and not math.isfinite(item[field]):
                     item[field] = 0.0
         return result
 

@@ -150,15 +150,15 @@ def _serve(
     log_event(
         "model_loaded",
         version=rec.champion.version,
+        kind=getattr(rec.champion, "kind", "model"),
         items=len(rec.champion.item_ids),
         seconds=round(time.perf_counter() - started, 2),
     )
     log_event("startup", url=f"http://{cfg.host}:{cfg.port}", version=rec.champion.version,
               feedback_dir=str(fb_dir), pid=os.getpid())
-    click.echo(
-        f"serving model {rec.champion.version} on http://{cfg.host}:{cfg.port} (feedback log: {fb_dir})",
-        err=True,
-    )
+    what = (f"the run's best baseline {rec.champion.label} as model {rec.champion.version} (its candidate was not "
+            "blessed)" if getattr(rec.champion, "kind", "model") == "baseline" else f"model {rec.champion.version}")
+    click.echo(f"serving {what} on http://{cfg.host}:{cfg.port} (feedback log: {fb_dir})", err=True)
     config = uvicorn.Config(
         create_app(rec), log_level="warning", access_log=False, log_config=None, lifespan="on"
     )

@@ -40,6 +40,7 @@ import pandas as pd
 
 from recflow.errors import DataError
 from recflow.release import ArmStats
+from serving.baseline_bundle import BaselineBundle, is_baseline_bundle
 from serving.bundle import ServingBundle
 from serving.config import ServingConfig
 from serving.decisions import SharedDecisions
@@ -68,7 +69,7 @@ class RecommendedItem:
     item_id: str
     position: int
     score: float  # the policy's final score (exported policy + online correction)
-    click_probability: float  # the ranking model's estimate
+    click_probability: float | None  # the ranking model's estimate (None: a baseline bundle has no click model)
     propensity: float  # probability the policy put this item in this slot, given the slots above
 
 
@@ -101,6 +102,8 @@ class Variant:
 
     @property
     def policy_id(self) -> str:
+        if isinstance(self.bundle, BaselineBundle):
+            return f"{self.bundle.version}/baseline:{self.bundle.label}"
         return f"{self.bundle.version}/{self.bundle.policy_meta.get('agent', 'policy')}+online"
 
 
@@ -146,7 +149,10 @@ def local_bundle_path(store: Any, info: Any) -> str:
 
 def load_bundle(path: str | Path, version: str, config: ServingConfig, *, share_arrays: bool = False) -> ServingBundle:
     """:meth:`ServingBundle.load` with the serving config's index settings (approximate index and its check);
-    ``share_arrays``: memory-map the arrays shared by the service's worker processes."""
+    ``share_arrays``: memory-map the arrays shared by the service's worker processes. A bundle of kind
+    ``baseline`` (the run's best baseline, pushed when its candidate lost) loads as a :class:`BaselineBundle`."""
+    if is_baseline_bundle(path):
+        return BaselineBundle.load(path, version)  # type: ignore[return-value]
     return ServingBundle.load(
         path,
         version,
@@ -214,7 +220,7 @@ class Recommender:
         if self.catalog is not None:
             bundle.add_items(self.catalog)
         online = None
-        if self.config.online_learning:
+        if self.config.online_learning and not isinstance(bundle, BaselineBundle):
             layout = bundle.policy_scorer.layout
             online = OnlineLinUCB(
                 layout.global_dim + layout.arm_dim,
@@ -395,6 +401,8 @@ class Recommender:
         counter: int,
     ) -> tuple[Recommendation, np.ndarray, np.ndarray]:
         b, cfg = variant.bundle, self.config
+        if isinstance(b, BaselineBundle):
+            return self._recommend_baseline(variant, user_id, context, k, history, exclude, request_id)
         ctx = b.context_for(user_id, context)
         top, policy_user, cold = self.retrieve(b, user_id, ctx, history, exclude)
         new_with_history = not cold and user_id not in b.user_index
@@ -436,6 +444,29 @@ class Recommender:
             {c: ctx.get(c) for c in ("hour", "weekday", "device", "region")},
         )
         return rec, feats[slots], base[slots]
+
+    def _recommend_baseline(
+        self,
+        variant: Variant,
+        user_id: str,
+        context: Mapping[str, Any] | None,
+        k: int,
+        history: Sequence[HistoryEntry] | None,
+        exclude: Sequence[str] | None,
+        request_id: str,
+    ) -> tuple[Recommendation, np.ndarray, np.ndarray]:
+        """A slate from a baseline bundle: its own top-``k`` in order (no exploration: propensity 1), from the
+        request's history, else the history this service saw, else the user's training history."""
+        b: BaselineBundle = variant.bundle  # type: ignore[assignment]
+        entries = history or self.histories.get(user_id)
+        seen = [(e.item_id, e.event_type or "view", e.timestamp) for e in entries or ()]
+        items = b.slate(user_id, k, seen or None, list(exclude) if exclude else None)
+        slots = [RecommendedItem(item, pos, float(len(items) - pos), None, 1.0) for pos, item in enumerate(items)]
+        ctx = dict(context or {})
+        cold = not seen and user_id not in b.user_index
+        rec = Recommendation(request_id, user_id, slots, b.version, variant.policy_id, variant.name, cold,
+                             {c: ctx.get(c) for c in ("hour", "weekday", "device", "region")})
+        return rec, np.zeros((len(slots), 0)), np.zeros(len(slots))
 
     def retrieve(
         self,
@@ -552,10 +583,10 @@ class Recommender:
                     row["propensity"] = d.rec.items[pos].propensity
                     if kind == "impression":  # what the model predicted, for the drift job's prediction tests
                         for name in ("score", "click_probability"):
-                            value = float(getattr(d.rec.items[pos], name))
-                            if math.isfinite(value):
-                                row[name] = value
-                    if row["price"] is None:
+                            value = getattr(d.rec.items[pos], name)
+                            if value is not None and math.isfinite(float(value)):
+                                row[name] = float(value)
+                    if row["price"] is None and not isinstance(d.variant.bundle, BaselineBundle):
                         idx = d.variant.bundle.item_index.get(item)
                         row["price"] = None if idx is None else float(d.variant.bundle.item_price[idx])
                     learn.append((d, pos, kind))
@@ -615,7 +646,8 @@ class Recommender:
             rec, _, _ = self._recommend_with(
                 probe, user, None, min(10, self.config.max_k), None, None, f"warmup-{i}", i
             )
-            scores = [s.score for s in rec.items] + [s.click_probability for s in rec.items]
+            scores = [s.score for s in rec.items] + [s.click_probability for s in rec.items
+                                                     if s.click_probability is not None]
             if not rec.items or not np.all(np.isfinite(scores)):
                 raise DataError(f"bundle {bundle.version}: warm-up request for {user!r} gave no valid slate")
 
@@ -761,6 +793,8 @@ class Recommender:
         from serving.explain import explain_slate
 
         b = bundle or self.champion
+        if isinstance(b, BaselineBundle):
+            return 0.0  # nothing to explain: a baseline has no ranking model
         started = time.perf_counter()
         user = next(iter(b.user_index), "__warmup_unknown__")
         rec, _, _ = self._recommend_with(
@@ -791,6 +825,9 @@ class Recommender:
         d = self._decision(request_id)
         if d is None:
             raise KeyError(request_id)
+        if isinstance(d.variant.bundle, BaselineBundle):
+            raise DataError(f"request {request_id} was served by the baseline {d.variant.bundle.label} "
+                            f"(model {d.variant.bundle.version}): a count has no features to explain")
         return explain_slate(
             d.variant.bundle, d.rec, background=self.config.explanation_background, seed=self.config.seed
         )

@@ -175,3 +175,54 @@ def test_the_store_publishes_the_baseline_only_while_there_is_no_champion(tmp_pa
     (model / "weights.bin").write_bytes(b"w")
     pushed = store.push({"model": model}, blessed, canary=True)
     assert pushed.pushed and pushed.as_canary and store.bundle(pushed.version).kind == "model"
+
+
+def test_the_service_serves_a_baseline_bundle_over_python_and_http(tmp_path, evaluated, examples):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.config import ServingConfig
+    from serving.feedback_log import read_feedback
+    from serving.recommender import Recommender
+
+    out, _, chosen = evaluated
+    store = ModelStore(tmp_path / "store")
+    assert store.push_baseline(out / FALLBACK_DIR, out).pushed
+    rec = Recommender.load(store, ServingConfig(), feedback_dir=tmp_path / "feedback")
+    try:
+        assert rec.champion.kind == "baseline" and rec.champion.label == chosen["label"]
+        direct = ServableBaseline.load(out / FALLBACK_DIR)
+        known = rec.recommend("u005", k=5)
+        assert [s.item_id for s in known.items] == direct.recommend("u005", 5)
+        assert known.policy_id == f"v0001/baseline:{chosen['label']}" and not known.cold_start
+        assert all(s.propensity == 1.0 and s.click_probability is None for s in known.items)
+        history = [{"item_id": "i001", "event_type": "view"}, {"item_id": "i004", "event_type": "click"}]
+        new = rec.recommend("new-user", k=5, history=history, exclude=["i002"])
+        assert [s.item_id for s in new.items] == direct.recommend(
+            "new-user", 5, [("i001", "view", None), ("i004", "click", None)], ["i002"])
+        with pytest.raises(DataError, match="served by the baseline"):
+            rec.explain(new.request_id)
+
+        key = "k" * 24
+        with TestClient(create_app(rec, api_key=key, watch=False)) as client:
+            r = client.post("/v1/recommendations", json={"user_id": "new-user", "k": 5, "history": history,
+                                                         "exclude": ["i002"]})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert [it["item_id"] for it in body["items"]] == [s.item_id for s in new.items]
+            assert all(it["click_probability"] is None for it in body["items"])
+            events = [{"event_type": "impression", "item_id": it["item_id"], "request_id": body["request_id"]}
+                      for it in body["items"]]
+            events.append({"event_type": "click", "item_id": body["items"][0]["item_id"],
+                           "request_id": body["request_id"]})
+            r = client.post("/v1/feedback", json={"events": events}, headers={"X-API-Key": key})
+            assert r.status_code == 200 and r.json() == {"accepted": 6}
+            metrics = client.get("/metrics").text
+            assert [ln for ln in metrics.splitlines() if ln.startswith("recflow_model_version_info")] == [
+                'recflow_model_version_info{kind="baseline",variant="champion",version="v0001"} 1.0']
+            assert client.get(f"/v1/recommendations/{body['request_id']}/explanation").status_code in (400, 422)
+        logged = read_feedback(rec.feedback_log.log_dir)
+        mine = logged[logged["request_id"] == body["request_id"]]
+        assert len(mine) == 6 and set(mine["policy_id"]) == {f"v0001/baseline:{chosen['label']}"}
+    finally:
+        rec.close()

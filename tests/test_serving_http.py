@@ -77,7 +77,7 @@ def test_recommendations_feedback_explanation_and_metrics(app_client) -> None:
     metrics = client.get("/metrics").text
     assert 'recflow_http_requests_total{endpoint="/v1/recommendations",method="POST",status="200"}' in metrics
     assert "recflow_http_request_seconds_bucket" in metrics
-    assert 'recflow_model_version_info{variant="champion",version="v0001"} 1.0' in metrics
+    assert 'recflow_model_version_info{kind="model",variant="champion",version="v0001"} 1.0' in metrics
     assert "recflow_feedback_learner_lag_events" in metrics
     assert "/v1/feedback" in client.get("/openapi.json").json()["paths"]
 
