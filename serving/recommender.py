@@ -5,7 +5,7 @@
     out = rec.recommend("u000001", context={"hour": 20, "device": "mobile"}, k=10)
     out.items[0].item_id, out.items[0].propensity, out.request_id, out.variant
 
-One request: retrieval (numpy inner products, exact top-M) -> ranking model on the M candidates -> the best
+One request: retrieval (numpy inner products, exact top-M) -> ranking model (numpy) on the M candidates -> the best
 ``ranked_candidates`` by click probability -> the policy (exported TF-Agents policy + online LinUCB
 correction) fills ``k`` slots epsilon-greedily and reports each slot's propensity.
 
@@ -398,12 +398,11 @@ class Recommender:
         ctx = b.context_for(user_id, context)
         top, policy_user, cold = self.retrieve(b, user_id, ctx, history, exclude)
         new_with_history = not cold and user_id not in b.user_index
-        top_ids = b.item_ids[top]
         if policy_user is not None and b.has_history_ranker and b.sequence is not None:
             seen = b.sequence.history_for(user_id, history, self.histories.get(user_id))
             prob = b.rank_with_history(policy_user, seen, top, ctx)
         else:
-            prob = b.rank(user_id, top_ids.tolist(), ctx)
+            prob = b.rank_candidates(user_id, top, ctx)
         n_pool = min(max(cfg.ranked_candidates, k), len(top))
         pool_order = np.argsort(-prob, kind="stable")[:n_pool]
         pool, pool_prob = top[pool_order], prob[pool_order]
@@ -574,7 +573,7 @@ class Recommender:
         for d, pos, kind in learn:
             if d.variant.online is not None:
                 d.variant.online.submit(kind, d.features[pos], float(d.base[pos]))
-        for d, pos, kind in learn:  # per-variant outcomes, for the canary guardrail
+        for d, _pos, kind in learn:  # per-variant outcomes, for the canary guardrail
             if kind == "impression":
                 d.variant.stats.impressions += 1
             elif kind == "click":

@@ -228,6 +228,46 @@ def test_numpy_policy_and_context_encoding_equal_the_exported_policy(rec) -> Non
         np.testing.assert_allclose(b.reward_network(g, a)[0], mean, rtol=1e-5, atol=1e-6)
 
 
+def test_numpy_ranking_engine_equals_the_ranking_savedmodel(rec) -> None:
+    import copy
+
+    b = rec.champion
+    assert b.ranking_engine == "numpy"  # built and passed its load-time check
+    rng = np.random.default_rng(11)
+    users = [*list(b.numpy_ranker.user_row)[:4], "someone-never-seen", ""]
+    contexts = [{"hour": 3, "weekday": 1, "device": "mobile", "region": "west"}, {"device": "fridge"}, {},
+                {"hour": 22, "weekday": 6, "region": "nowhere"}]
+    for n, user in enumerate(users):
+        rows = rng.choice(len(b.item_ids), size=30, replace=False)
+        ctx = b.context_for(user, contexts[n % len(contexts)])
+        np.testing.assert_allclose(b.rank_candidates(user, rows, ctx),
+                                   b._rank_savedmodel(user, b.item_ids[rows].tolist(), ctx), atol=1e-5, rtol=0)
+    # the load-time check fails for an engine that is wrong (here: a shifted click head)
+    broken = copy.copy(b)
+    broken.numpy_ranker = copy.copy(b.numpy_ranker)
+    kernel, bias = b.numpy_ranker.head
+    broken.numpy_ranker.head = (kernel, bias + 0.05)
+    assert not broken.numpy_ranking_matches()
+
+
+def test_requests_without_a_sequence_state_are_ranked_without_tensorflow(rec, monkeypatch) -> None:
+    from serving.bundle import ServingBundle
+
+    b = rec.champion
+    savedmodel = ServingBundle._rank_savedmodel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the request path called the ranking SavedModel")
+
+    monkeypatch.setattr(ServingBundle, "_rank_savedmodel", refuse)
+    out = rec.recommend("ranked-without-tf", {"hour": 14, "device": "desktop"}, k=5)
+    assert out.cold_start  # no sequence state: the DCN ranking model's path
+    monkeypatch.setattr(ServingBundle, "_rank_savedmodel", savedmodel)
+    ids = [s.item_id for s in out.items]
+    expected = b._rank_savedmodel("ranked-without-tf", ids, b.context_for("ranked-without-tf", out.context))
+    np.testing.assert_allclose([s.click_probability for s in out.items], expected, atol=1e-5, rtol=0)
+
+
 def test_recommend_known_user_slate_fields_and_exclusions(rec) -> None:
     out = rec.recommend("u000001", {"hour": 9, "device": "mobile"}, k=7)
     ids = [s.item_id for s in out.items]
@@ -336,9 +376,9 @@ def test_requests_with_a_sequence_state_are_ranked_by_the_history_ranker(store_r
     try:
         out = greedy.recommend("ranker-newcomer", {"device": "mobile"}, k=5, history=history)
         gb = greedy.champion
-        g_top, g_state, _ = greedy.retrieve(gb, "ranker-newcomer", gb.context_for("ranker-newcomer", {"device": "mobile"}),
-                                            entries, None)
-        g_prob = gb.rank_with_history(g_state, entries, g_top, gb.context_for("ranker-newcomer", {"device": "mobile"}))
+        g_ctx = gb.context_for("ranker-newcomer", {"device": "mobile"})
+        g_top, g_state, _ = greedy.retrieve(gb, "ranker-newcomer", g_ctx, entries, None)
+        g_prob = gb.rank_with_history(g_state, entries, g_top, g_ctx)
         expected = [str(gb.item_ids[r]) for r in g_top[np.argsort(-g_prob, kind="stable")[:5]]]
         assert [s.item_id for s in out.items] == expected
         assert [s.click_probability for s in out.items] == pytest.approx(np.sort(g_prob)[::-1][:5])
@@ -411,6 +451,10 @@ def test_new_catalog_items_are_recommendable_from_content(parts: Path, tmp_path:
             bundle.item_category[: bundle.trained_items] == cat
         ]
         np.testing.assert_allclose(r.champion.item_matrix[row], same.mean(axis=0), rtol=1e-5)
+        ids = ["brand-new-1", "brand-new-2", str(bundle.item_ids[0])]  # unknown to the ranking model: OOV row
+        ctx = r.champion.context_for("someone-new", None)
+        np.testing.assert_allclose(r.champion.rank("someone-new", ids, ctx),
+                                   r.champion._rank_savedmodel("someone-new", ids, ctx), atol=1e-5, rtol=0)
         seen = {s.item_id for _ in range(40) for s in r.recommend("someone-new", k=10).items}
         assert {"brand-new-1", "brand-new-2"} & seen
     finally:
@@ -654,7 +698,8 @@ def test_retrieval_through_an_approximate_index_checked_at_load(parts: Path, tmp
     assert len(again) == 20 and not set(ann.item_ids[again]) & set(banned)
     # new catalog items join the index with their rows
     n = ann.add_items(pd.DataFrame({"item_id": ["brand-new"], "category": [str(ann.item_category[0])]}))
-    assert n == 1 and ann.ann_index.item_ids[-1] == "brand-new" and ann.ann_index.faiss_index.ntotal == len(ann.item_ids)
+    assert n == 1 and ann.ann_index.item_ids[-1] == "brand-new"
+    assert ann.ann_index.faiss_index.ntotal == len(ann.item_ids)
     # an index whose recorded recall is too low is refused, and so is one whose recorded recall is a lie
     low = _with_index(parts, tmp_path / "low", CandidateIndexConfig(kind="hnsw", recall_ks=(10,)), recorded=0.5)
     with pytest.raises(DataError, match="min_index_recall"):
