@@ -5,7 +5,8 @@ or by a caller (the benchmark, tests). Each :meth:`CanaryController.step`:
 
 1. follows the store's ``canary`` alias: a new canary is loaded and warmed up (a bundle that fails either --
    e.g. NaN scores, a transform graph that does not match the serving features -- is rolled back at once, with
-   the error as the reason; :func:`bundle_consistency` refuses parts that do not belong together) and served to ``release.canary.share`` of users, stable by a hash of the user id;
+   the error as the reason; :func:`bundle_consistency` refuses parts that do not belong together) and served
+   to ``release.canary.share`` of users, stable by a hash of the user id;
    a canary decided elsewhere (``recflow models canary promote|abort``) is promoted or dropped here too;
 2. asks the guardrail (:func:`recflow.release.canary_decision`) once ``decide_every`` more canary requests were
    served, with both arms' requests, errors, latency, impressions and clicks;

@@ -92,7 +92,6 @@ def serve_workers(
 ) -> None:
     """Run ``workers`` worker processes on ``sock`` until SIGINT/SIGTERM, rolling them onto new champions."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     run_dir = Path(tempfile.mkdtemp(prefix="recflow-serve-"))
     metrics_dir = run_dir / "prometheus"

@@ -268,6 +268,65 @@ def test_requests_without_a_sequence_state_are_ranked_without_tensorflow(rec, mo
     np.testing.assert_allclose([s.click_probability for s in out.items], expected, atol=1e-5, rtol=0)
 
 
+def test_micro_batcher_gathers_queued_calls_in_order_and_bounds_batches() -> None:
+    import asyncio
+
+    from serving.batching import MicroBatcher
+
+    batcher: MicroBatcher = MicroBatcher(max_batch=4)
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def work(i: int) -> int:
+        gate.wait(5)  # the first call holds the thread while the others queue
+        if i == 5:
+            raise ValueError("bad five")
+        seen.append(i)
+        return i * i
+
+    async def main() -> list:
+        tasks = [asyncio.ensure_future(batcher.submit(work, i)) for i in range(10)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert [o for i, o in enumerate(out) if i != 5] == [i * i for i in range(10) if i != 5]
+    assert isinstance(out[5], ValueError)  # one call's error is that request's alone
+    assert seen == [i for i in range(10) if i != 5]  # arrival order
+    assert batcher.calls == 10 and batcher.largest == 4 and batcher.batches >= 3  # queued calls gathered, bounded
+
+
+def test_batched_recommendations_equal_unbatched(rec) -> None:
+    import asyncio
+
+    from serving.batching import MicroBatcher
+    from serving.recommender import Recommender
+
+    config = ServingConfig(online_learning=False)
+    alone, batched = Recommender(rec.champion, config), Recommender(rec.champion, config)
+    users = [f"u{n:06d}" for n in range(1, 15)] + ["batch-newcomer-1", "batch-newcomer-2"]
+    batcher: MicroBatcher = MicroBatcher(max_batch=8)
+
+    async def main() -> list:
+        return await asyncio.gather(*[batcher.submit(batched.recommend, u, {"hour": 9}, 6) for u in users])
+
+    try:
+        expected = [alone.recommend(u, {"hour": 9}, 6) for u in users]
+        got = asyncio.run(main())
+    finally:
+        batcher.stop()
+        alone.close()
+        batched.close()
+    assert batcher.largest > 1  # the requests really were computed in batches
+    for a, b in zip(expected, got, strict=True):
+        assert [(s.item_id, s.propensity, s.click_probability) for s in a.items] == \
+            [(s.item_id, s.propensity, s.click_probability) for s in b.items]
+
+
 def test_recommend_known_user_slate_fields_and_exclusions(rec) -> None:
     out = rec.recommend("u000001", {"hour": 9, "device": "mobile"}, k=7)
     ids = [s.item_id for s in out.items]
