@@ -19,11 +19,11 @@ from pipelines.sample_bundle import SMALL_WORLD as WORLD
 from pipelines.sample_bundle import bundle_parts, push
 from recflow.errors import DataError
 from recflow.model_store import ModelStore
+from recflow.policy.online import OnlineLinUCB
 from recflow.simulator import SimulatorConfig
 from serving.ab_report import ab_report, plot_ab_report
 from serving.config import ServingConfig
 from serving.feedback_log import FeedbackLog, iter_feedback, read_feedback, segment_paths
-from serving.online import OnlineLinUCB
 from serving.recommender import epsilon_greedy_slate
 
 
