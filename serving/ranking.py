@@ -143,7 +143,7 @@ class NumpyRanker:
     """Click probabilities of the DCN ranking SavedModel in numpy (see the module docstring)."""
 
     def __init__(self, loaded: Any, model_dir: Path, transform_graph_dir: Path, spec: Mapping[str, Any],
-                 item_ids: Sequence[str]) -> None:
+                 item_ids: Sequence[str] | np.ndarray) -> None:
         import tensorflow_transform as tft
 
         self.spec = dict(spec)
@@ -195,7 +195,8 @@ class NumpyRanker:
         self.user_features = [f for f in self.query.features if f not in CONTEXT_DERIVED and f != "user_idx"]
         self.user_values = {f: transformed[f] for f in self.user_features}
 
-    def _item_rows(self, loaded: Any, graph_dir: Path, item_ids: Sequence[str], vocab: Vocabulary) -> None:
+    def _item_rows(self, loaded: Any, graph_dir: Path, item_ids: Sequence[str] | np.ndarray,
+                   vocab: Vocabulary) -> None:
         """The item tower's output of every item the SavedModel knows plus one row per OOV bucket, and each
         bundle item's row in that table."""
         from recflow.features.transform import apply_transform_graph
@@ -221,7 +222,7 @@ class NumpyRanker:
         self.item_table_rows = np.zeros(0, np.int64)
         self.add_items(item_ids)
 
-    def add_items(self, item_ids: Sequence[str]) -> None:
+    def add_items(self, item_ids: Sequence[str] | np.ndarray) -> None:
         """Append bundle items (in bundle row order): known items use their own row, others their OOV row."""
         ids = [str(i) for i in item_ids]
         rows = np.array([self._known_items.get(i, -1) for i in ids], np.int64)

@@ -46,7 +46,7 @@ class Service:
 
 
 def service(request: Request) -> Service:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 #: The handlers' parameter that receives the app's :class:`Service`.
