@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -54,12 +54,18 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    recommender: Recommender, *, api_key: str | None = None, watch: bool = True, warm_explanations: bool = True
+    recommender: Recommender,
+    *,
+    api_key: str | None = None,
+    watch: bool = True,
+    warm_explanations: bool = True,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``recommender``. ``api_key`` defaults to ``$RECFLOW_API_KEY``; without one the
     write and admin endpoints answer 401 (they are never open by accident). ``watch``: hot-swap new champions of
     the store; ``warm_explanations``: explain one slate in the background at start-up (when
-    ``serving.warm_explanations``). Both start in the app's lifespan, which also stops the batcher."""
+    ``serving.warm_explanations``). Both start in the app's lifespan, which at shutdown stops the batcher (after
+    the requests it holds) and then calls ``on_shutdown``."""
     config = recommender.config
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     if key is None:
@@ -81,6 +87,8 @@ def create_app(
             yield
         finally:
             batcher.stop()
+            if on_shutdown is not None:
+                on_shutdown()
 
     app = FastAPI(title="recflow recommendations", version="1", description=__doc__, lifespan=lifespan)
     app.state.service = Service(recommender, metrics, batcher, key)

@@ -72,18 +72,16 @@ def app_factory() -> Any:
         except Exception as exc:  # noqa: BLE001 - explanations stay available, only slower the first time
             log_event("explainer_warm_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
     log_event("worker_ready", worker=name, version=rec.champion.version, pid=os.getpid())
-    # the parent watches the champion alias and rolls the workers; explanations are warm already
-    app = create_app(rec, watch=False, warm_explanations=False)
-    if rec.canary is not None:  # each worker follows the canary; one of them decides (serving.canary)
-        rec.start_watcher(swap=False)
-
     def stop() -> None:
         rec.close()
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid())
 
-    app.router.add_event_handler("shutdown", stop)
+    # the parent watches the champion alias and rolls the workers; explanations are warm already
+    app = create_app(rec, watch=False, warm_explanations=False, on_shutdown=stop)
+    if rec.canary is not None:  # each worker follows the canary; one of them decides (serving.canary)
+        rec.start_watcher(swap=False)
     return app
 
 
