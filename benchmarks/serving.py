@@ -7,6 +7,10 @@ Steps:
 1. **Model** (cached in ``$RECFLOW_BENCH_DIR``, default ``<tmp>/recflow-bench``): simulator data with a
    50,000-item catalog, then the pipeline's own steps (ExampleGen, Transform, TFRS two-tower + ranking with
    64-d embeddings and short epochs, the TF-Agents policy), pushed into a model store.
+Also measured in process: the ranking model on the retrieved candidates by the numpy engine the service uses
+(``ranking_engine_ms``) and by the SavedModel it replaces (``ranking_savedmodel_ms``), with their largest
+difference.
+
 2. **Servers**, each its own process on 127.0.0.1 (uvicorn, one worker): the full service (``recflow serve``:
    retrieval, ranking, policy, online learner, request log) and the bare baseline (the retrieval SavedModel's
    ``serving_default`` alone behind a minimal FastAPI endpoint).
@@ -327,6 +331,34 @@ def sweep(name: str, url: str, bodies: Bodies, seconds: float) -> tuple[dict[str
     return results, best
 
 
+def _ranking_timings(bundle: Any, users: list[str], candidates: int) -> dict[str, Any]:
+    """The ranking model on ``candidates`` items: the numpy engine the service uses and the SavedModel it
+    replaces (same user, context and items; median ms), and their largest difference in click probability."""
+    rng = np.random.default_rng(3)
+    engine, saved, diff = [], [], 0.0
+    for i in range(200):
+        user = users[i % len(users)]
+        rows = rng.choice(len(bundle.item_ids), size=candidates, replace=False)
+        ids = bundle.item_ids[rows].tolist()
+        ctx = bundle.context_for(user, {"hour": i % 24})
+        s0 = time.perf_counter()
+        a = bundle.rank_candidates(user, rows, ctx)
+        s1 = time.perf_counter()
+        b = bundle._rank_savedmodel(user, ids, ctx)
+        s2 = time.perf_counter()
+        if i >= 20:  # warm
+            engine.append((s1 - s0) * 1000)
+            saved.append((s2 - s1) * 1000)
+        diff = max(diff, float(np.abs(a - b).max()))
+    return {
+        "ranking_engine": bundle.ranking_engine,
+        "ranking_candidates": candidates,
+        "ranking_engine_ms": float(np.median(engine)),
+        "ranking_savedmodel_ms": float(np.median(saved)),
+        "ranking_engine_max_abs_diff": diff,
+    }
+
+
 def in_process_timings(store_root: Path, users: list[str]) -> dict[str, float]:
     """The bare SavedModel call and the in-process Recommender call, median of repeated calls (ms)."""
     import tensorflow as tf
@@ -359,6 +391,7 @@ def in_process_timings(store_root: Path, users: list[str]) -> dict[str, float]:
         s0 = time.perf_counter()
         rec.recommend(b["user_id"], b["context"], 10)
         r.append((time.perf_counter() - s0) * 1000)
+    ranking = _ranking_timings(rec.champion, users, rec.config.retrieval_candidates)
     emb = rec.champion.item_matrix
     q = emb[0]
     a = []
@@ -372,6 +405,7 @@ def in_process_timings(store_root: Path, users: list[str]) -> dict[str, float]:
         "in_process_recommend_ms": float(np.median(r)),
         "in_process_recommend_p99_ms": float(np.percentile(r, 99)),
         "numpy_top10_ms": float(np.median(a)),
+        **ranking,
         "catalog_items": int(emb.shape[0]),
         "embedding_dim": int(emb.shape[1]),
     }

@@ -153,6 +153,11 @@ def serving_section(d: dict[str, Any]) -> list[str]:
               f"(target 0 and <= 50 ms: {_met(swap_ok)}). "
               f"Bare model call {_f(d.get('bare_model_call_ms'), 2)} ms, in-process recommend "
               f"{_f(d.get('in_process_recommend_ms'), 2)} ms."]
+    if "ranking_engine_ms" in d:
+        lines[-1] += (f" Ranking {d.get('ranking_candidates')} candidates: the numpy engine the service uses "
+                      f"{_f(d['ranking_engine_ms'], 2)} ms vs the SavedModel "
+                      f"{_f(d.get('ranking_savedmodel_ms'), 2)} ms "
+                      f"(largest difference in click probability {d.get('ranking_engine_max_abs_diff', 0):.1e}).")
     m = d.get("million_items")
     if m:
         lines += ["", f"1,000,000 items (faiss IVF, recall@10 vs exact {_f(m.get('recall_at_10_at_load'))} re-measured "

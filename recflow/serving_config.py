@@ -144,6 +144,14 @@ class ServingConfig(BaseModel):
     explanation_background: int = Field(
         20, ge=2, description="Background samples of the SHAP explainer (permutation over raw features)."
     )
+    batch_max_size: int = Field(
+        32, ge=1, description="Most recommendation requests computed in one batch: the requests that queued while "
+        "the previous batch was computing (serving/batching.py; 1: one at a time, still off the event loop)."
+    )
+    batch_max_wait_ms: float = Field(
+        0.0, ge=0.0, le=100.0, description="How long a batch waits for more requests before it is computed "
+        "(0: it takes only what has queued already, adding no latency)."
+    )
     blas_threads: int | None = Field(
         1, ge=1, description="BLAS threads of the serving process (1: a single request's matvec is fastest "
         "that way, and threads fight under load); None leaves the default."

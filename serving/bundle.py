@@ -14,7 +14,10 @@ SavedModel costs milliseconds, so the request path here is numpy wherever that i
   the query tower's output for a known user (``user_embeddings.parquet``). Users without either get the query
   tower's output for their context (one SavedModel call per distinct context, cached) plus a log-popularity
   prior;
-* ranking: one batched call of the ranking SavedModel on the M retrieved items;
+* ranking: the DCN ranking SavedModel re-implemented in numpy (:mod:`serving.ranking`: item tower outputs
+  computed once at load, the query tower and the deep & cross layers per request), checked against the
+  SavedModel at load time on a fixed sample (the SavedModel serves when they differ); requests with a sequence
+  state are ranked by the history-aware model (numpy) instead;
 * policy: the neural epsilon-greedy policy's reward network re-implemented in numpy from the exported
   variables, checked against the SavedModel at load time (other agents are called through the SavedModel).
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ from recflow.training.sequence_retrieval import ENCODER_FILE, ITEMS_FILE
 from serving.history import HistoryEntry
 
 CONTEXT_FIELDS: tuple[str, ...] = ("hour", "weekday", "device", "region")
+log = logging.getLogger(__name__)
 
 
 def _matrix(path: Path, id_column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -287,6 +292,7 @@ class ServingBundle:
     sequence: SequenceState | None = None
     ann_index: Any = None  # recflow.index.CandidateIndex (approximate) or None: exact numpy retrieval
     index_report: dict[str, Any] | None = None  # index.json plus the recall measured at load
+    numpy_ranker: Any = None  # serving.ranking.NumpyRanker, or None: rank with the SavedModel
 
     def __post_init__(self) -> None:
         self.item_index = {str(i): n for n, i in enumerate(self.item_ids)}
@@ -300,12 +306,17 @@ class ServingBundle:
         version: str = "local",
         *,
         verify_numpy_policy: bool = True,
+        verify_numpy_ranking: bool = True,
         ann_index: bool = False,
         min_index_recall: float = 0.95,
         index_check_queries: int = 200,
         share_arrays: bool = False,
     ) -> ServingBundle:
         """Load the bundle directory ``path``; a missing or broken part raises :class:`DataError`.
+
+        (Over 80 lines on purpose, for now: it is the one place that reads every file of the bundle, and the
+        bundle layout module of issue 18 is replacing its file names; it is split along the parts it reads
+        once that has landed, so the two changes do not collide.)
 
         ``share_arrays``: memory-map the large arrays from files shared by every process serving this bundle
         (:func:`shared_arrays`; the worker processes of ``recflow serve --workers``).
@@ -334,11 +345,12 @@ class ServingBundle:
             candidates = pd.read_parquet(root / bundle_layout.TRANSFORM_DIR / bundle_layout.CANDIDATES_FILE)
             retrieval = tf.saved_model.load(str(model / bundle_layout.RETRIEVAL_DIR))
             ranking_dir = model / bundle_layout.RANKING_DIR
-            ranking_fn = (
-                tf.saved_model.load(str(ranking_dir)).signatures["serving_default"]
+            ranking_model = (
+                tf.saved_model.load(str(ranking_dir))
                 if (ranking_dir / bundle_layout.SAVED_MODEL_FILE).is_file()
                 else None
             )
+            ranking_fn = None if ranking_model is None else ranking_model.signatures["serving_default"]
             scorer = load_policy(root / bundle_layout.POLICY_DIR)
             sequence = SequenceState(model) if (model / ENCODER_FILE).is_file() else None
         except DataError:
@@ -416,6 +428,12 @@ class ServingBundle:
             bundle.reward_network = (
                 None  # fall back to the SavedModel rather than serve a wrong re-implementation
             )
+        if ranking_model is not None:
+            bundle.numpy_ranker = _numpy_ranker(ranking_model, root, spec, item_ids)
+            if bundle.numpy_ranker is not None and verify_numpy_ranking and not bundle.numpy_ranking_matches():
+                log.warning("%s: the numpy ranking engine differs from the ranking SavedModel on the check "
+                            "sample; ranking with the SavedModel", root)
+                bundle.numpy_ranker = None
         return bundle
 
     # ------------------------------------------------------------------ catalog
@@ -456,6 +474,8 @@ class ServingBundle:
             [self.item_price, new.get("price", pd.Series([0.0] * len(new))).fillna(0.0).to_numpy(float)]
         )
         self.item_index = {str(i): n for n, i in enumerate(self.item_ids)}
+        if self.numpy_ranker is not None:
+            self.numpy_ranker.add_items(new_ids)
         return len(new)
 
     # ------------------------------------------------------------------ model calls
@@ -509,8 +529,30 @@ class ServingBundle:
         with self._cold_lock:
             return fn(**inputs)["embedding"].numpy()[0].astype(np.float32)
 
+    @property
+    def ranking_engine(self) -> str:
+        """What ranks requests without a sequence state: ``numpy``, ``savedmodel`` or ``none`` (no ranking
+        model: the retrieval inner product)."""
+        return "none" if self.ranking_fn is None else "numpy" if self.numpy_ranker is not None else "savedmodel"
+
+    def rank_candidates(self, user_id: str, rows: np.ndarray, context: Mapping[str, Any]) -> np.ndarray:
+        """Click probabilities of the items at ``rows`` for the user in ``context``: the numpy engine when the
+        bundle has one (no TensorFlow call), else one batched SavedModel call."""
+        if self.numpy_ranker is not None:
+            query = self.numpy_ranker.query_vector(user_id, context, self.default_context)
+            return self.numpy_ranker.click_probabilities(query, rows)
+        return self._rank_savedmodel(user_id, self.item_ids[rows].tolist(), context)
+
     def rank(self, user_id: str, item_ids: Sequence[str], context: Mapping[str, Any]) -> np.ndarray:
-        """Click probabilities of ``item_ids`` for the user in ``context`` (one batched model call)."""
+        """Click probabilities of ``item_ids`` for the user in ``context`` (see :meth:`rank_candidates`; ids
+        outside the bundle's catalog are ranked by the SavedModel)."""
+        rows = [self.item_index.get(str(i)) for i in item_ids]
+        if self.numpy_ranker is not None and None not in rows:
+            return self.rank_candidates(user_id, np.array(rows, np.int64), context)
+        return self._rank_savedmodel(user_id, item_ids, context)
+
+    def _rank_savedmodel(self, user_id: str, item_ids: Sequence[str], context: Mapping[str, Any]) -> np.ndarray:
+        """:meth:`rank` by one batched call of the ranking SavedModel."""
         import tensorflow as tf
 
         n = len(item_ids)
@@ -614,6 +656,21 @@ class ServingBundle:
         key = "predicted_rewards_optimistic" if scorer.agent == "lin_ucb" else "predicted_rewards_mean"
         return getattr(info, key).numpy().reshape(-1)[:n].astype(np.float64)
 
+    def numpy_ranking_matches(self, tol: float = 1e-5) -> bool:
+        """Whether the numpy ranking engine reproduces the SavedModel's click probabilities on the fixed sample
+        of :func:`serving.ranking.ranking_sample` (known and unknown users and contexts)."""
+        from serving.ranking import ranking_sample
+
+        if self.numpy_ranker is None:
+            return False
+        users = list(self.numpy_ranker.user_row)
+        for user, rows, ctx in ranking_sample(users, len(self.item_ids), self.default_context):
+            ids = self.item_ids[rows].tolist()
+            if not np.allclose(self.rank_candidates(user, rows, ctx), self._rank_savedmodel(user, ids, ctx),
+                               atol=tol, rtol=0.0):
+                return False
+        return True
+
     def numpy_policy_matches(self, trials: int = 3, tol: float = 1e-4) -> bool:
         """Whether the numpy reward network reproduces the SavedModel's scores on random inputs."""
         if self.reward_network is None:
@@ -630,6 +687,20 @@ class ServingBundle:
             ):
                 return False
         return True
+
+
+def _numpy_ranker(loaded: Any, root: Path, spec: Mapping[str, Any], item_ids: np.ndarray) -> Any:
+    """The numpy engine of the ranking SavedModel ``loaded`` (:class:`serving.ranking.NumpyRanker`), or None
+    (with a warning) when it cannot be built from this bundle; the SavedModel then ranks."""
+    from serving.ranking import NumpyRanker
+
+    try:
+        return NumpyRanker(loaded, root / bundle_layout.MODEL_DIR,
+                           root / bundle_layout.TRANSFORM_DIR / bundle_layout.TRANSFORM_GRAPH_DIR, spec, item_ids)
+    except Exception as exc:  # noqa: BLE001 - an older or unusual bundle is still served, by the SavedModel
+        log.warning("%s: no numpy ranking engine (%s: %s); ranking with the SavedModel", root,
+                    type(exc).__name__, exc)
+        return None
 
 
 def _plain(value: Any) -> Any:

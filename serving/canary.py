@@ -5,7 +5,8 @@ or by a caller (the benchmark, tests). Each :meth:`CanaryController.step`:
 
 1. follows the store's ``canary`` alias: a new canary is loaded and warmed up (a bundle that fails either --
    e.g. NaN scores, a transform graph that does not match the serving features -- is rolled back at once, with
-   the error as the reason; :func:`bundle_consistency` refuses parts that do not belong together) and served to ``release.canary.share`` of users, stable by a hash of the user id;
+   the error as the reason; :func:`bundle_consistency` refuses parts that do not belong together) and served
+   to ``release.canary.share`` of users, stable by a hash of the user id;
    a canary decided elsewhere (``recflow models canary promote|abort``) is promoted or dropped here too;
 2. asks the guardrail (:func:`recflow.release.canary_decision`) once ``decide_every`` more canary requests were
    served, with both arms' requests, errors, latency, impressions and clicks;
@@ -17,6 +18,14 @@ or by a caller (the benchmark, tests). Each :meth:`CanaryController.step`:
 
 Requests keep flowing throughout: the variants change by one reference assignment, and feedback for a slate
 served by a rolled-back canary is still attributed and logged (the served decision keeps its variant).
+
+**Several workers** (``recflow serve --workers N``): every worker runs a controller (stepped by its own canary
+watcher) and serves the canary to the same users (the hash decides). Each publishes its arms' counts to the
+workers' shared database (:class:`serving.decisions.SharedDecisions`); the guardrail sees their sum over the
+workers, and exactly one worker decides -- the holder of the ``canary-decider`` lease there (renewed on every
+step, taken over by another worker when it lapses, e.g. when its holder is rolled). The others follow the store
+as for a decision taken by hand. A decider that takes over starts the guardrail's confidence sequences afresh
+from the summed counts.
 """
 
 from __future__ import annotations
@@ -79,8 +88,12 @@ class CanaryController:
     """Runs the canary of one serving process (see the module docstring)."""
 
     def __init__(self, recommender: Any, store: ModelStore, config: CanaryConfig, *,
-                 tracking_uri: str | None = None, model_name: str | None = None) -> None:
+                 tracking_uri: str | None = None, model_name: str | None = None, shared: Any = None,
+                 worker: str | None = None, lease_s: float = 30.0) -> None:
         self.rec = recommender
+        self.shared = shared  # serving.decisions.SharedDecisions of the service's workers (None: one process)
+        self.worker = worker or f"pid{id(self):x}"
+        self.lease_s = lease_s
         self.store = store
         self.config = config
         self.tracking_uri = tracking_uri
@@ -95,7 +108,7 @@ class CanaryController:
 
     # ------------------------------------------------------------------ following the store
     def _load(self, version: str) -> str:
-        from serving.recommender import load_bundle, local_bundle_path
+        from serving.watcher import load_bundle, local_bundle_path
 
         info = self.store.bundle(version)
         self.rec.hold_served(loading=[version])
@@ -149,8 +162,25 @@ class CanaryController:
         variants = self.rec.variants
         return variants["champion"].stats, variants[CANARY].stats
 
-    def _decide(self, force: bool = False) -> str:
+    def _shared_arms(self) -> tuple[Any, Any] | None:
+        """With several workers: publish this worker's counts, and the sums over every worker when this worker
+        is the one that decides (None when another one is)."""
+        assert self.shared is not None and self.version is not None
         champion, canary = self._arms()
+        self.shared.publish_arms(self.worker, self.version, {"champion": champion, CANARY: canary})
+        if not self.shared.claim("canary-decider", self.worker, self.lease_s):
+            return None
+        summed = self.shared.summed_arms(self.version)
+        return summed.get("champion", champion), summed.get(CANARY, canary)
+
+    def _decide(self, force: bool = False) -> str:
+        if self.shared is not None:
+            arms = self._shared_arms()
+            if arms is None:
+                return "continue"  # another worker decides; this one follows the store
+            champion, canary = arms
+        else:
+            champion, canary = self._arms()
         if not force and canary.requests - self.requests_at_last_check < self.config.decide_every:
             return "continue"
         self.requests_at_last_check = canary.requests

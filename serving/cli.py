@@ -133,7 +133,7 @@ def _serve(
         log_event("startup", url=f"http://{cfg.host}:{cfg.port}", workers=cfg.workers, feedback_dir=str(fb_dir),
                   pid=os.getpid())
         click.echo(f"serving {root} with {cfg.workers} workers on http://{cfg.host}:{cfg.port}", err=True)
-        serve_workers(sock, cfg.workers, root, cfg, Path(fb_dir), catalog)
+        serve_workers(sock, cfg.workers, root, cfg, Path(fb_dir), catalog, canary=state.config.release.canary)
         return
     quiet_imports()  # TensorFlow's CUDA probe lines, tf_agents' SyntaxWarning, Gym's banner
     import pandas as pd

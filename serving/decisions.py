@@ -5,6 +5,11 @@ the slate. Each worker keeps its recent slates in memory and also writes them he
 mode, no fsync -- a slate lost in a crash only loses the enrichment of its feedback, never the feedback) in the
 service's run directory. A lookup that misses the worker's own memory reads it from here. The newest
 ``capacity`` slates are kept.
+
+The same database carries what the canary guardrail needs from every worker (:mod:`serving.canary`): each
+worker's per-arm counts for the running canary (:meth:`SharedDecisions.publish_arms`, summed by
+:meth:`SharedDecisions.summed_arms`) and the lease that makes exactly one worker the one that decides
+(:meth:`SharedDecisions.claim`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from recflow.release import ArmStats
+
 PRUNE_EVERY = 1000
+_ARM_FIELDS = ("requests", "errors", "latency_sum_ms", "latency_sumsq_ms", "impressions", "clicks")
 
 
 def _array(data: dict[str, Any]) -> np.ndarray:
@@ -39,6 +47,11 @@ class SharedDecisions:
             "CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, created REAL, slate TEXT, "
             "features BLOB, base BLOB, shape TEXT)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS arms (worker TEXT, canary TEXT, arm TEXT, "
+            + ", ".join(f"{f} REAL" for f in _ARM_FIELDS) + ", updated REAL, PRIMARY KEY (worker, canary, arm))"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT, expires REAL)")
         self._puts = 0
 
     def put(self, request_id: str, slate: dict[str, Any], features: np.ndarray, base: np.ndarray) -> None:
@@ -70,6 +83,45 @@ class SharedDecisions:
             _array({"bytes": features, "dtype": np.float32, "shape": json.loads(shape)}),
             np.frombuffer(base, dtype=np.float64),
         )
+
+    # ------------------------------------------------------------------ the canary's numbers and its decider
+    def publish_arms(self, worker: str, canary: str, arms: dict[str, ArmStats]) -> None:
+        """Record ``worker``'s counts per arm (``champion``, ``canary``) since it started serving ``canary``."""
+        rows = [(worker, canary, arm, *(float(getattr(stats, f)) for f in _ARM_FIELDS), time.time())
+                for arm, stats in arms.items()]
+        marks = ", ".join("?" * (len(_ARM_FIELDS) + 4))
+        with self._lock:
+            self._db.executemany(f"INSERT OR REPLACE INTO arms VALUES ({marks})", rows)
+
+    def summed_arms(self, canary: str) -> dict[str, ArmStats]:
+        """Each arm's counts for ``canary`` summed over every worker that published them."""
+        sums = ", ".join(f"SUM({f})" for f in _ARM_FIELDS)
+        with self._lock:
+            rows = self._db.execute(f"SELECT arm, {sums} FROM arms WHERE canary = ? GROUP BY arm",
+                                    (canary,)).fetchall()
+        out = {}
+        for arm, *values in rows:
+            out[arm] = ArmStats(**{f: (int(v) if f in ("requests", "errors", "impressions", "clicks") else float(v))
+                                   for f, v in zip(_ARM_FIELDS, values, strict=True)})
+        return out
+
+    def claim(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` for ``ttl_s`` seconds; False while another holder's
+        lease runs (one atomic statement: at most one holder at any time)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
+                "expires = excluded.expires WHERE leases.holder = excluded.holder OR leases.expires < ?",
+                (name, holder, now + ttl_s, now),
+            )
+            row = self._db.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+        return row is not None and row[0] == holder
+
+    def release(self, name: str, holder: str) -> None:
+        """Give the lease ``name`` up, if ``holder`` has it."""
+        with self._lock:
+            self._db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     def close(self) -> None:
         with self._lock:

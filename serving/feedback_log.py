@@ -8,8 +8,8 @@ writes everything queued so far with one ``fsync``, so many small requests share
 Segments are named ``feedback-<start ms>-<seq>.jsonl`` (``feedback-<start ms>-<seq>-<writer>.jsonl`` when
 several worker processes log into one directory: each writes its own segments, so each worker's events stay in
 the order it acknowledged them, and no two processes ever append to one file) and rotated by size and age; a
-segment is never rewritten. :func:`read_feedback` returns the events in the recflow events schema (monitoring and retraining
-read it like any other event log); a line torn by a crash at the very end of a segment is skipped.
+segment is never rewritten. :func:`read_feedback` returns the events in the recflow events schema (monitoring and
+retraining read it like any other event log); a line torn by a crash at the very end of a segment is skipped.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -52,7 +52,7 @@ def _seconds(value: Any, where: str) -> float:
     if not isinstance(value, datetime) or value != value:  # NaT compares unequal to itself
         raise DataError(f"{where}.timestamp: not a date/time")
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.timestamp()
 
 

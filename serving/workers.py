@@ -7,7 +7,8 @@ are memory-mapped from one file per array, so the workers share one copy in the 
 
 What the workers share: the listening socket, the bundle's arrays (page cache), the served slates
 (:class:`serving.decisions.SharedDecisions`, so a click posted to any worker is attributed to its slate) and the
-Prometheus counters (``PROMETHEUS_MULTIPROC_DIR``). What each has of its own: its feedback log segments (named
+Prometheus counters (``PROMETHEUS_MULTIPROC_DIR``) and, while a canary runs, each worker's counts per arm and the
+lease of the one worker that decides (:mod:`serving.canary`). What each has of its own: its feedback log segments (named
 after it: durable and ordered per worker), its in-memory user histories and its online learner.
 
 **Model swaps** happen off the serving path, in new processes: the parent polls the store's champion alias
@@ -45,6 +46,7 @@ def app_factory() -> Any:
     quiet_imports()
     import pandas as pd
 
+    from recflow.release import CanaryConfig
     from serving.app import create_app
     from serving.config import ServingConfig
     from serving.recommender import Recommender, limit_threads
@@ -57,6 +59,7 @@ def app_factory() -> Any:
         rec = Recommender.load(
             spec["store"], cfg, feedback_dir=spec["feedback_dir"], catalog=catalog, worker=name,
             shared_decisions=spec["decisions"],
+            canary=CanaryConfig(**spec["canary"]) if spec.get("canary") else None,
         )
     except Exception as exc:  # noqa: BLE001 - a worker that cannot load must not be restarted in a loop
         from uvicorn.config import STARTUP_FAILURE
@@ -69,16 +72,16 @@ def app_factory() -> Any:
         except Exception as exc:  # noqa: BLE001 - explanations stay available, only slower the first time
             log_event("explainer_warm_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
     log_event("worker_ready", worker=name, version=rec.champion.version, pid=os.getpid())
-    # the parent watches the store and rolls the workers; explanations are warm already
-    app = create_app(rec, watch=False, warm_explanations=False)
-
     def stop() -> None:
         rec.close()
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid())
 
-    app.router.add_event_handler("shutdown", stop)
+    # the parent watches the champion alias and rolls the workers; explanations are warm already
+    app = create_app(rec, watch=False, warm_explanations=False, on_shutdown=stop)
+    if rec.canary is not None:  # each worker follows the canary; one of them decides (serving.canary)
+        rec.start_watcher(swap=False)
     return app
 
 
@@ -89,10 +92,11 @@ def serve_workers(
     config: Any,
     feedback_dir: Path,
     catalog: Path | None,
+    canary: Any = None,
 ) -> None:
-    """Run ``workers`` worker processes on ``sock`` until SIGINT/SIGTERM, rolling them onto new champions."""
+    """Run ``workers`` worker processes on ``sock`` until SIGINT/SIGTERM, rolling them onto new champions;
+    ``canary`` (``release.canary``): the workers follow the store's canary, one of them deciding."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     run_dir = Path(tempfile.mkdtemp(prefix="recflow-serve-"))
     metrics_dir = run_dir / "prometheus"
@@ -105,6 +109,7 @@ def serve_workers(
             "feedback_dir": str(feedback_dir),
             "catalog": str(catalog) if catalog else None,
             "decisions": str(run_dir / "decisions.sqlite"),
+            "canary": canary.model_dump(mode="json") if canary is not None else None,
             "log_level": config.log_level,
         }
     )

@@ -184,3 +184,49 @@ def test_a_canary_whose_transform_comes_from_another_shop_is_refused(parts: Path
         assert "the transform graph does not match the model" in reason
     finally:
         rec.close()
+
+
+def test_with_several_workers_the_guardrail_sums_their_counts_and_one_of_them_decides(
+    parts: Path, tmp_path: Path
+) -> None:
+    """Two workers of one service (two recommenders sharing the service's SQLite file, as `recflow serve
+    --workers 2` runs them): requests alternate between them and each slate's feedback reaches the other one,
+    as a load balancer would send it. The worse canary is rolled back by exactly one worker, on counts summed
+    over both; the other follows the store."""
+    from serving.recommender import Recommender
+
+    root = _store_with_canary(tmp_path, parts)
+    store = ModelStore(root)
+    cfg = ServingConfig(online_learning=False, warmup_requests=3)
+    workers = [Recommender.load(root, cfg, feedback_dir=tmp_path / "fb", canary=CFG, worker=f"w{i}",
+                                shared_decisions=tmp_path / "decisions.sqlite") for i in range(2)]
+    rng = np.random.default_rng(4)
+    ctr = {"champion": 0.3, "canary": 0.1}
+    try:
+        assert all(w.canary.version == "v0002" for w in workers)
+        outcomes: list[set[str]] = []
+        for i in range(3000):
+            serving, other = workers[i % 2], workers[1 - i % 2]
+            out = serving.recommend(f"u{rng.integers(300):06d}", k=5)
+            fb = [{"event_type": "impression", "item_id": s.item_id, "request_id": out.request_id}
+                  for s in out.items]
+            fb += [{"event_type": "click", "item_id": s.item_id, "request_id": out.request_id}
+                   for s in out.items if rng.random() < ctr[out.variant]]
+            assert len(other.record_feedback(fb)) == len(fb)  # attributed through the shared slates
+            own = [w.variants["canary"].stats.requests for w in workers]
+            outcomes.append({w.canary.step() for w in workers})
+            if "rollback" in outcomes[-1]:
+                break
+        deciders = [w for w in workers if w.canary.decisions.get("rollback")]
+        assert len(deciders) == 1  # exactly one process decided
+        follower = next(w for w in workers if w is not deciders[0])
+        assert outcomes[-1] == {"rollback", "dropped"} or follower.canary.step() == "dropped"
+        assert all(set(w.variants) == {"champion"} for w in workers)
+        last = store.canary_decisions()[-1]
+        assert last["decision"] == "rolled_back" and last["reason"].startswith("click rate lower")
+        summed = last["stats"]["canary"]["requests"]
+        assert max(own) < summed <= sum(own)  # both workers' requests, not the decider's alone
+        assert store.champion().version == "v0001" and store.canary() is None
+    finally:
+        for w in workers:
+            w.close()

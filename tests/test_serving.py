@@ -19,11 +19,11 @@ from pipelines.sample_bundle import SMALL_WORLD as WORLD
 from pipelines.sample_bundle import bundle_parts, push
 from recflow.errors import DataError
 from recflow.model_store import ModelStore
+from recflow.policy.online import OnlineLinUCB
 from recflow.simulator import SimulatorConfig
 from serving.ab_report import ab_report, plot_ab_report
 from serving.config import ServingConfig
 from serving.feedback_log import FeedbackLog, iter_feedback, read_feedback, segment_paths
-from serving.online import OnlineLinUCB
 from serving.recommender import epsilon_greedy_slate
 
 
@@ -228,6 +228,105 @@ def test_numpy_policy_and_context_encoding_equal_the_exported_policy(rec) -> Non
         np.testing.assert_allclose(b.reward_network(g, a)[0], mean, rtol=1e-5, atol=1e-6)
 
 
+def test_numpy_ranking_engine_equals_the_ranking_savedmodel(rec) -> None:
+    import copy
+
+    b = rec.champion
+    assert b.ranking_engine == "numpy"  # built and passed its load-time check
+    rng = np.random.default_rng(11)
+    users = [*list(b.numpy_ranker.user_row)[:4], "someone-never-seen", ""]
+    contexts = [{"hour": 3, "weekday": 1, "device": "mobile", "region": "west"}, {"device": "fridge"}, {},
+                {"hour": 22, "weekday": 6, "region": "nowhere"}]
+    for n, user in enumerate(users):
+        rows = rng.choice(len(b.item_ids), size=30, replace=False)
+        ctx = b.context_for(user, contexts[n % len(contexts)])
+        np.testing.assert_allclose(b.rank_candidates(user, rows, ctx),
+                                   b._rank_savedmodel(user, b.item_ids[rows].tolist(), ctx), atol=1e-5, rtol=0)
+    # the load-time check fails for an engine that is wrong (here: a shifted click head)
+    broken = copy.copy(b)
+    broken.numpy_ranker = copy.copy(b.numpy_ranker)
+    kernel, bias = b.numpy_ranker.head
+    broken.numpy_ranker.head = (kernel, bias + 0.05)
+    assert not broken.numpy_ranking_matches()
+
+
+def test_requests_without_a_sequence_state_are_ranked_without_tensorflow(rec, monkeypatch) -> None:
+    from serving.bundle import ServingBundle
+
+    b = rec.champion
+    savedmodel = ServingBundle._rank_savedmodel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the request path called the ranking SavedModel")
+
+    monkeypatch.setattr(ServingBundle, "_rank_savedmodel", refuse)
+    out = rec.recommend("ranked-without-tf", {"hour": 14, "device": "desktop"}, k=5)
+    assert out.cold_start  # no sequence state: the DCN ranking model's path
+    monkeypatch.setattr(ServingBundle, "_rank_savedmodel", savedmodel)
+    ids = [s.item_id for s in out.items]
+    expected = b._rank_savedmodel("ranked-without-tf", ids, b.context_for("ranked-without-tf", out.context))
+    np.testing.assert_allclose([s.click_probability for s in out.items], expected, atol=1e-5, rtol=0)
+
+
+def test_micro_batcher_gathers_queued_calls_in_order_and_bounds_batches() -> None:
+    import asyncio
+
+    from serving.batching import MicroBatcher
+
+    batcher: MicroBatcher = MicroBatcher(max_batch=4)
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def work(i: int) -> int:
+        gate.wait(5)  # the first call holds the thread while the others queue
+        if i == 5:
+            raise ValueError("bad five")
+        seen.append(i)
+        return i * i
+
+    async def main() -> list:
+        tasks = [asyncio.ensure_future(batcher.submit(work, i)) for i in range(10)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert [o for i, o in enumerate(out) if i != 5] == [i * i for i in range(10) if i != 5]
+    assert isinstance(out[5], ValueError)  # one call's error is that request's alone
+    assert seen == [i for i in range(10) if i != 5]  # arrival order
+    assert batcher.calls == 10 and batcher.largest == 4 and batcher.batches >= 3  # queued calls gathered, bounded
+
+
+def test_batched_recommendations_equal_unbatched(rec) -> None:
+    import asyncio
+
+    from serving.batching import MicroBatcher
+    from serving.recommender import Recommender
+
+    config = ServingConfig(online_learning=False)
+    alone, batched = Recommender(rec.champion, config), Recommender(rec.champion, config)
+    users = [f"u{n:06d}" for n in range(1, 15)] + ["batch-newcomer-1", "batch-newcomer-2"]
+    batcher: MicroBatcher = MicroBatcher(max_batch=8)
+
+    async def main() -> list:
+        return await asyncio.gather(*[batcher.submit(batched.recommend, u, {"hour": 9}, 6) for u in users])
+
+    try:
+        expected = [alone.recommend(u, {"hour": 9}, 6) for u in users]
+        got = asyncio.run(main())
+    finally:
+        batcher.stop()
+        alone.close()
+        batched.close()
+    assert batcher.largest > 1  # the requests really were computed in batches
+    for a, b in zip(expected, got, strict=True):
+        assert [(s.item_id, s.propensity, s.click_probability) for s in a.items] == \
+            [(s.item_id, s.propensity, s.click_probability) for s in b.items]
+
+
 def test_recommend_known_user_slate_fields_and_exclusions(rec) -> None:
     out = rec.recommend("u000001", {"hour": 9, "device": "mobile"}, k=7)
     ids = [s.item_id for s in out.items]
@@ -336,9 +435,9 @@ def test_requests_with_a_sequence_state_are_ranked_by_the_history_ranker(store_r
     try:
         out = greedy.recommend("ranker-newcomer", {"device": "mobile"}, k=5, history=history)
         gb = greedy.champion
-        g_top, g_state, _ = greedy.retrieve(
-            gb, "ranker-newcomer", gb.context_for("ranker-newcomer", {"device": "mobile"}), entries, None)
-        g_prob = gb.rank_with_history(g_state, entries, g_top, gb.context_for("ranker-newcomer", {"device": "mobile"}))
+        g_ctx = gb.context_for("ranker-newcomer", {"device": "mobile"})
+        g_top, g_state, _ = greedy.retrieve(gb, "ranker-newcomer", g_ctx, entries, None)
+        g_prob = gb.rank_with_history(g_state, entries, g_top, g_ctx)
         expected = [str(gb.item_ids[r]) for r in g_top[np.argsort(-g_prob, kind="stable")[:5]]]
         assert [s.item_id for s in out.items] == expected
         assert [s.click_probability for s in out.items] == pytest.approx(np.sort(g_prob)[::-1][:5])
@@ -411,6 +510,10 @@ def test_new_catalog_items_are_recommendable_from_content(parts: Path, tmp_path:
             bundle.item_category[: bundle.trained_items] == cat
         ]
         np.testing.assert_allclose(r.champion.item_matrix[row], same.mean(axis=0), rtol=1e-5)
+        ids = ["brand-new-1", "brand-new-2", str(bundle.item_ids[0])]  # unknown to the ranking model: OOV row
+        ctx = r.champion.context_for("someone-new", None)
+        np.testing.assert_allclose(r.champion.rank("someone-new", ids, ctx),
+                                   r.champion._rank_savedmodel("someone-new", ids, ctx), atol=1e-5, rtol=0)
         seen = {s.item_id for _ in range(40) for s in r.recommend("someone-new", k=10).items}
         assert {"brand-new-1", "brand-new-2"} & seen
     finally:

@@ -19,7 +19,6 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,9 @@ from recflow.evaluation.significance import paired_tests
 from recflow.io import atomic_path
 from recflow.policy import dqn, obd_ope, ppo
 from recflow.policy.candidate_networks import CandidatePolicy
-from recflow.policy.config import DeepRLConfig, OnlineConfig, PolicyConfig
+from recflow.policy.config import DeepRLConfig, PolicyConfig
 from recflow.policy.environment import CandidateFeaturizer, ShopPyEnvironment
-from recflow.policy.online import OnlineUpdater
+from recflow.policy.online import OnlineLinUCB
 from recflow.policy.scorer import load_policy
 from recflow.policy.simulator_evaluation import (
     BanditSlatePolicy,
@@ -171,41 +170,70 @@ def evaluate(trained: dict[str, Any], cfg: SimulatorConfig, seeds: int, requests
     return per_seed
 
 
-def _online_observer(updater: OnlineUpdater, online: BanditSlatePolicy, update_every: int
-                     ) -> Callable[[ShopPyEnvironment, np.ndarray, Any], None]:
-    """An observer that updates ``updater`` from every ``update_every`` steps' events and gives ``online`` the
-    updated scorer."""
-    pending: list[pd.DataFrame] = []
+class OnlineCorrectedBandit(BanditSlatePolicy):
+    """The bandit with recflow's online learner (:class:`recflow.policy.online.OnlineLinUCB`) correcting its
+    scores from feedback, exactly as serving corrects its exported policy (``serving.online_learning``)."""
 
-    def observe(env: ShopPyEnvironment, slate: np.ndarray, result: Any) -> None:
-        pending.append(result.events)
-        if len(pending) >= update_every:
-            updater.update(pd.concat(pending, ignore_index=True))
-            pending.clear()
-            online.scorer = updater.scorer()
+    def __init__(self, name: str, scorer: Any, user_embeddings: dict[str, np.ndarray], online: OnlineLinUCB,
+                 seed: int = 0) -> None:
+        super().__init__(name, scorer, user_embeddings, seed)
+        self.online = online
+        self._row = {str(i): n for n, i in enumerate(scorer.item_ids)}
+        self.shown: dict[str, tuple[np.ndarray, float]] = {}  # item id -> (policy features, base score)
 
-    return observe
+    def _scores(self, env: ShopPyEnvironment) -> tuple[np.ndarray, np.ndarray]:
+        from recflow.policy.logged_data import arm_features, context_onehots, global_features
+
+        obs = env.observation
+        if self._cache is not None and self._cache[0] is obs:
+            return self._cache[1], self._cache[2]
+        known, ranks = super()._scores(env)
+        if known.size == 0:
+            return known, ranks
+        layout = self.scorer.layout
+        ids = env.env.world.item_ids[env.candidate_items].astype(str)[known]
+        user = self.user_embeddings.get(obs.user_id)
+        user = np.asarray(layout.unknown_user_embedding if user is None else user, np.float32)[None, :]
+        ctx = context_onehots({"hour": obs.hour, "weekday": obs.weekday, "device": obs.device},
+                              layout.context_columns, 1)
+        g = global_features(user, ctx)
+        a = arm_features(user, self.scorer.item_embeddings[[self._row[i] for i in ids]][None, :, :])
+        feats = np.concatenate([np.broadcast_to(g[:, None, :], a.shape[:2] + g.shape[1:]), a], axis=-1)[0]
+        ranks = ranks.copy()
+        ranks[0] = self.online.adjust(feats, ranks[1])
+        self.shown = {i: (f, float(b)) for i, f, b in zip(ids, feats, ranks[1], strict=True)}
+        self._cache = (obs, known, ranks)
+        return known, ranks
+
+    def observe(self, env: ShopPyEnvironment, slate: np.ndarray, result: Any) -> None:
+        """Learn from the feedback on the slate just shown (impressions, then clicks, carts, purchases)."""
+        for kind, item in zip(result.events["event_type"], result.events["item_id"].astype(str), strict=True):
+            if item in self.shown:
+                features, base = self.shown[item]
+                self.online.learn(kind, features, base)
 
 
 def drift_scenario(trained: dict[str, Any], cfg: SimulatorConfig, seeds: int, pre: int, post: int,
-                   update_every: int = 50) -> dict[str, Any]:
-    """Serve ``pre`` requests before the drift day and ``post`` after it; the online bandit updates itself."""
+                   forgetting: float = 0.999) -> dict[str, Any]:
+    """Serve ``pre`` requests before the drift day and ``post`` after it; the online bandit corrects itself from
+    its feedback (recflow's online learner with an exponential window, ``forgetting`` per impression)."""
     world, work = trained["world"], trained["work"]
     quality: dict[str, list[np.ndarray]] = {}
     for s in range(seeds):
         policies = make_policies(trained, 100 + s)
-        updater = OnlineUpdater(work / "neural_bandit", user_ids=np.array(list(trained["user_embeddings"])),
-                                user_embeddings=np.stack(list(trained["user_embeddings"].values())),
-                                config=OnlineConfig(forgetting=0.9, gradient_steps=2), seed=100 + s)
-        online = BanditSlatePolicy("neural_bandit_online", updater.scorer(), trained["user_embeddings"])
+        base = policies["neural_bandit"]
+        layout = base.scorer.layout
+        online = OnlineCorrectedBandit(
+            "neural_bandit_online", load_policy(work / "neural_bandit", seed=100 + s), trained["user_embeddings"],
+            OnlineLinUCB(layout.global_dim + layout.arm_dim, publish_every=50, forgetting=forgetting),
+            seed=100 + s)
         policies["neural_bandit_online"] = online
-        observe = _online_observer(updater, online, update_every)
         for name, policy in policies.items():
             shop = ShopEnv(cfg, seed=1000 + s, world=world, record_events=name == "neural_bandit_online")
             env = ShopPyEnvironment(shop, trained["featurizer"], seed=s)
             fast_forward(env, cfg.drift.day, margin_sessions=int(pre / 2.2))
             m = run_policy(env, policy, pre + post, explores=False,
-                           observer=observe if name == "neural_bandit_online" else None)
+                           observer=online.observe if name == "neural_bandit_online" else None)
             # index of the first post-drift request: the env's day is recorded through the quality list order
             quality.setdefault(name, []).append(np.asarray(m.quality))
         _log(f"drift seed {s} done")

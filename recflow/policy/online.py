@@ -1,178 +1,154 @@
-"""Incremental updates of a served bandit policy from new feedback, without a full retrain.
+"""recflow's online learner: a LinUCB-style correction of the exported policy, learned from feedback.
 
-Serving calls::
+The trained policy (any agent of :mod:`recflow.policy.agents`) stays as exported; what is learned online is a
+per-arm linear model on the policy's features ``x = [global, arm]`` (the policy's feature layout, see
+:mod:`recflow.policy.logged_data`): ridge regression of the residual
+``reward - policy score`` with ``A = lambda I + sum x x^T`` and ``b = sum (reward - score) x``. The served
+score of a candidate is ``policy score + w * theta^T x + alpha * sqrt(x^T A^-1 x)`` with
+``theta = A^-1 b``: at start (no feedback) it is the exported policy plus a uniform bonus; as feedback
+arrives it corrects the policy where it is wrong and explores where it is unsure.
 
-    updater = OnlineUpdater(policy_dir, user_ids=ids, user_embeddings=emb)   # once, from the pushed export
-    stats = updater.update(feedback_events)      # impressions + clicks/carts/purchases since the last call
-    scorer = updater.scorer()                    # a PolicyScorer on the live, updated variables
-    updater.export(new_dir)                      # PolicySaver export of the updated policy (atomic)
+Updates are split so no request ever waits for learning: an impression adds ``x x^T`` to ``A`` and
+``-score * x`` to ``b``; each later click/cart/purchase on the same shown item adds ``reward * x`` to ``b``
+(the sums equal the batch ridge regression once all feedback is in). A learner thread drains a queue and
+publishes an immutable snapshot ``(theta, A^-1)`` every ``publish_every`` decisions; the request path reads
+the current snapshot reference, which is atomic in CPython.
 
-The agent is rebuilt from the export's ``policy_meta.json`` and its variables are read from the SavedModel, so
-an update continues exactly where training (or the previous update) stopped:
+With ``forgetting`` < 1 every impression first multiplies ``A - lambda I`` and ``b`` by it: an exponential
+window over decisions, so the correction follows a drift of the users' preferences.
 
-* ``lin_ucb`` / ``linear_thompson_sampling``: the ridge statistics ``A = sum x x^T`` and ``b = sum r x`` are
-  updated exactly; with ``online.forgetting < 1`` they are first multiplied by it on every update (TF-Agents'
-  ``gamma``), an exponential window that lets the policy track preference drift;
-* ``neural_epsilon_greedy``: ``online.gradient_steps`` Adam steps on the new decisions.
-
-Feedback is turned into per-slot decisions by :func:`recflow.policy.logged_data.build_bandit_data` with the
-export's feature layout (unknown users get the layout's fallback embedding).
+Serving (:mod:`serving.recommender`, ``serving.online_learning``) keeps one per served variant; the policy
+benchmark's drift scenario (benchmarks/policy) uses the same class on its bandit.
 """
 
 from __future__ import annotations
 
-import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
-
-# isort: split
-
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+import queue
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-import tensorflow as tf
-from tf_agents.utils import common
-
-from recflow.errors import DataError
-from recflow.policy import agents
-from recflow.policy.config import OnlineConfig, PolicyConfig
-from recflow.policy.logged_data import build_bandit_data
-from recflow.policy.scorer import PolicyScorer, load_policy
-from recflow.policy.trainer import _experience, export_policy
 
 
 @dataclass(frozen=True)
-class UpdateStats:
-    """What one :meth:`OnlineUpdater.update` did."""
+class LinearSnapshot:
+    """What the request path reads: the residual weights and the inverse design matrix."""
 
-    decisions: int  #: per-slot decisions learned from
-    mean_reward: float
-    updates: int  #: updates applied since the updater was created
-    total_decisions: int
-    seconds: float
-    notes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    theta: np.ndarray
+    a_inv: np.ndarray
+    decisions: int
 
 
-class OnlineUpdater:
-    """Keeps a trained per-arm bandit policy learning from new feedback (see the module docstring)."""
+class OnlineLinUCB:
+    """Residual LinUCB over feature vectors of dimension ``dim`` (see the module docstring)."""
 
     def __init__(
         self,
-        policy_dir: Path,
-        *,
-        user_ids: np.ndarray | None = None,
-        user_embeddings: np.ndarray | None = None,
-        config: OnlineConfig | None = None,
-        seed: int | None = None,
+        dim: int,
+        ridge: float = 1.0,
+        alpha: float = 0.05,
+        weight: float = 1.0,
+        publish_every: int = 50,
+        reward_weights: Mapping[str, float] | None = None,
+        forgetting: float = 1.0,
     ) -> None:
-        self.policy_dir = Path(policy_dir)
-        self._base = load_policy(self.policy_dir, seed=seed)
-        meta = self._base.meta
-        self.config = PolicyConfig.model_validate(meta["config"])
-        self.online = config or self.config.online
-        self.layout = self._base.layout
-        time_step_spec, action_spec = agents.per_arm_specs(
-            self.layout.global_dim, self.layout.arm_dim, self.config.num_arms
-        )
-        self.epsilon = tf.Variable(float(meta["epsilon"]), dtype=tf.float32, trainable=False, name="epsilon")
-        self.agent = agents.make_agent(
-            self.config, time_step_spec, action_spec, epsilon=self.epsilon, forgetting=self.online.forgetting
-        )
-        self.agent.initialize()
-        self._copy_saved_variables()
-        self._train = common.function(self.agent.train)
-        self._action = common.function(self.agent.policy.action)
-        self.item_ids = self._base.item_ids
-        self.item_embeddings = self._base.item_embeddings
-        if (user_ids is None) != (user_embeddings is None):
-            raise DataError("OnlineUpdater: give both user_ids and user_embeddings, or neither")
-        if user_ids is None or len(user_ids) == 0:
-            # No known users: every decision uses the layout's fallback embedding (a placeholder row that no
-            # real user id matches keeps the lookup's array non-empty).
-            user_ids = np.array(["\x00no-user"], dtype=object)
-            user_embeddings = np.asarray(self.layout.unknown_user_embedding, np.float32)[None, :]
-        self.user_ids = np.asarray(user_ids, dtype=object).astype(str)
-        self.user_embeddings = np.asarray(user_embeddings, np.float32)
-        self.updates = 0
-        self.total_decisions = 0
+        if not 0.0 < forgetting <= 1.0:
+            raise ValueError(f"forgetting: must be in (0, 1], got {forgetting}")
+        self.dim = dim
+        self.ridge = ridge
+        self.forgetting = forgetting
+        self.alpha = alpha
+        self.weight = weight
+        self.publish_every = publish_every
+        self.reward_weights = dict(reward_weights or {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0})
+        self._a = ridge * np.eye(dim)
+        self._b = np.zeros(dim)
+        self._since_publish = 0
+        self.decisions = 0
+        self.rewards = 0
+        self.snapshot = LinearSnapshot(np.zeros(dim), np.eye(dim) / ridge, 0)
+        self._queue: queue.Queue[tuple[str, np.ndarray, float] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._barriers: dict[int, threading.Event] = {}
+        self.processed = 0
 
-    def _copy_saved_variables(self) -> None:
-        """Assign the export's variables to the fresh agent: by name, else (Keras layer names carry process-wide
-        counters) in order, with matching shapes."""
-        saved = list(self._base.policy.model_variables)
-        live = list(self.agent.policy.variables())
-        by_name = {v.name: v for v in saved}
-        if all(v.name in by_name for v in live):
-            pairs = [(v, by_name[v.name]) for v in live]
-        elif len(saved) == len(live) and all(a.shape == b.shape for a, b in zip(live, saved, strict=True)):
-            pairs = list(zip(live, saved, strict=True))
+    # ------------------------------------------------------------------ request path (read only)
+    def adjust(self, features: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Scores ``base`` corrected by the current snapshot for candidate features ``[n, dim]``."""
+        snap = self.snapshot
+        bonus = np.sqrt(np.maximum(((features @ snap.a_inv) * features).sum(axis=1), 0.0))
+        return base + self.weight * (features @ snap.theta) + self.alpha * bonus
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, kind: str, features: np.ndarray, base_score: float) -> None:
+        """Apply one feedback event for a shown item (``kind``: impression or a rewarded event type)."""
+        x = np.asarray(features, dtype=np.float64)
+        if kind == "impression":
+            if self.forgetting < 1.0:  # the prior ridge term stays; the data's weight decays
+                self._a = self.ridge * np.eye(self.dim) + self.forgetting * (self._a - self.ridge * np.eye(self.dim))
+                self._b *= self.forgetting
+            self._a += np.outer(x, x)
+            self._b -= base_score * x
+            self.decisions += 1
+            self._since_publish += 1
+        elif kind in self.reward_weights:
+            self._b += self.reward_weights[kind] * x
+            self.rewards += 1
         else:
-            raise DataError(f"{self.policy_dir}: the export's variables do not fit a {self.config.agent} policy "
-                            "built from its own policy_meta.json")
-        for var, value in pairs:
-            var.assign(value)
+            return
+        if self._since_publish >= self.publish_every:
+            self.publish()
 
-    def update(self, feedback_events: pd.DataFrame) -> UpdateStats:
-        """Learn from new impressions and their feedback (recflow events schema); returns what was learned."""
-        started = time.perf_counter()
-        if feedback_events is None or feedback_events.empty:
-            return UpdateStats(0, 0.0, self.updates, self.total_decisions, 0.0, ("no feedback events",))
-        data = build_bandit_data(
-            feedback_events, self.item_ids, self.item_embeddings, self.user_ids, self.user_embeddings,
-            self.config.model_copy(update={"seed": self.config.seed + self.updates + 1}),
-            source="feedback", layout=self.layout,
-        )
-        if len(data) == 0:
-            return UpdateStats(0, 0.0, self.updates, self.total_decisions, 0.0, tuple(data.notes))
-        exp = _experience(self.agent, data.global_features, data.chosen_arm_features, data.rewards)
-        steps = self.online.gradient_steps if self.config.agent == "neural_epsilon_greedy" else 1
-        for _ in range(steps):
-            self._train(exp)
-        self.updates += 1
-        self.total_decisions += len(data)
-        return UpdateStats(len(data), float(data.rewards.mean()), self.updates, self.total_decisions,
-                           time.perf_counter() - started, tuple(data.notes))
+    def publish(self) -> None:
+        """Recompute ``A^-1`` and ``theta`` and swap in the new snapshot."""
+        a_inv = np.linalg.inv(self._a)
+        self.snapshot = LinearSnapshot(a_inv @ self._b, a_inv, self.decisions)
+        self._since_publish = 0
 
-    def scorer(self) -> PolicyScorer:
-        """A :class:`PolicyScorer` that scores with the live (updated) variables; call again after updates for
-        Thompson sampling (its posterior covariance is copied when the scorer is made)."""
-        scorer = _live_scorer(self._base)
-        scorer.policy = _LivePolicy(self._action)
-        if scorer.exploration == "thompson":
-            cov = {v.name.split(":")[0]: v for v in self.agent.policy.variables()}["a_0"].numpy()
-            reg = float(scorer.meta["tikhonov_weight"]) * np.eye(cov.shape[0])
-            scorer._posterior_inv = np.linalg.inv(cov.astype(np.float64) + reg)
-        return scorer
+    # ------------------------------------------------------------------ background thread
+    def submit(self, kind: str, features: np.ndarray, base_score: float) -> None:
+        """Queue one feedback event for the learner thread (never blocks the caller)."""
+        self._queue.put((kind, features, base_score))
 
-    def export(self, out_dir: Path | None = None) -> Path:
-        """Write the updated policy with PolicySaver (to ``out_dir``, default: the policy dir itself)."""
-        out_dir = Path(out_dir) if out_dir is not None else self.policy_dir
-        meta = dict(self._base.meta)
-        meta["online_updates"] = int(meta.get("online_updates", 0)) + self.updates
-        meta["online_decisions"] = int(meta.get("online_decisions", 0)) + self.total_decisions
-        meta["epsilon"] = float(self.epsilon.numpy())
-        export_policy(self.agent, out_dir, meta, self.item_embeddings)
-        return out_dir
+    @property
+    def lag(self) -> int:
+        """Feedback events queued but not learned yet."""
+        return self._queue.qsize()
 
+    def start(self) -> None:
+        """Start the learner thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="online-linucb", daemon=True)
+            self._thread.start()
 
-class _LivePolicy:
-    """Adapter so a PolicyScorer can call the in-memory TF-Agents policy like the SavedModel's ``action``."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Learn what is queued, publish, and stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
 
-    def __init__(self, action: Any) -> None:
-        self._action = action
+    def drain(self, timeout: float = 10.0) -> None:
+        """Block until everything queued so far has been learned and published (for tests and shutdown)."""
+        done = threading.Event()
+        self._queue.put(("__barrier__", np.zeros(0), float(id(done))))
+        self._barriers[id(done)] = done
+        done.wait(timeout)
 
-    def action(self, time_step: Any) -> Any:
-        return self._action(time_step)
-
-
-def _live_scorer(base: PolicyScorer) -> PolicyScorer:
-    """A shallow copy of the reloaded scorer (meta, layout, catalog) with its own exploration RNG."""
-    scorer = object.__new__(PolicyScorer)
-    scorer.__dict__.update(base.__dict__)
-    scorer._rng = np.random.default_rng(base.seed)
-    return scorer
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                if self._since_publish:
+                    self.publish()
+                return
+            kind, x, base = item
+            if kind == "__barrier__":
+                self.publish()
+                event = self._barriers.pop(int(base), None)
+                if event is not None:
+                    event.set()
+                continue
+            self.learn(kind, x, base)
+            self.processed += 1
