@@ -299,6 +299,8 @@ class ServingBundle:
         self._cold_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
+    # long-function: the one place that reads every part of a bundle, in order (model, transform, policy, index,
+    # engines checked against their SavedModels); splitting it along those parts is open in issue 18.
     @classmethod
     def load(
         cls,
@@ -313,10 +315,6 @@ class ServingBundle:
         share_arrays: bool = False,
     ) -> ServingBundle:
         """Load the bundle directory ``path``; a missing or broken part raises :class:`DataError`.
-
-        (Over 80 lines on purpose, for now: it is the one place that reads every file of the bundle, and the
-        bundle layout module of issue 18 is replacing its file names; it is split along the parts it reads
-        once that has landed, so the two changes do not collide.)
 
         ``share_arrays``: memory-map the large arrays from files shared by every process serving this bundle
         (:func:`shared_arrays`; the worker processes of ``recflow serve --workers``).
