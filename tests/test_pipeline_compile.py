@@ -52,9 +52,8 @@ def test_six_tasks_in_dependency_order(compiled):
     assert "tfrs-trainer" in deps["agents-trainer"]
     assert {"tfrs-trainer", "agents-trainer"} <= deps["evaluator"]
     # The pusher lives in the If branch, which waits for the evaluator and is gated on its verdict.
-    branch = next(n for n, t in compiled["root"]["dag"]["tasks"].items() if "pusher" in
-                  compiled["components"][t["componentRef"]["name"]].get("dag", {}).get("tasks", {}))
-    branch_task = compiled["root"]["dag"]["tasks"][branch]
+    branch_task = next(t for t in tasks.values() if "pusher" in
+                       compiled["components"][t["componentRef"]["name"]].get("dag", {}).get("tasks", {}))
     assert "evaluator" in branch_task["dependentTasks"]
     condition = branch_task["triggerPolicy"]["condition"]
     assert "pipelinechannel--evaluator-Output" in condition and "true" in condition

@@ -21,14 +21,15 @@ from recflow.config import load_config
 # No `from __future__ import annotations` here: KFP reads the toy components' real annotations.
 
 
-def toy_example_gen(data_uri: str, config_yaml: str, tracking_uri: str, parent_run_id: str, status_dir: str,
-                    examples: Output[Dataset]) -> None:
+def toy_example_gen(data_uri: str, tracking_config: dict, tracking_uri: str, run_key: str, run_name: str,
+                    status_dir: str, examples: Output[Dataset]) -> None:
     """Read clicks.csv (one 0/1 click per line); a bad line is a DataError naming file, row and field."""
     from pathlib import Path
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("example_gen", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    where = Tracking(tracking_uri, run_key, run_name, opens=True, data_uri=data_uri)
+    with step_run("example_gen", {"tracking": tracking_config}, where, status_dir) as step:
         from recflow.errors import DataError
 
         source = Path(data_uri) / "clicks.csv"
@@ -39,33 +40,38 @@ def toy_example_gen(data_uri: str, config_yaml: str, tracking_uri: str, parent_r
             clicks.append(int(line))
         Path(examples.path).write_text("\n".join(map(str, clicks)))
         step.log_metrics({"rows": len(clicks)})
+        step.log_artifact(examples.path, "example_gen")
 
 
-def toy_evaluator(examples: Input[Dataset], config_yaml: str, tracking_uri: str, parent_run_id: str,
+def toy_evaluator(examples: Input[Dataset], tracking_config: dict, tracking_uri: str, run_key: str, run_name: str,
                   status_dir: str) -> bool:
     """Bless the candidate when its click rate beats the 0.5 of a random baseline."""
     from pathlib import Path
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("evaluator", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    with step_run("evaluator", {"tracking": tracking_config}, Tracking(tracking_uri, run_key, run_name),
+                  status_dir) as step:
         clicks = [int(x) for x in Path(examples.path).read_text().split()]
         ctr = sum(clicks) / len(clicks)
         step.log_metrics({"candidate": {"ctr": ctr}, "random": {"ctr": 0.5}})
+        step.log_curves({"toy.loss": [1.0 - ctr * e / 3 for e in range(4)]})
         blessed = ctr > 0.5
+        step.log_pipeline_metrics({"candidate.ctr": ctr, "blessed": float(blessed)})
         step.note(blessed=blessed, reasons=[] if blessed else [f"ctr {ctr:.3f} <= random baseline 0.500"])
     return blessed
 
 
-def toy_pusher(examples: Input[Dataset], model_store: str, config_yaml: str, tracking_uri: str,
-               parent_run_id: str, status_dir: str) -> str:
+def toy_pusher(examples: Input[Dataset], model_store: str, tracking_config: dict, tracking_uri: str, run_key: str,
+               run_name: str, status_dir: str) -> str:
     """Copy the examples into the model store as version v1."""
     import shutil
     from pathlib import Path
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("pusher", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    with step_run("pusher", {"tracking": tracking_config}, Tracking(tracking_uri, run_key, run_name),
+                  status_dir) as step:
         target = Path(model_store) / "v1"
         target.mkdir(parents=True)
         shutil.copyfile(examples.path, target / "examples.txt")
@@ -78,14 +84,19 @@ def _component(func):
 
 
 @dsl.pipeline(name="toy-training")
-def toy_pipeline(data_uri: str, model_store: str, config_yaml: str, tracking_uri: str = "",
-                 parent_run_id: str = "", status_dir: str = "") -> None:
-    common = {"config_yaml": config_yaml, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
-              "status_dir": status_dir}
-    gen = _component(toy_example_gen)(data_uri=data_uri, **common)
-    evaluation = _component(toy_evaluator)(examples=gen.outputs["examples"], **common)
-    with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712
-        _component(toy_pusher)(examples=gen.outputs["examples"], model_store=model_store, **common)
+def toy_pipeline(data_uri: str, model_store: str, tracking_uri: str = "", run_name: str = "",
+                 status_dir: str = "", tracking_config: dict = {}) -> None:  # noqa: B006  (a KFP default)
+    from components import close_run
+
+    common = {"tracking_config": tracking_config, "tracking_uri": tracking_uri,
+              "run_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "run_name": run_name}
+    exit_task = close_run.build("python:3.11")(**common)
+    with dsl.ExitHandler(exit_task):
+        gen = _component(toy_example_gen)(data_uri=data_uri, status_dir=status_dir, **common)
+        evaluation = _component(toy_evaluator)(examples=gen.outputs["examples"], status_dir=status_dir, **common)
+        with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712
+            _component(toy_pusher)(examples=gen.outputs["examples"], model_store=model_store,
+                                   status_dir=status_dir, **common)
 
 
 def _dataset(tmp_path: Path, lines: list[str]) -> Path:

@@ -1,9 +1,9 @@
-"""Evaluator component: models + test split -> metrics, HTML report, blessing (the ``Output`` parameter)."""
+"""Evaluator component: models + test split -> metrics, HTML report, blessing (an artifact and the ``Output``
+parameter that gates the Pusher)."""
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
 from kfp import dsl
-from kfp.dsl import python_component
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output, python_component
 
 
 def evaluator(
@@ -11,18 +11,24 @@ def evaluator(
     model: Input[Model],
     policy: Input[Model],
     model_store: str,
-    config_yaml: str,
+    evaluator_config: dict,
+    policy_config: dict,
+    tracking_config: dict,
     tracking_uri: str,
-    parent_run_id: str,
+    run_key: str,
+    run_name: str,
     status_dir: str,
     metrics: Output[Metrics],
     report: Output[HTML],
     evaluation: Output[Dataset],
+    blessing: Output[Artifact],
 ) -> bool:
     """Evaluate the candidate against the baselines and the current champion; return whether it is blessed.
 
-    The blessing is the component's single output parameter (``Output``): the KFP local runner of kfp 2.17
-    resolves ``task-Output`` channels in conditions but silently treats named NamedTuple outputs as false.
+    The blessing is also the artifact ``blessing`` (``blessing.json``; metadata: ``blessed``, ``reasons``,
+    ``overrides``). The boolean stays the component's single output parameter (``Output``): the KFP local
+    runner of kfp 2.17 resolves ``task-Output`` channels in conditions but silently treats named NamedTuple
+    outputs as false.
     """
     import json
     import logging
@@ -31,9 +37,10 @@ def evaluator(
 
     log = logging.getLogger("recflow.evaluator")
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("evaluator", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    sections = {"evaluator": evaluator_config, "policy": policy_config, "tracking": tracking_config}
+    with step_run("evaluator", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
         from recflow.evaluation import run_evaluator
         from recflow.model_store import ModelStore
 
@@ -42,23 +49,30 @@ def evaluator(
         run = run_evaluator(Path(examples.path), Path(model.path), Path(policy.path), out, step.config.evaluator,
                             champion_dir=Path(champion.path) / "model" if champion is not None else None,
                             policy_config=step.config.policy)
-        blessing = json.loads((out / "blessing.json").read_text(encoding="utf-8"))
+        verdict = json.loads((out / "blessing.json").read_text(encoding="utf-8"))
         for name, value in step.log_metrics(run.metrics).items():
             metrics.log_metric(name, value)
         shutil.copyfile(out / "report.html", report.path)
-        blessed = bool(blessing["blessed"])
-        overrides = list(blessing.get("overrides", []))
+        shutil.copyfile(out / "blessing.json", blessing.path)
+        blessed = bool(verdict["blessed"])
+        overrides = list(verdict.get("overrides", []))
+        blessing.metadata.update({"blessed": blessed, "reasons": list(verdict.get("reasons", [])),
+                                  "overrides": overrides})
         if overrides:  # a gate switched off or loosened is never silent
             log.warning("blessing gate settings differ from the defaults: %s", "; ".join(overrides))
-        if tracking_uri and parent_run_id:  # the full report, blessed or not, on the pipeline and step runs
+        if step.parent_run_id:  # the full report, blessed or not, on the pipeline and step runs
             from recflow.tracking import record_evaluation
 
-            record_evaluation(tracking_uri, [parent_run_id, step.tracking_run_id or ""], out)
-        step.note(blessed=blessed, reasons=list(blessing.get("reasons", [])), report=str(out / "report.html"),
-                  checks=list(blessing.get("table", [])), overrides=overrides,
-                  best_baseline=blessing.get("best_baseline") or {})
+            record_evaluation(tracking_uri, [step.parent_run_id, step.tracking_run_id or ""], out)
+            step.log_pipeline_metrics({**{k if "." in k else f"candidate.{k}": v for k, v in step.metrics.items()},
+                                       "blessed": float(blessed)})
+        for plot in sorted(out.glob("*.png")):
+            step.log_artifact(plot, "plots")
+        step.note(blessed=blessed, reasons=list(verdict.get("reasons", [])), report=str(out / "report.html"),
+                  checks=list(verdict.get("table", [])), overrides=overrides,
+                  best_baseline=verdict.get("best_baseline") or {})
         step.progress(("BLESSED" if blessed else "NOT blessed") + "".join(
-            f"\n  - {r}" for r in blessing.get("reasons", [])) + "".join(
+            f"\n  - {r}" for r in verdict.get("reasons", [])) + "".join(
             f"\n  ! gate override: {o}" for o in overrides))
     return blessed
 

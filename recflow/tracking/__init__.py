@@ -17,6 +17,9 @@ The package is split along its seams; everything public is importable from ``rec
   client;
 * :mod:`recflow.tracking.names`: the tags recflow sets, MLflow-safe metric/param names, batched logging;
 * :mod:`recflow.tracking.lifecycle`: a run's data/code/library identity, the pipeline run and its step runs;
+* :mod:`recflow.tracking.orchestrated`: the pipeline run opened by the first step, joined by the others, closed
+  by the exit handler (keyed by the orchestrator's run id);
+* :mod:`recflow.tracking.curves`: per-epoch training curves as metric histories and plots;
 * :mod:`recflow.tracking.comparison`: finding runs by id, prefix or name, listing and comparing them;
 * :mod:`recflow.tracking.formatting`: the plain-text tables of ``recflow runs``.
 
@@ -35,6 +38,7 @@ from recflow.tracking.comparison import (
     list_runs,
     summarize_run,
 )
+from recflow.tracking.curves import epoch_curves, log_epoch_curves, plot_curves
 from recflow.tracking.formatting import format_comparison, format_runs_table
 from recflow.tracking.lifecycle import (
     TRACKED_LIBRARIES,
@@ -77,6 +81,16 @@ from recflow.tracking.names import (
     param_value,
     sanitize_metrics,
 )
+from recflow.tracking.orchestrated import (
+    FINAL_STATES,
+    TAG_FINAL_STATUS,
+    TAG_RUN_KEY,
+    close_pipeline_run,
+    find_pipeline_run,
+    join_pipeline_run,
+    log_config_sections,
+    open_pipeline_run,
+)
 from recflow.tracking.store import (
     TrackingConfig,
     check_tracking_server,
@@ -94,6 +108,7 @@ __all__ = [
     "ComparisonRow",
     "ComponentRun",
     "EVALUATION_ARTIFACTS",
+    "FINAL_STATES",
     "KEY_METRIC",
     "LIFT_REFERENCE",
     "NAME_REPLACEMENTS",
@@ -106,18 +121,21 @@ __all__ = [
     "TAG_CODE_DIRTY",
     "TAG_ERROR",
     "TAG_FAILED_CHECKS",
+    "TAG_FINAL_STATUS",
     "TAG_GATE_OVERRIDES",
     "TAG_GIT_COMMIT",
     "TAG_KIND",
     "TAG_PARENT",
     "TAG_PIPELINE",
     "TAG_PUSHED_KIND",
+    "TAG_RUN_KEY",
     "TAG_RUN_NAME",
     "TAG_STEP",
     "TRACKED_LIBRARIES",
     "TrackingConfig",
     "check_tracking_server",
     "child_runs",
+    "close_pipeline_run",
     "code_version",
     "compare_runs",
     "component_run",
@@ -125,19 +143,26 @@ __all__ = [
     "default_artifact_location",
     "default_run_name",
     "default_tracking_uri",
+    "epoch_curves",
+    "find_pipeline_run",
     "find_run",
     "finish_pipeline_run",
     "flatten_config",
     "format_comparison",
     "format_runs_table",
     "get_or_create_experiment",
+    "join_pipeline_run",
     "library_versions",
     "list_runs",
     "log_artifacts",
     "log_batch",
+    "log_config_sections",
+    "log_epoch_curves",
     "log_metrics",
     "metric_name",
+    "open_pipeline_run",
     "param_value",
+    "plot_curves",
     "record_evaluation",
     "require_existing_store",
     "resolve_tracking_uri",
