@@ -47,8 +47,12 @@ def pusher(
         registered = ""
         if result.pushed and step.parent_run_id:
             # The store is the source of truth; the registry mirrors it (`recflow models rollback` re-syncs it).
+            # Registered as an MLflow pyfunc model: mlflow.pyfunc.load_model("models:/<name>@champion") serves it.
+            from serving.pyfunc import write_pyfunc_model
+
             registered = register_in_mlflow(tracking_uri, step.parent_run_id, result.bundle,
-                                            step.config.tracking.registered_model_name, store=store, alias=alias)
+                                            step.config.tracking.registered_model_name, store=store, alias=alias,
+                                            model_writer=write_pyfunc_model)
         record = {"pushed": bool(result.pushed), "version": result.bundle.version if result.pushed else "",
                   "uri": where, "alias": alias if result.pushed else "", "registered_version": registered,
                   "reason": getattr(result, "reason", "") or "",
