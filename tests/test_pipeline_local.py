@@ -250,3 +250,47 @@ def test_summary_prints_every_check_and_the_gate_overrides(tmp_path):
     assert any(line.strip().startswith("off") and "lift over popularity" in line for line in lines)
     assert "! evaluator.thresholds.min_lift_over_popularity = null (default 0.0)" in text
     assert "nothing pushed: the candidate was not blessed: ndcg@10: not shown non-inferior" in text
+
+
+def test_a_local_run_is_tracked_by_its_steps_and_closed_by_the_exit_handler(tmp_path, mlflow_uri):
+    """No parent run is opened outside the DAG: the first step opens it (keyed by the resolved KFP run id), the
+    steps nest theirs with artifacts and per-epoch curves, the exit handler closes it with the final status."""
+    from recflow.tracking import TAG_FINAL_STATUS, TAG_RUN_KEY, TAG_STEP, child_runs, tracking_client
+
+    result = _run_tracked(tmp_path, _dataset(tmp_path, ["1", "1", "0", "1"]), mlflow_uri, "toy-tracked")
+    client = tracking_client(mlflow_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.run_name == "toy-tracked" and parent.info.status == "FINISHED"
+    assert parent.data.tags[TAG_FINAL_STATUS] == "SUCCEEDED" and "{{" not in parent.data.tags[TAG_RUN_KEY]
+    assert parent.data.metrics["candidate.ctr"] == 0.75 and parent.data.metrics["blessed"] == 1.0
+    steps = child_runs(mlflow_uri, result.parent_run_id)
+    assert [r.data.tags[TAG_STEP] for r in steps] == ["example_gen", "evaluator", "pusher"]
+    assert [a.path for a in client.list_artifacts(steps[0].info.run_id, "example_gen")]
+    curve = client.get_metric_history(steps[1].info.run_id, "epoch.toy.loss")
+    assert [m.step for m in curve] == [0, 1, 2, 3] and curve[0].value == 1.0
+    assert [a.path for a in client.list_artifacts(steps[1].info.run_id, "plots")] == [
+        "plots/evaluator_curves.png"]
+
+
+def test_a_failed_local_run_is_closed_as_failed(tmp_path, mlflow_uri):
+    from recflow.tracking import TAG_FINAL_STATUS, TAG_RUN_KEY, find_pipeline_run
+
+    with pytest.raises(PipelineStepFailed, match="row 2: field click"):
+        _run_tracked(tmp_path, _dataset(tmp_path, ["1", "x"]), mlflow_uri, "toy-failed")
+    from recflow.tracking import tracking_client
+
+    client = tracking_client(mlflow_uri)
+    exp = client.get_experiment_by_name("toy-failed")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("recflow.kind") == "pipeline")
+    assert parent.info.status == "FAILED" and parent.data.tags[TAG_FINAL_STATUS] == "FAILED"
+    assert find_pipeline_run(mlflow_uri, "toy-failed", parent.data.tags[TAG_RUN_KEY]).info.run_id == \
+        parent.info.run_id
+    failed_step = next(r for r in runs if r.data.tags.get("recflow.step") == "example_gen")
+    assert failed_step.info.status == "FAILED" and "field click" in failed_step.data.tags["recflow.error"]
+
+
+def _run_tracked(tmp_path: Path, data: Path, mlflow_uri: str, name: str):
+    config = load_config(None, [f"paths.data_dir={tmp_path / 'work'}", f"tracking.experiment={name}"])
+    return run_local(data, config, model_store=tmp_path / "store", pipeline_func=toy_pipeline,
+                     tracking_uri=mlflow_uri, run_name=name)
