@@ -82,8 +82,10 @@ def image_warnings(config: PipelineConfig) -> list[str]:
     for key in ("image", "gpu_image"):
         image = str(getattr(config, key))
         if image in PLACEHOLDER_IMAGES or any(w in image.lower() for w in ("placeholder", "changeme", "<", "example")):
-            out.append(f"pipeline.{key} is {image!r}, a placeholder: build it from infra/docker (make -C infra "
-                       f"images), push it to your registry and set pipeline.{key}; the cluster cannot pull it as is")
+            flavour = "gpu" if key == "gpu_image" else "cpu"
+            out.append(f"pipeline.{key} is {image!r}, a placeholder: build it (docker build -f "
+                       f"infra/docker/Dockerfile.{flavour} -t REGISTRY/recflow:TAG .), push it and set "
+                       f"pipeline.{key}; the cluster cannot pull it as is")
     return out
 
 

@@ -147,7 +147,8 @@ def test_dockerfiles_install_the_runtime_lock(flavour):
         assert any("requirements/overrides.txt" in c for c in copies)
         assert re.search(r"uv pip install -r requirements/lock\.txt \S+ --overrides requirements/overrides\.txt", runs)
     assert re.search(r"uv pip install (--system )?--no-deps \.", runs)
-    assert {"recflow recflow", "components components", "pipelines pipelines"} <= set(copies)
+    assert {"recflow recflow", "components components", "pipelines pipelines", "serving serving",
+            "monitoring monitoring"} <= set(copies)
     # The lock is installed before recflow (so recflow's own loose ranges never pick versions).
     assert runs.index("requirements/lock.txt") < runs.index("--no-deps .")
 
@@ -162,3 +163,22 @@ def test_cpu_and_gpu_images_share_python_and_tensorflow():
     assert f'"tensorflow[and-cuda]=={_lock_version("tensorflow")}"' in gpu_runs
     for steps in (cpu, gpu):  # TFRS and TF-Agents need legacy Keras in the image too
         assert any(word == "ENV" and "TF_USE_LEGACY_KERAS=1" in args for word, args in steps)
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_dockerfiles_copy_real_paths_and_import_what_the_steps_import(flavour):
+    """Every COPY source exists in the repository (the build context is its root), and the image's smoke check
+    imports the packages the components import at run time (the Pusher imports serving.pyfunc)."""
+    steps = _instructions(ROOT / "infra" / "docker" / f"Dockerfile.{flavour}")
+    for word, args in steps:
+        if word == "COPY":
+            *sources, _ = args.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"Dockerfile.{flavour}: COPY {source}: no such path"
+    runs = " ".join(args for word, args in steps if word == "RUN")
+    imported = set()
+    for path in (ROOT / "components").rglob("*.py"):
+        imported |= {m.split(".")[0] for m in re.findall(r"^\s*from (\w+(?:\.\w+)*) import", path.read_text(), re.M)}
+    for package in sorted(imported & {"recflow", "components", "pipelines", "serving", "monitoring"}):
+        assert f"COPY {package} {package}" in " ".join(f"{w} {a}" for w, a in steps), package
+    assert "serving.pyfunc" in runs
