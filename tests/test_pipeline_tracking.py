@@ -91,12 +91,13 @@ def test_a_compiled_cluster_run_is_one_parent_with_six_step_runs(tmp_path: Path,
     assert "example_gen/stats.json" in _artifacts(client, by_name["example_gen"].info.run_id)
     evaluator = _artifacts(client, by_name["evaluator"].info.run_id)
     assert {"evaluation/report.html", "evaluation/blessing.json", "evaluation/metrics.json"} <= evaluator
-    assert "pusher/pushed.json" in _artifacts(client, by_name["pusher"].info.run_id)
+    assert "pusher/pushed" in _artifacts(client, by_name["pusher"].info.run_id)  # the KFP artifact, as JSON
     trainer = by_name["tfrs_trainer"]
     assert "plots/tfrs_trainer_curves.png" in _artifacts(client, trainer.info.run_id)
     history = client.get_metric_history(trainer.info.run_id, "epoch.retrieval.loss")
     assert [m.step for m in history] == list(range(len(history))) and len(history) >= 2  # one value per epoch
-    assert len(client.get_metric_history(by_name["agents_trainer"].info.run_id, "epoch.policy.loss")) >= 2
+    # the linear bandit trains one pass (a one-point curve); the neural agent one point per epoch
+    assert len(client.get_metric_history(by_name["agents_trainer"].info.run_id, "epoch.policy.loss")) >= 1
     assert trainer.data.params["trainer.epochs"] == "3"
 
 
