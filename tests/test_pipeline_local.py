@@ -291,6 +291,8 @@ def test_a_failed_local_run_is_closed_as_failed(tmp_path, mlflow_uri):
 
 
 def _run_tracked(tmp_path: Path, data: Path, mlflow_uri: str, name: str):
+    # the first step fingerprints the dataset's event table
+    (data / "events.csv").write_text("user_id,item_id,event_type,timestamp\nu1,i1,click,2026-01-05T00:00:00Z\n")
     config = load_config(None, [f"paths.data_dir={tmp_path / 'work'}", f"tracking.experiment={name}"])
     return run_local(data, config, model_store=tmp_path / "store", pipeline_func=toy_pipeline,
                      tracking_uri=mlflow_uri, run_name=name)
