@@ -20,10 +20,11 @@ def close_run(
     """Close the MLflow parent run of this pipeline run; returns its MLflow status ('' without tracking)."""
     if not tracking_uri:
         return ""
+    from components.step_run import decode_nulls
     from recflow.tracking import TrackingConfig
     from recflow.tracking.orchestrated import close_pipeline_run
 
-    section = TrackingConfig.model_validate(tracking_config or {})
+    section = TrackingConfig.model_validate(decode_nulls(tracking_config or {}))
     run_id, mlflow_status = close_pipeline_run(
         tracking_uri, section.experiment, run_key, status.state, error=status.error_message or "",
         run_name=run_name, check_timeout_s=section.check_timeout_s)
