@@ -68,23 +68,22 @@ def test_every_recflow_command_in_the_prose_is_in_a_commands_block():
 
 
 def _shop(work: Path) -> tuple[Path, Path]:
-    """The event history (a small simulated shop) and a feedback log of the day after it."""
+    """The event history (the first days of a simulated shop) and a feedback log (its last day, as serving logs
+    it: JSON lines segments beside the catalog)."""
     import pandas as pd
 
     from recflow.io import write_dataset
     from recflow.simulator import SimulatorConfig, simulate_log
 
-    log = simulate_log(SimulatorConfig(users=150, items=60, days=5, seed=11))
+    log = simulate_log(SimulatorConfig(users=150, items=60, days=6, seed=11))
+    ts = pd.to_datetime(log.events["timestamp"], utc=True)
+    cut = ts.max().normalize()
     history = work / "history"
-    write_dataset(history, events=log.events, items=log.items(), users=log.users())
+    write_dataset(history, events=log.events[ts < cut], items=log.items(), users=log.users())
     feedback = work / "feedback"
     feedback.mkdir()
-    events = log.events.copy()
-    ts = pd.to_datetime(events["timestamp"], utc=True)
-    last_day = events[ts >= ts.max().normalize()].copy()
-    last_day["timestamp"] = (pd.to_datetime(last_day["timestamp"], utc=True) + pd.Timedelta(days=1)).map(
-        lambda t: t.isoformat())
-    last_day["event_id"] = "fb-" + last_day["event_id"].astype(str)
+    last_day = log.events[ts >= cut].copy()
+    last_day["timestamp"] = pd.to_datetime(last_day["timestamp"], utc=True).map(lambda t: t.isoformat())
     rows = [{k: v for k, v in r.items() if v is not None and v == v} for r in last_day.to_dict("records")]
     (feedback / "feedback-w1-000001.jsonl").write_text("\n".join(json.dumps(r, default=str) for r in rows) + "\n")
     shutil.copyfile(history / "items.parquet", feedback / "items.parquet")
@@ -97,7 +96,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     history, feedback = _shop(work)
     config = work / "recflow.yaml"
     config.write_text(
-        "paths:\n  data_dir: data\n"
+        f"paths:\n  data_dir: {work / 'data'}\n"
         "trainer:\n  epochs: 2\n  ranking_epochs: 2\n  history_ranking_epochs: 3\n"
         # a fresh store has no champion; the tiny shop's candidate need not beat the baselines to be pushed
         "evaluator:\n  thresholds:\n    min_lift_over_popularity: null\n    min_lift_over_best_baseline: null\n"
