@@ -38,12 +38,16 @@ class StepRun:
     """The state of one running step, handed to the component body by :func:`step_run`."""
 
     name: str
-    config_yaml: str
+    sections: Mapping[str, Any]
     status_dir: Path | None
     tracking_run_id: str | None = None
+    parent_run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    artifacts: list[tuple[Path, str]] = field(default_factory=list)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    parent_metrics: dict[str, float] = field(default_factory=dict)
     _config: Any = None
 
     @property
@@ -59,10 +63,10 @@ class StepRun:
         return f"[{self.index}/{len(STEP_ORDER)}] {self.name}"
 
     @property
-    def config(self) -> Any:
-        """The whole effective recflow config (a ``RecflowConfig``), parsed from the step's ``config_yaml``."""
+    def config(self) -> StepConfig:
+        """The config sections the step declared, validated (``step.config.trainer`` is a ``TrainerConfig``)."""
         if self._config is None:
-            self._config = parse_config(self.config_yaml)
+            self._config = StepConfig(self.name, self.sections)
         return self._config
 
     def log_metrics(self, metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -75,16 +79,88 @@ class StepRun:
         """Record JSON-serialisable facts for the run summary (e.g. ``blessed=True``, ``pushed_to=...``)."""
         self.notes.update(values)
 
+    def log_artifact(self, path: Path | str, artifact_path: str = "") -> None:
+        """Upload a file or directory as an artifact of the step's MLflow run when the step ends (kept in the
+        status record's notes when the run is not tracked)."""
+        self.artifacts.append((Path(path), artifact_path))
+
+    def log_curves(self, curves: Mapping[str, list[float]]) -> None:
+        """Per-epoch curves (``{"retrieval.loss": [...]}``), logged with one value per epoch and plotted."""
+        self.curves.update(curves)
+
+    def log_pipeline_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Metrics that also go on the pipeline (parent) run, e.g. the candidate's evaluation metrics."""
+        self.parent_metrics.update(flatten_numbers(metrics))
+
     def progress(self, message: str) -> None:
         """Print one progress line, prefixed with the step's label."""
         print(f"{self.label}: {message}", flush=True)
 
 
-def parse_config(config_yaml: str) -> Any:
-    """Validate the YAML text of a whole recflow config into a ``RecflowConfig``."""
-    from recflow.config import RecflowConfig
+#: How a null config value travels in a KFP struct parameter (which cannot hold a null).
+NULL = "null"
 
-    return RecflowConfig.model_validate(yaml.safe_load(config_yaml) or {})
+
+def encode_nulls(value: Any) -> Any:
+    """``None`` -> ``"null"`` at any depth (for KFP struct parameters)."""
+    if value is None:
+        return NULL
+    if isinstance(value, Mapping):
+        return {k: encode_nulls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_nulls(v) for v in value]
+    return value
+
+
+def decode_nulls(value: Any) -> Any:
+    """``"null"`` -> ``None`` at any depth (the inverse of :func:`encode_nulls`)."""
+    if value == NULL:
+        return None
+    if isinstance(value, Mapping):
+        return {k: decode_nulls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [decode_nulls(v) for v in value]
+    return value
+
+
+class StepConfig:
+    """The config sections one step reads, each validated by its section model; any other section is an error.
+
+    A step receives only the sections it declares (typed KFP parameters, one per section), so a change to a
+    section it does not read (say ``serving``) leaves its inputs, and so its KFP cache key, unchanged. Reading an
+    undeclared section would silently see defaults; it raises instead.
+    """
+
+    def __init__(self, step: str, sections: Mapping[str, Any]) -> None:
+        from pydantic import ValidationError
+
+        from recflow.config import RecflowConfig
+        from recflow.errors import ConfigError
+
+        self._step = step
+        self._values: dict[str, Any] = {}
+        for section, values in sections.items():
+            if section not in RecflowConfig.model_fields:
+                raise ConfigError(f"step {step}: unknown config section {section!r}")
+            if isinstance(values, str):  # a section passed as YAML/JSON text (e.g. from the KFP UI)
+                values = yaml.safe_load(values) or {}
+            try:
+                model = RecflowConfig.model_validate({section: decode_nulls(values) or {}})
+            except ValidationError as exc:
+                raise ConfigError(f"step {step}: config section {section!r} is invalid:\n{exc}") from None
+            self._values[section] = getattr(model, section)
+
+    def __getattr__(self, section: str) -> Any:
+        if section.startswith("_"):
+            raise AttributeError(section)
+        if section not in self._values:
+            raise AttributeError(f"step {self._step} does not take config section {section!r} (it takes: "
+                                 f"{', '.join(self._values) or 'none'}); add it to the component's parameters")
+        return self._values[section]
+
+    def dump(self) -> dict[str, Any]:
+        """The sections as JSON-ready dicts (what is logged as the step's config)."""
+        return {name: value.model_dump(mode="json") for name, value in self._values.items()}
 
 
 def flatten_numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -112,6 +188,7 @@ def write_status(run: StepRun, status: str, error: str | None = None) -> None:
         "notes": run.notes,
         "error": error,
         "tracking_run_id": run.tracking_run_id,
+        "parent_run_id": run.parent_run_id,
     }
     # Same temp-file-and-rename as recflow.io.atomic_path, without importing pandas/pyarrow into every step
     # just to write a small JSON file (it would add seconds to each step's measured time).
@@ -135,31 +212,75 @@ def read_status(status_dir: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """Where a step's MLflow runs go: ``uri`` ('' = not tracked), the orchestrator's run key (KFP's pipeline job
+    uuid), the run name the first step gives the parent run, and whether this step opens it."""
+
+    uri: str = ""
+    run_key: str = ""
+    run_name: str = ""
+    opens: bool = False
+    data_uri: str = ""
+
+
 @contextlib.contextmanager
-def _tracking(run: StepRun, tracking_uri: str, parent_run_id: str) -> Iterator[None]:
-    """A nested MLflow run for the step when the pipeline has a tracking run, else nothing."""
-    if not tracking_uri or not parent_run_id:
+def _tracking(run: StepRun, where: Tracking) -> Iterator[None]:
+    """A nested MLflow run for the step under the pipeline's parent run (opened by the first step, joined by the
+    others, keyed by the orchestrator's run id), else nothing."""
+    if not where.uri:
         yield
         return
-    from recflow import tracking
+    from recflow.tracking import component_run
+    from recflow.tracking.orchestrated import join_pipeline_run, log_config_sections, open_pipeline_run
 
-    with tracking.component_run(tracking_uri, parent_run_id, run.name) as nested:
+    section = run.config.tracking
+    if where.opens:
+        data = Path(where.data_uri) if where.data_uri and "://" not in where.data_uri else None
+        parent = open_pipeline_run(where.uri, section.experiment, where.run_key, run_name=where.run_name,
+                                   data_dir=data, check_timeout_s=section.check_timeout_s)
+    else:
+        parent = join_pipeline_run(where.uri, section.experiment, where.run_key,
+                                   check_timeout_s=section.check_timeout_s)
+    run.parent_run_id = parent
+    with component_run(where.uri, parent, run.name, check_timeout_s=section.check_timeout_s) as nested:
         run.tracking_run_id = nested.run_id
+        sections = {k: v for k, v in run.config.dump().items() if k != "tracking"}
+        log_config_sections(where.uri, (parent, nested.run_id), sections)
         yield
-        if run.metrics:
-            nested.log_metrics(run.metrics)
+        _record(run, where.uri, nested)
+
+
+def _record(run: StepRun, uri: str, nested: Any) -> None:
+    """Log what the step collected: metrics, per-epoch curves (+ plot), artifacts, the pipeline-level metrics."""
+    from recflow.tracking import log_metrics
+    from recflow.tracking.curves import log_epoch_curves, plot_curves
+
+    if run.metrics:
+        nested.log_metrics(run.metrics)
+    if run.curves:
+        log_epoch_curves(uri, nested.run_id, run.curves)
+        with tempfile.TemporaryDirectory(prefix="recflow-plot-") as tmp:
+            plot = plot_curves(run.curves, Path(tmp) / f"{run.name}_curves.png", f"{run.name}: per-epoch curves")
+            if plot is not None:
+                nested.log_artifacts(plot, "plots")
+    for path, artifact_path in run.artifacts:
+        if path.exists():
+            nested.log_artifacts(path, artifact_path or None)
+    if run.parent_metrics and run.parent_run_id:
+        log_metrics(uri, run.parent_run_id, run.parent_metrics)
 
 
 @contextlib.contextmanager
 def step_run(
     name: str,
-    config_yaml: str,
-    tracking_uri: str = "",
-    parent_run_id: str = "",
+    sections: Mapping[str, Any],
+    tracking: Tracking | None = None,
     status_dir: str = "",
 ) -> Iterator[StepRun]:
     """Run one pipeline step: progress lines, wall time, a nested tracking run, a status record.
 
+    ``sections`` are the config sections the step reads (``{"trainer": {...}}``, as the pipeline passes them).
     A :class:`recflow.errors.RecflowError` (a problem the user can fix, such as invalid data) ends the process
     with the error's exit code and its message on one ``error:`` line, without a traceback; any other exception
     is a bug and keeps its traceback. Either way the status record says which step failed and why, and the
@@ -167,11 +288,11 @@ def step_run(
     """
     from recflow.errors import RecflowError
 
-    run = StepRun(name=name, config_yaml=config_yaml, status_dir=Path(status_dir) if status_dir else None)
+    run = StepRun(name=name, sections=sections, status_dir=Path(status_dir) if status_dir else None)
     run.progress("started")
     write_status(run, STATUS_RUNNING)
     try:
-        with _tracking(run, tracking_uri, parent_run_id):
+        with _tracking(run, tracking or Tracking()):
             yield run
     except RecflowError as exc:
         write_status(run, STATUS_FAILED, error=str(exc))

@@ -74,7 +74,8 @@ def drift_command(state: CliState, reference: Path, current: Path, out_dir: Path
 @click.option("--model-store", default=None, help="Model store the retraining pushes to.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI of the retraining.")
 @click.option("--pushgateway", default=None, help="Pushgateway for the drift and pipeline metrics.")
-@click.option("--once", is_flag=True, help="Run one drift check, act on it and exit (for a CronJob).")
+@click.option("--once", is_flag=True, help="Run one drift check, act on it, wait for the retraining it starts "
+              "(with --kfp-host: until it is submitted) and record the outcome, then exit (for a CronJob).")
 @click.option("--interval", type=float, default=None, help="Seconds between polls (default: monitoring.watch).")
 @pass_state
 def watch_command(state: CliState, feedback: Path | None, reference: Path | None, items_path: Path | None,
@@ -125,10 +126,10 @@ def watch_command(state: CliState, feedback: Path | None, reference: Path | None
                 click.echo(json.dumps({"action": decision.action, "reason": decision.reason}))
             watcher.reap()
             if once:
-                if receiver is None:
-                    return
-                # with --listen, --once serves webhooks until the started retraining (if any) ends
-                watcher.wait()
+                # --once waits for the retraining it started (a CronJob pod would kill a detached child) and
+                # records its outcome in decisions.jsonl; with --listen it serves webhooks meanwhile
+                for outcome in watcher.wait_and_record():
+                    click.echo(json.dumps({"action": outcome.action, "reason": outcome.reason}))
                 return
             time.sleep(interval or watch.interval_s)
     finally:

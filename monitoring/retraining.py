@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -58,6 +60,66 @@ def write_lock(state_dir: Path, pid: int, reason: str) -> None:
         tmp.write_text(json.dumps({"pid": pid, "started": time.time(), "reason": reason}), encoding="utf-8")
 
 
+def _history_and_feedback(feedback_path: str | os.PathLike[str] | None,
+                          history: str | os.PathLike[str] | None, *, require_feedback: bool = False) -> pd.DataFrame:
+    """The event history followed by the feedback log, oldest first; history events from the feedback log's first
+    timestamp on are dropped (the feedback log holds them once)."""
+    from monitoring.drift import load_events
+
+    if feedback_path is None and history is None:
+        raise DataError("no events: give the event history, the feedback log, or both")
+    recent = load_events(feedback_path) if feedback_path is not None else None
+    if recent is not None and recent.empty and (history is None or require_feedback):
+        raise DataError(f"{feedback_path}: no feedback events to retrain on")
+    frames = [recent] if recent is not None else []
+    if history is not None:
+        past = load_events(history)
+        if recent is not None and len(recent) and "timestamp" in past.columns and "timestamp" in recent.columns:
+            past = past[past["timestamp"] < recent["timestamp"].min()]
+        frames.insert(0, past)
+    events = pd.concat(frames, ignore_index=True)
+    if "timestamp" in events.columns:
+        events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    return events
+
+
+def _side_tables(events_paths: list[str | os.PathLike[str]], items_path: str | os.PathLike[str] | None,
+                 users_path: str | os.PathLike[str] | None) -> dict[str, pd.DataFrame]:
+    from monitoring.drift import load_side_table
+
+    tables: dict[str, pd.DataFrame] = {}
+    for kind, path in (("items", items_path), ("users", users_path)):
+        for source in events_paths:
+            table = load_side_table(path, source, kind)
+            if table is not None:
+                tables[kind] = table
+                break
+    if "items" not in tables:
+        raise DataError(f"{', '.join(map(str, events_paths))}: no items.parquet beside the events; pass the catalog "
+                        "(--items)")
+    return tables
+
+
+def _write_atomically(out_dir: Path, tables: dict[str, pd.DataFrame]) -> Path:
+    """Write the dataset into a sibling temp directory, then rename it to ``out_dir`` (never half-written)."""
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir}: already exists and is not empty (choose a new --out)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        write_dataset(tmp, **tables)
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
 def recent_dataset(feedback_path: str | os.PathLike[str], out_dir: Path, n_events: int,
                    items_path: str | os.PathLike[str] | None = None,
                    users_path: str | os.PathLike[str] | None = None,
@@ -69,30 +131,80 @@ def recent_dataset(feedback_path: str | os.PathLike[str], out_dir: Path, n_event
     thousand events logged since the drift alone knows too little to be blessed, and the feedback holds only
     what the champion chose to show. The pipeline's time split then evaluates on the most recent traffic.
     """
-    from monitoring.drift_io import last_events, load_events, load_side_table
+    from monitoring.drift_io import last_events
 
-    recent = load_events(feedback_path)
-    if recent.empty:
-        raise DataError(f"{feedback_path}: no feedback events to retrain on")
-    frames = [recent]
-    if history is not None:
-        past = load_events(history)
-        if "timestamp" in past.columns and "timestamp" in recent.columns and len(past):
-            past = past[past["timestamp"] < recent["timestamp"].min()]  # what the feedback log already holds once
-        frames.insert(0, past)
-    events = last_events(pd.concat(frames, ignore_index=True), n_events)
+    events = last_events(_history_and_feedback(feedback_path, history, require_feedback=True), n_events)
     known = [c for c in events.columns if not c.startswith("_")]
-    tables: dict[str, pd.DataFrame] = {"events": events[known]}
-    for kind, path in (("items", items_path), ("users", users_path)):
-        table = load_side_table(path, feedback_path, kind)
-        if table is None and history is not None:
-            table = load_side_table(None, history, kind)
-        if table is not None:
-            tables[kind] = table
-    if "items" not in tables:
-        raise DataError(f"{feedback_path}: no items.parquet beside the feedback log; pass the catalog (--items)")
-    write_dataset(out_dir, **tables)
-    return out_dir
+    sources = [feedback_path, *([history] if history is not None else [])]
+    return _write_atomically(out_dir, {"events": events[known], **_side_tables(sources, items_path, users_path)})
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    """What ``recflow data window`` wrote."""
+
+    out_dir: Path
+    events: int
+    from_history: int
+    from_feedback: int
+    first: str
+    last: str
+
+    def format(self) -> str:
+        return (f"wrote {self.events:,} events ({self.from_history:,} from the event history, {self.from_feedback:,} "
+                f"from the feedback log), {self.first} .. {self.last}, with the catalog and users, to "
+                f"{self.out_dir}")
+
+
+def _utc(value: str | datetime | None, name: str) -> pd.Timestamp | None:
+    if value is None or value == "":
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise DataError(f"--{name} {value!r}: not a date/time (e.g. 2026-12-01 or 2026-12-01T06:00:00Z)") from None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def window_dataset(out_dir: Path, *, history: str | os.PathLike[str] | None = None,
+                   feedback: str | os.PathLike[str] | None = None, since: str | datetime | None = None,
+                   until: str | datetime | None = None, items_path: str | os.PathLike[str] | None = None,
+                   users_path: str | os.PathLike[str] | None = None) -> WindowSummary:
+    """A training dataset of the events with ``since <= timestamp < until`` (UTC; naive times are UTC), from the
+    event ``history`` (a dataset directory or events file) followed by the serving ``feedback`` log, with the
+    catalog and users (given, else beside the feedback log, else beside the history). Written atomically.
+
+    Raises DataError when the window is empty (naming the range the data covers) or inverted.
+    """
+    start, end = _utc(since, "since"), _utc(until, "until")
+    if start is not None and end is not None and start >= end:
+        raise DataError(f"--since {start} is not before --until {end}")
+    events = _history_and_feedback(feedback, history)
+    n_feedback_total = 0
+    if feedback is not None:
+        from monitoring.drift import load_events
+
+        fb = load_events(feedback)
+        n_feedback_total = len(fb)
+        first_feedback = fb["timestamp"].min() if len(fb) else None
+    ts = events["timestamp"]
+    keep = ts.notna()
+    if start is not None:
+        keep &= ts >= start
+    if end is not None:
+        keep &= ts < end
+    window = events[keep].reset_index(drop=True)
+    if window.empty:
+        span = f"{ts.min()} .. {ts.max()}" if ts.notna().any() else "no timestamps"
+        raise DataError(f"no events between {start or 'the beginning'} and {end or 'the end'} (the data covers "
+                        f"{span})")
+    from_feedback = int((window["timestamp"] >= first_feedback).sum()) if n_feedback_total and \
+        first_feedback is not None else 0
+    known = [c for c in window.columns if not c.startswith("_")]
+    sources = [s for s in (feedback, history) if s is not None]
+    out = _write_atomically(Path(out_dir), {"events": window[known], **_side_tables(sources, items_path, users_path)})
+    return WindowSummary(out, len(window), len(window) - from_feedback, from_feedback,
+                         str(window["timestamp"].iloc[0]), str(window["timestamp"].iloc[-1]))
 
 
 def run_and_record(state_dir: Path, command: list[str], pushgateway: str | None = None) -> int:

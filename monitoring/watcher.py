@@ -52,7 +52,7 @@ CommandFactory = Callable[[str], list[str]]
 class Decision:
     """What the watcher did with one signal, and why."""
 
-    action: str  # retrain | skip | ignore | observe
+    action: str  # retrain | skip | ignore | observe | outcome (of a retraining this watcher started)
     reason: str
     source: str  # drift | alert
     fingerprint: str = ""
@@ -168,6 +168,31 @@ class RetrainingWatcher:
         for child in self._children:
             child.wait(timeout)
         self.reap()
+
+    def wait_and_record(self, timeout: float | None = None) -> list[Decision]:
+        """Wait for the retraining processes this watcher started and log each one's outcome in decisions.jsonl
+        (action ``outcome``; details: ``last_run.json``). ``recflow monitor watch --once`` calls it, so a CronJob
+        run ends only when its retraining has (a Kubernetes Job would kill a detached child with its pod) -- or,
+        with ``--kfp-host``, when the run is handed to Kubeflow (``pipeline submit`` returns once submitted)."""
+        from monitoring.retraining import LAST_RUN
+
+        outcomes = []
+        for child in self._children:
+            code = child.wait(timeout)
+            try:
+                record = json.loads((self.state_dir / LAST_RUN).read_text(encoding="utf-8"))
+            except (FileNotFoundError, ValueError):
+                record = {"exit_code": code, "status": "unknown (no last_run.json)"}
+            command = [str(c) for c in record.get("command", [])]
+            handed = "submit" in command and "pipeline" in command
+            status = record.get("status", "unknown")
+            what = ("handed to Kubeflow Pipelines (its final status goes to MLflow)" if handed and code == 0
+                    else f"{status} (exit code {code})")
+            outcomes.append(self._log(Decision("outcome", f"retraining pid {child.pid} {what}; log "
+                                               f"{record.get('log', self.state_dir / 'retraining.log')}",
+                                               "retraining", pid=child.pid, details=record)))
+        self.reap()
+        return outcomes
 
     # ------------------------------------------------------------------ signals
     def on_verdict(self, summary: dict[str, Any]) -> Decision:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from recflow.cli import CliState, pass_state
-from recflow.config import RecflowConfig, dump_config
+from recflow.config import RecflowConfig
 
 
 def _config(state: CliState, config_path: Path | None) -> RecflowConfig:
@@ -36,8 +36,10 @@ def compile_command(state: CliState, out: Path, config_path: Path | None) -> Non
     from pipelines.package import compile_pipeline
 
     config = _config(state, config_path)
-    path = compile_pipeline(config.pipeline, out, config.tuning)
-    click.echo(f"compiled pipeline written to {path}")
+    _warn_images(config)
+    path = compile_pipeline(config, out)
+    click.echo(f"compiled pipeline written to {path} (every parameter has a default: it uploads and runs from "
+               "the KFP UI; set data_uri there)")
 
 
 @pipeline.command("run")
@@ -63,18 +65,31 @@ def run_command(state: CliState, data_dir: Path, config_path: Path | None, model
     click.echo(result.format())
 
 
+def _warn_images(config: RecflowConfig) -> None:
+    from pipelines.definition import image_warnings
+
+    for message in image_warnings(config.pipeline):
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
 def _remote_arguments(config: RecflowConfig, data: str, model_store: str | None,
-                      tracking_uri: str | None) -> dict[str, Any]:
+                      tracking_uri: str | None, run_name: str | None = None) -> dict[str, Any]:
+    from pipelines.definition import section_defaults
     from pipelines.local_run import default_model_store
 
+    _warn_images(config)
     store = model_store or str(default_model_store(config))
     for name, value in (("--data", data), ("--model-store", store)):
         if "://" not in value:
             click.secho(f"warning: {name} {value} is a local path; the cluster's pods cannot read it "
                         "(use gs://...)", fg="yellow", err=True)
-    # Runs on the cluster have no parent MLflow run opened by this CLI, so their steps are not tracked yet.
-    return {"data_uri": data, "model_store": store, "config_yaml": dump_config(config),
-            "tracking_uri": tracking_uri or "", "parent_run_id": "", "status_dir": ""}
+    uri = tracking_uri or config.tracking.tracking_uri or ""
+    if not uri:
+        click.secho("warning: no --tracking-uri (nor tracking.tracking_uri): the run is not tracked in MLflow",
+                    fg="yellow", err=True)
+    # The run's MLflow parent run is opened by its first step and closed by its exit handler, on the cluster.
+    return {"data_uri": data, "model_store": store, "tracking_uri": uri, "run_name": run_name or "",
+            "status_dir": "", **{f"{k}_config": v for k, v in section_defaults(config).items()}}
 
 
 remote_options = [
@@ -94,7 +109,7 @@ def _with_remote_options(func: Any) -> Any:
 
 @pipeline.command("submit")
 @_with_remote_options
-@click.option("--run-name", default=None, help="Run name shown in the Kubeflow UI.")
+@click.option("--run-name", default=None, help="Run name shown in the Kubeflow UI and in MLflow.")
 @pass_state
 def submit_command(state: CliState, host: str, data: str, model_store: str | None, tracking_uri: str | None,
                    config_path: Path | None, run_name: str | None) -> None:
@@ -102,8 +117,8 @@ def submit_command(state: CliState, host: str, data: str, model_store: str | Non
     from pipelines.remote import submit_run
 
     config = _config(state, config_path)
-    run = submit_run(host, config.pipeline, _remote_arguments(config, data, model_store, tracking_uri),
-                     run_name=run_name, tuning=config.tuning)
+    run = submit_run(host, config, _remote_arguments(config, data, model_store, tracking_uri, run_name),
+                     run_name=run_name)
     click.echo(f"submitted run {run.run_id}: {run.url}")
 
 
@@ -119,8 +134,6 @@ def schedule_command(state: CliState, host: str, data: str, model_store: str | N
     from pipelines.remote import schedule_run
 
     config = _config(state, config_path)
-    job = schedule_run(host, config.pipeline,
-                       _remote_arguments(config, data, model_store, tracking_uri), cron, name=name,
-                       tuning=config.tuning)
+    job = schedule_run(host, config, _remote_arguments(config, data, model_store, tracking_uri), cron, name=name)
     click.echo(f"scheduled recurring run {job.recurring_run_id} (cron '{job.cron}', max_concurrency=1, "
                f"no_catchup): {job.url}")

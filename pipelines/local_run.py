@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from components.step_run import STATUS_FAILED, STATUS_SUCCEEDED, STEP_ORDER, read_status
-from recflow.config import RecflowConfig, dump_config
+from recflow.config import RecflowConfig
 from recflow.errors import ConfigError, DataError, RecflowError
 from recflow.model_store import resolve_store_root
 
@@ -252,7 +252,7 @@ def run_local(
     """
     from kfp import local
 
-    from pipelines.definition import build_pipeline
+    from pipelines.definition import build_pipeline, section_defaults
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -262,63 +262,63 @@ def run_local(
     root = Path(run_root or pipeline_config.pipeline_root or config.paths.data_dir / "pipeline-runs")
     if "://" in str(root):
         raise ConfigError(f"pipeline.pipeline_root {root} is remote; a local run needs a local directory")
+    # Checked before any work (an unreachable server fails in seconds); the run itself is opened by the first
+    # step and closed by the exit handler, exactly as on the cluster.
+    uri = _prepare_tracking(config, tracking_uri, config_path) if tracking else ""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = (root / f"{stamp}-{uuid.uuid4().hex[:6]}").resolve()
     status_dir = run_dir / "status"
     status_dir.mkdir(parents=True)
     log_path = run_dir / "pipeline.log"
-    config_yaml = dump_config(config)
-    pipeline = (pipeline_func if pipeline_func is not None
-                else build_pipeline(pipeline_config, tuning=config.tuning))
+    pipeline = pipeline_func if pipeline_func is not None else build_pipeline(config)
+    name = run_name.strip() if run_name and run_name.strip() else _default_run_name(pipeline_config.name)
     arguments = {"data_uri": str(data_dir.resolve()), "model_store": str(store.resolve()),
-                 "config_yaml": config_yaml, "status_dir": str(status_dir)}
-
-    with contextlib.ExitStack() as stack:
-        uri, parent = "", ""
-        tracked = None
-        if tracking:
-            tracked = stack.enter_context(_pipeline_tracking_run(config, data_dir, tracking_uri, config_yaml,
-                                                                 run_name, pipeline_config.name, config_path))
-            uri, parent = tracked.tracking_uri, tracked.run_id
-        echo(f"running pipeline {pipeline_config.name} locally: run directory {run_dir}")
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"),
-                   raise_on_error=True)
-        started = time.monotonic()
-        failure: str | None = None
-        with _quiet_kfp_output(log_path, verbose):
-            try:
-                pipeline(**arguments, tracking_uri=uri, parent_run_id=parent)
-            except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task..."
-                failure = _ANSI.sub("", str(exc))
-        result = LocalRunResult(run_dir=run_dir, log_path=log_path, steps=_step_reports(status_dir, failure),
-                                total_seconds=time.monotonic() - started, tracking_uri=uri, parent_run_id=parent,
-                                model_store=str(store))
-        if tracked is not None:
-            tracked.summary_metrics.update(_summary_metrics(result))
-        if failure is not None:
-            failed = next((s for s in result.steps if s.status == STATUS_FAILED), None)
-            where = f"step {failed.name} failed: {failed.error}" if failed else failure
-            raise PipelineStepFailed(f"{where}\n  nothing downstream ran; full log: {log_path}")
+                 "status_dir": str(status_dir), "tracking_uri": uri, "run_name": name if uri else "",
+                 **{f"{k}_config": v for k, v in section_defaults(config).items()}}
+    accepted = set(getattr(getattr(pipeline, "component_spec", None), "inputs", None) or arguments)
+    arguments = {k: v for k, v in arguments.items() if k in accepted}  # a test's small DAG takes fewer
+    echo(f"running pipeline {pipeline_config.name} locally: run directory {run_dir}")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"),
+               raise_on_error=True)
+    started = time.monotonic()
+    failure: str | None = None
+    with _quiet_kfp_output(log_path, verbose):
+        try:
+            pipeline(**arguments)
+        except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task..."
+            failure = _ANSI.sub("", str(exc))
+    records = read_status(status_dir)
+    parent = next((r["parent_run_id"] for r in records.values() if r.get("parent_run_id")), "") if uri else ""
+    result = LocalRunResult(run_dir=run_dir, log_path=log_path, steps=_step_reports(status_dir, failure),
+                            total_seconds=time.monotonic() - started, tracking_uri=uri, parent_run_id=parent,
+                            model_store=str(store))
+    if failure is not None:
+        failed = next((s for s in result.steps if s.status == STATUS_FAILED), None)
+        where = f"step {failed.name} failed: {failed.error}" if failed else failure
+        raise PipelineStepFailed(f"{where}\n  nothing downstream ran; full log: {log_path}")
     return result
 
 
-@contextlib.contextmanager
-def _pipeline_tracking_run(config: RecflowConfig, data_dir: Path, override: str | None, config_yaml: str,
-                           run_name: str | None, pipeline_name: str,
-                           config_path: Path | None = None) -> Iterator[Any]:
+def _default_run_name(pipeline_name: str) -> str:
+    from recflow.tracking import default_run_name
+
+    return default_run_name(pipeline_name)
+
+
+def _prepare_tracking(config: RecflowConfig, override: str | None, config_path: Path | None) -> str:
+    """The tracking URI of a local run (the local store anchored at the config file's data directory), checked,
+    with the experiment created (its artifacts under the data directory for a local store)."""
     try:
         from recflow import tracking
     except ImportError as exc:
-        raise ConfigError(f"MLflow tracking is not available in this install ({exc}); run with --no-tracking")
+        raise ConfigError(f"MLflow tracking is not available in this install ({exc}); run with --no-tracking") from None
     section = config.tracking
     store_dir = tracking.tracking_data_dir(config.paths.data_dir, config_path)
     uri = tracking.resolve_tracking_uri(section, store_dir, override)
-    run = tracking.start_pipeline_run(
-        uri, section.experiment, run_name, config_yaml, data_dir, pipeline_name=pipeline_name,
-        artifact_location=tracking.default_artifact_location(uri, section, store_dir),
-        check_timeout_s=section.check_timeout_s)
-    with run:
-        yield run
+    tracking.check_tracking_server(uri, section.check_timeout_s)
+    tracking.get_or_create_experiment(tracking.tracking_client(uri), section.experiment,
+                                      tracking.default_artifact_location(uri, section, store_dir))
+    return uri
 
 
 def _summary_metrics(result: LocalRunResult) -> dict[str, float]:

@@ -10,16 +10,18 @@ from pathlib import Path
 
 from kfp import compiler
 
-from recflow.pipeline_config import PipelineConfig
 from pipelines.definition import build_pipeline
+from recflow.config import RecflowConfig
 from recflow.errors import ConfigError
+from recflow.pipeline_config import PipelineConfig
 from recflow.tuning import TuningConfig
 
 
-def compile_pipeline(config: PipelineConfig, out: Path, tuning: TuningConfig | None = None) -> Path:
+def compile_pipeline(config: RecflowConfig | PipelineConfig, out: Path, tuning: TuningConfig | None = None) -> Path:
     """Compile the pipeline for ``config`` to the IR YAML file ``out`` (written atomically) and return it.
 
-    The optional tuner step is included when ``tuning.enabled`` (a compile-time switch)."""
+    ``config`` is the whole config (its sections become the parameters' defaults) or only its ``pipeline``
+    section. The optional tuner step is included when tuning is enabled (a compile-time switch)."""
     out = Path(out)
     if out.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"{out}: the compiled pipeline must be a .yaml or .yml file")
@@ -36,7 +38,8 @@ def compile_pipeline(config: PipelineConfig, out: Path, tuning: TuningConfig | N
 
 
 @contextlib.contextmanager
-def compiled_package(config: PipelineConfig, tuning: TuningConfig | None = None) -> Iterator[Path]:
+def compiled_package(config: RecflowConfig | PipelineConfig, tuning: TuningConfig | None = None) -> Iterator[Path]:
     """A temporary compiled package of the pipeline for ``config`` (deleted on exit)."""
+    name = config.pipeline.name if isinstance(config, RecflowConfig) else config.name
     with tempfile.TemporaryDirectory(prefix="recflow-pipeline-") as tmp:
-        yield compile_pipeline(config, Path(tmp) / f"{config.name}.yaml", tuning)
+        yield compile_pipeline(config, Path(tmp) / f"{name}.yaml", tuning)

@@ -13,10 +13,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from recflow.pipeline_config import PipelineConfig
 from pipelines.package import compiled_package
-from recflow.tuning import TuningConfig
+from recflow.config import RecflowConfig
 from recflow.errors import ConfigError, RecflowError, ServiceUnavailable
+from recflow.pipeline_config import PipelineConfig
+from recflow.tuning import TuningConfig
 
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-LW#]+$")
 
@@ -90,11 +91,16 @@ def kfp_client(host: str) -> Any:
         raise _host_error(host, exc) from None
 
 
-def submit_run(host: str, config: PipelineConfig, arguments: dict[str, Any], run_name: str | None = None,
-               tuning: TuningConfig | None = None) -> SubmittedRun:
+def _section(config: RecflowConfig | PipelineConfig) -> PipelineConfig:
+    return config.pipeline if isinstance(config, RecflowConfig) else config
+
+
+def submit_run(host: str, config: RecflowConfig | PipelineConfig, arguments: dict[str, Any],
+               run_name: str | None = None, tuning: TuningConfig | None = None) -> SubmittedRun:
     """Compile the pipeline for ``config`` and start one run of it on ``host`` with ``arguments``."""
     client = kfp_client(host)
-    with compiled_package(config, tuning) as package:
+    full, config = config, _section(config)
+    with compiled_package(full, tuning) as package:
         try:
             result = client.create_run_from_pipeline_package(
                 str(package), arguments=arguments, run_name=run_name or config.name,
@@ -104,12 +110,13 @@ def submit_run(host: str, config: PipelineConfig, arguments: dict[str, Any], run
     return SubmittedRun(run_id=result.run_id, url=f"{host.rstrip('/')}/#/runs/details/{result.run_id}")
 
 
-def schedule_run(host: str, config: PipelineConfig, arguments: dict[str, Any], cron: str,
+def schedule_run(host: str, config: RecflowConfig | PipelineConfig, arguments: dict[str, Any], cron: str,
                  name: str | None = None, tuning: TuningConfig | None = None) -> ScheduledRun:
     """Compile the pipeline for ``config`` and create a recurring run on ``host`` (one at a time, no catch-up)."""
     expression = kfp_cron(cron)
     client = kfp_client(host)
-    with compiled_package(config, tuning) as package:
+    full, config = config, _section(config)
+    with compiled_package(full, tuning) as package:
         try:
             experiment = client.create_experiment(name=config.experiment)
             job = client.create_recurring_run(

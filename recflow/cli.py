@@ -59,7 +59,7 @@ class PluginGroup(click.Group):
         plugin = self._plugins().get(cmd_name)
         if plugin is not None:
             try:
-                return plugin.load()  # type: ignore[attr-defined, no-any-return]
+                return plugin.load()  # type: ignore[attr-defined]
             except ImportError as exc:
                 return _unavailable(cmd_name, exc)
         return super().get_command(ctx, cmd_name)

@@ -123,3 +123,39 @@ def data_fetch(state: CliState, name: str, out_dir: Path) -> None:
 
     result = fetch_dataset(name, out_dir, cache_dir=state.config.paths.resolved_cache_dir())
     click.echo(result.format())
+
+
+@data.command("window")
+@click.option("--history", type=click.Path(path_type=Path), default=None,
+              help="Event history: a dataset directory (events.parquet, items, users) or an events file, e.g. the "
+              "champion's training data.")
+@click.option("--feedback", type=click.Path(path_type=Path), default=None,
+              help="The serving feedback log directory (serving.feedback_dir), appended after the history.")
+@click.option("--since", default=None, help="First instant included, UTC (2026-12-01 or 2026-12-01T06:00:00Z).")
+@click.option("--until", default=None, help="First instant excluded, UTC (default: everything after --since).")
+@click.option("--items", "items_path", type=click.Path(path_type=Path), default=None,
+              help="Item catalog (default: items.parquet beside the feedback log, else beside the history).")
+@click.option("--users", "users_path", type=click.Path(path_type=Path), default=None,
+              help="Users table (default: users.parquet beside the feedback log, else beside the history).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Dataset directory to write (new or empty); `recflow pipeline run --data` reads it.")
+def data_window(history: Path | None, feedback: Path | None, since: str | None, until: str | None,
+                items_path: Path | None, users_path: Path | None, out_dir: Path) -> None:
+    """Cut a training dataset from the event history plus the feedback log: the events from --since to --until.
+
+    What the runbooks retrain on: `recflow data window --history H --feedback F --since D --out DIR`, then
+    `recflow pipeline run --data DIR`.
+    """
+    from recflow.errors import ConfigError
+
+    if history is None and feedback is None:
+        raise ConfigError("data window: give --history, --feedback, or both")
+    import importlib
+
+    try:  # by name: the monitoring part reads the feedback log; the core library does not depend on it
+        window_dataset = importlib.import_module("monitoring.retraining").window_dataset
+    except ImportError as exc:
+        raise ConfigError(f"data window needs the monitoring part of recflow ({exc}); is it installed?") from None
+    summary = window_dataset(out_dir, history=history, feedback=feedback, since=since, until=until,
+                             items_path=items_path, users_path=users_path)
+    click.echo(summary.format())

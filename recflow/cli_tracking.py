@@ -80,9 +80,7 @@ def runs_list(
     Ids are shown in full; every command that takes a run id also accepts a unique prefix. lift: the
     candidate's NDCG@10 over the popularity baseline's, as logged by the Evaluator.
     """
-    from tabulate import tabulate
-
-    from recflow.tracking import list_runs
+    from recflow.tracking import format_runs_table, list_runs
 
     uri = _tracking_uri(state, tracking_uri, read_only=True)
     name = experiment or _tracking_config(state).experiment
@@ -90,26 +88,7 @@ def runs_list(
     if not rows:
         click.echo(f"no runs in experiment {name!r} at {uri}")
         return
-    table = [
-        [
-            r.run_id,
-            r.name,
-            *([r.kind] if include_steps else []),
-            r.status,
-            "-" if r.blessed is None else ("yes" if r.blessed else "no"),
-            r.pushed_version or "-",
-            r.data_fingerprint,
-            "-" if r.ndcg_at_10 is None else f"{r.ndcg_at_10:.4f}",
-            "-" if r.lift_pct is None else f"{r.lift_pct:+.1f}%",
-            r.started,
-            "" if r.seconds is None else f"{r.seconds:.1f}",
-            r.code_version,
-        ]
-        for r in rows
-    ]
-    headers = ["run id", "name", *(["kind"] if include_steps else []), "status", "blessed", "pushed", "data",
-               "ndcg@10", "lift", "started (UTC)", "seconds", "code"]
-    click.echo(tabulate(table, headers=headers, disable_numparse=True))
+    click.echo(format_runs_table(rows, include_steps=include_steps))
 
 
 @runs.command("compare")

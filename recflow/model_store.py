@@ -821,11 +821,14 @@ def register_in_mlflow(
     *,
     store: ModelStore | None = None,
     alias: str = CHAMPION,
+    model_writer: Callable[[Path, Path], Path] | None = None,
 ) -> str:
     """Log ``bundle`` as artifacts of ``run_id``, register them as a version of model ``name``, set ``alias``.
 
     Returns the registered model version. The model version is tagged ``recflow.bundle_version`` (and
     ``recflow.store`` when ``store`` is given) so the registry can be kept in step with the store.
+    ``model_writer(bundle_dir, out_dir)``, when given, turns the bundle into the directory that is logged and
+    registered instead (the Pusher passes ``serving.pyfunc.write_pyfunc_model``: an MLflow pyfunc model).
     """
     from mlflow.exceptions import MlflowException
 
@@ -836,6 +839,8 @@ def register_in_mlflow(
     artifact_path = f"model_bundle/{bundle.version}"
     with tempfile.TemporaryDirectory(prefix="recflow-bundle-") as tmp:
         local = _local_bundle_dir(store, bundle, tmp) if store is not None else bundle.path
+        if model_writer is not None:  # (issue 16: the registered version loads with mlflow.pyfunc)
+            local = str(model_writer(Path(local), Path(tmp) / "mlflow-model"))
         client.log_artifacts(run_id, local, artifact_path)
     try:
         client.create_registered_model(

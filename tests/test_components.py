@@ -8,11 +8,12 @@ from kfp import dsl
 
 from components import agents_trainer, evaluator, example_gen, pusher, tfrs_trainer, transform
 from components.step_run import STEP_ORDER, read_status, step_run
-from recflow.config import dump_config, load_config
+from recflow.config import load_config
 from recflow.errors import ValidationFailed
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = {"config_yaml", "tracking_uri", "parent_run_id", "status_dir"}
+COMMON = {"tracking_config": "Dict", "tracking_uri": "String", "run_key": "String", "run_name": "String",
+          "status_dir": "String"}
 
 
 def _interface(module) -> tuple[dict[str, str], dict[str, str]]:
@@ -23,26 +24,30 @@ def _interface(module) -> tuple[dict[str, str], dict[str, str]]:
 
 
 @pytest.mark.parametrize(("module", "inputs", "outputs"), [
-    (example_gen, {"data_uri": "String"},
+    (example_gen, {"data_uri": "String", "example_gen_config": "Dict", "validation_config": "Dict"},
      {"examples": "system.Dataset@0.0.1", "statistics": "system.Metrics@0.0.1",
       "validation_summary": "system.Markdown@0.0.1"}),
-    (transform, {"examples": "system.Dataset@0.0.1", "beam_pipeline_args": "List"},
+    (transform, {"examples": "system.Dataset@0.0.1", "beam_pipeline_args": "List", "transform_config": "Dict"},
      {"transformed": "system.Dataset@0.0.1"}),
-    (tfrs_trainer, {"examples": "system.Dataset@0.0.1", "transformed": "system.Dataset@0.0.1"},
+    (tfrs_trainer, {"examples": "system.Dataset@0.0.1", "transformed": "system.Dataset@0.0.1",
+                    "trainer_config": "Dict"},
      {"model": "system.Model@0.0.1"}),
-    (agents_trainer, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1"},
+    (agents_trainer, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1", "policy_config": "Dict"},
      {"policy": "system.Model@0.0.1"}),
     (evaluator, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",
-                 "policy": "system.Model@0.0.1", "model_store": "String"},
+                 "policy": "system.Model@0.0.1", "model_store": "String", "evaluator_config": "Dict",
+                 "policy_config": "Dict"},
      {"metrics": "system.Metrics@0.0.1", "report": "system.HTML@0.0.1", "evaluation": "system.Dataset@0.0.1",
-      "Output": "Boolean"}),
+      "blessing": "system.Artifact@0.0.1", "Output": "Boolean"}),
     (pusher, {"transformed": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",
-              "policy": "system.Model@0.0.1", "evaluation": "system.Dataset@0.0.1", "model_store": "String"},
-     {"Output": "String"}),
+              "policy": "system.Model@0.0.1", "evaluation": "system.Dataset@0.0.1",
+              "blessing": "system.Artifact@0.0.1", "model_store": "String", "model_store_config": "Dict",
+              "release_config": "Dict"},
+     {"pushed": "system.Model@0.0.1", "Output": "String"}),
 ])
 def test_component_interfaces(module, inputs, outputs):
     got_inputs, got_outputs = _interface(module)
-    assert got_inputs == {**inputs, **{name: "String" for name in COMMON}}
+    assert got_inputs == {**inputs, **COMMON}
     assert got_outputs == outputs
 
 
@@ -54,9 +59,11 @@ def test_components_run_in_the_given_image_without_installing_kfp():
 
 
 def test_step_run_records_success(tmp_path, capsys):
-    config_yaml = dump_config(load_config(None, ["simulator.users=21"]))
-    with step_run("transform", config_yaml, status_dir=str(tmp_path)) as step:
-        assert step.config.simulator.users == 21
+    sections = {"transform": {"batch_size": 21}, "tracking": {"experiment": "x"}}
+    with step_run("transform", sections, status_dir=str(tmp_path)) as step:
+        assert step.config.transform.batch_size == 21 and step.config.tracking.experiment == "x"
+        with pytest.raises(AttributeError, match="does not take config section 'serving'"):
+            step.config.serving  # noqa: B018  (a section the step did not declare)
         step.log_metrics({"rows": 10, "split": {"train": 8, "name": "x"}, "ok": True, "bad": float("nan")})
         step.note(where="here")
     record = read_status(tmp_path)["transform"]
@@ -68,7 +75,7 @@ def test_step_run_records_success(tmp_path, capsys):
 
 
 def test_step_run_turns_user_errors_into_exit_codes_without_traceback(tmp_path, capsys):
-    with pytest.raises(SystemExit) as stopped, step_run("example_gen", "{}", status_dir=str(tmp_path)):
+    with pytest.raises(SystemExit) as stopped, step_run("example_gen", {}, status_dir=str(tmp_path)):
         raise ValidationFailed("events.parquet: row 7: field price: must be >= 0")
     assert stopped.value.code == ValidationFailed.exit_code
     record = read_status(tmp_path)["example_gen"]
@@ -78,7 +85,7 @@ def test_step_run_turns_user_errors_into_exit_codes_without_traceback(tmp_path, 
 
 
 def test_step_run_keeps_bugs_loud(tmp_path):
-    with pytest.raises(ZeroDivisionError), step_run("evaluator", "{}", status_dir=str(tmp_path)):
+    with pytest.raises(ZeroDivisionError), step_run("evaluator", {}, status_dir=str(tmp_path)):
         1 / 0  # noqa: B018
     assert read_status(tmp_path)["evaluator"]["error"] == "ZeroDivisionError: division by zero"
 
@@ -95,7 +102,8 @@ def test_example_gen_component_on_simulator_data(tmp_path):
     examples = dsl.Dataset(uri=str(tmp_path / "examples"))
     statistics = dsl.Metrics(uri=str(tmp_path / "statistics"))
     summary = dsl.Markdown(uri=str(tmp_path / "summary.md"))
-    example_gen.example_gen(str(tmp_path / "data"), dump_config(config), "", "", str(tmp_path / "status"),
+    example_gen.example_gen(str(tmp_path / "data"), config.example_gen.model_dump(mode="json"),
+                            config.validation.model_dump(mode="json"), {}, "", "", "", str(tmp_path / "status"),
                             examples, statistics, summary)
     assert {"train.parquet", "eval.parquet", "test.parquet", "stats.json"} <= {
         p.name for p in (tmp_path / "examples").iterdir()}
@@ -139,7 +147,8 @@ def test_dockerfiles_install_the_runtime_lock(flavour):
         assert any("requirements/overrides.txt" in c for c in copies)
         assert re.search(r"uv pip install -r requirements/lock\.txt \S+ --overrides requirements/overrides\.txt", runs)
     assert re.search(r"uv pip install (--system )?--no-deps \.", runs)
-    assert {"recflow recflow", "components components", "pipelines pipelines"} <= set(copies)
+    assert {"recflow recflow", "components components", "pipelines pipelines", "serving serving",
+            "monitoring monitoring"} <= set(copies)
     # The lock is installed before recflow (so recflow's own loose ranges never pick versions).
     assert runs.index("requirements/lock.txt") < runs.index("--no-deps .")
 
@@ -154,3 +163,22 @@ def test_cpu_and_gpu_images_share_python_and_tensorflow():
     assert f'"tensorflow[and-cuda]=={_lock_version("tensorflow")}"' in gpu_runs
     for steps in (cpu, gpu):  # TFRS and TF-Agents need legacy Keras in the image too
         assert any(word == "ENV" and "TF_USE_LEGACY_KERAS=1" in args for word, args in steps)
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_dockerfiles_copy_real_paths_and_import_what_the_steps_import(flavour):
+    """Every COPY source exists in the repository (the build context is its root), and the image's smoke check
+    imports the packages the components import at run time (the Pusher imports serving.pyfunc)."""
+    steps = _instructions(ROOT / "infra" / "docker" / f"Dockerfile.{flavour}")
+    for word, args in steps:
+        if word == "COPY":
+            *sources, _ = args.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"Dockerfile.{flavour}: COPY {source}: no such path"
+    runs = " ".join(args for word, args in steps if word == "RUN")
+    imported = set()
+    for path in (ROOT / "components").rglob("*.py"):
+        imported |= {m.split(".")[0] for m in re.findall(r"^\s*from (\w+(?:\.\w+)*) import", path.read_text(), re.M)}
+    for package in sorted(imported & {"recflow", "components", "pipelines", "serving", "monitoring"}):
+        assert f"COPY {package} {package}" in " ".join(f"{w} {a}" for w, a in steps), package
+    assert "serving.pyfunc" in runs

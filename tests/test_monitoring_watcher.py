@@ -272,3 +272,67 @@ def test_the_retraining_overrides_that_touch_the_release_gate_are_named(caplog):
         pipeline_command(Path("data"), overrides=overrides)
     assert "the retraining changes release-gate settings" in caplog.text
     assert "release.canary.enabled=false" in caplog.text and "trainer.epochs" not in caplog.text
+
+
+def test_data_window_cuts_history_plus_feedback_by_time(tmp_path: Path, capsys) -> None:
+    """`recflow data window --since/--until`: the history's and the feedback log's events in [since, until)."""
+    import pandas as pd
+
+    from recflow.cli import main
+    from recflow.io import write_dataset
+    from recflow.simulator import SimulatorConfig, simulate_log
+
+    log = simulate_log(SimulatorConfig(users=80, items=40, days=3, seed=5))
+    history = tmp_path / "history"
+    write_dataset(history, events=log.events, items=log.items(), users=log.users())
+    ts = pd.to_datetime(log.events["timestamp"], utc=True)
+    start = ts.min().normalize() + pd.Timedelta(days=1)
+    feedback = tmp_path / "feedback"
+    feedback.mkdir()
+    later = ts.max() + pd.Timedelta(hours=1)
+    rows = [{"event_id": f"f{i}", "event_type": "click", "timestamp": (later + pd.Timedelta(minutes=i)).isoformat(),
+             "user_id": "u000001", "item_id": "i000002", "request_id": f"r{i}"} for i in range(50)]
+    (feedback / "feedback-1-000001.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    until = later + pd.Timedelta(minutes=30)
+
+    out = tmp_path / "window"
+    assert main(["data", "window", "--history", str(history), "--feedback", str(feedback),
+                 "--since", start.isoformat(), "--until", until.isoformat(), "--out", str(out)]) == 0
+    assert "30 from the feedback log" in capsys.readouterr().out
+    events = pd.read_parquet(out / "events.parquet")
+    got = pd.to_datetime(events["timestamp"], utc=True)
+    assert got.min() >= start and got.max() < until and got.is_monotonic_increasing
+    expected_history = int(((ts >= start) & (ts < until)).sum())
+    assert len(events) == expected_history + 30
+    assert events["event_id"].tolist()[-30:] == [r["event_id"] for r in rows[:30]]
+    assert (out / "items.parquet").is_file() and (out / "users.parquet").is_file()
+
+    assert main(["data", "window", "--history", str(history), "--since", "2001-01-01", "--until", "2001-01-02",
+                 "--out", str(tmp_path / "empty")]) != 0
+    err = capsys.readouterr().err
+    assert "no events between" in err and "the data covers" in err and not (tmp_path / "empty").exists()
+    assert main(["data", "window", "--history", str(history), "--since", "2026-13-45", "--out",
+                 str(tmp_path / "bad")]) != 0
+    assert "not a date/time" in capsys.readouterr().err
+    assert main(["data", "window", "--history", str(history), "--out", str(out)]) != 0  # never overwritten
+    assert "not empty" in capsys.readouterr().err
+    assert main(["data", "window", "--help"]) == 0
+
+
+def test_once_waits_for_the_retraining_and_records_its_outcome(tmp_path: Path) -> None:
+    """What `monitor watch --once` does after starting a retraining: wait for it, then log the outcome."""
+    watcher, marker, _ = make(tmp_path, seconds=1.5)
+    started = watcher.on_alert(alert("fp-once"))
+    assert started.action == "retrain" and watcher.in_flight() is not None
+    outcomes = watcher.wait_and_record(timeout=120)
+    assert [o.action for o in outcomes] == ["outcome"] and "succeeded (exit code 0)" in outcomes[0].reason
+    assert watcher.in_flight() is None and starts(marker) == 1
+    logged = watcher.decisions()
+    assert [d["action"] for d in logged] == ["retrain", "outcome"]
+    assert logged[-1]["details"]["status"] == "succeeded" and logged[-1]["pid"] == started.pid
+
+    failing = RetrainingWatcher(WatchConfig(cooldown_s=0.0), tmp_path / "state2",
+                                lambda reason: [sys.executable, "-c", "raise SystemExit(4)"])
+    failing.on_alert(alert("fp-fail"))
+    (outcome,) = failing.wait_and_record(timeout=120)
+    assert "failed (exit code 4)" in outcome.reason and outcome.details["exit_code"] == 4

@@ -52,9 +52,8 @@ def test_six_tasks_in_dependency_order(compiled):
     assert "tfrs-trainer" in deps["agents-trainer"]
     assert {"tfrs-trainer", "agents-trainer"} <= deps["evaluator"]
     # The pusher lives in the If branch, which waits for the evaluator and is gated on its verdict.
-    branch = next(n for n, t in compiled["root"]["dag"]["tasks"].items() if "pusher" in
-                  compiled["components"][t["componentRef"]["name"]].get("dag", {}).get("tasks", {}))
-    branch_task = compiled["root"]["dag"]["tasks"][branch]
+    branch_task = next(t for t in tasks.values() if "pusher" in
+                       compiled["components"][t["componentRef"]["name"]].get("dag", {}).get("tasks", {}))
     assert "evaluator" in branch_task["dependentTasks"]
     condition = branch_task["triggerPolicy"]["condition"]
     assert "pipelinechannel--evaluator-Output" in condition and "true" in condition
@@ -115,3 +114,95 @@ def test_config_errors_are_clear(tmp_path: Path):
         PipelineConfig.model_validate({"gpu_steps": ["tfrs_trainr"]})
     with pytest.raises(ConfigError, match=r"\.yaml"):
         compile_pipeline(PipelineConfig(), tmp_path / "pipeline.json")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Typed parameters: what each step's KFP cache key depends on
+
+
+def _cache_keys(spec: dict) -> dict[str, str]:
+    """Per task, a digest of what KFP's cache key covers: the component (interface and container: image, command,
+    args), its input parameters' values (constants, and the compiled defaults of the pipeline parameters it
+    takes) and its input artifacts (identified by the producing task's own key and the output's name)."""
+    import hashlib
+    import json
+
+    tasks = _all_tasks(spec)
+    root_params = spec["root"]["inputDefinitions"]["parameters"]
+    keys: dict[str, str] = {}
+
+    def key(name: str) -> str:
+        if name in keys:
+            return keys[name]
+        task = tasks[name]
+        component = spec["components"][task["componentRef"]["name"]]
+        executor = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
+        params = {}
+        for pname, source in task.get("inputs", {}).get("parameters", {}).items():
+            if "componentInputParameter" in source:
+                root = source["componentInputParameter"].removeprefix("pipelinechannel--")
+                params[pname] = root_params[root].get("defaultValue")
+            elif "taskOutputParameter" in source:
+                out = source["taskOutputParameter"]
+                params[pname] = [key(out["producerTask"]), out["outputParameterKey"]]
+            else:
+                params[pname] = source
+        artifacts = {}
+        for aname, source in task.get("inputs", {}).get("artifacts", {}).items():
+            out = source["taskOutputArtifact"]
+            artifacts[aname] = [key(out["producerTask"]), out["outputArtifactKey"]]
+        blob = json.dumps([component.get("inputDefinitions"), component.get("outputDefinitions"), executor,
+                           params, artifacts], sort_keys=True)
+        keys[name] = hashlib.sha256(blob.encode()).hexdigest()
+        return keys[name]
+
+    return {name: key(name) for name in ("example-gen", "transform", "tfrs-trainer", "agents-trainer", "evaluator")}
+
+
+def _compiled_keys(tmp_path: Path, *overrides: str) -> dict[str, str]:
+    from recflow.config import load_config
+
+    out = tmp_path / f"p{abs(hash(overrides))}.yaml"
+    return _cache_keys(load_package(compile_pipeline(load_config(None, list(overrides)), out)))
+
+
+def test_a_serving_change_leaves_the_training_steps_cache_keys_unchanged(tmp_path: Path):
+    base = _compiled_keys(tmp_path)
+    assert _compiled_keys(tmp_path, "serving.default_k=3", "serving.epsilon=0.3", "monitoring.watch.daily_budget=9",
+                          "simulator.users=77") == base
+    # the control: a trainer change moves the trainer's key and everything downstream of it, nothing upstream
+    trainer = _compiled_keys(tmp_path, "trainer.epochs=2")
+    assert [n for n in base if trainer[n] != base[n]] == ["tfrs-trainer", "agents-trainer", "evaluator"]
+    evaluator = _compiled_keys(tmp_path, "evaluator.thresholds.min_ndcg=0.5")
+    assert [n for n in base if evaluator[n] != base[n]] == ["evaluator"]
+
+
+def test_every_pipeline_parameter_has_a_default_and_sections_are_typed(compiled):
+    params = compiled["root"]["inputDefinitions"]["parameters"]
+    assert all("defaultValue" in p for p in params.values()), [n for n, p in params.items() if "defaultValue" not in p]
+    assert params["trainer_config"]["parameterType"] == "STRUCT"
+    assert params["trainer_config"]["defaultValue"]["epochs"] == 10
+    # a null travels as "null" (KFP structs hold no null): the gate rule that is off by default stays off
+    assert params["evaluator_config"]["defaultValue"]["thresholds"]["min_index_recall"] == "null"
+    assert "serving_config" not in params and "config_yaml" not in params
+
+
+def test_placeholder_images_are_warned_about(tmp_path: Path, capsys):
+    assert main(["pipeline", "compile", "--out", str(tmp_path / "p.yaml")]) == 0
+    assert "pipeline.image is 'ghcr.io/recflow/recflow:0.1.0-cpu', a placeholder" in capsys.readouterr().err
+    assert main(["--set", "pipeline.image=europe-docker.pkg.dev/acme/ml/recflow:1.2-cpu", "--set",
+                 "pipeline.gpu_image=europe-docker.pkg.dev/acme/ml/recflow:1.2-gpu", "pipeline", "compile",
+                 "--out", str(tmp_path / "q.yaml")]) == 0
+    assert "placeholder" not in capsys.readouterr().err
+
+
+def test_transient_steps_retry_and_the_exit_handler_closes_the_run(compiled):
+    tasks = _all_tasks(compiled)
+    for name in ("example-gen", "pusher", "close-run"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] >= 2, name
+    assert "retryPolicy" not in tasks["tfrs-trainer"]
+    close = compiled["root"]["dag"]["tasks"]["close-run"]
+    assert close["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert "taskFinalStatus" in close["inputs"]["parameters"]["status"]
+    for name in ("example-gen", "evaluator", "close-run"):
+        assert tasks[name]["inputs"]["parameters"]["run_key"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"

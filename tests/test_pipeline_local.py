@@ -21,14 +21,15 @@ from recflow.config import load_config
 # No `from __future__ import annotations` here: KFP reads the toy components' real annotations.
 
 
-def toy_example_gen(data_uri: str, config_yaml: str, tracking_uri: str, parent_run_id: str, status_dir: str,
-                    examples: Output[Dataset]) -> None:
+def toy_example_gen(data_uri: str, tracking_config: dict, tracking_uri: str, run_key: str, run_name: str,
+                    status_dir: str, examples: Output[Dataset]) -> None:
     """Read clicks.csv (one 0/1 click per line); a bad line is a DataError naming file, row and field."""
     from pathlib import Path
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("example_gen", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    where = Tracking(tracking_uri, run_key, run_name, opens=True, data_uri=data_uri)
+    with step_run("example_gen", {"tracking": tracking_config}, where, status_dir) as step:
         from recflow.errors import DataError
 
         source = Path(data_uri) / "clicks.csv"
@@ -39,33 +40,38 @@ def toy_example_gen(data_uri: str, config_yaml: str, tracking_uri: str, parent_r
             clicks.append(int(line))
         Path(examples.path).write_text("\n".join(map(str, clicks)))
         step.log_metrics({"rows": len(clicks)})
+        step.log_artifact(examples.path, "example_gen")
 
 
-def toy_evaluator(examples: Input[Dataset], config_yaml: str, tracking_uri: str, parent_run_id: str,
+def toy_evaluator(examples: Input[Dataset], tracking_config: dict, tracking_uri: str, run_key: str, run_name: str,
                   status_dir: str) -> bool:
     """Bless the candidate when its click rate beats the 0.5 of a random baseline."""
     from pathlib import Path
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("evaluator", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    with step_run("evaluator", {"tracking": tracking_config}, Tracking(tracking_uri, run_key, run_name),
+                  status_dir) as step:
         clicks = [int(x) for x in Path(examples.path).read_text().split()]
         ctr = sum(clicks) / len(clicks)
         step.log_metrics({"candidate": {"ctr": ctr}, "random": {"ctr": 0.5}})
+        step.log_curves({"toy.loss": [1.0 - ctr * e / 3 for e in range(4)]})
         blessed = ctr > 0.5
+        step.log_pipeline_metrics({"candidate.ctr": ctr, "blessed": float(blessed)})
         step.note(blessed=blessed, reasons=[] if blessed else [f"ctr {ctr:.3f} <= random baseline 0.500"])
     return blessed
 
 
-def toy_pusher(examples: Input[Dataset], model_store: str, config_yaml: str, tracking_uri: str,
-               parent_run_id: str, status_dir: str) -> str:
+def toy_pusher(examples: Input[Dataset], model_store: str, tracking_config: dict, tracking_uri: str, run_key: str,
+               run_name: str, status_dir: str) -> str:
     """Copy the examples into the model store as version v1."""
     import shutil
     from pathlib import Path
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("pusher", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    with step_run("pusher", {"tracking": tracking_config}, Tracking(tracking_uri, run_key, run_name),
+                  status_dir) as step:
         target = Path(model_store) / "v1"
         target.mkdir(parents=True)
         shutil.copyfile(examples.path, target / "examples.txt")
@@ -78,14 +84,19 @@ def _component(func):
 
 
 @dsl.pipeline(name="toy-training")
-def toy_pipeline(data_uri: str, model_store: str, config_yaml: str, tracking_uri: str = "",
-                 parent_run_id: str = "", status_dir: str = "") -> None:
-    common = {"config_yaml": config_yaml, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
-              "status_dir": status_dir}
-    gen = _component(toy_example_gen)(data_uri=data_uri, **common)
-    evaluation = _component(toy_evaluator)(examples=gen.outputs["examples"], **common)
-    with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712
-        _component(toy_pusher)(examples=gen.outputs["examples"], model_store=model_store, **common)
+def toy_pipeline(data_uri: str, model_store: str, tracking_uri: str = "", run_name: str = "",
+                 status_dir: str = "", tracking_config: dict = {}) -> None:  # noqa: B006  (a KFP default)
+    from components import close_run
+
+    common = {"tracking_config": tracking_config, "tracking_uri": tracking_uri,
+              "run_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "run_name": run_name}
+    exit_task = close_run.build("python:3.11")(**common)
+    with dsl.ExitHandler(exit_task):
+        gen = _component(toy_example_gen)(data_uri=data_uri, status_dir=status_dir, **common)
+        evaluation = _component(toy_evaluator)(examples=gen.outputs["examples"], status_dir=status_dir, **common)
+        with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712
+            _component(toy_pusher)(examples=gen.outputs["examples"], model_store=model_store,
+                                   status_dir=status_dir, **common)
 
 
 def _dataset(tmp_path: Path, lines: list[str]) -> Path:
@@ -257,3 +268,49 @@ def test_summary_prints_every_check_and_the_gate_overrides(tmp_path):
     assert any(line.strip().startswith("off") and "lift over popularity" in line for line in lines)
     assert "! evaluator.thresholds.min_lift_over_popularity = null (default 0.0)" in text
     assert "nothing pushed: the candidate was not blessed: ndcg@10: not shown non-inferior" in text
+
+
+def test_a_local_run_is_tracked_by_its_steps_and_closed_by_the_exit_handler(tmp_path, mlflow_uri):
+    """No parent run is opened outside the DAG: the first step opens it (keyed by the resolved KFP run id), the
+    steps nest theirs with artifacts and per-epoch curves, the exit handler closes it with the final status."""
+    from recflow.tracking import TAG_FINAL_STATUS, TAG_RUN_KEY, TAG_STEP, child_runs, tracking_client
+
+    result = _run_tracked(tmp_path, _dataset(tmp_path, ["1", "1", "0", "1"]), mlflow_uri, "toy-tracked")
+    client = tracking_client(mlflow_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.run_name == "toy-tracked" and parent.info.status == "FINISHED"
+    assert parent.data.tags[TAG_FINAL_STATUS] == "SUCCEEDED" and "{{" not in parent.data.tags[TAG_RUN_KEY]
+    assert parent.data.metrics["candidate.ctr"] == 0.75 and parent.data.metrics["blessed"] == 1.0
+    steps = child_runs(mlflow_uri, result.parent_run_id)
+    assert [r.data.tags[TAG_STEP] for r in steps] == ["example_gen", "evaluator", "pusher"]
+    assert [a.path for a in client.list_artifacts(steps[0].info.run_id, "example_gen")]
+    curve = client.get_metric_history(steps[1].info.run_id, "epoch.toy.loss")
+    assert [m.step for m in curve] == [0, 1, 2, 3] and curve[0].value == 1.0
+    assert [a.path for a in client.list_artifacts(steps[1].info.run_id, "plots")] == [
+        "plots/evaluator_curves.png"]
+
+
+def test_a_failed_local_run_is_closed_as_failed(tmp_path, mlflow_uri):
+    from recflow.tracking import TAG_FINAL_STATUS, TAG_RUN_KEY, find_pipeline_run
+
+    with pytest.raises(PipelineStepFailed, match="row 2: field click"):
+        _run_tracked(tmp_path, _dataset(tmp_path, ["1", "x"]), mlflow_uri, "toy-failed")
+    from recflow.tracking import tracking_client
+
+    client = tracking_client(mlflow_uri)
+    exp = client.get_experiment_by_name("toy-failed")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("recflow.kind") == "pipeline")
+    assert parent.info.status == "FAILED" and parent.data.tags[TAG_FINAL_STATUS] == "FAILED"
+    assert find_pipeline_run(mlflow_uri, "toy-failed", parent.data.tags[TAG_RUN_KEY]).info.run_id == \
+        parent.info.run_id
+    failed_step = next(r for r in runs if r.data.tags.get("recflow.step") == "example_gen")
+    assert failed_step.info.status == "FAILED" and "field click" in failed_step.data.tags["recflow.error"]
+
+
+def _run_tracked(tmp_path: Path, data: Path, mlflow_uri: str, name: str):
+    # the first step fingerprints the dataset's event table
+    (data / "events.csv").write_text("user_id,item_id,event_type,timestamp\nu1,i1,click,2026-01-05T00:00:00Z\n")
+    config = load_config(None, [f"paths.data_dir={tmp_path / 'work'}", f"tracking.experiment={name}"])
+    return run_local(data, config, model_store=tmp_path / "store", pipeline_func=toy_pipeline,
+                     tracking_uri=mlflow_uri, run_name=name)

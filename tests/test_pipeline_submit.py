@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipelines.remote import kfp_cron
 from recflow.cli import main
@@ -107,7 +106,7 @@ def _assert_gpu_placement(platform_spec: dict) -> None:
 
 def test_submit_sends_compiled_spec_and_parameters(kfp_api, capsys):
     host, requests = kfp_api
-    rc = main(["--set", "simulator.users=77", "pipeline", "submit", "--host", host, "--data", "gs://shop/events",
+    rc = main(["--set", "trainer.epochs=3", "pipeline", "submit", "--host", host, "--data", "gs://shop/events",
                "--model-store", "gs://shop/models", "--tracking-uri", "http://mlflow:5000", "--run-name", "nightly"])
     assert rc == 0, capsys.readouterr()
     assert "submitted run run-1" in capsys.readouterr().out
@@ -123,7 +122,9 @@ def test_submit_sends_compiled_spec_and_parameters(kfp_api, capsys):
     assert params["data_uri"] == "gs://shop/events"
     assert params["model_store"] == "gs://shop/models"
     assert params["tracking_uri"] == "http://mlflow:5000"
-    assert yaml.safe_load(params["config_yaml"])["simulator"]["users"] == 77
+    assert params["trainer_config"]["epochs"] == 3  # each step's config section, typed
+    assert params["run_name"] == "nightly"  # the MLflow run's name (opened by the first step on the cluster)
+    assert "serving_config" not in params and "config_yaml" not in params
 
 
 def test_schedule_sends_cron_single_flight_and_no_catchup(kfp_api, capsys):

@@ -64,22 +64,26 @@ def _tasks(tmp_path: Path, tuning: TuningConfig | None) -> dict:
     out = tmp_path / "p.yaml"
     compiler.Compiler().compile(build_pipeline(PipelineConfig(), tuning), package_path=str(out))
     spec, *platform = yaml.safe_load_all(out.read_text())
-    return {"tasks": spec["root"]["dag"]["tasks"], "platform": platform}
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():  # the exit handler's and the blessed branch's sub-DAGs
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return {"tasks": tasks, "platform": platform}
 
 
 def test_compiled_dag_has_the_tuner_only_when_enabled(tmp_path: Path):
     default = _tasks(tmp_path, None)["tasks"]
-    assert "tuner" not in default and len(default) == 6  # five steps + the blessed branch holding the pusher
+    steps = {"example-gen", "transform", "tfrs-trainer", "agents-trainer", "evaluator", "pusher"}
+    assert "tuner" not in default and steps <= set(default)
     assert "tuner" not in _tasks(tmp_path, TuningConfig(enabled=False))["tasks"]
     compiled = _tasks(tmp_path, TuningConfig(enabled=True))
     tasks = compiled["tasks"]
     assert set(tasks["tuner"]["dependentTasks"]) == {"example-gen", "transform"}
     trainer = tasks["tfrs-trainer"]
     assert "tuner" in trainer["dependentTasks"]
-    assert trainer["inputs"]["parameters"]["config_yaml"] == {
+    assert trainer["inputs"]["parameters"]["trainer_config"] == {
         "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "tuner"}}
-    # everything else still gets the pipeline's own config
-    assert "componentInputParameter" in tasks["agents-trainer"]["inputs"]["parameters"]["config_yaml"]
+    # everything else still gets the pipeline's own config sections
+    assert "componentInputParameter" in tasks["agents-trainer"]["inputs"]["parameters"]["policy_config"]
     executors = compiled["platform"][0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert "exec-tuner" in executors  # placed on the GPU pool like the trainer
 
@@ -105,21 +109,20 @@ def test_two_trial_search_tracks_trials_and_feeds_the_trainer(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.tracking_client(uri)
     experiment = tracking.get_or_create_experiment(client, "tuning-test", (tmp_path / "art").as_uri())
-    parent = client.create_run(experiment).info.run_id
+    assert experiment
+    parent = tracking.open_pipeline_run(uri, "tuning-test", "run-key-1")
     settings = TuningConfig(enabled=True, n_trials=2, epochs=1, seed=7, startup_trials=1,
                             batch_sizes=(256,), embedding_dims=(8, 16))
     config = RecflowConfig().model_copy(update={"trainer": TrainerConfig(epochs=4)})
-    config_yaml = dump_config(config)
-    if "tuning" in RecflowConfig.model_fields:  # once the lead wires the section in
-        config_yaml = yaml.safe_dump({**yaml.safe_load(config_yaml), "tuning": settings.model_dump(mode="json")})
     artifact = SimpleNamespace(path=str(tmp_path / "tuning"), metadata={})
     status = tmp_path / "status"
 
     # Until the lead wires the section into RecflowConfig, the component falls back to TuningConfig():
     # make that fallback the tiny search.
     monkeypatch.setattr(tuning_module, "TuningConfig", lambda: settings)
-    tuned_yaml = tuner(SimpleNamespace(path=str(base / "ex")), SimpleNamespace(path=str(base / "tf")),
-                       config_yaml, uri, parent, str(status), artifact)
+    tuned = tuner(SimpleNamespace(path=str(base / "ex")), SimpleNamespace(path=str(base / "tf")),
+                  config.trainer.model_dump(mode="json"), settings.model_dump(mode="json"),
+                  {"experiment": "tuning-test"}, uri, "run-key-1", "", str(status), artifact)
 
     doc = json.loads((tmp_path / "tuning" / BEST_PARAMS_NAME).read_text())
     assert doc["n_trials"] == 2 and len(doc["trials"]) == 2
@@ -130,7 +133,7 @@ def test_two_trial_search_tracks_trials_and_feeds_the_trainer(
     assert artifact.metadata["best_value"] == doc["best_value"]
 
     # the override is applied: the trainer's config is the tuned one, full epochs kept
-    trainer = RecflowConfig.model_validate(yaml.safe_load(tuned_yaml)).trainer
+    trainer = TrainerConfig.model_validate(tuned)
     assert trainer.model_dump() == {**config.trainer.model_dump(), **best} and trainer.epochs == 4
 
     # the step is a nested run of the pipeline run, each trial a nested run of the step

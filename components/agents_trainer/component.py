@@ -2,30 +2,37 @@
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
 from kfp import dsl
-from kfp.dsl import python_component
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Dataset, Input, Model, Output, python_component
 
 
 def agents_trainer(
     examples: Input[Dataset],
     model: Input[Model],
-    config_yaml: str,
+    policy_config: dict,
+    tracking_config: dict,
     tracking_uri: str,
-    parent_run_id: str,
+    run_key: str,
+    run_name: str,
     status_dir: str,
     policy: Output[Model],
 ) -> None:
     """Train the bandit policy on the TFRS model's embeddings and the logged feedback of the train split."""
     from pathlib import Path
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("agents_trainer", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    sections = {"policy": policy_config, "tracking": tracking_config}
+    with step_run("agents_trainer", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
         from recflow.policy.trainer import train_policy
 
         result = train_policy(Path(examples.path), Path(model.path), Path(policy.path), step.config.policy)
         for name, value in step.log_metrics(result.metrics()).items():
             policy.metadata[name] = value
+        if result.loss_curve:
+            step.log_curves({"policy.loss": [float(v) for v in result.loss_curve]})
+        meta = Path(policy.path) / "policy_meta.json"
+        if meta.is_file():
+            step.log_artifact(meta, "agents_trainer")
 
 
 def build(image: str) -> python_component.PythonComponent:

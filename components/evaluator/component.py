@@ -1,9 +1,9 @@
-"""Evaluator component: models + test split -> metrics, HTML report, blessing and the push decision (``Output``)."""
+"""Evaluator component: models + test split -> metrics, HTML report, blessing (an artifact), and the push
+decision (the ``Output`` parameter that gates the Pusher)."""
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
 from kfp import dsl
-from kfp.dsl import python_component
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output, python_component
 
 
 def evaluator(
@@ -11,20 +11,27 @@ def evaluator(
     model: Input[Model],
     policy: Input[Model],
     model_store: str,
-    config_yaml: str,
+    evaluator_config: dict,
+    policy_config: dict,
+    release_config: dict,
+    tracking_config: dict,
     tracking_uri: str,
-    parent_run_id: str,
+    run_key: str,
+    run_name: str,
     status_dir: str,
     metrics: Output[Metrics],
     report: Output[HTML],
     evaluation: Output[Dataset],
+    blessing: Output[Artifact],
 ) -> bool:
     """Evaluate the candidate against the baselines and the current champion; return whether to push: the
     candidate is blessed, or it is not and the run's best baseline was written as the fallback (no champion
     yet, ``release.baseline_fallback``; the Pusher tells the two apart from the evaluation directory).
 
-    That decision is the component's single output parameter (``Output``): the KFP local runner of kfp 2.17
-    resolves ``task-Output`` channels in conditions but silently treats named NamedTuple outputs as false.
+    The blessing is also the artifact ``blessing`` (``blessing.json``; metadata: ``blessed``, ``reasons``,
+    ``overrides``). The push decision stays the component's single output parameter (``Output``): the KFP
+    local runner of kfp 2.17 resolves ``task-Output`` channels in conditions but silently treats named
+    NamedTuple outputs as false.
     """
     import json
     import logging
@@ -33,9 +40,11 @@ def evaluator(
 
     log = logging.getLogger("recflow.evaluator")
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("evaluator", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    sections = {"evaluator": evaluator_config, "policy": policy_config, "release": release_config,
+                "tracking": tracking_config}
+    with step_run("evaluator", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
         from recflow.evaluation import run_evaluator
         from recflow.model_store import ModelStore
 
@@ -47,26 +56,34 @@ def evaluator(
         run = run_evaluator(Path(examples.path), Path(model.path), Path(policy.path), out, step.config.evaluator,
                             champion_dir=Path(champion_model.path) / "model" if champion_model else None,
                             policy_config=step.config.policy, fallback=fallback)
-        blessing = json.loads((out / "blessing.json").read_text(encoding="utf-8"))
+        verdict = json.loads((out / "blessing.json").read_text(encoding="utf-8"))
         for name, value in step.log_metrics(run.metrics).items():
             metrics.log_metric(name, value)
         shutil.copyfile(out / "report.html", report.path)
-        blessed = bool(blessing["blessed"])
-        overrides = list(blessing.get("overrides", []))
+        shutil.copyfile(out / "blessing.json", blessing.path)
+        blessed = bool(verdict["blessed"])
+        overrides = list(verdict.get("overrides", []))
+        blessing.metadata.update({"blessed": blessed, "reasons": list(verdict.get("reasons", [])),
+                                  "overrides": overrides})
         if overrides:  # a gate switched off or loosened is never silent
             log.warning("blessing gate settings differ from the defaults: %s", "; ".join(overrides))
-        if tracking_uri and parent_run_id:  # the full report, blessed or not, on the pipeline and step runs
+        if step.parent_run_id:  # the full report, blessed or not, on the pipeline and step runs
             from recflow.tracking import record_evaluation
 
-            record_evaluation(tracking_uri, [parent_run_id, step.tracking_run_id or ""], out)
+            record_evaluation(tracking_uri, [step.parent_run_id, step.tracking_run_id or ""], out)
+            step.log_pipeline_metrics({**{k if "." in k else f"candidate.{k}": v for k, v in step.metrics.items()},
+                                       "blessed": float(blessed)})
+        for plot in sorted(out.glob("*.png")):
+            step.log_artifact(plot, "plots")
         if step.config.release.baseline_fallback == "never":
             overrides.append("release.baseline_fallback=never: an unblessed run leaves the shop without a "
                              "servable bundle when there is no champion")
-        step.note(blessed=blessed, reasons=list(blessing.get("reasons", [])), report=str(out / "report.html"),
-                  checks=list(blessing.get("table", [])), overrides=overrides,
-                  best_baseline=blessing.get("best_baseline") or {}, fallback_baseline=run.fallback or {})
+        blessing.metadata["fallback_baseline"] = run.fallback or {}
+        step.note(blessed=blessed, reasons=list(verdict.get("reasons", [])), report=str(out / "report.html"),
+                  checks=list(verdict.get("table", [])), overrides=overrides,
+                  best_baseline=verdict.get("best_baseline") or {}, fallback_baseline=run.fallback or {})
         step.progress(("BLESSED" if blessed else "NOT blessed") + "".join(
-            f"\n  - {r}" for r in blessing.get("reasons", [])) + "".join(
+            f"\n  - {r}" for r in verdict.get("reasons", [])) + "".join(
             f"\n  ! gate override: {o}" for o in overrides) + (
             f"\n  -> no champion yet: the Pusher publishes the best baseline, {run.fallback['label']} "
             f"({run.fallback['metric']} {run.fallback['value']:.4f})" if run.fallback else ""))

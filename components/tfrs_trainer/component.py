@@ -2,30 +2,40 @@
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
 from kfp import dsl
-from kfp.dsl import python_component
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Dataset, Input, Model, Output, python_component
 
 
 def tfrs_trainer(
     examples: Input[Dataset],
     transformed: Input[Dataset],
-    config_yaml: str,
+    trainer_config: dict,
+    tracking_config: dict,
     tracking_uri: str,
-    parent_run_id: str,
+    run_key: str,
+    run_name: str,
     status_dir: str,
     model: Output[Model],
 ) -> None:
-    """Train the TensorFlow Recommenders models; the output directory holds the SavedModels and history."""
+    """Train the TensorFlow Recommenders models; the output directory holds the SavedModels and history.
+
+    The per-epoch curves of ``training.json`` go to the step's MLflow run (one value per epoch, and a plot)."""
+    import json
     from pathlib import Path
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("tfrs_trainer", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
+    sections = {"trainer": trainer_config, "tracking": tracking_config}
+    with step_run("tfrs_trainer", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
+        from recflow.tracking.curves import epoch_curves
         from recflow.training.tfrs_trainer import train_tfrs
 
         result = train_tfrs(Path(examples.path), Path(transformed.path), Path(model.path), step.config.trainer)
         for name, value in step.log_metrics(getattr(result, "metrics", None) or {}).items():
             model.metadata[name] = value
+        training_json = Path(model.path) / "training.json"
+        if training_json.is_file():
+            step.log_curves(epoch_curves(json.loads(training_json.read_text(encoding="utf-8"))))
+            step.log_artifact(training_json, "tfrs_trainer")
 
 
 def build(image: str) -> python_component.PythonComponent:

@@ -1,4 +1,5 @@
-"""Tuner component: examples + transform output -> best trainer parameters, and the config the trainer runs with."""
+"""Tuner component: examples + transform output -> best trainer parameters, and the trainer section the TFRS
+trainer runs with."""
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
 from kfp import dsl
@@ -8,30 +9,36 @@ from kfp.dsl import Artifact, Dataset, Input, Output, python_component
 def tuner(
     examples: Input[Dataset],
     transformed: Input[Dataset],
-    config_yaml: str,
+    trainer_config: dict,
+    tuning_config: dict,
+    tracking_config: dict,
     tracking_uri: str,
-    parent_run_id: str,
+    run_key: str,
+    run_name: str,
     status_dir: str,
     tuning: Output[Artifact],
-) -> str:
+) -> dict:
     """Search learning rate, batch size, embedding size and temperature with Optuna (each trial a nested MLflow
-    run under this step's run); write ``best_params.json`` into ``tuning`` and return the whole config YAML with
-    the trainer section overridden, which the pipeline hands to the TFRS trainer."""
+    run under this step's run); write ``best_params.json`` into ``tuning`` and return the ``trainer`` section
+    with the tuned values, which the pipeline hands to the TFRS trainer."""
     from pathlib import Path
 
-    from components.step_run import step_run
+    from components.step_run import Tracking, step_run
 
-    with step_run("tuner", config_yaml, tracking_uri, parent_run_id, status_dir) as step:
-        from recflow.tuning import run_tuning, tuned_config_yaml
+    sections = {"trainer": trainer_config, "tuning": tuning_config, "tracking": tracking_config}
+    with step_run("tuner", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
+        from recflow.tuning import apply_best_params, run_tuning
 
         settings = step.config.tuning
         result = run_tuning(Path(examples.path), Path(transformed.path), Path(tuning.path), step.config.trainer,
-                            settings, tracking_uri=tracking_uri, parent_run_id=step.tracking_run_id or "")
+                            settings, tracking_uri=tracking_uri if step.tracking_run_id else "",
+                            parent_run_id=step.tracking_run_id or "")
         step.log_metrics({"best_value": result.best_value, "trials": len(result.trials),
                           **{f"best.{k}": v for k, v in result.best_params.items()}})
         step.note(best_params=result.best_params, metric=result.metric)
         tuning.metadata.update({"metric": result.metric, "best_value": result.best_value, **result.best_params})
-        tuned = tuned_config_yaml(config_yaml, result.best_params_path)
+        step.log_artifact(result.best_params_path, "tuner")
+        tuned = apply_best_params(step.config.trainer, result.best_params_path).model_dump(mode="json")
     return tuned
 
 
