@@ -162,7 +162,8 @@ class ServableBaseline:
     @property
     def catalog(self) -> list[str]:
         """Every item the baseline can recommend, most popular first."""
-        return [str(i) for i in self.model.popularity.ranking()]
+        popularity = getattr(self.model, "popularity", None) or self.model  # popularity itself has no fallback
+        return [str(i) for i in popularity.ranking()]
 
     def recommend(
         self,

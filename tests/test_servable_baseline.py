@@ -226,3 +226,19 @@ def test_the_service_serves_a_baseline_bundle_over_python_and_http(tmp_path, eva
         assert len(mine) == 6 and set(mine["policy_id"]) == {f"v0001/baseline:{chosen['label']}"}
     finally:
         rec.close()
+
+
+def test_popularity_itself_can_be_the_served_baseline(tmp_path, examples):
+    config = CONFIG.model_copy(update={"baselines": ("popularity", "als")})
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    result = evaluate_recommenders(examples, _losing_candidate(examples), config)
+    write_report(out, result)
+    chosen = write_baseline_fallback(out, examples, result, config)
+    assert chosen is not None and chosen["label"] == "popularity"
+    served = ServableBaseline.load(out / FALLBACK_DIR)
+    expected = PopularityRecommender().fit(pd.read_parquet(examples / "train.parquet"), pd.read_parquet(
+        examples / "items.parquet")).ranking()
+    assert served.catalog == [str(i) for i in expected]
+    assert served.recommend("anyone", 3, [("i001", "view", None)], ["i000"]) == [
+        i for i in served.catalog if i != "i000"][:3]
