@@ -299,8 +299,9 @@ class ServingBundle:
         self._cold_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
-    # long-function: the one place that reads every part of a bundle, in order (model, transform, policy, index,
-    # engines checked against their SavedModels); splitting it along those parts is open in issue 18.
+    # The one place that reads every part of a bundle, in order (model, transform, policy, index, engines checked
+    # against their SavedModels); splitting it along those parts is open in issue 18.
+    # long-function: reads every bundle part in order (see above)
     @classmethod
     def load(
         cls,

@@ -36,7 +36,7 @@ def _interface(module) -> tuple[dict[str, str], dict[str, str]]:
      {"policy": "system.Model@0.0.1"}),
     (evaluator, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",
                  "policy": "system.Model@0.0.1", "model_store": "String", "evaluator_config": "Dict",
-                 "policy_config": "Dict"},
+                 "policy_config": "Dict", "release_config": "Dict"},
      {"metrics": "system.Metrics@0.0.1", "report": "system.HTML@0.0.1", "evaluation": "system.Dataset@0.0.1",
       "blessing": "system.Artifact@0.0.1", "Output": "Boolean"}),
     (pusher, {"transformed": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",

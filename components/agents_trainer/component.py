@@ -30,7 +30,9 @@ def agents_trainer(
             policy.metadata[name] = value
         if result.loss_curve:
             step.log_curves({"policy.loss": [float(v) for v in result.loss_curve]})
-        meta = Path(policy.path) / "policy_meta.json"
+        from recflow.bundle_layout import POLICY_META_FILE
+
+        meta = Path(policy.path) / POLICY_META_FILE
         if meta.is_file():
             step.log_artifact(meta, "agents_trainer")
 

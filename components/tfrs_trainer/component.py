@@ -32,7 +32,9 @@ def tfrs_trainer(
         result = train_tfrs(Path(examples.path), Path(transformed.path), Path(model.path), step.config.trainer)
         for name, value in step.log_metrics(getattr(result, "metrics", None) or {}).items():
             model.metadata[name] = value
-        training_json = Path(model.path) / "training.json"
+        from recflow.bundle_layout import TRAINING_REPORT_FILE
+
+        training_json = Path(model.path) / TRAINING_REPORT_FILE
         if training_json.is_file():
             step.log_curves(epoch_curves(json.loads(training_json.read_text(encoding="utf-8"))))
             step.log_artifact(training_json, "tfrs_trainer")
