@@ -182,16 +182,23 @@ def quality_section(d: dict[str, Any]) -> list[str]:
              f"- MovieLens-100K, TFRS tutorial protocol: recflow top-100 accuracy {_f(tf['top100_accuracy'])} ± "
              f"{_f(tf['top100_accuracy_std'])}, top-10 {_f(tf['top10_accuracy'])}; target >= 0.40: "
              f"{_met(tf['top100_accuracy'] >= 0.40)}."]
-    methods = [m for m in ("recflow", "recflow_two_tower", "popularity", "item_knn", "als", "bpr", "ease", "content",
-                           "als_tuned", "ease_tuned", "item_knn_tuned") if m in tmp]
+    methods = [m for m in ("recflow", "recflow_sequence", "recflow_two_tower", "popularity", "item_knn", "als", "bpr",
+                           "ease", "content", "als_tuned", "ease_tuned", "item_knn_tuned") if m in tmp]
     best = tmp.get("best_baseline") or max((m for m in methods if not m.startswith("recflow")),
                                            key=lambda m: tmp[m]["ndcg@10"])
     target = 1.1 * tmp[best]["ndcg@10"]
     ours = tmp["recflow"]["ndcg@10"]
-    lines += ["- MovieLens-100K, temporal protocol (NDCG@10; `_tuned`: the same Optuna budget as recflow on a "
-              "validation split): " + ", ".join(f"{m} {_f(tmp[m]['ndcg@10'])}" for m in methods) +
+    blend = (tmp.get("tuning", {}).get("methods", {}) or {}).get("recflow_blend")
+    what = (f"recflow: the sequence model blended with EASE, weight {blend['weight']} chosen on the validation split; "
+            if blend else "")
+    per_seed = tmp.get("per_seed") or []
+    p_values = ", ".join(f"{r['vs_best_baseline']['t_test_p']:.2g}" for r in per_seed)
+    seeds = (f"; per seed {', '.join(str(r['ratio']) for r in per_seed)}, paired t-test p {p_values}"
+             if per_seed else "")
+    lines += ["- MovieLens-100K, temporal protocol (NDCG@10; " + what + "`_tuned`: the same Optuna budget as recflow "
+              "on a validation split): " + ", ".join(f"{m} {_f(tmp[m]['ndcg@10'])}" for m in methods) +
               f"; target >= 1.1 x best baseline ({best}) = {_f(target)}: "
-              f"{_met(ours >= target)} ({_f(ours / tmp[best]['ndcg@10'], 2)}x)."]
+              f"{_met(ours >= target)} ({_f(ours / tmp[best]['ndcg@10'], 2)}x{seeds})."]
     sim_methods = [m for m in ("recflow", "popularity", "item_knn", "als", "bpr", "ease", "content") if m in sim]
     lines += ["- Simulator default world (NDCG@10 / CTR when the top-10 is shown to simulated users): " + ", ".join(
         f"{m} {_f(sim[m].get('ndcg@10'))} / {_f(sim[m].get('ctr'))}" for m in sim_methods) + "."]
