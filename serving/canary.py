@@ -256,6 +256,7 @@ def decide_by_hand(store: ModelStore, action: str, reason: str, *, version: str 
     if expected != state.version:
         raise DataError(f"model store {store.root}: the canary is {state.version}, not {expected}")
     stats = {"by_hand": True}
+    done: object
     if action == "promote":
         done = store.promote_canary(f"by hand: {reason}", stats, expected=expected)
     elif action == "abort":

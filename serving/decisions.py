@@ -101,8 +101,9 @@ class SharedDecisions:
                                     (canary,)).fetchall()
         out = {}
         for arm, *values in rows:
-            out[arm] = ArmStats(**{f: (int(v) if f in ("requests", "errors", "impressions", "clicks") else float(v))
-                                   for f, v in zip(_ARM_FIELDS, values, strict=True)})
+            fields: dict[str, Any] = {f: (int(v) if f in ("requests", "errors", "impressions", "clicks") else float(v))
+                                      for f, v in zip(_ARM_FIELDS, values, strict=True)}
+            out[arm] = ArmStats(**fields)
         return out
 
     def claim(self, name: str, holder: str, ttl_s: float) -> bool:

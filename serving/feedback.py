@@ -145,7 +145,7 @@ class FeedbackSink:
                 if value is not None and math.isfinite(float(value)):
                     row[name] = float(value)
         if row["price"] is None and hasattr(d.variant.bundle, "item_price"):  # a baseline bundle has no prices
-            idx = d.variant.bundle.item_index.get(item)
+            idx = d.variant.bundle.item_index.get(str(item))
             row["price"] = None if idx is None else float(d.variant.bundle.item_price[idx])
         return row, d, pos
 

@@ -140,7 +140,7 @@ def retrieve(
         hist_rows = [b.item_index[e.item_id] for e in entries if e.item_id in b.item_index]
         if hist_rows:  # what the user just looked at says more than the context alone
             h = b.item_matrix[hist_rows].mean(axis=0)
-            query = 0.5 * query + 0.5 * h * (np.linalg.norm(query) / max(np.linalg.norm(h), 1e-9))
+            query = 0.5 * query + 0.5 * h * (float(np.linalg.norm(query)) / max(float(np.linalg.norm(h)), 1e-9))
         return top_rows(b, cfg, query, exclude, cfg.popularity_weight), None, cold
     query = b.user_matrix[row]
     return top_rows(b, cfg, query, exclude), query, cold
