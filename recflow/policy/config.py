@@ -60,18 +60,6 @@ class DeepRLConfig(BaseModel):
     entropy_regularization: float = Field(0.01, ge=0.0, description="PPO entropy bonus (exploration).")
 
 
-class OnlineConfig(BaseModel):
-    """Incremental updates of a served bandit policy from new feedback (recflow.policy.online)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    forgetting: float = Field(
-        0.98, gt=0.0, le=1.0,
-        description="Per-update decay of the linear agents' statistics (1: never forget; <1 tracks drift).",
-    )
-    gradient_steps: int = Field(2, ge=1, description="Adam steps per update batch (neural agent).")
-
-
 class PolicyConfig(BaseModel):
     """Which per-arm bandit agent learns the policy, how it explores, and how it is trained on logged feedback.
 
@@ -132,7 +120,6 @@ class PolicyConfig(BaseModel):
     )
     seed: int = Field(42, ge=0, description="Seed for candidate sampling, shuffling, initialisation, exploration.")
     rl: DeepRLConfig = Field(DeepRLConfig(), description="Session-level agents (DQN, PPO) over the simulator.")
-    online: OnlineConfig = Field(OnlineConfig(), description="Incremental updates from new feedback.")
 
     @model_validator(mode="after")
     def _exploration_matches_agent(self) -> PolicyConfig:
