@@ -105,7 +105,10 @@ def test_a_compiled_run_that_is_not_blessed_records_why(tmp_path: Path, shop: Pa
     from recflow.tracking import TAG_FINAL_STATUS, TAG_STEP, child_runs
 
     experiment = "cluster-not-blessed"
-    _run_compiled(tmp_path, shop, mlflow_uri, experiment, ["evaluator.thresholds.min_ndcg=0.99"])
+    # The baseline fallback is off here: this test is about what an unblessed run records when nothing is pushed
+    # (tests/test_pipeline_local.py's full-DAG test covers the fallback that pushes the run's best baseline).
+    _run_compiled(tmp_path, shop, mlflow_uri, experiment, ["evaluator.thresholds.min_ndcg=0.99",
+                                                           "release.baseline_fallback=never"])
     client, parent = _pipeline_run(mlflow_uri, experiment)
     assert parent.info.status == "FINISHED" and parent.data.tags[TAG_FINAL_STATUS] == "SUCCEEDED"
     assert parent.data.tags["recflow.blessed"] == "false" and parent.data.metrics["blessed"] == 0.0
