@@ -20,7 +20,7 @@ Ties are broken by popularity, then item id, so results are deterministic for a 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
 import numpy as np
@@ -230,11 +230,15 @@ class _ScoringRecommender:
                             shape=(1, len(self.item_ids)))
         row.sum_duplicates()
         scores = np.asarray(self._row_scores(row), dtype=np.float64).ravel().copy()
-        drop = [self._item_pos[x] for x in banned if x in self._item_pos]
-        if drop:
-            scores[drop] = -np.inf
-        picked = [str(self.item_ids[t]) for t in top_k_indices(scores, k, self._tiebreak)]
-        return self.popularity.fill(picked, k, banned)
+        return self.popularity.fill(self._top_items(scores, k, banned), k, banned)
+
+    def _top_items(self, scores: np.ndarray, k: int, exclude: Iterable[str]) -> list[str]:
+        """The ids of the ``k`` best items of one user's ``scores`` (modified in place: ``exclude`` masked),
+        ties broken by popularity."""
+        banned = [self._item_pos[x] for x in exclude if x in self._item_pos]
+        if banned:
+            scores[banned] = -np.inf
+        return [str(self.item_ids[t]) for t in top_k_indices(scores, k, self._tiebreak)]
 
     def recommend(
         self, user_ids: Sequence[str], k: int, exclude: Mapping[str, set[str]] | None = None
@@ -253,11 +257,7 @@ class _ScoringRecommender:
                 self._scores(np.array([row for _, row in batch], dtype=np.int64)), dtype=np.float64
             )
             for j, (i, _) in enumerate(batch):
-                row = scores[j]
-                banned = [self._item_pos[x] for x in exclude.get(users[i], ()) if x in self._item_pos]
-                if banned:
-                    row[banned] = -np.inf
-                out[i] = [str(self.item_ids[t]) for t in top_k_indices(row, k, self._tiebreak)]
+                out[i] = self._top_items(scores[j], k, exclude.get(users[i], ()))
         return [self.popularity.fill(items, k, exclude.get(u)) for items, u in zip(out, users, strict=True)]
 
 
