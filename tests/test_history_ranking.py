@@ -172,3 +172,34 @@ def test_policy_decisions_use_the_point_in_time_state_where_there_is_one() -> No
     assert by_request["r1"] == [1.0, 0.0, 0.0]  # the state before the first impression
     assert by_request["r2"] == [9.0, 9.0, 9.0]  # no point-in-time state: the final one
     assert any("point-in-time" in n for n in data.notes)
+
+
+def test_one_standard_error_rule_prefers_the_simplest_candidate_within_noise() -> None:
+    from recflow.training.history_ranking import one_standard_error_choice
+
+    rng = np.random.default_rng(0)
+    base = rng.exponential(0.05, 400)
+    # the second candidate is better on average, but by far less than the noise of the difference
+    noisy_better = base - 0.001 + rng.normal(0.0, 0.05, 400)
+    pick, stats = one_standard_error_choice([base, noisy_better])
+    assert pick == 0 and stats[0]["difference_to_best"] <= stats[0]["standard_error"]
+    # a clear improvement (a constant gain far above its standard error) is kept
+    clearly_better = base - 0.02 + rng.normal(0.0, 0.001, 400)
+    pick, stats = one_standard_error_choice([base, clearly_better])
+    assert pick == 1 and stats[0]["difference_to_best"] > stats[0]["standard_error"]
+    assert stats[1]["difference_to_best"] == 0.0
+
+
+def test_personal_off_freezes_the_item_vectors_at_zero() -> None:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    inputs = _random_inputs(rng, 256, 5, 4, [3])
+    labels = (rng.random(256) < 0.3).astype(np.float32)
+    tf.keras.utils.set_random_seed(0)
+    model = build_keras_ranker(n_items=6, state_dim=4, context_sizes=[3], personal=False, dense_l2=0.0)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05), loss=click_loss)
+    model.fit(inputs.as_dict(), labels, batch_size=64, epochs=2, verbose=0)
+    weights = export_ranker(model, 1)
+    assert not weights["item_vector"].any() and not weights["item_context"].any()
+    assert np.abs(weights["dense_kernel"]).sum() > 0  # the history features still learn

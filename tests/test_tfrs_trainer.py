@@ -272,10 +272,13 @@ def test_sequence_model_trains_the_history_ranker_and_point_in_time_decision_sta
     base, result = seq
     report = result.history["history_ranking"]
     assert report["train_examples"] > 0 and report["train_clicks"] > 0 and report["eval_clicks"] > 0
-    assert report["chosen_l2"] in SEQ.history_ranking_l2
-    assert [t["l2"] for t in report["l2_trials"]] == list(SEQ.history_ranking_l2)
-    chosen = min(report["l2_trials"], key=lambda t: t["eval_log_loss"])
-    assert chosen["l2"] == report["chosen_l2"]
+    # candidates simplest first: no per-item vectors, then the L2 grid from the strongest penalty down
+    trials = report["l2_trials"]
+    assert [t["candidate"] for t in trials] == ["personal_off", *sorted(SEQ.history_ranking_l2, reverse=True)]
+    assert report["selection"] == "one_standard_error" and sum(t["chosen"] for t in trials) == 1
+    best = min(t["eval_log_loss"] for t in trials)
+    first_within = next(t for t in trials if t["eval_log_loss"] - best <= t["standard_error"])
+    assert first_within["chosen"] and report["chosen_candidate"] == first_within["candidate"]
     assert 0.0 <= result.metrics["history_ranker_eval_auc"] <= 1.0
     ranker = HistoryRanker.load(result.out_dir)
     items = pd.read_parquet(result.item_embeddings_path)["item_id"].astype(str).tolist()

@@ -93,16 +93,22 @@ class RankerInputs:
 
 def build_keras_ranker(n_items: int, state_dim: int, context_sizes: Sequence[int], context_dim: int = 8,
                        l2: float = 1e-4, base_rate: float | None = None,
-                       item_prior: np.ndarray | None = None) -> Any:
+                       item_prior: np.ndarray | None = None, dense_l2: float | None = None,
+                       personal: bool = True) -> Any:
     """The Keras model (inputs of :class:`RankerInputs`, output: click logit [B]).
 
-    ``base_rate``: the training click rate; the intercept starts at its logit (clicks are rare: from 0, a few
-    hundred Adam steps leave the model predicting far too many clicks). ``item_prior`` ([n_items + 1]): the
-    starting per-item biases (:func:`item_log_odds`), so training refines each item's observed click rate
-    instead of having to find it from zero with a handful of clicks."""
+    ``l2``: the penalty of the per-item vectors and the context terms (many parameters per click);
+    ``dense_l2``: the penalty of the few history-feature weights (default: ``l2``). ``personal=False`` freezes
+    the per-item vectors and item-context vectors at zero (the model is then item biases + history features +
+    position: the simplest candidate of the trainer's selection). ``base_rate``: the training click rate; the
+    intercept starts at its logit (clicks are rare: from 0, a few hundred Adam steps leave the model predicting
+    far too many clicks). ``item_prior`` ([n_items + 1]): the starting per-item biases (:func:`item_log_odds`),
+    so training refines each item's observed click rate instead of having to find it from zero with a handful
+    of clicks."""
     import tensorflow as tf
 
     reg = tf.keras.regularizers.l2(l2)
+    dense_reg = tf.keras.regularizers.l2(l2 if dense_l2 is None else dense_l2)
     state = tf.keras.Input((state_dim,), name="state", dtype=tf.float32)
     item = tf.keras.Input((), name="item", dtype=tf.int64)
     dense = tf.keras.Input((N_DENSE,), name="dense", dtype=tf.float32)
@@ -111,7 +117,7 @@ def build_keras_ranker(n_items: int, state_dim: int, context_sizes: Sequence[int
     intercept = 0.0
     if base_rate is not None and 0.0 < base_rate < 1.0:
         intercept = float(np.log(base_rate / (1.0 - base_rate)))
-    logit = tf.squeeze(tf.keras.layers.Dense(1, name="dense_weights", kernel_regularizer=reg,
+    logit = tf.squeeze(tf.keras.layers.Dense(1, name="dense_weights", kernel_regularizer=dense_reg,
                                              bias_initializer=tf.keras.initializers.Constant(intercept))(dense), -1)
     bias_init: Any = "zeros"
     if item_prior is not None:
@@ -119,14 +125,15 @@ def build_keras_ranker(n_items: int, state_dim: int, context_sizes: Sequence[int
     logit += tf.squeeze(tf.keras.layers.Embedding(n_items + 1, 1, embeddings_initializer=bias_init,
                                                   name="item_bias")(item), -1)
     vec = tf.keras.layers.Embedding(n_items + 1, state_dim, embeddings_initializer="zeros",
-                                    embeddings_regularizer=reg, name="item_vector")(item)
+                                    embeddings_regularizer=reg, name="item_vector", trainable=personal)(item)
     logit += tf.reduce_sum(vec * state, -1)
     if context_sizes:
         ctx = tf.add_n([tf.keras.layers.Embedding(size + 1, context_dim, embeddings_regularizer=reg,
                                                   name=f"context_{c}")(context[:, c])
                         for c, size in enumerate(context_sizes)])
         item_ctx = tf.keras.layers.Embedding(n_items + 1, context_dim, embeddings_initializer="zeros",
-                                             embeddings_regularizer=reg, name="item_context")(item)
+                                             embeddings_regularizer=reg, name="item_context",
+                                             trainable=personal)(item)
         logit += tf.reduce_sum(ctx * item_ctx, -1)
     logit += tf.squeeze(tf.keras.layers.Embedding(MAX_POSITIONS, 1, embeddings_initializer="zeros",
                                                   name="position_bias")(position), -1)

@@ -157,11 +157,48 @@ def _ips_weights(imp: pd.DataFrame, is_train: np.ndarray, trainer_config: Any) -
     return weights, ips
 
 
+#: The simplest candidate of the selection: per-item and context vectors frozen at zero (item click biases,
+#: history-feature weights and position biases only).
+PERSONAL_OFF = "personal_off"
+
+
+def _eval_losses(model: Any, inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, mask: np.ndarray,
+                 n_context: int) -> np.ndarray:
+    """Per-example weighted log loss of ``model`` on the rows of ``mask`` (no regularisation term)."""
+    sub = RankerInputs(*(getattr(inputs, f)[mask] for f in ("state", "item", "dense", "context", "position")))
+    logits = numpy_click_logits(export_ranker(model, n_context), sub)
+    y = labels[mask].astype(np.float64)
+    loss = np.logaddexp(0.0, logits) - y * logits
+    return np.asarray(weights[mask], np.float64) * loss
+
+
+def one_standard_error_choice(losses: Sequence[np.ndarray]) -> tuple[int, list[dict[str, float]]]:
+    """Index of the simplest candidate (the first) whose mean eval loss is within one standard error of the best
+    one's (Hastie, Tibshirani & Friedman, *Elements of Statistical Learning*, 7.10); ``losses``: per-example
+    losses of each candidate on the same rows, simplest first. The standard error is that of the paired
+    per-example difference to the best candidate. Returns the index and each candidate's mean, difference and
+    standard error."""
+    means = [float(np.mean(x)) for x in losses]
+    best = int(np.argmin(means))
+    stats: list[dict[str, float]] = []
+    chosen: int | None = None
+    for k, x in enumerate(losses):
+        diff = np.asarray(x, np.float64) - np.asarray(losses[best], np.float64)
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        stats.append({"mean": means[k], "difference_to_best": float(diff.mean()), "standard_error": se})
+        if chosen is None and float(diff.mean()) <= se:
+            chosen = k
+    return (best if chosen is None else chosen), stats
+
+
 def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, is_train: np.ndarray,
                  has_eval: bool, n_items: int, vocabs: list[list[str]], trainer_config: Any
                  ) -> tuple[tuple[float, Any, Any], list[dict[str, Any]]]:
-    """Fit one ranker per L2 strength of ``history_ranking_l2`` and keep the one with the lowest eval log loss
-    (the first when there is no eval click); returns ``(its loss, model, history)`` and every trial."""
+    """Fit the candidates -- :data:`PERSONAL_OFF`, then one ranker per L2 strength of ``history_ranking_l2``
+    from the strongest to the weakest (simplest first) -- and keep the one ``history_ranking_selection`` picks on
+    the eval split's log loss: ``one_standard_error`` (the simplest within one standard error of the best) or
+    ``min_loss``. Without an eval click, the first candidate. Returns ``(its loss, model, history)`` and every
+    trial."""
     import tensorflow as tf
 
     def dataset(mask: np.ndarray, shuffle: bool) -> Any:
@@ -173,12 +210,16 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
 
     base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
     prior = item_log_odds(inputs.item[is_train], labels[is_train], weights[is_train], n_items)
+    grid = sorted(trainer_config.history_ranking_l2, reverse=True)
+    candidates: list[tuple[str | float, float, bool]] = [(PERSONAL_OFF, grid[0], False)]
+    candidates += [(l2, l2, True) for l2 in grid]
     trials: list[dict[str, Any]] = []
-    best: tuple[float, Any, Any] | None = None
-    for l2 in list(trainer_config.history_ranking_l2):
+    fitted: list[tuple[Any, Any, np.ndarray]] = []
+    for name, l2, personal in candidates:
         tf.keras.utils.set_random_seed(trainer_config.seed + 7)
         model = build_keras_ranker(n_items, inputs.state.shape[1], [len(v) for v in vocabs], l2=l2,
-                                   base_rate=base_rate, item_prior=prior)
+                                   base_rate=base_rate, item_prior=prior,
+                                   dense_l2=trainer_config.history_ranking_dense_l2, personal=personal)
         model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
         callbacks: list[Any] = []
         if has_eval:
@@ -187,15 +228,26 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
                 patience=trainer_config.early_stopping_patience))
         hist = model.fit(dataset(is_train, True), validation_data=dataset(~is_train, False) if has_eval else None,
                          epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
-        val = min(hist.history["val_loss"]) if has_eval else float("nan")
-        trials.append({"l2": l2, "eval_log_loss": val, "epochs_run": len(hist.history.get("loss", [])),
+        losses = (_eval_losses(model, inputs, labels, weights, ~is_train, len(vocabs)) if has_eval
+                  else np.full(1, np.nan))
+        fitted.append((model, hist, losses))
+        trials.append({"candidate": name, "l2": l2, "personal_terms": personal,
+                       "eval_log_loss": float(np.mean(losses)),
+                       "epochs_run": len(hist.history.get("loss", [])),
                        "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})
-        if best is None or (has_eval and val < best[0]):
-            best = (val, model, hist)
         if not has_eval:  # nothing to choose by: the first candidate
             break
-    assert best is not None
-    return best, trials
+    chosen = 0
+    if has_eval:
+        pick, stats = one_standard_error_choice([f[2] for f in fitted])
+        for trial, st in zip(trials, stats, strict=True):
+            trial.update({"difference_to_best": st["difference_to_best"], "standard_error": st["standard_error"]})
+        chosen = pick if trainer_config.history_ranking_selection == "one_standard_error" else int(
+            np.argmin([t["eval_log_loss"] for t in trials]))
+    for k, trial in enumerate(trials):
+        trial["chosen"] = k == chosen
+    model, hist, _ = fitted[chosen]
+    return (trials[chosen]["eval_log_loss"], model, hist), trials
 
 
 def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any, item_ids: Sequence[str],
@@ -240,8 +292,8 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
         "train_clicks": int(labels[is_train].sum()), "eval_clicks": int(labels[~is_train].sum()),
         "skipped_impressions_without_history": n_impressions - len(rows),
         "context_columns": context_columns, "inverse_propensity_weights": ips,
-        "l2_trials": trials, "chosen_l2": trials[[t["eval_log_loss"] for t in trials].index(best[0])]["l2"]
-        if has_eval else trials[0]["l2"],
+        "l2_trials": trials, "selection": trainer_config.history_ranking_selection,
+        "chosen_candidate": next(t["candidate"] for t in trials if t["chosen"]),
         "history": {k: [float(x) for x in v] for k, v in hist.history.items()},
         "epochs_run": len(hist.history.get("loss", [])), "seconds": seconds}
     metrics: dict[str, float] = {}

@@ -109,11 +109,21 @@ class TrainerConfig(BaseModel):
         "split's log loss; its inputs are a few features per impression, so epochs are cheap).")
     history_ranking_l2: tuple[float, ...] = Field(
         (1e-4, 1e-3, 1e-2, 1e-1, 1.0), min_length=1, description="Candidate L2 penalties of the history "
-        "ranker's personal terms (history-feature weights, per-item and context vectors; not the per-item click "
-        "biases): one model is trained per value and the one with the lowest eval-split log loss is kept (the "
-        "first when the eval split has no clicked impression). Clicks are scarce in many shops (the organic "
-        "world logs about 100), so how much the personal terms may learn is chosen on data; the largest value "
-        "leaves about the items' observed click rates.")
+        "ranker's per-item and context vectors (not the per-item click biases, not the history-feature weights: "
+        "history_ranking_dense_l2). The candidates are the model without those vectors, then one model per "
+        "value from the largest to the smallest (simplest first); history_ranking_selection picks one on the "
+        "eval split's log loss (the first when the eval split has no clicked impression). Clicks are scarce in "
+        "many shops (the organic world logs about 100), so how much the vectors may learn is chosen on data.")
+    history_ranking_dense_l2: float = Field(
+        1e-4, ge=0.0, description="L2 penalty of the history ranker's few history-feature weights (retrieval "
+        "score, count in history, last item, recency): a weak prior for every candidate, since four weights "
+        "need few clicks (a penalty as strong as the vectors' largest would erase the user's history).")
+    history_ranking_selection: Literal["one_standard_error", "min_loss"] = Field(
+        "one_standard_error", description="How the history ranker's candidate is chosen on the eval split: "
+        "one_standard_error keeps the simplest candidate whose mean log loss is within one standard error of "
+        "the best (the paired per-impression difference): with a few eval clicks the losses barely differ and "
+        "the richest model tends to overfit (measured in the organic world, docs/models.md); min_loss keeps "
+        "the lowest loss.")
     query_behaviour_features: tuple[str, ...] = Field(
         ("frequency", "monetary", "dwell_mean"),
         description="Behaviour features the towers read (those the log supports). recency_s and session_events "
