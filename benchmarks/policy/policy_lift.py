@@ -30,7 +30,6 @@ import recflow  # noqa: F401  (legacy Keras before TensorFlow)
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,13 +37,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
 from recflow.config import load_config  # noqa: E402
 from recflow.evaluation.significance import paired_tests  # noqa: E402
 from recflow.io import atomic_path  # noqa: E402
-from recflow.simulator import SimulatorConfig, generate_dataset  # noqa: E402
+from recflow.simulator import SimulatorConfig  # noqa: E402
 from recflow.simulator.env import ShopEnv  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "policy.json"
@@ -56,23 +56,12 @@ PIPELINE_OVERRIDES = ("evaluator.thresholds.min_lift_over_popularity=null",
 
 def train(work: Path, world: SimulatorConfig, reuse: bool) -> dict[str, Any]:
     """Generate the world's log and run the pipeline on it; returns the store and the run's verdict."""
-    from pipelines.local_run import run_local
+    from trained_world import generate_and_train
 
-    data, store, saved = work / "data", work / "store", work / "trained.json"
-    if reuse and saved.is_file():
-        return {**json.loads(saved.read_text(encoding="utf-8")), "store": store}
-    for path in (data, store):
-        shutil.rmtree(path, ignore_errors=True)
-    generate_dataset(world, data, progress=False)
-    config = load_config(None, [*PIPELINE_OVERRIDES, f"paths.data_dir={work / 'run'}"])
-    started = time.perf_counter()
-    result = run_local(data, config, model_store=store, tracking=False, echo=lambda _m: None)
-    blessing_path = next(iter(result.run_dir.rglob("blessing.json")), None)
-    blessing = json.loads(blessing_path.read_text(encoding="utf-8")) if blessing_path else {}
-    out = {"pipeline_seconds": time.perf_counter() - started, "blessed": bool(blessing.get("blessed")),
-           "run_dir": str(result.run_dir)}
-    saved.write_text(json.dumps(out), encoding="utf-8")
-    return {**out, "store": store}
+    run = generate_and_train(world, work / "data", work / "store", work / "run", work / "trained.json",
+                             PIPELINE_OVERRIDES, reuse)
+    return {"pipeline_seconds": run["pipeline_seconds"], "blessed": run["blessed"], "run_dir": run["run_dir"],
+            "store": work / "store"}
 
 
 def serve_traffic(store: Path, world: SimulatorConfig, seed: int, requests: int, policy_rerank: bool

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -66,7 +65,7 @@ from recflow.baselines import (  # noqa: E402
 )
 from recflow.config import load_config  # noqa: E402
 from recflow.evaluation.significance import paired_tests  # noqa: E402
-from recflow.simulator import OrganicShop, SimulatorConfig, generate_dataset  # noqa: E402
+from recflow.simulator import OrganicShop, SimulatorConfig  # noqa: E402
 
 #: Overrides of the default configuration for the pipeline run, recorded in the results. The Evaluator must not
 #: exclude items a user already viewed (this shop's clicks are mostly on viewed products), and the lift rules
@@ -100,33 +99,20 @@ def train(seed: int, work: Path, items: int, users: int, extra: Sequence[str], r
           ) -> dict[str, Any]:
     """Generate the world's batch log and run the pipeline on it; returns paths and the run's verdict.
     ``reuse``: keep a previous run's data, store and verdict in ``work`` (same seed and arguments)."""
-    from pipelines.local_run import run_local
+    from trained_world import generate_and_train
 
-    data = work / f"data-{seed}"
-    store = work / f"store-{seed}"
-    saved = work / f"trained-{seed}.json"
-    if reuse and saved.is_file():
-        return {**json.loads(saved.read_text(encoding="utf-8")), "data": data, "store": store}
-    for path in (data, store):
-        shutil.rmtree(path, ignore_errors=True)
+    data, store = work / f"data-{seed}", work / f"store-{seed}"
     sim = SimulatorConfig(world="organic", seed=seed).model_copy(
         update={"organic": SimulatorConfig().organic.model_copy(update={"items": items, "users": users})})
-    generate_dataset(sim, data)
-    overrides = [*PIPELINE_OVERRIDES, *extra, f"paths.data_dir={work / f'run-{seed}'}"]
-    config = load_config(None, overrides)
-    started = time.perf_counter()
-    result = run_local(data, config, model_store=store, tracking=False, echo=lambda _m: None)
-    seconds = time.perf_counter() - started
-    blessing_path = next(iter(result.run_dir.rglob("blessing.json")), None)
-    blessing = json.loads(blessing_path.read_text(encoding="utf-8")) if blessing_path else {}
+    run = generate_and_train(sim, data, store, work / f"run-{seed}", work / f"trained-{seed}.json",
+                             [*PIPELINE_OVERRIDES, *extra], reuse)
+    blessing = run.get("blessing") or {}
     best = blessing.get("best_baseline") or {}
     offline = {"candidate_ndcg@10": (blessing.get("metrics") or {}).get("ndcg@10"),
                "best_baseline": best.get("name"), "best_baseline_ndcg@10": best.get("value")}
-    out = {"pipeline_seconds": seconds, "blessed": bool(blessing.get("blessed")),
-           "blessing_reasons": blessing.get("reasons", []), "blessing_checks": blessing.get("checks", []),
-           "offline": offline, "run_dir": str(result.run_dir)}
-    saved.write_text(json.dumps(out, default=str), encoding="utf-8")
-    return {**out, "data": data, "store": store}
+    return {"pipeline_seconds": run["pipeline_seconds"], "blessed": run["blessed"],
+            "blessing_reasons": blessing.get("reasons", []), "blessing_checks": blessing.get("checks", []),
+            "offline": offline, "run_dir": run["run_dir"], "data": data, "store": store}
 
 
 def serve_users(shop: OrganicShop, n_users: int, slate: int, serve: Serve,
