@@ -25,6 +25,7 @@ from recflow.models.sequence import (
     numpy_item_vectors,
     numpy_user_state,
 )
+from recflow.training.early_stopping import fit_with_early_stopping
 
 
 @dataclass
@@ -130,29 +131,19 @@ def fit_id_sequence(user_rows: np.ndarray, item_rows: np.ndarray, type_codes: np
     encoder = SequenceEncoder(n_items, config)
     model = SequenceRetrievalModel(encoder, config.temperature, config.logq_strength, config.feature_dropout)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    losses: list[float] = []
-    val_scores: list[float] = []
-    best, best_epoch, best_weights, waited = -np.inf, 0, None, 0
+
+    def validate() -> dict[str, float]:
+        assert validation is not None
+        w = export_weights(encoder)
+        s = numpy_user_state(w, validation.hist_items, validation.hist_types, validation.hist_gaps)
+        return {"ndcg": ndcg_at_k(s @ numpy_item_vectors(w).T, validation.relevant, validation.exclude,
+                                  validation.k)}
+
     started = time.perf_counter()
-    for epoch in range(config.epochs):
-        hist = model.fit(ds, epochs=1, verbose=0)
-        losses.append(float(hist.history["loss"][-1]))
-        if validation is None:
-            continue
-        weights = export_weights(encoder)
-        s = numpy_user_state(weights, validation.hist_items, validation.hist_types, validation.hist_gaps)
-        score = ndcg_at_k(s @ numpy_item_vectors(weights).T, validation.relevant, validation.exclude,
-                          validation.k)
-        val_scores.append(score)
-        if score > best:
-            best, best_epoch, best_weights, waited = score, epoch + 1, encoder.get_weights(), 0
-        else:
-            waited += 1
-            if waited >= config.early_stopping_patience:
-                break
+    curves = fit_with_early_stopping(model, encoder, ds, config.epochs, config.early_stopping_patience,
+                                     validate if validation is not None else None, "ndcg")
     seconds = time.perf_counter() - started
-    if best_weights is not None:
-        encoder.set_weights(best_weights)
+    losses, val_scores, best_epoch = curves.loss, curves.validation.get("ndcg", []), curves.best_epoch
     weights = export_weights(encoder)
     stats = {"epochs_run": len(losses), "best_epoch": best_epoch or len(losses), "train_examples": n,
              "seconds": seconds, "examples_per_second": n * len(losses) / seconds, "loss": losses,

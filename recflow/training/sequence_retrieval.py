@@ -297,27 +297,19 @@ def _fit_with_early_stopping(model: Any, encoder: Any, ds: Any,
                              cfg: Any) -> dict[str, list[float]]:
     """Fit epoch by epoch; with eval examples, stop after ``early_stopping_patience`` epochs without a better
     eval top-10 accuracy and restore the best epoch's weights. Returns the curves."""
-    history: dict[str, list[float]] = {"loss": [], "val_top10_accuracy": [], "val_top50_accuracy": []}
-    best, best_weights, since_best = -1.0, None, 0
-    for _epoch in range(cfg.epochs):
-        h = model.fit(ds, epochs=1, verbose=0)
-        history["loss"].append(float(h.history["loss"][-1]))
-        if evaluation is None:
-            continue
+    from recflow.training.early_stopping import fit_with_early_stopping
+
+    def validate() -> dict[str, float]:
+        assert evaluation is not None
         eval_seq, eval_w = evaluation
         acc = top_k_accuracy(_encoder_states(encoder, eval_seq), encoder.item_vectors(), eval_seq["target_item"],
                              eval_w)
-        history["val_top10_accuracy"].append(acc[10])
-        history["val_top50_accuracy"].append(acc[50])
-        if acc[10] > best:
-            best, best_weights, since_best = acc[10], encoder.get_weights(), 0
-        else:
-            since_best += 1
-            if since_best >= cfg.early_stopping_patience:
-                break
-    if best_weights is not None:
-        encoder.set_weights(best_weights)
-    return history
+        return {"val_top10_accuracy": acc[10], "val_top50_accuracy": acc[50]}
+
+    curves = fit_with_early_stopping(model, encoder, ds, cfg.epochs, cfg.early_stopping_patience,
+                                     validate if evaluation is not None else None, "val_top10_accuracy")
+    return {"loss": curves.loss, "val_top10_accuracy": curves.validation.get("val_top10_accuracy", []),
+            "val_top50_accuracy": curves.validation.get("val_top50_accuracy", [])}
 
 
 def _write_histories(data: Any, examples_dir: Path, out_dir: Path, max_len: int) -> pd.DataFrame:
