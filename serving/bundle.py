@@ -34,7 +34,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,9 @@ from recflow.errors import DataError
 from recflow.policy.logged_data import CONTEXT_CATEGORIES
 from recflow.training.sequence_retrieval import ENCODER_FILE, ITEMS_FILE
 from serving.history import HistoryEntry
+
+if TYPE_CHECKING:  # the scorer module imports TensorFlow; the bundle imports it only when loading
+    from recflow.policy.scorer import PolicyScorer
 
 CONTEXT_FIELDS: tuple[str, ...] = ("hour", "weekday", "device", "region")
 log = logging.getLogger(__name__)
@@ -299,9 +302,10 @@ class ServingBundle:
         self._cold_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
-    # The one place that reads every part of a bundle, in order (model, transform, policy, index, engines checked
-    # against their SavedModels); splitting it along those parts is open in issue 18.
-    # long-function: reads every bundle part in order (see above)
+    # Each part of a bundle is read by its own helper (module level, below the class): the files
+    # (:func:`_read_bundle_files`), the approximate index (:func:`load_ann_index`), the catalog columns, the
+    # policy's item matrix and reward network; then the numpy engines are checked against their SavedModels
+    # (:meth:`_check_numpy_engines`).
     @classmethod
     def load(
         cls,
@@ -323,117 +327,67 @@ class ServingBundle:
         ``ann_index``: retrieve through the bundle's approximate index when it has one (checked by
         :func:`load_ann_index` against ``min_index_recall`` on ``index_check_queries`` queries).
         """
-        import tensorflow as tf
-
-        from recflow.policy.scorer import load_policy
-
         root = Path(path)
-        for part in bundle_layout.PARTS:
-            if not (root / part).is_dir():
-                raise DataError(
-                    f"{root}: bundle part {part}/ is missing (expected model/, policy/, transform/)"
-                )
-        model = root / bundle_layout.MODEL_DIR
-        try:
-            item_ids, item_matrix = _matrix(model / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
-            user_ids, user_matrix = _matrix(model / bundle_layout.USER_EMBEDDINGS_FILE, "user_id")
-            contexts = pd.read_parquet(model / bundle_layout.USER_CONTEXT_FILE)
-            default_context = json.loads((model / bundle_layout.DEFAULT_CONTEXT_FILE).read_text(encoding="utf-8"))
-            spec_path = root / bundle_layout.TRANSFORM_DIR / bundle_layout.FEATURE_SPEC_FILE
-            spec = json.loads(spec_path.read_text(encoding="utf-8"))
-            candidates = pd.read_parquet(root / bundle_layout.TRANSFORM_DIR / bundle_layout.CANDIDATES_FILE)
-            retrieval = tf.saved_model.load(str(model / bundle_layout.RETRIEVAL_DIR))
-            ranking_dir = model / bundle_layout.RANKING_DIR
-            ranking_model = (
-                tf.saved_model.load(str(ranking_dir))
-                if (ranking_dir / bundle_layout.SAVED_MODEL_FILE).is_file()
-                else None
-            )
-            ranking_fn = None if ranking_model is None else ranking_model.signatures["serving_default"]
-            scorer = load_policy(root / bundle_layout.POLICY_DIR)
-            sequence = SequenceState(model) if (model / ENCODER_FILE).is_file() else None
-        except DataError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any unreadable part makes the bundle unusable
-            raise DataError(f"{root}: cannot load the bundle: {type(exc).__name__}: {exc}") from None
-        item_ids = item_ids.astype(str).astype(object)
+        files = _read_bundle_files(root)
+        item_ids = files.item_ids.astype(str).astype(object)
         index, index_report = (
-            load_ann_index(model, item_ids, item_matrix, user_matrix, min_index_recall, index_check_queries)
+            load_ann_index(root / bundle_layout.MODEL_DIR, item_ids, files.item_matrix, files.user_matrix,
+                           min_index_recall, index_check_queries)
             if ann_index
             else (None, None)
         )
-        cand = (
-            candidates.assign(item_id=candidates["item_id"].astype(str))
-            .set_index("item_id")
-            .reindex(item_ids)
-        )
-        category = (
-            cand["category"].fillna("").astype(str).to_numpy(object)
-            if "category" in cand
-            else np.full(len(item_ids), "", object)
-        )
-        price = cand["price"].fillna(0.0).to_numpy(float) if "price" in cand else np.zeros(len(item_ids))
-        log_pop = _log_popularity(root / bundle_layout.TRANSFORM_DIR / bundle_layout.TRANSFORM_GRAPH_DIR, item_ids)
-        policy_pos = pd.Index(scorer.item_ids.astype(str)).get_indexer(pd.Index(item_ids))
-        policy_items = np.zeros((len(item_ids), scorer.item_embeddings.shape[1]), np.float32)
-        policy_items[policy_pos >= 0] = scorer.item_embeddings[policy_pos[policy_pos >= 0]]
-        if (policy_pos < 0).any():
-            policy_items[policy_pos < 0] = scorer.item_embeddings.mean(axis=0)
-        network = None
-        if scorer.agent == "neural_epsilon_greedy":
-            network = NumpyRewardNetwork(
-                scorer.policy.model_variables, scorer.layout.global_dim, scorer.layout.arm_dim
-            )
-        if share_arrays:
-            mapped = shared_arrays(
-                root,
-                version,
-                {"item_matrix": item_matrix, "user_matrix": user_matrix, "policy_item_matrix": policy_items,
-                 "item_log_popularity": log_pop, "item_price": price},
-            )
-            item_matrix, user_matrix = mapped["item_matrix"], mapped["user_matrix"]
-            policy_items, log_pop, price = (
-                mapped["policy_item_matrix"], mapped["item_log_popularity"], mapped["item_price"]
-            )
-        ctx_cols = [c for c in CONTEXT_FIELDS if c in contexts.columns]
-        user_context = {
-            str(r["user_id"]): {c: _plain(r[c]) for c in ctx_cols} for r in contexts.to_dict("records")
+        category, price = _catalog_columns(files.candidates, item_ids)
+        arrays = {
+            "item_matrix": files.item_matrix,
+            "user_matrix": files.user_matrix,
+            "policy_item_matrix": _policy_item_matrix(files.scorer, item_ids),
+            "item_log_popularity": _log_popularity(
+                root / bundle_layout.TRANSFORM_DIR / bundle_layout.TRANSFORM_GRAPH_DIR, item_ids),
+            "item_price": price,
         }
+        network = _reward_network(files.scorer)
+        if share_arrays:
+            arrays = shared_arrays(root, version, arrays)
         bundle = cls(
             version=version,
             path=root,
             item_ids=item_ids,
-            item_matrix=item_matrix,
-            item_log_popularity=log_pop,
+            item_matrix=arrays["item_matrix"],
+            item_log_popularity=arrays["item_log_popularity"],
             item_category=category,
-            item_price=price,
+            item_price=arrays["item_price"],
             trained_items=len(item_ids),
-            user_index={str(u): i for i, u in enumerate(user_ids)},
-            user_matrix=user_matrix,
-            user_context=user_context,
-            default_context=default_context,
-            policy_item_matrix=policy_items,
-            policy_meta=scorer.meta,
-            ranking_fn=ranking_fn,
-            retrieval=retrieval,
-            policy_scorer=scorer,
+            user_index={str(u): i for i, u in enumerate(files.user_ids)},
+            user_matrix=arrays["user_matrix"],
+            user_context=_user_contexts(files.contexts),
+            default_context=files.default_context,
+            policy_item_matrix=arrays["policy_item_matrix"],
+            policy_meta=files.scorer.meta,
+            ranking_fn=files.ranking_fn,
+            retrieval=files.retrieval,
+            policy_scorer=files.scorer,
             reward_network=network,
-            feature_spec=spec,
-            sequence=sequence,
+            feature_spec=files.feature_spec,
+            sequence=files.sequence,
             ann_index=index,
             index_report=index_report,
         )
-        if network is not None and verify_numpy_policy and not bundle.numpy_policy_matches():
-            bundle.reward_network = (
-                None  # fall back to the SavedModel rather than serve a wrong re-implementation
-            )
-        if ranking_model is not None:
-            bundle.numpy_ranker = _numpy_ranker(ranking_model, root, spec, item_ids)
-            if bundle.numpy_ranker is not None and verify_numpy_ranking and not bundle.numpy_ranking_matches():
-                log.warning("%s: the numpy ranking engine differs from the ranking SavedModel on the check "
-                            "sample; ranking with the SavedModel", root)
-                bundle.numpy_ranker = None
+        bundle._check_numpy_engines(files.ranking_model, verify_numpy_policy, verify_numpy_ranking)
         return bundle
+
+    def _check_numpy_engines(self, ranking_model: Any, verify_policy: bool, verify_ranking: bool) -> None:
+        """Build the numpy ranking engine of ``ranking_model`` (the ranking SavedModel, or None) and, as asked,
+        check both numpy engines against their SavedModels on a fixed sample: one that differs is dropped (the
+        SavedModel serves rather than a wrong re-implementation)."""
+        if self.reward_network is not None and verify_policy and not self.numpy_policy_matches():
+            self.reward_network = None
+        if ranking_model is None:
+            return
+        self.numpy_ranker = _numpy_ranker(ranking_model, self.path, self.feature_spec, self.item_ids)
+        if self.numpy_ranker is not None and verify_ranking and not self.numpy_ranking_matches():
+            log.warning("%s: the numpy ranking engine differs from the ranking SavedModel on the check "
+                        "sample; ranking with the SavedModel", self.path)
+            self.numpy_ranker = None
 
     # ------------------------------------------------------------------ catalog
     def add_items(self, items: pd.DataFrame) -> int:
@@ -686,6 +640,109 @@ class ServingBundle:
             ):
                 return False
         return True
+
+
+@dataclass
+class _BundleFiles:
+    """What one bundle's files hold, as read (:func:`_read_bundle_files`); nothing derived from them yet."""
+
+    item_ids: np.ndarray  # [N], the rows of item_embeddings.parquet
+    item_matrix: np.ndarray  # [N, D]
+    user_ids: np.ndarray  # [U], the rows of user_embeddings.parquet
+    user_matrix: np.ndarray  # [U, D]
+    contexts: pd.DataFrame  # each known user's latest context
+    default_context: dict[str, Any]
+    feature_spec: dict[str, Any]
+    candidates: pd.DataFrame  # the catalog (item_id, category, price, ...)
+    retrieval: Any  # the retrieval SavedModel
+    ranking_model: Any  # the ranking SavedModel, or None when the bundle has none
+    ranking_fn: Any  # its serving signature, or None
+    scorer: PolicyScorer
+    sequence: SequenceState | None  # a sequence bundle's encoder and histories
+
+
+def _check_parts(root: Path) -> None:
+    for part in bundle_layout.PARTS:
+        if not (root / part).is_dir():
+            raise DataError(f"{root}: bundle part {part}/ is missing (expected model/, policy/, transform/)")
+
+
+def _load_ranking_model(model_dir: Path) -> Any:
+    """The ranking SavedModel of ``model_dir``, or None when the bundle has none."""
+    import tensorflow as tf
+
+    ranking_dir = model_dir / bundle_layout.RANKING_DIR
+    if not (ranking_dir / bundle_layout.SAVED_MODEL_FILE).is_file():
+        return None
+    return tf.saved_model.load(str(ranking_dir))
+
+
+def _read_bundle_files(root: Path) -> _BundleFiles:
+    """Read every part of the bundle ``root`` (model, transform, policy, sequence state); a missing part or an
+    unreadable file raises :class:`DataError` naming the bundle."""
+    import tensorflow as tf
+
+    from recflow.policy.scorer import load_policy
+
+    _check_parts(root)
+    model = root / bundle_layout.MODEL_DIR
+    transform = root / bundle_layout.TRANSFORM_DIR
+    try:
+        item_ids, item_matrix = _matrix(model / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
+        user_ids, user_matrix = _matrix(model / bundle_layout.USER_EMBEDDINGS_FILE, "user_id")
+        contexts = pd.read_parquet(model / bundle_layout.USER_CONTEXT_FILE)
+        default_context = json.loads((model / bundle_layout.DEFAULT_CONTEXT_FILE).read_text(encoding="utf-8"))
+        feature_spec = json.loads((transform / bundle_layout.FEATURE_SPEC_FILE).read_text(encoding="utf-8"))
+        candidates = pd.read_parquet(transform / bundle_layout.CANDIDATES_FILE)
+        retrieval = tf.saved_model.load(str(model / bundle_layout.RETRIEVAL_DIR))
+        ranking_model = _load_ranking_model(model)
+        ranking_fn = None if ranking_model is None else ranking_model.signatures["serving_default"]
+        scorer = load_policy(root / bundle_layout.POLICY_DIR)
+        sequence = SequenceState(model) if (model / ENCODER_FILE).is_file() else None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable part makes the bundle unusable
+        raise DataError(f"{root}: cannot load the bundle: {type(exc).__name__}: {exc}") from None
+    return _BundleFiles(item_ids=item_ids, item_matrix=item_matrix, user_ids=user_ids, user_matrix=user_matrix,
+                        contexts=contexts, default_context=default_context, feature_spec=feature_spec,
+                        candidates=candidates, retrieval=retrieval, ranking_model=ranking_model,
+                        ranking_fn=ranking_fn, scorer=scorer, sequence=sequence)
+
+
+def _catalog_columns(candidates: pd.DataFrame, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's category (``""`` when unknown) and price (0 when unknown), aligned with ``item_ids``."""
+    cand = candidates.assign(item_id=candidates["item_id"].astype(str)).set_index("item_id").reindex(item_ids)
+    category = (
+        cand["category"].fillna("").astype(str).to_numpy(object)
+        if "category" in cand
+        else np.full(len(item_ids), "", object)
+    )
+    price = cand["price"].fillna(0.0).to_numpy(float) if "price" in cand else np.zeros(len(item_ids))
+    return category, price
+
+
+def _policy_item_matrix(scorer: PolicyScorer, item_ids: np.ndarray) -> np.ndarray:
+    """The policy's item embeddings aligned with ``item_ids``; items the policy does not know get its mean."""
+    policy_pos = pd.Index(scorer.item_ids.astype(str)).get_indexer(pd.Index(item_ids))
+    policy_items = np.zeros((len(item_ids), scorer.item_embeddings.shape[1]), np.float32)
+    policy_items[policy_pos >= 0] = scorer.item_embeddings[policy_pos[policy_pos >= 0]]
+    if (policy_pos < 0).any():
+        policy_items[policy_pos < 0] = scorer.item_embeddings.mean(axis=0)
+    return policy_items
+
+
+def _reward_network(scorer: PolicyScorer) -> NumpyRewardNetwork | None:
+    """The numpy reward network of a neural epsilon-greedy policy; None for other agents (the SavedModel
+    scores)."""
+    if scorer.agent != "neural_epsilon_greedy":
+        return None
+    return NumpyRewardNetwork(scorer.policy.model_variables, scorer.layout.global_dim, scorer.layout.arm_dim)
+
+
+def _user_contexts(contexts: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Each known user's latest context (the :data:`CONTEXT_FIELDS` the file has), as plain Python values."""
+    ctx_cols = [c for c in CONTEXT_FIELDS if c in contexts.columns]
+    return {str(r["user_id"]): {c: _plain(r[c]) for c in ctx_cols} for r in contexts.to_dict("records")}
 
 
 def _numpy_ranker(loaded: Any, root: Path, spec: Mapping[str, Any], item_ids: np.ndarray) -> Any:

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from test_evaluator import FAST, _write_examples
+from example_data import write_taste_group_examples
+from test_evaluator import FAST
 
 from recflow.baselines import ALSRecommender
 from recflow.evaluation.beyond_accuracy import (
@@ -107,7 +108,7 @@ def test_metrics_of_an_ids_only_log_leave_out_category_diversity():
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
-    return _write_examples(tmp_path_factory.mktemp("examples"))
+    return write_taste_group_examples(tmp_path_factory.mktemp("examples"))
 
 
 def test_evaluator_reports_beyond_accuracy_for_every_method(examples, tmp_path):

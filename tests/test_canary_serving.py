@@ -4,11 +4,11 @@ rollback, a canary rejected at load, leases, and no failed request or lost feedb
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from background_requests import recommending_in_background
 from test_serving import bundle_parts, push
 
 from recflow.model_store import ModelStore
@@ -128,42 +128,25 @@ def test_requests_keep_flowing_while_the_canary_starts_and_ends(parts: Path, tmp
     from serving.canary import CanaryController, decide_by_hand
 
     rec.canary = CanaryController(rec, store, CFG)
-    failures: list[BaseException] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        i = 0
-        while not stop.is_set():
-            try:
-                rec.recommend(f"u{i % 300:06d}", k=5)
-            except BaseException as exc:  # noqa: BLE001 - any failure during a switch is the bug under test
-                failures.append(exc)
-            i += 1
-
-    threads = [threading.Thread(target=load) for _ in range(2)]
-    for t in threads:
-        t.start()
     try:
-        assert rec.canary.step() == "started"
-        from fastapi.testclient import TestClient
+        with recommending_in_background(rec) as load:  # any failure during a switch is the bug under test
+            assert rec.canary.step() == "started"
+            from fastapi.testclient import TestClient
 
-        from serving.app import create_app
+            from serving.app import create_app
 
-        metrics = TestClient(create_app(rec, watch=False)).get("/metrics").text
-        assert "recflow_canary_active 1.0" in metrics and "recflow_canary_share 0.5" in metrics
-        assert 'recflow_canary_decisions_total{decision="rollback"} 0.0' in metrics
-        decide_by_hand(store, "promote", "test")  # the CLI in another process
-        assert rec.canary.step() == "promote" and rec.champion.version == "v0002"
-        store.push({p: parts / p for p in ("model", "policy", "transform")}, parts / "evaluation", canary=True)
-        assert rec.canary.step() == "started"
-        decide_by_hand(store, "abort", "test")
-        assert rec.canary.step() == "dropped" and set(rec.variants) == {"champion"}
+            metrics = TestClient(create_app(rec, watch=False)).get("/metrics").text
+            assert "recflow_canary_active 1.0" in metrics and "recflow_canary_share 0.5" in metrics
+            assert 'recflow_canary_decisions_total{decision="rollback"} 0.0' in metrics
+            decide_by_hand(store, "promote", "test")  # the CLI in another process
+            assert rec.canary.step() == "promote" and rec.champion.version == "v0002"
+            store.push({p: parts / p for p in ("model", "policy", "transform")}, parts / "evaluation", canary=True)
+            assert rec.canary.step() == "started"
+            decide_by_hand(store, "abort", "test")
+            assert rec.canary.step() == "dropped" and set(rec.variants) == {"champion"}
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
         rec.close()
-    assert not failures
+    assert not load.failures
 
 
 def test_a_canary_whose_transform_comes_from_another_shop_is_refused(parts: Path, tmp_path: Path) -> None:

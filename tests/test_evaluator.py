@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from example_data import write_taste_group_examples
 
 from recflow.baselines import ALSRecommender, PopularityRecommender
 from recflow.errors import DataError
@@ -15,10 +16,6 @@ from recflow.evaluation.config import ALSConfig, BlessingThresholds, EvaluatorCo
 from recflow.evaluation.evaluator import evaluate_recommenders
 from recflow.evaluation.noninferiority import non_inferiority_test
 from recflow.evaluation.report import BLESSING_NAME, METRICS_NAME, write_report
-from recflow.io import write_table
-
-T0 = pd.Timestamp("2026-01-05", tz="UTC")
-
 
 # ------------------------------------------------------------------------------------------- blessing rules
 
@@ -249,45 +246,9 @@ def test_config_rejects_unknown_names():
 # --------------------------------------------------------------------------------------- end to end + report
 
 
-def _write_examples(
-    root: Path, seed: int = 0, n_users: int = 160, groups: int = 4, per_group: int = 20
-) -> Path:
-    """A shop where each user sticks to one taste group's item block; a few users appear only in test
-    (new)."""
-    rng = np.random.default_rng(seed)
-    n_items = groups * per_group
-    items = pd.DataFrame(
-        {
-            "item_id": [f"i{j:03d}" for j in range(n_items)],
-            "category": [f"cat{j // per_group}" for j in range(n_items)],
-            "price": rng.uniform(1, 100, n_items).round(2),
-        }
-    )
-    rows = []
-    for u in range(n_users):
-        block = np.arange((u % groups) * per_group, (u % groups + 1) * per_group)
-        new_user = u >= n_users - 12
-        for n, j in enumerate(rng.choice(block, size=10, replace=False)):
-            in_test = n >= 7  # the last three interactions of each user are held out
-            if new_user and not in_test:
-                continue  # new users have no training history
-            when = T0 + pd.Timedelta(hours=int(rng.integers(0, 24 * 7)) + (24 * 8 if in_test else 0))
-            kind = str(rng.choice(["view", "click", "purchase"], p=[0.5, 0.4, 0.1]))
-            rows.append((f"e{len(rows)}", kind, when, f"u{u:03d}", f"i{j:03d}"))
-        rows.append((f"e{len(rows)}", "impression", T0 + pd.Timedelta(days=9), f"u{u:03d}", "i000"))
-    events = pd.DataFrame(rows, columns=["event_id", "event_type", "timestamp", "user_id", "item_id"])
-    cut = T0 + pd.Timedelta(days=8)
-    root.mkdir(parents=True, exist_ok=True)
-    write_table(events[events["timestamp"] < cut], root / "train.parquet", "events")
-    write_table(events[events["timestamp"] >= cut], root / "test.parquet", "events")
-    write_table(events[events["timestamp"] >= cut], root / "eval.parquet", "events")
-    write_table(items, root / "items.parquet", "items")
-    return root
-
-
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> Path:
-    return _write_examples(tmp_path_factory.mktemp("examples"))
+    return write_taste_group_examples(tmp_path_factory.mktemp("examples"))
 
 
 FAST = EvaluatorConfig(
@@ -397,7 +358,7 @@ def test_sampling_is_seeded(examples):
 def test_bad_examples_raise_data_errors(tmp_path):
     with pytest.raises(DataError, match="train.parquet: file not found"):
         evaluate_recommenders(tmp_path, PopularityRecommender(), FAST)
-    root = _write_examples(tmp_path / "ex", n_users=8)
+    root = write_taste_group_examples(tmp_path / "ex", n_users=8)
     pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"]}).to_parquet(root / "test.parquet")
     with pytest.raises(DataError, match=r"test.parquet: missing required column\(s\) \['event_type'\]"):
         evaluate_recommenders(root, PopularityRecommender(), FAST)

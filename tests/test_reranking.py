@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_evaluator import FAST, _write_examples
+from example_data import write_taste_group_examples
+from test_evaluator import FAST
 
 from recflow.baselines import ALSRecommender
 from recflow.errors import ConfigError
@@ -132,7 +133,7 @@ def test_make_reranker_from_the_training_log():
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
-    return _write_examples(tmp_path_factory.mktemp("examples"))
+    return write_taste_group_examples(tmp_path_factory.mktemp("examples"))
 
 
 def test_evaluator_measures_the_tradeoff(examples, tmp_path):

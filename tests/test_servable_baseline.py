@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from example_data import write_taste_group_examples
 
 from recflow.baselines import EASERecommender, ItemKNNRecommender, PopularityRecommender
 from recflow.errors import DataError
@@ -16,7 +16,6 @@ from recflow.evaluation.config import BlessingThresholds, EvaluatorConfig
 from recflow.evaluation.evaluator import build_baselines, evaluate_recommenders
 from recflow.evaluation.report import write_report
 from recflow.evaluation.run import write_baseline_fallback
-from recflow.io import write_table
 from recflow.model_store import ModelStore
 from recflow.servable_baseline import (
     FALLBACK_DIR,
@@ -26,35 +25,12 @@ from recflow.servable_baseline import (
     read_spec,
 )
 
-T0 = pd.Timestamp("2026-01-05", tz="UTC")
-
-
-def _examples(root: Path, seed: int = 0, n_users: int = 120, groups: int = 4, per_group: int = 15) -> Path:
-    """Users stick to one taste group's block of items; the last three events of each user are held out."""
-    rng = np.random.default_rng(seed)
-    n_items = groups * per_group
-    items = pd.DataFrame({"item_id": [f"i{j:03d}" for j in range(n_items)],
-                          "category": [f"cat{j // per_group}" for j in range(n_items)]})
-    rows = []
-    for u in range(n_users):
-        block = np.arange((u % groups) * per_group, (u % groups + 1) * per_group)
-        for n, j in enumerate(rng.choice(block, size=10, replace=False)):
-            when = T0 + pd.Timedelta(hours=int(rng.integers(0, 24 * 7)) + (24 * 8 if n >= 7 else 0))
-            kind = str(rng.choice(["view", "click", "purchase"], p=[0.6, 0.3, 0.1]))
-            rows.append((f"e{len(rows)}", kind, when, f"u{u:03d}", f"i{j:03d}"))
-    events = pd.DataFrame(rows, columns=["event_id", "event_type", "timestamp", "user_id", "item_id"])
-    cut = T0 + pd.Timedelta(days=8)
-    root.mkdir(parents=True, exist_ok=True)
-    write_table(events[events["timestamp"] < cut], root / "train.parquet", "events")
-    write_table(events[events["timestamp"] >= cut], root / "test.parquet", "events")
-    write_table(events[events["timestamp"] >= cut], root / "eval.parquet", "events")
-    write_table(items, root / "items.parquet", "items")
-    return root
-
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> Path:
-    return _examples(tmp_path_factory.mktemp("examples"))
+    # users stick to one taste group's block of items; the last three events of each user are held out
+    return write_taste_group_examples(tmp_path_factory.mktemp("examples"), n_users=120, per_group=15,
+                                      event_p=(0.6, 0.3, 0.1), new_users=0, prices=False, impressions=False)
 
 
 @pytest.mark.parametrize("make", [lambda: ItemKNNRecommender(neighbors=10), lambda: EASERecommender(l2=20.0)])

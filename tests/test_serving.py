@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from background_requests import recommending_in_background
 
 from pipelines.sample_bundle import SMALL_WORLD as WORLD
 from pipelines.sample_bundle import bundle_parts, push
@@ -588,47 +589,29 @@ def test_hot_swap_rollback_broken_bundle_and_no_failed_requests(
     store = ModelStore(root)
     push(store, parts)
     r = Recommender.load(root, ServingConfig(online_learning=False, warmup_requests=5))
-    failures: list[BaseException] = []
-    served: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        i = 0
-        while not stop.is_set():
-            try:
-                served.append(r.recommend(f"u{i % 300:06d}", k=5).model_version)
-            except BaseException as exc:  # noqa: BLE001 - any failure during a swap is the bug under test
-                failures.append(exc)
-            i += 1
-
-    threads = [threading.Thread(target=load) for _ in range(2)]
-    for t in threads:
-        t.start()
     try:
-        assert r.check_for_new_champion() == "unchanged"
-        push(store, parts)
-        assert r.check_for_new_champion() == "swapped" and r.champion.version == "v0002"
-        # rollback through the CLI moves the alias back; the next poll serves v0001 again
-        assert recflow_main(["models", "rollback", "--store", str(root), "--no-registry"]) == 0
-        assert r.check_for_new_champion() == "swapped" and r.champion.version == "v0001"
-        push(store, parts)  # v0003, then rolled back by the service itself
-        assert r.check_for_new_champion() == "swapped" and r.champion.version == "v0003"
-        assert r.rollback() == "swapped" and r.champion.version == "v0001"
-        # a broken bundle: pushed fine, but its ranking SavedModel is garbage
-        broken = tmp_path / "broken"
-        shutil.copytree(parts, broken)
-        (broken / "model" / "ranking" / "saved_model.pb").write_bytes(b"not a saved model")
-        push(store, broken)
-        assert r.check_for_new_champion() == "rejected"
-        assert r.champion.version == "v0001" and "v0004" in r.rejected_versions
-        assert r.check_for_new_champion() == "unchanged"  # not retried on every poll
+        with recommending_in_background(r) as load:  # any failure during a swap is the bug under test
+            assert r.check_for_new_champion() == "unchanged"
+            push(store, parts)
+            assert r.check_for_new_champion() == "swapped" and r.champion.version == "v0002"
+            # rollback through the CLI moves the alias back; the next poll serves v0001 again
+            assert recflow_main(["models", "rollback", "--store", str(root), "--no-registry"]) == 0
+            assert r.check_for_new_champion() == "swapped" and r.champion.version == "v0001"
+            push(store, parts)  # v0003, then rolled back by the service itself
+            assert r.check_for_new_champion() == "swapped" and r.champion.version == "v0003"
+            assert r.rollback() == "swapped" and r.champion.version == "v0001"
+            # a broken bundle: pushed fine, but its ranking SavedModel is garbage
+            broken = tmp_path / "broken"
+            shutil.copytree(parts, broken)
+            (broken / "model" / "ranking" / "saved_model.pb").write_bytes(b"not a saved model")
+            push(store, broken)
+            assert r.check_for_new_champion() == "rejected"
+            assert r.champion.version == "v0001" and "v0004" in r.rejected_versions
+            assert r.check_for_new_champion() == "unchanged"  # not retried on every poll
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
         r.close()
-    assert not failures
-    assert {"v0001", "v0002", "v0003"} <= set(served)
+    assert not load.failures
+    assert {"v0001", "v0002", "v0003"} <= set(load.served)
     events = [(rec.getMessage(), getattr(rec, "fields", {})) for rec in caplog.records if rec.name == EVENT_LOGGER]
     swaps = [f["version"] for e, f in events if e == "swap"]
     assert swaps[:4] == ["v0002", "v0001", "v0003", "v0001"], events

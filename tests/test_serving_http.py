@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from servers import free_port, wait_for_http
 
 from pipelines.sample_bundle import bundle_parts, push
 from recflow.model_store import ModelStore
@@ -323,12 +324,6 @@ def test_schemathesis_fuzzing_finds_no_server_error(app_client) -> None:
     assert not failures
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_refuses_a_taken_port_before_loading_the_model(store_root: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -352,7 +347,7 @@ NOISE = ("cudart_stub", "cuInit", "SyntaxWarning", "Gym has been unmaintained", 
 
 @pytest.mark.slow
 def test_serve_starts_quietly_warns_without_a_key_and_logs_json(store_root: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RECFLOW_API_KEY"}
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
@@ -363,16 +358,7 @@ def test_serve_starts_quietly_warns_without_a_key_and_logs_json(store_root: Path
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.time() < deadline, "server did not become ready"
-            time.sleep(0.5)
+        wait_for_http(f"{base}/readyz", proc, 300, log_path)
         rid = httpx.post(f"{base}/v1/recommendations", json={"user_id": "u000004"}).json()["request_id"]
         deadline = time.time() + 300
         while '"explainer_warm"' not in log_path.read_text() and time.time() < deadline:
@@ -396,7 +382,7 @@ def test_serve_starts_quietly_warns_without_a_key_and_logs_json(store_root: Path
 
 @pytest.mark.slow
 def test_sigkill_mid_load_loses_no_acknowledged_feedback(store_root: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     fb = tmp_path / "feedback"
     env = {**os.environ, "RECFLOW_API_KEY": KEY}
     proc = subprocess.Popen(
@@ -418,16 +404,8 @@ def test_sigkill_mid_load_loses_no_acknowledged_feedback(store_root: Path, tmp_p
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 600  # a loaded shared machine takes minutes to import TensorFlow
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.time() < deadline, "server did not become ready"
-            time.sleep(0.5)
+        # a loaded shared machine takes minutes to import TensorFlow
+        wait_for_http(f"{base}/readyz", proc, 600, tmp_path / "serve.log")
         acked: list[str] = []
         lock = threading.Lock()
         stop = threading.Event()
@@ -478,7 +456,7 @@ def test_two_workers_share_slates_arrays_and_metrics_and_roll_onto_a_new_champio
     store = ModelStore(root)
     parts = bundle_parts()
     push(store, parts)
-    port = _free_port()
+    port = free_port()
     fb = tmp_path / "fb"
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "RECFLOW_API_KEY": KEY}
