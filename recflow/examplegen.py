@@ -19,8 +19,6 @@ Sources are a dataset directory of Parquet or CSV files; a BigQuery or GCS sourc
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recflow import schema
 from recflow.errors import DataError
-from recflow.io import replace_dir, to_arrow
+from recflow.io import staged_dir, to_arrow
 
 if TYPE_CHECKING:  # recflow.config composes this module's ExampleGenConfig, so no runtime import back
     from recflow.config import ValidationConfig
@@ -226,13 +224,9 @@ def run_example_gen(source: Path, out_dir: Path, config: ExampleGenConfig,
     validator rejects the data.
     """
     source, out_dir = Path(source), Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        return _example_gen(source, out_dir, tmp_dir, config, validation)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    with staged_dir(out_dir) as tmp_dir:
+        result = _example_gen(source, out_dir, tmp_dir, config, validation)
+    return result
 
 
 def _example_gen(source: Path, out_dir: Path, tmp_dir: Path, config: ExampleGenConfig,
@@ -267,7 +261,6 @@ def _example_gen(source: Path, out_dir: Path, tmp_dir: Path, config: ExampleGenC
     if users is not None:
         _write_parquet(users, tmp_dir / "users.parquet", "users")
     (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
-    replace_dir(tmp_dir, out_dir)
     return ExampleGenResult(
         out_dir=out_dir,
         splits={name: out_dir / f"{name}.parquet" for name in SPLITS},

@@ -52,6 +52,25 @@ def replace_dir(tmp_dir: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """A fresh temporary directory beside ``out_dir`` to write an output into; on success it replaces
+    ``out_dir`` (:func:`replace_dir`: renames only, a reader never sees a half-written directory), on any
+    error it is deleted and ``out_dir`` is left as it was."""
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def to_arrow(df: pd.DataFrame, kind: TableKind) -> pa.Table:
     """Convert a DataFrame holding (a subset of) ``kind``'s fields to an Arrow table with the schema's types.
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from recflow.errors import DataError
+from recflow.io import staged_dir
 
 #: The fallback's directory inside the Evaluator's output, and the bundle part the Pusher stores it under.
 FALLBACK_DIR = "fallback_baseline"
@@ -88,8 +88,7 @@ def write_fallback(
     """Write ``out_dir/fallback_baseline/`` (spec + the run's training events) atomically; returns its path."""
     examples_dir = Path(examples_dir)
     final = Path(out_dir) / FALLBACK_DIR
-    staging = Path(tempfile.mkdtemp(prefix=f".{FALLBACK_DIR}-", dir=out_dir))
-    try:
+    with staged_dir(final) as staging:
         shutil.copyfile(examples_dir / TRAIN_FILE, staging / TRAIN_FILE)
         files = [TRAIN_FILE]
         if (examples_dir / ITEMS_FILE).is_file():
@@ -98,12 +97,6 @@ def write_fallback(
         spec = {"format": SPEC_FORMAT, **choice.to_dict(), "evaluator": dict(evaluator_config),
                 "tuned_params": dict(tuned_params) if tuned_params else None, "files": files}
         (staging / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 

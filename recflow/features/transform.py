@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recflow import bundle_layout, schema
 from recflow.errors import DataError
 from recflow.features import behaviour
-from recflow.io import replace_dir
+from recflow.io import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -511,9 +510,7 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
     spec, raw_frames, candidates, user_state = (prepared.spec, prepared.raw_frames, prepared.candidates,
                                                 prepared.user_state)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp_dir:
         beam_temp = config.temp_dir or str(tmp_dir / "tft_tmp")
         _run_beam(raw_frames, spec, config, tmp_dir, beam_pipeline_args, beam_temp)
         shutil.rmtree(tmp_dir / "tft_tmp", ignore_errors=True)
@@ -521,10 +518,6 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
         user_state.to_parquet(tmp_dir / bundle_layout.USER_STATE_FILE, index=False)
         (tmp_dir / bundle_layout.FEATURE_SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True),
                                                                encoding="utf-8")
-        replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return TransformResult(
         out_dir=out_dir,
         transform_graph_dir=out_dir / bundle_layout.TRANSFORM_GRAPH_DIR,

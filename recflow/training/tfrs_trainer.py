@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
-from recflow.io import replace_dir
+from recflow.io import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -661,17 +659,11 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         tf.config.experimental.enable_op_determinism()
     inputs = load_inputs(examples_dir, transform_dir, config)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    run = TrainerRun(tmp, config, None, report={"config": config.model_dump(), "strategy": None})
-    try:
+    with staged_dir(out_dir) as tmp:
+        run = TrainerRun(tmp, config, None, report={"config": config.model_dump(), "strategy": None})
         run.strategy = _strategy()
         run.report["strategy"] = type(run.strategy).__name__
         ranked = _train_stages(inputs, run)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TrainResult(
         out_dir=out_dir,
         retrieval_dir=out_dir / bundle_layout.RETRIEVAL_DIR,
