@@ -416,6 +416,23 @@ class BPRRecommender(_MatrixFactorization):
         return binary
 
 
+#: Baselines whose fit builds dense item-by-item matrices (memory ~ items^2): EASE's Gram matrix and its inverse,
+#: 2 x 8 x items^2 bytes (160 GB at 100,000 items). The Evaluator skips them above ``evaluator.max_dense_items``.
+#: The other item-item baselines stay sparse: item_knn keeps ``neighbors`` per item (implicit's top-K cosine),
+#: coview a sparse co-occurrence matrix pruned to ``coview_neighbors`` per item, content sparse TF-IDF vectors
+#: (its scores are dense only per batch of users, bounded by the scorer's batch size).
+DENSE_ITEM_ITEM_BASELINES: frozenset[str] = frozenset({"ease"})
+
+
+def dense_skip_reason(name: str, n_items: int, max_dense_items: int | None) -> str | None:
+    """Why baseline ``name`` is skipped on ``n_items`` items (None when it runs): only the dense item-by-item
+    baselines, only above ``max_dense_items`` (None = never skipped)."""
+    if name not in DENSE_ITEM_ITEM_BASELINES or max_dense_items is None or n_items <= max_dense_items:
+        return None
+    return (f"{name} skipped: {n_items} items > max_dense_items {max_dense_items} (its dense item-by-item "
+            f"matrices would need {2 * 8 * n_items**2 / 1e9:.1f} GB)")
+
+
 class EASERecommender(_ScoringRecommender):
     """EASE^R (Steck, WWW 2019): ``score(u) = x_u B`` with the closed-form item-item weights
     ``B = I - P diag(1 / diag(P))``, ``P = (X'X + l2 I)^-1`` (so ``diag(B) = 0``: an item never explains itself).

@@ -1,6 +1,7 @@
 """The Evaluator: blessing rules, the HTML/JSON report, evaluate_recommenders end to end, TFMA slices."""
 
 import base64
+import html
 import json
 from pathlib import Path
 
@@ -493,3 +494,101 @@ def test_baselines_are_tuned_on_eval_and_the_best_one_gates_the_blessing(example
     )
     assert untuned.baseline_tuning == {} and "tuning off" in untuned.baseline_tuning_note
     assert untuned.methods["als"].name == "als"
+
+
+# ------------------------------------------------------------------------ at scale: CIs and skipped baselines
+def test_confidence_intervals_cover_the_mean_and_shrink_with_more_users():
+    from recflow.evaluation.metrics import confidence_intervals
+
+    rng = np.random.default_rng(0)
+
+    def per_user(n: int) -> pd.DataFrame:  # zero-inflated like NDCG: most users miss, the rest score in (0, 1]
+        hit = rng.random(n) < 0.4
+        return pd.DataFrame({"ndcg@10": np.where(hit, rng.uniform(0.2, 1.0, n), 0.0)})
+
+    small, large = per_user(200), per_user(20_000)
+    for frame in (small, large):
+        low, high = confidence_intervals(frame)["ndcg@10"]
+        assert low < frame["ndcg@10"].mean() < high
+    width = {n: np.subtract(*confidence_intervals(f)["ndcg@10"][::-1]) for n, f in ((200, small), (20_000, large))}
+    assert width[20_000] < width[200] / 5  # ~ 1 / sqrt(n): 10x narrower at 100x the users
+    # coverage: the true mean (0.4 x 0.6 = 0.24) is inside the 95% interval in about 95% of samples
+    inside = [low <= 0.24 <= high for low, high in (confidence_intervals(per_user(300))["ndcg@10"] for _ in range(400))]
+    assert 0.91 <= np.mean(inside) <= 0.99
+    assert all(np.isnan(v) for v in confidence_intervals(pd.DataFrame({"ndcg@10": [0.5]}))["ndcg@10"])
+
+
+def test_evaluation_reports_intervals_beside_the_point_estimates(examples, tmp_path):
+    train = pd.read_parquet(examples / "train.parquet")
+    config = FAST.model_copy(update={"baselines": ("popularity",), "max_users": None, "baseline_tuning_trials": 0})
+    whole = evaluate_recommenders(examples, PopularityRecommender().fit(train), config)
+    sampled = evaluate_recommenders(examples, PopularityRecommender().fit(train),
+                                    config.model_copy(update={"max_users": 30}))
+    key = config.metric_key()
+    for result in (whole, sampled):
+        for m in result.methods.values():
+            low, high = m.intervals[key]
+            assert low <= m.metrics[key] <= high
+    def width(r):
+        return r.candidate.intervals[key][1] - r.candidate.intervals[key][0]
+
+    assert sampled.n_users == 30 < whole.n_users and width(sampled) > width(whole)
+    text = write_report(tmp_path / "eval", whole).read_text()
+    assert "95% confidence intervals" in text
+    low, high = whole.candidate.intervals[key]
+    assert f"{whole.candidate.metrics[key]:.4f} [{low:.4f}, {high:.4f}]" in text
+    doc = json.loads((tmp_path / "eval" / METRICS_NAME).read_text())
+    assert doc["confidence_intervals"]["level"] == 0.95
+    assert doc["confidence_intervals"]["methods"]["candidate"][key] == pytest.approx([low, high])
+
+
+def test_dense_item_item_baselines_are_skipped_above_max_dense_items():
+    from recflow.baselines import dense_skip_reason
+
+    assert dense_skip_reason("ease", 100_000, 20_000) == (
+        "ease skipped: 100000 items > max_dense_items 20000 (its dense item-by-item matrices would need 160.0 GB)")
+    assert dense_skip_reason("ease", 20_000, 20_000) is None  # at the limit it runs
+    assert dense_skip_reason("ease", 100_000, None) is None  # null: never skipped
+    for sparse in ("item_knn", "coview", "content", "als", "popularity"):
+        assert dense_skip_reason(sparse, 10**6, 20_000) is None
+
+
+def test_a_skipped_baseline_is_reported_and_the_best_remaining_one_is_the_bar(examples, tmp_path):
+    train = pd.read_parquet(examples / "train.parquet")
+    n_items = train["item_id"].nunique()
+    config = FAST.model_copy(update={
+        "baselines": ("popularity", "item_knn", "ease"), "tuned_baselines": ("ease", "item_knn"),
+        "baseline_tuning_trials": 2, "max_dense_items": n_items - 1,
+        "thresholds": BlessingThresholds(min_lift_over_popularity=None)})
+    result = evaluate_recommenders(examples, PopularityRecommender().fit(train), config)
+    reason = f"ease skipped: {n_items} items > max_dense_items {n_items - 1}"
+    assert set(result.skipped_baselines) == {"ease"} and result.skipped_baselines["ease"].startswith(reason)
+    assert "ease" not in result.methods and "ease" not in result.baseline_tuning  # neither run nor tuned
+    assert set(result.baseline_tuning) == {"item_knn"}
+    assert result.best_baseline["label"] in ("popularity", "item_knn")
+    row = next(c for c in result.blessing.table if c.rule == "evaluator.max_dense_items")
+    assert row.status == "off" and row.value == "ease" and reason in row.detail
+    assert "the best of the remaining baselines (popularity, item_knn) is the bar" in row.detail
+    bar = next(c for c in result.blessing.table if c.rule.endswith("min_lift_over_best_baseline"))
+    assert "ease skipped: the best remaining baseline is the bar" in bar.detail
+    assert not result.blessing.blessed  # popularity cannot beat item_knn here: the bar still works
+    write_report(tmp_path / "eval", result)
+    assert html.escape(reason) in (tmp_path / "eval" / "report.html").read_text()
+    blessing = json.loads((tmp_path / "eval" / BLESSING_NAME).read_text())
+    assert any(reason in c for c in blessing["checks"]) and blessing["skipped_baselines"]["ease"].startswith(reason)
+    # at or under the limit nothing is skipped
+    kept = evaluate_recommenders(examples, PopularityRecommender().fit(train),
+                                 config.model_copy(update={"max_dense_items": n_items}))
+    assert "ease" in kept.methods and not kept.skipped_baselines
+
+
+def test_blessing_with_every_baseline_skipped_says_so():
+    skipped = {"ease": "ease skipped: 100000 items > max_dense_items 20000"}
+    config = _config().model_copy(update={"baselines": ("ease",)})
+    verdict = decide_blessing(GOOD, {}, None, None, config, skipped=skipped)
+    bar = next(c for c in verdict.table if c.rule.endswith("min_lift_over_best_baseline"))
+    assert bar.status == "off" and "every configured baseline was skipped (ease skipped: 100000 items" in bar.detail
+    row = next(c for c in verdict.table if c.rule == "evaluator.max_dense_items")
+    assert "no baseline remains to compare with" in row.detail
+    # (popularity is not configured here, so its own rule fails as it always did)
+    assert any("popularity baseline was not run" in r for r in verdict.reasons)

@@ -204,12 +204,26 @@ def _popularity_rule(rules: _Rules, candidate: Mapping[str, Any], baselines: Map
                   f"({_lift_text(cand, pop)})")
 
 
+def _skipped_rule(rules: _Rules, skipped: Mapping[str, str], config: EvaluatorConfig) -> None:
+    """A row naming the baselines that were configured but not run (never silent), and why."""
+    if not skipped:
+        return
+    remaining = [b for b in config.baselines if b not in skipped]
+    bar = (f"the best of the remaining baselines ({', '.join(remaining)}) is the bar" if remaining
+           else "no baseline remains to compare with")
+    limit = f"max_dense_items {config.max_dense_items}"
+    rules.add("evaluator.max_dense_items", "baselines skipped", ", ".join(skipped), limit, "off",
+              "; ".join(skipped.values()) + f"; {bar}")
+
+
 def _best_baseline_rule(rules: _Rules, candidate: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]],
-                        config: EvaluatorConfig) -> None:
+                        config: EvaluatorConfig, skipped: Mapping[str, str] | None = None) -> None:
     """The primary metric must beat the best baseline by ``min_lift_over_best_baseline`` (off when null or
-    when no baseline ran)."""
+    when no baseline ran). Skipped baselines (``skipped``: name -> reason) are not in ``baselines``: the best
+    of the others is the bar, and the check says so."""
     margin, primary = config.thresholds.min_lift_over_best_baseline, config.metric_key()
     rule, name = "evaluator.thresholds.min_lift_over_best_baseline", "lift over the best baseline"
+    note = f" ({', '.join(skipped)} skipped: the best remaining baseline is the bar)" if skipped else ""
     if margin is None:
         rules.add(rule, name, None, None, "off",
                   "lift over the best baseline: rule off (evaluator.thresholds.min_lift_over_best_baseline is "
@@ -219,9 +233,10 @@ def _best_baseline_rule(rules: _Rules, candidate: Mapping[str, Any], baselines: 
     cand = _value(candidate, primary)
     best = best_baseline(baselines, primary)
     if not baselines:
+        why = (f"every configured baseline was skipped ({'; '.join((skipped or {}).values())})" if skipped
+               else "evaluator.baselines is empty")
         rules.add(rule, name, cand, None, "off",
-                  f"lift over the best baseline: no baseline was run (evaluator.baselines is empty), "
-                  f"nothing to compare {primary} with")
+                  f"lift over the best baseline: no baseline was run ({why}), nothing to compare {primary} with")
     elif cand is None or best is None:
         rules.add(rule, name, cand, None, "fail",
                   f"{primary} lift over the best baseline cannot be checked: the metric was not measured")
@@ -231,11 +246,11 @@ def _best_baseline_rule(rules: _Rules, candidate: Mapping[str, Any], baselines: 
         if cand < value * (1.0 + margin) or (value == 0.0 and cand == 0.0 and needed_pct > 0):
             rules.add(rule, name, cand, threshold, "fail",
                       f"{primary} {cand:.3f} does not beat the best baseline {label} {value:.3f} by the "
-                      f"required {needed_pct:.1f}% ({_lift_text(cand, value)})")
+                      f"required {needed_pct:.1f}% ({_lift_text(cand, value)}){note}")
         else:
             rules.add(rule, name, cand, threshold, "pass",
                       f"{primary} {cand:.3f} beats the best baseline {label} {value:.3f} by at least "
-                      f"{needed_pct:.1f}% ({_lift_text(cand, value)})")
+                      f"{needed_pct:.1f}% ({_lift_text(cand, value)}){note}")
 
 
 def decide_blessing(
@@ -244,6 +259,7 @@ def decide_blessing(
     champion: Mapping[str, Any] | None,
     vs_champion: Mapping[str, NonInferiority] | None,
     config: EvaluatorConfig,
+    skipped: Mapping[str, str] | None = None,
 ) -> Blessing:
     """Apply the rules of ``config.thresholds`` to a candidate's aggregate metrics.
 
@@ -260,6 +276,8 @@ def decide_blessing(
     ``min_index_recall`` is set, the retrieval index's ``index_recall@k`` must reach it; a non-zero
     ``exclusion_violations`` (items the candidate was told to exclude) always fails. Every rule becomes a
     :class:`Check` of ``Blessing.table``; settings differing from the defaults are listed as ``overrides``.
+    ``skipped`` (baseline -> reason, e.g. ``ease`` above ``evaluator.max_dense_items``) adds an ``off`` row
+    naming them, and the best-baseline check says the best remaining baseline was the bar.
     """
     th = config.thresholds
     rules = _Rules()
@@ -267,7 +285,8 @@ def decide_blessing(
     _floor(rules, candidate, config.metric_key("ndcg"), th.min_ndcg, prefix + "min_ndcg")
     _floor(rules, candidate, config.metric_key("recall"), th.min_recall, prefix + "min_recall")
     _popularity_rule(rules, candidate, baselines, config)
-    _best_baseline_rule(rules, candidate, baselines, config)
+    _best_baseline_rule(rules, candidate, baselines, config, skipped)
+    _skipped_rule(rules, skipped or {}, config)
     rule = prefix + "require_not_worse_than_champion"
     if champion is None:
         rules.add(rule, "not worse than the champion", None, None, "off",

@@ -161,6 +161,13 @@ class EvaluatorConfig(_Section):
         5000, gt=0, description="Evaluate at most this many held-out users (sampled with seed); null = all."
     )
     seed: int = Field(42, ge=0, description="Seed of the user sample and of the baselines.")
+    max_dense_items: int | None = Field(
+        20_000,
+        gt=0,
+        description="Skip the baselines that build dense item-by-item matrices (ease: 2 x 8 x items^2 bytes, "
+        "160 GB at 100,000 items) when train has more items than this, in tuning too; the reason is in the "
+        "report and the run summary, and the best remaining baseline is the bar. null = never skip.",
+    )
     baselines: tuple[str, ...] = Field(
         ("popularity", "als", "item_knn", "content", "most_viewed", "most_recent", "coview"),
         description="Baselines fitted on train and evaluated in the same run ("

@@ -37,6 +37,7 @@ from recflow.baselines import (
     MostRecentRecommender,
     MostViewedRecommender,
     PopularityRecommender,
+    dense_skip_reason,
 )
 from recflow.errors import ConfigError, DataError
 from recflow.evaluation.beyond_accuracy import CatalogContext, beyond_accuracy_metrics, exposure_by_group
@@ -45,6 +46,7 @@ from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.metrics import (
     aggregate,
     catalog_coverage,
+    confidence_intervals,
     ground_truth,
     interacted_items,
     per_user_metrics,
@@ -73,6 +75,9 @@ class MethodResult:
     per_user: pd.DataFrame
     seconds: float = 0.0
     exposure: dict[str, float] = field(default_factory=dict)
+    #: 95% confidence interval ``(low, high)`` of each ranking metric's mean over the evaluated users
+    #: (:func:`recflow.evaluation.metrics.confidence_intervals`).
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +112,8 @@ class EvaluationResult:
     baseline_tuning_note: str = ""
     #: The best baseline of this run by the primary metric: ``{"label", "name", "metric", "value"}``.
     best_baseline: dict[str, Any] = field(default_factory=dict)
+    #: Configured baselines that did not run, with the reason (``evaluator.max_dense_items``).
+    skipped_baselines: dict[str, str] = field(default_factory=dict)
 
     def exposure_table(self) -> pd.DataFrame:
         """Share of recommended slots per category (rows) for each method, beside the training-interaction and
@@ -203,17 +210,29 @@ def configured_params(config: EvaluatorConfig) -> dict[str, dict[str, Any]]:
     }
 
 
+def skipped_baselines(config: EvaluatorConfig, train: pd.DataFrame) -> dict[str, str]:
+    """The configured baselines that are not run on ``train``, with the reason: the dense item-by-item ones
+    (:data:`recflow.baselines.DENSE_ITEM_ITEM_BASELINES`) when train has more than ``config.max_dense_items``
+    items."""
+    n_items = int(train["item_id"].nunique())
+    reasons = {name: dense_skip_reason(name, n_items, config.max_dense_items) for name in config.baselines}
+    return {name: why for name, why in reasons.items() if why is not None}
+
+
 def tune_configured_baselines(
     examples_dir: Path, train: pd.DataFrame, items: pd.DataFrame | None, config: EvaluatorConfig
 ) -> tuple[dict[str, dict[str, Any]], str]:
-    """Tune the baselines of ``config.tuned_baselines`` that are also in ``config.baselines``: each gets
-    ``config.baseline_tuning_trials`` trials, fitted on ``train`` and scored on ``eval.parquet``. Returns
-    ``({name: TuningResult as dict}, note)``; the note says why nothing was tuned (empty when tuning ran)."""
-    names = [n for n in config.tuned_baselines if n in config.baselines]
+    """Tune the baselines of ``config.tuned_baselines`` that are also in ``config.baselines`` (and not skipped,
+    :func:`skipped_baselines`): each gets ``config.baseline_tuning_trials`` trials, fitted on ``train`` and
+    scored on ``eval.parquet``. Returns ``({name: TuningResult as dict}, note)``; the note says why nothing was
+    tuned (empty when tuning ran)."""
+    skipped = skipped_baselines(config, train)
+    names = [n for n in config.tuned_baselines if n in config.baselines and n not in skipped]
     if config.baseline_tuning_trials == 0:
         return {}, "baseline tuning off (evaluator.baseline_tuning_trials is 0): configured values used"
     if not names:
-        return {}, "no tunable baseline among evaluator.baselines"
+        return {}, "no tunable baseline among evaluator.baselines" + (
+            f" ({'; '.join(skipped.values())})" if skipped else "")
     validation = _read_table(Path(examples_dir) / "eval.parquet", _EVENT_COLUMNS)
     try:
         results = tune_baselines(
@@ -303,6 +322,7 @@ def _run_method(
         keep.append(config.metric_key())
     per_user = per_user[keep]
     metrics = aggregate(per_user)
+    intervals = confidence_intervals(per_user)
     metrics[f"coverage@{config.k}"] = catalog_coverage(recs, catalog)
     metrics["exclusion_violations"] = float(
         sum(len(set(items[: config.k]) & exclude.get(u, set())) for u, items in zip(users, recs, strict=True))
@@ -312,7 +332,7 @@ def _run_method(
         metrics.update(beyond_accuracy_metrics(recs, context, config.k))
         if context.categories:
             exposure = exposure_by_group(recs, context.categories, config.k)
-    return MethodResult(label, recommender.name, role, metrics, per_user, elapsed, exposure)
+    return MethodResult(label, recommender.name, role, metrics, per_user, elapsed, exposure, intervals)
 
 
 def _segments(methods: Mapping[str, MethodResult], user_type: pd.Series) -> pd.DataFrame:
@@ -409,16 +429,19 @@ def _run_candidate_and_champion(
 
 
 def _run_baselines(examples_dir: Path, pop: _Population, config: EvaluatorConfig, context: CatalogContext | None,
-                   methods: dict[str, MethodResult]) -> tuple[dict[str, Any], str]:
-    """Fit (after tuning the configured ones) and run every baseline into ``methods``; returns the tuning."""
+                   methods: dict[str, MethodResult]) -> tuple[dict[str, Any], str, dict[str, str]]:
+    """Fit (after tuning the configured ones) and run every baseline into ``methods``, except the skipped ones
+    (:func:`skipped_baselines`); returns the tuning, its note and the skipped baselines with their reasons."""
+    skipped = skipped_baselines(config, pop.train)
     tuning, tuning_note = tune_configured_baselines(examples_dir, pop.train, pop.items, config)
     tuned_params = {name: t["best_params"] for name, t in tuning.items()}
-    for name, baseline in build_baselines(config, tuned_params).items():
+    runnable = config.model_copy(update={"baselines": tuple(n for n in config.baselines if n not in skipped)})
+    for name, baseline in build_baselines(runnable, tuned_params).items():
         start = time.perf_counter()
         baseline.fit(pop.train, pop.items)  # type: ignore[attr-defined]
         methods[name] = _run(name, "baseline", baseline, pop, config, context,
                              seconds_before=time.perf_counter() - start)
-    return tuning, tuning_note
+    return tuning, tuning_note, skipped
 
 
 def _significance(methods: dict[str, MethodResult], candidate: Recommender, champion: Recommender | None,
@@ -489,7 +512,7 @@ def evaluate_recommenders(
             item_embeddings = candidate_item_embeddings(candidate)
         context = CatalogContext.from_train(pop.train, pop.items, pop.catalog, beyond.head_share, item_embeddings)
     methods, reranking = _run_candidate_and_champion(pop, candidate, champion, config, context, item_embeddings)
-    tuning, tuning_note = _run_baselines(examples_dir, pop, config, context, methods)
+    tuning, tuning_note, skipped = _run_baselines(examples_dir, pop, config, context, methods)
     if candidate_metrics:
         methods[CANDIDATE].metrics.update(candidate_metrics)
     primary = config.metric_key()
@@ -501,6 +524,7 @@ def evaluate_recommenders(
         methods[CHAMPION].metrics if champion is not None else None,
         vs_champion,
         config,
+        skipped=skipped,
     )
     return EvaluationResult(
         k=config.k,
@@ -523,4 +547,5 @@ def evaluate_recommenders(
         baseline_tuning=tuning,
         baseline_tuning_note=tuning_note,
         best_baseline=best_info,
+        skipped_baselines=skipped,
     )

@@ -122,6 +122,35 @@ def aggregate(per_user: pd.DataFrame) -> dict[str, float]:
     return result
 
 
+#: Confidence level of the intervals reported beside every ranking metric.
+CI_LEVEL = 0.95
+
+
+def confidence_intervals(per_user: pd.DataFrame, level: float = CI_LEVEL) -> dict[str, tuple[float, float]]:
+    """A ``level`` confidence interval ``(low, high)`` of each per-user metric's mean over the scored users.
+
+    The normal (Student t) approximation of the mean: ``mean +- t_{(1+level)/2, n-1} * sd / sqrt(n)``, clipped
+    to the metrics' range [0, 1]. The per-user values are bounded and the users independent, so with the
+    hundreds to thousands of users an evaluation has the mean is close to normal (the paired tests of
+    :mod:`recflow.evaluation.significance` rest on the same approximation); it is exact arithmetic, no
+    resampling, so it needs no seed and costs one pass. Fewer than two users give (nan, nan).
+    """
+    from scipy import stats
+
+    scored = per_user.dropna(how="all")
+    out: dict[str, tuple[float, float]] = {}
+    for col in per_user.columns:
+        values = scored[col].dropna().to_numpy(dtype=float)
+        n = len(values)
+        if n < 2:
+            out[str(col)] = (float("nan"), float("nan"))
+            continue
+        mean = float(values.mean())
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(values.std(ddof=1)) / np.sqrt(n)
+        out[str(col)] = (max(0.0, mean - half), min(1.0, mean + half))
+    return out
+
+
 def catalog_coverage(recs: Iterable[Sequence[str]], catalog: Iterable[str]) -> float:
     """Share of the catalog that appears in at least one recommendation list (items outside it are
     ignored)."""

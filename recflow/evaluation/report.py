@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from recflow.evaluation.beyond_accuracy import BEYOND_ACCURACY_METRICS
-from recflow.evaluation.metrics import METRIC_NAMES
+from recflow.evaluation.metrics import CI_LEVEL, METRIC_NAMES
 from recflow.io import atomic_path
 
 if TYPE_CHECKING:
@@ -196,18 +196,50 @@ def _significance_table(result: EvaluationResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _skipped_html(result: EvaluationResult) -> str:
+    if not result.skipped_baselines:
+        return ""
+    reasons = "".join(f"<li>{html.escape(why)}</li>" for why in result.skipped_baselines.values())
+    return (f"<p>Baselines not run:</p><ul>{reasons}</ul><p>The best of the baselines that ran is the bar the "
+            "candidate must beat.</p>")
+
+
 def _best_baseline_html(result: EvaluationResult) -> str:
     best = result.best_baseline
     if not best:
-        return '<p class="muted">best baseline: none (no baseline measured the primary metric)</p>'
+        return '<p class="muted">best baseline: none (no baseline measured the primary metric)</p>' + (
+            _skipped_html(result))
     cand = result.candidate.metrics.get(result.primary_metric)
     measured = isinstance(cand, int | float) and math.isfinite(cand)
     cand_text = f"; the candidate {cand:.4f}" if measured else ""
     return (
         f"<p>Best baseline of this run: <b>{html.escape(str(best['label']))}</b> "
         f"({html.escape(str(best['name']))}), {html.escape(str(best['metric']))} {float(best['value']):.4f}"
-        f"{cand_text}.</p>"
+        f"{cand_text}.</p>" + _skipped_html(result)
     )
+
+
+def intervals_table(result: EvaluationResult) -> pd.DataFrame:
+    """One row per method: each ranking metric's point estimate with its 95% confidence interval, as text
+    ``0.3640 [0.3512, 0.3768]`` (the mean over the evaluated users; metrics.confidence_intervals)."""
+    rows = []
+    for m in result.methods.values():
+        row: dict[str, Any] = {"method": m.label}
+        for metric, (low, high) in m.intervals.items():
+            value = m.metrics.get(metric, float("nan"))
+            row[metric] = f"{value:.4f} [{low:.4f}, {high:.4f}]"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _intervals_html(result: EvaluationResult) -> str:
+    table = intervals_table(result)
+    if table.empty or len(table.columns) < 2:
+        return ""
+    return (f"<h3>Point estimates with 95% confidence intervals ({result.n_users} users)</h3>"
+            '<p class="muted">Mean over the evaluated users [95% CI: Student t approximation of the mean of the '
+            "per-user values, clipped to [0, 1]]. Differences between methods are tested paired, below.</p>"
+            + _table(table))
 
 
 def tuning_table(result: EvaluationResult) -> pd.DataFrame:
@@ -350,6 +382,7 @@ def render_html(result: EvaluationResult) -> str:
         _non_inferiority_html(blessing),
         _best_baseline_html(result),
         "<h2>Metrics: candidate vs champion vs baselines</h2>" + _table(table),
+        _intervals_html(result),
         _img(metric_bars_png(table, metrics), "metric bars by method"),
         "<h2>Significance (paired, per user)</h2>"
         + (
@@ -407,6 +440,12 @@ def metrics_document(result: EvaluationResult) -> dict[str, Any]:
             },
             "reranking": result.reranking,
             "best_baseline": result.best_baseline,
+            "skipped_baselines": result.skipped_baselines,
+            "confidence_intervals": {
+                "level": CI_LEVEL,
+                "method": "Student t approximation of the mean over users, clipped to [0, 1]",
+                "methods": {m.label: {k: list(v) for k, v in m.intervals.items()} for m in result.methods.values()},
+            },
             "baseline_tuning": result.baseline_tuning,
             "baseline_tuning_note": result.baseline_tuning_note,
             "extra": result.extra,
@@ -427,6 +466,7 @@ def blessing_document(result: EvaluationResult) -> dict[str, Any]:
             "candidate": result.candidate.name,
             "metrics": result.candidate.metrics,
             "best_baseline": result.best_baseline,
+            "skipped_baselines": result.skipped_baselines,
         }
     )
 
