@@ -6,14 +6,15 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
-from components import agents_trainer, evaluator, example_gen, pusher, tfrs_trainer, transform
-from components.step_run import STEP_ORDER, read_status, step_run
+from components import agents_trainer, evaluator, example_gen, pusher, resolver, tfrs_trainer, track, transform
+from components.step_run import STATUS_DIR_ENV, STEP_ORDER, read_status, step_run
 from recflow.config import load_config
 from recflow.errors import ValidationFailed
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = {"tracking_config": "Dict", "tracking_uri": "String", "run_key": "String", "run_name": "String",
-          "status_dir": "String"}
+#: What the tasks that take the run id get (the heavy steps get none of it: they are cacheable).
+TRACKED = {"tracking_config": "Dict", "tracking_uri": "String", "run_key": "String", "run_name": "String"}
+RECORD = {"record": "system.Artifact@0.0.1"}
 
 
 def _interface(module) -> tuple[dict[str, str], dict[str, str]]:
@@ -24,30 +25,34 @@ def _interface(module) -> tuple[dict[str, str], dict[str, str]]:
 
 
 @pytest.mark.parametrize(("module", "inputs", "outputs"), [
-    (example_gen, {"data_uri": "String", "example_gen_config": "Dict", "validation_config": "Dict"},
+    (resolver, {"data_uri": "String", "model_store": "String"}, {"data_version": "String", "champion": "String"}),
+    (example_gen, {"data_uri": "String", "data_version": "String", "example_gen_config": "Dict",
+                   "validation_config": "Dict"},
      {"examples": "system.Dataset@0.0.1", "statistics": "system.Metrics@0.0.1",
-      "validation_summary": "system.Markdown@0.0.1"}),
+      "validation_summary": "system.Markdown@0.0.1", **RECORD}),
     (transform, {"examples": "system.Dataset@0.0.1", "beam_pipeline_args": "List", "transform_config": "Dict"},
-     {"transformed": "system.Dataset@0.0.1"}),
+     {"transformed": "system.Dataset@0.0.1", **RECORD}),
     (tfrs_trainer, {"examples": "system.Dataset@0.0.1", "transformed": "system.Dataset@0.0.1",
                     "trainer_config": "Dict"},
-     {"model": "system.Model@0.0.1"}),
+     {"model": "system.Model@0.0.1", **RECORD}),
     (agents_trainer, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1", "policy_config": "Dict"},
-     {"policy": "system.Model@0.0.1"}),
+     {"policy": "system.Model@0.0.1", **RECORD}),
     (evaluator, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",
-                 "policy": "system.Model@0.0.1", "model_store": "String", "evaluator_config": "Dict",
-                 "policy_config": "Dict", "release_config": "Dict"},
+                 "policy": "system.Model@0.0.1", "model_store": "String", "champion": "String",
+                 "evaluator_config": "Dict", "policy_config": "Dict", "release_config": "Dict"},
      {"metrics": "system.Metrics@0.0.1", "report": "system.HTML@0.0.1", "evaluation": "system.Dataset@0.0.1",
-      "blessing": "system.Artifact@0.0.1", "Output": "Boolean"}),
+      "blessing": "system.Artifact@0.0.1", **RECORD, "Output": "Boolean"}),
+    (track, {"record": "system.Artifact@0.0.1", "data_uri": "String", "opens": "Boolean", **TRACKED},
+     {"Output": "String"}),
     (pusher, {"transformed": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",
               "policy": "system.Model@0.0.1", "evaluation": "system.Dataset@0.0.1",
               "blessing": "system.Artifact@0.0.1", "model_store": "String", "model_store_config": "Dict",
-              "release_config": "Dict"},
+              "release_config": "Dict", **TRACKED},
      {"pushed": "system.Model@0.0.1", "Output": "String"}),
 ])
 def test_component_interfaces(module, inputs, outputs):
     got_inputs, got_outputs = _interface(module)
-    assert got_inputs == {**inputs, **COMMON}
+    assert got_inputs == inputs
     assert got_outputs == outputs
 
 
@@ -94,21 +99,33 @@ def test_step_order_matches_the_dag():
     assert STEP_ORDER == ("example_gen", "transform", "tfrs_trainer", "agents_trainer", "evaluator", "pusher")
 
 
-def test_example_gen_component_on_simulator_data(tmp_path):
-    from recflow.simulator import generate_dataset
+def test_example_gen_component_on_simulator_data(tmp_path, monkeypatch):
+    from recflow.step_record import read_step_record, record_file
 
     config = load_config(None, ["simulator.users=60", "simulator.items=30", "simulator.days=3"])
+    from recflow.simulator import generate_dataset
+
     generate_dataset(config.simulator, tmp_path / "data", progress=False)
     examples = dsl.Dataset(uri=str(tmp_path / "examples"))
     statistics = dsl.Metrics(uri=str(tmp_path / "statistics"))
     summary = dsl.Markdown(uri=str(tmp_path / "summary.md"))
-    example_gen.example_gen(str(tmp_path / "data"), config.example_gen.model_dump(mode="json"),
-                            config.validation.model_dump(mode="json"), {}, "", "", "", str(tmp_path / "status"),
-                            examples, statistics, summary)
+    record = dsl.Artifact(uri=str(tmp_path / "record"))
+    monkeypatch.setenv(STATUS_DIR_ENV, str(tmp_path / "status"))
+    example_gen.example_gen(str(tmp_path / "data"), "sha256:abc", config.example_gen.model_dump(mode="json"),
+                            config.validation.model_dump(mode="json"), examples, statistics, summary, record)
     assert {"train.parquet", "eval.parquet", "test.parquet", "stats.json"} <= {
         p.name for p in (tmp_path / "examples").iterdir()}
     assert statistics.metadata and "examples written to" in Path(summary.path).read_text()
-    assert read_status(tmp_path / "status")["example_gen"]["status"] == "succeeded"
+    status = read_status(tmp_path / "status")["example_gen"]
+    assert status["status"] == "succeeded"
+    # what the step wants tracked is in its record: metrics, config sections, copies of the files to log
+    step = read_step_record(tmp_path / "record")
+    assert step.step == "example_gen" and step.execution_id == status["execution_id"]
+    assert step.metrics == status["metrics"] and step.metrics
+    assert set(step.config) == {"example_gen", "validation"} and step.tags["recflow.data_version"] == "sha256:abc"
+    logged = {(a["artifact_path"], record_file(tmp_path / "record", a).name) for a in step.artifacts}
+    assert ("example_gen", "stats.json") in logged
+    assert all(record_file(tmp_path / "record", a).is_file() for a in step.artifacts)
 
 
 # ----------------------------------------------------------------------------------------------------------
