@@ -95,6 +95,73 @@ def test_step_run_keeps_bugs_loud(tmp_path):
     assert read_status(tmp_path)["evaluator"]["error"] == "ZeroDivisionError: division by zero"
 
 
+def test_a_step_record_round_trips_and_a_bad_one_is_a_named_error(tmp_path):
+    from recflow.errors import DataError
+    from recflow.step_record import RECORD_FILE, read_step_record, record_file
+
+    (tmp_path / "report.json").write_text('{"a": 1}')
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "p.png").write_bytes(b"png")
+    with step_run("transform", {"transform": {"batch_size": 21}}, status_dir=str(tmp_path / "status"),
+                  record=str(tmp_path / "record")) as step:
+        step.log_metrics({"rows": 3})
+        step.log_curves({"m.loss": [3.0, 2.0]})
+        step.log_artifact(tmp_path / "report.json", "transform")
+        step.log_artifact(tmp_path / "plots", "plots", on_pipeline=True)
+        step.log_artifact(tmp_path / "missing.json", "transform")  # skipped: nothing to copy
+        step.set_tags({"verdict": "ok"}, on_pipeline=True)
+        step.log_pipeline_metrics({"rows": 3})
+    record = read_step_record(tmp_path / "record")
+    assert record.step == "transform" and record.seconds >= 0 and record.metrics == {"rows": 3.0}
+    assert record.config == {"transform": step.config.dump()["transform"]} and record.curves == {"m.loss": [3.0, 2.0]}
+    assert (record.tags, record.parent_tags, record.parent_metrics) == ({"verdict": "ok"}, {"verdict": "ok"},
+                                                                        {"rows": 3.0})
+    assert [(a["artifact_path"], a["on_pipeline"]) for a in record.artifacts] == [("transform", False), ("plots", True)]
+    assert record_file(tmp_path / "record", record.artifacts[1]).joinpath("p.png").read_bytes() == b"png"
+    assert read_status(tmp_path / "status")["transform"]["execution_id"] == record.execution_id
+    # a step that fails leaves no record (the orchestrator runs nothing downstream of it)
+    with pytest.raises(SystemExit), step_run("agents_trainer", {}, status_dir=str(tmp_path / "status"),
+                                             record=str(tmp_path / "failed")):
+        raise ValidationFailed("policy.parquet: row 1: field reward: must be >= 0")
+    assert not (tmp_path / "failed").exists()
+    with pytest.raises(DataError, match="no step record"):
+        read_step_record(tmp_path / "failed")
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / RECORD_FILE).write_text('{"format": "something-else/9"}')
+    with pytest.raises(DataError, match=r"step_record.json: field format: expected 'recflow.step-record/1'"):
+        read_step_record(tmp_path / "failed")
+
+
+def test_the_resolver_names_what_the_data_and_the_champion_are_now(tmp_path):
+    """Byte-identical tables have one data version wherever they are; a changed table another; a missing
+    directory is not the resolver's error to raise (ExampleGen names it)."""
+    from recflow.model_store import ModelStore
+    from recflow.pipeline_inputs import champion_from, champion_version, data_version
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "events.csv").write_text("user_id,item_id,event_type,timestamp\nu1,i1,click,2026\n")
+    (tmp_path / "a" / "simulator.json").write_text('{"generated_at": "now"}')  # not data
+    assert data_version(str(tmp_path / "a")) == data_version(str(tmp_path / "b"))
+    assert data_version(str(tmp_path / "a")).startswith("sha256:")
+    (tmp_path / "b" / "events.csv").write_text("user_id,item_id,event_type,timestamp\nu1,i2,click,2026\n")
+    assert data_version(str(tmp_path / "a")) != data_version(str(tmp_path / "b"))
+    assert data_version(str(tmp_path / "nope")).startswith("unreadable: ")
+    assert data_version("").startswith("unreadable: ")
+
+    assert champion_version("") == "" and champion_version(str(tmp_path / "store")) == ""
+    store = ModelStore(str(tmp_path / "store"))
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "weights.bin").write_bytes(b"w")
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "evaluation" / "blessing.json").write_text('{"blessed": true, "reasons": []}')
+    first = store.push({"model": tmp_path / "part"}, tmp_path / "evaluation").bundle
+    resolved = champion_version(str(tmp_path / "store"))
+    assert champion_from(resolved) == first.version and resolved == f"{first.version}@{first.created}"
+    store.push({"model": tmp_path / "part"}, tmp_path / "evaluation")
+    assert champion_version(str(tmp_path / "store")) != resolved  # a new champion: a new evaluator input
+
+
 def test_step_order_matches_the_dag():
     assert STEP_ORDER == ("example_gen", "transform", "tfrs_trainer", "agents_trainer", "evaluator", "pusher")
 
