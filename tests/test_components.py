@@ -1,5 +1,6 @@
 """The six components: their typed interfaces, the shared step wrapper, the images they run in."""
 
+import json
 import re
 from pathlib import Path
 
@@ -183,6 +184,8 @@ def test_example_gen_component_on_simulator_data(tmp_path, monkeypatch):
     assert {"train.parquet", "eval.parquet", "test.parquet", "stats.json"} <= {
         p.name for p in (tmp_path / "examples").iterdir()}
     assert statistics.metadata and "examples written to" in Path(summary.path).read_text()
+    # every output exists as a file (KFP's local cache treats an output without one as missing: no reuse)
+    assert json.loads(Path(statistics.path).read_text()) == statistics.metadata
     status = read_status(tmp_path / "status")["example_gen"]
     assert status["status"] == "succeeded"
     # what the step wants tracked is in its record: metrics, config sections, copies of the files to log

@@ -59,6 +59,7 @@ def evaluator(
         verdict = json.loads((out / "blessing.json").read_text(encoding="utf-8"))
         for name, value in step.log_metrics(run.metrics).items():
             metrics.log_metric(name, value)
+        Path(metrics.path).write_text(json.dumps(metrics.metadata), encoding="utf-8")  # (a file for the local cache)
         shutil.copyfile(out / "report.html", report.path)
         shutil.copyfile(out / "blessing.json", blessing.path)
         blessed = bool(verdict["blessed"])

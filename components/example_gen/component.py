@@ -41,6 +41,8 @@ def example_gen(
         stats = json.loads((Path(examples.path) / "stats.json").read_text(encoding="utf-8"))
         for name, value in step.log_metrics(stats).items():
             statistics.log_metric(name, value)
+        # The Metrics artifact's own file too: KFP's local cache treats an output with no file as missing.
+        Path(statistics.path).write_text(json.dumps(statistics.metadata, indent=2), encoding="utf-8")
         summary = result.format() if hasattr(result, "format") else json.dumps(stats, indent=2)
         Path(validation_summary.path).write_text(f"# ExampleGen\n\n```\n{summary}\n```\n", encoding="utf-8")
         step.log_artifact(Path(examples.path) / "stats.json", "example_gen")
