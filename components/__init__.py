@@ -1,4 +1,7 @@
-"""The six KFP v2 components of the training DAG, one folder per step.
+"""The KFP v2 components of the training DAG, one folder per step: the six steps (and the optional tuner), the
+light tasks around them -- ``resolver`` (what the data and the champion are now), ``track`` (a heavy step's
+record -> its MLflow run), ``close_run`` (the exit handler) -- and ``step_run.py``, what every step does around
+its core call.
 
 Each ``components/<step>/component.py`` holds the step's function, a thin declaration of its typed inputs and
 outputs whose body calls one function of the core library (``recflow``), and ``build(image)``, which turns it

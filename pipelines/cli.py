@@ -51,16 +51,20 @@ def compile_command(state: CliState, out: Path, config_path: Path | None) -> Non
 @click.option("--no-tracking", is_flag=True, help="Run without MLflow tracking.")
 @click.option("--verbose", is_flag=True, help="Show the steps' full logs, not only progress lines.")
 @click.option("--run-name", default=None, help="MLflow run name (default: <pipeline>-<yyyymmdd-hhmmss>).")
+@click.option("--cache", is_flag=True,
+              help="Reuse the outputs of steps whose data, champion and config are unchanged since an earlier "
+                   "local run (KFP's local cache, under the run root); off by default.")
 @pass_state
 def run_command(state: CliState, data_dir: Path, config_path: Path | None, model_store: Path | None,
-                tracking_uri: str | None, no_tracking: bool, verbose: bool, run_name: str | None) -> None:
+                tracking_uri: str | None, no_tracking: bool, verbose: bool, run_name: str | None,
+                cache: bool) -> None:
     """Run the whole DAG on this machine (KFP local runner) and print a summary."""
     from pipelines.local_run import run_local
 
     config = _config(state, config_path)
     result = run_local(data_dir, config, model_store=model_store,
                        tracking_uri=tracking_uri, tracking=not no_tracking, verbose=verbose, echo=click.echo,
-                       run_name=run_name, config_path=state.config_path)
+                       run_name=run_name, config_path=state.config_path, cache=cache)
     click.echo("")
     click.echo(result.format())
 
@@ -89,7 +93,7 @@ def _remote_arguments(config: RecflowConfig, data: str, model_store: str | None,
                     fg="yellow", err=True)
     # The run's MLflow parent run is opened by its first step and closed by its exit handler, on the cluster.
     return {"data_uri": data, "model_store": store, "tracking_uri": uri, "run_name": run_name or "",
-            "status_dir": "", **{f"{k}_config": v for k, v in section_defaults(config).items()}}
+            **{f"{k}_config": v for k, v in section_defaults(config).items()}}
 
 
 remote_options = [

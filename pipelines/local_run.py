@@ -3,14 +3,18 @@
 ``run_local`` opens the MLflow parent run first (so an unreachable tracking server fails in seconds, before any
 work), runs the very same pipeline that is compiled for Kubeflow through ``kfp.local`` with the
 SubprocessRunner, shows one progress line per step start/end (the full KFP log goes to ``pipeline.log`` in the
-run directory), and returns a :class:`LocalRunResult` whose ``format()`` is the end-of-run summary. KFP's local
-caching stays off: a local run is always a full run.
+run directory), and returns a :class:`LocalRunResult` whose ``format()`` is the end-of-run summary. The steps
+write their status records into ``<run dir>/status`` (named to them in ``$RECFLOW_STATUS_DIR``, not as a step
+input, so it never changes a cache key). KFP's local caching is off unless asked for (``cache=True``, ``recflow
+pipeline run --cache``): then a step whose inputs match an earlier local run's is reused from
+``<run root>/.kfp-cache``, and its track task still logs it (tagged ``recflow.cached``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import sys
 import time
@@ -22,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from components.step_run import STATUS_FAILED, STATUS_SUCCEEDED, STEP_ORDER, read_status
+from components.step_run import STATUS_DIR_ENV, STATUS_FAILED, STATUS_SUCCEEDED, STEP_ORDER, read_status
 from recflow.config import RecflowConfig
 from recflow.errors import ConfigError, DataError, RecflowError
 from recflow.model_store import resolve_store_root
@@ -101,7 +105,8 @@ class LocalRunResult:
                  f"in {self.total_seconds:.1f}s", "", "steps:"]
         for s in self.steps:
             took = f"{s.seconds:8.1f}s" if s.seconds is not None else " " * 9
-            lines.append(f"  {s.name:<15} {s.status:<10} {took}" + (f"  {s.error}" if s.error else ""))
+            status = "cached" if s.status == STATUS_SUCCEEDED and s.notes.get("cached") else s.status
+            lines.append(f"  {s.name:<15} {status:<10} {took}" + (f"  {s.error}" if s.error else ""))
         evaluation = self.step("evaluator")
         if evaluation.metrics:
             lines += ["", "key metrics (candidate vs baselines):", *_metrics_table(evaluation.metrics)]
@@ -237,6 +242,7 @@ def run_local(
     pipeline_func: Any = None,
     run_name: str | None = None,
     config_path: Path | None = None,
+    cache: bool = False,
 ) -> LocalRunResult:
     """Run the training DAG locally on the dataset in ``data_dir`` and return what each step did.
 
@@ -245,7 +251,8 @@ def run_local(
     under ``run_root`` (default: ``pipeline.pipeline_root`` or DATA_DIR/pipeline-runs). ``pipeline_func``
     replaces the training DAG (tests use small DAGs that follow the same conventions). ``run_name`` names the
     MLflow run (default ``<pipeline>-<yyyymmdd-hhmmss>``); ``config_path`` (the ``--config`` file) anchors a
-    relative data directory's tracking store, as ``recflow runs`` resolves it.
+    relative data directory's tracking store, as ``recflow runs`` resolves it. ``cache=True`` lets KFP reuse the
+    outputs of steps whose inputs match an earlier local run's under the same run root (``<root>/.kfp-cache``).
 
     Raises :class:`PipelineStepFailed` (with the failed step's own error message) when a step fails; an
     unblessed evaluation is not a failure (the result says why nothing was pushed).
@@ -273,16 +280,16 @@ def run_local(
     pipeline = pipeline_func if pipeline_func is not None else build_pipeline(config)
     name = run_name.strip() if run_name and run_name.strip() else _default_run_name(pipeline_config.name)
     arguments = {"data_uri": str(data_dir.resolve()), "model_store": str(store.resolve()),
-                 "status_dir": str(status_dir), "tracking_uri": uri, "run_name": name if uri else "",
+                 "tracking_uri": uri, "run_name": name if uri else "",
                  **{f"{k}_config": v for k, v in section_defaults(config).items()}}
     accepted = set(getattr(getattr(pipeline, "component_spec", None), "inputs", None) or arguments)
     arguments = {k: v for k, v in arguments.items() if k in accepted}  # a test's small DAG takes fewer
     echo(f"running pipeline {pipeline_config.name} locally: run directory {run_dir}")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"),
-               raise_on_error=True)
+               raise_on_error=True, enable_caching=cache, cache_root=str(root.resolve() / ".kfp-cache"))
     started = time.monotonic()
     failure: str | None = None
-    with _quiet_kfp_output(log_path, verbose):
+    with _quiet_kfp_output(log_path, verbose), _environment(STATUS_DIR_ENV, str(status_dir)):
         try:
             pipeline(**arguments)
         except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task..."
@@ -297,6 +304,20 @@ def run_local(
         where = f"step {failed.name} failed: {failed.error}" if failed else failure
         raise PipelineStepFailed(f"{where}\n  nothing downstream ran; full log: {log_path}")
     return result
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``$name`` set to ``value`` for the block (the steps are subprocesses: they inherit it), then restored."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _default_run_name(pipeline_name: str) -> str:
@@ -351,8 +372,9 @@ def _step_reports(status_dir: Path, failure: str | None) -> list[StepReport]:
         status = record["status"]
         if status not in (STATUS_SUCCEEDED, STATUS_FAILED):  # started but never reported back: it crashed
             status = STATUS_FAILED
+        notes = {**(record.get("notes") or {}), **({"cached": True} if record.get("cached") else {})}
         reports.append(StepReport(name, status, record.get("seconds"), record.get("metrics") or {},
-                                  record.get("notes") or {}, record.get("error")
+                                  notes, record.get("error")
                                   or ("the step's process died; see the full log" if status == STATUS_FAILED
                                       else None)))
     return reports

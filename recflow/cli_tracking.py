@@ -225,7 +225,9 @@ def _canary_by_hand(state: CliState, action: str, reason: str, version: str | No
         return
     name = _tracking_config(state).registered_model_name
     try:
-        aliases = sync_canary_registry(uri, store, name)
+        from serving.pyfunc import write_pyfunc_model
+
+        aliases = sync_canary_registry(uri, store, name, model_writer=write_pyfunc_model)
     except RecflowError as exc:  # the store is the source of truth: the decision stands
         click.secho(f"warning: MLflow registry aliases not moved: {exc}", fg="yellow", err=True)
         return
@@ -296,7 +298,9 @@ def models_rollback(
         return
     name = _tracking_config(state).registered_model_name
     try:
-        registry_version = sync_registry_alias(uri, store, name)
+        from serving.pyfunc import write_pyfunc_model
+
+        registry_version = sync_registry_alias(uri, store, name, model_writer=write_pyfunc_model)
     except RecflowError as exc:  # the store is the source of truth: the rollback stands
         click.secho(f"warning: MLflow registry alias not moved: {exc}", fg="yellow", err=True)
         return

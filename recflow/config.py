@@ -3,11 +3,20 @@
 Precedence (last wins): the defaults shipped in ``recflow/defaults.yaml`` < the user's YAML file (deep-merged,
 so it only needs the keys it changes) < ``--set section.key=value`` overrides (values parsed as YAML).
 Unknown keys are errors (a typo must not silently fall back to a default).
+
+**Relative paths.** With a config file, every relative path setting (:data:`PATH_SETTINGS`: the data directory,
+the model store, the tracking store and artifact location, the pipeline root, ...) from the file or from the
+defaults it builds on is anchored at the file's directory, so ``recflow --config /elsewhere/cfg.yaml ...`` reads
+and writes the same places from any working directory; a relative path given with ``--set`` is relative to the
+working directory (made absolute at load). Without a config file, relative paths are relative to the working
+directory. URLs (``gs://``, ``http://``) and absolute paths are left as they are.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -78,6 +87,62 @@ class RecflowConfig(Section):
     monitoring: MonitoringConfig = MonitoringConfig()
 
 
+#: The settings that hold a local path, or a URI that may name one: ``(section, ..., key)``.
+PATH_SETTINGS: tuple[tuple[str, ...], ...] = (
+    ("paths", "data_dir"),
+    ("paths", "cache_dir"),
+    ("model_store", "path"),
+    ("tracking", "tracking_uri"),
+    ("tracking", "artifact_location"),
+    ("pipeline", "pipeline_root"),
+    ("transform", "temp_dir"),
+    ("serving", "feedback_dir"),
+    ("monitoring", "watch", "state_dir"),
+)
+#: Settings that are URIs first: a bare word is a scheme (MLflow's ``databricks``), not a relative path.
+_URI_SETTINGS = {("tracking", "tracking_uri"), ("tracking", "artifact_location")}
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def anchor_path(value: str, base: Path, *, uri: bool = False) -> str:
+    """``value`` made absolute against ``base`` when it is a relative local path, else unchanged.
+
+    Relative: a plain path (``data``, ``./runs``, ``../shared/models``), ``sqlite:///<relative>`` and
+    ``file:<relative>``. Unchanged: '' (a default), absolute paths and ``~`` (expanded), URLs (``gs://``,
+    ``http://``, ``sqlite:////abs``) and, when ``uri`` (a tracking URI), a bare word without a path separator.
+    """
+    text = str(value)
+    if not text.strip():
+        return text
+    if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
+        rest = text[len("sqlite:///"):]
+        return text if rest in ("", ":memory:") else "sqlite:///" + _absolute(rest, base)
+    if text.startswith("file:") and not text.startswith("file:/"):
+        return "file:" + _absolute(text[len("file:"):], base)
+    if "://" in text or (_SCHEME.match(text) and not re.match(r"^[A-Za-z]:[\\/]", text)):
+        return text
+    if uri and not any(c in text for c in "/\\.~"):
+        return text
+    return _absolute(text, base)
+
+
+def _absolute(path: str, base: Path) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else Path(os.path.normpath(base / p)))
+
+
+def anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of the raw config ``data`` with each :data:`PATH_SETTINGS` value anchored at ``base``."""
+    out = copy.deepcopy(data)
+    for keys in PATH_SETTINGS:
+        node: Any = out
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str | Path):
+            node[keys[-1]] = anchor_path(str(node[keys[-1]]), base, uri=keys in _URI_SETTINGS)
+    return out
+
+
 def default_config_text() -> str:
     """The YAML of the default configuration shipped with the package."""
     return resources.files("recflow").joinpath("defaults.yaml").read_text(encoding="utf-8")
@@ -139,7 +204,10 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RecflowConfig:
-    """Load the configuration: defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
+    """Load the configuration: defaults, then the YAML file at ``path`` (if any), then ``overrides``.
+
+    With a file, relative path settings of the defaults and the file are anchored at the file's directory and
+    those of ``overrides`` at the working directory (see the module docstring)."""
     data = _parse_yaml(default_config_text(), "recflow/defaults.yaml")
     source = "defaults"
     if path is not None:
@@ -150,10 +218,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {p} cannot be read: {exc}") from None
-        data = _deep_merge(data, _parse_yaml(text, str(p)))
+        data = anchor_paths(_deep_merge(data, _parse_yaml(text, str(p))), p.expanduser().resolve().parent)
         source = str(p)
     for ov in overrides:
-        data = _deep_merge(data, parse_override(ov))
+        update = parse_override(ov)
+        data = _deep_merge(data, anchor_paths(update, Path.cwd()) if path is not None else update)
     if overrides:
         source += " with overrides " + ", ".join(overrides)
     try:

@@ -27,6 +27,11 @@ watcher), so a bundle being served or loaded is never removed under it.
 The store is the source of truth for which bundle is the champion. The MLflow Model Registry mirrors it
 (:func:`register_in_mlflow`, :func:`sync_registry_alias`): its model versions carry the tag
 ``recflow.bundle_version`` and its ``champion`` alias is moved to match the store, never the other way round.
+Every path that registers a version (the Pusher, ``recflow models rollback``, canary promote/abort by hand or by
+the serving guardrail) passes the same ``model_writer`` (``serving.pyfunc.write_pyfunc_model``), so each version
+is an MLflow pyfunc model (tag ``recflow.pyfunc=true``); a sync that finds only a plain version of the bundle
+(registered before) registers a pyfunc one for it. This module does not import ``serving``: the writer is a
+parameter.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ MANIFEST_FORMAT = 1
 TAG_BUNDLE_VERSION = "recflow.bundle_version"
 TAG_STORE = "recflow.store"
 TAG_BUNDLE_KIND = "recflow.bundle_kind"
+TAG_PYFUNC = "recflow.pyfunc"  # "true" on a registered version written by a model_writer (an MLflow pyfunc model)
+
+#: Turns a bundle directory into the model directory to register: ``writer(bundle_dir, out_dir) -> out_dir``.
+ModelWriter = Callable[[Path, Path], Path]
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 _PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STAGING_PREFIX = ".staging-"
@@ -821,7 +830,7 @@ def register_in_mlflow(
     *,
     store: ModelStore | None = None,
     alias: str = CHAMPION,
-    model_writer: Callable[[Path, Path], Path] | None = None,
+    model_writer: ModelWriter | None = None,
 ) -> str:
     """Log ``bundle`` as artifacts of ``run_id``, register them as a version of model ``name``, set ``alias``.
 
@@ -851,7 +860,8 @@ def register_in_mlflow(
             raise
     source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + artifact_path
     tags = {TAG_BUNDLE_VERSION: bundle.version, TAG_BUNDLE_KIND: bundle.kind,
-            **({TAG_STORE: store.root} if store is not None else {})}
+            **({TAG_STORE: store.root} if store is not None else {}),
+            **({TAG_PYFUNC: "true"} if model_writer is not None else {})}
     mv = client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=f"model store bundle {bundle.version}"
     )
@@ -862,9 +872,10 @@ def register_in_mlflow(
 
 
 def registry_version_for(
-    tracking_uri: str, name: str, bundle_version: str, store_root: str | None = None
+    tracking_uri: str, name: str, bundle_version: str, store_root: str | None = None, *, pyfunc: bool = False
 ) -> str | None:
-    """The newest registered version of ``name`` tagged with ``bundle_version`` (and the store), or None."""
+    """The newest registered version of ``name`` tagged with ``bundle_version`` (and the store; with
+    ``pyfunc``, only a version registered as an MLflow pyfunc model), or None."""
     from mlflow.exceptions import MlflowException
 
     from recflow.tracking import tracking_client
@@ -879,15 +890,30 @@ def registry_version_for(
         for v in versions
         if v.tags.get(TAG_BUNDLE_VERSION) == bundle_version
         and (store_root is None or v.tags.get(TAG_STORE, store_root) == store_root)
+        and (not pyfunc or _is_pyfunc(client, v, bundle_version))
     ]
     return str(max(matches)) if matches else None
 
 
-def sync_registry_alias(tracking_uri: str, store: ModelStore, name: str, alias: str = CHAMPION) -> str | None:
+def _is_pyfunc(client: Any, model_version: Any, bundle_version: str) -> bool:
+    """Whether a registered version is an MLflow pyfunc model: tagged so, or (registered before the tag existed)
+    an ``MLmodel`` file among its artifacts."""
+    if model_version.tags.get(TAG_PYFUNC) == "true":
+        return True
+    if not model_version.run_id:
+        return False
+    folder = f"model_bundle/{bundle_version}"
+    return any(a.path == f"{folder}/MLmodel" for a in client.list_artifacts(model_version.run_id, folder))
+
+
+def sync_registry_alias(tracking_uri: str, store: ModelStore, name: str, alias: str = CHAMPION, *,
+                        model_writer: ModelWriter | None = None) -> str | None:
     """Move the registry's ``alias`` to the model version of the store's champion (the store is the truth).
 
-    Registers the champion first if the registry lacks it and its manifest names the MLflow run. Returns the
-    registered model version, or None when the store has no champion.
+    Registers the champion first if the registry lacks it and its manifest names the MLflow run -- written by
+    ``model_writer`` (an MLflow pyfunc model) when given; with a ``model_writer``, a plain version registered
+    before counts as lacking, when the manifest names the run to register it from. Returns the registered model
+    version, or None when the store has no champion.
     """
     from recflow.tracking import check_tracking_server, tracking_client
 
@@ -895,7 +921,10 @@ def sync_registry_alias(tracking_uri: str, store: ModelStore, name: str, alias: 
     champion = store.champion()
     if champion is None:
         return None
-    version = registry_version_for(tracking_uri, name, champion.version, store.root)
+    version = registry_version_for(tracking_uri, name, champion.version, store.root,
+                                   pyfunc=model_writer is not None)
+    if version is None and champion.mlflow_run_id is None:  # a plain version is better than none
+        version = registry_version_for(tracking_uri, name, champion.version, store.root)
     if version is None:
         if champion.mlflow_run_id is None:
             raise DataError(
@@ -904,7 +933,8 @@ def sync_registry_alias(tracking_uri: str, store: ModelStore, name: str, alias: 
                 hint="the store stays authoritative; serving is unaffected",
             )
         return register_in_mlflow(
-            tracking_uri, champion.mlflow_run_id, champion, name, store=store, alias=alias
+            tracking_uri, champion.mlflow_run_id, champion, name, store=store, alias=alias,
+            model_writer=model_writer,
         )
     tracking_client(tracking_uri).set_registered_model_alias(name, alias, version)
     return version
@@ -916,35 +946,43 @@ def rollback_champion(
     *,
     tracking_uri: str | None = None,
     model_name: str | None = None,
+    model_writer: ModelWriter | None = None,
 ) -> tuple[BundleInfo, str | None]:
-    """Roll the store back, then move the registry alias to match (when a tracking URI and model are given).
+    """Roll the store back, then move the registry alias to match (when a tracking URI and model are given;
+    a version registered on the way is written by ``model_writer``, see :func:`sync_registry_alias`).
 
     Returns the new champion and its registered model version (None without a registry).
     """
     bundle = store.rollback(to)
     if tracking_uri is None or model_name is None:
         return bundle, None
-    return bundle, sync_registry_alias(tracking_uri, store, model_name)
+    return bundle, sync_registry_alias(tracking_uri, store, model_name, model_writer=model_writer)
 
 
-def sync_canary_registry(tracking_uri: str, store: ModelStore, name: str) -> dict[str, str | None]:
+def sync_canary_registry(tracking_uri: str, store: ModelStore, name: str, *,
+                         model_writer: ModelWriter | None = None) -> dict[str, str | None]:
     """Mirror the store's ``champion`` and ``canary`` aliases in the MLflow registry after a canary decision:
     ``champion`` follows the store's champion (:func:`sync_registry_alias`); ``canary`` is set on the canary's
-    registered version, or deleted when no canary runs. Returns ``{"champion": version, "canary": version}``."""
+    registered version, or deleted when no canary runs (versions registered on the way are written by
+    ``model_writer``). Returns ``{"champion": version, "canary": version}``."""
     from mlflow.exceptions import MlflowException
 
     from recflow.tracking import tracking_client
 
-    out: dict[str, str | None] = {"champion": sync_registry_alias(tracking_uri, store, name), "canary": None}
+    out: dict[str, str | None] = {
+        "champion": sync_registry_alias(tracking_uri, store, name, model_writer=model_writer), "canary": None}
     client = tracking_client(tracking_uri)
     canary = store.canary()
     if canary is None:
         with contextlib.suppress(MlflowException):  # no such alias: nothing to delete
             client.delete_registered_model_alias(name, CANARY)
         return out
-    version = registry_version_for(tracking_uri, name, canary.version, store.root)
+    version = registry_version_for(tracking_uri, name, canary.version, store.root, pyfunc=model_writer is not None)
+    if version is None and not canary.mlflow_run_id:
+        version = registry_version_for(tracking_uri, name, canary.version, store.root)
     if version is None and canary.mlflow_run_id:
-        version = register_in_mlflow(tracking_uri, canary.mlflow_run_id, canary, name, store=store, alias=CANARY)
+        version = register_in_mlflow(tracking_uri, canary.mlflow_run_id, canary, name, store=store, alias=CANARY,
+                                     model_writer=model_writer)
     elif version is not None:
         client.set_registered_model_alias(name, CANARY, version)
     out["canary"] = version

@@ -212,9 +212,10 @@ class CanaryController:
         if not self.tracking_uri or not self.model_name:
             return
         from recflow.model_store import sync_canary_registry
+        from serving.pyfunc import write_pyfunc_model
 
         try:
-            sync_canary_registry(self.tracking_uri, self.store, self.model_name)
+            sync_canary_registry(self.tracking_uri, self.store, self.model_name, model_writer=write_pyfunc_model)
         except Exception as exc:  # noqa: BLE001 - the store is the truth; a registry outage must not stop serving
             log.warning("MLflow registry aliases not synced after the canary decision: %s", exc)
 

@@ -40,7 +40,7 @@ def _parsed(value: Any) -> Any:
     return value
 
 
-class RecflowPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class RecflowPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """A recflow bundle served by :class:`serving.Recommender` behind MLflow's pyfunc interface."""
 
     def load_context(self, context: Any) -> None:

@@ -114,6 +114,7 @@ def test_models_list_and_rollback_without_registry(tmp_path: Path, capsys):
 
 def test_models_rollback_moves_the_registry_alias(mlflow_uri: str, tmp_path: Path, capsys):
     from recflow.tracking import get_or_create_experiment
+    from serving.pyfunc import write_pyfunc_model
 
     name = "recflow-recommender"  # the default registered_model_name the CLI uses
     client = tracking_client(mlflow_uri)
@@ -122,10 +123,9 @@ def test_models_rollback_moves_the_registry_alias(mlflow_uri: str, tmp_path: Pat
     versions = []
     for tag, ndcg in (("a", 0.21), ("b", 0.25)):
         run_id = client.create_run(experiment_id, run_name=f"push-{tag}").info.run_id
-        versions.append(
-            register_in_mlflow(
-                mlflow_uri, run_id, _push(store, tmp_path, tag, ndcg, run_id).bundle, name, store=store
-            )
+        versions.append(  # registered the Pusher's way (a pyfunc model): the rollback moves the alias back to it
+            register_in_mlflow(mlflow_uri, run_id, _push(store, tmp_path, tag, ndcg, run_id).bundle, name,
+                               store=store, model_writer=write_pyfunc_model)
         )
     assert client.get_model_version_by_alias(name, "champion").version == versions[1]
     assert main(["models", "rollback", "--store", str(tmp_path / "store"), "--tracking-uri", mlflow_uri]) == 0

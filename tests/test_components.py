@@ -1,19 +1,21 @@
 """The six components: their typed interfaces, the shared step wrapper, the images they run in."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from kfp import dsl
 
-from components import agents_trainer, evaluator, example_gen, pusher, tfrs_trainer, transform
-from components.step_run import STEP_ORDER, read_status, step_run
+from components import agents_trainer, evaluator, example_gen, pusher, resolver, tfrs_trainer, track, transform
+from components.step_run import STATUS_DIR_ENV, STEP_ORDER, read_status, step_run
 from recflow.config import load_config
 from recflow.errors import ValidationFailed
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = {"tracking_config": "Dict", "tracking_uri": "String", "run_key": "String", "run_name": "String",
-          "status_dir": "String"}
+#: What the tasks that take the run id get (the heavy steps get none of it: they are cacheable).
+TRACKED = {"tracking_config": "Dict", "tracking_uri": "String", "run_key": "String", "run_name": "String"}
+RECORD = {"record": "system.Artifact@0.0.1"}
 
 
 def _interface(module) -> tuple[dict[str, str], dict[str, str]]:
@@ -24,30 +26,34 @@ def _interface(module) -> tuple[dict[str, str], dict[str, str]]:
 
 
 @pytest.mark.parametrize(("module", "inputs", "outputs"), [
-    (example_gen, {"data_uri": "String", "example_gen_config": "Dict", "validation_config": "Dict"},
+    (resolver, {"data_uri": "String", "model_store": "String"}, {"data_version": "String", "champion": "String"}),
+    (example_gen, {"data_uri": "String", "data_version": "String", "example_gen_config": "Dict",
+                   "validation_config": "Dict"},
      {"examples": "system.Dataset@0.0.1", "statistics": "system.Metrics@0.0.1",
-      "validation_summary": "system.Markdown@0.0.1"}),
+      "validation_summary": "system.Markdown@0.0.1", **RECORD}),
     (transform, {"examples": "system.Dataset@0.0.1", "beam_pipeline_args": "List", "transform_config": "Dict"},
-     {"transformed": "system.Dataset@0.0.1"}),
+     {"transformed": "system.Dataset@0.0.1", **RECORD}),
     (tfrs_trainer, {"examples": "system.Dataset@0.0.1", "transformed": "system.Dataset@0.0.1",
                     "trainer_config": "Dict"},
-     {"model": "system.Model@0.0.1"}),
+     {"model": "system.Model@0.0.1", **RECORD}),
     (agents_trainer, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1", "policy_config": "Dict"},
-     {"policy": "system.Model@0.0.1"}),
+     {"policy": "system.Model@0.0.1", **RECORD}),
     (evaluator, {"examples": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",
-                 "policy": "system.Model@0.0.1", "model_store": "String", "evaluator_config": "Dict",
-                 "policy_config": "Dict", "release_config": "Dict"},
+                 "policy": "system.Model@0.0.1", "model_store": "String", "champion": "String",
+                 "evaluator_config": "Dict", "policy_config": "Dict", "release_config": "Dict"},
      {"metrics": "system.Metrics@0.0.1", "report": "system.HTML@0.0.1", "evaluation": "system.Dataset@0.0.1",
-      "blessing": "system.Artifact@0.0.1", "Output": "Boolean"}),
+      "blessing": "system.Artifact@0.0.1", **RECORD, "Output": "Boolean"}),
+    (track, {"record": "system.Artifact@0.0.1", "data_uri": "String", "opens": "Boolean", **TRACKED},
+     {"Output": "String"}),
     (pusher, {"transformed": "system.Dataset@0.0.1", "model": "system.Model@0.0.1",
               "policy": "system.Model@0.0.1", "evaluation": "system.Dataset@0.0.1",
               "blessing": "system.Artifact@0.0.1", "model_store": "String", "model_store_config": "Dict",
-              "release_config": "Dict"},
+              "release_config": "Dict", **TRACKED},
      {"pushed": "system.Model@0.0.1", "Output": "String"}),
 ])
 def test_component_interfaces(module, inputs, outputs):
     got_inputs, got_outputs = _interface(module)
-    assert got_inputs == {**inputs, **COMMON}
+    assert got_inputs == inputs
     assert got_outputs == outputs
 
 
@@ -90,25 +96,106 @@ def test_step_run_keeps_bugs_loud(tmp_path):
     assert read_status(tmp_path)["evaluator"]["error"] == "ZeroDivisionError: division by zero"
 
 
+def test_a_step_record_round_trips_and_a_bad_one_is_a_named_error(tmp_path):
+    from recflow.errors import DataError
+    from recflow.step_record import RECORD_FILE, read_step_record, record_file
+
+    (tmp_path / "report.json").write_text('{"a": 1}')
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "p.png").write_bytes(b"png")
+    with step_run("transform", {"transform": {"batch_size": 21}}, status_dir=str(tmp_path / "status"),
+                  record=str(tmp_path / "record")) as step:
+        step.log_metrics({"rows": 3})
+        step.log_curves({"m.loss": [3.0, 2.0]})
+        step.log_artifact(tmp_path / "report.json", "transform")
+        step.log_artifact(tmp_path / "plots", "plots", on_pipeline=True)
+        step.log_artifact(tmp_path / "missing.json", "transform")  # skipped: nothing to copy
+        step.set_tags({"verdict": "ok"}, on_pipeline=True)
+        step.log_pipeline_metrics({"rows": 3})
+    record = read_step_record(tmp_path / "record")
+    assert record.step == "transform" and record.seconds >= 0 and record.metrics == {"rows": 3.0}
+    assert record.config == {"transform": step.config.dump()["transform"]} and record.curves == {"m.loss": [3.0, 2.0]}
+    assert (record.tags, record.parent_tags, record.parent_metrics) == ({"verdict": "ok"}, {"verdict": "ok"},
+                                                                        {"rows": 3.0})
+    assert [(a["artifact_path"], a["on_pipeline"]) for a in record.artifacts] == [("transform", False), ("plots", True)]
+    assert record_file(tmp_path / "record", record.artifacts[1]).joinpath("p.png").read_bytes() == b"png"
+    assert read_status(tmp_path / "status")["transform"]["execution_id"] == record.execution_id
+    # a step that fails leaves no record (the orchestrator runs nothing downstream of it)
+    with pytest.raises(SystemExit), step_run("agents_trainer", {}, status_dir=str(tmp_path / "status"),
+                                             record=str(tmp_path / "failed")):
+        raise ValidationFailed("policy.parquet: row 1: field reward: must be >= 0")
+    assert not (tmp_path / "failed").exists()
+    with pytest.raises(DataError, match="no step record"):
+        read_step_record(tmp_path / "failed")
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / RECORD_FILE).write_text('{"format": "something-else/9"}')
+    with pytest.raises(DataError, match=r"step_record.json: field format: expected 'recflow.step-record/1'"):
+        read_step_record(tmp_path / "failed")
+
+
+def test_the_resolver_names_what_the_data_and_the_champion_are_now(tmp_path):
+    """Byte-identical tables have one data version wherever they are; a changed table another; a missing
+    directory is not the resolver's error to raise (ExampleGen names it)."""
+    from recflow.model_store import ModelStore
+    from recflow.pipeline_inputs import champion_from, champion_version, data_version
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "events.csv").write_text("user_id,item_id,event_type,timestamp\nu1,i1,click,2026\n")
+    (tmp_path / "a" / "simulator.json").write_text('{"generated_at": "now"}')  # not data
+    assert data_version(str(tmp_path / "a")) == data_version(str(tmp_path / "b"))
+    assert data_version(str(tmp_path / "a")).startswith("sha256:")
+    (tmp_path / "b" / "events.csv").write_text("user_id,item_id,event_type,timestamp\nu1,i2,click,2026\n")
+    assert data_version(str(tmp_path / "a")) != data_version(str(tmp_path / "b"))
+    assert data_version(str(tmp_path / "nope")).startswith("unreadable: ")
+    assert data_version("").startswith("unreadable: ")
+
+    assert champion_version("") == "" and champion_version(str(tmp_path / "store")) == ""
+    store = ModelStore(str(tmp_path / "store"))
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "weights.bin").write_bytes(b"w")
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "evaluation" / "blessing.json").write_text('{"blessed": true, "reasons": []}')
+    first = store.push({"model": tmp_path / "part"}, tmp_path / "evaluation").bundle
+    resolved = champion_version(str(tmp_path / "store"))
+    assert champion_from(resolved) == first.version and resolved == f"{first.version}@{first.created}"
+    store.push({"model": tmp_path / "part"}, tmp_path / "evaluation")
+    assert champion_version(str(tmp_path / "store")) != resolved  # a new champion: a new evaluator input
+
+
 def test_step_order_matches_the_dag():
     assert STEP_ORDER == ("example_gen", "transform", "tfrs_trainer", "agents_trainer", "evaluator", "pusher")
 
 
-def test_example_gen_component_on_simulator_data(tmp_path):
-    from recflow.simulator import generate_dataset
+def test_example_gen_component_on_simulator_data(tmp_path, monkeypatch):
+    from recflow.step_record import read_step_record, record_file
 
     config = load_config(None, ["simulator.users=60", "simulator.items=30", "simulator.days=3"])
+    from recflow.simulator import generate_dataset
+
     generate_dataset(config.simulator, tmp_path / "data", progress=False)
     examples = dsl.Dataset(uri=str(tmp_path / "examples"))
     statistics = dsl.Metrics(uri=str(tmp_path / "statistics"))
     summary = dsl.Markdown(uri=str(tmp_path / "summary.md"))
-    example_gen.example_gen(str(tmp_path / "data"), config.example_gen.model_dump(mode="json"),
-                            config.validation.model_dump(mode="json"), {}, "", "", "", str(tmp_path / "status"),
-                            examples, statistics, summary)
+    record = dsl.Artifact(uri=str(tmp_path / "record"))
+    monkeypatch.setenv(STATUS_DIR_ENV, str(tmp_path / "status"))
+    example_gen.example_gen(str(tmp_path / "data"), "sha256:abc", config.example_gen.model_dump(mode="json"),
+                            config.validation.model_dump(mode="json"), examples, statistics, summary, record)
     assert {"train.parquet", "eval.parquet", "test.parquet", "stats.json"} <= {
         p.name for p in (tmp_path / "examples").iterdir()}
     assert statistics.metadata and "examples written to" in Path(summary.path).read_text()
-    assert read_status(tmp_path / "status")["example_gen"]["status"] == "succeeded"
+    # every output exists as a file (KFP's local cache treats an output without one as missing: no reuse)
+    assert json.loads(Path(statistics.path).read_text()) == statistics.metadata
+    status = read_status(tmp_path / "status")["example_gen"]
+    assert status["status"] == "succeeded"
+    # what the step wants tracked is in its record: metrics, config sections, copies of the files to log
+    step = read_step_record(tmp_path / "record")
+    assert step.step == "example_gen" and step.execution_id == status["execution_id"]
+    assert step.metrics == status["metrics"] and step.metrics
+    assert set(step.config) == {"example_gen", "validation"} and step.tags["recflow.data_version"] == "sha256:abc"
+    logged = {(a["artifact_path"], record_file(tmp_path / "record", a).name) for a in step.artifacts}
+    assert ("example_gen", "stats.json") in logged
+    assert all(record_file(tmp_path / "record", a).is_file() for a in step.artifacts)
 
 
 # ----------------------------------------------------------------------------------------------------------

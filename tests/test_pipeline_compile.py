@@ -12,6 +12,8 @@ from recflow.pipeline_config import PipelineConfig
 
 TASKS = {"example-gen", "transform", "tfrs-trainer", "agents-trainer", "evaluator", "pusher"}
 GPU_TASKS = {"tfrs-trainer", "agents-trainer"}
+#: The heavy steps, which KFP may serve from its cache (pipelines/definition.py: CACHED_STEPS).
+CACHED = ("example-gen", "transform", "tfrs-trainer", "agents-trainer", "evaluator")
 
 
 def load_package(path: Path) -> dict:
@@ -46,8 +48,10 @@ def test_six_tasks_in_dependency_order(compiled):
     tasks = _all_tasks(compiled)
     assert set(tasks) >= TASKS
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
-    assert deps["example-gen"] == set()
+    assert deps["resolver"] == set()
+    assert deps["example-gen"] == {"resolver"}  # it takes the dataset's content version
     assert deps["transform"] == {"example-gen"}
+    assert "resolver" in deps["evaluator"]  # it takes the champion's version
     assert "transform" in deps["tfrs-trainer"]
     assert "tfrs-trainer" in deps["agents-trainer"]
     assert {"tfrs-trainer", "agents-trainer"} <= deps["evaluator"]
@@ -82,10 +86,20 @@ def test_trainers_get_gpu_node_selector_and_toleration(compiled):
         assert container["resources"]["resourceMemoryRequest"]
 
 
-def test_caching_on_and_no_runtime_pip_install(compiled):
+def _track_tasks(spec: dict) -> list[str]:
+    tasks = _all_tasks(spec)
+    return [n for n, t in tasks.items() if t["componentRef"]["name"].startswith("comp-track")]
+
+
+def test_caching_on_for_the_heavy_steps_off_for_the_rest_and_no_runtime_pip_install(compiled):
     tasks = _all_tasks(compiled)
-    for name in TASKS:
-        assert tasks[name]["cachingOptions"]["enableCache"] is True
+    light = ["pusher", "resolver", "close-run", *_track_tasks(compiled)]
+    assert len(_track_tasks(compiled)) == 5  # one per heavy step
+    for name in CACHED:
+        assert tasks[name]["cachingOptions"]["enableCache"] is True, name
+    for name in light:
+        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
+    for name in (*TASKS, *light):
         command = " ".join(_executor(compiled, tasks, name)["command"])
         assert "pip install" not in command  # the image has recflow and kfp; nothing is installed at run time
 
@@ -120,15 +134,19 @@ def test_config_errors_are_clear(tmp_path: Path):
 # Typed parameters: what each step's KFP cache key depends on
 
 
-def _cache_keys(spec: dict) -> dict[str, str]:
+def _cache_keys(spec: dict, arguments: dict | None = None, run_id: str = "run-id",
+                outputs: dict | None = None) -> dict[str, str]:
     """Per task, a digest of what KFP's cache key covers: the component (interface and container: image, command,
-    args), its input parameters' values (constants, and the compiled defaults of the pipeline parameters it
-    takes) and its input artifacts (identified by the producing task's own key and the output's name)."""
+    args), its input parameters' values and its input artifacts (identified by the producing task's own key and
+    the output's name), as the orchestrator resolves them for one run: pipeline parameters from ``arguments``
+    (else the compiled defaults), the run-id placeholder replaced by ``run_id``, the output parameters of an
+    uncached light task (the resolver) from ``outputs`` (``{task: {output: value}}``) where given."""
     import hashlib
     import json
 
     tasks = _all_tasks(spec)
     root_params = spec["root"]["inputDefinitions"]["parameters"]
+    arguments, outputs = arguments or {}, outputs or {}
     keys: dict[str, str] = {}
 
     def key(name: str) -> str:
@@ -141,29 +159,37 @@ def _cache_keys(spec: dict) -> dict[str, str]:
         for pname, source in task.get("inputs", {}).get("parameters", {}).items():
             if "componentInputParameter" in source:
                 root = source["componentInputParameter"].removeprefix("pipelinechannel--")
-                params[pname] = root_params[root].get("defaultValue")
+                # (inside the If branch, a channel of the parent DAG: kept as its name)
+                params[pname] = arguments.get(root, root_params.get(root, {}).get("defaultValue", root))
             elif "taskOutputParameter" in source:
                 out = source["taskOutputParameter"]
-                params[pname] = [key(out["producerTask"]), out["outputParameterKey"]]
+                given = outputs.get(out["producerTask"], {})
+                params[pname] = given[out["outputParameterKey"]] if out["outputParameterKey"] in given else [
+                    key(out["producerTask"]), out["outputParameterKey"]]
             else:
-                params[pname] = source
+                params[pname] = json.loads(json.dumps(source).replace("{{$.pipeline_job_uuid}}", run_id))
         artifacts = {}
         for aname, source in task.get("inputs", {}).get("artifacts", {}).items():
-            out = source["taskOutputArtifact"]
-            artifacts[aname] = [key(out["producerTask"]), out["outputArtifactKey"]]
+            out = source.get("taskOutputArtifact")
+            artifacts[aname] = [key(out["producerTask"]), out["outputArtifactKey"]] if out else source
         blob = json.dumps([component.get("inputDefinitions"), component.get("outputDefinitions"), executor,
                            params, artifacts], sort_keys=True)
         keys[name] = hashlib.sha256(blob.encode()).hexdigest()
         return keys[name]
 
-    return {name: key(name) for name in ("example-gen", "transform", "tfrs-trainer", "agents-trainer", "evaluator")}
+    return {name: key(name) for name in tasks if "componentRef" in tasks[name] and
+            "executorLabel" in spec["components"][tasks[name]["componentRef"]["name"]]}
+
+
+def _heavy(keys: dict[str, str]) -> dict[str, str]:
+    return {name: keys[name] for name in CACHED}
 
 
 def _compiled_keys(tmp_path: Path, *overrides: str) -> dict[str, str]:
     from recflow.config import load_config
 
     out = tmp_path / f"p{abs(hash(overrides))}.yaml"
-    return _cache_keys(load_package(compile_pipeline(load_config(None, list(overrides)), out)))
+    return _heavy(_cache_keys(load_package(compile_pipeline(load_config(None, list(overrides)), out))))
 
 
 def test_a_serving_change_leaves_the_training_steps_cache_keys_unchanged(tmp_path: Path):
@@ -175,6 +201,31 @@ def test_a_serving_change_leaves_the_training_steps_cache_keys_unchanged(tmp_pat
     assert [n for n in base if trainer[n] != base[n]] == ["tfrs-trainer", "agents-trainer", "evaluator"]
     evaluator = _compiled_keys(tmp_path, "evaluator.thresholds.min_ndcg=0.5")
     assert [n for n in base if evaluator[n] != base[n]] == ["evaluator"]
+
+
+def test_another_run_id_or_run_name_leaves_the_heavy_steps_cache_keys_unchanged(compiled):
+    """The heavy steps take no per-run input, so two runs with the same data, champion and config have the same
+    cache keys (KFP reuses them); only the light, uncached tasks see the run id and run name."""
+    tasks = _all_tasks(compiled)
+    resolved = {"resolver": {"data_version": "sha256:0a1b", "champion": "v0003@2026-12-01T03:00:00+00:00"}}
+    nightly = _cache_keys(compiled, {"run_name": "nightly-0412", "tracking_uri": "http://mlflow:5000",
+                                     "data_uri": "gs://shop/events"}, "9b2f1c4e-0000-4000-8000-000000000001", resolved)
+    adhoc = _cache_keys(compiled, {"run_name": "adhoc-check", "tracking_uri": "http://mlflow:5000",
+                                   "data_uri": "gs://shop/events"}, "5d7e3a90-0000-4000-8000-000000000002", resolved)
+    assert _heavy(nightly) == _heavy(adhoc)
+    for name in CACHED:  # nothing per-run reaches them, not even unused
+        inputs = tasks[name].get("inputs", {}).get("parameters", {})
+        assert "{{$" not in str(inputs) and not {"run_key", "run_name", "tracking_uri", "status_dir"} & set(inputs)
+    # the control: the track tasks and the pusher take the run id, so their keys differ (and they are uncached)
+    for name in (*_track_tasks(compiled), "pusher", "close-run"):
+        assert nightly[name] != adhoc[name], name
+    # what lies behind the paths is an input too: new data moves every step, a new champion only the evaluator
+    new_data = _cache_keys(compiled, {"run_name": "x", "data_uri": "gs://shop/events"}, "r", {
+        "resolver": {**resolved["resolver"], "data_version": "sha256:ffff"}})
+    assert [n for n in CACHED if new_data[n] != nightly[n]] == list(CACHED)
+    new_champion = _cache_keys(compiled, {"run_name": "x", "data_uri": "gs://shop/events"}, "r", {
+        "resolver": {**resolved["resolver"], "champion": "v0004@2026-12-02T03:00:00+00:00"}})
+    assert [n for n in CACHED if new_champion[n] != nightly[n]] == ["evaluator"]
 
 
 def test_every_pipeline_parameter_has_a_default_and_sections_are_typed(compiled):
@@ -204,5 +255,11 @@ def test_transient_steps_retry_and_the_exit_handler_closes_the_run(compiled):
     close = compiled["root"]["dag"]["tasks"]["close-run"]
     assert close["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert "taskFinalStatus" in close["inputs"]["parameters"]["status"]
-    for name in ("example-gen", "evaluator", "close-run"):
+    for name in (*_track_tasks(compiled), "pusher", "close-run"):
         assert tasks[name]["inputs"]["parameters"]["run_key"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    # the track tasks run in the DAG's order (so the step runs nest in it); the first opens the MLflow run
+    order = [tasks[n]["inputs"]["artifacts"]["record"]["taskOutputArtifact"]["producerTask"]
+             for n in sorted(_track_tasks(compiled), key=lambda n: int(n.rpartition("-")[2]) if n[-1].isdigit() else 1)]
+    assert order == list(CACHED)
+    opens = {n: tasks[n]["inputs"]["parameters"]["opens"]["runtimeValue"]["constant"] for n in _track_tasks(compiled)}
+    assert [n for n, v in opens.items() if v] == ["track"]

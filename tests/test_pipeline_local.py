@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 
 from pipelines.local_run import PipelineStepFailed, run_local
 from recflow.cli import main
@@ -21,15 +21,13 @@ from recflow.config import load_config
 # No `from __future__ import annotations` here: KFP reads the toy components' real annotations.
 
 
-def toy_example_gen(data_uri: str, tracking_config: dict, tracking_uri: str, run_key: str, run_name: str,
-                    status_dir: str, examples: Output[Dataset]) -> None:
+def toy_example_gen(data_uri: str, examples: Output[Dataset], record: Output[Artifact]) -> None:
     """Read clicks.csv (one 0/1 click per line); a bad line is a DataError naming file, row and field."""
     from pathlib import Path
 
-    from components.step_run import Tracking, step_run
+    from components.step_run import step_run
 
-    where = Tracking(tracking_uri, run_key, run_name, opens=True, data_uri=data_uri)
-    with step_run("example_gen", {"tracking": tracking_config}, where, status_dir) as step:
+    with step_run("example_gen", {}, record=record.path) as step:
         from recflow.errors import DataError
 
         source = Path(data_uri) / "clicks.csv"
@@ -43,15 +41,13 @@ def toy_example_gen(data_uri: str, tracking_config: dict, tracking_uri: str, run
         step.log_artifact(examples.path, "example_gen")
 
 
-def toy_evaluator(examples: Input[Dataset], tracking_config: dict, tracking_uri: str, run_key: str, run_name: str,
-                  status_dir: str) -> bool:
+def toy_evaluator(examples: Input[Dataset], record: Output[Artifact]) -> bool:
     """Bless the candidate when its click rate beats the 0.5 of a random baseline."""
     from pathlib import Path
 
-    from components.step_run import Tracking, step_run
+    from components.step_run import step_run
 
-    with step_run("evaluator", {"tracking": tracking_config}, Tracking(tracking_uri, run_key, run_name),
-                  status_dir) as step:
+    with step_run("evaluator", {}, record=record.path) as step:
         clicks = [int(x) for x in Path(examples.path).read_text().split()]
         ctr = sum(clicks) / len(clicks)
         step.log_metrics({"candidate": {"ctr": ctr}, "random": {"ctr": 0.5}})
@@ -63,15 +59,14 @@ def toy_evaluator(examples: Input[Dataset], tracking_config: dict, tracking_uri:
 
 
 def toy_pusher(examples: Input[Dataset], model_store: str, tracking_config: dict, tracking_uri: str, run_key: str,
-               run_name: str, status_dir: str) -> str:
+               run_name: str) -> str:
     """Copy the examples into the model store as version v1."""
     import shutil
     from pathlib import Path
 
     from components.step_run import Tracking, step_run
 
-    with step_run("pusher", {"tracking": tracking_config}, Tracking(tracking_uri, run_key, run_name),
-                  status_dir) as step:
+    with step_run("pusher", {"tracking": tracking_config}, Tracking(tracking_uri, run_key, run_name)) as step:
         target = Path(model_store) / "v1"
         target.mkdir(parents=True)
         shutil.copyfile(examples.path, target / "examples.txt")
@@ -85,23 +80,30 @@ def _component(func):
 
 @dsl.pipeline(name="toy-training")
 def toy_pipeline(data_uri: str, model_store: str, tracking_uri: str = "", run_name: str = "",
-                 status_dir: str = "", tracking_config: dict = {}) -> None:  # noqa: B006  (a KFP default)
-    from components import close_run
+                 tracking_config: dict = {}) -> None:  # noqa: B006  (a KFP default)
+    """The training DAG's conventions in small: cacheable heavy steps with records, a never-cached track task
+    after each (the first opens the MLflow run), a live-tracked pusher, the exit handler."""
+    from components import close_run, track
 
     common = {"tracking_config": tracking_config, "tracking_uri": tracking_uri,
               "run_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "run_name": run_name}
-    exit_task = close_run.build("python:3.11")(**common)
+    exit_task = close_run.build("python:3.11")(**common).set_caching_options(False)
     with dsl.ExitHandler(exit_task):
-        gen = _component(toy_example_gen)(data_uri=data_uri, status_dir=status_dir, **common)
-        evaluation = _component(toy_evaluator)(examples=gen.outputs["examples"], status_dir=status_dir, **common)
+        gen = _component(toy_example_gen)(data_uri=data_uri)
+        tracker = track.build("python:3.11")
+        logged = tracker(record=gen.outputs["record"], data_uri=data_uri, opens=True, **common)
+        evaluation = _component(toy_evaluator)(examples=gen.outputs["examples"])
+        logged_eval = tracker(record=evaluation.outputs["record"], data_uri="", opens=False, **common).after(logged)
+        for task in (logged, logged_eval):
+            task.set_caching_options(False)
         with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712
             _component(toy_pusher)(examples=gen.outputs["examples"], model_store=model_store,
-                                   status_dir=status_dir, **common)
+                                   **common).after(logged_eval).set_caching_options(False)
 
 
 def _dataset(tmp_path: Path, lines: list[str]) -> Path:
     data = tmp_path / "data"
-    data.mkdir()
+    data.mkdir(parents=True)
     (data / "clicks.csv").write_text("\n".join(lines) + "\n")
     return data
 
@@ -308,9 +310,43 @@ def test_a_failed_local_run_is_closed_as_failed(tmp_path, mlflow_uri):
     assert failed_step.info.status == "FAILED" and "field click" in failed_step.data.tags["recflow.error"]
 
 
-def _run_tracked(tmp_path: Path, data: Path, mlflow_uri: str, name: str):
+def test_a_cached_local_run_reuses_the_steps_and_still_tracks_them(tmp_path, mlflow_uri, capsys):
+    """With KFP's cache on, a second run on the same data and config reuses the heavy steps (they take no run id,
+    run name or status directory), and their track tasks still give the new MLflow run its step runs, tagged
+    ``recflow.cached`` with the run the steps ran in."""
+    from recflow.tracking import TAG_STEP, child_runs, tracking_client
+    from recflow.tracking.records import TAG_CACHED, TAG_EXECUTED_IN, TAG_EXECUTION
+
+    data = _dataset(tmp_path, ["0", "1", "0", "0"])  # not blessed: nothing is pushed, so both runs are alike
+    first = _run_tracked(tmp_path, data, mlflow_uri, "toy-cached", cache=True)
+    capsys.readouterr()
+    second = _run_tracked(tmp_path, data, mlflow_uri, "toy-cached", cache=True, run_name="toy-cached-again")
+    assert first.parent_run_id != second.parent_run_id
+    assert not any(s.notes.get("cached") for s in first.steps)
+    assert [s.name for s in second.steps if s.notes.get("cached")] == ["example_gen", "evaluator"]
+    assert second.blessed is False and second.step("evaluator").metrics == first.step("evaluator").metrics
+    assert "reused from the KFP cache" in capsys.readouterr().out
+    assert any(line.split()[:2] == ["example_gen", "cached"] for line in second.format().splitlines())
+    client = tracking_client(mlflow_uri)
+    before = {r.data.tags[TAG_STEP]: r for r in child_runs(mlflow_uri, first.parent_run_id)}
+    after = {r.data.tags[TAG_STEP]: r for r in child_runs(mlflow_uri, second.parent_run_id)}
+    assert list(after) == ["example_gen", "evaluator"]
+    for step, run in after.items():
+        assert before[step].data.tags[TAG_CACHED] == "false"
+        assert run.data.tags[TAG_CACHED] == "true" and run.data.tags[TAG_EXECUTED_IN] == first.parent_run_id
+        assert run.data.tags[TAG_EXECUTION] == before[step].data.tags[TAG_EXECUTION]
+        assert run.data.metrics["step_seconds"] == before[step].data.metrics["step_seconds"]
+    assert client.get_run(second.parent_run_id).data.metrics["candidate.ctr"] == 0.25
+    # a new dataset is a new ExampleGen input: nothing is reused
+    third = _run_tracked(tmp_path, _dataset(tmp_path / "new", ["1", "1", "0", "0", "1"]), mlflow_uri, "toy-cached",
+                         cache=True)
+    assert not any(s.notes.get("cached") for s in third.steps)
+
+
+def _run_tracked(tmp_path: Path, data: Path, mlflow_uri: str, name: str, **kwargs):
     # the first step fingerprints the dataset's event table
     (data / "events.csv").write_text("user_id,item_id,event_type,timestamp\nu1,i1,click,2026-01-05T00:00:00Z\n")
     config = load_config(None, [f"paths.data_dir={tmp_path / 'work'}", f"tracking.experiment={name}"])
+    kwargs.setdefault("run_name", name)
     return run_local(data, config, model_store=tmp_path / "store", pipeline_func=toy_pipeline,
-                     tracking_uri=mlflow_uri, run_name=name)
+                     tracking_uri=mlflow_uri, **kwargs)

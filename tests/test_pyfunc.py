@@ -103,3 +103,49 @@ def test_the_pyfunc_model_directory_has_an_mlmodel_and_the_bundle(tmp_path: Path
     assert "python_function" in mlmodel and "artifacts/v0001" in mlmodel
     assert (out / "python_model.pkl").is_file() and (out / "artifacts" / "v0001" / "manifest.json").is_file()
     assert "recflow" in (out / "requirements.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_rolled_back_champion_gets_a_pyfunc_registry_version(tmp_path: Path, mlflow_uri: str, monkeypatch):
+    """A champion that rollback brings back, whose bundle the registry holds only as a plain version (or not at
+    all), is registered as a pyfunc model on the way: ``models:/<name>@champion`` loads and answers like the
+    service. (In this process: the fresh-process load is the test above.)"""
+    import mlflow.pyfunc
+
+    from recflow.model_store import TAG_PYFUNC, registry_version_for, rollback_champion
+    from recflow.tracking import get_or_create_experiment, tracking_client
+    from serving.pyfunc import write_pyfunc_model
+
+    name = "pyfunc-rollback-recommender"
+    store = ModelStore(str(tmp_path / "store"))
+    client = tracking_client(mlflow_uri)
+    experiment = get_or_create_experiment(client, "pyfunc-rollback-test")
+    parts = bundle_parts()
+    pushed = {}
+    for tag in ("old", "new"):
+        run_id = client.create_run(experiment, run_name=f"push-{tag}").info.run_id
+        pushed[tag] = store.push({p: parts / p for p in ("model", "policy", "transform")}, parts / "evaluation",
+                                 {"mlflow_run_id": run_id}).bundle
+    # the old bundle's only registry version is a plain one (registered before the pyfunc flavour existed) ...
+    register_in_mlflow(mlflow_uri, pushed["old"].mlflow_run_id, pushed["old"], name, store=store, alias="legacy")
+    # ... the new one was registered the Pusher's way and is the champion
+    register_in_mlflow(mlflow_uri, pushed["new"].mlflow_run_id, pushed["new"], name, store=store,
+                       model_writer=write_pyfunc_model)
+    bundle, version = rollback_champion(store, tracking_uri=mlflow_uri, model_name=name,
+                                        model_writer=write_pyfunc_model)
+    assert bundle.version == pushed["old"].version
+    mv = client.get_model_version_by_alias(name, "champion")
+    assert mv.version == version and mv.tags[TAG_PYFUNC] == "true"
+    assert mv.tags["recflow.bundle_version"] == pushed["old"].version
+    assert version != client.get_model_version_by_alias(name, "legacy").version  # not the plain one
+    # a second sync finds the pyfunc version: no third registration
+    assert registry_version_for(mlflow_uri, name, bundle.version, store.root, pyfunc=True) == version
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    got = model.predict(pd.DataFrame(REQUESTS)).to_dict("records")
+    want = _service_slates(store)
+    for g, w in zip(got, want, strict=True):
+        assert list(g["item_ids"]) == w["item_ids"] and len(w["item_ids"]) > 0
+        assert list(g["scores"]) == pytest.approx(w["scores"], rel=1e-6)
+        assert g["model_version"] == w["model_version"] == pushed["old"].version

@@ -2,27 +2,22 @@
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output, python_component
+from kfp.dsl import Artifact, Dataset, Input, Model, Output, python_component
 
 
 def agents_trainer(
     examples: Input[Dataset],
     model: Input[Model],
     policy_config: dict,
-    tracking_config: dict,
-    tracking_uri: str,
-    run_key: str,
-    run_name: str,
-    status_dir: str,
     policy: Output[Model],
+    record: Output[Artifact],
 ) -> None:
     """Train the bandit policy on the TFRS model's embeddings and the logged feedback of the train split."""
     from pathlib import Path
 
-    from components.step_run import Tracking, step_run
+    from components.step_run import step_run
 
-    sections = {"policy": policy_config, "tracking": tracking_config}
-    with step_run("agents_trainer", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
+    with step_run("agents_trainer", {"policy": policy_config}, record=record.path) as step:
         from recflow.policy.trainer import train_policy
 
         result = train_policy(Path(examples.path), Path(model.path), Path(policy.path), step.config.policy)

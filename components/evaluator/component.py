@@ -11,18 +11,15 @@ def evaluator(
     model: Input[Model],
     policy: Input[Model],
     model_store: str,
+    champion: str,
     evaluator_config: dict,
     policy_config: dict,
     release_config: dict,
-    tracking_config: dict,
-    tracking_uri: str,
-    run_key: str,
-    run_name: str,
-    status_dir: str,
     metrics: Output[Metrics],
     report: Output[HTML],
     evaluation: Output[Dataset],
     blessing: Output[Artifact],
+    record: Output[Artifact],
 ) -> bool:
     """Evaluate the candidate against the baselines and the current champion; return whether to push: the
     candidate is blessed, or it is not and the run's best baseline was written as the fallback (no champion
@@ -32,6 +29,9 @@ def evaluator(
     ``overrides``). The push decision stays the component's single output parameter (``Output``): the KFP
     local runner of kfp 2.17 resolves ``task-Output`` channels in conditions but silently treats named
     NamedTuple outputs as false.
+
+    ``champion`` is the resolver's ``<version>@<created>`` of the store's champion ('' for none): the step
+    compares with that version, and the value is in its cache key (a new champion means a new evaluation).
     """
     import json
     import logging
@@ -40,25 +40,26 @@ def evaluator(
 
     log = logging.getLogger("recflow.evaluator")
 
-    from components.step_run import Tracking, step_run
+    from components.step_run import step_run
 
-    sections = {"evaluator": evaluator_config, "policy": policy_config, "release": release_config,
-                "tracking": tracking_config}
-    with step_run("evaluator", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
+    sections = {"evaluator": evaluator_config, "policy": policy_config, "release": release_config}
+    with step_run("evaluator", sections, record=record.path) as step:
         from recflow.evaluation import run_evaluator
         from recflow.model_store import ModelStore
+        from recflow.pipeline_inputs import champion_from
 
-        champion = ModelStore(model_store).champion() if model_store else None
+        current = ModelStore(model_store).bundle(champion_from(champion)) if model_store and champion else None
         out = Path(evaluation.path)
         # A baseline serving as the champion (pushed as a fallback) is among this run's baselines already.
-        champion_model = champion if champion is not None and champion.kind == "model" else None
-        fallback = step.config.release.baseline_fallback == "no_champion" and champion is None
+        champion_model = current if current is not None and current.kind == "model" else None
+        fallback = step.config.release.baseline_fallback == "no_champion" and current is None
         run = run_evaluator(Path(examples.path), Path(model.path), Path(policy.path), out, step.config.evaluator,
                             champion_dir=Path(champion_model.path) / "model" if champion_model else None,
                             policy_config=step.config.policy, fallback=fallback)
         verdict = json.loads((out / "blessing.json").read_text(encoding="utf-8"))
         for name, value in step.log_metrics(run.metrics).items():
             metrics.log_metric(name, value)
+        Path(metrics.path).write_text(json.dumps(metrics.metadata), encoding="utf-8")  # (a file for the local cache)
         shutil.copyfile(out / "report.html", report.path)
         shutil.copyfile(out / "blessing.json", blessing.path)
         blessed = bool(verdict["blessed"])
@@ -67,12 +68,15 @@ def evaluator(
                                   "overrides": overrides})
         if overrides:  # a gate switched off or loosened is never silent
             log.warning("blessing gate settings differ from the defaults: %s", "; ".join(overrides))
-        if step.parent_run_id:  # the full report, blessed or not, on the pipeline and step runs
-            from recflow.tracking import record_evaluation
+        # the full report and the verdict, blessed or not, on the pipeline and step runs
+        from recflow.tracking.lifecycle import evaluation_tags
+        from recflow.tracking.names import EVALUATION_ARTIFACTS
 
-            record_evaluation(tracking_uri, [step.parent_run_id, step.tracking_run_id or ""], out)
-            step.log_pipeline_metrics({**{k if "." in k else f"candidate.{k}": v for k, v in step.metrics.items()},
-                                       "blessed": float(blessed)})
+        for name in EVALUATION_ARTIFACTS:
+            step.log_artifact(out / name, "evaluation", on_pipeline=True)
+        step.set_tags(evaluation_tags(verdict), on_pipeline=True)
+        step.log_pipeline_metrics({**{k if "." in k else f"candidate.{k}": v for k, v in step.metrics.items()},
+                                   "blessed": float(blessed)})
         for plot in sorted(out.glob("*.png")):
             step.log_artifact(plot, "plots")
         if step.config.release.baseline_fallback == "never":

@@ -1,36 +1,36 @@
 """ExampleGen component: raw dataset -> validated, time-split examples (+ statistics, validation summary).
 
-The first step of the DAG: with tracking on it opens the pipeline's MLflow parent run (or joins it when it is
-retried), keyed by the orchestrator's run id, and fingerprints the data on it.
+It takes no per-run input (its cache key is its data's content version, from the resolver, and its config
+sections), so KFP reuses it for unchanged data and config; what it wants tracked goes into its ``record`` output,
+which the tracking step after it logs (and that step opens the pipeline's MLflow run).
 """
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
 from kfp import dsl
-from kfp.dsl import Dataset, Markdown, Metrics, Output, python_component
+from kfp.dsl import Artifact, Dataset, Markdown, Metrics, Output, python_component
 
 
 def example_gen(
     data_uri: str,
+    data_version: str,
     example_gen_config: dict,
     validation_config: dict,
-    tracking_config: dict,
-    tracking_uri: str,
-    run_key: str,
-    run_name: str,
-    status_dir: str,
     examples: Output[Dataset],
     statistics: Output[Metrics],
     validation_summary: Output[Markdown],
+    record: Output[Artifact],
 ) -> None:
-    """Validate the dataset at ``data_uri`` and write train/eval/test examples; invalid data fails the step."""
+    """Validate the dataset at ``data_uri`` and write train/eval/test examples; invalid data fails the step.
+
+    ``data_version`` (the resolver's value for what ``data_uri`` holds) is not read: it is there so that the
+    step's cache key changes when the data does."""
     import json
     from pathlib import Path
 
-    from components.step_run import Tracking, step_run
+    from components.step_run import step_run
 
-    sections = {"example_gen": example_gen_config, "validation": validation_config, "tracking": tracking_config}
-    where = Tracking(tracking_uri, run_key, run_name, opens=True, data_uri=data_uri)
-    with step_run("example_gen", sections, where, status_dir) as step:
+    sections = {"example_gen": example_gen_config, "validation": validation_config}
+    with step_run("example_gen", sections, record=record.path) as step:
         from recflow.errors import DataError
         from recflow.examplegen import run_example_gen
 
@@ -41,10 +41,13 @@ def example_gen(
         stats = json.loads((Path(examples.path) / "stats.json").read_text(encoding="utf-8"))
         for name, value in step.log_metrics(stats).items():
             statistics.log_metric(name, value)
+        # The Metrics artifact's own file too: KFP's local cache treats an output with no file as missing.
+        Path(statistics.path).write_text(json.dumps(statistics.metadata, indent=2), encoding="utf-8")
         summary = result.format() if hasattr(result, "format") else json.dumps(stats, indent=2)
         Path(validation_summary.path).write_text(f"# ExampleGen\n\n```\n{summary}\n```\n", encoding="utf-8")
         step.log_artifact(Path(examples.path) / "stats.json", "example_gen")
         step.log_artifact(validation_summary.path, "example_gen")
+        step.set_tags({"recflow.data_version": data_version})
 
 
 def build(image: str) -> python_component.PythonComponent:

@@ -18,7 +18,6 @@ def pusher(
     tracking_uri: str,
     run_key: str,
     run_name: str,
-    status_dir: str,
     pushed: Output[Model],
 ) -> str:
     """Push the bundle into ``model_store``; returns where it went ('' and a reason line when refused).
@@ -29,6 +28,9 @@ def pusher(
     cannot be pushed by any path), or -- the candidate lost and the store has no champion yet -- the run's best
     baseline from ``evaluation/fallback_baseline``, pushed as a bundle of kind ``baseline`` that the store never
     lets replace a champion.
+
+    Unlike the steps before it, the Pusher is never served from KFP's cache (it changes the store and the
+    registry), so it takes the run id and logs its own nested MLflow run as it runs.
     """
     import json
     from pathlib import Path
@@ -36,7 +38,7 @@ def pusher(
     from components.step_run import Tracking, step_run
 
     sections = {"model_store": model_store_config, "release": release_config, "tracking": tracking_config}
-    with step_run("pusher", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
+    with step_run("pusher", sections, Tracking(tracking_uri, run_key, run_name)) as step:
         from recflow.model_store import ModelStore, register_in_mlflow
 
         parts = {"transform": Path(transformed.path), "model": Path(model.path), "policy": Path(policy.path),

@@ -2,30 +2,26 @@
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects (Input[Dataset], ...).
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output, python_component
+from kfp.dsl import Artifact, Dataset, Input, Model, Output, python_component
 
 
 def tfrs_trainer(
     examples: Input[Dataset],
     transformed: Input[Dataset],
     trainer_config: dict,
-    tracking_config: dict,
-    tracking_uri: str,
-    run_key: str,
-    run_name: str,
-    status_dir: str,
     model: Output[Model],
+    record: Output[Artifact],
 ) -> None:
     """Train the TensorFlow Recommenders models; the output directory holds the SavedModels and history.
 
-    The per-epoch curves of ``training.json`` go to the step's MLflow run (one value per epoch, and a plot)."""
+    The per-epoch curves of ``training.json`` go into the step's record (logged with one value per epoch, and a
+    plot)."""
     import json
     from pathlib import Path
 
-    from components.step_run import Tracking, step_run
+    from components.step_run import step_run
 
-    sections = {"trainer": trainer_config, "tracking": tracking_config}
-    with step_run("tfrs_trainer", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
+    with step_run("tfrs_trainer", {"trainer": trainer_config}, record=record.path) as step:
         from recflow.tracking.curves import epoch_curves
         from recflow.training.tfrs_trainer import train_tfrs
 

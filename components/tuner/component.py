@@ -11,28 +11,29 @@ def tuner(
     transformed: Input[Dataset],
     trainer_config: dict,
     tuning_config: dict,
-    tracking_config: dict,
-    tracking_uri: str,
-    run_key: str,
-    run_name: str,
-    status_dir: str,
     tuning: Output[Artifact],
+    record: Output[Artifact],
 ) -> dict:
-    """Search learning rate, batch size, embedding size and temperature with Optuna (each trial a nested MLflow
-    run under this step's run); write ``best_params.json`` into ``tuning`` and return the ``trainer`` section
-    with the tuned values, which the pipeline hands to the TFRS trainer."""
+    """Search learning rate, batch size, embedding size and temperature with Optuna (each trial goes into the
+    step's record, and becomes a run nested under the step's MLflow run); write ``best_params.json`` into
+    ``tuning`` and return the ``trainer`` section with the tuned values, which the pipeline hands to the TFRS
+    trainer."""
     from pathlib import Path
 
-    from components.step_run import Tracking, step_run
+    from components.step_run import step_run
 
-    sections = {"trainer": trainer_config, "tuning": tuning_config, "tracking": tracking_config}
-    with step_run("tuner", sections, Tracking(tracking_uri, run_key, run_name), status_dir) as step:
+    sections = {"trainer": trainer_config, "tuning": tuning_config}
+    with step_run("tuner", sections, record=record.path) as step:
         from recflow.tuning import apply_best_params, run_tuning
 
         settings = step.config.tuning
         result = run_tuning(Path(examples.path), Path(transformed.path), Path(tuning.path), step.config.trainer,
-                            settings, tracking_uri=tracking_uri if step.tracking_run_id else "",
-                            parent_run_id=step.tracking_run_id or "")
+                            settings)
+        step.log_children([{"name": f"trial-{t['number']:03d}", "seconds": t["seconds"],
+                            "params": {**t["params"], "epochs": min(settings.epochs, step.config.trainer.epochs),
+                                       "trial": t["number"]},
+                            "metrics": {**t["metrics"], "objective": t["value"], "trial_seconds": t["seconds"]}}
+                           for t in result.trials])
         step.log_metrics({"best_value": result.best_value, "trials": len(result.trials),
                           **{f"best.{k}": v for k, v in result.best_params.items()}})
         step.note(best_params=result.best_params, metric=result.metric)

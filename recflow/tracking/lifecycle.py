@@ -290,12 +290,15 @@ class ComponentRun:
 
 @contextlib.contextmanager
 def component_run(
-    tracking_uri: str, parent_run_id: str, step_name: str, *, check_timeout_s: float = 5.0
+    tracking_uri: str, parent_run_id: str, step_name: str, *, check_timeout_s: float = 5.0,
+    seconds: float | None = None,
 ) -> Iterator[ComponentRun]:
     """A nested run for one pipeline step, usable from any process (the KFP local runner forks one per step).
 
-    Tags ``mlflow.parentRunId`` and ``recflow.step``; records the step's wall time as metric ``step_seconds``;
-    on an exception sets status FAILED (with the error as tag ``recflow.error``) and re-raises.
+    Tags ``mlflow.parentRunId`` and ``recflow.step``; records the step's wall time as metric ``step_seconds`` (the
+    time spent inside the block, or ``seconds`` when given: the wall time of a step executed elsewhere, whose
+    record is being logged); on an exception sets status FAILED (with the error as tag ``recflow.error``) and
+    re-raises.
     """
     check_tracking_server(tracking_uri, check_timeout_s)
     client = tracking_client(tracking_uri)
@@ -325,7 +328,8 @@ def component_run(
             )
             client.set_terminated(handle.run_id, "FAILED")
         raise
-    log_batch(client, handle.run_id, metrics={STEP_SECONDS: time.perf_counter() - started})
+    took = time.perf_counter() - started if seconds is None else float(seconds)
+    log_batch(client, handle.run_id, metrics={STEP_SECONDS: took})
     client.set_terminated(handle.run_id, "FINISHED")
 
 
@@ -350,6 +354,16 @@ def log_artifacts(tracking_uri: str, run_id: str, local_dir: Path, artifact_path
         client.log_artifact(run_id, str(local), artifact_path)
 
 
+def evaluation_tags(blessing: Mapping[str, Any]) -> dict[str, str]:
+    """The verdict tags of an evaluation (its ``blessing.json`` content): ``recflow.blessed``,
+    ``recflow.gate_overrides`` and ``recflow.failed_checks`` (``none`` when empty)."""
+    return {
+        TAG_BLESSED: "true" if blessing.get("blessed") else "false",
+        TAG_GATE_OVERRIDES: ("; ".join(blessing.get("overrides") or []) or "none")[:5000],
+        TAG_FAILED_CHECKS: ("; ".join(blessing.get("reasons") or []) or "none")[:5000],
+    }
+
+
 def record_evaluation(
     tracking_uri: str, run_ids: Sequence[str], evaluation_dir: Path, artifact_path: str = "evaluation"
 ) -> dict[str, str]:
@@ -357,12 +371,7 @@ def record_evaluation(
     run of ``run_ids`` (the pipeline run and the evaluator's step run), blessed or not, and tag them with the
     verdict, the failed checks and the gate overrides. Returns the tags set."""
     evaluation_dir = Path(evaluation_dir)
-    blessing = json.loads((evaluation_dir / "blessing.json").read_text(encoding="utf-8"))
-    tags = {
-        TAG_BLESSED: "true" if blessing.get("blessed") else "false",
-        TAG_GATE_OVERRIDES: ("; ".join(blessing.get("overrides") or []) or "none")[:5000],
-        TAG_FAILED_CHECKS: ("; ".join(blessing.get("reasons") or []) or "none")[:5000],
-    }
+    tags = evaluation_tags(json.loads((evaluation_dir / "blessing.json").read_text(encoding="utf-8")))
     client = tracking_client(tracking_uri)
     for run_id in dict.fromkeys(r for r in run_ids if r):
         for name in EVALUATION_ARTIFACTS:

@@ -13,12 +13,16 @@ orchestrator's run id (KFP's ``{{$.pipeline_job_uuid}}`` placeholder, resolved a
 * the exit handler calls :func:`close_pipeline_run` with the orchestrator's final state: the parent gets its
   step wall times, the final status (FINISHED / FAILED / KILLED) and the tag ``recflow.final_status``; when the
   first step never opened a parent (e.g. it failed before), the exit handler creates one, so a failed run is
-  never invisible.
+  never invisible, and it records each failed step it is told about (the local runner's status records) as a
+  FAILED step run with the step's own error (:func:`record_failed_step`).
+
+The heavy steps themselves never call these functions: they take no run id (so KFP can reuse them from its
+cache) and write a record that a light tracking step logs (:mod:`recflow.tracking.records`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +38,14 @@ from recflow.tracking.lifecycle import (
     library_versions,
 )
 from recflow.tracking.names import (
+    STEP_SECONDS,
     TAG_CODE_DIRTY,
     TAG_ERROR,
     TAG_GIT_COMMIT,
     TAG_KIND,
+    TAG_PARENT,
     TAG_PIPELINE,
+    TAG_STEP,
     flatten_config,
     log_batch,
     param_value,
@@ -142,6 +149,19 @@ def log_config_sections(tracking_uri: str, run_ids: tuple[str, str], sections: M
             client.log_text(parent_id, text, f"config/{section}.yaml")
 
 
+def record_failed_step(tracking_uri: str, parent_run_id: str, step: str, error: str, seconds: float = 0.0) -> str:
+    """A FAILED step run named ``step`` under ``parent_run_id``, with ``error`` as the tag ``recflow.error``
+    (a heavy step that fails writes no record, so the exit handler records it). Returns its id."""
+    client = tracking_client(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    run = client.create_run(parent.info.experiment_id, run_name=step, tags={
+        TAG_PARENT: parent_run_id, TAG_STEP: step, TAG_KIND: "step",
+        TAG_PIPELINE: parent.data.tags.get(TAG_PIPELINE, ""), TAG_ERROR: error[:5000]})
+    log_batch(client, run.info.run_id, metrics={STEP_SECONDS: float(seconds)})
+    client.set_terminated(run.info.run_id, "FAILED")
+    return str(run.info.run_id)
+
+
 def close_pipeline_run(
     tracking_uri: str,
     experiment: str,
@@ -152,12 +172,14 @@ def close_pipeline_run(
     run_name: str = "",
     pipeline_name: str = "recflow",
     check_timeout_s: float = 5.0,
+    failed_steps: Sequence[tuple[str, str, float]] = (),
 ) -> tuple[str, str]:
     """Close the parent run of ``run_key`` with the orchestrator's ``final_state``; returns (run id, status).
 
     The run gets the step wall times (``step_seconds.<step>``), ``pipeline_seconds``, the tag
     ``recflow.final_status`` and, on failure, ``recflow.error``. Without a parent (the first step failed before
-    opening one) a run is created so that the failure is recorded.
+    opening one) a run is created so that the failure is recorded. ``failed_steps`` (``(step, error,
+    seconds)``) become FAILED step runs first.
     """
     state = (final_state or "").strip().upper()
     if state not in FINAL_STATES:
@@ -165,6 +187,8 @@ def close_pipeline_run(
                         f"(expected one of {', '.join(FINAL_STATES)})")
     run_id = open_pipeline_run(tracking_uri, experiment, run_key, run_name=run_name, pipeline_name=pipeline_name,
                                check_timeout_s=check_timeout_s)
+    for step, step_error, seconds in failed_steps:
+        record_failed_step(tracking_uri, run_id, step, step_error, seconds)
     tags = {TAG_FINAL_STATUS: state}
     if error:
         tags[TAG_ERROR] = error[:5000]

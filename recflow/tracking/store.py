@@ -55,9 +55,10 @@ def default_tracking_uri(data_dir: Path) -> str:
 def tracking_data_dir(data_dir: Path, config_path: Path | None = None) -> Path:
     """The data directory that holds the local tracking store, as an absolute path.
 
-    A relative ``paths.data_dir`` is anchored at the directory of the config file that set it (``--config`` /
-    $RECFLOW_CONFIG), so every command finds the same store whatever the working directory; without a config
-    file it is relative to the working directory.
+    :func:`recflow.config.load_config` has already anchored a ``paths.data_dir`` that came from a config file
+    (``--config`` / $RECFLOW_CONFIG) at the file's directory, so every command finds the same store whatever the
+    working directory. A relative ``data_dir`` here (none of the CLI's, which are absolute by then) is anchored
+    at ``config_path``'s directory when given, else at the working directory.
     """
     path = Path(data_dir).expanduser()
     if not path.is_absolute() and config_path is not None:
