@@ -1,6 +1,7 @@
 """Serving benchmark: the full service vs a bare retrieval SavedModel endpoint, open-loop load, hot swap.
 
     .venv/bin/python benchmarks/serving.py     # build (cached) + measure, writes results/serving.json
+    .venv/bin/python benchmarks/serving.py --workers 2 --only throughput   # the sweeps again (also swap, ...)
 
 Steps:
 
@@ -635,8 +636,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="Seconds of load per rate.")
     parser.add_argument("--workers", type=int, default=1, help="Worker processes of the full service.")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", choices=("swap", "million", "explain"), default=None,
-                        help="Rerun one step and update it in an existing results file.")
+    parser.add_argument("--only", choices=("throughput", "swap", "million", "explain"), default=None,
+                        help="Rerun one step and update it in an existing results file (throughput: the "
+                        "in-process timings and both sweeps, without the hot swap).")
     args = parser.parse_args()
     import pandas as pd
 
@@ -692,7 +694,7 @@ def main() -> None:
         results["hot_swap"] = swap
         results["hot_swap_failed_requests"] = swap["failed_requests"]
         save()
-    if args.only is not None:
+    if args.only not in (None, "throughput"):
         return
 
     timings = in_process_timings(store_root, users)
@@ -733,12 +735,15 @@ def main() -> None:
         results["max_rps"] = best
         results["max_rps_vs_baseline"] = best / baseline_max if baseline_max else None
         save()
-        swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
-        print(f"hot swap: {swap}", flush=True)
+        swap = None
+        if args.only is None:
+            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
+            print(f"hot swap: {swap}", flush=True)
     finally:
         stop_server(full)
-    results["hot_swap"] = swap
-    results["hot_swap_failed_requests"] = swap["failed_requests"]
+    if swap is not None:
+        results["hot_swap"] = swap
+        results["hot_swap_failed_requests"] = swap["failed_requests"]
     save()
     print(json.dumps(results["targets"]), f"max_rps={best} baseline_max_rps={baseline_max}")
 

@@ -116,7 +116,7 @@ def _serve(
 ) -> None:
     import logging
 
-    from serving.logs import log_event, quiet_imports
+    from serving.logs import flush_logs, log_event, quiet_imports
 
     api_key_env = "RECFLOW_API_KEY"  # serving.app.API_KEY_ENV, without importing the app into the parent
     if not os.environ.get(api_key_env):
@@ -171,6 +171,7 @@ def _serve(
     finally:
         log_event("stopping", logging.INFO, version=rec.champion.version)
         rec.close()
+        flush_logs()
 
 
 @click.group("ab")

@@ -13,27 +13,35 @@ after it: durable and ordered per worker), its in-memory user histories and its 
 
 **Model swaps** happen off the serving path, in new processes: the parent polls the store's champion alias
 (``serving.watch_interval_s``); for a new version it starts a replacement worker, which loads and warms up the new
-bundle while the old workers keep serving; once it answers it is in service and one old worker is retired
-(SIGTERM: it stops accepting connections and finishes the requests it holds), then the next (uvicorn's rolling
-restart). A bundle that fails to load or warm up never serves: its worker exits before it is ready, the restart
-is abandoned and the version is marked rejected.
+bundle while the old workers keep serving -- on a loader thread at a lower CPU priority
+(:func:`load_at_low_priority`, ``serving.loader_nice``), so the serving workers keep their cores; once it answers
+it is in service and one old worker is retired, then the next (uvicorn's rolling restart). Retiring takes two
+steps: ``serving.drain_s`` seconds of ``Connection: close`` on every response (:data:`DRAIN_SIGNAL`; clients leave
+its connections between requests), then SIGTERM (it stops accepting connections, finishes the requests it holds
+and closes the connections left). A bundle that fails to load or warm up never serves: its worker exits before it
+is ready, the restart is abandoned and the version is marked rejected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from serving.logs import log_event
+from serving.logs import flush_logs, log_event
 
 SPEC_ENV = "RECFLOW_SERVE_SPEC"
+DRAIN_SIGNAL = signal.SIGUSR1
+T = TypeVar("T")
 
 
 def app_factory() -> Any:
@@ -54,35 +62,76 @@ def app_factory() -> Any:
     cfg = ServingConfig(**spec["config"])
     limit_threads(cfg)
     name = f"w{os.getpid()}"
-    try:
+
+    def load() -> Recommender:
         catalog = pd.read_parquet(spec["catalog"]) if spec.get("catalog") else None
         rec = Recommender.load(
             spec["store"], cfg, feedback_dir=spec["feedback_dir"], catalog=catalog, worker=name,
             shared_decisions=spec["decisions"],
             canary=CanaryConfig(**spec["canary"]) if spec.get("canary") else None,
         )
+        if cfg.warm_explanations:  # before the worker takes traffic: a replacement warms up off the serving path
+            try:
+                rec.warm_explanations()
+            except Exception as exc:  # noqa: BLE001 - explanations stay available, only slower the first time
+                log_event("explainer_warm_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+        return rec
+
+    try:
+        rec = load_at_low_priority(load, cfg.loader_nice)
     except Exception as exc:  # noqa: BLE001 - a worker that cannot load must not be restarted in a loop
         from uvicorn.config import STARTUP_FAILURE
 
         log_event("worker_failed", logging.ERROR, worker=name, reason=f"{type(exc).__name__}: {exc}")
         sys.exit(STARTUP_FAILURE)
-    if cfg.warm_explanations:  # before the worker takes traffic: a replacement warms up off the serving path
-        try:
-            rec.warm_explanations()
-        except Exception as exc:  # noqa: BLE001 - explanations stay available, only slower the first time
-            log_event("explainer_warm_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
     log_event("worker_ready", worker=name, version=rec.champion.version, pid=os.getpid())
     def stop() -> None:
         rec.close()
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid())
+        flush_logs()
 
     # the parent watches the champion alias and rolls the workers; explanations are warm already
     app = create_app(rec, watch=False, warm_explanations=False, on_shutdown=stop)
+    drain = app.state.drain
+    signal.signal(DRAIN_SIGNAL, lambda *_: setattr(drain, "on", True))  # the parent is about to retire this worker
     if rec.canary is not None:  # each worker follows the canary; one of them decides (serving.canary)
         rec.start_watcher(swap=False)
     return app
+
+
+def load_at_low_priority(load: Callable[[], T], nice: int) -> T:
+    """``load()`` computed on a thread of its own at CPU niceness ``nice`` (Linux gives each thread its own nice
+    value), while the calling thread waits: a new worker loads and warms up its bundle -- TensorFlow models,
+    checks, explainer -- on the cores the serving workers use, and lower priority keeps their requests first.
+
+    The loader is the only thread of the process that runs meanwhile (the caller waits on it; no request is
+    served yet), so no serving thread waits for an interpreter lock held by a low-priority thread; threads it
+    starts inherit its niceness, so the thread pools the request path uses are started before, at the caller's
+    priority (:func:`serving.recommender.limit_threads`). Raising the niceness needs no privilege, and the thread
+    ends with the load."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        if nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+            except (OSError, AttributeError) as exc:  # not Linux: load at normal priority
+                log_event("loader_nice_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+        try:
+            out["value"] = load()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name="bundle-loader")
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def serve_workers(
@@ -124,12 +173,13 @@ def serve_workers(
         timeout_worker_healthcheck=30,  # liveness pings; a worker's start may take longer (below)
     )
     supervisor = ModelSupervisor(
-        uv_config, [sock], store_root, config.watch_interval_s, config.worker_start_timeout_s
+        uv_config, [sock], store_root, config.watch_interval_s, config.worker_start_timeout_s, config.drain_s
     )
     try:
         supervisor.run()
     finally:
         log_event("shutdown", workers=workers, version=supervisor.version)
+        flush_logs()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -137,7 +187,8 @@ class ModelSupervisor:
     """uvicorn's multiprocess supervisor plus a watch of the store's champion alias (see the module docstring)."""
 
     def __init__(
-        self, config: Any, sockets: list[socket.socket], store_root: str, interval_s: float, start_timeout_s: float
+        self, config: Any, sockets: list[socket.socket], store_root: str, interval_s: float, start_timeout_s: float,
+        drain_s: float = 0.0,
     ) -> None:
         from uvicorn.supervisors import Multiprocess
 
@@ -146,6 +197,7 @@ class ModelSupervisor:
         self.store = ModelStore(store_root)
         self.interval_s = interval_s
         self.start_timeout_s = start_timeout_s
+        self.drain_s = drain_s
         self.sockets = sockets
         champion = self.store.champion()
         self.version = champion.version if champion else None
@@ -190,7 +242,10 @@ class ModelSupervisor:
 
     def roll(self) -> None:
         """Replace each worker by a new one, which is in service before the old one is retired (uvicorn's
-        ``restart_all`` with the start-up timeout of a worker that loads a bundle)."""
+        ``restart_all`` with the start-up timeout of a worker that loads a bundle). A worker is retired in two
+        steps: ``drain_s`` seconds of answering with ``Connection: close`` (:class:`serving.middleware.Drain`:
+        clients leave its connections between two requests), then SIGTERM (it stops accepting, finishes the
+        requests it holds and closes the connections left)."""
         from uvicorn.supervisors.multiprocess import Process
 
         multi = self.multi
@@ -203,6 +258,10 @@ class ModelSupervisor:
                 new.kill()
                 new.join()
                 return
+            if self.drain_s > 0 and old.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(old.process.pid, DRAIN_SIGNAL)
+                multi.should_exit.wait(self.drain_s)
             old.terminate()  # SIGTERM: stops accepting, finishes its requests, exits
             old.join()
             multi.processes[idx] = new
