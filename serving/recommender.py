@@ -74,9 +74,9 @@ def limit_threads(config: ServingConfig) -> None:
 
     One request is a single matrix-vector product and a small model call: extra threads only add
     synchronisation, and under load they compete with the requests themselves. Also sets the interpreter's
-    thread switch interval (``serving.switch_interval_ms``) and starts TensorFlow's runtime, so that its thread
-    pools are created here, by the calling thread, at its CPU priority (not by a lower-priority loader thread:
-    see :func:`serving.workers.load_at_low_priority`).
+    thread switch interval (``serving.switch_interval_ms``) and starts TensorFlow's runtime (its thread pools
+    are created now, by the calling thread, with its CPU priority: see
+    :func:`serving.workers.load_at_low_priority`).
     """
     import sys
 

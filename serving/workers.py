@@ -45,25 +45,29 @@ T = TypeVar("T")
 
 
 def app_factory() -> Any:
-    """The app of one worker process (uvicorn calls it in each worker; the spec comes from the parent)."""
-    from serving.logs import configure_logging, quiet_imports, silence_library_warnings
+    """The app of one worker process (uvicorn calls it in each worker; the spec comes from the parent). Everything
+    heavy -- importing TensorFlow, loading, checking and warming up the bundle and the explainer -- runs on the
+    low-priority loader thread (:func:`load_at_low_priority`)."""
+    from serving.logs import configure_logging, silence_library_warnings
 
     spec = json.loads(os.environ[SPEC_ENV])
     silence_library_warnings()
     configure_logging(spec["log_level"])
-    quiet_imports()
-    import pandas as pd
-
-    from recflow.release import CanaryConfig
-    from serving.app import create_app
     from serving.config import ServingConfig
-    from serving.recommender import Recommender, limit_threads
 
     cfg = ServingConfig(**spec["config"])
-    limit_threads(cfg)
     name = f"w{os.getpid()}"
 
-    def load() -> Recommender:
+    def load() -> Any:
+        from serving.logs import quiet_imports
+
+        quiet_imports()
+        import pandas as pd
+
+        from recflow.release import CanaryConfig
+        from serving.recommender import Recommender, limit_threads
+
+        limit_threads(cfg)
         catalog = pd.read_parquet(spec["catalog"]) if spec.get("catalog") else None
         rec = Recommender.load(
             spec["store"], cfg, feedback_dir=spec["feedback_dir"], catalog=catalog, worker=name,
@@ -75,6 +79,8 @@ def app_factory() -> Any:
                 rec.warm_explanations()
             except Exception as exc:  # noqa: BLE001 - explanations stay available, only slower the first time
                 log_event("explainer_warm_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+        import serving.app  # noqa: F401  (FastAPI and friends, imported here too)
+
         return rec
 
     try:
@@ -85,6 +91,8 @@ def app_factory() -> Any:
         log_event("worker_failed", logging.ERROR, worker=name, reason=f"{type(exc).__name__}: {exc}")
         sys.exit(STARTUP_FAILURE)
     log_event("worker_ready", worker=name, version=rec.champion.version, pid=os.getpid())
+    from serving.app import create_app
+
     def stop() -> None:
         rec.close()
         from prometheus_client import multiprocess
@@ -107,10 +115,12 @@ def load_at_low_priority(load: Callable[[], T], nice: int) -> T:
     checks, explainer -- on the cores the serving workers use, and lower priority keeps their requests first.
 
     The loader is the only thread of the process that runs meanwhile (the caller waits on it; no request is
-    served yet), so no serving thread waits for an interpreter lock held by a low-priority thread; threads it
-    starts inherit its niceness, so the thread pools the request path uses are started before, at the caller's
-    priority (:func:`serving.recommender.limit_threads`). Raising the niceness needs no privilege, and the thread
-    ends with the load."""
+    served yet), so no serving thread waits for an interpreter lock held by a low-priority thread. Raising the
+    niceness needs no privilege, and the thread ends with the load. Threads it starts inherit its niceness: in a
+    worker that is TensorFlow's thread pools, so TensorFlow's work at load (restoring the models, checking the
+    numpy engines against them, the explainer's warm-up) stays at low priority, and so do the TensorFlow calls a
+    worker makes later (explanations, a new user in a context the bundle does not know, the SavedModel fallbacks);
+    the request path itself is NumPy on the serving threads."""
     import threading
 
     out: dict[str, Any] = {}
