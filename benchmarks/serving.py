@@ -236,7 +236,8 @@ async def _open_loop(
     sent = 0
     statuses: dict[str, int] = {}
     loop = asyncio.get_running_loop()
-    start = loop.time() + 0.5
+    start = 0.0  # set once every task exists: creating 90,000 of them takes seconds, which must not make the
+    # first requests late (they would reach the server as a burst)
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
 
@@ -262,6 +263,7 @@ async def _open_loop(
                 errors += 1
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        start = loop.time() + 0.5  # before any task runs: they read it when they start
         if on_tick is not None:
             tasks.append(asyncio.ensure_future(on_tick(start)))
         await asyncio.gather(*tasks)
@@ -418,7 +420,6 @@ def hot_swap_under_load(
     """Push a new version while the service takes ``rate`` rps; count failures; check the version moved."""
     import httpx
 
-    from recflow.model_store import ModelStore
 
     ready = url.replace("/v1/recommendations", "/readyz")
     drain(url)
@@ -434,14 +435,21 @@ def hot_swap_under_load(
             loop = asyncio.get_running_loop()
             await asyncio.sleep(max(0.0, start - loop.time()) + 3.0)
             t0 = time.perf_counter()
-            result = await asyncio.to_thread(ModelStore(store_root).push, _parts(base), base / "evaluation")
-            pushed.update(version=result.version, push_seconds=time.perf_counter() - t0)
+            # in another process: a push in a thread of this one would hold the interpreter lock the load
+            # client's event loop needs, and the requests it delays would reach the service as a burst
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).resolve()), "push", str(base), str(store_root),
+                stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+            )
+            out, _ = await proc.communicate()
+            result = json.loads(out.decode().strip().splitlines()[-1])
+            pushed.update(version=result["version"], push_seconds=time.perf_counter() - t0)
             streak = 0
             async with httpx.AsyncClient(timeout=10) as client:
                 while streak < 10 and loop.time() < start + seconds - 6:
                     try:
                         r = await client.get(ready)
-                        streak = streak + 1 if r.json().get("model_version") == result.version else 0
+                        streak = streak + 1 if r.json().get("model_version") == result["version"] else 0
                     except httpx.HTTPError:
                         streak = 0
                     await asyncio.sleep(0.2)
@@ -779,6 +787,11 @@ def targets(results: dict[str, Any]) -> dict[str, bool | None]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "build":
         print(build_model(Path(sys.argv[2])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "push":  # the hot swap's push: serving.py push <base> <store>
+        from recflow.model_store import ModelStore
+
+        pushed = ModelStore(Path(sys.argv[3])).push(_parts(Path(sys.argv[2])), Path(sys.argv[2]) / "evaluation")
+        print(json.dumps({"version": pushed.version}))
     elif len(sys.argv) > 1 and sys.argv[1] == "bare":
         import uvicorn
 
