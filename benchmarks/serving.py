@@ -415,9 +415,11 @@ def in_process_timings(store_root: Path, users: list[str]) -> dict[str, float]:
 
 
 def hot_swap_under_load(
-    url: str, base: Path, store_root: Path, bodies: Bodies, rate: float, seconds: float
+    url: str, base: Path, store_root: Path, bodies: Bodies, rate: float, seconds: float, log: Path
 ) -> dict[str, Any]:
-    """Push a new version while the service takes ``rate`` rps; count failures; check the version moved."""
+    """Push a new version while the service takes ``rate`` rps; count failures; check the version moved. The
+    swap is over when the service's log (``log``) has its ``swap`` line for the new version (with several
+    workers: the last one rolled) and 10 probes in a row, each on a new connection, answer with it."""
     import httpx
 
 
@@ -445,13 +447,26 @@ def hot_swap_under_load(
             result = json.loads(out.decode().strip().splitlines()[-1])
             pushed.update(version=result["version"], push_seconds=time.perf_counter() - t0)
             streak = 0
-            async with httpx.AsyncClient(timeout=10) as client:
-                while streak < 10 and loop.time() < start + seconds - 6:
+            line = f'"event":"swap","version":"{result["version"]}"'.encode()
+            seen = {"pos": 0, "swapped": False}
+
+            def swap_logged() -> bool:  # reads only what the log gained since the last look
+                with log.open("rb") as f:
+                    f.seek(max(0, seen["pos"] - len(line)))
+                    chunk = f.read()
+                seen["pos"] += len(chunk) - min(seen["pos"], len(line))
+                seen["swapped"] = seen["swapped"] or line in chunk
+                return seen["swapped"]
+
+            async with httpx.AsyncClient(timeout=10, headers={"connection": "close"}) as client:
+                while loop.time() < start + seconds - 6:
                     try:
                         r = await client.get(ready)
                         streak = streak + 1 if r.json().get("model_version") == result["version"] else 0
                     except httpx.HTTPError:
                         streak = 0
+                    if streak >= 10 and swap_logged():
+                        break
                     await asyncio.sleep(0.2)
             pushed["swap_seconds"] = time.perf_counter() - t0
             await asyncio.sleep(5.0)
@@ -696,7 +711,8 @@ def main() -> None:
         try:
             url = f"http://127.0.0.1:{port}/v1/recommendations"
             run_rate(url, Bodies(users), 50, 3)
-            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
+            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS,
+                                       base / "full.log")
         finally:
             stop_server(full)
         results["hot_swap"] = swap
@@ -745,7 +761,8 @@ def main() -> None:
         save()
         swap = None
         if args.only is None:
-            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
+            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS,
+                                       base / "full.log")
             print(f"hot swap: {swap}", flush=True)
     finally:
         stop_server(full)
