@@ -16,10 +16,10 @@ after it: durable and ordered per worker), its in-memory user histories and its 
 bundle while the old workers keep serving -- on a loader thread at a lower CPU priority
 (:func:`load_at_low_priority`, ``serving.loader_nice``), so the serving workers keep their cores; once it answers
 it is in service and one old worker is retired, then the next (uvicorn's rolling restart). Retiring takes two
-steps: ``serving.drain_s`` seconds of ``Connection: close`` on every response (:data:`DRAIN_SIGNAL`; clients leave
-its connections between requests), then SIGTERM (it stops accepting connections, finishes the requests it holds
-and closes the connections left). A bundle that fails to load or warm up never serves: its worker exits before it
-is ready, the restart is abandoned and the version is marked rejected.
+steps: :data:`DRAIN_SIGNAL` (it stops accepting connections, and for ``serving.drain_s`` seconds every response
+says ``Connection: close``, so clients leave its connections between requests: :func:`draining`), then SIGTERM
+(it finishes the requests it holds and closes the connections left). A bundle that fails to load or warm up
+never serves: its worker exits before it is ready, the restart is abandoned and the version is marked rejected.
 """
 
 from __future__ import annotations
@@ -102,11 +102,48 @@ def app_factory() -> Any:
 
     # the parent watches the champion alias and rolls the workers; explanations are warm already
     app = create_app(rec, watch=False, warm_explanations=False, on_shutdown=stop)
-    drain = app.state.drain
-    signal.signal(DRAIN_SIGNAL, lambda *_: setattr(drain, "on", True))  # the parent is about to retire this worker
+    signal.signal(DRAIN_SIGNAL, draining(app.state.drain, _running_uvicorn_server()))
     if rec.canary is not None:  # each worker follows the canary; one of them decides (serving.canary)
         rec.start_watcher(swap=False)
     return app
+
+
+def _running_uvicorn_server() -> Any:
+    """The ``uvicorn.Server`` whose start-up is calling the app factory (found on the call stack), or None."""
+    import inspect
+
+    import uvicorn
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, uvicorn.Server):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def draining(drain: Any, server: Any) -> Callable[..., None]:
+    """The worker's :data:`DRAIN_SIGNAL` handler: the parent is about to retire it. From now on every response
+    asks for its connection to be closed (:class:`serving.middleware.Drain`), and the worker stops accepting
+    connections (its copy of the listening socket is closed; the other workers keep theirs), so that when it
+    stops, no connection it accepted is still waiting for its request to be read."""
+
+    def stop_accepting() -> None:
+        listeners = getattr(server, "servers", None) or []
+        for listener in listeners:
+            listener.close()
+        log_event("draining", pid=os.getpid(), listeners_closed=len(listeners))
+
+    def handler(*_: Any) -> None:
+        import asyncio
+
+        drain.on = True
+        loop = asyncio._get_running_loop()  # the handler runs on the main thread, inside the worker's loop
+        if loop is not None and server is not None:
+            loop.call_soon(stop_accepting)
+
+    return handler
 
 
 def load_at_low_priority(load: Callable[[], T], nice: int) -> T:

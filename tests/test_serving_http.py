@@ -561,6 +561,8 @@ def test_two_workers_share_slates_arrays_and_metrics_and_roll_onto_a_new_champio
         assert versions[-1] == "v0002" and "v0001" in versions
         swap = next(e for e in events() if e["event"] == "swap")
         assert swap["version"] == "v0002" and swap["previous"] == "v0001" and swap["rolled"] == 2
+        drained = sorted(e["pid"] for e in events() if e["event"] == "draining")
+        assert drained == pids and all(e["listeners_closed"] >= 1 for e in events() if e["event"] == "draining")
     finally:
         stop.set()
         stop_process = proc.poll() is None
