@@ -157,7 +157,9 @@ def load_at_low_priority(load: Callable[[], T], nice: int) -> T:
     worker that is TensorFlow's thread pools, so TensorFlow's work at load (restoring the models, checking the
     numpy engines against them, the explainer's warm-up) stays at low priority, and so do the TensorFlow calls a
     worker makes later (explanations, a new user in a context the bundle does not know, the SavedModel fallbacks);
-    the request path itself is NumPy on the serving threads."""
+    the request path itself is NumPy on the serving threads. So is the online learner's thread
+    (``serving.online_learning``, off by default), which shares the interpreter lock with the serving threads:
+    with online learning on, set ``serving.loader_nice`` to 0."""
     import threading
 
     out: dict[str, Any] = {}
