@@ -236,18 +236,11 @@ async def _open_loop(
     sent = 0
     statuses: dict[str, int] = {}
     loop = asyncio.get_running_loop()
-    start = 0.0  # set once every task exists: creating 90,000 of them takes seconds, which must not make the
-    # first requests late (they would reach the server as a burst)
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
 
-        async def one(i: int) -> None:
-            nonlocal errors, sent
-            scheduled = start + i / rate
-            await asyncio.sleep(max(0.0, scheduled - loop.time()))
-            if stop is not None and stop.is_set():
-                return  # the caller has seen what it waited for: this request is never sent
-            sent += 1
+        async def one(i: int, scheduled: float) -> None:
+            nonlocal errors
             try:
                 async with session.post(
                     url, data=payloads[i], headers={"content-type": "application/json"}
@@ -262,10 +255,21 @@ async def _open_loop(
             else:
                 errors += 1
 
-        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
-        start = loop.time() + 0.5  # before any task runs: they read it when they start
+        # One scheduler starts each request at its time (a task per request created upfront -- 90,000 for the
+        # hot swap -- took seconds of the client's loop before the first was sent, which then went out as a
+        # burst). Latency counts from the scheduled time, so a late start is measured, not hidden.
+        tasks: list[asyncio.Future[Any]] = []
+        start = loop.time() + 0.5
         if on_tick is not None:
             tasks.append(asyncio.ensure_future(on_tick(start)))
+        for i in range(n):
+            scheduled = start + i / rate
+            if scheduled > loop.time():
+                await asyncio.sleep(scheduled - loop.time())
+            if stop is not None and stop.is_set():
+                break  # the caller has seen what it waited for: no more requests are sent
+            sent += 1
+            tasks.append(asyncio.ensure_future(one(i, scheduled)))
         await asyncio.gather(*tasks)
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {
