@@ -156,3 +156,19 @@ def test_serving_processes_set_a_short_switch_interval() -> None:
         assert sys.getswitchinterval() == pytest.approx(0.0005)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_the_heap_is_frozen_after_load_and_a_swap_unfreezes_it() -> None:
+    import gc
+
+    from serving.workers import freeze_heap
+
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() > 10_000  # what was loaded is out of the collector's reach
+        started = time.perf_counter()
+        gc.collect()
+        assert time.perf_counter() - started < 5.0
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
