@@ -1,6 +1,7 @@
 """Serving benchmark: the full service vs a bare retrieval SavedModel endpoint, open-loop load, hot swap.
 
     .venv/bin/python benchmarks/serving.py     # build (cached) + measure, writes results/serving.json
+    .venv/bin/python benchmarks/serving.py --workers 2 --only throughput   # the sweeps again (also swap, ...)
 
 Steps:
 
@@ -235,17 +236,11 @@ async def _open_loop(
     sent = 0
     statuses: dict[str, int] = {}
     loop = asyncio.get_running_loop()
-    start = loop.time() + 0.5
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
 
-        async def one(i: int) -> None:
-            nonlocal errors, sent
-            scheduled = start + i / rate
-            await asyncio.sleep(max(0.0, scheduled - loop.time()))
-            if stop is not None and stop.is_set():
-                return  # the caller has seen what it waited for: this request is never sent
-            sent += 1
+        async def one(i: int, scheduled: float) -> None:
+            nonlocal errors
             try:
                 async with session.post(
                     url, data=payloads[i], headers={"content-type": "application/json"}
@@ -260,9 +255,21 @@ async def _open_loop(
             else:
                 errors += 1
 
-        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        # One scheduler starts each request at its time (a task per request created upfront -- 90,000 for the
+        # hot swap -- took seconds of the client's loop before the first was sent, which then went out as a
+        # burst). Latency counts from the scheduled time, so a late start is measured, not hidden.
+        tasks: list[asyncio.Future[Any]] = []
+        start = loop.time() + 0.5
         if on_tick is not None:
             tasks.append(asyncio.ensure_future(on_tick(start)))
+        for i in range(n):
+            scheduled = start + i / rate
+            if scheduled > loop.time():
+                await asyncio.sleep(scheduled - loop.time())
+            if stop is not None and stop.is_set():
+                break  # the caller has seen what it waited for: no more requests are sent
+            sent += 1
+            tasks.append(asyncio.ensure_future(one(i, scheduled)))
         await asyncio.gather(*tasks)
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {
@@ -412,12 +419,13 @@ def in_process_timings(store_root: Path, users: list[str]) -> dict[str, float]:
 
 
 def hot_swap_under_load(
-    url: str, base: Path, store_root: Path, bodies: Bodies, rate: float, seconds: float
+    url: str, base: Path, store_root: Path, bodies: Bodies, rate: float, seconds: float, log: Path
 ) -> dict[str, Any]:
-    """Push a new version while the service takes ``rate`` rps; count failures; check the version moved."""
+    """Push a new version while the service takes ``rate`` rps; count failures; check the version moved. The
+    swap is over when the service's log (``log``) has its ``swap`` line for the new version (with several
+    workers: the last one rolled) and 10 probes in a row, each on a new connection, answer with it."""
     import httpx
 
-    from recflow.model_store import ModelStore
 
     ready = url.replace("/v1/recommendations", "/readyz")
     drain(url)
@@ -433,16 +441,36 @@ def hot_swap_under_load(
             loop = asyncio.get_running_loop()
             await asyncio.sleep(max(0.0, start - loop.time()) + 3.0)
             t0 = time.perf_counter()
-            result = await asyncio.to_thread(ModelStore(store_root).push, _parts(base), base / "evaluation")
-            pushed.update(version=result.version, push_seconds=time.perf_counter() - t0)
+            # in another process: a push in a thread of this one would hold the interpreter lock the load
+            # client's event loop needs, and the requests it delays would reach the service as a burst
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).resolve()), "push", str(base), str(store_root),
+                stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+            )
+            out, _ = await proc.communicate()
+            result = json.loads(out.decode().strip().splitlines()[-1])
+            pushed.update(version=result["version"], push_seconds=time.perf_counter() - t0)
             streak = 0
-            async with httpx.AsyncClient(timeout=10) as client:
-                while streak < 10 and loop.time() < start + seconds - 6:
+            line = f'"event":"swap","version":"{result["version"]}"'.encode()
+            seen = {"pos": 0, "swapped": False}
+
+            def swap_logged() -> bool:  # reads only what the log gained since the last look
+                with log.open("rb") as f:
+                    f.seek(max(0, seen["pos"] - len(line)))
+                    chunk = f.read()
+                seen["pos"] += len(chunk) - min(seen["pos"], len(line))
+                seen["swapped"] = seen["swapped"] or line in chunk
+                return seen["swapped"]
+
+            async with httpx.AsyncClient(timeout=10, headers={"connection": "close"}) as client:
+                while loop.time() < start + seconds - 6:
                     try:
                         r = await client.get(ready)
-                        streak = streak + 1 if r.json().get("model_version") == result.version else 0
+                        streak = streak + 1 if r.json().get("model_version") == result["version"] else 0
                     except httpx.HTTPError:
                         streak = 0
+                    if streak >= 10 and swap_logged():
+                        break
                     await asyncio.sleep(0.2)
             pushed["swap_seconds"] = time.perf_counter() - t0
             await asyncio.sleep(5.0)
@@ -635,8 +663,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="Seconds of load per rate.")
     parser.add_argument("--workers", type=int, default=1, help="Worker processes of the full service.")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", choices=("swap", "million", "explain"), default=None,
-                        help="Rerun one step and update it in an existing results file.")
+    parser.add_argument("--only", choices=("throughput", "swap", "million", "explain"), default=None,
+                        help="Rerun one step and update it in an existing results file (throughput: the "
+                        "in-process timings and both sweeps, without the hot swap).")
     args = parser.parse_args()
     import pandas as pd
 
@@ -686,13 +715,14 @@ def main() -> None:
         try:
             url = f"http://127.0.0.1:{port}/v1/recommendations"
             run_rate(url, Bodies(users), 50, 3)
-            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
+            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS,
+                                       base / "full.log")
         finally:
             stop_server(full)
         results["hot_swap"] = swap
         results["hot_swap_failed_requests"] = swap["failed_requests"]
         save()
-    if args.only is not None:
+    if args.only not in (None, "throughput"):
         return
 
     timings = in_process_timings(store_root, users)
@@ -733,12 +763,16 @@ def main() -> None:
         results["max_rps"] = best
         results["max_rps_vs_baseline"] = best / baseline_max if baseline_max else None
         save()
-        swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS)
-        print(f"hot swap: {swap}", flush=True)
+        swap = None
+        if args.only is None:
+            swap = hot_swap_under_load(url, base, store_root, Bodies(users, seed=2), SWAP_RATE, SWAP_MAX_SECONDS,
+                                       base / "full.log")
+            print(f"hot swap: {swap}", flush=True)
     finally:
         stop_server(full)
-    results["hot_swap"] = swap
-    results["hot_swap_failed_requests"] = swap["failed_requests"]
+    if swap is not None:
+        results["hot_swap"] = swap
+        results["hot_swap_failed_requests"] = swap["failed_requests"]
     save()
     print(json.dumps(results["targets"]), f"max_rps={best} baseline_max_rps={baseline_max}")
 
@@ -774,6 +808,11 @@ def targets(results: dict[str, Any]) -> dict[str, bool | None]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "build":
         print(build_model(Path(sys.argv[2])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "push":  # the hot swap's push: serving.py push <base> <store>
+        from recflow.model_store import ModelStore
+
+        pushed = ModelStore(Path(sys.argv[3])).push(_parts(Path(sys.argv[2])), Path(sys.argv[2]) / "evaluation")
+        print(json.dumps({"version": pushed.version}))
     elif len(sys.argv) > 1 and sys.argv[1] == "bare":
         import uvicorn
 

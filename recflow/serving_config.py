@@ -24,6 +24,14 @@ class ServingConfig(BaseModel):
     worker_start_timeout_s: float = Field(
         600.0, gt=0.0, description="How long a new worker may take to load its bundle and answer (workers > 1)."
     )
+    drain_s: float = Field(
+        2.0,
+        ge=0.0,
+        le=60.0,
+        description="When a model swap retires a worker (workers > 1): seconds it answers with `Connection: close` "
+        "first, so clients leave its keep-alive connections between requests rather than have one closed under "
+        "a request they are sending (0: retire it at once).",
+    )
     feedback_dir: Path | None = Field(
         None, description="Directory of the feedback log segments (default: DATA_DIR/feedback)."
     )
@@ -161,6 +169,24 @@ class ServingConfig(BaseModel):
     )
     tf_inter_op_threads: int | None = Field(
         2, ge=1, description="TensorFlow inter-op threads of the serving process (None: TF's default)."
+    )
+    switch_interval_ms: float | None = Field(
+        0.5,
+        gt=0.0,
+        le=100.0,
+        description="The interpreter's thread switch interval in a serving process (sys.setswitchinterval; Python's "
+        "default is 5 ms). A worker's event loop and its request thread share the interpreter lock: every system "
+        "call one of them makes (a socket write, a log write, a NumPy operation that releases the lock) hands the "
+        "lock over, and with the default interval the other holds it up to 5 ms before it comes back. None leaves "
+        "the default.",
+    )
+    loader_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU niceness of the thread that loads and warms up a worker's bundle (recflow serve --workers: a "
+        "new worker for a new champion loads while the old ones serve on the same cores; Linux gives a thread its "
+        "own nice value, and the loader is the only thread of its process while it runs). 0: no change.",
     )
     warm_explanations: bool = Field(
         True,

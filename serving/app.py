@@ -24,7 +24,7 @@ from recflow.errors import RecflowError
 from serving.batching import MicroBatcher
 from serving.logs import level_number, log_event
 from serving.metrics import LATENCY_BUCKETS, Metrics  # noqa: F401  (re-exported)
-from serving.middleware import ACCESS_KEY, MeasureAndLimit, error_response  # noqa: F401  (re-exported)
+from serving.middleware import ACCESS_KEY, Drain, MeasureAndLimit, error_response  # noqa: F401  (re-exported)
 from serving.recommender import Recommender
 from serving.routes import API_KEY_ENV, Service, make_router
 
@@ -94,6 +94,7 @@ def create_app(
     app.state.service = Service(recommender, metrics, batcher, key)
     app.state.recommender = recommender
     app.state.metrics = metrics
+    app.state.drain = Drain()  # set before the worker is retired (serving.workers)
     _add_error_handlers(app)
     app.include_router(make_router(config.require_key_for_reads))
     app.add_middleware(
@@ -101,5 +102,6 @@ def create_app(
         metrics=metrics,
         max_body_bytes=config.max_body_bytes,
         access_level=level_number(config.access_log_level),
+        drain=app.state.drain,
     )
     return app

@@ -300,6 +300,7 @@ class ServingBundle:
     def __post_init__(self) -> None:
         self.item_index = {str(i): n for n, i in enumerate(self.item_ids)}
         self._cold_lock = threading.Lock()
+        self._cold_queries: dict[tuple[int, int, str, str], np.ndarray] = {}  # precompute_cold_queries
 
     # ------------------------------------------------------------------ loading
     # Each part of a bundle is read by its own helper (module level, below the class): the files
@@ -468,19 +469,49 @@ class ServingBundle:
         out.update({k: v for k, v in (context or {}).items() if v is not None})
         return out
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one bundle per model version, freed with it
     def cold_query(self, hour: int, weekday: int, device: str, region: str) -> np.ndarray:
-        """The query tower's output for a user it has never seen, in this context (cached per context)."""
+        """The query tower's output for a user it has never seen, in this context: precomputed for the contexts
+        the bundle knows (:meth:`precompute_cold_queries`), else one SavedModel call (cached per context)."""
+        found = self._cold_queries.get((hour, weekday, device, region))
+        return found if found is not None else self._cold_query_call(hour, weekday, device, region)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one bundle per model version, freed with it
+    def _cold_query_call(self, hour: int, weekday: int, device: str, region: str) -> np.ndarray:
+        with self._cold_lock:
+            return self._query_tower([(hour, weekday, device, region)])[0]
+
+    def _query_tower(self, contexts: Sequence[tuple[int, int, str, str]]) -> np.ndarray:
+        """The query tower's outputs ``[len(contexts), D]`` for an unknown user in each (hour, weekday, device,
+        region) context, in one call of the retrieval SavedModel's ``query_embedding`` signature."""
         import tensorflow as tf
 
         fn = self.retrieval.signatures["query_embedding"]
-        inputs = {"user_id": tf.constant([""])}
-        values = {"hour": hour, "weekday": weekday, "device": device, "region": region}
+        inputs = {"user_id": tf.constant([""] * len(contexts))}
         for name, spec in fn.structured_input_signature[1].items():
             if name != "user_id":
-                inputs[name] = tf.constant([self._fill(name, values.get(name), spec.dtype)], spec.dtype)
-        with self._cold_lock:
-            return fn(**inputs)["embedding"].numpy()[0].astype(np.float32)
+                column = CONTEXT_FIELDS.index(name) if name in CONTEXT_FIELDS else None
+                inputs[name] = tf.constant(
+                    [self._fill(name, None if column is None else c[column], spec.dtype) for c in contexts],
+                    spec.dtype,
+                )
+        return fn(**inputs)["embedding"].numpy().astype(np.float32)
+
+    def precompute_cold_queries(self, limit: int = 20_000) -> int:
+        """Compute the cold-start query of every context the bundle knows -- each hour and weekday with each
+        device and region seen in the users' logged contexts or the default context -- in batched SavedModel
+        calls, at load, so that no request of a new user calls TensorFlow (milliseconds per call, holding the
+        request thread) while the service serves. At most ``limit`` contexts; returns how many."""
+        if self.retrieval is None or "query_embedding" not in getattr(self.retrieval, "signatures", {}):
+            return 0
+        seen = [self.default_context, *self.user_context.values()]
+        devices = sorted({str(c.get("device") or "") for c in seen})
+        regions = sorted({str(c.get("region") or "") for c in seen})
+        contexts = [(h, w, d, r) for d in devices for r in regions for h in range(24) for w in range(7)][:limit]
+        for start in range(0, len(contexts), 4096):
+            chunk = contexts[start : start + 4096]
+            for key, query in zip(chunk, self._query_tower(chunk), strict=True):
+                self._cold_queries[key] = query
+        return len(contexts)
 
     @property
     def ranking_engine(self) -> str:

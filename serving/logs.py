@@ -8,7 +8,9 @@ Every line the service logs is one JSON object (``{"ts", "level", "logger", "eve
   ``rollback``, ``explainer_warm``, ``shutdown``, ``no_api_key``.
 
 :func:`log_event` is the one way to write them; :func:`configure_logging` installs the JSON formatter on the
-root logger (``recflow serve`` calls it; the Python API leaves the application's logging alone).
+root logger (``recflow serve`` calls it; the Python API leaves the application's logging alone), with a
+:class:`BufferedLineHandler`: lines are formatted where they are logged and written in batches by a background
+thread, so a request's access line costs no system call on the serving threads.
 
 :func:`quiet_imports` silences what the libraries print on import on a CPU machine -- TensorFlow's CUDA probe
 lines (written by absl before logging is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` does not stop them), the
@@ -25,6 +27,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import Any
@@ -71,13 +74,80 @@ def level_number(level: str) -> int:
     return value
 
 
+class BufferedLineHandler(logging.Handler):
+    """Formats each record on the thread that logs it and writes the lines from a background thread, in one
+    write per ``interval_s``: a request's access line costs the request microseconds, not a system call.
+
+    A system call on a serving thread (a write and flush per line, as :class:`logging.StreamHandler` does) hands
+    the interpreter lock to the other thread, and the request waits to get it back. Lines stay in the order they
+    were logged; a line that is not an access line (a swap, a warning) wakes the writer at once; :meth:`flush`
+    (at shutdown: :func:`logging.shutdown`, :func:`flush_logs`) writes what is pending. A process killed by
+    SIGKILL loses at most the last ``interval_s`` of lines.
+    """
+
+    def __init__(self, stream: Any, interval_s: float = 0.1) -> None:
+        super().__init__()
+        self.stream = stream
+        self.interval_s = interval_s
+        self._pending: list[str] = []
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - logging must never break the caller
+            self.handleError(record)
+            return
+        with self._pending_lock:
+            self._pending.append(line)
+        if record.name != ACCESS_LOGGER:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._pending_lock:
+            lines, self._pending = self._pending, []
+        if not lines:
+            return
+        with self.lock or contextlib.nullcontext():  # one writer at a time: lines never interleave
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed stream at interpreter exit
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self.flush()
+        super().close()
+
+
+def flush_logs() -> None:
+    """Write the service's pending log lines now (see :class:`BufferedLineHandler`)."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_recflow_json", False):
+            handler.flush()
+
+
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
-    """JSON lines on ``stream`` (default stderr) for every logger at ``level`` and above (idempotent)."""
+    """JSON lines on ``stream`` (default stderr) for every logger at ``level`` and above, written by a
+    :class:`BufferedLineHandler` (idempotent)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_recflow_json", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+            handler.close()
+    handler = BufferedLineHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler._recflow_json = True  # type: ignore[attr-defined]
     root.addHandler(handler)

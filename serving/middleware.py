@@ -19,6 +19,17 @@ def error_response(status: int, error: str, detail: Any) -> JSONResponse:
 
 
 ACCESS_KEY = "recflow.access"  # the scope entry the handler fills with what the access log line reports
+CLOSE = (b"connection", b"close")
+
+
+class Drain:
+    """Set when the worker is about to be retired (a model swap rolls the workers): every response then asks the
+    client to close its connection (``Connection: close``), so that clients move to the other workers on their
+    own before this one stops and closes the connections that are still open, and no request is sent on a
+    connection at the moment it closes."""
+
+    def __init__(self) -> None:
+        self.on = False  # a plain flag: set from a signal handler, read per response
 
 
 class MeasureAndLimit:
@@ -28,9 +39,11 @@ class MeasureAndLimit:
     """
 
     def __init__(
-        self, app: Any, metrics: Metrics, max_body_bytes: int, access_level: int = logging.INFO
+        self, app: Any, metrics: Metrics, max_body_bytes: int, access_level: int = logging.INFO,
+        drain: Drain | None = None,
     ) -> None:
         self.app = app
+        self.drain = drain or Drain()
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.access_level = access_level
@@ -51,6 +64,8 @@ class MeasureAndLimit:
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                if self.drain.on:
+                    message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
             await send(message)
 
         try:

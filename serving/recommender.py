@@ -28,7 +28,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,8 +73,15 @@ def limit_threads(config: ServingConfig) -> None:
     """Pin BLAS and TensorFlow thread pools for a serving process (call before loading any bundle).
 
     One request is a single matrix-vector product and a small model call: extra threads only add
-    synchronisation, and under load they compete with the requests themselves.
+    synchronisation, and under load they compete with the requests themselves. Also sets the interpreter's
+    thread switch interval (``serving.switch_interval_ms``) and starts TensorFlow's runtime (its thread pools
+    are created now, by the calling thread, with its CPU priority: see
+    :func:`serving.workers.load_at_low_priority`).
     """
+    import sys
+
+    if config.switch_interval_ms is not None:
+        sys.setswitchinterval(config.switch_interval_ms / 1000.0)
     if config.blas_threads is not None:
         from threadpoolctl import threadpool_limits
 
@@ -89,6 +95,7 @@ def limit_threads(config: ServingConfig) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(config.tf_inter_op_threads)
     except RuntimeError:  # TensorFlow already initialised its runtime: keep what it has
         log.warning("TensorFlow thread pools were already initialised; serving thread limits not applied")
+    tf.constant(0).numpy()  # the eager runtime and its thread pools start now, on this thread
 
 
 class Recommender:
@@ -119,6 +126,7 @@ class Recommender:
             self._variants[CHALLENGER] = self._variant(CHALLENGER, challenger)
         self._counter = 0
         self._counter_lock = threading.Lock()
+        self._id_pool, self._id_pos = b"", 0  # random bytes of the next request ids (_next_request_id)
         self._closed = False
         self.canary_share = 0.0
         self.canary_salt = "canary"
@@ -295,10 +303,18 @@ class Recommender:
 
     # ------------------------------------------------------------------ recommending
     def _next_request_id(self) -> tuple[str, int]:
+        """A fresh request id (32 random hex digits, like ``uuid4().hex``: unguessable, since it is the handle of
+        a served slate's explanation) and the request's sequence number. The random bytes are drawn from the OS
+        4 KiB at a time: one system call per 256 requests instead of one each (a system call on the request
+        thread hands the interpreter lock to the event loop and waits to get it back)."""
         with self._counter_lock:
             self._counter += 1
             n = self._counter
-        return uuid.uuid4().hex, n
+            if self._id_pos >= len(self._id_pool):
+                self._id_pool, self._id_pos = os.urandom(4096), 0
+            raw = self._id_pool[self._id_pos : self._id_pos + 16]
+            self._id_pos += 16
+        return raw.hex(), n
 
     def recommend(
         self,
@@ -380,7 +396,10 @@ class Recommender:
 
     # ------------------------------------------------------------------ hot swap (serving.watcher)
     def warm_up(self, bundle: ServingBundle, requests: int | None = None) -> None:
-        """Answer ``requests`` requests with ``bundle`` (known and unknown users); raise on a bad answer."""
+        """Precompute ``bundle``'s cold-start queries (:meth:`ServingBundle.precompute_cold_queries`), then answer
+        ``requests`` requests with it (known and unknown users); raise on a bad answer."""
+        if not isinstance(bundle, BaselineBundle):
+            bundle.precompute_cold_queries()
         n = requests or self.config.warmup_requests
         users = list(bundle.user_index)[: max(1, n - 2)] + ["__warmup_unknown__"]
         probe = Variant("warmup", bundle, None)

@@ -112,6 +112,9 @@ class ModelWatcher:
         if state is None or state.version == current or state.version in self.rejected_versions:
             return "unchanged"
         with self._swap_lock:
+            import gc
+
+            gc.unfreeze()  # the old bundle's objects may be frozen (serving.workers.freeze_heap): let them go
             # Loading is Python-heavy and holds the GIL for long stretches; a short switch interval hands the
             # GIL back to request threads often, so requests keep flowing while the new bundle loads.
             interval = sys.getswitchinterval()

@@ -498,7 +498,12 @@ def test_two_workers_share_slates_arrays_and_metrics_and_roll_onto_a_new_champio
         for i in range(40):
             with httpx.Client(base_url=base, timeout=30) as c:
                 served.append(c.post("/v1/recommendations", json={"user_id": f"u{i:06d}", "k": 3}).json())
-        worker_of = {e["request_id"]: e["pid"] for e in events() if e["event"] == "request" and "request_id" in e}
+        deadline = time.time() + 30  # access lines are written in batches, at most 0.1 s after the request
+        while True:
+            worker_of = {e["request_id"]: e["pid"] for e in events() if e["event"] == "request" and "request_id" in e}
+            if all(s["request_id"] in worker_of for s in served) or time.time() > deadline:
+                break
+            time.sleep(0.1)
         assert len({worker_of[s["request_id"]] for s in served}) == 2, "the kernel gave every request to one worker"
         for s in served:  # each click is posted on a fresh connection: often not the worker that served it
             with httpx.Client(base_url=base, timeout=30, headers=AUTH) as c:
@@ -534,6 +539,8 @@ def test_two_workers_share_slates_arrays_and_metrics_and_roll_onto_a_new_champio
         assert versions[-1] == "v0002" and "v0001" in versions
         swap = next(e for e in events() if e["event"] == "swap")
         assert swap["version"] == "v0002" and swap["previous"] == "v0001" and swap["rolled"] == 2
+        drained = sorted(e["pid"] for e in events() if e["event"] == "draining")
+        assert drained == pids and all(e["listeners_closed"] >= 1 for e in events() if e["event"] == "draining")
     finally:
         stop.set()
         stop_process = proc.poll() is None
