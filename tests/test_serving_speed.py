@@ -35,7 +35,9 @@ def test_buffered_log_lines_keep_their_order_and_are_written_by_the_background_t
     from serving.logs import ACCESS_LOGGER, BufferedLineHandler, JsonFormatter, log_event
 
     stream = io.StringIO()
-    handler = BufferedLineHandler(stream, interval_s=0.05)
+    # A long interval first: the writer sleeps, so whatever is written while it sleeps would have been written by
+    # the logging thread (no timing assumption about how fast 200 lines are logged on a loaded machine).
+    handler = BufferedLineHandler(stream, interval_s=60.0)
     handler.setFormatter(JsonFormatter())
     loggers = [logging.getLogger(ACCESS_LOGGER), logging.getLogger("recflow.serving")]
     for lg in loggers:
@@ -49,25 +51,29 @@ def test_buffered_log_lines_keep_their_order_and_are_written_by_the_background_t
             writes.append(threading.current_thread().name)
             return original(text)
 
+        def wait_for(text: str) -> None:
+            deadline = time.monotonic() + 10
+            while text not in stream.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
         stream.write = write  # type: ignore[method-assign]
         for n in range(200):
             log_event("request", logging.INFO, ACCESS_LOGGER, n=n)
-        assert stream.getvalue() == ""  # nothing written by the thread that logged
-        deadline = time.monotonic() + 10
-        while stream.getvalue().count("\n") < 200 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert stream.getvalue() == ""  # access lines wait for the writer; nothing written by the logging thread
+        handler.interval_s = 0.05
+        log_event("swap", version="v9")  # not an access line: wakes the writer at once, whatever the interval
+        wait_for('"swap"')
         lines = [json.loads(x) for x in stream.getvalue().splitlines()]
-        assert [x["n"] for x in lines] == list(range(200))  # every line, in order
-        assert set(writes) == {"log-writer"} and len(writes) < 20  # batched writes, off the logging thread
-        log_event("swap", version="v9")  # not an access line: written at once, without waiting for the interval
-        handler.interval_s = 60.0
-        deadline = time.monotonic() + 10
-        while '"swap"' not in stream.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert '"swap"' in stream.getvalue()
-        log_event("request", logging.INFO, ACCESS_LOGGER, n=200)
-        handler.flush()  # what shutdown calls: pending lines now
+        assert [x.get("n") for x in lines[:200]] == list(range(200))  # every line, in order
+        assert lines[200]["event"] == "swap" and len(lines) == 201
+        assert writes == ["log-writer"]  # one batched write, off the logging thread
+        log_event("request", logging.INFO, ACCESS_LOGGER, n=200)  # written by the writer within its interval
+        wait_for('"n":200')
         assert json.loads(stream.getvalue().splitlines()[-1])["n"] == 200
+        assert set(writes) == {"log-writer"}
+        log_event("request", logging.INFO, ACCESS_LOGGER, n=201)
+        handler.flush()  # what shutdown calls: pending lines now
+        assert json.loads(stream.getvalue().splitlines()[-1])["n"] == 201
     finally:
         for lg in loggers:
             lg.removeHandler(handler)

@@ -102,6 +102,7 @@ def test_two_trial_search_tracks_trials_and_feeds_the_trainer(
     transformed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     import recflow.tuning as tuning_module
+    from components.step_run import STATUS_DIR_ENV, Tracking, publish_record
     from components.tuner.component import tuner
     from recflow import tracking
 
@@ -120,9 +121,12 @@ def test_two_trial_search_tracks_trials_and_feeds_the_trainer(
     # Until the lead wires the section into RecflowConfig, the component falls back to TuningConfig():
     # make that fallback the tiny search.
     monkeypatch.setattr(tuning_module, "TuningConfig", lambda: settings)
+    monkeypatch.setenv(STATUS_DIR_ENV, str(status))
+    record = SimpleNamespace(path=str(tmp_path / "record"))
     tuned = tuner(SimpleNamespace(path=str(base / "ex")), SimpleNamespace(path=str(base / "tf")),
-                  config.trainer.model_dump(mode="json"), settings.model_dump(mode="json"),
-                  {"experiment": "tuning-test"}, uri, "run-key-1", "", str(status), artifact)
+                  config.trainer.model_dump(mode="json"), settings.model_dump(mode="json"), artifact, record)
+    # The heavy step writes its record; the light track task after it logs the record as the nested run.
+    publish_record(record.path, {"experiment": "tuning-test"}, Tracking(uri, "run-key-1"))
 
     doc = json.loads((tmp_path / "tuning" / BEST_PARAMS_NAME).read_text())
     assert doc["n_trials"] == 2 and len(doc["trials"]) == 2
