@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from recflow.errors import DataError
+from recflow.models.hybrid import top_items
 from recflow.policy.online import OnlineLinUCB
 from recflow.release import ArmStats
 from serving.baseline_bundle import BaselineBundle
@@ -171,8 +172,13 @@ def top_rows(
     bundle's approximate index returns (``ann_overfetch`` times more with a prior, which the index does not
     know). ``scores``: every item's score, already computed (a blend, :meth:`ServingBundle.hybrid_scores`)."""
     banned = [b.item_index[i] for i in exclude if i in b.item_index] if exclude else []
-    if scores is not None:
-        return _top_of(np.array(scores, copy=True), banned, cfg.retrieval_candidates)
+    if scores is not None:  # ties go to the lower row, as in the evaluation loader (recflow.models.hybrid)
+        scores = np.array(scores, copy=True)
+        scores[banned] = -np.inf
+        top = top_items(scores, cfg.retrieval_candidates)
+        if not len(top):
+            raise DataError("exclude: every catalog item is excluded")
+        return top
     if b.ann_index is not None:
         m = cfg.retrieval_candidates * (cfg.ann_overfetch if prior else 1)
         _, found = b.ann_index.search(np.asarray(query, np.float32)[None, :], m + len(banned))

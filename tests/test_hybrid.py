@@ -187,3 +187,12 @@ def test_a_bad_or_missing_hybrid_file_is_a_clear_error_naming_it(tmp_path, case,
         np.save(tmp_path / "item_item.npy", np.zeros((3, 3) if case == "bad_shape" else (4, 4), np.float32))
     with pytest.raises(DataError, match=message):
         load_hybrid(tmp_path, 4)
+
+
+def test_top_items_breaks_ties_by_the_lower_index_and_skips_unscorable_items():
+    from recflow.models.hybrid import top_items
+
+    scores = np.array([0.5, 1.0, 0.5, -np.inf, 1.0, 0.5, np.nan])
+    np.testing.assert_array_equal(top_items(scores, 4), [1, 4, 0, 2])
+    np.testing.assert_array_equal(top_items(scores, 10), [1, 4, 0, 2, 5])
+    assert len(top_items(np.array([-np.inf, np.nan]), 3)) == 0

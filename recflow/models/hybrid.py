@@ -114,6 +114,20 @@ def hybrid_scores(sequence: np.ndarray, item_item: np.ndarray, histories: Sequen
     return blend_scores(sequence, item_item_scores(item_item, histories, sequence.shape[1]), weight)
 
 
+def top_items(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best finite ``scores``, best first; ties go to the lower index, so every reader of a
+    blend (whose item-item scores tie often: items that never co-occur) picks the same items."""
+    scores = np.asarray(scores)
+    finite = np.isfinite(scores)
+    m = min(int(k), int(finite.sum()))
+    if m < 1:
+        return np.empty(0, np.int64)
+    neg = np.where(finite, -scores.astype(np.float64), np.inf)
+    kth = np.partition(neg, m - 1)[m - 1]
+    candidates = np.flatnonzero(neg <= kth)
+    return candidates[np.lexsort((candidates, neg[candidates]))[:m]]
+
+
 @dataclass(frozen=True)
 class HybridBlend:
     """A bundle's blend as its readers apply it: the item-item matrix, the weight and the history window."""

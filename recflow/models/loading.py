@@ -13,7 +13,7 @@ import pandas as pd
 from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.index import load_index, read_index_report
-from recflow.models.hybrid import HybridBlend, load_hybrid
+from recflow.models.hybrid import HybridBlend, load_hybrid, top_items
 
 #: Users per call of the SavedModel.
 BATCH_SIZE = 1024
@@ -95,8 +95,7 @@ class TFRSRecommender:
         for row, ban in zip(scores, banned, strict=True):
             row = row.copy()
             row[[self._item_index[i] for i in ban if i in self._item_index]] = -np.inf
-            order = np.argsort(-row, kind="stable")[:k]
-            out.append([(str(self._item_ids[j]), float(row[j])) for j in order if np.isfinite(row[j])])
+            out.append([(str(self._item_ids[j]), float(row[j])) for j in top_items(row, k)])
         return out
 
     @property
