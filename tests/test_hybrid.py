@@ -20,9 +20,16 @@ def test_rows_are_standardised_over_their_finite_scores():
 def test_the_blend_interpolates_between_the_two_models():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 6)), rng.normal(size=(4, 6)) * 100
-    np.testing.assert_allclose(blend_scores(a, b, 0.0), zscore_rows(a))
-    np.testing.assert_allclose(blend_scores(a, b, 1.0), zscore_rows(b))
-    np.testing.assert_allclose(blend_scores(a, b, 0.25), 0.75 * zscore_rows(a) + 0.25 * zscore_rows(b))
+    np.testing.assert_allclose(blend_scores(a, b, 0.0), zscore_rows(a), atol=1e-8)
+    np.testing.assert_allclose(blend_scores(a, b, 1.0), zscore_rows(b), atol=1e-8)
+    np.testing.assert_allclose(blend_scores(a, b, 0.25), 0.75 * zscore_rows(a) + 0.25 * zscore_rows(b), atol=1e-8)
+    # ties of the blend go to the sequence model's order; a row without item-item preference is the sequence's
+    tied = np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 2.0]])
+    seq = np.array([[0.1, 0.9, 0.5], [0.3, 0.1, 0.2]])
+    got = blend_scores(seq, tied, 1.0)
+    assert np.argsort(-got[0]).tolist() == [1, 0, 2]
+    np.testing.assert_allclose(got[1], zscore_rows(seq[1:])[0])
+    np.testing.assert_allclose(blend_scores(seq, np.full((2, 3), np.nan), 0.7), zscore_rows(seq))
     with pytest.raises(DataError, match="in \\[0, 1\\]"):
         blend_scores(a, b, 1.5)
     with pytest.raises(DataError, match="differ in shape"):

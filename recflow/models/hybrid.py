@@ -52,13 +52,25 @@ def zscore_rows(scores: np.ndarray) -> np.ndarray:
     return np.where(finite, z, low)
 
 
+#: Share of the sequence model's standardised scores added to every blend: far below any real score difference,
+#: it only orders items whose blend ties (at ``w = 1``, items the item-item model scores alike).
+TIE_BREAK = 1e-9
+
+
 def blend_scores(sequence: np.ndarray, item_item: np.ndarray, weight: float) -> np.ndarray:
-    """``(1 - weight) * z(sequence) + weight * z(item_item)`` row by row (both [users, items], same item order)."""
+    """``(1 - weight) * z(sequence) + weight * z(item_item)`` row by row (both [users, items], same item order),
+    ties broken by the sequence model (:data:`TIE_BREAK`). A row whose item-item scores carry no preference
+    (none finite, or all equal: a history the item-item model knows nothing of) is ``z(sequence)``, whatever the
+    weight: at ``w = 1`` it would otherwise be constant and rank items by their position in the catalog."""
     if not 0.0 <= weight <= 1.0:
         raise DataError(f"blend weight must be in [0, 1], got {weight}")
     if sequence.shape != item_item.shape:
         raise DataError(f"blend: score matrices differ in shape ({sequence.shape} vs {item_item.shape})")
-    return (1.0 - weight) * zscore_rows(sequence) + weight * zscore_rows(item_item)
+    zs, zi = zscore_rows(sequence), zscore_rows(item_item)
+    blend = (1.0 - weight) * zs + weight * zi + TIE_BREAK * zs
+    no_preference = ~np.any(zi != 0.0, axis=1)
+    blend[no_preference] = zs[no_preference]
+    return blend
 
 
 def choose_blend_weight(
@@ -75,8 +87,7 @@ def choose_blend_weight(
 
     if not grid:
         raise DataError("blend grid is empty")
-    zs, zi = zscore_rows(sequence), zscore_rows(item_item)
-    scores = {float(w): float(ndcg_at_k((1.0 - w) * zs + w * zi, list(relevant),
+    scores = {float(w): float(ndcg_at_k(blend_scores(sequence, item_item, float(w)), list(relevant),
                                         list(exclude) if exclude is not None else None, k)) for w in grid}
     best = max(sorted(scores), key=lambda w: (scores[w], -w))
     return best, scores
@@ -107,7 +118,7 @@ def hybrid_scores(sequence: np.ndarray, item_item: np.ndarray, histories: Sequen
                   weight: float) -> np.ndarray:
     """:func:`blend_scores` of the sequence model's scores ``sequence`` [B, items] and the item-item scores of
     the same requests' ``histories`` (:func:`item_item_scores`). A request whose history has no item the matrix
-    knows gets ``(1 - weight) * z(sequence)``: the sequence model's order."""
+    knows gets ``z(sequence)``: the sequence model's order, whatever the weight."""
     sequence = np.atleast_2d(np.asarray(sequence))
     if len(histories) != sequence.shape[0]:
         raise DataError(f"hybrid: {len(histories)} histories for {sequence.shape[0]} score rows")
