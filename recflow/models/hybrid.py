@@ -110,7 +110,7 @@ def item_item_scores(item_item: np.ndarray, histories: Sequence[np.ndarray], n_i
         rows = np.unique(np.asarray(rows, np.int64))
         rows = rows[(rows >= 0) & (rows < n)]
         if len(rows):
-            out[r, :n] = np.asarray(item_item[rows], np.float64).sum(axis=0)
+            out[r, :n] = np.asarray(item_item[rows]).sum(axis=0, dtype=np.float64)
     return out
 
 
