@@ -12,6 +12,8 @@ pipeline steps, under the names :data:`MODEL_DIR`, :data:`TRANSFORM_DIR` and :da
         user_context.parquet     each user's latest logged context
         default_context.json     the context of a request that brings none
         user_history.parquet     each user's recent events (sequence retrieval only)
+        hybrid.json              the sequence + EASE blend: weight, l2, validation NDCG, or why it is off
+        item_item.npy            EASE's item-item weights [items, items] (only with a blend weight > 0)
         training.json            what the trainer measured
     transform/                   Transform (recflow.features.transform)
         transform_graph/         the tf.Transform graph (vocabularies under transform_fn/assets/)
@@ -49,6 +51,8 @@ USER_EMBEDDINGS_FILE = "user_embeddings.parquet"
 USER_CONTEXT_FILE = "user_context.parquet"
 DEFAULT_CONTEXT_FILE = "default_context.json"
 USER_HISTORY_FILE = "user_history.parquet"
+HYBRID_FILE = "hybrid.json"
+ITEM_ITEM_FILE = "item_item.npy"
 TRAINING_REPORT_FILE = "training.json"
 LOGS_DIR = "logs"
 #: The file that makes a directory a TensorFlow SavedModel.

@@ -13,7 +13,9 @@ SavedModel costs milliseconds, so the request path here is numpy wherever that i
   request's history or the stored one (``user_history.parquet``) plus feedback; with the two-tower model it is
   the query tower's output for a known user (``user_embeddings.parquet``). Users without either get the query
   tower's output for their context (one SavedModel call per distinct context, cached) plus a log-popularity
-  prior;
+  prior. A sequence bundle with a blend (``model/hybrid.json`` + ``item_item.npy``, memory-mapped) scores every
+  item by :meth:`recflow.models.hybrid.HybridBlend.scores` instead: the encoder's scores blended with EASE's
+  scores of the same history (:meth:`ServingBundle.hybrid_scores`), exact over the catalog;
 * ranking: the DCN ranking SavedModel re-implemented in numpy (:mod:`serving.ranking`: item tower outputs
   computed once at load, the query tower and the deep & cross layers per request), checked against the
   SavedModel at load time on a fixed sample (the SavedModel serves when they differ); requests with a sequence
@@ -42,6 +44,7 @@ import pandas as pd
 import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is imported)
 from recflow import bundle_layout
 from recflow.errors import DataError
+from recflow.models.hybrid import HybridBlend, load_hybrid
 from recflow.policy.logged_data import CONTEXT_CATEGORIES
 from recflow.training.sequence_retrieval import ENCODER_FILE, ITEMS_FILE
 from serving.history import HistoryEntry
@@ -293,6 +296,7 @@ class ServingBundle:
     reward_network: NumpyRewardNetwork | None
     feature_spec: dict[str, Any]
     sequence: SequenceState | None = None
+    hybrid: HybridBlend | None = None  # the sequence + EASE blend of a sequence bundle that has one
     ann_index: Any = None  # recflow.index.CandidateIndex (approximate) or None: exact numpy retrieval
     index_report: dict[str, Any] | None = None  # index.json plus the recall measured at load
     numpy_ranker: Any = None  # serving.ranking.NumpyRanker, or None: rank with the SavedModel
@@ -370,6 +374,7 @@ class ServingBundle:
             reward_network=network,
             feature_spec=files.feature_spec,
             sequence=files.sequence,
+            hybrid=files.hybrid,
             ann_index=index,
             index_report=index_report,
         )
@@ -445,6 +450,15 @@ class ServingBundle:
         if self.sequence is None:
             return None
         return self.sequence.encode(self.sequence.history_for(user_id, request, feedback))
+
+    def hybrid_scores(self, state: np.ndarray, entries: Sequence[HistoryEntry]) -> np.ndarray | None:
+        """Every item's blended retrieval score for the user state ``state`` of the history ``entries`` (what
+        :meth:`SequenceState.history_for` returned), or None without a blend. EASE reads the items the encoder
+        read (:meth:`SequenceState.known`)."""
+        if self.hybrid is None or self.sequence is None:
+            return None
+        rows = self.hybrid.history_rows([e.item_id for e in self.sequence.known(entries)], self.item_index)
+        return self.hybrid.scores(np.asarray(self.item_matrix @ state)[None, :], [rows])[0]
 
     @property
     def has_history_ranker(self) -> bool:
@@ -690,6 +704,7 @@ class _BundleFiles:
     ranking_fn: Any  # its serving signature, or None
     scorer: PolicyScorer
     sequence: SequenceState | None  # a sequence bundle's encoder and histories
+    hybrid: HybridBlend | None  # a sequence bundle's blend with EASE, when it has one
 
 
 def _check_parts(root: Path) -> None:
@@ -730,6 +745,7 @@ def _read_bundle_files(root: Path) -> _BundleFiles:
         ranking_fn = None if ranking_model is None else ranking_model.signatures["serving_default"]
         scorer = load_policy(root / bundle_layout.POLICY_DIR)
         sequence = SequenceState(model) if (model / ENCODER_FILE).is_file() else None
+        hybrid = load_hybrid(model, len(item_ids)) if sequence is not None else None
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable part makes the bundle unusable
@@ -737,7 +753,7 @@ def _read_bundle_files(root: Path) -> _BundleFiles:
     return _BundleFiles(item_ids=item_ids, item_matrix=item_matrix, user_ids=user_ids, user_matrix=user_matrix,
                         contexts=contexts, default_context=default_context, feature_spec=feature_spec,
                         candidates=candidates, retrieval=retrieval, ranking_model=ranking_model,
-                        ranking_fn=ranking_fn, scorer=scorer, sequence=sequence)
+                        ranking_fn=ranking_fn, scorer=scorer, sequence=sequence, hybrid=hybrid)
 
 
 def _catalog_columns(candidates: pd.DataFrame, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from recflow.errors import DataError
+from recflow.models.hybrid import top_items
 from recflow.policy.online import OnlineLinUCB
 from recflow.release import ArmStats
 from serving.baseline_bundle import BaselineBundle
@@ -139,10 +140,11 @@ def retrieve(
     (an unknown user without any history). ``histories``: what users posted back as feedback."""
     row = b.user_index.get(user_id)
     entries = parse_history(history) if history else histories.get(user_id)
-    if b.is_sequence:
-        query = b.sequence_query(user_id, entries if history else None, histories.get(user_id))
+    if b.is_sequence and b.sequence is not None:
+        seen = b.sequence.history_for(user_id, entries if history else None, histories.get(user_id))
+        query = b.sequence.encode(seen)
         if query is not None:
-            return top_rows(b, cfg, query, exclude), query, False
+            return top_rows(b, cfg, query, exclude, scores=b.hybrid_scores(query, seen)), query, False
     entries = [e for e in entries if e.item_id in b.item_index]  # ids outside the catalog say nothing
     cold = row is None and not entries
     if row is None:
@@ -162,13 +164,21 @@ def retrieve(
 
 
 def top_rows(
-    b: ServingBundle, cfg: ServingConfig, query: np.ndarray, exclude: Sequence[str] | None, prior: float = 0.0
+    b: ServingBundle, cfg: ServingConfig, query: np.ndarray, exclude: Sequence[str] | None, prior: float = 0.0,
+    scores: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rows of the ``retrieval_candidates`` items of best score ``item . query + prior * log popularity``,
     best first, without ``exclude``: exact over the whole catalog, or re-scored exactly over what the
     bundle's approximate index returns (``ann_overfetch`` times more with a prior, which the index does not
-    know)."""
+    know). ``scores``: every item's score, already computed (a blend, :meth:`ServingBundle.hybrid_scores`)."""
     banned = [b.item_index[i] for i in exclude if i in b.item_index] if exclude else []
+    if scores is not None:  # ties go to the lower row, as in the evaluation loader (recflow.models.hybrid)
+        scores = np.array(scores, copy=True)
+        scores[banned] = -np.inf
+        top = top_items(scores, cfg.retrieval_candidates)
+        if not len(top):
+            raise DataError("exclude: every catalog item is excluded")
+        return top
     if b.ann_index is not None:
         m = cfg.retrieval_candidates * (cfg.ann_overfetch if prior else 1)
         _, found = b.ann_index.search(np.asarray(query, np.float32)[None, :], m + len(banned))
@@ -186,10 +196,15 @@ def top_rows(
     scores = np.asarray(b.item_matrix @ query)
     if prior:
         scores = scores.astype(np.float64) + prior * b.item_log_popularity
+    return _top_of(scores, banned, cfg.retrieval_candidates)
+
+
+def _top_of(scores: np.ndarray, banned: Sequence[int], n: int) -> np.ndarray:
+    """Rows of the ``n`` best ``scores`` (best first) without the ``banned`` rows (``scores`` is modified)."""
     if banned:
         scores[banned] = -np.inf
     allowed = int(np.isfinite(scores).sum())
-    m = min(cfg.retrieval_candidates, allowed)
+    m = min(n, allowed)
     if m < 1:
         raise DataError("exclude: every catalog item is excluded")
     top = np.argpartition(-scores, m - 1)[:m] if m < len(scores) else np.flatnonzero(np.isfinite(scores))

@@ -312,6 +312,14 @@ def test_sequence_model_reloads_recommends_and_beats_popularity(seq: tuple[Path,
     assert [len(x) for x in lists] == [10, 10] and "i0000" not in lists[0]
     model, popularity = _recall_at_10(rec, base)
     assert model > popularity, (model, popularity)
+    # the hybrid stage ran (trainer.hybrid is on by default): its choice is on record, and the loader uses it
+    info = json.loads((result.out_dir / "hybrid.json").read_text())
+    assert result.history["hybrid"] == info and info["skipped"] is None and info["validation_users"] > 0
+    assert info["weight"] in SEQ.hybrid.weight_grid and info["l2"] in SEQ.hybrid.l2_grid
+    assert result.metrics["hybrid_weight"] == info["weight"]
+    assert result.metrics["hybrid_eval_ndcg@10"] == max(info["weight_candidates"].values())
+    assert (result.out_dir / "item_item.npy").is_file() == (info["weight"] > 0)
+    assert (rec.hybrid is not None) == (info["weight"] > 0)
 
 
 def test_sequence_warm_start_same_kind_copies_other_kind_is_a_cold_start(
@@ -357,7 +365,8 @@ def test_a_new_users_history_drives_what_the_sequence_model_serves(tmp_path: Pat
     run_example_gen(_chain_world(tmp_path / "src"), tmp_path / "ex", ExampleGenConfig(), ValidationConfig())
     run_transform(tmp_path / "ex", tmp_path / "tf", TransformConfig())
     result = train_tfrs(tmp_path / "ex", tmp_path / "tf", tmp_path / "model",
-                        TrainerConfig(sequence={"epochs": 15, "embedding_dim": 32, "dropout": 0.1}))
+                        TrainerConfig(sequence={"epochs": 15, "embedding_dim": 32, "dropout": 0.1},
+                                      hybrid={"enabled": False}))  # the sequence model alone is tested here
     assert result.history["retrieval"]["train_examples_by_type"] == {
         "view": result.history["retrieval"]["train_examples"]}  # a views-only shop trains on its views
     state = SequenceState(result.out_dir)
@@ -372,7 +381,8 @@ def test_a_new_users_history_drives_what_the_sequence_model_serves(tmp_path: Pat
     assert np.mean(hits) > 0.6, np.mean(hits)
     # the SavedModel's history signature, through the count baselines' API, agrees
     rec = load_recommender(result.out_dir)
-    assert rec.is_sequence
+    assert rec.is_sequence and rec.hybrid is None
+    assert "enabled is false" in json.loads((result.out_dir / "hybrid.json").read_text())["skipped"]
     best = rec.recommend_from_history(["i0004", "i0005"], 3, event_types=["view", "view"], timestamps=[0.0, 60.0])
     direct = np.argsort(-(matrix @ state.encode([HistoryEntry("i0004", "view", 0.0),
                                                  HistoryEntry("i0005", "view", 60.0)])))[:3]

@@ -13,6 +13,7 @@ import pandas as pd
 from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.index import load_index, read_index_report
+from recflow.models.hybrid import HybridBlend, load_hybrid, top_items
 
 #: Users per call of the SavedModel.
 BATCH_SIZE = 1024
@@ -24,6 +25,11 @@ class TFRSRecommender:
     Requests carry no context, so each user's latest logged context (``user_context.parquet``) is used, and the
     most common context for users the model has never seen (who also get the no-history behaviour values and
     the OOV user embedding).
+
+    A sequence model with a blend (``hybrid.json`` + ``item_item.npy``, :mod:`recflow.models.hybrid`) retrieves
+    by :meth:`recflow.models.hybrid.HybridBlend.scores`: the SavedModel's user state of the history (stored or
+    given) against ``item_embeddings.parquet``, blended with EASE's scores of the same history -- the scores
+    serving computes (:mod:`serving.slates`).
     """
 
     name = "tfrs_two_tower"
@@ -52,10 +58,45 @@ class TFRSRecommender:
         report = read_index_report(self.model_dir)
         if report.get("kind", "brute_force") != "brute_force":
             self._index = load_index(self.model_dir / bundle_layout.INDEX_DIR)
+        self._hybrid: HybridBlend | None = None
+        if self.is_sequence and self._index is None:
+            self._load_hybrid()
         ranking_dir = self.model_dir / bundle_layout.RANKING_DIR
         self._ranking = None
         if (ranking_dir / bundle_layout.SAVED_MODEL_FILE).is_file():
             self._ranking = tf.saved_model.load(str(ranking_dir)).signatures["serving_default"]
+
+    def _load_hybrid(self) -> None:
+        """The blend (None without one), with the item matrix and stored histories it scores."""
+        path = self.model_dir / bundle_layout.ITEM_EMBEDDINGS_FILE
+        items = pd.read_parquet(path)
+        self._hybrid = load_hybrid(self.model_dir, len(items))
+        if self._hybrid is None:
+            return
+        self._item_ids = items["item_id"].astype(str).to_numpy(object)
+        self._item_index = {i: n for n, i in enumerate(self._item_ids)}
+        self._item_matrix = np.stack(items["embedding"].to_numpy()).astype(np.float32)
+        stored = pd.read_parquet(self.model_dir / bundle_layout.USER_HISTORY_FILE, columns=["user_id", "item_ids"])
+        self._stored = {str(u): [str(i) for i in ids] for u, ids in zip(stored["user_id"], stored["item_ids"],
+                                                                         strict=True)}
+
+    @property
+    def hybrid(self) -> HybridBlend | None:
+        """The sequence + EASE blend retrieval uses, or None (retrieval is the SavedModel's alone)."""
+        return self._hybrid
+
+    def _hybrid_top(self, states: np.ndarray, histories: Sequence[Sequence[str]], k: int,
+                    banned: Sequence[set[str]]) -> list[list[tuple[str, float]]]:
+        """Top-``k`` (item, blended score) per user state and its history, without ``banned`` items."""
+        assert self._hybrid is not None
+        rows = [self._hybrid.history_rows(h, self._item_index) for h in histories]
+        scores = self._hybrid.scores(np.asarray(states, np.float32) @ self._item_matrix.T, rows)
+        out = []
+        for row, ban in zip(scores, banned, strict=True):
+            row = row.copy()
+            row[[self._item_index[i] for i in ban if i in self._item_index]] = -np.inf
+            out.append([(str(self._item_ids[j]), float(row[j])) for j in top_items(row, k)])
+        return out
 
     @property
     def has_ranking(self) -> bool:
@@ -93,11 +134,14 @@ class TFRSRecommender:
         order = np.argsort(times, kind="stable") if times is not None else np.arange(len(items))
         now = max(times) if times else 0.0
         gaps = [now - times[i] if times is not None else -1.0 for i in order]
-        result = self._retrieval.signatures["history_top_k"](
-            hist_item_ids=tf.constant([[items[i] for i in order] or [""]]),
-            hist_types=tf.constant([[EVENT_TYPE_CODES[types[i]] for i in order] or [0]], tf.int64),
-            hist_gaps=tf.constant([gaps or [-1.0]], tf.float32))
+        inputs = {"hist_item_ids": tf.constant([[items[i] for i in order] or [""]]),
+                  "hist_types": tf.constant([[EVENT_TYPE_CODES[types[i]] for i in order] or [0]], tf.int64),
+                  "hist_gaps": tf.constant([gaps or [-1.0]], tf.float32)}
         banned = exclude or set()
+        if self._hybrid is not None:
+            state = self._retrieval.signatures["history_embedding"](**inputs)["embedding"].numpy()
+            return [i for i, _ in self._hybrid_top(state, [[items[i] for i in order]], k, [banned])[0]]
+        result = self._retrieval.signatures["history_top_k"](**inputs)
         picked = [i.decode("utf-8") for i in result["item_ids"].numpy()[0]]
         return [i for i in picked if i and i not in banned][:k]
 
@@ -135,6 +179,11 @@ class TFRSRecommender:
         for start in range(0, len(user_ids), BATCH_SIZE):
             batch = [str(u) for u in user_ids[start:start + BATCH_SIZE]]
             most_excluded = max((len(exclude.get(u, ())) for u in batch), default=0)
+            if self._hybrid is not None:
+                states = self._embed(**self._inputs(batch))["embedding"].numpy()
+                out.extend(self._hybrid_top(states, [self._stored.get(u, []) for u in batch], k,
+                                            [exclude.get(u, set()) for u in batch]))
+                continue
             if self._index is not None:
                 queries = self._embed(**self._inputs(batch))["embedding"].numpy()
                 scores, rows = self._index.search(queries, k + most_excluded)

@@ -292,6 +292,13 @@ def _encoder_states(encoder: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarra
     return np.concatenate(parts) if parts else np.zeros((0, encoder.item_vectors().shape[1]), np.float32)
 
 
+def encode_histories(encoder: Any, histories: pd.DataFrame, catalog_rows: Mapping[str, int], max_len: int
+                     ) -> np.ndarray:
+    """The encoder's state of each history of ``histories`` (:func:`stored_histories` format), as the exported
+    SavedModel computes it for a stored history."""
+    return _encoder_states(encoder, history_arrays(histories, catalog_rows, max_len))
+
+
 def _fit_with_early_stopping(model: Any, encoder: Any, ds: Any,
                              evaluation: tuple[Mapping[str, np.ndarray], np.ndarray] | None,
                              cfg: Any) -> dict[str, list[float]]:

@@ -8,6 +8,8 @@ Reads ``examples_dir`` (ExampleGen) and ``transform_dir`` (Transform) and writes
 * ``item_embeddings.parquet`` (item_id, embedding list<float32>), ``user_embeddings.parquet`` (user_id,
   embedding) for the users in the train split, ``user_context.parquet`` (each user's latest logged context,
   used when a caller has no request context);
+* with the sequence model, ``hybrid.json`` and (blend weight > 0) ``item_item.npy``: EASE blended with the
+  sequence model's scores, the weight chosen on the eval split (``trainer.hybrid``, recflow.training.hybrid);
 * ``logs/``: TensorBoard logs of the training curves; ``training.json``: history per epoch, examples/second,
   epochs run, metrics and the config.
 
@@ -36,6 +38,7 @@ from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 from recflow.io import staged_dir
+from recflow.training.hybrid import HybridConfig
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,9 @@ class TrainerConfig(BaseModel):
         "the best (the paired per-impression difference): with a few eval clicks the losses barely differ and "
         "the richest model tends to overfit (measured in the organic world, docs/models.md); min_loss keeps "
         "the lowest loss.")
+    hybrid: HybridConfig = Field(
+        HybridConfig(), description="The sequence model blended with EASE (recflow.training.hybrid): the blend "
+        "weight and EASE's l2 chosen on the eval split; the bundle's readers retrieve with the blend.")
     query_behaviour_features: tuple[str, ...] = Field(
         ("frequency", "monetary", "dwell_mean"),
         description="Behaviour features the towers read (those the log supports). recency_s and session_events "
@@ -613,6 +619,30 @@ def train_history_ranking(inputs: TrainerInputs, run: TrainerRun, retrieved: Ret
         run.report["history_ranking"] = ranked.report
 
 
+def train_hybrid(inputs: TrainerInputs, run: TrainerRun, retrieved: RetrievalOutput) -> None:
+    """The hybrid stage (:mod:`recflow.training.hybrid`): EASE and the blend weight, chosen on the eval split,
+    with the sequence model; a two-tower model gets a ``hybrid.json`` that says the blend is off."""
+    from recflow.training.hybrid import fit_hybrid, skip_hybrid
+    from recflow.training.sequence_retrieval import encode_histories
+
+    config = run.config
+    seq = retrieved.sequence
+    if config.retrieval_model != "sequence" or seq is None:
+        result = skip_hybrid(run.tmp, "the blend is for the sequence retrieval model", note=False)
+    else:
+        max_len = config.sequence_config().max_len
+
+        def score(histories: pd.DataFrame) -> np.ndarray:
+            states = encode_histories(seq.encoder, histories, seq.catalog_rows, max_len)
+            return states.astype(np.float64) @ seq.item_vectors.T.astype(np.float64)
+
+        result = fit_hybrid(inputs.examples_dir, inputs.item_ids, score, max_len, config.hybrid,
+                            config.event_weights, run.tmp, index_kind=config.index.kind)
+    run.report["hybrid"] = result.info
+    run.notes.extend(result.notes)
+    run.metrics.update(result.metrics)
+
+
 def _write_report(inputs: TrainerInputs, run: TrainerRun) -> None:
     report, spec = run.report, inputs.spec
     report["metrics"] = run.metrics
@@ -635,6 +665,7 @@ def _train_stages(inputs: TrainerInputs, run: TrainerRun) -> bool:
     contexts.to_parquet(run.tmp / bundle_layout.USER_CONTEXT_FILE, index=False)
     (run.tmp / bundle_layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default_context), encoding="utf-8")
     write_index(inputs, run, retrieved)
+    train_hybrid(inputs, run, retrieved)
     ranked = train_ranking(inputs, run)
     if ranked and run.config.retrieval_model == "sequence" and run.config.history_ranking:
         train_history_ranking(inputs, run, retrieved)
@@ -647,7 +678,8 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
 
     The stages: datasets (:func:`load_inputs`), retrieval (:func:`train_sequence_retrieval` or
     :func:`train_two_tower_retrieval`, the latter with :func:`warm_start` and the export), the candidate index
-    (:func:`write_index`), ranking (:func:`train_ranking`, then :func:`train_history_ranking`). They write into a
+    (:func:`write_index`), the sequence + EASE blend (:func:`train_hybrid`), ranking (:func:`train_ranking`, then
+    :func:`train_history_ranking`). They write into a
     staging directory that replaces ``out_dir`` only when every stage succeeded.
     Raises DataError when the inputs are not ExampleGen/Transform outputs or hold no positive interactions.
     """
