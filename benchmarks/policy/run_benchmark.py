@@ -52,6 +52,9 @@ BASELINES = ("collaborative_filtering", "content_based", "popularity", "random")
 METRICS = ("ctr", "cvr", "aov", "cart_abandonment", "avg_reward", "reward_per_request", "regret", "cumulative_regret",
            "exploration_cost", "cold_start_ctr", "inference_ms")
 
+#: Sections of policy.json that another benchmark writes (benchmarks/policy/policy_lift.py); a rerun keeps them.
+KEPT_SECTIONS = ("policy_lift",)
+
 
 def world_config(quick: bool) -> SimulatorConfig:
     return SimulatorConfig(
@@ -424,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - started,
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "policy.json"
+    if previous.is_file():  # keep the sections other scripts write into this file (policy_lift.py)
+        kept = json.loads(previous.read_text(encoding="utf-8"))
+        doc.update({k: v for k, v in kept.items() if k in KEPT_SECTIONS})
     with atomic_path(args.out / "policy.json") as p:
         p.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     with atomic_path(args.out / "policy.md") as p:
