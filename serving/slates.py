@@ -173,9 +173,7 @@ def top_rows(
     know). ``scores``: every item's score, already computed (a blend, :meth:`ServingBundle.hybrid_scores`)."""
     banned = [b.item_index[i] for i in exclude if i in b.item_index] if exclude else []
     if scores is not None:  # ties go to the lower row, as in the evaluation loader (recflow.models.hybrid)
-        scores = np.array(scores, copy=True)
-        scores[banned] = -np.inf
-        top = top_items(scores, cfg.retrieval_candidates)
+        top = top_items(scores, cfg.retrieval_candidates, banned)
         if not len(top):
             raise DataError("exclude: every catalog item is excluded")
         return top

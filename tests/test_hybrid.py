@@ -203,3 +203,5 @@ def test_top_items_breaks_ties_by_the_lower_index_and_skips_unscorable_items():
     np.testing.assert_array_equal(top_items(scores, 4), [1, 4, 0, 2])
     np.testing.assert_array_equal(top_items(scores, 10), [1, 4, 0, 2, 5])
     assert len(top_items(np.array([-np.inf, np.nan]), 3)) == 0
+    np.testing.assert_array_equal(top_items(scores, 3, banned=[1, 0]), [4, 2, 5])  # banned rows never picked
+    np.testing.assert_array_equal(top_items(scores, 4), [1, 4, 0, 2])  # and the caller's scores are untouched

@@ -125,10 +125,14 @@ def hybrid_scores(sequence: np.ndarray, item_item: np.ndarray, histories: Sequen
     return blend_scores(sequence, item_item_scores(item_item, histories, sequence.shape[1]), weight)
 
 
-def top_items(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` best finite ``scores``, best first; ties go to the lower index, so every reader of a
-    blend (whose item-item scores tie often: items that never co-occur) picks the same items."""
+def top_items(scores: np.ndarray, k: int, banned: Sequence[int] = ()) -> np.ndarray:
+    """Indices of the ``k`` best finite ``scores``, best first, never one of the ``banned`` indices (``scores``
+    is not modified); ties go to the lower index, so every reader of a blend (whose item-item scores tie often:
+    items that never co-occur) picks the same items."""
     scores = np.asarray(scores)
+    if len(banned):
+        scores = scores.copy()
+        scores[np.asarray(banned, np.int64)] = -np.inf
     finite = np.isfinite(scores)
     m = min(int(k), int(finite.sum()))
     if m < 1:

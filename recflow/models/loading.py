@@ -93,9 +93,8 @@ class TFRSRecommender:
         scores = self._hybrid.scores(np.asarray(states, np.float32) @ self._item_matrix.T, rows)
         out = []
         for row, ban in zip(scores, banned, strict=True):
-            row = row.copy()
-            row[[self._item_index[i] for i in ban if i in self._item_index]] = -np.inf
-            out.append([(str(self._item_ids[j]), float(row[j])) for j in top_items(row, k)])
+            picked = top_items(row, k, [self._item_index[i] for i in ban if i in self._item_index])
+            out.append([(str(self._item_ids[j]), float(row[j])) for j in picked])
         return out
 
     @property
