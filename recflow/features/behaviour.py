@@ -7,6 +7,8 @@ serving-time snapshot of each user (:func:`user_state_at`), so training and serv
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -38,26 +40,46 @@ def spend_column(events: pd.DataFrame) -> str | None:
     return None
 
 
-def _session_keys(events: pd.DataFrame) -> pd.Series:
+@dataclass(frozen=True)
+class BehaviourPlan:
+    """The whole log's decisions behind the behaviour features: which columns, which field is the spend, and
+    whether logged session ids are used. A part of the log (one shard of users) must be computed with the
+    whole log's plan to get the same values."""
+
+    columns: tuple[str, ...]
+    spend_col: str | None
+    session_ids: bool
+
+
+def behaviour_plan(events: pd.DataFrame, columns: list[str] | None = None) -> BehaviourPlan:
+    """The plan of ``events`` (``columns`` defaults to :func:`behaviour_columns`)."""
+    return BehaviourPlan(columns=tuple(columns if columns is not None else behaviour_columns(events)),
+                         spend_col=spend_column(events),
+                         session_ids=bool("session_id" in events.columns and events["session_id"].notna().all()))
+
+
+def _session_keys(events: pd.DataFrame, session_ids: bool) -> pd.Series:
     """A session key per event: the logged ``session_id`` or sessions cut at gaps over SESSION_GAP_S."""
-    if "session_id" in events.columns and events["session_id"].notna().all():
+    if session_ids:
         return events["session_id"].astype(str)
     gap = events.groupby("user_id", sort=False)["timestamp"].diff().dt.total_seconds()
     new_session = gap.isna() | (gap > SESSION_GAP_S)
     return new_session.groupby(events["user_id"], sort=False).cumsum().astype(np.int64).astype(str)
 
 
-def add_behaviour_features(events: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+def add_behaviour_features(events: pd.DataFrame, columns: list[str] | None = None,
+                           plan: BehaviourPlan | None = None) -> pd.DataFrame:
     """Return ``events`` (original order and index) with behaviour columns added.
 
-    ``columns`` defaults to :func:`behaviour_columns` of ``events``.
+    ``columns`` defaults to :func:`behaviour_columns` of ``events``; ``plan`` (overrides ``columns``) defaults
+    to :func:`behaviour_plan` of ``events``.
 
     ``recency_s``: seconds since the user's previous event (RECENCY_CAP_S when none, capped there);
     ``frequency``: number of earlier events; ``session_events``: earlier events in the same session;
     ``monetary``: money spent on earlier purchases; ``dwell_mean``: mean dwell time of earlier events with one.
     """
-    cols = list(columns) if columns is not None else behaviour_columns(events)
-    spend_col = spend_column(events)
+    plan = plan or behaviour_plan(events, columns)
+    cols, spend_col = list(plan.columns), plan.spend_col
     df = events[["user_id", "timestamp", "event_type"]].copy()
     df["_pos"] = np.arange(len(df))
     df["_spend"] = (events[spend_col].fillna(0.0).where(events["event_type"] == "purchase", 0.0)
@@ -68,7 +90,7 @@ def add_behaviour_features(events: pd.DataFrame, columns: list[str] | None = Non
     if "session_id" in events.columns:
         df["session_id"] = events["session_id"]
     df = df.sort_values(["user_id", "timestamp", "_pos"], kind="stable")
-    df["_session"] = _session_keys(df)
+    df["_session"] = _session_keys(df, plan.session_ids)
 
     # Collapse simultaneous events so that cumulative sums over earlier instants exclude ties.
     per_instant = (df.groupby(["user_id", "timestamp"], sort=True)

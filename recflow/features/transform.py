@@ -38,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recflow import bundle_layout, schema
 from recflow.errors import DataError
-from recflow.features import behaviour
+from recflow.features import beam_runner, behaviour
+from recflow.features.beam_runner import DirectRunningMode
 from recflow.io import staged_dir
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,17 @@ class TransformConfig(BaseModel):
     vocab_frequency_threshold: int = Field(
         1, ge=1, description="Users/items seen fewer times than this in train share the OOV buckets."
     )
-    beam_runner: str = Field("DirectRunner", description="Beam runner: DirectRunner, DataflowRunner, FlinkRunner...")
+    beam_runner: str = Field(
+        "DirectRunner", description="Beam runner: DirectRunner, DaskRunner (a dask.distributed cluster), "
+        "DataflowRunner, FlinkRunner, SparkRunner... (docs/pipeline.md, Distributed data steps)")
     direct_num_workers: int = Field(1, ge=1, description="DirectRunner parallelism (1 is fastest for small data).")
+    direct_running_mode: DirectRunningMode = Field(
+        "in_memory", description="DirectRunner: in_memory (one process), multi_threading or multi_processing "
+        "(direct_num_workers worker processes).")
+    dask_address: str | None = Field(
+        None, description="DaskRunner: the dask.distributed scheduler (tcp://host:8786); null: a LocalCluster of "
+        "dask_workers processes is started for the run and stopped after it.")
+    dask_workers: int = Field(2, ge=1, description="DaskRunner: worker processes of the LocalCluster (no address).")
     recent_items: int = Field(
         10, ge=0, description="Length N of the recent-items feature (the user's last N chosen items); 0: off."
     )
@@ -364,10 +374,8 @@ def to_record_batches(frame: pd.DataFrame, spec: dict[str, Any], batch_size: int
 
 def pipeline_args(config: TransformConfig, beam_pipeline_args: list[str] | None) -> list[str]:
     """Beam options: the configured runner (quiet, single-worker DirectRunner defaults), then the caller's args."""
-    args = [f"--runner={config.beam_runner}"]
-    if config.beam_runner == "DirectRunner":
-        args += [f"--direct_num_workers={config.direct_num_workers}", "--direct_running_mode=in_memory"]
-    return args + list(beam_pipeline_args or [])
+    return beam_runner.runner_args(config.beam_runner, config.direct_num_workers, config.direct_running_mode,
+                                   config.dask_address) + list(beam_pipeline_args or [])
 
 
 def _stage_split(batches: list[pa.RecordBatch], arrow_schema: pa.Schema, path: Path) -> str:
@@ -414,8 +422,10 @@ def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config:
     staged = {name: _stage_split(to_record_batches(frame, spec, config.batch_size, arrow_schema), arrow_schema,
                                  Path(temp_dir) / f"raw-{name}.parquet")
               for name, frame in raw_frames.items()}
-    options = PipelineOptions(pipeline_args(config, beam_pipeline_args))
-    with beam.Pipeline(options=options) as pipeline, \
+    with beam_runner.beam_args(config.beam_runner, beam_pipeline_args, direct_num_workers=config.direct_num_workers,
+                               direct_running_mode=config.direct_running_mode, dask_address=config.dask_address,
+                               dask_workers=config.dask_workers) as args, \
+            beam.Pipeline(options=PipelineOptions(args)) as pipeline, \
             tft_beam.Context(temp_dir=temp_dir, desired_batch_size=config.batch_size):
         train = _read_split(pipeline, "Train", staged["train"], arrow_schema, config.batch_size)
         (transformed, transformed_md), transform_fn = (
@@ -506,6 +516,7 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
     with the same graph. Raises DataError when ``examples_dir`` is not ExampleGen output.
     """
     examples_dir, out_dir = Path(examples_dir), Path(out_dir)
+    beam_runner.check_tf_transform_runner(pipeline_args(config, beam_pipeline_args))
     prepared = prepare_features(examples_dir, config)
     spec, raw_frames, candidates, user_state = (prepared.spec, prepared.raw_frames, prepared.candidates,
                                                 prepared.user_state)

@@ -1,0 +1,131 @@
+"""The Beam runner of the data steps: runner options, the Dask runner over a dask.distributed LocalCluster, and
+the behaviour-features pipeline, whose output on every runner equals the in-memory computation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_examplegen import write_world
+
+from recflow.config import ValidationConfig
+from recflow.errors import ConfigError
+from recflow.examplegen import ExampleGenConfig, run_example_gen
+from recflow.features import behaviour
+from recflow.features.beam_behaviour import read_shards, run_behaviour_features, shard_of
+from recflow.features.beam_runner import (
+    DASK_RUNNER_CLASS,
+    beam_args,
+    check_tf_transform_runner,
+    dask_scheduler,
+    effective_runner,
+    runner_args,
+)
+from recflow.features.transform import TransformConfig, pipeline_args, run_transform
+
+SPLITS = ("train", "eval", "test")
+
+
+def test_runner_args() -> None:
+    assert runner_args("DirectRunner", 2, "multi_processing") == [
+        "--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    assert runner_args("DaskRunner", dask_address="tcp://h:8786") == [
+        f"--runner={DASK_RUNNER_CLASS}", "--dask_client_address=tcp://h:8786"]
+    assert runner_args("FlinkRunner") == ["--runner=FlinkRunner"]
+    config = TransformConfig(beam_runner="DaskRunner", dask_address="tcp://h:8786")
+    assert pipeline_args(config, ["--dask_npartitions=4"])[1:] == ["--dask_client_address=tcp://h:8786",
+                                                                  "--dask_npartitions=4"]
+    with beam_args("SparkRunner", ["--spark_master_url=local[2]"]) as args:  # no cluster for other runners
+        assert args == ["--runner=SparkRunner", "--spark_master_url=local[2]"]
+    assert effective_runner(["--runner=DirectRunner", "--runner", "FlinkRunner"]) == "FlinkRunner"
+    assert effective_runner([]) == "DirectRunner"
+
+
+def test_transform_refuses_the_dask_runner_before_any_work(tmp_path: Path) -> None:
+    # tmp_path holds no ExampleGen output: the runner is refused before anything is read.
+    with pytest.raises(ConfigError, match="tf.Transform cannot run on Beam's Dask runner"):
+        run_transform(tmp_path, tmp_path / "tf", TransformConfig(beam_runner="DaskRunner"))
+    with pytest.raises(ConfigError, match="tagged output"):
+        check_tf_transform_runner(pipeline_args(TransformConfig(), [f"--runner={DASK_RUNNER_CLASS}"]))
+    check_tf_transform_runner(pipeline_args(TransformConfig(direct_running_mode="multi_processing"), None))
+    assert not (tmp_path / "tf").exists()
+
+
+def test_shards_are_stable_across_processes() -> None:
+    # CRC-32 of the id's text, not Python's per-process salted hash: every worker process agrees on a user's shard.
+    assert shard_of(pd.Series(["u1", "u2", 17, "u1"]), 4).tolist() == [2, 0, 2, 2]
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("beam")
+    src = write_world(base / "src", n_users=40, sessions=3)
+    run_example_gen(src, base / "ex", ExampleGenConfig(), ValidationConfig())
+    return base / "ex"
+
+
+def _in_memory(examples_dir: Path, recent_n: int) -> tuple[pd.DataFrame, behaviour.BehaviourPlan]:
+    """The whole log in memory, in log order, with the features computed at once (the reference)."""
+    frames = [pd.read_parquet(examples_dir / f"{name}.parquet").assign(split=i, split_row=lambda d: np.arange(len(d)))
+              for i, name in enumerate(SPLITS)]
+    events = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    plan = behaviour.behaviour_plan(events)
+    out = behaviour.add_behaviour_features(events, plan=plan)
+    out["recent_items"] = behaviour.recent_items(events, recent_n)
+    return out.sort_values(["split", "split_row"]).reset_index(drop=True), plan
+
+
+def _run(examples_dir: Path, out: Path, plan: behaviour.BehaviourPlan, runner: str, **options: object
+         ) -> pd.DataFrame:
+    paths = run_behaviour_features([examples_dir / f"{name}.parquet" for name in SPLITS], out, plan, runner,
+                                   recent_n=3, num_shards=3, **options)
+    assert [p.name for p in paths] == [f"part-{i:05d}-of-00003.parquet" for i in range(3)]
+    return read_shards(paths)
+
+
+def test_behaviour_pipeline_equals_the_in_memory_features(examples: Path, tmp_path: Path) -> None:
+    expected, plan = _in_memory(examples, 3)
+    assert {"monetary", "dwell_mean"} <= set(plan.columns)  # the rich log: every feature is exercised
+    got = _run(examples, tmp_path / "direct", plan, "DirectRunner")
+    pd.testing.assert_frame_equal(got[expected.columns], expected, check_dtype=False)
+    # A second run replaces the output as a whole.
+    again = _run(examples, tmp_path / "direct", plan, "DirectRunner")
+    pd.testing.assert_frame_equal(again, got)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> Iterator[str]:
+    pytest.importorskip("distributed")
+    with dask_scheduler(None, 2) as address:  # a LocalCluster of 2 worker processes, stopped after the module
+        yield address
+
+
+def test_behaviour_pipeline_on_dask_equals_the_direct_runner(examples: Path, tmp_path: Path,
+                                                             dask_cluster: str) -> None:
+    expected, plan = _in_memory(examples, 3)
+    direct = _run(examples, tmp_path / "direct", plan, "DirectRunner")
+    on_dask = _run(examples, tmp_path / "dask", plan, "DaskRunner", dask_address=dask_cluster)
+    pd.testing.assert_frame_equal(on_dask, direct)
+    pd.testing.assert_frame_equal(on_dask[expected.columns], expected, check_dtype=False)
+
+
+def test_dask_runner_still_mixes_tagged_outputs(dask_cluster: str, tmp_path: Path) -> None:
+    """Why tf.Transform is refused on the Dask runner. When this fails, Beam has fixed its Dask runner's
+    tagged outputs: try tf.Transform there again and lift check_tf_transform_runner (docs/pipeline.md)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    def split(x: int) -> Iterator[object]:
+        yield x if x % 2 == 0 else beam.pvalue.TaggedOutput("odd", x)
+
+    def record(values: list[int], path: str) -> None:
+        Path(path).write_text(",".join(map(str, sorted(values))))
+
+    with beam_args("DaskRunner", dask_address=dask_cluster) as args, \
+            beam.Pipeline(options=PipelineOptions(args)) as pipeline:
+        parts = pipeline | beam.Create(range(6)) | beam.FlatMap(split).with_outputs("odd", main="even")
+        _ = parts.even | beam.combiners.ToList() | beam.Map(record, str(tmp_path / "even"))
+    assert (tmp_path / "even").read_text() == "0,1,2,3,4,5"  # the odd numbers leaked into the main output
