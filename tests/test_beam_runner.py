@@ -23,6 +23,7 @@ from recflow.features.beam_runner import (
     dask_scheduler,
     effective_runner,
     runner_args,
+    wait_for_all,
 )
 from recflow.features.transform import TransformConfig, pipeline_args, run_transform
 
@@ -112,20 +113,26 @@ def test_behaviour_pipeline_on_dask_equals_the_direct_runner(examples: Path, tmp
     pd.testing.assert_frame_equal(on_dask[expected.columns], expected, check_dtype=False)
 
 
-def test_dask_runner_still_mixes_tagged_outputs(dask_cluster: str, tmp_path: Path) -> None:
-    """Why tf.Transform is refused on the Dask runner. When this fails, Beam has fixed its Dask runner's
-    tagged outputs: try tf.Transform there again and lift check_tf_transform_runner (docs/pipeline.md)."""
+def test_dask_runner_still_breaks_tf_transform(dask_cluster: str, tmp_path: Path) -> None:
+    """Why tf.Transform is refused on the Dask runner (apache-beam 2.77). When this fails, Beam has fixed its
+    Dask runner: try tf.Transform there again and lift check_tf_transform_runner (docs/pipeline.md)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     def split(x: int) -> Iterator[object]:
         yield x if x % 2 == 0 else beam.pvalue.TaggedOutput("odd", x)
 
-    def record(values: list[int], path: str) -> None:
-        Path(path).write_text(",".join(map(str, sorted(values))))
+    def record(values: list[object], path: str) -> str:
+        Path(path).write_text(repr(sorted(values)))
+        return path
 
     with beam_args("DaskRunner", dask_address=dask_cluster) as args, \
             beam.Pipeline(options=PipelineOptions(args)) as pipeline:
-        parts = pipeline | beam.Create(range(6)) | beam.FlatMap(split).with_outputs("odd", main="even")
-        _ = parts.even | beam.combiners.ToList() | beam.Map(record, str(tmp_path / "even"))
-    assert (tmp_path / "even").read_text() == "0,1,2,3,4,5"  # the odd numbers leaked into the main output
+        numbers = pipeline | beam.Create(range(6))
+        parts = numbers | beam.FlatMap(split).with_outputs("odd", main="even")
+        even = parts.even | "Even" >> beam.combiners.ToList() | "RecordEven" >> beam.Map(record, str(tmp_path / "even"))
+        batches = (numbers | beam.BatchElements(min_batch_size=10, max_batch_size=10)
+                   | "Batches" >> beam.combiners.ToList() | "RecordBatches" >> beam.Map(record, str(tmp_path / "b")))
+        wait_for_all(pipeline, even, batches)  # without it only the branch applied last would run on Dask
+    assert (tmp_path / "even").read_text() == "[0, 1, 2, 3, 4, 5]"  # the odd numbers leaked into the main output
+    assert (tmp_path / "b").read_text() == "[]"  # the batch, emitted in finish_bundle, was dropped

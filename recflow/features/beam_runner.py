@@ -57,7 +57,9 @@ def check_tf_transform_runner(args: Sequence[str]) -> None:
         raise ConfigError(
             "transform.beam_runner DaskRunner: tf.Transform cannot run on Beam's Dask runner (apache-beam 2.77): "
             "the runner sends every tagged output of a ParDo to all of its output PCollections, and tf.Transform's "
-            "analyzers split their data with tagged outputs (CombineGlobally.with_fanout, vocabularies, quantiles)",
+            "analyzers split their data with tagged outputs (CombineGlobally.with_fanout, vocabularies, quantiles); "
+            "it also drops what a DoFn emits in finish_bundle, where BatchElements (tf.Transform's vocabulary "
+            "writer) and Beam's file sinks (WriteToTFRecord) emit",
             hint="use DirectRunner (direct_running_mode: multi_processing for several processes) or Dataflow, "
                  "Flink or Spark through beam_pipeline_args; docs/pipeline.md, Distributed data steps")
 
@@ -124,5 +126,6 @@ def wait_for_all(pipeline: Any, *outputs: Any) -> Any:
     """
     import apache_beam as beam
 
-    return (tuple(outputs) | "JoinOutputs" >> beam.Flatten(pipeline=pipeline)
-            | "CountOutputs" >> beam.combiners.Count.Globally())
+    # A Flatten alone: a combiner here would bring a side input (CombineGlobally's default value), which the
+    # Dask runner computes inside a task.
+    return tuple(outputs) | "JoinOutputs" >> beam.Flatten(pipeline=pipeline)
