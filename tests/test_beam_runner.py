@@ -12,7 +12,7 @@ import pytest
 from test_examplegen import write_world
 
 from recflow.config import ValidationConfig
-from recflow.errors import ConfigError
+from recflow.errors import ConfigError, DataError
 from recflow.examplegen import ExampleGenConfig, run_example_gen
 from recflow.features import behaviour
 from recflow.features.beam_behaviour import read_shards, run_behaviour_features, shard_of
@@ -95,6 +95,9 @@ def test_behaviour_pipeline_equals_the_in_memory_features(examples: Path, tmp_pa
     # A second run replaces the output as a whole.
     again = _run(examples, tmp_path / "direct", plan, "DirectRunner")
     pd.testing.assert_frame_equal(again, got)
+    with pytest.raises(DataError, match="no such event file: .*nope.parquet"):
+        run_behaviour_features([examples / "nope.parquet"], tmp_path / "direct", plan)
+    pd.testing.assert_frame_equal(read_shards(sorted((tmp_path / "direct").glob("part-*"))), got)  # untouched
 
 
 @pytest.fixture(scope="module")

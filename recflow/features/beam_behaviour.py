@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from recflow.errors import DataError
 from recflow.features import beam_runner, behaviour
 from recflow.io import atomic_path, staged_dir
 
@@ -100,6 +101,9 @@ def run_behaviour_features(inputs: Sequence[str | Path], out_dir: str | Path, pl
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    missing = [str(p) for p in inputs if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"behaviour features: no such event file: {', '.join(missing)}")
     out = Path(out_dir)
     # Staged: a failed run leaves the previous output (or none), never some of the shards.
     with staged_dir(out) as tmp, beam_runner.beam_args(runner, beam_pipeline_args, **runner_options) as args, \
