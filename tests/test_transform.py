@@ -156,6 +156,21 @@ def test_transform_outputs_and_serving_equals_training(transformed: tuple[Path, 
 
 
 @pytest.mark.slow
+def test_multi_processing_direct_runner_writes_the_same_data(transformed: tuple[Path, Path], tmp_path: Path) -> None:
+    """direct_running_mode multi_processing (2 worker processes) against the default single process: the same
+    transformed rows (docs/pipeline.md, Distributed data steps, has what it costs)."""
+    ex, tf_dir = transformed
+    result = run_transform(ex, tmp_path / "mp", TransformConfig(direct_running_mode="multi_processing",
+                                                                direct_num_workers=2))
+    for split in ("train", "eval", "test"):
+        expected = load_transformed(tf_dir / "transformed" / split, tf_dir / "transform_graph")
+        got = load_transformed(result.transformed_dirs[split], result.transform_graph_dir)
+        assert set(got) == set(expected) and len(got["row_id"]) == len(expected["row_id"]) > 0
+        for name, values in expected.items():
+            np.testing.assert_array_equal(got[name], values, err_msg=f"{split}/{name}")
+
+
+@pytest.mark.slow
 def test_ids_only_log_transforms(tmp_path: Path) -> None:
     events, _, _ = make_event_log(n_users=30, sessions=3)
     src = tmp_path / "src"
