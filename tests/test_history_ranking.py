@@ -203,3 +203,78 @@ def test_personal_off_freezes_the_item_vectors_at_zero() -> None:
     weights = export_ranker(model, 1)
     assert not weights["item_vector"].any() and not weights["item_context"].any()
     assert np.abs(weights["dense_kernel"]).sum() > 0  # the history features still learn
+
+
+def test_a_masked_dense_feature_never_reaches_the_logit() -> None:
+    """score_only reads the score alone: the other dense columns change neither the Keras logits nor the
+    exported model's (their exported weights are 0)."""
+    rng = np.random.default_rng(4)
+    mask = [1.0, 0.0, 0.0, 0.0]
+    model = build_keras_ranker(n_items=5, state_dim=3, context_sizes=[], dense_mask=mask)
+    model.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in model.get_weights()])
+    inputs = _random_inputs(rng, 32, 5, 3, [])
+    exported = export_ranker(model, 0, mask)
+    assert np.all(exported["dense_kernel"][1:] == 0.0) and exported["dense_kernel"][0] != 0.0
+    other = RankerInputs(inputs.state, inputs.item, inputs.dense.copy(), inputs.context, inputs.position)
+    other.dense[:, 1:] = rng.normal(size=(32, N_DENSE - 1))
+    keras, keras_other = (model.predict(x.as_dict(), verbose=0) for x in (inputs, other))
+    assert np.allclose(keras, keras_other, atol=1e-6)
+    assert np.allclose(numpy_click_logits(exported, other), keras, atol=1e-4)
+
+
+def test_centred_scores_leave_the_item_level_to_the_item_bias(tmp_path) -> None:
+    """The score feature is the score less what the mean train state scores the item (score_offsets), both
+    in training and in the saved ranker's click probabilities."""
+    from recflow.training.history_ranking import score_offsets
+
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(4, 3))  # encoder rows
+    states = rng.normal(size=(50, 3))
+    offset = score_offsets(states, vectors, ["a", "b", "zz"], {"a": 2, "b": 0})
+    assert np.allclose(offset, [vectors[2] @ states.mean(0), vectors[0] @ states.mean(0), 0.0, 0.0])
+    model = build_keras_ranker(n_items=3, state_dim=3, context_sizes=[])
+    model.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in model.get_weights()])
+    save_ranker(tmp_path, export_ranker(model, 0, score_offset=offset),
+                {"item_ids": ["a", "b", "zz"], "context_columns": [], "context_vocabularies": [],
+                 "score_mean": 0.5, "score_std": 2.0})
+    ranker = HistoryRanker.load(tmp_path)
+    assert ranker is not None
+    state = states[0]
+    ids, cand = ["a", "b", "zz", "new"], np.array([2, 0, -1, -1])
+    scores = np.array([vectors[2] @ state, vectors[0] @ state, 0.3, 0.1])
+    prob = ranker.click_probabilities(state, np.array([0, 2]), ids, cand, scores, {})
+    item = np.array([0, 1, 2, 3])
+    dense = np.zeros((4, N_DENSE), np.float32)
+    dense[:, 0] = (scores - offset[item] - 0.5) / 2.0
+    dense[:, 1:] = history_features(np.array([0, 2]), cand)
+    logits = model.predict(RankerInputs(np.tile(state, (4, 1)), item, dense, np.zeros((4, 0), np.int64),
+                                        np.zeros(4, np.int64)).as_dict(), verbose=0)
+    assert np.allclose(prob, 1 / (1 + np.exp(-logits)), atol=1e-5)
+    # a ranker saved without offsets (an older bundle) reads the raw score
+    save_ranker(tmp_path, export_ranker(model, 0), dict(ranker.meta))
+    plain = HistoryRanker.load(tmp_path)
+    assert plain is not None
+    dense[:, 0] = (scores - 0.5) / 2.0
+    logits = model.predict(RankerInputs(np.tile(state, (4, 1)), item, dense, np.zeros((4, 0), np.int64),
+                                        np.zeros(4, np.int64)).as_dict(), verbose=0)
+    assert np.allclose(plain.click_probabilities(state, np.array([0, 2]), ids, cand, scores, {}),
+                       1 / (1 + np.exp(-logits)), atol=1e-5)
+
+
+def test_few_eval_clicks_fit_only_the_simplest_candidate() -> None:
+    from recflow.training.history_ranking import PERSONAL_OFF, SCORE_ONLY, enough_eval_clicks, ranker_candidates
+    from recflow.training.tfrs_trainer import TrainerConfig
+
+    cfg = TrainerConfig(history_ranking_l2=(0.01, 1.0), history_ranking_min_eval_clicks=3)
+    is_train = np.array([True, True, False, False, False, False])
+    assert not enough_eval_clicks(np.array([1, 1, 1, 1, 0, 0], np.float32), is_train, cfg)  # 2 eval clicks < 3
+    assert enough_eval_clicks(np.ones(6, np.float32), is_train, cfg)  # 4 eval clicks
+    few = ranker_candidates(cfg, enough_eval=False)
+    assert [(c.name, c.personal, c.dense_features) for c in few] == [(SCORE_ONLY, False, ("score",))]
+    full = ranker_candidates(cfg, enough_eval=True)
+    assert [c.name for c in full] == [SCORE_ONLY, PERSONAL_OFF, 1.0, 0.01]
+    assert [c.personal for c in full] == [False, False, True, True]
+    assert full[1].dense_features == ("score", "seen", "last", "recency")
+    # personal_off is not fitted twice when its features are the score alone
+    only_score = cfg.model_copy(update={"history_ranking_dense_features": ("score",)})
+    assert [c.name for c in ranker_candidates(only_score, enough_eval=True)] == [SCORE_ONLY, 1.0, 0.01]

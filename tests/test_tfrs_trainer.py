@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 POSITIVE = ["click", "add_to_cart", "purchase"]
 TWO_TOWER = TrainerConfig(retrieval_model="two_tower")
-SEQ = TrainerConfig(sequence={"epochs": 6, "embedding_dim": 32}, ranking_epochs=1)
+# history_ranking_min_eval_clicks 0: the tests' small log must still exercise the whole candidate selection
+SEQ = TrainerConfig(sequence={"epochs": 6, "embedding_dim": 32}, ranking_epochs=1, history_ranking_min_eval_clicks=0)
 
 
 def _pipeline(base: Path, minimal: bool, config: TrainerConfig, **world) -> tuple[Path, TrainResult]:
@@ -272,9 +273,10 @@ def test_sequence_model_trains_the_history_ranker_and_point_in_time_decision_sta
     base, result = seq
     report = result.history["history_ranking"]
     assert report["train_examples"] > 0 and report["train_clicks"] > 0 and report["eval_clicks"] > 0
-    # candidates simplest first: no per-item vectors, then the L2 grid from the strongest penalty down
+    # candidates simplest first: the score alone, no per-item vectors, then the L2 grid from the strongest penalty
     trials = report["l2_trials"]
-    assert [t["candidate"] for t in trials] == ["personal_off", *sorted(SEQ.history_ranking_l2, reverse=True)]
+    assert [t["candidate"] for t in trials] == ["score_only", "personal_off",
+                                                *sorted(SEQ.history_ranking_l2, reverse=True)]
     assert report["selection"] == "one_standard_error" and sum(t["chosen"] for t in trials) == 1
     best = min(t["eval_log_loss"] for t in trials)
     first_within = next(t for t in trials if t["eval_log_loss"] - best <= t["standard_error"])

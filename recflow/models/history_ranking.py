@@ -42,8 +42,11 @@ from recflow.io import atomic_path
 #: Bundle files of the ranker (beside the sequence encoder's files).
 RANKER_WEIGHTS_FILE = "history_ranker.npz"
 RANKER_META_FILE = "history_ranker.json"
-#: Number of dense history features (score, seen, last, recency).
-N_DENSE = 4
+#: The dense features, in column order: the retrieval score, log1p(count in history), is the last history item,
+#: recency (:func:`history_features`).
+DENSE_FEATURES = ("score", "seen", "last", "recency")
+#: Number of dense history features.
+N_DENSE = len(DENSE_FEATURES)
 #: Slots with their own position bias; later slots share the last one.
 MAX_POSITIONS = 20
 
@@ -94,7 +97,7 @@ class RankerInputs:
 def build_keras_ranker(n_items: int, state_dim: int, context_sizes: Sequence[int], context_dim: int = 8,
                        l2: float = 1e-4, base_rate: float | None = None,
                        item_prior: np.ndarray | None = None, dense_l2: float | None = None,
-                       personal: bool = True) -> Any:
+                       personal: bool = True, dense_mask: Sequence[float] | None = None) -> Any:
     """The Keras model (inputs of :class:`RankerInputs`, output: click logit [B]).
 
     ``l2``: the penalty of the per-item vectors and the context terms (many parameters per click);
@@ -104,7 +107,8 @@ def build_keras_ranker(n_items: int, state_dim: int, context_sizes: Sequence[int
     intercept starts at its logit (clicks are rare: from 0, a few hundred Adam steps leave the model predicting
     far too many clicks). ``item_prior`` ([n_items + 1]): the starting per-item biases (:func:`item_log_odds`),
     so training refines each item's observed click rate instead of having to find it from zero with a handful
-    of clicks."""
+    of clicks. ``dense_mask`` ([N_DENSE] of 0/1): the dense features the model reads (a 0 column never reaches
+    the logit; :func:`export_ranker` zeroes its weight)."""
     import tensorflow as tf
 
     reg = tf.keras.regularizers.l2(l2)
@@ -117,8 +121,10 @@ def build_keras_ranker(n_items: int, state_dim: int, context_sizes: Sequence[int
     intercept = 0.0
     if base_rate is not None and 0.0 < base_rate < 1.0:
         intercept = float(np.log(base_rate / (1.0 - base_rate)))
+    mask = tf.constant(np.ones(N_DENSE) if dense_mask is None else np.asarray(dense_mask), tf.float32)
     logit = tf.squeeze(tf.keras.layers.Dense(1, name="dense_weights", kernel_regularizer=dense_reg,
-                                             bias_initializer=tf.keras.initializers.Constant(intercept))(dense), -1)
+                                             bias_initializer=tf.keras.initializers.Constant(intercept))(
+        dense * mask), -1)
     bias_init: Any = "zeros"
     if item_prior is not None:
         bias_init = tf.keras.initializers.Constant(np.asarray(item_prior, np.float32).reshape(n_items + 1, 1))
@@ -170,19 +176,37 @@ def click_loss(labels: Any, logits: Any) -> Any:
     return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=tf.reshape(logits, [-1]))
 
 
-def export_ranker(model: Any, n_context: int) -> dict[str, np.ndarray]:
-    """The Keras ranker's weights as named arrays (what :func:`numpy_click_logits` reads)."""
+def export_ranker(model: Any, n_context: int, dense_mask: Sequence[float] | None = None,
+                  score_offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The Keras ranker's weights as named arrays (what :func:`numpy_click_logits` reads); the kernel of a
+    masked dense feature is 0. ``score_offset`` ([n_items + 1]): what is subtracted from each item's retrieval
+    score before standardising (:func:`score_feature`), stored with the weights."""
     layer = {w.name: w for w in model.layers}
     kernel, bias = layer["dense_weights"].get_weights()
+    if dense_mask is not None:
+        kernel = kernel * np.asarray(dense_mask, kernel.dtype)[:, None]
     out = {"dense_kernel": kernel[:, 0], "dense_bias": bias,
            "item_bias": layer["item_bias"].get_weights()[0][:, 0],
            "item_vector": layer["item_vector"].get_weights()[0],
            "position_bias": layer["position_bias"].get_weights()[0][:, 0]}
+    if score_offset is not None:
+        out["score_offset"] = np.asarray(score_offset)
     if n_context:
         out["item_context"] = layer["item_context"].get_weights()[0]
         for c in range(n_context):
             out[f"context_{c}"] = layer[f"context_{c}"].get_weights()[0]
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def score_feature(scores: np.ndarray, item: np.ndarray, offset: np.ndarray | None, mean: float, std: float
+                  ) -> np.ndarray:
+    """The ranker's first dense feature: the retrieval score less the item's offset (the mean user state's
+    score of the item, when the ranker centres scores: what every user scores it, so the feature keeps only how
+    much *this* user's state prefers it), standardised with the train split's mean and std."""
+    x = np.asarray(scores, np.float64)
+    if offset is not None:
+        x = x - np.asarray(offset, np.float64)[np.asarray(item, np.int64)]
+    return (x - mean) / std
 
 
 def numpy_click_logits(weights: Mapping[str, np.ndarray], inputs: RankerInputs) -> np.ndarray:
@@ -252,11 +276,12 @@ class HistoryRanker:
         """
         n = len(item_ids)
         dense = np.zeros((n, N_DENSE), np.float32)
-        dense[:, 0] = (np.asarray(scores, np.float64) - self.score_mean) / self.score_std
+        item = np.array([self.item_index.get(str(i), self.n_items) for i in item_ids], np.int64)
+        dense[:, 0] = score_feature(scores, item, self.weights.get("score_offset"), self.score_mean, self.score_std)
         dense[:, 1:] = history_features(np.asarray(hist_rows, np.int64), np.asarray(candidate_rows, np.int64))
         inputs = RankerInputs(
             state=np.broadcast_to(np.asarray(state, np.float32), (n, len(state))),
-            item=np.array([self.item_index.get(str(i), self.n_items) for i in item_ids], np.int64),
+            item=item,
             dense=dense,
             context=np.broadcast_to(self.context_codes(context), (n, len(self.context_columns))),
             position=np.zeros(n, np.int64))

@@ -20,6 +20,7 @@ import pandas as pd
 
 from recflow.io import epoch_seconds
 from recflow.models.history_ranking import (
+    DENSE_FEATURES,
     MAX_POSITIONS,
     N_DENSE,
     RankerInputs,
@@ -31,6 +32,7 @@ from recflow.models.history_ranking import (
     item_log_odds,
     numpy_click_logits,
     save_ranker,
+    score_feature,
 )
 from recflow.policy.logged_data import DECISION_STATES_FILE
 
@@ -123,14 +125,15 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
-def _ranker_inputs(imp: pd.DataFrame, arr: dict[str, np.ndarray], context_columns: list[str], is_train: np.ndarray
-                   ) -> tuple[RankerInputs, list[list[str]], float, float]:
+def _ranker_inputs(imp: pd.DataFrame, arr: dict[str, np.ndarray], context_columns: list[str], is_train: np.ndarray,
+                   offset: np.ndarray | None = None) -> tuple[RankerInputs, list[list[str]], float, float]:
     """The ranker's inputs of each impression; the context vocabularies (of the train split) and the retrieval
-    score's standardisation."""
-    score_mean = float(arr["score"][is_train].mean())
-    score_std = float(arr["score"][is_train].std()) or 1.0
+    score's standardisation (of the score less ``offset``, :func:`score_feature`)."""
+    shifted = score_feature(arr["score"], arr["item"], offset, 0.0, 1.0)
+    score_mean = float(shifted[is_train].mean())
+    score_std = float(shifted[is_train].std()) or 1.0
     dense = np.zeros((len(imp), N_DENSE), np.float32)
-    dense[:, 0] = (arr["score"] - score_mean) / score_std
+    dense[:, 0] = (shifted - score_mean) / score_std
     dense[:, 1:] = history_features(arr["hist_rows"], arr["enc_rows"])
     vocabs = [sorted({_context_key(v) for v in imp.loc[is_train, c].tolist()}) for c in context_columns]
     codes = np.zeros((len(imp), len(context_columns)), np.int64)
@@ -157,16 +160,69 @@ def _ips_weights(imp: pd.DataFrame, is_train: np.ndarray, trainer_config: Any) -
     return weights, ips
 
 
-#: The simplest candidate of the selection: per-item and context vectors frozen at zero (item click biases,
-#: history-feature weights and position biases only).
+def dense_mask_of(features: Sequence[str]) -> list[float]:
+    """[N_DENSE] 1 for each dense feature in ``features``, else 0."""
+    chosen = set(features)
+    return [1.0 if name in chosen else 0.0 for name in DENSE_FEATURES]
+
+
+def score_offsets(states: np.ndarray, all_vectors: np.ndarray, item_ids: Sequence[str],
+                  item_rows: Mapping[str, int]) -> np.ndarray:
+    """[len(item_ids) + 1] each ranker item's score by the mean user state of ``states`` (the train split's
+    impressions): what the ranker subtracts when it centres scores. Items the encoder does not know, and the
+    unknown row, get 0."""
+    mean_state = np.asarray(states, np.float64).mean(0)
+    out = np.zeros(len(item_ids) + 1, np.float64)
+    for k, item in enumerate(item_ids):
+        row = item_rows.get(str(item), -1)
+        if row >= 0:
+            out[k] = float(all_vectors[row] @ mean_state)
+    return out
+
+
+#: The simplest candidate of the selection: per-item click biases and one weight on the retrieval score (per-item
+#: and context vectors frozen at zero, the other history features unused).
+SCORE_ONLY = "score_only"
+#: The next one: per-item click biases, the weights of every ``history_ranking_dense_features`` feature and
+#: position biases (per-item and context vectors frozen at zero).
 PERSONAL_OFF = "personal_off"
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One model of the history ranker's selection."""
+
+    name: str | float
+    l2: float
+    personal: bool  # per-item and context vectors trained
+    dense_features: tuple[str, ...]
+
+
+def ranker_candidates(trainer_config: Any, enough_eval: bool) -> list[Candidate]:
+    """The candidates, simplest first: :data:`SCORE_ONLY`, :data:`PERSONAL_OFF` (when its features differ), then
+    one model with per-item vectors per L2 of ``history_ranking_l2``, strongest first. With too few eval clicks
+    to choose (``enough_eval`` false), only the simplest."""
+    grid = sorted(trainer_config.history_ranking_l2, reverse=True)
+    features = tuple(f for f in DENSE_FEATURES if f in set(trainer_config.history_ranking_dense_features))
+    out = [Candidate(SCORE_ONLY, grid[0], False, ("score",))]
+    if not enough_eval:
+        return out
+    if features != ("score",):
+        out.append(Candidate(PERSONAL_OFF, grid[0], False, features))
+    return out + [Candidate(l2, l2, True, features) for l2 in grid]
+
+
+def enough_eval_clicks(labels: np.ndarray, is_train: np.ndarray, trainer_config: Any) -> bool:
+    """Whether the eval split has the ``history_ranking_min_eval_clicks`` clicked impressions that choosing
+    among the candidates needs (below, only the simplest is fitted)."""
+    return float(np.asarray(labels)[~np.asarray(is_train)].sum()) >= trainer_config.history_ranking_min_eval_clicks
+
+
 def _eval_losses(model: Any, inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, mask: np.ndarray,
-                 n_context: int) -> np.ndarray:
+                 n_context: int, dense_mask: Sequence[float]) -> np.ndarray:
     """Per-example weighted log loss of ``model`` on the rows of ``mask`` (no regularisation term)."""
     sub = RankerInputs(*(getattr(inputs, f)[mask] for f in ("state", "item", "dense", "context", "position")))
-    logits = numpy_click_logits(export_ranker(model, n_context), sub)
+    logits = numpy_click_logits(export_ranker(model, n_context, dense_mask), sub)
     y = labels[mask].astype(np.float64)
     loss = np.logaddexp(0.0, logits) - y * logits
     return np.asarray(weights[mask], np.float64) * loss
@@ -193,12 +249,11 @@ def one_standard_error_choice(losses: Sequence[np.ndarray]) -> tuple[int, list[d
 
 def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, is_train: np.ndarray,
                  has_eval: bool, n_items: int, vocabs: list[list[str]], trainer_config: Any
-                 ) -> tuple[tuple[float, Any, Any], list[dict[str, Any]]]:
-    """Fit the candidates -- :data:`PERSONAL_OFF`, then one ranker per L2 strength of ``history_ranking_l2``
-    from the strongest to the weakest (simplest first) -- and keep the one ``history_ranking_selection`` picks on
+                 ) -> tuple[tuple[float, Any, Any, list[float]], list[dict[str, Any]]]:
+    """Fit the candidates of :func:`ranker_candidates` and keep the one ``history_ranking_selection`` picks on
     the eval split's log loss: ``one_standard_error`` (the simplest within one standard error of the best) or
-    ``min_loss``. Without an eval click, the first candidate. Returns ``(its loss, model, history)`` and every
-    trial."""
+    ``min_loss``. Without an eval click, the first candidate. Returns ``(its loss, model, history, dense mask)``
+    and every trial."""
     import tensorflow as tf
 
     def dataset(mask: np.ndarray, shuffle: bool) -> Any:
@@ -210,16 +265,16 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
 
     base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
     prior = item_log_odds(inputs.item[is_train], labels[is_train], weights[is_train], n_items)
-    grid = sorted(trainer_config.history_ranking_l2, reverse=True)
-    candidates: list[tuple[str | float, float, bool]] = [(PERSONAL_OFF, grid[0], False)]
-    candidates += [(l2, l2, True) for l2 in grid]
+    candidates = ranker_candidates(trainer_config, enough_eval_clicks(labels, is_train, trainer_config))
     trials: list[dict[str, Any]] = []
     fitted: list[tuple[Any, Any, np.ndarray]] = []
-    for name, l2, personal in candidates:
+    for cand in candidates:
+        mask = dense_mask_of(cand.dense_features)
         tf.keras.utils.set_random_seed(trainer_config.seed + 7)
-        model = build_keras_ranker(n_items, inputs.state.shape[1], [len(v) for v in vocabs], l2=l2,
+        model = build_keras_ranker(n_items, inputs.state.shape[1], [len(v) for v in vocabs], l2=cand.l2,
                                    base_rate=base_rate, item_prior=prior,
-                                   dense_l2=trainer_config.history_ranking_dense_l2, personal=personal)
+                                   dense_l2=trainer_config.history_ranking_dense_l2, personal=cand.personal,
+                                   dense_mask=mask)
         model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
         callbacks: list[Any] = []
         if has_eval:
@@ -228,17 +283,17 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
                 patience=trainer_config.early_stopping_patience))
         hist = model.fit(dataset(is_train, True), validation_data=dataset(~is_train, False) if has_eval else None,
                          epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
-        losses = (_eval_losses(model, inputs, labels, weights, ~is_train, len(vocabs)) if has_eval
+        losses = (_eval_losses(model, inputs, labels, weights, ~is_train, len(vocabs), mask) if has_eval
                   else np.full(1, np.nan))
         fitted.append((model, hist, losses))
-        trials.append({"candidate": name, "l2": l2, "personal_terms": personal,
-                       "eval_log_loss": float(np.mean(losses)),
+        trials.append({"candidate": cand.name, "l2": cand.l2, "personal_terms": cand.personal,
+                       "dense_features": list(cand.dense_features), "eval_log_loss": float(np.mean(losses)),
                        "epochs_run": len(hist.history.get("loss", [])),
                        "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})
         if not has_eval:  # nothing to choose by: the first candidate
             break
     chosen = 0
-    if has_eval:
+    if has_eval and len(fitted) > 1:
         pick, stats = one_standard_error_choice([f[2] for f in fitted])
         for trial, st in zip(trials, stats, strict=True):
             trial.update({"difference_to_best": st["difference_to_best"], "standard_error": st["standard_error"]})
@@ -247,7 +302,8 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
     for k, trial in enumerate(trials):
         trial["chosen"] = k == chosen
     model, hist, _ = fitted[chosen]
-    return (trials[chosen]["eval_log_loss"], model, hist), trials
+    mask = dense_mask_of(candidates[chosen].dense_features)
+    return (trials[chosen]["eval_log_loss"], model, hist, mask), trials
 
 
 def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any, item_ids: Sequence[str],
@@ -278,14 +334,21 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
         return RankerTraining(False, notes=["history ranker skipped: no clicked impression in the train split "
                                             "of a user with an earlier history"])
 
-    inputs, vocabs, score_mean, score_std = _ranker_inputs(imp, arr, context_columns, is_train)
+    offset = (score_offsets(arr["state"][is_train], all_vectors, item_ids, row_of)
+              if trainer_config.history_ranking_center_score else None)
+    inputs, vocabs, score_mean, score_std = _ranker_inputs(imp, arr, context_columns, is_train, offset)
     weights, ips = _ips_weights(imp, is_train, trainer_config)
     has_eval = bool((~is_train).any() and labels[~is_train].sum() > 0)
+    notes: list[str] = []
+    if not enough_eval_clicks(labels, is_train, trainer_config):
+        notes.append(f"history ranker: only the simplest model ({SCORE_ONLY}) was fitted: the eval split has "
+                     f"{int(labels[~is_train].sum())} clicked impressions (< trainer.history_ranking_min_eval_clicks "
+                     f"{trainer_config.history_ranking_min_eval_clicks}), too few to choose a richer one")
     started = time.perf_counter()
     best, trials = _fit_l2_grid(inputs, labels, weights, is_train, has_eval, len(item_ids), vocabs, trainer_config)
-    _, model, hist = best
+    _, model, hist, dense_mask = best
     seconds = time.perf_counter() - started
-    exported = export_ranker(model, len(context_columns))
+    exported = export_ranker(model, len(context_columns), dense_mask, offset)
     logits = numpy_click_logits(exported, inputs)
     report: dict[str, Any] = {
         "model": "history_ranker", "train_examples": int(is_train.sum()), "eval_examples": int((~is_train).sum()),
@@ -312,4 +375,4 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
             "context_vocabularies": vocabs, "score_mean": score_mean, "score_std": score_std,
             "max_len": cfg.max_len, "report": report}
     save_ranker(Path(out_dir), exported, meta)
-    return RankerTraining(True, report=report, metrics=metrics)
+    return RankerTraining(True, report=report, metrics=metrics, notes=notes)

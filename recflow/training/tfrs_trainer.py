@@ -119,6 +119,22 @@ class TrainerConfig(BaseModel):
         1e-4, ge=0.0, description="L2 penalty of the history ranker's few history-feature weights (retrieval "
         "score, count in history, last item, recency): a weak prior for every candidate, since four weights "
         "need few clicks (a penalty as strong as the vectors' largest would erase the user's history).")
+    history_ranking_dense_features: tuple[Literal["score", "seen", "last", "recency"], ...] = Field(
+        ("score", "seen", "last", "recency"), description="The dense features of the history ranker's richer "
+        "candidates: the retrieval score, log1p(times the candidate is in the history), whether it is the last "
+        "history item, recency (1/(1 + events since it was last there)). The simplest candidate (score_only) "
+        "reads the score alone.")
+    history_ranking_center_score: bool = Field(
+        True, description="Subtract from each candidate's retrieval score the score the train split's mean user "
+        "state gives it, so the score feature says how much more this user's state prefers the item than users "
+        "do on average; the item's own level (e.g. its organic popularity, which need not make it clicked) is "
+        "left to the per-item click bias, learned from clicks (measured in the organic world, docs/models.md).")
+    history_ranking_min_eval_clicks: int = Field(
+        100, ge=0, description="Fewest clicked eval impressions with which the history ranker chooses among its "
+        "candidates at all; below, it fits only the simplest (score_only: per-item click biases and one weight "
+        "on the retrieval score). With a few eval clicks the candidates' losses cannot be told apart and the "
+        "one-standard-error rule's standard error is itself unreliable (measured in the organic world, 9-14 "
+        "eval clicks: it chose per-item vectors that served below the simplest model; docs/models.md).")
     history_ranking_selection: Literal["one_standard_error", "min_loss"] = Field(
         "one_standard_error", description="How the history ranker's candidate is chosen on the eval split: "
         "one_standard_error keeps the simplest candidate whose mean log loss is within one standard error of "
