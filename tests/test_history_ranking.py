@@ -278,3 +278,16 @@ def test_few_eval_clicks_fit_only_the_simplest_candidate() -> None:
     # personal_off is not fitted twice when its features are the score alone
     only_score = cfg.model_copy(update={"history_ranking_dense_features": ("score",)})
     assert [c.name for c in ranker_candidates(only_score, enough_eval=True)] == [SCORE_ONLY, 1.0, 0.01]
+
+
+def test_score_centring_setting_is_a_bool_or_auto() -> None:
+    from pydantic import ValidationError
+
+    from recflow.config import load_config
+    from recflow.training.tfrs_trainer import TrainerConfig
+
+    assert load_config().trainer.history_ranking_center_score == "auto"
+    assert load_config(overrides=["trainer.history_ranking_center_score=true"]).trainer.history_ranking_center_score \
+        is True
+    with pytest.raises(ValidationError):
+        TrainerConfig(history_ranking_center_score="sometimes")

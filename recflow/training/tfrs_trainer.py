@@ -124,11 +124,14 @@ class TrainerConfig(BaseModel):
         "candidates: the retrieval score, log1p(times the candidate is in the history), whether it is the last "
         "history item, recency (1/(1 + events since it was last there)). The simplest candidate (score_only) "
         "reads the score alone.")
-    history_ranking_center_score: bool = Field(
-        True, description="Subtract from each candidate's retrieval score the score the train split's mean user "
-        "state gives it, so the score feature says how much more this user's state prefers the item than users "
-        "do on average; the item's own level (e.g. its organic popularity, which need not make it clicked) is "
-        "left to the per-item click bias, learned from clicks (measured in the organic world, docs/models.md).")
+    history_ranking_center_score: bool | Literal["auto"] = Field(
+        "auto", description="Whether the history ranker subtracts from each candidate's retrieval score the score "
+        "the train split's mean user state gives it, so the score feature says how much more this user's state "
+        "prefers the item than users do on average and the item's own level is left to its per-item click bias. "
+        "auto: with history_ranking_min_eval_clicks eval clicks, the simplest candidate is fitted both ways and "
+        "the lower eval log loss decides; with fewer, centred. Whether an item's browsing level predicts its "
+        "clicks depends on the shop (measured: no in the organic world, yes in the default world; "
+        "docs/models.md).")
     history_ranking_min_eval_clicks: int = Field(
         100, ge=0, description="Fewest clicked eval impressions with which the history ranker chooses among its "
         "candidates at all; below, it fits only the simplest (score_only: per-item click biases and one weight "
