@@ -111,17 +111,19 @@ def _free_ports(n: int) -> list[int]:
 
 
 #: Small but complete: the sequence model, the DCN ranker and the history ranker (two L2 candidates) all train.
-TRAIN_SETTINGS = ["trainer.distribution.strategy=multi_worker_mirrored", "trainer.distribution.communication=ring",
-                  "trainer.sequence={epochs: 2}", "trainer.ranking_epochs=2", "trainer.history_ranking_epochs=2",
-                  "trainer.history_ranking_l2=[0.01]"]
+SEQUENCE = ["trainer.sequence={epochs: 2}", "trainer.ranking_epochs=1", "trainer.history_ranking_epochs=1",
+            "trainer.history_ranking_l2=[0.01]"]
+TWO_TOWER = ["trainer.retrieval_model=two_tower", "trainer.epochs=2", "trainer.ranking_epochs=1"]
 
 
-def _run_workers(base: Path, out: Path, scratch: Path, n: int = 2) -> list[tuple[int, str, str]]:
-    """``recflow train`` on ``n`` local workers (one TF_CONFIG each), waited for (all killed on a timeout);
-    (exit code, stdout, stderr) of each. Output goes to files: a worker blocked on a full pipe would stall the
-    other in its collectives."""
+def _run_workers(base: Path, out: Path, scratch: Path, settings: list[str], n: int = 2
+                 ) -> list[tuple[int, str, str]]:
+    """``recflow train`` on ``n`` local workers (one TF_CONFIG each, ring all-reduce), waited for (all killed on a
+    timeout); (exit code, stdout, stderr) of each. Output goes to files: a worker blocked on a full pipe would
+    stall the other in its collectives."""
     workers = [f"127.0.0.1:{p}" for p in _free_ports(n)]
-    args = [a for s in TRAIN_SETTINGS for a in ("--set", s)]
+    args = [a for s in ["trainer.distribution.strategy=multi_worker_mirrored",
+                        "trainer.distribution.communication=ring", *settings] for a in ("--set", s)]
     cmd = [sys.executable, "-m", "recflow", *args, "train", "--examples", str(base / "ex"), "--transform",
            str(base / "tf"), "--out", str(out)]
     procs, logs = [], []
@@ -129,7 +131,7 @@ def _run_workers(base: Path, out: Path, scratch: Path, n: int = 2) -> list[tuple
         env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get(
             "PYTHONPATH", "")]), TF_CONFIG=json.dumps({"cluster": {"worker": workers},
                                                       "task": {"type": "worker", "index": i}}))
-        logs.append((base / f"worker{i}.out", base / f"worker{i}.err"))
+        logs.append((out.parent.parent / f"worker{i}.out", out.parent.parent / f"worker{i}.err"))
         with logs[-1][0].open("w") as stdout, logs[-1][1].open("w") as stderr:
             procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=stdout, stderr=stderr))
     try:
@@ -142,19 +144,30 @@ def _run_workers(base: Path, out: Path, scratch: Path, n: int = 2) -> list[tuple
     return [(code, o.read_text(), e.read_text()) for code, (o, e) in zip(codes, logs, strict=True)]
 
 
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ExampleGen and Transform outputs of a small simulated shop (with impressions, clicks and purchases)."""
+    from recflow.features.transform import TransformConfig, run_transform
+
+    base = tmp_path_factory.mktemp("shop")
+    src = write_world(base / "src", n_users=120, sessions=6)
+    run_example_gen(src, base / "ex", ExampleGenConfig(), ValidationConfig())
+    run_transform(base / "ex", base / "tf", TransformConfig())
+    return base
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_two_workers_on_localhost_train_in_step_and_the_chief_writes_one_bundle(tmp_path: Path) -> None:
-    from recflow.features.transform import TransformConfig, run_transform
+@pytest.mark.parametrize("model, settings", [("sequence", SEQUENCE), ("two_tower", TWO_TOWER)])
+def test_two_workers_on_localhost_train_in_step_and_the_chief_writes_one_bundle(
+        shop: Path, tmp_path: Path, model: str, settings: list[str]) -> None:
     from recflow.models import load_recommender
 
-    src = write_world(tmp_path / "src", n_users=120, sessions=6)
-    run_example_gen(src, tmp_path / "ex", ExampleGenConfig(), ValidationConfig())
-    run_transform(tmp_path / "ex", tmp_path / "tf", TransformConfig())
     scratch, out = tmp_path / "scratch", tmp_path / "models" / "model"
     scratch.mkdir()
+    out.parent.mkdir()
     started = time.perf_counter()
-    done = _run_workers(tmp_path, out, scratch)
+    done = _run_workers(shop, out, scratch, settings)
     seconds = time.perf_counter() - started
     for i, (code, _stdout, stderr) in enumerate(done):
         assert code == 0, f"worker {i} failed:\n{stderr[-4000:]}"
@@ -168,17 +181,24 @@ def test_two_workers_on_localhost_train_in_step_and_the_chief_writes_one_bundle(
     assert [p.name for p in out.parent.iterdir()] == ["model"]  # one bundle, no staging leftovers
     assert list(scratch.iterdir()) == []  # the other worker's copy was deleted
     report = json.loads((out / "training.json").read_text())
+    assert report["config"]["retrieval_model"] == model
     assert report["distribution"] == {"strategy": "CollectiveAllReduceStrategy", "replicas_in_sync": 2,
                                       "workers": 2, "task": {"type": "worker", "index": 0}, "chief": True,
                                       "global_batch_size": 512}
     for stage in ("retrieval", "ranking"):  # each example once per epoch, the two workers' halves summed
         part = report[stage]
         assert part["examples_seen"] == [part["train_examples"]] * part["epochs_run"], stage
-    assert all(0.0 <= v <= 1.0 for v in report["ranking"]["history"]["val_auc"])  # not a sum over replicas
-    assert report["history_ranking"]["epochs_run"] >= 1 and "history_ranker_eval_auc" in report["metrics"]
+    # Validation metrics are read across the replicas (Keras would report the sum of the two workers' values).
+    assert all(0.0 <= v <= 1.0 for v in report["ranking"]["history"]["val_auc"])
+    if model == "sequence":
+        assert report["history_ranking"]["epochs_run"] >= 1 and "history_ranker_eval_auc" in report["metrics"]
+    else:
+        assert all(0.0 <= v <= 1.0 for v in
+                   report["retrieval"]["history"]["val_factorized_top_k/top_10_categorical_accuracy"])
 
     rec = load_recommender(out)
     lists = rec.recommend(["u0003", "a-new-user"], 5)
     assert [len(set(x)) for x in lists] == [5, 5]
-    print(f"two workers: {seconds:.0f} s; retrieval {report['retrieval']['examples_per_second']:.0f} examples/s "
-          f"({report['retrieval']['train_examples']} examples x {report['retrieval']['epochs_run']} epochs)")
+    print(f"{model}, two workers: {seconds:.0f} s; retrieval {report['retrieval']['examples_per_second']:.0f} "
+          f"examples/s ({report['retrieval']['train_examples']} examples x {report['retrieval']['epochs_run']} "
+          "epochs)")
