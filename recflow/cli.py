@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     return rv if isinstance(rv, int) else 0
 
 
-# The data commands are part of the core library; importing registers them on `cli`.
+# The data and train commands are part of the core library; importing registers them on `cli`.
 from recflow import cli_data as _cli_data  # noqa: E402,F401
+from recflow import cli_train as _cli_train  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover - `python -m recflow` is the supported module entry point
     from recflow.cli import main as _main  # the imported module, on which the plugin commands are registered

@@ -225,17 +225,22 @@ class SequenceRetrievalModel(tfrs.Model):
     strength ``logq_strength`` (feature ``candidate_prob``: the target item's share of training targets),
     ``remove_accidental_hits`` and a per-example ``sample_weight`` when the batch has one; in training a row's
     types and gaps are set to unknown with probability ``feature_dropout``. Batches carry
-    ``hist_items``/``hist_types``/``hist_gaps`` and ``target_item``."""
+    ``hist_items``/``hist_types``/``hist_gaps`` and ``target_item``. The loss is a sum over the batch (TFRS'
+    default), so under a ``tf.distribute`` strategy the replicas' summed gradients are those of the global
+    batch; ``example_counter`` counts the training rows each replica sees."""
 
     def __init__(self, encoder: SequenceEncoder, temperature: float = 0.1, logq_strength: float = 1.0,
-                 feature_dropout: float = 0.0) -> None:
+                 feature_dropout: float = 0.0, example_counter: Any = None) -> None:
         super().__init__()
         self.encoder = encoder
+        self._counter = example_counter  # recflow.training.distribution.ExampleCounter (not a tracked weight)
         self.logq_strength = float(logq_strength)
         self.feature_dropout = float(feature_dropout)
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
 
     def compute_loss(self, features: Mapping[str, Any], training: bool = False) -> Any:
+        if training and self._counter is not None:
+            self._counter.add(tf.shape(features["target_item"])[0])
         if training and self.feature_dropout > 0:
             # A whole row's types and gaps become unknown, as in a request that carries item ids only.
             items = features["hist_items"]

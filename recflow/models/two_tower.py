@@ -12,6 +12,7 @@ popularity.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -89,8 +90,10 @@ class TwoTowerModel(tfrs.Model):
 
     def __init__(self, query_tower: FeatureTower, candidate_tower: FeatureTower, temperature: float = 1.0,
                  logq_correction: bool = True, candidates: tf.data.Dataset | None = None,
-                 metric_ks: Sequence[int] = (10, 50), logq_strength: float = 1.0) -> None:
+                 metric_ks: Sequence[int] = (10, 50), logq_strength: float = 1.0,
+                 example_counter: Any = None) -> None:
         super().__init__()
+        self._counter = example_counter  # recflow.training.distribution.ExampleCounter (not a tracked weight)
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.logq_correction = logq_correction
@@ -103,6 +106,8 @@ class TwoTowerModel(tfrs.Model):
                                          remove_accidental_hits=True)
 
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        if training and self._counter is not None:
+            self._counter.add(tf.size(features["item_idx"]))
         query = self.query_tower(features)
         candidate = self.candidate_tower(features)
         kwargs = {}

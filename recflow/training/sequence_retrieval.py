@@ -301,9 +301,12 @@ def encode_histories(encoder: Any, histories: pd.DataFrame, catalog_rows: Mappin
 
 def _fit_with_early_stopping(model: Any, encoder: Any, ds: Any,
                              evaluation: tuple[Mapping[str, np.ndarray], np.ndarray] | None,
-                             cfg: Any) -> dict[str, list[float]]:
+                             cfg: Any, strategy: Any, counter: Any) -> dict[str, list[float]]:
     """Fit epoch by epoch; with eval examples, stop after ``early_stopping_patience`` epochs without a better
-    eval top-10 accuracy and restore the best epoch's weights. Returns the curves."""
+    eval top-10 accuracy and restore the best epoch's weights. Returns the curves, with the examples seen per
+    epoch by all replicas together. Every worker of a multi-worker run validates on the whole eval split and
+    takes the same decision (:func:`recflow.training.distribution.agreed`)."""
+    from recflow.training.distribution import agreed, counting_callback
     from recflow.training.early_stopping import fit_with_early_stopping
 
     def validate() -> dict[str, float]:
@@ -311,12 +314,14 @@ def _fit_with_early_stopping(model: Any, encoder: Any, ds: Any,
         eval_seq, eval_w = evaluation
         acc = top_k_accuracy(_encoder_states(encoder, eval_seq), encoder.item_vectors(), eval_seq["target_item"],
                              eval_w)
-        return {"val_top10_accuracy": acc[10], "val_top50_accuracy": acc[50]}
+        return agreed(strategy, {"val_top10_accuracy": acc[10], "val_top50_accuracy": acc[50]})
 
     curves = fit_with_early_stopping(model, encoder, ds, cfg.epochs, cfg.early_stopping_patience,
-                                     validate if evaluation is not None else None, "val_top10_accuracy")
+                                     validate if evaluation is not None else None, "val_top10_accuracy",
+                                     callbacks=[counting_callback(counter)])
     return {"loss": curves.loss, "val_top10_accuracy": curves.validation.get("val_top10_accuracy", []),
-            "val_top50_accuracy": curves.validation.get("val_top50_accuracy", [])}
+            "val_top50_accuracy": curves.validation.get("val_top50_accuracy", []),
+            "examples_seen": curves.examples_seen}
 
 
 def _write_histories(data: Any, examples_dir: Path, out_dir: Path, max_len: int) -> pd.DataFrame:
@@ -333,12 +338,39 @@ def _write_histories(data: Any, examples_dir: Path, out_dir: Path, max_len: int)
     return histories
 
 
-def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids: Sequence[str],
-                   trainer_config: Any, out_dir: Path) -> SequenceTraining:
-    """Train the sequence encoder and write its files into ``out_dir`` (see the module docstring)."""
+def _build_model(n_rows: int, cfg: Any, strategy: Any, sample: Mapping[str, np.ndarray]) -> tuple[Any, Any, Any]:
+    """The encoder, its compiled retrieval model and their example counter, built under ``strategy``'s scope
+    (variables mirrored on every replica)."""
     import tensorflow as tf
 
-    from recflow.models.sequence import SequenceEncoder, SequenceRetrievalModel, save_encoder
+    from recflow.models.sequence import SequenceEncoder, SequenceRetrievalModel
+    from recflow.training.distribution import ExampleCounter
+
+    tf.keras.utils.set_random_seed(cfg.seed)
+    with strategy.scope():
+        counter = ExampleCounter()
+        encoder = SequenceEncoder(n_rows, cfg)
+        model = SequenceRetrievalModel(encoder, cfg.temperature, cfg.logq_strength, cfg.feature_dropout,
+                                       example_counter=counter)
+        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+        encoder({k: sample[k][:1] for k in ("hist_items", "hist_types", "hist_gaps")})
+        encoder.candidate(np.zeros(1, np.int64))
+    return encoder, model, counter
+
+
+def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids: Sequence[str],
+                   trainer_config: Any, out_dir: Path, strategy: Any = None) -> SequenceTraining:
+    """Train the sequence encoder and write its files into ``out_dir`` (see the module docstring).
+
+    ``strategy``: the ``tf.distribute`` strategy to train under (None: the default one); ``batch_size`` is the
+    global batch, split between the replicas (each replica's in-batch negatives are its share), and every
+    worker reads the whole dataset and keeps its share of each batch (auto-sharding by DATA)."""
+    import tensorflow as tf
+
+    from recflow.models.sequence import save_encoder
+    from recflow.training.distribution import shard_by_data
+
+    strategy = strategy if strategy is not None else tf.distribute.get_strategy()
 
     cfg = trainer_config.sequence_config()
     notes: list[str] = []
@@ -350,19 +382,14 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
     counts = np.bincount(train_seq["target_item"], minlength=n_rows).astype(np.float64)
     item_prob = ((counts + 1.0) / (counts.sum() + n_rows)).astype(np.float32)
 
-    tf.keras.utils.set_random_seed(cfg.seed)
-    encoder = SequenceEncoder(n_rows, cfg)
-    model = SequenceRetrievalModel(encoder, cfg.temperature, cfg.logq_strength, cfg.feature_dropout)
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
     feats = {k: train_seq[k] for k in ("hist_items", "hist_types", "hist_gaps", "target_item")}
     feats["candidate_prob"] = item_prob[train_seq["target_item"]]
     feats["sample_weight"] = train_w.astype(np.float32)
     n_train = len(train_w)
-    ds = (tf.data.Dataset.from_tensor_slices(feats)
-          .shuffle(n_train, seed=cfg.seed, reshuffle_each_iteration=True)
-          .batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE))
-    encoder({k: feats[k][:1] for k in ("hist_items", "hist_types", "hist_gaps")})
-    encoder.candidate(np.zeros(1, np.int64))
+    encoder, model, counter = _build_model(n_rows, cfg, strategy, feats)
+    ds = shard_by_data(tf.data.Dataset.from_tensor_slices(feats)
+                       .shuffle(n_train, seed=cfg.seed, reshuffle_each_iteration=True)
+                       .batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE))
     report: dict[str, Any] = {"model": "sequence", "config": cfg.model_dump(), "train_examples": n_train,
                               "eval_examples": 0 if evaluation is None else len(evaluation[1]),
                               "train_examples_by_type": pd.Series(data.event_types[sel][train_seq["target_index"]])
@@ -377,10 +404,10 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
             notes.append(f"cold start: {exc}")
 
     started = time.perf_counter()
-    history = _fit_with_early_stopping(model, encoder, ds, evaluation, cfg)
+    history = _fit_with_early_stopping(model, encoder, ds, evaluation, cfg, strategy, counter)
     seconds = time.perf_counter() - started
     epochs_run = len(history["loss"])
-    report.update(history=history, epochs_run=epochs_run, seconds=seconds,
+    report.update(examples_seen=history.pop("examples_seen"), history=history, epochs_run=epochs_run, seconds=seconds,
                   examples_per_second=n_train * epochs_run / seconds if seconds > 0 else None)
     metrics: dict[str, float] = {"retrieval_train_loss": history["loss"][-1],
                                  "retrieval_examples_per_second": report["examples_per_second"]}

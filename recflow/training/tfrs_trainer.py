@@ -17,8 +17,10 @@ Retrieval's label is the next interaction of the user: every view, click, add-to
 target, weighted by its type (``trainer.event_weights``; a type weighted 0 is dropped), with in-batch softmax,
 logQ correction and early stopping on the eval split's (weighted) factorized top-10 accuracy. The ranking model's
 labels are click (and purchase) given an impression (see recflow.models.ranking).
-MirroredStrategy is used when a GPU is visible, the default strategy otherwise. Seeded: the same inputs and
-seed give the same metrics.
+The ``tf.distribute`` strategy is ``trainer.distribution`` (recflow.training.distribution): by default
+MirroredStrategy when a GPU is visible, the default strategy otherwise; ``multi_worker_mirrored`` trains on the
+workers of ``TF_CONFIG``, where only the chief writes ``out_dir`` (docs/pipeline.md, "Training on several GPUs
+/ workers"). Seeded: the same inputs and seed give the same metrics.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 from recflow.io import staged_dir
+from recflow.training.distribution import DistributionConfig
 from recflow.training.hybrid import HybridConfig
 
 log = logging.getLogger(__name__)
@@ -159,6 +162,9 @@ class TrainerConfig(BaseModel):
         "(ids matched by vocabulary; see recflow.training.warm_start); null = cold start.")
     seed: int = Field(42, ge=0, description="Seed of weights, shuffling and everything else random.")
     deterministic_ops: bool = Field(True, description="tf.config.experimental.enable_op_determinism().")
+    distribution: DistributionConfig = Field(
+        DistributionConfig(), description="The tf.distribute strategy (recflow.training.distribution): one "
+        "device, several GPUs of one machine, or several workers (TF_CONFIG); batch_size is the global batch.")
 
 
     @field_validator("sequence")
@@ -213,13 +219,9 @@ class TrainResult:
     metrics: dict[str, float]
     notes: list[str] = field(default_factory=list)
     history: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-def _strategy():
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+    #: False on a multi-worker run's other workers: they trained in step with the chief, but wrote nothing
+    #: (their copy went to a temporary directory, deleted); the paths above are the chief's.
+    chief: bool = True
 
 
 def _vocab_sizes(tft_output: Any, spec: dict[str, Any]) -> dict[str, int]:
@@ -325,6 +327,7 @@ class TrainerRun:
     notes: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    counter: Any = None  #: the current model's recflow.training.distribution.ExampleCounter
 
 
 @dataclass
@@ -384,9 +387,11 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
 
 def _retrieval_dataset(inputs: TrainerInputs, config: TrainerConfig, data: dict[str, np.ndarray], mask: np.ndarray,
                        shuffle: bool) -> Any:
-    """The retrieval targets ``data[mask]`` as a batched ``tf.data.Dataset`` with their sampling probability and
-    sample weight."""
+    """The retrieval targets ``data[mask]`` as a batched ``tf.data.Dataset`` (``batch_size`` = the global batch,
+    auto-sharded by DATA under a multi-worker strategy) with their sampling probability and sample weight."""
     import tensorflow as tf
+
+    from recflow.training.distribution import shard_by_data
 
     feats = _take(data, mask, sorted(set(inputs.q_feats) | set(inputs.c_feats)))
     feats["candidate_prob"] = inputs.item_prob[feats["item_idx"]]
@@ -395,7 +400,7 @@ def _retrieval_dataset(inputs: TrainerInputs, config: TrainerConfig, data: dict[
     ds = tf.data.Dataset.from_tensor_slices(feats)
     if shuffle:
         ds = ds.shuffle(len(feats["item_idx"]), seed=config.seed, reshuffle_each_iteration=True)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def _write_embeddings(path: Path, key: str, ids: list[str], vectors: np.ndarray) -> None:
@@ -409,7 +414,7 @@ def train_sequence_retrieval(inputs: TrainerInputs, run: TrainerRun) -> Retrieva
 
     config, tmp = run.config, run.tmp
     vocabulary = _decode(inputs.tft_output.vocabulary_by_name("item_id"))
-    seq = train_sequence(inputs.examples_dir, vocabulary, inputs.item_ids, config, tmp)
+    seq = train_sequence(inputs.examples_dir, vocabulary, inputs.item_ids, config, tmp, strategy=run.strategy)
     run.report["retrieval"] = seq.report
     run.metrics.update(seq.metrics)
     run.notes.extend(seq.notes)
@@ -427,17 +432,19 @@ def _build_towers(inputs: TrainerInputs, run: TrainerRun, train_ds: Any, eval_ds
     import tensorflow as tf
 
     from recflow.models.two_tower import FeatureTower, TwoTowerModel
+    from recflow.training.distribution import ExampleCounter
 
     config = run.config
     cand_ds = tf.data.Dataset.from_tensor_slices(inputs.cand_features).batch(1024)
     with run.strategy.scope():
+        run.counter = ExampleCounter()
         query_tower = FeatureTower(inputs.q_feats, inputs.vocab, config.embedding_dim, config.embedding_dim,
                                    name="query", constant_one=config.item_bias)
         cand_tower = FeatureTower(inputs.c_feats, inputs.vocab, config.embedding_dim, config.embedding_dim,
                                   name="candidate", bias_of="item_idx" if config.item_bias else None)
         retrieval = TwoTowerModel(query_tower, cand_tower, config.temperature, config.logq_correction,
                                   candidates=cand_ds if eval_ds is not None else None,
-                                  logq_strength=config.logq_strength)
+                                  logq_strength=config.logq_strength, example_counter=run.counter)
         retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
         sample = next(iter(train_ds))
         query_tower(sample), cand_tower(sample)  # build the variables (for warm start and saving)
@@ -460,12 +467,31 @@ def warm_start(towers: dict[str, Any], vocabularies: dict[str, list[str]], run: 
         run.notes.append(f"cold start: {exc}")
 
 
+def _callbacks(run: TrainerRun, model: Any, name: str) -> list[Any]:
+    """A fit's callbacks before early stopping: validation metrics read across every replica, the examples seen
+    per epoch (``examples_seen``, all workers together) and TensorBoard."""
+    import tensorflow as tf
+
+    from recflow.training.distribution import counting_callback, global_metrics_callback
+
+    return [global_metrics_callback(model), counting_callback(run.counter),
+            tf.keras.callbacks.TensorBoard(str(run.tmp / bundle_layout.LOGS_DIR / name))]
+
+
+def _tower_outputs(tower: Any, features: dict[str, np.ndarray], batch: int = 4096) -> np.ndarray:
+    """``tower`` applied to ``features`` in batches, in order, in this process (no distributed ``predict``:
+    every worker computes all of it)."""
+    n = len(next(iter(features.values())))
+    parts = [np.asarray(tower({k: v[s:s + batch] for k, v in features.items()})) for s in range(0, n, batch)]
+    return np.concatenate(parts).astype(np.float32)
+
+
 def _fit_retrieval(inputs: TrainerInputs, run: TrainerRun, retrieval: Any, train_ds: Any, eval_ds: Any) -> None:
     """Fit the two-tower model (early stopping on the eval split when it has targets) and record the curves."""
     import tensorflow as tf
 
     config = run.config
-    callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(run.tmp / bundle_layout.LOGS_DIR / "retrieval"))]
+    callbacks = _callbacks(run, retrieval, "retrieval")
     monitor = "val_factorized_top_k/top_10_categorical_accuracy"
     if eval_ds is not None:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
@@ -482,7 +508,8 @@ def _fit_retrieval(inputs: TrainerInputs, run: TrainerRun, retrieval: Any, train
         "history": history, "epochs_run": epochs_run, "train_examples": n_pos,
         "train_examples_by_type": _count_types(inputs.train["event_code"][inputs.pos_train], inputs.spec),
         "event_weights": dict(config.event_weights), "eval_examples": int(inputs.pos_eval.sum()),
-        "seconds": seconds, "examples_per_second": n_pos * epochs_run / seconds if seconds > 0 else None}
+        "examples_seen": history.pop("examples_seen", []), "seconds": seconds,
+        "examples_per_second": n_pos * epochs_run / seconds if seconds > 0 else None}
     if eval_ds is not None:
         run.metrics["retrieval_eval_top10_accuracy"] = max(history[monitor])
         run.metrics["retrieval_eval_top50_accuracy"] = history["val_factorized_top_k/top_50_categorical_accuracy"][
@@ -528,7 +555,7 @@ def train_two_tower_retrieval(inputs: TrainerInputs, run: TrainerRun, contexts: 
     _fit_retrieval(inputs, run, retrieval, train_ds, eval_ds)
 
     save_tower_weights(tmp, towers, vocabularies)
-    item_emb = cand_tower.predict(inputs.cand_features, batch_size=4096, verbose=0).astype(np.float32)
+    item_emb = _tower_outputs(cand_tower, inputs.cand_features)
     _write_embeddings(tmp / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id", inputs.item_ids, item_emb)
     serving = RetrievalServing(str(inputs.graph_dir), inputs.spec, inputs.user_state, query_tower, inputs.item_ids,
                                item_emb, config.top_k)
@@ -570,10 +597,12 @@ def _ranking_dataset(config: TrainerConfig, data: dict[str, np.ndarray], mask: n
                      shuffle: bool) -> Any:
     import tensorflow as tf
 
+    from recflow.training.distribution import shard_by_data
+
     ds = tf.data.Dataset.from_tensor_slices(_take(data, mask, names))
     if shuffle:
         ds = ds.shuffle(int(mask.sum()), seed=config.seed + 1, reshuffle_each_iteration=True)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
@@ -586,6 +615,7 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
     from recflow.models.export import RankingServing, save_ranking
     from recflow.models.ranking import DCNRankingModel
     from recflow.models.two_tower import FeatureTower
+    from recflow.training.distribution import ExampleCounter
 
     masks = _ranking_masks(inputs, run)
     if masks is None:
@@ -596,13 +626,14 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
     names = sorted(set(inputs.q_feats) | set(inputs.c_feats) | {"clicked"}
                    | ({"purchased"} if purchase_weight else set()))
     with run.strategy.scope():
+        run.counter = ExampleCounter()
         ranker = DCNRankingModel(
             FeatureTower(inputs.q_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_query"),
             FeatureTower(inputs.c_feats, vocab, config.embedding_dim, config.embedding_dim, name="rank_item"),
             hidden_units=config.ranking_hidden_units, cross_layers=config.ranking_cross_layers,
-            purchase_weight=purchase_weight)
+            purchase_weight=purchase_weight, example_counter=run.counter)
         ranker.compile(optimizer=tf.keras.optimizers.Adam(config.ranking_learning_rate))
-    callbacks: list[Any] = [tf.keras.callbacks.TensorBoard(str(run.tmp / bundle_layout.LOGS_DIR / "ranking"))]
+    callbacks = _callbacks(run, ranker, "ranking")
     r_eval = _ranking_dataset(config, evald, rank_eval, names, False) if rank_eval.any() else None
     if r_eval is not None:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
@@ -614,7 +645,8 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
     history = _history(hist)
     epochs = len(history.get("loss", []))
     run.report["ranking"] = {"history": history, "epochs_run": epochs, "train_examples": int(rank_train.sum()),
-                             "seconds": seconds, "examples_per_second": int(rank_train.sum()) * epochs / seconds}
+                             "examples_seen": history.pop("examples_seen", []), "seconds": seconds,
+                             "examples_per_second": int(rank_train.sum()) * epochs / seconds}
     if r_eval is not None:
         best_epoch = int(np.argmax(history["val_auc"]))
         run.metrics["ranking_eval_auc"] = history["val_auc"][best_epoch]
@@ -627,11 +659,14 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
 
 
 def train_history_ranking(inputs: TrainerInputs, run: TrainerRun, retrieved: RetrievalOutput) -> None:
-    """The history ranker (sequence retrieval with ``trainer.history_ranking``), beside the ranking model."""
+    """The history ranker (sequence retrieval with ``trainer.history_ranking``), beside the ranking model; its
+    Keras models are built, compiled and fitted under the run's strategy (their loss is Keras' compiled loss,
+    which Keras averages over the global batch itself)."""
     from recflow.training.history_ranking import train_history_ranker
 
-    ranked = train_history_ranker(inputs.examples_dir, retrieved.vocabulary, retrieved.sequence, inputs.item_ids,
-                                  inputs.spec, run.config, run.tmp)
+    with run.strategy.scope():
+        ranked = train_history_ranker(inputs.examples_dir, retrieved.vocabulary, retrieved.sequence,
+                                      inputs.item_ids, inputs.spec, run.config, run.tmp)
     run.notes.extend(ranked.notes)
     run.metrics.update(ranked.metrics)
     if ranked.trained:
@@ -700,20 +735,27 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
     (:func:`write_index`), the sequence + EASE blend (:func:`train_hybrid`), ranking (:func:`train_ranking`, then
     :func:`train_history_ranking`). They write into a
     staging directory that replaces ``out_dir`` only when every stage succeeded.
-    Raises DataError when the inputs are not ExampleGen/Transform outputs or hold no positive interactions.
+    Under ``trainer.distribution`` = ``multi_worker_mirrored`` every worker calls this with the same arguments;
+    the chief's output replaces ``out_dir``, the others' go to a temporary directory that is deleted
+    (:func:`recflow.training.distribution.output_dir`; ``TrainResult.chief`` says which this process was).
+    Raises DataError when the inputs are not ExampleGen/Transform outputs or hold no positive interactions,
+    ConfigError for a bad ``TF_CONFIG``.
     """
     import tensorflow as tf
 
+    from recflow.training.distribution import describe, make_strategy, output_dir
+
     examples_dir, transform_dir, out_dir = Path(examples_dir), Path(transform_dir), Path(out_dir)
+    strategy, task = make_strategy(config.distribution)  # first: multi-worker collectives need program startup
     tf.keras.utils.set_random_seed(config.seed)
     if config.deterministic_ops:
         tf.config.experimental.enable_op_determinism()
     inputs = load_inputs(examples_dir, transform_dir, config)
 
-    with staged_dir(out_dir) as tmp:
-        run = TrainerRun(tmp, config, None, report={"config": config.model_dump(), "strategy": None})
-        run.strategy = _strategy()
-        run.report["strategy"] = type(run.strategy).__name__
+    with output_dir(out_dir, task) as write_dir, staged_dir(write_dir) as tmp:
+        run = TrainerRun(tmp, config, strategy, report={
+            "config": config.model_dump(), "strategy": type(strategy).__name__,
+            "distribution": {**describe(strategy, task), "global_batch_size": config.batch_size}})
         ranked = _train_stages(inputs, run)
     return TrainResult(
         out_dir=out_dir,
@@ -726,4 +768,5 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         metrics=run.metrics,
         notes=run.notes,
         history=run.report,
+        chief=task.is_chief,
     )
