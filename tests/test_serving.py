@@ -434,10 +434,17 @@ def test_requests_with_a_sequence_state_are_ranked_by_the_history_ranker(store_r
     assert not cold and state is not None
     prob = b.rank_with_history(state, entries, top, ctx)
     assert prob.shape == (len(top),) and np.all((prob > 0) & (prob < 1))
-    # the history features matter: the same candidates for a history without item 5 score differently
+    # the history matters: a history without item 5 gives another user state and so other probabilities
     other = rec_history([{"item_id": str(b.item_ids[n]), "event_type": "view", "timestamp": 1000.0 + 60 * n}
                          for n in (7, 9, 7)])
-    assert not np.allclose(prob, b.rank_with_history(state, other, top, ctx))
+    other_state = b.sequence_query("ranker-newcomer", other, [])
+    assert not np.allclose(prob, b.rank_with_history(other_state, other, top, ctx))
+    # and beyond the state, the history features themselves whenever the chosen model uses them (the simplest
+    # candidate, score_only, scores by the retrieval score alone: chosen when the eval split has few clicks)
+    assert b.sequence is not None and b.sequence.ranker is not None
+    chosen = b.sequence.ranker.meta["report"]["chosen_candidate"]
+    same_state = np.allclose(prob, b.rank_with_history(state, other, top, ctx))
+    assert same_state == (chosen == "score_only"), chosen
     greedy = Recommender.load(store_root, ServingConfig(policy_rerank=False, epsilon=0.0))
     try:
         out = greedy.recommend("ranker-newcomer", {"device": "mobile"}, k=5, history=history)
