@@ -253,25 +253,31 @@ def iter_event_frames(
         buffer = []
         if not pieces:
             continue
-        columns = {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
+        # Column by column, releasing each input as it is used, so a day's events are held about once.
+        columns = {name: np.concatenate([p.pop(name) for p in pieces]) for name in list(pieces[0])}
         del pieces, day_chunks
         order = np.argsort(columns["timestamp_ms"], kind="stable")
-        columns = {name: values[order] for name, values in columns.items()}
-        last_day = day == config.days - 1
+        for name in columns:
+            columns[name] = columns[name][order]
+        del order
+        n = len(columns["timestamp_ms"])
         ready = (
-            len(order)
-            if last_day
+            n
+            if day == config.days - 1
             else int(np.searchsorted(columns["timestamp_ms"], world.start_ms + (day + 1) * MS_PER_DAY))
         )
-        if ready < len(order):
-            buffer = [{name: values[ready:] for name, values in columns.items()}]
+        if ready < n:  # copies, so the day's arrays are freed
+            buffer = [{name: values[ready:].copy() for name, values in columns.items()}]
         for lo in range(0, ready, max_rows):
             hi = min(lo + max_rows, ready)
             piece = {name: values[lo:hi] for name, values in columns.items()}
             frame = events_frame(world, piece, policy.policy_id, first_event=next_event)
+            del piece
             next_event += hi - lo
             yield frame, sessions, requests
+            del frame
             sessions = requests = 0
+        del columns  # not held while the next day is simulated
         if ready == 0 and (sessions or requests):  # all of the day's events wait in the buffer
             yield pd.DataFrame(), sessions, requests
 
