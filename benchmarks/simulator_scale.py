@@ -10,7 +10,9 @@ each size are chosen.
 Each size runs in its own child process (``--child``); its peak RSS is that child's ``ru_maxrss`` from
 ``os.wait4`` (so one size's peak never hides in another's). Reports events, seconds, events/s and peak RSS per
 size and the ratio of the largest to the smallest peak (target <= 1.2). For comparison, ``--in-memory`` sizes
-are also generated the pre-streaming way (``simulate_log``: all days in one frame, then ``write_dataset``).
+are also generated the pre-streaming way (``simulate_log``: all days in one frame, then ``write_dataset``),
+and ``--day-rates`` runs one day at each rate of sessions per user per day: the memory that does grow is that of
+one day's events (the generator holds one day at a time).
 Prints JSON and writes benchmarks/results/simulator_scale.json.
 
     .venv/bin/python benchmarks/simulator_scale.py --events 1000000 3000000 10000000 --in-memory 1000000 3000000
@@ -113,7 +115,13 @@ def child_main(config_json: str, out: Path, mode: str) -> int:
 
 
 def run(
-    events: list[int], in_memory: list[int], users: int, items: int, rate: float, seed: int
+    events: list[int],
+    in_memory: list[int],
+    day_rates: list[float],
+    users: int,
+    items: int,
+    rate: float,
+    seed: int,
 ) -> dict[str, object]:
     """Pilot, then one child run per target event count (streamed; and in memory for ``in_memory``)."""
     started = time.perf_counter()
@@ -129,6 +137,11 @@ def run(
         days = max(1, math.ceil(target / (per_user_day * users)))
         baseline.append({"target_events": target, **run_child(world_config(users, items, days, rate, seed), "memory")})
         print(json.dumps(baseline[-1]), file=sys.stderr, flush=True)
+    one_day = []
+    for day_rate in day_rates:
+        one_day.append({"sessions_per_user_per_day": day_rate,
+                        **run_child(world_config(users, items, 1, day_rate, seed))})
+        print(json.dumps(one_day[-1]), file=sys.stderr, flush=True)
     peaks = [s["peak_rss_mb"] for s in sizes]
     ratio = max(peaks) / min(peaks)  # type: ignore[type-var, operator]
     return {
@@ -140,6 +153,7 @@ def run(
         "pilot": {"events_per_user_day": round(per_user_day, 3), "seconds": round(pilot_s, 1)},
         "sizes": sizes,
         "in_memory_baseline": baseline,
+        "one_day_by_rate": one_day,
         "peak_ratio_largest_to_smallest": round(ratio, 3),
         "peak_ratio_target": PEAK_RATIO_TARGET,
         "passed": ratio <= PEAK_RATIO_TARGET,
@@ -157,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--in-memory", type=int, nargs="*", default=[1_000_000, 3_000_000],
                         help="Target event counts also generated the pre-streaming way (for comparison).")
+    parser.add_argument("--day-rates", type=float, nargs="*", default=[0.01, 0.03, 0.1],
+                        help="Rates (sessions per user per day) of one-day runs: memory vs events per day.")
     parser.add_argument("--rate", type=float, default=0.01, help="Sessions per user per day.")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=RESULT, help="Where to write the JSON result.")
@@ -165,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child is not None:
         return child_main(args.child, args.out, args.mode)
-    result = run(args.events, args.in_memory, args.users, args.items, args.rate, args.seed)
+    result = run(args.events, args.in_memory, args.day_rates, args.users, args.items, args.rate, args.seed)
     text = json.dumps(result, indent=2)
     print(text)
     with atomic_path(args.out) as tmp:
