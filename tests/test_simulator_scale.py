@@ -13,6 +13,7 @@ from scipy.stats import chisquare
 
 from recflow.cli import main
 from recflow.config import ValidationConfig
+from recflow.errors import DataError
 from recflow.io import write_table
 from recflow.simulator import LoggingPolicy, OrganicConfig, SimulatorConfig, World, generate_dataset, simulate_log
 from recflow.simulator.config import DriftConfig
@@ -183,3 +184,10 @@ def test_cli_generate_shows_the_per_day_progress_bar(tmp_path: Path, capsys):
     assert rc == 0
     assert "simulating" in captured.err and "3/3" in captured.err
     assert "generated" in captured.out and (tmp_path / "d" / "events.parquet").is_file()
+
+
+def test_a_generation_without_sessions_fails_clearly_and_writes_nothing(tmp_path: Path):
+    config = SimulatorConfig(users=3, items=20, days=2, sessions_per_user_per_day=1e-9)
+    with pytest.raises(DataError, match="produced no sessions"):
+        generate_dataset(config, tmp_path / "none", progress=False)
+    assert not (tmp_path / "none").exists()

@@ -247,6 +247,7 @@ def iter_event_frames(
     counters = {"session": 0, "request": 0}
     buffer: list[dict[str, np.ndarray]] = []
     next_event = 0
+    written_until = np.iinfo(np.int64).min  # every event yielded so far is before this instant
     for day in tqdm(range(config.days), desc="simulating", unit="day", disable=not progress):
         day_chunks, sessions, requests = _simulate_day(world, policy, day, satiation, last_ms, counters)
         pieces = buffer + day_chunks
@@ -260,12 +261,18 @@ def iter_event_frames(
         for name in columns:
             columns[name] = columns[name][order]
         del order
+        if columns["timestamp_ms"][0] < written_until:  # the invariant that makes the stream exact
+            raise RuntimeError(
+                f"simulator: day {day} has an event before the previous day's end; streamed generation "
+                "would reorder events"
+            )
         n = len(columns["timestamp_ms"])
         ready = (
             n
             if day == config.days - 1
             else int(np.searchsorted(columns["timestamp_ms"], world.start_ms + (day + 1) * MS_PER_DAY))
         )
+        written_until = world.start_ms + (day + 1) * MS_PER_DAY
         if ready < n:  # copies, so the day's arrays are freed
             buffer = [{name: values[ready:].copy() for name, values in columns.items()}]
         for lo in range(0, ready, max_rows):
@@ -420,7 +427,13 @@ def generate_dataset(config: SimulatorConfig, out_dir: Path, progress: bool = Tr
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: output path exists and is not a directory")
     events_path = out_dir / FILE_NAMES["events"]
-    log = stream_events(config, events_path, progress=progress)
+    created = not out_dir.exists()
+    try:
+        log = stream_events(config, events_path, progress=progress)
+    except DataError:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing written: leave no empty directory behind
+        raise
     written = write_dataset(out_dir, items=log.world.items_frame(), users=log.world.users_frame())
     files = {"events": events_path.name, **{kind: path.name for kind, path in written.items()}}
     summary = summary_from_counts(
