@@ -262,6 +262,15 @@ class SimulatorConfig(_Frozen):
     logging_policy_id: str = Field(
         "logging-softmax-v1", min_length=1, description="policy_id of logged slates."
     )
+    large_catalog_items: int | None = Field(
+        60000,
+        gt=0,
+        description="From this catalog size (items incl. drift's new items) on, the logging policy samples "
+        "slates per user segment (O(segments x items) memory) instead of from dense (users x items) Gumbel "
+        "noise: the same distribution and propensities from another random stream, so a world below it keeps "
+        "its exact events (60,000: above every configured world, e.g. the serving benchmark's 50,000 items); "
+        "null: never.",
+    )
     drift: DriftConfig = Field(DriftConfig(), description="Drift from a given day on.")
     reward: RewardConfig = Field(
         RewardConfig(), description="Reward weights of the step-by-step environment."

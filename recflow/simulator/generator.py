@@ -4,22 +4,27 @@ Each day is generated in vectorised batches: all sessions of the day are drawn a
 in rounds (the r-th session of every user of that day together, so a user's satiation carries from one session
 to the next) and each round in steps (request j of every still-active session together). Each day has its own
 random stream (a SeedSequence spawn key), so a day's traffic does not depend on how many days are generated.
+
+:func:`generate_dataset` streams: each simulated day is converted and appended to ``events.parquet`` as row
+groups and dropped, so memory does not grow with the number of days (docs/simulator.md, "At scale").
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from recflow.errors import DataError
-from recflow.io import atomic_path, write_dataset
-from recflow.schema import EVENT_TYPES, SCHEMA_VERSION
+from recflow.io import atomic_path, to_arrow, write_dataset
+from recflow.schema import EVENT_TYPES, FILE_NAMES, SCHEMA_VERSION
 from recflow.simulator.config import SimulatorConfig
 from recflow.simulator.logging_policy import LoggingPolicy
 from recflow.simulator.response import (
@@ -35,6 +40,8 @@ from recflow.simulator.world import HOUR_PROFILE, MS_PER_DAY, TRAFFIC_STREAM, Co
 REQUEST_GAP_S, REQUEST_GAP_MEAN_S = 15.0, 30.0
 #: A user's next session starts at least this long after the previous one ended.
 SESSION_GAP_MS = 60_000
+#: Streaming generation converts and writes at most this many events at a time (one Parquet row group each).
+ROW_GROUP_EVENTS = 500_000
 
 
 @dataclass(frozen=True)
@@ -195,14 +202,128 @@ def simulate_log(config: SimulatorConfig, progress: bool = False) -> SimulatedLo
         sessions += s
         requests += r
     if not chunks:
-        raise DataError(
-            f"simulator: the configuration produced no sessions ({config.users} users x {config.days} days x "
-            f"{config.sessions_per_user_per_day} sessions per user per day); raise users, days or "
-            "sessions_per_user_per_day"
-        )
+        raise _no_sessions(config)
     columns = {name: np.concatenate([ch[name] for ch in chunks]) for name in chunks[0]}
     events = events_frame(world, columns, policy.policy_id)
     return SimulatedLog(world, policy, events, sessions, requests)
+
+
+def _no_sessions(config: SimulatorConfig) -> DataError:
+    return DataError(
+        f"simulator: the configuration produced no sessions ({config.users} users x {config.days} days x "
+        f"{config.sessions_per_user_per_day} sessions per user per day); raise users, days or "
+        "sessions_per_user_per_day"
+    )
+
+
+@dataclass
+class StreamedLog:
+    """What :func:`stream_events` wrote: the world and policy, and the counts accumulated day by day."""
+
+    world: World
+    policy: LoggingPolicy
+    events: int
+    counts: dict[str, int]
+    sessions: int
+    requests: int
+    row_groups: int
+
+
+def iter_event_frames(
+    world: World, policy: LoggingPolicy, progress: bool = False, max_rows: int = ROW_GROUP_EVENTS
+) -> Iterator[tuple[pd.DataFrame, int, int]]:
+    """Simulate ``world.config.days`` days and yield ``(events, sessions, requests)`` pieces of at most
+    ``max_rows`` events whose concatenation equals ``simulate_log(config).events`` exactly.
+
+    The in-memory log sorts all events by timestamp (stably) and numbers them in that order. Every event of a
+    later day is at or after that day's midnight (sessions start in their day and only move later), so after
+    simulating day d the events before day d+1's midnight are final: they are converted, numbered and yielded;
+    the rest (sessions running past midnight, late carts) wait in a small buffer, kept in their stable order.
+    ``sessions``/``requests`` are those simulated since the previous piece (0 on all but a day's first piece).
+    """
+    config = world.config
+    satiation = np.zeros((world.n_users, world.n_categories))
+    last_ms = np.full(world.n_users, world.start_ms - MS_PER_DAY, dtype=np.int64)
+    counters = {"session": 0, "request": 0}
+    buffer: list[dict[str, np.ndarray]] = []
+    next_event = 0
+    written_until = np.iinfo(np.int64).min  # every event yielded so far is before this instant
+    for day in tqdm(range(config.days), desc="simulating", unit="day", disable=not progress):
+        day_chunks, sessions, requests = _simulate_day(world, policy, day, satiation, last_ms, counters)
+        pieces = buffer + day_chunks
+        buffer = []
+        if not pieces:
+            continue
+        # Column by column, releasing each input as it is used, so a day's events are held about once.
+        columns = {name: np.concatenate([p.pop(name) for p in pieces]) for name in list(pieces[0])}
+        del pieces, day_chunks
+        order = np.argsort(columns["timestamp_ms"], kind="stable")
+        for name in columns:
+            columns[name] = columns[name][order]
+        del order
+        if columns["timestamp_ms"][0] < written_until:  # the invariant that makes the stream exact
+            raise RuntimeError(
+                f"simulator: day {day} has an event before the previous day's end; streamed generation "
+                "would reorder events"
+            )
+        n = len(columns["timestamp_ms"])
+        ready = (
+            n
+            if day == config.days - 1
+            else int(np.searchsorted(columns["timestamp_ms"], world.start_ms + (day + 1) * MS_PER_DAY))
+        )
+        written_until = world.start_ms + (day + 1) * MS_PER_DAY
+        if ready < n:  # copies, so the day's arrays are freed
+            buffer = [{name: values[ready:].copy() for name, values in columns.items()}]
+        for lo in range(0, ready, max_rows):
+            hi = min(lo + max_rows, ready)
+            piece = {name: values[lo:hi] for name, values in columns.items()}
+            frame = events_frame(world, piece, policy.policy_id, first_event=next_event)
+            del piece
+            next_event += hi - lo
+            yield frame, sessions, requests
+            del frame
+            sessions = requests = 0
+        del columns  # not held while the next day is simulated
+        if ready == 0 and (sessions or requests):  # all of the day's events wait in the buffer
+            yield pd.DataFrame(), sessions, requests
+
+
+def stream_events(config: SimulatorConfig, path: Path, progress: bool = False) -> StreamedLog:
+    """Simulate the default world day by day and write its events to ``path`` (Parquet) as it goes.
+
+    Each piece of :func:`iter_event_frames` becomes one row group (recflow's events schema, so every row group
+    has the same types); the file is written under a temporary name and renamed into place at the end, so a
+    reader never sees half of it. The file's table equals ``simulate_log(config).events`` written by
+    :func:`recflow.io.write_table`. Counts are accumulated per piece; memory does not grow with the days.
+    """
+    world = World(config)
+    policy = LoggingPolicy.from_config(world, config)
+    counts = dict.fromkeys(EVENT_TYPES, 0)
+    events = sessions = requests = row_groups = 0
+    with atomic_path(path) as tmp:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for frame, s, r in iter_event_frames(world, policy, progress):
+                sessions += s
+                requests += r
+                if frame.empty:
+                    continue
+                table = to_arrow(frame, "events")
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+                row_groups += 1
+                events += len(frame)
+                for name, n in frame["event_type"].value_counts().items():
+                    counts[str(name)] += int(n)
+                del frame, table
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise _no_sessions(config)
+    return StreamedLog(world, policy, events, counts, sessions, requests, row_groups)
 
 
 def summarize(
@@ -238,12 +359,41 @@ def summarize_counts(
     """Counts and funnel rates of any generated events table (the default or a preset world's)."""
     counts_series = events["event_type"].value_counts()
     counts = {t: int(counts_series.get(t, 0)) for t in EVENT_TYPES}
+    return summary_from_counts(
+        counts,
+        events=len(events),
+        users=users,
+        items=items,
+        days=days,
+        sessions=sessions,
+        requests=requests,
+        seconds=seconds,
+        out_dir=out_dir,
+        files=files,
+    )
+
+
+def summary_from_counts(
+    counts: dict[str, int],
+    *,
+    events: int,
+    users: int,
+    items: int,
+    days: int,
+    sessions: int,
+    requests: int,
+    seconds: float,
+    out_dir: Path | None = None,
+    files: dict[str, str] | None = None,
+) -> GenerationSummary:
+    """The summary of a log from its per-type event counts (what streaming generation accumulates)."""
+    counts = {t: int(counts.get(t, 0)) for t in EVENT_TYPES}
 
     def ratio(a: str, b: str) -> float:
         return counts[a] / counts[b] if counts[b] else 0.0
 
     return GenerationSummary(
-        events=len(events),
+        events=events,
         counts=counts,
         users=users,
         items=items,
@@ -276,10 +426,28 @@ def generate_dataset(config: SimulatorConfig, out_dir: Path, progress: bool = Tr
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: output path exists and is not a directory")
-    log = simulate_log(config, progress=progress)
-    written = write_dataset(out_dir, events=log.events, items=log.items(), users=log.users())
-    files = {kind: path.name for kind, path in written.items()}
-    summary = summarize(log, time.perf_counter() - started, out_dir, files)
+    events_path = out_dir / FILE_NAMES["events"]
+    created = not out_dir.exists()
+    try:
+        log = stream_events(config, events_path, progress=progress)
+    except DataError:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing written: leave no empty directory behind
+        raise
+    written = write_dataset(out_dir, items=log.world.items_frame(), users=log.world.users_frame())
+    files = {"events": events_path.name, **{kind: path.name for kind, path in written.items()}}
+    summary = summary_from_counts(
+        log.counts,
+        events=log.events,
+        users=config.users,
+        items=log.world.n_items,
+        days=config.days,
+        sessions=log.sessions,
+        requests=log.requests,
+        seconds=time.perf_counter() - started,
+        out_dir=out_dir,
+        files=files,
+    )
     meta = {
         "generator": "recflow.simulator",
         "schema_version": SCHEMA_VERSION,

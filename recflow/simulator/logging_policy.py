@@ -4,6 +4,11 @@ It is deliberately imperfect, so that learned models can beat it: it scores item
 estimate plus the *segment-level* (coarse) category taste of the user, mixes the softmax of that score with
 uniform exploration, and samples a slate without replacement (a Plackett-Luce ranking, drawn with the
 Gumbel-top-k trick). It never sees individual tastes, context or satiation, and it does not follow drift.
+
+Since its weights depend on the user only through the user's segment, a large catalog
+(``simulator.large_catalog_items`` and more) is sampled from one weight vector per segment instead of a dense
+(users x items) matrix: the same Plackett-Luce distribution and propensities, drawn from the random stream in
+another way (so it is used only at that size, and every smaller world keeps its exact stream).
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ class LoggingPolicy:
         popularity_noise: float = 0.3,
         policy_id: str = "logging-softmax-v1",
         seed: int | None = None,
+        large_catalog_items: int | None = None,
     ) -> None:
         self.world = world
+        #: Catalogs of at least this many items (world.n_items) are sampled per segment (:meth:`sample`);
+        #: None: always the dense Gumbel-top-k sampler.
+        self.large_catalog_items = large_catalog_items
         self.temperature = temperature
         self.epsilon = epsilon
         self.policy_id = policy_id
@@ -55,7 +64,13 @@ class LoggingPolicy:
             config.logging_epsilon,
             config.logging_popularity_noise,
             config.logging_policy_id,
+            large_catalog_items=config.large_catalog_items,
         )
+
+    @property
+    def samples_by_segment(self) -> bool:
+        """Whether :meth:`sample` uses the per-segment sampler (a catalog of ``large_catalog_items`` or more)."""
+        return self.large_catalog_items is not None and self.world.n_items >= self.large_catalog_items
 
     def scores(self, user_idx: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """The policy's score of each candidate item (1-D item indices) for each user: (B, N)."""
@@ -76,8 +91,12 @@ class LoggingPolicy:
         """Draw one slate per user: (item indices (B, K), propensities (B, K)).
 
         Gumbel-top-k: adding i.i.d. Gumbel noise to ``log w`` and taking the k largest, in order, samples a
-        Plackett-Luce ranking with weights ``w`` without replacement, for all users at once.
+        Plackett-Luce ranking with weights ``w`` without replacement, for all users at once. For a large
+        catalog (:attr:`samples_by_segment`) :meth:`sample_by_segment` draws from the same distribution without
+        the (B, N) matrices.
         """
+        if self.samples_by_segment:
+            return self.sample_by_segment(user_idx, candidates, slate_size, rng)
         weights = self.probabilities(user_idx, candidates)
         k = min(slate_size, len(candidates))
         keys = np.log(weights) + rng.gumbel(size=weights.shape)
@@ -85,9 +104,64 @@ class LoggingPolicy:
         order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
         cols = np.take_along_axis(top, order, axis=1)
         chosen_w = np.take_along_axis(weights, cols, axis=1)
-        placed_before = np.cumsum(chosen_w, axis=1) - chosen_w
-        propensity = chosen_w / np.clip(1.0 - placed_before, 1e-300, None)
-        return candidates[cols], np.clip(propensity, 1e-300, 1.0)
+        return candidates[cols], _propensities(chosen_w)
+
+    def sample_by_segment(
+        self,
+        user_idx: np.ndarray,
+        candidates: np.ndarray,
+        slate_size: int,
+        rng: np.random.Generator,
+        max_rounds: int = 64,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The same Plackett-Luce slates as :meth:`sample`, in O(segments x N + B x K) memory.
+
+        The weights ``w`` depend on the user only through the segment, so one weight vector (and its cumulative
+        sum) is computed per segment of the batch. Slot k of every slate is drawn by inverse CDF from ``w``;
+        a draw of an item already placed in that slate is rejected and drawn again, which samples ``w``
+        restricted to the remaining items, renormalised: the Plackett-Luce conditional. Rows still rejected
+        after ``max_rounds`` draws (a slot whose remaining mass is tiny) are drawn exactly from the renormalised
+        remaining weights of their segment. Propensities are ``w_i / (1 - sum of w over earlier slots)``, the
+        same formula as the dense sampler.
+        """
+        w = self.world
+        user_idx = np.asarray(user_idx)
+        n = len(candidates)
+        k = min(slate_size, n)
+        b = len(user_idx)
+        segment = w.user_segment[user_idx]
+        if b == 0:
+            return np.empty((0, k), dtype=candidates.dtype), np.empty((0, k))
+        segments, first, seg_row = np.unique(segment, return_index=True, return_inverse=True)
+        seg_row = seg_row.reshape(-1)
+        weights = self.probabilities(user_idx[first], candidates)  # (S, N): one row per segment of the batch
+        cdf = np.cumsum(weights, axis=1)
+        total = cdf[:, -1]
+        cols = np.empty((b, k), dtype=np.int64)
+        for slot in range(k):
+            pending = np.arange(b)
+            for _ in range(max_rounds):
+                rows = seg_row[pending]
+                u = rng.random(len(pending)) * total[rows]
+                draw = np.empty(len(pending), dtype=np.int64)
+                for j in range(len(segments)):
+                    mine = rows == j
+                    if mine.any():
+                        draw[mine] = np.searchsorted(cdf[j], u[mine], side="right")
+                draw = np.minimum(draw, n - 1)
+                cols[pending, slot] = draw
+                repeat = (cols[pending, :slot] == draw[:, None]).any(axis=1)
+                pending = pending[repeat]
+                if len(pending) == 0:
+                    break
+            for row in pending:  # exact fallback: draw from the remaining weights, renormalised
+                remaining = weights[seg_row[row]].copy()
+                remaining[cols[row, :slot]] = 0.0
+                cum = np.cumsum(remaining)
+                pick = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+                cols[row, slot] = min(pick, n - 1)
+        chosen_w = weights[seg_row[:, None], cols]
+        return candidates[cols], _propensities(chosen_w)
 
     def slot_distributions(self, user: int, candidates: np.ndarray, slate: np.ndarray) -> np.ndarray:
         """The distribution over ``candidates`` each slot of ``slate`` (item indices) was drawn from: (K, N).
@@ -103,3 +177,11 @@ class LoggingPolicy:
             rows[k] = remaining / remaining.sum()
             remaining[position[int(item)]] = 0.0
         return rows
+
+
+def _propensities(chosen_w: np.ndarray) -> np.ndarray:
+    """The Plackett-Luce propensity of each slot of slates (B, K) given the chosen items' weights ``w``:
+    ``w_i / (1 - sum of w over earlier slots)``."""
+    placed_before = np.cumsum(chosen_w, axis=1) - chosen_w
+    propensity = chosen_w / np.clip(1.0 - placed_before, 1e-300, None)
+    return np.clip(propensity, 1e-300, 1.0)
