@@ -388,9 +388,11 @@ def test_cli_generate_writes_the_dataset(tmp_path: Path, capsys):
 
 
 # ------------------------------------------------------------------ the default world stays as it was
-#: sha256 of a small default-world data set (events, items, users as CSV), recorded on main at eeed47f before the
-#: organic-views preset was added (issue 13): adding presets must not change one byte of the default world.
-DEFAULT_WORLD_SHA256 = "9d43d67493f818e4ff46e1a49807400ba9bbf1cb2bdc92f3400e08d24b52639f"
+#: sha256 of a small default-world data set (events, items, users as CSV, numbers to 10 significant digits),
+#: recorded on main at eeed47f before the organic-views preset was added (issue 13): adding presets must not change
+#: the default world. Not 17 digits: numpy's vectorised exp/log can differ in the last bit between CPUs (AVX-512
+#: or not), which changed the 17-digit hash from one CI machine to another with the same code and libraries.
+DEFAULT_WORLD_SHA256 = "160d33fa8261ea4592438652865a674c3ebccc2f57d7a20281fefd1049ae8f0a"
 
 
 def test_default_world_is_byte_identical_to_before_the_presets():
@@ -400,7 +402,7 @@ def test_default_world_is_byte_identical_to_before_the_presets():
     digest = hashlib.sha256()
     for name, frame in (("events", log.events), ("items", log.items()), ("users", log.users())):
         digest.update(name.encode())
-        digest.update(frame.to_csv(index=False, float_format="%.17g").encode())
+        digest.update(frame.to_csv(index=False, float_format="%.10g").encode())
     assert len(log.events) == 5214
     assert digest.hexdigest() == DEFAULT_WORLD_SHA256
 
