@@ -127,7 +127,7 @@ def _read_file(path: Path, kind: schema.TableKind) -> pd.DataFrame:
     return df
 
 
-def find_source_tables(source: Path) -> dict[str, Path | None]:
+def find_source_tables(source: Path) -> dict[schema.TableKind, Path | None]:
     """Each table's file or shard directory in the dataset directory ``source`` (DataError without events)."""
     if not source.is_dir():
         raise DataError(f"{source}: not a dataset directory (expected events.parquet or events.csv inside)")
@@ -197,6 +197,12 @@ def read_split(examples_dir: Path, name: str, columns: Sequence[str] | None = No
     if keys:
         frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
     return frame if columns is None else frame[list(columns)]
+
+
+def read_split_path(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """:func:`read_split` of a split given by its path (``<examples_dir>/<name>.parquet``, file or directory)."""
+    path = Path(path)
+    return read_split(path.parent, path.name.removesuffix(".parquet"), columns)
 
 
 def split_by_time(events: pd.DataFrame, eval_fraction: float, test_fraction: float) -> dict[str, pd.DataFrame]:

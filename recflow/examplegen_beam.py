@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -98,7 +98,7 @@ class HigherRanks:
 
         outer = self
 
-        class _Fn(beam.CombineFn):  # type: ignore[misc]
+        class _Fn(beam.CombineFn):
             def create_accumulator(self) -> Any:
                 return outer.inner.create_accumulator()
 
@@ -193,8 +193,8 @@ def validate_batch(task: tuple[str, int, str, str], batch_rows: int, table_path:
     for start, raw in iter_raw_batches(Path(path), fmt, batch_rows):  # type: ignore[arg-type]
         keys = _key(file_index, np.arange(start, start + len(raw)))
         yield "rows", (kind, file_index, len(raw))
-        chk = vchecks.check_table(raw, kind, config, item_ids=ids, catalog_name=catalog_name,
-                                  now=now)  # type: ignore[arg-type]
+        chk = vchecks.check_table(raw, cast(schema.TableKind, kind), config, item_ids=ids,
+                                  catalog_name=catalog_name, now=now)
         issues = chk.issues
         if field is not None:
             issues = issues[~((issues["field"] == field) & (issues["reason"] == vchecks.Reason.DUPLICATE.value))]
@@ -277,11 +277,12 @@ def write_quarantine_and_summary(blocks: list[tuple[str, pd.DataFrame]], counts:
     return summary
 
 
-def validation_report(summary_path: Path, tables: dict[str, TableFiles], max_bad_share: float,
+def validation_report(summary_path: Path, tables: dict[schema.TableKind, TableFiles], max_bad_share: float,
                       quarantine: Path) -> ValidationReport:
     """The pandas engine's :class:`ValidationReport` (its gate and message) from the pipeline's summary."""
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    reports, examples = {}, []
+    reports: dict[str, TableReport] = {}
+    examples: list[dict[str, Any]] = []
     for kind in (k for k in schema.TABLE_KINDS if k in summary):
         s, t = summary[kind], tables[kind]
         reports[kind] = TableReport(kind=kind, path=t.path, format=t.format, rows=s["rows"],
@@ -459,6 +460,10 @@ def _cuts(ranked: dict[str, Any], eval_fraction: float, test_fraction: float, nu
 # ------------------------------------------------------------------------------------------------------ pipeline
 
 
+def _route(element: tuple[str, Any], _partitions: int) -> int:
+    return {"valid": 0, "issues": 1, "rows": 2}[element[0]]
+
+
 def _unwrap_data_error(exc: BaseException) -> BaseException | None:
     """The DataError/ValidationFailed a Beam worker raised, from the runner's wrapped exception, if any."""
     seen: BaseException | None = exc
@@ -484,7 +489,7 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, out_dir: Path, config: Any
     from recflow.validation import parse_min_timestamp
 
     paths = find_source_tables(source)
-    tables = {kind: inspect_table(path, kind) for kind, path in paths.items() if path is not None}  # type: ignore[arg-type]
+    tables = {kind: inspect_table(path, kind) for kind, path in paths.items() if path is not None}
     if not config.validate_input:
         raise ConfigError("example_gen.engine beam always validates its input (it reads the values as the "
                           "validator does): set example_gen.validate_input true or use engine pandas")
@@ -520,8 +525,7 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, out_dir: Path, config: Any
                 checked = files | f"{kind}Validate" >> beam.FlatMap(
                     validate_batch, batch_rows, str(tables[kind].path), validation, now, catalog_name,
                     catalog if kind == "events" else None, beam.pvalue.AsList(dups))
-                parts = checked | f"{kind}Route" >> beam.Partition(
-                    lambda e, _n: {"valid": 0, "issues": 1, "rows": 2}[e[0]], 3)
+                parts = checked | f"{kind}Route" >> beam.Partition(_route, 3)  # type: ignore[arg-type]  # Beam types it as a PartitionFn
                 valid[kind] = parts[0] | f"{kind}Valid" >> beam.Map(lambda e: e[1])
                 issues.append(parts[1] | f"{kind}Issues" >> beam.Map(lambda e: e[1]))
                 counts.append(parts[2] | f"{kind}Counts" >> beam.Map(lambda e: e[1]))
@@ -555,10 +559,10 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, out_dir: Path, config: Any
                 written.append(valid["users"] | "UserList" >> beam.combiners.ToList()
                                | "WriteUsers" >> beam.Map(write_valid_table, "users", out))
             table_info = tuple(written) | "Tables" >> beam.Flatten()
-            stats = (p | "StatsSeed" >> beam.Create([None]) | "WriteStats" >> beam.Map(
+            stats_written = (p | "StatsSeed" >> beam.Create([None]) | "WriteStats" >> beam.Map(
                 write_stats, beam.pvalue.AsDict(partials), beam.pvalue.AsDict(distinct),
                 beam.pvalue.AsList(table_info), cuts, "items" in tables, "users" in tables, out))
-            wait_for_all(p, validated, stats)
+            wait_for_all(p, validated, stats_written)
     except Exception as exc:
         found = _unwrap_data_error(exc)
         if found is not None:

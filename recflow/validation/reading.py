@@ -270,7 +270,7 @@ def _file_head(path: Path) -> tuple[FileFormat, list[str], int]:
             raise DataError(f"{path}: cannot read Parquet file: {exc}") from None
         return fmt, [str(c).strip() for c in pf.schema_arrow.names], pf.metadata.num_rows
     try:
-        head = pd.read_csv(path, nrows=1, **_csv_options(path))  # type: ignore[call-overload]
+        head = pd.read_csv(path, nrows=1, **_csv_options(path))
     except (UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError, OSError, EOFError,
             ValueError) as exc:
         raise _csv_errors(path, exc) from None
@@ -335,7 +335,7 @@ def iter_raw_batches(path: Path, fmt: FileFormat, batch_rows: int, columns: list
     if columns is not None:
         options["usecols"] = lambda c: str(c).strip() in columns
     try:
-        for frame in pd.read_csv(path, chunksize=batch_rows, **options):  # type: ignore[call-overload]
+        for frame in pd.read_csv(path, chunksize=batch_rows, **options):
             frame.columns = [str(c).strip() for c in frame.columns]
             yield offset, frame
             offset += len(frame)
