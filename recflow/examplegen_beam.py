@@ -498,8 +498,10 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, out_dir: Path, config: Any
     tasks = {kind: [(kind, i, str(p), t.format) for i, p in enumerate(t.files)] for kind, t in tables.items()}
     meta = {kind: {"files": len(t.files)} for kind, t in tables.items()}
     summary = tmp_dir / SUMMARY_NAME
-    quantiles = [1.0 - config.eval_fraction - config.test_fraction, 1.0 - config.test_fraction,
-                 *(j / config.num_shards for j in range(1, config.num_shards))]
+    q1, q2 = 1.0 - config.eval_fraction - config.test_fraction, 1.0 - config.test_fraction
+    # Shard boundaries: num_shards time ranges inside each split (evenly spaced quantiles between its cuts).
+    quantiles = [q1, q2, *(lo + j * (hi - lo) / config.num_shards for lo, hi in ((0.0, q1), (q1, q2), (q2, 1.0))
+                           if hi > lo for j in range(1, config.num_shards))]
     out = str(tmp_dir)
     # The events' unknown-item message names the catalog file, as the pandas engine's does.
     catalog_name = str(tables["items"].path) if "items" in tables else "the item catalog"
