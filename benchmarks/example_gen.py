@@ -5,7 +5,9 @@ directory, then runs ExampleGen on it once per engine, each in its own Python pr
 
 * ``pandas``: the whole log in the process;
 * ``beam``: the Beam pipeline on the DirectRunner in one process (``in_memory``);
-* ``beam-mp2``: the DirectRunner with ``multi_processing`` and 2 worker processes.
+* ``beam-mp2``: the DirectRunner with ``multi_processing`` and 2 worker processes;
+* ``beam-dask2``: Beam's Dask runner on a ``dask.distributed`` LocalCluster of 2 worker processes started for the
+  run (the cluster's start is in the seconds).
 
 For each run it records the wall seconds and the peak memory: ``peak_rss_tree_mb`` is the largest sum of the
 resident memory of the run's process and all its descendants (the Beam worker processes are children of the
@@ -45,6 +47,7 @@ ENGINES: dict[str, dict[str, Any]] = {
     "pandas": {"engine": "pandas"},
     "beam": {"engine": "beam", "direct_running_mode": "in_memory", "direct_num_workers": 1},
     "beam-mp2": {"engine": "beam", "direct_running_mode": "multi_processing", "direct_num_workers": 2},
+    "beam-dask2": {"engine": "beam", "runner": "DaskRunner", "dask_workers": 2},
 }
 
 
@@ -55,8 +58,10 @@ def child(engine: str, src: Path, out: Path) -> None:
     from recflow.examplegen_beam import BeamSettings
 
     spec = ENGINES[engine]
-    settings = BeamSettings(direct_running_mode=spec.get("direct_running_mode", "in_memory"),
-                            direct_num_workers=int(spec.get("direct_num_workers", 1)))
+    settings = BeamSettings(runner=spec.get("runner", "DirectRunner"),
+                            direct_running_mode=spec.get("direct_running_mode", "in_memory"),
+                            direct_num_workers=int(spec.get("direct_num_workers", 1)),
+                            dask_workers=int(spec.get("dask_workers", 2)))
     started = time.perf_counter()
     run_example_gen(src, out, ExampleGenConfig(engine=spec["engine"]), ValidationConfig(), settings)
     print(json.dumps({"seconds": round(time.perf_counter() - started, 2)}))
@@ -156,5 +161,5 @@ def main() -> None:
             Path(tmp).write_text(text + "\n", encoding="utf-8")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the guard matters: the Dask LocalCluster's worker processes import this file
     main()
