@@ -293,3 +293,31 @@ def test_data_fingerprint_covers_a_shard_directory(world: Path, tmp_path: Path) 
     assert data_fingerprint(src) == before
     pd.read_parquet(src / "events" / "part-001.parquet").head(10).to_parquet(src / "events" / "part-001.parquet")
     assert data_fingerprint(src) != before
+
+
+def test_validator_reads_a_shard_directory(world: Path, tmp_path: Path) -> None:
+    """``recflow data validate`` on a dataset with events/ shards, or on the shard directory itself: rows numbered
+    across the shards in name order, the directory named as the file."""
+    from recflow.validation import validate_path
+
+    src = _bad_source(world, tmp_path / "src", share=0.004)
+    whole = validate_path(src, ValidationConfig(max_bad_share=0.01))
+    alone = validate_path(src / "events", ValidationConfig(max_bad_share=0.01),
+                          quarantine_path=tmp_path / "q.parquet")
+    assert whole.tables["events"].path == src / "events" and whole.tables["events"].format == "csv"
+    assert whole.rows["events"] == len(pd.read_parquet(world / "events.parquet"))
+    last = whole.rows["events"] - 1  # the duplicate inside the last shard, numbered across both shards
+    assert ((whole.issues["row"] == last) & (whole.issues["reason"] == "duplicate")).any()
+    assert whole.tables["events"].row_label(5) == "row 5"  # no single CSV line number in a directory
+    # Alone, there is no catalog beside it: the same issues less the unknown item ids.
+    expected = whole.issues[(whole.issues["table"] == "events") & (whole.issues["reason"] != "unknown_item")]
+    pd.testing.assert_frame_equal(alone.issues.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+def test_runner_settings_come_from_the_transform_section() -> None:
+    from recflow.features.transform import TransformConfig
+
+    settings = BeamSettings.from_transform(
+        TransformConfig(direct_running_mode="multi_processing", direct_num_workers=2), ["--job_name=x"])
+    assert settings == BeamSettings(direct_running_mode="multi_processing", direct_num_workers=2,
+                                    beam_pipeline_args=("--job_name=x",))
