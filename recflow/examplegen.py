@@ -4,6 +4,8 @@ Output directory layout (the contract for Transform, the trainer and evaluation)
 
 * ``train.parquet``, ``eval.parquet``, ``test.parquet``: events ordered by time, split at timestamp quantiles so
   that every eval/test event is strictly later than every train event (no future leaks into training);
+  with ``engine: beam`` each is a directory of Parquet shards (``train.parquet/part-*.parquet``): read either
+  layout with :func:`read_split`;
 * ``items.parquet``: the catalog when given, else derived from the events (``item_id`` plus the latest event
   price when prices were logged);
 * ``users.parquet``: the user table, only when the source has one;
@@ -12,8 +14,10 @@ Output directory layout (the contract for Transform, the trainer and evaluation)
 
 Rows the validator rejects go to ``<out_dir>_quarantine.parquet`` beside the output directory.
 The directory is built in a temporary sibling and renamed into place, so readers never see half of it.
-Sources are a dataset directory of Parquet or CSV files; a BigQuery or GCS source can be added behind
-:func:`read_source` later without changing anything downstream.
+Sources are a dataset directory of Parquet or CSV files, each table a file (``events.parquet``) or a directory
+of shards (``events/``); a BigQuery or GCS source can be added behind :func:`read_source` later without changing
+anything downstream. ``example_gen.engine`` runs all this in this process (pandas) or as a Beam pipeline
+(:mod:`recflow.examplegen_beam`, the same output).
 """
 
 from __future__ import annotations
@@ -325,7 +329,7 @@ def _beam_example_gen(source: Path, out_dir: Path, tmp_dir: Path, config: Exampl
                       validation: ValidationConfig, beam: BeamSettings | None) -> ExampleGenResult:
     from recflow.examplegen_beam import BeamSettings, run_beam_example_gen
 
-    stats = run_beam_example_gen(source, tmp_dir, out_dir, config, validation, beam or BeamSettings(),
+    stats = run_beam_example_gen(source, tmp_dir, config, validation, beam or BeamSettings(),
                                  quarantine_path(out_dir, validation))
     if stats["rows"] == 0:
         raise DataError(f"{source}: the events table has no valid rows")

@@ -13,7 +13,8 @@ directory of shards, and the same for items and users), and:
 * computes the cut points with Beam's quantile sketch (:class:`HigherRanks`, the accumulator of
   ``ApproximateQuantilesCombineFn`` fed whole batches with ``input_batched``), picking the element of rank
   ``ceil(q * (n - 1))``: pandas' ``quantile(q, interpolation="higher")``. Exact while the sketch holds every
-  timestamp (up to about a million events at the default epsilon), else within ``epsilon * n`` ranks;
+  timestamp at weight 1 (measured at 1.16 million events with the default epsilon), else within ``epsilon * n``
+  ranks;
 * writes each split as ``<split>.parquet/part-SSSSS.parquet`` shards, each a time range of the split (the
   ranges are quantiles too) sorted by timestamp, event id and row, so the shards in name order are the pandas
   engine's file row for row; ``items.parquet`` (given, or the latest logged price per item: CombinePerKey),
@@ -480,9 +481,14 @@ def _unwrap_data_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def run_beam_example_gen(source: Path, tmp_dir: Path, out_dir: Path, config: Any, validation: Any,
-                         settings: BeamSettings, quarantine: Path, batch_rows: int = 65_536) -> dict[str, Any]:
-    """Run the pipeline into ``tmp_dir`` and return the statistics (the caller checks them and renames)."""
+def run_beam_example_gen(source: Path, tmp_dir: Path, config: Any, validation: Any, settings: BeamSettings,
+                         quarantine: Path, batch_rows: int = 65_536) -> dict[str, Any]:
+    """Run the pipeline on ``source`` into ``tmp_dir``, bad rows to ``quarantine``; return the statistics.
+
+    ``config``: the ExampleGenConfig; ``validation``: the ValidationConfig. Raises DataError for an unusable file
+    (before the pipeline, from footers and headers, or from the worker that read it), ValidationFailed when too
+    many rows are bad (after it, from its summary). The caller checks the split sizes and renames ``tmp_dir``.
+    """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
