@@ -4,6 +4,8 @@ Output directory layout (the contract for Transform, the trainer and evaluation)
 
 * ``train.parquet``, ``eval.parquet``, ``test.parquet``: events ordered by time, split at timestamp quantiles so
   that every eval/test event is strictly later than every train event (no future leaks into training);
+  with ``engine: beam`` each is a directory of Parquet shards (``train.parquet/part-*.parquet``): read either
+  layout with :func:`read_split`;
 * ``items.parquet``: the catalog when given, else derived from the events (``item_id`` plus the latest event
   price when prices were logged);
 * ``users.parquet``: the user table, only when the source has one;
@@ -12,16 +14,19 @@ Output directory layout (the contract for Transform, the trainer and evaluation)
 
 Rows the validator rejects go to ``<out_dir>_quarantine.parquet`` beside the output directory.
 The directory is built in a temporary sibling and renamed into place, so readers never see half of it.
-Sources are a dataset directory of Parquet or CSV files; a BigQuery or GCS source can be added behind
-:func:`read_source` later without changing anything downstream.
+Sources are a dataset directory of Parquet or CSV files, each table a file (``events.parquet``) or a directory
+of shards (``events/``); a BigQuery or GCS source can be added behind :func:`read_source` later without changing
+anything downstream. ``example_gen.engine`` runs all this in this process (pandas) or as a Beam pipeline
+(:mod:`recflow.examplegen_beam`, the same output).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,6 +37,7 @@ from recflow.io import staged_dir, to_arrow
 
 if TYPE_CHECKING:  # recflow.config composes this module's ExampleGenConfig, so no runtime import back
     from recflow.config import ValidationConfig
+    from recflow.examplegen_beam import BeamSettings
 
 SPLITS: tuple[str, ...] = ("train", "eval", "test")
 
@@ -49,6 +55,14 @@ class ExampleGenConfig(BaseModel):
     validate_input: bool = Field(
         True, description="Run the schema validator on the source and fail when too many rows are bad."
     )
+    engine: Literal["pandas", "beam"] = Field(
+        "pandas", description="pandas: in the launching process (the whole log in memory); beam: an Apache Beam "
+        "pipeline on the transform section's runner, each split written as a directory of Parquet shards.")
+    quantile_epsilon: float = Field(
+        1e-4, gt=0.0, lt=1.0, description="beam engine: rank error bound of the cut points' quantile sketch (a "
+        "cut is within epsilon * events ranks of the exact one; exact while the log fits the sketch's buffers).")
+    num_shards: int = Field(
+        4, ge=1, description="beam engine: time ranges each split's shards cover (empty ranges write no shard).")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> ExampleGenConfig:
@@ -80,20 +94,29 @@ class ExampleGenResult:
 
 
 def _find_table(source: Path, kind: schema.TableKind) -> Path | None:
-    for suffix in (".parquet", ".csv"):
-        candidate = source / f"{kind}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
+    """``kind``'s file (``events.parquet``, ``events.csv``) or shard directory (``events/``) in ``source``."""
+    from recflow.validation.reading import find_table_file
+
+    return find_table_file(source, kind)
+
+
+def _read_one_file(path: Path) -> pd.DataFrame:
+    if path.name.lower().endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zst")):
+        return pd.read_csv(path, dtype={"user_id": str, "item_id": str, "event_id": str, "session_id": str,
+                                        "request_id": str})
+    return pd.read_parquet(path)
 
 
 def _read_file(path: Path, kind: schema.TableKind) -> pd.DataFrame:
     try:
-        if path.suffix == ".csv":
-            df = pd.read_csv(path, dtype={"user_id": str, "item_id": str, "event_id": str, "session_id": str,
-                                          "request_id": str})
+        if path.is_dir():
+            from recflow.validation.reading import shard_files
+
+            df = pd.concat([_read_one_file(p) for p in shard_files(path)], ignore_index=True)
         else:
-            df = pd.read_parquet(path)
+            df = _read_one_file(path)
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001  (any reader failure is a bad input file)
         raise DataError(f"{path}: cannot read the {kind} table: {exc}") from None
     missing = [c for c in schema.required_columns(kind) if c not in df.columns]
@@ -108,6 +131,17 @@ def _read_file(path: Path, kind: schema.TableKind) -> pd.DataFrame:
     return df
 
 
+def find_source_tables(source: Path) -> dict[schema.TableKind, Path | None]:
+    """Each table's file or shard directory in the dataset directory ``source`` (DataError without events)."""
+    if not source.is_dir():
+        raise DataError(f"{source}: not a dataset directory (expected events.parquet or events.csv inside)")
+    paths = {kind: _find_table(source, kind) for kind in schema.TABLE_KINDS}
+    if paths["events"] is None:
+        raise DataError(f"{source}: no events.parquet or events.csv (or an events/ directory of shards) in the "
+                        "dataset directory")
+    return paths
+
+
 def read_source(source: Path, validation: ValidationConfig, validate: bool = True,
                 quarantine_path: Path | None = None) -> dict[str, pd.DataFrame]:
     """Read the events (and the items/users tables when present) of a dataset directory, validated.
@@ -117,11 +151,7 @@ def read_source(source: Path, validation: ValidationConfig, validate: bool = Tru
     ValidationFailed when the validator rejects it.
     """
     source = Path(source)
-    if not source.is_dir():
-        raise DataError(f"{source}: not a dataset directory (expected events.parquet or events.csv inside)")
-    paths = {kind: _find_table(source, kind) for kind in schema.TABLE_KINDS}
-    if paths["events"] is None:
-        raise DataError(f"{source}: no events.parquet or events.csv in the dataset directory")
+    paths = find_source_tables(source)
     if validate:
         from recflow.validation import validate_path
 
@@ -129,6 +159,54 @@ def read_source(source: Path, validation: ValidationConfig, validate: bool = Tru
         report.raise_if_failed()
         return {kind: df for kind, df in report.valid.items() if df is not None}
     return {kind: _read_file(path, kind) for kind, path in paths.items() if path is not None}
+
+
+def split_path(examples_dir: Path, name: str) -> Path:
+    """Where split ``name`` of an examples directory is: ``<name>.parquet``, a file or a directory of shards."""
+    return Path(examples_dir) / f"{name}.parquet"
+
+
+def has_split(examples_dir: Path, name: str) -> bool:
+    """Whether the examples directory holds split ``name`` (a Parquet file or a directory of shards)."""
+    path = split_path(examples_dir, name)
+    return path.is_file() or (path.is_dir() and any(path.glob("*.parquet")))
+
+
+def read_split(examples_dir: Path, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Split ``name`` (``train``/``eval``/``test``) of an examples directory, in log order.
+
+    Reads either layout ExampleGen writes: one ``<name>.parquet`` file (pandas engine) or a ``<name>.parquet/``
+    directory of ``part-*.parquet`` shards (beam engine), and returns the rows sorted stably by timestamp, then
+    event id when there is one: the same frame for both layouts, whatever order the shards hold. ``columns``
+    selects columns (the sort keys are read when needed and dropped again). Raises DataError when it is missing.
+    """
+    path = split_path(examples_dir, name)
+    if not has_split(examples_dir, name):
+        raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first: recflow.examplegen)")
+    import pyarrow.parquet as pq
+
+    available = pq.read_schema(path if path.is_file() else sorted(path.glob("*.parquet"))[0]).names
+    keys = [c for c in ("timestamp", "event_id") if c in available]
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *keys]))
+    try:
+        if path.is_file():
+            frame = pd.read_parquet(path, columns=wanted)
+        else:
+            parts = [pq.read_table(p, columns=wanted) for p in sorted(path.glob("*.parquet"))]
+            import pyarrow as pa
+
+            frame = pa.concat_tables(parts, promote_options="default").to_pandas()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
+    if keys:
+        frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
+    return frame if columns is None else frame[list(columns)]
+
+
+def read_split_path(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """:func:`read_split` of a split given by its path (``<examples_dir>/<name>.parquet``, file or directory)."""
+    path = Path(path)
+    return read_split(path.parent, path.name.removesuffix(".parquet"), columns)
 
 
 def split_by_time(events: pd.DataFrame, eval_fraction: float, test_fraction: float) -> dict[str, pd.DataFrame]:
@@ -216,17 +294,54 @@ def quarantine_path(out_dir: Path, validation: ValidationConfig) -> Path:
     return out_dir.with_name(f"{out_dir.name}_{validation.quarantine_name}")
 
 
-def run_example_gen(source: Path, out_dir: Path, config: ExampleGenConfig,
-                    validation: ValidationConfig) -> ExampleGenResult:
+def run_example_gen(source: Path, out_dir: Path, config: ExampleGenConfig, validation: ValidationConfig,
+                    beam: BeamSettings | None = None) -> ExampleGenResult:
     """Ingest the dataset directory ``source``, validate it, split it by time and write ``out_dir`` atomically.
 
-    Raises DataError for an unreadable source or splits that would be empty, ValidationFailed when the
-    validator rejects the data.
+    ``config.engine`` picks pandas (in this process) or beam (:mod:`recflow.examplegen_beam`, on the runner of
+    ``beam``, default the DirectRunner in one process; :meth:`BeamSettings.from_transform` takes the transform
+    section's runner settings). Raises DataError for an unreadable source or splits that would be empty,
+    ValidationFailed when the validator rejects the data.
     """
     source, out_dir = Path(source), Path(out_dir)
     with staged_dir(out_dir) as tmp_dir:
-        result = _example_gen(source, out_dir, tmp_dir, config, validation)
+        if config.engine == "beam":
+            result = _beam_example_gen(source, out_dir, tmp_dir, config, validation, beam)
+        else:
+            result = _example_gen(source, out_dir, tmp_dir, config, validation)
     return result
+
+
+def _check_splits(source: Path, rows: dict[str, int], config: ExampleGenConfig) -> None:
+    if rows["train"] < config.min_train_events:
+        raise DataError(
+            f"{source}: only {rows['train']} events fall into the train split "
+            f"(example_gen.min_train_events={config.min_train_events})",
+            hint="use a longer event log or smaller eval_fraction/test_fraction",
+        )
+    for name, fraction in (("eval", config.eval_fraction), ("test", config.test_fraction)):
+        if fraction > 0 and rows[name] == 0:
+            raise DataError(f"{source}: the {name} split is empty: too few distinct timestamps to split at "
+                            f"{name}_fraction={fraction}")
+
+
+def _beam_example_gen(source: Path, out_dir: Path, tmp_dir: Path, config: ExampleGenConfig,
+                      validation: ValidationConfig, beam: BeamSettings | None) -> ExampleGenResult:
+    from recflow.examplegen_beam import BeamSettings, run_beam_example_gen
+
+    stats = run_beam_example_gen(source, tmp_dir, config, validation, beam or BeamSettings(),
+                                 quarantine_path(out_dir, validation))
+    if stats["rows"] == 0:
+        raise DataError(f"{source}: the events table has no valid rows")
+    _check_splits(source, {name: stats["splits"][name]["rows"] for name in SPLITS}, config)
+    return ExampleGenResult(
+        out_dir=out_dir,
+        splits={name: split_path(out_dir, name) for name in SPLITS},
+        items_path=out_dir / "items.parquet",
+        users_path=out_dir / "users.parquet" if stats["users_given"] else None,
+        stats_path=out_dir / "stats.json",
+        stats=stats,
+    )
 
 
 def _example_gen(source: Path, out_dir: Path, tmp_dir: Path, config: ExampleGenConfig,
@@ -238,16 +353,7 @@ def _example_gen(source: Path, out_dir: Path, tmp_dir: Path, config: ExampleGenC
     if events.empty:
         raise DataError(f"{source}: the events table has no valid rows")
     splits = split_by_time(events, config.eval_fraction, config.test_fraction)
-    if len(splits["train"]) < config.min_train_events:
-        raise DataError(
-            f"{source}: only {len(splits['train'])} events fall into the train split "
-            f"(example_gen.min_train_events={config.min_train_events})",
-            hint="use a longer event log or smaller eval_fraction/test_fraction",
-        )
-    for name, fraction in (("eval", config.eval_fraction), ("test", config.test_fraction)):
-        if fraction > 0 and splits[name].empty:
-            raise DataError(f"{source}: the {name} split is empty: too few distinct timestamps to split at "
-                            f"{name}_fraction={fraction}")
+    _check_splits(source, {name: len(df) for name, df in splits.items()}, config)
     items_given = "items" in tables
     items = tables["items"] if items_given else derive_items(events)
     users = tables.get("users")

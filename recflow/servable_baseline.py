@@ -32,7 +32,8 @@ from typing import Any
 import pandas as pd
 
 from recflow.errors import DataError
-from recflow.io import staged_dir
+from recflow.examplegen import read_split
+from recflow.io import staged_dir, write_table
 
 #: The fallback's directory inside the Evaluator's output, and the bundle part the Pusher stores it under.
 FALLBACK_DIR = "fallback_baseline"
@@ -89,7 +90,7 @@ def write_fallback(
     examples_dir = Path(examples_dir)
     final = Path(out_dir) / FALLBACK_DIR
     with staged_dir(final) as staging:
-        shutil.copyfile(examples_dir / TRAIN_FILE, staging / TRAIN_FILE)
+        write_table(read_split(examples_dir, "train"), staging / TRAIN_FILE, "events")  # one file, either layout
         files = [TRAIN_FILE]
         if (examples_dir / ITEMS_FILE).is_file():
             shutil.copyfile(examples_dir / ITEMS_FILE, staging / ITEMS_FILE)
@@ -147,7 +148,7 @@ class ServableBaseline:
         if label not in config.baselines:
             config = config.model_copy(update={"baselines": [*config.baselines, label]})
         model = build_baselines(config, tuned)[label]
-        train = pd.read_parquet(directory / TRAIN_FILE)
+        train = read_split(directory, "train")
         items = pd.read_parquet(directory / ITEMS_FILE) if (directory / ITEMS_FILE).is_file() else None
         model.fit(train, items)  # type: ignore[attr-defined]
         return cls(spec, model)

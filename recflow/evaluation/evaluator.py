@@ -53,6 +53,7 @@ from recflow.evaluation.metrics import (
 )
 from recflow.evaluation.noninferiority import NonInferiority, non_inferiority_test
 from recflow.evaluation.significance import PairedTest, paired_tests
+from recflow.examplegen import SPLITS, read_split_path
 from recflow.recommender import Recommender
 from recflow.reranking import make_reranker
 
@@ -256,14 +257,17 @@ def tune_configured_baselines(
     return {name: r.to_dict() for name, r in results.items()}, note
 
 
+_SPLIT_FILES = {f"{name}.parquet" for name in SPLITS}
+
+
 def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):  # a split may be a directory of shards (beam engine)
         raise DataError(
             f"{path}: file not found (an examples directory holds train.parquet, eval.parquet, "
             "test.parquet and optionally items.parquet, users.parquet)"
         )
     try:
-        frame = pd.read_parquet(path)
+        frame = read_split_path(path) if path.name in _SPLIT_FILES else pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001  (pyarrow raises many types for a corrupt file)
         raise DataError(f"{path}: cannot be read as Parquet: {exc}") from None
     missing = [c for c in required if c not in frame.columns]

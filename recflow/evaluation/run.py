@@ -22,6 +22,7 @@ from recflow.errors import DataError
 from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.evaluator import EvaluationResult, evaluate_recommenders
 from recflow.evaluation.report import write_report
+from recflow.examplegen import read_split
 from recflow.policy.config import PolicyConfig
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,8 @@ def ranking_slices(
     recommender = load_recommender(model_dir)
     if not recommender.has_ranking:
         return None, "no ranking model (the log has no impressions), so no per-slice metrics"
-    held_out = pd.read_parquet(examples_dir / f"{split}.parquet")
-    train = pd.read_parquet(examples_dir / "train.parquet", columns=["user_id"])
+    held_out = read_split(examples_dir, split)
+    train = read_split(examples_dir, "train", columns=["user_id"])
     items_path = examples_dir / "items.parquet"
     items = pd.read_parquet(items_path) if items_path.exists() else None
     frame = ranking_examples(held_out, items, train)

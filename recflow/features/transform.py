@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recflow import bundle_layout, schema
 from recflow.errors import DataError
+from recflow.examplegen import read_split
 from recflow.features import beam_runner, behaviour
 from recflow.features.beam_runner import DirectRunningMode
 from recflow.io import staged_dir
@@ -104,10 +105,7 @@ class TransformResult:
 def _read_examples(examples_dir: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.DataFrame | None]:
     splits = {}
     for name in SPLITS:
-        path = examples_dir / f"{name}.parquet"
-        if not path.is_file():
-            raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first: recflow.examplegen)")
-        splits[name] = pd.read_parquet(path)
+        splits[name] = read_split(examples_dir, name)  # a file or a directory of shards; DataError when missing
     items_path = examples_dir / "items.parquet"
     if not items_path.is_file():
         raise DataError(f"{examples_dir}: no items.parquet (run ExampleGen first: recflow.examplegen)")

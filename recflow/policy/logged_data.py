@@ -28,6 +28,7 @@ import pandas as pd
 
 from recflow import bundle_layout
 from recflow.errors import DataError
+from recflow.examplegen import read_split_path
 from recflow.io import epoch_seconds
 from recflow.policy.config import PolicyConfig
 from recflow.schema import DEVICES
@@ -261,10 +262,10 @@ def _estimate_propensities(imp: pd.DataFrame) -> np.ndarray:
 
 def read_events(path: Path) -> pd.DataFrame:
     """Read an events Parquet file and check the columns this module needs."""
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):  # a split may be a directory of shards (beam engine)
         raise DataError(f"{path}: events file not found")
     try:
-        df = pd.read_parquet(path)
+        df = read_split_path(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read as Parquet: {exc}") from None
     missing = [c for c in ("event_type", "timestamp", "user_id", "item_id") if c not in df.columns]

@@ -101,7 +101,14 @@ def data_fingerprint(data_dir: Path, chunk_size: int = 1 << 20) -> str:
             digest.update(f"{kind}\0-\0".encode())
             continue
         digest.update(f"{kind}\0{path.name[len(kind):]}\0".encode())
-        add(path)
+        if path.is_dir():  # a shard directory: its data files' names and bytes, in name order
+            from recflow.validation.reading import shard_files
+
+            for shard in shard_files(path):
+                digest.update(f"{shard.name}\0".encode())
+                add(shard)
+        else:
+            add(path)
         digest.update(b"\0")
     return digest.hexdigest()
 

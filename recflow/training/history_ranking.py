@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow.examplegen import read_split
 from recflow.io import epoch_seconds
 from recflow.models.history_ranking import (
     DENSE_FEATURES,
@@ -56,7 +57,7 @@ def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataF
 
     frames = []
     for split in ("train", "eval"):
-        df = pd.read_parquet(Path(examples_dir) / f"{split}.parquet")
+        df = read_split(examples_dir, split)
         frames.append(df.assign(_split=split))
     events = pd.concat(frames, ignore_index=True)
     users_path = Path(examples_dir) / "users.parquet"

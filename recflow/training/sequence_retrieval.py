@@ -38,6 +38,7 @@ import pandas as pd
 
 from recflow import bundle_layout
 from recflow.errors import DataError
+from recflow.examplegen import has_split, read_split
 from recflow.io import epoch_seconds
 
 #: Event types that enter a history (the user's own choices; impressions are the shop's).
@@ -77,10 +78,9 @@ def load_events(examples_dir: Path, splits: Sequence[str], item_rows: Mapping[st
 
     frames = []
     for name in splits:
-        path = Path(examples_dir) / f"{name}.parquet"
-        if not path.is_file():
+        if not has_split(examples_dir, name):
             raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first)")
-        df = pd.read_parquet(path, columns=["user_id", "item_id", "event_type", "timestamp"])
+        df = read_split(examples_dir, name, columns=["user_id", "item_id", "event_type", "timestamp"])
         frames.append(df[df["event_type"].isin(HISTORY_TYPES)].assign(_split=name))
     ev = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
     users = ev["user_id"].astype(str).to_numpy(object)
@@ -328,7 +328,7 @@ def _write_histories(data: Any, examples_dir: Path, out_dir: Path, max_len: int)
     """Write each user's stored history; every train user is a known user (as with the two-tower), those with
     impressions only with an empty history."""
     histories = stored_histories(data, max_len)
-    train_users = pd.read_parquet(Path(examples_dir) / "train.parquet", columns=["user_id"])["user_id"].astype(str)
+    train_users = read_split(examples_dir, "train", columns=["user_id"])["user_id"].astype(str)
     missing = sorted(set(train_users) - set(histories["user_id"]))
     if missing:
         empty = pd.DataFrame({"user_id": missing, "item_ids": [[] for _ in missing],

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recflow import bundle_layout
 from recflow.errors import DataError
+from recflow.examplegen import read_split
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 from recflow.io import staged_dir
 from recflow.training.distribution import DistributionConfig
@@ -251,7 +252,7 @@ def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame
     from recflow.features.transform import coerce_raw
 
     names = list(spec["context_features"])
-    events = pd.concat([pd.read_parquet(examples_dir / f"{s}.parquet") for s in ("train", "eval")],
+    events = pd.concat([read_split(examples_dir, s) for s in ("train", "eval")],
                        ignore_index=True).sort_values("timestamp", kind="stable")
     users_path = examples_dir / "users.parquet"
     if "region" in names and "region" not in events.columns and users_path.is_file():
@@ -524,7 +525,7 @@ def _train_user_embeddings(inputs: TrainerInputs, serving: Any, contexts: pd.Dat
     import tensorflow as tf
 
     spec = inputs.spec
-    train_users = sorted(pd.read_parquet(inputs.examples_dir / "train.parquet", columns=["user_id"])["user_id"]
+    train_users = sorted(read_split(inputs.examples_dir, "train", columns=["user_id"])["user_id"]
                          .astype(str).unique())
     ctx = contexts.set_index("user_id").reindex(train_users)
     features = {"user_id": tf.constant(train_users)}

@@ -24,7 +24,7 @@ from recflow import schema
 from recflow.config import ValidationConfig
 from recflow.errors import DataError
 from recflow.validation.checks import ISSUE_COLUMNS, Reason, TableCheck, check_table, parse_min_timestamp
-from recflow.validation.reading import RawTable, find_table_file, infer_kind, read_raw_table
+from recflow.validation.reading import RawTable, find_table_file, infer_kind, read_raw_table, shard_files
 from recflow.validation.report import (
     QUARANTINE_META_COLUMNS,
     TableReport,
@@ -60,6 +60,13 @@ def catalog_item_ids(items: pd.DataFrame) -> pd.Index:
     return pd.Index(pd.unique(text[text != ""]))
 
 
+def _is_shard_directory(path: Path) -> bool:
+    try:
+        return bool(shard_files(path))
+    except DataError:
+        return False
+
+
 def _collect_tables(path: Path, items_path: Path | None) -> tuple[dict[str, RawTable], Path]:
     """Read the tables to validate and the directory the quarantine goes to by default."""
     if not path.exists():
@@ -70,6 +77,10 @@ def _collect_tables(path: Path, items_path: Path | None) -> tuple[dict[str, RawT
             found = find_table_file(path, kind)
             if found is not None and not (kind == "items" and items_path is not None):
                 tables[kind] = read_raw_table(found, kind)
+        if not tables and items_path is None and _is_shard_directory(path):  # one table stored as shards
+            raw = read_raw_table(path)
+            tables[raw.kind] = raw
+            return tables, path.parent
         if not tables and items_path is None:
             raise DataError(
                 f"{path}: no events, items or users file in this directory (expected events.parquet, "
@@ -130,8 +141,9 @@ def validate_path(
 ) -> ValidationReport:
     """Validate a dataset directory or one events/items/users file (Parquet or CSV) and write the quarantine.
 
-    ``path``: a directory holding ``events``, ``items`` and/or ``users`` as ``.parquet`` or ``.csv``, or one
-    such file (its table is taken from the Parquet metadata, else the file name, else the columns).
+    ``path``: a directory holding ``events``, ``items`` and/or ``users`` as ``.parquet`` or ``.csv`` files or
+    shard directories (``events/``), one such file, or one table's shard directory (its table is taken from
+    the Parquet metadata, else the file name, else the columns).
     ``items_path``: the catalog that events' item ids must exist in (default: the items file in the directory,
     or beside a single events file; none found means no item-id check).
     ``quarantine_path``: where bad rows go (default: ``config.quarantine_name`` in the dataset directory). It is

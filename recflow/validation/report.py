@@ -34,7 +34,8 @@ class TableReport:
 
     def row_label(self, row: int) -> str:
         """How to find a row in the source: 0-based index, plus the line number for CSV (header is line 1)."""
-        return f"row {row} (line {row + 2})" if self.format == "csv" else f"row {row}"
+        single_csv = self.format == "csv" and not self.path.is_dir()  # a shard directory has no one line number
+        return f"row {row} (line {row + 2})" if single_csv else f"row {row}"
 
 
 @dataclass
@@ -133,19 +134,18 @@ class ValidationReport:
         raise ValidationFailed("data validation failed: " + " | ".join(parts) + where)
 
 
-def build_quarantine(issues: pd.DataFrame, raw_tables: dict[str, pd.DataFrame]) -> pa.Table:
-    """One row per issue: the issue's columns, then the offending row's original values as text."""
+def quarantine_block(issues: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+    """One table's issues (``row`` a position in ``raw``), then the offending rows' original values as text."""
+    rows = issues["row"].to_numpy()
+    values = raw.iloc[rows].reset_index(drop=True)
+    values = pd.DataFrame({c: values_as_text(values[c]).to_numpy() for c in values.columns})
+    renamed = {c: f"data_{c}" for c in values.columns if c in QUARANTINE_META_COLUMNS}
+    return pd.concat([issues.reset_index(drop=True), values.rename(columns=renamed)], axis=1)
+
+
+def quarantine_table(blocks: list[pd.DataFrame]) -> pa.Table:
+    """The quarantine file's table from :func:`quarantine_block` blocks (all text but the 0-based ``row``)."""
     meta = [pd.DataFrame({c: pd.Series(dtype=object) for c in QUARANTINE_META_COLUMNS})]
-    blocks = []
-    for kind, raw in raw_tables.items():
-        mine = issues[issues["table"] == kind]
-        if not len(mine):
-            continue
-        rows = mine["row"].to_numpy()
-        values = raw.iloc[rows].reset_index(drop=True)
-        values = pd.DataFrame({c: values_as_text(values[c]).to_numpy() for c in values.columns})
-        renamed = {c: f"data_{c}" for c in values.columns if c in QUARANTINE_META_COLUMNS}
-        blocks.append(pd.concat([mine.reset_index(drop=True), values.rename(columns=renamed)], axis=1))
     frame = pd.concat(meta + blocks, ignore_index=True) if blocks else meta[0]
     fields, arrays = [], []
     for col in frame.columns:
@@ -157,6 +157,16 @@ def build_quarantine(issues: pd.DataFrame, raw_tables: dict[str, pd.DataFrame]) 
             values = frame[col].astype(object).where(frame[col].notna(), None)
             arrays.append(pa.array(values, type=pa.string(), from_pandas=True))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata={b"recflow.quarantine": b"1"}))
+
+
+def build_quarantine(issues: pd.DataFrame, raw_tables: dict[str, pd.DataFrame]) -> pa.Table:
+    """One row per issue: the issue's columns, then the offending row's original values as text."""
+    blocks = []
+    for kind, raw in raw_tables.items():
+        mine = issues[issues["table"] == kind]
+        if len(mine):
+            blocks.append(quarantine_block(mine, raw))
+    return quarantine_table(blocks)
 
 
 def write_quarantine(table: pa.Table, path: Path) -> Path:
