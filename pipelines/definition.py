@@ -65,7 +65,7 @@ from recflow.tuning import TuningConfig
 #: The config sections each step reads (its typed ``<section>_config`` parameters; the track tasks, the pusher
 #: and the exit handler also take ``tracking``). The DAG's parameters are the union, one per section.
 STEP_SECTIONS: dict[str, tuple[str, ...]] = {
-    "example_gen": ("example_gen", "validation"),
+    "example_gen": ("example_gen", "validation", "transform"),  # transform: the Beam runner of engine beam
     "transform": ("transform",),
     "tuner": ("trainer", "tuning"),
     "tfrs_trainer": ("trainer",),
@@ -227,7 +227,8 @@ def _training_dag(steps: dict[str, Any], config: PipelineConfig, with_tuner: boo
 
     resolved = _uncached(steps["resolver"](data_uri=data_uri, model_store=model_store), "resolver", config)
     gen = tracked_by(place(steps["example_gen"](data_uri=data_uri, data_version=resolved.outputs["data_version"],
-                                                **sections("example_gen")), "example_gen"), "example_gen")
+                                                beam_pipeline_args=beam_args, **sections("example_gen")),
+                           "example_gen"), "example_gen")
     examples = gen.outputs["examples"]
     tft = tracked_by(place(steps["transform"](examples=examples, beam_pipeline_args=beam_args,
                                               **sections("transform")), "transform"), "transform")

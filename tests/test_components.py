@@ -28,7 +28,7 @@ def _interface(module) -> tuple[dict[str, str], dict[str, str]]:
 @pytest.mark.parametrize(("module", "inputs", "outputs"), [
     (resolver, {"data_uri": "String", "model_store": "String"}, {"data_version": "String", "champion": "String"}),
     (example_gen, {"data_uri": "String", "data_version": "String", "example_gen_config": "Dict",
-                   "validation_config": "Dict"},
+                   "validation_config": "Dict", "transform_config": "Dict", "beam_pipeline_args": "List"},
      {"examples": "system.Dataset@0.0.1", "statistics": "system.Metrics@0.0.1",
       "validation_summary": "system.Markdown@0.0.1", **RECORD}),
     (transform, {"examples": "system.Dataset@0.0.1", "beam_pipeline_args": "List", "transform_config": "Dict"},
@@ -180,7 +180,8 @@ def test_example_gen_component_on_simulator_data(tmp_path, monkeypatch):
     record = dsl.Artifact(uri=str(tmp_path / "record"))
     monkeypatch.setenv(STATUS_DIR_ENV, str(tmp_path / "status"))
     example_gen.example_gen(str(tmp_path / "data"), "sha256:abc", config.example_gen.model_dump(mode="json"),
-                            config.validation.model_dump(mode="json"), examples, statistics, summary, record)
+                            config.validation.model_dump(mode="json"), config.transform.model_dump(mode="json"), [],
+                            examples, statistics, summary, record)
     assert {"train.parquet", "eval.parquet", "test.parquet", "stats.json"} <= {
         p.name for p in (tmp_path / "examples").iterdir()}
     assert statistics.metadata and "examples written to" in Path(summary.path).read_text()
@@ -192,7 +193,8 @@ def test_example_gen_component_on_simulator_data(tmp_path, monkeypatch):
     step = read_step_record(tmp_path / "record")
     assert step.step == "example_gen" and step.execution_id == status["execution_id"]
     assert step.metrics == status["metrics"] and step.metrics
-    assert set(step.config) == {"example_gen", "validation"} and step.tags["recflow.data_version"] == "sha256:abc"
+    assert set(step.config) == {"example_gen", "validation", "transform"}
+    assert step.tags["recflow.data_version"] == "sha256:abc"
     logged = {(a["artifact_path"], record_file(tmp_path / "record", a).name) for a in step.artifacts}
     assert ("example_gen", "stats.json") in logged
     assert all(record_file(tmp_path / "record", a).is_file() for a in step.artifacts)

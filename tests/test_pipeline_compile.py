@@ -263,3 +263,15 @@ def test_transient_steps_retry_and_the_exit_handler_closes_the_run(compiled):
     assert order == list(CACHED)
     opens = {n: tasks[n]["inputs"]["parameters"]["opens"]["runtimeValue"]["constant"] for n in _track_tasks(compiled)}
     assert [n for n, v in opens.items() if v] == ["track"]
+
+
+def test_both_data_steps_get_the_beam_runner_settings(tmp_path: Path):
+    """ExampleGen's beam engine runs where Transform runs: both steps take the pipeline's beam_pipeline_args and
+    the transform section (its runner settings); the pandas engine ignores them."""
+    config = PipelineConfig.model_validate({"beam_pipeline_args": ["--runner=DataflowRunner", "--region=x"]})
+    spec = load_package(compile_pipeline(config, tmp_path / "p.yaml"))
+    tasks = _all_tasks(spec)
+    for name in ("example-gen", "transform"):
+        params = tasks[name]["inputs"]["parameters"]
+        assert params["beam_pipeline_args"]["runtimeValue"]["constant"] == ["--runner=DataflowRunner", "--region=x"]
+        assert params["transform_config"]["componentInputParameter"].endswith("transform_config")

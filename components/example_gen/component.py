@@ -15,6 +15,8 @@ def example_gen(
     data_version: str,
     example_gen_config: dict,
     validation_config: dict,
+    transform_config: dict,
+    beam_pipeline_args: list,
     examples: Output[Dataset],
     statistics: Output[Metrics],
     validation_summary: Output[Markdown],
@@ -23,21 +25,25 @@ def example_gen(
     """Validate the dataset at ``data_uri`` and write train/eval/test examples; invalid data fails the step.
 
     ``data_version`` (the resolver's value for what ``data_uri`` holds) is not read: it is there so that the
-    step's cache key changes when the data does."""
+    step's cache key changes when the data does. ``transform_config`` and ``beam_pipeline_args``: the Beam
+    runner of ``example_gen.engine: beam`` (the transform section's runner settings, one place for both data
+    steps, and the pipeline's ``beam_pipeline_args``); the pandas engine reads neither."""
     import json
     from pathlib import Path
 
     from components.step_run import step_run
 
-    sections = {"example_gen": example_gen_config, "validation": validation_config}
+    sections = {"example_gen": example_gen_config, "validation": validation_config, "transform": transform_config}
     with step_run("example_gen", sections, record=record.path) as step:
         from recflow.errors import DataError
         from recflow.examplegen import run_example_gen
+        from recflow.examplegen_beam import BeamSettings
 
         if not data_uri.strip():
             raise DataError("pipeline parameter data_uri is empty: set it to the dataset (a directory or gs://...)")
+        beam = BeamSettings.from_transform(step.config.transform, [str(a) for a in beam_pipeline_args])
         result = run_example_gen(Path(data_uri), Path(examples.path), step.config.example_gen,
-                                 step.config.validation)
+                                 step.config.validation, beam=beam)
         stats = json.loads((Path(examples.path) / "stats.json").read_text(encoding="utf-8"))
         for name, value in step.log_metrics(stats).items():
             statistics.log_metric(name, value)
