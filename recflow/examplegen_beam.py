@@ -481,8 +481,8 @@ def _unwrap_data_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-# long-function: one Beam graph, read top to bottom (validation, cuts, shards, catalog, stats); its stages are the
-# module's functions above, and splitting the wiring would only pass the PCollections around.
+# The stages are the module's functions above; splitting the wiring would only pass the PCollections around.
+# long-function: one Beam graph, read top to bottom (validation, cut points, shards, catalog, statistics)
 def run_beam_example_gen(source: Path, tmp_dir: Path, config: Any, validation: Any, settings: BeamSettings,
                          quarantine: Path, batch_rows: int = 65_536) -> dict[str, Any]:
     """Run the pipeline on ``source`` into ``tmp_dir``, bad rows to ``quarantine``; return the statistics.
