@@ -45,6 +45,31 @@ def simulator_section(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def simulator_scale_section(d: dict[str, Any]) -> list[str]:
+    sizes = ", ".join(f"{r['events']:,} events {_f(r['seconds'], 1)} s / {_f(r['peak_rss_mb'], 0)} MB"
+                      for r in d["sizes"])
+    return [
+        f"**Simulator at shop scale** (`benchmarks/simulator_scale.py`, {d['users']:,} users, {d['items']:,} items, "
+        f"streamed to row groups): {sizes}; peak at the largest size / smallest "
+        f"{_f(d['peak_ratio_largest_to_smallest'], 3)}, target <= {d['peak_ratio_target']}: {_met(d.get('passed'))}.",
+    ]
+
+
+def example_gen_section(d: dict[str, Any]) -> list[str]:
+    def label(r: dict[str, Any]) -> str:
+        if r["engine"] == "pandas":
+            return "pandas"
+        if r.get("runner") == "DaskRunner":
+            return f"beam on Dask ({r['dask_workers']} workers)"
+        return f"beam ({r['direct_running_mode']}, {r['direct_num_workers']} worker(s))"
+
+    runs = "; ".join(f"{label(r)} {_f(r['seconds'], 1)} s, {_f(r['peak_rss_tree_mb'], 0)} MB"
+                     for r in d["runs"])
+    same = all(d.get("same_stats_as_pandas", {}).values())
+    return [f"**ExampleGen engines** (`benchmarks/example_gen.py`, {d['events']:,} events, seconds and peak RSS of "
+            f"the process tree): {runs}; every engine wrote the pandas engine's stats.json: {same}."]
+
+
 def pipeline_section(d: dict[str, Any]) -> list[str]:
     steps_order = ("example_gen", "transform", "tfrs_trainer", "agents_trainer", "evaluator", "pusher")
     lines = ["**Training pipeline** (`benchmarks/pipeline.py`, KFP local runner, MLflow on):", "",
@@ -236,7 +261,8 @@ def generic_section(name: str, d: dict[str, Any]) -> list[str]:
     return [f"**{name}**: see [benchmarks/results/{name}.json](benchmarks/results/{name}.json)."]
 
 
-SECTIONS = {"simulator": simulator_section, "pipeline": pipeline_section, "quality": quality_section,
+SECTIONS = {"simulator": simulator_section, "simulator_scale": simulator_scale_section,
+            "example_gen": example_gen_section, "pipeline": pipeline_section, "quality": quality_section,
             "policy": policy_section, "serving": serving_section, "drift_loop": drift_section,
             "fairness": fairness_section}
 
