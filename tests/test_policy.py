@@ -222,6 +222,25 @@ def test_train_policy_end_to_end_slates_and_off_policy_estimate(world, tmp_path)
     eval_data = load_bandit_data(examples / "eval.parquet", model, config, layout=scorer.layout)
     probs = scorer.logged_action_probabilities(eval_data)
     assert ((probs > 0) & (probs <= 1)).all()
+    # in row chunks (as over a 100,000-item catalog) the probabilities are the same
+    import recflow.policy.scorer as scorer_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scorer_module, "MAX_DISTRIBUTION_CELLS", 3 * len(scorer.item_ids))
+        np.testing.assert_allclose(scorer.logged_action_probabilities(eval_data), probs, rtol=1e-6)
+    # a seeded sample of whole requests bounds the scored (decision x item) pairs; it says so
+    from recflow.evaluation.run import sample_requests
+
+    n_items = len(scorer.item_ids)
+    same, none = sample_requests(eval_data, n_items, len(eval_data) * n_items, seed=1)
+    assert same is eval_data and none is None
+    sample, note = sample_requests(eval_data, n_items, 10 * n_items, seed=1)
+    assert 0 < len(sample) <= max(10, int(np.bincount(np.unique(eval_data.request_ids, return_inverse=True)[1]).max()))
+    kept = set(sample.request_ids)
+    assert sorted(sample.request_ids) == sorted(r for r in eval_data.request_ids if r in kept)  # requests whole
+    assert note is not None and "ope_max_scored_pairs" in note and f"of {len(eval_data):,} decisions" in note
+    again, _ = sample_requests(eval_data, n_items, 10 * n_items, seed=1)
+    assert list(again.request_ids) == list(sample.request_ids)
     estimates = evaluate_policy_offline(eval_data, probs, replicates=200)
     assert estimates["click_rate/snips"].value > estimates["click_rate/logged"].value + 0.1
     assert estimates["click_rate/ips"].ci_low > estimates["click_rate/logged"].value - 0.1

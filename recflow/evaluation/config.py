@@ -161,6 +161,13 @@ class EvaluatorConfig(_Section):
         5000, gt=0, description="Evaluate at most this many held-out users (sampled with seed); null = all."
     )
     seed: int = Field(42, ge=0, description="Seed of the user sample and of the baselines.")
+    ope_max_scored_pairs: int | None = Field(
+        100_000_000,
+        gt=0,
+        description="The off-policy estimates score every logged decision against the whole catalog; when "
+        "decisions x catalog items exceed this, they use a seeded sample of whole logged requests that fits it "
+        "(said in the report: their confidence intervals widen). null = every decision.",
+    )
     max_dense_items: int | None = Field(
         20_000,
         gt=0,

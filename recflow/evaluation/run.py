@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ from recflow.evaluation.evaluator import EvaluationResult, evaluate_recommenders
 from recflow.evaluation.report import write_report
 from recflow.examplegen import read_split
 from recflow.policy.config import PolicyConfig
+
+if TYPE_CHECKING:
+    from recflow.policy.logged_data import BanditData
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,34 @@ class EvaluatorRun:
     fallback: dict[str, Any] | None = None
 
 
+def sample_requests(data: BanditData, n_items: int, max_pairs: int | None,
+                    seed: int) -> tuple[BanditData, str | None]:
+    """``data`` itself when its decisions x ``n_items`` fit ``max_pairs`` (None: always), else the decisions of a
+    seeded random sample of whole logged requests (a slot's target probability depends on the slots above it)
+    holding at most ``max_pairs // n_items`` decisions (at least one request), with a note saying so."""
+    n = len(data)
+    if max_pairs is None or n * n_items <= max_pairs:
+        return data, None
+    budget = max(1, max_pairs // n_items)
+    requests, sizes = np.unique(data.request_ids.astype(str), return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(requests))
+    taken = max(1, int(np.searchsorted(np.cumsum(sizes[order]), budget, side="right")))
+    chosen = requests[order[:taken]]
+    index = np.flatnonzero(np.isin(data.request_ids.astype(str), chosen))
+    note = (f"off-policy estimates on a seeded sample of {taken:,} of {len(requests):,} logged requests "
+            f"({len(index):,} of {n:,} decisions): scoring every decision against the {n_items:,}-item catalog "
+            f"is {n * n_items:,} pairs, above evaluator.ope_max_scored_pairs {max_pairs:,}")
+    return data.subset(index), note
+
+
 def off_policy_estimates(
-    examples_dir: Path, model_dir: Path, policy_dir: Path, policy_config: PolicyConfig, split: str, seed: int
+    examples_dir: Path, model_dir: Path, policy_dir: Path, policy_config: PolicyConfig, split: str, seed: int,
+    max_pairs: int | None = None,
 ) -> tuple[pd.DataFrame | None, str | None]:
     """IPS and SNIPS estimates of the policy's click and conversion rate on the held-out logged feedback.
 
     Returns ``(table, None)`` or ``(None, why not)`` when the log cannot support an estimate (no impressions).
+    ``max_pairs``: at most this many (decision x catalog item) pairs are scored (:func:`sample_requests`).
     """
     from recflow.evaluation.off_policy import evaluate_policy_offline
     from recflow.policy.logged_data import load_bandit_data
@@ -63,6 +88,7 @@ def off_policy_estimates(
         return None, f"no off-policy estimate: {exc}"
     if len(data) == 0:
         return None, "no off-policy estimate: the held-out split has no logged impressions"
+    data, sampled = sample_requests(data, len(scorer.item_ids), max_pairs, seed)
     probs = scorer.logged_action_probabilities(data)
     estimates = evaluate_policy_offline(data, probs, seed=seed)
     rows = [
@@ -70,7 +96,7 @@ def off_policy_estimates(
          "effective_sample_size": e.effective_sample_size}
         for name, e in estimates.items()
     ]
-    note = "; ".join(getattr(data, "notes", []) or []) or None
+    note = "; ".join([*(getattr(data, "notes", []) or []), *([sampled] if sampled else [])]) or None
     return pd.DataFrame(rows), note
 
 
@@ -157,7 +183,8 @@ def run_evaluator(
             notes.append(f"champion at {champion_dir} could not be loaded ({exc}); compared with baselines only")
     extra: dict[str, Any] = {}
     ope, note = off_policy_estimates(
-        examples_dir, model_dir, policy_dir, policy_config or PolicyConfig(), config.split, config.seed
+        examples_dir, model_dir, policy_dir, policy_config or PolicyConfig(), config.split, config.seed,
+        max_pairs=config.ope_max_scored_pairs,
     )
     if ope is not None:
         extra["off_policy"] = ope

@@ -46,6 +46,9 @@ from recflow.policy.logged_data import (
 
 #: Upper bound on floats in one scoring call (rows x candidates x arm features), to bound memory.
 _MAX_FLOATS_PER_CALL = 8_000_000
+#: Target distributions over the whole catalog are computed for at most this many (decision x candidate) cells at a
+#: time (a few float arrays of this size), so scoring a large log over 100,000 items does not hold them all at once.
+MAX_DISTRIBUTION_CELLS = 16_000_000
 
 Context: TypeAlias = pd.DataFrame | Mapping[str, Any] | None
 #: Item ids: a sequence or a NumPy array of them.
@@ -219,18 +222,28 @@ class PolicyScorer:
         Each slot's candidates exclude the items the log showed above it in the same request, matching the
         conditional propensities serving logs.
         """
-        n = len(data)
+        n, n_items = len(data), len(self.item_ids)
         col = self._candidate_index(data.item_ids)
-        exclude = np.zeros((n, len(self.item_ids)), dtype=bool)
+        above: dict[int, np.ndarray] = {}
         frame = pd.DataFrame({"req": data.request_ids, "pos": data.positions, "col": col, "row": np.arange(n)})
         for _, group in frame.groupby("req", sort=False):
             if len(group) < 2:
                 continue
             for row, pos in zip(group["row"].to_numpy(), group["pos"].to_numpy(), strict=True):
-                above = group["col"].to_numpy()[group["pos"].to_numpy() < pos]
-                exclude[row, above] = True
-        return self.action_probabilities(data.user_embeddings, data.context, self.item_ids, data.item_ids,
-                                         exclude=exclude, greedy=greedy)
+                above[int(row)] = group["col"].to_numpy()[group["pos"].to_numpy() < pos]
+        # In row chunks of at most MAX_DISTRIBUTION_CELLS cells (one chunk, as before, for a small log x catalog).
+        rows = max(1, MAX_DISTRIBUTION_CELLS // n_items)
+        out = np.empty(n, dtype=np.float64)
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            exclude = np.zeros((stop - start, n_items), dtype=bool)
+            for row in range(start, stop):
+                if row in above:
+                    exclude[row - start, above[row]] = True
+            out[start:stop] = self.action_probabilities(
+                data.user_embeddings[start:stop], data.context.iloc[start:stop].reset_index(drop=True),
+                self.item_ids, data.item_ids[start:stop], exclude=exclude, greedy=greedy)
+        return out
 
     def choose(
         self,
