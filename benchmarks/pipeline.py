@@ -168,6 +168,8 @@ class TreeRssSampler:
     samples: int = 0
     killed: str | None = None
     killed_phase: str | None = None
+    phase_started: float = field(default_factory=time.monotonic)
+    phase_ended: float = 0.0
     started: float = field(default_factory=time.monotonic)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -204,6 +206,7 @@ class TreeRssSampler:
         return self
 
     def stop(self) -> None:
+        self.phase_ended = time.monotonic()
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -214,19 +217,22 @@ class TreeRssSampler:
         light tracking task runs next: both stay the step's)."""
         match = _PROGRESS.match(line)
         if match is not None and match.group("message").startswith("started"):
-            self.phase = match.group("step")
+            self.phase, self.phase_started = match.group("step"), time.monotonic()
 
 
 # ------------------------------------------------------------------ failures are results
 def failure_record(step: str | None, error: str, seconds: float, peak_rss_mb: float,
-                   steps_peak_rss_mb: dict[str, float], killed: bool = False) -> dict[str, Any]:
+                   steps_peak_rss_mb: dict[str, float], killed: bool = False,
+                   step_seconds: float | None = None) -> dict[str, Any]:
     """What a failed run reports: the failed step (None when no step was running), the last lines of its
-    error, the seconds and the summed peak RSS up to the failure (overall and of the failed step)."""
+    error, the seconds and the summed peak RSS up to the failure (overall and of the failed step), and how long
+    the failed step had run (for a step whose process died: until the run ended, its exit handler included)."""
     lines = [line.rstrip() for line in error.strip().splitlines() if line.strip()]
     return {
         "step": step,
         "error_tail": lines[-ERROR_TAIL_LINES:],
         "seconds_until_failure": round(seconds, 1),
+        "step_seconds_until_failure": None if step_seconds is None else round(step_seconds, 1),
         "peak_rss_mb_until_failure": round(peak_rss_mb, 1),
         "step_peak_rss_mb": round(steps_peak_rss_mb.get(step, 0.0), 1) if step else None,
         "killed_by_benchmark": killed,
@@ -238,6 +244,18 @@ def _tail(path: Path, lines: int = 60) -> str:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+_ERROR_WORDS = ("error", "traceback", "failure", "failed", "killed", "memory", "exit code", "signal")
+
+
+def step_error_lines(log: str, step: str | None) -> str:
+    """The lines of a KFP local run's log that say why ``step`` failed: its own progress and error lines and
+    any line with an error word (the exit handler's output after the failure is left out)."""
+    label = f"] {step}:" if step else None
+    keep = [line for line in log.splitlines()
+            if (label and label in line) or any(word in line.lower() for word in _ERROR_WORDS)]
+    return "\n".join(keep)
 
 
 # ------------------------------------------------------------------ one size
@@ -292,17 +310,21 @@ def run_pipeline(overrides: list[str], work: Path, max_rss_mb: float | None, max
     steps_peak = {k: round(v, 1) for k, v in sampler.peaks_mb.items()}
     failure = row.get("failure")
     if sampler.killed is not None:
-        log = _tail(Path(run_dir.group("dir")) / "pipeline.log") if run_dir else ""
-        failure = failure_record(sampler.killed_phase if sampler.killed_phase != ORCHESTRATION else None,
-                                 log + "\n" + sampler.killed, seconds, sampler.peak_mb, sampler.peaks_mb,
-                                 killed=True)
+        step = sampler.killed_phase if sampler.killed_phase != ORCHESTRATION else None
+        log = _tail(Path(run_dir.group("dir")) / "pipeline.log", 400) if run_dir else ""
+        failure = failure_record(step, step_error_lines(log, step) + "\n" + sampler.killed, seconds,
+                                 sampler.peak_mb, sampler.peaks_mb, killed=True,
+                                 step_seconds=time.monotonic() - sampler.phase_started if step else None)
     elif code != 0:  # the child itself died (not a step: run_pipeline_child reports those)
         failure = failure_record(None if sampler.phase == ORCHESTRATION else sampler.phase,
                                  stderr + f"\nthe pipeline process exited with {code}", seconds, sampler.peak_mb,
                                  sampler.peaks_mb)
     elif failure is not None:  # a step failed: the child's record plus the memory seen from here
+        ran = row.get("steps", {}).get(failure["step"])
         failure = failure_record(failure["step"], "\n".join(failure["error_tail"]), failure["seconds_until_failure"],
-                                 sampler.peak_mb, sampler.peaks_mb)
+                                 sampler.peak_mb, sampler.peaks_mb, step_seconds=ran if ran is not None else
+                                 (sampler.phase_ended - sampler.phase_started if sampler.phase == failure["step"]
+                                  else None))
     return {
         "total_seconds": round(row.get("total_seconds", seconds), 2),
         "peak_rss_mb": round(sampler.peak_mb, 1),
@@ -339,13 +361,14 @@ def run_pipeline_child(overrides: list[str], work: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         run_dir = Path(run_dirs[-1]) if run_dirs else None
         records = read_status(run_dir / "status") if run_dir else {}
-        steps = {name: round(r["seconds"], 2) for name, r in records.items() if r.get("seconds") is not None}
+        steps = {name: round(r["seconds"], 2) for name, r in records.items()
+                 if r.get("seconds") is not None and r.get("status") in ("succeeded", "failed")}
         failed = next((name for name, r in records.items() if r.get("status") == STATUS_FAILED
                        or r.get("status") not in ("succeeded", "failed")), None)
         error = str(exc)
         if failed and records[failed].get("error"):
             error = str(records[failed]["error"])
-        log = _tail(run_dir / "pipeline.log") if run_dir else ""
+        log = step_error_lines(_tail(run_dir / "pipeline.log", 2000), failed) if run_dir else ""
         return {"total_seconds": round(seconds, 2), "steps": steps, "succeeded": False, "blessed": None,
                 "pushed": False, "failure": failure_record(failed, log + "\n" + error, seconds, 0.0, {})}
     total = time.perf_counter() - started

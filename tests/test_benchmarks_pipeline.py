@@ -141,11 +141,13 @@ def test_failure_record_keeps_the_last_error_lines_and_the_memory_until_then():
         "step": "evaluator",
         "error_tail": [*(f"line {i}" for i in range(26, 40)), "  MemoryError: cannot allocate"],
         "seconds_until_failure": 123.5,
+        "step_seconds_until_failure": None,
         "peak_rss_mb_until_failure": 9876.5,
         "step_peak_rss_mb": 5432.1,
         "killed_by_benchmark": False,
     }
     assert len(record["error_tail"]) == bench.ERROR_TAIL_LINES
+    assert bench.failure_record("evaluator", "x", 1.0, 2.0, {}, step_seconds=0.44)["step_seconds_until_failure"] == 0.4
     outside = bench.failure_record(None, "exit 1", 1.0, 2.0, {}, killed=True)
     assert outside["step"] is None and outside["step_peak_rss_mb"] is None and outside["killed_by_benchmark"]
 
@@ -169,3 +171,22 @@ def test_merge_keeps_the_default_world_rows_and_replaces_shop_rows_of_the_same_s
     assert rerun["runs"] == runs and rerun["shop_scale_runs"] == merged["shop_scale_runs"]
     assert rerun["seconds_per_event_ratio_largest_vs_smallest"] == pytest.approx(0.005)
     assert rerun["meets_1m_target"] is True
+
+
+def test_step_error_lines_keep_the_failed_steps_lines_and_error_words():
+    log = "\n".join([
+        "17:14:08 - INFO - Executing task 'evaluator'",
+        "    [5/6] evaluator: started",
+        "    {\"outputFile\": \"/tmp/x\"}",
+        "17:24:40 - ERROR - Task 'evaluator' finished with status FAILURE",
+        "    [4/6] agents_trainer: done in 62.3s",
+        "    [exit] close_run: MLflow run 9b closed as FAILED (pipeline FAILED)",
+        "    Output: 'FAILED'",
+    ])
+    assert bench.step_error_lines(log, "evaluator").splitlines() == [
+        "    [5/6] evaluator: started",
+        "17:24:40 - ERROR - Task 'evaluator' finished with status FAILURE",
+        "    [exit] close_run: MLflow run 9b closed as FAILED (pipeline FAILED)",
+        "    Output: 'FAILED'",
+    ]
+    assert bench.step_error_lines(log, None).splitlines()[0].startswith("17:24:40 - ERROR")
