@@ -71,6 +71,7 @@ SAMPLE_SECONDS = 0.2
 ORCHESTRATION = "orchestration"
 #: A step's progress lines (components/step_run.py): ``[3/6] tfrs_trainer: started`` ... ``done in 12.3s``.
 _PROGRESS = re.compile(r"^\s*\[(?:\d+/\d+|\+)\] (?P<step>\w+): (?P<message>.*)$")
+_DONE = re.compile(r"done in ([0-9.]+)s")
 _RUN_DIR = re.compile(r"locally: run directory (?P<dir>\S+)")
 ERROR_TAIL_LINES = 15
 
@@ -170,6 +171,7 @@ class TreeRssSampler:
     killed_phase: str | None = None
     phase_started: float = field(default_factory=time.monotonic)
     phase_ended: float = 0.0
+    done_seconds: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -214,10 +216,17 @@ class TreeRssSampler:
     def on_line(self, line: str) -> None:
         """Follow the pipeline's progress lines: a step's ``started`` line makes it the phase until the next
         step starts (a step's ``done`` line comes before its process has written its record and exited, and its
-        light tracking task runs next: both stay the step's)."""
+        light tracking task runs next: both stay the step's). ``done in 12.3s`` lines give ``done_seconds`` (the
+        finished steps' seconds even when the run is killed before it reports them)."""
         match = _PROGRESS.match(line)
-        if match is not None and match.group("message").startswith("started"):
+        if match is None:
+            return
+        message = match.group("message")
+        if message.startswith("started"):
             self.phase, self.phase_started = match.group("step"), time.monotonic()
+        done = _DONE.match(message)
+        if done is not None:
+            self.done_seconds[match.group("step")] = float(done.group(1))
 
 
 # ------------------------------------------------------------------ failures are results
@@ -330,7 +339,7 @@ def run_pipeline(overrides: list[str], work: Path, max_rss_mb: float | None, max
         "peak_rss_mb": round(sampler.peak_mb, 1),
         "peak_rss_kind": "tree",
         "max_process_rss_mb": round(max_rss, 1),
-        "steps": row.get("steps", {}),
+        "steps": row.get("steps") or sampler.done_seconds,
         "steps_peak_rss_mb": steps_peak,
         "rss_samples": sampler.samples,
         "succeeded": failure is None and bool(row.get("succeeded")),

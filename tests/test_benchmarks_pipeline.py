@@ -73,6 +73,7 @@ def test_sampler_sums_the_rss_of_the_descendants_and_attributes_it_to_the_runnin
         assert sampler.phase == "agents_trainer"
         sampler.on_line("[+] tuner: started\n")
         assert sampler.phase == "tuner"
+        assert sampler.done_seconds == {"tfrs_trainer": 1.0}
         assert sampler.killed is None
     finally:
         bench.kill_tree(proc.pid)
