@@ -65,6 +65,7 @@ def test_sampler_sums_the_rss_of_the_descendants_and_attributes_it_to_the_runnin
         assert mb >= ALLOC_MB
         assert mb == pytest.approx(own + _rss_mb(grandchild.pid), abs=20)
         assert sampler.peaks_mb == {"tfrs_trainer": mb}
+        assert sampler.max_process_mb == pytest.approx(_rss_mb(grandchild.pid), abs=20)
         sampler.on_line("[3/6] tfrs_trainer: done in 1.0s\n")  # its process still exits, its tracking follows
         assert sampler.phase == "tfrs_trainer"
         sampler.on_line("[4/6] agents_trainer: started\n")
@@ -179,6 +180,7 @@ def test_step_error_lines_keep_the_failed_steps_lines_and_error_words():
         "17:14:08 - INFO - Executing task 'evaluator'",
         "    [5/6] evaluator: started",
         "    {\"outputFile\": \"/tmp/x\"}",
+        "                        \"error_margin\": 0.005,",
         "17:24:40 - ERROR - Task 'evaluator' finished with status FAILURE",
         "    [4/6] agents_trainer: done in 62.3s",
         "    [exit] close_run: MLflow run 9b closed as FAILED (pipeline FAILED)",
