@@ -22,7 +22,13 @@ def _load() -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_pipeline"] = module
-    spec.loader.exec_module(module)
+    # The benchmark puts benchmarks/ first on sys.path (for ``from machine import ...``); left there, it would make
+    # benchmarks/serving.py shadow the serving package for every later test of this worker.
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
     return module
 
 
