@@ -82,6 +82,16 @@ def pipeline_section(d: dict[str, Any]) -> list[str]:
     ratio = d.get("seconds_per_event_ratio_largest_vs_smallest")
     lines += ["", f"Seconds per event, largest vs smallest size: {_f(ratio, 2)} "
               f"(<= 1 means no worse than linear). 1M events under 15 minutes: {_met(d.get('meets_1m_target'))}."]
+    for r in d.get("shop_scale_runs", []):
+        if r.get("succeeded"):
+            outcome = f"every step ran in {_f(r['total_seconds'], 0)} s, blessed {r.get('blessed')}"
+        else:
+            failure = r.get("failure") or {}
+            how = "killed by the benchmark" if failure.get("killed_by_benchmark") else "its process died"
+            outcome = f"**{failure.get('step', '?')} failed** ({how})"
+        note = f" ({r['note']})" if r.get("note") else ""
+        lines.append(f"- Shop scale ({r['items']:,} items, {r['users']:,} users), {r['events']:,} events: {outcome}; "
+                     f"peak RSS of the whole run {_f(r['peak_rss_mb'], 0)} MB (target at 10M events: 4,096){note}.")
     return lines
 
 
