@@ -57,11 +57,11 @@ def sample_requests(data: BanditData, n_items: int, max_pairs: int | None,
     if max_pairs is None or n * n_items <= max_pairs:
         return data, None
     budget = max(1, max_pairs // n_items)
-    requests, sizes = np.unique(data.request_ids.astype(str), return_counts=True)
+    request_ids = data.request_ids.astype(str)
+    requests, sizes = np.unique(request_ids, return_counts=True)
     order = np.random.default_rng(seed).permutation(len(requests))
     taken = max(1, int(np.searchsorted(np.cumsum(sizes[order]), budget, side="right")))
-    chosen = requests[order[:taken]]
-    index = np.flatnonzero(np.isin(data.request_ids.astype(str), chosen))
+    index = np.flatnonzero(np.isin(request_ids, requests[order[:taken]]))
     note = (f"off-policy estimates on a seeded sample of {taken:,} of {len(requests):,} logged requests "
             f"({len(index):,} of {n:,} decisions): scoring every decision against the {n_items:,}-item catalog "
             f"is {n * n_items:,} pairs, above evaluator.ope_max_scored_pairs {max_pairs:,}")

@@ -69,7 +69,8 @@ def _looks_like_text(path: Path) -> bool:
     return b"\x00" not in sample
 
 
-def _read_parquet(path: Path) -> tuple[pd.DataFrame, bytes | None]:
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    """The Parquet file at ``path``, its footer checked first (DataError for a truncated or unreadable file)."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         fh.seek(max(size - 4, 0))
@@ -77,7 +78,14 @@ def _read_parquet(path: Path) -> tuple[pd.DataFrame, bytes | None]:
     if size < 12 or tail != PARQUET_MAGIC:
         raise DataError(f"{path}: truncated Parquet file ({size} bytes, the footer is missing or cut off)")
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read Parquet file: {exc}") from None
+
+
+def _read_parquet(path: Path) -> tuple[pd.DataFrame, bytes | None]:
+    pf = _open_parquet(path)
+    try:
         table = pf.read()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read Parquet file: {exc}") from None
@@ -259,15 +267,7 @@ def _file_head(path: Path) -> tuple[FileFormat, list[str], int]:
         raise DataError(f"{path}: file is empty (0 bytes)")
     fmt = detect_format(path)
     if fmt == "parquet":
-        with open(path, "rb") as fh:
-            fh.seek(max(size - 4, 0))
-            tail = fh.read(4)
-        if size < 12 or tail != PARQUET_MAGIC:
-            raise DataError(f"{path}: truncated Parquet file ({size} bytes, the footer is missing or cut off)")
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise DataError(f"{path}: cannot read Parquet file: {exc}") from None
+        pf = _open_parquet(path)
         return fmt, [str(c).strip() for c in pf.schema_arrow.names], pf.metadata.num_rows
     try:
         head = pd.read_csv(path, nrows=1, **_csv_options(path))
