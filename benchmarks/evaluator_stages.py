@@ -1,0 +1,126 @@
+"""Benchmark: time and memory of each Evaluator stage on a shop-scale world (issue 17).
+
+Generates the world (100,000 items, 500,000 users, 14 days at 0.00086 sessions per user-day: about 315k events,
+the shape of ``benchmarks/pipeline.py``'s smaller shop-scale row), runs ExampleGen, Transform and both trainers
+through the library as the components do (kept in ``WORK`` between runs), then runs the Evaluator's stages one by
+one: the user sample, the catalog context, the candidate's top-k, the TFMA slices, the off-policy estimates (with
+``evaluator.ope_max_scored_pairs``), the baseline tuning and each baseline's fit and run. Records each stage's
+seconds, the process RSS after it and its peak (a psutil sampler every 0.1 s); a stage past ``--max-rss-gb`` stops
+the run and is recorded. Prints JSON and writes ``benchmarks/results/evaluator_stages.json``.
+
+    .venv/bin/python benchmarks/evaluator_stages.py --work /tmp/recflow-evaluator-stages
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+import recflow  # noqa: F401  (configures the process before anything else)
+
+# isort: split
+from recflow.config import load_config
+from recflow.io import atomic_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
+RESULT = Path(__file__).resolve().parent / "results" / "evaluator_stages.json"
+WORLD = ["simulator.users=500000", "simulator.items=100000", "simulator.days=14",
+         "simulator.sessions_per_user_per_day=0.00086"]
+
+
+class Stages:
+    """Each stage's seconds, RSS after it and peak RSS during it (this process)."""
+
+    def __init__(self, max_rss_gb: float, out: Path) -> None:
+        self.proc, self.peak, self.rows, self.current = psutil.Process(), 0, [], "start"
+        self.limit, self.out = max_rss_gb * 2**30, out
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            rss = self.proc.memory_info().rss
+            self.peak = max(self.peak, rss)
+            if rss > self.limit:
+                self.rows.append({"stage": self.current, "killed_above_mb": round(self.limit / 2**20)})
+                self.write(False)
+                os._exit(3)
+            time.sleep(0.1)
+
+    def run(self, name: str, fn: Any) -> Any:
+        self.current, self.peak, started = name, self.proc.memory_info().rss, time.perf_counter()
+        value = fn()
+        self.rows.append({"stage": name, "seconds": round(time.perf_counter() - started, 1),
+                          "rss_mb": round(self.proc.memory_info().rss / 2**20),
+                          "peak_mb": round(self.peak / 2**20)})
+        print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
+        return value
+
+    def write(self, finished: bool) -> None:
+        result = {"benchmark": "Evaluator stages at shop scale (one process)", "world": WORLD,
+                  "finished": finished, "stages": self.rows,
+                  "machine": machine_info(("tensorflow", "apache-beam"))}
+        with atomic_path(self.out) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(result, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="Data and trained models (reused when there).")
+    parser.add_argument("--max-rss-gb", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+    from recflow.evaluation import evaluator as ev
+    from recflow.evaluation.beyond_accuracy import CatalogContext
+    from recflow.evaluation.run import off_policy_estimates, ranking_slices
+    from recflow.examplegen import run_example_gen
+    from recflow.features.transform import run_transform
+    from recflow.models import load_recommender
+    from recflow.policy.trainer import train_policy
+    from recflow.simulator import generate_dataset
+    from recflow.training.tfrs_trainer import train_tfrs
+
+    work = args.work
+    cfg = load_config(None, [f"paths.data_dir={work}", *WORLD])
+    shop, ex, tr, model, policy = (work / n for n in ("shop", "ex", "tr", "model", "policy"))
+    stages = Stages(args.max_rss_gb, args.out)
+    steps = ((shop, lambda: generate_dataset(cfg.simulator, shop, progress=False)),
+             (ex, lambda: run_example_gen(shop, ex, cfg.example_gen, cfg.validation)),
+             (tr, lambda: run_transform(ex, tr, cfg.transform)),
+             (model, lambda: train_tfrs(ex, tr, model, cfg.trainer)),
+             (policy, lambda: train_policy(ex, model, policy, cfg.policy)))
+    for path, fn in steps:
+        if not (path / "DONE").exists():
+            stages.run(f"prepare {path.name}", fn)
+            (path / "DONE").write_text("", encoding="utf-8")
+    config = cfg.evaluator
+    cand = stages.run("load candidate", lambda: load_recommender(model))
+    pop = stages.run("user sample", lambda: ev._population(ex, config))
+    context = stages.run("catalog context", lambda: CatalogContext.from_train(
+        pop.train, pop.items, pop.catalog, config.beyond_accuracy.head_share, ev.candidate_item_embeddings(cand)))
+    stages.run("candidate top-k", lambda: ev._run("candidate", "candidate", cand, pop, config, context))
+    stages.run("ranking slices", lambda: ranking_slices(ex, model, config.split, config.seed))
+    stages.run("off-policy estimates", lambda: off_policy_estimates(
+        ex, model, policy, cfg.policy, config.split, config.seed, max_pairs=config.ope_max_scored_pairs))
+    tuning, _ = stages.run("baseline tuning", lambda: ev.tune_configured_baselines(ex, pop.train, pop.items, config))
+    skipped = ev.skipped_baselines(config, pop.train)
+    runnable = config.model_copy(update={"baselines": tuple(n for n in config.baselines if n not in skipped)})
+    for name, baseline in ev.build_baselines(runnable, {n: t["best_params"] for n, t in tuning.items()}).items():
+        stages.run(f"baseline {name}", lambda b=baseline, n=name: ev._run(
+            n, "baseline", b.fit(pop.train, pop.items), pop, config, context))
+    stages.write(True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
