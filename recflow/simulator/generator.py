@@ -187,17 +187,34 @@ def _simulate_day(
     return chunks, total, requests
 
 
+@dataclass
+class _DayState:
+    """What carries over from one simulated day to the next: satiation, each user's clock, the id counters."""
+
+    satiation: np.ndarray
+    last_ms: np.ndarray
+    counters: dict[str, int]
+
+    @classmethod
+    def start(cls, world: World) -> _DayState:
+        return cls(np.zeros((world.n_users, world.n_categories)),
+                   np.full(world.n_users, world.start_ms - MS_PER_DAY, dtype=np.int64),
+                   {"session": 0, "request": 0})
+
+    def simulate(self, world: World, policy: LoggingPolicy, day: int
+                 ) -> tuple[list[dict[str, np.ndarray]], int, int]:
+        return _simulate_day(world, policy, day, self.satiation, self.last_ms, self.counters)
+
+
 def simulate_log(config: SimulatorConfig, progress: bool = False) -> SimulatedLog:
     """Simulate ``config.days`` days of traffic under the logging policy, in memory."""
     world = World(config)
     policy = LoggingPolicy.from_config(world, config)
-    satiation = np.zeros((world.n_users, world.n_categories))
-    last_ms = np.full(world.n_users, world.start_ms - MS_PER_DAY, dtype=np.int64)
-    counters = {"session": 0, "request": 0}
+    state = _DayState.start(world)
     chunks: list[dict[str, np.ndarray]] = []
     sessions = requests = 0
     for day in tqdm(range(config.days), desc="simulating", unit="day", disable=not progress):
-        day_chunks, s, r = _simulate_day(world, policy, day, satiation, last_ms, counters)
+        day_chunks, s, r = state.simulate(world, policy, day)
         chunks.extend(day_chunks)
         sessions += s
         requests += r
@@ -242,14 +259,12 @@ def iter_event_frames(
     ``sessions``/``requests`` are those simulated since the previous piece (0 on all but a day's first piece).
     """
     config = world.config
-    satiation = np.zeros((world.n_users, world.n_categories))
-    last_ms = np.full(world.n_users, world.start_ms - MS_PER_DAY, dtype=np.int64)
-    counters = {"session": 0, "request": 0}
+    state = _DayState.start(world)
     buffer: list[dict[str, np.ndarray]] = []
     next_event = 0
     written_until = np.iinfo(np.int64).min  # every event yielded so far is before this instant
     for day in tqdm(range(config.days), desc="simulating", unit="day", disable=not progress):
-        day_chunks, sessions, requests = _simulate_day(world, policy, day, satiation, last_ms, counters)
+        day_chunks, sessions, requests = state.simulate(world, policy, day)
         pieces = buffer + day_chunks
         buffer = []
         if not pieces:
