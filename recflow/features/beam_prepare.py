@@ -46,7 +46,7 @@ from recflow.errors import DataError
 from recflow.examplegen import has_split, split_path
 from recflow.features import behaviour
 from recflow.features.beam_behaviour import shard_of
-from recflow.features.beam_runner import beam_args
+from recflow.features.beam_runner import beam_args, wait_for_all
 from recflow.io import atomic_path
 
 #: Input index of each split, and of the users table, in the rows pipeline.
@@ -343,12 +343,13 @@ def prepare_features_beam(examples_dir: Path, config: Any, out_dir: Path, work_d
     facts_dir.mkdir(exist_ok=True)
 
     def build_facts(p: Any) -> None:
-        _ = (p | "Splits" >> beam.Create(list(files.items()))
-             | "SplitFacts" >> beam.Map(split_facts, batch_rows)
-             | "SaveFacts" >> beam.Map(lambda f: _save(f, str(facts_dir / f"{f.name}.pkl"))))
+        saved = [p | "Splits" >> beam.Create(list(files.items()))
+                 | "SplitFacts" >> beam.Map(split_facts, batch_rows)
+                 | "SaveFacts" >> beam.Map(lambda f: _save(f, str(facts_dir / f"{f.name}.pkl")))]
         if users_path is not None:
-            _ = (p | "Users" >> beam.Create([users_path]) | "UserFields" >> beam.Map(user_fields, batch_rows)
-                 | "SaveUserFields" >> beam.Map(_save, str(facts_dir / "users.pkl")))
+            saved.append(p | "Users" >> beam.Create([users_path]) | "UserFields" >> beam.Map(user_fields, batch_rows)
+                         | "SaveUserFields" >> beam.Map(_save, str(facts_dir / "users.pkl")))
+        wait_for_all(p, *saved)  # every branch runs on every runner (Beam's Dask runner computes the last only)
 
     _run(config, beam_pipeline_args, build_facts)
     facts: dict[str, SplitFacts] = {name: pickle.loads((facts_dir / f"{name}.pkl").read_bytes())

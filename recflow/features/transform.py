@@ -1,7 +1,10 @@
 """Transform: tf.Transform on Apache Beam turns ExampleGen's events into model-ready features.
 
-Steps: (1) pandas joins item attributes and adds the point-in-time behaviour features
-(:mod:`recflow.features.behaviour`) to every event; (2) tf.Transform analyses the *train* split on Beam
+Steps: (1) joins of item and user attributes, impression labels and the point-in-time behaviour features
+(:mod:`recflow.features.behaviour`) for every event, the serving user state and the candidates: in pandas in the
+launching process (``prepare_engine: pandas``, :func:`prepare_features`) or as Beam pipelines over user shards on
+the runner below (``prepare_engine: beam``, :mod:`recflow.features.beam_prepare`; the same outputs), staged as
+Parquet; (2) tf.Transform analyses the *train* split on Beam
 (vocabularies, z-score statistics) and applies the resulting graph to train, eval and test. The same graph
 (``transform_graph/``) is loaded by the trainer's exported SavedModels, so serving applies exactly the training
 transformation to raw features (no training/serving skew).
