@@ -165,3 +165,16 @@ def test_transformed_data_equals_the_pandas_engine(rich: Path, tmp_path: Path) -
     for file in ("user_state.parquet", "candidates.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(b.out_dir / file), pd.read_parquet(a.out_dir / file))
     assert sorted(p.name for p in b.out_dir.iterdir()) == sorted(p.name for p in a.out_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_prepare_pipelines_run_on_the_dask_runner(rich: Path, tmp_path: Path) -> None:
+    """The preparation uses only Create, ParDo, GroupByKey and Flatten, so it runs on Beam's Dask runner (a
+    LocalCluster of 2 worker processes) with the same outputs; tf.Transform, the step's other half, does not
+    (docs/pipeline.md, Distributed data steps), so run_transform still refuses that runner."""
+    pytest.importorskip("distributed")
+    from recflow.features.beam_runner import dask_scheduler
+
+    with dask_scheduler(None, 2) as address:
+        assert_prepared_equal(rich, tmp_path / "dask", TransformConfig(
+            beam_runner="DaskRunner", dask_address=address, prepare_shards=3))
