@@ -275,3 +275,17 @@ def test_both_data_steps_get_the_beam_runner_settings(tmp_path: Path):
         params = tasks[name]["inputs"]["parameters"]
         assert params["beam_pipeline_args"]["runtimeValue"]["constant"] == ["--runner=DataflowRunner", "--region=x"]
         assert params["transform_config"]["componentInputParameter"].endswith("transform_config")
+
+
+def test_transform_prepare_engine_reaches_the_step(tmp_path: Path):
+    """transform.prepare_engine travels in the Transform step's transform_config (its default from the config),
+    which the step validates into the TransformConfig that run_transform reads."""
+    from components.step_run import StepConfig
+    from recflow.config import RecflowConfig
+
+    config = RecflowConfig.model_validate({"transform": {"prepare_engine": "beam", "prepare_shards": 16}})
+    spec = load_package(compile_pipeline(config, tmp_path / "p.yaml"))
+    default = spec["root"]["inputDefinitions"]["parameters"]["transform_config"]["defaultValue"]
+    assert default["prepare_engine"] == "beam" and default["prepare_shards"] == 16
+    step = StepConfig("transform", {"transform": default})
+    assert step.transform.prepare_engine == "beam" and step.transform.prepare_shards == 16

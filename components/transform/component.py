@@ -12,7 +12,8 @@ def transform(
     transformed: Output[Dataset],
     record: Output[Artifact],
 ) -> None:
-    """Analyze the train split with tf.Transform and transform every split; writes the transform graph too."""
+    """Prepare the raw feature rows (``transform.prepare_engine``: pandas here, or Beam pipelines on the step's
+    runner), analyze the train split with tf.Transform and transform every split; writes the transform graph too."""
     from pathlib import Path
 
     from components.step_run import step_run

@@ -124,12 +124,14 @@ def add_behaviour_features(events: pd.DataFrame, columns: list[str] | None = Non
 
 
 def user_state_at(events: pd.DataFrame, at: pd.Timestamp, columns: list[str] | None = None,
-                  recent_n: int = 0) -> pd.DataFrame:
+                  recent_n: int = 0, plan: BehaviourPlan | None = None) -> pd.DataFrame:
     """Each user's behaviour features for a request at instant ``at``, from their events strictly before it.
 
     One row per user with events before ``at``: ``user_id`` plus the columns of :func:`behaviour_columns`
     (and ``recent_items``, the last ``recent_n`` chosen items, when ``recent_n`` > 0).
-    Serving looks users up here; a user missing from it is cold and gets the no-history values.
+    Serving looks users up here; a user missing from it is cold and gets the no-history values. ``plan``
+    (overrides ``columns``) defaults to the plan of the events before ``at``; a part of the log (one shard of
+    users) gives the whole log's rows with the whole log's plan.
     """
     earlier = events[events["timestamp"] < at]
     users = pd.Series(earlier["user_id"].unique(), dtype=object)
@@ -137,8 +139,9 @@ def user_state_at(events: pd.DataFrame, at: pd.Timestamp, columns: list[str] | N
     if "session_id" in earlier.columns:
         probe["session_id"] = "__serving__"
     combined = pd.concat([earlier, probe], ignore_index=True)
-    cols = list(columns) if columns is not None else behaviour_columns(events)
-    feats = add_behaviour_features(combined, cols)
+    cols = list(plan.columns) if plan is not None else (list(columns) if columns is not None
+                                                         else behaviour_columns(events))
+    feats = add_behaviour_features(combined, cols, plan=plan)
     if recent_n > 0:
         feats["recent_items"] = recent_items(combined, recent_n)
         cols = [*cols, "recent_items"]

@@ -1,7 +1,10 @@
 """Transform: tf.Transform on Apache Beam turns ExampleGen's events into model-ready features.
 
-Steps: (1) pandas joins item attributes and adds the point-in-time behaviour features
-(:mod:`recflow.features.behaviour`) to every event; (2) tf.Transform analyses the *train* split on Beam
+Steps: (1) joins of item and user attributes, impression labels and the point-in-time behaviour features
+(:mod:`recflow.features.behaviour`) for every event, the serving user state and the candidates: in pandas in the
+launching process (``prepare_engine: pandas``, :func:`prepare_features`) or as Beam pipelines over user shards on
+the runner below (``prepare_engine: beam``, :mod:`recflow.features.beam_prepare`; the same outputs), staged as
+Parquet; (2) tf.Transform analyses the *train* split on Beam
 (vocabularies, z-score statistics) and applies the resulting graph to train, eval and test. The same graph
 (``transform_graph/``) is loaded by the trainer's exported SavedModels, so serving applies exactly the training
 transformation to raw features (no training/serving skew).
@@ -29,7 +32,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -80,6 +83,12 @@ class TransformConfig(BaseModel):
         10, ge=0, description="Length N of the recent-items feature (the user's last N chosen items); 0: off."
     )
     batch_size: int = Field(4096, ge=1, description="Rows per Arrow record batch fed to Beam.")
+    prepare_engine: Literal["pandas", "beam"] = Field(
+        "pandas", description="Where the raw feature rows are prepared (joins, labels, behaviour features, user "
+        "state, candidates): pandas (whole splits in the launching process) or beam (per-user shards on the "
+        "runner above; recflow/features/beam_prepare.py).")
+    prepare_shards: int = Field(
+        8, ge=1, description="beam prepare engine: user shards (a shard's events are in one worker's memory).")
     temp_dir: str | None = Field(
         None, description="tf.Transform temp dir (a gs:// path on Dataflow); default: a local temp dir."
     )
@@ -117,6 +126,81 @@ def _has_values(df: pd.DataFrame | None, column: str) -> bool:
     return df is not None and column in df.columns and bool(df[column].notna().any())
 
 
+@dataclass(frozen=True)
+class LogFacts:
+    """The whole log's facts that decide the feature set (:func:`describe_from_facts`), the behaviour plan and the
+    impression-labelling rule: computable from a frame (:func:`log_facts`) or merged from parts (:meth:`merge`)."""
+
+    columns: frozenset[str]
+    #: Columns holding at least one value.
+    with_values: frozenset[str]
+    #: Columns holding at least one value on a purchase row.
+    purchase_values: frozenset[str]
+    event_types: frozenset[str]
+    #: Every row has a session_id (vacuously true without rows; false when rows lack the column).
+    session_ids_all_rows: bool
+    #: Every impression has a request_id (vacuously true without impressions; false when they lack the column).
+    requests_all_impressions: bool
+
+    def merge(self, other: LogFacts) -> LogFacts:
+        """The facts of the two parts' rows together (as pandas concatenates them)."""
+        return LogFacts(columns=self.columns | other.columns, with_values=self.with_values | other.with_values,
+                        purchase_values=self.purchase_values | other.purchase_values,
+                        event_types=self.event_types | other.event_types,
+                        session_ids_all_rows=self.session_ids_all_rows and other.session_ids_all_rows,
+                        requests_all_impressions=self.requests_all_impressions and other.requests_all_impressions)
+
+    @property
+    def session_ids(self) -> bool:
+        """Whether logged session ids are used (:func:`recflow.features.behaviour.behaviour_plan`)."""
+        return "session_id" in self.columns and self.session_ids_all_rows
+
+    @property
+    def impression_requests(self) -> bool:
+        """Whether impressions are labelled by request id (:func:`label_impressions`)."""
+        return "request_id" in self.columns and self.requests_all_impressions
+
+    def spend_column(self) -> str | None:
+        """:func:`recflow.features.behaviour.spend_column` of the rows."""
+        if "purchase" not in self.event_types:
+            return None
+        return next((name for name in ("order_value", "price") if name in self.purchase_values), None)
+
+    def behaviour_columns(self) -> list[str]:
+        """:func:`recflow.features.behaviour.behaviour_columns` of the rows."""
+        cols = list(behaviour.ALWAYS_PRESENT)
+        if self.spend_column() is not None:
+            cols.append("monetary")
+        if "dwell_time_s" in self.with_values:
+            cols.append("dwell_mean")
+        return cols
+
+    def behaviour_plan(self, columns: list[str] | None = None) -> behaviour.BehaviourPlan:
+        """:func:`recflow.features.behaviour.behaviour_plan` of the rows."""
+        return behaviour.BehaviourPlan(columns=tuple(columns if columns is not None else self.behaviour_columns()),
+                                       spend_col=self.spend_column(), session_ids=self.session_ids)
+
+
+def log_facts(events: pd.DataFrame) -> LogFacts:
+    """The :class:`LogFacts` of ``events``."""
+    purchases = events["event_type"] == "purchase"
+    is_imp = events["event_type"] == "impression"
+    return LogFacts(
+        columns=frozenset(events.columns),
+        with_values=frozenset(c for c in events.columns if bool(events[c].notna().any())),
+        purchase_values=frozenset(c for c in events.columns if bool(events.loc[purchases, c].notna().any())),
+        event_types=frozenset(str(t) for t in events["event_type"].unique()),
+        session_ids_all_rows=bool(events["session_id"].notna().all()) if "session_id" in events.columns
+        else events.empty,
+        requests_all_impressions=bool(events.loc[is_imp, "request_id"].notna().all()) if "request_id" in events.columns
+        else not is_imp.any())
+
+
+def frame_fields(frame: pd.DataFrame | None) -> frozenset[str] | None:
+    """The columns of ``frame`` holding at least one value (None for no frame)."""
+    return None if frame is None else frozenset(c for c in frame.columns if _has_values(frame, c))
+
+
 def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None,
                       recent_n: int = 0) -> dict[str, Any]:
     """Decide which raw features exist for this shop's log and how they are typed and filled.
@@ -124,6 +208,14 @@ def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataF
     ``events`` are all events (every split): a field is used when it holds values anywhere in the log.
     ``recent_n`` > 0 adds ``recent_items`` (a list of N item ids) when the log has views or other choices.
     """
+    return describe_from_facts(log_facts(events), items, frame_fields(users), recent_n)
+
+
+def describe_from_facts(facts: LogFacts, items: pd.DataFrame, user_fields: frozenset[str] | None,
+                        recent_n: int = 0) -> dict[str, Any]:
+    """:func:`describe_features` of a log given by its facts (``user_fields``: the users table's columns with
+    values, None without a users table)."""
+    ev, us = facts.with_values, user_fields or frozenset()
     raw: dict[str, str] = {"user_id": "string", "item_id": "string"}
     context: list[str] = []
     candidate = ["item_id"]
@@ -133,29 +225,29 @@ def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataF
     if _has_values(items, "brand"):
         raw["brand"] = "string"
         candidate.append("brand")
-    if _has_values(events, "price") or _has_values(items, "price"):
+    if "price" in ev or _has_values(items, "price"):
         raw["price"] = "float32"
         candidate.append("price")
     for name in ("hour", "weekday"):
-        if _has_values(events, name):
+        if name in ev:
             raw[name] = "int64"
             context.append(name)
     for name in ("device", "region"):
-        if _has_values(events, name) or (name == "region" and _has_values(users, "region")):
+        if name in ev or (name == "region" and "region" in us):
             raw[name] = "string"
             context.append(name)
-    user_features = [name for name in USER_ATTRIBUTES if _has_values(users, name)]
+    user_features = [name for name in USER_ATTRIBUTES if name in us]
     for name in user_features:
         raw[name] = "string"
-    behaviour_cols = behaviour.behaviour_columns(events)
+    behaviour_cols = facts.behaviour_columns()
     for name in behaviour_cols:
         raw[name] = "float32"
-    has_recent = recent_n > 0 and bool(events["event_type"].isin(behaviour.CHOICE_EVENT_TYPES).any())
+    has_recent = recent_n > 0 and bool(facts.event_types & set(behaviour.CHOICE_EVENT_TYPES))
     if has_recent:
         raw["recent_items"] = "string_list"
     raw["event_code"] = "int64"
     raw["clicked"] = "int64"
-    types = set(events["event_type"].unique())
+    types = facts.event_types
     if "purchase" in types and "impression" in types:
         raw["purchased"] = "int64"
     raw["row_id"] = "int64"
@@ -188,12 +280,14 @@ def describe_features(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataF
     }
 
 
-def label_impressions(events: pd.DataFrame, event_type: str = "click") -> pd.Series:
+def label_impressions(events: pd.DataFrame, event_type: str = "click", by_request: bool | None = None
+                      ) -> pd.Series:
     """Label of each impression: 1 when the user clicked (``event_type``: or e.g. purchased) that item from that
     slate, else 0; -1 for rows that are not impressions.
 
     An event belongs to an impression with the same user, item and ``request_id`` when request ids were logged,
-    otherwise to an impression of the same user and item at most 30 minutes earlier.
+    otherwise to an impression of the same user and item at most 30 minutes earlier. ``by_request`` gives that
+    choice (the whole log's :attr:`LogFacts.impression_requests`, for a part of the log); None: decided here.
     """
     labels = pd.Series(-1, index=events.index, dtype=np.int64)
     is_imp = events["event_type"] == "impression"
@@ -203,7 +297,9 @@ def label_impressions(events: pd.DataFrame, event_type: str = "click") -> pd.Ser
     clicks = events[events["event_type"] == event_type]
     if clicks.empty:
         return labels
-    if "request_id" in events.columns and events.loc[is_imp, "request_id"].notna().all():
+    if by_request is None:
+        by_request = bool("request_id" in events.columns and events.loc[is_imp, "request_id"].notna().all())
+    if by_request:
         clicked = set(zip(clicks["user_id"], clicks["item_id"], clicks["request_id"], strict=True))
         imp = events[is_imp]
         hit = [k in clicked for k in zip(imp["user_id"], imp["item_id"], imp["request_id"], strict=True)]
@@ -221,10 +317,20 @@ def label_impressions(events: pd.DataFrame, event_type: str = "click") -> pd.Ser
 
 def fill_values(train: pd.DataFrame, items: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
     """Values that replace missing raw values (the median train price; empty strings map to OOV)."""
+    train_median = float(train["price"].dropna().median()) if _has_values(train, "price") else None
+    return fill_values_from(train_median, items, spec)
+
+
+def fill_values_from(train_median: float | None, items: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`fill_values` given the median of train's logged prices (None: train logged no price, the catalog's
+    median is used)."""
     fills: dict[str, Any] = {name: "" for name, kind in spec["raw_features"].items() if kind == "string"}
     if "price" in spec["raw_features"]:
-        prices = train["price"] if _has_values(train, "price") else items.get("price", pd.Series(dtype=float))
-        median = float(prices.dropna().median()) if prices.notna().any() else 0.0
+        if train_median is not None:
+            median = train_median
+        else:
+            prices = items.get("price", pd.Series(dtype=float))
+            median = float(prices.dropna().median()) if prices.notna().any() else 0.0
         fills["price"] = median if math.isfinite(median) else 0.0
     for name in ("hour", "weekday"):
         if name in spec["raw_features"]:
@@ -400,26 +506,39 @@ def _read_split(pipeline: Any, label: str, path: str, arrow_schema: pa.Schema, b
             | f"Batches{label}" >> beam.FlatMap(_as_record_batches, arrow_schema, batch_size))
 
 
-def _run_beam(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config: TransformConfig,
-              out_dir: Path, beam_pipeline_args: list[str] | None, temp_dir: str) -> None:
-    import apache_beam as beam
-    import tensorflow_transform.beam as tft_beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+def raw_tfxio(spec: dict[str, Any]) -> Any:
+    """The TFXIO of the raw features: its ``ArrowSchema()`` is the staged raw rows' layout (one-element lists)."""
     from tensorflow_transform.tf_metadata import schema_utils
-    from tfx_bsl.coders import example_coder
     from tfx_bsl.tfxio import tf_example_record
 
     raw_schema = schema_utils.schema_from_feature_spec(raw_feature_spec(spec))
-    tfxio = tf_example_record.TFExampleBeamRecord(
+    return tf_example_record.TFExampleBeamRecord(
         physical_format="inmem", telemetry_descriptors=["recflow"], schema=raw_schema)
-    adapter_config, arrow_schema = tfxio.TensorAdapterConfig(), tfxio.ArrowSchema()
-    preprocessing_fn = make_preprocessing_fn(spec, config)
+
+
+def stage_raw_frames(raw_frames: dict[str, pd.DataFrame], spec: dict[str, Any], config: TransformConfig,
+                     temp_dir: str) -> dict[str, str]:
+    """Write the pandas engine's raw rows as one Parquet file per split (the paths, by split)."""
+    arrow_schema = raw_tfxio(spec).ArrowSchema()
     # The raw batches are staged as Parquet files that the pipeline reads, not embedded with beam.Create: Beam
     # pickles (and bz2-compresses) a Create's data into the pipeline proto several times, which cost about 100 s
     # per 100k events and grew with the data. Reading files is also how Dataflow/Flink/Spark runners scale.
-    staged = {name: _stage_split(to_record_batches(frame, spec, config.batch_size, arrow_schema), arrow_schema,
-                                 Path(temp_dir) / f"raw-{name}.parquet")
-              for name, frame in raw_frames.items()}
+    return {name: _stage_split(to_record_batches(frame, spec, config.batch_size, arrow_schema), arrow_schema,
+                               Path(temp_dir) / f"raw-{name}.parquet")
+            for name, frame in raw_frames.items()}
+
+
+def _run_beam(staged: dict[str, str], spec: dict[str, Any], config: TransformConfig,
+              out_dir: Path, beam_pipeline_args: list[str] | None, temp_dir: str) -> None:
+    """tf.Transform over the staged raw rows: ``staged`` maps each split to a Parquet file or file pattern."""
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tfx_bsl.coders import example_coder
+
+    tfxio = raw_tfxio(spec)
+    adapter_config, arrow_schema = tfxio.TensorAdapterConfig(), tfxio.ArrowSchema()
+    preprocessing_fn = make_preprocessing_fn(spec, config)
     with beam_runner.beam_args(config.beam_runner, beam_pipeline_args, direct_num_workers=config.direct_num_workers,
                                direct_running_mode=config.direct_running_mode, dask_address=config.dask_address,
                                dask_workers=config.dask_workers) as args, \
@@ -515,18 +634,42 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
     """
     examples_dir, out_dir = Path(examples_dir), Path(out_dir)
     beam_runner.check_tf_transform_runner(pipeline_args(config, beam_pipeline_args))
+    if config.prepare_engine == "beam":
+        from recflow.features import beam_prepare
+
+        beam_prepare.check_examples(examples_dir)
+        with staged_dir(out_dir) as tmp_dir:
+            beam_temp = config.temp_dir or str(tmp_dir / "tft_tmp")
+            # The raw rows, candidates.parquet and user_state.parquet are written by the preparation pipeline.
+            staged_beam = beam_prepare.prepare_features_beam(examples_dir, config, tmp_dir, tmp_dir / "prepare",
+                                                             beam_pipeline_args)
+            spec = staged_beam.spec
+            _run_beam(staged_beam.raw_patterns, spec, config, tmp_dir, beam_pipeline_args, beam_temp)
+            shutil.rmtree(tmp_dir / "tft_tmp", ignore_errors=True)
+            shutil.rmtree(tmp_dir / "prepare", ignore_errors=True)
+            _write_spec(spec, tmp_dir)
+        return _result(out_dir, spec)
     prepared = prepare_features(examples_dir, config)
     spec, raw_frames, candidates, user_state = (prepared.spec, prepared.raw_frames, prepared.candidates,
                                                 prepared.user_state)
 
     with staged_dir(out_dir) as tmp_dir:
         beam_temp = config.temp_dir or str(tmp_dir / "tft_tmp")
-        _run_beam(raw_frames, spec, config, tmp_dir, beam_pipeline_args, beam_temp)
+        staged = stage_raw_frames(raw_frames, spec, config, beam_temp)
+        _run_beam(staged, spec, config, tmp_dir, beam_pipeline_args, beam_temp)
         shutil.rmtree(tmp_dir / "tft_tmp", ignore_errors=True)
         candidates.to_parquet(tmp_dir / bundle_layout.CANDIDATES_FILE, index=False)
         user_state.to_parquet(tmp_dir / bundle_layout.USER_STATE_FILE, index=False)
-        (tmp_dir / bundle_layout.FEATURE_SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True),
-                                                               encoding="utf-8")
+        _write_spec(spec, tmp_dir)
+    return _result(out_dir, spec)
+
+
+def _write_spec(spec: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / bundle_layout.FEATURE_SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True),
+                                                           encoding="utf-8")
+
+
+def _result(out_dir: Path, spec: dict[str, Any]) -> TransformResult:
     return TransformResult(
         out_dir=out_dir,
         transform_graph_dir=out_dir / bundle_layout.TRANSFORM_GRAPH_DIR,
@@ -540,7 +683,16 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
 
 def build_candidates(items: pd.DataFrame, events: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
     """Raw candidate features of every item in the catalog or the events, sorted by item id."""
-    ids = sorted(set(items["item_id"].astype(str)) | set(events["item_id"].astype(str)))
+    latest = (events.dropna(subset=["price"]).groupby("item_id")["price"].last() if _has_values(events, "price")
+              else None)
+    return candidates_frame(items, events["item_id"].astype(str), latest, spec)
+
+
+def candidates_frame(items: pd.DataFrame, event_items: pd.Series, latest: pd.Series | None,
+                     spec: dict[str, Any]) -> pd.DataFrame:
+    """:func:`build_candidates` from the events' item ids and each item's latest logged price (None: the log
+    has no prices)."""
+    ids = sorted(set(items["item_id"].astype(str)) | set(event_items))
     out = pd.DataFrame({"item_id": ids})
     attrs = items.assign(item_id=items["item_id"].astype(str)).set_index("item_id")
     for name in ("category", "brand"):
@@ -548,8 +700,7 @@ def build_candidates(items: pd.DataFrame, events: pd.DataFrame, spec: dict[str, 
             out[name] = out["item_id"].map(attrs[name])
     if "price" in spec["raw_features"]:
         price = out["item_id"].map(attrs["price"]) if "price" in attrs.columns else pd.Series(np.nan, index=out.index)
-        if _has_values(events, "price"):
-            latest = events.dropna(subset=["price"]).groupby("item_id")["price"].last()
+        if latest is not None:
             price = price.fillna(out["item_id"].map(latest))
         out["price"] = price
     return out

@@ -1,0 +1,181 @@
+"""Benchmark: the Transform step with each prepare engine (``transform.prepare_engine``) on shop-scale worlds.
+
+Generates each world (100,000 items, 500,000 users, 14 days; by default 0.00086 sessions per user-day: about
+315k events, the world of ``benchmarks/evaluator_stages.py``), runs ExampleGen (pandas engine) once, then the
+Transform step (``run_transform``, as the component calls it) in a fresh process per configuration: the pandas
+prepare engine, and the beam prepare engine on the DirectRunner in memory and with 2 worker processes
+(multi_processing); then the preparation half alone with each engine (``prepare_features`` or
+``beam_prepare.prepare_features_beam``, no tf.Transform). Records each run's seconds and the peak RSS of its
+whole process tree (the process and its children, summed, sampled with psutil every 0.1 s), and whether its
+outputs equal the pandas engine's: the spec, user state and candidates exactly, the transformed rows exactly for
+integer features and to float32 rounding (rtol 1e-5) for float ones. Prints JSON and writes
+``benchmarks/results/transform_engines.json``.
+
+    .venv/bin/python benchmarks/transform_engines.py --work /tmp/recflow-transform-engines --rates 0.00086 0.0031
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil  # type: ignore[import-untyped]
+
+import recflow  # noqa: F401  (configures the process before anything else)
+
+# isort: split
+from recflow.config import load_config
+from recflow.io import atomic_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
+RESULT = Path(__file__).resolve().parent / "results" / "transform_engines.json"
+WORLD = ["simulator.users=500000", "simulator.items=100000", "simulator.days=14"]
+RATE = 0.00086
+RUNS: dict[str, list[str]] = {
+    "pandas": ["transform.prepare_engine=pandas"],
+    "beam_in_memory": ["transform.prepare_engine=beam"],
+    "beam_multi_processing_2": ["transform.prepare_engine=beam", "transform.direct_running_mode=multi_processing",
+                                "transform.direct_num_workers=2"],
+}
+#: The preparation half alone (no tf.Transform), per engine: where the two engines differ.
+PREPARE_RUNS: dict[str, list[str]] = {
+    "prepare_only_pandas": ["transform.prepare_engine=pandas"],
+    "prepare_only_beam_in_memory": ["transform.prepare_engine=beam"],
+}
+#: One Transform run in its own process (so its peak memory is its own); argv: examples, out, overrides.
+CHILD = """
+import sys
+import recflow
+from recflow.config import load_config
+from recflow.features.transform import run_transform
+cfg = load_config(None, sys.argv[3:])
+run_transform(sys.argv[1], sys.argv[2], cfg.transform)
+"""
+#: The preparation half alone, written where run_transform would stage it.
+CHILD_PREPARE = """
+import sys
+from pathlib import Path
+import recflow
+from recflow.config import load_config
+from recflow.features import beam_prepare
+from recflow.features.transform import prepare_features
+cfg = load_config(None, sys.argv[3:])
+out = Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+if cfg.transform.prepare_engine == "beam":
+    beam_prepare.prepare_features_beam(Path(sys.argv[1]), cfg.transform, out, out / "prepare")
+else:
+    prepare_features(Path(sys.argv[1]), cfg.transform)
+"""
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    """RSS of ``proc`` and all its descendants, summed (0 once it has exited)."""
+    total = 0
+    try:
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+    except psutil.Error:
+        return 0
+    return total
+
+
+def measure(examples: Path, out: Path, overrides: list[str], code: str = CHILD) -> dict[str, Any]:
+    """Run one Transform (``code``) in a child process; its seconds and the peak RSS of its process tree."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", code, str(examples), str(out), *overrides])
+    proc, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        peak = max(peak, tree_rss(proc))
+        time.sleep(0.1)
+    seconds = time.perf_counter() - started
+    if child.returncode != 0:
+        raise SystemExit(f"Transform with {overrides} failed (exit {child.returncode})")
+    return {"overrides": overrides, "seconds": round(seconds, 1), "peak_tree_rss_mb": round(peak / 2**20)}
+
+
+def same_outputs(a: Path, b: Path) -> dict[str, Any]:
+    """Whether Transform output ``b`` equals ``a`` (floats to float32 rounding), with the largest float gap."""
+    from recflow.features.transform import SPLITS, load_transformed
+
+    checks: dict[str, Any] = {"spec": (a / "feature_spec.json").read_text() == (b / "feature_spec.json").read_text()}
+    for name in ("user_state.parquet", "candidates.parquet"):
+        checks[name] = pd.read_parquet(a / name).equals(pd.read_parquet(b / name))
+    gap, rows_equal = 0.0, True
+    for split in SPLITS:
+        want = load_transformed(a / "transformed" / split, a / "transform_graph")
+        have = load_transformed(b / "transformed" / split, b / "transform_graph")
+        if set(want) != set(have) or len(want["row_id"]) != len(have["row_id"]):
+            rows_equal = False
+            continue
+        for key, values in want.items():
+            if values.dtype.kind == "f":
+                gap = max(gap, float(np.max(np.abs(have[key] - values), initial=0.0)))
+                rows_equal &= bool(np.allclose(have[key], values, rtol=1e-5, atol=1e-6))
+            else:
+                rows_equal &= bool(np.array_equal(have[key], values))
+    checks["transformed"] = rows_equal
+    checks["max_float_difference"] = gap
+    checks["equal"] = all(v for k, v in checks.items() if k != "max_float_difference")
+    return checks
+
+
+def run_world(work: Path, rate: float, names: list[str]) -> dict[str, Any]:
+    """Generate (or reuse) the world at ``rate`` under ``work``, run ExampleGen, then each configuration."""
+    from recflow.examplegen import run_example_gen
+    from recflow.simulator import generate_dataset
+
+    world = [*WORLD, f"simulator.sessions_per_user_per_day={rate}"]
+    cfg = load_config(None, [f"paths.data_dir={work}", *world])
+    shop, ex = work / "shop", work / "ex"
+    if not (shop / "DONE").exists():
+        generate_dataset(cfg.simulator, shop, progress=False)
+        (shop / "DONE").write_text("", encoding="utf-8")
+    if not (ex / "DONE").exists():
+        run_example_gen(shop, ex, cfg.example_gen, cfg.validation)
+        (ex / "DONE").write_text("", encoding="utf-8")
+    stats = json.loads((ex / "stats.json").read_text(encoding="utf-8"))
+    runs: dict[str, Any] = {}
+    for name in names:
+        if name in RUNS:
+            runs[name] = measure(ex, work / f"tf-{name}", [*world, *RUNS[name]])
+        else:
+            runs[name] = measure(ex, work / f"tf-{name}", [*world, *PREPARE_RUNS[name]], CHILD_PREPARE)
+        print(json.dumps({name: runs[name]}), file=sys.stderr, flush=True)
+    for name in runs:
+        if name != "pandas" and name in RUNS and "pandas" in runs:
+            runs[name]["equals_pandas"] = same_outputs(work / "tf-pandas", work / f"tf-{name}")
+    return {"world": world, "events": stats["rows"], "items": stats["items"],
+            "users_with_events": stats["users"], "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="Worlds and outputs (each world is reused).")
+    parser.add_argument("--rates", type=float, nargs="+", default=[RATE],
+                        help="simulator.sessions_per_user_per_day of each world")
+    parser.add_argument("--runs", nargs="*", default=[*RUNS, *PREPARE_RUNS], choices=[*RUNS, *PREPARE_RUNS])
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+    worlds = [run_world(args.work / f"rate-{rate}", rate, args.runs) for rate in args.rates]
+    result = {"benchmark": "Transform step per prepare engine (one process tree per run)", "worlds": worlds,
+              "machine": machine_info(("tensorflow", "tensorflow-transform", "apache-beam"))}
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
