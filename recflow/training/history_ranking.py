@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recflow.examplegen import read_split
 from recflow.io import epoch_seconds
 from recflow.models.history_ranking import (
     DENSE_FEATURES,
@@ -51,13 +50,19 @@ class RankerTraining:
     notes: list[str] = field(default_factory=list)
 
 
+#: The event columns the ranker reads besides the context columns (the label's, the slot's, the propensity's).
+IMPRESSION_COLUMNS: tuple[str, ...] = ("event_type", "timestamp", "user_id", "item_id", "request_id", "position",
+                                       "propensity")
+
+
 def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame:
     """Impressions of train and eval with their click label, slot, propensity, context and split."""
     from recflow.features.transform import label_impressions
+    from recflow.training.reading import read_split_columns
 
     frames = []
     for split in ("train", "eval"):
-        df = read_split(examples_dir, split)
+        df = read_split_columns(examples_dir, split, IMPRESSION_COLUMNS + tuple(context_columns))
         frames.append(df.assign(_split=split))
     events = pd.concat(frames, ignore_index=True)
     users_path = Path(examples_dir) / "users.parquet"
@@ -257,12 +262,12 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
     and every trial."""
     import tensorflow as tf
 
+    from recflow.training.datasets import index_batches
+
     def dataset(mask: np.ndarray, shuffle: bool) -> Any:
         feats = {k: v[mask] for k, v in inputs.as_dict().items()}
-        ds = tf.data.Dataset.from_tensor_slices((feats, labels[mask], weights[mask]))
-        if shuffle:
-            ds = ds.shuffle(int(mask.sum()), seed=trainer_config.seed + 7, reshuffle_each_iteration=True)
-        return ds.batch(trainer_config.batch_size)
+        return index_batches((feats, labels[mask], weights[mask]), trainer_config.batch_size,
+                             shuffle_seed=trainer_config.seed + 7 if shuffle else None)
 
     base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
     prior = item_log_odds(inputs.item[is_train], labels[is_train], weights[is_train], n_items)
