@@ -49,3 +49,18 @@ def test_read_split_columns_reads_the_wanted_columns_the_split_has_in_log_order(
     pd.testing.assert_frame_equal(got, whole[["user_id", "timestamp", "device"]])
     with pytest.raises(DataError, match="no eval.parquet"):
         read_split_columns(ex, "eval", ["user_id"])
+
+
+def test_cap_train_impressions_keeps_a_seeded_sample_of_train_rows_and_every_eval_row():
+    from recflow.training.history_ranking import cap_train_impressions
+
+    is_train = np.array([True] * 50 + [False] * 7 + [True] * 20)
+    assert cap_train_impressions(is_train, None, 0) is None
+    assert cap_train_impressions(is_train, 70, 0) is None  # 70 train rows: nothing to cap
+    keep, n_train = cap_train_impressions(is_train, 30, 3)
+    assert n_train == 70 and len(keep) == 37 and (np.diff(keep) > 0).all()
+    assert is_train[keep].sum() == 30 and set(np.flatnonzero(~is_train)) <= set(keep)
+    again, _ = cap_train_impressions(is_train, 30, 3)
+    other, _ = cap_train_impressions(is_train, 30, 4)
+    np.testing.assert_array_equal(keep, again)
+    assert not np.array_equal(keep, other)

@@ -148,6 +148,14 @@ class TrainerConfig(BaseModel):
         "the best (the paired per-impression difference): with a few eval clicks the losses barely differ and "
         "the richest model tends to overfit (measured in the organic world, docs/models.md); min_loss keeps "
         "the lowest loss.")
+    history_ranking_max_train_impressions: int | None = Field(
+        None, gt=0, description="At most this many train-split impressions train the history ranker (a seeded "
+        "sample, the eval split whole); null = all. Its training time grows with the impressions times the "
+        "fits (by default 7 candidates and 2 more for score centring auto, each up to history_ranking_epochs "
+        "epochs): at 1.14M shop events, 672,000 train impressions, it took 776 s "
+        "(benchmarks/results/trainer_stages.json). When it binds, the training report's "
+        "history_ranking.train_impressions_sampled and a note say so; the point-in-time decision states are "
+        "still written for every impression.")
     hybrid: HybridConfig = Field(
         HybridConfig(), description="The sequence model blended with EASE (recflow.training.hybrid): the blend "
         "weight and EASE's l2 chosen on the eval split; the bundle's readers retrieve with the blend.")
