@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from recflow.errors import DataError
 from recflow.policy.config import PolicyConfig
-from recflow.policy.logged_data import build_bandit_data, load_bandit_data
+from recflow.policy.logged_data import EVENT_COLUMNS, arm_features, build_bandit_data, load_bandit_data, read_events
 
 DIM = 4
 N_ITEMS = 24
@@ -90,6 +90,38 @@ def test_logged_data_shapes_rewards_and_unknown_users(world):
     # Device "watch" is not a known device: it lands in "other".
     watch = (data.context["device"] == "watch").to_numpy()
     assert (data.global_features[watch, -1] == 1).all()
+
+
+def test_arm_features_built_on_demand_equal_the_whole_and_subsets_keep_the_catalog(world):
+    data = _data(world, _events(world, 40, seed=3), PolicyConfig(num_arms=6))
+    n = len(data)
+    whole = arm_features(data.user_embeddings, world["items"][data.arm_rows])
+    np.testing.assert_array_equal(data.arm_features, whole)
+    np.testing.assert_array_equal(data.chosen_arm_features, whole[np.arange(n), data.chosen_arms])
+    np.testing.assert_array_equal(data.candidate_item_ids, world["item_ids"][data.arm_rows])
+    keep = np.array([n - 1, 0, 5])
+    part = data.subset(keep)
+    np.testing.assert_array_equal(part.arm_features, whole[keep])
+    np.testing.assert_array_equal(part.chosen_arm_features, whole[keep, data.chosen_arms[keep]])
+    np.testing.assert_array_equal(part.candidate_item_ids, data.candidate_item_ids[keep])
+
+
+def test_load_bandit_data_reads_only_the_columns_it_uses(world, tmp_path):
+    events = _events(world, 30, seed=4).assign(recent_items=lambda d: [["x"] * 10] * len(d), session_id="s")
+    events.to_parquet(tmp_path / "train.parquet", index=False)
+    pd.DataFrame({"item_id": world["item_ids"], "embedding": list(world["items"])}).to_parquet(
+        tmp_path / "item_embeddings.parquet", index=False)
+    pd.DataFrame({"user_id": world["user_ids"], "embedding": list(world["users"])}).to_parquet(
+        tmp_path / "user_embeddings.parquet", index=False)
+    read = read_events(tmp_path / "train.parquet", EVENT_COLUMNS)
+    assert "recent_items" not in read.columns and "session_id" not in read.columns
+    assert set(read.columns) == set(EVENT_COLUMNS)
+    config = PolicyConfig(num_arms=5)
+    loaded = load_bandit_data(tmp_path / "train.parquet", tmp_path, config)
+    whole = _data(world, events, config)
+    np.testing.assert_array_equal(loaded.global_features, whole.global_features)
+    np.testing.assert_array_equal(loaded.chosen_arm_features, whole.chosen_arm_features)
+    np.testing.assert_array_equal(loaded.rewards, whole.rewards)
 
 
 def test_missing_propensities_are_estimated_and_feedback_without_request_id(world):

@@ -390,3 +390,24 @@ def test_a_new_users_history_drives_what_the_sequence_model_serves(tmp_path: Pat
                                                  HistoryEntry("i0005", "view", 60.0)])))[:3]
     assert best[0] == ids[direct[0]] and set(best) == {ids[r] for r in direct}
     assert "i0006" not in rec.recommend_from_history(["i0004", "i0005"], 3, exclude={"i0006"})
+
+
+def test_history_ranker_train_impressions_cap_is_a_seeded_sample_and_reported(
+        seq: tuple[Path, TrainResult], tmp_path: Path) -> None:
+    from recflow.policy.logged_data import DECISION_STATES_FILE
+
+    base, whole = seq
+    n_train = whole.history["history_ranking"]["train_examples"]
+    cap = n_train // 3
+    config = SEQ.model_copy(update={"history_ranking_max_train_impressions": cap, "history_ranking_epochs": 2})
+    capped = train_tfrs(base / "ex", base / "tf", tmp_path / "model", config)
+    report = capped.history["history_ranking"]
+    assert report["train_examples"] == cap
+    assert report["train_impressions_sampled"] == {"kept": cap, "of": n_train, "cap": cap}
+    assert report["eval_examples"] == whole.history["history_ranking"]["eval_examples"]  # eval split whole
+    assert any("history_ranking_max_train_impressions" in n for n in capped.notes)
+    assert whole.history["history_ranking"]["train_impressions_sampled"] is None
+    # the policy's point-in-time states still cover every impression
+    states = pd.read_parquet(capped.out_dir / DECISION_STATES_FILE)
+    pd.testing.assert_frame_equal(states[["user_id", "seconds"]],
+                                  pd.read_parquet(whole.out_dir / DECISION_STATES_FILE)[["user_id", "seconds"]])

@@ -98,31 +98,45 @@ class BanditData:
     add_to_carts: np.ndarray
     purchases: np.ndarray  #: 1.0 when the shown item was bought (the conversion outcome)
     global_features: np.ndarray  #: [n, global_dim] float32
-    arm_features: np.ndarray  #: [n, num_arms, arm_dim] float32
-    candidate_item_ids: np.ndarray  #: [n, num_arms] item ids of the arms
+    arm_rows: np.ndarray  #: [n, num_arms] int64 rows of the arms' items in the catalog
     chosen_arms: np.ndarray  #: [n] index of the logged item among the arms
     user_embeddings: np.ndarray  #: [n, embedding_dim] (fallback embedding for unknown users)
     context: pd.DataFrame  #: the context columns in layout.context_columns, one row per decision
     layout: FeatureLayout
     propensity_source: str  #: "logged", "estimated" (empirical logging frequencies) or "mixed"
+    catalog_ids: np.ndarray  #: [n_items] the candidate catalog's item ids (str)
+    catalog_embeddings: np.ndarray  #: [n_items, embedding_dim] the catalog's item embeddings
     notes: list[str] = field(default_factory=list)  #: what was assumed or dropped, for the user
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
 
     @property
+    def candidate_item_ids(self) -> np.ndarray:
+        """[n, num_arms] item ids of the arms."""
+        return self.catalog_ids[self.arm_rows]
+
+    @property
+    def arm_features(self) -> np.ndarray:
+        """[n, num_arms, arm_dim] float32 per-arm features of every decision (:func:`arm_features`), built on
+        demand: ``num_arms`` x ``arm_dim`` floats a decision (2.6 KB at 10 arms of 32-dim embeddings), so they are
+        not kept; training reads only :attr:`chosen_arm_features`."""
+        return arm_features(self.user_embeddings, self.catalog_embeddings[self.arm_rows])
+
+    @property
     def chosen_arm_features(self) -> np.ndarray:
-        """[n, arm_dim] features of the logged item of each decision."""
-        return self.arm_features[np.arange(len(self)), self.chosen_arms]
+        """[n, arm_dim] features of the logged item of each decision (the same values as
+        ``arm_features[range(n), chosen_arms]``, without building the other arms')."""
+        chosen = self.arm_rows[np.arange(len(self)), self.chosen_arms]
+        return arm_features(self.user_embeddings, self.catalog_embeddings[chosen][:, None, :])[:, 0]
 
     def subset(self, index: np.ndarray) -> BanditData:
-        """The decisions at ``index`` (same layout and notes)."""
+        """The decisions at ``index`` (same layout, catalog and notes)."""
         arrays = {
             name: getattr(self, name)[index]
             for name in (
                 "request_ids", "user_ids", "item_ids", "positions", "propensities", "rewards", "clicks",
-                "add_to_carts", "purchases", "global_features", "arm_features", "candidate_item_ids",
-                "chosen_arms", "user_embeddings",
+                "add_to_carts", "purchases", "global_features", "arm_rows", "chosen_arms", "user_embeddings",
             )
         }
         return BanditData(
@@ -130,6 +144,8 @@ class BanditData:
             context=self.context.iloc[index].reset_index(drop=True),
             layout=self.layout,
             propensity_source=self.propensity_source,
+            catalog_ids=self.catalog_ids,
+            catalog_embeddings=self.catalog_embeddings,
             notes=list(self.notes),
         )
 
@@ -260,12 +276,29 @@ def _estimate_propensities(imp: pd.DataFrame) -> np.ndarray:
     return (counts / totals).to_numpy(dtype=np.float64)
 
 
-def read_events(path: Path) -> pd.DataFrame:
-    """Read an events Parquet file and check the columns this module needs."""
+#: The event columns :func:`build_bandit_data` reads (those a log has): the rest of a split is not loaded.
+EVENT_COLUMNS: tuple[str, ...] = ("event_type", "timestamp", "user_id", "item_id", "request_id", "position",
+                                  "propensity", *CONTEXT_CATEGORIES)
+
+
+def _present_columns(path: Path, wanted: Sequence[str]) -> list[str]:
+    """The columns of ``wanted`` that the events Parquet file (or directory of shards) ``path`` has."""
+    import pyarrow.parquet as pq
+
+    shards = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    if not shards:
+        raise DataError(f"{path}: no Parquet shards in the events directory")
+    names = set(pq.read_schema(shards[0]).names)
+    return [c for c in wanted if c in names]
+
+
+def read_events(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read an events Parquet file (all columns, or those of ``columns`` it has) and check the columns this
+    module needs."""
     if not (path.is_file() or path.is_dir()):  # a split may be a directory of shards (beam engine)
         raise DataError(f"{path}: events file not found")
     try:
-        df = read_split_path(path)
+        df = read_split_path(path, None if columns is None else _present_columns(path, columns))
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read as Parquet: {exc}") from None
     missing = [c for c in ("event_type", "timestamp", "user_id", "item_id") if c not in df.columns]
@@ -276,7 +309,7 @@ def read_events(path: Path) -> pd.DataFrame:
 
 def _impressions(events: pd.DataFrame, config: PolicyConfig, source: str, notes: list[str]) -> pd.DataFrame:
     """The log's impressions with typed ids and timestamps, a request id each, their feedback attributed."""
-    df = events.copy()
+    df = events.copy(deep=False)  # whole columns are replaced below, never written into: no need to copy the data
     df["user_id"] = df["user_id"].astype(str)
     df["item_id"] = df["item_id"].astype(str)
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
@@ -429,7 +462,6 @@ def build_bandit_data(
     arms, chosen = _sample_arms(item_pos, n_items, config.num_arms, rng)
     context = pd.DataFrame({c: imp[c].to_numpy() for c in layout.context_columns})
     gfeat = global_features(user_emb, context_onehots(context, layout.context_columns, n))
-    afeat = arm_features(user_emb, item_embeddings[arms])
     weights = config.reward_weights
     rewards = (weights.click * imp["click"] + weights.add_to_cart * imp["add_to_cart"]
                + weights.purchase * imp["purchase"]).to_numpy(dtype=np.float32)
@@ -444,13 +476,14 @@ def build_bandit_data(
         add_to_carts=imp["add_to_cart"].to_numpy(dtype=np.float32),
         purchases=imp["purchase"].to_numpy(dtype=np.float32),
         global_features=gfeat,
-        arm_features=afeat,
-        candidate_item_ids=item_index.to_numpy()[arms],
+        arm_rows=arms,
         chosen_arms=chosen.astype(np.int64),
         user_embeddings=user_emb,
         context=context,
         layout=layout,
         propensity_source=propensity_source,
+        catalog_ids=item_index.to_numpy(),
+        catalog_embeddings=np.asarray(item_embeddings),
         notes=notes,
     )
 
@@ -464,6 +497,6 @@ def load_bandit_data(
     states_path = Path(model_dir) / DECISION_STATES_FILE
     states = pd.read_parquet(states_path) if states_path.is_file() else None
     return build_bandit_data(
-        read_events(events_path), item_ids, item_emb, user_ids, user_emb, config, source=str(events_path),
-        layout=layout, decision_states=states,
+        read_events(events_path, EVENT_COLUMNS), item_ids, item_emb, user_ids, user_emb, config,
+        source=str(events_path), layout=layout, decision_states=states,
     )

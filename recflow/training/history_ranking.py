@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recflow.examplegen import read_split
 from recflow.io import epoch_seconds
 from recflow.models.history_ranking import (
     DENSE_FEATURES,
@@ -51,13 +50,19 @@ class RankerTraining:
     notes: list[str] = field(default_factory=list)
 
 
+#: The event columns the ranker reads besides the context columns (the label's, the slot's, the propensity's).
+IMPRESSION_COLUMNS: tuple[str, ...] = ("event_type", "timestamp", "user_id", "item_id", "request_id", "position",
+                                       "propensity")
+
+
 def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame:
     """Impressions of train and eval with their click label, slot, propensity, context and split."""
     from recflow.features.transform import label_impressions
+    from recflow.training.reading import read_split_columns
 
     frames = []
     for split in ("train", "eval"):
-        df = read_split(examples_dir, split)
+        df = read_split_columns(examples_dir, split, IMPRESSION_COLUMNS + tuple(context_columns))
         frames.append(df.assign(_split=split))
     events = pd.concat(frames, ignore_index=True)
     users_path = Path(examples_dir) / "users.parquet"
@@ -106,6 +111,19 @@ def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.
     item = np.array([index.get(str(i), len(item_ids)) for i in imp["item_id"].to_numpy()[rows]], np.int64)
     return rows, {"state": state, "hist_rows": hist["hist_items"][position], "enc_rows": enc_rows,
                   "item": item, "score": score.astype(np.float64)}
+
+
+def cap_train_impressions(is_train: np.ndarray, cap: int | None, seed: int) -> tuple[np.ndarray, int] | None:
+    """``(rows to keep, number of train rows)`` when more than ``cap`` rows are train rows: a seeded sample of
+    ``cap`` train rows and every other row, in their order; None when nothing is capped."""
+    train_rows = np.flatnonzero(is_train)
+    if cap is None or len(train_rows) <= cap:
+        return None
+    chosen = np.random.default_rng(seed).choice(train_rows, size=cap, replace=False)
+    keep = np.zeros(len(is_train), bool)
+    keep[chosen] = True
+    keep[~np.asarray(is_train, bool)] = True
+    return np.flatnonzero(keep), len(train_rows)
 
 
 def write_decision_states(out_dir: Path, user_ids: np.ndarray, seconds: np.ndarray, states: np.ndarray) -> None:
@@ -257,12 +275,12 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
     and every trial."""
     import tensorflow as tf
 
+    from recflow.training.datasets import index_batches
+
     def dataset(mask: np.ndarray, shuffle: bool) -> Any:
         feats = {k: v[mask] for k, v in inputs.as_dict().items()}
-        ds = tf.data.Dataset.from_tensor_slices((feats, labels[mask], weights[mask]))
-        if shuffle:
-            ds = ds.shuffle(int(mask.sum()), seed=trainer_config.seed + 7, reshuffle_each_iteration=True)
-        return ds.batch(trainer_config.batch_size)
+        return index_batches((feats, labels[mask], weights[mask]), trainer_config.batch_size,
+                             shuffle_seed=trainer_config.seed + 7 if shuffle else None)
 
     base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
     prior = item_log_odds(inputs.item[is_train], labels[is_train], weights[is_train], n_items)
@@ -352,7 +370,20 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     all_vectors = seq.encoder.item_vectors()
     n_impressions = len(imp)
     rows, arr = ranker_rows(imp, data, seq.encoder, all_vectors, row_of, item_ids, cfg.max_len)
+    del data
     imp = imp.iloc[rows].reset_index(drop=True)
+    # Every impression's point-in-time state goes to the policy trainer, whatever trains the ranker.
+    decision_states = (imp["user_id"].astype(str).to_numpy(), imp["_seconds"].to_numpy(), arr["state"])
+    notes: list[str] = []
+    sampled = cap_train_impressions((imp["_split"] == "train").to_numpy(),
+                                    trainer_config.history_ranking_max_train_impressions, trainer_config.seed)
+    if sampled is not None:
+        keep, n_train = sampled
+        imp = imp.iloc[keep].reset_index(drop=True)
+        arr = {k: v[keep] for k, v in arr.items()}
+        cap = trainer_config.history_ranking_max_train_impressions
+        notes.append(f"history ranker trained on a seeded sample of {cap} of {n_train} train impressions "
+                     "(trainer.history_ranking_max_train_impressions)")
     is_train = (imp["_split"] == "train").to_numpy()
     labels = imp["clicked"].to_numpy().astype(np.float32)
     if not is_train.any() or labels[is_train].max(initial=0) < 1:
@@ -367,7 +398,6 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     offset = offsets if centring["centred"] else None
     inputs, vocabs, score_mean, score_std = _ranker_inputs(imp, arr, context_columns, is_train, offset)
     has_eval = bool((~is_train).any() and labels[~is_train].sum() > 0)
-    notes: list[str] = []
     if not enough_eval_clicks(labels, is_train, trainer_config):
         notes.append(f"history ranker: only the simplest model ({SCORE_ONLY}) was fitted: the eval split has "
                      f"{int(labels[~is_train].sum())} clicked impressions (< trainer.history_ranking_min_eval_clicks "
@@ -382,6 +412,9 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
         "model": "history_ranker", "train_examples": int(is_train.sum()), "eval_examples": int((~is_train).sum()),
         "train_clicks": int(labels[is_train].sum()), "eval_clicks": int(labels[~is_train].sum()),
         "skipped_impressions_without_history": n_impressions - len(rows),
+        "train_impressions_sampled": (None if sampled is None else
+                                      {"kept": int(is_train.sum()), "of": sampled[1],
+                                       "cap": trainer_config.history_ranking_max_train_impressions}),
         "context_columns": context_columns, "inverse_propensity_weights": ips,
         "l2_trials": trials, "selection": trainer_config.history_ranking_selection, "score_centring": centring,
         "chosen_candidate": next(t["candidate"] for t in trials if t["chosen"]),
@@ -397,8 +430,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
             metrics["history_ranker_eval_auc"] = auc
         if score_auc is not None:
             metrics["history_ranker_eval_auc_score_alone"] = score_auc
-    write_decision_states(Path(out_dir), imp["user_id"].astype(str).to_numpy(), imp["_seconds"].to_numpy(),
-                          arr["state"])
+    write_decision_states(Path(out_dir), *decision_states)
     meta = {"item_ids": [str(i) for i in item_ids], "context_columns": context_columns,
             "context_vocabularies": vocabs, "score_mean": score_mean, "score_std": score_std,
             "max_len": cfg.max_len, "report": report}

@@ -145,18 +145,26 @@ def history_arrays(histories: pd.DataFrame, item_rows: Mapping[str, int], max_le
     return {"hist_items": items, "hist_types": types, "hist_gaps": gaps}
 
 
+#: At most this many (example x item) scores at once in :func:`top_k_accuracy` (64 MB of float32): at 100,000
+#: items a block of 4,096 examples would be 1.6 GB of scores and 0.4 GB of comparisons.
+TOP_K_MAX_CELLS = 2**24
+
+
 def top_k_accuracy(user_states: np.ndarray, item_vectors: np.ndarray, targets: np.ndarray,
-                   weights: np.ndarray, ks: Sequence[int] = (10, 50)) -> dict[int, float]:
+                   weights: np.ndarray, ks: Sequence[int] = (10, 50),
+                   max_cells: int = TOP_K_MAX_CELLS) -> dict[int, float]:
     """Weighted share of examples whose target item is among the ``k`` best-scored items (ties count
-    against the target), per k."""
+    against the target), per k. Scores blocks of at most 4,096 examples and ``max_cells`` example x item
+    scores (at least one example a block)."""
     out = {}
     if len(targets) == 0:
         return {k: float("nan") for k in ks}
     ranks = np.zeros(len(targets), np.int64)
-    for s in range(0, len(targets), 4096):
-        scores = user_states[s:s + 4096] @ item_vectors.T
-        own = scores[np.arange(len(scores)), targets[s:s + 4096]]
-        ranks[s:s + 4096] = (scores >= own[:, None]).sum(axis=1) - 1
+    block = int(min(4096, max(1, max_cells // max(len(item_vectors), 1))))
+    for s in range(0, len(targets), block):
+        scores = user_states[s:s + block] @ item_vectors.T
+        own = scores[np.arange(len(scores)), targets[s:s + block]]
+        ranks[s:s + block] = (scores >= own[:, None]).sum(axis=1) - 1
     for k in ks:
         out[k] = float(np.sum(weights * (ranks < k)) / np.sum(weights))
     return out
@@ -368,6 +376,7 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
     import tensorflow as tf
 
     from recflow.models.sequence import save_encoder
+    from recflow.training.datasets import index_batches
     from recflow.training.distribution import shard_by_data
 
     strategy = strategy if strategy is not None else tf.distribute.get_strategy()
@@ -387,9 +396,7 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
     feats["sample_weight"] = train_w.astype(np.float32)
     n_train = len(train_w)
     encoder, model, counter = _build_model(n_rows, cfg, strategy, feats)
-    ds = shard_by_data(tf.data.Dataset.from_tensor_slices(feats)
-                       .shuffle(n_train, seed=cfg.seed, reshuffle_each_iteration=True)
-                       .batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE))
+    ds = shard_by_data(index_batches(feats, cfg.batch_size, shuffle_seed=cfg.seed).prefetch(tf.data.AUTOTUNE))
     report: dict[str, Any] = {"model": "sequence", "config": cfg.model_dump(), "train_examples": n_train,
                               "eval_examples": 0 if evaluation is None else len(evaluation[1]),
                               "train_examples_by_type": pd.Series(data.event_types[sel][train_seq["target_index"]])

@@ -148,6 +148,14 @@ class TrainerConfig(BaseModel):
         "the best (the paired per-impression difference): with a few eval clicks the losses barely differ and "
         "the richest model tends to overfit (measured in the organic world, docs/models.md); min_loss keeps "
         "the lowest loss.")
+    history_ranking_max_train_impressions: int | None = Field(
+        None, gt=0, description="At most this many train-split impressions train the history ranker (a seeded "
+        "sample, the eval split whole); null = all. Its training time grows with the impressions times the "
+        "fits (by default 7 candidates and 2 more for score centring auto, each up to history_ranking_epochs "
+        "epochs): at 1.14M shop events (490,080 train impressions of users with a history) it took 776 s, "
+        "with 200000 here 212 s (benchmarks/results/trainer_stages.json). When it binds, the training report's "
+        "history_ranking.train_impressions_sampled and a note say so; the point-in-time decision states are "
+        "still written for every impression.")
     hybrid: HybridConfig = Field(
         HybridConfig(), description="The sequence model blended with EASE (recflow.training.hybrid): the blend "
         "weight and EASE's l2 chosen on the eval split; the bundle's readers retrieve with the blend.")
@@ -250,9 +258,11 @@ def _count_types(codes: np.ndarray, spec: dict[str, Any]) -> dict[str, int]:
 def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Each user's latest logged context (train + eval events), and the most common context for cold users."""
     from recflow.features.transform import coerce_raw
+    from recflow.training.reading import read_split_columns
 
     names = list(spec["context_features"])
-    events = pd.concat([read_split(examples_dir, s) for s in ("train", "eval")],
+    columns = ["user_id", "timestamp", *names]  # only these: the rest of the splits is not read
+    events = pd.concat([read_split_columns(examples_dir, s, columns) for s in ("train", "eval")],
                        ignore_index=True).sort_values("timestamp", kind="stable")
     users_path = examples_dir / "users.parquet"
     if "region" in names and "region" not in events.columns and users_path.is_file():
@@ -392,16 +402,15 @@ def _retrieval_dataset(inputs: TrainerInputs, config: TrainerConfig, data: dict[
     auto-sharded by DATA under a multi-worker strategy) with their sampling probability and sample weight."""
     import tensorflow as tf
 
+    from recflow.training.datasets import index_batches
     from recflow.training.distribution import shard_by_data
 
     feats = _take(data, mask, sorted(set(inputs.q_feats) | set(inputs.c_feats)))
     feats["candidate_prob"] = inputs.item_prob[feats["item_idx"]]
     feats["sample_weight"] = target_weights(data["event_code"][mask], inputs.spec["event_codes"],
                                             config.event_weights)
-    ds = tf.data.Dataset.from_tensor_slices(feats)
-    if shuffle:
-        ds = ds.shuffle(len(feats["item_idx"]), seed=config.seed, reshuffle_each_iteration=True)
-    return shard_by_data(ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+    ds = index_batches(feats, config.batch_size, shuffle_seed=config.seed if shuffle else None)
+    return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def _write_embeddings(path: Path, key: str, ids: list[str], vectors: np.ndarray) -> None:
@@ -598,12 +607,11 @@ def _ranking_dataset(config: TrainerConfig, data: dict[str, np.ndarray], mask: n
                      shuffle: bool) -> Any:
     import tensorflow as tf
 
+    from recflow.training.datasets import index_batches
     from recflow.training.distribution import shard_by_data
 
-    ds = tf.data.Dataset.from_tensor_slices(_take(data, mask, names))
-    if shuffle:
-        ds = ds.shuffle(int(mask.sum()), seed=config.seed + 1, reshuffle_each_iteration=True)
-    return shard_by_data(ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+    ds = index_batches(_take(data, mask, names), config.batch_size, shuffle_seed=config.seed + 1 if shuffle else None)
+    return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:

@@ -1,0 +1,198 @@
+"""Benchmark: time and memory of each trainer stage on a shop-scale world (issue 17).
+
+Generates the world (100,000 items, 500,000 users, 14 days at ``--sessions-rate`` sessions per user-day, default
+0.0031: about 1.14M events, the shape of ``benchmarks/pipeline.py``'s larger shop-scale row), runs ExampleGen and
+Transform through the library as the components do (kept in ``WORK`` between runs), then the TFRS trainer's stages
+one by one as :func:`recflow.training.tfrs_trainer.train_tfrs` runs them (the inputs, the user contexts, retrieval,
+the index, the hybrid blend, ranking, the history ranker, the report) and the TF-Agents trainer's stages as
+:func:`recflow.policy.trainer.train_policy` runs them (the logged bandit data, training, export). Records each
+stage's seconds, the process RSS after it and its peak (a psutil sampler every 0.1 s); a stage past
+``--max-rss-gb`` stops the run and is recorded. Prints JSON and writes the run under ``--label`` (``before``:
+main's code before the memory fix; ``after``) into ``benchmarks/results/trainer_stages.json``, keeping the other
+labels' runs.
+
+    .venv/bin/python benchmarks/trainer_stages.py --work /tmp/recflow-trainer-stages --label after
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+import recflow  # noqa: F401  (configures the process before anything else)
+
+# isort: split
+from recflow.config import load_config
+from recflow.io import atomic_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
+RESULT = Path(__file__).resolve().parent / "results" / "trainer_stages.json"
+
+
+def world(rate: float) -> list[str]:
+    """The simulator overrides of the shop-scale world (evaluator_stages.py's, at ``rate`` sessions/user-day)."""
+    return ["simulator.users=500000", "simulator.items=100000", "simulator.days=14",
+            f"simulator.sessions_per_user_per_day={rate}"]
+
+
+class Stages:
+    """Each stage's seconds, RSS after it and peak RSS during it (this process)."""
+
+    def __init__(self, max_rss_gb: float, out: Path, label: str, header: dict[str, Any]) -> None:
+        self.proc, self.peak, self.current = psutil.Process(), 0, "start"
+        self.rows: list[dict[str, Any]] = []
+        self.limit, self.out, self.label, self.header = max_rss_gb * 2**30, out, label, header
+        self.lock = threading.Lock()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            rss = self.proc.memory_info().rss
+            self.peak = max(self.peak, rss)
+            if rss > self.limit:
+                self.rows.append({"stage": self.current, "killed_above_mb": round(self.limit / 2**20)})
+                self.write(False)
+                os._exit(3)
+            time.sleep(0.1)
+
+    def run(self, name: str, fn: Any) -> Any:
+        self.current, self.peak, started = name, self.proc.memory_info().rss, time.perf_counter()
+        value = fn()
+        self.rows.append({"stage": name, "seconds": round(time.perf_counter() - started, 1),
+                          "rss_mb": round(self.proc.memory_info().rss / 2**20),
+                          "peak_mb": round(self.peak / 2**20)})
+        print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
+        return value
+
+    def write(self, finished: bool) -> None:
+        with self.lock:
+            previous = json.loads(self.out.read_text(encoding="utf-8")) if self.out.is_file() else {}
+            runs = previous.get("runs", {})
+            runs[self.label] = {**self.header, "finished": finished, "stages": self.rows,
+                                "peak_mb": max((r.get("peak_mb", r.get("killed_above_mb", 0)) for r in self.rows),
+                                               default=0),
+                                "machine": machine_info(("tensorflow", "tf-agents"))}
+            result = {"benchmark": "TFRS and TF-Agents trainer stages at shop scale (one process)", "runs": runs}
+            with atomic_path(self.out) as tmp:
+                tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            print(json.dumps(runs[self.label], indent=2))
+
+
+def prepare(work: Path, cfg: Any, stages: Stages) -> None:
+    """The world, ExampleGen and Transform, each once (a ``DONE`` marker keeps it between runs)."""
+    from recflow.examplegen import run_example_gen
+    from recflow.features.transform import run_transform
+    from recflow.simulator import generate_dataset
+
+    shop, ex, tr = (work / n for n in ("shop", "ex", "tr"))
+    steps = ((shop, lambda: generate_dataset(cfg.simulator, shop, progress=False)),
+             (ex, lambda: run_example_gen(shop, ex, cfg.example_gen, cfg.validation)),
+             (tr, lambda: run_transform(ex, tr, cfg.transform)))
+    for path, fn in steps:
+        if not (path / "DONE").exists():
+            stages.run(f"prepare {path.name}", fn)
+            (path / "DONE").write_text("", encoding="utf-8")
+
+
+def tfrs_stages(work: Path, cfg: Any, stages: Stages, model: Path) -> dict[str, Any]:
+    """:func:`train_tfrs`'s stages one by one into ``model``; returns the trainer's report."""
+    import tensorflow as tf
+
+    from recflow import bundle_layout
+    from recflow.io import staged_dir
+    from recflow.training import tfrs_trainer as tt
+    from recflow.training.distribution import make_strategy
+
+    config = cfg.trainer
+    strategy, _ = make_strategy(config.distribution)
+    tf.keras.utils.set_random_seed(config.seed)
+    if config.deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+    inputs = stages.run("tfrs load_inputs", lambda: tt.load_inputs(work / "ex", work / "tr", config))
+    with staged_dir(model) as tmp:
+        run = tt.TrainerRun(tmp, config, strategy, report={"config": config.model_dump()})
+        contexts, default = stages.run("tfrs user_context", lambda: tt.user_context(inputs.examples_dir, inputs.spec))
+        if config.retrieval_model == "sequence":
+            retrieved = stages.run("tfrs retrieval (sequence)", lambda: tt.train_sequence_retrieval(inputs, run))
+        else:
+            retrieved = stages.run("tfrs retrieval (two tower)",
+                                   lambda: tt.train_two_tower_retrieval(inputs, run, contexts, default))
+        contexts.to_parquet(tmp / bundle_layout.USER_CONTEXT_FILE, index=False)
+        (tmp / bundle_layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default), encoding="utf-8")
+        stages.run("tfrs index", lambda: tt.write_index(inputs, run, retrieved))
+        stages.run("tfrs hybrid", lambda: tt.train_hybrid(inputs, run, retrieved))
+        ranked = stages.run("tfrs ranking", lambda: tt.train_ranking(inputs, run))
+        if ranked and config.retrieval_model == "sequence" and config.history_ranking:
+            stages.run("tfrs history ranking", lambda: tt.train_history_ranking(inputs, run, retrieved))
+        stages.run("tfrs report", lambda: tt._write_report(inputs, run))
+    return {"metrics": run.metrics, "notes": run.notes}
+
+
+def policy_stages(work: Path, cfg: Any, stages: Stages, model: Path, out: Path) -> dict[str, Any]:
+    """:func:`train_policy`'s stages one by one (the logged data, training, export); returns its metrics."""
+    import numpy as np
+
+    from recflow import bundle_layout
+    from recflow.policy.logged_data import load_bandit_data, read_embeddings
+    from recflow.policy.trainer import export_policy, train_agent
+
+    config = cfg.policy
+    data = stages.run("policy load_bandit_data",
+                      lambda: load_bandit_data(work / "ex" / "train.parquet", model, config))
+    notes = list(data.notes)
+    if config.max_decisions is not None and len(data) > config.max_decisions:
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(data), config.max_decisions, replace=False))
+        notes.append(f"trained on {config.max_decisions} of {len(data)} decisions (policy.max_decisions)")
+        data = data.subset(keep)
+    agent, epsilon, curve, steps = stages.run("policy train", lambda: train_agent(data, config))
+
+    def export() -> None:
+        _, item_emb = read_embeddings(model / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
+        export_policy(agent, out, {"agent": config.agent, "loss_curve": curve, "notes": notes}, item_emb)
+
+    stages.run("policy export", export)
+    return {"decisions": len(data), "steps": steps, "final_loss": curve[-1] if curve else None, "notes": notes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="Data (reused when there) and trained models.")
+    parser.add_argument("--label", default="after", help="The run's key in the result (before, after).")
+    parser.add_argument("--sessions-rate", type=float, default=0.0031)
+    parser.add_argument("--max-rss-gb", type=float, default=10.0)
+    parser.add_argument("--prepare-only", action="store_true", help="Only generate the data, ExampleGen, Transform.")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="Extra config overrides for the trainers (recorded in the result).")
+    args = parser.parse_args(argv)
+    work, overrides = args.work, world(args.sessions_rate)
+    cfg = load_config(None, [f"paths.data_dir={work}", *overrides, *args.set])
+    header: dict[str, Any] = {"world": overrides, "overrides": args.set,
+                              "load_average_1m_at_start": os.getloadavg()[0]}
+    stages = Stages(args.max_rss_gb, args.out, args.label, header)
+    prepare(work, cfg, stages)
+    if args.prepare_only:
+        return 0
+    import pandas as pd
+
+    header["events"] = {s: int(pd.read_parquet(work / "ex" / f"{s}.parquet", columns=["user_id"]).shape[0])
+                        for s in ("train", "eval", "test")}
+    model, policy = work / f"model-{args.label}", work / f"policy-{args.label}"
+    header["tfrs"] = tfrs_stages(work, cfg, stages, model)
+    header["policy"] = policy_stages(work, cfg, stages, model, policy)
+    stages.write(True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
