@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,59 @@ def sample_requests(data: BanditData, n_items: int, max_pairs: int | None,
     return data.subset(index), note
 
 
+def sample_request_users(split_path: Path, n_items: int, max_pairs: int | None,
+                         seed: int) -> tuple[pd.DataFrame | None, str | None]:
+    """The events of a seeded random sample of the users with impressions in the split at ``split_path``, whose
+    impressions (the decisions) number at most ``max_pairs // n_items`` (at least one user), with a note saying
+    so; ``(None, None)`` when every decision x ``n_items`` fits ``max_pairs`` (None: always) or when some
+    impression lacks a logged propensity (estimated propensities come from the whole log).
+
+    Only ``event_type``, ``user_id`` and ``propensity`` are read to choose, then only the chosen users' rows, so
+    the memory is that of the sample, not of the split. Whole users are taken, so each sampled request keeps
+    its feedback (attributed per user), its position in the slate and the user's point-in-time state."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if max_pairs is None:
+        return None, None
+    files = [split_path] if split_path.is_file() else sorted(split_path.glob("*.parquet"))
+    names = set(pq.read_schema(files[0]).names) if files else set()
+    if not files or not {"event_type", "user_id", "timestamp", "item_id"} <= names:
+        return None, None  # load_bandit_data says what is missing
+    wanted = ["event_type", "user_id", *(["propensity"] if "propensity" in names else [])]
+    table = pa.concat_tables([pq.read_table(f, columns=wanted) for f in files])
+    table = table.filter(pc.equal(table["event_type"], "impression"))
+    n = table.num_rows
+    if n * n_items <= max_pairs:
+        return None, None
+    if "propensity" not in names:
+        return None, None
+    prop = table["propensity"]
+    if prop.null_count or not pc.all(pc.and_(pc.greater(prop, 0.0), pc.less_equal(prop, 1.0))).as_py():
+        return None, None
+    counts = pc.value_counts(table["user_id"].cast(pa.string()))
+    users = np.asarray(counts.field("values").to_pylist(), dtype=object)
+    sizes = counts.field("counts").to_numpy()
+    order = np.argsort(users.astype(str), kind="stable")
+    users, sizes = users[order], sizes[order]
+    budget = max(1, max_pairs // n_items)
+    perm = np.random.default_rng(seed).permutation(len(users))
+    taken = max(1, int(np.searchsorted(np.cumsum(sizes[perm]), budget, side="right")))
+    chosen = users[perm[:taken]].tolist()
+    del table, counts
+    parts = [pq.read_table(f, filters=[("user_id", "in", chosen)]) for f in files]
+    frame = pa.concat_tables(parts, promote_options="default").to_pandas()
+    keys = [c for c in ("timestamp", "event_id") if c in frame.columns]
+    frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
+    decisions = int(sizes[perm[:taken]].sum())
+    note = (f"off-policy estimates on a seeded sample of {taken:,} of {len(users):,} users with logged impressions "
+            f"({decisions:,} of {n:,} decisions, their whole requests): scoring every decision against the "
+            f"{n_items:,}-item catalog is {n * n_items:,} pairs, above evaluator.ope_max_scored_pairs "
+            f"{max_pairs:,}")
+    return frame, note
+
+
 def off_policy_estimates(
     examples_dir: Path, model_dir: Path, policy_dir: Path, policy_config: PolicyConfig, split: str, seed: int,
     max_pairs: int | None = None,
@@ -82,13 +136,23 @@ def off_policy_estimates(
     from recflow.policy.scorer import load_policy
 
     scorer = load_policy(policy_dir, seed=seed)
+    split_file = examples_dir / f"{split}.parquet"
+    sample, presampled = sample_request_users(split_file, len(scorer.item_ids), max_pairs, seed)
     try:
-        data = load_bandit_data(examples_dir / f"{split}.parquet", model_dir, policy_config, layout=scorer.layout)
+        if sample is None:
+            data = load_bandit_data(split_file, model_dir, policy_config, layout=scorer.layout)
+        else:  # only the sampled users' events are turned into decisions
+            with tempfile.TemporaryDirectory(prefix="recflow-ope-") as tmp:
+                sample_file = Path(tmp) / f"{split}.parquet"
+                sample.to_parquet(sample_file, index=False)
+                del sample
+                data = load_bandit_data(sample_file, model_dir, policy_config, layout=scorer.layout)
     except DataError as exc:
         return None, f"no off-policy estimate: {exc}"
     if len(data) == 0:
         return None, "no off-policy estimate: the held-out split has no logged impressions"
     data, sampled = sample_requests(data, len(scorer.item_ids), max_pairs, seed)
+    sampled = "; ".join(n for n in (presampled, sampled) if n) or None
     probs = scorer.logged_action_probabilities(data)
     estimates = evaluate_policy_offline(data, probs, seed=seed)
     rows = [
@@ -101,19 +165,28 @@ def off_policy_estimates(
 
 
 def ranking_slices(
-    examples_dir: Path, model_dir: Path, split: str, seed: int
+    examples_dir: Path, model_dir: Path, split: str, seed: int, recommender: Any = None,
 ) -> tuple[pd.DataFrame | None, str | None]:
-    """TFMA per-slice metrics (by category, new vs returning user) of the ranking model's click predictions."""
+    """TFMA per-slice metrics (by category, new vs returning user) of the ranking model's click predictions.
+
+    ``recommender``: the model of ``model_dir`` when the caller has it loaded already (else it is loaded). Only
+    the columns the slices need are read."""
     from recflow.evaluation.slices import ranking_examples, slice_metrics
     from recflow.models import load_recommender
 
-    recommender = load_recommender(model_dir)
+    if recommender is None:
+        recommender = load_recommender(model_dir)
     if not recommender.has_ranking:
         return None, "no ranking model (the log has no impressions), so no per-slice metrics"
-    held_out = read_split(examples_dir, split)
+    held_out = read_split(examples_dir, split, columns=["user_id", "item_id", "event_type"])
     train = read_split(examples_dir, "train", columns=["user_id"])
     items_path = examples_dir / "items.parquet"
-    items = pd.read_parquet(items_path) if items_path.exists() else None
+    items = None
+    if items_path.exists():
+        import pyarrow.parquet as pq
+
+        wanted = [c for c in ("item_id", "category") if c in pq.read_schema(items_path).names]
+        items = pd.read_parquet(items_path, columns=wanted)
     frame = ranking_examples(held_out, items, train)
     if frame.empty or frame["label"].nunique() < 2:
         return None, "per-slice metrics need shown items with and without clicks in the held-out split"
@@ -190,7 +263,7 @@ def run_evaluator(
         extra["off_policy"] = ope
     if note:
         notes.append(note)
-    slices, note = ranking_slices(examples_dir, model_dir, config.split, config.seed)
+    slices, note = ranking_slices(examples_dir, model_dir, config.split, config.seed, recommender=candidate)
     if slices is not None:
         extra["slices"] = slices
     if note:

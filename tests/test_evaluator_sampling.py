@@ -1,0 +1,96 @@
+"""The Evaluator's bounded-memory paths (issue 17): columns read, exclusions for held-out users only, and the
+seeded user sample of the off-policy estimates."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from example_data import write_taste_group_examples
+
+from recflow.evaluation.config import EvaluatorConfig
+from recflow.evaluation.evaluator import _TRAIN_COLUMNS, _population, load_examples
+from recflow.evaluation.metrics import ground_truth, interacted_items
+from recflow.evaluation.run import sample_request_users
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> Path:
+    return write_taste_group_examples(tmp_path_factory.mktemp("examples"))
+
+
+def test_interacted_items_for_some_users_are_the_same_sets(examples):
+    train, held_out, _ = load_examples(examples, "test")
+    full = interacted_items(train)
+    users = sorted(held_out["user_id"].unique())[:20]
+    some = interacted_items(train, users=users)
+    assert some == {u: s for u, s in full.items() if u in set(users)}
+    assert 0 < len(some) < len(full)
+    mine = held_out[held_out["user_id"].isin(users)]
+    assert ground_truth(mine, some) == ground_truth(mine, full)
+
+
+def test_load_examples_reads_only_the_asked_columns_it_has(examples):
+    train, held_out, _ = load_examples(examples, "test", (*_TRAIN_COLUMNS, "no_such_column"))
+    everything, _, _ = load_examples(examples, "test")
+    assert set(train.columns) == {c for c in everything.columns if c in _TRAIN_COLUMNS}
+    pd.testing.assert_frame_equal(train, everything[list(train.columns)])
+    assert "event_id" in everything.columns and "event_id" not in held_out.columns
+
+
+def test_population_exclusions_are_those_of_the_sampled_users(examples):
+    config = EvaluatorConfig(max_users=10, seed=3)
+    pop = _population(examples, config)
+    train, _, _ = load_examples(examples, config.split)
+    full = interacted_items(train)
+    assert len(pop.users) == 10 and set(pop.exclude) <= set(pop.users)
+    assert pop.exclude == {u: full[u] for u in pop.users if u in full}
+    assert _population(examples, config).users == pop.users  # seeded
+
+
+def _log(path: Path, n_users: int = 40, seed: int = 0, propensity: bool = True) -> pd.DataFrame:
+    """A held-out log: each user sees 1-3 slates of 3 items and clicks some."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    for u in range(n_users):
+        for r in range(int(rng.integers(1, 4))):
+            request = f"u{u}-r{r}"
+            for pos in range(3):
+                t += pd.Timedelta(seconds=1)
+                item = f"i{int(rng.integers(0, 20))}"
+                rows.append({"event_type": "impression", "timestamp": t, "user_id": f"u{u}", "item_id": item,
+                             "request_id": request, "position": pos,
+                             "propensity": 0.25 if propensity else None})
+                if rng.random() < 0.3:
+                    rows.append({"event_type": "click", "timestamp": t + pd.Timedelta(milliseconds=1),
+                                 "user_id": f"u{u}", "item_id": item, "request_id": request, "position": pos,
+                                 "propensity": None})
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(path, index=False)
+    return frame
+
+
+def test_request_user_sample_only_when_the_pairs_bind(tmp_path):
+    log = _log(tmp_path / "test.parquet")
+    decisions = int((log["event_type"] == "impression").sum())
+    assert sample_request_users(tmp_path / "test.parquet", 20, decisions * 20, seed=1) == (None, None)
+    assert sample_request_users(tmp_path / "test.parquet", 20, None, seed=1) == (None, None)
+
+    sample, note = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1)
+    assert sample is not None and note is not None and "ope_max_scored_pairs" in note
+    assert f"of {decisions:,} decisions" in note
+    impressions = sample[sample["event_type"] == "impression"]
+    assert 0 < len(impressions) <= 30
+    users = set(sample["user_id"])
+    whole = log[log["user_id"].isin(users)].sort_values("timestamp", kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(sample[whole.columns], whole, check_dtype=False)  # whole users, all events
+    again, _ = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1)
+    pd.testing.assert_frame_equal(again, sample)  # seeded
+    other, _ = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=2)
+    assert set(other["user_id"]) != users
+
+
+def test_request_user_sample_keeps_estimated_propensities_on_the_whole_log(tmp_path):
+    _log(tmp_path / "test.parquet", propensity=False)
+    assert sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1) == (None, None)
