@@ -53,7 +53,8 @@ class Stages:
     """Each stage's seconds, RSS after it and peak RSS during it (this process)."""
 
     def __init__(self, max_rss_gb: float, out: Path, label: str, world: list[str]) -> None:
-        self.proc, self.peak, self.rows, self.current = psutil.Process(), 0, [], "start"
+        self.proc, self.peak, self.current = psutil.Process(), 0, "start"
+        self.rows: list[dict[str, Any]] = []
         self.limit, self.out, self.label, self.world = max_rss_gb * 2**30, out, label, world
         self.events: int | None = None
         threading.Thread(target=self._sample, daemon=True).start()

@@ -88,6 +88,7 @@ def test_request_user_sample_only_when_the_pairs_bind(tmp_path):
     again, _ = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1)
     pd.testing.assert_frame_equal(again, sample)  # seeded
     other, _ = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=2)
+    assert other is not None
     assert set(other["user_id"]) != users
 
 
