@@ -46,6 +46,29 @@ def test_population_exclusions_are_those_of_the_sampled_users(examples):
     assert len(pop.users) == 10 and set(pop.exclude) <= set(pop.users)
     assert pop.exclude == {u: full[u] for u in pop.users if u in full}
     assert _population(examples, config).users == pop.users  # seeded
+    assert pop.eligible > 10 and f"sample of 10 of {pop.eligible:,} held-out users" in pop.sample_note(config)
+    whole = _population(examples, EvaluatorConfig(max_users=pop.eligible, seed=3))
+    assert whole.sample_note(config) == "" and len(whole.users) == pop.eligible
+
+
+def test_a_binding_user_sample_is_stated_in_the_report(examples, tmp_path):
+    import json
+
+    from recflow.baselines import PopularityRecommender
+    from recflow.evaluation.evaluator import evaluate_recommenders
+    from recflow.evaluation.report import METRICS_NAME, write_report
+
+    train, _, items = load_examples(examples, "test")
+    candidate = PopularityRecommender().fit(train, items)
+    config = EvaluatorConfig(max_users=10, seed=3, baselines=("popularity",), baseline_tuning_trials=0)
+    result = evaluate_recommenders(examples, candidate, config)
+    assert result.n_users == 10 and result.eligible_users > 10
+    write_report(tmp_path, result)
+    doc = json.loads((tmp_path / METRICS_NAME).read_text())
+    assert doc["eligible_users"] == result.eligible_users and "evaluator.max_users" in doc["user_sample"]
+    assert "seeded sample of 10 of" in (tmp_path / "report.html").read_text()
+    everyone = evaluate_recommenders(examples, candidate, config.model_copy(update={"max_users": None}))
+    assert everyone.user_sample_note == "" and everyone.n_users == everyone.eligible_users
 
 
 def _log(path: Path, n_users: int = 40, seed: int = 0, propensity: bool = True) -> pd.DataFrame:

@@ -118,6 +118,10 @@ class EvaluationResult:
     best_baseline: dict[str, Any] = field(default_factory=dict)
     #: Configured baselines that did not run, with the reason (``evaluator.max_dense_items``).
     skipped_baselines: dict[str, str] = field(default_factory=dict)
+    #: Held-out users with a relevant item, of whom ``n_users`` were evaluated (0: not recorded).
+    eligible_users: int = 0
+    #: Says how the evaluated users were sampled when ``evaluator.max_users`` bound (empty when all were).
+    user_sample_note: str = ""
 
     def exposure_table(self) -> pd.DataFrame:
         """Share of recommended slots per category (rows) for each method, beside the training-interaction and
@@ -389,6 +393,15 @@ class _Population:
     truth: list[set[str]]
     catalog: set[str]
     user_type: pd.Series
+    eligible: int = 0
+
+    def sample_note(self, config: EvaluatorConfig) -> str:
+        """What the report says when the user sample bound (empty when every eligible user was evaluated)."""
+        if len(self.users) >= self.eligible:
+            return ""
+        return (f"ranking metrics on a seeded sample of {len(self.users):,} of {self.eligible:,} held-out users "
+                f"with a relevant item (evaluator.max_users {config.max_users:,}, seed {config.seed}); "
+                "the confidence intervals are over the sampled users")
 
 
 def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
@@ -414,7 +427,7 @@ def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
         name="user_type",
     )
     return _Population(train, held_out, items, exclude, users, [truth_by_user[u] for u in users], catalog,
-                       user_type)
+                       user_type, eligible=len(truth_by_user))
 
 
 def _run(label: str, role: str, recommender: Recommender, pop: _Population, config: EvaluatorConfig,
@@ -570,4 +583,6 @@ def evaluate_recommenders(
         baseline_tuning_note=tuning_note,
         best_baseline=best_info,
         skipped_baselines=skipped,
+        eligible_users=pop.eligible,
+        user_sample_note=pop.sample_note(config),
     )
