@@ -118,3 +118,20 @@ def test_request_user_sample_only_when_the_pairs_bind(tmp_path):
 def test_request_user_sample_keeps_estimated_propensities_on_the_whole_log(tmp_path):
     _log(tmp_path / "test.parquet", propensity=False)
     assert sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1) == (None, None)
+
+
+def test_users_in_split_streams_the_train_users(examples):
+    from recflow.evaluation.run import users_in_split
+    from recflow.evaluation.slices import ranking_examples
+
+    train, held_out, items = load_examples(examples, "test")
+    asked = [*sorted(held_out["user_id"].unique())[:30], "nobody"]
+    expected = set(asked) & set(train["user_id"])
+    assert users_in_split(examples, "train", asked, batch_rows=7) == expected
+    assert users_in_split(examples, "train", asked) == expected
+    assert users_in_split(examples, "train", []) == set()
+    # the slices' user types, computed for the pairs alone, are those of the whole train split
+    pairs = ranking_examples(held_out, items, train)
+    returning = users_in_split(examples, "train", pairs["user_id"].unique(), batch_rows=50)
+    assert (np.where(pairs["user_id"].isin(returning), "returning", "new") == pairs["user_type"]).all()
+    assert {"new", "returning"} == set(pairs["user_type"])

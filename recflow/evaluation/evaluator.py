@@ -420,9 +420,9 @@ def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
     users = _sample_users(sorted(truth_by_user), config.max_users, config.seed)
     exclude = {u: exclude[u] for u in users if u in exclude}
     catalog = set(items["item_id"]) if items is not None else set(train["item_id"]) | set(held_out["item_id"])
-    train_users = set(train["user_id"])
+    returning = pd.Index(users).isin(train["user_id"])
     user_type = pd.Series(
-        ["returning" if u in train_users else "new" for u in users],
+        np.where(returning, "returning", "new").tolist(),
         index=pd.Index(users, name="user_id"),
         name="user_type",
     )

@@ -23,7 +23,7 @@ from recflow.errors import DataError
 from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.evaluator import EvaluationResult, evaluate_recommenders
 from recflow.evaluation.report import write_report
-from recflow.examplegen import read_split
+from recflow.examplegen import has_split, read_split, split_path
 from recflow.policy.config import PolicyConfig
 
 if TYPE_CHECKING:
@@ -164,6 +164,27 @@ def off_policy_estimates(
     return pd.DataFrame(rows), note
 
 
+def users_in_split(examples_dir: Path, split: str, users: Any, batch_rows: int = 262_144) -> set[str]:
+    """Which of ``users`` have an event in ``split`` of ``examples_dir``: the split's ``user_id`` column is read in
+    batches of ``batch_rows``, so the memory is that of ``users`` and one batch, not of the split."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = split_path(examples_dir, split)
+    if not has_split(examples_dir, split):
+        raise DataError(f"{examples_dir}: no {split}.parquet (run ExampleGen first: recflow.examplegen)")
+    wanted = pa.array([str(u) for u in users], pa.string())
+    found: set[str] = set()
+    for file in [path] if path.is_file() else sorted(path.glob("*.parquet")):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=["user_id"]):
+            column = batch.column(0).cast(pa.string())
+            found.update(wanted.filter(pc.is_in(wanted, value_set=column)).to_pylist())
+            if len(found) == len(wanted):
+                return found
+    return found
+
+
 def ranking_slices(
     examples_dir: Path, model_dir: Path, split: str, seed: int, recommender: Any = None,
 ) -> tuple[pd.DataFrame | None, str | None]:
@@ -179,7 +200,6 @@ def ranking_slices(
     if not recommender.has_ranking:
         return None, "no ranking model (the log has no impressions), so no per-slice metrics"
     held_out = read_split(examples_dir, split, columns=["user_id", "item_id", "event_type"])
-    train = read_split(examples_dir, "train", columns=["user_id"])
     items_path = examples_dir / "items.parquet"
     items = None
     if items_path.exists():
@@ -187,11 +207,15 @@ def ranking_slices(
 
         wanted = [c for c in ("item_id", "category") if c in pq.read_schema(items_path).names]
         items = pd.read_parquet(items_path, columns=wanted)
-    frame = ranking_examples(held_out, items, train)
+    frame = ranking_examples(held_out, items)
+    del held_out
     if frame.empty or frame["label"].nunique() < 2:
         return None, "per-slice metrics need shown items with and without clicks in the held-out split"
     if len(frame) > MAX_SLICE_EXAMPLES:
         frame = frame.sample(MAX_SLICE_EXAMPLES, random_state=seed).reset_index(drop=True)
+    # new vs returning only for the sampled pairs' users, the train split streamed (not one set of all its users)
+    returning = users_in_split(examples_dir, "train", frame["user_id"].unique())
+    frame["user_type"] = np.where(frame["user_id"].isin(returning), "returning", "new")
     frame["prediction"] = np.asarray(
         recommender.score(frame["user_id"].tolist(), frame["item_id"].tolist()), dtype=np.float64
     )
