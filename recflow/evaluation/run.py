@@ -129,7 +129,9 @@ def off_policy_estimates(
     """IPS and SNIPS estimates of the policy's click and conversion rate on the held-out logged feedback.
 
     Returns ``(table, None)`` or ``(None, why not)`` when the log cannot support an estimate (no impressions).
-    ``max_pairs``: at most this many (decision x catalog item) pairs are scored (:func:`sample_requests`).
+    ``max_pairs``: at most this many (decision x catalog item) pairs are scored: a seeded sample of whole users
+    chosen before any decision is built (:func:`sample_request_users`), else, when propensities must be estimated
+    from the whole log, a seeded sample of whole requests of the loaded decisions (:func:`sample_requests`).
     """
     from recflow.evaluation.off_policy import evaluate_policy_offline
     from recflow.policy.logged_data import load_bandit_data
