@@ -94,30 +94,35 @@ def _log(path: Path, n_users: int = 40, seed: int = 0, propensity: bool = True) 
     return frame
 
 
-def test_request_user_sample_only_when_the_pairs_bind(tmp_path):
+def test_request_sample_only_when_the_pairs_bind(tmp_path):
     log = _log(tmp_path / "test.parquet")
-    decisions = int((log["event_type"] == "impression").sum())
-    assert sample_request_users(tmp_path / "test.parquet", 20, decisions * 20, seed=1) == (None, None)
-    assert sample_request_users(tmp_path / "test.parquet", 20, None, seed=1) == (None, None)
+    impressions = log[log["event_type"] == "impression"]
+    decisions = len(impressions)
+    assert sample_request_users(tmp_path / "test.parquet", 20, decisions * 20, seed=1) == (None, None, None)
+    assert sample_request_users(tmp_path / "test.parquet", 20, None, seed=1) == (None, None, None)
 
-    sample, note = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1)
-    assert sample is not None and note is not None and "ope_max_scored_pairs" in note
-    assert f"of {decisions:,} decisions" in note
-    impressions = sample[sample["event_type"] == "impression"]
-    assert 0 < len(impressions) <= 30
-    users = set(sample["user_id"])
+    sample, chosen, note = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1)
+    assert sample is not None and chosen is not None and note is not None
+    assert "ope_max_scored_pairs" in note and f"of {decisions:,} decisions" in note
+    assert 0 < int(impressions["request_id"].isin(chosen).sum()) <= 30  # the budget of decisions
+    users = set(impressions.loc[impressions["request_id"].isin(chosen), "user_id"])
+    assert set(sample["user_id"]) == users  # the chosen requests' users, with all their events
     whole = log[log["user_id"].isin(users)].sort_values("timestamp", kind="stable").reset_index(drop=True)
-    pd.testing.assert_frame_equal(sample[whole.columns], whole, check_dtype=False)  # whole users, all events
-    again, _ = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1)
+    pd.testing.assert_frame_equal(sample[whole.columns], whole, check_dtype=False)
+    again, again_chosen, _ = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1)
     pd.testing.assert_frame_equal(again, sample)  # seeded
-    other, _ = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=2)
-    assert other is not None
-    assert set(other["user_id"]) != users
+    assert again_chosen is not None and list(again_chosen) == list(chosen)
+    _, other, _ = sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=2)
+    assert other is not None and set(other) != set(chosen)
 
 
-def test_request_user_sample_keeps_estimated_propensities_on_the_whole_log(tmp_path):
+def test_request_sample_needs_logged_propensities_and_request_ids(tmp_path):
     _log(tmp_path / "test.parquet", propensity=False)
-    assert sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1) == (None, None)
+    assert sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1) == (None, None, None)
+    log = _log(tmp_path / "test.parquet")
+    log.loc[0, "request_id"] = None
+    log.to_parquet(tmp_path / "test.parquet", index=False)
+    assert sample_request_users(tmp_path / "test.parquet", 20, 30 * 20, seed=1) == (None, None, None)
 
 
 def test_users_in_split_streams_the_train_users(examples):

@@ -69,57 +69,60 @@ def sample_requests(data: BanditData, n_items: int, max_pairs: int | None,
     return data.subset(index), note
 
 
-def sample_request_users(split_path: Path, n_items: int, max_pairs: int | None,
-                         seed: int) -> tuple[pd.DataFrame | None, str | None]:
-    """The events of a seeded random sample of the users with impressions in the split at ``split_path``, whose
-    impressions (the decisions) number at most ``max_pairs // n_items`` (at least one user), with a note saying
-    so; ``(None, None)`` when every decision x ``n_items`` fits ``max_pairs`` (None: always) or when some
-    impression lacks a logged propensity (estimated propensities come from the whole log).
+def sample_request_users(split_path: Path, n_items: int, max_pairs: int | None, seed: int,
+                         ) -> tuple[pd.DataFrame | None, np.ndarray | None, str | None]:
+    """Before any decision is built: ``(events, request ids, note)`` of a seeded random sample of whole logged
+    requests of the split at ``split_path`` holding at most ``max_pairs // n_items`` impressions (at least one
+    request), the same requests :func:`sample_requests` draws from the loaded decisions when every impression has
+    an embedding; ``events`` are all the events of those requests' users (each sampled impression keeps its
+    feedback, attributed per user, and the user's point-in-time state). ``(None, None, None)`` when every
+    decision x ``n_items`` fits ``max_pairs`` (None: always), or when some impression lacks a request id or a
+    logged propensity (the whole log is then needed: ids are made up, propensities estimated from it).
 
-    Only ``event_type``, ``user_id`` and ``propensity`` are read to choose, then only the chosen users' rows, so
-    the memory is that of the sample, not of the split. Whole users are taken, so each sampled request keeps
-    its feedback (attributed per user), its position in the slate and the user's point-in-time state."""
+    Only ``event_type``, ``user_id``, ``request_id`` and ``propensity`` are read to choose, then only the chosen
+    users' rows, so the memory is that of the sample, not of the split."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    none: tuple[None, None, None] = (None, None, None)
     if max_pairs is None:
-        return None, None
+        return none
     files = [split_path] if split_path.is_file() else sorted(split_path.glob("*.parquet"))
     names = set(pq.read_schema(files[0]).names) if files else set()
-    if not files or not {"event_type", "user_id", "timestamp", "item_id"} <= names:
-        return None, None  # load_bandit_data says what is missing
-    wanted = ["event_type", "user_id", *(["propensity"] if "propensity" in names else [])]
+    needed = {"event_type", "user_id", "timestamp", "item_id", "request_id", "propensity"}
+    if not files or not needed <= names:
+        return none  # the whole-split path says what is missing or estimates what is not logged
+    wanted = ["event_type", "user_id", "request_id", "propensity"]
     table = pa.concat_tables([pq.read_table(f, columns=wanted) for f in files])
     table = table.filter(pc.equal(table["event_type"], "impression"))
     n = table.num_rows
     if n * n_items <= max_pairs:
-        return None, None
-    if "propensity" not in names:
-        return None, None
+        return none
     prop = table["propensity"]
-    if prop.null_count or not pc.all(pc.and_(pc.greater(prop, 0.0), pc.less_equal(prop, 1.0))).as_py():
-        return None, None
-    counts = pc.value_counts(table["user_id"].cast(pa.string()))
-    users = np.asarray(counts.field("values").to_pylist(), dtype=object)
-    sizes = counts.field("counts").to_numpy()
-    order = np.argsort(users.astype(str), kind="stable")
-    users, sizes = users[order], sizes[order]
+    if table["request_id"].null_count or prop.null_count or not pc.all(
+            pc.and_(pc.greater(prop, 0.0), pc.less_equal(prop, 1.0))).as_py():
+        return none
+    request_ids = np.asarray(table["request_id"].cast(pa.string()).to_pylist(), dtype=object).astype(str)
+    owners = np.asarray(table["user_id"].cast(pa.string()).to_pylist(), dtype=object)
+    del table, prop
+    requests, sizes = np.unique(request_ids, return_counts=True)
     budget = max(1, max_pairs // n_items)
-    perm = np.random.default_rng(seed).permutation(len(users))
-    taken = max(1, int(np.searchsorted(np.cumsum(sizes[perm]), budget, side="right")))
-    chosen = users[perm[:taken]].tolist()
-    del table, counts
-    parts = [pq.read_table(f, filters=[("user_id", "in", chosen)]) for f in files]
+    order = np.random.default_rng(seed).permutation(len(requests))
+    taken = max(1, int(np.searchsorted(np.cumsum(sizes[order]), budget, side="right")))
+    chosen = requests[order[:taken]]
+    users = sorted(set(owners[np.isin(request_ids, chosen)].tolist()))
+    del request_ids, owners
+    parts = [pq.read_table(f, filters=[("user_id", "in", users)]) for f in files]
     frame = pa.concat_tables(parts, promote_options="default").to_pandas()
     keys = [c for c in ("timestamp", "event_id") if c in frame.columns]
     frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
-    decisions = int(sizes[perm[:taken]].sum())
-    note = (f"off-policy estimates on a seeded sample of {taken:,} of {len(users):,} users with logged impressions "
-            f"({decisions:,} of {n:,} decisions, their whole requests): scoring every decision against the "
-            f"{n_items:,}-item catalog is {n * n_items:,} pairs, above evaluator.ope_max_scored_pairs "
-            f"{max_pairs:,}")
-    return frame, note
+    decisions = int(sizes[order[:taken]].sum())
+    note = (f"off-policy estimates on a seeded sample of {taken:,} of {len(requests):,} logged requests "
+            f"({decisions:,} of {n:,} decisions; only their {len(users):,} users' events loaded): scoring every "
+            f"decision against the {n_items:,}-item catalog is {n * n_items:,} pairs, above "
+            f"evaluator.ope_max_scored_pairs {max_pairs:,}")
+    return frame, chosen, note
 
 
 def off_policy_estimates(
@@ -129,9 +132,9 @@ def off_policy_estimates(
     """IPS and SNIPS estimates of the policy's click and conversion rate on the held-out logged feedback.
 
     Returns ``(table, None)`` or ``(None, why not)`` when the log cannot support an estimate (no impressions).
-    ``max_pairs``: at most this many (decision x catalog item) pairs are scored: a seeded sample of whole users
-    chosen before any decision is built (:func:`sample_request_users`), else, when propensities must be estimated
-    from the whole log, a seeded sample of whole requests of the loaded decisions (:func:`sample_requests`).
+    ``max_pairs``: at most this many (decision x catalog item) pairs are scored: a seeded sample of whole logged
+    requests chosen before any decision is built (:func:`sample_request_users`), else (request ids or
+    propensities not all logged) the same kind of sample drawn from the loaded decisions (:func:`sample_requests`).
     """
     from recflow.evaluation.off_policy import evaluate_policy_offline
     from recflow.policy.logged_data import load_bandit_data
@@ -139,16 +142,17 @@ def off_policy_estimates(
 
     scorer = load_policy(policy_dir, seed=seed)
     split_file = examples_dir / f"{split}.parquet"
-    sample, presampled = sample_request_users(split_file, len(scorer.item_ids), max_pairs, seed)
+    sample, chosen, presampled = sample_request_users(split_file, len(scorer.item_ids), max_pairs, seed)
     try:
-        if sample is None:
+        if sample is None or chosen is None:
             data = load_bandit_data(split_file, model_dir, policy_config, layout=scorer.layout)
-        else:  # only the sampled users' events are turned into decisions
+        else:  # only the sampled requests' users' events are turned into decisions, then their requests kept
             with tempfile.TemporaryDirectory(prefix="recflow-ope-") as tmp:
                 sample_file = Path(tmp) / f"{split}.parquet"
                 sample.to_parquet(sample_file, index=False)
                 del sample
                 data = load_bandit_data(sample_file, model_dir, policy_config, layout=scorer.layout)
+            data = data.subset(np.flatnonzero(np.isin(data.request_ids.astype(str), chosen)))
     except DataError as exc:
         return None, f"no off-policy estimate: {exc}"
     if len(data) == 0:
