@@ -79,6 +79,14 @@ class Stages:
         print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
         return value
 
+    def annotate(self, ope: tuple[Any, str | None]) -> None:
+        """Add the off-policy estimates (value, n) and their note to the last stage's row."""
+        table, note = ope
+        if table is not None:
+            self.rows[-1]["estimates"] = {r["estimate"]: {"value": round(float(r["value"]), 6), "n": int(r["n"])}
+                                          for r in table.to_dict("records")}
+        self.rows[-1]["note"] = note
+
     def write(self, finished: bool) -> None:
         run = {"world": self.world, "events": self.events, "finished": finished, "stages": self.rows,
                "machine": machine_info(("tensorflow", "apache-beam"))}
@@ -98,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions-rate", type=float, default=SESSIONS_RATE,
                         help="simulator.sessions_per_user_per_day of the world (0.0031: about 1.14M events).")
     parser.add_argument("--label", default="run", help="Key of this run in the results file.")
+    parser.add_argument("--compare-whole-split-ope", action="store_true",
+                        help="Also run the off-policy estimates with the whole split loaded (last stage).")
     args = parser.parse_args(argv)
     from recflow.evaluation import evaluator as ev
+    from recflow.evaluation import run as run_module
     from recflow.evaluation.beyond_accuracy import CatalogContext
     from recflow.evaluation.run import off_policy_estimates, ranking_slices
     from recflow.examplegen import run_example_gen
@@ -130,15 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     context = stages.run("catalog context", lambda: CatalogContext.from_train(
         pop.train, pop.items, pop.catalog, config.beyond_accuracy.head_share, ev.candidate_item_embeddings(cand)))
     stages.run("candidate top-k", lambda: ev._run("candidate", "candidate", cand, pop, config, context))
-    stages.run("ranking slices", lambda: ranking_slices(ex, model, config.split, config.seed, recommender=cand))
-    stages.run("off-policy estimates", lambda: off_policy_estimates(
+    stages.run("ranking slices", lambda: ranking_slices(ex, model, config.split, config.seed, recommender=cand,
+                                                             max_examples=config.max_slice_examples))
+    ope = stages.run("off-policy estimates", lambda: off_policy_estimates(
         ex, model, policy, cfg.policy, config.split, config.seed, max_pairs=config.ope_max_scored_pairs))
+    stages.annotate(ope)
     tuning, _ = stages.run("baseline tuning", lambda: ev.tune_configured_baselines(ex, pop.train, pop.items, config))
     skipped = ev.skipped_baselines(config, pop.train)
     runnable = config.model_copy(update={"baselines": tuple(n for n in config.baselines if n not in skipped)})
     for name, baseline in ev.build_baselines(runnable, {n: t["best_params"] for n, t in tuning.items()}).items():
         stages.run(f"baseline {name}", lambda b=baseline, n=name: ev._run(
             n, "baseline", b.fit(pop.train, pop.items), pop, config, context))
+    if args.compare_whole_split_ope and hasattr(run_module, "sample_request_users"):
+        # Last, so its memory does not weigh on the stages above: the estimates when the whole split is loaded
+        # and sampled after (the path before the request sample moved ahead of loading).
+        run_module.sample_request_users = lambda *a, **k: (None, None, None)
+        ope = stages.run("off-policy estimates, whole split loaded (comparison)", lambda: off_policy_estimates(
+            ex, model, policy, cfg.policy, config.split, config.seed, max_pairs=config.ope_max_scored_pairs))
+        stages.annotate(ope)
     stages.write(True)
     return 0
 

@@ -193,8 +193,10 @@ def users_in_split(examples_dir: Path, split: str, users: Any, batch_rows: int =
 
 def ranking_slices(
     examples_dir: Path, model_dir: Path, split: str, seed: int, recommender: Any = None,
+    max_examples: int = MAX_SLICE_EXAMPLES,
 ) -> tuple[pd.DataFrame | None, str | None]:
-    """TFMA per-slice metrics (by category, new vs returning user) of the ranking model's click predictions.
+    """TFMA per-slice metrics (by category, new vs returning user) of the ranking model's click predictions, on
+    at most ``max_examples`` held-out (user, shown item) pairs (a sample with ``seed``, said in the note).
 
     ``recommender``: the model of ``model_dir`` when the caller has it loaded already (else it is loaded). Only
     the columns the slices need are read."""
@@ -217,15 +219,18 @@ def ranking_slices(
     del held_out
     if frame.empty or frame["label"].nunique() < 2:
         return None, "per-slice metrics need shown items with and without clicks in the held-out split"
-    if len(frame) > MAX_SLICE_EXAMPLES:
-        frame = frame.sample(MAX_SLICE_EXAMPLES, random_state=seed).reset_index(drop=True)
+    note = None
+    if len(frame) > max_examples:
+        note = (f"TFMA slices on a seeded sample of {max_examples:,} of {len(frame):,} held-out (user, shown item) "
+                "pairs (evaluator.max_slice_examples)")
+        frame = frame.sample(max_examples, random_state=seed).reset_index(drop=True)
     # new vs returning only for the sampled pairs' users, the train split streamed (not one set of all its users)
     returning = users_in_split(examples_dir, "train", frame["user_id"].unique())
     frame["user_type"] = np.where(frame["user_id"].isin(returning), "returning", "new")
     frame["prediction"] = np.asarray(
         recommender.score(frame["user_id"].tolist(), frame["item_id"].tolist()), dtype=np.float64
     )
-    return slice_metrics(frame), None
+    return slice_metrics(frame), note
 
 
 def flat_metrics(evaluation_dir: Path) -> dict[str, float]:
@@ -293,7 +298,8 @@ def run_evaluator(
         extra["off_policy"] = ope
     if note:
         notes.append(note)
-    slices, note = ranking_slices(examples_dir, model_dir, config.split, config.seed, recommender=candidate)
+    slices, note = ranking_slices(examples_dir, model_dir, config.split, config.seed, recommender=candidate,
+                                  max_examples=config.max_slice_examples)
     if slices is not None:
         extra["slices"] = slices
     if note:
