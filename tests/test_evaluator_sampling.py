@@ -140,3 +140,14 @@ def test_users_in_split_streams_the_train_users(examples):
     returning = users_in_split(examples, "train", pairs["user_id"].unique(), batch_rows=50)
     assert (np.where(pairs["user_id"].isin(returning), "returning", "new") == pairs["user_type"]).all()
     assert {"new", "returning"} == set(pairs["user_type"])
+
+
+def test_the_slice_sample_size_is_configured_and_validated():
+    from pydantic import ValidationError
+
+    from recflow.config import load_config
+
+    assert load_config(None, []).evaluator.max_slice_examples == 20_000  # defaults.yaml == the model's default
+    assert load_config(None, ["evaluator.max_slice_examples=500"]).evaluator.max_slice_examples == 500
+    with pytest.raises(ValidationError):
+        EvaluatorConfig(max_slice_examples=0)
