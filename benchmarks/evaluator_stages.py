@@ -6,9 +6,14 @@ through the library as the components do (kept in ``WORK`` between runs), then r
 one: the user sample, the catalog context, the candidate's top-k, the TFMA slices, the off-policy estimates (with
 ``evaluator.ope_max_scored_pairs``), the baseline tuning and each baseline's fit and run. Records each stage's
 seconds, the process RSS after it and its peak (a psutil sampler every 0.1 s); a stage past ``--max-rss-gb`` stops
-the run and is recorded. Prints JSON and writes ``benchmarks/results/evaluator_stages.json``.
+the run and is recorded. Prints JSON and writes ``benchmarks/results/evaluator_stages.json``, keeping the runs
+already there under their labels (``--label``; each run records its world and number of events).
 
-    .venv/bin/python benchmarks/evaluator_stages.py --work /tmp/recflow-evaluator-stages
+``--work`` may point at existing step outputs (subfolders ``shop``, ``ex``, ``tr``, ``model``, ``policy``): a
+subfolder holding a ``DONE`` file is reused, any other is (re)built. ``--sessions-rate`` sets the world's
+``simulator.sessions_per_user_per_day`` (0.0031 gives about 1.14M events).
+
+    .venv/bin/python benchmarks/evaluator_stages.py --work /tmp/recflow-evaluator-stages --label after-315k
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
+import pyarrow.parquet as pq
 
 import recflow  # noqa: F401  (configures the process before anything else)
 
@@ -34,16 +40,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "evaluator_stages.json"
-WORLD = ["simulator.users=500000", "simulator.items=100000", "simulator.days=14",
-         "simulator.sessions_per_user_per_day=0.00086"]
+SESSIONS_RATE = 0.00086
+
+
+def world(sessions_rate: float) -> list[str]:
+    """The shop world's overrides at ``sessions_rate`` sessions per user-day."""
+    return ["simulator.users=500000", "simulator.items=100000", "simulator.days=14",
+            f"simulator.sessions_per_user_per_day={sessions_rate}"]
 
 
 class Stages:
     """Each stage's seconds, RSS after it and peak RSS during it (this process)."""
 
-    def __init__(self, max_rss_gb: float, out: Path) -> None:
-        self.proc, self.peak, self.rows, self.current = psutil.Process(), 0, [], "start"
-        self.limit, self.out = max_rss_gb * 2**30, out
+    def __init__(self, max_rss_gb: float, out: Path, label: str, world: list[str]) -> None:
+        self.proc, self.peak, self.current = psutil.Process(), 0, "start"
+        self.rows: list[dict[str, Any]] = []
+        self.limit, self.out, self.label, self.world = max_rss_gb * 2**30, out, label, world
+        self.events: int | None = None
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
@@ -51,7 +64,8 @@ class Stages:
             rss = self.proc.memory_info().rss
             self.peak = max(self.peak, rss)
             if rss > self.limit:
-                self.rows.append({"stage": self.current, "killed_above_mb": round(self.limit / 2**20)})
+                self.rows.append({"stage": self.current, "events": self.events,
+                                  "killed_above_mb": round(self.limit / 2**20)})
                 self.write(False)
                 os._exit(3)
             time.sleep(0.1)
@@ -59,19 +73,29 @@ class Stages:
     def run(self, name: str, fn: Any) -> Any:
         self.current, self.peak, started = name, self.proc.memory_info().rss, time.perf_counter()
         value = fn()
-        self.rows.append({"stage": name, "seconds": round(time.perf_counter() - started, 1),
+        self.rows.append({"stage": name, "events": self.events, "seconds": round(time.perf_counter() - started, 1),
                           "rss_mb": round(self.proc.memory_info().rss / 2**20),
                           "peak_mb": round(self.peak / 2**20)})
         print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
         return value
 
+    def annotate(self, ope: tuple[Any, str | None]) -> None:
+        """Add the off-policy estimates (value, n) and their note to the last stage's row."""
+        table, note = ope
+        if table is not None:
+            self.rows[-1]["estimates"] = {r["estimate"]: {"value": round(float(r["value"]), 6), "n": int(r["n"])}
+                                          for r in table.to_dict("records")}
+        self.rows[-1]["note"] = note
+
     def write(self, finished: bool) -> None:
-        result = {"benchmark": "Evaluator stages at shop scale (one process)", "world": WORLD,
-                  "finished": finished, "stages": self.rows,
-                  "machine": machine_info(("tensorflow", "apache-beam"))}
+        run = {"world": self.world, "events": self.events, "finished": finished, "stages": self.rows,
+               "machine": machine_info(("tensorflow", "apache-beam"))}
+        old = json.loads(self.out.read_text(encoding="utf-8")) if self.out.is_file() else {}
+        result = {"benchmark": "Evaluator stages at shop scale (one process)", "runs": {**old.get("runs", {}),
+                                                                                       self.label: run}}
         with atomic_path(self.out) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(json.dumps(result, indent=2))
+        print(json.dumps(run, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="Data and trained models (reused when there).")
     parser.add_argument("--max-rss-gb", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--sessions-rate", type=float, default=SESSIONS_RATE,
+                        help="simulator.sessions_per_user_per_day of the world (0.0031: about 1.14M events).")
+    parser.add_argument("--label", default="run", help="Key of this run in the results file.")
+    parser.add_argument("--compare-whole-split-ope", action="store_true",
+                        help="Also run the off-policy estimates with the whole split loaded (last stage).")
     args = parser.parse_args(argv)
     from recflow.evaluation import evaluator as ev
+    from recflow.evaluation import run as run_module
     from recflow.evaluation.beyond_accuracy import CatalogContext
     from recflow.evaluation.run import off_policy_estimates, ranking_slices
     from recflow.examplegen import run_example_gen
@@ -91,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     from recflow.training.tfrs_trainer import train_tfrs
 
     work = args.work
-    cfg = load_config(None, [f"paths.data_dir={work}", *WORLD])
+    overrides = world(args.sessions_rate)
+    cfg = load_config(None, [f"paths.data_dir={work}", *overrides])
     shop, ex, tr, model, policy = (work / n for n in ("shop", "ex", "tr", "model", "policy"))
-    stages = Stages(args.max_rss_gb, args.out)
+    stages = Stages(args.max_rss_gb, args.out, args.label, overrides)
     steps = ((shop, lambda: generate_dataset(cfg.simulator, shop, progress=False)),
              (ex, lambda: run_example_gen(shop, ex, cfg.example_gen, cfg.validation)),
              (tr, lambda: run_transform(ex, tr, cfg.transform)),
@@ -103,21 +134,31 @@ def main(argv: list[str] | None = None) -> int:
         if not (path / "DONE").exists():
             stages.run(f"prepare {path.name}", fn)
             (path / "DONE").write_text("", encoding="utf-8")
+    stages.events = pq.ParquetFile(shop / "events.parquet").metadata.num_rows
     config = cfg.evaluator
     cand = stages.run("load candidate", lambda: load_recommender(model))
     pop = stages.run("user sample", lambda: ev._population(ex, config))
     context = stages.run("catalog context", lambda: CatalogContext.from_train(
         pop.train, pop.items, pop.catalog, config.beyond_accuracy.head_share, ev.candidate_item_embeddings(cand)))
     stages.run("candidate top-k", lambda: ev._run("candidate", "candidate", cand, pop, config, context))
-    stages.run("ranking slices", lambda: ranking_slices(ex, model, config.split, config.seed))
-    stages.run("off-policy estimates", lambda: off_policy_estimates(
+    stages.run("ranking slices", lambda: ranking_slices(ex, model, config.split, config.seed, recommender=cand,
+                                                             max_examples=config.max_slice_examples))
+    ope = stages.run("off-policy estimates", lambda: off_policy_estimates(
         ex, model, policy, cfg.policy, config.split, config.seed, max_pairs=config.ope_max_scored_pairs))
+    stages.annotate(ope)
     tuning, _ = stages.run("baseline tuning", lambda: ev.tune_configured_baselines(ex, pop.train, pop.items, config))
     skipped = ev.skipped_baselines(config, pop.train)
     runnable = config.model_copy(update={"baselines": tuple(n for n in config.baselines if n not in skipped)})
     for name, baseline in ev.build_baselines(runnable, {n: t["best_params"] for n, t in tuning.items()}).items():
         stages.run(f"baseline {name}", lambda b=baseline, n=name: ev._run(
             n, "baseline", b.fit(pop.train, pop.items), pop, config, context))
+    if args.compare_whole_split_ope and hasattr(run_module, "sample_request_users"):
+        # Last, so its memory does not weigh on the stages above: the estimates when the whole split is loaded
+        # and sampled after (the path before the request sample moved ahead of loading).
+        run_module.sample_request_users = lambda *a, **k: (None, None, None)
+        ope = stages.run("off-policy estimates, whole split loaded (comparison)", lambda: off_policy_estimates(
+            ex, model, policy, cfg.policy, config.split, config.seed, max_pairs=config.ope_max_scored_pairs))
+        stages.annotate(ope)
     stages.write(True)
     return 0
 

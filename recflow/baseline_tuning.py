@@ -183,7 +183,8 @@ def tune_baselines(
     unknown = [n for n in names if n not in SEARCH_SPACES]
     if unknown:
         raise ConfigError(f"baseline(s) {unknown} are not tunable; tunable: {list(TUNABLE)}")
-    exclude = interacted_items(train_events) if exclude_train_items else {}
+    exclude = (interacted_items(train_events, users=validation_events["user_id"].unique())
+               if exclude_train_items else {})
     truth_by_user = ground_truth(validation_events, exclude if exclude_train_items else None)
     if not truth_by_user:
         raise DataError(

@@ -168,6 +168,12 @@ class EvaluatorConfig(_Section):
         "decisions x catalog items exceed this, they use a seeded sample of whole logged requests that fits it "
         "(said in the report: their confidence intervals widen). null = every decision.",
     )
+    max_slice_examples: int = Field(
+        20_000,
+        gt=0,
+        description="The TFMA slices score at most this many held-out (user, shown item) pairs, a seeded sample "
+        "(said in the report when it binds).",
+    )
     max_dense_items: int | None = Field(
         20_000,
         gt=0,

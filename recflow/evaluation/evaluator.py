@@ -62,6 +62,9 @@ CHAMPION = "champion"
 #: Label of the candidate before re-ranking (present only when re-ranking is on).
 UNRERANKED = "candidate_unreranked"
 _EVENT_COLUMNS = ("user_id", "item_id", "event_type")
+#: The train columns the Evaluator's methods read (the baselines' recency, sessions and co-views); the others
+#: (prices, devices, propensities, ...) are not loaded.
+_TRAIN_COLUMNS = (*_EVENT_COLUMNS, "timestamp", "session_id")
 
 
 @dataclass
@@ -115,6 +118,10 @@ class EvaluationResult:
     best_baseline: dict[str, Any] = field(default_factory=dict)
     #: Configured baselines that did not run, with the reason (``evaluator.max_dense_items``).
     skipped_baselines: dict[str, str] = field(default_factory=dict)
+    #: Held-out users with a relevant item, of whom ``n_users`` were evaluated (0: not recorded).
+    eligible_users: int = 0
+    #: Says how the evaluated users were sampled when ``evaluator.max_users`` bound (empty when all were).
+    user_sample_note: str = ""
 
     def exposure_table(self) -> pd.DataFrame:
         """Share of recommended slots per category (rows) for each method, beside the training-interaction and
@@ -260,14 +267,24 @@ def tune_configured_baselines(
 _SPLIT_FILES = {f"{name}.parquet" for name in SPLITS}
 
 
-def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
+def _read_table(path: Path, required: Sequence[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The table at ``path`` (a split in log order); ``columns``: only those of them the file has."""
     if not (path.is_file() or path.is_dir()):  # a split may be a directory of shards (beam engine)
         raise DataError(
             f"{path}: file not found (an examples directory holds train.parquet, eval.parquet, "
             "test.parquet and optionally items.parquet, users.parquet)"
         )
     try:
-        frame = read_split_path(path) if path.name in _SPLIT_FILES else pd.read_parquet(path)
+        if columns is not None:
+            import pyarrow.parquet as pq
+
+            first = path if path.is_file() else min(path.glob("*.parquet"), default=path)
+            available = set(pq.read_schema(first).names)
+            columns = [c for c in columns if c in available]
+        if path.name in _SPLIT_FILES:
+            frame = read_split_path(path, columns)
+        else:
+            frame = pd.read_parquet(path, columns=None if columns is None else list(columns))
     except Exception as exc:  # noqa: BLE001  (pyarrow raises many types for a corrupt file)
         raise DataError(f"{path}: cannot be read as Parquet: {exc}") from None
     missing = [c for c in required if c not in frame.columns]
@@ -280,12 +297,13 @@ def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
 
 
 def load_examples(
-    examples_dir: Path, split: str = "test"
+    examples_dir: Path, split: str = "test", columns: Sequence[str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
-    """``(train events, held-out events of split, items or None)`` from an examples directory."""
+    """``(train events, held-out events of split, items or None)`` from an examples directory; ``columns``
+    (default all) are the event columns read, those the splits have."""
     examples_dir = Path(examples_dir)
-    train = _read_table(examples_dir / "train.parquet", _EVENT_COLUMNS)
-    held_out = _read_table(examples_dir / f"{split}.parquet", _EVENT_COLUMNS)
+    train = _read_table(examples_dir / "train.parquet", _EVENT_COLUMNS, columns)
+    held_out = _read_table(examples_dir / f"{split}.parquet", _EVENT_COLUMNS, columns)
     items_path = examples_dir / "items.parquet"
     items = _read_table(items_path, ("item_id",)) if items_path.is_file() else None
     return train, held_out, items
@@ -375,12 +393,24 @@ class _Population:
     truth: list[set[str]]
     catalog: set[str]
     user_type: pd.Series
+    eligible: int = 0
+
+    def sample_note(self, config: EvaluatorConfig) -> str:
+        """What the report says when the user sample bound (empty when every eligible user was evaluated)."""
+        if len(self.users) >= self.eligible:
+            return ""
+        return (f"ranking metrics on a seeded sample of {len(self.users):,} of {self.eligible:,} held-out users "
+                f"with a relevant item (evaluator.max_users {config.max_users:,}, seed {config.seed}); "
+                "the confidence intervals are over the sampled users")
 
 
 def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
     """Load the examples and sample the users every method ranks for (DataError when none has a relevant item)."""
-    train, held_out, items = load_examples(Path(examples_dir), config.split)
-    exclude = interacted_items(train) if config.exclude_train_items else {}
+    train, held_out, items = load_examples(Path(examples_dir), config.split, _TRAIN_COLUMNS)
+    held_out = held_out[list(_EVENT_COLUMNS)]
+    # Train items are excluded only for held-out users: sets for them alone, never one per user of the log.
+    exclude = (interacted_items(train, users=held_out["user_id"].unique())
+               if config.exclude_train_items else {})
     truth_by_user = ground_truth(held_out, exclude if config.exclude_train_items else None)
     if not truth_by_user:
         raise DataError(
@@ -388,15 +418,16 @@ def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
             "item (a click, add_to_cart, purchase or view not already seen in train); nothing to evaluate"
         )
     users = _sample_users(sorted(truth_by_user), config.max_users, config.seed)
+    exclude = {u: exclude[u] for u in users if u in exclude}
     catalog = set(items["item_id"]) if items is not None else set(train["item_id"]) | set(held_out["item_id"])
-    train_users = set(train["user_id"])
+    returning = pd.Index(users).isin(train["user_id"])
     user_type = pd.Series(
-        ["returning" if u in train_users else "new" for u in users],
+        np.where(returning, "returning", "new").tolist(),
         index=pd.Index(users, name="user_id"),
         name="user_type",
     )
     return _Population(train, held_out, items, exclude, users, [truth_by_user[u] for u in users], catalog,
-                       user_type)
+                       user_type, eligible=len(truth_by_user))
 
 
 def _run(label: str, role: str, recommender: Recommender, pop: _Population, config: EvaluatorConfig,
@@ -552,4 +583,6 @@ def evaluate_recommenders(
         baseline_tuning_note=tuning_note,
         best_baseline=best_info,
         skipped_baselines=skipped,
+        eligible_users=pop.eligible,
+        user_sample_note=pop.sample_note(config),
     )

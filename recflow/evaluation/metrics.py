@@ -54,10 +54,14 @@ def ground_truth(
     return truth
 
 
-def interacted_items(events: pd.DataFrame) -> dict[str, set[str]]:
+def interacted_items(events: pd.DataFrame, users: Iterable[str] | None = None) -> dict[str, set[str]]:
     """Items each user interacted with (any event except impressions): what evaluation excludes from their
-    lists."""
-    ev = events.loc[events["event_type"] != "impression", ["user_id", "item_id"]].drop_duplicates()
+    lists. ``users`` limits the result to those users (the same sets, without building one per user of a
+    large log)."""
+    ev = events.loc[events["event_type"] != "impression", ["user_id", "item_id"]]
+    if users is not None:
+        ev = ev[ev["user_id"].astype(str).isin(pd.Index(list(users)).astype(str))]
+    ev = ev.drop_duplicates()
     return {str(u): set(items.astype(str)) for u, items in ev.groupby("user_id", sort=False)["item_id"]}
 
 

@@ -375,6 +375,7 @@ def render_html(result: EvaluationResult) -> str:
             f"k = {result.k}, "
             f"catalog {result.catalog_size} items, primary metric <b>{html.escape(primary)}</b></p>"
         ),
+        *([f"<p>{html.escape(result.user_sample_note)}</p>"] if result.user_sample_note else []),
         "<h2>Blessing</h2>" + _checks_html(blessing),
         "<h3>Failed rules</h3>" + _list(blessing.reasons, "none: every rule passed"),
         "<h3>Passed or skipped rules</h3>" + _list(blessing.checks, "none"),
@@ -424,6 +425,8 @@ def metrics_document(result: EvaluationResult) -> dict[str, Any]:
             "k": result.k,
             "split": result.split,
             "n_users": result.n_users,
+            "eligible_users": result.eligible_users,
+            "user_sample": result.user_sample_note,
             "catalog_size": result.catalog_size,
             "primary_metric": result.primary_metric,
             "candidate": result.candidate.name,

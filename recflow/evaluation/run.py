@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from recflow.errors import DataError
 from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.evaluator import EvaluationResult, evaluate_recommenders
 from recflow.evaluation.report import write_report
-from recflow.examplegen import read_split
+from recflow.examplegen import has_split, read_split, split_path
 from recflow.policy.config import PolicyConfig
 
 if TYPE_CHECKING:
@@ -68,6 +69,62 @@ def sample_requests(data: BanditData, n_items: int, max_pairs: int | None,
     return data.subset(index), note
 
 
+def sample_request_users(split_path: Path, n_items: int, max_pairs: int | None, seed: int,
+                         ) -> tuple[pd.DataFrame | None, np.ndarray | None, str | None]:
+    """Before any decision is built: ``(events, request ids, note)`` of a seeded random sample of whole logged
+    requests of the split at ``split_path`` holding at most ``max_pairs // n_items`` impressions (at least one
+    request), the same requests :func:`sample_requests` draws from the loaded decisions when every impression has
+    an embedding; ``events`` are all the events of those requests' users (each sampled impression keeps its
+    feedback, attributed per user, and the user's point-in-time state). ``(None, None, None)`` when every
+    decision x ``n_items`` fits ``max_pairs`` (None: always), or when some impression lacks a request id or a
+    logged propensity (the whole log is then needed: ids are made up, propensities estimated from it).
+
+    Only ``event_type``, ``user_id``, ``request_id`` and ``propensity`` are read to choose, then only the chosen
+    users' rows, so the memory is that of the sample, not of the split."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    none: tuple[None, None, None] = (None, None, None)
+    if max_pairs is None:
+        return none
+    files = [split_path] if split_path.is_file() else sorted(split_path.glob("*.parquet"))
+    names = set(pq.read_schema(files[0]).names) if files else set()
+    needed = {"event_type", "user_id", "timestamp", "item_id", "request_id", "propensity"}
+    if not files or not needed <= names:
+        return none  # the whole-split path says what is missing or estimates what is not logged
+    wanted = ["event_type", "user_id", "request_id", "propensity"]
+    table = pa.concat_tables([pq.read_table(f, columns=wanted) for f in files])
+    table = table.filter(pc.equal(table["event_type"], "impression"))
+    n = table.num_rows
+    if n * n_items <= max_pairs:
+        return none
+    prop = table["propensity"]
+    if table["request_id"].null_count or prop.null_count or not pc.all(
+            pc.and_(pc.greater(prop, 0.0), pc.less_equal(prop, 1.0))).as_py():
+        return none
+    request_ids = np.asarray(table["request_id"].cast(pa.string()).to_pylist(), dtype=object).astype(str)
+    owners = np.asarray(table["user_id"].cast(pa.string()).to_pylist(), dtype=object)
+    del table, prop
+    requests, sizes = np.unique(request_ids, return_counts=True)
+    budget = max(1, max_pairs // n_items)
+    order = np.random.default_rng(seed).permutation(len(requests))
+    taken = max(1, int(np.searchsorted(np.cumsum(sizes[order]), budget, side="right")))
+    chosen = requests[order[:taken]]
+    users = sorted(set(owners[np.isin(request_ids, chosen)].tolist()))
+    del request_ids, owners
+    parts = [pq.read_table(f, filters=[("user_id", "in", users)]) for f in files]
+    frame = pa.concat_tables(parts, promote_options="default").to_pandas()
+    keys = [c for c in ("timestamp", "event_id") if c in frame.columns]
+    frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
+    decisions = int(sizes[order[:taken]].sum())
+    note = (f"off-policy estimates on a seeded sample of {taken:,} of {len(requests):,} logged requests "
+            f"({decisions:,} of {n:,} decisions; only their {len(users):,} users' events loaded): scoring every "
+            f"decision against the {n_items:,}-item catalog is {n * n_items:,} pairs, above "
+            f"evaluator.ope_max_scored_pairs {max_pairs:,}")
+    return frame, chosen, note
+
+
 def off_policy_estimates(
     examples_dir: Path, model_dir: Path, policy_dir: Path, policy_config: PolicyConfig, split: str, seed: int,
     max_pairs: int | None = None,
@@ -75,20 +132,33 @@ def off_policy_estimates(
     """IPS and SNIPS estimates of the policy's click and conversion rate on the held-out logged feedback.
 
     Returns ``(table, None)`` or ``(None, why not)`` when the log cannot support an estimate (no impressions).
-    ``max_pairs``: at most this many (decision x catalog item) pairs are scored (:func:`sample_requests`).
+    ``max_pairs``: at most this many (decision x catalog item) pairs are scored: a seeded sample of whole logged
+    requests chosen before any decision is built (:func:`sample_request_users`), else (request ids or
+    propensities not all logged) the same kind of sample drawn from the loaded decisions (:func:`sample_requests`).
     """
     from recflow.evaluation.off_policy import evaluate_policy_offline
     from recflow.policy.logged_data import load_bandit_data
     from recflow.policy.scorer import load_policy
 
     scorer = load_policy(policy_dir, seed=seed)
+    split_file = examples_dir / f"{split}.parquet"
+    sample, chosen, presampled = sample_request_users(split_file, len(scorer.item_ids), max_pairs, seed)
     try:
-        data = load_bandit_data(examples_dir / f"{split}.parquet", model_dir, policy_config, layout=scorer.layout)
+        if sample is None or chosen is None:
+            data = load_bandit_data(split_file, model_dir, policy_config, layout=scorer.layout)
+        else:  # only the sampled requests' users' events are turned into decisions, then their requests kept
+            with tempfile.TemporaryDirectory(prefix="recflow-ope-") as tmp:
+                sample_file = Path(tmp) / f"{split}.parquet"
+                sample.to_parquet(sample_file, index=False)
+                del sample
+                data = load_bandit_data(sample_file, model_dir, policy_config, layout=scorer.layout)
+            data = data.subset(np.flatnonzero(np.isin(data.request_ids.astype(str), chosen)))
     except DataError as exc:
         return None, f"no off-policy estimate: {exc}"
     if len(data) == 0:
         return None, "no off-policy estimate: the held-out split has no logged impressions"
     data, sampled = sample_requests(data, len(scorer.item_ids), max_pairs, seed)
+    sampled = "; ".join(n for n in (presampled, sampled) if n) or None
     probs = scorer.logged_action_probabilities(data)
     estimates = evaluate_policy_offline(data, probs, seed=seed)
     rows = [
@@ -100,29 +170,67 @@ def off_policy_estimates(
     return pd.DataFrame(rows), note
 
 
+def users_in_split(examples_dir: Path, split: str, users: Any, batch_rows: int = 262_144) -> set[str]:
+    """Which of ``users`` have an event in ``split`` of ``examples_dir``: the split's ``user_id`` column is read in
+    batches of ``batch_rows``, so the memory is that of ``users`` and one batch, not of the split."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = split_path(examples_dir, split)
+    if not has_split(examples_dir, split):
+        raise DataError(f"{examples_dir}: no {split}.parquet (run ExampleGen first: recflow.examplegen)")
+    wanted = pa.array([str(u) for u in users], pa.string())
+    found: set[str] = set()
+    for file in [path] if path.is_file() else sorted(path.glob("*.parquet")):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=["user_id"]):
+            column = batch.column(0).cast(pa.string())
+            found.update(wanted.filter(pc.is_in(wanted, value_set=column)).to_pylist())
+            if len(found) == len(wanted):
+                return found
+    return found
+
+
 def ranking_slices(
-    examples_dir: Path, model_dir: Path, split: str, seed: int
+    examples_dir: Path, model_dir: Path, split: str, seed: int, recommender: Any = None,
+    max_examples: int = MAX_SLICE_EXAMPLES,
 ) -> tuple[pd.DataFrame | None, str | None]:
-    """TFMA per-slice metrics (by category, new vs returning user) of the ranking model's click predictions."""
+    """TFMA per-slice metrics (by category, new vs returning user) of the ranking model's click predictions, on
+    at most ``max_examples`` held-out (user, shown item) pairs (a sample with ``seed``, said in the note).
+
+    ``recommender``: the model of ``model_dir`` when the caller has it loaded already (else it is loaded). Only
+    the columns the slices need are read."""
     from recflow.evaluation.slices import ranking_examples, slice_metrics
     from recflow.models import load_recommender
 
-    recommender = load_recommender(model_dir)
+    if recommender is None:
+        recommender = load_recommender(model_dir)
     if not recommender.has_ranking:
         return None, "no ranking model (the log has no impressions), so no per-slice metrics"
-    held_out = read_split(examples_dir, split)
-    train = read_split(examples_dir, "train", columns=["user_id"])
+    held_out = read_split(examples_dir, split, columns=["user_id", "item_id", "event_type"])
     items_path = examples_dir / "items.parquet"
-    items = pd.read_parquet(items_path) if items_path.exists() else None
-    frame = ranking_examples(held_out, items, train)
+    items = None
+    if items_path.exists():
+        import pyarrow.parquet as pq
+
+        wanted = [c for c in ("item_id", "category") if c in pq.read_schema(items_path).names]
+        items = pd.read_parquet(items_path, columns=wanted)
+    frame = ranking_examples(held_out, items)
+    del held_out
     if frame.empty or frame["label"].nunique() < 2:
         return None, "per-slice metrics need shown items with and without clicks in the held-out split"
-    if len(frame) > MAX_SLICE_EXAMPLES:
-        frame = frame.sample(MAX_SLICE_EXAMPLES, random_state=seed).reset_index(drop=True)
+    note = None
+    if len(frame) > max_examples:
+        note = (f"TFMA slices on a seeded sample of {max_examples:,} of {len(frame):,} held-out (user, shown item) "
+                "pairs (evaluator.max_slice_examples)")
+        frame = frame.sample(max_examples, random_state=seed).reset_index(drop=True)
+    # new vs returning only for the sampled pairs' users, the train split streamed (not one set of all its users)
+    returning = users_in_split(examples_dir, "train", frame["user_id"].unique())
+    frame["user_type"] = np.where(frame["user_id"].isin(returning), "returning", "new")
     frame["prediction"] = np.asarray(
         recommender.score(frame["user_id"].tolist(), frame["item_id"].tolist()), dtype=np.float64
     )
-    return slice_metrics(frame), None
+    return slice_metrics(frame), note
 
 
 def flat_metrics(evaluation_dir: Path) -> dict[str, float]:
@@ -190,7 +298,8 @@ def run_evaluator(
         extra["off_policy"] = ope
     if note:
         notes.append(note)
-    slices, note = ranking_slices(examples_dir, model_dir, config.split, config.seed)
+    slices, note = ranking_slices(examples_dir, model_dir, config.split, config.seed, recommender=candidate,
+                                  max_examples=config.max_slice_examples)
     if slices is not None:
         extra["slices"] = slices
     if note:
