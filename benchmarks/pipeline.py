@@ -398,7 +398,14 @@ def run_pipeline_child(overrides: list[str], work: Path) -> dict[str, Any]:
         "blessed": result.blessed,
         "pushed": result.pushed_to is not None,
         "failure": None,
+        "evaluation": evaluation_record(result.step("evaluator")),
     }
+
+
+def evaluation_record(step: Any) -> dict[str, Any]:
+    """What the Evaluator decided and why: its reasons and its NDCG@10 rows (the candidate's and baselines')."""
+    return {"reasons": [str(r) for r in step.notes.get("reasons") or []],
+            "ndcg_at_10": {k: round(float(v), 5) for k, v in step.metrics.items() if "ndcg" in k and "10" in k}}
 
 
 def run_size(overrides: list[str], work: Path, max_rss_mb: float | None, max_seconds: float | None,

@@ -95,6 +95,48 @@ def pipeline_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def transform_engines_section(d: dict[str, Any]) -> list[str]:
+    labels = {"pandas": "pandas", "beam_in_memory": "beam (in memory)",
+              "beam_multi_processing_2": "beam (multi_processing, 2 workers)"}
+    worlds = []
+    for w in d["worlds"]:
+        runs = w["runs"]
+        sizes = ", ".join(f"{label} {_f(runs[k]['seconds'], 1)} s / {_f(runs[k]['peak_tree_rss_mb'], 0)} MB"
+                          for k, label in labels.items() if k in runs)
+        equal = all(r.get("equals_pandas", {}).get("equal", True) for r in runs.values())
+        worlds.append(f"{w['events']:,} events: {sizes} (outputs equal to pandas: {equal})")
+    return ["**Transform prepare engines** (`benchmarks/transform_engines.py`, shop-scale worlds, the Transform step's "
+            "seconds and peak RSS of the process tree): " + "; ".join(worlds) + "."]
+
+
+def _stage_peaks(stages: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{s['stage']} {_f(s['peak_mb'], 0)}" for s in stages if "peak_mb" in s)
+
+
+def shop_stages_section(trainers: dict[str, Any] | None, evaluator: dict[str, Any] | None) -> list[str]:
+    lines = []
+    if trainers:
+        runs = trainers["runs"]
+        before, after = runs.get("before"), runs.get("after")
+        if before and after:
+            events = sum(after["events"].values())
+            lines.append(f"- Trainers, stage by stage (`benchmarks/trainer_stages.py`, {events:,} events, one "
+                         f"process, peak RSS MB): before {_f(before['peak_mb'], 0)}, after "
+                         f"{_f(after['peak_mb'], 0)}; per stage after: {_stage_peaks(after['stages'])}.")
+    if evaluator:
+        runs = evaluator["runs"]
+        for size in ("315k", "1.14M"):
+            before, after = runs.get(f"before-{size}"), runs.get(f"after-{size}")
+            if before and after:
+                # the whole-split comparison stage is the old path, run after the others for the record
+                peak = lambda r: max(s.get("peak_mb", 0) for s in r["stages"]  # noqa: E731
+                                     if "(comparison)" not in s["stage"])
+                lines.append(f"- Evaluator, stage by stage (`benchmarks/evaluator_stages.py`, {after['events']:,} "
+                             f"events, one process): peak {_f(peak(before), 0)} MB before, {_f(peak(after), 0)} MB "
+                             "after.")
+    return lines
+
+
 def _recovery(d: dict[str, Any], name: str) -> str:
     steps = d.get("drift_recovery_steps", {}).get(name)
     if steps is None:
@@ -272,7 +314,8 @@ def generic_section(name: str, d: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = {"simulator": simulator_section, "simulator_scale": simulator_scale_section,
-            "example_gen": example_gen_section, "pipeline": pipeline_section, "quality": quality_section,
+            "example_gen": example_gen_section, "transform_engines": transform_engines_section,
+            "pipeline": pipeline_section, "quality": quality_section,
             "policy": policy_section, "serving": serving_section, "drift_loop": drift_section,
             "fairness": fairness_section}
 
@@ -285,6 +328,9 @@ def render() -> str:
             lines += [f"**{name}**: no committed result yet.", ""]
             continue
         lines += (fn or (lambda x, n=name: generic_section(n, x)))(d) + [""]
+        if name == "pipeline":  # the shop-scale stage benchmarks continue the pipeline's shop-scale list
+            stages = shop_stages_section(_load("trainer_stages"), _load("evaluator_stages"))
+            lines[-1:-1] = stages
     lines.append(END)
     return "\n".join(lines)
 
