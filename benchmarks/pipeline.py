@@ -355,6 +355,7 @@ def run_pipeline(overrides: list[str], work: Path, max_rss_mb: float | None, max
         "succeeded": failure is None and bool(row.get("succeeded")),
         "blessed": row.get("blessed"),
         "pushed": bool(row.get("pushed")),
+        "evaluation": row.get("evaluation"),
         "failure": failure,
     }
 
@@ -405,7 +406,7 @@ def run_pipeline_child(overrides: list[str], work: Path) -> dict[str, Any]:
 def evaluation_record(step: Any) -> dict[str, Any]:
     """What the Evaluator decided and why: its reasons and its NDCG@10 rows (the candidate's and baselines')."""
     return {"reasons": [str(r) for r in step.notes.get("reasons") or []],
-            "ndcg_at_10": {k: round(float(v), 5) for k, v in step.metrics.items() if "ndcg" in k and "10" in k}}
+            "ndcg_at_10": {k: round(float(v), 5) for k, v in step.metrics.items() if k.endswith("ndcg@10")}}
 
 
 def run_size(overrides: list[str], work: Path, max_rss_mb: float | None, max_seconds: float | None,

@@ -199,3 +199,16 @@ def test_step_error_lines_keep_the_failed_steps_lines_and_error_words():
         "    Output: 'FAILED'",
     ]
     assert bench.step_error_lines(log, None).splitlines()[0].startswith("17:24:40 - ERROR")
+
+
+def test_evaluation_record_keeps_the_reasons_and_the_ndcg_at_10_rows():
+    from pipelines.local_run import StepReport
+
+    step = StepReport("evaluator", "succeeded", 1.0,
+                      metrics={"candidate.ndcg@10": 0.56739, "als.ndcg@10": 0.5699, "candidate.recall@10": 0.3,
+                               "candidate.ndcg@5": 0.4},
+                      notes={"reasons": ["ndcg@10 0.567 does not beat the best baseline als 0.570"]})
+    record = bench.evaluation_record(step)
+    assert record == {"reasons": ["ndcg@10 0.567 does not beat the best baseline als 0.570"],
+                      "ndcg_at_10": {"candidate.ndcg@10": 0.56739, "als.ndcg@10": 0.5699}}
+    assert bench.evaluation_record(StepReport("evaluator", "succeeded")) == {"reasons": [], "ndcg_at_10": {}}

@@ -349,6 +349,35 @@ def _choose_centring(imp: pd.DataFrame, arr: dict[str, np.ndarray], context_colu
             "eval_log_loss": losses, "reason": "lower eval log loss of the simplest candidate"}
 
 
+def _cap_train(imp: pd.DataFrame, arr: dict[str, np.ndarray], trainer_config: Any, notes: list[str]
+               ) -> tuple[pd.DataFrame, dict[str, np.ndarray], tuple[np.ndarray, int] | None]:
+    """The impressions (and their arrays) with train cut to ``trainer.history_ranking_max_train_impressions``
+    (a seeded sample, noted), and the sample (None when the cap does not bind)."""
+    sampled = cap_train_impressions((imp["_split"] == "train").to_numpy(),
+                                    trainer_config.history_ranking_max_train_impressions, trainer_config.seed)
+    if sampled is None:
+        return imp, arr, None
+    keep, n_train = sampled
+    cap = trainer_config.history_ranking_max_train_impressions
+    notes.append(f"history ranker trained on a seeded sample of {cap} of {n_train} train impressions "
+                 "(trainer.history_ranking_max_train_impressions)")
+    return imp.iloc[keep].reset_index(drop=True), {k: v[keep] for k, v in arr.items()}, sampled
+
+
+def _eval_aucs(report: dict[str, Any], labels: np.ndarray, logits: np.ndarray, scores: np.ndarray,
+               is_train: np.ndarray) -> dict[str, float]:
+    """The ranker's and the retrieval score's eval AUC, into ``report`` and as run metrics."""
+    ev = ~is_train
+    auc, score_auc = _auc(labels[ev], logits[ev]), _auc(labels[ev], scores[ev])
+    report["eval_auc"], report["eval_auc_retrieval_score_alone"] = auc, score_auc
+    metrics: dict[str, float] = {}
+    if auc is not None:
+        metrics["history_ranker_eval_auc"] = auc
+    if score_auc is not None:
+        metrics["history_ranker_eval_auc_score_alone"] = score_auc
+    return metrics
+
+
 def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any, item_ids: Sequence[str],
                          spec: Mapping[str, Any], trainer_config: Any, out_dir: Path) -> RankerTraining:
     """Train the ranker on the logged impressions and write its files into ``out_dir``.
@@ -375,15 +404,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     # Every impression's point-in-time state goes to the policy trainer, whatever trains the ranker.
     decision_states = (imp["user_id"].astype(str).to_numpy(), imp["_seconds"].to_numpy(), arr["state"])
     notes: list[str] = []
-    sampled = cap_train_impressions((imp["_split"] == "train").to_numpy(),
-                                    trainer_config.history_ranking_max_train_impressions, trainer_config.seed)
-    if sampled is not None:
-        keep, n_train = sampled
-        imp = imp.iloc[keep].reset_index(drop=True)
-        arr = {k: v[keep] for k, v in arr.items()}
-        cap = trainer_config.history_ranking_max_train_impressions
-        notes.append(f"history ranker trained on a seeded sample of {cap} of {n_train} train impressions "
-                     "(trainer.history_ranking_max_train_impressions)")
+    imp, arr, sampled = _cap_train(imp, arr, trainer_config, notes)
     is_train = (imp["_split"] == "train").to_numpy()
     labels = imp["clicked"].to_numpy().astype(np.float32)
     if not is_train.any() or labels[is_train].max(initial=0) < 1:
@@ -397,7 +418,6 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
                                 len(item_ids), trainer_config)
     offset = offsets if centring["centred"] else None
     inputs, vocabs, score_mean, score_std = _ranker_inputs(imp, arr, context_columns, is_train, offset)
-    has_eval = bool((~is_train).any() and labels[~is_train].sum() > 0)
     if not enough_eval_clicks(labels, is_train, trainer_config):
         notes.append(f"history ranker: only the simplest model ({SCORE_ONLY}) was fitted: the eval split has "
                      f"{int(labels[~is_train].sum())} clicked impressions (< trainer.history_ranking_min_eval_clicks "
@@ -420,16 +440,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
         "chosen_candidate": next(t["candidate"] for t in trials if t["chosen"]),
         "history": {k: [float(x) for x in v] for k, v in hist.history.items()},
         "epochs_run": len(hist.history.get("loss", [])), "seconds": seconds}
-    metrics: dict[str, float] = {}
-    if has_eval:
-        ev = ~is_train
-        auc = _auc(labels[ev], logits[ev])
-        score_auc = _auc(labels[ev], arr["score"][ev])
-        report["eval_auc"], report["eval_auc_retrieval_score_alone"] = auc, score_auc
-        if auc is not None:
-            metrics["history_ranker_eval_auc"] = auc
-        if score_auc is not None:
-            metrics["history_ranker_eval_auc_score_alone"] = score_auc
+    metrics = _eval_aucs(report, labels, logits, arr["score"], is_train) if has_eval else {}
     write_decision_states(Path(out_dir), *decision_states)
     meta = {"item_ids": [str(i) for i in item_ids], "context_columns": context_columns,
             "context_vocabularies": vocabs, "score_mean": score_mean, "score_std": score_std,
