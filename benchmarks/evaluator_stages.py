@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]
 import pyarrow.parquet as pq
 
 import recflow  # noqa: F401  (configures the process before anything else)
@@ -38,46 +34,22 @@ from recflow.io import atomic_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
+from stage_sampler import StageSampler, shop_world  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "evaluator_stages.json"
 SESSIONS_RATE = 0.00086
 
 
-def world(sessions_rate: float) -> list[str]:
-    """The shop world's overrides at ``sessions_rate`` sessions per user-day."""
-    return ["simulator.users=500000", "simulator.items=100000", "simulator.days=14",
-            f"simulator.sessions_per_user_per_day={sessions_rate}"]
-
-
-class Stages:
-    """Each stage's seconds, RSS after it and peak RSS during it (this process)."""
+class Stages(StageSampler):
+    """The Evaluator's stages; every row carries the world's event count."""
 
     def __init__(self, max_rss_gb: float, out: Path, label: str, world: list[str]) -> None:
-        self.proc, self.peak, self.current = psutil.Process(), 0, "start"
-        self.rows: list[dict[str, Any]] = []
-        self.limit, self.out, self.label, self.world = max_rss_gb * 2**30, out, label, world
+        self.out, self.label, self.world = out, label, world
         self.events: int | None = None
-        threading.Thread(target=self._sample, daemon=True).start()
+        super().__init__(max_rss_gb)
 
-    def _sample(self) -> None:
-        while True:
-            rss = self.proc.memory_info().rss
-            self.peak = max(self.peak, rss)
-            if rss > self.limit:
-                self.rows.append({"stage": self.current, "events": self.events,
-                                  "killed_above_mb": round(self.limit / 2**20)})
-                self.write(False)
-                os._exit(3)
-            time.sleep(0.1)
-
-    def run(self, name: str, fn: Any) -> Any:
-        self.current, self.peak, started = name, self.proc.memory_info().rss, time.perf_counter()
-        value = fn()
-        self.rows.append({"stage": name, "events": self.events, "seconds": round(time.perf_counter() - started, 1),
-                          "rss_mb": round(self.proc.memory_info().rss / 2**20),
-                          "peak_mb": round(self.peak / 2**20)})
-        print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
-        return value
+    def row_fields(self) -> dict[str, Any]:
+        return {"events": self.events}
 
     def annotate(self, ope: tuple[Any, str | None]) -> None:
         """Add the off-policy estimates (value, n) and their note to the last stage's row."""
@@ -121,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from recflow.training.tfrs_trainer import train_tfrs
 
     work = args.work
-    overrides = world(args.sessions_rate)
+    overrides = shop_world(args.sessions_rate)
     cfg = load_config(None, [f"paths.data_dir={work}", *overrides])
     shop, ex, tr, model, policy = (work / n for n in ("shop", "ex", "tr", "model", "policy"))
     stages = Stages(args.max_rss_gb, args.out, args.label, overrides)

@@ -21,11 +21,8 @@ import json
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
-
-import psutil  # type: ignore[import-untyped]
 
 import recflow  # noqa: F401  (configures the process before anything else)
 
@@ -35,44 +32,18 @@ from recflow.io import atomic_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
+from stage_sampler import StageSampler, shop_world  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "trainer_stages.json"
 
 
-def world(rate: float) -> list[str]:
-    """The simulator overrides of the shop-scale world (evaluator_stages.py's, at ``rate`` sessions/user-day)."""
-    return ["simulator.users=500000", "simulator.items=100000", "simulator.days=14",
-            f"simulator.sessions_per_user_per_day={rate}"]
-
-
-class Stages:
-    """Each stage's seconds, RSS after it and peak RSS during it (this process)."""
+class Stages(StageSampler):
+    """The trainers' stages; the result keeps runs by label."""
 
     def __init__(self, max_rss_gb: float, out: Path, label: str, header: dict[str, Any]) -> None:
-        self.proc, self.peak, self.current = psutil.Process(), 0, "start"
-        self.rows: list[dict[str, Any]] = []
-        self.limit, self.out, self.label, self.header = max_rss_gb * 2**30, out, label, header
+        self.out, self.label, self.header = out, label, header
         self.lock = threading.Lock()
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _sample(self) -> None:
-        while True:
-            rss = self.proc.memory_info().rss
-            self.peak = max(self.peak, rss)
-            if rss > self.limit:
-                self.rows.append({"stage": self.current, "killed_above_mb": round(self.limit / 2**20)})
-                self.write(False)
-                os._exit(3)
-            time.sleep(0.1)
-
-    def run(self, name: str, fn: Any) -> Any:
-        self.current, self.peak, started = name, self.proc.memory_info().rss, time.perf_counter()
-        value = fn()
-        self.rows.append({"stage": name, "seconds": round(time.perf_counter() - started, 1),
-                          "rss_mb": round(self.proc.memory_info().rss / 2**20),
-                          "peak_mb": round(self.peak / 2**20)})
-        print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
-        return value
+        super().__init__(max_rss_gb)
 
     def write(self, finished: bool) -> None:
         with self.lock:
@@ -175,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="Extra config overrides for the trainers (recorded in the result).")
     args = parser.parse_args(argv)
-    work, overrides = args.work, world(args.sessions_rate)
+    work, overrides = args.work, shop_world(args.sessions_rate)
     cfg = load_config(None, [f"paths.data_dir={work}", *overrides, *args.set])
     header: dict[str, Any] = {"world": overrides, "overrides": args.set,
                               "load_average_1m_at_start": os.getloadavg()[0]}
