@@ -13,7 +13,8 @@ Two shapes of world:
 
       .venv/bin/python benchmarks/pipeline.py --items 100000 --users 500000 --events 1000000 --max-rss-gb 16
 
-``--set key=value`` overrides any config setting of the generation and the run (``example_gen.engine=beam``).
+``--set key=value`` overrides any config setting of the generation and the run (``example_gen.engine=beam``);
+``--config FILE`` runs both on a config file (``configs/shop_scale.yaml``), recorded in the row as ``config``.
 
 Each size runs in two child processes: one generates the dataset (streamed, ``generate_dataset``; its own peak
 RSS is recorded apart), then one runs the DAG exactly as ``recflow pipeline run`` does (MLflow tracking on, a fresh
@@ -99,23 +100,26 @@ def sessions_rate_for(events: int, users: int, pilot_rate: float, pilot_users: i
     return pilot_rate * events * pilot_users / (pilot_events * users)
 
 
-def _pilot_events(users: int, items: int, days: int, rate: float, seed: int, overrides: Sequence[str]) -> int:
-    config = load_config(None, [*overrides, f"simulator.users={users}", f"simulator.items={items}",
-                                f"simulator.days={days}", f"simulator.sessions_per_user_per_day={rate}",
-                                f"simulator.seed={seed}"])
+def _pilot_events(users: int, items: int, days: int, rate: float, seed: int, overrides: Sequence[str],
+                  config_path: str | None = None) -> int:
+    config = load_config(config_path, [*overrides, f"simulator.users={users}", f"simulator.items={items}",
+                                       f"simulator.days={days}", f"simulator.sessions_per_user_per_day={rate}",
+                                       f"simulator.seed={seed}"])
     return len(simulate_log(config.simulator).events)
 
 
 def shop_rate_for(events: int, users: int, items: int, days: int, seed: int, overrides: Sequence[str] = (),
-                  first_pilot_users: int = 300, second_pilot_users: int = 20_000) -> dict[str, float]:
+                  first_pilot_users: int = 300, second_pilot_users: int = 20_000,
+                  config_path: str | None = None) -> dict[str, float]:
     """``sessions_per_user_per_day`` for about ``events`` events with ``users`` users and ``items`` items, from
     two pilots: a few users at the configured rate (a first guess), then more users at that guess (the rate at
     which the full run is made, so the estimate is not an extrapolation over orders of magnitude)."""
-    base = load_config(None, list(overrides)).simulator.sessions_per_user_per_day
+    base = load_config(config_path, list(overrides)).simulator.sessions_per_user_per_day
     first = min(users, first_pilot_users)
-    guess = sessions_rate_for(events, users, base, first, _pilot_events(first, items, days, base, seed, overrides))
+    guess = sessions_rate_for(events, users, base, first, _pilot_events(first, items, days, base, seed, overrides,
+                                                                          config_path))
     second = min(users, second_pilot_users)
-    second_events = _pilot_events(second, items, days, guess, seed, overrides)
+    second_events = _pilot_events(second, items, days, guess, seed, overrides, config_path)
     rate = sessions_rate_for(events, users, guess, second, second_events)
     return {"sessions_per_user_per_day": rate, "pilot_users": second, "pilot_rate": guess,
             "pilot_events": second_events}
@@ -284,9 +288,14 @@ def _wait4(proc: subprocess.Popen[str]) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024  # Linux: KiB
 
 
-def generate(overrides: list[str], work: Path) -> dict[str, Any]:
+def _child_cmd(kind: str, overrides: list[str], work: Path, config_path: str | None) -> list[str]:
+    cmd = [sys.executable, __file__, kind, json.dumps(overrides), "--work", str(work)]
+    return cmd + (["--config", config_path] if config_path else [])
+
+
+def generate(overrides: list[str], work: Path, config_path: str | None = None) -> dict[str, Any]:
     """Generate the dataset of ``overrides`` into ``work/shop`` in a child process; its events and memory."""
-    cmd = [sys.executable, __file__, "--generate-child", json.dumps(overrides), "--work", str(work)]
+    cmd = _child_cmd("--generate-child", overrides, work, config_path)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -300,11 +309,11 @@ def generate(overrides: list[str], work: Path) -> dict[str, Any]:
 
 
 def run_pipeline(overrides: list[str], work: Path, max_rss_mb: float | None, max_seconds: float | None,
-                 echo: Callable[[str], None]) -> dict[str, Any]:
+                 echo: Callable[[str], None], config_path: str | None = None) -> dict[str, Any]:
     """Run the DAG on ``work/shop`` in a child process under a :class:`TreeRssSampler`; the timings, memory and
     outcome (a failure record when a step failed or the sampler killed the run)."""
     stderr_path = work / "pipeline-child.stderr"
-    cmd = [sys.executable, __file__, "--pipeline-child", json.dumps(overrides), "--work", str(work)]
+    cmd = _child_cmd("--pipeline-child", overrides, work, config_path)
     started = time.perf_counter()
     with open(stderr_path, "w", encoding="utf-8") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
@@ -360,12 +369,12 @@ def run_pipeline(overrides: list[str], work: Path, max_rss_mb: float | None, max
     }
 
 
-def run_pipeline_child(overrides: list[str], work: Path) -> dict[str, Any]:
+def run_pipeline_child(overrides: list[str], work: Path, config_path: str | None = None) -> dict[str, Any]:
     """In the pipeline child: run the DAG; a failed step becomes a failure record (step, error, seconds)."""
     from components.step_run import STATUS_FAILED, read_status
     from pipelines.local_run import PipelineStepFailed, run_local
 
-    config = load_config(None, overrides)
+    config = load_config(config_path, overrides)
     run_dirs: list[str] = []
 
     def echo(line: str) -> None:
@@ -410,12 +419,13 @@ def evaluation_record(step: Any) -> dict[str, Any]:
 
 
 def run_size(overrides: list[str], work: Path, max_rss_mb: float | None, max_seconds: float | None,
-             echo: Callable[[str], None]) -> dict[str, Any]:
-    """Generate the dataset of ``overrides`` and run the pipeline on it; one result row."""
-    config = load_config(None, [f"paths.data_dir={work}", *overrides])
-    generated = generate([f"paths.data_dir={work}", *overrides], work)
+             echo: Callable[[str], None], config_path: str | None = None) -> dict[str, Any]:
+    """Generate the dataset of ``overrides`` (on the config file ``config_path``, if any) and run the pipeline
+    on it; one result row."""
+    config = load_config(config_path, [f"paths.data_dir={work}", *overrides])
+    generated = generate([f"paths.data_dir={work}", *overrides], work, config_path)
     echo(f"generated {generated['events']:,} events in {generated['seconds']} s")
-    run = run_pipeline([f"paths.data_dir={work}", *overrides], work, max_rss_mb, max_seconds, echo)
+    run = run_pipeline([f"paths.data_dir={work}", *overrides], work, max_rss_mb, max_seconds, echo, config_path)
     sim = config.simulator
     return {"events": generated["events"], "users": sim.users, "items": sim.items, "days": sim.days,
             "sessions_per_user_per_day": sim.sessions_per_user_per_day, **run, "generate": generated}
@@ -443,7 +453,7 @@ def merge_results(existing: dict[str, Any] | None, default_runs: list[dict[str, 
     if shop_runs:
         def key(r: dict[str, Any]) -> tuple[Any, ...]:
             return (r.get("target_events"), r.get("users"), r.get("items"), r.get("days"),
-                    tuple(r.get("overrides", [])))
+                    tuple(r.get("overrides", [])), r.get("config"))
 
         rows = {key(r): r for r in result.get("shop_scale_runs", [])}
         for r in shop_runs:
@@ -466,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, help="fixed user count: events are reached through the sessions rate")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for generation and run (repeatable), e.g. example_gen.engine=beam")
+    parser.add_argument("--config", type=Path, help="a config file for generation and run (e.g. "
+                        "configs/shop_scale.yaml); recorded in each row")
     parser.add_argument("--max-rss-gb", type=float, default=16.0,
                         help="kill the run when the summed RSS of its processes passes this (0: no limit)")
     parser.add_argument("--max-minutes", type=float, default=0.0, help="kill a run that takes longer (0: no limit)")
@@ -479,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     shop = args.users is not None
     max_rss_mb = args.max_rss_gb * 1024 if args.max_rss_gb > 0 else None
     max_seconds = args.max_minutes * 60 if args.max_minutes > 0 else None
+    config_path = None
+    if args.config is not None:
+        if not args.config.is_file():
+            parser.error(f"--config {args.config}: no such file")
+        config_path = str(args.config.resolve())
     machine = machine_info(("tensorflow", "tensorflow-transform", "apache-beam", "kfp", "mlflow", "psutil"))
 
     def echo(line: str) -> None:
@@ -489,18 +506,21 @@ def main(argv: list[str] | None = None) -> int:
         world = [f"simulator.days={args.days}", f"simulator.seed={args.seed}"]
         extra: dict[str, Any] = {}
         if shop:
-            pilot = shop_rate_for(n, args.users, args.items, args.days, args.seed, args.overrides)
+            pilot = shop_rate_for(n, args.users, args.items, args.days, args.seed, args.overrides,
+                                  config_path=config_path)
             echo(f"{n:,} events: sessions_per_user_per_day {pilot['sessions_per_user_per_day']:.5f} "
                  f"(pilot {pilot['pilot_users']:,} users: {pilot['pilot_events']:,} events)")
             world += [f"simulator.users={args.users}", f"simulator.items={args.items}",
                       f"simulator.sessions_per_user_per_day={pilot['sessions_per_user_per_day']}"]
             extra = {"target_events": n, "overrides": list(args.overrides),
+                     **({"config": _shown(args.config)} if args.config is not None else {}),
                      "pilot": {k: round(v, 6) if isinstance(v, float) else v for k, v in pilot.items()},
                      "max_rss_gb": args.max_rss_gb}
         else:
             world += [f"simulator.users={users_for(n, args.seed, args.days)}"]
         with tempfile.TemporaryDirectory(prefix=f"recflow-bench-{n}-") as tmp:
-            row = {**run_size([*world, *args.overrides], Path(tmp), max_rss_mb, max_seconds, echo), **extra}
+            row = {**run_size([*world, *args.overrides], Path(tmp), max_rss_mb, max_seconds, echo, config_path),
+                   **extra}
         if not shop:  # the issue-3 rows keep their fields
             row.pop("sessions_per_user_per_day", None)
         runs.append(row)
@@ -514,18 +534,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _shown(path: Path) -> str:
+    """``path`` as recorded in a row: relative to the repository when inside it."""
+    resolved = path.resolve()
+    root = Path(__file__).resolve().parent.parent
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
+
 def _child(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--generate-child")
     parser.add_argument("--pipeline-child")
     parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--config")
     args = parser.parse_args(argv)
     if args.generate_child is not None:
-        config = load_config(None, json.loads(args.generate_child))
+        config = load_config(args.config, json.loads(args.generate_child))
         summary = generate_dataset(config.simulator, args.work / "shop", progress=False)
         print(json.dumps({"events": summary.events}))
     else:
-        print(json.dumps(run_pipeline_child(json.loads(args.pipeline_child), args.work)), flush=True)
+        print(json.dumps(run_pipeline_child(json.loads(args.pipeline_child), args.work, args.config)), flush=True)
     return 0
 
 

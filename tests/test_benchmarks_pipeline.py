@@ -168,10 +168,13 @@ def test_merge_keeps_the_default_world_rows_and_replaces_shop_rows_of_the_same_s
                                      "peak_rss_mb": 2.0}]}
     new = {"target_events": 10, "users": 5, "items": 3, "days": 14, "overrides": [], "peak_rss_mb": 7.0}
     other = {**new, "overrides": ["example_gen.engine=beam"], "peak_rss_mb": 8.0}
-    merged = bench.merge_results(existing, None, [new, other], {"cpu": "x"})
+    preset = {**new, "config": "configs/shop_scale.yaml", "peak_rss_mb": 9.0}
+    merged = bench.merge_results(existing, None, [new, other, preset], {"cpu": "x"})
     assert merged["runs"] == existing["runs"] and merged["meets_1m_target"] is True
-    assert [(r["target_events"], r["overrides"], r["peak_rss_mb"]) for r in merged["shop_scale_runs"]] == [
-        (10, [], 7.0), (10, ["example_gen.engine=beam"], 8.0), (20, [], 2.0)]
+    assert [(r["target_events"], r["overrides"], r.get("config"), r["peak_rss_mb"])
+            for r in merged["shop_scale_runs"]] == [
+        (10, [], None, 7.0), (10, ["example_gen.engine=beam"], None, 8.0), (10, [], "configs/shop_scale.yaml", 9.0),
+        (20, [], None, 2.0)]
     assert merged["shop_scale_runs"][0]["machine"] == {"cpu": "x"}
     assert "summed RSS" in merged["peak_rss_mb_meaning"]
     runs = [{"events": 100, "total_seconds": 10.0}, {"events": 1_000_000, "total_seconds": 500.0}]
@@ -212,3 +215,16 @@ def test_evaluation_record_keeps_the_reasons_and_the_ndcg_at_10_rows():
     assert record == {"reasons": ["ndcg@10 0.567 does not beat the best baseline als 0.570"],
                       "ndcg_at_10": {"candidate.ndcg@10": 0.56739, "als.ndcg@10": 0.5699}}
     assert bench.evaluation_record(StepReport("evaluator", "succeeded")) == {"reasons": [], "ndcg_at_10": {}}
+
+
+def test_generation_child_reads_the_config_file_under_the_overrides(tmp_path: Path):
+    from recflow.config import load_config
+    from recflow.simulator import simulate_log
+
+    config_file = tmp_path / "world.yaml"
+    config_file.write_text("simulator:\n  users: 30\n  days: 2\n  items: 40\n", encoding="utf-8")
+    overrides = [f"paths.data_dir={tmp_path}", "simulator.items=50"]
+    generated = bench.generate(overrides, tmp_path, str(config_file))
+    expected = simulate_log(load_config(config_file, overrides).simulator)
+    assert load_config(config_file, overrides).simulator.items == 50  # the override wins over the file
+    assert generated["events"] == len(expected.events) > 0
