@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions-rate", type=float, default=SESSIONS_RATE,
                         help="simulator.sessions_per_user_per_day of the world (0.0031: about 1.14M events).")
     parser.add_argument("--label", default="run", help="Key of this run in the results file.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Extra config overrides (e.g. a quick trainer for the prepared model); recorded.")
     parser.add_argument("--compare-whole-split-ope", action="store_true",
                         help="Also run the off-policy estimates with the whole split loaded (last stage).")
     args = parser.parse_args(argv)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from recflow.training.tfrs_trainer import train_tfrs
 
     work = args.work
-    overrides = shop_world(args.sessions_rate)
+    overrides = [*shop_world(args.sessions_rate), *args.overrides]
     cfg = load_config(None, [f"paths.data_dir={work}", *overrides])
     shop, ex, tr, model, policy = (work / n for n in ("shop", "ex", "tr", "model", "policy"))
     stages = Stages(args.max_rss_gb, args.out, args.label, overrides)
