@@ -267,6 +267,91 @@ def tune_configured_baselines(
 _SPLIT_FILES = {f"{name}.parquet" for name in SPLITS}
 
 
+#: Rows of a split the Evaluator converts at a time (one Arrow record batch; :func:`read_split_chunked`).
+READ_BATCH_ROWS = 262_144
+
+
+def _string_column(column: Any, memo: dict[str, str]) -> np.ndarray:
+    """An Arrow string column as an object array whose equal strings are one Python object (``memo``: every
+    string seen so far), None where null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    table = np.empty(len(encoded.dictionary), dtype=object)
+    table[:] = [memo.setdefault(v, v) for v in encoded.dictionary.to_pylist()]
+    indices = encoded.indices
+    out = table[indices.fill_null(0).to_numpy(zero_copy_only=False)] if len(table) else np.full(
+        len(indices), None, dtype=object)
+    if indices.null_count:
+        out[indices.is_null().to_numpy(zero_copy_only=False)] = None
+    return out
+
+
+def _in_order(frame: pd.DataFrame, keys: Sequence[str]) -> bool:
+    """Whether ``frame`` is already sorted by ``keys`` (timestamp, then event id): its stable sort is itself."""
+    ts = frame["timestamp"]
+    if not ts.is_monotonic_increasing or ts.isna().any():
+        return False
+    if "event_id" not in keys:
+        return True
+    ties = np.flatnonzero(ts.to_numpy()[1:] == ts.to_numpy()[:-1])
+    if not ties.size:
+        return True
+    ids = frame["event_id"].to_numpy()
+    try:
+        return bool(np.all(ids[ties] <= ids[ties + 1]))
+    except TypeError:  # mixed id types: let the sort decide
+        return False
+
+
+def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = READ_BATCH_ROWS) -> pd.DataFrame:
+    """:func:`recflow.examplegen.read_split_path` of ``columns`` (those the split has, and the sort keys),
+    converted ``batch_rows`` rows at a time: string columns become object arrays whose equal strings share one
+    Python object, so neither the whole Arrow table nor a second copy of the strings is ever held. Rows in
+    (timestamp, event id) order, the same frame as the whole read (the sort runs only when the split is not
+    already in that order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    shards = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    if not shards:
+        raise DataError(f"{path}: no Parquet shards in the split directory")
+    available = pq.read_schema(shards[0]).names
+    keys = [c for c in ("timestamp", "event_id") if c in available]
+    wanted = list(dict.fromkeys([*(c for c in columns if c in available), *keys]))
+    memo: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for name in wanted:  # one column at a time: a single-row-group file is decoded a column at a time
+        strings: list[np.ndarray] = []
+        others: list[Any] = []
+        for shard in shards:
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows, columns=[name]):
+                column = batch.column(0)
+                value_type = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+                if pa.types.is_string(value_type) or pa.types.is_large_string(value_type):
+                    strings.append(_string_column(column, memo))
+                else:
+                    others.append(column)
+        if strings:
+            data[name] = np.concatenate(strings)
+        elif others:
+            data[name] = pa.chunked_array(others).to_pandas().to_numpy() if not pa.types.is_timestamp(
+                others[0].type) else pa.chunked_array(others).to_pandas()
+        else:  # no rows
+            data[name] = pq.read_table(shards[0], columns=[name]).column(name).to_pandas()
+        del strings, others
+        pa.default_memory_pool().release_unused()
+    frame = pd.DataFrame(data, copy=False)
+    if keys and not _in_order(frame, keys):
+        frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
+    for name in keys:
+        if name not in columns:
+            del frame[name]
+    return frame
+
+
 def _read_table(path: Path, required: Sequence[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The table at ``path`` (a split in log order); ``columns``: only those of them the file has."""
     if not (path.is_file() or path.is_dir()):  # a split may be a directory of shards (beam engine)
@@ -281,7 +366,9 @@ def _read_table(path: Path, required: Sequence[str], columns: Sequence[str] | No
             first = path if path.is_file() else min(path.glob("*.parquet"), default=path)
             available = set(pq.read_schema(first).names)
             columns = [c for c in columns if c in available]
-        if path.name in _SPLIT_FILES:
+        if path.name in _SPLIT_FILES and columns is not None:
+            frame = read_split_chunked(path, columns)
+        elif path.name in _SPLIT_FILES:
             frame = read_split_path(path, columns)
         else:
             frame = pd.read_parquet(path, columns=None if columns is None else list(columns))
