@@ -59,3 +59,32 @@ def test_load_examples_reads_the_splits_in_chunks_with_the_same_result(tmp_path)
     expected["user_id"] = expected["user_id"].astype(str)
     pd.testing.assert_frame_equal(train, expected)
     assert items is None and held_out["user_id"].map(type).eq(str).all()
+
+
+def test_list_level_metrics_get_seeded_bootstrap_intervals():
+    from recflow.evaluation.beyond_accuracy import CatalogContext, beyond_accuracy_metrics, list_metric_intervals
+    from recflow.evaluation.metrics import catalog_coverage
+
+    rng = np.random.default_rng(0)
+    catalog = [f"i{j}" for j in range(200)]
+    weights = 1.0 / np.arange(1, 201)
+    train = pd.DataFrame({"user_id": "u", "event_type": "click",
+                          "item_id": rng.choice(catalog, 3000, p=weights / weights.sum())})
+    items = pd.DataFrame({"item_id": catalog, "category": [f"c{j % 7}" for j in range(200)]})
+    context = CatalogContext.from_train(train, items, catalog)
+
+    def recs(users):
+        return [list(rng.choice(catalog, 10, replace=False, p=weights / weights.sum())) for _ in range(users)]
+
+    few, many = recs(40), recs(2000)
+    small = list_metric_intervals(few, catalog, context, 10, seed=1)
+    assert small == list_metric_intervals(few, catalog, context, 10, seed=1)  # seeded
+    point = {"coverage@10": catalog_coverage(few, catalog), **beyond_accuracy_metrics(few, context, 10)}
+    assert set(small) == set(point) and len(point) == 5
+    for name, value in point.items():
+        low, high = small[name]
+        assert low <= value <= high, name
+    wide = list_metric_intervals(many, catalog, context, 10, seed=1)
+    for name in ("novelty@10", "long_tail_share@10", "diversity@10"):
+        assert wide[name][1] - wide[name][0] < small[name][1] - small[name][0], name
+    assert all(np.isnan(v) for v in list_metric_intervals(few[:1], catalog, context, 10, seed=1)["novelty@10"])

@@ -40,7 +40,12 @@ from recflow.baselines import (
     dense_skip_reason,
 )
 from recflow.errors import ConfigError, DataError
-from recflow.evaluation.beyond_accuracy import CatalogContext, beyond_accuracy_metrics, exposure_by_group
+from recflow.evaluation.beyond_accuracy import (
+    CatalogContext,
+    beyond_accuracy_metrics,
+    exposure_by_group,
+    list_metric_intervals,
+)
 from recflow.evaluation.blessing import Blessing, best_baseline, decide_blessing
 from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.metrics import (
@@ -441,6 +446,8 @@ def _run_method(
         metrics.update(beyond_accuracy_metrics(recs, context, config.k))
         if context.categories:
             exposure = exposure_by_group(recs, context.categories, config.k)
+    # Coverage and the beyond-accuracy metrics: a seeded bootstrap over the same users (not per-user means).
+    intervals.update(list_metric_intervals(recs, catalog, context, config.k, config.seed))
     return MethodResult(label, recommender.name, role, metrics, per_user, elapsed, exposure, intervals)
 
 
