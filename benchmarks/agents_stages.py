@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     config = cfg.policy
     data = stages.run("policy load_bandit_data", lambda: load_bandit_data(
         ex / "train.parquet", model, config, max_decisions=config.max_decisions))
-    stages.extra = {"max_decisions": config.max_decisions, "decisions": len(data), "notes": list(data.notes)}
+    stages.extra = {"model": str(model.resolve()), "max_decisions": config.max_decisions, "decisions": len(data),
+                    "notes": list(data.notes)}
     agent, epsilon, curve, steps_done = stages.run("policy train", lambda: train_agent(data, config))
     stages.extra.update({"steps": steps_done, "final_loss": round(curve[-1], 6) if curve else None})
     item_ids, item_emb = read_embeddings(model / "item_embeddings.parquet", "item_id")

@@ -46,6 +46,7 @@ class Stages(StageSampler):
     def __init__(self, max_rss_gb: float, out: Path, label: str, world: list[str]) -> None:
         self.out, self.label, self.world = out, label, world
         self.events: int | None = None
+        self.model: str | None = None  #: the resolved model directory (a world may reuse another's model)
         super().__init__(max_rss_gb)
 
     def row_fields(self) -> dict[str, Any]:
@@ -60,7 +61,8 @@ class Stages(StageSampler):
         self.rows[-1]["note"] = note
 
     def write(self, finished: bool) -> None:
-        run = {"world": self.world, "events": self.events, "finished": finished, "stages": self.rows,
+        run = {"world": self.world, "events": self.events, "finished": finished, "model": self.model,
+               "stages": self.rows,
                "machine": machine_info(("tensorflow", "apache-beam"))}
         old = json.loads(self.out.read_text(encoding="utf-8")) if self.out.is_file() else {}
         result = {"benchmark": "Evaluator stages at shop scale (one process)", "runs": {**old.get("runs", {}),
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             stages.run(f"prepare {path.name}", fn)
             (path / "DONE").write_text("", encoding="utf-8")
     stages.events = pq.ParquetFile(shop / "events.parquet").metadata.num_rows
+    stages.model = str(model.resolve())
     config = cfg.evaluator
     cand = stages.run("load candidate", lambda: load_recommender(model))
     pop = stages.run("user sample", lambda: ev._population(ex, config))
