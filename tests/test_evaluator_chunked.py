@@ -88,3 +88,11 @@ def test_list_level_metrics_get_seeded_bootstrap_intervals():
     for name in ("novelty@10", "long_tail_share@10", "diversity@10"):
         assert wide[name][1] - wide[name][0] < small[name][1] - small[name][0], name
     assert all(np.isnan(v) for v in list_metric_intervals(few[:1], catalog, context, 10, seed=1)["novelty@10"])
+
+
+def test_chunked_split_sorts_missing_event_ids_and_timestamps_like_pandas(tmp_path):
+    events = _events(300, seed=5, ordered=False)
+    events.loc[events.index % 11 == 0, "event_id"] = None
+    events.to_parquet(tmp_path / "train.parquet", index=False)
+    whole = read_split_path(tmp_path / "train.parquet", list(_TRAIN_COLUMNS))
+    pd.testing.assert_frame_equal(read_split_chunked(tmp_path / "train.parquet", _TRAIN_COLUMNS, 64), whole)

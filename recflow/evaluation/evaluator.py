@@ -293,21 +293,29 @@ def _string_column(column: Any, memo: dict[str, str]) -> np.ndarray:
     return out
 
 
-def _in_order(frame: pd.DataFrame, keys: Sequence[str]) -> bool:
-    """Whether ``frame`` is already sorted by ``keys`` (timestamp, then event id): its stable sort is itself."""
-    ts = frame["timestamp"]
-    if not ts.is_monotonic_increasing or ts.isna().any():
-        return False
-    if "event_id" not in keys:
-        return True
-    ties = np.flatnonzero(ts.to_numpy()[1:] == ts.to_numpy()[:-1])
-    if not ties.size:
-        return True
-    ids = frame["event_id"].to_numpy()
-    try:
-        return bool(np.all(ids[ties] <= ids[ties + 1]))
-    except TypeError:  # mixed id types: let the sort decide
-        return False
+def _log_order(keys: dict[str, Any]) -> np.ndarray | None:
+    """The stable sort of the rows by ``keys`` (Arrow arrays: ``timestamp``, then ``event_id`` when there is
+    one), as pandas' ``sort_values(kind="stable")`` orders them (nulls last); None when already in that order.
+    The keys stay Arrow: a unique event id per row is never made a Python string."""
+    import pyarrow.compute as pc
+
+    ts = keys["timestamp"]
+    if ts.null_count == 0:
+        stamps = ts.cast("int64").to_numpy()
+        steps = np.diff(stamps)
+        if (steps >= 0).all():
+            ties = np.flatnonzero(steps == 0)
+            if "event_id" not in keys or not ties.size:
+                return None
+            ids = keys["event_id"]
+            before, after = ids.take(ties), ids.take(ties + 1)
+            if ids.null_count == 0 and pc.all(pc.less_equal(before, after)).as_py():
+                return None
+    import pyarrow as pa
+
+    table = pa.table(keys)
+    order = pc.sort_indices(table, sort_keys=[(name, "ascending") for name in keys])  # nulls at the end
+    return np.asarray(order.to_numpy())
 
 
 def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = READ_BATCH_ROWS) -> pd.DataFrame:
@@ -328,7 +336,14 @@ def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = REA
     wanted = list(dict.fromkeys([*(c for c in columns if c in available), *keys]))
     memo: dict[str, str] = {}
     data: dict[str, Any] = {}
+    sort_keys: dict[str, Any] = {}
+    for name in keys:  # the sort keys as Arrow arrays
+        sort_keys[name] = pa.chunked_array([batch.column(0) for shard in shards for batch in pq.ParquetFile(
+            shard).iter_batches(batch_size=batch_rows, columns=[name])]).combine_chunks()
+    order = _log_order(sort_keys) if keys else None
     for name in wanted:  # one column at a time: a single-row-group file is decoded a column at a time
+        if name not in columns:
+            continue
         strings: list[np.ndarray] = []
         others: list[Any] = []
         for shard in shards:
@@ -348,12 +363,11 @@ def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = REA
             data[name] = pq.read_table(shards[0], columns=[name]).column(name).to_pandas()
         del strings, others
         pa.default_memory_pool().release_unused()
+    del sort_keys
+    if order is not None:
+        data = {name: (v.iloc[order].reset_index(drop=True) if isinstance(v, pd.Series) else v[order])
+                for name, v in data.items()}
     frame = pd.DataFrame(data, copy=False)
-    if keys and not _in_order(frame, keys):
-        frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
-    for name in keys:
-        if name not in columns:
-            del frame[name]
     return frame
 
 
@@ -514,7 +528,7 @@ def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
     users = _sample_users(sorted(truth_by_user), config.max_users, config.seed)
     exclude = {u: exclude[u] for u in users if u in exclude}
     catalog = set(items["item_id"]) if items is not None else set(train["item_id"]) | set(held_out["item_id"])
-    returning = pd.Index(users).isin(train["user_id"])
+    returning = pd.Index(users).isin(train["user_id"].unique())  # a hash table of the log's users, not its rows
     user_type = pd.Series(
         np.where(returning, "returning", "new").tolist(),
         index=pd.Index(users, name="user_id"),
