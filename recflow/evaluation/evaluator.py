@@ -331,7 +331,8 @@ def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = REA
     shards = [path] if path.is_file() else sorted(path.glob("*.parquet"))
     if not shards:
         raise DataError(f"{path}: no Parquet shards in the split directory")
-    available = pq.read_schema(shards[0]).names
+    schema = pq.read_schema(shards[0])
+    available = schema.names
     keys = [c for c in ("timestamp", "event_id") if c in available]
     wanted = list(dict.fromkeys([*(c for c in columns if c in available), *keys]))
     memo: dict[str, str] = {}
@@ -339,7 +340,7 @@ def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = REA
     sort_keys: dict[str, Any] = {}
     for name in keys:  # the sort keys as Arrow arrays
         sort_keys[name] = pa.chunked_array([batch.column(0) for shard in shards for batch in pq.ParquetFile(
-            shard).iter_batches(batch_size=batch_rows, columns=[name])]).combine_chunks()
+            shard).iter_batches(batch_size=batch_rows, columns=[name])], type=schema.field(name).type).combine_chunks()
     order = _log_order(sort_keys) if keys else None
     for name in wanted:  # one column at a time: a single-row-group file is decoded a column at a time
         if name not in columns:
