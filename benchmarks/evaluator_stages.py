@@ -126,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     tuning, _ = stages.run("baseline tuning", lambda: ev.tune_configured_baselines(ex, pop.train, pop.items, config))
     skipped = ev.skipped_baselines(config, pop.train)
     runnable = config.model_copy(update={"baselines": tuple(n for n in config.baselines if n not in skipped)})
-    for name, baseline in ev.build_baselines(runnable, {n: t["best_params"] for n, t in tuning.items()}).items():
+    baselines = ev.build_baselines(runnable, {n: t["best_params"] for n, t in tuning.items()})
+    for name in list(baselines):  # as the Evaluator does: each fitted baseline is freed before the next
+        baseline = baselines.pop(name)
         stages.run(f"baseline {name}", lambda b=baseline, n=name: ev._run(
             n, "baseline", b.fit(pop.train, pop.items), pop, config, context))
+        del baseline
     if args.compare_whole_split_ope and hasattr(run_module, "sample_request_users"):
         # Last, so its memory does not weigh on the stages above: the estimates when the whole split is loaded
         # and sampled after (the path before the request sample moved ahead of loading).

@@ -580,11 +580,14 @@ def _run_baselines(examples_dir: Path, pop: _Population, config: EvaluatorConfig
     tuning, tuning_note = tune_configured_baselines(examples_dir, pop.train, pop.items, config)
     tuned_params = {name: t["best_params"] for name, t in tuning.items()}
     runnable = config.model_copy(update={"baselines": tuple(n for n in config.baselines if n not in skipped)})
-    for name, baseline in build_baselines(runnable, tuned_params).items():
+    baselines = build_baselines(runnable, tuned_params)
+    for name in list(baselines):
+        baseline = baselines.pop(name)  # fitted one at a time: each fit is freed before the next is built
         start = time.perf_counter()
         baseline.fit(pop.train, pop.items)  # type: ignore[attr-defined]
         methods[name] = _run(name, "baseline", baseline, pop, config, context,
                              seconds_before=time.perf_counter() - start)
+        del baseline
     return tuning, tuning_note, skipped
 
 
