@@ -46,6 +46,7 @@ class Stages(StageSampler):
     def __init__(self, max_rss_gb: float, out: Path, label: str, world: list[str]) -> None:
         self.out, self.label, self.world = out, label, world
         self.events: int | None = None
+        self.model: str | None = None  #: the resolved model directory (a world may reuse another's model)
         super().__init__(max_rss_gb)
 
     def row_fields(self) -> dict[str, Any]:
@@ -60,7 +61,8 @@ class Stages(StageSampler):
         self.rows[-1]["note"] = note
 
     def write(self, finished: bool) -> None:
-        run = {"world": self.world, "events": self.events, "finished": finished, "stages": self.rows,
+        run = {"world": self.world, "events": self.events, "finished": finished, "model": self.model,
+               "stages": self.rows,
                "machine": machine_info(("tensorflow", "apache-beam"))}
         old = json.loads(self.out.read_text(encoding="utf-8")) if self.out.is_file() else {}
         result = {"benchmark": "Evaluator stages at shop scale (one process)", "runs": {**old.get("runs", {}),
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions-rate", type=float, default=SESSIONS_RATE,
                         help="simulator.sessions_per_user_per_day of the world (0.0031: about 1.14M events).")
     parser.add_argument("--label", default="run", help="Key of this run in the results file.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Extra config overrides (e.g. a quick trainer for the prepared model); recorded.")
     parser.add_argument("--compare-whole-split-ope", action="store_true",
                         help="Also run the off-policy estimates with the whole split loaded (last stage).")
     args = parser.parse_args(argv)
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from recflow.training.tfrs_trainer import train_tfrs
 
     work = args.work
-    overrides = shop_world(args.sessions_rate)
+    overrides = [*shop_world(args.sessions_rate), *args.overrides]
     cfg = load_config(None, [f"paths.data_dir={work}", *overrides])
     shop, ex, tr, model, policy = (work / n for n in ("shop", "ex", "tr", "model", "policy"))
     stages = Stages(args.max_rss_gb, args.out, args.label, overrides)
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             stages.run(f"prepare {path.name}", fn)
             (path / "DONE").write_text("", encoding="utf-8")
     stages.events = pq.ParquetFile(shop / "events.parquet").metadata.num_rows
+    stages.model = str(model.resolve())
     config = cfg.evaluator
     cand = stages.run("load candidate", lambda: load_recommender(model))
     pop = stages.run("user sample", lambda: ev._population(ex, config))
@@ -121,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     tuning, _ = stages.run("baseline tuning", lambda: ev.tune_configured_baselines(ex, pop.train, pop.items, config))
     skipped = ev.skipped_baselines(config, pop.train)
     runnable = config.model_copy(update={"baselines": tuple(n for n in config.baselines if n not in skipped)})
-    for name, baseline in ev.build_baselines(runnable, {n: t["best_params"] for n, t in tuning.items()}).items():
+    baselines = ev.build_baselines(runnable, {n: t["best_params"] for n, t in tuning.items()})
+    for name in list(baselines):  # as the Evaluator does: each fitted baseline is freed before the next
+        baseline = baselines.pop(name)
         stages.run(f"baseline {name}", lambda b=baseline, n=name: ev._run(
             n, "baseline", b.fit(pop.train, pop.items), pop, config, context))
+        del baseline
     if args.compare_whole_split_ope and hasattr(run_module, "sample_request_users"):
         # Last, so its memory does not weigh on the stages above: the estimates when the whole split is loaded
         # and sampled after (the path before the request sample moved ahead of loading).

@@ -251,3 +251,96 @@ def beyond_accuracy_metrics(recs: Sequence[Sequence[str]], context: CatalogConte
     out[f"long_tail_share@{k}"] = long_tail_share(recs, context.head, k)
     out[f"exposure_gini@{k}"] = exposure_gini(recs, context.catalog, k)
     return out
+
+
+#: Bootstrap replicates behind the intervals of the list-level metrics (:func:`list_metric_intervals`).
+BOOTSTRAP_REPLICATES = 200
+
+
+def list_metric_intervals(
+    recs: Sequence[Sequence[str]],
+    catalog: Iterable[str],
+    context: CatalogContext | None,
+    k: int,
+    seed: int,
+    level: float = 0.95,
+    replicates: int = BOOTSTRAP_REPLICATES,
+) -> dict[str, tuple[float, float]]:
+    """A ``level`` interval of ``coverage@k`` and of every metric of :func:`beyond_accuracy_metrics`: a seeded
+    bootstrap over the evaluated users (``replicates`` resamples of the lists with replacement, ``seed``).
+
+    These metrics are not means of per-user values the t interval of the ranking metrics applies to (coverage
+    and the exposure Gini are properties of the whole set of lists), so the users are resampled and each metric
+    recomputed, vectorised over the slots. The interval is the resamples' percentile interval shifted by
+    ``t - mean(resamples)``, i.e. centred on the point estimate ``t`` with the resamples' spread: a resample
+    repeats users, which biases coverage down and the Gini up (an unshifted percentile interval of coverage lies
+    below the point estimate); for the means (novelty, long-tail share, diversity) the shift is about 0. Shares
+    are clipped to [0, 1], novelty to >= 0. Fewer than two lists give (nan, nan).
+    """
+    lists = [list(items) for items in recs]
+    n = len(lists)
+    top = _top(lists, k)
+    catalog_ids = sorted({str(i) for i in catalog})
+    names = [f"coverage@{k}"]
+    if context is not None:
+        names += list(beyond_accuracy_metrics(top[:1] or [[]], context, k))
+    if n < 2:
+        return {name: (float("nan"), float("nan")) for name in names}
+    index = {item: pos for pos, item in enumerate(catalog_ids)}
+    outside = len(catalog_ids)  # items outside the catalog share one extra slot, ignored by the metrics
+
+    def slots(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        users = np.repeat(np.arange(n), [len(r) for r in rows])
+        items = np.fromiter((index.get(str(i), outside) for r in rows for i in r), dtype=np.int64,
+                            count=len(users))
+        return users, items
+
+    cover_users, cover_items = slots(lists)
+    top_users, top_items = slots(top)
+    point: dict[str, float] = {f"coverage@{k}": len(set(cover_items[cover_items < outside].tolist()))
+                               / len(catalog_ids) if catalog_ids else float("nan")}
+    per_list: dict[str, np.ndarray] = {}
+    slot_values: dict[str, np.ndarray] = {}
+    if context is not None:
+        point.update(beyond_accuracy_metrics(top, context, k))
+        info = self_information(context.counts)
+        unseen = float(-math.log2(1.0 / (float(context.counts.sum()) + len(context.counts)))) \
+            if len(context.counts) else float("nan")
+        slot_values[f"novelty@{k}"] = np.array([float(info.get(i, unseen)) for r in top for i in r], dtype=float)
+        slot_values[f"long_tail_share@{k}"] = np.array([i not in context.head for r in top for i in r], dtype=float)
+        for name, kwargs in ((f"diversity@{k}", {"categories": context.categories}),
+                             (f"embedding_diversity@{k}", {"embeddings": context.embeddings})):
+            if name in point:
+                per_list[name] = np.array([intra_list_diversity([r], **kwargs) for r in top], dtype=float)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in point}
+    for _ in range(replicates):
+        weight = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        shown = np.bincount(cover_items, weights=weight[cover_users], minlength=outside + 1)[:outside]
+        draws[f"coverage@{k}"].append(float((shown > 0).mean()) if catalog_ids else float("nan"))
+        if context is None:
+            continue
+        top_weight = weight[top_users]
+        if f"exposure_gini@{k}" in point:
+            exposure = np.bincount(top_items, weights=top_weight, minlength=outside + 1)[:outside]
+            draws[f"exposure_gini@{k}"].append(gini(exposure))
+        for name, values in slot_values.items():
+            total = top_weight.sum()
+            draws[name].append(float((top_weight * values).sum() / total) if total > 0 else float("nan"))
+        for name, values in per_list.items():
+            ok = ~np.isnan(values)
+            total = weight[ok].sum()
+            draws[name].append(float((weight[ok] * values[ok]).sum() / total) if total > 0 else float("nan"))
+    out: dict[str, tuple[float, float]] = {}
+    for name, theta in point.items():
+        values = np.asarray(draws[name], dtype=float)
+        values = values[~np.isnan(values)]
+        if np.isnan(theta) or len(values) < 2:
+            out[name] = (float("nan"), float("nan"))
+            continue
+        q_low, q_high = np.quantile(values, [0.5 - level / 2, 0.5 + level / 2])
+        shift = theta - float(values.mean())
+        low, high = q_low + shift, q_high + shift
+        upper = math.inf if name.startswith("novelty@") else 1.0
+        out[name] = (float(min(max(low, 0.0), upper)), float(min(max(high, 0.0), upper)))
+    return out

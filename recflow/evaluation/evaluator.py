@@ -40,7 +40,12 @@ from recflow.baselines import (
     dense_skip_reason,
 )
 from recflow.errors import ConfigError, DataError
-from recflow.evaluation.beyond_accuracy import CatalogContext, beyond_accuracy_metrics, exposure_by_group
+from recflow.evaluation.beyond_accuracy import (
+    CatalogContext,
+    beyond_accuracy_metrics,
+    exposure_by_group,
+    list_metric_intervals,
+)
 from recflow.evaluation.blessing import Blessing, best_baseline, decide_blessing
 from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.metrics import (
@@ -267,6 +272,106 @@ def tune_configured_baselines(
 _SPLIT_FILES = {f"{name}.parquet" for name in SPLITS}
 
 
+#: Rows of a split the Evaluator converts at a time (one Arrow record batch; :func:`read_split_chunked`).
+READ_BATCH_ROWS = 262_144
+
+
+def _string_column(column: Any, memo: dict[str, str]) -> np.ndarray:
+    """An Arrow string column as an object array whose equal strings are one Python object (``memo``: every
+    string seen so far), None where null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    table = np.empty(len(encoded.dictionary), dtype=object)
+    table[:] = [memo.setdefault(v, v) for v in encoded.dictionary.to_pylist()]
+    indices = encoded.indices
+    out = table[indices.fill_null(0).to_numpy(zero_copy_only=False)] if len(table) else np.full(
+        len(indices), None, dtype=object)
+    if indices.null_count:
+        out[indices.is_null().to_numpy(zero_copy_only=False)] = None
+    return out
+
+
+def _log_order(keys: dict[str, Any]) -> np.ndarray | None:
+    """The stable sort of the rows by ``keys`` (Arrow arrays: ``timestamp``, then ``event_id`` when there is
+    one), as pandas' ``sort_values(kind="stable")`` orders them (nulls last); None when already in that order.
+    The keys stay Arrow: a unique event id per row is never made a Python string."""
+    import pyarrow.compute as pc
+
+    ts = keys["timestamp"]
+    if ts.null_count == 0:
+        stamps = ts.cast("int64").to_numpy()
+        steps = np.diff(stamps)
+        if (steps >= 0).all():
+            ties = np.flatnonzero(steps == 0)
+            if "event_id" not in keys or not ties.size:
+                return None
+            ids = keys["event_id"]
+            before, after = ids.take(ties), ids.take(ties + 1)
+            if ids.null_count == 0 and pc.all(pc.less_equal(before, after)).as_py():
+                return None
+    import pyarrow as pa
+
+    table = pa.table(keys)
+    order = pc.sort_indices(table, sort_keys=[(name, "ascending") for name in keys])  # nulls at the end
+    return np.asarray(order.to_numpy())
+
+
+def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = READ_BATCH_ROWS) -> pd.DataFrame:
+    """:func:`recflow.examplegen.read_split_path` of ``columns`` (those the split has, and the sort keys),
+    converted ``batch_rows`` rows at a time: string columns become object arrays whose equal strings share one
+    Python object, so neither the whole Arrow table nor a second copy of the strings is ever held. Rows in
+    (timestamp, event id) order, the same frame as the whole read (the sort runs only when the split is not
+    already in that order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    shards = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    if not shards:
+        raise DataError(f"{path}: no Parquet shards in the split directory")
+    schema = pq.read_schema(shards[0])
+    available = schema.names
+    keys = [c for c in ("timestamp", "event_id") if c in available]
+    wanted = list(dict.fromkeys([*(c for c in columns if c in available), *keys]))
+    memo: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    sort_keys: dict[str, Any] = {}
+    for name in keys:  # the sort keys as Arrow arrays
+        sort_keys[name] = pa.chunked_array([batch.column(0) for shard in shards for batch in pq.ParquetFile(
+            shard).iter_batches(batch_size=batch_rows, columns=[name])], type=schema.field(name).type).combine_chunks()
+    order = _log_order(sort_keys) if keys else None
+    for name in wanted:  # one column at a time: a single-row-group file is decoded a column at a time
+        if name not in columns:
+            continue
+        strings: list[np.ndarray] = []
+        others: list[Any] = []
+        for shard in shards:
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows, columns=[name]):
+                column = batch.column(0)
+                value_type = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+                if pa.types.is_string(value_type) or pa.types.is_large_string(value_type):
+                    strings.append(_string_column(column, memo))
+                else:
+                    others.append(column)
+        if strings:
+            data[name] = np.concatenate(strings)
+        elif others:
+            data[name] = pa.chunked_array(others).to_pandas().to_numpy() if not pa.types.is_timestamp(
+                others[0].type) else pa.chunked_array(others).to_pandas()
+        else:  # no rows
+            data[name] = pq.read_table(shards[0], columns=[name]).column(name).to_pandas()
+        del strings, others
+        pa.default_memory_pool().release_unused()
+    del sort_keys
+    if order is not None:
+        data = {name: (v.iloc[order].reset_index(drop=True) if isinstance(v, pd.Series) else v[order])
+                for name, v in data.items()}
+    frame = pd.DataFrame(data, copy=False)
+    return frame
+
+
 def _read_table(path: Path, required: Sequence[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The table at ``path`` (a split in log order); ``columns``: only those of them the file has."""
     if not (path.is_file() or path.is_dir()):  # a split may be a directory of shards (beam engine)
@@ -281,7 +386,9 @@ def _read_table(path: Path, required: Sequence[str], columns: Sequence[str] | No
             first = path if path.is_file() else min(path.glob("*.parquet"), default=path)
             available = set(pq.read_schema(first).names)
             columns = [c for c in columns if c in available]
-        if path.name in _SPLIT_FILES:
+        if path.name in _SPLIT_FILES and columns is not None:
+            frame = read_split_chunked(path, columns)
+        elif path.name in _SPLIT_FILES:
             frame = read_split_path(path, columns)
         else:
             frame = pd.read_parquet(path, columns=None if columns is None else list(columns))
@@ -354,6 +461,8 @@ def _run_method(
         metrics.update(beyond_accuracy_metrics(recs, context, config.k))
         if context.categories:
             exposure = exposure_by_group(recs, context.categories, config.k)
+    # Coverage and the beyond-accuracy metrics: a seeded bootstrap over the same users (not per-user means).
+    intervals.update(list_metric_intervals(recs, catalog, context, config.k, config.seed))
     return MethodResult(label, recommender.name, role, metrics, per_user, elapsed, exposure, intervals)
 
 
@@ -420,7 +529,7 @@ def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
     users = _sample_users(sorted(truth_by_user), config.max_users, config.seed)
     exclude = {u: exclude[u] for u in users if u in exclude}
     catalog = set(items["item_id"]) if items is not None else set(train["item_id"]) | set(held_out["item_id"])
-    returning = pd.Index(users).isin(train["user_id"])
+    returning = pd.Index(users).isin(train["user_id"].unique())  # a hash table of the log's users, not its rows
     user_type = pd.Series(
         np.where(returning, "returning", "new").tolist(),
         index=pd.Index(users, name="user_id"),
@@ -471,11 +580,14 @@ def _run_baselines(examples_dir: Path, pop: _Population, config: EvaluatorConfig
     tuning, tuning_note = tune_configured_baselines(examples_dir, pop.train, pop.items, config)
     tuned_params = {name: t["best_params"] for name, t in tuning.items()}
     runnable = config.model_copy(update={"baselines": tuple(n for n in config.baselines if n not in skipped)})
-    for name, baseline in build_baselines(runnable, tuned_params).items():
+    baselines = build_baselines(runnable, tuned_params)
+    for name in list(baselines):
+        baseline = baselines.pop(name)  # fitted one at a time: each fit is freed before the next is built
         start = time.perf_counter()
         baseline.fit(pop.train, pop.items)  # type: ignore[attr-defined]
         methods[name] = _run(name, "baseline", baseline, pop, config, context,
                              seconds_before=time.perf_counter() - start)
+        del baseline
     return tuning, tuning_note, skipped
 
 

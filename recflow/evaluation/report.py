@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from recflow.evaluation.beyond_accuracy import BEYOND_ACCURACY_METRICS
+from recflow.evaluation.beyond_accuracy import BEYOND_ACCURACY_METRICS, BOOTSTRAP_REPLICATES
 from recflow.evaluation.metrics import CI_LEVEL, METRIC_NAMES
 from recflow.io import atomic_path
 
@@ -220,8 +220,10 @@ def _best_baseline_html(result: EvaluationResult) -> str:
 
 
 def intervals_table(result: EvaluationResult) -> pd.DataFrame:
-    """One row per method: each ranking metric's point estimate with its 95% confidence interval, as text
-    ``0.3640 [0.3512, 0.3768]`` (the mean over the evaluated users; metrics.confidence_intervals)."""
+    """One row per method: each metric's point estimate with its 95% confidence interval, as text
+    ``0.3640 [0.3512, 0.3768]`` (ranking metrics: the mean over the evaluated users, metrics.confidence_intervals;
+    coverage and the beyond-accuracy metrics: a seeded bootstrap over them,
+    beyond_accuracy.list_metric_intervals)."""
     rows = []
     for m in result.methods.values():
         row: dict[str, Any] = {"method": m.label}
@@ -237,8 +239,10 @@ def _intervals_html(result: EvaluationResult) -> str:
     if table.empty or len(table.columns) < 2:
         return ""
     return (f"<h3>Point estimates with 95% confidence intervals ({result.n_users} users)</h3>"
-            '<p class="muted">Mean over the evaluated users [95% CI: Student t approximation of the mean of the '
-            "per-user values, clipped to [0, 1]]. Differences between methods are tested paired, below.</p>"
+            '<p class="muted">Ranking metrics: mean over the evaluated users [95% CI: Student t approximation of '
+            "the mean of the per-user values, clipped to [0, 1]]. Coverage and the beyond-accuracy metrics [95% "
+            f"CI: bootstrap, {BOOTSTRAP_REPLICATES} seeded resamples of the users, centred on the point "
+            "estimate]. Differences between methods are tested paired, below.</p>"
             + _table(table))
 
 

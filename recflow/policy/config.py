@@ -116,7 +116,8 @@ class PolicyConfig(BaseModel):
         (64, 32), description="Layer sizes of the global, arm and common towers (neural agents)."
     )
     max_decisions: int | None = Field(
-        None, ge=1, description="Train on at most this many logged decisions, sampled with the seed (None: all)."
+        None, ge=1, description="Train on at most this many logged decisions, sampled with the seed (None: all); "
+        "the train split is then read in chunks and only the sampled decisions are built (docs/policy.md)."
     )
     seed: int = Field(42, ge=0, description="Seed for candidate sampling, shuffling, initialisation, exploration.")
     rl: DeepRLConfig = Field(DeepRLConfig(), description="Session-level agents (DQN, PPO) over the simulator.")

@@ -437,7 +437,6 @@ def build_bandit_data(
             f"{source}: the catalog has {n_items} items with embeddings, fewer than policy.num_arms="
             f"{config.num_arms}; lower num_arms"
         )
-    rng = np.random.default_rng(config.seed)
     notes: list[str] = []
     imp = _impressions(events, config, source, notes)
     # Propensities: logged where present, else estimated from the whole log (before dropping anything).
@@ -450,16 +449,27 @@ def build_bandit_data(
         imp, item_pos, props = imp[keep].reset_index(drop=True), item_pos[keep], props[keep]
     if imp.empty:
         raise DataError(f"{source}: none of the shown items has an embedding in the retrieval model")
-    n = len(imp)
     if layout is None:
         layout = _training_layout(imp, item_embeddings, user_embeddings, config)
+    return _decisions(imp, item_pos, props, propensity_source, item_index, item_embeddings, user_ids,
+                      user_embeddings, config, source, layout, decision_states, notes)
+
+
+def _decisions(imp: pd.DataFrame, item_pos: np.ndarray, props: np.ndarray, propensity_source: str,
+               item_index: pd.Index, item_embeddings: np.ndarray, user_ids: np.ndarray, user_embeddings: np.ndarray,
+               config: PolicyConfig, source: str, layout: FeatureLayout, decision_states: pd.DataFrame | None,
+               notes: list[str]) -> BanditData:
+    """The :class:`BanditData` of the impressions ``imp`` (feedback attributed, items in the catalog at
+    ``item_pos``, propensities ``props``): user features, sampled arms and rewards."""
+    rng = np.random.default_rng(config.seed)
+    n = len(imp)
     if item_embeddings.shape[1] != layout.embedding_dim or user_embeddings.shape[1] != layout.embedding_dim:
         raise DataError(
             f"{source}: embedding sizes (items {item_embeddings.shape[1]}, users {user_embeddings.shape[1]}) "
             f"differ from the feature layout's {layout.embedding_dim}"
         )
     user_emb = _decision_user_embeddings(imp, user_ids, user_embeddings, layout, decision_states, config, notes)
-    arms, chosen = _sample_arms(item_pos, n_items, config.num_arms, rng)
+    arms, chosen = _sample_arms(item_pos, len(item_index), config.num_arms, rng)
     context = pd.DataFrame({c: imp[c].to_numpy() for c in layout.context_columns})
     gfeat = global_features(user_emb, context_onehots(context, layout.context_columns, n))
     weights = config.reward_weights
@@ -488,13 +498,265 @@ def build_bandit_data(
     )
 
 
+#: Rows of the events split read at a time by :func:`load_capped_bandit_data` (one Arrow record batch).
+READ_BATCH_ROWS = 262_144
+
+
+def _split_shards(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    shards = sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if not shards:
+        raise DataError(f"{path}: events file not found (no Parquet file or shards)")
+    return shards
+
+
+def _event_batches(path: Path, columns: Sequence[str], batch_rows: int) -> Any:
+    """The events split at ``path`` (file or directory of shards) in file order, as pandas frames of at most
+    ``batch_rows`` rows holding those of ``columns`` the split has."""
+    import pyarrow.parquet as pq
+
+    shards = _split_shards(path)
+    present = [c for c in columns if c in set(pq.read_schema(shards[0]).names)]
+    for shard in shards:
+        try:
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows, columns=present):
+                yield batch.to_pandas()
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{shard}: cannot read as Parquet: {exc}") from None
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Ids as strings and timestamps as UTC datetimes, as :func:`_impressions` types them."""
+    frame = frame.copy(deep=False)
+    frame["user_id"] = frame["user_id"].astype(str)
+    frame["item_id"] = frame["item_id"].astype(str)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    return frame
+
+
+@dataclass
+class _LogScan:
+    """What the first pass over a split learns: counts, propensity statistics, context columns, order."""
+
+    impressions: int = 0
+    kept: int = 0  #: impressions of items with an embedding
+    no_request: int = 0
+    propensity_missing: int = 0
+    counts: pd.Series | None = None  #: impressions per (position, item_id) (only when a propensity is missing)
+    context_columns: set[str] = field(default_factory=set)
+    in_time_order: bool = True
+    last_key: tuple[Any, ...] | None = None
+
+
+def _scan_log(path: Path, item_index: pd.Index, batch_rows: int) -> _LogScan:
+    """Pass 1 over the split: impression counts, the propensities' validity and per-(position, item) counts,
+    which context columns the impressions have, and whether the rows are in (timestamp, event_id) order."""
+    scan = _LogScan()
+    cols = ("event_type", "timestamp", "event_id", "item_id", "request_id", "position", "propensity",
+            *CONTEXT_CATEGORIES)
+    counts: list[pd.Series] = []
+    for chunk in _event_batches(path, cols, batch_rows):
+        keys = [c for c in ("timestamp", "event_id") if c in chunk.columns]
+        ordered = chunk.sort_values(keys, kind="stable").index
+        first = tuple(chunk[k].iloc[0] for k in keys) if len(chunk) else None
+        if not ordered.equals(chunk.index) or (scan.last_key is not None and first is not None
+                                                and first < scan.last_key):
+            scan.in_time_order = False
+        if len(chunk):
+            scan.last_key = tuple(chunk[k].iloc[-1] for k in keys)
+        imp = chunk[chunk["event_type"] == "impression"]
+        if imp.empty:
+            continue
+        logged = pd.to_numeric(imp["propensity"], errors="coerce") if "propensity" in imp else None
+        if logged is not None:
+            bad = logged.notna() & ~(logged.gt(0) & logged.le(1))
+            if bad.any():
+                row = scan.impressions + int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(f"{path}: impression {row}, field 'propensity': "
+                                f"{logged[bad].iloc[0]} is not in (0, 1]")
+        missing = len(imp) if logged is None else int((~(logged.gt(0) & logged.le(1))).sum())
+        scan.propensity_missing += missing
+        position = pd.to_numeric(imp["position"], errors="coerce").fillna(0).astype(np.int64) \
+            if "position" in imp else pd.Series(0, index=imp.index, dtype=np.int64)
+        counts.append(pd.DataFrame({"position": position.to_numpy(), "item_id": imp["item_id"].astype(str)
+                                    .to_numpy()}).groupby(["position", "item_id"], sort=False).size())
+        if len(counts) > 8:  # keep the per-(position, item) counts bounded by the catalog, not the log
+            counts = [pd.concat(counts).groupby(level=[0, 1], sort=False).sum()]
+        if "request_id" in imp:
+            scan.no_request += int(imp["request_id"].isna().sum())
+        else:
+            scan.no_request += len(imp)
+        scan.kept += int((item_index.get_indexer(imp["item_id"].astype(str)) >= 0).sum())
+        scan.impressions += len(imp)
+        scan.context_columns |= {c for c in CONTEXT_CATEGORIES if c in imp.columns and imp[c].notna().any()}
+    if scan.propensity_missing and counts:
+        scan.counts = pd.concat(counts).groupby(level=[0, 1], sort=False).sum()
+    return scan
+
+
+def _select_impressions(path: Path, item_index: pd.Index, selected: np.ndarray, batch_rows: int) -> pd.DataFrame:
+    """Pass 2: the impressions whose rank among the kept impressions (items with an embedding) is in the
+    sorted array ``selected``, typed as :func:`_impressions` types them, with their log-wide impression index."""
+    parts, seen_imp, seen_kept = [], 0, 0
+    for chunk in _event_batches(path, EVENT_COLUMNS, batch_rows):
+        imp = chunk[chunk["event_type"] == "impression"]
+        if imp.empty:
+            continue
+        kept = np.flatnonzero(item_index.get_indexer(imp["item_id"].astype(str)) >= 0)
+        ranks = seen_kept + np.arange(len(kept))
+        take = kept[np.isin(ranks, selected, assume_unique=True)]
+        if take.size:
+            part = _typed(imp.iloc[take])
+            part["_imp"] = seen_imp + take
+            parts.append(part)
+        seen_imp += len(imp)
+        seen_kept += len(kept)
+    frame = pd.concat(parts, ignore_index=True)
+    for col in ("request_id", "position", "propensity"):
+        if col not in frame.columns:
+            frame[col] = None
+    return frame
+
+
+def _selected_feedback(path: Path, imp: pd.DataFrame, batch_rows: int) -> pd.DataFrame:
+    """Pass 3: the click / add-to-cart / purchase events that can be attributed to the impressions ``imp``
+    (same request id, or without a request id the same user and item)."""
+    requests = set(imp["request_id"].dropna())
+    pairs = pd.MultiIndex.from_arrays([imp["user_id"], imp["item_id"]]).unique()
+    parts = []
+    for chunk in _event_batches(path, ("event_type", "timestamp", "user_id", "item_id", "request_id"),
+                                batch_rows):
+        fb = chunk[chunk["event_type"].isin(["click", "add_to_cart", "purchase"])]
+        if fb.empty:
+            continue
+        fb = _typed(fb)
+        if "request_id" in fb:
+            with_req = fb["request_id"].notna()
+            mine = with_req & fb["request_id"].isin(requests)
+        else:
+            with_req = pd.Series(False, index=fb.index)
+            mine = with_req.copy()
+        rest = ~with_req
+        if rest.any():
+            keys = pd.MultiIndex.from_arrays([fb["user_id"], fb["item_id"]])
+            mine |= rest & keys.isin(pairs)
+        parts.append(fb[mine.to_numpy()])
+    columns = ["event_type", "timestamp", "user_id", "item_id", "request_id"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def load_capped_bandit_data(
+    events_path: Path, item_ids: np.ndarray, item_embeddings: np.ndarray, user_ids: np.ndarray,
+    user_embeddings: np.ndarray, config: PolicyConfig, max_decisions: int, *,
+    states_path: Path | None = None, batch_rows: int = READ_BATCH_ROWS,
+) -> BanditData | None:
+    """The bandit data of at most ``max_decisions`` logged decisions, read in chunks of ``batch_rows`` rows.
+
+    The split is read three times, only the columns used, never whole: (1) counts and the propensity statistics
+    of the whole log, (2) the decisions sampled with ``config.seed`` among the impressions of items with an
+    embedding (in log order), (3) the feedback events of the sampled requests. Memory is bounded by the cap and
+    the catalog, not the log. When the cap does not bind, the decisions are those of :func:`build_bandit_data`
+    on the whole split (the same arrays). Returns None when the split is not in (timestamp, event_id) order
+    (a directory of shards written out of order): the caller then loads it whole.
+    """
+    events_path = Path(events_path)
+    source = str(events_path)
+    item_index = pd.Index(np.asarray(item_ids).astype(str))
+    if len(item_index) < config.num_arms:
+        raise DataError(
+            f"{source}: the catalog has {len(item_index)} items with embeddings, fewer than policy.num_arms="
+            f"{config.num_arms}; lower num_arms"
+        )
+    scan = _scan_log(events_path, item_index, batch_rows)
+    if not scan.in_time_order:
+        return None
+    if scan.impressions == 0:
+        raise DataError(f"{source}: no impression events; the policy learns from logged impressions and feedback")
+    if scan.kept == 0:
+        raise DataError(f"{source}: none of the shown items has an embedding in the retrieval model")
+    notes: list[str] = []
+    if scan.kept > max_decisions:
+        selected = np.sort(np.random.default_rng(config.seed).choice(scan.kept, max_decisions, replace=False))
+    else:
+        selected = np.arange(scan.kept)
+    imp = _select_impressions(events_path, item_index, selected, batch_rows)
+    no_req = imp["request_id"].isna().to_numpy()
+    if scan.no_request:
+        imp.loc[no_req, "request_id"] = "imp-" + imp.loc[no_req, "_imp"].astype(str)
+        notes.append(f"{scan.no_request} impressions without request_id treated as single-slot requests")
+    imp["position"] = pd.to_numeric(imp["position"], errors="coerce").fillna(0).astype(np.int64)
+    imp = _attribute_feedback(imp, _selected_feedback(events_path, imp, batch_rows), config.attribution_window_s)
+    logged = pd.to_numeric(imp["propensity"], errors="coerce")
+    valid = (logged.gt(0) & logged.le(1)).to_numpy()
+    if scan.propensity_missing == 0:
+        props, propensity_source = logged.to_numpy(dtype=np.float64), "logged"
+    else:
+        assert scan.counts is not None
+        totals = scan.counts.groupby(level=0).sum()
+        keys = pd.MultiIndex.from_arrays([imp["position"].to_numpy(), imp["item_id"].to_numpy()])
+        estimated = (scan.counts.reindex(keys).to_numpy(np.float64)
+                     / totals.reindex(imp["position"].to_numpy()).to_numpy(np.float64))
+        props = np.where(valid, logged.to_numpy(dtype=np.float64, na_value=np.nan), estimated)
+        propensity_source = "estimated" if scan.propensity_missing == scan.impressions else "mixed"
+        notes.append(
+            f"{scan.propensity_missing} of {scan.impressions} impressions had no propensity; estimated from the "
+            "empirical logging frequency of the item at its position"
+        )
+    if scan.kept < scan.impressions:
+        notes.append(f"{scan.impressions - scan.kept} impressions of items without an embedding dropped")
+    if scan.kept > max_decisions:
+        notes.append(f"trained on {max_decisions} of {scan.kept} decisions (policy.max_decisions, sampled with "
+                     f"seed {config.seed}; read in chunks of {batch_rows} rows)")
+    item_pos = item_index.get_indexer(imp["item_id"])
+    imp = imp.drop(columns="_imp")
+    if config.unknown_user == "mean":
+        fallback = user_embeddings.mean(axis=0)
+    else:
+        fallback = np.zeros(user_embeddings.shape[1], dtype=np.float32)
+    layout = FeatureLayout(embedding_dim=int(item_embeddings.shape[1]),
+                           context_columns=tuple(c for c in CONTEXT_CATEGORIES if c in scan.context_columns),
+                           unknown_user_embedding=tuple(float(x) for x in fallback))
+    states = _selected_states(states_path, imp, batch_rows) if states_path is not None else None
+    return _decisions(imp, item_pos, props, propensity_source, item_index, item_embeddings, user_ids,
+                      user_embeddings, config, source, layout, states, notes)
+
+
+def _selected_states(path: Path, imp: pd.DataFrame, batch_rows: int) -> pd.DataFrame | None:
+    """The rows of the decision states file at ``path`` whose (user_id, seconds) is one of ``imp``'s decisions,
+    read in chunks (the file has a row per logged impression)."""
+    if not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    wanted = pd.MultiIndex.from_arrays([imp["user_id"].to_numpy(), epoch_seconds(imp["timestamp"])])
+    parts = []
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        frame = batch.to_pandas()
+        keys = pd.MultiIndex.from_arrays([frame["user_id"].astype(str).to_numpy(),
+                                          frame["seconds"].to_numpy(np.float64)])
+        parts.append(frame[keys.isin(wanted)])
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
 def load_bandit_data(
-    events_path: Path, model_dir: Path, config: PolicyConfig, layout: FeatureLayout | None = None
+    events_path: Path, model_dir: Path, config: PolicyConfig, layout: FeatureLayout | None = None,
+    max_decisions: int | None = None,
 ) -> BanditData:
-    """:func:`build_bandit_data` from an events Parquet file and a retrieval model directory."""
+    """:func:`build_bandit_data` from an events Parquet file and a retrieval model directory.
+
+    With ``max_decisions`` (training data only, no ``layout``) the split is streamed and at most that many
+    decisions are built (:func:`load_capped_bandit_data`); a split out of time order is loaded whole and the
+    decisions sampled after, as before.
+    """
     item_ids, item_emb = read_embeddings(model_dir / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
     user_ids, user_emb = read_embeddings(model_dir / bundle_layout.USER_EMBEDDINGS_FILE, "user_id")
     states_path = Path(model_dir) / DECISION_STATES_FILE
+    if max_decisions is not None and layout is None:
+        capped = load_capped_bandit_data(events_path, item_ids, item_emb, user_ids, user_emb, config,
+                                         max_decisions, states_path=states_path)
+        if capped is not None:
+            return capped
     states = pd.read_parquet(states_path) if states_path.is_file() else None
     return build_bandit_data(
         read_events(events_path, EVENT_COLUMNS), item_ids, item_emb, user_ids, user_emb, config,

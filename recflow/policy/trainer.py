@@ -162,7 +162,9 @@ def train_policy(examples_dir: Path, model_dir: Path, out_dir: Path, config: Pol
     """
     started = time.perf_counter()
     examples_dir, model_dir, out_dir = Path(examples_dir), Path(model_dir), Path(out_dir)
-    data = load_bandit_data(examples_dir / "train.parquet", model_dir, config)
+    # With policy.max_decisions the split is streamed and only the sampled decisions are built (the note says
+    # when the cap bound); a split out of time order is loaded whole and sampled here, as before.
+    data = load_bandit_data(examples_dir / "train.parquet", model_dir, config, max_decisions=config.max_decisions)
     notes = list(data.notes)
     if config.max_decisions is not None and len(data) > config.max_decisions:
         keep = np.sort(np.random.default_rng(config.seed).choice(len(data), config.max_decisions, replace=False))
