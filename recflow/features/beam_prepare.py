@@ -391,38 +391,46 @@ def prepare_features_beam(examples_dir: Path, config: Any, out_dir: Path, work_d
     spec["no_history_state"] = behaviour.no_history_state(spec["behaviour_features"])
 
     cols = list(spec["behaviour_features"])
-    num_shards = prepare_shard_count(sum(sizes.values()), config.prepare_shards, config.prepare_rows_per_shard)
     offsets = {SPLIT_INDEX["train"]: 0, SPLIT_INDEX["eval"]: sizes["train"],
                SPLIT_INDEX["test"]: sizes["train"] + sizes["eval"]}
     arrow_schema = tf_.raw_tfxio(spec).ArrowSchema()
     ctx = ShardContext(spec=spec, fills=fills, plan=everything.behaviour_plan(cols),
                        state_plan=earlier.behaviour_plan(cols), by_request=everything.impression_requests,
                        state_at=state_at, items_path=items_path, users_path=users_path, arrow_schema=arrow_schema,
-                       batch_size=config.batch_size, out_dir=str(work_dir), num_shards=num_shards)
+                       batch_size=config.batch_size, out_dir=str(work_dir),
+                       num_shards=prepare_shard_count(sum(sizes.values()), config.prepare_shards,
+                                                      config.prepare_rows_per_shard))
     tasks = [(SPLIT_INDEX[name], paths) for name, paths in files.items()]
     if users_path is not None:
         tasks.append((USERS_INDEX, [users_path]))
 
     def build_rows(p: Any) -> None:
         _ = (p | "Inputs" >> beam.Create(tasks)
-             | "ReadKeyed" >> beam.FlatMap(read_rows, offsets, num_shards, batch_rows, str(work_dir / "spill"))
+             | "ReadKeyed" >> beam.FlatMap(read_rows, offsets, ctx.num_shards, batch_rows, str(work_dir / "spill"))
              | "GroupShards" >> beam.GroupByKey()
              | "PrepareShards" >> beam.Map(prepare_shard, ctx))
 
     _run(config, beam_pipeline_args, build_rows)
     shutil.rmtree(work_dir / "spill", ignore_errors=True)
-
-    patterns = {}
-    for name in SPLIT_INDEX:
-        directory = work_dir / "raw" / name
-        if not any(directory.glob("part-*.parquet")):  # no shard had rows of this split
-            tf_._stage_split([], arrow_schema, directory / "part-empty.parquet")
-        patterns[name] = str(directory / "part-*.parquet")
+    patterns = raw_patterns(work_dir, arrow_schema)
     write_user_state(sorted((work_dir / "user_state").glob("part-*.parquet")), spec,
                      Path(out_dir) / bundle_layout.USER_STATE_FILE)
     candidates = candidates_from(items, sorted((work_dir / "latest").glob("part-*.parquet")), spec, everything)
     tf_.coerce_raw(candidates, spec, fills).to_parquet(Path(out_dir) / bundle_layout.CANDIDATES_FILE, index=False)
     return PreparedBeam(spec=spec, raw_patterns=patterns)
+
+
+def raw_patterns(work_dir: Path, arrow_schema: pa.Schema) -> dict[str, str]:
+    """Each split's raw-row files (a glob); a split no shard had rows of gets one empty file."""
+    from recflow.features import transform as tf_
+
+    patterns = {}
+    for name in SPLIT_INDEX:
+        directory = work_dir / "raw" / name
+        if not any(directory.glob("part-*.parquet")):
+            tf_._stage_split([], arrow_schema, directory / "part-empty.parquet")
+        patterns[name] = str(directory / "part-*.parquet")
+    return patterns
 
 
 def fill_values(train: SplitFacts, items: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
