@@ -13,8 +13,8 @@ integer features and to float32 rounding (rtol 1e-5) for float ones. Prints JSON
 
     .venv/bin/python benchmarks/transform_engines.py --work /tmp/recflow-transform-engines --rates 0.00086 0.0031
 
-``--scale RATE ...`` measures instead the two data steps on their Beam engines as the events grow: per world,
-ExampleGen with ``example_gen.engine=beam`` (from the simulator's files) then the Transform step with
+``--scale RATE ...`` measures instead the two data steps on their Beam engines as the events grow (``--keep``
+adds to the worlds already measured): per world, ExampleGen with ``example_gen.engine=beam`` (from the simulator's files) then the Transform step with
 ``transform.prepare_engine=beam`` (from that ExampleGen output), each in a fresh process, the DirectRunner in
 one process (``in_memory``, the local default); each run is killed when its process tree passes ``--max-rss-gb``.
 It records seconds, peak RSS of the tree, seconds per event and, per step, the ratios of the peak and of the
@@ -246,10 +246,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure ExampleGen and Transform on their beam engines at these sessions rates")
     parser.add_argument("--max-rss-gb", type=float, default=7.0, help="--scale: kill a run past this tree RSS")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="--scale: extra config overrides")
+    parser.add_argument("--keep", action="store_true",
+                        help="--scale: keep the worlds of other rates already in --out's scale (same overrides)")
     args = parser.parse_args(argv)
     if args.scale:
         scaled = [scale_world(args.work / f"rate-{rate}", rate, args.max_rss_gb, args.extra) for rate in args.scale]
         previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+        kept = previous.get("scale", {})
+        if args.keep and kept.get("overrides") == args.extra:
+            measured = {tuple(w["world"]) for w in scaled}
+            scaled += [w for w in kept["worlds"] if tuple(w["world"]) not in measured]
+        scaled.sort(key=lambda w: w["events"])
         previous["scale"] = {
             "benchmark": "ExampleGen (engine beam) and Transform (prepare_engine beam) as the events grow, each "
                          "step in a fresh process, DirectRunner in_memory; peak RSS of the process tree",
