@@ -14,9 +14,10 @@ integer features and to float32 rounding (rtol 1e-5) for float ones. Prints JSON
     .venv/bin/python benchmarks/transform_engines.py --work /tmp/recflow-transform-engines --rates 0.00086 0.0031
 
 ``--scale RATE ...`` measures instead the two data steps on their Beam engines as the events grow (``--keep``
-adds to the worlds already measured): per world, ExampleGen with ``example_gen.engine=beam`` (from the simulator's files) then the Transform step with
-``transform.prepare_engine=beam`` (from that ExampleGen output), each in a fresh process, the DirectRunner in
-one process (``in_memory``, the local default); each run is killed when its process tree passes ``--max-rss-gb``.
+adds to the worlds already measured): per world, ExampleGen with ``example_gen.engine=beam`` (from the
+simulator's files) then the Transform step with ``transform.prepare_engine=beam`` (from that ExampleGen output),
+each in a fresh process, the DirectRunner in one process (``in_memory``, the local default); each run is killed
+when its process tree passes ``--max-rss-gb``.
 It records seconds, peak RSS of the tree, seconds per event and, per step, the ratios of the peak and of the
 seconds per event to the first (smallest) world's, under the result's ``scale`` key (the other keys are kept):
 
