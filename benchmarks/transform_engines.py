@@ -32,6 +32,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,8 +199,19 @@ def run_world(work: Path, rate: float, names: list[str]) -> dict[str, Any]:
             "users_with_events": stats["users"], "runs": runs}
 
 
-def scale_world(work: Path, rate: float, max_rss_gb: float, extra: list[str]) -> dict[str, Any]:
-    """ExampleGen (beam) then Transform (beam prepare) on the world at ``rate``, each step in its own process."""
+def _commit() -> str:
+    """The repository's HEAD commit (the code a scale row measured), with ``+dirty`` for uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def scale_world(work: Path, rate: float, max_rss_gb: float, extra: list[str],
+                names: Sequence[str] = ("example_gen_beam", "transform_beam")) -> dict[str, Any]:
+    """ExampleGen (beam) then Transform (beam prepare) on the world at ``rate``, each step in its own process
+    (only the steps in ``names``; Transform reads the ExampleGen output already there)."""
     from recflow.simulator import generate_dataset
 
     world = [*WORLD, f"simulator.sessions_per_user_per_day={rate}"]
@@ -212,8 +224,10 @@ def scale_world(work: Path, rate: float, max_rss_gb: float, extra: list[str]) ->
     source = shop
     for name, code, overrides in SCALE_STEPS:
         out = work / f"scale-{name}"
-        steps[name] = measure(source, out, [*world, *overrides, *extra], code, max_rss_gb)
-        print(json.dumps({name: steps[name]}), file=sys.stderr, flush=True)
+        if name in names:
+            steps[name] = {**measure(source, out, [*world, *overrides, *extra], code, max_rss_gb),
+                           "commit": _commit()}
+            print(json.dumps({name: steps[name]}), file=sys.stderr, flush=True)
         source = out
     stats = json.loads((work / "scale-example_gen_beam" / "stats.json").read_text(encoding="utf-8"))
     for step in steps.values():
@@ -247,14 +261,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure ExampleGen and Transform on their beam engines at these sessions rates")
     parser.add_argument("--max-rss-gb", type=float, default=7.0, help="--scale: kill a run past this tree RSS")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="--scale: extra config overrides")
+    parser.add_argument("--steps", nargs="+", default=[n for n, _, _ in SCALE_STEPS],
+                        choices=[n for n, _, _ in SCALE_STEPS], help="--scale: the steps to measure")
     parser.add_argument("--keep", action="store_true",
                         help="--scale: keep the worlds of other rates already in --out's scale (same overrides)")
     args = parser.parse_args(argv)
     if args.scale:
-        scaled = [scale_world(args.work / f"rate-{rate}", rate, args.max_rss_gb, args.extra) for rate in args.scale]
+        scaled = [scale_world(args.work / f"rate-{rate}", rate, args.max_rss_gb, args.extra, args.steps)
+                  for rate in args.scale]
         previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
         kept = previous.get("scale", {})
         if args.keep and kept.get("overrides") == args.extra:
+            old = {tuple(w["world"]): w for w in kept["worlds"]}
+            for w in scaled:  # steps not measured now keep their earlier row
+                w["steps"] = {**old.get(tuple(w["world"]), {}).get("steps", {}), **w["steps"]}
             measured = {tuple(w["world"]) for w in scaled}
             scaled += [w for w in kept["worlds"] if tuple(w["world"]) not in measured]
         scaled.sort(key=lambda w: w["events"])
