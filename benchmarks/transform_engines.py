@@ -12,6 +12,16 @@ integer features and to float32 rounding (rtol 1e-5) for float ones. Prints JSON
 ``benchmarks/results/transform_engines.json``.
 
     .venv/bin/python benchmarks/transform_engines.py --work /tmp/recflow-transform-engines --rates 0.00086 0.0031
+
+``--scale RATE ...`` measures instead the two data steps on their Beam engines as the events grow (``--keep``
+adds to the worlds already measured): per world, ExampleGen with ``example_gen.engine=beam`` (from the
+simulator's files) then the Transform step with ``transform.prepare_engine=beam`` (from that ExampleGen output),
+each in a fresh process, the DirectRunner in one process (``in_memory``, the local default); each run is killed
+when its process tree passes ``--max-rss-gb``.
+It records seconds, peak RSS of the tree, seconds per event and, per step, the ratios of the peak and of the
+seconds per event to the first (smallest) world's, under the result's ``scale`` key (the other keys are kept):
+
+    .venv/bin/python benchmarks/transform_engines.py --work /tmp/recflow-scale --scale 0.0027 0.0081 --max-rss-gb 7
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +90,23 @@ else:
 """
 
 
+#: ExampleGen on the beam engine, in its own process; argv: source, out, overrides.
+CHILD_EXAMPLE_GEN = """
+import sys
+import recflow
+from recflow.config import load_config
+from recflow.examplegen import run_example_gen
+from recflow.examplegen_beam import BeamSettings
+cfg = load_config(None, sys.argv[3:])
+run_example_gen(sys.argv[1], sys.argv[2], cfg.example_gen, cfg.validation, BeamSettings.from_transform(cfg.transform))
+"""
+#: The scale measurement's steps: (name, child code, overrides).
+SCALE_STEPS: list[tuple[str, str, list[str]]] = [
+    ("example_gen_beam", CHILD_EXAMPLE_GEN, ["example_gen.engine=beam"]),
+    ("transform_beam", CHILD, ["transform.prepare_engine=beam"]),
+]
+
+
 def tree_rss(proc: psutil.Process) -> int:
     """RSS of ``proc`` and all its descendants, summed (0 once it has exited)."""
     total = 0
@@ -91,13 +119,24 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def measure(examples: Path, out: Path, overrides: list[str], code: str = CHILD) -> dict[str, Any]:
-    """Run one Transform (``code``) in a child process; its seconds and the peak RSS of its process tree."""
+def measure(examples: Path, out: Path, overrides: list[str], code: str = CHILD,
+            max_rss_gb: float | None = None) -> dict[str, Any]:
+    """Run one Transform (``code``) in a child process; its seconds and the peak RSS of its process tree.
+
+    With ``max_rss_gb`` the tree is killed once its RSS passes that limit (a SystemExit saying so)."""
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", code, str(examples), str(out), *overrides])
     proc, peak = psutil.Process(child.pid), 0
     while child.poll() is None:
-        peak = max(peak, tree_rss(proc))
+        rss = tree_rss(proc)
+        peak = max(peak, rss)
+        if max_rss_gb is not None and rss > max_rss_gb * 2**30:
+            with contextlib.suppress(psutil.Error):
+                for p in [*proc.children(recursive=True), proc]:
+                    p.kill()
+            child.wait()
+            raise SystemExit(f"{overrides}: killed at {rss / 2**20:.0f} MB (limit {max_rss_gb} GB) "
+                             f"after {time.perf_counter() - started:.0f} s")
         time.sleep(0.1)
     seconds = time.perf_counter() - started
     if child.returncode != 0:
@@ -160,6 +199,57 @@ def run_world(work: Path, rate: float, names: list[str]) -> dict[str, Any]:
             "users_with_events": stats["users"], "runs": runs}
 
 
+def _commit() -> str:
+    """The repository's HEAD commit (the code a scale row measured), with ``+dirty`` for uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def scale_world(work: Path, rate: float, max_rss_gb: float, extra: list[str],
+                names: Sequence[str] = ("example_gen_beam", "transform_beam")) -> dict[str, Any]:
+    """ExampleGen (beam) then Transform (beam prepare) on the world at ``rate``, each step in its own process
+    (only the steps in ``names``; Transform reads the ExampleGen output already there)."""
+    from recflow.simulator import generate_dataset
+
+    world = [*WORLD, f"simulator.sessions_per_user_per_day={rate}"]
+    cfg = load_config(None, [f"paths.data_dir={work}", *world])
+    shop = work / "shop"
+    if not (shop / "DONE").exists():
+        generate_dataset(cfg.simulator, shop, progress=False)
+        (shop / "DONE").write_text("", encoding="utf-8")
+    steps: dict[str, Any] = {}
+    source = shop
+    for name, code, overrides in SCALE_STEPS:
+        out = work / f"scale-{name}"
+        if name in names:
+            steps[name] = {**measure(source, out, [*world, *overrides, *extra], code, max_rss_gb),
+                           "commit": _commit()}
+            print(json.dumps({name: steps[name]}), file=sys.stderr, flush=True)
+        source = out
+    stats = json.loads((work / "scale-example_gen_beam" / "stats.json").read_text(encoding="utf-8"))
+    for step in steps.values():
+        step["seconds_per_million_events"] = round(step["seconds"] / stats["rows"] * 1e6, 2)
+    return {"world": world, "events": stats["rows"], "train_events": stats["splits"]["train"]["rows"],
+            "users_with_events": stats["users"], "steps": steps}
+
+
+def scale_summary(worlds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per step, the peak and the seconds per event of each world against the first world's."""
+    first = worlds[0]
+    out: dict[str, Any] = {}
+    for name in first["steps"]:
+        base = first["steps"][name]
+        out[name] = [{"events": w["events"],
+                      "peak_ratio": round(w["steps"][name]["peak_tree_rss_mb"] / base["peak_tree_rss_mb"], 3),
+                      "seconds_per_event_ratio": round(w["steps"][name]["seconds_per_million_events"]
+                                                       / base["seconds_per_million_events"], 3)}
+                     for w in worlds]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="Worlds and outputs (each world is reused).")
@@ -167,7 +257,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulator.sessions_per_user_per_day of each world")
     parser.add_argument("--runs", nargs="*", default=[*RUNS, *PREPARE_RUNS], choices=[*RUNS, *PREPARE_RUNS])
     parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--scale", type=float, nargs="+", metavar="RATE",
+                        help="measure ExampleGen and Transform on their beam engines at these sessions rates")
+    parser.add_argument("--max-rss-gb", type=float, default=7.0, help="--scale: kill a run past this tree RSS")
+    parser.add_argument("--set", dest="extra", nargs="*", default=[], help="--scale: extra config overrides")
+    parser.add_argument("--steps", nargs="+", default=[n for n, _, _ in SCALE_STEPS],
+                        choices=[n for n, _, _ in SCALE_STEPS], help="--scale: the steps to measure")
+    parser.add_argument("--keep", action="store_true",
+                        help="--scale: keep the worlds of other rates already in --out's scale (same overrides)")
     args = parser.parse_args(argv)
+    if args.scale:
+        scaled = [scale_world(args.work / f"rate-{rate}", rate, args.max_rss_gb, args.extra, args.steps)
+                  for rate in args.scale]
+        previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+        kept = previous.get("scale", {})
+        if args.keep and kept.get("overrides") == args.extra:
+            old = {tuple(w["world"]): w for w in kept["worlds"]}
+            for w in scaled:  # steps not measured now keep their earlier row
+                w["steps"] = {**old.get(tuple(w["world"]), {}).get("steps", {}), **w["steps"]}
+            measured = {tuple(w["world"]) for w in scaled}
+            scaled += [w for w in kept["worlds"] if tuple(w["world"]) not in measured]
+        scaled.sort(key=lambda w: w["events"])
+        previous["scale"] = {
+            "benchmark": "ExampleGen (engine beam) and Transform (prepare_engine beam) as the events grow, each "
+                         "step in a fresh process, DirectRunner in_memory; peak RSS of the process tree",
+            "overrides": args.extra, "worlds": scaled, "against_first": scale_summary(scaled),
+            "machine": machine_info(("tensorflow", "tensorflow-transform", "apache-beam"))}
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(previous, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(previous["scale"], indent=2))
+        return 0
     worlds = [run_world(args.work / f"rate-{rate}", rate, args.runs) for rate in args.rates]
     result = {"benchmark": "Transform step per prepare engine (one process tree per run)", "worlds": worlds,
               "machine": machine_info(("tensorflow", "tensorflow-transform", "apache-beam"))}

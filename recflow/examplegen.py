@@ -62,7 +62,12 @@ class ExampleGenConfig(BaseModel):
         1e-4, gt=0.0, lt=1.0, description="beam engine: rank error bound of the cut points' quantile sketch (a "
         "cut is within epsilon * events ranks of the exact one; exact while the log fits the sketch's buffers).")
     num_shards: int = Field(
-        4, ge=1, description="beam engine: time ranges each split's shards cover (empty ranges write no shard).")
+        4, ge=1, description="beam engine: time ranges each split's shards cover at least (empty ranges write no "
+        "shard).")
+    rows_per_shard: int = Field(
+        200_000, ge=1, description="beam engine: more time ranges when a split's would average more events than "
+        "this (ranges = max(num_shards, ceil(split events / this))); also sizes the duplicate-id buckets, so what "
+        "one worker holds does not grow with the log.")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> ExampleGenConfig:

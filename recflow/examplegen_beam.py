@@ -25,9 +25,12 @@ Everything goes to a staged directory renamed into place by :func:`recflow.examp
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import shutil
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -88,10 +91,12 @@ class HigherRanks:
     rank is taken. With every buffer of weight 1 (the sketch did not need to collapse) that is the exact value.
     """
 
-    def __init__(self, quantiles: Sequence[float], epsilon: float) -> None:
+    def __init__(self, quantiles: Sequence[float], epsilon: float,
+                 more: Callable[[int], list[float]] | None = None) -> None:
         from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
         self.quantiles = list(quantiles)
+        self.more = more  # further quantiles that depend on the number of values (appended to ``values``)
         self.inner = ApproximateQuantilesCombineFn.create(num_quantiles=2, epsilon=epsilon, input_batched=True)
 
     def as_combine_fn(self) -> Any:
@@ -121,13 +126,18 @@ class HigherRanks:
         if acc.is_empty():
             return {"n": 0, "values": [None] * len(self.quantiles), "exact": True}
         acc.finalize()
-        pairs = sorted(pair for buffer in acc.buffers for pair in buffer)
-        values = np.fromiter((v for v, _ in pairs), dtype=np.int64, count=len(pairs))
-        cumulative = np.cumsum(np.fromiter((w for _, w in pairs), dtype=np.int64, count=len(pairs)))
+        # numpy arrays, not a list of (value, weight) tuples: the sketch holds up to num_buffers x buffer_size
+        # values (1.7 million at epsilon 1e-4), and the tuples cost about 5x the memory.
+        values = np.fromiter((v for buffer in acc.buffers for v, _ in buffer), dtype=np.int64)
+        weights = np.fromiter((w for buffer in acc.buffers for _, w in buffer), dtype=np.int64, count=len(values))
+        order = np.lexsort((weights, values))
+        values, weights = values[order], weights[order]
+        cumulative = np.cumsum(weights)
         n = int(cumulative[-1])
-        picked = [int(values[min(int(np.searchsorted(cumulative, higher_rank(q, n), side="right")), len(pairs) - 1)])
-                  for q in self.quantiles]
-        return {"n": n, "values": picked, "exact": all(w == 1 for _, w in pairs)}
+        quantiles = [*self.quantiles, *(self.more(n) if self.more is not None else [])]
+        picked = [int(values[min(int(np.searchsorted(cumulative, higher_rank(q, n), side="right")), len(values) - 1)])
+                  for q in quantiles]
+        return {"n": n, "values": picked, "exact": bool((weights == 1).all())}
 
 
 # ------------------------------------------------------------------------------------------------ reading, checks
@@ -151,8 +161,34 @@ def _unique_field(kind: schema.TableKind) -> str | None:
     return next((f.name for f in schema.fields(kind) if f.unique), None)
 
 
-def read_ids(task: tuple[str, int, str, str], batch_rows: int, buckets: int) -> Iterator[tuple[int, pd.DataFrame]]:
-    """(hash bucket, [id, key, value]) of every row with an id, for the whole-table duplicate rule."""
+def _spill(frame: pd.DataFrame, path: Path) -> str:
+    """Write ``frame`` (pickled: dtypes exactly as they are) for a later stage to read; return the path.
+
+    The events travel between the pipeline's stages as such files, not as rows, so what the runner buffers at a
+    GroupByKey or for a side input's wait does not grow with the events (the in-memory DirectRunner keeps those
+    PCollections whole). A runner whose workers are other machines needs ``path`` on a shared file system."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        frame.to_pickle(tmp)
+    return str(path)
+
+
+def _events_frame(piece: pd.DataFrame | str) -> pd.DataFrame:
+    """A valid events batch, given as a frame or the path :func:`_spill` wrote it to."""
+    return cast(pd.DataFrame, pd.read_pickle(piece)) if isinstance(piece, str) else piece
+
+
+def estimated_rows(table: TableFiles) -> int:
+    """A table's rows from its Parquet footers, or for CSV its bytes / 50 (no data is read)."""
+    if table.format == "parquet":
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in table.files)
+    return sum(f.stat().st_size for f in table.files) // 50
+
+
+def read_ids(task: tuple[str, int, str, str], batch_rows: int, buckets: int, spill_dir: str
+             ) -> Iterator[tuple[int, pd.DataFrame | str]]:
+    """(hash bucket, [id, key, value]) of every row with an id, for the whole-table duplicate rule; with
+    ``spill_dir`` each piece is a file's path (:func:`_spill`)."""
     kind, file_index, path, fmt = task
     field = _unique_field(kind)  # type: ignore[arg-type]
     assert field is not None
@@ -168,22 +204,25 @@ def read_ids(task: tuple[str, int, str, str], batch_rows: int, buckets: int) -> 
                               "value": vchecks.values_as_text(col[has]).to_numpy()})
         shards = _shard_of(piece["id"], buckets)
         for shard in np.unique(shards):
-            yield int(shard), piece[shards == shard]
+            part = piece[shards == shard]
+            yield int(shard), (_spill(part, Path(spill_dir) / "ids" / kind / f"{shard:05d}"
+                                      / f"{file_index:05d}-{start:012d}.pkl") if spill_dir else part)
 
 
-def find_duplicates(keyed: tuple[int, Iterable[pd.DataFrame]]) -> pd.DataFrame:
+def find_duplicates(keyed: tuple[int, Iterable[pd.DataFrame | str]]) -> pd.DataFrame:
     """Rows whose id an earlier row (lower key) already has: [key, value] (the first occurrence is kept)."""
     _, pieces = keyed
-    ids = pd.concat(list(pieces), ignore_index=True).sort_values(_KEY, kind="stable")
+    ids = pd.concat([_events_frame(p) for p in pieces], ignore_index=True).sort_values(_KEY, kind="stable")
     dup = ids[ids["id"].duplicated(keep="first")]
     return dup[[_KEY, "value"]].reset_index(drop=True)
 
 
 def validate_batch(task: tuple[str, int, str, str], batch_rows: int, table_path: str, config: Any,
                    now: pd.Timestamp, catalog_name: str, catalog: list[Any] | None, duplicates: list[pd.DataFrame],
-                   ) -> Iterator[tuple[str, Any]]:
+                   spill_dir: str | None = None) -> Iterator[tuple[str, Any]]:
     """Check one file's batches; emit ("valid", (kind, frame with key)), ("issues", (kind, quarantine block
-    with key)) and ("rows", (kind, file index, rows))."""
+    with key)) and ("rows", (kind, file index, rows)). With ``spill_dir`` the valid events are written there
+    and their path comes instead of the frame (:func:`_spill`)."""
     kind, file_index, path, fmt = task
     field = _unique_field(kind)  # type: ignore[arg-type]
     dup_keys = np.concatenate([d[_KEY].to_numpy() for d in duplicates]) if duplicates else np.empty(0, np.int64)
@@ -217,7 +256,10 @@ def validate_batch(task: tuple[str, int, str, str], batch_rows: int, table_path:
         still = ~np.isin(np.flatnonzero(good), bad)
         if not still.all():
             valid = valid[still].reset_index(drop=True)
-        yield "valid", (kind, valid)
+        if spill_dir is not None and kind == "events":
+            yield "valid", (kind, _spill(valid, Path(spill_dir) / "events" / f"{file_index:05d}-{start:012d}.pkl"))
+        else:
+            yield "valid", (kind, valid)
         if len(issues):
             issues.insert(0, "file", table_path)
             issues.insert(0, "table", kind)
@@ -298,12 +340,20 @@ def validation_report(summary_path: Path, tables: dict[schema.TableKind, TableFi
 # ---------------------------------------------------------------------------------------- split, write, statistics
 
 
-def assign_splits(item: tuple[str, pd.DataFrame], cuts: dict[str, Any]) -> Iterator[tuple[tuple[int, int],
-                                                                                          pd.DataFrame]]:
-    """Events of a valid batch keyed by (split, time range): train before the first cut, eval up to the second."""
-    _, frame = item
-    if not len(frame):
-        return
+def shard_quantiles(q1: float, q2: float, min_shards: int, rows_per_shard: int, n: int) -> list[float]:
+    """The shards' time-range boundaries, as quantiles of the ``n`` events: inside each split (between its cut
+    quantiles) evenly spaced, ``min_shards`` ranges, more when a range would average more than ``rows_per_shard``
+    events (so one range, which one worker holds while writing it, does not grow with the log)."""
+    out: list[float] = []
+    for lo, hi in ((0.0, q1), (q1, q2), (q2, 1.0)):
+        if hi > lo:
+            k = max(min_shards, math.ceil((hi - lo) * n / rows_per_shard))
+            out += [lo + j * (hi - lo) / k for j in range(1, k)]
+    return out
+
+
+def split_and_range(frame: pd.DataFrame, cuts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Each event's split (train before the first cut, eval up to the second, test after) and time range."""
     ts = _ms(frame["timestamp"])
     split = np.zeros(len(frame), dtype=np.int64)
     if cuts["cut1"] is not None:
@@ -313,14 +363,37 @@ def assign_splits(item: tuple[str, pd.DataFrame], cuts: dict[str, Any]) -> Itera
     else:
         split = np.minimum(split, 1)
     bucket = np.searchsorted(np.asarray(cuts["bounds"], dtype=np.int64), ts, side="right")
-    for s, b in {(int(a), int(c)) for a, c in zip(split, bucket, strict=True)}:
-        yield (s, b), frame[(split == s) & (bucket == b)]
+    return split, bucket
 
 
-def write_shard(keyed: tuple[tuple[int, int], Iterable[pd.DataFrame]], out_dir: str) -> tuple[int, dict[str, Any]]:
-    """Write one time range of one split, in the pandas engine's order; return its statistics' partial sums."""
+def ranges_of(item: tuple[str, str], cuts: dict[str, Any]) -> Iterator[tuple[tuple[int, int], str]]:
+    """(split, time range) -> the spilled batch's path, once for each range the batch has events of."""
+    frame = _events_frame(item[1])
+    if not len(frame):
+        return
+    split, bucket = split_and_range(frame, cuts)
+    for s, b in sorted({(int(a), int(c)) for a, c in zip(split, bucket, strict=True)}):
+        yield (s, b), item[1]
+
+
+def _range_rows(piece: pd.DataFrame | str, key: tuple[int, int], cuts: dict[str, Any] | None) -> pd.DataFrame:
+    """A range's rows of one piece: a frame of them, or a spilled batch (filtered here with ``cuts``)."""
+    if not isinstance(piece, str):
+        return piece
+    assert cuts is not None
+    frame = _events_frame(piece)
+    split, bucket = split_and_range(frame, cuts)
+    return frame[(split == key[0]) & (bucket == key[1])]
+
+
+def write_shard(keyed: tuple[tuple[int, int], Iterable[pd.DataFrame | str]], out_dir: str,
+                cuts: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """Write one time range of one split, in the pandas engine's order; return its statistics' partial sums.
+
+    The pieces are frames of the range's rows or paths of spilled batches (then ``cuts`` picks the rows)."""
     (split, bucket), pieces = keyed
-    frame = pd.concat(list(pieces), ignore_index=True).sort_values(_KEY, kind="stable")
+    frame = pd.concat([_range_rows(p, (split, bucket), cuts) for p in pieces],
+                      ignore_index=True).sort_values(_KEY, kind="stable")
     frame = frame.sort_values(["timestamp", *(c for c in ("event_id",) if c in frame.columns)],
                               kind="stable").drop(columns=[_KEY]).reset_index(drop=True)
     name = next(n for n, i in _SPLIT_IDS.items() if i == split)
@@ -353,19 +426,49 @@ def merge_partials(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def distinct_ids(item: tuple[str, pd.DataFrame], cuts: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(split:field, id) pairs of a valid batch, each once per batch (Distinct makes them once overall)."""
-    for (split, _), frame in assign_splits(item, cuts):
-        name = next(n for n, i in _SPLIT_IDS.items() if i == split)
-        for field in ("user_id", "item_id"):
-            for value in pd.unique(frame[field]):
-                yield f"{name}:{field}", value
-                yield f"all:{field}", value
+def distinct_ids(item: tuple[str, pd.DataFrame | str], cuts: dict[str, Any]) -> Iterator[tuple[str, list[Any]]]:
+    """(split:field, the batch's distinct ids) and (all:field, ...) of a valid batch (:class:`CountDistinct`
+    makes them distinct overall)."""
+    frame = _events_frame(item[1])
+    if not len(frame):
+        return
+    split, _ = split_and_range(frame, cuts)
+    for field in ("user_id", "item_id"):
+        yield f"all:{field}", pd.unique(frame[field]).tolist()
+        for name, i in _SPLIT_IDS.items():
+            mine = split == i
+            if mine.any():
+                yield f"{name}:{field}", pd.unique(frame.loc[mine, field]).tolist()
 
 
-def latest_prices(item: tuple[str, pd.DataFrame]) -> Iterator[tuple[str, tuple[int, int, float] | None]]:
+def _count_distinct() -> Any:
+    """A CombineFn: how many distinct values the input lists hold (a set per key: memory grows with the distinct
+    ids, users and items, not with the events)."""
+    import apache_beam as beam
+
+    class CountDistinct(beam.CombineFn):
+        def create_accumulator(self) -> set[Any]:
+            return set()
+
+        def add_input(self, acc: set[Any], values: list[Any]) -> set[Any]:
+            acc.update(values)
+            return acc
+
+        def merge_accumulators(self, accs: Iterable[set[Any]]) -> set[Any]:
+            out: set[Any] = set()
+            for acc in accs:
+                out |= acc
+            return out
+
+        def extract_output(self, acc: set[Any]) -> int:
+            return len(acc)
+
+    return CountDistinct()
+
+
+def latest_prices(item: tuple[str, pd.DataFrame | str]) -> Iterator[tuple[str, tuple[int, int, float] | None]]:
     """Per item of a batch: its latest logged price as (timestamp, key, price), or None when it has none."""
-    _, frame = item
+    frame = _events_frame(item[1])
     if "price" not in frame.columns:
         for value in pd.unique(frame["item_id"]):
             yield value, None
@@ -508,13 +611,15 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, config: Any, validation: A
     meta = {kind: {"files": len(t.files)} for kind, t in tables.items()}
     summary = tmp_dir / SUMMARY_NAME
     q1, q2 = 1.0 - config.eval_fraction - config.test_fraction, 1.0 - config.test_fraction
-    # Shard boundaries: num_shards time ranges inside each split (evenly spaced quantiles between its cuts).
-    quantiles = [q1, q2, *(lo + j * (hi - lo) / config.num_shards for lo, hi in ((0.0, q1), (q1, q2), (q2, 1.0))
-                           if hi > lo for j in range(1, config.num_shards))]
+    # Shard boundaries: time ranges inside each split, from the number of events (shard_quantiles).
+    more = functools.partial(shard_quantiles, q1, q2, config.num_shards, config.rows_per_shard)
     out = str(tmp_dir)
+    spill = tmp_dir / ".spill"
     # The events' unknown-item message names the catalog file, as the pandas engine's does.
     catalog_name = str(tables["items"].path) if "items" in tables else "the item catalog"
-    buckets = max(1, settings.direct_num_workers * 4)
+    # The duplicate-id buckets: one holds about rows_per_shard ids at most (a bucket is in one worker's memory).
+    buckets = {kind: max(settings.direct_num_workers * 4, math.ceil(estimated_rows(t) / config.rows_per_shard))
+               for kind, t in tables.items()}
 
     try:
         with beam_args(settings.runner, list(settings.beam_pipeline_args),
@@ -530,12 +635,12 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, config: Any, validation: A
             valid, issues, counts = {}, [], []
             for kind, kind_tasks in tasks.items():
                 files = p | f"{kind}Files" >> beam.Create(kind_tasks)
-                dups = (files | f"{kind}Ids" >> beam.FlatMap(read_ids, batch_rows, buckets)
+                dups = (files | f"{kind}Ids" >> beam.FlatMap(read_ids, batch_rows, buckets[kind], str(spill))
                         | f"{kind}GroupIds" >> beam.GroupByKey()
                         | f"{kind}Duplicates" >> beam.Map(find_duplicates))
                 checked = files | f"{kind}Validate" >> beam.FlatMap(
                     validate_batch, batch_rows, str(tables[kind].path), validation, now, catalog_name,
-                    catalog if kind == "events" else None, beam.pvalue.AsList(dups))
+                    catalog if kind == "events" else None, beam.pvalue.AsList(dups), str(spill))
                 # Three plain ParDos, not a Partition: Beam's Dask runner mixes up tagged outputs (docs/pipeline.md).
                 valid[kind] = checked | f"{kind}Valid" >> beam.FlatMap(_route, "valid")
                 issues.append(checked | f"{kind}Issues" >> beam.FlatMap(_route, "issues"))
@@ -547,15 +652,16 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, config: Any, validation: A
                 str(summary)))
 
             events = valid["events"]
-            ranked = (events | "Timestamps" >> beam.Map(lambda e: _ms(e[1]["timestamp"]).tolist())
-                | "Quantiles" >> beam.CombineGlobally(HigherRanks(quantiles, config.quantile_epsilon).as_combine_fn()))
+            ranked = (events | "Timestamps" >> beam.Map(lambda e: _ms(_events_frame(e[1])["timestamp"]).tolist())
+                | "Quantiles" >> beam.CombineGlobally(
+                    HigherRanks([q1, q2], config.quantile_epsilon, more).as_combine_fn()))
             cuts = beam.pvalue.AsSingleton(ranked | "Cuts" >> beam.Map(
                 _cuts, config.eval_fraction, config.test_fraction, config.num_shards))
-            shards = (events | "AssignSplits" >> beam.FlatMap(assign_splits, cuts)
-                      | "GroupRanges" >> beam.GroupByKey() | "WriteShards" >> beam.Map(write_shard, out))
+            shards = (events | "AssignSplits" >> beam.FlatMap(ranges_of, cuts)
+                      | "GroupRanges" >> beam.GroupByKey() | "WriteShards" >> beam.Map(write_shard, out, cuts))
             partials = shards | "SplitStats" >> beam.CombinePerKey(merge_partials)
-            distinct = (events | "Ids" >> beam.FlatMap(distinct_ids, cuts) | "DistinctIds" >> beam.Distinct()
-                        | "CountIds" >> beam.combiners.Count.PerKey())
+            distinct = (events | "Ids" >> beam.FlatMap(distinct_ids, cuts)
+                        | "CountDistinctIds" >> beam.CombinePerKey(_count_distinct()))
             if "items" in tables:
                 items_written = (valid["items"] | "ItemList" >> beam.combiners.ToList()
                                  | "WriteItems" >> beam.Map(write_valid_table, "items", out))
@@ -579,6 +685,8 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, config: Any, validation: A
         if found is not None:
             raise found from None
         raise
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
     report = validation_report(summary, tables, validation.max_bad_share, quarantine)
     summary.unlink(missing_ok=True)
     report.raise_if_failed()

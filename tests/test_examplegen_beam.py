@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from recflow.config import ValidationConfig
 from recflow.errors import ConfigError, DataError, ValidationFailed
 from recflow.examplegen import SPLITS, ExampleGenConfig, quarantine_path, read_split, run_example_gen
-from recflow.examplegen_beam import BeamSettings, HigherRanks, higher_rank
+from recflow.examplegen_beam import BeamSettings, HigherRanks, higher_rank, shard_quantiles
 from recflow.simulator.config import SimulatorConfig
 from recflow.simulator.generator import generate_dataset
 
@@ -209,6 +210,32 @@ def test_bad_files_are_data_errors(world: Path, tmp_path: Path) -> None:
         run_example_gen(world, tmp_path / "out", ExampleGenConfig(engine="beam", validate_input=False),
                         ValidationConfig())
     assert not (tmp_path / "out").exists()
+
+
+def test_shard_quantiles_are_the_fixed_count_until_rows_per_shard_binds() -> None:
+    q1, q2 = 0.8, 0.9
+    fixed = [lo + j * (hi - lo) / 4 for lo, hi in ((0.0, q1), (q1, q2), (q2, 1.0)) for j in range(1, 4)]
+    assert shard_quantiles(q1, q2, 4, 200_000, 1_000_000) == fixed  # 800k train events: 4 ranges of 200k
+    more = shard_quantiles(q1, q2, 4, 200_000, 3_000_000)
+    assert len(more) == (12 - 1) + (4 - 1) + (4 - 1)  # train 2.4M -> 12 ranges; eval and test 300k -> 4
+    assert more == sorted(more) and all(0 < q < 1 for q in more)
+    assert shard_quantiles(1.0, 1.0, 2, 100, 100) == [0.5]  # train only
+    assert shard_quantiles(1.0, 1.0, 2, 10, 100) == pytest.approx([j / 10 for j in range(1, 10)])
+
+
+def test_shards_sized_by_rows_hold_the_same_splits(world: Path, tmp_path: Path) -> None:
+    """rows_per_shard binding: more, smaller time ranges; the splits, items, users, stats and quarantine are the
+    pandas engine's all the same."""
+    rows_per_shard = 1_000
+    pd_dir, bm_dir = _both(world, tmp_path, ExampleGenConfig(engine="beam", num_shards=2,
+                                                             rows_per_shard=rows_per_shard))
+    _assert_same(pd_dir, bm_dir)
+    stats = json.loads((bm_dir / "stats.json").read_text())
+    train = sorted((bm_dir / "train.parquet").glob("part-*.parquet"))
+    assert len(train) >= stats["splits"]["train"]["rows"] // rows_per_shard
+    # Evenly spaced quantiles: each range is about rows_per_shard events (events sharing a timestamp stay together).
+    assert max(pq.ParquetFile(p).metadata.num_rows for p in train) <= 1.5 * rows_per_shard
+    assert not (bm_dir / ".spill").exists()
 
 
 def test_higher_rank_is_pandas_higher_interpolation() -> None:

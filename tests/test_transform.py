@@ -156,6 +156,38 @@ def test_transform_outputs_and_serving_equals_training(transformed: tuple[Path, 
 
 
 @pytest.mark.slow
+def test_train_read_twice_equals_analyze_and_transform(transformed: tuple[Path, Path], tmp_path: Path) -> None:
+    """The train split analysed on one read and transformed on a second (so the runner streams both) gives what
+    AnalyzeAndTransformDataset on a single read gave (the way the step ran before): the same rows, exactly."""
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tfx_bsl.coders import example_coder
+
+    from recflow.features import transform as tf_
+
+    ex, tf_dir = transformed
+    config = TransformConfig()
+    prepared = prepare_features(ex, config)
+    staged = tf_.stage_raw_frames({"train": prepared.raw_frames["train"]}, prepared.spec, config,
+                                  str(tmp_path / "stage"))
+    tfxio = tf_.raw_tfxio(prepared.spec)
+    with beam.Pipeline(options=PipelineOptions(pipeline_args(config, None))) as p, \
+            tft_beam.Context(temp_dir=str(tmp_path / "tmp"), desired_batch_size=config.batch_size):
+        train = tf_._read_split(p, "Train", staged["train"], tfxio.ArrowSchema(), config.batch_size)
+        (data, _), transform_fn = (train, tfxio.TensorAdapterConfig()) | tft_beam.AnalyzeAndTransformDataset(
+            tf_.make_preprocessing_fn(prepared.spec, config), output_record_batches=True)
+        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp_path / "graph"))
+        _ = (data | beam.FlatMap(lambda batch: example_coder.RecordBatchToExamples(batch[0]))
+             | beam.io.WriteToTFRecord(str(tmp_path / "train" / "part"), file_name_suffix=".tfrecord.gz"))
+    single_read = load_transformed(tmp_path / "train", tmp_path / "graph")
+    read_twice = load_transformed(tf_dir / "transformed" / "train", tf_dir / "transform_graph")
+    assert set(read_twice) == set(single_read) and len(read_twice["row_id"]) == len(single_read["row_id"]) > 0
+    for name, values in single_read.items():
+        np.testing.assert_array_equal(read_twice[name], values, err_msg=name)
+
+
+@pytest.mark.slow
 def test_multi_processing_direct_runner_writes_the_same_data(transformed: tuple[Path, Path], tmp_path: Path) -> None:
     """direct_running_mode multi_processing (2 worker processes) against the default single process: the same
     transformed rows (docs/pipeline.md, Distributed data steps, has what it costs)."""

@@ -98,6 +98,23 @@ def test_simulated_shard_directories(simulated: Path, tmp_path: Path) -> None:
     assert_prepared_equal(simulated, tmp_path / "sim", TransformConfig(prepare_shards=3))
 
 
+def test_prepare_shard_count_grows_with_the_events_past_rows_per_shard() -> None:
+    assert beam_prepare.prepare_shard_count(1_000_000, 8, 125_000) == 8
+    assert beam_prepare.prepare_shard_count(1_000_001, 8, 125_000) == 9
+    assert beam_prepare.prepare_shard_count(10_000_000, 8, 125_000) == 80
+    assert beam_prepare.prepare_shard_count(0, 1, 125_000) == 1
+
+
+@pytest.mark.slow
+def test_shards_sized_by_rows_give_the_same_outputs(simulated: Path, tmp_path: Path) -> None:
+    """prepare_rows_per_shard binding (many small shards, their pieces spilled to files) changes nothing."""
+    rows = sum(json.loads((simulated / "stats.json").read_text())["splits"][s]["rows"] for s in SPLITS)
+    config = TransformConfig(prepare_shards=1, prepare_rows_per_shard=max(1, rows // 7))
+    assert beam_prepare.prepare_shard_count(rows, 1, config.prepare_rows_per_shard) >= 7
+    assert_prepared_equal(simulated, tmp_path / "rows", config)
+    assert not (tmp_path / "rows" / "work" / "spill").exists()  # the spilled pieces are removed
+
+
 @pytest.mark.slow
 def test_ids_only_log(tmp_path: Path) -> None:
     events, _, _ = make_event_log(n_users=30, sessions=3)

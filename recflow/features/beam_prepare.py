@@ -31,6 +31,7 @@ DirectRunner, in one process or several); a cluster runner needs ``work_dir`` on
 from __future__ import annotations
 
 import pickle
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,13 +197,17 @@ class ShardContext:
     num_shards: int
 
 
-def read_rows(task: tuple[int, list[str]], offsets: dict[int, int], num_shards: int, batch_rows: int
-              ) -> Iterator[tuple[int, tuple[int, pa.Table]]]:
-    """One split's (or the users table's) rows as (shard, (input index, rows)); events get their ``row_id``."""
+def read_rows(task: tuple[int, list[str]], offsets: dict[int, int], num_shards: int, batch_rows: int,
+              spill_dir: str) -> Iterator[tuple[int, tuple[int, str]]]:
+    """One split's (or the users table's) rows cut into user shards; events get their ``row_id``.
+
+    Each (batch, shard) piece is written to a Parquet file under ``spill_dir`` and only its path travels:
+    (shard, (input index, path)). The runner then groups paths, not rows, so what it buffers between the
+    stages does not grow with the events (the in-memory DirectRunner keeps a grouped PCollection whole)."""
     index, files = task
     position = offsets.get(index, 0)
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+    for file_no, path in enumerate(files):
+        for batch_no, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=batch_rows)):
             table = pa.Table.from_batches([batch])
             if index != USERS_INDEX:
                 table = table.append_column("row_id", pa.array(np.arange(position, position + len(table),
@@ -210,7 +215,17 @@ def read_rows(task: tuple[int, list[str]], offsets: dict[int, int], num_shards: 
                 position += len(table)
             shards = shard_of(pd.Series(table.column("user_id").to_pylist(), dtype=object), num_shards)
             for shard in np.unique(shards):
-                yield int(shard), (index, table.filter(pa.array(shards == shard)))
+                piece = Path(spill_dir) / f"{int(shard):05d}" / f"{index}-{file_no:05d}-{batch_no:06d}.parquet"
+                piece.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(piece) as tmp:
+                    pq.write_table(table.filter(pa.array(shards == shard)), tmp)
+                yield int(shard), (index, str(piece))
+
+
+def prepare_shard_count(event_rows: int, min_shards: int, rows_per_shard: int) -> int:
+    """User shards for ``event_rows`` events: at least ``min_shards``, more when a shard would average more than
+    ``rows_per_shard`` events (a shard's events are in one worker's memory)."""
+    return max(min_shards, -(-event_rows // rows_per_shard))
 
 
 def _empty_state(spec: dict[str, Any]) -> pd.DataFrame:
@@ -221,12 +236,14 @@ def _empty_state(spec: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def shard_rows(pieces: Iterable[tuple[int, pa.Table]], ctx: ShardContext
+def shard_rows(pieces: Iterable[tuple[int, pa.Table | str]], ctx: ShardContext
                ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """One shard's events (in time order, with their split index) and users (None without a users table)."""
+    """One shard's events (in time order, with their split index) and users (None without a users table);
+    a piece is a table or the path of one (:func:`read_rows`)."""
     events_parts: list[pa.Table] = []
     users_parts: list[pa.Table] = []
-    for index, table in pieces:
+    for index, piece in pieces:
+        table = pq.read_table(piece) if isinstance(piece, str) else piece
         (users_parts if index == USERS_INDEX else events_parts).append(
             table if index == USERS_INDEX else table.append_column(SPLIT_COL, pa.array(np.full(len(table), index))))
     events = (pa.concat_tables(events_parts, promote_options="default").to_pandas() if events_parts
@@ -240,7 +257,7 @@ def shard_rows(pieces: Iterable[tuple[int, pa.Table]], ctx: ShardContext
     return events, users
 
 
-def prepare_shard(keyed: tuple[int, Iterable[tuple[int, pa.Table]]], ctx: ShardContext) -> int:
+def prepare_shard(keyed: tuple[int, Iterable[tuple[int, pa.Table | str]]], ctx: ShardContext) -> int:
     """Compute and write one user shard's raw rows, user-state rows and latest item prices; return its events."""
     from recflow.features import transform as tf_
 
@@ -380,30 +397,40 @@ def prepare_features_beam(examples_dir: Path, config: Any, out_dir: Path, work_d
     ctx = ShardContext(spec=spec, fills=fills, plan=everything.behaviour_plan(cols),
                        state_plan=earlier.behaviour_plan(cols), by_request=everything.impression_requests,
                        state_at=state_at, items_path=items_path, users_path=users_path, arrow_schema=arrow_schema,
-                       batch_size=config.batch_size, out_dir=str(work_dir), num_shards=config.prepare_shards)
+                       batch_size=config.batch_size, out_dir=str(work_dir),
+                       num_shards=prepare_shard_count(sum(sizes.values()), config.prepare_shards,
+                                                      config.prepare_rows_per_shard))
     tasks = [(SPLIT_INDEX[name], paths) for name, paths in files.items()]
     if users_path is not None:
         tasks.append((USERS_INDEX, [users_path]))
 
     def build_rows(p: Any) -> None:
         _ = (p | "Inputs" >> beam.Create(tasks)
-             | "ReadKeyed" >> beam.FlatMap(read_rows, offsets, config.prepare_shards, batch_rows)
+             | "ReadKeyed" >> beam.FlatMap(read_rows, offsets, ctx.num_shards, batch_rows, str(work_dir / "spill"))
              | "GroupShards" >> beam.GroupByKey()
              | "PrepareShards" >> beam.Map(prepare_shard, ctx))
 
     _run(config, beam_pipeline_args, build_rows)
-
-    patterns = {}
-    for name in SPLIT_INDEX:
-        directory = work_dir / "raw" / name
-        if not any(directory.glob("part-*.parquet")):  # no shard had rows of this split
-            tf_._stage_split([], arrow_schema, directory / "part-empty.parquet")
-        patterns[name] = str(directory / "part-*.parquet")
+    shutil.rmtree(work_dir / "spill", ignore_errors=True)
+    patterns = raw_patterns(work_dir, arrow_schema)
     write_user_state(sorted((work_dir / "user_state").glob("part-*.parquet")), spec,
                      Path(out_dir) / bundle_layout.USER_STATE_FILE)
     candidates = candidates_from(items, sorted((work_dir / "latest").glob("part-*.parquet")), spec, everything)
     tf_.coerce_raw(candidates, spec, fills).to_parquet(Path(out_dir) / bundle_layout.CANDIDATES_FILE, index=False)
     return PreparedBeam(spec=spec, raw_patterns=patterns)
+
+
+def raw_patterns(work_dir: Path, arrow_schema: pa.Schema) -> dict[str, str]:
+    """Each split's raw-row files (a glob); a split no shard had rows of gets one empty file."""
+    from recflow.features import transform as tf_
+
+    patterns = {}
+    for name in SPLIT_INDEX:
+        directory = work_dir / "raw" / name
+        if not any(directory.glob("part-*.parquet")):
+            tf_._stage_split([], arrow_schema, directory / "part-empty.parquet")
+        patterns[name] = str(directory / "part-*.parquet")
+    return patterns
 
 
 def fill_values(train: SplitFacts, items: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
@@ -431,10 +458,18 @@ def candidates_from(items: pd.DataFrame, parts: list[Path], spec: dict[str, Any]
     """:func:`recflow.features.transform.build_candidates` from the shards' item ids and latest prices."""
     from recflow.features import transform as tf_
 
-    frames = [pd.read_parquet(p) for p in parts]
-    seen = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"item_id": pd.Series([], dtype=object)})
+    # The shards' parts are folded one at a time (their total grows with the shards): every item id seen and,
+    # per priced item, the price of its latest event (highest row_id; row ids are unique).
+    seen: set[str] = set()
+    best: pd.DataFrame | None = None
+    for part in parts:
+        frame = pd.read_parquet(part)
+        seen.update(frame["item_id"].astype(str))
+        if "price" in facts.with_values and "row_id" in frame.columns:
+            priced = frame.dropna(subset=["row_id"])[["item_id", "row_id", "price"]]
+            both = priced if best is None else pd.concat([best, priced], ignore_index=True)
+            best = both.sort_values("row_id", kind="stable").groupby("item_id", sort=False).tail(1)
     latest = None
-    if "price" in facts.with_values and "row_id" in seen.columns:
-        priced = seen.dropna(subset=["row_id"]).sort_values("row_id", kind="stable")
-        latest = priced.groupby("item_id")["price"].last()
-    return tf_.candidates_frame(items, seen["item_id"].astype(str), latest, spec)
+    if "price" in facts.with_values and best is not None:
+        latest = best.set_index("item_id")["price"]
+    return tf_.candidates_frame(items, pd.Series(sorted(seen), dtype=object), latest, spec)

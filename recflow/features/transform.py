@@ -88,7 +88,12 @@ class TransformConfig(BaseModel):
         "state, candidates): pandas (whole splits in the launching process) or beam (per-user shards on the "
         "runner above; recflow/features/beam_prepare.py).")
     prepare_shards: int = Field(
-        8, ge=1, description="beam prepare engine: user shards (a shard's events are in one worker's memory).")
+        8, ge=1, description="beam prepare engine: user shards at least (a shard's events are in one worker's "
+        "memory).")
+    prepare_rows_per_shard: int = Field(
+        125_000, ge=1, description="beam prepare engine: more user shards when they would average more events "
+        "than this (shards = max(prepare_shards, ceil(events / this))), so a shard's memory does not grow with "
+        "the log.")
     temp_dir: str | None = Field(
         None, description="tf.Transform temp dir (a gs:// path on Dataflow); default: a local temp dir."
     )
@@ -544,16 +549,17 @@ def _run_beam(staged: dict[str, str], spec: dict[str, Any], config: TransformCon
                                dask_workers=config.dask_workers) as args, \
             beam.Pipeline(options=PipelineOptions(args)) as pipeline, \
             tft_beam.Context(temp_dir=temp_dir, desired_batch_size=config.batch_size):
+        # The train split is read twice: once for the analysis, once to transform it. AnalyzeAndTransformDataset
+        # on one read makes the runner keep the whole split (the transform waits for the analysis's side input),
+        # so the in-memory DirectRunner held every train row; two reads let both stream (same rows, same order).
         train = _read_split(pipeline, "Train", staged["train"], arrow_schema, config.batch_size)
-        (transformed, transformed_md), transform_fn = (
-            (train, adapter_config) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
-                preprocessing_fn, output_record_batches=True))
+        transform_fn = (train, adapter_config) | "AnalyzeTrain" >> tft_beam.AnalyzeDataset(preprocessing_fn)
         graph_dir = str(out_dir / bundle_layout.TRANSFORM_GRAPH_DIR)
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(graph_dir)
-        del transformed_md  # the transformed schema is written with the transform graph
-        outputs = {"train": transformed}
-        for name in ("eval", "test"):
-            data = _read_split(pipeline, name.title(), staged[name], arrow_schema, config.batch_size)
+        outputs: dict[str, Any] = {}
+        for name in ("train", "eval", "test"):
+            label = "TrainAgain" if name == "train" else name.title()
+            data = _read_split(pipeline, label, staged[name], arrow_schema, config.batch_size)
             outputs[name], _ = ((data, adapter_config), transform_fn) | f"Transform{name.title()}" >> \
                 tft_beam.TransformDataset(output_record_batches=True)
         for name, data in outputs.items():
