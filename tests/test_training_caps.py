@@ -16,9 +16,9 @@ from recflow.config import ValidationConfig
 from recflow.errors import DataError
 from recflow.examplegen import ExampleGenConfig, run_example_gen
 from recflow.features.transform import TransformConfig, load_transformed, run_transform
-from recflow.training.caps import cap_mask
+from recflow.training.caps import STREAM_RANKING_TRAIN, cap_mask, cap_rows_by_key, row_keys
 from recflow.training.tfrs_trainer import TrainerConfig, load_inputs, train_tfrs
-from recflow.training.transformed import load_transformed_rows
+from recflow.training.transformed import load_transformed_rows, load_transformed_sample
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +103,56 @@ def test_caps_bind_are_reported_and_noted(world: Path, tmp_path: Path) -> None:
     for key in caps:
         assert any(f"trainer.{key}" in n for n in capped.notes), (key, capped.notes)
     assert capped.metrics["retrieval_eval_top10_accuracy"] != whole.metrics["retrieval_eval_top10_accuracy"]
+
+
+def test_row_key_sample_is_seeded_and_independent_of_order() -> None:
+    ids = np.arange(1000, 1300)
+    mask = ids % 2 == 0
+    capped = cap_rows_by_key(mask, ids, 40, 5, 3)
+    assert capped.binds and capped.mask.sum() == 40 and not (capped.mask & ~mask).any()
+    assert capped.report() == {"kept": 40, "of": 150, "cap": 40}
+    perm = np.random.default_rng(0).permutation(len(ids))  # the same rows in another order: the same sample
+    shuffled = cap_rows_by_key(mask[perm], ids[perm], 40, 5, 3)
+    assert set(ids[perm][shuffled.mask]) == set(ids[capped.mask])
+    assert set(ids[cap_rows_by_key(mask, ids, 40, 6, 3).mask]) != set(ids[capped.mask])
+    assert np.array_equal(row_keys(ids, 5, 3), row_keys(ids, 5, 3))
+    assert not cap_rows_by_key(mask, ids, None, 5, 3).binds
+    with pytest.raises(ValueError, match=">= 1"):
+        cap_rows_by_key(mask, ids, 0, 5, 3)
+
+
+def test_streamed_sample_equals_the_whole_split_sample(world: Path) -> None:
+    graph = world / "tf" / bundle_layout.TRANSFORM_GRAPH_DIR
+    split = world / "tf" / bundle_layout.TRANSFORMED_DIR / "train"
+    whole = load_transformed(split, graph)
+    code = int(np.bincount(whole["event_code"]).argmax())
+    keep = whole["event_code"] == code
+    cap = int(keep.sum()) // 4
+    expected = cap_rows_by_key(keep, whole["row_id"], cap, 42, STREAM_RANKING_TRAIN).mask
+    for batch in (5, 64, 65536):  # pruned many times, a few times, never
+        rows, selected = load_transformed_sample(split, graph, ["event_code", "item_idx"],
+                                                 lambda b: b["event_code"] == code, cap, 42, STREAM_RANKING_TRAIN,
+                                                 batch=batch)
+        assert selected == int(keep.sum())
+        for c in rows:
+            np.testing.assert_array_equal(rows[c], whole[c][expected])
+    rows, selected = load_transformed_sample(split, graph, ["event_code"], lambda b: b["event_code"] == code,
+                                             None, 42, STREAM_RANKING_TRAIN)
+    np.testing.assert_array_equal(rows["row_id"], whole["row_id"][keep])
+
+
+def test_ranking_cap_streamed_with_the_sequence_model_equals_the_two_tower_sample(world: Path) -> None:
+    slim_all = load_inputs(world / "ex", world / "tf", SMALL)
+    imp = slim_all.spec["event_codes"]["impression"]
+    n_rank = int(((slim_all.train["event_code"] == imp) & (slim_all.train["clicked"] >= 0)).sum())
+    config = SMALL.model_copy(update={"ranking_max_train_impressions": n_rank // 3})
+    slim = load_inputs(world / "ex", world / "tf", config)
+    assert slim.ranking_sample == {"kept": n_rank // 3, "of": n_rank, "cap": n_rank // 3}
+    assert slim_all.ranking_sample is None
+    whole = load_inputs(world / "ex", world / "tf", config.model_copy(update={"retrieval_model": "two_tower"}))
+    eligible = (whole.train["event_code"] == imp) & (whole.train["clicked"] >= 0)
+    expected = cap_rows_by_key(eligible, whole.train["row_id"], n_rank // 3, config.seed, STREAM_RANKING_TRAIN)
+    for c in slim.train:
+        np.testing.assert_array_equal(slim.train[c], whole.train[c][expected.mask])
+    for c in slim.evald:  # the eval split whole
+        np.testing.assert_array_equal(slim.evald[c], slim_all.evald[c])

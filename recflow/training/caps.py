@@ -59,3 +59,39 @@ def cap_mask(mask: np.ndarray, cap: int | None, seed: int, stream: int) -> CapRe
 
 #: The ``stream`` of each capped sample (see :func:`cap_mask`).
 STREAM_SEQUENCE_TRAIN, STREAM_SEQUENCE_EVAL, STREAM_RANKING_TRAIN = 1, 2, 3
+
+
+def row_keys(row_ids: np.ndarray, seed: int, stream: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 key per row id (splitmix64 of the id mixed with ``seed`` and ``stream``):
+    the same row gets the same key whichever batch, file or order it is read in."""
+    with np.errstate(over="ignore"):
+        mix = np.uint64((seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9) % 2**64)
+        z = np.asarray(row_ids).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + mix
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def smallest_keys(row_ids: np.ndarray, cap: int, seed: int, stream: int) -> np.ndarray:
+    """Positions (sorted) of the ``cap`` rows of ``row_ids`` with the smallest :func:`row_keys` (all rows when
+    there are no more): a seeded uniform sample that a stream of batches can keep bounded (the smallest keys of
+    the union are the smallest of each part's smallest)."""
+    if len(row_ids) <= cap:
+        return np.arange(len(row_ids))
+    keys = row_keys(row_ids, seed, stream)
+    return np.sort(np.lexsort((np.asarray(row_ids), keys))[:cap])
+
+
+def cap_rows_by_key(mask: np.ndarray, row_ids: np.ndarray, cap: int | None, seed: int, stream: int) -> CapResult:
+    """:func:`cap_mask` by row key: the ``cap`` rows of ``mask`` with the smallest :func:`row_keys` of their
+    ``row_ids`` -- the same sample :func:`recflow.training.transformed.load_transformed_sample` keeps while
+    streaming a split."""
+    mask = np.asarray(mask, bool)
+    rows = np.flatnonzero(mask)
+    if cap is not None and cap < 1:
+        raise ValueError(f"a training cap must be >= 1 or None, got {cap}")
+    if cap is None or len(rows) <= cap:
+        return CapResult(mask, len(rows), len(rows), cap)
+    out = np.zeros(len(mask), bool)
+    out[rows[smallest_keys(np.asarray(row_ids)[rows], cap, seed, stream)]] = True
+    return CapResult(out, cap, len(rows), cap)

@@ -339,6 +339,9 @@ class TrainerInputs:
     cand_features: dict[str, np.ndarray]
     user_state: pd.DataFrame
     item_ids: list[str]
+    #: ``{"kept", "of", "cap"}`` when ``trainer.ranking_max_train_impressions`` bound while the train split was
+    #: streamed (``train`` then holds only the sampled impressions); None otherwise.
+    ranking_sample: dict[str, int] | None = None
 
 
 @dataclass
@@ -370,13 +373,17 @@ def _decode(tokens: Any) -> list[str]:
 
 def _load_ranking_rows(transform_dir: Path, graph_dir: Path, spec: dict[str, Any], config: TrainerConfig,
                        n_items: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray,
-                                          np.ndarray]:
+                                          np.ndarray, dict[str, int] | None]:
     """With the sequence retrieval model (which reads ExampleGen's events itself), the transformed splits' rows
     and columns the ranking stage reads -- the impressions, their towers' features and labels -- streamed
     (:func:`recflow.training.transformed.load_transformed_rows`), not the whole splits; the retrieval targets'
-    item counts are tallied on the way. Returns (train, eval, the kept rows' target masks (all false: an
-    impression is no target), the train targets' count per item)."""
-    from recflow.training.transformed import load_transformed_rows
+    item counts are tallied on the way. With ``trainer.ranking_max_train_impressions`` the train split keeps only
+    the ranking stage's seeded sample of its labelled impressions while streaming
+    (:func:`recflow.training.transformed.load_transformed_sample`, the sample :func:`_cap_ranking` draws from a
+    whole split). Returns (train, eval, the kept rows' target masks (all false: an impression is no target), the
+    train targets' count per item, the sample's ``{"kept", "of", "cap"}`` when the cap bound)."""
+    from recflow.training.caps import STREAM_RANKING_TRAIN
+    from recflow.training.transformed import load_transformed_rows, load_transformed_sample
 
     imp_code = spec["event_codes"].get("impression", -1)
     feature_spec = set(spec["transformed_query_features"]) | set(spec["transformed_candidate_features"])
@@ -388,14 +395,19 @@ def _load_ranking_rows(transform_dir: Path, graph_dir: Path, spec: dict[str, Any
             if tally:
                 positive = target_weights(batch["event_code"], spec["event_codes"], config.event_weights) > 0
                 counts[:] += np.bincount(batch["item_idx"][positive], minlength=n_items)[:n_items]
-            return np.asarray(batch["event_code"] == imp_code)
+            impression = np.asarray(batch["event_code"] == imp_code)
+            return impression & (batch["clicked"] >= 0) if cap is not None else impression
         return select
 
     split_dir = transform_dir / bundle_layout.TRANSFORMED_DIR
-    train = load_transformed_rows(split_dir / "train", graph_dir, columns, keep(True))
+    cap = config.ranking_max_train_impressions
+    train, labelled = load_transformed_sample(split_dir / "train", graph_dir, columns, keep(True), cap, config.seed,
+                                              STREAM_RANKING_TRAIN)
+    sample = {"kept": len(train["row_id"]), "of": labelled, "cap": cap} if cap is not None and labelled > cap \
+        else None
     evald = load_transformed_rows(split_dir / "eval", graph_dir, columns, keep(False))
     no_target = np.zeros(len(train["row_id"]), bool), np.zeros(len(evald["row_id"]), bool)
-    return train, evald, no_target[0], no_target[1], counts
+    return train, evald, no_target[0], no_target[1], counts, sample
 
 
 def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) -> TrainerInputs:
@@ -415,9 +427,10 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
     tft_output = tft.TFTransformOutput(str(graph_dir))
     vocab = _vocab_sizes(tft_output, spec)
     if config.retrieval_model == "sequence":
-        train, evald, pos_train, pos_eval, counts = _load_ranking_rows(transform_dir, graph_dir, spec, config,
-                                                                       vocab["item_idx"])
+        train, evald, pos_train, pos_eval, counts, ranking_sample = _load_ranking_rows(
+            transform_dir, graph_dir, spec, config, vocab["item_idx"])
     else:
+        ranking_sample = None
         train = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "train", graph_dir)
         evald = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "eval", graph_dir)
         weight_train = target_weights(train["event_code"], spec["event_codes"], config.event_weights)
@@ -440,7 +453,7 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
         pos_train=pos_train, pos_eval=pos_eval, vocab=vocab, item_prob=item_prob, candidates_raw=candidates_raw,
         cand_features={n: cand_t[n] for n in c_feats},
         user_state=pd.read_parquet(transform_dir / bundle_layout.USER_STATE_FILE),
-        item_ids=candidates_raw["item_id"].astype(str).tolist())
+        item_ids=candidates_raw["item_id"].astype(str).tolist(), ranking_sample=ranking_sample)
 
 
 def _retrieval_dataset(inputs: TrainerInputs, config: TrainerConfig, data: dict[str, np.ndarray], mask: np.ndarray,
@@ -661,13 +674,18 @@ def _ranking_dataset(config: TrainerConfig, data: dict[str, np.ndarray], mask: n
     return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
 
 
-def _cap_ranking(rank_train: np.ndarray, run: TrainerRun) -> Any:
-    """The ranking model's train impressions cut to ``trainer.ranking_max_train_impressions`` (a seeded sample,
-    :func:`recflow.training.caps.cap_mask`; a note when it binds)."""
-    from recflow.training.caps import STREAM_RANKING_TRAIN, cap_mask
+def _cap_ranking(inputs: TrainerInputs, rank_train: np.ndarray, run: TrainerRun) -> Any:
+    """The ranking model's train impressions cut to ``trainer.ranking_max_train_impressions``: the seeded
+    sample by row key (:func:`recflow.training.caps.cap_rows_by_key`), drawn here from a whole split or already
+    while the split was streamed (``inputs.ranking_sample``); a note when it binds."""
+    from recflow.training.caps import STREAM_RANKING_TRAIN, CapResult, cap_rows_by_key
 
-    capped = cap_mask(np.asarray(rank_train, bool), run.config.ranking_max_train_impressions, run.config.seed,
-                      STREAM_RANKING_TRAIN)
+    mask = np.asarray(rank_train, bool)
+    if inputs.ranking_sample is not None:
+        capped = CapResult(mask, **inputs.ranking_sample)
+    else:
+        capped = cap_rows_by_key(mask, inputs.train["row_id"], run.config.ranking_max_train_impressions,
+                                 run.config.seed, STREAM_RANKING_TRAIN)
     if capped.binds:
         run.notes.append(capped.note("ranking model trained on its train impressions",
                                      "ranking_max_train_impressions"))
@@ -691,7 +709,7 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
         return False
     rank_train, rank_eval = masks
     config, train, evald, vocab = run.config, inputs.train, inputs.evald, inputs.vocab
-    capped = _cap_ranking(rank_train, run)
+    capped = _cap_ranking(inputs, rank_train, run)
     rank_train = capped.mask
     purchase_weight = config.purchase_weight if inputs.spec.get("has_purchases") and "purchased" in train else 0.0
     names = sorted(set(inputs.q_feats) | set(inputs.c_feats) | {"clicked"}

@@ -59,3 +59,46 @@ def load_transformed_rows(transformed_dir: Path, transform_graph_dir: Path, colu
             for n, p in parts.items()}
     order = np.argsort(data["row_id"], kind="stable")
     return {n: values[order] for n, values in data.items()}
+
+
+def load_transformed_sample(transformed_dir: Path, transform_graph_dir: Path, columns: Sequence[str],
+                            keep: Keep, cap: int | None, seed: int, stream: int, batch: int = BATCH
+                            ) -> tuple[dict[str, np.ndarray], int]:
+    """:func:`load_transformed_rows` of the rows ``keep`` selects, cut while streaming to the ``cap`` of them
+    with the smallest seeded row keys (:func:`recflow.training.caps.smallest_keys`; cap None: all), so memory
+    holds at most about twice ``cap`` rows whatever the split's size. Returns (the rows in ``row_id`` order, how
+    many rows ``keep`` selected in all)."""
+    from recflow.training.caps import smallest_keys
+
+    if cap is None:
+        count = [0]
+
+        def counted(parsed: dict[str, np.ndarray]) -> np.ndarray:
+            mask = np.asarray(keep(parsed), bool)
+            count[0] += int(mask.sum())
+            return mask
+
+        everything = load_transformed_rows(transformed_dir, transform_graph_dir, columns, counted, batch)
+        return everything, count[0]
+    names = list(dict.fromkeys([*columns, "row_id"]))
+    held: dict[str, np.ndarray] | None = None
+    selected = 0
+
+    def prune(data: dict[str, np.ndarray], limit: int) -> dict[str, np.ndarray]:
+        chosen = smallest_keys(data["row_id"], limit, seed, stream)
+        return {n: v[chosen] for n, v in data.items()}
+
+    def collect(parsed: dict[str, np.ndarray]) -> np.ndarray:
+        nonlocal held, selected
+        mask = np.asarray(keep(parsed), bool)
+        selected += int(mask.sum())
+        part = {n: parsed[n][mask] for n in names}
+        held = part if held is None else {n: np.concatenate([held[n], part[n]]) for n in names}
+        if cap is not None and len(held["row_id"]) > 2 * cap:
+            held = prune(held, cap)
+        return np.zeros(len(mask), bool)  # nothing left for load_transformed_rows to gather
+
+    empty = load_transformed_rows(transformed_dir, transform_graph_dir, columns, collect, batch)
+    data = empty if held is None else prune(held, cap)
+    order = np.argsort(data["row_id"], kind="stable")
+    return {n: v[order] for n, v in data.items()}, selected
