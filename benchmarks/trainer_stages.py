@@ -9,9 +9,11 @@ the index, the hybrid blend, ranking, the history ranker, the report) and the TF
 stage's seconds, the process RSS after it and its peak (a psutil sampler every 0.1 s); a stage past
 ``--max-rss-gb`` stops the run and is recorded. Prints JSON and writes the run under ``--label`` (``before``:
 main's code before the memory fix; ``after``) into ``benchmarks/results/trainer_stages.json``, keeping the other
-labels' runs.
+labels' runs. ``--caps`` trains with the TFRS trainer's recommended training budgets (:data:`SHOP_CAPS`, recorded
+in the run's ``overrides``); ``--sessions-rate 0.0082`` makes the same world with about 3 million events.
 
     .venv/bin/python benchmarks/trainer_stages.py --work /tmp/recflow-trainer-stages --label after
+    .venv/bin/python benchmarks/trainer_stages.py --work /tmp/w3m --sessions-rate 0.0082 --caps --label capped_3m
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from machine import machine_info  # noqa: E402
 from stage_sampler import StageSampler, shop_world  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "trainer_stages.json"
+#: The TFRS trainer's training budgets recommended for a shop-scale config (``--caps``; docs/pipeline.md): each
+#: model trains (and the sequence model early-stops) on a seeded sample of at most this many examples.
+SHOP_CAPS = ("trainer.sequence_max_train_examples=150000", "trainer.sequence_max_eval_examples=20000",
+             "trainer.ranking_max_train_impressions=200000", "trainer.history_ranking_max_train_impressions=100000")
 
 
 class Stages(StageSampler):
@@ -145,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="Extra config overrides for the trainers (recorded in the result).")
+    parser.add_argument("--caps", action="store_true",
+                        help=f"Train with the recommended training budgets ({', '.join(SHOP_CAPS)}).")
     args = parser.parse_args(argv)
     work, overrides = args.work, shop_world(args.sessions_rate)
-    cfg = load_config(None, [f"paths.data_dir={work}", *overrides, *args.set])
-    header: dict[str, Any] = {"world": overrides, "overrides": args.set,
+    extra = [*(SHOP_CAPS if args.caps else ()), *args.set]
+    cfg = load_config(None, [f"paths.data_dir={work}", *overrides, *extra])
+    header: dict[str, Any] = {"world": overrides, "overrides": extra,
                               "load_average_1m_at_start": os.getloadavg()[0]}
     stages = Stages(args.max_rss_gb, args.out, args.label, header)
     prepare(work, cfg, stages)

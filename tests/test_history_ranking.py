@@ -291,3 +291,43 @@ def test_score_centring_setting_is_a_bool_or_auto() -> None:
         is True
     with pytest.raises(ValidationError):
         TrainerConfig(history_ranking_center_score="sometimes")
+
+
+def test_ranker_rows_by_chunk_equal_the_histories_built_at_once() -> None:
+    """The history ranker's point-in-time rows built a chunk of (user, time) keys at a time (bounded memory) are
+    the ones of every key at once, whatever the chunk."""
+    import pandas as pd
+
+    from recflow.models.sequence import SequenceConfig, SequenceEncoder, history_at
+    from recflow.training.history_ranking import ENCODER_BATCH, ranker_rows
+    from recflow.training.sequence_retrieval import SequenceData
+
+    rng = np.random.default_rng(3)
+    n, n_users, n_items, max_len = 4000, 60, 25, 6
+    user_rows = rng.integers(0, n_users, n)
+    item_rows = rng.integers(0, n_items, n)
+    seconds = rng.uniform(0, 1e5, n)
+    types = rng.integers(0, 4, n)
+    data = SequenceData(user_ids=np.array([f"u{u}" for u in user_rows], object), user_rows=user_rows,
+                        item_ids=np.array([f"i{i}" for i in item_rows], object), item_rows=item_rows,
+                        event_types=np.array(["view"] * n, object), type_codes=types, seconds=seconds,
+                        weights=np.ones(n, np.float32), split=np.array(["train"] * n, object))
+    m = 5000  # more keys than one encoder batch: several chunks
+    imp = pd.DataFrame({"user_id": [f"u{u}" for u in rng.integers(0, n_users + 5, m)],  # some unknown users
+                        "item_id": [f"i{i}" for i in rng.integers(0, n_items + 3, m)],
+                        "_seconds": rng.uniform(0, 1e5, m)})
+    encoder = SequenceEncoder(n_items + 1, SequenceConfig(embedding_dim=8, max_len=max_len, num_blocks=1,
+                                                          num_heads=1))
+    vectors = encoder.item_vectors()
+    rows_of = {f"i{i}": i for i in range(n_items)}
+    ids = [f"i{i}" for i in range(n_items + 3)]
+    small_rows, small = ranker_rows(imp, data, encoder, vectors, rows_of, ids, max_len, chunk=ENCODER_BATCH)
+    big_rows, big = ranker_rows(imp, data, encoder, vectors, rows_of, ids, max_len, chunk=ENCODER_BATCH * 4)
+    np.testing.assert_array_equal(small_rows, big_rows)
+    assert 0 < len(small_rows) < m
+    for key in big:
+        np.testing.assert_array_equal(small[key], big[key])
+    users = imp["user_id"].str[1:].astype(int).to_numpy()[small_rows]
+    at_once = history_at(user_rows, item_rows, types, seconds, users, imp["_seconds"].to_numpy()[small_rows],
+                         max_len, strictly_before=True)
+    np.testing.assert_array_equal(small["hist_rows"], at_once["hist_items"])

@@ -74,33 +74,59 @@ def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataF
     return imp.reset_index(drop=True)
 
 
-def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.ndarray, item_rows: Mapping[str, int],
-                item_ids: Sequence[str], max_len: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Model inputs of the impressions whose user has an earlier history: (kept impression rows, arrays).
+#: Encoder batch of :func:`ranker_rows` and the (user, time) keys whose histories it builds at once (a multiple of
+#: the batch, so the batches are the same whatever the chunk): the [keys, max_len] history arrays of every
+#: impression are never held at once, only each key's state and its history's item rows (int32).
+ENCODER_BATCH = 2048
+RANKER_ROWS_CHUNK = ENCODER_BATCH * 64
 
-    Arrays: ``state`` [N, D], ``hist_rows`` [N, L], ``item`` (ranker item index), ``score`` (retrieval score).
-    """
+
+def _states_by_chunk(seq_data: Any, encoder: Any, users: np.ndarray, times: np.ndarray, max_len: int, dim: int,
+                     chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each (user, time) key's history strictly before the time, encoded: (states [K, D], history item rows
+    [K, L] int32, whether it has a history), built ``chunk`` keys at a time."""
     from recflow.models.sequence import history_at
 
+    if chunk % ENCODER_BATCH:
+        raise ValueError(f"chunk must be a multiple of {ENCODER_BATCH}, got {chunk}")
+    n = len(users)
+    states = np.zeros((n, dim), np.float32)
+    hist_rows = np.full((n, max_len), -1, np.int32)
+    has_hist = np.zeros(n, bool)
+    for c in range(0, n, chunk):
+        hist = history_at(seq_data.user_rows, seq_data.item_rows, seq_data.type_codes, seq_data.seconds,
+                          users[c:c + chunk], times[c:c + chunk], max_len, strictly_before=True)
+        valid = hist["hist_items"] >= 0
+        has_hist[c:c + chunk] = valid.any(axis=1)
+        # Serving measures gaps from the newest event of the history it is given: do the same here.
+        gaps = hist["hist_gaps"].astype(np.float64)
+        newest = np.where(valid, gaps, np.inf).min(1)
+        hist["hist_gaps"] = np.where(valid, gaps - np.where(np.isfinite(newest), newest, 0.0)[:, None], -1.0
+                                     ).astype(np.float32)
+        for s in range(0, len(valid), ENCODER_BATCH):
+            part = {k: hist[k][s:s + ENCODER_BATCH] for k in ("hist_items", "hist_types", "hist_gaps")}
+            states[c + s:c + s + ENCODER_BATCH] = encoder(part, training=False).numpy()
+        hist_rows[c:c + chunk] = hist["hist_items"]
+    return states, hist_rows, has_hist
+
+
+def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.ndarray, item_rows: Mapping[str, int],
+                item_ids: Sequence[str], max_len: int, chunk: int = RANKER_ROWS_CHUNK
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Model inputs of the impressions whose user has an earlier history: (kept impression rows, arrays).
+
+    Arrays: ``state`` [N, D], ``hist_rows`` [N, L] (int32), ``item`` (ranker item index), ``score`` (retrieval
+    score). The histories are built and encoded ``chunk`` keys at a time (:func:`_states_by_chunk`; the same
+    arrays whatever the chunk).
+    """
     user_row_of = {u: int(r) for u, r in zip(seq_data.user_ids, seq_data.user_rows, strict=True)}
     users = imp["user_id"].astype(str).map(user_row_of)
     has_user = users.notna().to_numpy()
     rows = np.flatnonzero(has_user)
     keys = pd.DataFrame({"u": users.to_numpy()[rows].astype(np.int64), "t": imp["_seconds"].to_numpy()[rows]})
     uniq = keys.drop_duplicates().reset_index(drop=True)
-    hist = history_at(seq_data.user_rows, seq_data.item_rows, seq_data.type_codes, seq_data.seconds,
-                      uniq["u"].to_numpy(), uniq["t"].to_numpy(), max_len, strictly_before=True)
-    valid = hist["hist_items"] >= 0
-    has_hist = np.asarray(valid.any(axis=1))
-    # Serving measures gaps from the newest event of the history it is given: do the same here.
-    gaps = hist["hist_gaps"].astype(np.float64)
-    newest = np.where(valid, gaps, np.inf).min(1)
-    hist["hist_gaps"] = np.where(valid, gaps - np.where(np.isfinite(newest), newest, 0.0)[:, None], -1.0
-                                 ).astype(np.float32)
-    states = np.zeros((len(uniq), all_vectors.shape[1]), np.float32)
-    for s in range(0, len(uniq), 2048):
-        part = {k: hist[k][s:s + 2048] for k in ("hist_items", "hist_types", "hist_gaps")}
-        states[s:s + 2048] = encoder(part, training=False).numpy()
+    states, hist_rows, has_hist = _states_by_chunk(seq_data, encoder, uniq["u"].to_numpy(), uniq["t"].to_numpy(),
+                                                   max_len, all_vectors.shape[1], chunk)
     position = pd.MultiIndex.from_frame(uniq).get_indexer(pd.MultiIndex.from_frame(keys))
     keep = has_hist[position]
     rows, position = rows[keep], position[keep]
@@ -109,7 +135,7 @@ def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.
     score = np.einsum("nd,nd->n", state, all_vectors[np.maximum(enc_rows, 0)]) * (enc_rows >= 0)
     index = {str(i): k for k, i in enumerate(item_ids)}
     item = np.array([index.get(str(i), len(item_ids)) for i in imp["item_id"].to_numpy()[rows]], np.int64)
-    return rows, {"state": state, "hist_rows": hist["hist_items"][position], "enc_rows": enc_rows,
+    return rows, {"state": state, "hist_rows": hist_rows[position], "enc_rows": enc_rows,
                   "item": item, "score": score.astype(np.float64)}
 
 

@@ -264,11 +264,31 @@ class SequenceTraining:
     catalog_rows: dict[str, int]  # catalog item id -> encoder row (OOV row for items unseen in training)
 
 
-def _examples(data: Any, examples_dir: Path, trainer_config: Any, notes: list[str]
+def _cap_targets(train_mask: np.ndarray, eval_mask: np.ndarray, trainer_config: Any, notes: list[str],
+                 sampled: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The target masks cut to ``trainer.sequence_max_train_examples`` / ``sequence_max_eval_examples`` (seeded
+    samples, :func:`recflow.training.caps.cap_mask`); a cap that binds adds a note and its ``sampled`` entry."""
+    from recflow.training.caps import STREAM_SEQUENCE_EVAL, STREAM_SEQUENCE_TRAIN, cap_mask
+
+    seed = trainer_config.seed
+    train = cap_mask(train_mask, trainer_config.sequence_max_train_examples, seed, STREAM_SEQUENCE_TRAIN)
+    evals = cap_mask(eval_mask, trainer_config.sequence_max_eval_examples, seed, STREAM_SEQUENCE_EVAL)
+    for result, what, key, name in ((train, "sequence model trained on its train targets",
+                                     "sequence_max_train_examples", "train_examples_sampled"),
+                                    (evals, "sequence model early-stopped on its eval targets",
+                                     "sequence_max_eval_examples", "eval_examples_sampled")):
+        sampled[name] = result.report()
+        if result.binds:
+            notes.append(result.note(what, key))
+    return train.mask, evals.mask
+
+
+def _examples(data: Any, examples_dir: Path, trainer_config: Any, notes: list[str],
+              sampled: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[dict[str, np.ndarray], np.ndarray] | None]:
     """The training examples (histories of train events only) and their weights, and the eval examples with
-    theirs (None, with a note, when the eval split has no target). Raises DataError when the train split has no
-    target."""
+    theirs (None, with a note, when the eval split has no target), each cut to its cap (:func:`_cap_targets`,
+    which records what it sampled into ``sampled``). Raises DataError when the train split has no target."""
     from recflow.models.sequence import build_sequences
 
     cfg = trainer_config.sequence_config()
@@ -281,6 +301,8 @@ def _examples(data: Any, examples_dir: Path, trainer_config: Any, notes: list[st
         weighted = [t for t, w in trainer_config.event_weights.items() if w > 0]
         raise DataError(f"{examples_dir}: the train split has no retrieval targets: no event of the types "
                         f"trainer.event_weights gives a weight > 0 ({', '.join(weighted)})")
+    train_mask, eval_mask = _cap_targets(train_mask, eval_mask, trainer_config, notes,
+                                         sampled if sampled is not None else {})
     sel = is_train
     train_seq = build_sequences(data.user_rows[sel], data.item_rows[sel], data.type_codes[sel],
                                 data.seconds[sel], cfg.max_len, target_mask=train_mask[sel])
@@ -387,7 +409,8 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
     oov = n_rows - 1
     data = load_events(examples_dir, ("train", "eval"), row_of, oov, trainer_config.event_weights)
     sel = data.split == "train"  # training histories: train events only
-    train_seq, train_w, evaluation = _examples(data, examples_dir, trainer_config, notes)
+    sampled: dict[str, Any] = {}
+    train_seq, train_w, evaluation = _examples(data, examples_dir, trainer_config, notes, sampled)
     counts = np.bincount(train_seq["target_item"], minlength=n_rows).astype(np.float64)
     item_prob = ((counts + 1.0) / (counts.sum() + n_rows)).astype(np.float32)
 
@@ -401,7 +424,7 @@ def train_sequence(examples_dir: Path, vocabulary: Sequence[str], candidate_ids:
                               "eval_examples": 0 if evaluation is None else len(evaluation[1]),
                               "train_examples_by_type": pd.Series(data.event_types[sel][train_seq["target_index"]])
                               .value_counts().sort_index().astype(int).to_dict(),
-                              "event_weights": dict(trainer_config.event_weights)}
+                              "event_weights": dict(trainer_config.event_weights), **sampled}
     if trainer_config.warm_start_from:
         try:
             report["warm_start"] = warm_start_encoder(encoder, Path(trainer_config.warm_start_from),

@@ -156,6 +156,19 @@ class TrainerConfig(BaseModel):
         "with 200000 here 212 s (benchmarks/results/trainer_stages.json). When it binds, the training report's "
         "history_ranking.train_impressions_sampled and a note say so; the point-in-time decision states are "
         "still written for every impression.")
+    sequence_max_train_examples: int | None = Field(
+        None, gt=0, description="At most this many train-split targets train the sequence retrieval model (a "
+        "seeded sample; their histories still read every train event); null = all. Its time and the memory of "
+        "its examples ([targets, max_len] history arrays) grow with the targets. When it binds, the training "
+        "report's retrieval.train_examples_sampled and a note say so (recflow.training.caps).")
+    sequence_max_eval_examples: int | None = Field(
+        None, gt=0, description="At most this many eval-split targets measure the sequence model's top-k accuracy "
+        "for early stopping (a seeded sample; each epoch scores them against the whole catalog); null = all. "
+        "When it binds, retrieval.eval_examples_sampled and a note say so.")
+    ranking_max_train_impressions: int | None = Field(
+        None, gt=0, description="At most this many train-split impressions train the DCN ranking model (a seeded "
+        "sample; the eval split whole); null = all. When it binds, ranking.train_impressions_sampled and a note "
+        "say so.")
     hybrid: HybridConfig = Field(
         HybridConfig(), description="The sequence model blended with EASE (recflow.training.hybrid): the blend "
         "weight and EASE's l2 chosen on the eval split; the bundle's readers retrieve with the blend.")
@@ -326,6 +339,9 @@ class TrainerInputs:
     cand_features: dict[str, np.ndarray]
     user_state: pd.DataFrame
     item_ids: list[str]
+    #: ``{"kept", "of", "cap"}`` when ``trainer.ranking_max_train_impressions`` bound while the train split was
+    #: streamed (``train`` then holds only the sampled impressions); None otherwise.
+    ranking_sample: dict[str, int] | None = None
 
 
 @dataclass
@@ -355,6 +371,45 @@ def _decode(tokens: Any) -> list[str]:
     return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tokens]
 
 
+def _load_ranking_rows(transform_dir: Path, graph_dir: Path, spec: dict[str, Any], config: TrainerConfig,
+                       n_items: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray,
+                                          np.ndarray, dict[str, int] | None]:
+    """With the sequence retrieval model (which reads ExampleGen's events itself), the transformed splits' rows
+    and columns the ranking stage reads -- the impressions, their towers' features and labels -- streamed
+    (:func:`recflow.training.transformed.load_transformed_rows`), not the whole splits; the retrieval targets'
+    item counts are tallied on the way. With ``trainer.ranking_max_train_impressions`` the train split keeps only
+    the ranking stage's seeded sample of its labelled impressions while streaming
+    (:func:`recflow.training.transformed.load_transformed_sample`, the sample :func:`_cap_ranking` draws from a
+    whole split). Returns (train, eval, the kept rows' target masks (all false: an impression is no target), the
+    train targets' count per item, the sample's ``{"kept", "of", "cap"}`` when the cap bound)."""
+    from recflow.training.caps import STREAM_RANKING_TRAIN
+    from recflow.training.transformed import load_transformed_rows, load_transformed_sample
+
+    imp_code = spec["event_codes"].get("impression", -1)
+    feature_spec = set(spec["transformed_query_features"]) | set(spec["transformed_candidate_features"])
+    columns = sorted(feature_spec | {"event_code", "clicked", "item_idx", *spec.get("label_features", [])})
+    counts = np.zeros(n_items, np.float64)
+
+    def keep(tally: bool) -> Any:
+        def select(batch: dict[str, np.ndarray]) -> np.ndarray:
+            if tally:
+                positive = target_weights(batch["event_code"], spec["event_codes"], config.event_weights) > 0
+                counts[:] += np.bincount(batch["item_idx"][positive], minlength=n_items)[:n_items]
+            impression = np.asarray(batch["event_code"] == imp_code)
+            return impression & (batch["clicked"] >= 0) if cap is not None else impression
+        return select
+
+    split_dir = transform_dir / bundle_layout.TRANSFORMED_DIR
+    cap = config.ranking_max_train_impressions
+    train, labelled = load_transformed_sample(split_dir / "train", graph_dir, columns, keep(True), cap, config.seed,
+                                              STREAM_RANKING_TRAIN)
+    sample = {"kept": len(train["row_id"]), "of": labelled, "cap": cap} if cap is not None and labelled > cap \
+        else None
+    evald = load_transformed_rows(split_dir / "eval", graph_dir, columns, keep(False))
+    no_target = np.zeros(len(train["row_id"]), bool), np.zeros(len(evald["row_id"]), bool)
+    return train, evald, no_target[0], no_target[1], counts, sample
+
+
 def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) -> TrainerInputs:
     """The datasets stage: Transform's spec, graph, transformed splits and candidates, and the retrieval targets.
 
@@ -370,19 +425,24 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     graph_dir = transform_dir / bundle_layout.TRANSFORM_GRAPH_DIR
     tft_output = tft.TFTransformOutput(str(graph_dir))
-    train = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "train", graph_dir)
-    evald = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "eval", graph_dir)
-    weight_train = target_weights(train["event_code"], spec["event_codes"], config.event_weights)
-    weight_eval = target_weights(evald["event_code"], spec["event_codes"], config.event_weights)
-    pos_train, pos_eval = weight_train > 0, weight_eval > 0
-    if config.first_positive_only:
-        pos_train, pos_eval = first_positives(train, evald, pos_train, pos_eval)
+    vocab = _vocab_sizes(tft_output, spec)
+    if config.retrieval_model == "sequence":
+        train, evald, pos_train, pos_eval, counts, ranking_sample = _load_ranking_rows(
+            transform_dir, graph_dir, spec, config, vocab["item_idx"])
+    else:
+        ranking_sample = None
+        train = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "train", graph_dir)
+        evald = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "eval", graph_dir)
+        weight_train = target_weights(train["event_code"], spec["event_codes"], config.event_weights)
+        weight_eval = target_weights(evald["event_code"], spec["event_codes"], config.event_weights)
+        pos_train, pos_eval = weight_train > 0, weight_eval > 0
+        if config.first_positive_only:
+            pos_train, pos_eval = first_positives(train, evald, pos_train, pos_eval)
+        counts = np.bincount(train["item_idx"][pos_train], minlength=vocab["item_idx"]).astype(np.float64)
     weighted_types = [t for t, w in config.event_weights.items() if w > 0]
-    if not pos_train.any():
+    if not counts.sum() > 0:
         raise DataError(f"{examples_dir}: the train split has no retrieval targets: no event of the types "
                         f"trainer.event_weights gives a weight > 0 ({', '.join(weighted_types)})")
-    vocab = _vocab_sizes(tft_output, spec)
-    counts = np.bincount(train["item_idx"][pos_train], minlength=vocab["item_idx"]).astype(np.float64)
     item_prob = ((counts + 1.0) / (counts.sum() + len(counts))).astype(np.float32)  # smoothed: no log(0)
     c_feats = spec["transformed_candidate_features"]
     candidates_raw = pd.read_parquet(transform_dir / bundle_layout.CANDIDATES_FILE)
@@ -393,7 +453,7 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
         pos_train=pos_train, pos_eval=pos_eval, vocab=vocab, item_prob=item_prob, candidates_raw=candidates_raw,
         cand_features={n: cand_t[n] for n in c_feats},
         user_state=pd.read_parquet(transform_dir / bundle_layout.USER_STATE_FILE),
-        item_ids=candidates_raw["item_id"].astype(str).tolist())
+        item_ids=candidates_raw["item_id"].astype(str).tolist(), ranking_sample=ranking_sample)
 
 
 def _retrieval_dataset(inputs: TrainerInputs, config: TrainerConfig, data: dict[str, np.ndarray], mask: np.ndarray,
@@ -614,6 +674,24 @@ def _ranking_dataset(config: TrainerConfig, data: dict[str, np.ndarray], mask: n
     return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
 
 
+def _cap_ranking(inputs: TrainerInputs, rank_train: np.ndarray, run: TrainerRun) -> Any:
+    """The ranking model's train impressions cut to ``trainer.ranking_max_train_impressions``: the seeded
+    sample by row key (:func:`recflow.training.caps.cap_rows_by_key`), drawn here from a whole split or already
+    while the split was streamed (``inputs.ranking_sample``); a note when it binds."""
+    from recflow.training.caps import STREAM_RANKING_TRAIN, CapResult, cap_rows_by_key
+
+    mask = np.asarray(rank_train, bool)
+    if inputs.ranking_sample is not None:
+        capped = CapResult(mask, **inputs.ranking_sample)
+    else:
+        capped = cap_rows_by_key(mask, inputs.train["row_id"], run.config.ranking_max_train_impressions,
+                                 run.config.seed, STREAM_RANKING_TRAIN)
+    if capped.binds:
+        run.notes.append(capped.note("ranking model trained on its train impressions",
+                                     "ranking_max_train_impressions"))
+    return capped
+
+
 def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
     """The ranking stage: the click (and purchase) model on impressions, exported as a SavedModel.
 
@@ -631,6 +709,8 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
         return False
     rank_train, rank_eval = masks
     config, train, evald, vocab = run.config, inputs.train, inputs.evald, inputs.vocab
+    capped = _cap_ranking(inputs, rank_train, run)
+    rank_train = capped.mask
     purchase_weight = config.purchase_weight if inputs.spec.get("has_purchases") and "purchased" in train else 0.0
     names = sorted(set(inputs.q_feats) | set(inputs.c_feats) | {"clicked"}
                    | ({"purchased"} if purchase_weight else set()))
@@ -654,6 +734,7 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
     history = _history(hist)
     epochs = len(history.get("loss", []))
     run.report["ranking"] = {"history": history, "epochs_run": epochs, "train_examples": int(rank_train.sum()),
+                             "train_impressions_sampled": capped.report(),
                              "examples_seen": history.pop("examples_seen", []), "seconds": seconds,
                              "examples_per_second": int(rank_train.sum()) * epochs / seconds}
     if r_eval is not None:
