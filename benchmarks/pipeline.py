@@ -408,14 +408,34 @@ def run_pipeline_child(overrides: list[str], work: Path, config_path: str | None
         "blessed": result.blessed,
         "pushed": result.pushed_to is not None,
         "failure": None,
-        "evaluation": evaluation_record(result.step("evaluator")),
+        "evaluation": evaluation_record(result.step("evaluator"),
+                                        evaluator_metrics(Path(run_dirs[-1]) if run_dirs else None)),
     }
 
 
-def evaluation_record(step: Any) -> dict[str, Any]:
-    """What the Evaluator decided and why: its reasons and its NDCG@10 rows (the candidate's and baselines')."""
-    return {"reasons": [str(r) for r in step.notes.get("reasons") or []],
-            "ndcg_at_10": {k: round(float(v), 5) for k, v in step.metrics.items() if k.endswith("ndcg@10")}}
+def evaluation_record(step: Any, metrics_doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the Evaluator decided and why: its reasons, its NDCG@10 rows (the candidate's and baselines') and,
+    from its ``metrics.json`` (``metrics_doc``), each method's 95% interval of NDCG@10 and the users evaluated."""
+    record: dict[str, Any] = {
+        "reasons": [str(r) for r in step.notes.get("reasons") or []],
+        "ndcg_at_10": {k: round(float(v), 5) for k, v in step.metrics.items() if k.endswith("ndcg@10")}}
+    if metrics_doc:
+        methods = (metrics_doc.get("confidence_intervals") or {}).get("methods") or {}
+        record["ndcg_at_10_ci95"] = {f"{label}.ndcg@10": [round(float(x), 5) for x in m["ndcg@10"]]
+                                     for label, m in methods.items() if "ndcg@10" in m}
+        record["users_evaluated"] = metrics_doc.get("n_users")
+    return record
+
+
+def evaluator_metrics(run_dir: Path | None) -> dict[str, Any] | None:
+    """The Evaluator's ``metrics.json`` among a local run's artifacts (None when there is none)."""
+    if run_dir is None:
+        return None
+    for path in sorted((run_dir / "artifacts").rglob("metrics.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and "confidence_intervals" in doc:
+            return doc
+    return None
 
 
 def run_size(overrides: list[str], work: Path, max_rss_mb: float | None, max_seconds: float | None,

@@ -4,6 +4,7 @@ a shop-scale world, failure records and the merge of result rows."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import textwrap
@@ -215,6 +216,24 @@ def test_evaluation_record_keeps_the_reasons_and_the_ndcg_at_10_rows():
     assert record == {"reasons": ["ndcg@10 0.567 does not beat the best baseline als 0.570"],
                       "ndcg_at_10": {"candidate.ndcg@10": 0.56739, "als.ndcg@10": 0.5699}}
     assert bench.evaluation_record(StepReport("evaluator", "succeeded")) == {"reasons": [], "ndcg_at_10": {}}
+
+
+def test_evaluation_record_takes_the_intervals_from_the_evaluators_metrics_json(tmp_path: Path):
+    from pipelines.local_run import StepReport
+
+    doc = {"n_users": 5000, "confidence_intervals": {"level": 0.95, "methods": {
+        "candidate": {"ndcg@10": [0.551234567, 0.565], "recall@10": [0.1, 0.2]}, "als": {"ndcg@10": [0.555, 0.569]},
+        "content": {"recall@10": [0.1, 0.2]}}}}
+    out = tmp_path / "artifacts" / "evaluator" / "evaluation"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps(doc), encoding="utf-8")
+    (tmp_path / "artifacts" / "blessing").mkdir()
+    (tmp_path / "artifacts" / "blessing" / "metrics.json").write_text("{}", encoding="utf-8")
+    found = bench.evaluator_metrics(tmp_path)
+    assert found == doc and bench.evaluator_metrics(tmp_path / "missing") is None
+    record = bench.evaluation_record(StepReport("evaluator", "succeeded", metrics={"candidate.ndcg@10": 0.558}), found)
+    assert record["ndcg_at_10_ci95"] == {"candidate.ndcg@10": [0.55123, 0.565], "als.ndcg@10": [0.555, 0.569]}
+    assert record["users_evaluated"] == 5000 and record["ndcg_at_10"] == {"candidate.ndcg@10": 0.558}
 
 
 def test_generation_child_reads_the_config_file_under_the_overrides(tmp_path: Path):
