@@ -90,9 +90,24 @@ def pipeline_section(d: dict[str, Any]) -> list[str]:
             how = "killed by the benchmark" if failure.get("killed_by_benchmark") else "its process died"
             outcome = f"**{failure.get('step', '?')} failed** ({how})"
         note = f" ({r['note']})" if r.get("note") else ""
-        lines.append(f"- Shop scale ({r['items']:,} items, {r['users']:,} users), {r['events']:,} events: {outcome}; "
-                     f"peak RSS of the whole run {_f(r['peak_rss_mb'], 0)} MB (target at 10M events: 4,096){note}.")
+        config = f" on `{r['config']}`" if r.get("config") else " on the default config"
+        lines.append(f"- Shop scale ({r['items']:,} items, {r['users']:,} users), {r['events']:,} events{config}: "
+                     f"{outcome}; peak RSS of the whole run {_f(r['peak_rss_mb'], 0)} MB (target at 10M events: "
+                     f"4,096){_quality(r.get('evaluation'))}{note}.")
     return lines
+
+
+def _quality(evaluation: dict[str, Any] | None) -> str:
+    """The candidate's NDCG@10 (with its 95% interval when recorded) and the best baseline's."""
+    ndcg = (evaluation or {}).get("ndcg_at_10") or {}
+    if "candidate.ndcg@10" not in ndcg:
+        return ""
+    ci = ((evaluation or {}).get("ndcg_at_10_ci95") or {}).get("candidate.ndcg@10")
+    interval = f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""
+    baselines = {k.split(".")[0]: v for k, v in ndcg.items() if k != "candidate.ndcg@10"}
+    best = max(baselines, key=lambda k: baselines[k]) if baselines else None
+    versus = f" vs best baseline {best} {_f(baselines[best])}" if best else ""
+    return f"; NDCG@10 {_f(ndcg['candidate.ndcg@10'])}{interval}{versus}"
 
 
 def transform_engines_section(d: dict[str, Any]) -> list[str]:
@@ -105,8 +120,20 @@ def transform_engines_section(d: dict[str, Any]) -> list[str]:
                           for k, label in labels.items() if k in runs)
         equal = all(r.get("equals_pandas", {}).get("equal", True) for r in runs.values())
         worlds.append(f"{w['events']:,} events: {sizes} (outputs equal to pandas: {equal})")
-    return ["**Transform prepare engines** (`benchmarks/transform_engines.py`, shop-scale worlds, the Transform step's "
-            "seconds and peak RSS of the process tree): " + "; ".join(worlds) + "."]
+    lines = ["**Transform prepare engines** (`benchmarks/transform_engines.py`, shop-scale worlds, the Transform "
+             "step's seconds and peak RSS of the process tree): " + "; ".join(worlds) + "."]
+    scale = d.get("scale")
+    if scale:
+        names = {"example_gen_beam": "ExampleGen (beam)", "transform_beam": "Transform (beam)"}
+        parts = []
+        for step, label in names.items():
+            rows = [(w["events"], w["steps"][step]) for w in scale["worlds"] if step in w.get("steps", {})]
+            if rows:
+                parts.append(f"{label} " + ", ".join(f"{e:,} events {_f(r['seconds'], 0)} s / "
+                                                     f"{_f(r['peak_tree_rss_mb'], 0)} MB" for e, r in rows))
+        lines += ["", "**The beam data engines as the events grow** (`transform_engines.py --scale`, each step in a "
+                  "fresh process): " + "; ".join(parts) + "."]
+    return lines
 
 
 def _stage_peaks(stages: list[dict[str, Any]]) -> str:
@@ -123,6 +150,15 @@ def shop_stages_section(trainers: dict[str, Any] | None, evaluator: dict[str, An
             lines.append(f"- Trainers, stage by stage (`benchmarks/trainer_stages.py`, {events:,} events, one "
                          f"process, peak RSS MB): before {_f(before['peak_mb'], 0)}, after "
                          f"{_f(after['peak_mb'], 0)}; per stage after: {_stage_peaks(after['stages'])}.")
+        capped = [(k, runs[k]) for k in ("caps_1m", "caps_3m") if k in runs]
+        if capped:
+            parts = []
+            for _, r in capped:
+                tfrs = [s for s in r["stages"] if s["stage"].startswith("tfrs ")]
+                parts.append(f"{sum(r['events'].values()):,} events {_f(sum(s['seconds'] for s in tfrs), 0)} s / "
+                             f"{_f(max(s['peak_mb'] for s in tfrs), 0)} MB")
+            lines.append("- TFRS trainer with the shop-scale training budgets (`trainer_stages.py --caps`, its stages "
+                         "in one process, seconds / peak RSS): " + "; ".join(parts) + ".")
     if evaluator:
         runs = evaluator["runs"]
         for size in ("315k", "1.14M"):
