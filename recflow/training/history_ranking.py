@@ -65,7 +65,10 @@ def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataF
     frames = []
     for split in ("train", "eval"):
         df = read_split_columns(examples_dir, split, IMPRESSION_COLUMNS + tuple(context_columns))
-        frames.append(df.assign(_split=split))
+        # Only impressions and the clicks that label them (label_impressions reads no other event): the other
+        # events are never held beside them.
+        frames.append(df[df["event_type"].isin(("impression", "click"))].assign(_split=split))
+        del df
     events = pd.concat(frames, ignore_index=True)
     users_path = Path(examples_dir) / "users.parquet"
     if "region" in context_columns and "region" not in events.columns and users_path.is_file():
