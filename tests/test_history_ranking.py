@@ -331,3 +331,67 @@ def test_ranker_rows_by_chunk_equal_the_histories_built_at_once() -> None:
     at_once = history_at(user_rows, item_rows, types, seconds, users, imp["_seconds"].to_numpy()[small_rows],
                          max_len, strictly_before=True)
     np.testing.assert_array_equal(small["hist_rows"], at_once["hist_items"])
+
+
+@pytest.mark.parametrize("cap", [None, 700])
+def test_sampling_before_building_equals_building_all_then_sampling(tmp_path, cap) -> None:
+    """The ranker's inputs built only for the seeded train sample (and every eval impression) are the rows and
+    arrays of building every impression's then sampling (:func:`ranker_rows` + :func:`cap_train_impressions`),
+    and the decision-states file written a chunk at a time holds what :func:`write_decision_states` writes
+    from every impression's state at once."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from recflow.models.sequence import SequenceConfig, SequenceEncoder
+    from recflow.policy.logged_data import DECISION_STATES_FILE
+    from recflow.training.history_ranking import (
+        ENCODER_BATCH,
+        cap_train_impressions,
+        ranker_rows,
+        sampled_ranker_rows,
+        write_decision_states,
+    )
+    from recflow.training.sequence_retrieval import SequenceData
+
+    rng = np.random.default_rng(5)
+    n, n_users, n_items, max_len = 3000, 80, 25, 6
+    user_rows = rng.integers(0, n_users, n)
+    item_rows = rng.integers(0, n_items, n)
+    seconds = rng.uniform(0, 1e5, n)
+    data = SequenceData(user_ids=np.array([f"u{u}" for u in user_rows], object), user_rows=user_rows,
+                        item_ids=np.array([f"i{i}" for i in item_rows], object), item_rows=item_rows,
+                        event_types=np.array(["view"] * n, object), type_codes=rng.integers(0, 4, n),
+                        seconds=seconds, weights=np.ones(n, np.float32), split=np.array(["train"] * n, object))
+    m = 6000  # several chunks of keys; repeated (user, time) keys; unknown users; impressions before any history
+    times = rng.choice(rng.uniform(0, 1e5, 2500), m)
+    imp = pd.DataFrame({"user_id": [f"u{u}" for u in rng.integers(0, n_users + 5, m)],
+                        "item_id": [f"i{i}" for i in rng.integers(0, n_items + 3, m)],
+                        "_seconds": times, "_split": np.where(times < 8e4, "train", "eval")})
+    imp.loc[::7, "_seconds"] = 0.5  # before nearly every user's first event: no history
+    encoder = SequenceEncoder(n_items + 1, SequenceConfig(embedding_dim=8, max_len=max_len, num_blocks=1,
+                                                          num_heads=1))
+    vectors = encoder.item_vectors()
+    rows_of = {f"i{i}": i for i in range(n_items)}
+    ids = [f"i{i}" for i in range(n_items + 3)]
+    rows, arr = ranker_rows(imp, data, encoder, vectors, rows_of, ids, max_len, chunk=ENCODER_BATCH)
+    write_decision_states(tmp_path, imp["user_id"].to_numpy()[rows], imp["_seconds"].to_numpy()[rows],
+                          arr["state"])
+    sampled = cap_train_impressions(imp["_split"].to_numpy()[rows] == "train", cap, 11)
+    assert (sampled is None) == (cap is None)
+    keep = np.arange(len(rows)) if sampled is None else sampled[0]
+    streamed_path = tmp_path / "streamed.parquet"
+    got = sampled_ranker_rows(imp, data, encoder, vectors, rows_of, ids, max_len, cap, 11, streamed_path,
+                              chunk=ENCODER_BATCH)
+    assert got.n_with_history == len(rows) < m
+    np.testing.assert_array_equal(got.rows, rows[keep])
+    assert set(got.arrays) == set(arr)
+    for key, value in arr.items():
+        np.testing.assert_array_equal(got.arrays[key], value[keep], err_msg=key)
+    if sampled is not None:
+        assert got.sampled is not None and got.sampled[1] == sampled[1]
+        np.testing.assert_array_equal(got.sampled[0], sampled[0])
+        assert len(got.rows) < len(rows)
+    whole, streamed = pq.read_table(tmp_path / DECISION_STATES_FILE), pq.read_table(streamed_path)
+    assert streamed.schema.equals(whole.schema) and streamed.num_rows > ENCODER_BATCH
+    assert streamed.equals(whole)
+    pd.testing.assert_frame_equal(pd.read_parquet(streamed_path), pd.read_parquet(tmp_path / DECISION_STATES_FILE))

@@ -9,8 +9,10 @@ history are left out: serving answers such users from the cold-start path, not w
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,10 @@ def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataF
     frames = []
     for split in ("train", "eval"):
         df = read_split_columns(examples_dir, split, IMPRESSION_COLUMNS + tuple(context_columns))
-        frames.append(df.assign(_split=split))
+        # Only impressions and the clicks that label them (label_impressions reads no other event): the other
+        # events are never held beside them.
+        frames.append(df[df["event_type"].isin(("impression", "click"))].assign(_split=split))
+        del df
     events = pd.concat(frames, ignore_index=True)
     users_path = Path(examples_dir) / "users.parquet"
     if "region" in context_columns and "region" not in events.columns and users_path.is_file():
@@ -81,32 +86,43 @@ ENCODER_BATCH = 2048
 RANKER_ROWS_CHUNK = ENCODER_BATCH * 64
 
 
-def _states_by_chunk(seq_data: Any, encoder: Any, users: np.ndarray, times: np.ndarray, max_len: int, dim: int,
-                     chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each (user, time) key's history strictly before the time, encoded: (states [K, D], history item rows
-    [K, L] int32, whether it has a history), built ``chunk`` keys at a time."""
+def _encoded_chunks(seq_data: Any, encoder: Any, users: np.ndarray, times: np.ndarray, max_len: int, chunk: int
+                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each (user, time) key's history strictly before the time, encoded, ``chunk`` keys at a time: yields
+    (first key, states [k, D], history item rows [k, L] int32, whether each key has a history)."""
     from recflow.models.sequence import history_at
 
     if chunk % ENCODER_BATCH:
         raise ValueError(f"chunk must be a multiple of {ENCODER_BATCH}, got {chunk}")
-    n = len(users)
-    states = np.zeros((n, dim), np.float32)
-    hist_rows = np.full((n, max_len), -1, np.int32)
-    has_hist = np.zeros(n, bool)
-    for c in range(0, n, chunk):
+    for c in range(0, len(users), chunk):
         hist = history_at(seq_data.user_rows, seq_data.item_rows, seq_data.type_codes, seq_data.seconds,
                           users[c:c + chunk], times[c:c + chunk], max_len, strictly_before=True)
         valid = hist["hist_items"] >= 0
-        has_hist[c:c + chunk] = valid.any(axis=1)
         # Serving measures gaps from the newest event of the history it is given: do the same here.
         gaps = hist["hist_gaps"].astype(np.float64)
         newest = np.where(valid, gaps, np.inf).min(1)
         hist["hist_gaps"] = np.where(valid, gaps - np.where(np.isfinite(newest), newest, 0.0)[:, None], -1.0
                                      ).astype(np.float32)
+        parts = []
         for s in range(0, len(valid), ENCODER_BATCH):
             part = {k: hist[k][s:s + ENCODER_BATCH] for k in ("hist_items", "hist_types", "hist_gaps")}
-            states[c + s:c + s + ENCODER_BATCH] = encoder(part, training=False).numpy()
-        hist_rows[c:c + chunk] = hist["hist_items"]
+            parts.append(encoder(part, training=False).numpy())
+        has_hist: np.ndarray = np.asarray(valid.any(axis=1), bool)
+        yield c, np.concatenate(parts).astype(np.float32, copy=False), hist["hist_items"].astype(np.int32), has_hist
+
+
+def _states_by_chunk(seq_data: Any, encoder: Any, users: np.ndarray, times: np.ndarray, max_len: int, dim: int,
+                     chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each (user, time) key's history strictly before the time, encoded: (states [K, D], history item rows
+    [K, L] int32, whether it has a history), built ``chunk`` keys at a time (:func:`_encoded_chunks`)."""
+    n = len(users)
+    states = np.zeros((n, dim), np.float32)
+    hist_rows = np.full((n, max_len), -1, np.int32)
+    has_hist = np.zeros(n, bool)
+    for c, part_states, part_rows, part_has in _encoded_chunks(seq_data, encoder, users, times, max_len, chunk):
+        states[c:c + len(part_has)] = part_states
+        hist_rows[c:c + len(part_has)] = part_rows
+        has_hist[c:c + len(part_has)] = part_has
     return states, hist_rows, has_hist
 
 
@@ -162,6 +178,92 @@ def write_decision_states(out_dir: Path, user_ids: np.ndarray, seconds: np.ndarr
     frame = frame.drop_duplicates(["user_id", "seconds"]).reset_index(drop=True)
     with atomic_path(Path(out_dir) / DECISION_STATES_FILE) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def _decision_states_schema() -> Any:
+    """The columns of :data:`DECISION_STATES_FILE` as :func:`write_decision_states` writes them."""
+    import pyarrow as pa
+
+    return pa.schema([("user_id", pa.string()), ("seconds", pa.float64()), ("embedding", pa.list_(pa.float32()))])
+
+
+@dataclass
+class SampledRankerRows:
+    """:func:`sampled_ranker_rows`'s result: the impression rows the ranker gets inputs for (those with an
+    earlier history, train cut to the cap), their arrays (as :func:`ranker_rows`), how many impressions have an
+    earlier history, and the train sample (:func:`cap_train_impressions`; None when the cap does not bind)."""
+
+    rows: np.ndarray
+    arrays: dict[str, np.ndarray]
+    n_with_history: int
+    sampled: tuple[np.ndarray, int] | None
+
+
+def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.ndarray,
+                        item_rows: Mapping[str, int], item_ids: Sequence[str], max_len: int, cap: int | None,
+                        seed: int, states_path: Path | None = None, chunk: int = RANKER_ROWS_CHUNK
+                        ) -> SampledRankerRows:
+    """:func:`ranker_rows` followed by :func:`cap_train_impressions` (``cap``, ``seed``) on the train split
+    (``imp["_split"]``), with the same rows and arrays, in memory bounded by the cap and the eval split: which
+    impressions have an earlier history is known before any history is built (a user's first history event is
+    before the impression), so the train sample is drawn first and only the sampled rows' states are kept.
+
+    Every impression's point-in-time state still goes to ``states_path`` (the file of
+    :func:`write_decision_states` with the same content), written a chunk of (user, time) keys at a time.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    user_row_of = {u: int(r) for u, r in zip(seq_data.user_ids, seq_data.user_rows, strict=True)}
+    users = imp["user_id"].astype(str).map(user_row_of)
+    with_user = np.flatnonzero(users.notna().to_numpy())
+    keys = pd.DataFrame({"u": users.to_numpy()[with_user].astype(np.int64),
+                         "t": imp["_seconds"].to_numpy(np.float64)[with_user]})
+    uniq = keys.drop_duplicates()
+    first_row = with_user[uniq.index.to_numpy()]  # each key's first impression (its user id for the states file)
+    uniq = uniq.reset_index(drop=True)
+    position = pd.MultiIndex.from_frame(uniq).get_indexer(pd.MultiIndex.from_frame(keys))
+    del keys
+    first_seen = np.full(int(np.max(seq_data.user_rows, initial=-1)) + 1, np.inf)
+    np.minimum.at(first_seen, np.asarray(seq_data.user_rows, np.int64), np.asarray(seq_data.seconds, np.float64))
+    u_arr, t_arr = uniq["u"].to_numpy(), uniq["t"].to_numpy()
+    key_has_hist = first_seen[u_arr] < t_arr
+    keep = key_has_hist[position]
+    kept_rows, kept_pos = with_user[keep], position[keep]
+    del position
+    sampled = cap_train_impressions((imp["_split"].to_numpy()[kept_rows] == "train"), cap, seed)
+    chosen = np.arange(len(kept_rows)) if sampled is None else sampled[0]
+    rows, row_pos = kept_rows[chosen], kept_pos[chosen]
+    need = np.unique(row_pos)
+    dim = all_vectors.shape[1]
+    need_states = np.zeros((len(need), dim), np.float32)
+    need_hist = np.full((len(need), max_len), -1, np.int32)
+    user_ids = imp["user_id"].astype(str).to_numpy()[first_row]
+    schema = _decision_states_schema()
+    writer = pq.ParquetWriter(states_path, schema) if states_path is not None else None
+    try:
+        for c, states, hist, has in _encoded_chunks(seq_data, encoder, u_arr, t_arr, max_len, chunk):
+            end = c + len(has)
+            if not np.array_equal(has, key_has_hist[c:end]):
+                raise RuntimeError("history ranker: the histories built disagree with the users' first events")
+            lo, hi = np.searchsorted(need, [c, end])
+            need_states[lo:hi], need_hist[lo:hi] = states[need[lo:hi] - c], hist[need[lo:hi] - c]
+            if writer is not None and has.any():
+                frame = pd.DataFrame({"user_id": user_ids[c:end][has], "seconds": t_arr[c:end][has],
+                                      "embedding": list(states[has])})
+                writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
+    finally:
+        if writer is not None:
+            writer.close()
+    at = np.searchsorted(need, row_pos)
+    state = need_states[at]
+    items = imp["item_id"].to_numpy()[rows]
+    enc_rows = np.array([item_rows.get(str(i), -1) for i in items], np.int64)
+    score = np.einsum("nd,nd->n", state, all_vectors[np.maximum(enc_rows, 0)]) * (enc_rows >= 0)
+    index = {str(i): k for k, i in enumerate(item_ids)}
+    item = np.array([index.get(str(i), len(item_ids)) for i in items], np.int64)
+    return SampledRankerRows(rows, {"state": state, "hist_rows": need_hist[at], "enc_rows": enc_rows, "item": item,
+                                    "score": score.astype(np.float64)}, len(kept_rows), sampled)
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -375,21 +477,6 @@ def _choose_centring(imp: pd.DataFrame, arr: dict[str, np.ndarray], context_colu
             "eval_log_loss": losses, "reason": "lower eval log loss of the simplest candidate"}
 
 
-def _cap_train(imp: pd.DataFrame, arr: dict[str, np.ndarray], trainer_config: Any, notes: list[str]
-               ) -> tuple[pd.DataFrame, dict[str, np.ndarray], tuple[np.ndarray, int] | None]:
-    """The impressions (and their arrays) with train cut to ``trainer.history_ranking_max_train_impressions``
-    (a seeded sample, noted), and the sample (None when the cap does not bind)."""
-    sampled = cap_train_impressions((imp["_split"] == "train").to_numpy(),
-                                    trainer_config.history_ranking_max_train_impressions, trainer_config.seed)
-    if sampled is None:
-        return imp, arr, None
-    keep, n_train = sampled
-    cap = trainer_config.history_ranking_max_train_impressions
-    notes.append(f"history ranker trained on a seeded sample of {cap} of {n_train} train impressions "
-                 "(trainer.history_ranking_max_train_impressions)")
-    return imp.iloc[keep].reset_index(drop=True), {k: v[keep] for k, v in arr.items()}, sampled
-
-
 def _eval_aucs(report: dict[str, Any], labels: np.ndarray, logits: np.ndarray, scores: np.ndarray,
                is_train: np.ndarray) -> dict[str, float]:
     """The ranker's and the retrieval score's eval AUC, into ``report`` and as run metrics."""
@@ -424,13 +511,35 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     data = load_events(examples_dir, ("train", "eval"), row_of, n_rows - 1, trainer_config.event_weights)
     all_vectors = seq.encoder.item_vectors()
     n_impressions = len(imp)
-    rows, arr = ranker_rows(imp, data, seq.encoder, all_vectors, row_of, item_ids, cfg.max_len)
+    cap = trainer_config.history_ranking_max_train_impressions
+    # Every impression's point-in-time state goes to the policy trainer, whatever trains the ranker: written a
+    # chunk at a time beside the ranker's files, kept only when the ranker trains.
+    states_target = Path(out_dir) / DECISION_STATES_FILE
+    states_target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{states_target.name}.", suffix=".tmp", dir=states_target.parent)
+    os.close(fd)
+    states_tmp = Path(tmp_name)
+    try:
+        return _train_sampled(imp, data, seq, all_vectors, row_of, item_ids, cfg.max_len, cap, context_columns,
+                              n_impressions, trainer_config, Path(out_dir), states_tmp, states_target)
+    finally:
+        states_tmp.unlink(missing_ok=True)
+
+
+def _train_sampled(imp: pd.DataFrame, data: Any, seq: Any, all_vectors: np.ndarray, row_of: Mapping[str, int],
+                   item_ids: Sequence[str], max_len: int, cap: int | None, context_columns: list[str],
+                   n_impressions: int, trainer_config: Any, out_dir: Path, states_tmp: Path, states_target: Path
+                   ) -> RankerTraining:
+    """:func:`train_history_ranker` from the impressions and the events on; the decision states go to
+    ``states_tmp``, renamed onto ``states_target`` when the ranker trains."""
+    picked = sampled_ranker_rows(imp, data, seq.encoder, all_vectors, row_of, item_ids, max_len, cap,
+                                 trainer_config.seed, states_tmp)
     del data
-    imp = imp.iloc[rows].reset_index(drop=True)
-    # Every impression's point-in-time state goes to the policy trainer, whatever trains the ranker.
-    decision_states = (imp["user_id"].astype(str).to_numpy(), imp["_seconds"].to_numpy(), arr["state"])
+    imp, arr, sampled = imp.iloc[picked.rows].reset_index(drop=True), picked.arrays, picked.sampled
     notes: list[str] = []
-    imp, arr, sampled = _cap_train(imp, arr, trainer_config, notes)
+    if sampled is not None:
+        notes.append(f"history ranker trained on a seeded sample of {cap} of {sampled[1]} train impressions "
+                     "(trainer.history_ranking_max_train_impressions)")
     is_train = (imp["_split"] == "train").to_numpy()
     labels = imp["clicked"].to_numpy().astype(np.float32)
     if not is_train.any() or labels[is_train].max(initial=0) < 1:
@@ -457,7 +566,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     report: dict[str, Any] = {
         "model": "history_ranker", "train_examples": int(is_train.sum()), "eval_examples": int((~is_train).sum()),
         "train_clicks": int(labels[is_train].sum()), "eval_clicks": int(labels[~is_train].sum()),
-        "skipped_impressions_without_history": n_impressions - len(rows),
+        "skipped_impressions_without_history": n_impressions - picked.n_with_history,
         "train_impressions_sampled": (None if sampled is None else
                                       {"kept": int(is_train.sum()), "of": sampled[1],
                                        "cap": trainer_config.history_ranking_max_train_impressions}),
@@ -467,9 +576,11 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
         "history": {k: [float(x) for x in v] for k, v in hist.history.items()},
         "epochs_run": len(hist.history.get("loss", [])), "seconds": seconds}
     metrics = _eval_aucs(report, labels, logits, arr["score"], is_train) if has_eval else {}
-    write_decision_states(Path(out_dir), *decision_states)
+    with open(states_tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(states_tmp, states_target)
     meta = {"item_ids": [str(i) for i in item_ids], "context_columns": context_columns,
             "context_vocabularies": vocabs, "score_mean": score_mean, "score_std": score_std,
-            "max_len": cfg.max_len, "report": report}
+            "max_len": max_len, "report": report}
     save_ranker(Path(out_dir), exported, meta)
     return RankerTraining(True, report=report, metrics=metrics, notes=notes)
