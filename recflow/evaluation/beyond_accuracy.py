@@ -331,6 +331,14 @@ def list_metric_intervals(
             ok = ~np.isnan(values)
             total = weight[ok].sum()
             draws[name].append(float((weight[ok] * values[ok]).sum() / total) if total > 0 else float("nan"))
+    return shifted_percentile_intervals(point, draws, level)
+
+
+def shifted_percentile_intervals(point: Mapping[str, float], draws: Mapping[str, Sequence[float]], level: float
+                                 ) -> dict[str, tuple[float, float]]:
+    """Each metric's ``level`` percentile interval of its bootstrap ``draws`` shifted to centre on its ``point``
+    estimate (see :func:`list_metric_intervals`); shares clipped to [0, 1], novelty to >= 0; (nan, nan) when the
+    point is nan or fewer than two draws are finite."""
     out: dict[str, tuple[float, float]] = {}
     for name, theta in point.items():
         values = np.asarray(draws[name], dtype=float)
