@@ -17,7 +17,6 @@ under their labels (``--label``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -29,11 +28,10 @@ import recflow  # noqa: F401  (configures the process before anything else)
 
 # isort: split
 from recflow.config import load_config
-from recflow.io import atomic_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
-from stage_sampler import StageSampler, shop_world  # noqa: E402
+from stage_sampler import StageSampler, save_run, shop_world  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "agents_stages.json"
 
@@ -53,12 +51,7 @@ class Stages(StageSampler):
     def write(self, finished: bool) -> None:
         run = {"world": self.world, "events": self.events, "finished": finished, **self.extra,
                "stages": self.rows, "machine": machine_info(("tensorflow", "tf-agents"))}
-        old = json.loads(self.out.read_text(encoding="utf-8")) if self.out.is_file() else {}
-        result = {"benchmark": "TF-Agents trainer stages at shop scale (one process)",
-                  "runs": {**old.get("runs", {}), self.label: run}}
-        with atomic_path(self.out) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(json.dumps(run, indent=2))
+        save_run(self.out, "TF-Agents trainer stages at shop scale (one process)", self.label, run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,12 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
+
+from recflow.io import atomic_path
 
 
 def shop_world(sessions_rate: float) -> list[str]:
@@ -58,3 +61,12 @@ class StageSampler:
                           "peak_mb": round(self.peak / 2**20)})
         print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
         return value
+
+
+def save_run(out: Path, benchmark: str, label: str, run: dict[str, Any]) -> None:
+    """Write ``run`` as ``runs[label]`` of the results file ``out`` (its other runs kept; atomic) and print it."""
+    old = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    result = {"benchmark": benchmark, "runs": {**old.get("runs", {}), label: run}}
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(run, indent=2))
