@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,7 +40,7 @@ import pyarrow.parquet as pq
 
 from recflow import schema
 from recflow.errors import ConfigError, DataError, ValidationFailed
-from recflow.features.beam_runner import DirectRunningMode, beam_args, wait_for_all
+from recflow.features.beam_runner import DirectRunningMode, beam_args, shard_count, wait_for_all
 from recflow.io import atomic_path, to_arrow
 from recflow.validation import checks as vchecks
 from recflow.validation.reading import TableFiles, inspect_table, iter_raw_batches
@@ -347,7 +346,7 @@ def shard_quantiles(q1: float, q2: float, min_shards: int, rows_per_shard: int, 
     out: list[float] = []
     for lo, hi in ((0.0, q1), (q1, q2), (q2, 1.0)):
         if hi > lo:
-            k = max(min_shards, math.ceil((hi - lo) * n / rows_per_shard))
+            k = shard_count((hi - lo) * n, min_shards, rows_per_shard)
             out += [lo + j * (hi - lo) / k for j in range(1, k)]
     return out
 
@@ -618,7 +617,7 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, config: Any, validation: A
     # The events' unknown-item message names the catalog file, as the pandas engine's does.
     catalog_name = str(tables["items"].path) if "items" in tables else "the item catalog"
     # The duplicate-id buckets: one holds about rows_per_shard ids at most (a bucket is in one worker's memory).
-    buckets = {kind: max(settings.direct_num_workers * 4, math.ceil(estimated_rows(t) / config.rows_per_shard))
+    buckets = {kind: shard_count(estimated_rows(t), settings.direct_num_workers * 4, config.rows_per_shard)
                for kind, t in tables.items()}
 
     try:

@@ -18,6 +18,7 @@ from recflow.config import ValidationConfig
 from recflow.errors import DataError
 from recflow.examplegen import ExampleGenConfig, run_example_gen
 from recflow.features import beam_prepare
+from recflow.features.beam_runner import shard_count
 from recflow.features.transform import (
     TransformConfig,
     describe_features,
@@ -99,10 +100,10 @@ def test_simulated_shard_directories(simulated: Path, tmp_path: Path) -> None:
 
 
 def test_prepare_shard_count_grows_with_the_events_past_rows_per_shard() -> None:
-    assert beam_prepare.prepare_shard_count(1_000_000, 8, 125_000) == 8
-    assert beam_prepare.prepare_shard_count(1_000_001, 8, 125_000) == 9
-    assert beam_prepare.prepare_shard_count(10_000_000, 8, 125_000) == 80
-    assert beam_prepare.prepare_shard_count(0, 1, 125_000) == 1
+    assert shard_count(1_000_000, 8, 125_000) == 8
+    assert shard_count(1_000_001, 8, 125_000) == 9
+    assert shard_count(10_000_000, 8, 125_000) == 80
+    assert shard_count(0, 1, 125_000) == 1
 
 
 @pytest.mark.slow
@@ -110,7 +111,7 @@ def test_shards_sized_by_rows_give_the_same_outputs(simulated: Path, tmp_path: P
     """prepare_rows_per_shard binding (many small shards, their pieces spilled to files) changes nothing."""
     rows = sum(json.loads((simulated / "stats.json").read_text())["splits"][s]["rows"] for s in SPLITS)
     config = TransformConfig(prepare_shards=1, prepare_rows_per_shard=max(1, rows // 7))
-    assert beam_prepare.prepare_shard_count(rows, 1, config.prepare_rows_per_shard) >= 7
+    assert shard_count(rows, 1, config.prepare_rows_per_shard) >= 7
     assert_prepared_equal(simulated, tmp_path / "rows", config)
     assert not (tmp_path / "rows" / "work" / "spill").exists()  # the spilled pieces are removed
 

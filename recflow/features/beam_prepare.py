@@ -47,7 +47,7 @@ from recflow.errors import DataError
 from recflow.examplegen import has_split, split_path
 from recflow.features import behaviour
 from recflow.features.beam_behaviour import shard_of
-from recflow.features.beam_runner import beam_args, wait_for_all
+from recflow.features.beam_runner import beam_args, shard_count, wait_for_all
 from recflow.io import atomic_path
 
 #: Input index of each split, and of the users table, in the rows pipeline.
@@ -222,12 +222,6 @@ def read_rows(task: tuple[int, list[str]], offsets: dict[int, int], num_shards: 
                 yield int(shard), (index, str(piece))
 
 
-def prepare_shard_count(event_rows: int, min_shards: int, rows_per_shard: int) -> int:
-    """User shards for ``event_rows`` events: at least ``min_shards``, more when a shard would average more than
-    ``rows_per_shard`` events (a shard's events are in one worker's memory)."""
-    return max(min_shards, -(-event_rows // rows_per_shard))
-
-
 def _empty_state(spec: dict[str, Any]) -> pd.DataFrame:
     columns: dict[str, Any] = {"user_id": pd.Series([], dtype=object)}
     columns.update({name: pd.Series([], dtype=np.float64) for name in spec["behaviour_features"]})
@@ -398,8 +392,8 @@ def prepare_features_beam(examples_dir: Path, config: Any, out_dir: Path, work_d
                        state_plan=earlier.behaviour_plan(cols), by_request=everything.impression_requests,
                        state_at=state_at, items_path=items_path, users_path=users_path, arrow_schema=arrow_schema,
                        batch_size=config.batch_size, out_dir=str(work_dir),
-                       num_shards=prepare_shard_count(sum(sizes.values()), config.prepare_shards,
-                                                      config.prepare_rows_per_shard))
+                       num_shards=shard_count(sum(sizes.values()), config.prepare_shards,
+                                              config.prepare_rows_per_shard))
     tasks = [(SPLIT_INDEX[name], paths) for name, paths in files.items()]
     if users_path is not None:
         tasks.append((USERS_INDEX, [users_path]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -129,3 +130,10 @@ def wait_for_all(pipeline: Any, *outputs: Any) -> Any:
     # A Flatten alone: a combiner here would bring a side input (CombineGlobally's default value), which the
     # Dask runner computes inside a task.
     return tuple(outputs) | "JoinOutputs" >> beam.Flatten(pipeline=pipeline)
+
+
+def shard_count(rows: float, min_shards: int, rows_per_shard: int) -> int:
+    """Shards for ``rows`` rows: at least ``min_shards``, more when a shard would average more than
+    ``rows_per_shard`` rows (one worker holds a shard while writing it, so a shard must not grow with the log).
+    ExampleGen's time ranges and the beam prepare engine's user shards are both sized by it."""
+    return max(min_shards, math.ceil(rows / rows_per_shard))
