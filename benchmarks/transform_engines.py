@@ -22,6 +22,13 @@ It records seconds, peak RSS of the tree, seconds per event and, per step, the r
 seconds per event to the first (smallest) world's, under the result's ``scale`` key (the other keys are kept):
 
     .venv/bin/python benchmarks/transform_engines.py --work /tmp/recflow-scale --scale 0.0027 0.0081 --max-rss-gb 7
+
+``--modes in_memory multi_processing`` with ``--scale`` runs each world's two steps once per DirectRunner mode
+(``--workers`` processes for multi_processing, default 2), one mode after the other, and records each mode's rows
+and its peak and seconds against the first mode's under the result's ``modes`` key:
+
+    .venv/bin/python benchmarks/transform_engines.py --work /tmp/recflow-modes --scale 0.0027 \
+        --modes in_memory multi_processing --max-rss-gb 7
 """
 
 from __future__ import annotations
@@ -209,9 +216,10 @@ def _commit() -> str:
 
 
 def scale_world(work: Path, rate: float, max_rss_gb: float, extra: list[str],
-                names: Sequence[str] = ("example_gen_beam", "transform_beam")) -> dict[str, Any]:
+                names: Sequence[str] = ("example_gen_beam", "transform_beam"), tag: str = "") -> dict[str, Any]:
     """ExampleGen (beam) then Transform (beam prepare) on the world at ``rate``, each step in its own process
-    (only the steps in ``names``; Transform reads the ExampleGen output already there)."""
+    (only the steps in ``names``; Transform reads the ExampleGen output already there). Outputs go to
+    ``scale-<step><tag>``: runs of the same world with other settings (``--modes``) keep their own."""
     from recflow.simulator import generate_dataset
 
     world = [*WORLD, f"simulator.sessions_per_user_per_day={rate}"]
@@ -223,13 +231,13 @@ def scale_world(work: Path, rate: float, max_rss_gb: float, extra: list[str],
     steps: dict[str, Any] = {}
     source = shop
     for name, code, overrides in SCALE_STEPS:
-        out = work / f"scale-{name}"
+        out = work / f"scale-{name}{tag}"
         if name in names:
             steps[name] = {**measure(source, out, [*world, *overrides, *extra], code, max_rss_gb),
                            "commit": _commit()}
             print(json.dumps({name: steps[name]}), file=sys.stderr, flush=True)
         source = out
-    stats = json.loads((work / "scale-example_gen_beam" / "stats.json").read_text(encoding="utf-8"))
+    stats = json.loads((work / f"scale-example_gen_beam{tag}" / "stats.json").read_text(encoding="utf-8"))
     for step in steps.values():
         step["seconds_per_million_events"] = round(step["seconds"] / stats["rows"] * 1e6, 2)
     return {"world": world, "events": stats["rows"], "train_events": stats["splits"]["train"]["rows"],
@@ -250,6 +258,39 @@ def scale_summary(worlds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def mode_overrides(mode: str, workers: int) -> list[str]:
+    """The data steps' DirectRunner settings for ``mode`` (both steps read the transform section's)."""
+    return [f"transform.direct_running_mode={mode}",
+            f"transform.direct_num_workers={workers if mode == 'multi_processing' else 1}"]
+
+
+def compare_modes(work: Path, rates: Sequence[float], modes: Sequence[str], workers: int, max_rss_gb: float,
+                  extra: list[str], names: Sequence[str]) -> dict[str, Any]:
+    """Each world's data steps once per DirectRunner mode, one after the other in this run (so the machine's load
+    is alike), and per step each mode's peak and seconds against the first mode's."""
+    worlds = []
+    for rate in rates:
+        runs = {mode: scale_world(work / f"rate-{rate}", rate, max_rss_gb, [*extra, *mode_overrides(mode, workers)],
+                                  names, tag=f"-{mode}")
+                for mode in modes}
+        first = runs[modes[0]]["steps"]
+        against = {name: {mode: {"peak_ratio": round(runs[mode]["steps"][name]["peak_tree_rss_mb"]
+                                                     / first[name]["peak_tree_rss_mb"], 3),
+                                 "seconds_ratio": round(runs[mode]["steps"][name]["seconds"]
+                                                        / first[name]["seconds"], 3)}
+                          for mode in modes}
+                   for name in first}
+        base = runs[modes[0]]
+        worlds.append({"world": base["world"], "events": base["events"], "train_events": base["train_events"],
+                       "modes": {mode: runs[mode]["steps"] for mode in modes},
+                       f"against_{modes[0]}": against})
+    return {"benchmark": "ExampleGen (engine beam) and Transform (prepare_engine beam) per DirectRunner mode, each "
+                         f"step in a fresh process; multi_processing with {workers} workers; peak RSS of the "
+                         "process tree (the workers included)",
+            "overrides": extra, "workers": workers, "worlds": worlds,
+            "machine": machine_info(("tensorflow", "tensorflow-transform", "apache-beam"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="Worlds and outputs (each world is reused).")
@@ -265,7 +306,18 @@ def main(argv: list[str] | None = None) -> int:
                         choices=[n for n, _, _ in SCALE_STEPS], help="--scale: the steps to measure")
     parser.add_argument("--keep", action="store_true",
                         help="--scale: keep the worlds of other rates already in --out's scale (same overrides)")
+    parser.add_argument("--modes", nargs="+", choices=["in_memory", "multi_processing"],
+                        help="--scale: run each world's steps once per DirectRunner mode (result key 'modes')")
+    parser.add_argument("--workers", type=int, default=2, help="--modes: multi_processing's worker processes")
     args = parser.parse_args(argv)
+    if args.scale and args.modes:
+        previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+        previous["modes"] = compare_modes(args.work, args.scale, args.modes, args.workers, args.max_rss_gb,
+                                          args.extra, args.steps)
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(previous, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(previous["modes"], indent=2))
+        return 0
     if args.scale:
         scaled = [scale_world(args.work / f"rate-{rate}", rate, args.max_rss_gb, args.extra, args.steps)
                   for rate in args.scale]
