@@ -40,7 +40,14 @@ import pyarrow.parquet as pq
 
 from recflow import schema
 from recflow.errors import ConfigError, DataError, ValidationFailed
-from recflow.features.beam_runner import DirectRunningMode, beam_args, shard_count, wait_for_all
+from recflow.features.beam_runner import (
+    DirectRunningMode,
+    beam_args,
+    check_shared_files,
+    runner_args,
+    shard_count,
+    wait_for_all,
+)
 from recflow.io import atomic_path, to_arrow
 from recflow.validation import checks as vchecks
 from recflow.validation.reading import TableFiles, inspect_table, iter_raw_batches
@@ -64,13 +71,20 @@ class BeamSettings:
     dask_address: str | None = None
     dask_workers: int = 2
     beam_pipeline_args: tuple[str, ...] = ()
+    shared_work_dir: bool = False
 
     @classmethod
     def from_transform(cls, transform: Any, beam_pipeline_args: Sequence[str] | None = None) -> BeamSettings:
         """The settings of a ``TransformConfig`` (any object with its runner fields)."""
         return cls(runner=transform.beam_runner, direct_num_workers=transform.direct_num_workers,
                    direct_running_mode=transform.direct_running_mode, dask_address=transform.dask_address,
-                   dask_workers=transform.dask_workers, beam_pipeline_args=tuple(beam_pipeline_args or ()))
+                   dask_workers=transform.dask_workers, beam_pipeline_args=tuple(beam_pipeline_args or ()),
+                   shared_work_dir=getattr(transform, "shared_work_dir", False))
+
+    def args(self) -> list[str]:
+        """The Beam options these settings give (before a Dask LocalCluster exists)."""
+        return runner_args(self.runner, self.direct_num_workers, self.direct_running_mode,
+                           self.dask_address) + list(self.beam_pipeline_args)
 
 
 # ---------------------------------------------------------------------------------------------------- quantiles
@@ -599,6 +613,8 @@ def run_beam_example_gen(source: Path, tmp_dir: Path, config: Any, validation: A
     from recflow.examplegen import find_source_tables
     from recflow.validation import parse_min_timestamp
 
+    check_shared_files(settings.args(), settings.shared_work_dir, "ExampleGen (engine beam)",
+                       f"{tmp_dir} (the spilled batches and the shards)")
     paths = find_source_tables(source)
     tables = {kind: inspect_table(path, kind) for kind, path in paths.items() if path is not None}
     if not config.validate_input:

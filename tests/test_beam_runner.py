@@ -14,16 +14,19 @@ from test_examplegen import write_world
 from recflow.config import ValidationConfig
 from recflow.errors import ConfigError, DataError
 from recflow.examplegen import ExampleGenConfig, run_example_gen
+from recflow.examplegen_beam import BeamSettings
 from recflow.features import behaviour
 from recflow.features.beam_behaviour import read_shards, run_behaviour_features, shard_of
 from recflow.features.beam_runner import (
     DASK_RUNNER_CLASS,
     beam_args,
+    check_shared_files,
     check_tf_transform_runner,
     dask_scheduler,
     effective_runner,
     runner_args,
     wait_for_all,
+    workers_are_local,
 )
 from recflow.features.transform import TransformConfig, pipeline_args, run_transform
 
@@ -58,6 +61,35 @@ def test_transform_refuses_the_dask_runner_before_any_work(tmp_path: Path) -> No
 def test_shards_are_stable_across_processes() -> None:
     # CRC-32 of the id's text, not Python's per-process salted hash: every worker process agrees on a user's shard.
     assert shard_of(pd.Series(["u1", "u2", 17, "u1"]), 4).tolist() == [2, 0, 2, 2]
+
+
+def test_which_runners_have_their_workers_here() -> None:
+    assert workers_are_local(runner_args("DirectRunner", 2, "multi_processing"))
+    assert workers_are_local(["--runner=PrismRunner"])
+    assert workers_are_local(runner_args("DaskRunner"))  # a LocalCluster started for the run
+    assert not workers_are_local(runner_args("DaskRunner", dask_address="tcp://h:8786"))
+    assert not workers_are_local(runner_args("DirectRunner") + ["--runner=DataflowRunner", "--project=p"])
+    assert not workers_are_local(["--runner=FlinkRunner"])
+
+
+def test_a_remote_runner_needs_the_directories_declared_shared(tmp_path: Path) -> None:
+    check_shared_files(["--runner=DirectRunner"], False, "Transform", "here")  # local workers: nothing to check
+    check_shared_files(["--runner=DataflowRunner"], True, "Transform", "here")  # declared shared by the config
+    with pytest.raises(ConfigError, match="Transform on Beam runner SparkRunner: its stages pass files through "
+                                          "/x/y") as err:
+        check_shared_files(["--runner=SparkRunner"], False, "Transform", "/x/y")
+    assert "transform.shared_work_dir: true" in (err.value.hint or "")
+    # Both data steps refuse before any work (tmp_path holds no data: nothing is read), and write nothing.
+    with pytest.raises(ConfigError, match="Transform on Beam runner DataflowRunner"):
+        run_transform(tmp_path, tmp_path / "tf", TransformConfig(beam_runner="DataflowRunner"))
+    with pytest.raises(ConfigError, match="Transform on Beam runner FlinkRunner"):
+        run_transform(tmp_path, tmp_path / "tf", TransformConfig(prepare_engine="beam"), ["--runner=FlinkRunner"])
+    with pytest.raises(ConfigError, match=r"ExampleGen \(engine beam\) on Beam runner DataflowRunner"):
+        run_example_gen(tmp_path, tmp_path / "ex", ExampleGenConfig(engine="beam"), ValidationConfig(),
+                        BeamSettings(beam_pipeline_args=("--runner=DataflowRunner",)))
+    assert not (tmp_path / "tf").exists() and not (tmp_path / "ex").exists()
+    settings = BeamSettings.from_transform(TransformConfig(beam_runner="FlinkRunner", shared_work_dir=True))
+    assert settings.shared_work_dir and settings.args() == ["--runner=FlinkRunner"]
 
 
 @pytest.fixture(scope="module")

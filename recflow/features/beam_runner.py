@@ -65,6 +65,37 @@ def check_tf_transform_runner(args: Sequence[str]) -> None:
                  "Flink or Spark through beam_pipeline_args; docs/pipeline.md, Distributed data steps")
 
 
+#: Runners whose workers are processes of the launching machine (they see its file system).
+LOCAL_RUNNERS = frozenset({"DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner"})
+
+
+def workers_are_local(args: Sequence[str]) -> bool:
+    """Whether the runner of ``args`` runs its workers on this machine: a DirectRunner (any mode), or the Dask
+    runner on a LocalCluster started for the run (no ``--dask_client_address``)."""
+    runner = effective_runner(args)
+    if is_dask(runner):
+        return not any(a.startswith("--dask_client_address") for a in args)
+    return runner in LOCAL_RUNNERS
+
+
+def check_shared_files(args: Sequence[str], shared_work_dir: bool, step: str, where: str) -> None:
+    """Refuse, before any work, a runner whose workers may be other machines unless the config says the step's
+    directories are on a file system every worker mounts (``transform.shared_work_dir``).
+
+    The data steps' Beam pipelines pass files, not rows, between their stages (spilled batches, shards, the
+    staged raw rows tf.Transform reads) through local paths; a worker on another machine would not find them,
+    and fail deep inside the runner."""
+    if shared_work_dir or workers_are_local(args):
+        return
+    raise ConfigError(
+        f"{step} on Beam runner {effective_runner(args)}: its stages pass files through {where}, and this runner's "
+        "workers may run on other machines, where that path does not exist",
+        hint="mount the pipeline's artifact and work directories at the same path on every worker (NFS, GCS "
+             "FUSE) and set transform.shared_work_dir: true, or run the data steps on the DirectRunner "
+             "(direct_running_mode multi_processing for several processes); docs/pipeline.md, Distributed data "
+             "steps")
+
+
 def _require_distributed() -> Any:
     try:
         import distributed

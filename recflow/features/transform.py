@@ -97,6 +97,11 @@ class TransformConfig(BaseModel):
     temp_dir: str | None = Field(
         None, description="tf.Transform temp dir (a gs:// path on Dataflow); default: a local temp dir."
     )
+    shared_work_dir: bool = Field(
+        False, description="Whether the data steps' output and work directories are on a file system every Beam "
+        "worker mounts at the same path (NFS, GCS FUSE). A runner whose workers may be other machines "
+        "(Dataflow, Flink, Spark, a remote Dask scheduler) is refused without it: the beam engines pass spill and "
+        "shard files through those directories.")
 
 
 @dataclass(frozen=True)
@@ -640,6 +645,8 @@ def run_transform(examples_dir: Path, out_dir: Path, config: TransformConfig,
     """
     examples_dir, out_dir = Path(examples_dir), Path(out_dir)
     beam_runner.check_tf_transform_runner(pipeline_args(config, beam_pipeline_args))
+    beam_runner.check_shared_files(pipeline_args(config, beam_pipeline_args), config.shared_work_dir, "Transform",
+                                   f"{out_dir.parent} (the staged raw rows, the user shards' spill)")
     if config.prepare_engine == "beam":
         from recflow.features import beam_prepare
 
