@@ -52,9 +52,9 @@ from recflow.evaluation.metrics import (
     aggregate,
     catalog_coverage,
     confidence_intervals,
-    ground_truth,
-    interacted_items,
     per_user_metrics,
+    relevant_by_user,
+    sampled_exclusions,
 )
 from recflow.evaluation.noninferiority import NonInferiority, non_inferiority_test
 from recflow.evaluation.significance import PairedTest, paired_tests
@@ -517,17 +517,16 @@ def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
     """Load the examples and sample the users every method ranks for (DataError when none has a relevant item)."""
     train, held_out, items = load_examples(Path(examples_dir), config.split, _TRAIN_COLUMNS)
     held_out = held_out[list(_EVENT_COLUMNS)]
-    # Train items are excluded only for held-out users: sets for them alone, never one per user of the log.
-    exclude = (interacted_items(train, users=held_out["user_id"].unique())
-               if config.exclude_train_items else {})
-    truth_by_user = ground_truth(held_out, exclude if config.exclude_train_items else None)
+    # Train items are excluded only for held-out users, their sets built a chunk of users at a time and kept
+    # only for the sampled users (relevant_by_user): never one per held-out user, let alone per user of the log.
+    truth_by_user = relevant_by_user(train, held_out, config.exclude_train_items)
     if not truth_by_user:
         raise DataError(
             f"{Path(examples_dir) / (config.split + '.parquet')}: no user has a relevant held-out "
             "item (a click, add_to_cart, purchase or view not already seen in train); nothing to evaluate"
         )
     users = _sample_users(sorted(truth_by_user), config.max_users, config.seed)
-    exclude = {u: exclude[u] for u in users if u in exclude}
+    exclude = sampled_exclusions(train, users) if config.exclude_train_items else {}
     catalog = set(items["item_id"]) if items is not None else set(train["item_id"]) | set(held_out["item_id"])
     returning = pd.Index(users).isin(train["user_id"].unique())  # a hash table of the log's users, not its rows
     user_type = pd.Series(
