@@ -144,21 +144,25 @@ class PopularityRecommender:
         """Count (decayed) positive events per item."""
         _require_columns(train_events, ("item_id", "event_type"))
         ev = train_events
-        chosen = ev[ev["event_type"].isin(POSITIVE_EVENT_TYPES)]
-        if chosen.empty:
-            chosen = ev[ev["event_type"] == "view"]
-        weight = pd.Series(1.0, index=chosen.index)
-        if self.half_life_days is not None and not chosen.empty:
+        chosen = np.flatnonzero(ev["event_type"].isin(POSITIVE_EVENT_TYPES).to_numpy())
+        if not len(chosen):
+            chosen = np.flatnonzero((ev["event_type"] == "view").to_numpy())
+        codes, known = string_codes(ev["item_id"])  # integer codes: no string or row copy per event
+        if self.half_life_days is None or not len(chosen):
+            sums = np.bincount(codes[chosen], minlength=len(known)).astype(np.float64)
+        else:
             _require_columns(train_events, ("timestamp",))
-            ts = pd.to_datetime(chosen["timestamp"], utc=True)
+            ts = pd.to_datetime(ev["timestamp"].iloc[chosen], utc=True)
             age_days = (ts.max() - ts).dt.total_seconds() / _SECONDS_PER_DAY
             weight = 0.5 ** (age_days / self.half_life_days)
-        counts = weight.groupby(chosen["item_id"].astype(str)).sum()
-        universe = set(ev["item_id"].astype(str))
+            sums = pd.Series(weight.to_numpy()).groupby(codes[chosen]).sum().reindex(
+                np.arange(len(known)), fill_value=0.0).to_numpy(dtype=np.float64)
+        del codes
         if items is not None and "item_id" in items.columns:
-            universe |= set(items["item_id"].astype(str))
-        item_ids = np.array(sorted(universe), dtype=object)
-        scores = counts.reindex(item_ids, fill_value=0.0).to_numpy(dtype=np.float64)
+            item_ids = np.array(sorted(set(known) | set(items["item_id"].astype(str))), dtype=object)
+            scores = pd.Series(sums, index=known).reindex(item_ids, fill_value=0.0).to_numpy(dtype=np.float64)
+        else:
+            item_ids, scores = known, sums
         order = np.lexsort((np.arange(len(item_ids)), -scores))  # score desc, then item id asc
         self.item_ids, self.scores = item_ids[order], scores[order]
         return self

@@ -188,3 +188,42 @@ def test_every_list_is_unchanged(case: dict[str, Any]) -> None:
     _same_sparse(knn._matrix, matrix)
     als = ALSRecommender().fit(train)
     assert list(als._user_pos) == ref_users.tolist() and als.item_ids.tolist() == ref_items.tolist()
+
+
+def ref_popularity(train, items, half_life_days):
+    ev = train
+    chosen = ev[ev["event_type"].isin(["click", "add_to_cart", "purchase"])]
+    if chosen.empty:
+        chosen = ev[ev["event_type"] == "view"]
+    weight = pd.Series(1.0, index=chosen.index)
+    if half_life_days is not None and not chosen.empty:
+        ts = pd.to_datetime(chosen["timestamp"], utc=True)
+        weight = 0.5 ** ((ts.max() - ts).dt.total_seconds() / 86400.0 / half_life_days)
+    counts = weight.groupby(chosen["item_id"].astype(str)).sum()
+    universe = set(ev["item_id"].astype(str))
+    if items is not None:
+        universe |= set(items["item_id"].astype(str))
+    item_ids = np.array(sorted(universe), dtype=object)
+    scores = counts.reindex(item_ids, fill_value=0.0).to_numpy(dtype=np.float64)
+    order = np.lexsort((np.arange(len(item_ids)), -scores))
+    return item_ids[order], scores[order]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("half_life", [None, 3.0])
+@pytest.mark.parametrize("with_items", [False, True])
+@pytest.mark.parametrize("views_only", [False, True])
+def test_popularity_equals_the_string_groupby(case: dict[str, Any], half_life: Any, with_items: bool,
+                                              views_only: bool) -> None:
+    from recflow.baselines import PopularityRecommender
+
+    train = _log(**case)
+    if views_only:  # no positive event: views are counted
+        train = train[~train["event_type"].isin(["click", "add_to_cart", "purchase"])]
+    if half_life is not None:
+        train = train[train["timestamp"].notna()]
+    items = pd.DataFrame({"item_id": [f"i{j}" for j in range(0, 200, 3)]}) if with_items else None
+    model = PopularityRecommender(half_life_days=half_life).fit(train, items)
+    ids, scores = ref_popularity(train, items, half_life)
+    assert model.item_ids.tolist() == ids.tolist()
+    np.testing.assert_array_equal(model.scores, scores)  # bit for bit
