@@ -372,6 +372,62 @@ def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = REA
     return frame
 
 
+def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: int = READ_BATCH_ROWS) -> Path:
+    """Write split ``split`` of ``examples_dir`` (either layout) to ``dest`` as one Parquet file, atomically: the
+    rows :func:`recflow.examplegen.read_split` returns (log order) with the events schema's types, the table
+    ``write_table(read_split(...), dest, "events")`` writes, converted ``batch_rows`` rows at a time. The split is
+    never a pandas frame of Python strings: when its rows are already in log order they are streamed a record
+    batch at a time; otherwise (shards out of order) the Arrow table is sorted and written in slices."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recflow.examplegen import has_split, read_split, split_path
+    from recflow.io import atomic_path, to_arrow, write_table
+
+    path = split_path(Path(examples_dir), split)
+    if not has_split(Path(examples_dir), split):
+        raise DataError(f"{examples_dir}: no {split}.parquet (run ExampleGen first: recflow.examplegen)")
+    shards = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    schemas = [pq.read_schema(shard) for shard in shards]
+    keys = [c for c in ("timestamp", "event_id") if c in schemas[0].names]
+    sort_keys = {name: pa.chunked_array(
+        [pq.read_table(shard, columns=[name]).column(name).cast(schemas[0].field(name).type) for shard in shards]
+    ).combine_chunks() for name in keys}
+    order = _log_order(sort_keys) if keys else None
+    del sort_keys
+    if order is None and len({tuple(s.names) for s in schemas}) > 1:
+        order = np.arange(sum(pq.ParquetFile(s).metadata.num_rows for s in shards))  # promote via the table
+
+    def slices() -> Any:
+        if order is None:
+            for shard in shards:
+                for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows):
+                    yield pa.Table.from_batches([batch])
+        else:
+            table = pa.concat_tables([pq.read_table(s) for s in shards], promote_options="default")
+            for start in range(0, len(order), batch_rows):
+                yield table.take(pa.array(order[start:start + batch_rows]))
+
+    writer: Any = None
+    try:
+        with atomic_path(dest) as tmp:
+            for part in slices():
+                converted = to_arrow(part.to_pandas(), "events")
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, converted.schema, compression="zstd")
+                writer.write_table(converted.cast(writer.schema))
+            if writer is None:  # no rows
+                pq.write_table(to_arrow(read_split(Path(examples_dir), split), "events"), tmp, compression="zstd")
+            else:
+                writer.close()
+                writer = None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a batch's inferred extra column: the whole path
+        if writer is not None:
+            writer.close()
+        write_table(read_split(Path(examples_dir), split), dest, "events")
+    return Path(dest)
+
+
 def _read_table(path: Path, required: Sequence[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The table at ``path`` (a split in log order); ``columns``: only those of them the file has."""
     if not (path.is_file() or path.is_dir()):  # a split may be a directory of shards (beam engine)
