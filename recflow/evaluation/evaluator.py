@@ -369,7 +369,18 @@ def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = REA
         data = {name: (v.iloc[order].reset_index(drop=True) if isinstance(v, pd.Series) else v[order])
                 for name, v in data.items()}
     frame = pd.DataFrame(data, copy=False)
+    del data
+    release_arrow_memory()
     return frame
+
+
+def release_arrow_memory() -> None:
+    """Hand the Arrow memory pool's freed blocks back to the system: its allocator (mimalloc) keeps them after a
+    read (about 270 MB after reading the 1M-event eval split of the 10M-event shop), which the process's RSS
+    then carries through every later stage. Changes no result."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: int = READ_BATCH_ROWS) -> Path:
@@ -421,6 +432,7 @@ def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: i
             else:
                 writer.close()
                 writer = None
+        release_arrow_memory()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a batch's inferred extra column: the whole path
         if writer is not None:
             writer.close()
@@ -590,6 +602,7 @@ def _population(examples_dir: Path, config: EvaluatorConfig) -> _Population:
         index=pd.Index(users, name="user_id"),
         name="user_type",
     )
+    release_arrow_memory()
     return _Population(train, held_out, items, exclude, users, [truth_by_user[u] for u in users], catalog,
                        user_type, eligible=len(truth_by_user))
 

@@ -121,6 +121,9 @@ def sample_request_users(split_path: Path, n_items: int, max_pairs: int | None, 
     frame = pa.concat_tables(parts, promote_options="default").to_pandas()
     keys = [c for c in ("timestamp", "event_id") if c in frame.columns]
     frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
+    from recflow.evaluation.evaluator import release_arrow_memory
+
+    release_arrow_memory()
     decisions = int(sizes[order[:taken]].sum())
     note = (f"off-policy estimates on a seeded sample of {taken:,} of {len(requests):,} logged requests "
             f"({decisions:,} of {n:,} decisions; only their {len(users):,} users' events loaded): scoring every "
@@ -221,6 +224,9 @@ def ranking_slices(
         items = pd.read_parquet(items_path, columns=wanted)
     frame = ranking_examples(held_out, items)
     del held_out
+    from recflow.evaluation.evaluator import release_arrow_memory
+
+    release_arrow_memory()
     if frame.empty or frame["label"].nunique() < 2:
         return None, "per-slice metrics need shown items with and without clicks in the held-out split"
     note = None
