@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         stages.record_metrics(stages.run(f"baseline {name}", lambda b=baseline, n=name: ev._run(
             n, "baseline", b.fit(pop.train, pop.items), pop, config, context)))
         del baseline
+        if hasattr(ev, "release_freed_memory"):  # as _run_baselines does after each baseline
+            ev.release_freed_memory()
     fallback_copy(stages, ex)
     if args.compare_whole_split_ope and hasattr(run_module, "sample_request_users"):
         # Last, so its memory does not weigh on the stages above: the estimates when the whole split is loaded

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recflow.baselines import make_baseline
+from recflow.baselines import make_baseline, release_freed_memory
 from recflow.errors import ConfigError, DataError
 from recflow.evaluation.metrics import aggregate, per_user_metrics, relevant_by_user, sampled_exclusions
 from recflow.recommender import Recommender
@@ -215,6 +215,8 @@ def tune_baselines(
             model.fit(train_events, items)  # type: ignore[attr-defined]
             score = score_recommender(model, users, truth, k, exclude, metric)
             study.tell(trial, score)
+            del model
+            release_freed_memory()  # each trial's fit is freed before the next
             trials.append({"params": params, "score": score})
             log.info("tuning %s trial %d: %s -> %s %.4f", name, len(trials) - 1, params, metric, score)
         best = max(range(len(trials)), key=lambda i: (trials[i]["score"], -i))

@@ -38,6 +38,7 @@ from recflow.baselines import (
     MostViewedRecommender,
     PopularityRecommender,
     dense_skip_reason,
+    release_freed_memory,
 )
 from recflow.errors import ConfigError, DataError
 from recflow.evaluation.beyond_accuracy import (
@@ -263,6 +264,9 @@ def tune_configured_baselines(
         )
     except DataError as exc:
         return {}, f"baselines not tuned, configured values used: {exc}"
+    finally:
+        del validation
+        release_freed_memory()
     note = ""
     if config.split == "eval":
         note = "baselines were tuned on the eval split, which is also the evaluated split (optimistic for them)"
@@ -656,6 +660,7 @@ def _run_baselines(examples_dir: Path, pop: _Population, config: EvaluatorConfig
         methods[name] = _run(name, "baseline", baseline, pop, config, context,
                              seconds_before=time.perf_counter() - start)
         del baseline
+        release_freed_memory()
     return tuning, tuning_note, skipped
 
 
