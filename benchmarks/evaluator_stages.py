@@ -4,10 +4,13 @@ Generates the world (100,000 items, 500,000 users, 14 days at 0.00086 sessions p
 the shape of ``benchmarks/pipeline.py``'s smaller shop-scale row), runs ExampleGen, Transform and both trainers
 through the library as the components do (kept in ``WORK`` between runs), then runs the Evaluator's stages one by
 one: the user sample, the catalog context, the candidate's top-k, the TFMA slices, the off-policy estimates (with
-``evaluator.ope_max_scored_pairs``), the baseline tuning and each baseline's fit and run. Records each stage's
-seconds, the process RSS after it and its peak (a psutil sampler every 0.1 s); a stage past ``--max-rss-gb`` stops
-the run and is recorded. Prints JSON and writes ``benchmarks/results/evaluator_stages.json``, keeping the runs
-already there under their labels (``--label``; each run records its world and number of events).
+``evaluator.ope_max_scored_pairs``), the baseline tuning, each baseline's fit and run, and the fallback baseline's
+copy of the train split (what an unblessed run adds; ``--fallback-only`` runs only that). Records each stage's
+seconds, the process RSS after it and its peak (a psutil sampler every 0.1 s), the ranking metrics of the candidate
+and of each baseline and the tuning's choices (so two runs on the same data show whether a change kept them); a
+stage past ``--max-rss-gb`` stops the run and is recorded. Prints JSON and writes
+``benchmarks/results/evaluator_stages.json``, keeping the runs already there under their labels (``--label``; each
+run records its world and number of events).
 
 ``--work`` may point at existing step outputs (subfolders ``shop``, ``ex``, ``tr``, ``model``, ``policy``): a
 subfolder holding a ``DONE`` file is reused, any other is (re)built. ``--sessions-rate`` sets the world's
@@ -58,11 +61,40 @@ class Stages(StageSampler):
                                           for r in table.to_dict("records")}
         self.rows[-1]["note"] = note
 
+    def record_metrics(self, result: Any) -> None:
+        """Add a method's ranking metrics (``ndcg@k``, ``recall@k``, ...) to the last stage's row, so runs on
+        the same data show whether a change kept every metric."""
+        self.rows[-1]["metrics"] = {k: round(float(v), 9) for k, v in sorted(result.metrics.items())
+                                    if "@" in k and not k.startswith(("coverage", "novelty"))}
+
+    def record_tuning(self, tuning: dict[str, Any]) -> None:
+        """Add each tuned baseline's chosen parameters and validation score to the last stage's row."""
+        self.rows[-1]["tuning"] = {n: {"best_params": t["best_params"], "best_score": round(t["best_score"], 9)}
+                                   for n, t in tuning.items()}
+
     def write(self, finished: bool) -> None:
         run = {"world": self.world, "events": self.events, "finished": finished, "model": self.model,
                "stages": self.rows,
                "machine": machine_info(("tensorflow", "apache-beam"))}
         save_run(self.out, "Evaluator stages at shop scale (one process)", self.label, run)
+
+
+def fallback_copy(stages: Stages, ex: Path) -> None:
+    """The stage an unblessed run adds: the fallback baseline's copy of the train split (into a temporary
+    directory; ``write_split_events``, or on code without it the whole-frame write it replaced)."""
+    import tempfile
+
+    from recflow.evaluation import evaluator as ev
+
+    with tempfile.TemporaryDirectory(prefix="recflow-fallback-") as tmp:
+        dest = Path(tmp) / "train.parquet"
+        if hasattr(ev, "write_split_events"):
+            stages.run("fallback baseline: train copy", lambda: ev.write_split_events(ex, "train", dest))
+        else:  # the code before: the split read whole into pandas, then written
+            from recflow.examplegen import read_split
+            from recflow.io import write_table
+
+            stages.run("fallback baseline: train copy", lambda: write_table(read_split(ex, "train"), dest, "events"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Extra config overrides (e.g. a quick trainer for the prepared model); recorded.")
     parser.add_argument("--compare-whole-split-ope", action="store_true",
                         help="Also run the off-policy estimates with the whole split loaded (last stage).")
+    parser.add_argument("--fallback-only", action="store_true",
+                        help="Run only the fallback baseline's copy of the train split (the last stage).")
     args = parser.parse_args(argv)
     from recflow.evaluation import evaluator as ev
     from recflow.evaluation import run as run_module
@@ -106,25 +140,34 @@ def main(argv: list[str] | None = None) -> int:
     stages.events = pq.ParquetFile(shop / "events.parquet").metadata.num_rows
     stages.model = str(model.resolve())
     config = cfg.evaluator
+    if args.fallback_only:
+        fallback_copy(stages, ex)
+        stages.write(True)
+        return 0
     cand = stages.run("load candidate", lambda: load_recommender(model))
     pop = stages.run("user sample", lambda: ev._population(ex, config))
     context = stages.run("catalog context", lambda: CatalogContext.from_train(
         pop.train, pop.items, pop.catalog, config.beyond_accuracy.head_share, ev.candidate_item_embeddings(cand)))
-    stages.run("candidate top-k", lambda: ev._run("candidate", "candidate", cand, pop, config, context))
+    stages.record_metrics(stages.run("candidate top-k", lambda: ev._run("candidate", "candidate", cand, pop, config,
+                                                                       context)))
     stages.run("ranking slices", lambda: ranking_slices(ex, model, config.split, config.seed, recommender=cand,
                                                              max_examples=config.max_slice_examples))
     ope = stages.run("off-policy estimates", lambda: off_policy_estimates(
         ex, model, policy, cfg.policy, config.split, config.seed, max_pairs=config.ope_max_scored_pairs))
     stages.annotate(ope)
     tuning, _ = stages.run("baseline tuning", lambda: ev.tune_configured_baselines(ex, pop.train, pop.items, config))
+    stages.record_tuning(tuning)
     skipped = ev.skipped_baselines(config, pop.train)
     runnable = config.model_copy(update={"baselines": tuple(n for n in config.baselines if n not in skipped)})
     baselines = ev.build_baselines(runnable, {n: t["best_params"] for n, t in tuning.items()})
     for name in list(baselines):  # as the Evaluator does: each fitted baseline is freed before the next
         baseline = baselines.pop(name)
-        stages.run(f"baseline {name}", lambda b=baseline, n=name: ev._run(
-            n, "baseline", b.fit(pop.train, pop.items), pop, config, context))
+        stages.record_metrics(stages.run(f"baseline {name}", lambda b=baseline, n=name: ev._run(
+            n, "baseline", b.fit(pop.train, pop.items), pop, config, context)))
         del baseline
+        if hasattr(ev, "release_freed_memory"):  # as _run_baselines does after each baseline
+            ev.release_freed_memory()
+    fallback_copy(stages, ex)
     if args.compare_whole_split_ope and hasattr(run_module, "sample_request_users"):
         # Last, so its memory does not weigh on the stages above: the estimates when the whole split is loaded
         # and sampled after (the path before the request sample moved ahead of loading).

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recflow.baselines import make_baseline
+from recflow.baselines import make_baseline, release_freed_memory
 from recflow.errors import ConfigError, DataError
-from recflow.evaluation.metrics import aggregate, ground_truth, interacted_items, per_user_metrics
+from recflow.evaluation.metrics import aggregate, per_user_metrics, relevant_by_user, sampled_exclusions
 from recflow.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,7 @@ def tune_baselines(
     unknown = [n for n in names if n not in SEARCH_SPACES]
     if unknown:
         raise ConfigError(f"baseline(s) {unknown} are not tunable; tunable: {list(TUNABLE)}")
-    exclude = (interacted_items(train_events, users=validation_events["user_id"].unique())
-               if exclude_train_items else {})
-    truth_by_user = ground_truth(validation_events, exclude if exclude_train_items else None)
+    truth_by_user = relevant_by_user(train_events, validation_events, exclude_train_items)
     if not truth_by_user:
         raise DataError(
             "validation events: no user has a relevant item (a click, add_to_cart, purchase or view not "
@@ -196,6 +194,9 @@ def tune_baselines(
         rng = np.random.default_rng(seed)
         users = sorted(rng.choice(np.array(users, dtype=object), size=max_users, replace=False).tolist())
     truth = [truth_by_user[u] for u in users]
+    del truth_by_user
+    # the train items of the scored users only (a set per validation user grows with the log)
+    exclude = sampled_exclusions(train_events, users) if exclude_train_items else {}
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: dict[str, TuningResult] = {}
@@ -214,6 +215,8 @@ def tune_baselines(
             model.fit(train_events, items)  # type: ignore[attr-defined]
             score = score_recommender(model, users, truth, k, exclude, metric)
             study.tell(trial, score)
+            del model
+            release_freed_memory()  # each trial's fit is freed before the next
             trials.append({"params": params, "score": score})
             log.info("tuning %s trial %d: %s -> %s %.4f", name, len(trials) - 1, params, metric, score)
         best = max(range(len(trials)), key=lambda i: (trials[i]["score"], -i))

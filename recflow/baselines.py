@@ -20,7 +20,8 @@ Ties are broken by popularity, then item id, so results are deterministic for a 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
@@ -38,10 +39,51 @@ _MAX_BATCH_CELLS = 8_000_000
 _SECONDS_PER_DAY = 86400.0
 
 
+def release_freed_memory() -> None:
+    """Return freed heap memory to the system: ``gc.collect()``, then glibc's ``malloc_trim(0)`` where the C
+    library has it (Linux), and the Arrow pool's unused blocks. The baselines' fits allocate and free large
+    temporaries many times (the tuning fits 24 models); without this the process's RSS keeps what the allocators
+    hold after them (about 400 MB after the tuning on the 10M-event shop). Changes no result."""
+    import contextlib
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _require_columns(events: pd.DataFrame, columns: Sequence[str], what: str = "train events") -> None:
     missing = [c for c in columns if c not in events.columns]
     if missing:
         raise DataError(f"{what}: missing required column(s) {missing} (see recflow/schema.py)")
+
+
+def string_codes(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, ids)``: ``ids`` the sorted distinct ``str`` values of ``values`` (an object column: user or
+    item ids, event types), ``codes`` (int64, one per row) the position of each row's ``str`` value in ``ids``.
+
+    The same grouping and order as converting every row with ``astype(str)`` and sorting its set, without
+    making a string per row: ``pd.factorize`` on the column (one hash table of its distinct values), then only
+    the distinct values are converted and sorted (two values with the same ``str``, e.g. ``1`` and ``"1"``, share
+    one code). Nulls are converted as ``astype(str)`` converts them (``"nan"``, ``"None"``)."""
+    raw = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    codes, uniques = pd.factorize(raw)
+    texts = [str(u) for u in uniques]
+    nulls = codes < 0
+    if nulls.any():  # None and NaN are different strings; null rows are converted one by one
+        extra, extra_codes = np.unique(np.array([str(v) for v in raw[nulls]], dtype=object), return_inverse=True)
+        codes = codes.copy()
+        codes[nulls] = len(texts) + extra_codes
+        texts += extra.tolist()
+    text = np.array(texts, dtype=object)
+    if len(text) == 0:
+        return codes.astype(np.int64), text
+    ids, inverse = np.unique(text, return_inverse=True)
+    return inverse.astype(np.int64)[codes], ids
 
 
 def interaction_matrix(
@@ -52,21 +94,33 @@ def interaction_matrix(
     """A users x items CSR matrix of summed event weights, with its user ids and item ids (both sorted).
 
     ``items`` fixes the item axis (events on other items are dropped); by default it is every item with a
-    weighted event.
+    weighted event. Built from integer codes of the id columns (:func:`string_codes`): no per-row string or
+    copy of the event columns is made, so the memory is a few integer arrays of the log's length.
     """
     _require_columns(events, ("user_id", "item_id", "event_type"))
     w = dict(DEFAULT_EVENT_WEIGHTS if weights is None else weights)
-    ev = events[["user_id", "item_id", "event_type"]].astype({"user_id": str, "item_id": str})
-    value = ev["event_type"].map(w).fillna(0.0).astype(np.float64)
-    ev = ev.assign(value=value)[value > 0]
-    item_ids = np.array(
-        sorted(set(ev["item_id"])) if items is None else sorted(set(map(str, items))), dtype=object
-    )
-    ev = ev[ev["item_id"].isin(item_ids)]
-    user_ids = np.array(sorted(set(ev["user_id"])), dtype=object)
-    rows = pd.Index(user_ids).get_indexer(ev["user_id"])
-    cols = pd.Index(item_ids).get_indexer(ev["item_id"])
-    matrix = sp.csr_matrix((ev["value"].to_numpy(), (rows, cols)), shape=(len(user_ids), len(item_ids)))
+    value = events["event_type"].map(w).fillna(0.0).astype(np.float64).to_numpy()
+    keep = value > 0
+    item_codes, item_uniques = string_codes(events["item_id"])
+    if items is None:
+        present = np.zeros(len(item_uniques), dtype=bool)
+        present[item_codes[keep]] = True
+        item_ids = item_uniques[present]
+        item_map = np.where(present, np.cumsum(present) - 1, -1)
+    else:
+        item_ids = np.array(sorted(set(map(str, items))), dtype=object)
+        item_map = pd.Index(item_ids).get_indexer(item_uniques) if len(item_uniques) else np.empty(0, np.int64)
+    cols = item_map[item_codes] if len(item_codes) else np.empty(0, dtype=np.int64)
+    del item_codes
+    keep &= cols >= 0
+    user_codes, user_uniques = string_codes(events["user_id"])
+    kept_users = user_codes[keep]
+    del user_codes
+    present_users = np.zeros(len(user_uniques), dtype=bool)
+    present_users[kept_users] = True
+    user_ids = user_uniques[present_users]
+    rows = (np.cumsum(present_users) - 1)[kept_users]
+    matrix = sp.csr_matrix((value[keep], (rows, cols[keep])), shape=(len(user_ids), len(item_ids)))
     matrix.sum_duplicates()
     return matrix, user_ids, item_ids
 
@@ -107,21 +161,25 @@ class PopularityRecommender:
         """Count (decayed) positive events per item."""
         _require_columns(train_events, ("item_id", "event_type"))
         ev = train_events
-        chosen = ev[ev["event_type"].isin(POSITIVE_EVENT_TYPES)]
-        if chosen.empty:
-            chosen = ev[ev["event_type"] == "view"]
-        weight = pd.Series(1.0, index=chosen.index)
-        if self.half_life_days is not None and not chosen.empty:
+        chosen = np.flatnonzero(ev["event_type"].isin(POSITIVE_EVENT_TYPES).to_numpy())
+        if not len(chosen):
+            chosen = np.flatnonzero((ev["event_type"] == "view").to_numpy())
+        codes, known = string_codes(ev["item_id"])  # integer codes: no string or row copy per event
+        if self.half_life_days is None or not len(chosen):
+            sums = np.bincount(codes[chosen], minlength=len(known)).astype(np.float64)
+        else:
             _require_columns(train_events, ("timestamp",))
-            ts = pd.to_datetime(chosen["timestamp"], utc=True)
+            ts = pd.to_datetime(ev["timestamp"].iloc[chosen], utc=True)
             age_days = (ts.max() - ts).dt.total_seconds() / _SECONDS_PER_DAY
             weight = 0.5 ** (age_days / self.half_life_days)
-        counts = weight.groupby(chosen["item_id"].astype(str)).sum()
-        universe = set(ev["item_id"].astype(str))
+            sums = pd.Series(weight.to_numpy()).groupby(codes[chosen]).sum().reindex(
+                np.arange(len(known)), fill_value=0.0).to_numpy(dtype=np.float64)
+        del codes
         if items is not None and "item_id" in items.columns:
-            universe |= set(items["item_id"].astype(str))
-        item_ids = np.array(sorted(universe), dtype=object)
-        scores = counts.reindex(item_ids, fill_value=0.0).to_numpy(dtype=np.float64)
+            item_ids = np.array(sorted(set(known) | set(items["item_id"].astype(str))), dtype=object)
+            scores = pd.Series(sums, index=known).reindex(item_ids, fill_value=0.0).to_numpy(dtype=np.float64)
+        else:
+            item_ids, scores = known, sums
         order = np.lexsort((np.arange(len(item_ids)), -scores))  # score desc, then item id asc
         self.item_ids, self.scores = item_ids[order], scores[order]
         return self
@@ -588,6 +646,89 @@ def _history_frame(
     return frame.reset_index(drop=True)
 
 
+@dataclass
+class _WeightedLog:
+    """Train's weighted events (those whose event type has a positive weight) in chronological order (by
+    timestamp, NaT last, equal times in log order), as integer codes: ``user``/``item``/``kind`` index
+    ``user_ids``/``item_ids``/``kinds`` (each sorted, ``str``), ``timestamp`` is int64 nanoseconds (NaT as the
+    largest int64, so it sorts last) and ``session`` the code of the row's ``str(session_id)`` (-1: null or no
+    column). A few integer arrays of the log's length instead of a frame of Python strings."""
+
+    user: np.ndarray
+    item: np.ndarray
+    kind: np.ndarray
+    timestamp: np.ndarray
+    session: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    kinds: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+_NAT_LAST = np.iinfo(np.int64).max
+
+
+def _weighted_log(train_events: pd.DataFrame, weights: Mapping[str, float]) -> _WeightedLog:
+    """:class:`_WeightedLog` of ``train_events`` for ``weights``."""
+    weighted = np.flatnonzero(train_events["event_type"].map(weights).fillna(0.0).to_numpy(np.float64) > 0)
+    stamps = pd.to_datetime(train_events["timestamp"].iloc[weighted], utc=True)
+    nat = stamps.isna().to_numpy()
+    ts = stamps.dt.as_unit("ns").array.asi8.copy() if len(stamps) else np.empty(0, np.int64)
+    del stamps
+    ts[nat] = _NAT_LAST
+    order = np.argsort(ts, kind="stable")  # chronological; NaT (largest) last, ties in log order
+    rows = weighted[order]
+    del weighted
+
+    def codes(column: str) -> tuple[np.ndarray, np.ndarray]:
+        return string_codes(train_events[column].to_numpy(dtype=object)[rows])
+
+    user, user_ids = codes("user_id")
+    item, item_ids = codes("item_id")
+    kind, kinds = codes("event_type")
+    session = np.full(len(rows), -1, dtype=np.int64)
+    if "session_id" in train_events.columns:
+        values = train_events["session_id"].iloc[rows]
+        known = values.notna().to_numpy()
+        if known.any():
+            session[known] = string_codes(values.to_numpy(dtype=object)[known])[0]
+    return _WeightedLog(user, item, kind, ts[order], session, user_ids, item_ids, kinds)
+
+
+class _Histories(Mapping[str, tuple[list[str], list[str]]]):
+    """Every user's chronological (item ids, event types) of train, stored as integer codes in one array per
+    field with each user's slice (the users sorted), and turned into lists only for the user asked for: the
+    mapping ``user -> (items, event types)`` without a Python string or list per event."""
+
+    def __init__(self, log: _WeightedLog) -> None:
+        by_user = np.argsort(log.user, kind="stable")  # keeps each user's time order
+        users = log.user[by_user]
+        bounds = np.flatnonzero(users[1:] != users[:-1]) + 1 if len(users) else np.empty(0, np.int64)
+        self._starts = np.concatenate([[0], bounds]).astype(np.int64) if len(users) else np.empty(0, np.int64)
+        self._ends = (np.concatenate([bounds, [len(users)]]).astype(np.int64) if len(users)
+                      else np.empty(0, np.int64))
+        self._users = log.user_ids[users[self._starts]] if len(users) else np.empty(0, dtype=object)
+        self._items = log.item[by_user].astype(np.int32)
+        self._kinds = log.kind[by_user].astype(np.int8 if len(log.kinds) < 128 else np.int32)
+        self._item_ids, self._kind_ids = log.item_ids, log.kinds
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def __iter__(self) -> Iterator[str]:
+        return (str(u) for u in self._users)
+
+    def __getitem__(self, user: str) -> tuple[list[str], list[str]]:
+        key = str(user)
+        pos = int(np.searchsorted(self._users, key)) if len(self._users) else 0
+        if pos >= len(self._users) or self._users[pos] != key:
+            raise KeyError(user)
+        a, b = self._starts[pos], self._ends[pos]
+        return self._item_ids[self._items[a:b]].tolist(), self._kind_ids[self._kinds[a:b]].tolist()
+
+
 class _HistoryRecommender:
     """Shared machinery of the count baselines: each user's training history (chronological, weighted events
     only), a popularity fallback, and ``recommend`` = :meth:`recommend_from_history` on the stored history.
@@ -606,42 +747,24 @@ class _HistoryRecommender:
         self.event_weights = weights
         self.popularity: PopularityRecommender | None = None
         self._rank: dict[str, int] = {}
-        self._histories: dict[str, tuple[list[str], list[str]]] = {}
+        self._histories: Mapping[str, tuple[list[str], list[str]]] = {}
 
-    def _fit_common(self, train_events: pd.DataFrame, items: pd.DataFrame | None) -> pd.DataFrame:
+    def _fit_common(self, train_events: pd.DataFrame, items: pd.DataFrame | None) -> _WeightedLog:
         """Fit the popularity fallback and return train's weighted events in chronological order."""
         _require_columns(train_events, ("user_id", "item_id", "event_type", "timestamp"))
         self.popularity = PopularityRecommender().fit(train_events, items)
         ranking = self.popularity.ranking()
         self._rank = {str(item): i for i, item in enumerate(ranking)}
-        columns = ["user_id", "item_id", "event_type", "timestamp"]
-        if "session_id" in train_events.columns:
-            columns.append("session_id")
-        ev = train_events[columns].astype({"user_id": str, "item_id": str})
-        ev = ev.assign(
-            timestamp=pd.to_datetime(ev["timestamp"], utc=True), order=np.arange(len(ev), dtype=np.int64)
-        )
-        ev = ev[ev["event_type"].map(self.event_weights).fillna(0.0) > 0]
-        return ev.sort_values(["timestamp", "order"], kind="mergesort").reset_index(drop=True)
+        return _weighted_log(train_events, self.event_weights)
 
     def fit(self, train_events: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
         """Store every user's weighted training events (chronological) and fit the popularity fallback."""
         self._store_histories(self._fit_common(train_events, items))
         return self
 
-    def _store_histories(self, ev: pd.DataFrame) -> None:
-        """``self._histories[user] = (items, event types)``, chronological, from ``ev`` (chronological)."""
-        by_user = ev.sort_values("user_id", kind="mergesort")  # stable: keeps each user's time order
-        users = by_user["user_id"].to_numpy()
-        item_list = by_user["item_id"].tolist()
-        kind_list = by_user["event_type"].astype(str).tolist()
-        bounds = np.flatnonzero(users[1:] != users[:-1]) + 1 if len(users) else np.empty(0, dtype=np.int64)
-        empty = np.empty(0, dtype=int)
-        starts = np.concatenate([[0], bounds]).astype(int) if len(users) else empty
-        ends = np.concatenate([bounds, [len(users)]]).astype(int) if len(users) else empty
-        self._histories = {
-            str(users[a]): (item_list[a:b], kind_list[a:b]) for a, b in zip(starts, ends, strict=True)
-        }
+    def _store_histories(self, log: _WeightedLog) -> None:
+        """``self._histories[user] = (items, event types)``, chronological, from ``log`` (:class:`_Histories`)."""
+        self._histories = _Histories(log)
 
     def _ranked_from(self, items: list[str], kinds: list[str]) -> list[str]:
         """The model's own ranking of a chronological history (known items only, best first)."""
@@ -765,42 +888,55 @@ class CoViewRecommender(_HistoryRecommender):
         self._item_pos: dict[str, int] = {}
         self._tiebreak: np.ndarray = np.empty(0, dtype=np.int64)
 
-    def _baskets(self, ev: pd.DataFrame) -> np.ndarray:
-        """One basket number per event of ``ev``: its session, or (no session id) its gap-split user session."""
-        by_user = ev.sort_values(["user_id", "timestamp", "order"], kind="mergesort")
-        gap = by_user.groupby("user_id", sort=False)["timestamp"].diff()
-        new_basket = gap.isna() | (gap > pd.Timedelta(minutes=self.session_gap_minutes))
-        number = new_basket.groupby(by_user["user_id"], sort=False).cumsum()
-        keys = ("gap:" + by_user["user_id"] + ":" + number.astype(str)).reindex(ev.index)
-        if "session_id" in ev.columns:
-            session = ev["session_id"]
-            keys = keys.where(session.isna(), "session:" + session.astype(str))
+    def _baskets(self, log: _WeightedLog) -> np.ndarray:
+        """One basket number (0, 1, ...) per event of ``log``: its session, or (no session id) its gap-split
+        user session (a user's events in time order, a new one wherever more than ``session_gap_minutes`` pass
+        or a time is missing)."""
+        by_user = np.argsort(log.user, kind="stable")  # each user's events in time order
+        user, ts = log.user[by_user], log.timestamp[by_user]
+        new = np.ones(len(user), dtype=bool)
+        if len(user) > 1:
+            same = user[1:] == user[:-1]
+            known = (ts[1:] != _NAT_LAST) & (ts[:-1] != _NAT_LAST)
+            gap_ns = pd.Timedelta(minutes=self.session_gap_minutes).value
+            close = known & (ts[1:] - np.where(known, ts[:-1], 0) <= gap_ns)
+            new[1:] = ~(same & close)
+        gap_basket = np.empty(len(user), dtype=np.int64)
+        gap_basket[by_user] = np.cumsum(new) - 1
+        del by_user, user, ts, new
+        has_session = log.session >= 0
+        n_gap = int(gap_basket.max()) + 1 if len(gap_basket) else 0
+        keys = np.where(has_session, n_gap + log.session, gap_basket)
         return pd.factorize(keys)[0]
 
     def fit(self, train_events: pd.DataFrame, items: pd.DataFrame | None = None) -> Self:
         """Build the users' histories and the item-item cosine co-occurrence graph."""
-        ev = self._fit_common(train_events, items)
-        self._store_histories(ev)
+        log = self._fit_common(train_events, items)
+        self._store_histories(log)
         assert self.popularity is not None
         self.item_ids = np.array(sorted(self._rank), dtype=object)
         self._item_pos = {item: i for i, item in enumerate(self.item_ids)}
         self._tiebreak = np.array([self._rank[i] for i in self.item_ids], dtype=np.int64)
         n_items = len(self.item_ids)
-        if ev.empty:
+        if len(log) == 0:
             self.similarity = sp.csr_matrix((n_items, n_items))
             return self
-        baskets = self._baskets(ev)
-        cols = np.array([self._item_pos[i] for i in ev["item_id"]], dtype=np.int64)
+        baskets = self._baskets(log)
+        cols = pd.Index(self.item_ids).get_indexer(log.item_ids)[log.item]
+        del log
         basket_items = sp.csr_matrix(
             (np.ones(len(cols)), (baskets, cols)), shape=(int(baskets.max()) + 1, n_items)
         )
+        del baskets, cols
         basket_items.sum_duplicates()
         basket_items.data[:] = 1.0
         counts = (basket_items.T @ basket_items).tocsr()
+        del basket_items
         per_item = counts.diagonal()
         counts.setdiag(0.0)
         counts.eliminate_zeros()
         coo = counts.tocoo()
+        del counts
         norm = np.sqrt(per_item[coo.row] * per_item[coo.col])
         similarity = sp.csr_matrix((coo.data / norm, (coo.row, coo.col)), shape=(n_items, n_items))
         self.similarity = _keep_top_per_row(similarity, self.neighbors)

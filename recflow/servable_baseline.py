@@ -33,7 +33,7 @@ import pandas as pd
 
 from recflow.errors import DataError
 from recflow.examplegen import read_split
-from recflow.io import staged_dir, write_table
+from recflow.io import staged_dir
 
 #: The fallback's directory inside the Evaluator's output, and the bundle part the Pusher stores it under.
 FALLBACK_DIR = "fallback_baseline"
@@ -90,7 +90,10 @@ def write_fallback(
     examples_dir = Path(examples_dir)
     final = Path(out_dir) / FALLBACK_DIR
     with staged_dir(final) as staging:
-        write_table(read_split(examples_dir, "train"), staging / TRAIN_FILE, "events")  # one file, either layout
+        # one file, either layout, streamed a record batch at a time (not the split as a pandas frame)
+        from recflow.evaluation.evaluator import write_split_events
+
+        write_split_events(examples_dir, "train", staging / TRAIN_FILE)
         files = [TRAIN_FILE]
         if (examples_dir / ITEMS_FILE).is_file():
             shutil.copyfile(examples_dir / ITEMS_FILE, staging / ITEMS_FILE)

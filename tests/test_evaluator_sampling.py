@@ -151,3 +151,16 @@ def test_the_slice_sample_size_is_configured_and_validated():
     assert load_config(None, ["evaluator.max_slice_examples=500"]).evaluator.max_slice_examples == 500
     with pytest.raises(ValidationError):
         EvaluatorConfig(max_slice_examples=0)
+
+
+def test_request_sample_picks_the_requests_of_the_per_impression_draw(tmp_path):
+    """The requests chosen from Arrow's distinct request ids are those the draw over every impression's id
+    (np.unique of them, sorted, with their sizes) chooses: the same seeded sample as before."""
+    log = _log(tmp_path / "test.parquet")
+    impressions = log[log["event_type"] == "impression"]
+    for seed, budget in ((1, 30), (2, 30), (3, 7), (4, 1)):
+        _, chosen, _ = sample_request_users(tmp_path / "test.parquet", 20, budget * 20, seed=seed)
+        requests, sizes = np.unique(impressions["request_id"].astype(str).to_numpy(), return_counts=True)
+        order = np.random.default_rng(seed).permutation(len(requests))
+        taken = max(1, int(np.searchsorted(np.cumsum(sizes[order]), budget, side="right")))
+        assert chosen is not None and chosen.tolist() == requests[order[:taken]].tolist()

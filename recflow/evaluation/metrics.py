@@ -65,6 +65,40 @@ def interacted_items(events: pd.DataFrame, users: Iterable[str] | None = None) -
     return {str(u): set(items.astype(str)) for u, items in ev.groupby("user_id", sort=False)["item_id"]}
 
 
+#: Held-out users whose train items are gathered at a time by :func:`relevant_by_user`.
+RELEVANT_USERS_PER_CHUNK = 20_000
+
+
+def relevant_by_user(
+    train: pd.DataFrame, held_out: pd.DataFrame, exclude_train_items: bool,
+    users_per_chunk: int = RELEVANT_USERS_PER_CHUNK,
+) -> dict[str, set[str]]:
+    """``ground_truth(held_out, interacted_items(train, held-out users) if exclude_train_items else None)``,
+    the same dict, with the train-item sets built for ``users_per_chunk`` held-out users at a time and dropped
+    after their relevant items are known: only the relevant items are kept, never a train-item set for every
+    held-out user (which grows with the log). The caller builds the exclusions of the users it samples."""
+    if not exclude_train_items:
+        return ground_truth(held_out, None)
+    if users_per_chunk < 1:
+        raise ValueError(f"users_per_chunk must be at least 1, got {users_per_chunk}")
+    held_users = pd.unique(held_out["user_id"].to_numpy())
+    seen = train.loc[train["event_type"] != "impression", ["user_id", "item_id", "event_type"]]
+    seen = seen[seen["user_id"].astype(str).isin(pd.Index(held_users).astype(str))]
+    truth: dict[str, set[str]] = {}
+    for start in range(0, len(held_users), users_per_chunk):
+        chunk = held_users[start:start + users_per_chunk]
+        part = held_out[held_out["user_id"].isin(chunk)]
+        truth.update(ground_truth(part, interacted_items(seen, users=[str(u) for u in chunk])))
+    return dict(sorted(truth.items()))
+
+
+def sampled_exclusions(train: pd.DataFrame, users: Sequence[str]) -> dict[str, set[str]]:
+    """``{user: train items}`` (:func:`interacted_items`) of ``users`` that have train events, in ``users``'
+    order."""
+    found = interacted_items(train, users=users)
+    return {u: found[u] for u in map(str, users) if u in found}
+
+
 def hit_matrix(recs: Sequence[Sequence[str]], truth: Sequence[set[str]], k: int) -> np.ndarray:
     """A (users x k) boolean matrix: whether each of a user's top-k recommended items is relevant."""
     if len(recs) != len(truth):

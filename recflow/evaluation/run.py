@@ -103,20 +103,27 @@ def sample_request_users(split_path: Path, n_items: int, max_pairs: int | None, 
     if table["request_id"].null_count or prop.null_count or not pc.all(
             pc.and_(pc.greater(prop, 0.0), pc.less_equal(prop, 1.0))).as_py():
         return none
-    request_ids = np.asarray(table["request_id"].cast(pa.string()).to_pylist(), dtype=object).astype(str)
-    owners = np.asarray(table["user_id"].cast(pa.string()).to_pylist(), dtype=object)
-    del table, prop
-    requests, sizes = np.unique(request_ids, return_counts=True)
+    # the distinct requests (sorted, with their sizes) from Arrow's dictionary encoding: a Python string per
+    # request, not per impression
+    encoded = pc.dictionary_encode(table["request_id"].cast(pa.string()).combine_chunks())
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    distinct = np.asarray(encoded.dictionary.to_pylist(), dtype=object).astype(str)
+    by_id = np.argsort(distinct, kind="stable")
+    requests, sizes = distinct[by_id], np.bincount(codes, minlength=len(distinct))[by_id]
     budget = max(1, max_pairs // n_items)
     order = np.random.default_rng(seed).permutation(len(requests))
     taken = max(1, int(np.searchsorted(np.cumsum(sizes[order]), budget, side="right")))
     chosen = requests[order[:taken]]
-    users = sorted(set(owners[np.isin(request_ids, chosen)].tolist()))
-    del request_ids, owners
+    in_chosen = pa.array(np.isin(codes, by_id[order[:taken]]))
+    users = sorted(set(table["user_id"].cast(pa.string()).filter(in_chosen).to_pylist()))
+    del table, prop, encoded, codes, in_chosen
     parts = [pq.read_table(f, filters=[("user_id", "in", users)]) for f in files]
     frame = pa.concat_tables(parts, promote_options="default").to_pandas()
     keys = [c for c in ("timestamp", "event_id") if c in frame.columns]
     frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
+    from recflow.evaluation.evaluator import release_arrow_memory
+
+    release_arrow_memory()
     decisions = int(sizes[order[:taken]].sum())
     note = (f"off-policy estimates on a seeded sample of {taken:,} of {len(requests):,} logged requests "
             f"({decisions:,} of {n:,} decisions; only their {len(users):,} users' events loaded): scoring every "
@@ -217,6 +224,9 @@ def ranking_slices(
         items = pd.read_parquet(items_path, columns=wanted)
     frame = ranking_examples(held_out, items)
     del held_out
+    from recflow.evaluation.evaluator import release_arrow_memory
+
+    release_arrow_memory()
     if frame.empty or frame["label"].nunique() < 2:
         return None, "per-slice metrics need shown items with and without clicks in the held-out split"
     note = None
