@@ -269,22 +269,33 @@ def _count_types(codes: np.ndarray, spec: dict[str, Any]) -> dict[str, int]:
 
 
 def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Each user's latest logged context (train + eval events), and the most common context for cold users."""
+    """Each user's latest logged context (train + eval events), and the most common context for cold users.
+
+    The splits are read a row group at a time, only these columns, strings as integer codes
+    (:func:`recflow.training.columnar.read_split_events`): the per-event table holds no Python string; the
+    result (a row per user) is what reading the whole splits with pandas gives (``tests/test_training_columnar.py``).
+    """
     from recflow.features.transform import coerce_raw
-    from recflow.training.reading import read_split_columns
+    from recflow.training.columnar import concat_categorical, read_split_events
 
     names = list(spec["context_features"])
     columns = ["user_id", "timestamp", *names]  # only these: the rest of the splits is not read
-    events = pd.concat([read_split_columns(examples_dir, s, columns) for s in ("train", "eval")],
-                       ignore_index=True).sort_values("timestamp", kind="stable")
+    events = concat_categorical([read_split_events(examples_dir, s, columns) for s in ("train", "eval")])
+    events = events.iloc[np.argsort(events["timestamp"].astype("int64").to_numpy(),
+                                    kind="stable")]
     users_path = examples_dir / "users.parquet"
     if "region" in names and "region" not in events.columns and users_path.is_file():
+        events["user_id"] = events["user_id"].astype(object)
         events = events.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
     present = [n for n in names if n in events.columns]
-    latest = events.groupby("user_id", sort=True)[present].last().reset_index() if present else \
+    latest = events.groupby("user_id", sort=True, observed=True)[present].last().reset_index() if present else \
         pd.DataFrame({"user_id": sorted(events["user_id"].unique())})
     default = {n: (events[n].mode().iloc[0] if n in events.columns and events[n].notna().any()
                    else spec["fill_values"].get(n, "")) for n in names}
+    del events
+    for column in latest.columns:  # a row per user: plain columns again, as the bundle's file holds them
+        if isinstance(latest[column].dtype, pd.CategoricalDtype):
+            latest[column] = latest[column].astype(object).where(latest[column].notna(), None)
     for n in names:
         latest[n] = latest[n].fillna(default[n]) if n in latest.columns else default[n]
     latest = coerce_raw(latest, spec, spec["fill_values"])
