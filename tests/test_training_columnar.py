@@ -208,3 +208,14 @@ def test_impressions_equal_the_whole_split_pandas_path(examples: Path, requests:
     assert 0 < got["clicked"].sum() < len(got)
     pd.testing.assert_frame_equal(_plain(got), want, check_dtype=False)
     assert got["clicked"].dtype == want["clicked"].dtype
+
+
+def test_distinct_values_equal_the_split_columns_distinct_strings(examples: Path) -> None:
+    from recflow.training.columnar import distinct_values
+
+    whole = read_split(examples, "train")
+    assert distinct_values(examples, "train", "user_id") == sorted(whole["user_id"].astype(str).unique())
+    assert distinct_values(examples, "train", "device") == sorted(whole["device"].astype(str).unique())  # 'None'
+    assert distinct_values(examples, "train", "hour") == sorted(whole["hour"].astype(str).unique())
+    with pytest.raises(DataError, match="no nope column"):
+        distinct_values(examples, "train", "nope")

@@ -126,3 +126,34 @@ def object_values(series: pd.Series) -> np.ndarray:
     cats[:-1] = list(series.cat.categories)
     cats[-1] = None
     return cats[series.cat.codes.to_numpy()]
+
+
+def distinct_values(examples_dir: Path, name: str, column: str) -> list[str]:
+    """The distinct values of ``column`` in split ``name`` as strings (a missing value as ``'None'``, as
+    ``astype(str)`` writes it), sorted: what ``read_split(...)[column].astype(str).unique()`` sorted gives, read a
+    row group at a time with only that column. Raises DataError when the split or the column is missing."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not has_split(examples_dir, name):
+        raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first: recflow.examplegen)")
+    if column not in split_columns(examples_dir, name):
+        raise DataError(f"{split_path(examples_dir, name)}: the {name} split has no {column} column")
+    path = split_path(examples_dir, name)
+    seen: set[str] = set()
+    try:
+        for file in [path] if path.is_file() else sorted(path.glob("*.parquet")):
+            parquet = pq.ParquetFile(file)
+            for group in range(parquet.num_row_groups):
+                values = pc.unique(parquet.read_row_group(group, columns=[column]).column(0))
+                if values.null_count:
+                    seen.add("None")
+                    values = values.drop_null()
+                if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+                    seen.update(str(v) for v in values.to_pylist())
+                else:
+                    seen.update(values.to_pylist())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
+    return sorted(seen)

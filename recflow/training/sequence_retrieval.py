@@ -38,7 +38,7 @@ import pandas as pd
 
 from recflow import bundle_layout
 from recflow.errors import DataError
-from recflow.examplegen import has_split, read_split
+from recflow.examplegen import has_split
 from recflow.io import epoch_seconds
 
 #: Event types that enter a history (the user's own choices; impressions are the shop's).
@@ -385,8 +385,10 @@ def _fit_with_early_stopping(model: Any, encoder: Any, ds: Any,
 def _write_histories(data: Any, examples_dir: Path, out_dir: Path, max_len: int) -> pd.DataFrame:
     """Write each user's stored history; every train user is a known user (as with the two-tower), those with
     impressions only with an empty history."""
+    from recflow.training.columnar import distinct_values
+
     histories = stored_histories(data, max_len)
-    train_users = read_split(examples_dir, "train", columns=["user_id"])["user_id"].astype(str)
+    train_users = distinct_values(examples_dir, "train", "user_id")  # not the split's rows: its distinct users
     missing = sorted(set(train_users) - set(histories["user_id"]))
     if missing:
         empty = pd.DataFrame({"user_id": missing, "item_ids": [[] for _ in missing],

@@ -38,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recflow import bundle_layout
 from recflow.errors import DataError
-from recflow.examplegen import read_split
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 from recflow.io import staged_dir
 from recflow.training.distribution import DistributionConfig
@@ -605,8 +604,9 @@ def _train_user_embeddings(inputs: TrainerInputs, serving: Any, contexts: pd.Dat
     import tensorflow as tf
 
     spec = inputs.spec
-    train_users = sorted(read_split(inputs.examples_dir, "train", columns=["user_id"])["user_id"]
-                         .astype(str).unique())
+    from recflow.training.columnar import distinct_values
+
+    train_users = distinct_values(inputs.examples_dir, "train", "user_id")
     ctx = contexts.set_index("user_id").reindex(train_users)
     features = {"user_id": tf.constant(train_users)}
     for n in spec["context_features"]:
