@@ -219,3 +219,19 @@ def test_distinct_values_equal_the_split_columns_distinct_strings(examples: Path
     assert distinct_values(examples, "train", "hour") == sorted(whole["hour"].astype(str).unique())
     with pytest.raises(DataError, match="no nope column"):
         distinct_values(examples, "train", "nope")
+
+
+def test_distinct_keys_equal_pandas_drop_duplicates() -> None:
+    from recflow.training.history_ranking import distinct_keys
+
+    rng = np.random.default_rng(4)
+    users = rng.integers(0, 30, 5000)
+    times = rng.choice(rng.uniform(0, 1e5, 300), 5000)
+    keys = pd.DataFrame({"u": users, "t": times})
+    uniq = keys.drop_duplicates()
+    first, position = distinct_keys(users, times)
+    np.testing.assert_array_equal(first, uniq.index.to_numpy())
+    want = pd.MultiIndex.from_frame(uniq.reset_index(drop=True)).get_indexer(pd.MultiIndex.from_frame(keys))
+    np.testing.assert_array_equal(position, want)
+    empty = distinct_keys(np.zeros(0, np.int64), np.zeros(0))
+    assert len(empty[0]) == len(empty[1]) == 0

@@ -174,6 +174,27 @@ def _user_rows(imp: pd.DataFrame, seq_data: Any) -> np.ndarray:
     return category_codes(imp["user_id"], user_row_of, -1)
 
 
+def distinct_keys(users: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (user, time) keys in order of first appearance, as ``pd.DataFrame({u, t}).drop_duplicates()``
+    finds them, on numpy arrays (a sort; no hash table of every row): (each key's first row, each row's key)."""
+    n = len(users)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((times, users))  # stable: equal keys keep their row order, the first row first
+    u, t = users[order], times[order]
+    starts = np.ones(n, bool)
+    starts[1:] = (u[1:] != u[:-1]) | (t[1:] != t[:-1])
+    del u, t
+    group = np.cumsum(starts) - 1  # each sorted row's key, numbered in sorted order
+    first = order[starts]  # each key's first row, keys in sorted order
+    by_appearance = np.argsort(first, kind="stable")
+    key_of_group = np.empty(len(first), np.int64)
+    key_of_group[by_appearance] = np.arange(len(first))
+    position = np.empty(n, np.int64)
+    position[order] = key_of_group[group]
+    return first[by_appearance].astype(np.int64), position
+
+
 def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.ndarray, item_rows: Mapping[str, int],
                 item_ids: Sequence[str], max_len: int, chunk: int = RANKER_ROWS_CHUNK
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -263,16 +284,13 @@ def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vect
 
     users = _user_rows(imp, seq_data)
     with_user = np.flatnonzero(users >= 0)
-    keys = pd.DataFrame({"u": users[with_user],
-                         "t": imp["_seconds"].to_numpy(np.float64)[with_user]})
-    uniq = keys.drop_duplicates()
-    first_row = with_user[uniq.index.to_numpy()]  # each key's first impression (its user id for the states file)
-    uniq = uniq.reset_index(drop=True)
-    position = pd.MultiIndex.from_frame(uniq).get_indexer(pd.MultiIndex.from_frame(keys))
-    del keys
+    u_all, t_all = users[with_user], imp["_seconds"].to_numpy(np.float64)[with_user]
+    first, position = distinct_keys(u_all, t_all)
+    first_row = with_user[first]  # each key's first impression (its user id for the states file)
+    u_arr, t_arr = u_all[first], t_all[first]
+    del u_all, t_all, users
     first_seen = np.full(int(np.max(seq_data.user_rows, initial=-1)) + 1, np.inf)
     np.minimum.at(first_seen, np.asarray(seq_data.user_rows, np.int64), np.asarray(seq_data.seconds, np.float64))
-    u_arr, t_arr = uniq["u"].to_numpy(), uniq["t"].to_numpy()
     key_has_hist = first_seen[u_arr] < t_arr
     keep = key_has_hist[position]
     kept_rows, kept_pos = with_user[keep], position[keep]
