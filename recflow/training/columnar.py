@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,22 +70,42 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
                 table = parquet.read_row_group(group, columns=read)
                 if allowed is not None:
                     table = table.filter(pc.is_in(table["event_type"], value_set=allowed))
-                parts.append(table)
+                parts.append(_encode_strings(table, keep=keys))
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
     if not parts:
         raise DataError(f"{path}: no Parquet data in the {name} split")
     table = pa.concat_tables(parts, promote_options="default")
     del parts
-    if keys and table.num_rows:
-        table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
-    table = table.select(wanted)
-    frame = table.to_pandas(strings_to_categorical=True)
-    del table
+    order = (pc.sort_indices(table.select(keys), sort_keys=[(k, "ascending") for k in keys])
+             if keys and table.num_rows else None)
+    table = table.select(wanted)  # the sort keys not asked for (event_id) go before the rows are reordered
+    columns_out = {}
+    for column in wanted:  # one column reordered and converted at a time
+        values = table.column(column)
+        if order is not None:
+            values = values.take(order)
+        columns_out[column] = values.to_pandas(strings_to_categorical=True)
+    del table, order
+    frame = pd.DataFrame(columns_out)
+    del columns_out
+    pa.default_memory_pool().release_unused()  # the Arrow buffers freed above back to the system
     for column in frame.columns:
         if isinstance(frame[column].dtype, pd.CategoricalDtype):
             frame[column] = sorted_categories(frame[column])
     return frame
+
+
+def _encode_strings(table: Any, keep: Sequence[str]) -> Any:
+    """``table`` with its string columns other than ``keep`` dictionary-encoded (each distinct string of the row
+    group once, an int32 index a row); pandas reads such a column as a categorical."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, field in enumerate(table.schema):
+        if field.name not in keep and (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            table = table.set_column(i, field.name, pc.dictionary_encode(table.column(i)))
+    return table
 
 
 def concat_categorical(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -157,3 +178,12 @@ def distinct_values(examples_dir: Path, name: str, column: str) -> list[str]:
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
     return sorted(seen)
+
+
+def string_values(series: pd.Series) -> np.ndarray:
+    """``series.astype(str).to_numpy()`` (a missing value as ``'None'``), a categorical's strings made once per
+    category and shared by its rows."""
+    if not isinstance(series.dtype, pd.CategoricalDtype):
+        return series.astype(str).to_numpy()
+    cats = np.array([str(c) for c in series.cat.categories] + ["None"], object)
+    return cats[series.cat.codes.to_numpy()]

@@ -37,7 +37,7 @@ from recflow.models.history_ranking import (
     score_feature,
 )
 from recflow.policy.logged_data import DECISION_STATES_FILE
-from recflow.training.columnar import object_values
+from recflow.training.columnar import object_values, string_values
 
 #: Smallest logged propensity used in the inverse-propensity weights (larger weights are clipped to 1/this).
 MIN_PROPENSITY = 0.01
@@ -89,9 +89,19 @@ def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataF
         plain = events[["event_type", "user_id", "item_id", "timestamp"]].astype(
             {c: object for c in ("event_type", "user_id", "item_id")})
         events["clicked"] = label_impressions(plain, by_request=False)
-    imp = events[events["event_type"] == "impression"].copy()
-    imp["_seconds"] = epoch_seconds(imp["timestamp"])
-    return imp.reset_index(drop=True)
+    # The impressions only, without the columns no later step reads (the label's request id, the type, the
+    # timestamp once it is in seconds).
+    keep = [c for c in events.columns if c not in IMPRESSION_ONLY_FOR_LABELS]
+    imp = events.loc[(events["event_type"] == "impression").to_numpy(), keep]
+    seconds = epoch_seconds(events.loc[(events["event_type"] == "impression").to_numpy(), "timestamp"])
+    del events
+    imp = imp.reset_index(drop=True)
+    imp["_seconds"] = seconds
+    return imp
+
+
+#: Columns :func:`_impressions` reads to label the impressions, not kept in its result.
+IMPRESSION_ONLY_FOR_LABELS: tuple[str, ...] = ("event_type", "request_id", "timestamp")
 
 
 def _request_labels(events: pd.DataFrame) -> np.ndarray:
@@ -302,7 +312,7 @@ def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vect
     dim = all_vectors.shape[1]
     need_states = np.zeros((len(need), dim), np.float32)
     need_hist = np.full((len(need), max_len), -1, np.int32)
-    user_ids = imp["user_id"].iloc[first_row].astype(str).to_numpy()
+    user_ids = string_values(imp["user_id"].iloc[first_row])
     schema = _decision_states_schema()
     writer = pq.ParquetWriter(states_path, schema) if states_path is not None else None
     try:
@@ -470,9 +480,14 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
 
     from recflow.training.datasets import index_batches
 
-    def dataset(mask: np.ndarray, shuffle: bool) -> Any:
-        feats = {k: v[mask] for k, v in inputs.as_dict().items()}
-        return index_batches((feats, labels[mask], weights[mask]), trainer_config.batch_size,
+    rows: dict[bool, Any] = {}  # each split's rows as tensors, built once for every candidate's fit
+
+    def dataset(train: bool, shuffle: bool) -> Any:
+        if train not in rows:
+            mask = is_train if train else ~is_train
+            feats = {k: v[mask] for k, v in inputs.as_dict().items()}
+            rows[train] = tf.nest.map_structure(tf.convert_to_tensor, (feats, labels[mask], weights[mask]))
+        return index_batches(rows[train], trainer_config.batch_size,
                              shuffle_seed=trainer_config.seed + 7 if shuffle else None)
 
     base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
@@ -494,7 +509,7 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
             callbacks.append(tf.keras.callbacks.EarlyStopping(
                 monitor="val_loss", mode="min", restore_best_weights=True,
                 patience=trainer_config.early_stopping_patience))
-        hist = model.fit(dataset(is_train, True), validation_data=dataset(~is_train, False) if has_eval else None,
+        hist = model.fit(dataset(True, True), validation_data=dataset(False, False) if has_eval else None,
                          epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
         losses = (_eval_losses(model, inputs, labels, weights, ~is_train, len(vocabs), mask) if has_eval
                   else np.full(1, np.nan))
