@@ -37,6 +37,7 @@ from recflow.models.history_ranking import (
     score_feature,
 )
 from recflow.policy.logged_data import DECISION_STATES_FILE
+from recflow.training.columnar import object_values, string_values
 
 #: Smallest logged propensity used in the inverse-propensity weights (larger weights are clipped to 1/this).
 MIN_PROPENSITY = 0.01
@@ -58,25 +59,71 @@ IMPRESSION_COLUMNS: tuple[str, ...] = ("event_type", "timestamp", "user_id", "it
 
 
 def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame:
-    """Impressions of train and eval with their click label, slot, propensity, context and split."""
+    """Impressions of train and eval with their click label, slot, propensity, context and split.
+
+    Each split is read a row group at a time, only impressions and the clicks that label them (label_impressions
+    reads no other event) and only these columns, strings as integer codes
+    (:func:`recflow.training.columnar.read_split_events`): the impressions' table holds no Python string per row
+    (at 10 million events it would hold several GB of them). The rows and values are those of reading the whole
+    splits with pandas (``tests/test_training_columnar.py``)."""
     from recflow.features.transform import label_impressions
-    from recflow.training.reading import read_split_columns
+    from recflow.training.columnar import concat_categorical, read_split_events
 
     frames = []
     for split in ("train", "eval"):
-        df = read_split_columns(examples_dir, split, IMPRESSION_COLUMNS + tuple(context_columns))
-        # Only impressions and the clicks that label them (label_impressions reads no other event): the other
-        # events are never held beside them.
-        frames.append(df[df["event_type"].isin(("impression", "click"))].assign(_split=split))
-        del df
-    events = pd.concat(frames, ignore_index=True)
+        df = read_split_events(examples_dir, split, IMPRESSION_COLUMNS + tuple(context_columns),
+                               ("impression", "click"))
+        df["_split"] = pd.Categorical(np.full(len(df), split, object), categories=[split])
+        frames.append(df)
+    events = concat_categorical(frames)
+    del frames
     users_path = Path(examples_dir) / "users.parquet"
     if "region" in context_columns and "region" not in events.columns and users_path.is_file():
+        events["user_id"] = events["user_id"].astype(object)
         events = events.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
-    events["clicked"] = label_impressions(events)
-    imp = events[events["event_type"] == "impression"].copy()
-    imp["_seconds"] = epoch_seconds(imp["timestamp"])
-    return imp.reset_index(drop=True)
+    by_request = bool("request_id" in events.columns
+                      and events.loc[events["event_type"] == "impression", "request_id"].notna().all())
+    if by_request:
+        events["clicked"] = _request_labels(events)
+    else:  # the time-window match of label_impressions (merge_asof) on plain columns
+        plain = events[["event_type", "user_id", "item_id", "timestamp"]].astype(
+            {c: object for c in ("event_type", "user_id", "item_id")})
+        events["clicked"] = label_impressions(plain, by_request=False)
+    # The impressions only, without the columns no later step reads (the label's request id, the type, the
+    # timestamp once it is in seconds).
+    keep = [c for c in events.columns if c not in IMPRESSION_ONLY_FOR_LABELS]
+    imp = events.loc[(events["event_type"] == "impression").to_numpy(), keep]
+    seconds = epoch_seconds(events.loc[(events["event_type"] == "impression").to_numpy(), "timestamp"])
+    del events
+    imp = imp.reset_index(drop=True)
+    imp["_seconds"] = seconds
+    return imp
+
+
+#: Columns :func:`_impressions` reads to label the impressions, not kept in its result.
+IMPRESSION_ONLY_FOR_LABELS: tuple[str, ...] = ("event_type", "request_id", "timestamp")
+
+
+def _request_labels(events: pd.DataFrame) -> np.ndarray:
+    """:func:`recflow.features.transform.label_impressions` with request ids logged, on integer codes: 1 when a
+    click of the same user, item and request exists, 0 for other impressions, -1 for the other rows."""
+    is_imp = (events["event_type"] == "impression").to_numpy()
+    is_click = (events["event_type"] == "click").to_numpy()
+    labels = np.where(is_imp, 0, -1).astype(np.int64)
+    if not is_imp.any() or not is_click.any():
+        return labels
+    parts = []
+    for column in ("user_id", "item_id", "request_id"):
+        values = events[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            parts.append(values.cat.codes.to_numpy().astype(np.int64))
+        else:
+            parts.append(pd.factorize(values.astype(object), use_na_sentinel=True)[0].astype(np.int64))
+    keys = pd.MultiIndex.from_arrays(parts)
+    clicked = keys[is_click].unique()
+    hit = is_imp & np.asarray(clicked.get_indexer(keys) >= 0) if len(clicked) else np.zeros(len(labels), bool)
+    labels[hit] = 1
+    return labels
 
 
 #: Encoder batch of :func:`ranker_rows` and the (user, time) keys whose histories it builds at once (a multiple of
@@ -126,6 +173,38 @@ def _states_by_chunk(seq_data: Any, encoder: Any, users: np.ndarray, times: np.n
     return states, hist_rows, has_hist
 
 
+def _user_rows(imp: pd.DataFrame, seq_data: Any) -> np.ndarray:
+    """Each impression's user row in ``seq_data`` (-1: a user without history events), looked up once per
+    distinct user id (:func:`recflow.training.columnar.category_codes`)."""
+    from recflow.training.columnar import category_codes
+
+    rows = np.asarray(seq_data.user_rows, np.int64)
+    first = np.unique(rows, return_index=True)[1]  # each user's row once (user ids and rows pair up one to one)
+    user_row_of = {str(u): int(r) for u, r in zip(np.asarray(seq_data.user_ids)[first], rows[first], strict=True)}
+    return category_codes(imp["user_id"], user_row_of, -1)
+
+
+def distinct_keys(users: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (user, time) keys in order of first appearance, as ``pd.DataFrame({u, t}).drop_duplicates()``
+    finds them, on numpy arrays (a sort; no hash table of every row): (each key's first row, each row's key)."""
+    n = len(users)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((times, users))  # stable: equal keys keep their row order, the first row first
+    u, t = users[order], times[order]
+    starts = np.ones(n, bool)
+    starts[1:] = (u[1:] != u[:-1]) | (t[1:] != t[:-1])
+    del u, t
+    group = np.cumsum(starts) - 1  # each sorted row's key, numbered in sorted order
+    first = order[starts]  # each key's first row, keys in sorted order
+    by_appearance = np.argsort(first, kind="stable")
+    key_of_group = np.empty(len(first), np.int64)
+    key_of_group[by_appearance] = np.arange(len(first))
+    position = np.empty(n, np.int64)
+    position[order] = key_of_group[group]
+    return first[by_appearance].astype(np.int64), position
+
+
 def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.ndarray, item_rows: Mapping[str, int],
                 item_ids: Sequence[str], max_len: int, chunk: int = RANKER_ROWS_CHUNK
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -135,22 +214,21 @@ def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.
     score). The histories are built and encoded ``chunk`` keys at a time (:func:`_states_by_chunk`; the same
     arrays whatever the chunk).
     """
-    user_row_of = {u: int(r) for u, r in zip(seq_data.user_ids, seq_data.user_rows, strict=True)}
-    users = imp["user_id"].astype(str).map(user_row_of)
-    has_user = users.notna().to_numpy()
-    rows = np.flatnonzero(has_user)
-    keys = pd.DataFrame({"u": users.to_numpy()[rows].astype(np.int64), "t": imp["_seconds"].to_numpy()[rows]})
+    users = _user_rows(imp, seq_data)
+    rows = np.flatnonzero(users >= 0)
+    keys = pd.DataFrame({"u": users[rows], "t": imp["_seconds"].to_numpy()[rows]})
     uniq = keys.drop_duplicates().reset_index(drop=True)
     states, hist_rows, has_hist = _states_by_chunk(seq_data, encoder, uniq["u"].to_numpy(), uniq["t"].to_numpy(),
                                                    max_len, all_vectors.shape[1], chunk)
     position = pd.MultiIndex.from_frame(uniq).get_indexer(pd.MultiIndex.from_frame(keys))
     keep = has_hist[position]
     rows, position = rows[keep], position[keep]
-    enc_rows = np.array([item_rows.get(str(i), -1) for i in imp["item_id"].to_numpy()[rows]], np.int64)
+    items = object_values(imp["item_id"].iloc[rows])
+    enc_rows = np.array([item_rows.get(str(i), -1) for i in items], np.int64)
     state = states[position]
     score = np.einsum("nd,nd->n", state, all_vectors[np.maximum(enc_rows, 0)]) * (enc_rows >= 0)
     index = {str(i): k for k, i in enumerate(item_ids)}
-    item = np.array([index.get(str(i), len(item_ids)) for i in imp["item_id"].to_numpy()[rows]], np.int64)
+    item = np.array([index.get(str(i), len(item_ids)) for i in items], np.int64)
     return rows, {"state": state, "hist_rows": hist_rows[position], "enc_rows": enc_rows,
                   "item": item, "score": score.astype(np.float64)}
 
@@ -214,19 +292,15 @@ def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vect
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    user_row_of = {u: int(r) for u, r in zip(seq_data.user_ids, seq_data.user_rows, strict=True)}
-    users = imp["user_id"].astype(str).map(user_row_of)
-    with_user = np.flatnonzero(users.notna().to_numpy())
-    keys = pd.DataFrame({"u": users.to_numpy()[with_user].astype(np.int64),
-                         "t": imp["_seconds"].to_numpy(np.float64)[with_user]})
-    uniq = keys.drop_duplicates()
-    first_row = with_user[uniq.index.to_numpy()]  # each key's first impression (its user id for the states file)
-    uniq = uniq.reset_index(drop=True)
-    position = pd.MultiIndex.from_frame(uniq).get_indexer(pd.MultiIndex.from_frame(keys))
-    del keys
+    users = _user_rows(imp, seq_data)
+    with_user = np.flatnonzero(users >= 0)
+    u_all, t_all = users[with_user], imp["_seconds"].to_numpy(np.float64)[with_user]
+    first, position = distinct_keys(u_all, t_all)
+    first_row = with_user[first]  # each key's first impression (its user id for the states file)
+    u_arr, t_arr = u_all[first], t_all[first]
+    del u_all, t_all, users
     first_seen = np.full(int(np.max(seq_data.user_rows, initial=-1)) + 1, np.inf)
     np.minimum.at(first_seen, np.asarray(seq_data.user_rows, np.int64), np.asarray(seq_data.seconds, np.float64))
-    u_arr, t_arr = uniq["u"].to_numpy(), uniq["t"].to_numpy()
     key_has_hist = first_seen[u_arr] < t_arr
     keep = key_has_hist[position]
     kept_rows, kept_pos = with_user[keep], position[keep]
@@ -238,7 +312,7 @@ def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vect
     dim = all_vectors.shape[1]
     need_states = np.zeros((len(need), dim), np.float32)
     need_hist = np.full((len(need), max_len), -1, np.int32)
-    user_ids = imp["user_id"].astype(str).to_numpy()[first_row]
+    user_ids = string_values(imp["user_id"].iloc[first_row])
     schema = _decision_states_schema()
     writer = pq.ParquetWriter(states_path, schema) if states_path is not None else None
     try:
@@ -257,7 +331,7 @@ def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vect
             writer.close()
     at = np.searchsorted(need, row_pos)
     state = need_states[at]
-    items = imp["item_id"].to_numpy()[rows]
+    items = object_values(imp["item_id"].iloc[rows])
     enc_rows = np.array([item_rows.get(str(i), -1) for i in items], np.int64)
     score = np.einsum("nd,nd->n", state, all_vectors[np.maximum(enc_rows, 0)]) * (enc_rows >= 0)
     index = {str(i): k for k, i in enumerate(item_ids)}
@@ -282,11 +356,12 @@ def _ranker_inputs(imp: pd.DataFrame, arr: dict[str, np.ndarray], context_column
     dense = np.zeros((len(imp), N_DENSE), np.float32)
     dense[:, 0] = (shifted - score_mean) / score_std
     dense[:, 1:] = history_features(arr["hist_rows"], arr["enc_rows"])
-    vocabs = [sorted({_context_key(v) for v in imp.loc[is_train, c].tolist()}) for c in context_columns]
+    # object_values: a categorical column's missing values as None, as pandas reads them from Parquet
+    vocabs = [sorted({_context_key(v) for v in object_values(imp[c])[is_train].tolist()}) for c in context_columns]
     codes = np.zeros((len(imp), len(context_columns)), np.int64)
     for c, (col, vocab) in enumerate(zip(context_columns, vocabs, strict=True)):
         lookup = {v: k + 1 for k, v in enumerate(vocab)}
-        codes[:, c] = [lookup.get(_context_key(v), 0) for v in imp[col].tolist()]
+        codes[:, c] = [lookup.get(_context_key(v), 0) for v in object_values(imp[col]).tolist()]
     position = (imp["position"].fillna(0).to_numpy().astype(np.int64) if "position" in imp.columns
                 else np.zeros(len(imp), np.int64))
     inputs = RankerInputs(state=arr["state"], item=arr["item"], dense=dense, context=codes,
@@ -405,9 +480,14 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
 
     from recflow.training.datasets import index_batches
 
-    def dataset(mask: np.ndarray, shuffle: bool) -> Any:
-        feats = {k: v[mask] for k, v in inputs.as_dict().items()}
-        return index_batches((feats, labels[mask], weights[mask]), trainer_config.batch_size,
+    rows: dict[bool, Any] = {}  # each split's rows as tensors, built once for every candidate's fit
+
+    def dataset(train: bool, shuffle: bool) -> Any:
+        if train not in rows:
+            mask = is_train if train else ~is_train
+            feats = {k: v[mask] for k, v in inputs.as_dict().items()}
+            rows[train] = tf.nest.map_structure(tf.convert_to_tensor, (feats, labels[mask], weights[mask]))
+        return index_batches(rows[train], trainer_config.batch_size,
                              shuffle_seed=trainer_config.seed + 7 if shuffle else None)
 
     base_rate = float(np.average(labels[is_train], weights=weights[is_train]))
@@ -429,7 +509,7 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
             callbacks.append(tf.keras.callbacks.EarlyStopping(
                 monitor="val_loss", mode="min", restore_best_weights=True,
                 patience=trainer_config.early_stopping_patience))
-        hist = model.fit(dataset(is_train, True), validation_data=dataset(~is_train, False) if has_eval else None,
+        hist = model.fit(dataset(True, True), validation_data=dataset(False, False) if has_eval else None,
                          epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
         losses = (_eval_losses(model, inputs, labels, weights, ~is_train, len(vocabs), mask) if has_eval
                   else np.full(1, np.nan))

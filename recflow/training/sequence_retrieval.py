@@ -38,7 +38,7 @@ import pandas as pd
 
 from recflow import bundle_layout
 from recflow.errors import DataError
-from recflow.examplegen import has_split, read_split
+from recflow.examplegen import has_split
 from recflow.io import epoch_seconds
 
 #: Event types that enter a history (the user's own choices; impressions are the shop's).
@@ -73,28 +73,56 @@ def item_rows_of(vocabulary: Sequence[str]) -> tuple[dict[str, int], int]:
 
 def load_events(examples_dir: Path, splits: Sequence[str], item_rows: Mapping[str, int], oov_row: int,
                 event_weights: Mapping[str, float]) -> SequenceData:
-    """The history-type events of ``splits`` (ExampleGen parquet files) with rows, codes, seconds, weights."""
-    from recflow.models.sequence import EVENT_TYPE_CODES
+    """The history-type events of ``splits`` (ExampleGen parquet files) with rows, codes, seconds, weights.
 
-    frames = []
+    Each split is read a row group at a time, only its history-type events and the four columns used, strings
+    as integer codes (:func:`recflow.training.columnar.read_split_events`); rows, codes and weights are looked
+    up once per distinct id, and the per-event id arrays share one string object per distinct id. The result
+    equals reading the whole splits with pandas (``tests/test_training_columnar.py``)."""
+    from recflow.models.sequence import EVENT_TYPE_CODES
+    from recflow.training.columnar import read_split_events
+
+    parts = []
     for name in splits:
         if not has_split(examples_dir, name):
             raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first)")
-        df = read_split(examples_dir, name, columns=["user_id", "item_id", "event_type", "timestamp"])
-        frames.append(df[df["event_type"].isin(HISTORY_TYPES)].assign(_split=name))
-    ev = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
-    users = ev["user_id"].astype(str).to_numpy(object)
-    _, user_rows = np.unique(users, return_inverse=True)
-    items = ev["item_id"].astype(str).to_numpy(object)
-    types = ev["event_type"].astype(str).to_numpy(object)
-    ts = pd.to_datetime(ev["timestamp"], utc=True)
+        parts.append(read_split_events(examples_dir, name, ["user_id", "item_id", "event_type", "timestamp"],
+                                       HISTORY_TYPES))
+    user_parts = [_as_strings(f["user_id"]) for f in parts]
+    distinct = np.unique(np.concatenate([c for c, _ in user_parts])) if parts else np.zeros(0, object)
+    user_rows = np.concatenate([np.searchsorted(distinct, c).astype(np.int64)[k] for c, k in user_parts])
+    item_parts = [_as_strings(f["item_id"]) for f in parts]
+    items = np.concatenate([c[k] for c, k in item_parts])
+    item_row = np.concatenate([np.array([item_rows.get(i, oov_row) for i in c], np.int64)[k] for c, k in item_parts])
+    type_parts = [_as_strings(f["event_type"]) for f in parts]
+    types = np.concatenate([c[k] for c, k in type_parts])
+    type_codes = np.concatenate([np.array([EVENT_TYPE_CODES[t] for t in c], np.int64)[k] for c, k in type_parts])
+    weights = np.concatenate([np.array([float(event_weights.get(t, 0.0)) for t in c], np.float32)[k]
+                              for c, k in type_parts])
+    split = np.concatenate([np.full(len(f), name, object) for f, name in zip(parts, splits, strict=True)])
+    ts = pd.to_datetime(pd.concat([f["timestamp"] for f in parts], ignore_index=True), utc=True)
+    del parts, user_parts, item_parts, type_parts
+    order = np.argsort(ts.astype("int64").to_numpy(), kind="stable")
+    user_rows = user_rows[order]
     return SequenceData(
-        user_ids=users, user_rows=user_rows.astype(np.int64), item_ids=items,
-        item_rows=np.array([item_rows.get(i, oov_row) for i in items], np.int64),
-        event_types=types, type_codes=np.array([EVENT_TYPE_CODES[t] for t in types], np.int64),
-        seconds=epoch_seconds(ts),
-        weights=np.array([float(event_weights.get(t, 0.0)) for t in types], np.float32),
-        split=ev["_split"].to_numpy(object))
+        user_ids=distinct[user_rows], user_rows=user_rows, item_ids=items[order], item_rows=item_row[order],
+        event_types=types[order], type_codes=type_codes[order],
+        seconds=epoch_seconds(ts.iloc[order].reset_index(drop=True)), weights=weights[order], split=split[order])
+
+
+def _as_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(each distinct value of ``series`` as ``str``, each row's position among them): a categorical column's
+    categories and codes (a missing value as the string ``'None'``, as ``astype(str)`` writes it), any other
+    column's distinct values."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        codes = series.cat.codes.to_numpy().astype(np.int64)
+        missing = ["None"] if (codes < 0).any() else []
+        cats = np.array([str(c) for c in series.cat.categories] + missing, object)
+        return cats, np.where(codes >= 0, codes, len(cats) - 1)
+    values = series.astype(str).to_numpy(object)
+    cats, inverse = np.unique(values, return_inverse=True) if len(values) else (np.zeros(0, object),
+                                                                              np.zeros(0, np.int64))
+    return cats.astype(object), inverse.astype(np.int64)
 
 
 def first_targets(data: SequenceData, mask: np.ndarray) -> np.ndarray:
@@ -357,8 +385,10 @@ def _fit_with_early_stopping(model: Any, encoder: Any, ds: Any,
 def _write_histories(data: Any, examples_dir: Path, out_dir: Path, max_len: int) -> pd.DataFrame:
     """Write each user's stored history; every train user is a known user (as with the two-tower), those with
     impressions only with an empty history."""
+    from recflow.training.columnar import distinct_values
+
     histories = stored_histories(data, max_len)
-    train_users = read_split(examples_dir, "train", columns=["user_id"])["user_id"].astype(str)
+    train_users = distinct_values(examples_dir, "train", "user_id")  # not the split's rows: its distinct users
     missing = sorted(set(train_users) - set(histories["user_id"]))
     if missing:
         empty = pd.DataFrame({"user_id": missing, "item_ids": [[] for _ in missing],

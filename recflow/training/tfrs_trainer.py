@@ -38,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recflow import bundle_layout
 from recflow.errors import DataError
-from recflow.examplegen import read_split
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 from recflow.io import staged_dir
 from recflow.training.distribution import DistributionConfig
@@ -269,22 +268,33 @@ def _count_types(codes: np.ndarray, spec: dict[str, Any]) -> dict[str, int]:
 
 
 def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Each user's latest logged context (train + eval events), and the most common context for cold users."""
+    """Each user's latest logged context (train + eval events), and the most common context for cold users.
+
+    The splits are read a row group at a time, only these columns, strings as integer codes
+    (:func:`recflow.training.columnar.read_split_events`): the per-event table holds no Python string; the
+    result (a row per user) is what reading the whole splits with pandas gives (``tests/test_training_columnar.py``).
+    """
     from recflow.features.transform import coerce_raw
-    from recflow.training.reading import read_split_columns
+    from recflow.training.columnar import concat_categorical, read_split_events
 
     names = list(spec["context_features"])
     columns = ["user_id", "timestamp", *names]  # only these: the rest of the splits is not read
-    events = pd.concat([read_split_columns(examples_dir, s, columns) for s in ("train", "eval")],
-                       ignore_index=True).sort_values("timestamp", kind="stable")
+    events = concat_categorical([read_split_events(examples_dir, s, columns) for s in ("train", "eval")])
+    events = events.iloc[np.argsort(events["timestamp"].astype("int64").to_numpy(),
+                                    kind="stable")]
     users_path = examples_dir / "users.parquet"
     if "region" in names and "region" not in events.columns and users_path.is_file():
+        events["user_id"] = events["user_id"].astype(object)
         events = events.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
     present = [n for n in names if n in events.columns]
-    latest = events.groupby("user_id", sort=True)[present].last().reset_index() if present else \
+    latest = events.groupby("user_id", sort=True, observed=True)[present].last().reset_index() if present else \
         pd.DataFrame({"user_id": sorted(events["user_id"].unique())})
     default = {n: (events[n].mode().iloc[0] if n in events.columns and events[n].notna().any()
                    else spec["fill_values"].get(n, "")) for n in names}
+    del events
+    for column in latest.columns:  # a row per user: plain columns again, as the bundle's file holds them
+        if isinstance(latest[column].dtype, pd.CategoricalDtype):
+            latest[column] = latest[column].astype(object).where(latest[column].notna(), None)
     for n in names:
         latest[n] = latest[n].fillna(default[n]) if n in latest.columns else default[n]
     latest = coerce_raw(latest, spec, spec["fill_values"])
@@ -594,8 +604,9 @@ def _train_user_embeddings(inputs: TrainerInputs, serving: Any, contexts: pd.Dat
     import tensorflow as tf
 
     spec = inputs.spec
-    train_users = sorted(read_split(inputs.examples_dir, "train", columns=["user_id"])["user_id"]
-                         .astype(str).unique())
+    from recflow.training.columnar import distinct_values
+
+    train_users = distinct_values(inputs.examples_dir, "train", "user_id")
     ctx = contexts.set_index("user_id").reindex(train_users)
     features = {"user_id": tf.constant(train_users)}
     for n in spec["context_features"]:

@@ -1,0 +1,189 @@
+"""Reading an ExampleGen split's rows a trainer stage uses, with strings as integer codes (issue 17).
+
+:func:`recflow.examplegen.read_split` returns every row of a split as pandas with one Python string object per
+cell (and reads ``event_id`` for its sort): at 10 million events the user, item, request and context columns of
+the train split are several GB of Python strings, most of them of rows a stage then drops. Here a split is read
+one Parquet row group at a time, only the columns asked for (plus the sort keys), only the event types asked
+for, sorted in Arrow (stable, by ``timestamp`` then ``event_id`` as :func:`read_split` sorts), and handed to
+pandas with its string columns as categoricals: int32 codes per row and each distinct string once, the
+categories sorted (so sorting, grouping and modes give what the object columns give). The rows and values are
+:func:`recflow.training.reading.read_split_columns`'s, filtered to the event types
+(``tests/test_training_columnar.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recflow.errors import DataError
+from recflow.examplegen import has_split, split_path
+from recflow.training.reading import split_columns
+
+#: The keys :func:`recflow.examplegen.read_split` sorts a split by (those it has), in this order.
+SORT_KEYS: tuple[str, ...] = ("timestamp", "event_id")
+
+
+def sorted_categories(series: pd.Series) -> pd.Series:
+    """A categorical ``series`` with its unused categories dropped and the rest in sorted order (as Python
+    compares them), so that its codes order the rows as its values do."""
+    cat = series.cat.remove_unused_categories()
+    cats = cat.cat.categories
+    order = sorted(range(len(cats)), key=lambda i: cats[i])
+    if order == list(range(len(cats))):
+        return cat
+    return cat.cat.reorder_categories([cats[i] for i in order])
+
+
+def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
+                      event_types: Sequence[str] | None = None) -> pd.DataFrame:
+    """The columns of ``columns`` that split ``name`` has, of its events whose ``event_type`` is one of
+    ``event_types`` (None: every event), in log order, string columns as categoricals with sorted categories.
+
+    Equal in rows, order and values to ``read_split_columns(examples_dir, name, columns)`` filtered to the event
+    types. Raises DataError when the split is missing or unreadable.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not has_split(examples_dir, name):
+        raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first: recflow.examplegen)")
+    present = split_columns(examples_dir, name)
+    wanted = [c for c in dict.fromkeys(columns) if c in present]
+    keys = [c for c in SORT_KEYS if c in present]
+    if event_types is not None and "event_type" not in present:
+        raise DataError(f"{split_path(examples_dir, name)}: the {name} split has no event_type column")
+    read = list(dict.fromkeys([*wanted, *keys, *(["event_type"] if event_types is not None else [])]))
+    path = split_path(examples_dir, name)
+    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    allowed = pa.array([str(t) for t in event_types], pa.string()) if event_types is not None else None
+    parts = []
+    try:
+        for file in files:
+            parquet = pq.ParquetFile(file)
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group, columns=read)
+                if allowed is not None:
+                    table = table.filter(pc.is_in(table["event_type"], value_set=allowed))
+                parts.append(_encode_strings(table, keep=keys))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
+    if not parts:
+        raise DataError(f"{path}: no Parquet data in the {name} split")
+    table = pa.concat_tables(parts, promote_options="default")
+    del parts
+    order = (pc.sort_indices(table.select(keys), sort_keys=[(k, "ascending") for k in keys])
+             if keys and table.num_rows else None)
+    table = table.select(wanted)  # the sort keys not asked for (event_id) go before the rows are reordered
+    columns_out = {}
+    for column in wanted:  # one column reordered and converted at a time
+        values = table.column(column)
+        if order is not None:
+            values = values.take(order)
+        columns_out[column] = values.to_pandas(strings_to_categorical=True)
+    del table, order
+    frame = pd.DataFrame(columns_out)
+    del columns_out
+    pa.default_memory_pool().release_unused()  # the Arrow buffers freed above back to the system
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = sorted_categories(frame[column])
+    return frame
+
+
+def _encode_strings(table: Any, keep: Sequence[str]) -> Any:
+    """``table`` with its string columns other than ``keep`` dictionary-encoded (each distinct string of the row
+    group once, an int32 index a row); pandas reads such a column as a categorical."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, field in enumerate(table.schema):
+        if field.name not in keep and (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            table = table.set_column(i, field.name, pc.dictionary_encode(table.column(i)))
+    return table
+
+
+def concat_categorical(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat(frames, ignore_index=True)`` keeping each column that is categorical in every frame
+    categorical (categories: the union, sorted) instead of turning it into Python objects."""
+    from pandas.api.types import union_categoricals
+
+    if not frames:
+        raise ValueError("concat_categorical: no frames")
+    columns = list(frames[0].columns)
+    out: dict[str, object] = {}
+    for column in columns:
+        series = [f[column] for f in frames]
+        if all(isinstance(s.dtype, pd.CategoricalDtype) for s in series):
+            out[column] = sorted_categories(pd.Series(union_categoricals(series, ignore_order=True)))
+        else:
+            out[column] = pd.concat(series, ignore_index=True)
+    return pd.DataFrame(out)
+
+
+def category_codes(series: pd.Series, mapping: dict[str, int] | None = None, default: int = -1) -> np.ndarray:
+    """Each row's ``mapping`` value of its string (``default`` when absent or missing), computed once per
+    category of a categorical ``series`` (else once per row)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        table = np.array([default if mapping is None else mapping.get(str(c), default)
+                          for c in series.cat.categories], np.int64)
+        codes = series.cat.codes.to_numpy()
+        return np.where(codes >= 0, table[np.maximum(codes, 0)] if len(table) else default, default)
+    return np.array([default if (mapping is None or pd.isna(v)) else mapping.get(str(v), default)
+                     for v in series.to_numpy()], np.int64)
+
+
+def object_values(series: pd.Series) -> np.ndarray:
+    """A categorical ``series`` as an object array (each distinct string shared, missing values None as pandas
+    reads them from Parquet); any other series as ``to_numpy()``."""
+    if not isinstance(series.dtype, pd.CategoricalDtype):
+        return series.to_numpy()
+    cats = np.empty(len(series.cat.categories) + 1, object)
+    cats[:-1] = list(series.cat.categories)
+    cats[-1] = None
+    return cats[series.cat.codes.to_numpy()]
+
+
+def distinct_values(examples_dir: Path, name: str, column: str) -> list[str]:
+    """The distinct values of ``column`` in split ``name`` as strings (a missing value as ``'None'``, as
+    ``astype(str)`` writes it), sorted: what ``read_split(...)[column].astype(str).unique()`` sorted gives, read a
+    row group at a time with only that column. Raises DataError when the split or the column is missing."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not has_split(examples_dir, name):
+        raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first: recflow.examplegen)")
+    if column not in split_columns(examples_dir, name):
+        raise DataError(f"{split_path(examples_dir, name)}: the {name} split has no {column} column")
+    path = split_path(examples_dir, name)
+    seen: set[str] = set()
+    try:
+        for file in [path] if path.is_file() else sorted(path.glob("*.parquet")):
+            parquet = pq.ParquetFile(file)
+            for group in range(parquet.num_row_groups):
+                values = pc.unique(parquet.read_row_group(group, columns=[column]).column(0))
+                if values.null_count:
+                    seen.add("None")
+                    values = values.drop_null()
+                if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+                    seen.update(str(v) for v in values.to_pylist())
+                else:
+                    seen.update(values.to_pylist())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
+    return sorted(seen)
+
+
+def string_values(series: pd.Series) -> np.ndarray:
+    """``series.astype(str).to_numpy()`` (a missing value as ``'None'``), a categorical's strings made once per
+    category and shared by its rows."""
+    if not isinstance(series.dtype, pd.CategoricalDtype):
+        return series.astype(str).to_numpy()
+    cats = np.array([str(c) for c in series.cat.categories] + ["None"], object)
+    return cats[series.cat.codes.to_numpy()]

@@ -1,0 +1,247 @@
+"""The trainers' columnar readers (strings as codes, a row group at a time) give what reading whole splits with
+pandas gave (issue 17): recflow.training.columnar, and load_events, user_context and the history ranker's
+impressions built on it. The reference functions below are the whole-split pandas code they replace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recflow.errors import DataError
+from recflow.examplegen import read_split
+from recflow.training.columnar import category_codes, concat_categorical, object_values, read_split_events
+
+TYPES = np.array(["impression", "click", "view", "add_to_cart", "purchase", "remove_from_cart"], object)
+
+
+def _events(n: int, seed: int, t0: str) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp(t0, tz="UTC")
+    imp = rng.random(n) < 0.6
+    frame = pd.DataFrame({
+        "event_id": [f"e{seed}-{i:05d}" for i in rng.permutation(n)],
+        "event_type": np.where(imp, "impression", TYPES[rng.integers(1, 6, n)]),
+        # few distinct seconds: many ties, broken by event_id
+        "timestamp": start + pd.to_timedelta(rng.integers(0, n // 5, n), unit="s"),
+        "user_id": [f"u{u}" for u in rng.integers(0, 40, n)],
+        "item_id": [f"i{i}" for i in rng.integers(0, 25, n)],
+        "request_id": [f"r{r}" for r in rng.integers(0, n // 4, n)],
+        "position": rng.integers(0, 10, n).astype(np.int32),
+        "propensity": rng.uniform(0.05, 1.0, n),
+        "hour": rng.integers(0, 24, n).astype(np.int8),
+        "device": rng.choice(np.array(["mobile", "desktop", "tablet"], object), n),
+        "region": rng.choice(np.array(["north", "south", "zeta", "alpha"], object), n),
+        "dwell_time_s": rng.random(n),
+    })
+    frame.loc[rng.random(n) < 0.1, "device"] = None  # missing context values
+    clicks = frame.index[frame["event_type"] == "click"]
+    # most clicks label an earlier impression of the same user, item and request
+    source = frame.index[imp][rng.integers(0, imp.sum(), len(clicks))]
+    for col in ("user_id", "item_id", "request_id"):
+        frame.loc[clicks, col] = frame.loc[source, col].to_numpy()
+    return frame
+
+
+def _write(ex: Path, name: str, frame: pd.DataFrame, sharded: bool) -> None:
+    ex.mkdir(parents=True, exist_ok=True)
+    if not sharded:
+        frame.to_parquet(ex / f"{name}.parquet", index=False)
+        return
+    shard_dir = ex / f"{name}.parquet"
+    shard_dir.mkdir()
+    order = np.random.default_rng(1).permutation(len(frame))  # shards not in log order
+    for k, part in enumerate(np.array_split(order, 3)):
+        pq.write_table(pa.Table.from_pandas(frame.iloc[part], preserve_index=False),
+                       shard_dir / f"part-{k:05d}.parquet", row_group_size=97)  # several row groups each
+
+
+@pytest.fixture(params=[False, True], ids=["one_file", "shards"])
+def examples(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    ex = tmp_path / "ex"
+    _write(ex, "train", _events(1500, 1, "2026-01-05"), request.param)
+    _write(ex, "eval", _events(400, 2, "2026-01-20"), request.param)
+    return ex
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Categorical columns as the object columns pandas reads (missing: None)."""
+    return pd.DataFrame({c: (object_values(frame[c]) if isinstance(frame[c].dtype, pd.CategoricalDtype)
+                             else frame[c]) for c in frame.columns})
+
+
+@pytest.mark.parametrize("types", [None, ("impression", "click"), ("view", "purchase")])
+def test_read_split_events_equals_read_split_filtered(examples: Path, types) -> None:
+    columns = ["user_id", "timestamp", "device", "hour", "item_id", "not_there"]
+    got = read_split_events(examples, "train", columns, types)
+    whole = read_split(examples, "train")
+    if types is not None:
+        whole = whole[whole["event_type"].isin(types)].reset_index(drop=True)
+    assert list(got.columns) == ["user_id", "timestamp", "device", "hour", "item_id"]
+    assert isinstance(got["user_id"].dtype, pd.CategoricalDtype)
+    assert list(got["user_id"].cat.categories) == sorted(got["user_id"].cat.categories)
+    pd.testing.assert_frame_equal(_plain(got), whole[list(got.columns)], check_dtype=True)
+    with pytest.raises(DataError, match="no test.parquet"):
+        read_split_events(examples, "test", ["user_id"])
+
+
+def test_concat_and_codes_helpers() -> None:
+    a = pd.DataFrame({"s": pd.Categorical(["b", "a", None]), "n": [1, 2, 3]})
+    b = pd.DataFrame({"s": pd.Categorical(["c", "a"]), "n": [4, 5]})
+    both = concat_categorical([a, b])
+    assert list(both["s"].cat.categories) == ["a", "b", "c"]
+    assert object_values(both["s"]).tolist() == ["b", "a", None, "c", "a"]
+    assert both["n"].tolist() == [1, 2, 3, 4, 5]
+    assert category_codes(both["s"], {"a": 7, "c": 9}).tolist() == [-1, 7, -1, 9, 7]
+    assert category_codes(pd.Series(["a", None, "c"], dtype=object), {"a": 7, "c": 9}).tolist() == [7, -1, 9]
+
+
+def _old_load_events(examples_dir, splits, item_rows, oov_row, event_weights):
+    from recflow.io import epoch_seconds
+    from recflow.models.sequence import EVENT_TYPE_CODES
+    from recflow.training.sequence_retrieval import HISTORY_TYPES
+
+    frames = []
+    for name in splits:
+        df = read_split(examples_dir, name, columns=["user_id", "item_id", "event_type", "timestamp"])
+        frames.append(df[df["event_type"].isin(HISTORY_TYPES)].assign(_split=name))
+    ev = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
+    users = ev["user_id"].astype(str).to_numpy(object)
+    _, user_rows = np.unique(users, return_inverse=True)
+    items = ev["item_id"].astype(str).to_numpy(object)
+    types = ev["event_type"].astype(str).to_numpy(object)
+    return dict(user_ids=users, user_rows=user_rows.astype(np.int64), item_ids=items,
+                item_rows=np.array([item_rows.get(i, oov_row) for i in items], np.int64), event_types=types,
+                type_codes=np.array([EVENT_TYPE_CODES[t] for t in types], np.int64),
+                seconds=epoch_seconds(pd.to_datetime(ev["timestamp"], utc=True)),
+                weights=np.array([float(event_weights.get(t, 0.0)) for t in types], np.float32),
+                split=ev["_split"].to_numpy(object))
+
+
+@pytest.mark.parametrize("splits", [("train",), ("train", "eval")])
+def test_load_events_equals_the_whole_split_pandas_path(examples: Path, splits) -> None:
+    from dataclasses import asdict
+
+    from recflow.training.sequence_retrieval import load_events
+
+    rows = {f"i{i}": i for i in range(0, 25, 2)}  # half the items outside the vocabulary: the OOV row
+    weights = {"view": 1.0, "click": 2.0, "purchase": 0.5}
+    got = asdict(load_events(examples, splits, rows, 99, weights))
+    want = _old_load_events(examples, splits, rows, 99, weights)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def _old_user_context(examples_dir, spec):
+    from recflow.features.transform import coerce_raw
+    from recflow.training.reading import read_split_columns
+
+    names = list(spec["context_features"])
+    columns = ["user_id", "timestamp", *names]
+    events = pd.concat([read_split_columns(examples_dir, s, columns) for s in ("train", "eval")],
+                       ignore_index=True).sort_values("timestamp", kind="stable")
+    present = [n for n in names if n in events.columns]
+    latest = events.groupby("user_id", sort=True)[present].last().reset_index()
+    default = {n: (events[n].mode().iloc[0] if n in events.columns and events[n].notna().any()
+                   else spec["fill_values"].get(n, "")) for n in names}
+    for n in names:
+        latest[n] = latest[n].fillna(default[n]) if n in latest.columns else default[n]
+    latest = coerce_raw(latest, spec, spec["fill_values"])
+    default = {k: (v.item() if hasattr(v, "item") else v) for k, v in default.items()}
+    return latest, default
+
+
+def test_user_context_equals_the_whole_split_pandas_path(examples: Path, tmp_path: Path) -> None:
+    from recflow.training.tfrs_trainer import user_context
+
+    spec = {"context_features": ["device", "hour", "region", "weekday"],
+            "raw_features": {"user_id": "string", "device": "string", "hour": "int64", "region": "string",
+                             "weekday": "int64"},
+            "fill_values": {"device": "", "hour": 0, "region": "", "weekday": 3}}
+    got, got_default = user_context(examples, spec)
+    want, want_default = _old_user_context(examples, spec)
+    pd.testing.assert_frame_equal(got, want)
+    assert got_default == want_default
+    got.to_parquet(tmp_path / "a.parquet", index=False)
+    want.to_parquet(tmp_path / "b.parquet", index=False)
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def _old_impressions(examples_dir, context_columns):
+    from recflow.features.transform import label_impressions
+    from recflow.io import epoch_seconds
+    from recflow.training.history_ranking import IMPRESSION_COLUMNS
+    from recflow.training.reading import read_split_columns
+
+    frames = []
+    for split in ("train", "eval"):
+        df = read_split_columns(examples_dir, split, IMPRESSION_COLUMNS + tuple(context_columns))
+        frames.append(df[df["event_type"].isin(("impression", "click"))].assign(_split=split))
+    events = pd.concat(frames, ignore_index=True)
+    events["clicked"] = label_impressions(events)
+    imp = events[events["event_type"] == "impression"].copy()
+    imp["_seconds"] = epoch_seconds(imp["timestamp"])
+    return imp.reset_index(drop=True)
+
+
+@pytest.mark.parametrize("requests", [True, False], ids=["by_request", "by_time"])
+def test_impressions_equal_the_whole_split_pandas_path(examples: Path, requests: bool) -> None:
+    from recflow.training.history_ranking import _impressions
+
+    if not requests:  # no request ids logged: clicks label impressions of the 30 minutes before
+        for name in ("train", "eval"):
+            frame = read_split(examples, name)
+            path = examples / f"{name}.parquet"
+            if path.is_dir():
+                for part in path.glob("*.parquet"):
+                    part.unlink()
+                path.rmdir()
+            frame.drop(columns=["request_id"]).to_parquet(path, index=False)
+    got = _impressions(examples, ["device", "hour", "region"])
+    want = _old_impressions(examples, ["device", "hour", "region"])
+    assert 0 < got["clicked"].sum() < len(got)
+    kept = [c for c in want.columns if c not in ("event_type", "request_id", "timestamp")]  # read for the labels
+    assert list(got.columns) == kept
+    pd.testing.assert_frame_equal(_plain(got), want[kept], check_dtype=False)
+    assert got["clicked"].dtype == want["clicked"].dtype
+
+
+def test_distinct_values_equal_the_split_columns_distinct_strings(examples: Path) -> None:
+    from recflow.training.columnar import distinct_values
+
+    whole = read_split(examples, "train")
+    assert distinct_values(examples, "train", "user_id") == sorted(whole["user_id"].astype(str).unique())
+    assert distinct_values(examples, "train", "device") == sorted(whole["device"].astype(str).unique())  # 'None'
+    assert distinct_values(examples, "train", "hour") == sorted(whole["hour"].astype(str).unique())
+    with pytest.raises(DataError, match="no nope column"):
+        distinct_values(examples, "train", "nope")
+
+
+def test_distinct_keys_equal_pandas_drop_duplicates() -> None:
+    from recflow.training.history_ranking import distinct_keys
+
+    rng = np.random.default_rng(4)
+    users = rng.integers(0, 30, 5000)
+    times = rng.choice(rng.uniform(0, 1e5, 300), 5000)
+    keys = pd.DataFrame({"u": users, "t": times})
+    uniq = keys.drop_duplicates()
+    first, position = distinct_keys(users, times)
+    np.testing.assert_array_equal(first, uniq.index.to_numpy())
+    want = pd.MultiIndex.from_frame(uniq.reset_index(drop=True)).get_indexer(pd.MultiIndex.from_frame(keys))
+    np.testing.assert_array_equal(position, want)
+    empty = distinct_keys(np.zeros(0, np.int64), np.zeros(0))
+    assert len(empty[0]) == len(empty[1]) == 0
+
+
+def test_string_values_equal_astype_str() -> None:
+    from recflow.training.columnar import string_values
+
+    plain = pd.Series(["b", None, "a", "b"], dtype=object)
+    cat = pd.Series(pd.Categorical(["b", None, "a", "b"]))
+    assert string_values(cat).tolist() == plain.astype(str).tolist() == string_values(plain).tolist()
