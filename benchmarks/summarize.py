@@ -159,6 +159,17 @@ def shop_stages_section(trainers: dict[str, Any] | None, evaluator: dict[str, An
                              f"{_f(max(s['peak_mb'] for s in tfrs), 0)} MB")
             lines.append("- TFRS trainer with the shop-scale training budgets (`trainer_stages.py --caps`, its stages "
                          "in one process, seconds / peak RSS): " + "; ".join(parts) + ".")
+        pairs = (("sampled_caps_1m", "s13_caps_1m"), ("sampled_caps_3m", "s13_caps_3m"),
+                 ("caps_10m_before", "s13_caps_10m"))
+        columnar = [(runs[b], runs[a]) for b, a in pairs if b in runs and a in runs]
+        if columnar:
+            peak = lambda r: max(s["peak_mb"] for s in r["stages"] if s["stage"].startswith("tfrs "))  # noqa: E731
+            parts = [f"{sum(a['events'].values()):,} events {_f(peak(b), 0)} -> {_f(peak(a), 0)} MB"
+                     for b, a in columnar]
+            first = peak(columnar[0][1])
+            lines.append("- TFRS trainer reading strings as integer codes (`trainer_stages.py --caps`, peak RSS of its "
+                         "stages in one process, before -> after): " + "; ".join(parts)
+                         + f"; the largest size at {peak(columnar[-1][1]) / first:.2f}x the smallest (target 1.2x).")
     if evaluator:
         runs = evaluator["runs"]
         for size in ("315k", "1.14M"):
@@ -170,6 +181,14 @@ def shop_stages_section(trainers: dict[str, Any] | None, evaluator: dict[str, An
                 lines.append(f"- Evaluator, stage by stage (`benchmarks/evaluator_stages.py`, {after['events']:,} "
                              f"events, one process): peak {_f(peak(before), 0)} MB before, {_f(peak(after), 0)} MB "
                              "after.")
+        coded = [runs[k] for k in ("s13-after-1.14m", "s13-after-3.0m", "s13-after-10m") if k in runs]
+        if coded and "s13-before-10m" in runs:
+            top = lambda r: max(s.get("peak_mb", 0) for s in r["stages"])  # noqa: E731
+            lines.append("- Evaluator on integer codes (`evaluator_stages.py`, one process, the 1.14M world's model): "
+                         + "; ".join(f"{r['events']:,} events {_f(top(r), 0)} MB" for r in coded)
+                         + f" (main's code at {runs['s13-before-10m']['events']:,}: "
+                         f"{_f(top(runs['s13-before-10m']), 0)} MB); the largest size at "
+                         f"{top(coded[-1]) / top(coded[0]):.2f}x the smallest (target 1.2x).")
     return lines
 
 
