@@ -61,6 +61,111 @@ IMPRESSION_COLUMNS: tuple[str, ...] = ("event_type", "timestamp", "user_id", "it
 def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame:
     """Impressions of train and eval with their click label, slot, propensity, context and split.
 
+    With request ids logged (every impression has one), a split at a time
+    (:func:`_impressions_by_split`): the clicks' (user, item, request) keys of both splits are read first (a
+    request can straddle the time cut: a click in eval still labels its impression in train), then each split's
+    impressions alone, labelled and cut to the kept columns before the next split is read. Otherwise the
+    time-window match of ``label_impressions`` on both splits' impressions and clicks at once
+    (:func:`_impressions_whole`). Both give the rows and values of reading the whole splits with pandas
+    (``tests/test_training_columnar.py``, ``tests/test_history_ranking_impressions.py``)."""
+    by_split = _impressions_by_split(examples_dir, context_columns)
+    return by_split if by_split is not None else _impressions_whole(examples_dir, context_columns)
+
+
+#: The columns of a click :func:`_request_labels` matches an impression on.
+LABEL_KEYS: tuple[str, ...] = ("user_id", "item_id", "request_id")
+#: :func:`_labels_from_clicks` packs the three key codes into one int64 below this product of their ranges, else
+#: matches them as a pandas MultiIndex (the same labels).
+ONE_KEY_LIMIT = 2.0 ** 62
+
+
+def _impressions_by_split(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame | None:
+    """:func:`_impressions_whole`'s frame when every impression has a request id, built a split at a time;
+    None when some impression has none (or the splits log no request id): the caller then labels by time."""
+    import gc
+
+    from recflow.training.columnar import concat_categorical, read_split_events
+
+    splits = ("train", "eval")
+    clicks = concat_categorical([read_split_events(examples_dir, split, LABEL_KEYS, ("click",))
+                                 for split in splits])
+    columns = tuple(c for c in IMPRESSION_COLUMNS if c != "event_type") + tuple(context_columns)
+    frames = []
+    for split in splits:
+        df = read_split_events(examples_dir, split, columns, ("impression",))
+        if "request_id" not in df.columns or "request_id" not in clicks.columns or df["request_id"].isna().any():
+            return None
+        df["_split"] = pd.Categorical(np.full(len(df), split, object), categories=[split])
+        df["clicked"] = _labels_from_clicks(df, clicks)
+        seconds = epoch_seconds(df["timestamp"])
+        df = df.drop(columns=[c for c in IMPRESSION_ONLY_FOR_LABELS if c in df.columns])
+        df["_seconds"] = seconds
+        frames.append(df)
+        gc.collect()
+    del clicks
+    imp = concat_categorical(frames)
+    del frames
+    users_path = Path(examples_dir) / "users.parquet"
+    last: tuple[str, ...] = ("_split", "clicked", "_seconds")
+    if "region" in context_columns and "region" not in imp.columns and users_path.is_file():
+        imp["user_id"] = imp["user_id"].astype(object)
+        imp = imp.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
+        last = ("_split", "region", "clicked", "_seconds")
+    # the column order of _impressions_whole: the read columns, the split, the region merged, the label, seconds
+    return imp[[c for c in imp.columns if c not in last] + list(last)].reset_index(drop=True)
+
+
+def _shared_codes(imp: pd.Series, clicks: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
+    """Codes of one key column on the impressions' and the clicks' rows that are equal where the values are:
+    0 a missing value, 1.. a value of the impressions, -1 a click value no impression has; and the codes' bound."""
+    if isinstance(imp.dtype, pd.CategoricalDtype) and isinstance(clicks.dtype, pd.CategoricalDtype):
+        at = np.asarray(imp.cat.categories.get_indexer(clicks.cat.categories), np.int64)
+        c_codes = clicks.cat.codes.to_numpy().astype(np.int64)
+        mapped = np.where(at[np.maximum(c_codes, 0)] >= 0, at[np.maximum(c_codes, 0)] + 1, -1) if len(at) else (
+            np.full(len(c_codes), -1, np.int64))
+        return (imp.cat.codes.to_numpy().astype(np.int64) + 1, np.where(c_codes < 0, 0, mapped),
+                len(imp.cat.categories) + 1)
+    both = pd.factorize(pd.concat([imp.astype(object), clicks.astype(object)], ignore_index=True),
+                        use_na_sentinel=True)[0].astype(np.int64) + 1
+    return both[:len(imp)], both[len(imp):], int(both.max(initial=0)) + 1
+
+
+def _labels_from_clicks(imp: pd.DataFrame, clicks: pd.DataFrame) -> np.ndarray:
+    """1 for each impression of ``imp`` whose (user, item, request) a click of ``clicks`` has, else 0: what
+    :func:`_request_labels` gives the impressions of the two frames' rows together."""
+    labels = np.zeros(len(imp), np.int64)
+    if not len(imp) or not len(clicks):
+        return labels
+    imp_codes, click_codes, bounds = [], [], []
+    for column in LABEL_KEYS:
+        i, c, b = _shared_codes(imp[column], clicks[column])
+        imp_codes.append(i)
+        click_codes.append(c)
+        bounds.append(b)
+    usable = np.all([c >= 0 for c in click_codes], axis=0)  # a click with a value no impression has matches none
+    click_codes = [c[usable] for c in click_codes]
+    if not usable.any():
+        return labels
+    if float(np.prod(np.asarray(bounds, np.float64))) < ONE_KEY_LIMIT:  # one int64 key per row
+        def key(parts: list[np.ndarray]) -> np.ndarray:
+            out = parts[0].copy()
+            for part, bound in zip(parts[1:], bounds[1:], strict=True):
+                out *= bound
+                out += part
+            return out
+
+        hit = np.isin(key(imp_codes), np.unique(key(click_codes)))
+    else:
+        clicked = pd.MultiIndex.from_arrays(click_codes).unique()
+        hit = np.asarray(clicked.get_indexer(pd.MultiIndex.from_arrays(imp_codes)) >= 0)
+    labels[hit] = 1
+    return labels
+
+
+def _impressions_whole(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame:
+    """Impressions of train and eval with their click label, slot, propensity, context and split, both splits'
+    impressions and clicks held at once.
+
     Each split is read a row group at a time, only impressions and the clicks that label them (label_impressions
     reads no other event) and only these columns, strings as integer codes
     (:func:`recflow.training.columnar.read_split_events`): the impressions' table holds no Python string per row
