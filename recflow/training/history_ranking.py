@@ -278,11 +278,38 @@ def _states_by_chunk(seq_data: Any, encoder: Any, users: np.ndarray, times: np.n
     return states, hist_rows, has_hist
 
 
+@dataclass(frozen=True)
+class RankerEvents:
+    """The arrays of :class:`recflow.training.sequence_retrieval.SequenceData` the ranker reads (the histories'
+    rows, codes and times), without its per-event id, type, weight and split arrays: ``row_user_ids[r]`` is the
+    user id of user row ``r``."""
+
+    user_rows: np.ndarray  # [N] int64
+    item_rows: np.ndarray  # [N] int64
+    type_codes: np.ndarray  # [N] int64
+    seconds: np.ndarray  # [N] float64
+    row_user_ids: np.ndarray  # [users] str
+
+
+def ranker_events(data: Any) -> RankerEvents:
+    """:class:`RankerEvents` of a ``SequenceData`` (the same arrays; user ids once per user row)."""
+    rows = np.asarray(data.user_rows, np.int64)
+    rows_seen, first = np.unique(rows, return_index=True)
+    names = np.empty(int(rows_seen.max(initial=-1)) + 1, object)
+    names[rows_seen] = np.asarray(data.user_ids)[first]
+    return RankerEvents(rows, np.asarray(data.item_rows, np.int64), np.asarray(data.type_codes, np.int64),
+                        np.asarray(data.seconds, np.float64), names)
+
+
 def _user_rows(imp: pd.DataFrame, seq_data: Any) -> np.ndarray:
-    """Each impression's user row in ``seq_data`` (-1: a user without history events), looked up once per
-    distinct user id (:func:`recflow.training.columnar.category_codes`)."""
+    """Each impression's user row in ``seq_data`` (a ``SequenceData`` or :class:`RankerEvents`; -1: a user
+    without history events), looked up once per distinct user id
+    (:func:`recflow.training.columnar.category_codes`)."""
     from recflow.training.columnar import category_codes
 
+    if isinstance(seq_data, RankerEvents):
+        user_row_of = {str(u): r for r, u in enumerate(seq_data.row_user_ids) if u is not None}
+        return category_codes(imp["user_id"], user_row_of, -1)
     rows = np.asarray(seq_data.user_rows, np.int64)
     first = np.unique(rows, return_index=True)[1]  # each user's row once (user ids and rows pair up one to one)
     user_row_of = {str(u): int(r) for u, r in zip(np.asarray(seq_data.user_ids)[first], rows[first], strict=True)}
@@ -693,7 +720,9 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     if imp.empty or imp["clicked"].max() < 1:
         return RankerTraining(False, notes=["history ranker skipped: no clicked impression in the log"])
     row_of, n_rows = item_rows_of(vocabulary)
-    data = load_events(examples_dir, ("train", "eval"), row_of, n_rows - 1, trainer_config.event_weights)
+    # only the arrays the ranker reads are kept (the per-event id, type, weight and split arrays go at once)
+    data = ranker_events(load_events(examples_dir, ("train", "eval"), row_of, n_rows - 1,
+                                     trainer_config.event_weights))
     all_vectors = seq.encoder.item_vectors()
     n_impressions = len(imp)
     cap = trainer_config.history_ranking_max_train_impressions
@@ -704,23 +733,33 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     fd, tmp_name = tempfile.mkstemp(prefix=f".{states_target.name}.", suffix=".tmp", dir=states_target.parent)
     os.close(fd)
     states_tmp = Path(tmp_name)
+    # Handed over in a list that _train_sampled empties: no frame of this function keeps the whole impressions
+    # table or the events alive while the candidates are fitted.
+    held: list[Any] = [imp, data]
+    del imp, data
     try:
-        return _train_sampled(imp, data, seq, all_vectors, row_of, item_ids, cfg.max_len, cap, context_columns,
+        return _train_sampled(held, seq, all_vectors, row_of, item_ids, cfg.max_len, cap, context_columns,
                               n_impressions, trainer_config, Path(out_dir), states_tmp, states_target)
     finally:
         states_tmp.unlink(missing_ok=True)
 
 
-def _train_sampled(imp: pd.DataFrame, data: Any, seq: Any, all_vectors: np.ndarray, row_of: Mapping[str, int],
+def _train_sampled(held: list[Any], seq: Any, all_vectors: np.ndarray, row_of: Mapping[str, int],
                    item_ids: Sequence[str], max_len: int, cap: int | None, context_columns: list[str],
                    n_impressions: int, trainer_config: Any, out_dir: Path, states_tmp: Path, states_target: Path
                    ) -> RankerTraining:
-    """:func:`train_history_ranker` from the impressions and the events on; the decision states go to
-    ``states_tmp``, renamed onto ``states_target`` when the ranker trains."""
+    """:func:`train_history_ranker` from ``held`` = [the impressions, the events] on (the list is emptied: the
+    whole impressions table and the events are freed once the sampled rows are built, before any fit); the
+    decision states go to ``states_tmp``, renamed onto ``states_target`` when the ranker trains."""
+    import gc
+
+    imp, data = held
+    held.clear()
     picked = sampled_ranker_rows(imp, data, seq.encoder, all_vectors, row_of, item_ids, max_len, cap,
                                  trainer_config.seed, states_tmp)
     del data
     imp, arr, sampled = imp.iloc[picked.rows].reset_index(drop=True), picked.arrays, picked.sampled
+    gc.collect()
     notes: list[str] = []
     if sampled is not None:
         notes.append(f"history ranker trained on a seeded sample of {cap} of {sampled[1]} train impressions "
