@@ -395,3 +395,17 @@ def test_sampling_before_building_equals_building_all_then_sampling(tmp_path, ca
     assert streamed.schema.equals(whole.schema) and streamed.num_rows > ENCODER_BATCH
     assert streamed.equals(whole)
     pd.testing.assert_frame_equal(pd.read_parquet(streamed_path), pd.read_parquet(tmp_path / DECISION_STATES_FILE))
+    # the ranker's lean copy of the events (ranker_events: no per-event id, type, weight or split arrays) gives
+    # the same rows, arrays and states file
+    from recflow.training.history_ranking import RankerEvents, ranker_events
+
+    lean = ranker_events(data)
+    assert isinstance(lean, RankerEvents) and len(lean.row_user_ids) == int(user_rows.max()) + 1
+    lean_path = tmp_path / "lean.parquet"
+    again = sampled_ranker_rows(imp, lean, encoder, vectors, rows_of, ids, max_len, cap, 11, lean_path,
+                                chunk=ENCODER_BATCH)
+    np.testing.assert_array_equal(again.rows, got.rows)
+    assert again.n_with_history == got.n_with_history
+    for key, value in got.arrays.items():
+        np.testing.assert_array_equal(again.arrays[key], value, err_msg=key)
+    assert pq.read_table(lean_path).equals(streamed)

@@ -61,6 +61,111 @@ IMPRESSION_COLUMNS: tuple[str, ...] = ("event_type", "timestamp", "user_id", "it
 def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame:
     """Impressions of train and eval with their click label, slot, propensity, context and split.
 
+    With request ids logged (every impression has one), a split at a time
+    (:func:`_impressions_by_split`): the clicks' (user, item, request) keys of both splits are read first (a
+    request can straddle the time cut: a click in eval still labels its impression in train), then each split's
+    impressions alone, labelled and cut to the kept columns before the next split is read. Otherwise the
+    time-window match of ``label_impressions`` on both splits' impressions and clicks at once
+    (:func:`_impressions_whole`). Both give the rows and values of reading the whole splits with pandas
+    (``tests/test_training_columnar.py``, ``tests/test_history_ranking_impressions.py``)."""
+    by_split = _impressions_by_split(examples_dir, context_columns)
+    return by_split if by_split is not None else _impressions_whole(examples_dir, context_columns)
+
+
+#: The columns of a click :func:`_request_labels` matches an impression on.
+LABEL_KEYS: tuple[str, ...] = ("user_id", "item_id", "request_id")
+#: :func:`_labels_from_clicks` packs the three key codes into one int64 below this product of their ranges, else
+#: matches them as a pandas MultiIndex (the same labels).
+ONE_KEY_LIMIT = 2.0 ** 62
+
+
+def _impressions_by_split(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame | None:
+    """:func:`_impressions_whole`'s frame when every impression has a request id, built a split at a time;
+    None when some impression has none (or the splits log no request id): the caller then labels by time."""
+    import gc
+
+    from recflow.training.columnar import concat_categorical, read_split_events
+
+    splits = ("train", "eval")
+    clicks = concat_categorical([read_split_events(examples_dir, split, LABEL_KEYS, ("click",))
+                                 for split in splits])
+    columns = tuple(c for c in IMPRESSION_COLUMNS if c != "event_type") + tuple(context_columns)
+    frames = []
+    for split in splits:
+        df = read_split_events(examples_dir, split, columns, ("impression",))
+        if "request_id" not in df.columns or "request_id" not in clicks.columns or df["request_id"].isna().any():
+            return None
+        df["_split"] = pd.Categorical(np.full(len(df), split, object), categories=[split])
+        df["clicked"] = _labels_from_clicks(df, clicks)
+        seconds = epoch_seconds(df["timestamp"])
+        df = df.drop(columns=[c for c in IMPRESSION_ONLY_FOR_LABELS if c in df.columns])
+        df["_seconds"] = seconds
+        frames.append(df)
+        gc.collect()
+    del clicks
+    imp = concat_categorical(frames)
+    del frames
+    users_path = Path(examples_dir) / "users.parquet"
+    last: tuple[str, ...] = ("_split", "clicked", "_seconds")
+    if "region" in context_columns and "region" not in imp.columns and users_path.is_file():
+        imp["user_id"] = imp["user_id"].astype(object)
+        imp = imp.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
+        last = ("_split", "region", "clicked", "_seconds")
+    # the column order of _impressions_whole: the read columns, the split, the region merged, the label, seconds
+    return imp[[c for c in imp.columns if c not in last] + list(last)].reset_index(drop=True)
+
+
+def _shared_codes(imp: pd.Series, clicks: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
+    """Codes of one key column on the impressions' and the clicks' rows that are equal where the values are:
+    0 a missing value, 1.. a value of the impressions, -1 a click value no impression has; and the codes' bound."""
+    if isinstance(imp.dtype, pd.CategoricalDtype) and isinstance(clicks.dtype, pd.CategoricalDtype):
+        at = np.asarray(imp.cat.categories.get_indexer(clicks.cat.categories), np.int64)
+        c_codes = clicks.cat.codes.to_numpy().astype(np.int64)
+        mapped = np.where(at[np.maximum(c_codes, 0)] >= 0, at[np.maximum(c_codes, 0)] + 1, -1) if len(at) else (
+            np.full(len(c_codes), -1, np.int64))
+        return (imp.cat.codes.to_numpy().astype(np.int64) + 1, np.where(c_codes < 0, 0, mapped),
+                len(imp.cat.categories) + 1)
+    both = pd.factorize(pd.concat([imp.astype(object), clicks.astype(object)], ignore_index=True),
+                        use_na_sentinel=True)[0].astype(np.int64) + 1
+    return both[:len(imp)], both[len(imp):], int(both.max(initial=0)) + 1
+
+
+def _labels_from_clicks(imp: pd.DataFrame, clicks: pd.DataFrame) -> np.ndarray:
+    """1 for each impression of ``imp`` whose (user, item, request) a click of ``clicks`` has, else 0: what
+    :func:`_request_labels` gives the impressions of the two frames' rows together."""
+    labels = np.zeros(len(imp), np.int64)
+    if not len(imp) or not len(clicks):
+        return labels
+    imp_codes, click_codes, bounds = [], [], []
+    for column in LABEL_KEYS:
+        i, c, b = _shared_codes(imp[column], clicks[column])
+        imp_codes.append(i)
+        click_codes.append(c)
+        bounds.append(b)
+    usable = np.all([c >= 0 for c in click_codes], axis=0)  # a click with a value no impression has matches none
+    click_codes = [c[usable] for c in click_codes]
+    if not usable.any():
+        return labels
+    if float(np.prod(np.asarray(bounds, np.float64))) < ONE_KEY_LIMIT:  # one int64 key per row
+        def key(parts: list[np.ndarray]) -> np.ndarray:
+            out = parts[0].copy()
+            for part, bound in zip(parts[1:], bounds[1:], strict=True):
+                out *= bound
+                out += part
+            return out
+
+        hit = np.isin(key(imp_codes), np.unique(key(click_codes)))
+    else:
+        clicked = pd.MultiIndex.from_arrays(click_codes).unique()
+        hit = np.asarray(clicked.get_indexer(pd.MultiIndex.from_arrays(imp_codes)) >= 0)
+    labels[hit] = 1
+    return labels
+
+
+def _impressions_whole(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame:
+    """Impressions of train and eval with their click label, slot, propensity, context and split, both splits'
+    impressions and clicks held at once.
+
     Each split is read a row group at a time, only impressions and the clicks that label them (label_impressions
     reads no other event) and only these columns, strings as integer codes
     (:func:`recflow.training.columnar.read_split_events`): the impressions' table holds no Python string per row
@@ -173,11 +278,38 @@ def _states_by_chunk(seq_data: Any, encoder: Any, users: np.ndarray, times: np.n
     return states, hist_rows, has_hist
 
 
+@dataclass(frozen=True)
+class RankerEvents:
+    """The arrays of :class:`recflow.training.sequence_retrieval.SequenceData` the ranker reads (the histories'
+    rows, codes and times), without its per-event id, type, weight and split arrays: ``row_user_ids[r]`` is the
+    user id of user row ``r``."""
+
+    user_rows: np.ndarray  # [N] int64
+    item_rows: np.ndarray  # [N] int64
+    type_codes: np.ndarray  # [N] int64
+    seconds: np.ndarray  # [N] float64
+    row_user_ids: np.ndarray  # [users] str
+
+
+def ranker_events(data: Any) -> RankerEvents:
+    """:class:`RankerEvents` of a ``SequenceData`` (the same arrays; user ids once per user row)."""
+    rows = np.asarray(data.user_rows, np.int64)
+    rows_seen, first = np.unique(rows, return_index=True)
+    names = np.empty(int(rows_seen.max(initial=-1)) + 1, object)
+    names[rows_seen] = np.asarray(data.user_ids)[first]
+    return RankerEvents(rows, np.asarray(data.item_rows, np.int64), np.asarray(data.type_codes, np.int64),
+                        np.asarray(data.seconds, np.float64), names)
+
+
 def _user_rows(imp: pd.DataFrame, seq_data: Any) -> np.ndarray:
-    """Each impression's user row in ``seq_data`` (-1: a user without history events), looked up once per
-    distinct user id (:func:`recflow.training.columnar.category_codes`)."""
+    """Each impression's user row in ``seq_data`` (a ``SequenceData`` or :class:`RankerEvents`; -1: a user
+    without history events), looked up once per distinct user id
+    (:func:`recflow.training.columnar.category_codes`)."""
     from recflow.training.columnar import category_codes
 
+    if isinstance(seq_data, RankerEvents):
+        user_row_of = {str(u): r for r, u in enumerate(seq_data.row_user_ids) if u is not None}
+        return category_codes(imp["user_id"], user_row_of, -1)
     rows = np.asarray(seq_data.user_rows, np.int64)
     first = np.unique(rows, return_index=True)[1]  # each user's row once (user ids and rows pair up one to one)
     user_row_of = {str(u): int(r) for u, r in zip(np.asarray(seq_data.user_ids)[first], rows[first], strict=True)}
@@ -588,7 +720,9 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     if imp.empty or imp["clicked"].max() < 1:
         return RankerTraining(False, notes=["history ranker skipped: no clicked impression in the log"])
     row_of, n_rows = item_rows_of(vocabulary)
-    data = load_events(examples_dir, ("train", "eval"), row_of, n_rows - 1, trainer_config.event_weights)
+    # only the arrays the ranker reads are kept (the per-event id, type, weight and split arrays go at once)
+    data = ranker_events(load_events(examples_dir, ("train", "eval"), row_of, n_rows - 1,
+                                     trainer_config.event_weights))
     all_vectors = seq.encoder.item_vectors()
     n_impressions = len(imp)
     cap = trainer_config.history_ranking_max_train_impressions
@@ -599,23 +733,33 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     fd, tmp_name = tempfile.mkstemp(prefix=f".{states_target.name}.", suffix=".tmp", dir=states_target.parent)
     os.close(fd)
     states_tmp = Path(tmp_name)
+    # Handed over in a list that _train_sampled empties: no frame of this function keeps the whole impressions
+    # table or the events alive while the candidates are fitted.
+    held: list[Any] = [imp, data]
+    del imp, data
     try:
-        return _train_sampled(imp, data, seq, all_vectors, row_of, item_ids, cfg.max_len, cap, context_columns,
+        return _train_sampled(held, seq, all_vectors, row_of, item_ids, cfg.max_len, cap, context_columns,
                               n_impressions, trainer_config, Path(out_dir), states_tmp, states_target)
     finally:
         states_tmp.unlink(missing_ok=True)
 
 
-def _train_sampled(imp: pd.DataFrame, data: Any, seq: Any, all_vectors: np.ndarray, row_of: Mapping[str, int],
+def _train_sampled(held: list[Any], seq: Any, all_vectors: np.ndarray, row_of: Mapping[str, int],
                    item_ids: Sequence[str], max_len: int, cap: int | None, context_columns: list[str],
                    n_impressions: int, trainer_config: Any, out_dir: Path, states_tmp: Path, states_target: Path
                    ) -> RankerTraining:
-    """:func:`train_history_ranker` from the impressions and the events on; the decision states go to
-    ``states_tmp``, renamed onto ``states_target`` when the ranker trains."""
+    """:func:`train_history_ranker` from ``held`` = [the impressions, the events] on (the list is emptied: the
+    whole impressions table and the events are freed once the sampled rows are built, before any fit); the
+    decision states go to ``states_tmp``, renamed onto ``states_target`` when the ranker trains."""
+    import gc
+
+    imp, data = held
+    held.clear()
     picked = sampled_ranker_rows(imp, data, seq.encoder, all_vectors, row_of, item_ids, max_len, cap,
                                  trainer_config.seed, states_tmp)
     del data
     imp, arr, sampled = imp.iloc[picked.rows].reset_index(drop=True), picked.arrays, picked.sampled
+    gc.collect()
     notes: list[str] = []
     if sampled is not None:
         notes.append(f"history ranker trained on a seeded sample of {cap} of {sampled[1]} train impressions "
