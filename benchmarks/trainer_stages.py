@@ -124,8 +124,10 @@ def policy_stages(work: Path, cfg: Any, stages: Stages, model: Path, out: Path) 
     from recflow.policy.trainer import export_policy, train_agent
 
     config = cfg.policy
+    # as train_policy reads it: with policy.max_decisions the split is streamed and only the sample is built
     data = stages.run("policy load_bandit_data",
-                      lambda: load_bandit_data(work / "ex" / "train.parquet", model, config))
+                      lambda: load_bandit_data(work / "ex" / "train.parquet", model, config,
+                                               max_decisions=config.max_decisions))
     notes = list(data.notes)
     if config.max_decisions is not None and len(data) > config.max_decisions:
         keep = np.sort(np.random.default_rng(config.seed).choice(len(data), config.max_decisions, replace=False))
