@@ -169,7 +169,10 @@ def shop_stages_section(trainers: dict[str, Any] | None, evaluator: dict[str, An
             first = peak(columnar[0][1])
             lines.append("- TFRS trainer reading strings as integer codes (`trainer_stages.py --caps`, peak RSS of its "
                          "stages in one process, before -> after): " + "; ".join(parts)
-                         + f"; the largest size at {peak(columnar[-1][1]) / first:.2f}x the smallest (target 1.2x).")
+                         + f"; the largest size at {peak(columnar[-1][1]) / first:.2f}x the smallest (target 1.2x)"
+                         + (f"; with the history ranker labelling a split at a time, "
+                            f"{sum(runs['s13c_caps_10m']['events'].values()):,} events "
+                            f"{_f(peak(runs['s13c_caps_10m']), 0)} MB" if "s13c_caps_10m" in runs else "") + ".")
     if evaluator:
         runs = evaluator["runs"]
         for size in ("315k", "1.14M"):
