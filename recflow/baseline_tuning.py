@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recflow.baselines import make_baseline, release_freed_memory
+from recflow.baselines import make_baseline
 from recflow.errors import ConfigError, DataError
 from recflow.evaluation.metrics import aggregate, per_user_metrics, relevant_by_user, sampled_exclusions
+from recflow.memory import release_freed_memory
 from recflow.recommender import Recommender
 
 log = logging.getLogger(__name__)

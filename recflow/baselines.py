@@ -39,23 +39,6 @@ _MAX_BATCH_CELLS = 8_000_000
 _SECONDS_PER_DAY = 86400.0
 
 
-def release_freed_memory() -> None:
-    """Return freed heap memory to the system: ``gc.collect()``, then glibc's ``malloc_trim(0)`` where the C
-    library has it (Linux), and the Arrow pool's unused blocks. The baselines' fits allocate and free large
-    temporaries many times (the tuning fits 24 models); without this the process's RSS keeps what the allocators
-    hold after them (about 400 MB after the tuning on the 10M-event shop). Changes no result."""
-    import contextlib
-    import ctypes
-    import gc
-
-    import pyarrow as pa
-
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _require_columns(events: pd.DataFrame, columns: Sequence[str], what: str = "train events") -> None:
     missing = [c for c in columns if c not in events.columns]
     if missing:

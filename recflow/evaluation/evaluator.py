@@ -38,7 +38,6 @@ from recflow.baselines import (
     MostViewedRecommender,
     PopularityRecommender,
     dense_skip_reason,
-    release_freed_memory,
 )
 from recflow.errors import ConfigError, DataError
 from recflow.evaluation.beyond_accuracy import (
@@ -60,6 +59,7 @@ from recflow.evaluation.metrics import (
 from recflow.evaluation.noninferiority import NonInferiority, non_inferiority_test
 from recflow.evaluation.significance import PairedTest, paired_tests
 from recflow.examplegen import SPLITS, read_split_path
+from recflow.memory import release_arrow_memory, release_freed_memory
 from recflow.recommender import Recommender
 from recflow.reranking import make_reranker
 
@@ -367,7 +367,7 @@ def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = REA
         else:  # no rows
             data[name] = pq.read_table(shards[0], columns=[name]).column(name).to_pandas()
         del strings, others
-        pa.default_memory_pool().release_unused()
+        release_arrow_memory()
     del sort_keys
     if order is not None:
         data = {name: (v.iloc[order].reset_index(drop=True) if isinstance(v, pd.Series) else v[order])
@@ -376,15 +376,6 @@ def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = REA
     del data
     release_arrow_memory()
     return frame
-
-
-def release_arrow_memory() -> None:
-    """Hand the Arrow memory pool's freed blocks back to the system: its allocator (mimalloc) keeps them after a
-    read (about 270 MB after reading the 1M-event eval split of the 10M-event shop), which the process's RSS
-    then carries through every later stage. Changes no result."""
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
 
 
 def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: int = READ_BATCH_ROWS) -> Path:

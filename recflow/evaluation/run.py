@@ -121,7 +121,7 @@ def sample_request_users(split_path: Path, n_items: int, max_pairs: int | None, 
     frame = pa.concat_tables(parts, promote_options="default").to_pandas()
     keys = [c for c in ("timestamp", "event_id") if c in frame.columns]
     frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
-    from recflow.evaluation.evaluator import release_arrow_memory
+    from recflow.memory import release_arrow_memory
 
     release_arrow_memory()
     decisions = int(sizes[order[:taken]].sum())
@@ -224,7 +224,7 @@ def ranking_slices(
         items = pd.read_parquet(items_path, columns=wanted)
     frame = ranking_examples(held_out, items)
     del held_out
-    from recflow.evaluation.evaluator import release_arrow_memory
+    from recflow.memory import release_arrow_memory
 
     release_arrow_memory()
     if frame.empty or frame["label"].nunique() < 2:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from recflow.errors import DataError
 from recflow.examplegen import has_split, split_path
+from recflow.memory import release_arrow_memory
 from recflow.training.reading import split_columns
 
 #: The keys :func:`recflow.examplegen.read_split` sorts a split by (those it has), in this order.
@@ -89,7 +90,7 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
     del table, order
     frame = pd.DataFrame(columns_out)
     del columns_out
-    pa.default_memory_pool().release_unused()  # the Arrow buffers freed above back to the system
+    release_arrow_memory()  # the Arrow buffers freed above back to the system
     for column in frame.columns:
         if isinstance(frame[column].dtype, pd.CategoricalDtype):
             frame[column] = sorted_categories(frame[column])
