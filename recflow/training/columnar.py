@@ -188,3 +188,14 @@ def string_values(series: pd.Series) -> np.ndarray:
         return series.astype(str).to_numpy()
     cats = np.array([str(c) for c in series.cat.categories] + ["None"], object)
     return cats[series.cat.codes.to_numpy()]
+
+
+def with_user_region(frame: pd.DataFrame, examples_dir: Path, wanted: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with the users file's ``region`` merged on ``user_id`` (a left join; the user ids become
+    objects for it) when ``wanted`` names ``region``, ``frame`` lacks it and ExampleGen wrote ``users.parquet``;
+    otherwise ``frame`` unchanged. The context features' region when the events do not log it."""
+    users_path = Path(examples_dir) / "users.parquet"
+    if "region" not in wanted or "region" in frame.columns or not users_path.is_file():
+        return frame
+    frame["user_id"] = frame["user_id"].astype(object)
+    return frame.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")

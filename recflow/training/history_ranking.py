@@ -37,7 +37,7 @@ from recflow.models.history_ranking import (
     score_feature,
 )
 from recflow.policy.logged_data import DECISION_STATES_FILE
-from recflow.training.columnar import object_values, string_values
+from recflow.training.columnar import object_values, string_values, with_user_region
 
 #: Smallest logged propensity used in the inverse-propensity weights (larger weights are clipped to 1/this).
 MIN_PROPENSITY = 0.01
@@ -105,12 +105,10 @@ def _impressions_by_split(examples_dir: Path, context_columns: Sequence[str]) ->
     del clicks
     imp = concat_categorical(frames)
     del frames
-    users_path = Path(examples_dir) / "users.parquet"
-    last: tuple[str, ...] = ("_split", "clicked", "_seconds")
-    if "region" in context_columns and "region" not in imp.columns and users_path.is_file():
-        imp["user_id"] = imp["user_id"].astype(object)
-        imp = imp.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
-        last = ("_split", "region", "clicked", "_seconds")
+    had_region = "region" in imp.columns
+    imp = with_user_region(imp, examples_dir, context_columns)
+    last: tuple[str, ...] = (("_split", "region", "clicked", "_seconds") if "region" in imp.columns and not had_region
+                             else ("_split", "clicked", "_seconds"))
     # the column order of _impressions_whole: the read columns, the split, the region merged, the label, seconds
     return imp[[c for c in imp.columns if c not in last] + list(last)].reset_index(drop=True)
 
@@ -182,10 +180,7 @@ def _impressions_whole(examples_dir: Path, context_columns: Sequence[str]) -> pd
         frames.append(df)
     events = concat_categorical(frames)
     del frames
-    users_path = Path(examples_dir) / "users.parquet"
-    if "region" in context_columns and "region" not in events.columns and users_path.is_file():
-        events["user_id"] = events["user_id"].astype(object)
-        events = events.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
+    events = with_user_region(events, examples_dir, context_columns)
     by_request = bool("request_id" in events.columns
                       and events.loc[events["event_type"] == "impression", "request_id"].notna().all())
     if by_request:

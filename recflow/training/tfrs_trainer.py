@@ -275,17 +275,14 @@ def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame
     result (a row per user) is what reading the whole splits with pandas gives (``tests/test_training_columnar.py``).
     """
     from recflow.features.transform import coerce_raw
-    from recflow.training.columnar import concat_categorical, read_split_events
+    from recflow.training.columnar import concat_categorical, read_split_events, with_user_region
 
     names = list(spec["context_features"])
     columns = ["user_id", "timestamp", *names]  # only these: the rest of the splits is not read
     events = concat_categorical([read_split_events(examples_dir, s, columns) for s in ("train", "eval")])
     events = events.iloc[np.argsort(events["timestamp"].astype("int64").to_numpy(),
                                     kind="stable")]
-    users_path = examples_dir / "users.parquet"
-    if "region" in names and "region" not in events.columns and users_path.is_file():
-        events["user_id"] = events["user_id"].astype(object)
-        events = events.merge(pd.read_parquet(users_path)[["user_id", "region"]], on="user_id", how="left")
+    events = with_user_region(events, examples_dir, names)
     present = [n for n in names if n in events.columns]
     latest = events.groupby("user_id", sort=True, observed=True)[present].last().reset_index() if present else \
         pd.DataFrame({"user_id": sorted(events["user_id"].unique())})
