@@ -3,8 +3,10 @@
 Generates the world (100,000 items, 500,000 users, 14 days at 0.00086 sessions per user-day: about 315k events,
 the shape of ``benchmarks/pipeline.py``'s smaller shop-scale row), runs ExampleGen, Transform and both trainers
 through the library as the components do (kept in ``WORK`` between runs), then runs the Evaluator's stages one by
-one: the user sample, the catalog context, the candidate's top-k, the TFMA slices, the off-policy estimates (with
-``evaluator.ope_max_scored_pairs``), the baseline tuning, each baseline's fit and run, and the fallback baseline's
+one in :func:`recflow.evaluation.run.run_evaluator`'s order: the off-policy estimates (with
+``evaluator.ope_max_scored_pairs``) and the TFMA slices before the examples are loaded (runs before session 14
+ran them after the candidate's top-k, with the train split held), then the user sample, the catalog context, the
+candidate's top-k, the baseline tuning, each baseline's fit and run, and the fallback baseline's
 copy of the train split (what an unblessed run adds; ``--fallback-only`` runs only that). Records each stage's
 seconds, the process RSS after it and its peak (a psutil sampler every 0.1 s), the ranking metrics of the candidate
 and of each baseline and the tuning's choices (so two runs on the same data show whether a change kept them); a
@@ -145,16 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         stages.write(True)
         return 0
     cand = stages.run("load candidate", lambda: load_recommender(model))
+    # run_evaluator's order: the off-policy estimates and the slices before the examples are loaded
+    ope = stages.run("off-policy estimates", lambda: off_policy_estimates(
+        ex, model, policy, cfg.policy, config.split, config.seed, max_pairs=config.ope_max_scored_pairs))
+    stages.annotate(ope)
+    stages.run("ranking slices", lambda: ranking_slices(ex, model, config.split, config.seed, recommender=cand,
+                                                             max_examples=config.max_slice_examples))
     pop = stages.run("user sample", lambda: ev._population(ex, config))
     context = stages.run("catalog context", lambda: CatalogContext.from_train(
         pop.train, pop.items, pop.catalog, config.beyond_accuracy.head_share, ev.candidate_item_embeddings(cand)))
     stages.record_metrics(stages.run("candidate top-k", lambda: ev._run("candidate", "candidate", cand, pop, config,
                                                                        context)))
-    stages.run("ranking slices", lambda: ranking_slices(ex, model, config.split, config.seed, recommender=cand,
-                                                             max_examples=config.max_slice_examples))
-    ope = stages.run("off-policy estimates", lambda: off_policy_estimates(
-        ex, model, policy, cfg.policy, config.split, config.seed, max_pairs=config.ope_max_scored_pairs))
-    stages.annotate(ope)
     tuning, _ = stages.run("baseline tuning", lambda: ev.tune_configured_baselines(ex, pop.train, pop.items, config))
     stages.record_tuning(tuning)
     skipped = ev.skipped_baselines(config, pop.train)

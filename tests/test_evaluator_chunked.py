@@ -1,4 +1,5 @@
-"""The Evaluator reads splits in chunks: the same frame as the whole read, whatever the order and layout."""
+"""The Evaluator reads splits with the trainers' reader (recflow.training.columnar.read_split_events, a row group at
+a time) and hands on object columns: the same frame as the whole pandas read, whatever the order and layout."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recflow.evaluation.evaluator import _TRAIN_COLUMNS, load_examples, read_split_chunked
+from recflow.evaluation.evaluator import _TRAIN_COLUMNS, load_examples, read_split_objects
 from recflow.examplegen import read_split_path
 
 
@@ -41,11 +42,10 @@ def test_chunked_split_equals_the_whole_read(tmp_path, layout, ordered):
             shuffled.iloc[k * 334:(k + 1) * 334].to_parquet(path / f"part-{k:05d}.parquet", index=False)
     columns = [*_TRAIN_COLUMNS, "price"]
     whole = read_split_path(path, columns)
-    for batch_rows in (1, 77, 10_000):
-        chunked = read_split_chunked(path, columns, batch_rows=batch_rows)
-        pd.testing.assert_frame_equal(chunked, whole)
-    # Equal strings share one object across chunks: the held frame is a pointer per cell.
-    chunked = read_split_chunked(path, columns, batch_rows=50)
+    chunked = read_split_objects(path, columns)
+    pd.testing.assert_frame_equal(chunked, whole)
+    assert chunked["session_id"].isna().any() and chunked["session_id"].map(type).isin([str, type(None)]).all()
+    # Equal strings share one object across row groups and shards: the held frame is a pointer per cell.
     assert len({id(v) for v in chunked["user_id"]}) == chunked["user_id"].nunique()
 
 
@@ -95,4 +95,4 @@ def test_chunked_split_sorts_missing_event_ids_and_timestamps_like_pandas(tmp_pa
     events.loc[events.index % 11 == 0, "event_id"] = None
     events.to_parquet(tmp_path / "train.parquet", index=False)
     whole = read_split_path(tmp_path / "train.parquet", list(_TRAIN_COLUMNS))
-    pd.testing.assert_frame_equal(read_split_chunked(tmp_path / "train.parquet", _TRAIN_COLUMNS, 64), whole)
+    pd.testing.assert_frame_equal(read_split_objects(tmp_path / "train.parquet", _TRAIN_COLUMNS), whole)

@@ -164,3 +164,34 @@ def test_request_sample_picks_the_requests_of_the_per_impression_draw(tmp_path):
         order = np.random.default_rng(seed).permutation(len(requests))
         taken = max(1, int(np.searchsorted(np.cumsum(sizes[order]), budget, side="right")))
         assert chosen is not None and chosen.tolist() == requests[order[:taken]].tolist()
+
+
+def test_the_tuning_reads_only_the_eval_event_columns_and_tunes_as_on_the_whole_split(examples, monkeypatch):
+    from recflow.baseline_tuning import tune_baselines
+    from recflow.evaluation import evaluator
+    from recflow.evaluation.evaluator import _EVENT_COLUMNS, configured_params, tune_configured_baselines
+    from recflow.examplegen import read_split
+
+    config = EvaluatorConfig(baselines=("popularity", "item_knn"), tuned_baselines=("item_knn",),
+                             baseline_tuning_trials=2, max_users=30, seed=4)
+    train, _, items = load_examples(examples, config.split, _TRAIN_COLUMNS)
+    whole = read_split(examples, "eval")  # every column, as the tuning read it before
+    assert set(whole.columns) > set(_EVENT_COLUMNS)
+    whole["user_id"], whole["item_id"] = whole["user_id"].astype(str), whole["item_id"].astype(str)
+    want = tune_baselines(train, whole, items, names=["item_knn"], budget=2, seed=4, k=config.k,
+                          exclude_train_items=config.exclude_train_items, metric=config.metric_key(),
+                          max_users=30, initial_params=configured_params(config))
+    reads = []
+    real_read = evaluator._read_table
+
+    def recording_read(path, required, columns=None):
+        reads.append((Path(path).name, None if columns is None else tuple(columns)))
+        return real_read(path, required, columns)
+
+    monkeypatch.setattr(evaluator, "_read_table", recording_read)
+    got, note = tune_configured_baselines(examples, train, items, config)
+    assert reads == [("eval.parquet", _EVENT_COLUMNS)]
+    assert note == "" and set(got) == {"item_knn"}
+    assert got["item_knn"]["best_params"] == want["item_knn"].best_params
+    assert got["item_knn"]["best_score"] == want["item_knn"].best_score
+    assert [t["score"] for t in got["item_knn"]["trials"]] == [t["score"] for t in want["item_knn"].trials]

@@ -54,3 +54,52 @@ def test_an_empty_split_is_written(tmp_path: Path) -> None:
     _events(10, 0).iloc[:0].to_parquet(ex / "train.parquet", index=False)
     got = write_split_events(ex, "train", tmp_path / "got.parquet")
     assert pd.read_parquet(got).empty
+
+
+def _keys_of(shards: list[Path]) -> dict[str, object]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return {name: pa.chunked_array([pq.read_table(s, columns=[name]).column(name) for s in shards]).combine_chunks()
+            for name in ("timestamp", "event_id")}
+
+
+@pytest.mark.parametrize("case", ["sorted", "seam tie ordered", "seam tie reversed", "seam back in time",
+                                  "tie with a missing id", "missing id without ties", "missing time", "empty shard",
+                                  "shuffled"])
+def test_the_shard_at_a_time_order_check_agrees_with_the_whole_sort(tmp_path: Path, case: str) -> None:
+    import pyarrow.parquet as pq
+
+    from recflow.evaluation.evaluator import _log_order, _shards_in_log_order
+
+    events = _events(300, 5).sort_values(["timestamp", "event_id"], kind="stable").reset_index(drop=True)
+    if case == "missing id without ties":
+        events["timestamp"] = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(300), unit="s")
+    cuts = [0, 100, 200, 300]
+    parts = [events.iloc[a:b].copy() for a, b in zip(cuts, cuts[1:], strict=False)]
+    if case == "seam tie ordered":  # the same time on both sides of a seam, event ids in order
+        parts[1].loc[parts[1].index[0], "timestamp"] = parts[0]["timestamp"].iloc[-1]
+        parts[1].loc[parts[1].index[0], "event_id"] = "zzz"
+        parts[0].loc[parts[0].index[-1], "event_id"] = "zzy"
+    elif case == "seam tie reversed":
+        parts[1].loc[parts[1].index[0], "timestamp"] = parts[0]["timestamp"].iloc[-1]
+        parts[1].loc[parts[1].index[0], "event_id"] = "a"
+        parts[0].loc[parts[0].index[-1], "event_id"] = "zzz"
+    elif case == "seam back in time":
+        parts = [parts[1], parts[0], parts[2]]
+    elif case in ("tie with a missing id", "missing id without ties"):
+        parts[2].loc[parts[2].index[5], "event_id"] = None
+    elif case == "missing time":
+        parts[1].loc[parts[1].index[3], "timestamp"] = pd.NaT
+    elif case == "empty shard":
+        parts = [parts[0], parts[1].iloc[:0], parts[1], parts[2]]
+    elif case == "shuffled":
+        parts = [p.sample(frac=1.0, random_state=2) for p in parts]
+    shards = []
+    for i, part in enumerate(parts):
+        shards.append(tmp_path / f"part-{i:05d}.parquet")
+        part.to_parquet(shards[-1], index=False)
+    types = {n: pq.read_schema(shards[0]).field(n).type for n in ("timestamp", "event_id")}
+    expected = _log_order(_keys_of(shards)) is None
+    assert _shards_in_log_order(shards, ["timestamp", "event_id"], types) == expected
+    assert expected == (case in ("sorted", "seam tie ordered", "missing id without ties", "empty shard"))

@@ -247,7 +247,9 @@ def tune_configured_baselines(
     if not names:
         return {}, "no tunable baseline among evaluator.baselines" + (
             f" ({'; '.join(skipped.values())})" if skipped else "")
-    validation = _read_table(Path(examples_dir) / "eval.parquet", _EVENT_COLUMNS)
+    # only the event columns the tuning reads (every column of the 10M-event world's 1M-event eval split: 694 MB
+    # more peak RSS, those three: 133 MB)
+    validation = _read_table(Path(examples_dir) / "eval.parquet", _EVENT_COLUMNS, _EVENT_COLUMNS)
     try:
         results = tune_baselines(
             train,
@@ -276,25 +278,8 @@ def tune_configured_baselines(
 _SPLIT_FILES = {f"{name}.parquet" for name in SPLITS}
 
 
-#: Rows of a split the Evaluator converts at a time (one Arrow record batch; :func:`read_split_chunked`).
+#: Rows of a split :func:`write_split_events` converts at a time (one Arrow record batch).
 READ_BATCH_ROWS = 262_144
-
-
-def _string_column(column: Any, memo: dict[str, str]) -> np.ndarray:
-    """An Arrow string column as an object array whose equal strings are one Python object (``memo``: every
-    string seen so far), None where null."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
-    table = np.empty(len(encoded.dictionary), dtype=object)
-    table[:] = [memo.setdefault(v, v) for v in encoded.dictionary.to_pylist()]
-    indices = encoded.indices
-    out = table[indices.fill_null(0).to_numpy(zero_copy_only=False)] if len(table) else np.full(
-        len(indices), None, dtype=object)
-    if indices.null_count:
-        out[indices.is_null().to_numpy(zero_copy_only=False)] = None
-    return out
 
 
 def _log_order(keys: dict[str, Any]) -> np.ndarray | None:
@@ -322,60 +307,66 @@ def _log_order(keys: dict[str, Any]) -> np.ndarray | None:
     return np.asarray(order.to_numpy())
 
 
-def read_split_chunked(path: Path, columns: Sequence[str], batch_rows: int = READ_BATCH_ROWS) -> pd.DataFrame:
-    """:func:`recflow.examplegen.read_split_path` of ``columns`` (those the split has, and the sort keys),
-    converted ``batch_rows`` rows at a time: string columns become object arrays whose equal strings share one
-    Python object, so neither the whole Arrow table nor a second copy of the strings is ever held. Rows in
-    (timestamp, event id) order, the same frame as the whole read (the sort runs only when the split is not
-    already in that order)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def read_split_objects(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """:func:`recflow.examplegen.read_split_path` of ``columns`` (those the split has): the same frame (rows in
+    (timestamp, event id) order, string columns as object arrays, missing strings None), read with the trainers'
+    reader :func:`recflow.training.columnar.read_split_events` (one row group at a time, strings
+    dictionary-encoded, sorted in Arrow) and each categorical turned into an object array whose equal strings
+    share one Python object: neither the whole Arrow table of strings nor a Python string per cell is made."""
+    from recflow.training.columnar import object_values, read_split_events
 
     path = Path(path)
-    shards = [path] if path.is_file() else sorted(path.glob("*.parquet"))
-    if not shards:
-        raise DataError(f"{path}: no Parquet shards in the split directory")
-    schema = pq.read_schema(shards[0])
-    available = schema.names
-    keys = [c for c in ("timestamp", "event_id") if c in available]
-    wanted = list(dict.fromkeys([*(c for c in columns if c in available), *keys]))
-    memo: dict[str, str] = {}
-    data: dict[str, Any] = {}
-    sort_keys: dict[str, Any] = {}
-    for name in keys:  # the sort keys as Arrow arrays
-        sort_keys[name] = pa.chunked_array([batch.column(0) for shard in shards for batch in pq.ParquetFile(
-            shard).iter_batches(batch_size=batch_rows, columns=[name])], type=schema.field(name).type).combine_chunks()
-    order = _log_order(sort_keys) if keys else None
-    for name in wanted:  # one column at a time: a single-row-group file is decoded a column at a time
-        if name not in columns:
-            continue
-        strings: list[np.ndarray] = []
-        others: list[Any] = []
-        for shard in shards:
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows, columns=[name]):
-                column = batch.column(0)
-                value_type = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-                if pa.types.is_string(value_type) or pa.types.is_large_string(value_type):
-                    strings.append(_string_column(column, memo))
-                else:
-                    others.append(column)
-        if strings:
-            data[name] = np.concatenate(strings)
-        elif others:
-            data[name] = pa.chunked_array(others).to_pandas().to_numpy() if not pa.types.is_timestamp(
-                others[0].type) else pa.chunked_array(others).to_pandas()
-        else:  # no rows
-            data[name] = pq.read_table(shards[0], columns=[name]).column(name).to_pandas()
-        del strings, others
-        release_arrow_memory()
-    del sort_keys
-    if order is not None:
-        data = {name: (v.iloc[order].reset_index(drop=True) if isinstance(v, pd.Series) else v[order])
-                for name, v in data.items()}
-    frame = pd.DataFrame(data, copy=False)
-    del data
-    release_arrow_memory()
+    frame = read_split_events(path.parent, path.name.removesuffix(".parquet"), columns)
+    for name in frame.columns:
+        if isinstance(frame[name].dtype, pd.CategoricalDtype):
+            frame[name] = object_values(frame[name])
     return frame
+
+
+def _shards_in_log_order(shards: Sequence[Path], keys: Sequence[str], types: Mapping[str, Any]) -> bool:
+    """Whether :func:`_log_order` of the shards' sort ``keys`` (each cast to ``types``), concatenated in shard
+    order, is None (the rows already in log order), read one shard's keys at a time instead of every row's at
+    once (the 8M-row train split's event ids and times: about 200 MB). False when a time is missing, times go
+    back, or equal times have a missing or decreasing event id (there the full sort decides)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if "timestamp" not in keys:
+        return False  # _log_order sorts by time first
+    has_ids = "event_id" in keys
+    last_stamp: int | None = None
+    last_id: Any = None
+    ties = id_nulls = False
+    for shard in shards:
+        table = pq.read_table(shard, columns=list(keys))
+        ts = table.column("timestamp").combine_chunks().cast(types["timestamp"])
+        if ts.null_count:
+            return False
+        stamps = ts.cast("int64").to_numpy()
+        if not len(stamps):
+            continue
+        ids = table.column("event_id").combine_chunks().cast(types["event_id"]) if has_ids else None
+        del table
+        if ids is not None:
+            id_nulls = id_nulls or ids.null_count > 0
+        if last_stamp is not None:  # the seam between this shard and the last non-empty one
+            if stamps[0] < last_stamp:
+                return False
+            if stamps[0] == last_stamp:
+                ties = True
+                if ids is not None and last_id is not None and ids[0].is_valid and last_id > ids[0].as_py():
+                    return False
+        steps = np.diff(stamps)
+        if (steps < 0).any():
+            return False
+        tied = np.flatnonzero(steps == 0)
+        if tied.size:
+            ties = True
+            if ids is not None and not pc.all(pc.less_equal(ids.take(tied), ids.take(tied + 1))).as_py():
+                return False
+        last_stamp = int(stamps[-1])
+        last_id = ids[-1].as_py() if ids is not None else None
+    return not (ties and has_ids and id_nulls)
 
 
 def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: int = READ_BATCH_ROWS) -> Path:
@@ -396,11 +387,13 @@ def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: i
     shards = [path] if path.is_file() else sorted(path.glob("*.parquet"))
     schemas = [pq.read_schema(shard) for shard in shards]
     keys = [c for c in ("timestamp", "event_id") if c in schemas[0].names]
-    sort_keys = {name: pa.chunked_array(
-        [pq.read_table(shard, columns=[name]).column(name).cast(schemas[0].field(name).type) for shard in shards]
-    ).combine_chunks() for name in keys}
-    order = _log_order(sort_keys) if keys else None
-    del sort_keys
+    order = None
+    if keys and not _shards_in_log_order(shards, keys, {name: schemas[0].field(name).type for name in keys}):
+        sort_keys = {name: pa.chunked_array(
+            [pq.read_table(shard, columns=[name]).column(name).cast(schemas[0].field(name).type) for shard in shards]
+        ).combine_chunks() for name in keys}
+        order = _log_order(sort_keys)
+        del sort_keys
     if order is None and len({tuple(s.names) for s in schemas}) > 1:
         order = np.arange(sum(pq.ParquetFile(s).metadata.num_rows for s in shards))  # promote via the table
 
@@ -450,7 +443,7 @@ def _read_table(path: Path, required: Sequence[str], columns: Sequence[str] | No
             available = set(pq.read_schema(first).names)
             columns = [c for c in columns if c in available]
         if path.name in _SPLIT_FILES and columns is not None:
-            frame = read_split_chunked(path, columns)
+            frame = read_split_objects(path, columns)
         elif path.name in _SPLIT_FILES:
             frame = read_split_path(path, columns)
         else:

@@ -24,6 +24,7 @@ from recflow.evaluation.config import EvaluatorConfig
 from recflow.evaluation.evaluator import EvaluationResult, evaluate_recommenders
 from recflow.evaluation.report import write_report
 from recflow.examplegen import has_split, read_split, split_path
+from recflow.memory import release_freed_memory
 from recflow.policy.config import PolicyConfig
 
 if TYPE_CHECKING:
@@ -143,6 +144,16 @@ def off_policy_estimates(
     requests chosen before any decision is built (:func:`sample_request_users`), else (request ids or
     propensities not all logged) the same kind of sample drawn from the loaded decisions (:func:`sample_requests`).
     """
+    try:
+        return _off_policy_estimates(examples_dir, model_dir, policy_dir, policy_config, split, seed, max_pairs)
+    finally:  # the scorer's and the decisions' freed memory back to the system (10M world: about 200 MB)
+        release_freed_memory()
+
+
+def _off_policy_estimates(
+    examples_dir: Path, model_dir: Path, policy_dir: Path, policy_config: PolicyConfig, split: str, seed: int,
+    max_pairs: int | None,
+) -> tuple[pd.DataFrame | None, str | None]:
     from recflow.evaluation.off_policy import evaluate_policy_offline
     from recflow.policy.logged_data import load_bandit_data
     from recflow.policy.scorer import load_policy
@@ -207,6 +218,15 @@ def ranking_slices(
 
     ``recommender``: the model of ``model_dir`` when the caller has it loaded already (else it is loaded). Only
     the columns the slices need are read."""
+    try:
+        return _ranking_slices(examples_dir, model_dir, split, seed, recommender, max_examples)
+    finally:  # the held-out split's and the examples' freed memory back to the system
+        release_freed_memory()
+
+
+def _ranking_slices(
+    examples_dir: Path, model_dir: Path, split: str, seed: int, recommender: Any, max_examples: int,
+) -> tuple[pd.DataFrame | None, str | None]:
     from recflow.evaluation.slices import ranking_examples, slice_metrics
     from recflow.models import load_recommender
 
