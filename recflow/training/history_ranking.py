@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from recflow.io import epoch_seconds
+from recflow.memory import release_freed_memory
 from recflow.models.history_ranking import (
     DENSE_FEATURES,
     MAX_POSITIONS,
@@ -107,9 +108,14 @@ def _impressions_by_split(examples_dir: Path, context_columns: Sequence[str]) ->
     del frames
     had_region = "region" in imp.columns
     imp = with_user_region(imp, examples_dir, context_columns)
-    last: tuple[str, ...] = (("_split", "region", "clicked", "_seconds") if "region" in imp.columns and not had_region
-                             else ("_split", "clicked", "_seconds"))
-    # the column order of _impressions_whole: the read columns, the split, the region merged, the label, seconds
+    return _in_impression_order(imp, "region" in imp.columns and not had_region)
+
+
+def _in_impression_order(imp: pd.DataFrame, merged_region: bool) -> pd.DataFrame:
+    """The impressions' columns in the one order both paths of :func:`_impressions` give: the read columns, the
+    split, the users file's region (when :func:`with_user_region` merged it), the label, the seconds; index
+    0..n-1."""
+    last = ("_split", "region", "clicked", "_seconds") if merged_region else ("_split", "clicked", "_seconds")
     return imp[[c for c in imp.columns if c not in last] + list(last)].reset_index(drop=True)
 
 
@@ -180,7 +186,9 @@ def _impressions_whole(examples_dir: Path, context_columns: Sequence[str]) -> pd
         frames.append(df)
     events = concat_categorical(frames)
     del frames
+    had_region = "region" in events.columns
     events = with_user_region(events, examples_dir, context_columns)
+    merged_region = "region" in events.columns and not had_region
     by_request = bool("request_id" in events.columns
                       and events.loc[events["event_type"] == "impression", "request_id"].notna().all())
     if by_request:
@@ -197,7 +205,7 @@ def _impressions_whole(examples_dir: Path, context_columns: Sequence[str]) -> pd
     del events
     imp = imp.reset_index(drop=True)
     imp["_seconds"] = seconds
-    return imp
+    return _in_impression_order(imp, merged_region)
 
 
 #: Columns :func:`_impressions` reads to label the impressions, not kept in its result.
@@ -622,43 +630,101 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
     candidates = ranker_candidates(trainer_config, enough_eval_clicks(labels, is_train, trainer_config)
                                    and not only_simplest)
     trials: list[dict[str, Any]] = []
-    fitted: list[tuple[Any, Any, np.ndarray]] = []
-    for cand in candidates:
-        mask = dense_mask_of(cand.dense_features)
+    eval_losses: list[np.ndarray] = []
+
+    def build(cand: Candidate) -> Any:
         tf.keras.utils.set_random_seed(trainer_config.seed + 7)
-        model = build_keras_ranker(n_items, inputs.state.shape[1], [len(v) for v in vocabs], l2=cand.l2,
-                                   base_rate=base_rate, item_prior=prior,
-                                   dense_l2=trainer_config.history_ranking_dense_l2, personal=cand.personal,
-                                   dense_mask=mask)
-        model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
-        callbacks: list[Any] = []
-        if has_eval:
-            callbacks.append(tf.keras.callbacks.EarlyStopping(
-                monitor="val_loss", mode="min", restore_best_weights=True,
-                patience=trainer_config.early_stopping_patience))
-        hist = model.fit(dataset(True, True), validation_data=dataset(False, False) if has_eval else None,
-                         epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
-        losses = (_eval_losses(model, inputs, labels, weights, ~is_train, len(vocabs), mask) if has_eval
-                  else np.full(1, np.nan))
-        fitted.append((model, hist, losses))
-        trials.append({"candidate": cand.name, "l2": cand.l2, "personal_terms": cand.personal,
-                       "dense_features": list(cand.dense_features), "eval_log_loss": float(np.mean(losses)),
-                       "epochs_run": len(hist.history.get("loss", [])),
-                       "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})
-        if not has_eval:  # nothing to choose by: the first candidate
-            break
-    chosen = 0
-    if has_eval and len(fitted) > 1:
-        pick, stats = one_standard_error_choice([f[2] for f in fitted])
-        for trial, st in zip(trials, stats, strict=True):
-            trial.update({"difference_to_best": st["difference_to_best"], "standard_error": st["standard_error"]})
-        chosen = pick if trainer_config.history_ranking_selection == "one_standard_error" else int(
-            np.argmin([t["eval_log_loss"] for t in trials]))
-    for k, trial in enumerate(trials):
-        trial["chosen"] = k == chosen
-    model, hist, _ = fitted[chosen]
+        return build_keras_ranker(n_items, inputs.state.shape[1], [len(v) for v in vocabs], l2=cand.l2,
+                                  base_rate=base_rate, item_prior=prior,
+                                  dense_l2=trainer_config.history_ranking_dense_l2, personal=cand.personal,
+                                  dense_mask=dense_mask_of(cand.dense_features))
+
+    # Each candidate's fitted weights go to a file and its Keras model (with its Adam slots: three copies of the
+    # per-item vectors over every item) is dropped before the next fit; only the chosen one is rebuilt
+    # (:class:`CandidateWeights`). At 100,000 items the seven candidates held at once took about 0.9 GB.
+    with CandidateWeights() as saved:
+        for cand in candidates:
+            mask = dense_mask_of(cand.dense_features)
+            model = build(cand)
+            model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
+            callbacks: list[Any] = []
+            if has_eval:
+                callbacks.append(tf.keras.callbacks.EarlyStopping(
+                    monitor="val_loss", mode="min", restore_best_weights=True,
+                    patience=trainer_config.early_stopping_patience))
+            hist = model.fit(dataset(True, True), validation_data=dataset(False, False) if has_eval else None,
+                             epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
+            losses = (_eval_losses(model, inputs, labels, weights, ~is_train, len(vocabs), mask) if has_eval
+                      else np.full(1, np.nan))
+            eval_losses.append(losses)
+            trials.append({"candidate": cand.name, "l2": cand.l2, "personal_terms": cand.personal,
+                           "dense_features": list(cand.dense_features), "eval_log_loss": float(np.mean(losses)),
+                           "epochs_run": len(hist.history.get("loss", [])),
+                           "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})
+            saved.save(model)
+            del model, hist, callbacks  # the History and the callbacks hold the model
+            release_freed_memory()
+            if not has_eval:  # nothing to choose by: the first candidate
+                break
+        chosen = 0
+        if has_eval and len(eval_losses) > 1:
+            pick, stats = one_standard_error_choice(eval_losses)
+            for trial, st in zip(trials, stats, strict=True):
+                trial.update({"difference_to_best": st["difference_to_best"],
+                              "standard_error": st["standard_error"]})
+            chosen = pick if trainer_config.history_ranking_selection == "one_standard_error" else int(
+                np.argmin([t["eval_log_loss"] for t in trials]))
+        for k, trial in enumerate(trials):
+            trial["chosen"] = k == chosen
+        model = build(candidates[chosen])
+        saved.restore(chosen, model)
     mask = dense_mask_of(candidates[chosen].dense_features)
-    return (trials[chosen]["eval_log_loss"], model, hist, mask), trials
+    return (trials[chosen]["eval_log_loss"], model, FitHistory(trials[chosen]["history"]), mask), trials
+
+
+@dataclass(frozen=True)
+class FitHistory:
+    """The chosen candidate's per-epoch metrics (``history`` as Keras' ``History.history`` holds them)."""
+
+    history: dict[str, list[float]]
+
+
+class CandidateWeights:
+    """Fitted candidates' weights (``model.get_weights()``: every variable, trainable or not, in the model's
+    order) in a temporary directory, a file per candidate, deleted on exit: :meth:`restore` sets a candidate's
+    weights on a freshly built model of the same candidate, which then holds exactly the fitted values."""
+
+    def __init__(self) -> None:
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._count = 0
+
+    def __enter__(self) -> CandidateWeights:
+        self._dir = tempfile.TemporaryDirectory(prefix="recflow-ranker-candidates-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def _path(self, k: int) -> Path:
+        if self._dir is None:
+            raise RuntimeError("CandidateWeights used outside its with block")
+        return Path(self._dir.name) / f"candidate_{k}.npz"
+
+    def save(self, model: Any) -> int:
+        """Write ``model``'s weights as the next candidate's; returns its index."""
+        k = self._count
+        np.savez(self._path(k), *model.get_weights())
+        self._count += 1
+        return k
+
+    def restore(self, k: int, model: Any) -> None:
+        """Set candidate ``k``'s saved weights on ``model`` (built as that candidate was)."""
+        if not 0 <= k < self._count:
+            raise IndexError(f"no saved candidate {k} (saved: {self._count})")
+        with np.load(self._path(k)) as saved:
+            model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
 
 
 def _choose_centring(imp: pd.DataFrame, arr: dict[str, np.ndarray], context_columns: list[str], labels: np.ndarray,
