@@ -766,6 +766,17 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
     return True
 
 
+def drop_transformed_rows(inputs: TrainerInputs) -> None:
+    """Empty the transformed splits' rows, the user states and the raw candidates of ``inputs`` once the ranking
+    stage (the last stage that reads them) is done: the history ranker reads ExampleGen's splits itself, so they
+    are not carried through its stage (issue 17). Every other field stays."""
+    inputs.train, inputs.evald = {}, {}
+    inputs.pos_train, inputs.pos_eval = inputs.pos_train[:0], inputs.pos_eval[:0]
+    inputs.user_state, inputs.candidates_raw = inputs.user_state.iloc[:0], inputs.candidates_raw.iloc[:0]
+    inputs.cand_features = {}
+    release_freed_memory()
+
+
 def train_history_ranking(inputs: TrainerInputs, run: TrainerRun, retrieved: RetrievalOutput) -> None:
     """The history ranker (sequence retrieval with ``trainer.history_ranking``), beside the ranking model; its
     Keras models are built, compiled and fitted under the run's strategy (their loss is Keras' compiled loss,
@@ -827,9 +838,11 @@ def _train_stages(inputs: TrainerInputs, run: TrainerRun) -> bool:
         retrieved = train_two_tower_retrieval(inputs, run, contexts, default_context)
     contexts.to_parquet(run.tmp / bundle_layout.USER_CONTEXT_FILE, index=False)
     (run.tmp / bundle_layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default_context), encoding="utf-8")
+    del contexts  # a row per user: in the bundle's file now
     write_index(inputs, run, retrieved)
     train_hybrid(inputs, run, retrieved)
     ranked = train_ranking(inputs, run)
+    drop_transformed_rows(inputs)
     if ranked and run.config.retrieval_model == "sequence" and run.config.history_ranking:
         train_history_ranking(inputs, run, retrieved)
     _write_report(inputs, run)
