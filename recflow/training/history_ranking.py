@@ -73,6 +73,9 @@ def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataF
     return by_split if by_split is not None else _impressions_whole(examples_dir, context_columns)
 
 
+#: :func:`_impressions_by_split` labels a split's impressions this many rows at a time (a row's label depends on
+#: its own keys and the clicks only: the same labels as all rows at once, with key arrays of this many rows).
+LABEL_CHUNK = 1 << 20
 #: The columns of a click :func:`_request_labels` matches an impression on.
 LABEL_KEYS: tuple[str, ...] = ("user_id", "item_id", "request_id")
 #: :func:`_labels_from_clicks` packs the three key codes into one int64 below this product of their ranges, else
@@ -96,15 +99,19 @@ def _impressions_by_split(examples_dir: Path, context_columns: Sequence[str]) ->
         df = read_split_events(examples_dir, split, columns, ("impression",))
         if "request_id" not in df.columns or "request_id" not in clicks.columns or df["request_id"].isna().any():
             return None
-        df["_split"] = pd.Categorical(np.full(len(df), split, object), categories=[split])
-        df["clicked"] = _labels_from_clicks(df, clicks)
+        df["_split"] = pd.Categorical.from_codes(np.zeros(len(df), np.int8), categories=[split])
+        df["clicked"] = np.concatenate([_labels_from_clicks(df.iloc[a:a + LABEL_CHUNK], clicks)
+                                        for a in range(0, len(df), LABEL_CHUNK)] or [np.zeros(0, np.int64)])
         seconds = epoch_seconds(df["timestamp"])
-        df = df.drop(columns=[c for c in IMPRESSION_ONLY_FOR_LABELS if c in df.columns])
+        for column in IMPRESSION_ONLY_FOR_LABELS:  # in place: no copy of the other columns
+            if column in df.columns:
+                del df[column]
         df["_seconds"] = seconds
         frames.append(df)
+        del df
         gc.collect()
     del clicks
-    imp = concat_categorical(frames)
+    imp = concat_categorical(frames, consume=True)
     del frames
     had_region = "region" in imp.columns
     imp = with_user_region(imp, examples_dir, context_columns)
