@@ -81,16 +81,12 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
     order = (pc.sort_indices(table.select(keys), sort_keys=[(k, "ascending") for k in keys])
              if keys and table.num_rows else None)
     table = table.select(wanted)  # the sort keys not asked for (event_id) go before the rows are reordered
-    release_arrow_memory()
     columns_out = {}
-    for column in wanted:  # one column reordered and converted at a time, its Arrow buffers freed once converted
+    for column in wanted:  # one column reordered and converted at a time
         values = table.column(column)
-        table = table.drop_columns([column])
         if order is not None:
             values = values.take(order)
         columns_out[column] = values.to_pandas(strings_to_categorical=True)
-        del values
-        release_arrow_memory()
     del table, order
     frame = pd.DataFrame(columns_out)
     del columns_out
