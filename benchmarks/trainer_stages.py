@@ -103,12 +103,19 @@ def tfrs_stages(work: Path, cfg: Any, stages: Stages, model: Path) -> dict[str, 
             retrieved = stages.run("tfrs retrieval (sequence)", lambda: tt.train_sequence_retrieval(inputs, run))
         else:
             retrieved = stages.run("tfrs retrieval (two tower)",
-                                   lambda: tt.train_two_tower_retrieval(inputs, run, contexts, default))
+                                   lambda ctx=contexts: tt.train_two_tower_retrieval(inputs, run, ctx, default))
         contexts.to_parquet(tmp / bundle_layout.USER_CONTEXT_FILE, index=False)
         (tmp / bundle_layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default), encoding="utf-8")
+        del contexts
         stages.run("tfrs index", lambda: tt.write_index(inputs, run, retrieved))
         stages.run("tfrs hybrid", lambda: tt.train_hybrid(inputs, run, retrieved))
-        ranked = stages.run("tfrs ranking", lambda: tt.train_ranking(inputs, run))
+
+        def ranking() -> bool:  # as _train_stages: the transformed rows go once the ranking stage is done
+            ranked = tt.train_ranking(inputs, run)
+            tt.drop_transformed_rows(inputs)
+            return ranked
+
+        ranked = stages.run("tfrs ranking", ranking)
         if ranked and config.retrieval_model == "sequence" and config.history_ranking:
             stages.run("tfrs history ranking", lambda: tt.train_history_ranking(inputs, run, retrieved))
         stages.run("tfrs report", lambda: tt._write_report(inputs, run))

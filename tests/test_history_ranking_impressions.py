@@ -89,6 +89,17 @@ def test_by_split_equals_whole_with_requests_straddling_the_cut(world) -> None:
     assert (labels >= own).all() and (labels > own).sum() > 0
 
 
+def test_labels_a_chunk_of_rows_at_a_time_equal_all_rows_at_once(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    ex, train, _ = world
+    whole = hr._impressions_by_split(ex, ["device", "hour"])
+    n_train = int((train["event_type"] == "impression").sum())
+    monkeypatch.setattr(hr, "LABEL_CHUNK", 7)
+    assert n_train > 7 * 3 and n_train % 7  # several chunks and a short last one
+    chunked = hr._impressions_by_split(ex, ["device", "hour"])
+    assert whole is not None and chunked is not None and whole["clicked"].sum() > 0
+    _assert_same(chunked, whole)
+
+
 def test_multiindex_match_equals_one_key_match(world, monkeypatch: pytest.MonkeyPatch) -> None:
     ex, _, _ = world
     one_key = hr._impressions_by_split(ex, ["device"])

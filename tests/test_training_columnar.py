@@ -98,6 +98,11 @@ def test_concat_and_codes_helpers() -> None:
     assert both["n"].tolist() == [1, 2, 3, 4, 5]
     assert category_codes(both["s"], {"a": 7, "c": 9}).tolist() == [-1, 7, -1, 9, 7]
     assert category_codes(pd.Series(["a", None, "c"], dtype=object), {"a": 7, "c": 9}).tolist() == [7, -1, 9]
+    # consume: the same frame, each column deleted from the inputs once concatenated
+    frames = [a.copy(), b.copy()]
+    consumed = concat_categorical(frames, consume=True)
+    pd.testing.assert_frame_equal(consumed, both)
+    assert [list(f.columns) for f in frames] == [[], []]
 
 
 def _old_load_events(examples_dir, splits, item_rows, oov_row, event_weights):

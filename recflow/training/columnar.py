@@ -109,9 +109,11 @@ def _encode_strings(table: Any, keep: Sequence[str]) -> Any:
     return table
 
 
-def concat_categorical(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+def concat_categorical(frames: Sequence[pd.DataFrame], consume: bool = False) -> pd.DataFrame:
     """``pd.concat(frames, ignore_index=True)`` keeping each column that is categorical in every frame
-    categorical (categories: the union, sorted) instead of turning it into Python objects."""
+    categorical (categories: the union, sorted) instead of turning it into Python objects. ``consume``: each
+    column is deleted from the frames once concatenated (the frames end empty), so the input and the result are
+    not both held whole."""
     from pandas.api.types import union_categoricals
 
     if not frames:
@@ -124,6 +126,10 @@ def concat_categorical(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
             out[column] = sorted_categories(pd.Series(union_categoricals(series, ignore_order=True)))
         else:
             out[column] = pd.concat(series, ignore_index=True)
+        if consume:
+            del series
+            for f in frames:
+                del f[column]
     return pd.DataFrame(out)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from recflow.io import epoch_seconds
+from recflow.memory import release_freed_memory
 from recflow.models.history_ranking import (
     DENSE_FEATURES,
     MAX_POSITIONS,
@@ -72,6 +73,9 @@ def _impressions(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataF
     return by_split if by_split is not None else _impressions_whole(examples_dir, context_columns)
 
 
+#: :func:`_impressions_by_split` labels a split's impressions this many rows at a time (a row's label depends on
+#: its own keys and the clicks only: the same labels as all rows at once, with key arrays of this many rows).
+LABEL_CHUNK = 1 << 20
 #: The columns of a click :func:`_request_labels` matches an impression on.
 LABEL_KEYS: tuple[str, ...] = ("user_id", "item_id", "request_id")
 #: :func:`_labels_from_clicks` packs the three key codes into one int64 below this product of their ranges, else
@@ -95,21 +99,30 @@ def _impressions_by_split(examples_dir: Path, context_columns: Sequence[str]) ->
         df = read_split_events(examples_dir, split, columns, ("impression",))
         if "request_id" not in df.columns or "request_id" not in clicks.columns or df["request_id"].isna().any():
             return None
-        df["_split"] = pd.Categorical(np.full(len(df), split, object), categories=[split])
-        df["clicked"] = _labels_from_clicks(df, clicks)
+        df["_split"] = pd.Categorical.from_codes(np.zeros(len(df), np.int8), categories=[split])
+        df["clicked"] = np.concatenate([_labels_from_clicks(df.iloc[a:a + LABEL_CHUNK], clicks)
+                                        for a in range(0, len(df), LABEL_CHUNK)] or [np.zeros(0, np.int64)])
         seconds = epoch_seconds(df["timestamp"])
-        df = df.drop(columns=[c for c in IMPRESSION_ONLY_FOR_LABELS if c in df.columns])
+        for column in IMPRESSION_ONLY_FOR_LABELS:  # in place: no copy of the other columns
+            if column in df.columns:
+                del df[column]
         df["_seconds"] = seconds
         frames.append(df)
+        del df
         gc.collect()
     del clicks
-    imp = concat_categorical(frames)
+    imp = concat_categorical(frames, consume=True)
     del frames
     had_region = "region" in imp.columns
     imp = with_user_region(imp, examples_dir, context_columns)
-    last: tuple[str, ...] = (("_split", "region", "clicked", "_seconds") if "region" in imp.columns and not had_region
-                             else ("_split", "clicked", "_seconds"))
-    # the column order of _impressions_whole: the read columns, the split, the region merged, the label, seconds
+    return _in_impression_order(imp, "region" in imp.columns and not had_region)
+
+
+def _in_impression_order(imp: pd.DataFrame, merged_region: bool) -> pd.DataFrame:
+    """The impressions' columns in the one order both paths of :func:`_impressions` give: the read columns, the
+    split, the users file's region (when :func:`with_user_region` merged it), the label, the seconds; index
+    0..n-1."""
+    last = ("_split", "region", "clicked", "_seconds") if merged_region else ("_split", "clicked", "_seconds")
     return imp[[c for c in imp.columns if c not in last] + list(last)].reset_index(drop=True)
 
 
@@ -180,7 +193,9 @@ def _impressions_whole(examples_dir: Path, context_columns: Sequence[str]) -> pd
         frames.append(df)
     events = concat_categorical(frames)
     del frames
+    had_region = "region" in events.columns
     events = with_user_region(events, examples_dir, context_columns)
+    merged_region = "region" in events.columns and not had_region
     by_request = bool("request_id" in events.columns
                       and events.loc[events["event_type"] == "impression", "request_id"].notna().all())
     if by_request:
@@ -197,7 +212,7 @@ def _impressions_whole(examples_dir: Path, context_columns: Sequence[str]) -> pd
     del events
     imp = imp.reset_index(drop=True)
     imp["_seconds"] = seconds
-    return imp
+    return _in_impression_order(imp, merged_region)
 
 
 #: Columns :func:`_impressions` reads to label the impressions, not kept in its result.
@@ -622,43 +637,101 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
     candidates = ranker_candidates(trainer_config, enough_eval_clicks(labels, is_train, trainer_config)
                                    and not only_simplest)
     trials: list[dict[str, Any]] = []
-    fitted: list[tuple[Any, Any, np.ndarray]] = []
-    for cand in candidates:
-        mask = dense_mask_of(cand.dense_features)
+    eval_losses: list[np.ndarray] = []
+
+    def build(cand: Candidate) -> Any:
         tf.keras.utils.set_random_seed(trainer_config.seed + 7)
-        model = build_keras_ranker(n_items, inputs.state.shape[1], [len(v) for v in vocabs], l2=cand.l2,
-                                   base_rate=base_rate, item_prior=prior,
-                                   dense_l2=trainer_config.history_ranking_dense_l2, personal=cand.personal,
-                                   dense_mask=mask)
-        model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
-        callbacks: list[Any] = []
-        if has_eval:
-            callbacks.append(tf.keras.callbacks.EarlyStopping(
-                monitor="val_loss", mode="min", restore_best_weights=True,
-                patience=trainer_config.early_stopping_patience))
-        hist = model.fit(dataset(True, True), validation_data=dataset(False, False) if has_eval else None,
-                         epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
-        losses = (_eval_losses(model, inputs, labels, weights, ~is_train, len(vocabs), mask) if has_eval
-                  else np.full(1, np.nan))
-        fitted.append((model, hist, losses))
-        trials.append({"candidate": cand.name, "l2": cand.l2, "personal_terms": cand.personal,
-                       "dense_features": list(cand.dense_features), "eval_log_loss": float(np.mean(losses)),
-                       "epochs_run": len(hist.history.get("loss", [])),
-                       "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})
-        if not has_eval:  # nothing to choose by: the first candidate
-            break
-    chosen = 0
-    if has_eval and len(fitted) > 1:
-        pick, stats = one_standard_error_choice([f[2] for f in fitted])
-        for trial, st in zip(trials, stats, strict=True):
-            trial.update({"difference_to_best": st["difference_to_best"], "standard_error": st["standard_error"]})
-        chosen = pick if trainer_config.history_ranking_selection == "one_standard_error" else int(
-            np.argmin([t["eval_log_loss"] for t in trials]))
-    for k, trial in enumerate(trials):
-        trial["chosen"] = k == chosen
-    model, hist, _ = fitted[chosen]
+        return build_keras_ranker(n_items, inputs.state.shape[1], [len(v) for v in vocabs], l2=cand.l2,
+                                  base_rate=base_rate, item_prior=prior,
+                                  dense_l2=trainer_config.history_ranking_dense_l2, personal=cand.personal,
+                                  dense_mask=dense_mask_of(cand.dense_features))
+
+    # Each candidate's fitted weights go to a file and its Keras model (with its Adam slots: three copies of the
+    # per-item vectors over every item) is dropped before the next fit; only the chosen one is rebuilt
+    # (:class:`CandidateWeights`). At 100,000 items the seven candidates held at once took about 0.9 GB.
+    with CandidateWeights() as saved:
+        for cand in candidates:
+            mask = dense_mask_of(cand.dense_features)
+            model = build(cand)
+            model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
+            callbacks: list[Any] = []
+            if has_eval:
+                callbacks.append(tf.keras.callbacks.EarlyStopping(
+                    monitor="val_loss", mode="min", restore_best_weights=True,
+                    patience=trainer_config.early_stopping_patience))
+            hist = model.fit(dataset(True, True), validation_data=dataset(False, False) if has_eval else None,
+                             epochs=trainer_config.history_ranking_epochs, callbacks=callbacks, verbose=0)
+            losses = (_eval_losses(model, inputs, labels, weights, ~is_train, len(vocabs), mask) if has_eval
+                      else np.full(1, np.nan))
+            eval_losses.append(losses)
+            trials.append({"candidate": cand.name, "l2": cand.l2, "personal_terms": cand.personal,
+                           "dense_features": list(cand.dense_features), "eval_log_loss": float(np.mean(losses)),
+                           "epochs_run": len(hist.history.get("loss", [])),
+                           "history": {k: [float(x) for x in v] for k, v in hist.history.items()}})
+            saved.save(model)
+            del model, hist, callbacks  # the History and the callbacks hold the model
+            release_freed_memory()
+            if not has_eval:  # nothing to choose by: the first candidate
+                break
+        chosen = 0
+        if has_eval and len(eval_losses) > 1:
+            pick, stats = one_standard_error_choice(eval_losses)
+            for trial, st in zip(trials, stats, strict=True):
+                trial.update({"difference_to_best": st["difference_to_best"],
+                              "standard_error": st["standard_error"]})
+            chosen = pick if trainer_config.history_ranking_selection == "one_standard_error" else int(
+                np.argmin([t["eval_log_loss"] for t in trials]))
+        for k, trial in enumerate(trials):
+            trial["chosen"] = k == chosen
+        model = build(candidates[chosen])
+        saved.restore(chosen, model)
     mask = dense_mask_of(candidates[chosen].dense_features)
-    return (trials[chosen]["eval_log_loss"], model, hist, mask), trials
+    return (trials[chosen]["eval_log_loss"], model, FitHistory(trials[chosen]["history"]), mask), trials
+
+
+@dataclass(frozen=True)
+class FitHistory:
+    """The chosen candidate's per-epoch metrics (``history`` as Keras' ``History.history`` holds them)."""
+
+    history: dict[str, list[float]]
+
+
+class CandidateWeights:
+    """Fitted candidates' weights (``model.get_weights()``: every variable, trainable or not, in the model's
+    order) in a temporary directory, a file per candidate, deleted on exit: :meth:`restore` sets a candidate's
+    weights on a freshly built model of the same candidate, which then holds exactly the fitted values."""
+
+    def __init__(self) -> None:
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._count = 0
+
+    def __enter__(self) -> CandidateWeights:
+        self._dir = tempfile.TemporaryDirectory(prefix="recflow-ranker-candidates-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def _path(self, k: int) -> Path:
+        if self._dir is None:
+            raise RuntimeError("CandidateWeights used outside its with block")
+        return Path(self._dir.name) / f"candidate_{k}.npz"
+
+    def save(self, model: Any) -> int:
+        """Write ``model``'s weights as the next candidate's; returns its index."""
+        k = self._count
+        np.savez(self._path(k), *model.get_weights())
+        self._count += 1
+        return k
+
+    def restore(self, k: int, model: Any) -> None:
+        """Set candidate ``k``'s saved weights on ``model`` (built as that candidate was)."""
+        if not 0 <= k < self._count:
+            raise IndexError(f"no saved candidate {k} (saved: {self._count})")
+        with np.load(self._path(k)) as saved:
+            model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
 
 
 def _choose_centring(imp: pd.DataFrame, arr: dict[str, np.ndarray], context_columns: list[str], labels: np.ndarray,
@@ -711,6 +784,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     cfg = trainer_config.sequence_config()
     context_columns = [c for c in spec.get("context_features", [])]
     imp = _impressions(examples_dir, context_columns)
+    release_freed_memory()  # the splits' read and labelling temporaries (about 0.45 GB at 10M events)
     context_columns = [c for c in context_columns if c in imp.columns]
     if imp.empty or imp["clicked"].max() < 1:
         return RankerTraining(False, notes=["history ranker skipped: no clicked impression in the log"])
@@ -718,6 +792,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     # only the arrays the ranker reads are kept (the per-event id, type, weight and split arrays go at once)
     data = ranker_events(load_events(examples_dir, ("train", "eval"), row_of, n_rows - 1,
                                      trainer_config.event_weights))
+    release_freed_memory()  # load_events' per-event id, type and split arrays
     all_vectors = seq.encoder.item_vectors()
     n_impressions = len(imp)
     cap = trainer_config.history_ranking_max_train_impressions
@@ -746,15 +821,13 @@ def _train_sampled(held: list[Any], seq: Any, all_vectors: np.ndarray, row_of: M
     """:func:`train_history_ranker` from ``held`` = [the impressions, the events] on (the list is emptied: the
     whole impressions table and the events are freed once the sampled rows are built, before any fit); the
     decision states go to ``states_tmp``, renamed onto ``states_target`` when the ranker trains."""
-    import gc
-
     imp, data = held
     held.clear()
     picked = sampled_ranker_rows(imp, data, seq.encoder, all_vectors, row_of, item_ids, max_len, cap,
                                  trainer_config.seed, states_tmp)
     del data
     imp, arr, sampled = imp.iloc[picked.rows].reset_index(drop=True), picked.arrays, picked.sampled
-    gc.collect()
+    release_freed_memory()  # the whole impressions table and the events, before any fit
     notes: list[str] = []
     if sampled is not None:
         notes.append(f"history ranker trained on a seeded sample of {cap} of {sampled[1]} train impressions "

@@ -40,6 +40,7 @@ from recflow import bundle_layout
 from recflow.errors import DataError
 from recflow.index import CandidateIndexConfig, build_index, measure_index_recall, save_index
 from recflow.io import staged_dir
+from recflow.memory import release_freed_memory
 from recflow.training.distribution import DistributionConfig
 from recflow.training.hybrid import HybridConfig
 
@@ -296,6 +297,7 @@ def user_context(examples_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame
         latest[n] = latest[n].fillna(default[n]) if n in latest.columns else default[n]
     latest = coerce_raw(latest, spec, spec["fill_values"])
     default = {k: (v.item() if hasattr(v, "item") else v) for k, v in default.items()}
+    release_freed_memory()  # the per-event table's buffers
     return latest, default
 
 
@@ -454,6 +456,7 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
     c_feats = spec["transformed_candidate_features"]
     candidates_raw = pd.read_parquet(transform_dir / bundle_layout.CANDIDATES_FILE)
     cand_t = apply_transform_graph(graph_dir, spec, candidates_raw)
+    release_freed_memory()  # the splits' streamed batches: not carried through the later stages (issue 17)
     return TrainerInputs(
         examples_dir=examples_dir, transform_dir=transform_dir, spec=spec, graph_dir=graph_dir,
         tft_output=tft_output, train=train, evald=evald, q_feats=query_features(spec, config), c_feats=c_feats,
@@ -501,6 +504,11 @@ def train_sequence_retrieval(inputs: TrainerInputs, run: TrainerRun) -> Retrieva
     save_sequence_retrieval(module, inputs.spec, str(tmp / bundle_layout.RETRIEVAL_DIR))
     _write_embeddings(tmp / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id", inputs.item_ids, seq.item_vectors)
     _write_embeddings(tmp / bundle_layout.USER_EMBEDDINGS_FILE, "user_id", seq.user_ids, seq.user_states)
+    # The stored histories (a row per user, Python lists) are in the bundle's history file and the serving module
+    # now; no later stage reads them: not carried through the ranking stages (issue 17).
+    seq.histories = seq.histories.iloc[:0]
+    del module
+    release_freed_memory()
     return RetrievalOutput(seq.item_vectors, seq.user_states, vocabulary=vocabulary, sequence=seq)
 
 
@@ -753,7 +761,20 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
     serving = RankingServing(str(inputs.graph_dir), inputs.spec, inputs.user_state, inputs.candidates_raw.copy(),
                              ranker)
     save_ranking(serving, inputs.spec, str(run.tmp / bundle_layout.RANKING_DIR))
+    del serving, ranker, hist, callbacks
+    release_freed_memory()
     return True
+
+
+def drop_transformed_rows(inputs: TrainerInputs) -> None:
+    """Empty the transformed splits' rows, the user states and the raw candidates of ``inputs`` once the ranking
+    stage (the last stage that reads them) is done: the history ranker reads ExampleGen's splits itself, so they
+    are not carried through its stage (issue 17). Every other field stays."""
+    inputs.train, inputs.evald = {}, {}
+    inputs.pos_train, inputs.pos_eval = inputs.pos_train[:0], inputs.pos_eval[:0]
+    inputs.user_state, inputs.candidates_raw = inputs.user_state.iloc[:0], inputs.candidates_raw.iloc[:0]
+    inputs.cand_features = {}
+    release_freed_memory()
 
 
 def train_history_ranking(inputs: TrainerInputs, run: TrainerRun, retrieved: RetrievalOutput) -> None:
@@ -769,6 +790,7 @@ def train_history_ranking(inputs: TrainerInputs, run: TrainerRun, retrieved: Ret
     run.metrics.update(ranked.metrics)
     if ranked.trained:
         run.report["history_ranking"] = ranked.report
+    release_freed_memory()
 
 
 def train_hybrid(inputs: TrainerInputs, run: TrainerRun, retrieved: RetrievalOutput) -> None:
@@ -816,9 +838,11 @@ def _train_stages(inputs: TrainerInputs, run: TrainerRun) -> bool:
         retrieved = train_two_tower_retrieval(inputs, run, contexts, default_context)
     contexts.to_parquet(run.tmp / bundle_layout.USER_CONTEXT_FILE, index=False)
     (run.tmp / bundle_layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default_context), encoding="utf-8")
+    del contexts  # a row per user: in the bundle's file now
     write_index(inputs, run, retrieved)
     train_hybrid(inputs, run, retrieved)
     ranked = train_ranking(inputs, run)
+    drop_transformed_rows(inputs)
     if ranked and run.config.retrieval_model == "sequence" and run.config.history_ranking:
         train_history_ranking(inputs, run, retrieved)
     _write_report(inputs, run)
