@@ -250,3 +250,28 @@ def test_string_values_equal_astype_str() -> None:
     plain = pd.Series(["b", None, "a", "b"], dtype=object)
     cat = pd.Series(pd.Categorical(["b", None, "a", "b"]))
     assert string_values(cat).tolist() == plain.astype(str).tolist() == string_values(plain).tolist()
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["one_file", "shards"])
+def test_read_split_events_of_a_split_already_in_log_order(tmp_path: Path, sharded: bool) -> None:
+    """ExampleGen writes splits in log order: then no reordered copy is made, and the frame is the same."""
+    from recflow.training.columnar import _log_order_indices
+
+    frame = _events(1500, 3, "2026-01-05").sort_values(["timestamp", "event_id"], kind="stable")
+    ex = tmp_path / "ex"
+    ex.mkdir()
+    if sharded:
+        (ex / "train.parquet").mkdir()
+        for k, part in enumerate(np.array_split(np.arange(len(frame)), 3)):  # shards in log order
+            pq.write_table(pa.Table.from_pandas(frame.iloc[part], preserve_index=False),
+                           ex / "train.parquet" / f"part-{k:05d}.parquet", row_group_size=97)
+    else:
+        frame.to_parquet(ex / "train.parquet", index=False)
+    keys = pa.Table.from_pandas(frame[["timestamp", "event_id"]], preserve_index=False)
+    assert _log_order_indices(keys, ["timestamp", "event_id"]) is None
+    assert _log_order_indices(keys.take(np.arange(len(frame))[::-1].copy()), ["timestamp", "event_id"]) is not None
+    columns = ["user_id", "timestamp", "device", "request_id", "propensity"]
+    got = read_split_events(ex, "train", columns, ("impression",))
+    whole = read_split(ex, "train")
+    whole = whole[whole["event_type"] == "impression"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(_plain(got), whole[columns], check_dtype=True)

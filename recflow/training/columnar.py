@@ -71,6 +71,8 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
                 table = parquet.read_row_group(group, columns=read)
                 if allowed is not None:
                     table = table.filter(pc.is_in(table["event_type"], value_set=allowed))
+                    if "event_type" not in wanted and "event_type" not in keys:
+                        table = table.drop_columns(["event_type"])  # read for the filter only
                 parts.append(_encode_strings(table, keep=keys))
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
@@ -78,23 +80,37 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
         raise DataError(f"{path}: no Parquet data in the {name} split")
     table = pa.concat_tables(parts, promote_options="default")
     del parts
-    order = (pc.sort_indices(table.select(keys), sort_keys=[(k, "ascending") for k in keys])
-             if keys and table.num_rows else None)
+    order = _log_order_indices(table, keys)
     table = table.select(wanted)  # the sort keys not asked for (event_id) go before the rows are reordered
     columns_out = {}
-    for column in wanted:  # one column reordered and converted at a time
+    for column in wanted:  # one column reordered and converted at a time, its Arrow buffers dropped after
         values = table.column(column)
+        table = table.drop_columns([column])
         if order is not None:
             values = values.take(order)
         columns_out[column] = values.to_pandas(strings_to_categorical=True)
+        del values
+        release_arrow_memory()
     del table, order
-    frame = pd.DataFrame(columns_out)
+    frame = pd.DataFrame(columns_out, copy=False)
     del columns_out
-    release_arrow_memory()  # the Arrow buffers freed above back to the system
     for column in frame.columns:
         if isinstance(frame[column].dtype, pd.CategoricalDtype):
             frame[column] = sorted_categories(frame[column])
     return frame
+
+
+def _log_order_indices(table: Any, keys: Sequence[str]) -> Any:
+    """The row order that sorts ``table`` by ``keys`` (Arrow's stable sort), or None when the rows are already in
+    it (ExampleGen writes its splits in log order: then no reordered copy of any column is made)."""
+    import pyarrow.compute as pc
+
+    if not keys or not table.num_rows:
+        return None
+    order = pc.sort_indices(table.select(keys), sort_keys=[(k, "ascending") for k in keys])
+    if np.array_equal(order.to_numpy(), np.arange(len(order), dtype=np.uint64)):
+        return None
+    return order
 
 
 def _encode_strings(table: Any, keep: Sequence[str]) -> Any:
@@ -130,7 +146,7 @@ def concat_categorical(frames: Sequence[pd.DataFrame], consume: bool = False) ->
             del series
             for f in frames:
                 del f[column]
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, copy=False)  # (a dict's columns are copied by default)
 
 
 def category_codes(series: pd.Series, mapping: dict[str, int] | None = None, default: int = -1) -> np.ndarray:

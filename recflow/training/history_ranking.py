@@ -123,7 +123,11 @@ def _in_impression_order(imp: pd.DataFrame, merged_region: bool) -> pd.DataFrame
     split, the users file's region (when :func:`with_user_region` merged it), the label, the seconds; index
     0..n-1."""
     last = ("_split", "region", "clicked", "_seconds") if merged_region else ("_split", "clicked", "_seconds")
-    return imp[[c for c in imp.columns if c not in last] + list(last)].reset_index(drop=True)
+    for column in last:  # moved to the end in place: selecting the columns would copy the whole table
+        if column in imp.columns:
+            imp[column] = imp.pop(column)
+    imp.index = pd.RangeIndex(len(imp))
+    return imp
 
 
 def _shared_codes(imp: pd.Series, clicks: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
