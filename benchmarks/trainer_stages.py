@@ -123,28 +123,24 @@ def tfrs_stages(work: Path, cfg: Any, stages: Stages, model: Path) -> dict[str, 
 
 
 def policy_stages(work: Path, cfg: Any, stages: Stages, model: Path, out: Path) -> dict[str, Any]:
-    """:func:`train_policy`'s stages one by one (the logged data, training, export); returns its metrics."""
-    import numpy as np
+    """:func:`train_policy`'s stages one by one (the logged data, training, export: the same functions, so the
+    exported policy and its ``policy_meta.json`` are the step's); returns its metrics."""
+    import time
 
     from recflow import bundle_layout
-    from recflow.policy.logged_data import load_bandit_data, read_embeddings
-    from recflow.policy.trainer import export_policy, train_agent
+    from recflow.policy.logged_data import read_embeddings
+    from recflow.policy.trainer import export_policy, policy_meta, sampled_bandit_data, train_agent
 
     config = cfg.policy
-    # as train_policy reads it: with policy.max_decisions the split is streamed and only the sample is built
-    data = stages.run("policy load_bandit_data",
-                      lambda: load_bandit_data(work / "ex" / "train.parquet", model, config,
-                                               max_decisions=config.max_decisions))
-    notes = list(data.notes)
-    if config.max_decisions is not None and len(data) > config.max_decisions:
-        keep = np.sort(np.random.default_rng(config.seed).choice(len(data), config.max_decisions, replace=False))
-        notes.append(f"trained on {config.max_decisions} of {len(data)} decisions (policy.max_decisions)")
-        data = data.subset(keep)
+    started = time.perf_counter()
+    data, notes = stages.run("policy load_bandit_data", lambda: sampled_bandit_data(work / "ex", model, config))
     agent, epsilon, curve, steps = stages.run("policy train", lambda: train_agent(data, config))
 
     def export() -> None:
-        _, item_emb = read_embeddings(model / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
-        export_policy(agent, out, {"agent": config.agent, "loss_curve": curve, "notes": notes}, item_emb)
+        item_ids, item_emb = read_embeddings(model / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
+        meta = policy_meta(config, data, float(epsilon.numpy()), item_ids, curve, steps,
+                           time.perf_counter() - started, notes)
+        export_policy(agent, out, meta, item_emb)
 
     stages.run("policy export", export)
     return {"decisions": len(data), "steps": steps, "final_loss": curve[-1] if curve else None, "notes": notes}

@@ -18,6 +18,7 @@ import recflow  # noqa: F401  (selects legacy Keras before TensorFlow is importe
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,31 +155,29 @@ def export_policy(
     write_policy_meta(out_dir, meta)
 
 
-def train_policy(examples_dir: Path, model_dir: Path, out_dir: Path, config: PolicyConfig) -> PolicyResult:
-    """Train the configured per-arm agent on ``examples_dir/train.parquet`` and export it to ``out_dir``.
-
-    ``model_dir`` holds the retrieval model's ``item_embeddings.parquet`` (the candidate catalog) and
-    ``user_embeddings.parquet``. Returns the training metrics; see the module docstring for the outputs.
-    """
-    started = time.perf_counter()
-    examples_dir, model_dir, out_dir = Path(examples_dir), Path(model_dir), Path(out_dir)
-    # With policy.max_decisions the split is streamed and only the sampled decisions are built (the note says
-    # when the cap bound); a split out of time order is loaded whole and sampled here, as before.
-    data = load_bandit_data(examples_dir / "train.parquet", model_dir, config, max_decisions=config.max_decisions)
+def sampled_bandit_data(examples_dir: Path, model_dir: Path, config: PolicyConfig) -> tuple[BanditData, list[str]]:
+    """The logged decisions the agent trains on and the notes saying how they were drawn: with
+    ``policy.max_decisions`` the split is streamed and only the sampled decisions are built (a note says when the
+    cap bound); a split out of time order is loaded whole and sampled here, as before."""
+    data = load_bandit_data(Path(examples_dir) / "train.parquet", Path(model_dir), config,
+                            max_decisions=config.max_decisions)
     notes = list(data.notes)
     if config.max_decisions is not None and len(data) > config.max_decisions:
         keep = np.sort(np.random.default_rng(config.seed).choice(len(data), config.max_decisions, replace=False))
         notes.append(f"trained on {config.max_decisions} of {len(data)} decisions (policy.max_decisions)")
         data = data.subset(keep)
-    agent, epsilon, curve, steps = train_agent(data, config)
-    item_ids, item_emb = read_embeddings(model_dir / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
-    seconds = time.perf_counter() - started
-    final_loss = curve[-1] if curve else math.nan
-    meta = {
+    return data, notes
+
+
+def policy_meta(config: PolicyConfig, data: BanditData, epsilon: float, item_ids: Sequence[Any] | np.ndarray,
+                curve: list[float], steps: int, seconds: float, notes: list[str]) -> dict[str, Any]:
+    """``policy_meta.json``'s content: what the scorer needs to rebuild the features (``feature_layout``, the
+    catalog's ``item_ids``) and the run's record."""
+    return {
         "format_version": 1,
         "agent": config.agent,
         "exploration": config.exploration,
-        "epsilon": float(epsilon.numpy()),
+        "epsilon": float(epsilon),
         "alpha": config.alpha,
         "tikhonov_weight": 1.0,  # TF-Agents' default ridge penalty of the linear agents
         "num_arms": config.num_arms,
@@ -187,11 +186,27 @@ def train_policy(examples_dir: Path, model_dir: Path, out_dir: Path, config: Pol
         "item_ids": [str(i) for i in item_ids],
         "config": config.model_dump(mode="json"),
         "loss_curve": curve,
-        "metrics": {"final_loss": final_loss, "steps": steps, "seconds": seconds, "n_decisions": len(data),
-                    "mean_reward": float(data.rewards.mean())},
+        "metrics": {"final_loss": curve[-1] if curve else math.nan, "steps": steps, "seconds": seconds,
+                    "n_decisions": len(data), "mean_reward": float(data.rewards.mean())},
         "propensity_source": data.propensity_source,
         "notes": notes,
     }
+
+
+def train_policy(examples_dir: Path, model_dir: Path, out_dir: Path, config: PolicyConfig) -> PolicyResult:
+    """Train the configured per-arm agent on ``examples_dir/train.parquet`` and export it to ``out_dir``.
+
+    ``model_dir`` holds the retrieval model's ``item_embeddings.parquet`` (the candidate catalog) and
+    ``user_embeddings.parquet``. Returns the training metrics; see the module docstring for the outputs.
+    """
+    started = time.perf_counter()
+    examples_dir, model_dir, out_dir = Path(examples_dir), Path(model_dir), Path(out_dir)
+    data, notes = sampled_bandit_data(examples_dir, model_dir, config)
+    agent, epsilon, curve, steps = train_agent(data, config)
+    item_ids, item_emb = read_embeddings(model_dir / bundle_layout.ITEM_EMBEDDINGS_FILE, "item_id")
+    seconds = time.perf_counter() - started
+    final_loss = curve[-1] if curve else math.nan
+    meta = policy_meta(config, data, float(epsilon.numpy()), item_ids, curve, steps, seconds, notes)
     export_policy(agent, out_dir, meta, item_emb)
     return PolicyResult(
         out_dir=out_dir, agent=config.agent, steps=steps, final_loss=final_loss, seconds=seconds,
