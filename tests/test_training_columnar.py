@@ -143,6 +143,25 @@ def test_load_events_equals_the_whole_split_pandas_path(examples: Path, splits) 
         np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
+@pytest.mark.parametrize("splits", [("train",), ("train", "eval")])
+def test_history_codes_equal_load_events_arrays_and_give_the_same_ranker_events(examples: Path, splits) -> None:
+    """The history ranker's lean loader: load_events' integer arrays without its per-event objects."""
+    from recflow.training.history_ranking import ranker_events, ranker_events_of_codes
+    from recflow.training.sequence_retrieval import load_events, load_history_codes
+
+    rows = {f"i{i}": i for i in range(0, 25, 2)}
+    full = load_events(examples, splits, rows, 99, {"view": 1.0})
+    codes = load_history_codes(examples, splits, rows, 99)
+    for key in ("user_rows", "item_rows", "type_codes", "seconds"):
+        assert getattr(codes, key).dtype == getattr(full, key).dtype, key
+        np.testing.assert_array_equal(getattr(codes, key), getattr(full, key), err_msg=key)
+    np.testing.assert_array_equal(codes.user_ids[codes.user_rows], full.user_ids)
+    want, got = ranker_events(full), ranker_events_of_codes(codes)
+    for key in ("user_rows", "item_rows", "type_codes", "seconds", "row_user_ids"):
+        np.testing.assert_array_equal(getattr(got, key), getattr(want, key), err_msg=key)
+        assert getattr(got, key).dtype == getattr(want, key).dtype, key
+
+
 def _old_user_context(examples_dir, spec):
     from recflow.features.transform import coerce_raw
     from recflow.training.reading import read_split_columns

@@ -306,11 +306,24 @@ class RankerEvents:
 
 
 def ranker_events(data: Any) -> RankerEvents:
-    """:class:`RankerEvents` of a ``SequenceData`` (the same arrays; user ids once per user row)."""
+    """:class:`RankerEvents` of a :class:`recflow.training.sequence_retrieval.SequenceData` (the same arrays;
+    user ids once per user row)."""
     rows = np.asarray(data.user_rows, np.int64)
     rows_seen, first = np.unique(rows, return_index=True)
+    return _ranker_events(data, rows, rows_seen, np.asarray(data.user_ids)[first])
+
+
+def ranker_events_of_codes(codes: Any) -> RankerEvents:
+    """:func:`ranker_events` of :func:`recflow.training.sequence_retrieval.load_history_codes`' arrays (equal to
+    it on ``load_events`` of the same splits: ``tests/test_history_ranking_impressions.py``)."""
+    rows = np.asarray(codes.user_rows, np.int64)
+    rows_seen = np.unique(rows)
+    return _ranker_events(codes, rows, rows_seen, np.asarray(codes.user_ids)[rows_seen])
+
+
+def _ranker_events(data: Any, rows: np.ndarray, rows_seen: np.ndarray, seen_ids: np.ndarray) -> RankerEvents:
     names = np.empty(int(rows_seen.max(initial=-1)) + 1, object)
-    names[rows_seen] = np.asarray(data.user_ids)[first]
+    names[rows_seen] = seen_ids
     return RankerEvents(rows, np.asarray(data.item_rows, np.int64), np.asarray(data.type_codes, np.int64),
                         np.asarray(data.seconds, np.float64), names)
 
@@ -783,7 +796,7 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     ``trained=False`` with a note when the log cannot train it (no clicked impression of a user with history).
     """
 
-    from recflow.training.sequence_retrieval import item_rows_of, load_events
+    from recflow.training.sequence_retrieval import item_rows_of, load_history_codes
 
     cfg = trainer_config.sequence_config()
     context_columns = [c for c in spec.get("context_features", [])]
@@ -793,10 +806,9 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     if imp.empty or imp["clicked"].max() < 1:
         return RankerTraining(False, notes=["history ranker skipped: no clicked impression in the log"])
     row_of, n_rows = item_rows_of(vocabulary)
-    # only the arrays the ranker reads are kept (the per-event id, type, weight and split arrays go at once)
-    data = ranker_events(load_events(examples_dir, ("train", "eval"), row_of, n_rows - 1,
-                                     trainer_config.event_weights))
-    release_freed_memory()  # load_events' per-event id, type and split arrays
+    # only the integer arrays the ranker reads (no per-event id, type, weight or split objects are built)
+    data = ranker_events_of_codes(load_history_codes(examples_dir, ("train", "eval"), row_of, n_rows - 1))
+    release_freed_memory()  # the splits' read temporaries
     all_vectors = seq.encoder.item_vectors()
     n_impressions = len(imp)
     cap = trainer_config.history_ranking_max_train_impressions

@@ -80,6 +80,54 @@ def load_events(examples_dir: Path, splits: Sequence[str], item_rows: Mapping[st
     up once per distinct id, and the per-event id arrays share one string object per distinct id. The result
     equals reading the whole splits with pandas (``tests/test_training_columnar.py``)."""
     from recflow.models.sequence import EVENT_TYPE_CODES
+
+    parts = _read_history(examples_dir, splits)
+    distinct, user_rows = _user_rows(parts)
+    items, item_row = _per_event(parts, "item_id", lambda c: c,
+                                 lambda c: np.array([item_rows.get(i, oov_row) for i in c], np.int64))
+    types, type_codes, weights = _per_event(
+        parts, "event_type", lambda c: c, lambda c: np.array([EVENT_TYPE_CODES[t] for t in c], np.int64),
+        lambda c: np.array([float(event_weights.get(t, 0.0)) for t in c], np.float32))
+    split = np.concatenate([np.full(len(f), name, object) for f, name in zip(parts, splits, strict=True)])
+    order, seconds = _log_order(parts)
+    del parts
+    user_rows = user_rows[order]
+    return SequenceData(
+        user_ids=distinct[user_rows], user_rows=user_rows, item_ids=items[order], item_rows=item_row[order],
+        event_types=types[order], type_codes=type_codes[order], seconds=seconds, weights=weights[order],
+        split=split[order])
+
+
+@dataclass(frozen=True)
+class HistoryCodes:
+    """:func:`load_events`' integer arrays only (no per-event id, type, weight or split object arrays): what
+    the history ranker reads. ``user_ids[r]`` is user row ``r``'s id."""
+
+    user_ids: np.ndarray  # [users] str
+    user_rows: np.ndarray  # [N] int64
+    item_rows: np.ndarray  # [N] int64
+    type_codes: np.ndarray  # [N] int64
+    seconds: np.ndarray  # [N] float64
+
+
+def load_history_codes(examples_dir: Path, splits: Sequence[str], item_rows: Mapping[str, int],
+                       oov_row: int) -> HistoryCodes:
+    """:func:`load_events`' ``user_rows``, ``item_rows``, ``type_codes`` and ``seconds`` (equal arrays, same
+    order) and its distinct user ids, without building a Python object per event (at 10M events those arrays
+    and their reordered copies were most of the history ranker's peak)."""
+    from recflow.models.sequence import EVENT_TYPE_CODES
+
+    parts = _read_history(examples_dir, splits)
+    distinct, user_rows = _user_rows(parts)
+    (item_row,) = _per_event(parts, "item_id", lambda c: np.array([item_rows.get(i, oov_row) for i in c], np.int64))
+    (type_codes,) = _per_event(parts, "event_type", lambda c: np.array([EVENT_TYPE_CODES[t] for t in c], np.int64))
+    order, seconds = _log_order(parts)
+    del parts
+    return HistoryCodes(distinct, user_rows[order], item_row[order], type_codes[order], seconds)
+
+
+def _read_history(examples_dir: Path, splits: Sequence[str]) -> list[pd.DataFrame]:
+    """Each split's history-type events: user, item, type and time, strings as categoricals."""
     from recflow.training.columnar import read_split_events
 
     parts = []
@@ -88,26 +136,28 @@ def load_events(examples_dir: Path, splits: Sequence[str], item_rows: Mapping[st
             raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first)")
         parts.append(read_split_events(examples_dir, name, ["user_id", "item_id", "event_type", "timestamp"],
                                        HISTORY_TYPES))
+    return parts
+
+
+def _user_rows(parts: Sequence[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct user ids of ``parts`` (sorted, as ``str``) and each event's row among them, in part order."""
     user_parts = [_as_strings(f["user_id"]) for f in parts]
     distinct = np.unique(np.concatenate([c for c, _ in user_parts])) if parts else np.zeros(0, object)
-    user_rows = np.concatenate([np.searchsorted(distinct, c).astype(np.int64)[k] for c, k in user_parts])
-    item_parts = [_as_strings(f["item_id"]) for f in parts]
-    items = np.concatenate([c[k] for c, k in item_parts])
-    item_row = np.concatenate([np.array([item_rows.get(i, oov_row) for i in c], np.int64)[k] for c, k in item_parts])
-    type_parts = [_as_strings(f["event_type"]) for f in parts]
-    types = np.concatenate([c[k] for c, k in type_parts])
-    type_codes = np.concatenate([np.array([EVENT_TYPE_CODES[t] for t in c], np.int64)[k] for c, k in type_parts])
-    weights = np.concatenate([np.array([float(event_weights.get(t, 0.0)) for t in c], np.float32)[k]
-                              for c, k in type_parts])
-    split = np.concatenate([np.full(len(f), name, object) for f, name in zip(parts, splits, strict=True)])
+    return distinct, np.concatenate([np.searchsorted(distinct, c).astype(np.int64)[k] for c, k in user_parts])
+
+
+def _per_event(parts: Sequence[pd.DataFrame], column: str, *of_values: Any) -> list[np.ndarray]:
+    """For each function of ``of_values``: its array over ``column``'s distinct strings (one lookup per distinct
+    value) given to each event, in part order."""
+    strings = [_as_strings(f[column]) for f in parts]
+    return [np.concatenate([fn(c)[k] for c, k in strings]) for fn in of_values]
+
+
+def _log_order(parts: Sequence[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+    """The events' log order (a stable sort of their times, in part order) and their epoch seconds in it."""
     ts = pd.to_datetime(pd.concat([f["timestamp"] for f in parts], ignore_index=True), utc=True)
-    del parts, user_parts, item_parts, type_parts
     order = np.argsort(ts.astype("int64").to_numpy(), kind="stable")
-    user_rows = user_rows[order]
-    return SequenceData(
-        user_ids=distinct[user_rows], user_rows=user_rows, item_ids=items[order], item_rows=item_row[order],
-        event_types=types[order], type_codes=type_codes[order],
-        seconds=epoch_seconds(ts.iloc[order].reset_index(drop=True)), weights=weights[order], split=split[order])
+    return order, epoch_seconds(ts.iloc[order].reset_index(drop=True))
 
 
 def _as_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
