@@ -94,7 +94,22 @@ def pipeline_section(d: dict[str, Any]) -> list[str]:
         lines.append(f"- Shop scale ({r['items']:,} items, {r['users']:,} users), {r['events']:,} events{config}: "
                      f"{outcome}; peak RSS of the whole run {_f(r['peak_rss_mb'], 0)} MB (target at 10M events: "
                      f"4,096){_quality(r.get('evaluation'))}{note}.")
+    lines += _scale_ratio(d.get("shop_scale_runs", []))
     return lines
+
+
+def _scale_ratio(runs: list[dict[str, Any]]) -> list[str]:
+    """Issue 17's check on the preset's rows: the 10M row's whole-run peak <= 4 GB and <= 1.2x the 1M row's."""
+    preset = {r.get("target_events"): r for r in runs if r.get("config") and r.get("succeeded")}
+    small, large = preset.get(1_000_000), preset.get(10_000_000)
+    if not (small and large):
+        return []
+    ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
+    per_event = (large["total_seconds"] / large["events"]) / (small["total_seconds"] / small["events"])
+    return [f"- Preset at {large['events']:,} vs {small['events']:,} events: peak {_f(large['peak_rss_mb'], 0)} MB "
+            f"(<= 4,096: {_met(large['peak_rss_mb'] <= 4096)}), {ratio:.2f}x the smaller run's "
+            f"(<= 1.2x: {_met(ratio <= 1.2)}); {_f(large['total_seconds'] / 60, 1)} minutes (<= 45: "
+            f"{_met(large['total_seconds'] <= 45 * 60)}); seconds per event {per_event:.2f}x the smaller run's."]
 
 
 def _quality(evaluation: dict[str, Any] | None) -> str:
@@ -173,6 +188,7 @@ def shop_stages_section(trainers: dict[str, Any] | None, evaluator: dict[str, An
                          + (f"; with the history ranker labelling a split at a time, "
                             f"{sum(runs['s13c_caps_10m']['events'].values()):,} events "
                             f"{_f(peak(runs['s13c_caps_10m']), 0)} MB" if "s13c_caps_10m" in runs else "") + ".")
+        lines += _session14_trainer(runs)
     if evaluator:
         runs = evaluator["runs"]
         for size in ("315k", "1.14M"):
@@ -192,7 +208,30 @@ def shop_stages_section(trainers: dict[str, Any] | None, evaluator: dict[str, An
                          + f" (main's code at {runs['s13-before-10m']['events']:,}: "
                          f"{_f(top(runs['s13-before-10m']), 0)} MB); the largest size at "
                          f"{top(coded[-1]) / top(coded[0]):.2f}x the smallest (target 1.2x).")
+        small, large, main = (runs.get(k) for k in ("s14-after-1.14m", "s14-after-10m", "s14-main-10m-order"))
+        if small and large:
+            top = lambda r: max(s.get("peak_mb", 0) for s in r["stages"])  # noqa: E731
+            lines.append(f"- Evaluator with the 10M world's own model (`evaluator_stages.py`, session 14): "
+                         f"{small['events']:,} events {_f(top(small), 0)} MB; {large['events']:,} events "
+                         f"{_f(top(large), 0)} MB" + (f" (main's code before: {_f(top(main), 0)} MB)" if main else "")
+                         + f"; {top(large) / top(small):.2f}x (target 1.2x).")
     return lines
+
+
+def _session14_trainer(runs: dict[str, Any]) -> list[str]:
+    """The TFRS stages' peaks at 1.14M and 10M on session 14's code (one Keras model at a time in the ranker's
+    grid, freed stages, lean reads)."""
+    peak = lambda r: max(s["peak_mb"] for s in r["stages"] if s["stage"].startswith("tfrs "))  # noqa: E731
+    small = runs.get("s14_caps_1m")
+    large = [(k, runs[k]) for k in ("s14_caps_10m", "s14b_caps_10m", "s14c_caps_10m") if k in runs]
+    if not (small and large):
+        return []
+    parts = "; ".join(f"`{k}` {_f(peak(r), 0)} MB" for k, r in large)
+    before = f" (`s13c_caps_10m` {_f(peak(runs['s13c_caps_10m']), 0)} MB)" if "s13c_caps_10m" in runs else ""
+    return [f"- TFRS trainer, session 14 (`trainer_stages.py --caps`, peak RSS of its stages): "
+            f"{sum(small['events'].values()):,} events {_f(peak(small), 0)} MB; "
+            f"{sum(large[-1][1]['events'].values()):,} events {parts}{before}; the last at "
+            f"{peak(large[-1][1]) / peak(small):.2f}x the smaller (target 1.2x)."]
 
 
 def _recovery(d: dict[str, Any], name: str) -> str:
