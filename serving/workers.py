@@ -160,9 +160,10 @@ def draining(drain: Any, server: Any) -> Callable[..., None]:
 
 
 def load_at_low_priority(load: Callable[[], T], nice: int) -> T:
-    """``load()`` computed on a thread of its own at CPU niceness ``nice`` (Linux gives each thread its own nice
-    value), while the calling thread waits: a new worker loads and warms up its bundle -- TensorFlow models,
-    checks, explainer -- on the cores the serving workers use, and lower priority keeps their requests first.
+    """``load()`` computed on a thread of its own at ``nice`` more CPU niceness than the caller's (at most 19; Linux
+    gives each thread its own nice value), while the calling thread waits: a new worker loads and warms up its bundle --
+    TensorFlow models, checks, explainer -- on the cores the serving workers use, and lower priority keeps their
+    requests first.
 
     The loader is the only thread of the process that runs meanwhile (the caller waits on it; no request is
     served yet), so no serving thread waits for an interpreter lock held by a low-priority thread. Raising the
@@ -179,8 +180,11 @@ def load_at_low_priority(load: Callable[[], T], nice: int) -> T:
 
     def run() -> None:
         if nice:
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+            try:  # ``nice`` more than the thread has now (a worker started at nice 19 stays at 19, never higher)
+                me = threading.get_native_id()
+                current = os.getpriority(os.PRIO_PROCESS, me)
+                if min(current + nice, 19) != current:
+                    os.setpriority(os.PRIO_PROCESS, me, min(current + nice, 19))
             except (OSError, AttributeError) as exc:  # not Linux: load at normal priority
                 log_event("loader_nice_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
         try:
