@@ -189,8 +189,9 @@ class ServingConfig(BaseModel):
         ge=0,
         le=19,
         description="CPU niceness added (up to 19 in all) to the thread that loads and warms up a worker's bundle "
-        "(recflow serve --workers: a new worker for a new champion loads while the old ones serve on the same cores; Linux gives a thread its "
-        "own nice value, and the loader is the only thread of its process while it runs). 0: no change.",
+        "(recflow serve --workers: a new worker for a new champion loads while the old ones serve on the same "
+        "cores; Linux gives a thread its own nice value, and the loader is the only thread of its process "
+        "while it runs). 0: no change.",
     )
     warm_explanations: bool = Field(
         True,
