@@ -333,10 +333,10 @@ def test_ranker_rows_by_chunk_equal_the_histories_built_at_once() -> None:
     np.testing.assert_array_equal(small["hist_rows"], at_once["hist_items"])
 
 
-@pytest.mark.parametrize("cap", [None, 700])
-def test_sampling_before_building_equals_building_all_then_sampling(tmp_path, cap) -> None:
+@pytest.mark.parametrize(("cap", "eval_cap"), [(None, None), (700, None), (700, 300), (None, 300)])
+def test_sampling_before_building_equals_building_all_then_sampling(tmp_path, cap, eval_cap) -> None:
     """The ranker's inputs built only for the seeded train sample (and every eval impression) are the rows and
-    arrays of building every impression's then sampling (:func:`ranker_rows` + :func:`cap_train_impressions`),
+    arrays of building every impression's then sampling (:func:`ranker_rows` + :func:`cap_impressions`),
     and the decision-states file written a chunk at a time holds what :func:`write_decision_states` writes
     from every impression's state at once."""
     import pandas as pd
@@ -346,7 +346,7 @@ def test_sampling_before_building_equals_building_all_then_sampling(tmp_path, ca
     from recflow.policy.logged_data import DECISION_STATES_FILE
     from recflow.training.history_ranking import (
         ENCODER_BATCH,
-        cap_train_impressions,
+        cap_impressions,
         ranker_rows,
         sampled_ranker_rows,
         write_decision_states,
@@ -376,20 +376,22 @@ def test_sampling_before_building_equals_building_all_then_sampling(tmp_path, ca
     rows, arr = ranker_rows(imp, data, encoder, vectors, rows_of, ids, max_len, chunk=ENCODER_BATCH)
     write_decision_states(tmp_path, imp["user_id"].to_numpy()[rows], imp["_seconds"].to_numpy()[rows],
                           arr["state"])
-    sampled = cap_train_impressions(imp["_split"].to_numpy()[rows] == "train", cap, 11)
-    assert (sampled is None) == (cap is None)
-    keep = np.arange(len(rows)) if sampled is None else sampled[0]
+    sampled = cap_impressions(imp["_split"].to_numpy()[rows] == "train", cap, 11, eval_cap)
+    assert (sampled is None) == (cap is None and eval_cap is None)
+    keep = np.arange(len(rows)) if sampled is None else sampled.rows
     streamed_path = tmp_path / "streamed.parquet"
     got = sampled_ranker_rows(imp, data, encoder, vectors, rows_of, ids, max_len, cap, 11, streamed_path,
-                              chunk=ENCODER_BATCH)
+                              chunk=ENCODER_BATCH, eval_cap=eval_cap)
     assert got.n_with_history == len(rows) < m
     np.testing.assert_array_equal(got.rows, rows[keep])
     assert set(got.arrays) == set(arr)
     for key, value in arr.items():
         np.testing.assert_array_equal(got.arrays[key], value[keep], err_msg=key)
     if sampled is not None:
-        assert got.sampled is not None and got.sampled[1] == sampled[1]
-        np.testing.assert_array_equal(got.sampled[0], sampled[0])
+        assert got.sampled is not None
+        np.testing.assert_array_equal(got.sampled.rows, sampled.rows)
+        assert (got.sampled.train_of, got.sampled.eval_of, got.sampled.train_cap, got.sampled.eval_cap) == (
+            sampled.train_of, sampled.eval_of, sampled.train_cap, sampled.eval_cap)
         assert len(got.rows) < len(rows)
     whole, streamed = pq.read_table(tmp_path / DECISION_STATES_FILE), pq.read_table(streamed_path)
     assert streamed.schema.equals(whole.schema) and streamed.num_rows > ENCODER_BATCH
@@ -403,7 +405,7 @@ def test_sampling_before_building_equals_building_all_then_sampling(tmp_path, ca
     assert isinstance(lean, RankerEvents) and len(lean.row_user_ids) == int(user_rows.max()) + 1
     lean_path = tmp_path / "lean.parquet"
     again = sampled_ranker_rows(imp, lean, encoder, vectors, rows_of, ids, max_len, cap, 11, lean_path,
-                                chunk=ENCODER_BATCH)
+                                chunk=ENCODER_BATCH, eval_cap=eval_cap)
     np.testing.assert_array_equal(again.rows, got.rows)
     assert again.n_with_history == got.n_with_history
     for key, value in got.arrays.items():

@@ -398,15 +398,19 @@ def test_history_ranker_train_impressions_cap_is_a_seeded_sample_and_reported(
 
     base, whole = seq
     n_train = whole.history["history_ranking"]["train_examples"]
-    cap = n_train // 3
-    config = SEQ.model_copy(update={"history_ranking_max_train_impressions": cap, "history_ranking_epochs": 2})
+    n_eval = whole.history["history_ranking"]["eval_examples"]
+    cap, eval_cap = n_train // 3, n_eval // 2
+    config = SEQ.model_copy(update={"history_ranking_max_train_impressions": cap,
+                                    "history_ranking_max_eval_impressions": eval_cap, "history_ranking_epochs": 2})
     capped = train_tfrs(base / "ex", base / "tf", tmp_path / "model", config)
     report = capped.history["history_ranking"]
-    assert report["train_examples"] == cap
+    assert report["train_examples"] == cap and report["eval_examples"] == eval_cap
     assert report["train_impressions_sampled"] == {"kept": cap, "of": n_train, "cap": cap}
-    assert report["eval_examples"] == whole.history["history_ranking"]["eval_examples"]  # eval split whole
+    assert report["eval_impressions_sampled"] == {"kept": eval_cap, "of": n_eval, "cap": eval_cap}
     assert any("history_ranking_max_train_impressions" in n for n in capped.notes)
+    assert any("history_ranking_max_eval_impressions" in n for n in capped.notes)
     assert whole.history["history_ranking"]["train_impressions_sampled"] is None
+    assert whole.history["history_ranking"]["eval_impressions_sampled"] is None
     # the policy's point-in-time states still cover every impression
     states = pd.read_parquet(capped.out_dir / DECISION_STATES_FILE)
     pd.testing.assert_frame_equal(states[["user_id", "seconds"]],

@@ -51,16 +51,43 @@ def test_read_split_columns_reads_the_wanted_columns_the_split_has_in_log_order(
         read_split_columns(ex, "eval", ["user_id"])
 
 
-def test_cap_train_impressions_keeps_a_seeded_sample_of_train_rows_and_every_eval_row():
-    from recflow.training.history_ranking import cap_train_impressions
+def test_cap_impressions_keeps_a_seeded_sample_of_train_rows_and_every_eval_row():
+    from recflow.training.history_ranking import cap_impressions
 
     is_train = np.array([True] * 50 + [False] * 7 + [True] * 20)
-    assert cap_train_impressions(is_train, None, 0) is None
-    assert cap_train_impressions(is_train, 70, 0) is None  # 70 train rows: nothing to cap
-    keep, n_train = cap_train_impressions(is_train, 30, 3)
-    assert n_train == 70 and len(keep) == 37 and (np.diff(keep) > 0).all()
+    assert cap_impressions(is_train, None, 0) is None
+    assert cap_impressions(is_train, 70, 0) is None  # 70 train rows: nothing to cap
+    assert cap_impressions(is_train, 70, 0, eval_cap=7) is None  # 7 eval rows: nothing to cap either
+    sample = cap_impressions(is_train, 30, 3)
+    keep = sample.rows
+    assert sample.train_of == 70 and sample.eval_of == 7 and len(keep) == 37 and (np.diff(keep) > 0).all()
+    assert sample.report("train") == {"kept": 30, "of": 70, "cap": 30} and sample.report("eval") is None
     assert is_train[keep].sum() == 30 and set(np.flatnonzero(~is_train)) <= set(keep)
-    again, _ = cap_train_impressions(is_train, 30, 3)
-    other, _ = cap_train_impressions(is_train, 30, 4)
+    again = cap_impressions(is_train, 30, 3).rows
+    other = cap_impressions(is_train, 30, 4).rows
     np.testing.assert_array_equal(keep, again)
     assert not np.array_equal(keep, other)
+
+
+def test_cap_impressions_eval_cap_samples_eval_rows_and_leaves_the_train_sample_unchanged():
+    from recflow.training.history_ranking import cap_impressions
+
+    rng = np.random.default_rng(0)
+    is_train = rng.random(400) < 0.7
+    n_eval = int((~is_train).sum())
+    only_eval = cap_impressions(is_train, None, 5, eval_cap=40)
+    assert only_eval is not None and only_eval.eval_of == n_eval and only_eval.train_cap is None
+    assert only_eval.report("eval") == {"kept": 40, "of": n_eval, "cap": 40} and only_eval.report("train") is None
+    kept = np.zeros(len(is_train), bool)
+    kept[only_eval.rows] = True
+    assert kept[is_train].all() and kept[~is_train].sum() == 40  # every train row, 40 eval rows
+    both = cap_impressions(is_train, 60, 5, eval_cap=40)
+    train_only = cap_impressions(is_train, 60, 5)
+    in_both = np.zeros(len(is_train), bool)
+    in_both[both.rows] = True
+    in_train_only = np.zeros(len(is_train), bool)
+    in_train_only[train_only.rows] = True
+    # the same train sample with or without the eval cap; the same eval sample with or without the train cap
+    np.testing.assert_array_equal(in_both & is_train, in_train_only & is_train)
+    np.testing.assert_array_equal(in_both & ~is_train, kept & ~is_train)
+    assert not np.array_equal(cap_impressions(is_train, None, 6, eval_cap=40).rows, only_eval.rows)

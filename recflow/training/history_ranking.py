@@ -392,17 +392,45 @@ def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.
                   "item": item, "score": score.astype(np.float64)}
 
 
-def cap_train_impressions(is_train: np.ndarray, cap: int | None, seed: int) -> tuple[np.ndarray, int] | None:
-    """``(rows to keep, number of train rows)`` when more than ``cap`` rows are train rows: a seeded sample of
-    ``cap`` train rows and every other row, in their order; None when nothing is capped."""
+@dataclass(frozen=True)
+class ImpressionSample:
+    """:func:`cap_impressions`' result: the rows kept (in their order) and how many train and eval rows there
+    were (``train_of``, ``eval_of``); ``train_cap`` / ``eval_cap`` are the caps that bound (None: that split
+    whole)."""
+
+    rows: np.ndarray
+    train_of: int
+    eval_of: int
+    train_cap: int | None
+    eval_cap: int | None
+
+    def report(self, split: str) -> dict[str, int] | None:
+        """``{"kept", "of", "cap"}`` of ``split`` ("train" or "eval") when its cap bound, else None."""
+        cap, of = (self.train_cap, self.train_of) if split == "train" else (self.eval_cap, self.eval_of)
+        return None if cap is None else {"kept": cap, "of": of, "cap": cap}
+
+
+def cap_impressions(is_train: np.ndarray, cap: int | None, seed: int, eval_cap: int | None = None
+                    ) -> ImpressionSample | None:
+    """The rows kept when more than ``cap`` rows are train rows or more than ``eval_cap`` are eval rows: a seeded
+    sample of ``cap`` train rows (``default_rng(seed)``) and of ``eval_cap`` eval rows
+    (:func:`recflow.training.caps.cap_mask`, stream ``STREAM_HISTORY_EVAL``: the train sample is the same with
+    or without an eval cap), the other split whole; rows in their order. None when neither cap binds."""
+    from recflow.training.caps import STREAM_HISTORY_EVAL, cap_mask
+
+    is_train = np.asarray(is_train, bool)
     train_rows = np.flatnonzero(is_train)
-    if cap is None or len(train_rows) <= cap:
+    keep = np.ones(len(is_train), bool)
+    train_binds = cap is not None and len(train_rows) > cap
+    if train_binds:
+        keep[train_rows] = False
+        keep[np.random.default_rng(seed).choice(train_rows, size=cap, replace=False)] = True
+    evals = cap_mask(~is_train, eval_cap, seed, STREAM_HISTORY_EVAL)
+    if not (train_binds or evals.binds):
         return None
-    chosen = np.random.default_rng(seed).choice(train_rows, size=cap, replace=False)
-    keep = np.zeros(len(is_train), bool)
-    keep[chosen] = True
-    keep[~np.asarray(is_train, bool)] = True
-    return np.flatnonzero(keep), len(train_rows)
+    keep[~is_train] = evals.mask[~is_train]
+    return ImpressionSample(np.flatnonzero(keep), len(train_rows), evals.of, cap if train_binds else None,
+                            eval_cap if evals.binds else None)
 
 
 def write_decision_states(out_dir: Path, user_ids: np.ndarray, seconds: np.ndarray, states: np.ndarray) -> None:
@@ -428,22 +456,22 @@ def _decision_states_schema() -> Any:
 class SampledRankerRows:
     """:func:`sampled_ranker_rows`'s result: the impression rows the ranker gets inputs for (those with an
     earlier history, train cut to the cap), their arrays (as :func:`ranker_rows`), how many impressions have an
-    earlier history, and the train sample (:func:`cap_train_impressions`; None when the cap does not bind)."""
+    earlier history, and the sample (:func:`cap_impressions`; None when no cap binds)."""
 
     rows: np.ndarray
     arrays: dict[str, np.ndarray]
     n_with_history: int
-    sampled: tuple[np.ndarray, int] | None
+    sampled: ImpressionSample | None
 
 
 def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.ndarray,
                         item_rows: Mapping[str, int], item_ids: Sequence[str], max_len: int, cap: int | None,
-                        seed: int, states_path: Path | None = None, chunk: int = RANKER_ROWS_CHUNK
-                        ) -> SampledRankerRows:
-    """:func:`ranker_rows` followed by :func:`cap_train_impressions` (``cap``, ``seed``) on the train split
-    (``imp["_split"]``), with the same rows and arrays, in memory bounded by the cap and the eval split: which
-    impressions have an earlier history is known before any history is built (a user's first history event is
-    before the impression), so the train sample is drawn first and only the sampled rows' states are kept.
+                        seed: int, states_path: Path | None = None, chunk: int = RANKER_ROWS_CHUNK,
+                        eval_cap: int | None = None) -> SampledRankerRows:
+    """:func:`ranker_rows` followed by :func:`cap_impressions` (``cap``, ``seed``, ``eval_cap``) on the splits
+    (``imp["_split"]``), with the same rows and arrays, in memory bounded by the caps: which impressions have an
+    earlier history is known before any history is built (a user's first history event is before the
+    impression), so the sample is drawn first and only the sampled rows' states are kept.
 
     Every impression's point-in-time state still goes to ``states_path`` (the file of
     :func:`write_decision_states` with the same content), written a chunk of (user, time) keys at a time.
@@ -464,8 +492,8 @@ def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vect
     keep = key_has_hist[position]
     kept_rows, kept_pos = with_user[keep], position[keep]
     del position
-    sampled = cap_train_impressions((imp["_split"].to_numpy()[kept_rows] == "train"), cap, seed)
-    chosen = np.arange(len(kept_rows)) if sampled is None else sampled[0]
+    sampled = cap_impressions((imp["_split"].to_numpy()[kept_rows] == "train"), cap, seed, eval_cap)
+    chosen = np.arange(len(kept_rows)) if sampled is None else sampled.rows
     rows, row_pos = kept_rows[chosen], kept_pos[chosen]
     need = np.unique(row_pos)
     dim = all_vectors.shape[1]
@@ -840,14 +868,18 @@ def _train_sampled(held: list[Any], seq: Any, all_vectors: np.ndarray, row_of: M
     imp, data = held
     held.clear()
     picked = sampled_ranker_rows(imp, data, seq.encoder, all_vectors, row_of, item_ids, max_len, cap,
-                                 trainer_config.seed, states_tmp)
+                                 trainer_config.seed, states_tmp,
+                                 eval_cap=trainer_config.history_ranking_max_eval_impressions)
     del data
     imp, arr, sampled = imp.iloc[picked.rows].reset_index(drop=True), picked.arrays, picked.sampled
     release_freed_memory()  # the whole impressions table and the events, before any fit
     notes: list[str] = []
-    if sampled is not None:
-        notes.append(f"history ranker trained on a seeded sample of {cap} of {sampled[1]} train impressions "
+    if sampled is not None and sampled.train_cap is not None:
+        notes.append(f"history ranker trained on a seeded sample of {cap} of {sampled.train_of} train impressions "
                      "(trainer.history_ranking_max_train_impressions)")
+    if sampled is not None and sampled.eval_cap is not None:
+        notes.append(f"history ranker early-stopped, chosen and scored on a seeded sample of {sampled.eval_cap} of "
+                     f"{sampled.eval_of} eval impressions (trainer.history_ranking_max_eval_impressions)")
     is_train = (imp["_split"] == "train").to_numpy()
     labels = imp["clicked"].to_numpy().astype(np.float32)
     if not is_train.any() or labels[is_train].max(initial=0) < 1:
@@ -875,9 +907,8 @@ def _train_sampled(held: list[Any], seq: Any, all_vectors: np.ndarray, row_of: M
         "model": "history_ranker", "train_examples": int(is_train.sum()), "eval_examples": int((~is_train).sum()),
         "train_clicks": int(labels[is_train].sum()), "eval_clicks": int(labels[~is_train].sum()),
         "skipped_impressions_without_history": n_impressions - picked.n_with_history,
-        "train_impressions_sampled": (None if sampled is None else
-                                      {"kept": int(is_train.sum()), "of": sampled[1],
-                                       "cap": trainer_config.history_ranking_max_train_impressions}),
+        "train_impressions_sampled": None if sampled is None else sampled.report("train"),
+        "eval_impressions_sampled": None if sampled is None else sampled.report("eval"),
         "context_columns": context_columns, "inverse_propensity_weights": ips,
         "l2_trials": trials, "selection": trainer_config.history_ranking_selection, "score_centring": centring,
         "chosen_candidate": next(t["candidate"] for t in trials if t["chosen"]),

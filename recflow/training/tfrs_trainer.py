@@ -156,6 +156,13 @@ class TrainerConfig(BaseModel):
         "with 200000 here 212 s (benchmarks/results/trainer_stages.json). When it binds, the training report's "
         "history_ranking.train_impressions_sampled and a note say so; the point-in-time decision states are "
         "still written for every impression.")
+    history_ranking_max_eval_impressions: int | None = Field(
+        None, gt=0, description="At most this many eval-split impressions early-stop the history ranker, choose "
+        "among its candidates and give its eval AUC (a seeded sample, independent of the train sample); null = "
+        "all. The eval split grows with the log while the train sample is capped: at 10.0M shop events it had "
+        "614,480 impressions of users with a history against 100,000 train impressions sampled, and set the "
+        "trainer's peak memory (benchmarks/results/trainer_stages.json). When it binds, the training report's "
+        "history_ranking.eval_impressions_sampled and a note say so.")
     sequence_max_train_examples: int | None = Field(
         None, gt=0, description="At most this many train-split targets train the sequence retrieval model (a "
         "seeded sample; their histories still read every train event); null = all. Its time and the memory of "
