@@ -41,7 +41,7 @@ RESULT = Path(__file__).resolve().parent / "results" / "trainer_stages.json"
 #: model trains (and the sequence model early-stops) on a seeded sample of at most this many examples.
 SHOP_CAPS = ("trainer.sequence_max_train_examples=150000", "trainer.sequence_max_eval_examples=20000",
              "trainer.ranking_max_train_impressions=200000", "trainer.history_ranking_max_train_impressions=100000",
-             "trainer.history_ranking_max_eval_impressions=100000")
+             "trainer.history_ranking_max_eval_impressions=100000", "trainer.ranking_max_eval_impressions=100000")
 
 
 class Stages(StageSampler):

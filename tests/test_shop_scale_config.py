@@ -20,6 +20,7 @@ ALLOWED = {
     ("trainer", "sequence_max_train_examples"),
     ("trainer", "sequence_max_eval_examples"),
     ("trainer", "ranking_max_train_impressions"),
+    ("trainer", "ranking_max_eval_impressions"),
     ("trainer", "history_ranking_max_train_impressions"),
     ("trainer", "history_ranking_max_eval_impressions"),
     ("policy", "max_decisions"),

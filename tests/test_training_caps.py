@@ -16,7 +16,7 @@ from recflow.config import ValidationConfig
 from recflow.errors import DataError
 from recflow.examplegen import ExampleGenConfig, run_example_gen
 from recflow.features.transform import TransformConfig, load_transformed, run_transform
-from recflow.training.caps import STREAM_RANKING_TRAIN, cap_mask, cap_rows_by_key, row_keys
+from recflow.training.caps import STREAM_RANKING_EVAL, STREAM_RANKING_TRAIN, cap_mask, cap_rows_by_key, row_keys
 from recflow.training.tfrs_trainer import TrainerConfig, load_inputs, train_tfrs
 from recflow.training.transformed import load_transformed_rows, load_transformed_sample
 
@@ -89,10 +89,12 @@ def test_caps_bind_are_reported_and_noted(world: Path, tmp_path: Path) -> None:
     n_seq = whole.history["retrieval"]["train_examples"]
     n_eval = whole.history["retrieval"]["eval_examples"]
     n_rank = whole.history["ranking"]["train_examples"]
+    n_rank_eval = whole.history["ranking"]["eval_examples"]
     assert whole.history["retrieval"]["train_examples_sampled"] is None
     assert whole.history["ranking"]["train_impressions_sampled"] is None
+    assert whole.history["ranking"]["eval_impressions_sampled"] is None
     caps = {"sequence_max_train_examples": n_seq // 2, "sequence_max_eval_examples": n_eval // 2,
-            "ranking_max_train_impressions": n_rank // 2}
+            "ranking_max_train_impressions": n_rank // 2, "ranking_max_eval_impressions": n_rank_eval // 2}
     capped = train_tfrs(world / "ex", world / "tf", tmp_path / "capped", SMALL.model_copy(update=caps))
     retrieval, ranking = capped.history["retrieval"], capped.history["ranking"]
     assert retrieval["train_examples"] == n_seq // 2 and retrieval["eval_examples"] == n_eval // 2
@@ -100,6 +102,9 @@ def test_caps_bind_are_reported_and_noted(world: Path, tmp_path: Path) -> None:
     assert retrieval["eval_examples_sampled"] == {"kept": n_eval // 2, "of": n_eval, "cap": n_eval // 2}
     assert ranking["train_examples"] == n_rank // 2
     assert ranking["train_impressions_sampled"] == {"kept": n_rank // 2, "of": n_rank, "cap": n_rank // 2}
+    assert ranking["eval_examples"] == n_rank_eval // 2
+    assert ranking["eval_impressions_sampled"] == {"kept": n_rank_eval // 2, "of": n_rank_eval,
+                                                   "cap": n_rank_eval // 2}
     for key in caps:
         assert any(f"trainer.{key}" in n for n in capped.notes), (key, capped.notes)
     assert capped.metrics["retrieval_eval_top10_accuracy"] != whole.metrics["retrieval_eval_top10_accuracy"]
@@ -156,3 +161,16 @@ def test_ranking_cap_streamed_with_the_sequence_model_equals_the_two_tower_sampl
         np.testing.assert_array_equal(slim.train[c], whole.train[c][expected.mask])
     for c in slim.evald:  # the eval split whole
         np.testing.assert_array_equal(slim.evald[c], slim_all.evald[c])
+    # an eval cap: the eval split's streamed sample is the two-tower path's whole-split sample, the train one unchanged
+    n_eval = int(((slim_all.evald["event_code"] == imp) & (slim_all.evald["clicked"] >= 0)).sum())
+    both = config.model_copy(update={"ranking_max_eval_impressions": n_eval // 3})
+    slim_eval = load_inputs(world / "ex", world / "tf", both)
+    assert slim_eval.ranking_eval_sample == {"kept": n_eval // 3, "of": n_eval, "cap": n_eval // 3}
+    assert slim_eval.ranking_sample == slim.ranking_sample and slim.ranking_eval_sample is None
+    for c in slim_eval.train:
+        np.testing.assert_array_equal(slim_eval.train[c], slim.train[c])
+    eligible_eval = (whole.evald["event_code"] == imp) & (whole.evald["clicked"] >= 0)
+    expected_eval = cap_rows_by_key(eligible_eval, whole.evald["row_id"], n_eval // 3, config.seed,
+                                    STREAM_RANKING_EVAL)
+    for c in slim_eval.evald:
+        np.testing.assert_array_equal(slim_eval.evald[c], whole.evald[c][expected_eval.mask])

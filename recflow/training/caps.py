@@ -3,8 +3,8 @@
 The TFRS trainer's models each train on every example of their split by default; their time (and the memory of
 their per-example arrays: a sequence example holds ``max_len`` history positions) grows with the log. A cap
 (``trainer.sequence_max_train_examples``, ``trainer.sequence_max_eval_examples``,
-``trainer.ranking_max_train_impressions``, ``trainer.history_ranking_max_train_impressions``,
-``trainer.history_ranking_max_eval_impressions``) bounds both: above
+``trainer.ranking_max_train_impressions``, ``trainer.ranking_max_eval_impressions``,
+``trainer.history_ranking_max_train_impressions``, ``trainer.history_ranking_max_eval_impressions``) bounds both: above
 it the model reads a seeded sample of that many examples, and the trainer's report and notes say so (never a
 silent cut). A cap of None, or one the split does not reach, changes nothing.
 """
@@ -59,7 +59,8 @@ def cap_mask(mask: np.ndarray, cap: int | None, seed: int, stream: int) -> CapRe
 
 
 #: The ``stream`` of each capped sample (see :func:`cap_mask`).
-STREAM_SEQUENCE_TRAIN, STREAM_SEQUENCE_EVAL, STREAM_RANKING_TRAIN, STREAM_HISTORY_EVAL = 1, 2, 3, 4
+(STREAM_SEQUENCE_TRAIN, STREAM_SEQUENCE_EVAL, STREAM_RANKING_TRAIN, STREAM_HISTORY_EVAL,
+ STREAM_RANKING_EVAL) = 1, 2, 3, 4, 5
 
 
 def row_keys(row_ids: np.ndarray, seed: int, stream: int) -> np.ndarray:

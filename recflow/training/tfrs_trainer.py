@@ -176,6 +176,10 @@ class TrainerConfig(BaseModel):
         None, gt=0, description="At most this many train-split impressions train the DCN ranking model (a seeded "
         "sample; the eval split whole); null = all. When it binds, ranking.train_impressions_sampled and a note "
         "say so.")
+    ranking_max_eval_impressions: int | None = Field(
+        None, gt=0, description="At most this many eval-split impressions early-stop the DCN ranking model and give "
+        "its eval AUC (a seeded sample, streamed like the train sample); null = all. When it binds, "
+        "ranking.eval_impressions_sampled and a note say so.")
     hybrid: HybridConfig = Field(
         HybridConfig(), description="The sequence model blended with EASE (recflow.training.hybrid): the blend "
         "weight and EASE's l2 chosen on the eval split; the bundle's readers retrieve with the blend.")
@@ -358,6 +362,8 @@ class TrainerInputs:
     #: ``{"kept", "of", "cap"}`` when ``trainer.ranking_max_train_impressions`` bound while the train split was
     #: streamed (``train`` then holds only the sampled impressions); None otherwise.
     ranking_sample: dict[str, int] | None = None
+    #: The same for ``trainer.ranking_max_eval_impressions`` and the eval split.
+    ranking_eval_sample: dict[str, int] | None = None
 
 
 @dataclass
@@ -389,41 +395,47 @@ def _decode(tokens: Any) -> list[str]:
 
 def _load_ranking_rows(transform_dir: Path, graph_dir: Path, spec: dict[str, Any], config: TrainerConfig,
                        n_items: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray,
-                                          np.ndarray, dict[str, int] | None]:
+                                          np.ndarray, dict[str, int] | None, dict[str, int] | None]:
     """With the sequence retrieval model (which reads ExampleGen's events itself), the transformed splits' rows
     and columns the ranking stage reads -- the impressions, their towers' features and labels -- streamed
     (:func:`recflow.training.transformed.load_transformed_rows`), not the whole splits; the retrieval targets'
-    item counts are tallied on the way. With ``trainer.ranking_max_train_impressions`` the train split keeps only
-    the ranking stage's seeded sample of its labelled impressions while streaming
+    item counts are tallied on the way. With ``trainer.ranking_max_train_impressions`` (``_eval_``) a split keeps
+    only the ranking stage's seeded sample of its labelled impressions while streaming
     (:func:`recflow.training.transformed.load_transformed_sample`, the sample :func:`_cap_ranking` draws from a
     whole split). Returns (train, eval, the kept rows' target masks (all false: an impression is no target), the
-    train targets' count per item, the sample's ``{"kept", "of", "cap"}`` when the cap bound)."""
-    from recflow.training.caps import STREAM_RANKING_TRAIN
-    from recflow.training.transformed import load_transformed_rows, load_transformed_sample
+    train targets' count per item, each split's sample ``{"kept", "of", "cap"}`` when its cap bound)."""
+    from recflow.training.caps import STREAM_RANKING_EVAL, STREAM_RANKING_TRAIN
+    from recflow.training.transformed import load_transformed_sample
 
     imp_code = spec["event_codes"].get("impression", -1)
     feature_spec = set(spec["transformed_query_features"]) | set(spec["transformed_candidate_features"])
     columns = sorted(feature_spec | {"event_code", "clicked", "item_idx", *spec.get("label_features", [])})
     counts = np.zeros(n_items, np.float64)
 
-    def keep(tally: bool) -> Any:
+    def keep(tally: bool, labelled_only: bool) -> Any:
         def select(batch: dict[str, np.ndarray]) -> np.ndarray:
             if tally:
                 positive = target_weights(batch["event_code"], spec["event_codes"], config.event_weights) > 0
                 counts[:] += np.bincount(batch["item_idx"][positive], minlength=n_items)[:n_items]
             impression = np.asarray(batch["event_code"] == imp_code)
-            return impression & (batch["clicked"] >= 0) if cap is not None else impression
+            return impression & (batch["clicked"] >= 0) if labelled_only else impression
         return select
 
     split_dir = transform_dir / bundle_layout.TRANSFORMED_DIR
-    cap = config.ranking_max_train_impressions
-    train, labelled = load_transformed_sample(split_dir / "train", graph_dir, columns, keep(True), cap, config.seed,
-                                              STREAM_RANKING_TRAIN)
-    sample = {"kept": len(train["row_id"]), "of": labelled, "cap": cap} if cap is not None and labelled > cap \
-        else None
-    evald = load_transformed_rows(split_dir / "eval", graph_dir, columns, keep(False))
+    # with any cap, both splits keep only labelled impressions (the ranking stage's rows) while streaming
+    labelled_only = config.ranking_max_train_impressions is not None or config.ranking_max_eval_impressions is not None
+    samples: list[dict[str, int] | None] = []
+    loaded: list[dict[str, np.ndarray]] = []
+    for split, cap, stream in (("train", config.ranking_max_train_impressions, STREAM_RANKING_TRAIN),
+                               ("eval", config.ranking_max_eval_impressions, STREAM_RANKING_EVAL)):
+        rows, labelled = load_transformed_sample(split_dir / split, graph_dir, columns,
+                                                 keep(split == "train", labelled_only), cap, config.seed, stream)
+        loaded.append(rows)
+        samples.append({"kept": len(rows["row_id"]), "of": labelled, "cap": cap}
+                       if cap is not None and labelled > cap else None)
+    train, evald = loaded
     no_target = np.zeros(len(train["row_id"]), bool), np.zeros(len(evald["row_id"]), bool)
-    return train, evald, no_target[0], no_target[1], counts, sample
+    return train, evald, no_target[0], no_target[1], counts, samples[0], samples[1]
 
 
 def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) -> TrainerInputs:
@@ -443,10 +455,10 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
     tft_output = tft.TFTransformOutput(str(graph_dir))
     vocab = _vocab_sizes(tft_output, spec)
     if config.retrieval_model == "sequence":
-        train, evald, pos_train, pos_eval, counts, ranking_sample = _load_ranking_rows(
+        train, evald, pos_train, pos_eval, counts, ranking_sample, ranking_eval_sample = _load_ranking_rows(
             transform_dir, graph_dir, spec, config, vocab["item_idx"])
     else:
-        ranking_sample = None
+        ranking_sample = ranking_eval_sample = None
         train = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "train", graph_dir)
         evald = load_transformed(transform_dir / bundle_layout.TRANSFORMED_DIR / "eval", graph_dir)
         weight_train = target_weights(train["event_code"], spec["event_codes"], config.event_weights)
@@ -470,7 +482,8 @@ def load_inputs(examples_dir: Path, transform_dir: Path, config: TrainerConfig) 
         pos_train=pos_train, pos_eval=pos_eval, vocab=vocab, item_prob=item_prob, candidates_raw=candidates_raw,
         cand_features={n: cand_t[n] for n in c_feats},
         user_state=pd.read_parquet(transform_dir / bundle_layout.USER_STATE_FILE),
-        item_ids=candidates_raw["item_id"].astype(str).tolist(), ranking_sample=ranking_sample)
+        item_ids=candidates_raw["item_id"].astype(str).tolist(), ranking_sample=ranking_sample,
+        ranking_eval_sample=ranking_eval_sample)
 
 
 def _retrieval_dataset(inputs: TrainerInputs, config: TrainerConfig, data: dict[str, np.ndarray], mask: np.ndarray,
@@ -697,22 +710,28 @@ def _ranking_dataset(config: TrainerConfig, data: dict[str, np.ndarray], mask: n
     return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
 
 
-def _cap_ranking(inputs: TrainerInputs, rank_train: np.ndarray, run: TrainerRun) -> Any:
-    """The ranking model's train impressions cut to ``trainer.ranking_max_train_impressions``: the seeded
-    sample by row key (:func:`recflow.training.caps.cap_rows_by_key`), drawn here from a whole split or already
-    while the split was streamed (``inputs.ranking_sample``); a note when it binds."""
-    from recflow.training.caps import STREAM_RANKING_TRAIN, CapResult, cap_rows_by_key
+def _cap_ranking(inputs: TrainerInputs, rank_train: np.ndarray, rank_eval: np.ndarray, run: TrainerRun
+                 ) -> tuple[Any, Any]:
+    """The ranking model's train and eval impressions cut to ``trainer.ranking_max_train_impressions`` /
+    ``ranking_max_eval_impressions``: the seeded samples by row key (:func:`recflow.training.caps.cap_rows_by_key`),
+    drawn here from a whole split or already while the split was streamed (``inputs.ranking_sample``,
+    ``inputs.ranking_eval_sample``); a note for each that binds."""
+    from recflow.training.caps import STREAM_RANKING_EVAL, STREAM_RANKING_TRAIN, CapResult, cap_rows_by_key
 
-    mask = np.asarray(rank_train, bool)
-    if inputs.ranking_sample is not None:
-        capped = CapResult(mask, **inputs.ranking_sample)
-    else:
-        capped = cap_rows_by_key(mask, inputs.train["row_id"], run.config.ranking_max_train_impressions,
-                                 run.config.seed, STREAM_RANKING_TRAIN)
-    if capped.binds:
-        run.notes.append(capped.note("ranking model trained on its train impressions",
-                                     "ranking_max_train_impressions"))
-    return capped
+    out = []
+    for mask, data, sample, cap, stream, what, key in (
+            (rank_train, inputs.train, inputs.ranking_sample, run.config.ranking_max_train_impressions,
+             STREAM_RANKING_TRAIN, "ranking model trained on its train impressions", "ranking_max_train_impressions"),
+            (rank_eval, inputs.evald, inputs.ranking_eval_sample, run.config.ranking_max_eval_impressions,
+             STREAM_RANKING_EVAL, "ranking model early-stopped and scored on its eval impressions",
+             "ranking_max_eval_impressions")):
+        mask = np.asarray(mask, bool)
+        capped = CapResult(mask, **sample) if sample is not None else cap_rows_by_key(
+            mask, data["row_id"], cap, run.config.seed, stream)
+        if capped.binds:
+            run.notes.append(capped.note(what, key))
+        out.append(capped)
+    return out[0], out[1]
 
 
 def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
@@ -732,8 +751,8 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
         return False
     rank_train, rank_eval = masks
     config, train, evald, vocab = run.config, inputs.train, inputs.evald, inputs.vocab
-    capped = _cap_ranking(inputs, rank_train, run)
-    rank_train = capped.mask
+    capped, capped_eval = _cap_ranking(inputs, rank_train, rank_eval, run)
+    rank_train, rank_eval = capped.mask, capped_eval.mask
     purchase_weight = config.purchase_weight if inputs.spec.get("has_purchases") and "purchased" in train else 0.0
     names = sorted(set(inputs.q_feats) | set(inputs.c_feats) | {"clicked"}
                    | ({"purchased"} if purchase_weight else set()))
@@ -757,7 +776,9 @@ def train_ranking(inputs: TrainerInputs, run: TrainerRun) -> bool:
     history = _history(hist)
     epochs = len(history.get("loss", []))
     run.report["ranking"] = {"history": history, "epochs_run": epochs, "train_examples": int(rank_train.sum()),
+                             "eval_examples": int(rank_eval.sum()),
                              "train_impressions_sampled": capped.report(),
+                             "eval_impressions_sampled": capped_eval.report(),
                              "examples_seen": history.pop("examples_seen", []), "seconds": seconds,
                              "examples_per_second": int(rank_train.sum()) * epochs / seconds}
     if r_eval is not None:
