@@ -86,7 +86,6 @@ def tfrs_stages(work: Path, cfg: Any, stages: Stages, model: Path) -> dict[str, 
     """:func:`train_tfrs`'s stages one by one into ``model``; returns the trainer's report."""
     import tensorflow as tf
 
-    from recflow import bundle_layout
     from recflow.io import staged_dir
     from recflow.training import tfrs_trainer as tt
     from recflow.training.distribution import make_strategy
@@ -99,27 +98,7 @@ def tfrs_stages(work: Path, cfg: Any, stages: Stages, model: Path) -> dict[str, 
     inputs = stages.run("tfrs load_inputs", lambda: tt.load_inputs(work / "ex", work / "tr", config))
     with staged_dir(model) as tmp:
         run = tt.TrainerRun(tmp, config, strategy, report={"config": config.model_dump()})
-        contexts, default = stages.run("tfrs user_context", lambda: tt.user_context(inputs.examples_dir, inputs.spec))
-        if config.retrieval_model == "sequence":
-            retrieved = stages.run("tfrs retrieval (sequence)", lambda: tt.train_sequence_retrieval(inputs, run))
-        else:
-            retrieved = stages.run("tfrs retrieval (two tower)",
-                                   lambda ctx=contexts: tt.train_two_tower_retrieval(inputs, run, ctx, default))
-        contexts.to_parquet(tmp / bundle_layout.USER_CONTEXT_FILE, index=False)
-        (tmp / bundle_layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default), encoding="utf-8")
-        del contexts
-        stages.run("tfrs index", lambda: tt.write_index(inputs, run, retrieved))
-        stages.run("tfrs hybrid", lambda: tt.train_hybrid(inputs, run, retrieved))
-
-        def ranking() -> bool:  # as _train_stages: the transformed rows go once the ranking stage is done
-            ranked = tt.train_ranking(inputs, run)
-            tt.drop_transformed_rows(inputs)
-            return ranked
-
-        ranked = stages.run("tfrs ranking", ranking)
-        if ranked and config.retrieval_model == "sequence" and config.history_ranking:
-            stages.run("tfrs history ranking", lambda: tt.train_history_ranking(inputs, run, retrieved))
-        stages.run("tfrs report", lambda: tt._write_report(inputs, run))
+        tt.run_stages(inputs, run, stages.run)  # the trainer's own stages, each timed and sampled
     return {"metrics": run.metrics, "notes": run.notes}
 
 

@@ -153,3 +153,35 @@ def test_an_impression_without_request_falls_back_to_the_time_window(world) -> N
     evals.to_parquet(path, index=False)
     assert hr._impressions_by_split(ex, ["device"]) is None
     _assert_same(hr._impressions(ex, ["device"]), hr._impressions_whole(ex, ["device"]))
+
+
+@pytest.mark.parametrize("case", ["by_request", "region_from_users", "time_window"])
+def test_impression_keys_and_their_rows_equal_the_whole_impressions(world, case: str) -> None:
+    """The keys (user, split, seconds) are the whole table's columns, row for row; the rows read for a sample of
+    them (a row group at a time, only those rows labelled, the region merged) are the whole table's rows."""
+    ex, train, evals = world
+    context = ["device", "hour"]
+    if case == "region_from_users":
+        users = sorted({u for u in pd.concat([train, evals])["user_id"].dropna()})
+        pd.DataFrame({"user_id": users, "region": [f"reg{k % 3}" for k in range(len(users))]}).to_parquet(
+            ex / "users.parquet", index=False)
+        context = ["device", "region"]
+    if case == "time_window":  # an impression without a request id: labelled by time window, from the whole table
+        path = ex / "eval.parquet"
+        for part in path.glob("*.parquet"):
+            part.unlink()
+        path.rmdir()
+        evals.loc[evals.index[evals["event_type"] == "impression"][0], "request_id"] = None
+        evals.to_parquet(path, index=False)
+    whole = hr._impressions(ex, context)
+    keys = hr.impression_keys(ex, context)
+    assert (keys.whole is None) == (case != "time_window") and (keys.file_rows is None) == (case == "time_window")
+    assert list(keys.frame.columns) == ["user_id", "_split", "_seconds"]
+    def nulls_as_none(frame: pd.DataFrame) -> pd.DataFrame:  # (the region merge leaves a missing user id NaN)
+        return _plain(frame).astype(object).where(_plain(frame).notna(), None)
+
+    pd.testing.assert_frame_equal(nulls_as_none(keys.frame), nulls_as_none(whole[list(keys.frame.columns)]))
+    rows = np.sort(np.random.default_rng(2).choice(len(whole), size=len(whole) // 5, replace=False))
+    _assert_same(keys.rows(rows), whole.iloc[rows].reset_index(drop=True))
+    assert keys.rows(np.arange(len(whole)))["clicked"].sum() == whole["clicked"].sum() > 0
+    assert keys.rows(np.zeros(0, np.int64)).empty

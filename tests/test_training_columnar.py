@@ -263,6 +263,23 @@ def test_distinct_keys_equal_pandas_drop_duplicates() -> None:
     assert len(empty[0]) == len(empty[1]) == 0
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
+def test_distinct_keys_by_time_equal_distinct_keys(chunk: int) -> None:
+    """Chunked along non-decreasing times (runs of equal times longer than a chunk included) or, when times go
+    back, at once: the same keys, numbered the same."""
+    from recflow.training.history_ranking import distinct_keys, distinct_keys_by_time
+
+    rng = np.random.default_rng(6)
+    users = rng.integers(-1, 30, 5000)
+    times = np.sort(rng.choice(rng.uniform(0, 1e5, 300), 5000))
+    times[1000:1200] = times[1000]  # a run of 200 equal times
+    for t in (times, times[::-1].copy()):
+        want = distinct_keys(users, t)
+        got = distinct_keys_by_time(users, t, chunk=chunk)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_string_values_equal_astype_str() -> None:
     from recflow.training.columnar import string_values
 
@@ -294,3 +311,66 @@ def test_read_split_events_of_a_split_already_in_log_order(tmp_path: Path, shard
     whole = read_split(ex, "train")
     whole = whole[whole["event_type"] == "impression"].reset_index(drop=True)
     pd.testing.assert_frame_equal(_plain(got), whole[columns], check_dtype=True)
+
+
+@pytest.mark.parametrize("types", [None, ("impression",)])
+def test_read_split_events_of_chosen_file_rows_equals_those_rows_of_the_whole_read(examples: Path, types) -> None:
+    """``with_rows`` numbers each row by its place in the files (whatever the log order); ``rows`` reads only
+    those rows, a row group at a time, and gives exactly the whole read's rows with those numbers, in log order."""
+    from recflow.training.columnar import FILE_ROW
+
+    columns = ["user_id", "timestamp", "device", "item_id", "propensity"]
+    numbered = read_split_events(examples, "train", columns, types, with_rows=True)
+    plain = read_split_events(examples, "train", columns, types)
+    assert list(numbered.columns) == [*columns, FILE_ROW] and numbered[FILE_ROW].dtype == np.int64
+    pd.testing.assert_frame_equal(_plain(numbered[columns]), _plain(plain))
+    assert sorted(numbered[FILE_ROW]) == list(range(len(numbered)))  # each file row once
+    rng = np.random.default_rng(4)
+    chosen = rng.choice(len(numbered), size=len(numbered) // 7, replace=False)  # any order, repeats dropped
+    got = read_split_events(examples, "train", columns, types, rows=np.concatenate([chosen, chosen[:3]]))
+    expected = numbered[numbered[FILE_ROW].isin(chosen)]
+    assert len(got) == len(chosen)
+    pd.testing.assert_frame_equal(_plain(got), _plain(expected[columns]).reset_index(drop=True))
+    both = read_split_events(examples, "train", columns, types, rows=chosen, with_rows=True)
+    np.testing.assert_array_equal(both[FILE_ROW].to_numpy(), expected[FILE_ROW].to_numpy())
+    assert read_split_events(examples, "train", columns, types, rows=np.zeros(0, np.int64)).empty
+
+
+def test_files_in_log_order_checks_the_keys_a_row_group_at_a_time(tmp_path: Path) -> None:
+    """True exactly when the stable (timestamp, event_id) sort would leave the rows where they are: across files
+    and row groups, ties broken by the event id; a missing time or a tied missing id is left to the sort."""
+    from recflow.training.columnar import _log_order_indices, files_in_log_order
+
+    frame = _events(1200, 5, "2026-01-05").sort_values(["timestamp", "event_id"], kind="stable")
+    frame = frame.reset_index(drop=True)
+
+    def write(rows: pd.DataFrame, name: str) -> list[Path]:
+        paths = []
+        for k, part in enumerate(np.array_split(np.arange(len(rows)), 3)):
+            path = tmp_path / f"{name}-{k}.parquet"
+            pq.write_table(pa.Table.from_pandas(rows.iloc[part], preserve_index=False), path, row_group_size=97)
+            paths.append(path)
+        return paths
+
+    keys = ["timestamp", "event_id"]
+    assert files_in_log_order(write(frame, "sorted"), keys)
+    assert files_in_log_order(write(frame, "sorted_t"), ["timestamp"])
+    assert not files_in_log_order(write(frame, "no_time"), ["event_id"])
+    tie = int(np.flatnonzero(np.diff(frame["timestamp"].astype("int64").to_numpy()) == 0)[0])
+    swapped = frame.copy()
+    swapped.loc[[tie, tie + 1], "event_id"] = swapped.loc[[tie + 1, tie], "event_id"].to_numpy()  # a tie, ids down
+    for case, rows in (("shuffled", frame.sample(frac=1.0, random_state=1)), ("swapped", swapped)):
+        table = pa.Table.from_pandas(rows[keys], preserve_index=False)
+        assert _log_order_indices(table, keys) is not None
+        assert not files_in_log_order(write(rows, case), keys)
+    # across the seam of two row groups: equal times, decreasing ids
+    seam = frame.iloc[:2].copy()
+    seam["timestamp"] = seam["timestamp"].iloc[0]
+    seam["event_id"] = ["b", "a"]
+    paths = [tmp_path / "s0.parquet", tmp_path / "s1.parquet"]
+    pq.write_table(pa.Table.from_pandas(seam.iloc[:1], preserve_index=False), paths[0])
+    pq.write_table(pa.Table.from_pandas(seam.iloc[1:], preserve_index=False), paths[1])
+    assert not files_in_log_order(paths, keys) and files_in_log_order(paths[::-1], keys)
+    missing = frame.copy()
+    missing.loc[5, "timestamp"] = pd.NaT
+    assert not files_in_log_order(write(missing, "missing"), keys)

@@ -40,13 +40,24 @@ def sorted_categories(series: pd.Series) -> pd.Series:
     return cat.cat.reorder_categories([cats[i] for i in order])
 
 
+#: The column :func:`read_split_events` adds with ``with_rows``: each row's file row (see there).
+FILE_ROW = "_file_row"
+
+
 def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
-                      event_types: Sequence[str] | None = None) -> pd.DataFrame:
+                      event_types: Sequence[str] | None = None, *, rows: np.ndarray | None = None,
+                      with_rows: bool = False) -> pd.DataFrame:
     """The columns of ``columns`` that split ``name`` has, of its events whose ``event_type`` is one of
     ``event_types`` (None: every event), in log order, string columns as categoricals with sorted categories.
 
     Equal in rows, order and values to ``read_split_columns(examples_dir, name, columns)`` filtered to the event
     types. Raises DataError when the split is missing or unreadable.
+
+    A row's *file row* is its position among the split's events of ``event_types`` in the order the files store
+    them (file by file, row group by row group). ``with_rows`` adds it as column :data:`FILE_ROW` (int64);
+    ``rows`` (file rows) keeps only those rows -- selected a row group at a time, so a read of a few rows of a
+    large split holds no more than those rows and one row group -- in log order: the rows of the whole read with
+    those file rows, in the same order.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -59,11 +70,18 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
     keys = [c for c in SORT_KEYS if c in present]
     if event_types is not None and "event_type" not in present:
         raise DataError(f"{split_path(examples_dir, name)}: the {name} split has no event_type column")
-    read = list(dict.fromkeys([*wanted, *keys, *(["event_type"] if event_types is not None else [])]))
     path = split_path(examples_dir, name)
     files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    try:
+        if keys and files_in_log_order(files, keys):
+            keys = []  # already in log order (as ExampleGen writes a split): the sort keys are not read at all
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
+    read = list(dict.fromkeys([*wanted, *keys, *(["event_type"] if event_types is not None else [])]))
     allowed = pa.array([str(t) for t in event_types], pa.string()) if event_types is not None else None
+    selected = None if rows is None else np.unique(np.asarray(rows, np.int64))
     parts = []
+    offset = 0  # file rows before this row group
     try:
         for file in files:
             parquet = pq.ParquetFile(file)
@@ -73,6 +91,14 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
                     table = table.filter(pc.is_in(table["event_type"], value_set=allowed))
                     if "event_type" not in wanted and "event_type" not in keys:
                         table = table.drop_columns(["event_type"])  # read for the filter only
+                start, offset = offset, offset + table.num_rows
+                here = np.arange(start, offset, dtype=np.int64)
+                if selected is not None:
+                    lo, hi = np.searchsorted(selected, [start, offset])
+                    here = selected[lo:hi]
+                    table = table.take(pa.array(here - start, pa.int64()))
+                if with_rows:
+                    table = table.append_column(FILE_ROW, pa.array(here, pa.int64()))
                 parts.append(_encode_strings(table, keep=keys))
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
@@ -81,9 +107,10 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
     table = pa.concat_tables(parts, promote_options="default")
     del parts
     order = _log_order_indices(table, keys)
-    table = table.select(wanted)  # the sort keys not asked for (event_id) go before the rows are reordered
+    out_columns = [*wanted, *([FILE_ROW] if with_rows else [])]
+    table = table.select(out_columns)  # the sort keys not asked for (event_id) go before the rows are reordered
     columns_out = {}
-    for column in wanted:  # one column reordered and converted at a time, its Arrow buffers dropped after
+    for column in out_columns:  # one column reordered and converted at a time, its Arrow buffers dropped after
         values = table.column(column)
         table = table.drop_columns([column])
         if order is not None:
@@ -98,6 +125,48 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
         if isinstance(frame[column].dtype, pd.CategoricalDtype):
             frame[column] = sorted_categories(frame[column])
     return frame
+
+
+def files_in_log_order(files: Sequence[Path], keys: Sequence[str]) -> bool:
+    """Whether the rows of ``files`` (in this order) are already sorted by ``keys`` (:data:`SORT_KEYS` the files
+    have: ``timestamp``, then ``event_id``) as :func:`_log_order_indices` would sort them, read one row group's
+    keys at a time (never every row's event id at once: about 300 MB at 8 million events). False -- then the
+    full sort decides -- also when a time is missing, or equal times have a missing event id."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not keys or keys[0] != "timestamp":
+        return False
+    has_ids = "event_id" in keys
+    last_stamp: int | None = None
+    last_id: Any = None
+    for file in files:
+        parquet = pq.ParquetFile(file)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=list(keys))
+            ts = table.column("timestamp")
+            if ts.null_count:
+                return False
+            stamps = ts.cast("int64").to_numpy()
+            if not len(stamps):
+                continue
+            ids = table.column("event_id").combine_chunks() if has_ids else None
+            if last_stamp is not None and stamps[0] <= last_stamp:  # the seam with the previous row group
+                if stamps[0] < last_stamp:
+                    return False
+                if ids is not None and (last_id is None or not ids[0].is_valid or last_id > ids[0].as_py()):
+                    return False
+            steps = np.diff(stamps)
+            if (steps < 0).any():
+                return False
+            tied = np.flatnonzero(steps == 0)
+            if tied.size and ids is not None:
+                before, after = ids.take(tied), ids.take(tied + 1)
+                if before.null_count or after.null_count or not pc.all(pc.less_equal(before, after)).as_py():
+                    return False
+            last_stamp = int(stamps[-1])
+            last_id = ids[-1].as_py() if ids is not None else None
+    return True
 
 
 def _log_order_indices(table: Any, keys: Sequence[str]) -> Any:

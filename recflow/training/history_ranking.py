@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recflow.errors import DataError
 from recflow.io import epoch_seconds
 from recflow.memory import release_freed_memory
 from recflow.models.history_ranking import (
@@ -83,20 +84,24 @@ LABEL_KEYS: tuple[str, ...] = ("user_id", "item_id", "request_id")
 ONE_KEY_LIMIT = 2.0 ** 62
 
 
-def _impressions_by_split(examples_dir: Path, context_columns: Sequence[str]) -> pd.DataFrame | None:
+def _impressions_by_split(examples_dir: Path, context_columns: Sequence[str],
+                          rows_by_split: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame | None:
     """:func:`_impressions_whole`'s frame when every impression has a request id, built a split at a time;
-    None when some impression has none (or the splits log no request id): the caller then labels by time."""
+    None when some impression has none (or the splits log no request id): the caller then labels by time.
+    ``rows_by_split``: only the impressions of these file rows of each split
+    (:func:`recflow.training.columnar.read_split_events`' ``rows``): the rows of the whole frame that those are."""
     import gc
 
     from recflow.training.columnar import concat_categorical, read_split_events
 
-    splits = ("train", "eval")
+    splits = RANKER_SPLITS
     clicks = concat_categorical([read_split_events(examples_dir, split, LABEL_KEYS, ("click",))
                                  for split in splits])
     columns = tuple(c for c in IMPRESSION_COLUMNS if c != "event_type") + tuple(context_columns)
     frames = []
     for split in splits:
-        df = read_split_events(examples_dir, split, columns, ("impression",))
+        df = read_split_events(examples_dir, split, columns, ("impression",),
+                               rows=None if rows_by_split is None else rows_by_split[split])
         if "request_id" not in df.columns or "request_id" not in clicks.columns or df["request_id"].isna().any():
             return None
         df["_split"] = pd.Categorical.from_codes(np.zeros(len(df), np.int8), categories=[split])
@@ -116,6 +121,63 @@ def _impressions_by_split(examples_dir: Path, context_columns: Sequence[str]) ->
     had_region = "region" in imp.columns
     imp = with_user_region(imp, examples_dir, context_columns)
     return _in_impression_order(imp, "region" in imp.columns and not had_region)
+
+
+#: The splits the history ranker learns from, in :func:`_impressions`' row order.
+RANKER_SPLITS: tuple[str, ...] = ("train", "eval")
+
+
+@dataclass
+class ImpressionKeys:
+    """Every impression of :func:`_impressions`, in its row order, by its keys alone -- ``frame``: ``user_id``
+    (categorical), ``_split``, ``_seconds`` -- and how to read the whole rows of some of them (:meth:`rows`): the
+    sampled rows' frame without the whole impressions table ever in memory (issue 17). ``file_rows``: each row's
+    file row in its split (:func:`recflow.training.columnar.read_split_events`); ``whole``: the whole table
+    instead, when the impressions are labelled by time window (no request ids: :func:`_impressions_whole`)."""
+
+    examples_dir: Path
+    context_columns: tuple[str, ...]
+    frame: pd.DataFrame
+    file_rows: np.ndarray | None = None
+    whole: pd.DataFrame | None = None
+
+    def rows(self, rows: np.ndarray) -> pd.DataFrame:
+        """``_impressions(examples_dir, context_columns).iloc[rows]`` (ascending ``rows``), index 0..n-1: the
+        same rows, columns and values; a categorical's categories are those of the rows read."""
+        rows = np.asarray(rows, np.int64)
+        if self.whole is not None:
+            return self.whole.iloc[rows].reset_index(drop=True)
+        assert self.file_rows is not None
+        split = self.frame["_split"].to_numpy()[rows] if len(rows) else np.zeros(0, object)
+        by_split = {name: self.file_rows[rows[split == name]] for name in RANKER_SPLITS}
+        frame = _impressions_by_split(self.examples_dir, self.context_columns, by_split)
+        if frame is None:  # impression_keys saw every request id: the splits changed under the read
+            raise DataError(f"{self.examples_dir}: the impressions' request ids changed while they were read")
+        return frame
+
+
+def impression_keys(examples_dir: Path, context_columns: Sequence[str]) -> ImpressionKeys:
+    """:class:`ImpressionKeys` of the train and eval impressions: their user id, time and file row only, a split
+    at a time, when every impression has a request id (they are then labelled by request: :meth:`ImpressionKeys.rows`
+    reads the sampled rows alone); otherwise :func:`_impressions_whole` (the labels need every impression's
+    time window)."""
+    from recflow.training.columnar import FILE_ROW, concat_categorical, read_split_events
+
+    frames = []
+    for split in RANKER_SPLITS:
+        df = read_split_events(examples_dir, split, ("user_id", "timestamp", "request_id"), ("impression",),
+                               with_rows=True)
+        if "request_id" not in df.columns or df["request_id"].isna().any():
+            whole = _impressions_whole(examples_dir, context_columns)
+            return ImpressionKeys(Path(examples_dir), tuple(context_columns),
+                                  whole[["user_id", "_split", "_seconds"]], whole=whole)
+        del df["request_id"]
+        df["_split"] = pd.Categorical.from_codes(np.zeros(len(df), np.int8), categories=[split])
+        df["_seconds"] = epoch_seconds(df.pop("timestamp"))
+        frames.append(df)
+    keys = concat_categorical(frames, consume=True)
+    file_rows = keys.pop(FILE_ROW).to_numpy(np.int64)
+    return ImpressionKeys(Path(examples_dir), tuple(context_columns), keys, file_rows=file_rows)
 
 
 def _in_impression_order(imp: pd.DataFrame, merged_region: bool) -> pd.DataFrame:
@@ -364,6 +426,36 @@ def distinct_keys(users: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.
     return first[by_appearance].astype(np.int64), position
 
 
+#: :func:`distinct_keys_by_time` finds the keys of about this many rows at a time.
+KEY_CHUNK = 1 << 20
+
+
+def distinct_keys_by_time(users: np.ndarray, times: np.ndarray, chunk: int = KEY_CHUNK
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`distinct_keys`, a chunk of about ``chunk`` rows at a time when ``times`` never decrease (the
+    impressions in log order): a key's rows then share one run of equal times, each chunk ends where a run
+    begins, and the keys of one chunk all appear before those of the next, so the chunks' keys, numbered on,
+    are the whole arrays'. The sort's temporaries are a chunk's, not every row's. Times that go back: the
+    whole arrays at once."""
+    n = len(users)
+    if n <= chunk or bool((times[1:] < times[:-1]).any()):
+        return distinct_keys(users, times)
+    firsts, positions = [], []
+    start, keys_before = 0, 0
+    while start < n:
+        end = min(start + chunk, n)
+        if end < n:  # back to where the run of the time at ``end`` begins; past it when that is ``start``
+            end = int(np.searchsorted(times, times[end], side="left"))
+            if end <= start:
+                end = int(np.searchsorted(times, times[start], side="right"))
+        first, position = distinct_keys(users[start:end], times[start:end])
+        firsts.append(first + start)
+        positions.append(position + keys_before)
+        keys_before += len(first)
+        start = end
+    return np.concatenate(firsts), np.concatenate(positions)
+
+
 def ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.ndarray, item_rows: Mapping[str, int],
                 item_ids: Sequence[str], max_len: int, chunk: int = RANKER_ROWS_CHUNK
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -462,44 +554,58 @@ class SampledRankerRows:
     arrays: dict[str, np.ndarray]
     n_with_history: int
     sampled: ImpressionSample | None
+    frame: pd.DataFrame  #: the sampled rows' whole frame (index 0..n-1)
 
 
 def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vectors: np.ndarray,
                         item_rows: Mapping[str, int], item_ids: Sequence[str], max_len: int, cap: int | None,
                         seed: int, states_path: Path | None = None, chunk: int = RANKER_ROWS_CHUNK,
-                        eval_cap: int | None = None) -> SampledRankerRows:
+                        eval_cap: int | None = None,
+                        frame_of_rows: Callable[[np.ndarray], pd.DataFrame] | None = None) -> SampledRankerRows:
     """:func:`ranker_rows` followed by :func:`cap_impressions` (``cap``, ``seed``, ``eval_cap``) on the splits
     (``imp["_split"]``), with the same rows and arrays, in memory bounded by the caps: which impressions have an
     earlier history is known before any history is built (a user's first history event is before the
     impression), so the sample is drawn first and only the sampled rows' states are kept.
 
-    Every impression's point-in-time state still goes to ``states_path`` (the file of
+    ``imp``: every impression's ``user_id``, ``_seconds`` and ``_split`` (no other column is read);
+    ``frame_of_rows(rows)``: the whole frame of the sampled rows (default ``imp.iloc[rows]``; the trainer reads
+    them from the splits, :class:`ImpressionKeys`), whose ``item_id`` gives the item arrays, returned as
+    ``frame``. Every impression's point-in-time state still goes to ``states_path`` (the file of
     :func:`write_decision_states` with the same content), written a chunk of (user, time) keys at a time.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     users = _user_rows(imp, seq_data)
-    with_user = np.flatnonzero(users >= 0)
-    u_all, t_all = users[with_user], imp["_seconds"].to_numpy(np.float64)[with_user]
-    first, position = distinct_keys(u_all, t_all)
-    first_row = with_user[first]  # each key's first impression (its user id for the states file)
-    u_arr, t_arr = u_all[first], t_all[first]
-    del u_all, t_all, users
+    seconds = imp["_seconds"].to_numpy(np.float64)
     first_seen = np.full(int(np.max(seq_data.user_rows, initial=-1)) + 1, np.inf)
     np.minimum.at(first_seen, np.asarray(seq_data.user_rows, np.int64), np.asarray(seq_data.seconds, np.float64))
+    # an impression has an earlier history when its user's first event is before it (its key's history is
+    # non-empty: checked against the built histories below)
+    kept_rows = np.flatnonzero((users >= 0) & (first_seen[np.maximum(users, 0)] < seconds))
+    sampled = cap_impressions((imp["_split"] == "train").to_numpy()[kept_rows], cap, seed, eval_cap)
+    rows = kept_rows if sampled is None else kept_rows[sampled.rows]
+    n_with_history = len(kept_rows)
+    del kept_rows
+    frame = imp.iloc[rows].reset_index(drop=True) if frame_of_rows is None else frame_of_rows(rows)
+    if len(frame) != len(rows):
+        raise RuntimeError(f"history ranker: {len(frame)} impressions read for {len(rows)} sampled rows")
+    # The distinct (user, time) keys of every impression (a user without events as user -1, dropped after):
+    # those of the impressions with a user, in the same order of first appearance.
+    first, position = distinct_keys_by_time(users, seconds)
+    u_arr, t_arr = users[first], seconds[first]
+    del users, seconds
+    with_user = u_arr >= 0
+    renumbered = np.cumsum(with_user) - 1
+    row_pos = renumbered[position[rows]]  # each sampled row's key (its user has events)
+    del position, renumbered
+    first_row, u_arr, t_arr = first[with_user], u_arr[with_user], t_arr[with_user]  # first_row: its user id
+    del first, with_user
     key_has_hist = first_seen[u_arr] < t_arr
-    keep = key_has_hist[position]
-    kept_rows, kept_pos = with_user[keep], position[keep]
-    del position
-    sampled = cap_impressions((imp["_split"].to_numpy()[kept_rows] == "train"), cap, seed, eval_cap)
-    chosen = np.arange(len(kept_rows)) if sampled is None else sampled.rows
-    rows, row_pos = kept_rows[chosen], kept_pos[chosen]
     need = np.unique(row_pos)
     dim = all_vectors.shape[1]
     need_states = np.zeros((len(need), dim), np.float32)
     need_hist = np.full((len(need), max_len), -1, np.int32)
-    user_ids = string_values(imp["user_id"].iloc[first_row])
     schema = _decision_states_schema()
     writer = pq.ParquetWriter(states_path, schema) if states_path is not None else None
     try:
@@ -510,21 +616,21 @@ def sampled_ranker_rows(imp: pd.DataFrame, seq_data: Any, encoder: Any, all_vect
             lo, hi = np.searchsorted(need, [c, end])
             need_states[lo:hi], need_hist[lo:hi] = states[need[lo:hi] - c], hist[need[lo:hi] - c]
             if writer is not None and has.any():
-                frame = pd.DataFrame({"user_id": user_ids[c:end][has], "seconds": t_arr[c:end][has],
-                                      "embedding": list(states[has])})
-                writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
+                part = pd.DataFrame({"user_id": string_values(imp["user_id"].iloc[first_row[c:end][has]]),
+                                     "seconds": t_arr[c:end][has], "embedding": list(states[has])})
+                writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
     finally:
         if writer is not None:
             writer.close()
     at = np.searchsorted(need, row_pos)
     state = need_states[at]
-    items = object_values(imp["item_id"].iloc[rows])
+    items = object_values(frame["item_id"])
     enc_rows = np.array([item_rows.get(str(i), -1) for i in items], np.int64)
     score = np.einsum("nd,nd->n", state, all_vectors[np.maximum(enc_rows, 0)]) * (enc_rows >= 0)
     index = {str(i): k for k, i in enumerate(item_ids)}
     item = np.array([index.get(str(i), len(item_ids)) for i in items], np.int64)
     return SampledRankerRows(rows, {"state": state, "hist_rows": need_hist[at], "enc_rows": enc_rows, "item": item,
-                                    "score": score.astype(np.float64)}, len(kept_rows), sampled)
+                                    "score": score.astype(np.float64)}, n_with_history, sampled, frame)
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -828,17 +934,16 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
 
     cfg = trainer_config.sequence_config()
     context_columns = [c for c in spec.get("context_features", [])]
-    imp = _impressions(examples_dir, context_columns)
-    release_freed_memory()  # the splits' read and labelling temporaries (about 0.45 GB at 10M events)
-    context_columns = [c for c in context_columns if c in imp.columns]
-    if imp.empty or imp["clicked"].max() < 1:
+    # every impression's keys only (user, time, split); the sampled rows' whole frame is read once they are known
+    keys = impression_keys(examples_dir, context_columns)
+    release_freed_memory()  # the splits' read temporaries
+    if keys.frame.empty:
         return RankerTraining(False, notes=["history ranker skipped: no clicked impression in the log"])
     row_of, n_rows = item_rows_of(vocabulary)
     # only the integer arrays the ranker reads (no per-event id, type, weight or split objects are built)
     data = ranker_events_of_codes(load_history_codes(examples_dir, ("train", "eval"), row_of, n_rows - 1))
     release_freed_memory()  # the splits' read temporaries
     all_vectors = seq.encoder.item_vectors()
-    n_impressions = len(imp)
     cap = trainer_config.history_ranking_max_train_impressions
     # Every impression's point-in-time state goes to the policy trainer, whatever trains the ranker: written a
     # chunk at a time beside the ranker's files, kept only when the ranker trains.
@@ -847,32 +952,33 @@ def train_history_ranker(examples_dir: Path, vocabulary: Sequence[str], seq: Any
     fd, tmp_name = tempfile.mkstemp(prefix=f".{states_target.name}.", suffix=".tmp", dir=states_target.parent)
     os.close(fd)
     states_tmp = Path(tmp_name)
-    # Handed over in a list that _train_sampled empties: no frame of this function keeps the whole impressions
-    # table or the events alive while the candidates are fitted.
-    held: list[Any] = [imp, data]
-    del imp, data
+    # Handed over in a list that _train_sampled empties: no frame of this function keeps the impressions' keys
+    # or the events alive while the candidates are fitted.
+    held: list[Any] = [keys, data]
+    del keys, data
     try:
         return _train_sampled(held, seq, all_vectors, row_of, item_ids, cfg.max_len, cap, context_columns,
-                              n_impressions, trainer_config, Path(out_dir), states_tmp, states_target)
+                              trainer_config, Path(out_dir), states_tmp, states_target)
     finally:
         states_tmp.unlink(missing_ok=True)
 
 
 def _train_sampled(held: list[Any], seq: Any, all_vectors: np.ndarray, row_of: Mapping[str, int],
                    item_ids: Sequence[str], max_len: int, cap: int | None, context_columns: list[str],
-                   n_impressions: int, trainer_config: Any, out_dir: Path, states_tmp: Path, states_target: Path
-                   ) -> RankerTraining:
-    """:func:`train_history_ranker` from ``held`` = [the impressions, the events] on (the list is emptied: the
-    whole impressions table and the events are freed once the sampled rows are built, before any fit); the
+                   trainer_config: Any, out_dir: Path, states_tmp: Path, states_target: Path) -> RankerTraining:
+    """:func:`train_history_ranker` from ``held`` = [the impressions' :class:`ImpressionKeys`, the events] on (the
+    list is emptied: the keys and the events are freed once the sampled rows are built, before any fit); the
     decision states go to ``states_tmp``, renamed onto ``states_target`` when the ranker trains."""
-    imp, data = held
+    keys, data = held
     held.clear()
-    picked = sampled_ranker_rows(imp, data, seq.encoder, all_vectors, row_of, item_ids, max_len, cap,
+    n_impressions = len(keys.frame)
+    picked = sampled_ranker_rows(keys.frame, data, seq.encoder, all_vectors, row_of, item_ids, max_len, cap,
                                  trainer_config.seed, states_tmp,
-                                 eval_cap=trainer_config.history_ranking_max_eval_impressions)
-    del data
-    imp, arr, sampled = imp.iloc[picked.rows].reset_index(drop=True), picked.arrays, picked.sampled
-    release_freed_memory()  # the whole impressions table and the events, before any fit
+                                 eval_cap=trainer_config.history_ranking_max_eval_impressions,
+                                 frame_of_rows=keys.rows)
+    del data, keys
+    imp, arr, sampled = picked.frame, picked.arrays, picked.sampled
+    release_freed_memory()  # the impressions' keys and the events, before any fit
     notes: list[str] = []
     if sampled is not None and sampled.train_cap is not None:
         notes.append(f"history ranker trained on a seeded sample of {cap} of {sampled.train_of} train impressions "

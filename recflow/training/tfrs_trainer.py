@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -857,23 +858,42 @@ def _write_report(inputs: TrainerInputs, run: TrainerRun) -> None:
                                                        encoding="utf-8")
 
 
-def _train_stages(inputs: TrainerInputs, run: TrainerRun) -> bool:
-    """Every stage after the datasets, into ``run.tmp``; returns whether a ranking model was trained."""
-    contexts, default_context = user_context(inputs.examples_dir, inputs.spec)
-    if run.config.retrieval_model == "sequence":
-        retrieved = train_sequence_retrieval(inputs, run)
-    else:
-        retrieved = train_two_tower_retrieval(inputs, run, contexts, default_context)
+#: How a stage is run: ``stage(name, fn)`` calls ``fn()`` and returns its result (:func:`run_stages`' default
+#: calls it directly; ``benchmarks/trainer_stages.py`` times it and samples its memory).
+StageRunner = Callable[[str, Callable[[], Any]], Any]
+
+
+def _direct(name: str, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def run_stages(inputs: TrainerInputs, run: TrainerRun, stage: StageRunner = _direct) -> bool:
+    """Every stage after the datasets, into ``run.tmp``, each through ``stage``; returns whether a ranking model
+    was trained. The user contexts (a row per user) go to their file before retrieval, so that the sequence model
+    trains without them; the transformed rows are dropped once the ranking stage (their last reader) is done."""
+    contexts, default_context = stage("tfrs user_context", lambda: user_context(inputs.examples_dir, inputs.spec))
     contexts.to_parquet(run.tmp / bundle_layout.USER_CONTEXT_FILE, index=False)
     (run.tmp / bundle_layout.DEFAULT_CONTEXT_FILE).write_text(json.dumps(default_context), encoding="utf-8")
-    del contexts  # a row per user: in the bundle's file now
-    write_index(inputs, run, retrieved)
-    train_hybrid(inputs, run, retrieved)
-    ranked = train_ranking(inputs, run)
-    drop_transformed_rows(inputs)
+    if run.config.retrieval_model == "sequence":
+        del contexts  # in the bundle's file now: not held while the sequence model trains
+        release_freed_memory()
+        retrieved = stage("tfrs retrieval (sequence)", lambda: train_sequence_retrieval(inputs, run))
+    else:
+        retrieved = stage("tfrs retrieval (two tower)",
+                          lambda: train_two_tower_retrieval(inputs, run, contexts, default_context))
+        del contexts
+    stage("tfrs index", lambda: write_index(inputs, run, retrieved))
+    stage("tfrs hybrid", lambda: train_hybrid(inputs, run, retrieved))
+
+    def ranking() -> bool:
+        ranked = train_ranking(inputs, run)
+        drop_transformed_rows(inputs)
+        return ranked
+
+    ranked = bool(stage("tfrs ranking", ranking))
     if ranked and run.config.retrieval_model == "sequence" and run.config.history_ranking:
-        train_history_ranking(inputs, run, retrieved)
-    _write_report(inputs, run)
+        stage("tfrs history ranking", lambda: train_history_ranking(inputs, run, retrieved))
+    stage("tfrs report", lambda: _write_report(inputs, run))
     return ranked
 
 
@@ -906,7 +926,7 @@ def train_tfrs(examples_dir: Path, transform_dir: Path, out_dir: Path, config: T
         run = TrainerRun(tmp, config, strategy, report={
             "config": config.model_dump(), "strategy": type(strategy).__name__,
             "distribution": {**describe(strategy, task), "global_batch_size": config.batch_size}})
-        ranked = _train_stages(inputs, run)
+        ranked = run_stages(inputs, run)
     return TrainResult(
         out_dir=out_dir,
         retrieval_dir=out_dir / bundle_layout.RETRIEVAL_DIR,
