@@ -790,12 +790,12 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
     trials: list[dict[str, Any]] = []
     eval_losses: list[np.ndarray] = []
 
-    def build(cand: Candidate) -> Any:
+    def build(cand: Candidate, mask: list[float]) -> Any:
         tf.keras.utils.set_random_seed(trainer_config.seed + 7)
         return build_keras_ranker(n_items, inputs.state.shape[1], [len(v) for v in vocabs], l2=cand.l2,
                                   base_rate=base_rate, item_prior=prior,
                                   dense_l2=trainer_config.history_ranking_dense_l2, personal=cand.personal,
-                                  dense_mask=dense_mask_of(cand.dense_features))
+                                  dense_mask=mask)
 
     # Each candidate's fitted weights go to a file and its Keras model (with its Adam slots: three copies of the
     # per-item vectors over every item) is dropped before the next fit; only the chosen one is rebuilt
@@ -803,7 +803,7 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
     with CandidateWeights() as saved:
         for cand in candidates:
             mask = dense_mask_of(cand.dense_features)
-            model = build(cand)
+            model = build(cand, mask)
             model.compile(optimizer=tf.keras.optimizers.Adam(trainer_config.ranking_learning_rate), loss=click_loss)
             callbacks: list[Any] = []
             if has_eval:
@@ -834,9 +834,9 @@ def _fit_l2_grid(inputs: RankerInputs, labels: np.ndarray, weights: np.ndarray, 
                 np.argmin([t["eval_log_loss"] for t in trials]))
         for k, trial in enumerate(trials):
             trial["chosen"] = k == chosen
-        model = build(candidates[chosen])
+        mask = dense_mask_of(candidates[chosen].dense_features)
+        model = build(candidates[chosen], mask)
         saved.restore(chosen, model)
-    mask = dense_mask_of(candidates[chosen].dense_features)
     return (trials[chosen]["eval_log_loss"], model, FitHistory(trials[chosen]["history"]), mask), trials
 
 
