@@ -47,12 +47,17 @@ def _require_columns(events: pd.DataFrame, columns: Sequence[str], what: str = "
 
 def string_codes(values: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, ids)``: ``ids`` the sorted distinct ``str`` values of ``values`` (an object column: user or
-    item ids, event types), ``codes`` (int64, one per row) the position of each row's ``str`` value in ``ids``.
+    item ids, event types; or a categorical one), ``codes`` (int64, one per row) the position of each row's
+    ``str`` value in ``ids``.
 
     The same grouping and order as converting every row with ``astype(str)`` and sorting its set, without
     making a string per row: ``pd.factorize`` on the column (one hash table of its distinct values), then only
     the distinct values are converted and sorted (two values with the same ``str``, e.g. ``1`` and ``"1"``, share
-    one code). Nulls are converted as ``astype(str)`` converts them (``"nan"``, ``"None"``)."""
+    one code). Nulls are converted as ``astype(str)`` converts them (``"nan"``, ``"None"``). A categorical
+    column (the Evaluator's compact train split) is coded from its own codes: only its categories are
+    converted, and no object array of its rows is made (a null there is ``"None"``, as Parquet reads it)."""
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        return _categorical_string_codes(pd.Categorical(values))
     raw = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
     codes, uniques = pd.factorize(raw)
     texts = [str(u) for u in uniques]
@@ -69,6 +74,33 @@ def string_codes(values: Any) -> tuple[np.ndarray, np.ndarray]:
     return inverse.astype(np.int64)[codes], ids
 
 
+def _categorical_string_codes(values: pd.Categorical) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`string_codes` of a categorical: the categories the rows use (and ``"None"`` for a null row),
+    converted with ``str`` and sorted, and each row's position among them, from the categorical's codes."""
+    raw = np.asarray(values.codes, dtype=np.int64)
+    n_categories = len(values.categories)
+    used = np.bincount(raw + 1, minlength=n_categories + 1)  # slot 0: the nulls (code -1)
+    slots = np.flatnonzero(used)  # the used categories (and the null slot), each once
+    texts = np.array(["None" if slot == 0 else str(values.categories[slot - 1]) for slot in slots], dtype=object)
+    if not len(texts):
+        return raw, texts
+    ids, inverse = np.unique(texts, return_inverse=True)  # equal strs (e.g. a "None" category) share one id
+    slot_code = np.zeros(n_categories + 1, dtype=np.int64)
+    slot_code[slots] = inverse
+    return slot_code[raw + 1], ids
+
+
+def event_weights_of(event_types: pd.Series, weights: Mapping[str, float]) -> np.ndarray:
+    """Each row's weight of its event type (0.0 for a type ``weights`` lacks or a null): what
+    ``event_types.map(weights).fillna(0.0)`` gives for an object column, computed once per category of a
+    categorical one (whose ``map`` can return a categorical that ``fillna(0.0)`` rejects)."""
+    if isinstance(event_types.dtype, pd.CategoricalDtype):
+        per_category = pd.Series(event_types.cat.categories).map(weights).fillna(0.0).to_numpy(np.float64)
+        table = np.append(per_category, 0.0)  # code -1 (null): the last slot
+        return table[event_types.cat.codes.to_numpy()]
+    return event_types.map(weights).fillna(0.0).to_numpy(np.float64)
+
+
 def interaction_matrix(
     events: pd.DataFrame,
     weights: Mapping[str, float] | None = None,
@@ -82,7 +114,7 @@ def interaction_matrix(
     """
     _require_columns(events, ("user_id", "item_id", "event_type"))
     w = dict(DEFAULT_EVENT_WEIGHTS if weights is None else weights)
-    value = events["event_type"].map(w).fillna(0.0).astype(np.float64).to_numpy()
+    value = event_weights_of(events["event_type"], w)
     keep = value > 0
     item_codes, item_uniques = string_codes(events["item_id"])
     if items is None:
@@ -655,7 +687,7 @@ _NAT_LAST = np.iinfo(np.int64).max
 
 def _weighted_log(train_events: pd.DataFrame, weights: Mapping[str, float]) -> _WeightedLog:
     """:class:`_WeightedLog` of ``train_events`` for ``weights``."""
-    weighted = np.flatnonzero(train_events["event_type"].map(weights).fillna(0.0).to_numpy(np.float64) > 0)
+    weighted = np.flatnonzero(event_weights_of(train_events["event_type"], weights) > 0)
     stamps = pd.to_datetime(train_events["timestamp"].iloc[weighted], utc=True)
     nat = stamps.isna().to_numpy()
     ts = stamps.dt.as_unit("ns").array.asi8.copy() if len(stamps) else np.empty(0, np.int64)
@@ -666,7 +698,7 @@ def _weighted_log(train_events: pd.DataFrame, weights: Mapping[str, float]) -> _
     del weighted
 
     def codes(column: str) -> tuple[np.ndarray, np.ndarray]:
-        return string_codes(train_events[column].to_numpy(dtype=object)[rows])
+        return string_codes(train_events[column].iloc[rows])  # a categorical stays codes
 
     user, user_ids = codes("user_id")
     item, item_ids = codes("item_id")
@@ -676,7 +708,7 @@ def _weighted_log(train_events: pd.DataFrame, weights: Mapping[str, float]) -> _
         values = train_events["session_id"].iloc[rows]
         known = values.notna().to_numpy()
         if known.any():
-            session[known] = string_codes(values.to_numpy(dtype=object)[known])[0]
+            session[known] = string_codes(values[known])[0]
     return _WeightedLog(user, item, kind, ts[order], session, user_ids, item_ids, kinds)
 
 
