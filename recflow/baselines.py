@@ -76,18 +76,30 @@ def string_codes(values: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _categorical_string_codes(values: pd.Categorical) -> tuple[np.ndarray, np.ndarray]:
     """:func:`string_codes` of a categorical: the categories the rows use (and ``"None"`` for a null row),
-    converted with ``str`` and sorted, and each row's position among them, from the categorical's codes."""
-    raw = np.asarray(values.codes, dtype=np.int64)
+    converted with ``str`` and sorted, and each row's position among them, looked up from the categorical's own
+    codes (a null's code -1 reads the table's last slot)."""
+    codes = values.codes
     n_categories = len(values.categories)
-    used = np.bincount(raw + 1, minlength=n_categories + 1)  # slot 0: the nulls (code -1)
+    used = np.bincount(codes + 1, minlength=n_categories + 1)  # slot 0: the nulls (code -1)
     slots = np.flatnonzero(used)  # the used categories (and the null slot), each once
     texts = np.array(["None" if slot == 0 else str(values.categories[slot - 1]) for slot in slots], dtype=object)
     if not len(texts):
-        return raw, texts
+        return codes.astype(np.int64), texts
     ids, inverse = np.unique(texts, return_inverse=True)  # equal strs (e.g. a "None" category) share one id
-    slot_code = np.zeros(n_categories + 1, dtype=np.int64)
-    slot_code[slots] = inverse
-    return slot_code[raw + 1], ids
+    table = np.zeros(n_categories + 1, dtype=np.int64)  # category c at c, the nulls (-1) at the end
+    table[np.where(slots == 0, n_categories, slots - 1)] = inverse
+    return table[codes], ids
+
+
+def string_ids(values: Any) -> np.ndarray:
+    """``string_codes(values)[1]``: the sorted distinct ``str`` values; of a categorical, from the categories
+    its rows use, without coding its rows."""
+    if not isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        return string_codes(values)[1]
+    cat = pd.Categorical(values)
+    used = np.bincount(cat.codes + 1, minlength=len(cat.categories) + 1)  # slot 0: the nulls (code -1)
+    texts = ["None" if slot == 0 else str(cat.categories[slot - 1]) for slot in np.flatnonzero(used)]
+    return np.unique(np.array(texts, dtype=object)) if texts else np.empty(0, dtype=object)
 
 
 def event_weights_of(event_types: pd.Series, weights: Mapping[str, float]) -> np.ndarray:
@@ -109,26 +121,26 @@ def interaction_matrix(
     """A users x items CSR matrix of summed event weights, with its user ids and item ids (both sorted).
 
     ``items`` fixes the item axis (events on other items are dropped); by default it is every item with a
-    weighted event. Built from integer codes of the id columns (:func:`string_codes`): no per-row string or
-    copy of the event columns is made, so the memory is a few integer arrays of the log's length.
+    weighted event. Built from integer codes of the id columns' weighted rows (:func:`string_codes`): no
+    per-row string or copy of the event columns is made, so the memory is a few integer arrays of the number
+    of weighted events.
     """
     _require_columns(events, ("user_id", "item_id", "event_type"))
     w = dict(DEFAULT_EVENT_WEIGHTS if weights is None else weights)
     value = event_weights_of(events["event_type"], w)
-    keep = value > 0
-    item_codes, item_uniques = string_codes(events["item_id"])
-    if items is None:
-        present = np.zeros(len(item_uniques), dtype=bool)
-        present[item_codes[keep]] = True
-        item_ids = item_uniques[present]
-        item_map = np.where(present, np.cumsum(present) - 1, -1)
+    weighted = np.flatnonzero(value > 0)  # only these rows are coded: a shop's log is mostly impressions
+    value = value[weighted]
+    item_codes, item_uniques = string_codes(events["item_id"].iloc[weighted])
+    if items is None:  # every item coded has a weighted event
+        item_ids, cols = item_uniques, item_codes
     else:
         item_ids = np.array(sorted(set(map(str, items))), dtype=object)
         item_map = pd.Index(item_ids).get_indexer(item_uniques) if len(item_uniques) else np.empty(0, np.int64)
-    cols = item_map[item_codes] if len(item_codes) else np.empty(0, dtype=np.int64)
+        cols = item_map[item_codes] if len(item_codes) else np.empty(0, dtype=np.int64)
     del item_codes
-    keep &= cols >= 0
-    user_codes, user_uniques = string_codes(events["user_id"])
+    keep = cols >= 0
+    user_codes, user_uniques = string_codes(events["user_id"].iloc[weighted])
+    del weighted
     kept_users = user_codes[keep]
     del user_codes
     present_users = np.zeros(len(user_uniques), dtype=bool)
@@ -179,15 +191,18 @@ class PopularityRecommender:
         chosen = np.flatnonzero(ev["event_type"].isin(POSITIVE_EVENT_TYPES).to_numpy())
         if not len(chosen):
             chosen = np.flatnonzero((ev["event_type"] == "view").to_numpy())
-        codes, known = string_codes(ev["item_id"])  # integer codes: no string or row copy per event
+        known = string_ids(ev["item_id"])  # every item of train, scored 0 without a chosen event
+        chosen_codes, chosen_ids = string_codes(ev["item_id"].iloc[chosen])  # integer codes of the chosen rows
+        codes = pd.Index(known).get_indexer(chosen_ids)[chosen_codes] if len(chosen_ids) else chosen_codes
+        del chosen_codes
         if self.half_life_days is None or not len(chosen):
-            sums = np.bincount(codes[chosen], minlength=len(known)).astype(np.float64)
+            sums = np.bincount(codes, minlength=len(known)).astype(np.float64)
         else:
             _require_columns(train_events, ("timestamp",))
             ts = pd.to_datetime(ev["timestamp"].iloc[chosen], utc=True)
             age_days = (ts.max() - ts).dt.total_seconds() / _SECONDS_PER_DAY
             weight = 0.5 ** (age_days / self.half_life_days)
-            sums = pd.Series(weight.to_numpy()).groupby(codes[chosen]).sum().reindex(
+            sums = pd.Series(weight.to_numpy()).groupby(codes).sum().reindex(
                 np.arange(len(known)), fill_value=0.0).to_numpy(dtype=np.float64)
         del codes
         if items is not None and "item_id" in items.columns:
