@@ -102,15 +102,21 @@ def string_ids(values: Any) -> np.ndarray:
     return np.unique(np.array(texts, dtype=object)) if texts else np.empty(0, dtype=object)
 
 
-def event_weights_of(event_types: pd.Series, weights: Mapping[str, float]) -> np.ndarray:
-    """Each row's weight of its event type (0.0 for a type ``weights`` lacks or a null): what
-    ``event_types.map(weights).fillna(0.0)`` gives for an object column, computed once per category of a
-    categorical one (whose ``map`` can return a categorical that ``fillna(0.0)`` rejects)."""
+def weighted_rows(event_types: pd.Series, weights: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, values)``: the positions of the rows whose event type has a positive weight in ``weights`` and
+    those weights, what ``event_types.map(weights).fillna(0.0)`` gives for an object column (a type ``weights``
+    lacks, or a null, weighs 0.0). A categorical column is weighed once per category and read through its
+    codes: no float per row of the log (most of a shop's log are impressions, which weigh nothing), and no
+    categorical ``map`` (whose result ``fillna(0.0)`` can reject)."""
     if isinstance(event_types.dtype, pd.CategoricalDtype):
         per_category = pd.Series(event_types.cat.categories).map(weights).fillna(0.0).to_numpy(np.float64)
-        table = np.append(per_category, 0.0)  # code -1 (null): the last slot
-        return table[event_types.cat.codes.to_numpy()]
-    return event_types.map(weights).fillna(0.0).to_numpy(np.float64)
+        table = np.append(per_category, 0.0)  # a null's code -1 reads the last slot
+        codes = event_types.cat.codes.to_numpy()
+        rows = np.flatnonzero((table > 0)[codes])
+        return rows, table[codes[rows]]
+    value = event_types.map(weights).fillna(0.0).to_numpy(np.float64)
+    rows = np.flatnonzero(value > 0)
+    return rows, value[rows]
 
 
 def interaction_matrix(
@@ -127,9 +133,7 @@ def interaction_matrix(
     """
     _require_columns(events, ("user_id", "item_id", "event_type"))
     w = dict(DEFAULT_EVENT_WEIGHTS if weights is None else weights)
-    value = event_weights_of(events["event_type"], w)
-    weighted = np.flatnonzero(value > 0)  # only these rows are coded: a shop's log is mostly impressions
-    value = value[weighted]
+    weighted, value = weighted_rows(events["event_type"], w)  # only these rows are coded (not impressions)
     item_codes, item_uniques = string_codes(events["item_id"].iloc[weighted])
     if items is None:  # every item coded has a weighted event
         item_ids, cols = item_uniques, item_codes
@@ -702,7 +706,7 @@ _NAT_LAST = np.iinfo(np.int64).max
 
 def _weighted_log(train_events: pd.DataFrame, weights: Mapping[str, float]) -> _WeightedLog:
     """:class:`_WeightedLog` of ``train_events`` for ``weights``."""
-    weighted = np.flatnonzero(event_weights_of(train_events["event_type"], weights) > 0)
+    weighted = weighted_rows(train_events["event_type"], weights)[0]
     stamps = pd.to_datetime(train_events["timestamp"].iloc[weighted], utc=True)
     nat = stamps.isna().to_numpy()
     ts = stamps.dt.as_unit("ns").array.asi8.copy() if len(stamps) else np.empty(0, np.int64)

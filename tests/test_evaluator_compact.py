@@ -16,9 +16,9 @@ from recflow.baseline_tuning import tune_baselines
 from recflow.baselines import (
     COUNT_EVENT_WEIGHTS,
     DEFAULT_EVENT_WEIGHTS,
-    event_weights_of,
     make_baseline,
     string_codes,
+    weighted_rows,
 )
 from recflow.evaluation.beyond_accuracy import interaction_counts
 from recflow.evaluation.config import EvaluatorConfig
@@ -38,8 +38,8 @@ KINDS = ["view", "click", "add_to_cart", "purchase", "impression", "remove_from_
 
 
 def _split(root: Path, seed: int = 0, n: int = 4000) -> Path:
-    """A train split with sessions (30% null), a few null item and user ids, ties in time and rows out of time
-    order (the reader sorts them)."""
+    """A train split with sessions (30% null), a few null item ids, user ids and event types, ties in time and
+    rows out of time order (the reader sorts them)."""
     rng = np.random.default_rng(seed)
     users = np.array([f"u{u}" for u in rng.integers(0, 200, n)], dtype=object)
     items = np.array([f"i{i}" for i in rng.integers(0, 150, n)], dtype=object)
@@ -47,11 +47,13 @@ def _split(root: Path, seed: int = 0, n: int = 4000) -> Path:
     sessions[rng.random(n) < 0.3] = None
     users[rng.random(n) < 0.005] = None
     items[rng.random(n) < 0.005] = None
+    kinds = rng.choice(KINDS, n, p=[0.35, 0.2, 0.1, 0.05, 0.25, 0.05]).astype(object)
+    kinds[rng.random(n) < 0.005] = None
     frame = pd.DataFrame({
         "event_id": [f"e{i:06d}" for i in rng.permutation(n)],
         "user_id": users,
         "item_id": items,
-        "event_type": rng.choice(KINDS, n, p=[0.35, 0.2, 0.1, 0.05, 0.25, 0.05]),
+        "event_type": kinds,
         "timestamp": T0 + pd.to_timedelta(rng.integers(0, 500, n) * 7, unit="m"),
         "session_id": sessions,
     })
@@ -98,8 +100,12 @@ def test_string_codes_of_a_categorical_equal_those_of_its_strings(tmp_path):
         np.testing.assert_array_equal(codes, expected_codes)
         np.testing.assert_array_equal(ids, expected_ids)
     for weights in (DEFAULT_EVENT_WEIGHTS, COUNT_EVENT_WEIGHTS, {"view": 1.0, "click": 2.0, "purchase": 3.0}):
-        np.testing.assert_array_equal(event_weights_of(compact["event_type"], weights),
-                                      event_weights_of(_as_objects(compact)["event_type"], weights))
+        rows, values = weighted_rows(compact["event_type"], weights)
+        expected = _as_objects(compact)["event_type"].map(weights).fillna(0.0).to_numpy(np.float64)
+        np.testing.assert_array_equal(rows, np.flatnonzero(expected > 0))
+        np.testing.assert_array_equal(values, expected[expected > 0])
+        for got, want in zip(weighted_rows(_as_objects(compact)["event_type"], weights), (rows, values), strict=True):
+            np.testing.assert_array_equal(got, want)
     wanted = pd.Index(["u1", "u7", "None", "u150"])
     np.testing.assert_array_equal(str_isin(compact["user_id"], wanted),
                                   np.isin(object_values(compact["user_id"]).astype(str), wanted))
