@@ -46,8 +46,8 @@ SESSIONS_RATE = 0.00086
 class Stages(StageSampler):
     """The Evaluator's stages; every row carries the world's event count."""
 
-    def __init__(self, max_rss_gb: float, out: Path, label: str, world: list[str]) -> None:
-        self.out, self.label, self.world = out, label, world
+    def __init__(self, max_rss_gb: float, out: Path, label: str, world: list[str], note: str = "") -> None:
+        self.out, self.label, self.world, self.note = out, label, world, note
         self.events: int | None = None
         self.model: str | None = None  #: the resolved model directory (a world may reuse another's model)
         super().__init__(max_rss_gb)
@@ -76,7 +76,7 @@ class Stages(StageSampler):
 
     def write(self, finished: bool) -> None:
         run = {"world": self.world, "events": self.events, "finished": finished, "model": self.model,
-               "stages": self.rows,
+               **({"note": self.note} if self.note else {}), "stages": self.rows,
                "machine": machine_info(("tensorflow", "apache-beam"))}
         save_run(self.out, "Evaluator stages at shop scale (one process)", self.label, run)
 
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions-rate", type=float, default=SESSIONS_RATE,
                         help="simulator.sessions_per_user_per_day of the world (0.0031: about 1.14M events).")
     parser.add_argument("--label", default="run", help="Key of this run in the results file.")
+    parser.add_argument("--note", default="", help="Recorded with the run (the code's branch and commit, where the "
+                        "model and policy came from).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Extra config overrides (e.g. a quick trainer for the prepared model); recorded.")
     parser.add_argument("--compare-whole-split-ope", action="store_true",
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [*shop_world(args.sessions_rate), *args.overrides]
     cfg = load_config(None, [f"paths.data_dir={work}", *overrides])
     shop, ex, tr, model, policy = (work / n for n in ("shop", "ex", "tr", "model", "policy"))
-    stages = Stages(args.max_rss_gb, args.out, args.label, overrides)
+    stages = Stages(args.max_rss_gb, args.out, args.label, overrides, args.note)
     steps = ((shop, lambda: generate_dataset(cfg.simulator, shop, progress=False)),
              (ex, lambda: run_example_gen(shop, ex, cfg.example_gen, cfg.validation)),
              (tr, lambda: run_transform(ex, tr, cfg.transform)),

@@ -47,12 +47,17 @@ def _require_columns(events: pd.DataFrame, columns: Sequence[str], what: str = "
 
 def string_codes(values: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, ids)``: ``ids`` the sorted distinct ``str`` values of ``values`` (an object column: user or
-    item ids, event types), ``codes`` (int64, one per row) the position of each row's ``str`` value in ``ids``.
+    item ids, event types; or a categorical one), ``codes`` (int64, one per row) the position of each row's
+    ``str`` value in ``ids``.
 
     The same grouping and order as converting every row with ``astype(str)`` and sorting its set, without
     making a string per row: ``pd.factorize`` on the column (one hash table of its distinct values), then only
     the distinct values are converted and sorted (two values with the same ``str``, e.g. ``1`` and ``"1"``, share
-    one code). Nulls are converted as ``astype(str)`` converts them (``"nan"``, ``"None"``)."""
+    one code). Nulls are converted as ``astype(str)`` converts them (``"nan"``, ``"None"``). A categorical
+    column (the Evaluator's compact train split) is coded from its own codes: only its categories are
+    converted, and no object array of its rows is made (a null there is ``"None"``, as Parquet reads it)."""
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        return _categorical_string_codes(pd.Categorical(values))
     raw = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
     codes, uniques = pd.factorize(raw)
     texts = [str(u) for u in uniques]
@@ -69,6 +74,51 @@ def string_codes(values: Any) -> tuple[np.ndarray, np.ndarray]:
     return inverse.astype(np.int64)[codes], ids
 
 
+def _categorical_string_codes(values: pd.Categorical) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`string_codes` of a categorical: the categories the rows use (and ``"None"`` for a null row),
+    converted with ``str`` and sorted, and each row's position among them, looked up from the categorical's own
+    codes (a null's code -1 reads the table's last slot)."""
+    codes = values.codes
+    n_categories = len(values.categories)
+    used = np.bincount(codes + 1, minlength=n_categories + 1)  # slot 0: the nulls (code -1)
+    slots = np.flatnonzero(used)  # the used categories (and the null slot), each once
+    texts = np.array(["None" if slot == 0 else str(values.categories[slot - 1]) for slot in slots], dtype=object)
+    if not len(texts):
+        return codes.astype(np.int64), texts
+    ids, inverse = np.unique(texts, return_inverse=True)  # equal strs (e.g. a "None" category) share one id
+    table = np.zeros(n_categories + 1, dtype=np.int64)  # category c at c, the nulls (-1) at the end
+    table[np.where(slots == 0, n_categories, slots - 1)] = inverse
+    return table[codes], ids
+
+
+def string_ids(values: Any) -> np.ndarray:
+    """``string_codes(values)[1]``: the sorted distinct ``str`` values; of a categorical, from the categories
+    its rows use, without coding its rows."""
+    if not isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        return string_codes(values)[1]
+    cat = pd.Categorical(values)
+    used = np.bincount(cat.codes + 1, minlength=len(cat.categories) + 1)  # slot 0: the nulls (code -1)
+    texts = ["None" if slot == 0 else str(cat.categories[slot - 1]) for slot in np.flatnonzero(used)]
+    return np.unique(np.array(texts, dtype=object)) if texts else np.empty(0, dtype=object)
+
+
+def weighted_rows(event_types: pd.Series, weights: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, values)``: the positions of the rows whose event type has a positive weight in ``weights`` and
+    those weights, what ``event_types.map(weights).fillna(0.0)`` gives for an object column (a type ``weights``
+    lacks, or a null, weighs 0.0). A categorical column is weighed once per category and read through its
+    codes: no float per row of the log (most of a shop's log are impressions, which weigh nothing), and no
+    categorical ``map`` (whose result ``fillna(0.0)`` can reject)."""
+    if isinstance(event_types.dtype, pd.CategoricalDtype):
+        per_category = pd.Series(event_types.cat.categories).map(weights).fillna(0.0).to_numpy(np.float64)
+        table = np.append(per_category, 0.0)  # a null's code -1 reads the last slot
+        codes = event_types.cat.codes.to_numpy()
+        rows = np.flatnonzero((table > 0)[codes])
+        return rows, table[codes[rows]]
+    value = event_types.map(weights).fillna(0.0).to_numpy(np.float64)
+    rows = np.flatnonzero(value > 0)
+    return rows, value[rows]
+
+
 def interaction_matrix(
     events: pd.DataFrame,
     weights: Mapping[str, float] | None = None,
@@ -77,26 +127,24 @@ def interaction_matrix(
     """A users x items CSR matrix of summed event weights, with its user ids and item ids (both sorted).
 
     ``items`` fixes the item axis (events on other items are dropped); by default it is every item with a
-    weighted event. Built from integer codes of the id columns (:func:`string_codes`): no per-row string or
-    copy of the event columns is made, so the memory is a few integer arrays of the log's length.
+    weighted event. Built from integer codes of the id columns' weighted rows (:func:`string_codes`): no
+    per-row string or copy of the event columns is made, so the memory is a few integer arrays of the number
+    of weighted events.
     """
     _require_columns(events, ("user_id", "item_id", "event_type"))
     w = dict(DEFAULT_EVENT_WEIGHTS if weights is None else weights)
-    value = events["event_type"].map(w).fillna(0.0).astype(np.float64).to_numpy()
-    keep = value > 0
-    item_codes, item_uniques = string_codes(events["item_id"])
-    if items is None:
-        present = np.zeros(len(item_uniques), dtype=bool)
-        present[item_codes[keep]] = True
-        item_ids = item_uniques[present]
-        item_map = np.where(present, np.cumsum(present) - 1, -1)
+    weighted, value = weighted_rows(events["event_type"], w)  # only these rows are coded (not impressions)
+    item_codes, item_uniques = string_codes(events["item_id"].iloc[weighted])
+    if items is None:  # every item coded has a weighted event
+        item_ids, cols = item_uniques, item_codes
     else:
         item_ids = np.array(sorted(set(map(str, items))), dtype=object)
         item_map = pd.Index(item_ids).get_indexer(item_uniques) if len(item_uniques) else np.empty(0, np.int64)
-    cols = item_map[item_codes] if len(item_codes) else np.empty(0, dtype=np.int64)
+        cols = item_map[item_codes] if len(item_codes) else np.empty(0, dtype=np.int64)
     del item_codes
-    keep &= cols >= 0
-    user_codes, user_uniques = string_codes(events["user_id"])
+    keep = cols >= 0
+    user_codes, user_uniques = string_codes(events["user_id"].iloc[weighted])
+    del weighted
     kept_users = user_codes[keep]
     del user_codes
     present_users = np.zeros(len(user_uniques), dtype=bool)
@@ -147,15 +195,18 @@ class PopularityRecommender:
         chosen = np.flatnonzero(ev["event_type"].isin(POSITIVE_EVENT_TYPES).to_numpy())
         if not len(chosen):
             chosen = np.flatnonzero((ev["event_type"] == "view").to_numpy())
-        codes, known = string_codes(ev["item_id"])  # integer codes: no string or row copy per event
+        known = string_ids(ev["item_id"])  # every item of train, scored 0 without a chosen event
+        chosen_codes, chosen_ids = string_codes(ev["item_id"].iloc[chosen])  # integer codes of the chosen rows
+        codes = pd.Index(known).get_indexer(chosen_ids)[chosen_codes] if len(chosen_ids) else chosen_codes
+        del chosen_codes
         if self.half_life_days is None or not len(chosen):
-            sums = np.bincount(codes[chosen], minlength=len(known)).astype(np.float64)
+            sums = np.bincount(codes, minlength=len(known)).astype(np.float64)
         else:
             _require_columns(train_events, ("timestamp",))
             ts = pd.to_datetime(ev["timestamp"].iloc[chosen], utc=True)
             age_days = (ts.max() - ts).dt.total_seconds() / _SECONDS_PER_DAY
             weight = 0.5 ** (age_days / self.half_life_days)
-            sums = pd.Series(weight.to_numpy()).groupby(codes[chosen]).sum().reindex(
+            sums = pd.Series(weight.to_numpy()).groupby(codes).sum().reindex(
                 np.arange(len(known)), fill_value=0.0).to_numpy(dtype=np.float64)
         del codes
         if items is not None and "item_id" in items.columns:
@@ -655,7 +706,7 @@ _NAT_LAST = np.iinfo(np.int64).max
 
 def _weighted_log(train_events: pd.DataFrame, weights: Mapping[str, float]) -> _WeightedLog:
     """:class:`_WeightedLog` of ``train_events`` for ``weights``."""
-    weighted = np.flatnonzero(train_events["event_type"].map(weights).fillna(0.0).to_numpy(np.float64) > 0)
+    weighted = weighted_rows(train_events["event_type"], weights)[0]
     stamps = pd.to_datetime(train_events["timestamp"].iloc[weighted], utc=True)
     nat = stamps.isna().to_numpy()
     ts = stamps.dt.as_unit("ns").array.asi8.copy() if len(stamps) else np.empty(0, np.int64)
@@ -666,7 +717,7 @@ def _weighted_log(train_events: pd.DataFrame, weights: Mapping[str, float]) -> _
     del weighted
 
     def codes(column: str) -> tuple[np.ndarray, np.ndarray]:
-        return string_codes(train_events[column].to_numpy(dtype=object)[rows])
+        return string_codes(train_events[column].iloc[rows])  # a categorical stays codes
 
     user, user_ids = codes("user_id")
     item, item_ids = codes("item_id")
@@ -676,7 +727,7 @@ def _weighted_log(train_events: pd.DataFrame, weights: Mapping[str, float]) -> _
         values = train_events["session_id"].iloc[rows]
         known = values.notna().to_numpy()
         if known.any():
-            session[known] = string_codes(values.to_numpy(dtype=object)[known])[0]
+            session[known] = string_codes(values[known])[0]
     return _WeightedLog(user, item, kind, ts[order], session, user_ids, item_ids, kinds)
 
 

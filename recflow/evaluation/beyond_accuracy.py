@@ -54,7 +54,12 @@ def interaction_counts(train_events: pd.DataFrame, catalog: Iterable[str] | None
     ev = train_events
     if "event_type" in ev.columns:
         ev = ev[ev["event_type"] != "impression"]
-    counts = ev["item_id"].astype(str).value_counts()
+    if isinstance(ev["item_id"].dtype, pd.CategoricalDtype):  # counted per code, no string per row
+        counts = ev["item_id"].value_counts()
+        counts = counts[counts > 0]
+        counts.index = pd.Index(counts.index.astype(str), dtype=object)
+    else:
+        counts = ev["item_id"].astype(str).value_counts()
     universe = set(counts.index) | ({str(i) for i in catalog} if catalog is not None else set())
     return counts.reindex(sorted(universe), fill_value=0).astype(np.int64).rename("interactions")
 

@@ -60,9 +60,29 @@ def interacted_items(events: pd.DataFrame, users: Iterable[str] | None = None) -
     large log)."""
     ev = events.loc[events["event_type"] != "impression", ["user_id", "item_id"]]
     if users is not None:
-        ev = ev[ev["user_id"].astype(str).isin(pd.Index(list(users)).astype(str))]
+        ev = ev[str_isin(ev["user_id"], pd.Index(list(users)).astype(str))]
     ev = ev.drop_duplicates()
+    # a categorical column (the Evaluator's compact train) as objects, only for the rows kept: converting a
+    # group's categorical with astype(str) converts every category of the catalog, once per user
+    ev = pd.DataFrame({c: _plain_values(ev[c]) for c in ("user_id", "item_id")})
     return {str(u): set(items.astype(str)) for u, items in ev.groupby("user_id", sort=False)["item_id"]}
+
+
+def _plain_values(values: pd.Series) -> np.ndarray:
+    """A column's values as an array; a categorical's as an object array (a missing value None)."""
+    from recflow.training.columnar import object_values
+
+    return object_values(values) if isinstance(values.dtype, pd.CategoricalDtype) else values.to_numpy()
+
+
+def str_isin(values: pd.Series, wanted: pd.Index) -> np.ndarray:
+    """``values.astype(str).isin(wanted)`` as a boolean array; a categorical ``values`` is tested once per
+    category (a null as ``"None"``), without an object array of its rows."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        per_category = pd.Index(values.cat.categories.astype(str)).isin(wanted)
+        table = np.append(per_category, "None" in wanted)  # code -1 (null): the last slot
+        return np.asarray(table[values.cat.codes.to_numpy()], dtype=bool)
+    return np.asarray(values.astype(str).isin(wanted), dtype=bool)
 
 
 #: Held-out users whose train items are gathered at a time by :func:`relevant_by_user`.
@@ -83,7 +103,7 @@ def relevant_by_user(
         raise ValueError(f"users_per_chunk must be at least 1, got {users_per_chunk}")
     held_users = pd.unique(held_out["user_id"].to_numpy())
     seen = train.loc[train["event_type"] != "impression", ["user_id", "item_id", "event_type"]]
-    seen = seen[seen["user_id"].astype(str).isin(pd.Index(held_users).astype(str))]
+    seen = seen[str_isin(seen["user_id"], pd.Index(held_users).astype(str))]
     truth: dict[str, set[str]] = {}
     for start in range(0, len(held_users), users_per_chunk):
         chunk = held_users[start:start + users_per_chunk]
