@@ -335,52 +335,6 @@ def read_split_compact(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     return read_split_events(path.parent, path.name.removesuffix(".parquet"), columns)
 
 
-def _shards_in_log_order(shards: Sequence[Path], keys: Sequence[str], types: Mapping[str, Any]) -> bool:
-    """Whether :func:`_log_order` of the shards' sort ``keys`` (each cast to ``types``), concatenated in shard
-    order, is None (the rows already in log order), read one shard's keys at a time instead of every row's at
-    once (the 8M-row train split's event ids and times: about 200 MB). False when a time is missing, times go
-    back, or equal times have a missing or decreasing event id (there the full sort decides)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    if "timestamp" not in keys:
-        return False  # _log_order sorts by time first
-    has_ids = "event_id" in keys
-    last_stamp: int | None = None
-    last_id: Any = None
-    ties = id_nulls = False
-    for shard in shards:
-        table = pq.read_table(shard, columns=list(keys))
-        ts = table.column("timestamp").combine_chunks().cast(types["timestamp"])
-        if ts.null_count:
-            return False
-        stamps = ts.cast("int64").to_numpy()
-        if not len(stamps):
-            continue
-        ids = table.column("event_id").combine_chunks().cast(types["event_id"]) if has_ids else None
-        del table
-        if ids is not None:
-            id_nulls = id_nulls or ids.null_count > 0
-        if last_stamp is not None:  # the seam between this shard and the last non-empty one
-            if stamps[0] < last_stamp:
-                return False
-            if stamps[0] == last_stamp:
-                ties = True
-                if ids is not None and last_id is not None and ids[0].is_valid and last_id > ids[0].as_py():
-                    return False
-        steps = np.diff(stamps)
-        if (steps < 0).any():
-            return False
-        tied = np.flatnonzero(steps == 0)
-        if tied.size:
-            ties = True
-            if ids is not None and not pc.all(pc.less_equal(ids.take(tied), ids.take(tied + 1))).as_py():
-                return False
-        last_stamp = int(stamps[-1])
-        last_id = ids[-1].as_py() if ids is not None else None
-    return not (ties and has_ids and id_nulls)
-
-
 def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: int = READ_BATCH_ROWS) -> Path:
     """Write split ``split`` of ``examples_dir`` (either layout) to ``dest`` as one Parquet file, atomically: the
     rows :func:`recflow.examplegen.read_split` returns (log order) with the events schema's types, the table
@@ -392,6 +346,7 @@ def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: i
 
     from recflow.examplegen import has_split, read_split, split_path
     from recflow.io import atomic_path, to_arrow, write_table
+    from recflow.training.columnar import files_in_log_order
 
     path = split_path(Path(examples_dir), split)
     if not has_split(Path(examples_dir), split):
@@ -400,7 +355,7 @@ def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: i
     schemas = [pq.read_schema(shard) for shard in shards]
     keys = [c for c in ("timestamp", "event_id") if c in schemas[0].names]
     order = None
-    if keys and not _shards_in_log_order(shards, keys, {name: schemas[0].field(name).type for name in keys}):
+    if keys and not files_in_log_order(shards, keys, {name: schemas[0].field(name).type for name in keys}):
         sort_keys = {name: pa.chunked_array(
             [pq.read_table(shard, columns=[name]).column(name).cast(schemas[0].field(name).type) for shard in shards]
         ).combine_chunks() for name in keys}
