@@ -188,7 +188,7 @@ def shop_stages_section(trainers: dict[str, Any] | None, evaluator: dict[str, An
                          + (f"; with the history ranker labelling a split at a time, "
                             f"{sum(runs['s13c_caps_10m']['events'].values()):,} events "
                             f"{_f(peak(runs['s13c_caps_10m']), 0)} MB" if "s13c_caps_10m" in runs else "") + ".")
-        lines += _session14_trainer(runs)
+        lines += _session14_trainer(runs) + _session15_trainer(runs)
     if evaluator:
         runs = evaluator["runs"]
         for size in ("315k", "1.14M"):
@@ -215,7 +215,32 @@ def shop_stages_section(trainers: dict[str, Any] | None, evaluator: dict[str, An
                          f"{small['events']:,} events {_f(top(small), 0)} MB; {large['events']:,} events "
                          f"{_f(top(large), 0)} MB" + (f" (main's code before: {_f(top(main), 0)} MB)" if main else "")
                          + f"; {top(large) / top(small):.2f}x (target 1.2x).")
+        lines += _session15_evaluator(runs)
     return lines
+
+
+def _session15_evaluator(runs: dict[str, Any]) -> list[str]:
+    """The Evaluator's stage peaks at 1.14M and 10M on session 15's code (train held compact) against session 14's."""
+    small, large = runs.get("s15-after-1.14m"), runs.get("s15-after-10m")
+    if not (small and large):
+        return []
+    top = lambda r: max(s.get("peak_mb", 0) for s in r["stages"])  # noqa: E731
+    before = [runs.get("s14-after-1.14m"), runs.get("s14-after-10m")]
+    was = (f" (session 14: {_f(top(before[0]), 0)} and {_f(top(before[1]), 0)} MB)" if all(before) else "")
+    return [f"- Evaluator, session 15 (`evaluator_stages.py`, the train split held as categoricals): "
+            f"{small['events']:,} events {_f(top(small), 0)} MB; {large['events']:,} events {_f(top(large), 0)} MB"
+            f"{was}; {top(large) / top(small):.2f}x (target 1.2x)."]
+
+
+def _session15_trainer(runs: dict[str, Any]) -> list[str]:
+    """The TFRS stages' peak at 10M on session 15's code (eval caps, the history ranker's lean impressions)."""
+    peak = lambda r: max(s["peak_mb"] for s in r["stages"] if s["stage"].startswith("tfrs "))  # noqa: E731
+    after, before = runs.get("s15b_caps_10m"), runs.get("s14c_caps_10m")
+    if not (after and before):
+        return []
+    return [f"- TFRS trainer, session 15 (`trainer_stages.py --caps`, with the eval caps; the history ranker reads "
+            f"every impression's keys only): {sum(after['events'].values()):,} events {_f(peak(after), 0)} MB "
+            f"(`s14c_caps_10m` {_f(peak(before), 0)} MB)."]
 
 
 def _session14_trainer(runs: dict[str, Any]) -> list[str]:
