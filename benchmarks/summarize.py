@@ -235,12 +235,14 @@ def _session15_evaluator(runs: dict[str, Any]) -> list[str]:
 def _session15_trainer(runs: dict[str, Any]) -> list[str]:
     """The TFRS stages' peak at 10M on session 15's code (eval caps, the history ranker's lean impressions)."""
     peak = lambda r: max(s["peak_mb"] for s in r["stages"] if s["stage"].startswith("tfrs "))  # noqa: E731
-    after, before = runs.get("s15b_caps_10m"), runs.get("s14c_caps_10m")
+    after, before, small = runs.get("s15b_caps_10m"), runs.get("s14c_caps_10m"), runs.get("s15_caps_1m")
     if not (after and before):
         return []
+    smaller = (f"{sum(small['events'].values()):,} events {_f(peak(small), 0)} MB; " if small else "")
+    ratio = f"; the larger at {peak(after) / peak(small):.2f}x the smaller" if small else ""
     return [f"- TFRS trainer, session 15 (`trainer_stages.py --caps`, with the eval caps; the history ranker reads "
-            f"every impression's keys only): {sum(after['events'].values()):,} events {_f(peak(after), 0)} MB "
-            f"(`s14c_caps_10m` {_f(peak(before), 0)} MB)."]
+            f"every impression's keys only): {smaller}{sum(after['events'].values()):,} events "
+            f"{_f(peak(after), 0)} MB (`s14c_caps_10m` {_f(peak(before), 0)} MB){ratio}."]
 
 
 def _session14_trainer(runs: dict[str, Any]) -> list[str]:

@@ -60,8 +60,6 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
     those file rows, in the same order.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     if not has_split(examples_dir, name):
         raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first: recflow.examplegen)")
@@ -75,31 +73,7 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
     try:
         if keys and files_in_log_order(files, keys):
             keys = []  # already in log order (as ExampleGen writes a split): the sort keys are not read at all
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
-    read = list(dict.fromkeys([*wanted, *keys, *(["event_type"] if event_types is not None else [])]))
-    allowed = pa.array([str(t) for t in event_types], pa.string()) if event_types is not None else None
-    selected = None if rows is None else np.unique(np.asarray(rows, np.int64))
-    parts = []
-    offset = 0  # file rows before this row group
-    try:
-        for file in files:
-            parquet = pq.ParquetFile(file)
-            for group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(group, columns=read)
-                if allowed is not None:
-                    table = table.filter(pc.is_in(table["event_type"], value_set=allowed))
-                    if "event_type" not in wanted and "event_type" not in keys:
-                        table = table.drop_columns(["event_type"])  # read for the filter only
-                start, offset = offset, offset + table.num_rows
-                here = np.arange(start, offset, dtype=np.int64)
-                if selected is not None:
-                    lo, hi = np.searchsorted(selected, [start, offset])
-                    here = selected[lo:hi]
-                    table = table.take(pa.array(here - start, pa.int64()))
-                if with_rows:
-                    table = table.append_column(FILE_ROW, pa.array(here, pa.int64()))
-                parts.append(_encode_strings(table, keep=keys))
+        parts = _row_groups(files, wanted, keys, event_types, rows, with_rows)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
     if not parts:
@@ -125,6 +99,40 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
         if isinstance(frame[column].dtype, pd.CategoricalDtype):
             frame[column] = sorted_categories(frame[column])
     return frame
+
+
+def _row_groups(files: Sequence[Path], wanted: Sequence[str], keys: Sequence[str],
+                event_types: Sequence[str] | None, rows: np.ndarray | None, with_rows: bool) -> list[Any]:
+    """:func:`read_split_events`' Arrow tables, one per row group of ``files``: the ``wanted`` and ``keys``
+    columns of the events of ``event_types``, only the file ``rows`` (None: all), with :data:`FILE_ROW` when
+    ``with_rows``, strings other than the keys dictionary-encoded."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    read = list(dict.fromkeys([*wanted, *keys, *(["event_type"] if event_types is not None else [])]))
+    allowed = pa.array([str(t) for t in event_types], pa.string()) if event_types is not None else None
+    selected = None if rows is None else np.unique(np.asarray(rows, np.int64))
+    parts = []
+    offset = 0  # file rows before this row group
+    for file in files:
+        parquet = pq.ParquetFile(file)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=read)
+            if allowed is not None:
+                table = table.filter(pc.is_in(table["event_type"], value_set=allowed))
+                if "event_type" not in wanted and "event_type" not in keys:
+                    table = table.drop_columns(["event_type"])  # read for the filter only
+            start, offset = offset, offset + table.num_rows
+            here = np.arange(start, offset, dtype=np.int64)
+            if selected is not None:
+                lo, hi = np.searchsorted(selected, [start, offset])
+                here = selected[lo:hi]
+                table = table.take(pa.array(here - start, pa.int64()))
+            if with_rows:
+                table = table.append_column(FILE_ROW, pa.array(here, pa.int64()))
+            parts.append(_encode_strings(table, keep=keys))
+    return parts
 
 
 def files_in_log_order(files: Sequence[Path], keys: Sequence[str], types: Mapping[str, Any] | None = None) -> bool:
