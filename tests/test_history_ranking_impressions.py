@@ -185,3 +185,24 @@ def test_impression_keys_and_their_rows_equal_the_whole_impressions(world, case:
     _assert_same(keys.rows(rows), whole.iloc[rows].reset_index(drop=True))
     assert keys.rows(np.arange(len(whole)))["clicked"].sum() == whole["clicked"].sum() > 0
     assert keys.rows(np.zeros(0, np.int64)).empty
+
+
+def test_the_ranker_trains_on_the_context_columns_the_log_has(world, tmp_path: Path) -> None:
+    """A context feature the spec names but the log does not have (no such column, no users file to merge it
+    from) is left out of the ranker's inputs and its files, as when the whole impressions table was read."""
+    import json
+    from types import SimpleNamespace
+
+    from recflow.models.sequence import SequenceEncoder
+    from recflow.training.tfrs_trainer import TrainerConfig
+
+    ex = world[0]
+    vocabulary = [f"i{i}" for i in range(20)]
+    config = TrainerConfig(sequence={"max_len": 5, "embedding_dim": 8}, history_ranking_epochs=1,
+                           history_ranking_min_eval_clicks=0, history_ranking_center_score=True)
+    encoder = SequenceEncoder(len(vocabulary) + 1, config.sequence_config())
+    ranked = hr.train_history_ranker(ex, vocabulary, SimpleNamespace(encoder=encoder), vocabulary,
+                                     {"context_features": ["device", "region"]}, config, tmp_path)
+    assert ranked.trained, ranked.notes
+    meta = json.loads((tmp_path / "history_ranker.json").read_text())
+    assert meta["context_columns"] == ["device"] and len(meta["context_vocabularies"]) == 1

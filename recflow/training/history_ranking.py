@@ -979,6 +979,7 @@ def _train_sampled(held: list[Any], seq: Any, all_vectors: np.ndarray, row_of: M
     del data, keys
     imp, arr, sampled = picked.frame, picked.arrays, picked.sampled
     release_freed_memory()  # the impressions' keys and the events, before any fit
+    context_columns = [c for c in context_columns if c in imp.columns]  # those the log has
     notes: list[str] = []
     if sampled is not None and sampled.train_cap is not None:
         notes.append(f"history ranker trained on a seeded sample of {cap} of {sampled.train_of} train impressions "
