@@ -58,21 +58,16 @@ def interacted_items(events: pd.DataFrame, users: Iterable[str] | None = None) -
     """Items each user interacted with (any event except impressions): what evaluation excludes from their
     lists. ``users`` limits the result to those users (the same sets, without building one per user of a
     large log)."""
+    from recflow.training.columnar import object_values
+
     ev = events.loc[events["event_type"] != "impression", ["user_id", "item_id"]]
     if users is not None:
         ev = ev[str_isin(ev["user_id"], pd.Index(list(users)).astype(str))]
     ev = ev.drop_duplicates()
     # a categorical column (the Evaluator's compact train) as objects, only for the rows kept: converting a
     # group's categorical with astype(str) converts every category of the catalog, once per user
-    ev = pd.DataFrame({c: _plain_values(ev[c]) for c in ("user_id", "item_id")})
+    ev = pd.DataFrame({c: object_values(ev[c]) for c in ("user_id", "item_id")})
     return {str(u): set(items.astype(str)) for u, items in ev.groupby("user_id", sort=False)["item_id"]}
-
-
-def _plain_values(values: pd.Series) -> np.ndarray:
-    """A column's values as an array; a categorical's as an object array (a missing value None)."""
-    from recflow.training.columnar import object_values
-
-    return object_values(values) if isinstance(values.dtype, pd.CategoricalDtype) else values.to_numpy()
 
 
 def str_isin(values: pd.Series, wanted: pd.Index) -> np.ndarray:
