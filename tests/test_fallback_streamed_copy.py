@@ -68,10 +68,10 @@ def _keys_of(shards: list[Path]) -> dict[str, object]:
                                   "tie with a missing id", "missing id without ties", "missing time", "empty shard",
                                   "shuffled"])
 def test_the_shard_at_a_time_order_check_agrees_with_the_whole_sort(tmp_path: Path, case: str) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recflow.evaluation.evaluator import _log_order
-    from recflow.training.columnar import files_in_log_order
+    from recflow.training.columnar import files_in_log_order, log_order_indices
 
     events = _events(300, 5).sort_values(["timestamp", "event_id"], kind="stable").reset_index(drop=True)
     if case == "missing id without ties":
@@ -101,6 +101,6 @@ def test_the_shard_at_a_time_order_check_agrees_with_the_whole_sort(tmp_path: Pa
         shards.append(tmp_path / f"part-{i:05d}.parquet")
         part.to_parquet(shards[-1], index=False)
     types = {n: pq.read_schema(shards[0]).field(n).type for n in ("timestamp", "event_id")}
-    expected = _log_order(_keys_of(shards)) is None
+    expected = log_order_indices(pa.table(_keys_of(shards)), ["timestamp", "event_id"]) is None
     assert files_in_log_order(shards, ["timestamp", "event_id"], types) == expected
     assert expected == (case in ("sorted", "seam tie ordered", "missing id without ties", "empty shard"))

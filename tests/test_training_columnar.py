@@ -291,7 +291,7 @@ def test_string_values_equal_astype_str() -> None:
 @pytest.mark.parametrize("sharded", [False, True], ids=["one_file", "shards"])
 def test_read_split_events_of_a_split_already_in_log_order(tmp_path: Path, sharded: bool) -> None:
     """ExampleGen writes splits in log order: then no reordered copy is made, and the frame is the same."""
-    from recflow.training.columnar import _log_order_indices
+    from recflow.training.columnar import log_order_indices
 
     frame = _events(1500, 3, "2026-01-05").sort_values(["timestamp", "event_id"], kind="stable")
     ex = tmp_path / "ex"
@@ -304,8 +304,8 @@ def test_read_split_events_of_a_split_already_in_log_order(tmp_path: Path, shard
     else:
         frame.to_parquet(ex / "train.parquet", index=False)
     keys = pa.Table.from_pandas(frame[["timestamp", "event_id"]], preserve_index=False)
-    assert _log_order_indices(keys, ["timestamp", "event_id"]) is None
-    assert _log_order_indices(keys.take(np.arange(len(frame))[::-1].copy()), ["timestamp", "event_id"]) is not None
+    assert log_order_indices(keys, ["timestamp", "event_id"]) is None
+    assert log_order_indices(keys.take(np.arange(len(frame))[::-1].copy()), ["timestamp", "event_id"]) is not None
     columns = ["user_id", "timestamp", "device", "request_id", "propensity"]
     got = read_split_events(ex, "train", columns, ("impression",))
     whole = read_split(ex, "train")
@@ -339,7 +339,7 @@ def test_read_split_events_of_chosen_file_rows_equals_those_rows_of_the_whole_re
 def test_files_in_log_order_checks_the_keys_a_row_group_at_a_time(tmp_path: Path) -> None:
     """True exactly when the stable (timestamp, event_id) sort would leave the rows where they are: across files
     and row groups, ties broken by the event id; a missing time or a tied missing id is left to the sort."""
-    from recflow.training.columnar import _log_order_indices, files_in_log_order
+    from recflow.training.columnar import files_in_log_order, log_order_indices
 
     frame = _events(1200, 5, "2026-01-05").sort_values(["timestamp", "event_id"], kind="stable")
     frame = frame.reset_index(drop=True)
@@ -361,7 +361,7 @@ def test_files_in_log_order_checks_the_keys_a_row_group_at_a_time(tmp_path: Path
     swapped.loc[[tie, tie + 1], "event_id"] = swapped.loc[[tie + 1, tie], "event_id"].to_numpy()  # a tie, ids down
     for case, rows in (("shuffled", frame.sample(frac=1.0, random_state=1)), ("swapped", swapped)):
         table = pa.Table.from_pandas(rows[keys], preserve_index=False)
-        assert _log_order_indices(table, keys) is not None
+        assert log_order_indices(table, keys) is not None
         assert not files_in_log_order(write(rows, case), keys)
     # across the seam of two row groups: equal times, decreasing ids
     seam = frame.iloc[:2].copy()

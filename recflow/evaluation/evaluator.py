@@ -282,31 +282,6 @@ _SPLIT_FILES = {f"{name}.parquet" for name in SPLITS}
 READ_BATCH_ROWS = 262_144
 
 
-def _log_order(keys: dict[str, Any]) -> np.ndarray | None:
-    """The stable sort of the rows by ``keys`` (Arrow arrays: ``timestamp``, then ``event_id`` when there is
-    one), as pandas' ``sort_values(kind="stable")`` orders them (nulls last); None when already in that order.
-    The keys stay Arrow: a unique event id per row is never made a Python string."""
-    import pyarrow.compute as pc
-
-    ts = keys["timestamp"]
-    if ts.null_count == 0:
-        stamps = ts.cast("int64").to_numpy()
-        steps = np.diff(stamps)
-        if (steps >= 0).all():
-            ties = np.flatnonzero(steps == 0)
-            if "event_id" not in keys or not ties.size:
-                return None
-            ids = keys["event_id"]
-            before, after = ids.take(ties), ids.take(ties + 1)
-            if ids.null_count == 0 and pc.all(pc.less_equal(before, after)).as_py():
-                return None
-    import pyarrow as pa
-
-    table = pa.table(keys)
-    order = pc.sort_indices(table, sort_keys=[(name, "ascending") for name in keys])  # nulls at the end
-    return np.asarray(order.to_numpy())
-
-
 def read_split_objects(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     """:func:`recflow.examplegen.read_split_path` of ``columns`` (those the split has): the same frame (rows in
     (timestamp, event id) order, string columns as object arrays, missing strings None), read with the trainers'
@@ -346,7 +321,7 @@ def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: i
 
     from recflow.examplegen import has_split, read_split, split_path
     from recflow.io import atomic_path, to_arrow, write_table
-    from recflow.training.columnar import files_in_log_order
+    from recflow.training.columnar import files_in_log_order, log_order_indices
 
     path = split_path(Path(examples_dir), split)
     if not has_split(Path(examples_dir), split):
@@ -359,7 +334,8 @@ def write_split_events(examples_dir: Path, split: str, dest: Path, batch_rows: i
         sort_keys = {name: pa.chunked_array(
             [pq.read_table(shard, columns=[name]).column(name).cast(schemas[0].field(name).type) for shard in shards]
         ).combine_chunks() for name in keys}
-        order = _log_order(sort_keys)
+        indices = log_order_indices(pa.table(sort_keys), keys)
+        order = None if indices is None else np.asarray(indices.to_numpy())
         del sort_keys
     if order is None and len({tuple(s.names) for s in schemas}) > 1:
         order = np.arange(sum(pq.ParquetFile(s).metadata.num_rows for s in shards))  # promote via the table

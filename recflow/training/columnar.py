@@ -80,7 +80,7 @@ def read_split_events(examples_dir: Path, name: str, columns: Sequence[str],
         raise DataError(f"{path}: no Parquet data in the {name} split")
     table = pa.concat_tables(parts, promote_options="default")
     del parts
-    order = _log_order_indices(table, keys)
+    order = log_order_indices(table, keys)
     out_columns = [*wanted, *([FILE_ROW] if with_rows else [])]
     table = table.select(out_columns)  # the sort keys not asked for (event_id) go before the rows are reordered
     columns_out = {}
@@ -138,7 +138,7 @@ def _row_groups(files: Sequence[Path], wanted: Sequence[str], keys: Sequence[str
 def files_in_log_order(files: Sequence[Path], keys: Sequence[str], types: Mapping[str, Any] | None = None) -> bool:
     """Whether the rows of ``files`` (in this order) are already sorted by ``keys`` (:data:`SORT_KEYS` the files
     have: ``timestamp``, then ``event_id``) as a stable sort with missing values last would sort them
-    (:func:`_log_order_indices`), read one row group's keys at a time (never every row's event id at once: about
+    (:func:`log_order_indices`), read one row group's keys at a time (never every row's event id at once: about
     300 MB at 8 million events). ``types``: each key cast to this type first (the files' common schema). Times
     are compared in nanoseconds, whatever unit each file stores. False -- then the full sort decides -- also when
     a time is missing or not a time, or equal times have a missing event id."""
@@ -186,7 +186,7 @@ def files_in_log_order(files: Sequence[Path], keys: Sequence[str], types: Mappin
     return True
 
 
-def _log_order_indices(table: Any, keys: Sequence[str]) -> Any:
+def log_order_indices(table: Any, keys: Sequence[str]) -> Any:
     """The row order that sorts ``table`` by ``keys`` (Arrow's stable sort), or None when the rows are already in
     it (ExampleGen writes its splits in log order: then no reordered copy of any column is made)."""
     import pyarrow.compute as pc
