@@ -74,15 +74,22 @@ def string_codes(values: Any) -> tuple[np.ndarray, np.ndarray]:
     return inverse.astype(np.int64)[codes], ids
 
 
+def _used_category_texts(values: pd.Categorical) -> tuple[np.ndarray, np.ndarray]:
+    """``(slots, texts)``: the categories the rows of ``values`` use, each once, as slots (0: the nulls, code -1;
+    ``c + 1``: category ``c``) and as their ``str`` (a null as ``"None"``, as Parquet reads it)."""
+    used = np.bincount(values.codes + 1, minlength=len(values.categories) + 1)
+    slots = np.flatnonzero(used)
+    texts = np.array(["None" if slot == 0 else str(values.categories[slot - 1]) for slot in slots], dtype=object)
+    return slots, texts
+
+
 def _categorical_string_codes(values: pd.Categorical) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`string_codes` of a categorical: the categories the rows use (and ``"None"`` for a null row),
-    converted with ``str`` and sorted, and each row's position among them, looked up from the categorical's own
-    codes (a null's code -1 reads the table's last slot)."""
+    """:func:`string_codes` of a categorical: the categories the rows use (:func:`_used_category_texts`), sorted,
+    and each row's position among them, looked up from the categorical's own codes (a null's code -1 reads the
+    table's last slot)."""
     codes = values.codes
     n_categories = len(values.categories)
-    used = np.bincount(codes + 1, minlength=n_categories + 1)  # slot 0: the nulls (code -1)
-    slots = np.flatnonzero(used)  # the used categories (and the null slot), each once
-    texts = np.array(["None" if slot == 0 else str(values.categories[slot - 1]) for slot in slots], dtype=object)
+    slots, texts = _used_category_texts(values)
     if not len(texts):
         return codes.astype(np.int64), texts
     ids, inverse = np.unique(texts, return_inverse=True)  # equal strs (e.g. a "None" category) share one id
@@ -96,10 +103,8 @@ def string_ids(values: Any) -> np.ndarray:
     its rows use, without coding its rows."""
     if not isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
         return string_codes(values)[1]
-    cat = pd.Categorical(values)
-    used = np.bincount(cat.codes + 1, minlength=len(cat.categories) + 1)  # slot 0: the nulls (code -1)
-    texts = ["None" if slot == 0 else str(cat.categories[slot - 1]) for slot in np.flatnonzero(used)]
-    return np.unique(np.array(texts, dtype=object)) if texts else np.empty(0, dtype=object)
+    texts = _used_category_texts(pd.Categorical(values))[1]
+    return np.unique(texts) if len(texts) else np.empty(0, dtype=object)
 
 
 def weighted_rows(event_types: pd.Series, weights: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
