@@ -5,7 +5,7 @@
 * :func:`generate_dataset`: the batch log generator behind ``recflow data generate``.
 * :class:`ShopEnv`: a step-by-step environment over slates, for reinforcement learning and traffic simulation.
 * :class:`OrganicShop`, :func:`simulate_organic_log`: the ``organic`` world preset (mostly organic views, uniformly
-  random logged recommendations, new users online).
+  random logged recommendations, new users online); :class:`HistoryBayesRecommender`, its history-Bayes ceiling.
 
 The generative model is documented in docs/simulator.md.
 """
@@ -15,6 +15,8 @@ from recflow.simulator.env import Observation, ShopEnv, StepResult
 from recflow.simulator.generator import GenerationSummary, SimulatedLog, generate_dataset, simulate_log
 from recflow.simulator.logging_policy import LoggingPolicy
 from recflow.simulator.organic import (
+    HistoryBayesRecommender,
+    HistoryPosterior,
     OrganicLog,
     OrganicShop,
     OrganicUser,
@@ -29,6 +31,8 @@ __all__ = [
     "Context",
     "DriftConfig",
     "GenerationSummary",
+    "HistoryBayesRecommender",
+    "HistoryPosterior",
     "LoggingPolicy",
     "Observation",
     "OrganicConfig",

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 #: Spawn keys of the organic world's random streams (the default world uses 0-3).
 ORGANIC_WORLD_STREAM, ORGANIC_TRAINING_STREAM, ORGANIC_ONLINE_STREAM = 10, 11, 12
+#: Spawn key of the history-Bayes ceiling's particle filters (:class:`HistoryPosterior`), one per online user.
+ORGANIC_POSTERIOR_STREAM = 13
 #: Sub-streams of one user.
 BROWSE, LOGGING, CLICKS = 0, 1, 2
 #: Seconds between the end of a product view's dwell and the next page; a click is logged this long after
@@ -504,6 +506,128 @@ class OrganicShop:
 
 
 # ---------------------------------------------------------------------------------------------- headroom
+class HistoryPosterior:
+    """The Bayes posterior over one online user's latent taste given what their history shows, under the TRUE
+    world model (a particle filter): the best any recommender can know about the user from their requests.
+
+    It starts from the prior ``w ~ N(0, I_d)`` (``particles`` draws from ``rng``) and is updated, in the order
+    the user's events happen, with :meth:`observe_views` (one visit's organic views: the browsing chain's
+    likelihood, co-view term included), :meth:`observe_feedback` (the clicked and unclicked slots of a shown
+    slate) and :meth:`next_visit` (the taste drift between visits, applied to every particle). It resamples
+    (systematically) when the effective sample size falls under half the particles.
+    :meth:`expected_click_probabilities` averages every product's true first-slot P(click) over the posterior.
+    """
+
+    def __init__(self, world: OrganicWorld, rng: np.random.Generator, particles: int = 4000) -> None:
+        if particles < 1:
+            raise ValueError(f"particles must be >= 1, got {particles}")
+        self.world, self.rng = world, rng
+        self.latents = rng.normal(0.0, 1.0, size=(particles, world.config.latent_dim))
+        self.log_weights = np.zeros(particles)
+
+    def _normalized(self) -> np.ndarray:
+        w = np.exp(self.log_weights - self.log_weights.max())
+        return w / w.sum()
+
+    def _resample_if_degenerate(self) -> None:
+        w = self._normalized()
+        n = len(w)
+        if 1.0 / float(np.sum(w * w)) >= 0.5 * n:
+            return
+        positions = (self.rng.random() + np.arange(n)) / n
+        index = np.minimum(np.searchsorted(np.cumsum(w), positions, side="right"), n - 1)
+        self.latents = self.latents[index]
+        self.log_weights = np.zeros(n)
+
+    def observe_views(self, items: Sequence[int]) -> None:
+        """One visit's organic views, in order (the first without the co-view term, as the chain starts)."""
+        world, c = self.world, self.world.config
+        base = (c.organic_weight / math.sqrt(c.latent_dim)) * self.latents @ world.organic_embedding.T
+        base += world.organic_bias
+        previous = -1
+        for item in items:
+            logits = base if previous < 0 else base + c.coview_weight * world.coview[previous]
+            top = logits.max(axis=1, keepdims=True)
+            log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+            self.log_weights += logits[:, item] - log_norm
+            previous = int(item)
+        self._resample_if_degenerate()
+
+    def observe_feedback(self, items: Sequence[int], clicks: Sequence[bool]) -> None:
+        """A shown slate (products in slots 0..K-1) and which slots were clicked."""
+        c = self.world.config
+        for slot, (item, clicked) in enumerate(zip(items, clicks, strict=True)):
+            p = (slot + 1.0) ** -c.position_bias * _sigmoid(
+                self.world.click_intercept
+                + (c.click_weight / math.sqrt(c.latent_dim)) * self.latents @ self.world.click_embedding[item]
+                + self.world.click_bias[item]
+            )
+            self.log_weights += np.log(np.clip(p if clicked else 1.0 - p, 1e-300, None))
+        self._resample_if_degenerate()
+
+    def next_visit(self) -> None:
+        """The taste drift before a new visit: w' = sqrt(1 - delta^2) w + delta n, for every particle."""
+        delta = self.world.config.taste_drift
+        noise = self.rng.normal(0.0, 1.0, size=self.latents.shape)
+        self.latents = math.sqrt(1.0 - delta * delta) * self.latents + delta * noise
+
+    def expected_click_probabilities(self) -> np.ndarray:
+        """E[P(click) of each product in slot 0 | the history so far]."""
+        c, world = self.world.config, self.world
+        x = world.click_intercept + (c.click_weight / math.sqrt(c.latent_dim)) * (
+            self.latents @ world.click_embedding.T
+        ) + world.click_bias
+        return self._normalized() @ _sigmoid(x)
+
+
+def history_bayes_slate(posterior: HistoryPosterior, k: int) -> np.ndarray:
+    """The ``k`` products of highest posterior expected click probability, best first (stable ties)."""
+    return np.argsort(-posterior.expected_click_probabilities(), kind="stable")[:k]
+
+
+class HistoryBayesRecommender:
+    """Serves one :class:`OrganicShop`'s users by the posterior of their history (:class:`HistoryPosterior`):
+    the ceiling of what a recommender that sees only the user's requests can earn in this world, because it
+    knows the true browsing and click models that a learner must estimate from the training log.
+
+    Call :meth:`slate` before each ``shop.show(user, slate)`` and :meth:`feedback` with what ``show`` returned
+    (or never, to use the views alone); it reads only the user's history and the feedback, never
+    ``user.latent``. Each user gets a posterior from its own random
+    stream (``(13, user index)``), so results do not depend on the order users are served in.
+    """
+
+    def __init__(self, shop: OrganicShop, particles: int = 4000) -> None:
+        self.shop, self.particles = shop, particles
+        self._posteriors: dict[str, tuple[HistoryPosterior, int]] = {}
+
+    def slate(self, user: OrganicUser, k: int = 1) -> list[str]:
+        """The best ``k`` products for ``user`` now, after reading the history events it has not yet seen."""
+        world = self.shop.world
+        if user.user_id not in self._posteriors:
+            rng = stream(self.shop.seed, ORGANIC_POSTERIOR_STREAM, user.index)
+            self._posteriors[user.user_id] = (HistoryPosterior(world, rng, self.particles), 0)
+        posterior, seen = self._posteriors[user.user_id]
+        views = [e["item_id"] for e in user.history[seen:] if e["event_type"] == "view"]
+        if views:  # a visit's views arrive together, after the previous visit's feedback
+            if seen > 0:
+                posterior.next_visit()
+            posterior.observe_views(world.item_index(views).tolist())
+        self._posteriors[user.user_id] = (posterior, len(user.history))
+        return [str(i) for i in world.item_ids[history_bayes_slate(posterior, k)]]
+
+    def feedback(self, fb: SlateFeedback) -> None:
+        """Update the posterior of ``fb.user_id`` with the clicks on the slate just shown to them (the drift to
+        their next visit, if one started, comes with the next :meth:`slate`)."""
+        posterior, seen = self._posteriors[fb.user_id]
+        posterior.observe_feedback(self.shop.world.item_index(list(fb.slate)).tolist(), fb.clicks)
+        # The clicks were appended to the history; skip them (the next visit's views, if any, follow them).
+        self._posteriors[fb.user_id] = (posterior, seen + fb.n_clicks)
+
+    def forget(self, user: OrganicUser) -> None:
+        """Drop a user's posterior (once they have left)."""
+        self._posteriors.pop(user.user_id, None)
+
+
 @dataclass(frozen=True)
 class Headroom:
     """Mean true first-slot CTR per recommendation of simple rules on new users (one seed)."""
@@ -515,11 +639,13 @@ class Headroom:
     most_viewed: float
     most_recent: float
     oracle: float
+    history_bayes: float
 
     def ratios(self) -> dict[str, float]:
         """Each rule's CTR over random's."""
         return {
-            name: getattr(self, name) / self.random for name in ("most_viewed", "most_recent", "oracle")
+            name: getattr(self, name) / self.random
+            for name in ("most_viewed", "most_recent", "history_bayes", "oracle")
         }
 
 
@@ -533,14 +659,17 @@ def most_viewed_item(views: Sequence[str]) -> str:
     return max(counts, key=lambda i: (counts[i], last[i]))
 
 
-def measure_headroom(config: OrganicConfig, seed: int, users: int = 2000) -> Headroom:
+def measure_headroom(config: OrganicConfig, seed: int, users: int = 2000, particles: int = 4000) -> Headroom:
     """Serve ``users`` new users of ``OrganicShop(config, seed)`` until they leave, one item per slate, and
     average the true click probability of: a uniformly random item (its exact expectation), the user's
-    most-viewed item, their most recent view, and the oracle (the item with the highest true probability).
-    The oracle's item is the one shown (the users' views do not depend on it)."""
+    most-viewed item, their most recent view, the history-Bayes pick (the highest posterior expected click
+    probability given the user's views under the true model, :class:`HistoryPosterior` with ``particles``; here
+    it reads the views only, as the shown items are the oracle's) and the oracle (the item with the highest true
+    probability). The oracle's item is the one shown (the users' views do not depend on it)."""
     shop = OrganicShop(config, seed)
+    bayes = HistoryBayesRecommender(shop, particles)
     all_items = shop.item_ids
-    totals = np.zeros(4)
+    totals = np.zeros(5)
     n = 0
     for _ in range(users):
         user = shop.new_user()
@@ -552,10 +681,12 @@ def measure_headroom(config: OrganicConfig, seed: int, users: int = 2000) -> Hea
                 float(first_slot[shop.world.item_index([most_viewed_item(views)])[0]]),
                 float(first_slot[shop.world.item_index([views[-1]])[0]]),
                 float(first_slot.max()),
+                float(first_slot[shop.world.item_index(bayes.slate(user))[0]]),
             )
             totals += picks
             n += 1
             shop.show(user, [all_items[int(first_slot.argmax())]])
+        bayes.forget(user)
     mean = totals / max(n, 1)
     return Headroom(seed, users, n, *(float(v) for v in mean))
 
@@ -566,11 +697,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=OrganicConfig().items)
     parser.add_argument("--users", type=int, default=2000, help="new users per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--particles", type=int, default=4000, help="particles of the history-Bayes posterior")
     args = parser.parse_args(argv)
     config = OrganicConfig(items=args.items)
     rows = []
     for seed in args.seeds:
-        h = measure_headroom(config, seed, args.users)
+        h = measure_headroom(config, seed, args.users, args.particles)
         rows.append({**h.__dict__, "ratios_to_random": {k: round(v, 3) for k, v in h.ratios().items()}})
     result = {"command": "python -m recflow.simulator.organic", "items": args.items, "runs": rows}
     print(json.dumps(result, indent=2))
