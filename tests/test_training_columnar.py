@@ -374,3 +374,25 @@ def test_files_in_log_order_checks_the_keys_a_row_group_at_a_time(tmp_path: Path
     missing = frame.copy()
     missing.loc[5, "timestamp"] = pd.NaT
     assert not files_in_log_order(write(missing, "missing"), keys)
+
+
+def test_has_missing_checks_the_asked_event_types_a_row_group_at_a_time(examples: Path, tmp_path: Path) -> None:
+    """The history ranker's check that every impression has a request id, done in Arrow: missing values of
+    other event types do not count; one impression without an id does; so does a split without the column."""
+    from recflow.training.columnar import has_missing
+
+    assert not has_missing(examples, "train", "request_id", ("impression",))
+    frame = read_split(examples, "train")
+    views = frame.index[frame["event_type"] == "view"]
+    frame.loc[views[:3], "request_id"] = None
+    ex = tmp_path / "with_missing"
+    _write(ex, "train", frame, sharded=True)
+    assert not has_missing(ex, "train", "request_id", ("impression",))
+    assert has_missing(ex, "train", "request_id")
+    frame.loc[frame.index[frame["event_type"] == "impression"][-1], "request_id"] = None
+    ex = tmp_path / "impression_missing"
+    _write(ex, "train", frame, sharded=False)
+    assert has_missing(ex, "train", "request_id", ("impression",))
+    assert has_missing(ex, "train", "no_such_column", ("impression",))
+    with pytest.raises(DataError, match="no eval.parquet"):
+        has_missing(ex, "eval", "request_id")

@@ -13,7 +13,7 @@ categories sorted (so sorting, grouping and modes give what the object columns g
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,32 +107,63 @@ def _row_groups(files: Sequence[Path], wanted: Sequence[str], keys: Sequence[str
     columns of the events of ``event_types``, only the file ``rows`` (None: all), with :data:`FILE_ROW` when
     ``with_rows``, strings other than the keys dictionary-encoded."""
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    read = list(dict.fromkeys([*wanted, *keys, *(["event_type"] if event_types is not None else [])]))
-    allowed = pa.array([str(t) for t in event_types], pa.string()) if event_types is not None else None
     selected = None if rows is None else np.unique(np.asarray(rows, np.int64))
     parts = []
     offset = 0  # file rows before this row group
+    for table in _event_row_groups(files, [*wanted, *keys], event_types):
+        start, offset = offset, offset + table.num_rows
+        here = np.arange(start, offset, dtype=np.int64)
+        if selected is not None:
+            lo, hi = np.searchsorted(selected, [start, offset])
+            here = selected[lo:hi]
+            table = table.take(pa.array(here - start, pa.int64()))
+        if with_rows:
+            table = table.append_column(FILE_ROW, pa.array(here, pa.int64()))
+        parts.append(_encode_strings(table, keep=keys))
+    return parts
+
+
+def _event_row_groups(files: Sequence[Path], columns: Sequence[str],
+                      event_types: Sequence[str] | None) -> Iterator[Any]:
+    """Each row group of ``files`` in turn, as an Arrow table of ``columns`` and only the rows whose
+    ``event_type`` is one of ``event_types`` (None: every row); ``event_type`` is read for the filter and kept
+    only when ``columns`` names it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    read = list(dict.fromkeys([*columns, *(["event_type"] if event_types is not None else [])]))
+    allowed = pa.array([str(t) for t in event_types], pa.string()) if event_types is not None else None
     for file in files:
         parquet = pq.ParquetFile(file)
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=read)
             if allowed is not None:
                 table = table.filter(pc.is_in(table["event_type"], value_set=allowed))
-                if "event_type" not in wanted and "event_type" not in keys:
+                if "event_type" not in columns:
                     table = table.drop_columns(["event_type"])  # read for the filter only
-            start, offset = offset, offset + table.num_rows
-            here = np.arange(start, offset, dtype=np.int64)
-            if selected is not None:
-                lo, hi = np.searchsorted(selected, [start, offset])
-                here = selected[lo:hi]
-                table = table.take(pa.array(here - start, pa.int64()))
-            if with_rows:
-                table = table.append_column(FILE_ROW, pa.array(here, pa.int64()))
-            parts.append(_encode_strings(table, keep=keys))
-    return parts
+            yield table
+
+
+def has_missing(examples_dir: Path, name: str, column: str, event_types: Sequence[str] | None = None) -> bool:
+    """Whether split ``name`` lacks ``column``, or any of its events of ``event_types`` (None: every event) has
+    it missing. Reads that column (and ``event_type``) one row group at a time and converts nothing to pandas,
+    so checking a column costs one row group's memory, not the column's. Raises DataError as
+    :func:`read_split_events` does."""
+    if not has_split(examples_dir, name):
+        raise DataError(f"{examples_dir}: no {name}.parquet (run ExampleGen first: recflow.examplegen)")
+    present = split_columns(examples_dir, name)
+    if column not in present:
+        return True
+    if event_types is not None and "event_type" not in present:
+        raise DataError(f"{split_path(examples_dir, name)}: the {name} split has no event_type column")
+    path = split_path(examples_dir, name)
+    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    try:
+        return any(t[column].null_count > 0 for t in _event_row_groups(files, [column], event_types))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the {name} split: {exc}") from None
 
 
 def files_in_log_order(files: Sequence[Path], keys: Sequence[str], types: Mapping[str, Any] | None = None) -> bool:

@@ -161,17 +161,15 @@ def impression_keys(examples_dir: Path, context_columns: Sequence[str]) -> Impre
     at a time, when every impression has a request id (they are then labelled by request: :meth:`ImpressionKeys.rows`
     reads the sampled rows alone); otherwise :func:`_impressions_whole` (the labels need every impression's
     time window)."""
-    from recflow.training.columnar import FILE_ROW, concat_categorical, read_split_events
+    from recflow.training.columnar import FILE_ROW, concat_categorical, has_missing, read_split_events
 
+    if any(has_missing(examples_dir, split, "request_id", ("impression",)) for split in RANKER_SPLITS):
+        whole = _impressions_whole(examples_dir, context_columns)
+        return ImpressionKeys(Path(examples_dir), tuple(context_columns),
+                              whole[["user_id", "_split", "_seconds"]], whole=whole)
     frames = []
     for split in RANKER_SPLITS:
-        df = read_split_events(examples_dir, split, ("user_id", "timestamp", "request_id"), ("impression",),
-                               with_rows=True)
-        if "request_id" not in df.columns or df["request_id"].isna().any():
-            whole = _impressions_whole(examples_dir, context_columns)
-            return ImpressionKeys(Path(examples_dir), tuple(context_columns),
-                                  whole[["user_id", "_split", "_seconds"]], whole=whole)
-        del df["request_id"]
+        df = read_split_events(examples_dir, split, ("user_id", "timestamp"), ("impression",), with_rows=True)
         df["_split"] = pd.Categorical.from_codes(np.zeros(len(df), np.int8), categories=[split])
         df["_seconds"] = epoch_seconds(df.pop("timestamp"))
         frames.append(df)
