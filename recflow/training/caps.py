@@ -32,11 +32,17 @@ class CapResult:
 
     def report(self) -> dict[str, Any] | None:
         """``{"kept", "of", "cap"}`` when the cap bound, else None."""
-        return {"kept": self.kept, "of": self.of, "cap": self.cap} if self.binds else None
+        return cap_report(self.kept, self.of, self.cap)
 
     def note(self, what: str, key: str) -> str:
         """The run's note when the cap bound (``what``: the examples, ``key``: the config key)."""
         return f"{what}: a seeded sample of {self.kept} of {self.of} (trainer.{key})"
+
+
+def cap_report(kept: int, of: int, cap: int | None) -> dict[str, Any] | None:
+    """What a cap did, for training.json: ``{"kept", "of", "cap"}`` when ``cap`` bound (``of`` > ``cap``; ``kept``
+    rows of ``of`` were kept), else None. :meth:`CapResult.report`, and the streamed samples that keep no mask."""
+    return {"kept": kept, "of": of, "cap": cap} if cap is not None and of > cap else None
 
 
 def cap_mask(mask: np.ndarray, cap: int | None, seed: int, stream: int) -> CapResult:

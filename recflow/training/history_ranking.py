@@ -39,6 +39,7 @@ from recflow.models.history_ranking import (
     score_feature,
 )
 from recflow.policy.logged_data import DECISION_STATES_FILE
+from recflow.training.caps import cap_report
 from recflow.training.columnar import object_values, string_values, with_user_region
 
 #: Smallest logged propensity used in the inverse-propensity weights (larger weights are clipped to 1/this).
@@ -497,7 +498,7 @@ class ImpressionSample:
     def report(self, split: str) -> dict[str, int] | None:
         """``{"kept", "of", "cap"}`` of ``split`` ("train" or "eval") when its cap bound, else None."""
         cap, of = (self.train_cap, self.train_of) if split == "train" else (self.eval_cap, self.eval_of)
-        return None if cap is None else {"kept": cap, "of": of, "cap": cap}
+        return cap_report(cap or 0, of, cap)  # a cap is set only where it bound: it kept cap rows
 
 
 def cap_impressions(is_train: np.ndarray, cap: int | None, seed: int, eval_cap: int | None = None

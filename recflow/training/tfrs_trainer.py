@@ -405,7 +405,7 @@ def _load_ranking_rows(transform_dir: Path, graph_dir: Path, spec: dict[str, Any
     (:func:`recflow.training.transformed.load_transformed_sample`, the sample :func:`_cap_ranking` draws from a
     whole split). Returns (train, eval, the kept rows' target masks (all false: an impression is no target), the
     train targets' count per item, each split's sample ``{"kept", "of", "cap"}`` when its cap bound)."""
-    from recflow.training.caps import STREAM_RANKING_EVAL, STREAM_RANKING_TRAIN
+    from recflow.training.caps import STREAM_RANKING_EVAL, STREAM_RANKING_TRAIN, cap_report
     from recflow.training.transformed import load_transformed_sample
 
     imp_code = spec["event_codes"].get("impression", -1)
@@ -432,8 +432,7 @@ def _load_ranking_rows(transform_dir: Path, graph_dir: Path, spec: dict[str, Any
         rows, labelled = load_transformed_sample(split_dir / split, graph_dir, columns,
                                                  keep(split == "train", labelled_only), cap, config.seed, stream)
         loaded.append(rows)
-        samples.append({"kept": len(rows["row_id"]), "of": labelled, "cap": cap}
-                       if cap is not None and labelled > cap else None)
+        samples.append(cap_report(len(rows["row_id"]), labelled, cap))
     train, evald = loaded
     no_target = np.zeros(len(train["row_id"]), bool), np.zeros(len(evald["row_id"]), bool)
     return train, evald, no_target[0], no_target[1], counts, samples[0], samples[1]
