@@ -17,12 +17,18 @@ Protocol (issue 13, "organic_world"), per world seed:
    the count of past clicks per item) and ``random``. The same users are also served over HTTP by
    ``recflow serve`` on the same store (``--http-users`` of them), and the items are compared request by request
    with the Python API's. ``oracle`` shows the products of highest true click probability for each user's
-   current taste (ground truth no method sees): the ceiling of the world.
+   current taste (ground truth no method sees): the ceiling of the world. ``history_bayes`` shows the products
+   of highest *posterior* expected click probability given what the user's requests hold (their views and the
+   clicks on what it showed), computed with the true world model (a particle filter,
+   ``recflow.simulator.organic.HistoryBayesRecommender``): the ceiling of any recommender that reads the
+   requests, which must learn that model from the training log instead.
 4. The figure of merit is the *expected* click rate: the mean of the simulator's true click probability of each
    shown item (far less noisy than sampled clicks, which are reported too). ``ratio_to_best_baseline`` is
    recflow's expected CTR over the best count baseline's (popularity included); ``policy_lift`` is the bundle with
    the policy's re-ranking over the bundle without it; per-user paired t-test and Wilcoxon p-values compare
-   recflow with that baseline.
+   recflow with that baseline. ``history_bayes_to_best_baseline`` (with a 95% bootstrap interval over users)
+   says whether 1.2x that baseline is attainable from the requests at all; ``target.attainable_seeds`` lists
+   the seeds where it is, ``target.unattainable_seeds_ci95`` those where even the interval lies below 1.2x.
 
     .venv/bin/python benchmarks/quality/organic_world.py --seeds 0 1 2 --work /tmp/organic
 
@@ -64,6 +70,7 @@ from recflow.baselines import (  # noqa: E402
     PopularityRecommender,
 )
 from recflow.config import load_config  # noqa: E402
+from recflow.evaluation.off_policy import bootstrap_ratio  # noqa: E402
 from recflow.evaluation.significance import paired_tests  # noqa: E402
 from recflow.simulator import OrganicShop, SimulatorConfig  # noqa: E402
 from recflow.simulator.organic import HistoryBayesRecommender, OrganicUser  # noqa: E402
@@ -311,6 +318,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     for name, run in runs.items():
         methods[name] = summarize_method(run)
     best = max(COUNT_BASELINES, key=lambda m: methods[m]["expected_ctr"])
+    best_per_user = max(PER_USER_BASELINES, key=lambda m: methods[m]["expected_ctr"])
+    # The ceiling's ratio with a 95% bootstrap interval over the users (each method meets the same users with
+    # the same number of requests, so the ratio of their expected clicks is the ratio of their CTRs).
+    ceiling = {name: bootstrap_ratio(runs["history_bayes"]["expected"], runs[m]["expected"], seed=seed)
+               for name, m in (("best", best), ("best_per_user", best_per_user))}
     per_user = {m: runs[m]["expected"] / np.maximum(runs[m]["requests"], 1) for m in runs}
     test = paired_tests(per_user["recflow"], per_user[best])
     with_policy, without = (("recflow", other) if not flipped else (other, "recflow"))
@@ -324,9 +336,10 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "ratio_to_oracle": methods["recflow"]["expected_ctr"] / methods["oracle"]["expected_ctr"],
         "best_baseline_to_oracle": methods[best]["expected_ctr"] / methods["oracle"]["expected_ctr"],
         "ratio_to_history_bayes": methods["recflow"]["expected_ctr"] / methods["history_bayes"]["expected_ctr"],
-        "history_bayes_to_best_baseline": methods["history_bayes"]["expected_ctr"] / methods[best]["expected_ctr"],
-        "history_bayes_to_best_per_user_baseline": methods["history_bayes"]["expected_ctr"] / max(
-            methods[m]["expected_ctr"] for m in PER_USER_BASELINES),
+        "history_bayes_to_best_baseline": ceiling["best"][0],
+        "history_bayes_to_best_baseline_ci95": list(ceiling["best"][1:]),
+        "history_bayes_to_best_per_user_baseline": ceiling["best_per_user"][0],
+        "history_bayes_to_best_per_user_baseline_ci95": list(ceiling["best_per_user"][1:]),
         "ratio_to_best_per_user_baseline": methods["recflow"]["expected_ctr"] / max(
             methods[m]["expected_ctr"] for m in PER_USER_BASELINES),
         "vs_best_baseline": {"t_test_p": test.t_p, "wilcoxon_p": test.wilcoxon_p, "users": test.n,
@@ -375,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
                    # (the true model's posterior given each user's history) reaches it.
                    "attainable_seeds": [r["seed"] for r in per_seed if r["history_bayes_to_best_baseline"] >= 1.2],
                    "attainable_seeds_per_user_baselines": [
-                       r["seed"] for r in per_seed if r["history_bayes_to_best_per_user_baseline"] >= 1.2]},
+                       r["seed"] for r in per_seed if r["history_bayes_to_best_per_user_baseline"] >= 1.2],
+                   # ... and those on which even the ceiling's 95% interval lies below 1.2x.
+                   "unattainable_seeds_ci95": [
+                       r["seed"] for r in per_seed if r["history_bayes_to_best_baseline_ci95"][1] < 1.2],
+                   "unattainable_seeds_per_user_baselines_ci95": [
+                       r["seed"] for r in per_seed if r["history_bayes_to_best_per_user_baseline_ci95"][1] < 1.2]},
         "seconds": time.perf_counter() - started,
         "machine": machine_info(("numpy", "tensorflow", "tensorflow-recommenders")),
     }
