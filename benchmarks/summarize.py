@@ -285,6 +285,13 @@ def policy_section(d: dict[str, Any]) -> list[str]:
               f"with p < 0.01: {_met(ok)} (lift {cf.get('relative_lift', 0):+.1%}, "
               f"t-test p {_f(cf.get('t_test_p'), 3)}, "
               f"Wilcoxon p {_f(cf.get('wilcoxon_p'), 3)})."]
+    t = d.get("target", {})
+    if "click_oracle_to_cf" in t:
+        low, high = t["click_oracle_to_cf_ci95"]
+        lines += ["", f"Ceiling: the click oracle (true click probabilities, the same candidates) earns "
+                  f"{_f(t['click_oracle_to_cf'], 3)}x collaborative filtering's CTR (95% interval over seeds "
+                  f"{_f(low, 3)}-{_f(high, 3)}), so 1.25x is {'within' if t['attainable'] else 'beyond'} reach of "
+                  f"any policy choosing among these candidates."]
     obd = d.get("obd_ope", {})
     lift = d.get("policy_lift")
     if lift:

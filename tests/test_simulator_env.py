@@ -234,3 +234,23 @@ def test_the_simulated_client_sends_context_impressions_and_positive_events():
         quiet = ShopEnv(CFG, seed=5, record_events=False)
         o = quiet.reset()
         slate_feedback([], "r2", quiet.step_ids(o.candidate_ids(quiet.world)[: quiet.config.slate_size]))
+
+
+def test_attraction_probabilities_are_the_click_model_without_examination():
+    """The myopic click oracle's scores: P(click) in each slot divided by the slot's examination, for the user,
+    context, day and satiation of the current request (after steps that changed the satiation)."""
+    env = ShopEnv(CFG, seed=4, record_events=False)
+    obs = env.reset(seed=4)
+    for _ in range(3):
+        result = env.step(obs.candidates[: env.config.slate_size])
+        obs = env.reset() if result.done else result.observation
+    items = obs.candidates[:7]
+    world = env.world
+    positions = np.arange(len(items))
+    expected = world.click_probabilities(
+        np.array([obs.user_idx]), items[None, :], positions, env._context(obs), obs.day,
+        env._satiation[obs.user_idx][None, :],
+    )[0] / world.examination(positions, CFG.position_bias)
+    got = env.attraction_probabilities(items)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert ((got > 0) & (got < 1)).all()

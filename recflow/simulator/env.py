@@ -225,6 +225,17 @@ class ShopEnv:
             self.reward_weights,
         )[0]
 
+    def attraction_probabilities(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The true P(click | examined) of ``items`` (item indices) for the current user now: context, day and
+        satiation included, the position's examination left out. Ranking by it is the myopic click oracle."""
+        obs = self.observation
+        items = np.asarray(items, dtype=np.int64).ravel()
+        logits = self.world.attraction_logits(
+            np.array([obs.user_idx]), items[None, :], self._context(obs), obs.day,
+            self._satiation[obs.user_idx][None, :],
+        )[0]
+        return 1.0 / (1.0 + np.exp(-logits))
+
     def _slate_value(self, items: np.ndarray, values: np.ndarray) -> float:
         exam = self.world.examination(np.arange(len(items)), self.config.position_bias)
         return float((exam * values).sum())
