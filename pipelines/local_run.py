@@ -65,6 +65,8 @@ class LocalRunResult:
     tracking_uri: str = ""
     parent_run_id: str = ""
     model_store: str = ""
+    #: What serving does with the pushed bundle's policy, and why (:func:`recflow.serving_config.policy_layer_summary`).
+    serving_note: str = ""
 
     def step(self, name: str) -> StepReport:
         """The report of step ``name``."""
@@ -141,6 +143,8 @@ class LocalRunResult:
                 lines.append(f"pushed model bundle: {self.pushed_to}")
             if pusher.get("canary_disabled"):
                 lines.append("  ! release.canary.enabled = false (default true): pushed straight to champion")
+            if self.serving_note:
+                lines.append(self.serving_note)
         else:
             lines.append(f"nothing pushed: {self.why_not_pushed()}")
         if self.tracking_uri:
@@ -260,6 +264,7 @@ def run_local(
     from kfp import local
 
     from pipelines.definition import build_pipeline, section_defaults
+    from recflow.serving_config import policy_layer_summary
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -298,7 +303,7 @@ def run_local(
     parent = next((r["parent_run_id"] for r in records.values() if r.get("parent_run_id")), "") if uri else ""
     result = LocalRunResult(run_dir=run_dir, log_path=log_path, steps=_step_reports(status_dir, failure),
                             total_seconds=time.monotonic() - started, tracking_uri=uri, parent_run_id=parent,
-                            model_store=str(store))
+                            model_store=str(store), serving_note=policy_layer_summary(config.serving))
     if failure is not None:
         failed = next((s for s in result.steps if s.status == STATUS_FAILED), None)
         where = f"step {failed.name} failed: {failed.error}" if failed else failure

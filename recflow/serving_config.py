@@ -211,3 +211,14 @@ class ServingConfig(BaseModel):
         "logged when at or above log_level (DEBUG with log_level INFO hides them; OFF never logs them).",
     )
     seed: int = Field(0, description="Seed of exploration and of the SHAP background sample.")
+
+
+def policy_layer_summary(config: ServingConfig) -> str:
+    """One line for a run's report: whether serving re-ranks the pushed bundle's slates with its TF-Agents policy
+    (``serving.policy_rerank``, default false), and why the default is off."""
+    why = ("the default is off because its re-ranking lowered the served pipeline's reward when measured online: "
+           "benchmarks/policy/policy_lift.py and the organic world, docs/serving.md 'Policy'")
+    if config.policy_rerank:
+        return f"serving: the TF-Agents policy re-ranks the pushed bundle's slates (serving.policy_rerank=true; {why})"
+    return ("serving: slates follow the ranking model's click probability; the TF-Agents policy's scores are only "
+            f"logged (serving.policy_rerank=false; {why})")

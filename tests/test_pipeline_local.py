@@ -125,6 +125,9 @@ def test_blessed_run_pushes_and_reports(tmp_path, capsys):
     assert all(s.seconds and s.seconds > 0 for s in result.steps if s.status == "succeeded")
     summary = result.format()
     assert "BLESSED" in summary and f"pushed model bundle: {tmp_path / 'store' / 'v1'}" in summary
+    # the run report says what serving does with the policy layer, and why (issue 13 item 5)
+    assert ("serving: slates follow the ranking model's click probability; the TF-Agents policy's scores are only "
+            "logged (serving.policy_rerank=false; the default is off because its re-ranking lowered") in summary
     assert "0.7500" in summary and "0.5000" in summary  # candidate vs random baseline
     progress = capsys.readouterr().out
     assert "[1/6] example_gen: started" in progress and "[6/6] pusher: done in" in progress
