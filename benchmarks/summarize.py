@@ -433,15 +433,22 @@ def quality_section(d: dict[str, Any]) -> list[str]:
                   f"baseline {[ratio(r, 'ratio_to_best_per_user_baseline') for r in per]}; "
                   f"best baseline / oracle {[ratio(r, 'best_baseline_to_oracle') for r in per]}; "
                   f"target >= 1.2 x the best count baseline on every seed: {_met(org['target']['met'])}."]
-        if all("history_bayes" in r["methods"] for r in per):
-            t = org["target"]
+        if all("history_bayes_to_best_baseline_ci95" in r for r in per):
+            def verdicts(key: str) -> str:
+                out = {"below": [], "straddles": [], "above": []}
+                for r in per:
+                    low, high = r[f"{key}_ci95"]
+                    out["below" if high < 1.2 else "above" if low >= 1.2 else "straddles"].append(r["seed"])
+                return (f"its 95% interval lies below 1.2x on seeds {out['below']} (unattainable there), "
+                        f"straddles 1.2x on {out['straddles']}, lies above on {out['above']}")
+
             lines += [f"  History-Bayes ceiling (the true model's posterior given each user's requests, "
-                      f"`HistoryBayesRecommender`): CTR {[ctr(r, 'history_bayes') for r in per]}, / best count "
-                      f"baseline incl. popularity {[ratio(r, 'history_bayes_to_best_baseline') for r in per]}, "
-                      f"/ best per-user count baseline "
-                      f"{[ratio(r, 'history_bayes_to_best_per_user_baseline') for r in per]}; 1.2x is attainable "
-                      f"from the requests at all on seeds {t.get('attainable_seeds')} (per-user baselines: "
-                      f"{t.get('attainable_seeds_per_user_baselines')}); recflow / ceiling "
+                      f"`HistoryBayesRecommender`: the best any recommender reading the requests can do): CTR "
+                      f"{[ctr(r, 'history_bayes') for r in per]}; / best count baseline incl. popularity "
+                      f"{[ratio(r, 'history_bayes_to_best_baseline') for r in per]}: "
+                      f"{verdicts('history_bayes_to_best_baseline')}; / best per-user count baseline "
+                      f"{[ratio(r, 'history_bayes_to_best_per_user_baseline') for r in per]}: "
+                      f"{verdicts('history_bayes_to_best_per_user_baseline')}; recflow / ceiling "
                       f"{[ratio(r, 'ratio_to_history_bayes') for r in per]}."]
         if all("policy_lift" in r for r in per):
             lines += [f"  Policy re-ranking on / off (same bundle): "
