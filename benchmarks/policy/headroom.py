@@ -352,9 +352,11 @@ def evaluate(bench: Bench, scorers: dict[str, tuple[Model, tuple[str, ...]]], se
     return out
 
 
-def compare(per_seed: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    """Each policy's mean CTR, its ratio to collaborative filtering's and the paired tests over seeds."""
+def compare(per_seed: dict[str, list[float]], ceiling: str) -> dict[str, dict[str, float]]:
+    """Each policy's mean CTR, its ratio to collaborative filtering's and the paired tests over seeds; the
+    learned policies other than ``ceiling`` (the feature-limited ceiling) are also tested against it."""
     cf = np.asarray(per_seed["collaborative_filtering"])
+    top = np.asarray(per_seed[ceiling])
     out = {}
     for name, ctrs in per_seed.items():
         a = np.asarray(ctrs)
@@ -363,6 +365,10 @@ def compare(per_seed: dict[str, list[float]]) -> dict[str, dict[str, float]]:
         if name != "collaborative_filtering":
             t = paired_tests(a, cf, metric="ctr", reference="collaborative_filtering")
             row.update({"t_test_p": t.t_p, "wilcoxon_p": t.wilcoxon_p, "mean_diff": t.mean_diff})
+        if name not in ("collaborative_filtering", "click_oracle", ceiling):
+            t = paired_tests(a, top, metric="ctr", reference=ceiling)
+            row.update({"ratio_to_ceiling": float(a.mean() / top.mean()), "vs_ceiling_t_test_p": t.t_p,
+                        "vs_ceiling_wilcoxon_p": t.wilcoxon_p})
         out[name] = row
     return out
 
@@ -463,9 +469,11 @@ def run(args: argparse.Namespace) -> int:
         add_truth(f"plus_{col}", best_kind, n, (col,))
     add_truth("plus_all_true_components", best_kind, n, ORACLE_COLUMNS)
     add_truth("plus_all_proxies", best_kind, n, PROXY_COLUMNS)
-    _log(f"{len(scorers)} models fitted; evaluating")
+    cf_fit = fit_quality(lambda f: f[:, 0], data["x"][held], data["logit"][held], data["request"][held])
+    fits["collaborative_filtering"] = {"kind": "CF score (feature column 0)", **cf_fit}
+    _log(f"{len(scorers)} models fitted; evaluating (CF score held out: {cf_fit})")
     per_seed = evaluate(bench, scorers, args.seeds, args.requests)
-    table = compare(per_seed)
+    table = compare(per_seed, f"ceiling_{best_kind}")
     doc = {
         "setup": {"seeds": args.seeds, "requests_per_seed": args.requests, "train_requests": n,
                   "held_out_requests": n - int(0.9 * n), "sizes": args.sizes,
@@ -473,6 +481,7 @@ def run(args: argparse.Namespace) -> int:
                   "quick": args.quick, "training_traffic_seeds": f"{TRAIN_SEED0}..{TRAIN_SEED0 + -(-n // CHUNK) - 1}",
                   "behaviour": "per request: uniform random 5 of the candidates or the CF top 5 (p = 0.5 each)",
                   "training_log_events": int(len(bench.events)), "simulator": bench.cfg.model_dump(mode="json")},
+        "feature_limited_ceiling": f"ceiling_{best_kind}",
         "policies": table,
         "fits": fits,
         "per_seed_ctr": per_seed,
