@@ -1,7 +1,7 @@
 """Where does the RL policy lose its headroom over collaborative filtering: the features, or the data?
 
-    .venv/bin/python benchmarks/policy/headroom.py [--seeds 20] [--requests 300] [--train-requests 100000]
-    .venv/bin/python benchmarks/policy/headroom.py --quick        # about a minute, to check the script
+    .venv/bin/python benchmarks/policy/headroom.py [--seeds 20] [--requests 300] [--train-requests 50000]
+    .venv/bin/python benchmarks/policy/headroom.py --quick        # about 15 s, to check the script
 
 The benchmark's own world (``run_benchmark.world_config(False)``, seed 7), ALS model and
 :class:`recflow.policy.environment.CandidateFeaturizer`. Experience comes from fresh ``ShopEnv`` traffic seeds
