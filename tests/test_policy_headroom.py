@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -14,13 +16,23 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "policy" / "headro
 
 
 @pytest.fixture(scope="module")
-def headroom() -> ModuleType:
+def headroom() -> Iterator[ModuleType]:
+    # The script sets OMP_NUM_THREADS=1 for itself at import; it must not leak into the processes that later tests
+    # of this worker start.
+    before = os.environ.get("OMP_NUM_THREADS")
     spec = importlib.util.spec_from_file_location("policy_headroom", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["policy_headroom"] = module
-    spec.loader.exec_module(module)
-    return module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("policy_headroom", None)
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
 
 
 @pytest.fixture(scope="module")
