@@ -292,6 +292,19 @@ def policy_section(d: dict[str, Any]) -> list[str]:
                   f"{_f(t['click_oracle_to_cf'], 3)}x collaborative filtering's CTR (95% interval over seeds "
                   f"{_f(low, 3)}-{_f(high, 3)}), so 1.25x is {'within' if t['attainable'] else 'beyond'} reach of "
                   f"any policy choosing among these candidates."]
+    head = _load("policy_headroom")
+    if head:
+        p = head["policies"]
+
+        def r(name: str) -> str:
+            return _f(p[name]["ratio_to_cf"], 2) + "x" if name in p else "n/a"
+
+        lines += ["", f"Headroom (`benchmarks/policy/headroom.py`, ratios to collaborative filtering's CTR): the "
+                  f"policies' features allow {r('ceiling_gbdt')} (gradient boosting on 50,000 requests' true click "
+                  f"logits; linear {r('ceiling_linear')}); a click model on 2,000 requests of observed clicks "
+                  f"{r('clicks_linear_2000')} (linear) / {r('clicks_gbdt_2000')} (gbdt); the true user taste would "
+                  f"add: category preference {r('plus_true_category_preference')}, factor affinity "
+                  f"{r('plus_true_factor_affinity')}; the observable proxies together {r('plus_all_proxies')}."]
     obd = d.get("obd_ope", {})
     lift = d.get("policy_lift")
     if lift:
