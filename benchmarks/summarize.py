@@ -302,9 +302,10 @@ def policy_section(d: dict[str, Any]) -> list[str]:
         lines += ["", f"Headroom (`benchmarks/policy/headroom.py`, ratios to collaborative filtering's CTR): the "
                   f"policies' features allow {r('ceiling_gbdt')} (gradient boosting on 50,000 requests' true click "
                   f"logits; linear {r('ceiling_linear')}); a click model on 2,000 requests of observed clicks "
-                  f"{r('clicks_linear_2000')} (linear) / {r('clicks_gbdt_2000')} (gbdt); the true user taste would "
-                  f"add: category preference {r('plus_true_category_preference')}, factor affinity "
-                  f"{r('plus_true_factor_affinity')}; the observable proxies together {r('plus_all_proxies')}."]
+                  f"{r('clicks_linear_2000')} (linear) / {r('clicks_gbdt_2000')} (gbdt); with the world's true "
+                  f"user taste added (a diagnostic): category preference {r('plus_true_category_preference')}, "
+                  f"factor affinity {r('plus_true_factor_affinity')}; the observable proxies together "
+                  f"{r('plus_all_proxies')}."]
     obd = d.get("obd_ope", {})
     lift = d.get("policy_lift")
     if lift:
