@@ -327,6 +327,10 @@ def test_the_history_bayes_recommender_reads_the_history_and_never_the_true_tast
     first = slates()
     assert first == slates()
     assert all(len(s) == 2 and len(set(s)) == 2 for s in first)
+    shop = OrganicShop(ORGANIC)
+    user = shop.new_user()
+    with pytest.raises(ValueError, match=f"feedback for user {user.user_id}, who was never served"):
+        HistoryBayesRecommender(shop).feedback(shop.show(user, ["i000001"]))
 
 
 def test_the_history_bayes_ceiling_lies_between_most_viewed_and_the_oracle():

@@ -618,6 +618,8 @@ class HistoryBayesRecommender:
     def feedback(self, fb: SlateFeedback) -> None:
         """Update the posterior of ``fb.user_id`` with the clicks on the slate just shown to them (the drift to
         their next visit, if one started, comes with the next :meth:`slate`)."""
+        if fb.user_id not in self._posteriors:
+            raise ValueError(f"feedback for user {fb.user_id}, who was never served a slate() by this recommender")
         posterior, seen = self._posteriors[fb.user_id]
         posterior.observe_feedback(self.shop.world.item_index(list(fb.slate)).tolist(), fb.clicks)
         # The clicks were appended to the history; skip them (the next visit's views, if any, follow them).
