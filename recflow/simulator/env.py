@@ -30,7 +30,7 @@ from recflow.simulator.response import (
     sample_response,
     satiation_increment,
 )
-from recflow.simulator.world import ENV_STREAM, HOUR_PROFILE, MS_PER_DAY, Context, World, stream
+from recflow.simulator.world import ENV_STREAM, HOUR_PROFILE, MS_PER_DAY, Context, World, _sigmoid, stream
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ class ShopEnv:
             np.array([obs.user_idx]), items[None, :], self._context(obs), obs.day,
             self._satiation[obs.user_idx][None, :],
         )[0]
-        return 1.0 / (1.0 + np.exp(-logits))
+        return _sigmoid(logits)
 
     def _slate_value(self, items: np.ndarray, values: np.ndarray) -> float:
         exam = self.world.examination(np.arange(len(items)), self.config.position_bias)
